@@ -1,0 +1,630 @@
+//! The automerge-repo v1 wire codec: one CBOR map per message.
+//!
+//! This module is the only place that knows the wire format. Decoding is
+//! tolerant in the ways the JS implementation requires (any key order,
+//! unknown keys and message types skipped, `undefined`/`null` for optional
+//! fields, floats where integers are expected). Encoding reproduces the
+//! bytes `cbor-x` writes for the same message in `@automerge/automerge-repo`
+//! 2.5.x (16-bit map headers, same key order), so golden bytes compare equal.
+
+use std::collections::BTreeMap;
+
+use minicbor::data::Type;
+use minicbor::Decoder;
+
+use crate::ids::{DocumentId, IdError, PeerId, StorageId};
+
+/// The only protocol version that exists.
+pub const PROTOCOL_V1: &str = "1";
+
+/// Metadata a peer announces in `join` and `peer`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PeerMetadata {
+    pub storage_id: Option<StorageId>,
+    pub is_ephemeral: bool,
+}
+
+/// Heads of one storage id, as carried by `remote-heads-changed`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteHeads {
+    pub heads: Vec<String>,
+    pub timestamp: f64,
+}
+
+/// One message of the automerge-repo v1 protocol.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Join { sender_id: PeerId, peer_metadata: PeerMetadata, supported_protocol_versions: Option<Vec<String>> },
+    Peer { sender_id: PeerId, peer_metadata: PeerMetadata, selected_protocol_version: String, target_id: PeerId },
+    Error { sender_id: Option<PeerId>, message: String, target_id: Option<PeerId> },
+    /// A `sync` from a peer that has nothing of the document yet.
+    Request { sender_id: PeerId, target_id: PeerId, document_id: DocumentId, data: Vec<u8> },
+    Sync { sender_id: PeerId, target_id: PeerId, document_id: DocumentId, data: Vec<u8> },
+    DocUnavailable { sender_id: PeerId, target_id: PeerId, document_id: DocumentId },
+    Ephemeral {
+        sender_id: PeerId,
+        target_id: PeerId,
+        document_id: DocumentId,
+        session_id: String,
+        count: u64,
+        data: Vec<u8>,
+    },
+    RemoteSubscriptionChange { sender_id: PeerId, target_id: PeerId, add: Vec<StorageId>, remove: Vec<StorageId> },
+    RemoteHeadsChanged {
+        sender_id: PeerId,
+        target_id: PeerId,
+        document_id: DocumentId,
+        new_heads: BTreeMap<StorageId, RemoteHeads>,
+    },
+}
+
+impl Message {
+    /// The wire name of this message's type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Join { .. } => "join",
+            Message::Peer { .. } => "peer",
+            Message::Error { .. } => "error",
+            Message::Request { .. } => "request",
+            Message::Sync { .. } => "sync",
+            Message::DocUnavailable { .. } => "doc-unavailable",
+            Message::Ephemeral { .. } => "ephemeral",
+            Message::RemoteSubscriptionChange { .. } => "remote-subscription-change",
+            Message::RemoteHeadsChanged { .. } => "remote-heads-changed",
+        }
+    }
+
+    /// The document a message is about, if any.
+    pub fn document_id(&self) -> Option<DocumentId> {
+        match self {
+            Message::Request { document_id, .. }
+            | Message::Sync { document_id, .. }
+            | Message::DocUnavailable { document_id, .. }
+            | Message::Ephemeral { document_id, .. }
+            | Message::RemoteHeadsChanged { document_id, .. } => Some(*document_id),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes could not be decoded into a message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message is not valid CBOR: {0}")]
+    NotCbor(String),
+    #[error("message is not a CBOR map")]
+    NotAMap,
+    #[error("message has no `type` field")]
+    MissingType,
+    #[error("`{message_type}` message is missing field `{field}`")]
+    MissingField { message_type: String, field: &'static str },
+    #[error("field `{field}` has the wrong type: expected {expected}")]
+    WrongType { field: String, expected: &'static str },
+    #[error("field `{field}`: {source}")]
+    BadId { field: &'static str, source: IdError },
+    #[error("ephemeral `data` is not valid CBOR")]
+    EphemeralDataNotCbor,
+    #[error("trailing bytes after the message")]
+    TrailingBytes,
+}
+
+/// The outcome of decoding one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Message(Message),
+    /// A well-formed message of a type this implementation does not know;
+    /// the protocol says to ignore it.
+    Unknown { message_type: String },
+}
+
+impl From<minicbor::decode::Error> for DecodeError {
+    fn from(e: minicbor::decode::Error) -> Self {
+        DecodeError::NotCbor(e.to_string())
+    }
+}
+
+/// A field value as read from the map, before it is typed.
+#[derive(Debug, Default)]
+struct Fields {
+    message_type: Option<String>,
+    sender_id: Option<String>,
+    target_id: Option<String>,
+    document_id: Option<String>,
+    data: Option<Vec<u8>>,
+    session_id: Option<String>,
+    count: Option<u64>,
+    message: Option<String>,
+    peer_metadata: Option<PeerMetadata>,
+    supported_protocol_versions: Option<Vec<String>>,
+    selected_protocol_version: Option<String>,
+    add: Option<Vec<StorageId>>,
+    remove: Option<Vec<StorageId>>,
+    new_heads: Option<BTreeMap<StorageId, RemoteHeads>>,
+}
+
+/// Decodes one frame.
+pub fn decode(bytes: &[u8]) -> Result<Decoded, DecodeError> {
+    let mut d = Decoder::new(bytes);
+    let fields = read_fields(&mut d)?;
+    if d.position() != bytes.len() {
+        return Err(DecodeError::TrailingBytes);
+    }
+    build(fields)
+}
+
+fn read_fields(d: &mut Decoder<'_>) -> Result<Fields, DecodeError> {
+    let mut f = Fields::default();
+    let len = match d.datatype()? {
+        Type::Map | Type::MapIndef => d.map()?,
+        _ => {
+            // Make sure "not CBOR at all" is reported as such.
+            d.skip()?;
+            return Err(DecodeError::NotAMap);
+        }
+    };
+    let mut remaining = len;
+    loop {
+        match remaining {
+            Some(0) => break,
+            Some(ref mut n) => *n -= 1,
+            None => {
+                if d.datatype()? == Type::Break {
+                    d.skip()?;
+                    break;
+                }
+            }
+        }
+        if d.datatype()? != Type::String {
+            d.skip()?;
+            d.skip()?;
+            continue;
+        }
+        let key = d.str()?;
+        read_field(d, key, &mut f)?;
+    }
+    Ok(f)
+}
+
+fn read_field(d: &mut Decoder<'_>, key: &str, f: &mut Fields) -> Result<(), DecodeError> {
+    match key {
+        "type" => f.message_type = opt_str(d, key)?,
+        "senderId" => f.sender_id = opt_str(d, key)?,
+        "targetId" => f.target_id = opt_str(d, key)?,
+        "documentId" => f.document_id = opt_str(d, key)?,
+        "sessionId" => f.session_id = opt_str(d, key)?,
+        "message" => f.message = opt_str(d, key)?,
+        "selectedProtocolVersion" => f.selected_protocol_version = opt_str(d, key)?,
+        "data" => f.data = opt_bytes(d, key)?,
+        "count" => f.count = opt_uint(d, key)?,
+        "peerMetadata" => f.peer_metadata = opt_peer_metadata(d)?,
+        "supportedProtocolVersions" => f.supported_protocol_versions = opt_str_list(d, key)?,
+        "add" => f.add = opt_str_list(d, key)?.map(|v| v.into_iter().map(StorageId::new).collect()),
+        "remove" => f.remove = opt_str_list(d, key)?.map(|v| v.into_iter().map(StorageId::new).collect()),
+        "newHeads" => f.new_heads = opt_new_heads(d)?,
+        _ => d.skip()?,
+    }
+    Ok(())
+}
+
+/// Consumes `undefined`/`null` and reports whether it was one.
+fn take_absent(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
+    match d.datatype()? {
+        Type::Undefined | Type::Null => {
+            d.skip()?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+fn wrong(field: &str, expected: &'static str) -> DecodeError {
+    DecodeError::WrongType { field: field.to_owned(), expected }
+}
+
+fn opt_str(d: &mut Decoder<'_>, field: &str) -> Result<Option<String>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    match d.datatype()? {
+        Type::String => Ok(Some(d.str()?.to_owned())),
+        Type::StringIndef => {
+            let mut s = String::new();
+            for part in d.str_iter()? {
+                s.push_str(part?);
+            }
+            Ok(Some(s))
+        }
+        _ => Err(wrong(field, "a text string")),
+    }
+}
+
+fn opt_bytes(d: &mut Decoder<'_>, field: &str) -> Result<Option<Vec<u8>>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    match d.datatype()? {
+        Type::Bytes => Ok(Some(d.bytes()?.to_vec())),
+        Type::BytesIndef => {
+            let mut v = Vec::new();
+            for part in d.bytes_iter()? {
+                v.extend_from_slice(part?);
+            }
+            Ok(Some(v))
+        }
+        // cbor-x with tagUint8Array would tag (64); accept the tagged form too.
+        Type::Tag => {
+            d.tag()?;
+            opt_bytes(d, field)
+        }
+        _ => Err(wrong(field, "a byte string")),
+    }
+}
+
+fn opt_uint(d: &mut Decoder<'_>, field: &str) -> Result<Option<u64>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    match d.datatype()? {
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Ok(Some(d.u64()?)),
+        Type::F16 | Type::F32 | Type::F64 => {
+            let x = d.f64()?;
+            if x >= 0.0 && x.fract() == 0.0 && x < 2f64.powi(64) {
+                Ok(Some(x as u64))
+            } else {
+                Err(wrong(field, "a non-negative integer"))
+            }
+        }
+        _ => Err(wrong(field, "a non-negative integer")),
+    }
+}
+
+fn number(d: &mut Decoder<'_>, field: &str) -> Result<f64, DecodeError> {
+    match d.datatype()? {
+        Type::F16 | Type::F32 | Type::F64 => Ok(d.f64()?),
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 => Ok(d.u64()? as f64),
+        Type::I8 | Type::I16 | Type::I32 | Type::I64 => Ok(d.i64()? as f64),
+        _ => Err(wrong(field, "a number")),
+    }
+}
+
+fn opt_str_list(d: &mut Decoder<'_>, field: &str) -> Result<Option<Vec<String>>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    if !matches!(d.datatype()?, Type::Array | Type::ArrayIndef) {
+        return Err(wrong(field, "an array of strings"));
+    }
+    let mut out = Vec::new();
+    for item in d.array_iter::<&str>().map_err(|_| wrong(field, "an array of strings"))? {
+        out.push(item.map_err(|_| wrong(field, "an array of strings"))?.to_owned());
+    }
+    Ok(Some(out))
+}
+
+/// Iterates the entries of a map (definite or indefinite), handing each key
+/// to `each` with the decoder positioned at the value.
+fn for_each_entry(
+    d: &mut Decoder<'_>,
+    field: &str,
+    mut each: impl FnMut(&mut Decoder<'_>, Option<String>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    if !matches!(d.datatype()?, Type::Map | Type::MapIndef) {
+        return Err(wrong(field, "a map"));
+    }
+    let mut remaining = d.map()?;
+    loop {
+        match remaining {
+            Some(0) => return Ok(()),
+            Some(ref mut n) => *n -= 1,
+            None if d.datatype()? == Type::Break => {
+                d.skip()?;
+                return Ok(());
+            }
+            None => {}
+        }
+        let key = if d.datatype()? == Type::String { Some(d.str()?.to_owned()) } else { d.skip()?; None };
+        each(d, key)?;
+    }
+}
+
+fn opt_peer_metadata(d: &mut Decoder<'_>) -> Result<Option<PeerMetadata>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    let mut meta = PeerMetadata::default();
+    for_each_entry(d, "peerMetadata", |d, key| {
+        match key.as_deref() {
+            Some("storageId") => meta.storage_id = opt_str(d, "peerMetadata.storageId")?.map(StorageId::new),
+            Some("isEphemeral") => {
+                meta.is_ephemeral = match d.datatype()? {
+                    Type::Bool => d.bool()?,
+                    Type::Undefined | Type::Null => {
+                        d.skip()?;
+                        false
+                    }
+                    _ => return Err(wrong("peerMetadata.isEphemeral", "a boolean")),
+                }
+            }
+            _ => d.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(Some(meta))
+}
+
+fn opt_new_heads(d: &mut Decoder<'_>) -> Result<Option<BTreeMap<StorageId, RemoteHeads>>, DecodeError> {
+    if take_absent(d)? {
+        return Ok(None);
+    }
+    let mut out = BTreeMap::new();
+    for_each_entry(d, "newHeads", |d, storage| {
+        let Some(storage) = storage else { return Ok(d.skip()?) };
+        let mut heads = None;
+        let mut timestamp = 0.0;
+        for_each_entry(d, "newHeads[]", |d, key| {
+            match key.as_deref() {
+                Some("heads") => heads = opt_str_list(d, "newHeads[].heads")?,
+                Some("timestamp") => timestamp = number(d, "newHeads[].timestamp")?,
+                _ => d.skip()?,
+            }
+            Ok(())
+        })?;
+        let heads = heads.ok_or_else(|| wrong("newHeads[].heads", "an array of strings"))?;
+        out.insert(StorageId::new(storage), RemoteHeads { heads, timestamp });
+        Ok(())
+    })?;
+    Ok(Some(out))
+}
+
+fn build(f: Fields) -> Result<Decoded, DecodeError> {
+    let ty = f.message_type.clone().ok_or(DecodeError::MissingType)?;
+    let req = |v: Option<String>, field: &'static str| {
+        v.ok_or_else(|| DecodeError::MissingField { message_type: ty.clone(), field })
+    };
+    let doc = |v: Option<String>| -> Result<DocumentId, DecodeError> {
+        req(v, "documentId")?.parse().map_err(|source| DecodeError::BadId { field: "documentId", source })
+    };
+    let missing = |field: &'static str| DecodeError::MissingField { message_type: ty.clone(), field };
+    let msg = match ty.as_str() {
+        "join" => Message::Join {
+            sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+            peer_metadata: f.peer_metadata.unwrap_or_default(),
+            supported_protocol_versions: f.supported_protocol_versions,
+        },
+        "peer" => Message::Peer {
+            sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+            peer_metadata: f.peer_metadata.unwrap_or_default(),
+            selected_protocol_version: f.selected_protocol_version.unwrap_or_else(|| PROTOCOL_V1.to_owned()),
+            target_id: PeerId::new(req(f.target_id, "targetId")?),
+        },
+        "error" => Message::Error {
+            sender_id: f.sender_id.map(PeerId::new),
+            message: f.message.unwrap_or_default(),
+            target_id: f.target_id.map(PeerId::new),
+        },
+        "request" | "sync" => {
+            let sender_id = PeerId::new(req(f.sender_id, "senderId")?);
+            let target_id = PeerId::new(req(f.target_id, "targetId")?);
+            let document_id = doc(f.document_id)?;
+            let data = f.data.ok_or_else(|| missing("data"))?;
+            if ty == "request" {
+                Message::Request { sender_id, target_id, document_id, data }
+            } else {
+                Message::Sync { sender_id, target_id, document_id, data }
+            }
+        }
+        "doc-unavailable" => Message::DocUnavailable {
+            sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+            target_id: PeerId::new(req(f.target_id, "targetId")?),
+            document_id: doc(f.document_id)?,
+        },
+        "ephemeral" => {
+            let data = f.data.ok_or_else(|| missing("data"))?;
+            if Decoder::new(&data).skip().is_err() {
+                return Err(DecodeError::EphemeralDataNotCbor);
+            }
+            Message::Ephemeral {
+                sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+                target_id: PeerId::new(req(f.target_id, "targetId")?),
+                document_id: doc(f.document_id)?,
+                session_id: req(f.session_id, "sessionId")?,
+                count: f.count.ok_or_else(|| missing("count"))?,
+                data,
+            }
+        }
+        "remote-subscription-change" => Message::RemoteSubscriptionChange {
+            sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+            target_id: PeerId::new(req(f.target_id, "targetId")?),
+            add: f.add.unwrap_or_default(),
+            remove: f.remove.unwrap_or_default(),
+        },
+        "remote-heads-changed" => Message::RemoteHeadsChanged {
+            sender_id: PeerId::new(req(f.sender_id, "senderId")?),
+            target_id: PeerId::new(req(f.target_id, "targetId")?),
+            document_id: doc(f.document_id)?,
+            new_heads: f.new_heads.ok_or_else(|| missing("newHeads"))?,
+        },
+        _ => return Ok(Decoded::Unknown { message_type: ty }),
+    };
+    Ok(Decoded::Message(msg))
+}
+
+/// Encodes a message as the JS implementation would.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(64 + data_len(msg)));
+    match msg {
+        Message::Join { sender_id, peer_metadata, supported_protocol_versions } => {
+            w.map(if supported_protocol_versions.is_some() { 4 } else { 3 });
+            w.kv_str("type", "join");
+            w.kv_str("senderId", sender_id.as_str());
+            w.str("peerMetadata");
+            w.peer_metadata(peer_metadata);
+            if let Some(versions) = supported_protocol_versions {
+                w.str("supportedProtocolVersions");
+                w.array(versions.len());
+                versions.iter().for_each(|v| w.str(v));
+            }
+        }
+        Message::Peer { sender_id, peer_metadata, selected_protocol_version, target_id } => {
+            w.map(5);
+            w.kv_str("type", "peer");
+            w.kv_str("senderId", sender_id.as_str());
+            w.str("peerMetadata");
+            w.peer_metadata(peer_metadata);
+            w.kv_str("selectedProtocolVersion", selected_protocol_version);
+            w.kv_str("targetId", target_id.as_str());
+        }
+        Message::Error { sender_id, message, target_id } => {
+            w.map(2 + usize::from(sender_id.is_some()) + usize::from(target_id.is_some()));
+            w.kv_str("type", "error");
+            if let Some(s) = sender_id {
+                w.kv_str("senderId", s.as_str());
+            }
+            w.kv_str("message", message);
+            if let Some(t) = target_id {
+                w.kv_str("targetId", t.as_str());
+            }
+        }
+        Message::Request { sender_id, target_id, document_id, data } => {
+            w.map(5);
+            w.kv_str("type", "request");
+            w.kv_str("targetId", target_id.as_str());
+            w.kv_str("documentId", &document_id.to_string());
+            w.str("data");
+            w.bytes(data);
+            w.kv_str("senderId", sender_id.as_str());
+        }
+        Message::Sync { sender_id, target_id, document_id, data } => {
+            w.map(5);
+            w.kv_str("type", "sync");
+            w.kv_str("targetId", target_id.as_str());
+            w.str("data");
+            w.bytes(data);
+            w.kv_str("documentId", &document_id.to_string());
+            w.kv_str("senderId", sender_id.as_str());
+        }
+        Message::DocUnavailable { sender_id, target_id, document_id } => {
+            w.map(4);
+            w.kv_str("type", "doc-unavailable");
+            w.kv_str("documentId", &document_id.to_string());
+            w.kv_str("targetId", target_id.as_str());
+            w.kv_str("senderId", sender_id.as_str());
+        }
+        Message::Ephemeral { sender_id, target_id, document_id, session_id, count, data } => {
+            w.map(7);
+            w.kv_str("type", "ephemeral");
+            w.kv_str("targetId", target_id.as_str());
+            w.kv_str("documentId", &document_id.to_string());
+            w.str("data");
+            w.bytes(data);
+            w.str("count");
+            w.uint(*count);
+            w.kv_str("sessionId", session_id);
+            w.kv_str("senderId", sender_id.as_str());
+        }
+        Message::RemoteSubscriptionChange { sender_id, target_id, add, remove } => {
+            w.map(5);
+            w.kv_str("type", "remote-subscription-change");
+            w.kv_str("targetId", target_id.as_str());
+            w.str("add");
+            w.storage_ids(add);
+            w.str("remove");
+            w.storage_ids(remove);
+            w.kv_str("senderId", sender_id.as_str());
+        }
+        Message::RemoteHeadsChanged { sender_id, target_id, document_id, new_heads } => {
+            w.map(5);
+            w.kv_str("type", "remote-heads-changed");
+            w.kv_str("targetId", target_id.as_str());
+            w.kv_str("documentId", &document_id.to_string());
+            w.str("newHeads");
+            w.map(new_heads.len());
+            for (storage, heads) in new_heads {
+                w.str(storage.as_str());
+                w.map(2);
+                w.str("heads");
+                w.array(heads.heads.len());
+                heads.heads.iter().for_each(|h| w.str(h));
+                w.str("timestamp");
+                w.f64(heads.timestamp);
+            }
+            w.kv_str("senderId", sender_id.as_str());
+        }
+    }
+    w.0
+}
+
+fn data_len(msg: &Message) -> usize {
+    match msg {
+        Message::Request { data, .. } | Message::Sync { data, .. } | Message::Ephemeral { data, .. } => data.len(),
+        _ => 0,
+    }
+}
+
+/// A minimal CBOR writer that produces what cbor-x produces for plain JS
+/// objects: 16-bit map headers, shortest-form strings, byte strings and
+/// unsigned integers, float64 for non-integer numbers.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn head(&mut self, major: u8, n: u64) {
+        let m = major << 5;
+        match n {
+            0..=23 => self.0.push(m | n as u8),
+            24..=0xff => self.0.extend_from_slice(&[m | 24, n as u8]),
+            0x100..=0xffff => {
+                self.0.push(m | 25);
+                self.0.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                self.0.push(m | 26);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(m | 27);
+                self.0.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+    fn map(&mut self, n: usize) {
+        // cbor-x always reserves a 16-bit length for objects.
+        self.0.push(0xb9);
+        self.0.extend_from_slice(&(n as u16).to_be_bytes());
+    }
+    fn array(&mut self, n: usize) {
+        self.head(4, n as u64);
+    }
+    fn str(&mut self, s: &str) {
+        self.head(3, s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.head(2, b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+    fn uint(&mut self, n: u64) {
+        self.head(0, n);
+    }
+    fn f64(&mut self, x: f64) {
+        self.0.push(0xfb);
+        self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    fn kv_str(&mut self, k: &str, v: &str) {
+        self.str(k);
+        self.str(v);
+    }
+    fn storage_ids(&mut self, ids: &[StorageId]) {
+        self.array(ids.len());
+        ids.iter().for_each(|s| self.str(s.as_str()));
+    }
+    fn peer_metadata(&mut self, m: &PeerMetadata) {
+        self.map(2);
+        self.str("storageId");
+        match &m.storage_id {
+            Some(s) => self.str(s.as_str()),
+            None => self.0.push(0xf7),
+        }
+        self.str("isEphemeral");
+        self.0.push(if m.is_ephemeral { 0xf5 } else { 0xf4 });
+    }
+}

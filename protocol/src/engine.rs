@@ -1,0 +1,1072 @@
+//! The sans-IO sync engine.
+//!
+//! One [`Engine`] holds the documents and connections of one node (a
+//! browser tab, a device, an edge, the hub). It never does IO and never
+//! reads a clock: the driver feeds it inputs through the `handle_*` methods,
+//! each carrying `now`, and drains what it wants done through
+//! [`Engine::poll_output`]:
+//!
+//! - [`Output::Send`]: encode the message and send it on the connection;
+//! - [`Output::Close`]: close the connection (after sending what precedes it);
+//! - [`Output::Storage`]: run the task in order and answer with
+//!   [`Engine::handle_storage_result`];
+//! - [`Output::Event`]: something the application or the metrics care about.
+//!
+//! Two rules shape the code below:
+//!
+//! - **Durable before advertised.** While a write of a document is in
+//!   flight, no sync message for that document leaves the engine: every sync
+//!   message carries our heads, and heads must only cover committed changes.
+//!   Messages are generated again when the last write completes.
+//! - **Memory follows the working set.** A document untouched for
+//!   [`EngineConfig::idle_evict_after`] leaves memory (its sync states with
+//!   persistent peers are saved first); who is subscribed to it is kept, so
+//!   it is pushed to them again if it changes after being reloaded.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
+use automerge::{ActorId, Automerge, ChangeHash};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::codec::{self, Decoded, Message, PeerMetadata, PROTOCOL_V1};
+use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
+use crate::storage::{StorageResult, StorageTask, StorageTaskId};
+
+/// Milliseconds on the driver's clock (monotonic, any origin).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default, Hash)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    fn saturating_sub(self, other: Millis) -> u64 {
+        self.0.saturating_sub(other.0)
+    }
+}
+
+/// How an engine is set up.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub peer_id: PeerId,
+    /// Our store's id; `None` makes us an ephemeral peer.
+    pub storage_id: Option<StorageId>,
+    /// Evict a document from memory after this long without activity.
+    pub idle_evict_after_ms: u64,
+    /// Seed of the engine's RNG (actor ids, document ids).
+    pub rng_seed: u64,
+}
+
+impl EngineConfig {
+    pub fn new(peer_id: PeerId, storage_id: Option<StorageId>) -> Self {
+        Self { peer_id, storage_id, idle_evict_after_ms: 60_000, rng_seed: 0 }
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// A peer connected to us; it must send `join` first.
+    Incoming,
+    /// We connected to a server: we send `join` and the server is our
+    /// upstream (asked for documents we do not have, sent every document).
+    Outgoing,
+}
+
+/// Classes of bad input, for errors and metrics.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub enum ErrorKind {
+    Decode,
+    NotJoined,
+    UnsupportedVersion,
+    InvalidSyncMessage,
+    Oversize,
+    TextFrame,
+    Unauthorized,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Decode,
+        ErrorKind::NotJoined,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::InvalidSyncMessage,
+        ErrorKind::Oversize,
+        ErrorKind::TextFrame,
+        ErrorKind::Unauthorized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Decode => "decode",
+            ErrorKind::NotJoined => "not_joined",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::InvalidSyncMessage => "invalid_sync_message",
+            ErrorKind::Oversize => "oversize",
+            ErrorKind::TextFrame => "text_frame",
+            ErrorKind::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// What the application (or the metrics) is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    PeerConnected { conn: ConnId, peer: PeerId, metadata: PeerMetadata },
+    PeerDisconnected { conn: ConnId, peer: Option<PeerId> },
+    /// A document's heads changed and the change is durable.
+    DocChanged { doc: DocumentId, heads: Vec<ChangeHash> },
+    /// A document asked for with [`Engine::find`] is here.
+    DocReady { doc: DocumentId },
+    /// A document asked for with [`Engine::find`] exists nowhere we can ask.
+    DocUnavailable { doc: DocumentId },
+    Ephemeral { doc: DocumentId, sender: PeerId, data: Vec<u8> },
+    /// A peer sent bad input; its connection is being closed.
+    ProtocolError { conn: ConnId, kind: ErrorKind, detail: String },
+    StorageFailed { doc: Option<DocumentId>, detail: String },
+    Evicted { doc: DocumentId },
+}
+
+/// Everything the engine asks of its driver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Send { conn: ConnId, message: Message },
+    Close { conn: ConnId, reason: String },
+    Storage { id: StorageTaskId, task: StorageTask },
+    Event(Event),
+}
+
+/// Why a local operation on a document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("document {0} is not loaded")]
+    NotLoaded(DocumentId),
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+#[derive(Debug)]
+enum ConnState {
+    AwaitingJoin,
+    AwaitingPeer,
+    Ready { peer: PeerId, metadata: PeerMetadata },
+    Closed,
+}
+
+#[derive(Debug)]
+struct Conn {
+    direction: Direction,
+    state: ConnState,
+}
+
+impl Conn {
+    fn peer(&self) -> Option<&PeerId> {
+        match &self.state {
+            ConnState::Ready { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    fn storage_id(&self) -> Option<&StorageId> {
+        match &self.state {
+            ConnState::Ready { metadata, .. } if !metadata.is_ephemeral => metadata.storage_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn is_upstream_ready(&self) -> bool {
+        self.direction == Direction::Outgoing && matches!(self.state, ConnState::Ready { .. })
+    }
+}
+
+/// What we know about one peer's interest in one document.
+#[derive(Debug)]
+struct PeerDoc {
+    sync: sync::State,
+    /// Waiting for its persisted sync state.
+    loading_state: bool,
+    /// It asked with `request` (it has nothing) and has not sent data since.
+    requesting: bool,
+    /// We told it `doc-unavailable`.
+    told_unavailable: bool,
+}
+
+impl PeerDoc {
+    fn new() -> Self {
+        Self { sync: sync::State::new(), loading_state: false, requesting: false, told_unavailable: false }
+    }
+}
+
+/// A document message waiting until the document (and the sender's sync
+/// state) is loaded.
+#[derive(Debug)]
+struct Pending {
+    conn: ConnId,
+    requesting: bool,
+    data: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct DocState {
+    doc: Automerge,
+    loading: bool,
+    /// Heads covered by writes that were issued (not necessarily done).
+    saved_heads: Vec<ChangeHash>,
+    writes_in_flight: usize,
+    /// Bytes of the last snapshot and of the chunks appended since.
+    snapshot_bytes: usize,
+    chunk_bytes: usize,
+    peers: BTreeMap<ConnId, PeerDoc>,
+    pending: VecDeque<Pending>,
+    /// Upstreams that answered `doc-unavailable` since we last had data.
+    upstream_unavailable: BTreeSet<ConnId>,
+    /// The application is waiting for this document (`find`).
+    local_waiting: bool,
+    last_active: Millis,
+}
+
+impl DocState {
+    fn new(actor: ActorId, now: Millis, loading: bool) -> Self {
+        Self {
+            doc: Automerge::new().with_actor(actor),
+            loading,
+            saved_heads: Vec::new(),
+            writes_in_flight: 0,
+            snapshot_bytes: 0,
+            chunk_bytes: 0,
+            peers: BTreeMap::new(),
+            pending: VecDeque::new(),
+            upstream_unavailable: BTreeSet::new(),
+            local_waiting: false,
+            last_active: now,
+        }
+    }
+
+    fn has_data(&self) -> bool {
+        !self.doc.get_heads().is_empty()
+    }
+
+    fn busy(&self) -> bool {
+        self.loading || self.peers.values().any(|p| p.loading_state)
+    }
+}
+
+#[derive(Debug)]
+enum TaskPurpose {
+    LoadDoc(DocumentId),
+    Write(DocumentId),
+    LoadSyncState(DocumentId, ConnId),
+    PutSyncState,
+}
+
+/// The sync engine of one node. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    rng: ChaCha8Rng,
+    next_conn: u64,
+    next_task: u64,
+    conns: BTreeMap<ConnId, Conn>,
+    peers: BTreeMap<PeerId, ConnId>,
+    docs: BTreeMap<DocumentId, DocState>,
+    /// Connections that have shown interest in a document, kept across
+    /// eviction so changes are still pushed to them.
+    subscribers: BTreeMap<DocumentId, BTreeSet<ConnId>>,
+    tasks: BTreeMap<StorageTaskId, TaskPurpose>,
+    /// Highest ephemeral `count` seen per (sender, session), with the time.
+    ephemeral_seen: BTreeMap<(PeerId, String), (u64, Millis)>,
+    outputs: VecDeque<Output>,
+}
+
+const EPHEMERAL_SESSION_TTL_MS: u64 = 10 * 60_000;
+/// Below this many bytes of chunks a document is never compacted.
+const MIN_COMPACT_BYTES: usize = 16 * 1024;
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            config,
+            next_conn: 0,
+            next_task: 0,
+            conns: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            docs: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            ephemeral_seen: BTreeMap::new(),
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn peer_id(&self) -> &PeerId {
+        &self.config.peer_id
+    }
+
+    /// The next thing the driver should do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Number of documents currently in memory.
+    pub fn loaded_docs(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Number of connections that completed the handshake.
+    pub fn ready_connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The in-memory document, if loaded (and not still loading).
+    pub fn document(&self, doc: &DocumentId) -> Option<&Automerge> {
+        self.docs.get(doc).filter(|d| !d.loading).map(|d| &d.doc)
+    }
+
+    /// The heads that are durable in our store for a loaded document.
+    pub fn durable_heads(&self, doc: &DocumentId) -> Option<Vec<ChangeHash>> {
+        let d = self.docs.get(doc)?;
+        (d.writes_in_flight == 0 && !d.loading).then(|| d.doc.get_heads())
+    }
+
+    // ----- connections -------------------------------------------------
+
+    /// Registers a new connection. For [`Direction::Outgoing`] a `join` is
+    /// queued right away.
+    pub fn handle_connect(&mut self, _now: Millis, direction: Direction) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let state = match direction {
+            Direction::Incoming => ConnState::AwaitingJoin,
+            Direction::Outgoing => ConnState::AwaitingPeer,
+        };
+        self.conns.insert(conn, Conn { direction, state });
+        if direction == Direction::Outgoing {
+            let join = Message::Join {
+                sender_id: self.config.peer_id.clone(),
+                peer_metadata: self.our_metadata(),
+                supported_protocol_versions: Some(vec![PROTOCOL_V1.to_owned()]),
+            };
+            self.send(conn, join);
+        }
+        conn
+    }
+
+    /// The connection is gone (closed by either side or failed).
+    pub fn handle_disconnect(&mut self, now: Millis, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let peer = c.peer().cloned();
+        if let Some(p) = &peer {
+            if self.peers.get(p) == Some(&conn) {
+                self.peers.remove(p);
+            }
+        }
+        let storage = c.storage_id().cloned();
+        let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for doc_id in doc_ids {
+            self.drop_peer_from_doc(now, doc_id, conn, storage.as_ref());
+        }
+        for subs in self.subscribers.values_mut() {
+            subs.remove(&conn);
+        }
+        self.subscribers.retain(|_, s| !s.is_empty());
+        self.event(Event::PeerDisconnected { conn, peer });
+    }
+
+    fn drop_peer_from_doc(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, storage: Option<&StorageId>) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.pending.retain(|p| p.conn != conn);
+        let was_upstream_answer = d.upstream_unavailable.remove(&conn);
+        let Some(pd) = d.peers.remove(&conn) else { return };
+        if let (Some(storage), false) = (storage, pd.loading_state) {
+            let state = pd.sync.encode();
+            self.put_sync_state(doc_id, storage.clone(), state);
+        }
+        // An upstream that had not answered yet will never answer: waiting
+        // requesters may now be owed a `doc-unavailable`.
+        if !was_upstream_answer {
+            self.resolve_availability(now, doc_id);
+        }
+    }
+
+    /// A complete binary frame arrived on `conn`.
+    pub fn handle_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8]) {
+        match self.conns.get(&conn).map(|c| &c.state) {
+            None | Some(ConnState::Closed) => return,
+            _ => {}
+        }
+        match codec::decode(bytes) {
+            Ok(Decoded::Message(m)) => self.handle_message(now, conn, m),
+            Ok(Decoded::Unknown { message_type }) => {
+                tracing::debug!(%conn, %message_type, "ignoring unknown message type");
+            }
+            Err(e) => self.reject(conn, ErrorKind::Decode, e.to_string()),
+        }
+    }
+
+    /// The driver found the connection's input unacceptable before it got
+    /// to the codec (a text frame, an oversize frame, a bad token): send an
+    /// `error` and close.
+    pub fn reject(&mut self, conn: ConnId, kind: ErrorKind, detail: impl Into<String>) {
+        let detail = detail.into();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if matches!(c.state, ConnState::Closed) {
+            return;
+        }
+        let target_id = c.peer().cloned();
+        c.state = ConnState::Closed;
+        tracing::info!(%conn, kind = kind.as_str(), %detail, "closing connection after bad input");
+        self.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
+        let message = Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
+        self.send(conn, message);
+        self.outputs.push_back(Output::Close { conn, reason: detail });
+    }
+
+    fn handle_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        match (&c.state, msg) {
+            (ConnState::AwaitingJoin, Message::Join { sender_id, peer_metadata, supported_protocol_versions }) => {
+                self.handle_join(now, conn, sender_id, peer_metadata, supported_protocol_versions)
+            }
+            (ConnState::AwaitingPeer, Message::Peer { sender_id, peer_metadata, .. }) => {
+                self.become_ready(now, conn, sender_id, peer_metadata)
+            }
+            (_, Message::Error { message, .. }) => {
+                tracing::warn!(%conn, %message, "peer reported an error");
+            }
+            (ConnState::Ready { .. }, msg) => self.handle_peer_message(now, conn, msg),
+            (ConnState::AwaitingJoin, other) => {
+                let detail = format!("expected `join` first, got `{}`", other.type_name());
+                self.reject(conn, ErrorKind::NotJoined, detail)
+            }
+            (ConnState::AwaitingPeer, other) => {
+                let detail = format!("expected `peer`, got `{}`", other.type_name());
+                self.reject(conn, ErrorKind::NotJoined, detail)
+            }
+            (ConnState::Closed, _) => {}
+        }
+    }
+
+    fn handle_join(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        sender: PeerId,
+        metadata: PeerMetadata,
+        versions: Option<Vec<String>>,
+    ) {
+        if let Some(v) = &versions {
+            if !v.iter().any(|v| v == PROTOCOL_V1) {
+                let detail = format!("unsupported protocol version (supported: [\"{PROTOCOL_V1}\"], offered: {v:?})");
+                self.reject(conn, ErrorKind::UnsupportedVersion, detail);
+                return;
+            }
+        }
+        // A second join with a peer id that is connected replaces the old
+        // connection.
+        if let Some(old) = self.peers.get(&sender).copied() {
+            if old != conn {
+                self.outputs.push_back(Output::Close { conn: old, reason: "replaced by a new connection".into() });
+                self.handle_disconnect(now, old);
+            }
+        }
+        let reply = Message::Peer {
+            sender_id: self.config.peer_id.clone(),
+            peer_metadata: self.our_metadata(),
+            selected_protocol_version: PROTOCOL_V1.to_owned(),
+            target_id: sender.clone(),
+        };
+        self.send(conn, reply);
+        self.become_ready(now, conn, sender, metadata);
+    }
+
+    fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
+        let upstream = c.direction == Direction::Outgoing;
+        self.peers.insert(peer.clone(), conn);
+        self.event(Event::PeerConnected { conn, peer, metadata });
+        if upstream {
+            // A new upstream gets every document we hold in memory, and is
+            // asked for the ones somebody is waiting for.
+            let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+            for doc_id in doc_ids {
+                self.attach_upstream(now, doc_id, conn);
+                self.sync_doc(now, doc_id);
+            }
+        }
+    }
+
+    fn our_metadata(&self) -> PeerMetadata {
+        PeerMetadata { storage_id: self.config.storage_id.clone(), is_ephemeral: self.config.storage_id.is_none() }
+    }
+
+    // ----- document messages --------------------------------------------
+
+    fn handle_peer_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
+        match msg {
+            Message::Sync { document_id, data, .. } => self.handle_doc_data(now, conn, document_id, data, false),
+            Message::Request { document_id, data, .. } => self.handle_doc_data(now, conn, document_id, data, true),
+            Message::DocUnavailable { document_id, .. } => self.handle_unavailable(now, conn, document_id),
+            Message::Ephemeral { sender_id, document_id, session_id, count, data, .. } => {
+                self.handle_ephemeral(now, conn, sender_id, document_id, session_id, count, data)
+            }
+            // Remote-heads gossip is optional in the protocol; we accept and
+            // ignore it, as the JS sync server does by default.
+            Message::RemoteSubscriptionChange { .. } | Message::RemoteHeadsChanged { .. } => {}
+            Message::Join { .. } | Message::Peer { .. } => {
+                tracing::debug!(%conn, "ignoring repeated handshake message");
+            }
+            Message::Error { .. } => {}
+        }
+    }
+
+    fn handle_doc_data(&mut self, now: Millis, conn: ConnId, doc_id: DocumentId, data: Vec<u8>, requesting: bool) {
+        // Validate before anything is loaded or stored on its behalf.
+        let message = match sync::Message::decode(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                let detail = format!("invalid automerge sync message for {doc_id}: {e}");
+                self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
+                return;
+            }
+        };
+        drop(message);
+        self.subscribe(conn, doc_id);
+        self.ensure_doc(now, doc_id);
+        self.ensure_peer_doc(doc_id, conn);
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.last_active = now;
+        d.pending.push_back(Pending { conn, requesting, data });
+        self.drain_pending(now, doc_id);
+    }
+
+    fn subscribe(&mut self, conn: ConnId, doc_id: DocumentId) {
+        self.subscribers.entry(doc_id).or_default().insert(conn);
+    }
+
+    /// Makes sure the document is in memory or being loaded.
+    fn ensure_doc(&mut self, now: Millis, doc_id: DocumentId) {
+        if self.docs.contains_key(&doc_id) {
+            return;
+        }
+        let actor = self.random_actor();
+        self.docs.insert(doc_id, DocState::new(actor, now, true));
+        self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
+    }
+
+    /// Makes sure we have a sync state for this peer on this document,
+    /// loading the persisted one for peers with a storage id.
+    fn ensure_peer_doc(&mut self, doc_id: DocumentId, conn: ConnId) {
+        let storage = self.conns.get(&conn).and_then(|c| c.storage_id().cloned());
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.peers.contains_key(&conn) {
+            return;
+        }
+        let mut pd = PeerDoc::new();
+        if let Some(peer) = storage {
+            pd.loading_state = true;
+            d.peers.insert(conn, pd);
+            self.storage(TaskPurpose::LoadSyncState(doc_id, conn), StorageTask::LoadSyncState { doc: doc_id, peer });
+        } else {
+            d.peers.insert(conn, pd);
+        }
+    }
+
+    fn attach_upstream(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId) {
+        self.subscribe(conn, doc_id);
+        self.ensure_peer_doc(doc_id, conn);
+        if let Some(d) = self.docs.get_mut(&doc_id) {
+            d.last_active = now;
+        }
+    }
+
+    /// Applies queued document messages once nothing is loading.
+    fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.busy() {
+            return;
+        }
+        let pending: Vec<Pending> = d.pending.drain(..).collect();
+        let before = d.doc.get_heads();
+        for p in pending {
+            self.apply_sync(doc_id, p);
+        }
+        self.after_doc_update(now, doc_id, before);
+    }
+
+    fn apply_sync(&mut self, doc_id: DocumentId, p: Pending) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(pd) = d.peers.get_mut(&p.conn) else { return };
+        // Decoding succeeded when the message arrived.
+        let Ok(message) = sync::Message::decode(&p.data) else { return };
+        pd.requesting = p.requesting;
+        if !p.requesting {
+            pd.told_unavailable = false;
+        }
+        if let Err(e) = d.doc.receive_sync_message(&mut pd.sync, message) {
+            let detail = format!("could not apply sync message for {doc_id}: {e}");
+            self.reject(p.conn, ErrorKind::InvalidSyncMessage, detail);
+        }
+    }
+
+    /// After the document may have changed: persist new changes, then (once
+    /// durable) answer every peer.
+    fn after_doc_update(&mut self, now: Millis, doc_id: DocumentId, before: Vec<ChangeHash>) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let heads = d.doc.get_heads();
+        if heads != before && heads != d.saved_heads {
+            let chunk = d.doc.save_after(&d.saved_heads);
+            d.saved_heads = heads;
+            d.writes_in_flight += 1;
+            d.chunk_bytes += chunk.len();
+            d.upstream_unavailable.clear();
+            let compact = d.chunk_bytes >= MIN_COMPACT_BYTES && d.chunk_bytes >= d.snapshot_bytes;
+            self.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
+            if compact {
+                self.compact(doc_id);
+            }
+            // New data goes upstream too.
+            let upstreams = self.upstream_conns();
+            for up in upstreams {
+                self.attach_upstream(now, doc_id, up);
+            }
+        }
+        self.sync_doc(now, doc_id);
+    }
+
+    fn compact(&mut self, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let snapshot = d.doc.save();
+        d.snapshot_bytes = snapshot.len();
+        d.chunk_bytes = 0;
+        d.writes_in_flight += 1;
+        self.storage(TaskPurpose::Write(doc_id), StorageTask::Compact { doc: doc_id, snapshot });
+    }
+
+    /// Sends whatever sync messages are due for a document, unless a write
+    /// is in flight (then [`Self::handle_storage_result`] calls us again).
+    fn sync_doc(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.loading || d.writes_in_flight > 0 {
+            return;
+        }
+        let has_data = d.has_data();
+        let mut out = Vec::new();
+        for (conn, pd) in d.peers.iter_mut() {
+            if pd.loading_state {
+                continue;
+            }
+            // A peer that has nothing gets nothing from us while we have
+            // nothing either; availability is answered separately.
+            if pd.requesting && !has_data {
+                continue;
+            }
+            if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
+                out.push((*conn, m.encode()));
+            }
+        }
+        for (conn, data) in out {
+            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
+            let sender_id = self.config.peer_id.clone();
+            let message = if has_data {
+                Message::Sync { sender_id, target_id, document_id: doc_id, data }
+            } else {
+                Message::Request { sender_id, target_id, document_id: doc_id, data }
+            };
+            self.send(conn, message);
+        }
+        self.resolve_availability(now, doc_id);
+    }
+
+    /// For a document we do not have: ask upstreams that have not answered,
+    /// and tell requesters `doc-unavailable` once nobody is left to ask.
+    fn resolve_availability(&mut self, _now: Millis, doc_id: DocumentId) {
+        let upstreams = self.upstream_conns();
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.loading || d.has_data() || d.writes_in_flight > 0 {
+            return;
+        }
+        let someone_waiting = d.local_waiting || d.peers.values().any(|p| p.requesting && !p.told_unavailable);
+        if !someone_waiting {
+            return;
+        }
+        let mut asking = Vec::new();
+        for up in upstreams {
+            let requester = d.peers.get(&up).is_some_and(|p| p.requesting);
+            if !d.upstream_unavailable.contains(&up) && !requester {
+                asking.push(up);
+            }
+        }
+        if !asking.is_empty() {
+            let ask: Vec<ConnId> = asking.into_iter().filter(|up| !d.peers.contains_key(up)).collect();
+            for up in ask {
+                self.ensure_peer_doc(doc_id, up);
+                self.subscribe(up, doc_id);
+            }
+            self.generate_requests(doc_id);
+            return;
+        }
+        self.announce_unavailable(doc_id);
+    }
+
+    /// Sends `request` messages to upstreams attached to a document we
+    /// have no data for.
+    fn generate_requests(&mut self, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let mut out = Vec::new();
+        for (conn, pd) in d.peers.iter_mut() {
+            if pd.loading_state || pd.requesting {
+                continue;
+            }
+            let is_upstream = self.conns.get(conn).is_some_and(Conn::is_upstream_ready);
+            if !is_upstream {
+                continue;
+            }
+            if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
+                out.push((*conn, m.encode()));
+            }
+        }
+        for (conn, data) in out {
+            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
+            let sender_id = self.config.peer_id.clone();
+            self.send(conn, Message::Request { sender_id, target_id, document_id: doc_id, data });
+        }
+    }
+
+    fn announce_unavailable(&mut self, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let mut targets = Vec::new();
+        for (conn, pd) in d.peers.iter_mut() {
+            if pd.requesting && !pd.told_unavailable {
+                pd.told_unavailable = true;
+                targets.push(*conn);
+            }
+        }
+        let local = std::mem::take(&mut d.local_waiting);
+        for conn in targets {
+            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
+            let sender_id = self.config.peer_id.clone();
+            self.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
+        }
+        if local {
+            self.event(Event::DocUnavailable { doc: doc_id });
+        }
+    }
+
+    fn handle_unavailable(&mut self, now: Millis, conn: ConnId, doc_id: DocumentId) {
+        let is_upstream = self.conns.get(&conn).is_some_and(Conn::is_upstream_ready);
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if is_upstream {
+            d.upstream_unavailable.insert(conn);
+        }
+        if let Some(pd) = d.peers.get_mut(&conn) {
+            // Whatever we sent was in vain; start over if it reappears.
+            pd.sync = sync::State::new();
+        }
+        self.resolve_availability(now, doc_id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_ephemeral(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        sender: PeerId,
+        doc_id: DocumentId,
+        session: String,
+        count: u64,
+        data: Vec<u8>,
+    ) {
+        let key = (sender.clone(), session.clone());
+        if let Some((seen, _)) = self.ephemeral_seen.get(&key) {
+            if count <= *seen {
+                return;
+            }
+        }
+        self.ephemeral_seen.insert(key, (count, now));
+        self.subscribe(conn, doc_id);
+        let targets: Vec<ConnId> = self
+            .subscribers
+            .get(&doc_id)
+            .map(|s| s.iter().copied().filter(|c| *c != conn).collect())
+            .unwrap_or_default();
+        for target in targets {
+            let Some(target_id) = self.conns.get(&target).and_then(|c| c.peer().cloned()) else { continue };
+            if target_id == sender {
+                continue;
+            }
+            let message = Message::Ephemeral {
+                sender_id: sender.clone(),
+                target_id,
+                document_id: doc_id,
+                session_id: session.clone(),
+                count,
+                data: data.clone(),
+            };
+            self.send(target, message);
+        }
+        self.event(Event::Ephemeral { doc: doc_id, sender, data });
+    }
+
+    // ----- storage ------------------------------------------------------
+
+    /// A storage task finished.
+    pub fn handle_storage_result(&mut self, now: Millis, id: StorageTaskId, result: StorageResult) {
+        let Some(purpose) = self.tasks.remove(&id) else { return };
+        match (purpose, result) {
+            (TaskPurpose::LoadDoc(doc_id), StorageResult::Loaded(bytes)) => self.doc_loaded(now, doc_id, bytes),
+            (TaskPurpose::LoadSyncState(doc_id, conn), StorageResult::Loaded(bytes)) => {
+                self.sync_state_loaded(now, doc_id, conn, bytes)
+            }
+            (TaskPurpose::Write(doc_id), StorageResult::Done) => self.write_done(now, doc_id),
+            (TaskPurpose::PutSyncState, StorageResult::Done) => {}
+            (purpose, StorageResult::Failed(detail)) => self.storage_failed(now, purpose, detail),
+            (purpose, result) => {
+                tracing::error!(?purpose, ?result, "storage result does not match its task");
+            }
+        }
+    }
+
+    fn doc_loaded(&mut self, now: Millis, doc_id: DocumentId, bytes: Option<Vec<u8>>) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.loading = false;
+        let mut load_error = None;
+        if let Some(bytes) = bytes {
+            if let Err(e) = d.doc.load_incremental(&bytes) {
+                load_error = Some(format!("stored document {doc_id} does not load: {e}"));
+            }
+            d.snapshot_bytes = bytes.len();
+        }
+        d.saved_heads = d.doc.get_heads();
+        let has_data = d.has_data();
+        let local = has_data && std::mem::take(&mut d.local_waiting);
+        // Everyone subscribed before an eviction is attached again.
+        let subs: Vec<ConnId> = self.subscribers.get(&doc_id).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for conn in subs {
+            if self.conns.get(&conn).is_some_and(|c| c.peer().is_some()) {
+                self.ensure_peer_doc(doc_id, conn);
+            }
+        }
+        if has_data {
+            for up in self.upstream_conns() {
+                self.attach_upstream(now, doc_id, up);
+            }
+        }
+        if let Some(detail) = load_error {
+            self.event(Event::StorageFailed { doc: Some(doc_id), detail });
+        }
+        if local {
+            self.event(Event::DocReady { doc: doc_id });
+        }
+        self.drain_pending(now, doc_id);
+        self.sync_doc(now, doc_id);
+    }
+
+    fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
+        let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) else { return };
+        pd.loading_state = false;
+        if let Some(state) = bytes.and_then(|b| sync::State::decode(&b).ok()) {
+            pd.sync = state;
+        }
+        self.drain_pending(now, doc_id);
+        self.sync_doc(now, doc_id);
+    }
+
+    fn write_done(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.writes_in_flight = d.writes_in_flight.saturating_sub(1);
+        if d.writes_in_flight > 0 {
+            return;
+        }
+        let heads = d.doc.get_heads();
+        let local = std::mem::take(&mut d.local_waiting);
+        self.event(Event::DocChanged { doc: doc_id, heads });
+        if local {
+            self.event(Event::DocReady { doc: doc_id });
+        }
+        self.sync_doc(now, doc_id);
+    }
+
+    fn storage_failed(&mut self, now: Millis, purpose: TaskPurpose, detail: String) {
+        let doc = match purpose {
+            TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) => Some(d),
+            TaskPurpose::PutSyncState => None,
+        };
+        tracing::error!(?doc, %detail, "storage task failed");
+        self.event(Event::StorageFailed { doc, detail });
+        // What is in memory may now be ahead of the store: forget it rather
+        // than ever advertise it. Peers still hold the changes and will send
+        // them again when they next sync.
+        if let Some(doc_id) = doc {
+            self.docs.remove(&doc_id);
+            self.tasks.retain(|_, p| !matches!(p, TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) if *d == doc_id));
+            let _ = now;
+        }
+    }
+
+    fn put_sync_state(&mut self, doc: DocumentId, peer: StorageId, state: Vec<u8>) {
+        self.storage(TaskPurpose::PutSyncState, StorageTask::PutSyncState { doc, peer, state });
+    }
+
+    fn storage(&mut self, purpose: TaskPurpose, task: StorageTask) {
+        let id = StorageTaskId(self.next_task);
+        self.next_task += 1;
+        self.tasks.insert(id, purpose);
+        self.outputs.push_back(Output::Storage { id, task });
+    }
+
+    // ----- local documents ----------------------------------------------
+
+    /// Creates a new document with one change made by `init` (an empty
+    /// change if `init` does nothing: a document must never have empty
+    /// heads, or peers could not tell it from "not found").
+    pub fn create<F>(&mut self, now: Millis, init: F) -> Result<DocumentId, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
+    {
+        let doc_id = DocumentId::random(&mut self.rng);
+        let actor = self.random_actor();
+        let mut state = DocState::new(actor, now, false);
+        let mut tx = state.doc.transaction();
+        init(&mut tx)?;
+        if tx.pending_ops() == 0 {
+            tx.rollback();
+            state.doc.empty_commit(CommitOptions::default());
+        } else {
+            tx.commit();
+        }
+        self.docs.insert(doc_id, state);
+        self.after_doc_update(now, doc_id, Vec::new());
+        Ok(doc_id)
+    }
+
+    /// Applies a local change to a loaded document.
+    pub fn change<F, O>(&mut self, now: Millis, doc_id: DocumentId, f: F) -> Result<O, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<O, automerge::AutomergeError>,
+    {
+        let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
+        d.last_active = now;
+        let before = d.doc.get_heads();
+        let mut tx = d.doc.transaction();
+        let out = match f(&mut tx) {
+            Ok(o) => o,
+            Err(e) => {
+                tx.rollback();
+                return Err(e.into());
+            }
+        };
+        tx.commit();
+        self.after_doc_update(now, doc_id, before);
+        Ok(out)
+    }
+
+    /// Imports raw automerge bytes (a saved document or changes) into a
+    /// document, creating it if needed.
+    pub fn import(&mut self, now: Millis, doc_id: DocumentId, bytes: &[u8]) -> Result<(), DocError> {
+        if !self.docs.contains_key(&doc_id) {
+            let actor = self.random_actor();
+            self.docs.insert(doc_id, DocState::new(actor, now, false));
+        }
+        let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
+        let before = d.doc.get_heads();
+        d.doc.load_incremental(bytes)?;
+        self.after_doc_update(now, doc_id, before);
+        Ok(())
+    }
+
+    /// Asks for a document: loads it from storage, and if it is not there,
+    /// from upstream. Answered by [`Event::DocReady`] or
+    /// [`Event::DocUnavailable`].
+    pub fn find(&mut self, now: Millis, doc_id: DocumentId) {
+        if let Some(d) = self.docs.get_mut(&doc_id) {
+            d.last_active = now;
+            if !d.loading && d.has_data() && d.writes_in_flight == 0 {
+                self.event(Event::DocReady { doc: doc_id });
+                return;
+            }
+            d.local_waiting = true;
+            self.resolve_availability(now, doc_id);
+            return;
+        }
+        self.ensure_doc(now, doc_id);
+        if let Some(d) = self.docs.get_mut(&doc_id) {
+            d.local_waiting = true;
+        }
+    }
+
+    /// Sends an ephemeral message about a document to every peer
+    /// subscribed to it.
+    pub fn broadcast_ephemeral(&mut self, doc_id: DocumentId, session_id: &str, count: u64, data: Vec<u8>) {
+        let targets: Vec<ConnId> = self.subscribers.get(&doc_id).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        for conn in targets {
+            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
+            let message = Message::Ephemeral {
+                sender_id: self.config.peer_id.clone(),
+                target_id,
+                document_id: doc_id,
+                session_id: session_id.to_owned(),
+                count,
+                data: data.clone(),
+            };
+            self.send(conn, message);
+        }
+    }
+
+    // ----- time ---------------------------------------------------------
+
+    /// Periodic housekeeping: evicts idle documents and forgets old
+    /// ephemeral sessions. Call it every second or so.
+    pub fn handle_tick(&mut self, now: Millis) {
+        let idle = self.config.idle_evict_after_ms;
+        let evict: Vec<DocumentId> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| {
+                !d.busy() && d.writes_in_flight == 0 && d.pending.is_empty() && !d.local_waiting
+                    && now.saturating_sub(d.last_active) >= idle
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for doc_id in evict {
+            self.evict(doc_id);
+        }
+        self.ephemeral_seen.retain(|_, (_, at)| now.saturating_sub(*at) < EPHEMERAL_SESSION_TTL_MS);
+    }
+
+    fn evict(&mut self, doc_id: DocumentId) {
+        let Some(d) = self.docs.remove(&doc_id) else { return };
+        for (conn, pd) in d.peers {
+            let storage = self.conns.get(&conn).and_then(|c| c.storage_id().cloned());
+            if let Some(storage) = storage {
+                self.put_sync_state(doc_id, storage, pd.sync.encode());
+            }
+        }
+        self.event(Event::Evicted { doc: doc_id });
+    }
+
+    // ----- helpers ------------------------------------------------------
+
+    fn upstream_conns(&self) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.is_upstream_ready()).map(|(id, _)| *id).collect()
+    }
+
+    fn random_actor(&mut self) -> ActorId {
+        let bytes: [u8; 16] = self.rng.random();
+        ActorId::from(bytes.as_slice())
+    }
+
+    /// A fresh random value from the engine's RNG (for session ids).
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.outputs.push_back(Output::Send { conn, message });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+}

@@ -1,0 +1,232 @@
+//! Identifiers as they appear on the wire: document ids, `automerge:` URLs,
+//! peer ids, storage ids and per-engine connection ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use automerge::ChangeHash;
+use rand::{Rng, RngExt};
+
+/// Why a string could not be parsed into an identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("not valid bs58check: {0}")]
+    Bs58(String),
+    #[error("document id must be 16 bytes, got {0}")]
+    DocumentIdLength(usize),
+    #[error("change hash must be 32 bytes, got {0}")]
+    HashLength(usize),
+    #[error("not an automerge URL (expected `automerge:<id>`): {0}")]
+    NotAnAutomergeUrl(String),
+}
+
+/// A document id: 16 random bytes, written as bs58check (about 28 chars).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DocumentId([u8; 16]);
+
+impl DocumentId {
+    /// A fresh UUIDv4-shaped id drawn from the caller's RNG (the engine never
+    /// uses a global RNG, so simulations stay reproducible).
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let mut bytes: [u8; 16] = rng.random();
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(bytes)
+    }
+
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    pub fn url(&self) -> AutomergeUrl {
+        AutomergeUrl { document_id: *self, heads: None }
+    }
+}
+
+impl fmt::Display for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&bs58::encode(self.0).with_check().into_string())
+    }
+}
+
+impl fmt::Debug for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DocumentId({self})")
+    }
+}
+
+impl FromStr for DocumentId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let bytes = decode_bs58check(s)?;
+        let arr: [u8; 16] = bytes.as_slice().try_into().map_err(|_| IdError::DocumentIdLength(bytes.len()))?;
+        Ok(Self(arr))
+    }
+}
+
+fn decode_bs58check(s: &str) -> Result<Vec<u8>, IdError> {
+    bs58::decode(s).with_check(None).into_vec().map_err(|e| IdError::Bs58(e.to_string()))
+}
+
+/// Encodes a change hash the way heads travel on the wire and in URLs.
+pub fn encode_head(hash: &ChangeHash) -> String {
+    bs58::encode(hash.0).with_check().into_string()
+}
+
+/// Decodes a bs58check head string into a change hash.
+pub fn decode_head(s: &str) -> Result<ChangeHash, IdError> {
+    let bytes = decode_bs58check(s)?;
+    let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| IdError::HashLength(bytes.len()))?;
+    Ok(ChangeHash(arr))
+}
+
+/// `automerge:<documentId>` with optional `#head|head` pinning a version.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct AutomergeUrl {
+    pub document_id: DocumentId,
+    pub heads: Option<Vec<ChangeHash>>,
+}
+
+impl fmt::Display for AutomergeUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "automerge:{}", self.document_id)?;
+        if let Some(heads) = &self.heads {
+            let heads: Vec<String> = heads.iter().map(encode_head).collect();
+            write!(f, "#{}", heads.join("|"))?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for AutomergeUrl {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        let rest = s.strip_prefix("automerge:").ok_or_else(|| IdError::NotAnAutomergeUrl(s.to_owned()))?;
+        let (id, heads) = match rest.split_once('#') {
+            Some((id, heads)) => (id, Some(heads)),
+            None => (rest, None),
+        };
+        let heads = match heads {
+            Some(h) if !h.is_empty() => Some(h.split('|').map(decode_head).collect::<Result<Vec<_>, _>>()?),
+            _ => None,
+        };
+        Ok(Self { document_id: id.parse()?, heads })
+    }
+}
+
+/// A peer's self-chosen name (JS uses `peer-xxxxxxxx`); any string.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(String);
+
+impl PeerId {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// A random `peer-xxxxxxxx`-style id from the caller's RNG.
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let n: u32 = rng.random();
+        Self(format!("peer-{n:08x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
+
+/// Identifies one persistent store (a UUID string, created once and kept).
+/// Sync states are persisted per remote storage id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorageId(String);
+
+impl StorageId {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// A random UUIDv4 string from the caller's RNG.
+    pub fn random(rng: &mut impl Rng) -> Self {
+        let mut b: [u8; 16] = rng.random();
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        let h = hex::encode(b);
+        Self(format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for StorageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StorageId({})", self.0)
+    }
+}
+
+/// A connection as the engine knows it; allocated by the engine from a
+/// per-instance counter, never reused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_id_round_trips_through_bs58check() {
+        let id = DocumentId::from_bytes([7; 16]);
+        let s = id.to_string();
+        assert_eq!(s.parse::<DocumentId>().unwrap(), id);
+    }
+
+    #[test]
+    fn js_document_id_parses() {
+        // Generated by @automerge/automerge-repo 2.5.6 `repo.create()`.
+        let id: DocumentId = "DxtrkqpSm4nNZd5wkhmxqjMk34T".parse().unwrap();
+        assert_eq!(id.to_string(), "DxtrkqpSm4nNZd5wkhmxqjMk34T");
+    }
+
+    #[test]
+    fn bad_checksum_is_rejected() {
+        assert!("DxtrkqpSm4nNZd5wkhmxqjMk34U".parse::<DocumentId>().is_err());
+        assert!("".parse::<DocumentId>().is_err());
+    }
+
+    #[test]
+    fn url_with_heads_round_trips() {
+        let url = AutomergeUrl { document_id: DocumentId::from_bytes([1; 16]), heads: Some(vec![ChangeHash([9; 32])]) };
+        let s = url.to_string();
+        assert!(s.starts_with("automerge:"));
+        assert_eq!(s.parse::<AutomergeUrl>().unwrap(), url);
+        assert!("automerge".parse::<AutomergeUrl>().is_err());
+    }
+}

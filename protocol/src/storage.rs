@@ -1,0 +1,98 @@
+//! Storage as effects: the engine emits [`StorageTask`]s, the driver runs
+//! them against a real store (SQLite on devices, edges and the hub;
+//! IndexedDB in the browser) and feeds back a [`StorageResult`] with the
+//! same [`StorageTaskId`].
+//!
+//! A driver must run the tasks of one engine **in the order they were
+//! emitted** and must only report a write as done once it is durable: the
+//! engine relies on both to never advertise heads that are not committed.
+
+use std::collections::BTreeMap;
+
+use crate::ids::{DocumentId, StorageId};
+
+/// Correlates a task with its completion; unique per engine instance.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct StorageTaskId(pub u64);
+
+/// One unit of storage work.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageTask {
+    /// Load every chunk of a document, concatenated (snapshot first, then
+    /// incrementals) so that one `Automerge::load` reads all of it.
+    LoadDoc { doc: DocumentId },
+    /// Append an incremental chunk (changes since the last chunk).
+    AppendChunk { doc: DocumentId, data: Vec<u8> },
+    /// Replace every chunk stored for the document so far with one
+    /// snapshot. Chunks appended by earlier tasks are covered by it.
+    Compact { doc: DocumentId, snapshot: Vec<u8> },
+    /// Forget a document and its sync states.
+    DeleteDoc { doc: DocumentId },
+    /// Load the persisted sync state we share with a remote store.
+    LoadSyncState { doc: DocumentId, peer: StorageId },
+    PutSyncState { doc: DocumentId, peer: StorageId, state: Vec<u8> },
+}
+
+/// The answer to a task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageResult {
+    /// For `LoadDoc` and `LoadSyncState`: the bytes, or `None` if absent.
+    Loaded(Option<Vec<u8>>),
+    /// For every write: it is durable.
+    Done,
+    /// The store failed; the engine treats the document as unavailable and
+    /// never advertises the data of a failed write.
+    Failed(String),
+}
+
+/// An in-memory store that executes tasks immediately, for tests, the
+/// simulation harness and ephemeral peers.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    docs: BTreeMap<DocumentId, Vec<Vec<u8>>>,
+    sync_states: BTreeMap<(DocumentId, StorageId), Vec<u8>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs one task and returns its result.
+    pub fn execute(&mut self, task: &StorageTask) -> StorageResult {
+        match task {
+            StorageTask::LoadDoc { doc } => {
+                StorageResult::Loaded(self.docs.get(doc).map(|chunks| chunks.concat()))
+            }
+            StorageTask::AppendChunk { doc, data } => {
+                self.docs.entry(*doc).or_default().push(data.clone());
+                StorageResult::Done
+            }
+            StorageTask::Compact { doc, snapshot } => {
+                self.docs.insert(*doc, vec![snapshot.clone()]);
+                StorageResult::Done
+            }
+            StorageTask::DeleteDoc { doc } => {
+                self.docs.remove(doc);
+                self.sync_states.retain(|(d, _), _| d != doc);
+                StorageResult::Done
+            }
+            StorageTask::LoadSyncState { doc, peer } => {
+                StorageResult::Loaded(self.sync_states.get(&(*doc, peer.clone())).cloned())
+            }
+            StorageTask::PutSyncState { doc, peer, state } => {
+                self.sync_states.insert((*doc, peer.clone()), state.clone());
+                StorageResult::Done
+            }
+        }
+    }
+
+    /// Number of documents with at least one chunk.
+    pub fn doc_count(&self) -> usize {
+        self.docs.len()
+    }
+
+    pub fn chunk_count(&self, doc: &DocumentId) -> usize {
+        self.docs.get(doc).map_or(0, Vec::len)
+    }
+}

@@ -1,0 +1,1 @@
+//! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
