@@ -1,0 +1,677 @@
+//! The SQLite store: runs the sync engine's [`StorageTask`]s against one
+//! database file and reports a write as done only once it is committed.
+//!
+//! # Schema
+//! - `meta`: key/value pairs; holds this store's [`StorageId`], created on
+//!   first open and kept forever after.
+//! - `chunks`: the saved bytes of every document, one row per chunk. `seq`
+//!   is an `AUTOINCREMENT` key, so it never goes backwards and orders chunks
+//!   by insertion. `kind` is `snapshot` (written by compaction) or
+//!   `incremental` (appended changes).
+//! - `sync_states`: the persisted sync state per document and remote store.
+//!
+//! The schema version lives in `PRAGMA user_version`; [`MIGRATIONS`] are
+//! applied in order at open, and a database written by a newer build is
+//! refused rather than misread.
+//!
+//! # Durability
+//! The database runs in WAL mode. A commit appends its pages to the `-wal`
+//! file with `write(2)` before `COMMIT` returns, so once a task is reported
+//! [`StorageResult::Done`] its data is in the kernel's page cache and
+//! survives the process being killed (`kill -9`, a panic, an abort), which
+//! is the guarantee Meridian relies on and tests. With the default
+//! `synchronous=NORMAL` the WAL is not fsynced on every commit, so a power
+//! loss or kernel crash may lose the most recent commits (never corrupting
+//! the database). [`StoreOptions::fsync`] switches to `synchronous=FULL`,
+//! which fsyncs the WAL on every commit; [`SqliteStore::execute_batch`]
+//! commits a whole batch at once, so that cost is paid once per batch.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use meridian_protocol::ids::{DocumentId, StorageId};
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// How long a statement waits for a lock held by another connection.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `meta` key under which the store's own storage id is kept.
+const STORAGE_ID_KEY: &str = "storage_id";
+
+/// Schema migrations: entry `i` upgrades a database from version `i` to
+/// version `i + 1`. Append new entries; never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // Version 1: the initial schema.
+    "CREATE TABLE meta (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE chunks (
+         seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+         doc_id BLOB NOT NULL CHECK (length(doc_id) = 16),
+         kind   TEXT NOT NULL CHECK (kind IN ('snapshot', 'incremental')),
+         data   BLOB NOT NULL
+     ) STRICT;
+     CREATE INDEX chunks_by_doc ON chunks (doc_id, seq);
+     CREATE TABLE sync_states (
+         doc_id          BLOB NOT NULL CHECK (length(doc_id) = 16),
+         peer_storage_id TEXT NOT NULL,
+         state           BLOB NOT NULL,
+         PRIMARY KEY (doc_id, peer_storage_id)
+     ) STRICT;",
+];
+
+/// The schema version this build creates and understands.
+const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Why the store could not be opened or queried.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory that should contain the database could not be created.
+    #[error("cannot create the directory for database {}: {source}", path.display())]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    /// SQLite failed while opening, configuring or migrating the database.
+    #[error("cannot open database {}: {source}", path.display())]
+    Open { path: PathBuf, source: rusqlite::Error },
+    /// The database refused write-ahead logging, which durability relies on.
+    #[error("database {} cannot use WAL mode (journal mode is {mode:?})", path.display())]
+    JournalMode { path: PathBuf, mode: String },
+    /// The database was written by a newer build with an unknown schema.
+    #[error(
+        "database {} has schema version {found}, but this build only knows versions up to \
+         {supported}; upgrade meridian-edge to open it",
+        path.display()
+    )]
+    SchemaTooNew { path: PathBuf, found: i64, supported: usize },
+    /// A query failed on an open database.
+    #[error("SQLite query failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// How a [`SqliteStore`] trades commit latency for durability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Fsync the WAL on every commit (`synchronous=FULL`) so that commits also
+    /// survive power loss and kernel crashes, not only process crashes.
+    pub fsync: bool,
+}
+
+/// A document store backed by one SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    storage_id: StorageId,
+}
+
+impl SqliteStore {
+    /// Opens the database at `path` with default options, creating it and
+    /// its parent directory if needed.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens the database at `path`, creating it and its parent directory if
+    /// needed, migrating its schema and creating its storage id on first use.
+    ///
+    /// # Errors
+    /// Fails, naming the path, if the directory or file cannot be created or
+    /// opened, if WAL mode is unavailable, or if the schema is newer than this
+    /// build knows ([`StoreError::SchemaTooNew`]).
+    pub fn open_with(path: &Path, options: StoreOptions) -> Result<Self, StoreError> {
+        create_parent_dir(path)?;
+        let mut conn = Connection::open(path).map_err(open_error(path))?;
+        configure(&conn, path, options)?;
+        let storage_id = init_schema(&mut conn, path)?;
+        Ok(Self { conn, path: path.to_owned(), storage_id })
+    }
+
+    /// Returns the id that identifies this store to remote peers.
+    pub fn storage_id(&self) -> &StorageId {
+        &self.storage_id
+    }
+
+    /// Returns the path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs one task in its own transaction and returns its result.
+    pub fn execute(&mut self, task: &StorageTask) -> StorageResult {
+        self.in_transaction(is_write(task), |tx| run_task(tx, task)).unwrap_or_else(|error| {
+            tracing::warn!(%error, path = %self.path.display(), "storage task rolled back");
+            StorageResult::Failed(format!("SQLite store failed: {error}"))
+        })
+    }
+
+    /// Runs the tasks in order inside one transaction (group commit).
+    ///
+    /// Either the whole batch commits and every result is returned, or
+    /// nothing commits and every task, reads included, gets
+    /// [`StorageResult::Failed`]: reads that ran after a write in the batch
+    /// may have seen data that was rolled back.
+    pub fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
+        if tasks.is_empty() {
+            return Vec::new();
+        }
+        let write = tasks.iter().any(|(_, task)| is_write(task));
+        let outcome = self.in_transaction(write, |tx| {
+            tasks.iter().map(|(_, task)| run_task(tx, task)).collect::<rusqlite::Result<Vec<_>>>()
+        });
+        match outcome {
+            Ok(results) => tasks.iter().map(|(id, _)| *id).zip(results).collect(),
+            Err(error) => {
+                tracing::warn!(%error, tasks = tasks.len(), path = %self.path.display(), "storage batch rolled back");
+                let message = format!("batch of {} tasks rolled back: {error}", tasks.len());
+                tasks.iter().map(|(id, _)| (*id, StorageResult::Failed(message.clone()))).collect()
+            }
+        }
+    }
+
+    /// Lists every document that has chunks, with its total chunk size in
+    /// bytes and its chunk count, ordered by document id bytes.
+    pub fn list_documents(&self) -> Result<Vec<(DocumentId, usize, usize)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT doc_id, SUM(length(data)), COUNT(*) FROM chunks GROUP BY doc_id ORDER BY doc_id")?;
+        let rows =
+            stmt.query_map([], |row| Ok((DocumentId::from_bytes(row.get(0)?), count(row, 1)?, count(row, 2)?)))?;
+        let documents = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(documents)
+    }
+
+    /// Counts the documents that have at least one chunk.
+    pub fn document_count(&self) -> Result<usize, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT COUNT(DISTINCT doc_id) FROM chunks")?;
+        Ok(stmt.query_row([], |row| count(row, 0))?)
+    }
+
+    /// Closes the database, reporting any error SQLite hits while doing so.
+    ///
+    /// Dropping the store also closes it; committed data is safe either way.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.conn.close().map_err(|(_, error)| StoreError::Sqlite(error))
+    }
+
+    /// Runs `f` in a transaction and commits it; on any error the transaction
+    /// is rolled back when dropped. Writers take the write lock up front so
+    /// they never fail halfway on a lock upgrade.
+    fn in_transaction<R>(
+        &mut self,
+        write: bool,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> rusqlite::Result<R> {
+        let behavior = if write { TransactionBehavior::Immediate } else { TransactionBehavior::Deferred };
+        let tx = self.conn.transaction_with_behavior(behavior)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Returns a mapper from SQLite errors to [`StoreError::Open`] for `path`.
+fn open_error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |source| StoreError::Open { path: path.to_owned(), source }
+}
+
+/// Creates the directory that will contain the database, if any.
+fn create_parent_dir(path: &Path) -> Result<(), StoreError> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir { path: path.to_owned(), source })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Sets the connection pragmas: WAL, commit durability, busy timeout and
+/// foreign keys.
+fn configure(conn: &Connection, path: &Path, options: StoreOptions) -> Result<(), StoreError> {
+    let err = open_error(path);
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(&err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::JournalMode { path: path.to_owned(), mode });
+    }
+    // See the module documentation: NORMAL is durable against process
+    // crashes in WAL mode; FULL adds durability against power loss.
+    let synchronous = if options.fsync { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", synchronous).map_err(&err)?;
+    conn.pragma_update(None, "foreign_keys", true).map_err(&err)?;
+    Ok(())
+}
+
+/// Brings the schema up to date and returns the store's storage id,
+/// creating it on first open, all in one transaction.
+fn init_schema(conn: &mut Connection, path: &Path) -> Result<StorageId, StoreError> {
+    let err = open_error(path);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&err)?;
+    migrate(&tx, path)?;
+    let storage_id = load_or_create_storage_id(&tx).map_err(&err)?;
+    tx.commit().map_err(&err)?;
+    Ok(storage_id)
+}
+
+/// Applies the migrations the database has not seen yet, refusing a schema
+/// newer than this build knows.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let err = open_error(path);
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(&err)?;
+    let current = usize::try_from(found)
+        .ok()
+        .filter(|version| *version <= SCHEMA_VERSION)
+        .ok_or_else(|| StoreError::SchemaTooNew { path: path.to_owned(), found, supported: SCHEMA_VERSION })?;
+    for (version, sql) in (1_i64..).zip(MIGRATIONS).skip(current) {
+        conn.execute_batch(sql).map_err(&err)?;
+        conn.pragma_update(None, "user_version", version).map_err(&err)?;
+    }
+    Ok(())
+}
+
+/// Reads the persisted storage id, or creates and persists a random one.
+fn load_or_create_storage_id(conn: &Connection) -> rusqlite::Result<StorageId> {
+    let existing: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [STORAGE_ID_KEY], |row| row.get(0)).optional()?;
+    if let Some(id) = existing {
+        return Ok(StorageId::new(id));
+    }
+    let id = StorageId::random(&mut rand::rng());
+    conn.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![STORAGE_ID_KEY, id.as_str()])?;
+    Ok(id)
+}
+
+/// Reads a non-negative integer column as a `usize`.
+///
+/// rusqlite converts `usize` only with its `fallible_uint` feature, so the
+/// range check is done here.
+fn count(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<usize> {
+    let value: i64 = row.get(idx)?;
+    usize::try_from(value).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(idx, value))
+}
+
+/// Tells whether a task modifies the database.
+fn is_write(task: &StorageTask) -> bool {
+    !matches!(task, StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. })
+}
+
+/// Runs one task on a connection that is inside a transaction.
+fn run_task(conn: &Connection, task: &StorageTask) -> rusqlite::Result<StorageResult> {
+    use StorageResult::{Done, Loaded};
+    Ok(match task {
+        StorageTask::LoadDoc { doc } => Loaded(load_doc(conn, doc)?),
+        StorageTask::AppendChunk { doc, data } => {
+            insert_chunk(conn, doc, ChunkKind::Incremental, data)?;
+            Done
+        }
+        StorageTask::Compact { doc, snapshot } => {
+            delete_chunks(conn, doc)?;
+            insert_chunk(conn, doc, ChunkKind::Snapshot, snapshot)?;
+            Done
+        }
+        StorageTask::DeleteDoc { doc } => {
+            delete_chunks(conn, doc)?;
+            delete_sync_states(conn, doc)?;
+            Done
+        }
+        StorageTask::LoadSyncState { doc, peer } => Loaded(load_sync_state(conn, doc, peer)?),
+        StorageTask::PutSyncState { doc, peer, state } => {
+            put_sync_state(conn, doc, peer, state)?;
+            Done
+        }
+    })
+}
+
+/// The `kind` column of a chunk.
+#[derive(Clone, Copy, Debug)]
+enum ChunkKind {
+    Snapshot,
+    Incremental,
+}
+
+impl ChunkKind {
+    /// Returns the value stored in the `kind` column.
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Snapshot => "snapshot",
+            Self::Incremental => "incremental",
+        }
+    }
+}
+
+/// Concatenates a document's chunks, snapshots first and then incrementals,
+/// each in insertion order; `None` if the document has no chunks.
+fn load_doc(conn: &Connection, doc: &DocumentId) -> rusqlite::Result<Option<Vec<u8>>> {
+    let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq")?;
+    let mut rows = stmt.query([doc.as_bytes()])?;
+    let mut loaded: Option<Vec<u8>> = None;
+    while let Some(row) = rows.next()? {
+        loaded.get_or_insert_default().extend_from_slice(row.get_ref(0)?.as_blob()?);
+    }
+    Ok(loaded)
+}
+
+/// Stores one chunk after every existing chunk of the document.
+fn insert_chunk(conn: &Connection, doc: &DocumentId, kind: ChunkKind, data: &[u8]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("INSERT INTO chunks (doc_id, kind, data) VALUES (?1, ?2, ?3)")?;
+    stmt.execute(params![doc.as_bytes(), kind.as_str(), data])?;
+    Ok(())
+}
+
+/// Removes every chunk of the document.
+fn delete_chunks(conn: &Connection, doc: &DocumentId) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("DELETE FROM chunks WHERE doc_id = ?1")?;
+    stmt.execute([doc.as_bytes()])?;
+    Ok(())
+}
+
+/// Removes every sync state of the document.
+fn delete_sync_states(conn: &Connection, doc: &DocumentId) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached("DELETE FROM sync_states WHERE doc_id = ?1")?;
+    stmt.execute([doc.as_bytes()])?;
+    Ok(())
+}
+
+/// Reads the sync state shared with `peer` for the document, if any.
+fn load_sync_state(conn: &Connection, doc: &DocumentId, peer: &StorageId) -> rusqlite::Result<Option<Vec<u8>>> {
+    let mut stmt = conn.prepare_cached("SELECT state FROM sync_states WHERE doc_id = ?1 AND peer_storage_id = ?2")?;
+    stmt.query_row(params![doc.as_bytes(), peer.as_str()], |row| row.get(0)).optional()
+}
+
+/// Inserts or replaces the sync state shared with `peer` for the document.
+fn put_sync_state(conn: &Connection, doc: &DocumentId, peer: &StorageId, state: &[u8]) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO sync_states (doc_id, peer_storage_id, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id, peer_storage_id) DO UPDATE SET state = excluded.state",
+    )?;
+    stmt.execute(params![doc.as_bytes(), peer.as_str(), state])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    use meridian_protocol::automerge::transaction::Transactable;
+    use meridian_protocol::automerge::{AutoCommit, Automerge, ROOT, ReadDoc};
+    use tempfile::TempDir;
+
+    use super::*;
+    use StorageResult::{Done, Failed, Loaded};
+
+    fn db_path(dir: &TempDir) -> PathBuf {
+        dir.path().join("nested").join("edge.db")
+    }
+
+    fn temp_store() -> (TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&db_path(&dir)).unwrap();
+        (dir, store)
+    }
+
+    fn doc(n: u8) -> DocumentId {
+        DocumentId::from_bytes([n; 16])
+    }
+
+    fn append(doc: DocumentId, data: &[u8]) -> StorageTask {
+        StorageTask::AppendChunk { doc, data: data.to_vec() }
+    }
+
+    fn load(doc: DocumentId) -> StorageTask {
+        StorageTask::LoadDoc { doc }
+    }
+
+    fn chunk_count(store: &SqliteStore, id: DocumentId) -> usize {
+        store.list_documents().unwrap().iter().find(|(d, _, _)| *d == id).map_or(0, |(_, _, chunks)| *chunks)
+    }
+
+    fn load_automerge(store: &mut SqliteStore, id: DocumentId) -> Automerge {
+        let Loaded(Some(bytes)) = store.execute(&load(id)) else { panic!("document {id} not stored") };
+        Automerge::load(&bytes).unwrap()
+    }
+
+    #[test]
+    fn open_creates_parent_dir_with_wal_and_current_schema() {
+        let (dir, store) = temp_store();
+        assert!(db_path(&dir).exists());
+        let version: i64 = store.conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION as i64);
+        let mode: String = store.conn.pragma_query_value(None, "journal_mode", |row| row.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(store.document_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn fsync_option_selects_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&db_path(&dir), StoreOptions { fsync: true }).unwrap();
+        let synchronous: i64 = store.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap();
+        assert_eq!(synchronous, 2, "FULL");
+    }
+
+    #[test]
+    fn append_then_load_round_trips() {
+        let (_dir, mut store) = temp_store();
+        assert_eq!(store.execute(&load(doc(1))), Loaded(None));
+        assert_eq!(store.execute(&append(doc(1), b"ab")), Done);
+        assert_eq!(store.execute(&append(doc(1), b"cd")), Done);
+        assert_eq!(store.execute(&append(doc(2), b"zz")), Done);
+        assert_eq!(store.execute(&load(doc(1))), Loaded(Some(b"abcd".to_vec())));
+        assert_eq!(store.list_documents().unwrap(), vec![(doc(1), 4, 2), (doc(2), 2, 1)]);
+        assert_eq!(store.document_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn compaction_replaces_chunks_and_keeps_automerge_content() {
+        let (_dir, mut store) = temp_store();
+        let id = doc(3);
+        let mut am = AutoCommit::new();
+        am.put(ROOT, "title", "draft").unwrap();
+        assert_eq!(store.execute(&append(id, &am.save())), Done);
+        for i in 0..3_i64 {
+            let heads = am.get_heads();
+            am.put(ROOT, "count", i).unwrap();
+            assert_eq!(store.execute(&append(id, &am.save_after(&heads))), Done);
+        }
+        assert_eq!(chunk_count(&store, id), 4);
+        assert_eq!(load_automerge(&mut store, id).get_heads(), am.get_heads());
+
+        assert_eq!(store.execute(&StorageTask::Compact { doc: id, snapshot: am.save() }), Done);
+        assert_eq!(chunk_count(&store, id), 1);
+        assert_eq!(load_automerge(&mut store, id).get_heads(), am.get_heads());
+
+        // An incremental appended after compaction loads after the snapshot.
+        let heads = am.get_heads();
+        am.put(ROOT, "title", "final").unwrap();
+        assert_eq!(store.execute(&append(id, &am.save_after(&heads))), Done);
+        let loaded = load_automerge(&mut store, id);
+        assert_eq!(loaded.get_heads(), am.get_heads());
+        let (title, _) = loaded.get(ROOT, "title").unwrap().unwrap();
+        assert_eq!(title.as_str(), Some("final"));
+    }
+
+    #[test]
+    fn storage_id_persists_across_reopen() {
+        let (dir, store) = temp_store();
+        let id = store.storage_id().clone();
+        assert_eq!(id.as_str().len(), 36, "UUID-shaped: {id}");
+        store.close().unwrap();
+        let reopened = SqliteStore::open(&db_path(&dir)).unwrap();
+        assert_eq!(reopened.storage_id(), &id);
+        let (_other_dir, other) = temp_store();
+        assert_ne!(other.storage_id(), &id);
+    }
+
+    #[test]
+    fn sync_states_put_load_and_overwrite() {
+        let (_dir, mut store) = temp_store();
+        let (a, b) = (StorageId::new("peer-a"), StorageId::new("peer-b"));
+        let load_a = StorageTask::LoadSyncState { doc: doc(1), peer: a.clone() };
+        let put = |peer: &StorageId, state: &[u8]| StorageTask::PutSyncState {
+            doc: doc(1),
+            peer: peer.clone(),
+            state: state.to_vec(),
+        };
+        assert_eq!(store.execute(&load_a), Loaded(None));
+        assert_eq!(store.execute(&put(&a, b"one")), Done);
+        assert_eq!(store.execute(&put(&b, b"other")), Done);
+        assert_eq!(store.execute(&load_a), Loaded(Some(b"one".to_vec())));
+        assert_eq!(store.execute(&put(&a, b"two")), Done);
+        assert_eq!(store.execute(&load_a), Loaded(Some(b"two".to_vec())));
+        let load_b_other_doc = StorageTask::LoadSyncState { doc: doc(2), peer: b };
+        assert_eq!(store.execute(&load_b_other_doc), Loaded(None));
+    }
+
+    #[test]
+    fn delete_doc_removes_chunks_and_sync_states() {
+        let (_dir, mut store) = temp_store();
+        let peer = StorageId::new("peer");
+        let put = StorageTask::PutSyncState { doc: doc(1), peer: peer.clone(), state: b"s".to_vec() };
+        assert_eq!(store.execute(&append(doc(1), b"x")), Done);
+        assert_eq!(store.execute(&append(doc(2), b"y")), Done);
+        assert_eq!(store.execute(&put), Done);
+        assert_eq!(store.execute(&StorageTask::DeleteDoc { doc: doc(1) }), Done);
+        assert_eq!(store.execute(&load(doc(1))), Loaded(None));
+        assert_eq!(store.execute(&StorageTask::LoadSyncState { doc: doc(1), peer }), Loaded(None));
+        assert_eq!(store.execute(&load(doc(2))), Loaded(Some(b"y".to_vec())));
+        assert_eq!(store.document_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn batch_runs_in_order_and_commits_together() {
+        let (dir, mut store) = temp_store();
+        let batch = vec![
+            (StorageTaskId(10), append(doc(1), b"a")),
+            (StorageTaskId(11), load(doc(1))),
+            (StorageTaskId(12), StorageTask::Compact { doc: doc(1), snapshot: b"S".to_vec() }),
+            (StorageTaskId(13), append(doc(1), b"b")),
+            (StorageTaskId(14), load(doc(1))),
+            (StorageTaskId(15), StorageTask::PutSyncState { doc: doc(1), peer: StorageId::new("p"), state: vec![1] }),
+        ];
+        let results = store.execute_batch(&batch);
+        let expected = vec![
+            (StorageTaskId(10), Done),
+            (StorageTaskId(11), Loaded(Some(b"a".to_vec()))),
+            (StorageTaskId(12), Done),
+            (StorageTaskId(13), Done),
+            (StorageTaskId(14), Loaded(Some(b"Sb".to_vec()))),
+            (StorageTaskId(15), Done),
+        ];
+        assert_eq!(results, expected);
+        assert!(store.execute_batch(&[]).is_empty());
+        drop(store);
+
+        let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
+        assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"Sb".to_vec())));
+        let sync = StorageTask::LoadSyncState { doc: doc(1), peer: StorageId::new("p") };
+        assert_eq!(reopened.execute(&sync), Loaded(Some(vec![1])));
+    }
+
+    #[test]
+    fn failed_batch_fails_every_task_and_commits_nothing() {
+        let (_dir, mut store) = temp_store();
+        // Break the second task of the batch so the transaction must roll back.
+        store.conn.execute_batch("DROP TABLE sync_states").unwrap();
+        let batch = vec![
+            (StorageTaskId(1), append(doc(1), b"lost")),
+            (StorageTaskId(2), StorageTask::PutSyncState { doc: doc(1), peer: StorageId::new("p"), state: vec![] }),
+            (StorageTaskId(3), load(doc(1))),
+        ];
+        let results = store.execute_batch(&batch);
+        assert_eq!(results.len(), 3);
+        for ((id, result), (expected_id, _)) in results.iter().zip(&batch) {
+            assert_eq!(id, expected_id);
+            assert!(matches!(result, Failed(message) if message.contains("rolled back")), "{result:?}");
+        }
+        assert_eq!(store.execute(&load(doc(1))), Loaded(None));
+        assert!(matches!(store.execute(&StorageTask::DeleteDoc { doc: doc(1) }), Failed(_)));
+    }
+
+    #[test]
+    fn newer_schema_version_is_refused() {
+        let (dir, store) = temp_store();
+        store.close().unwrap();
+        let path = db_path(&dir);
+        let raw = Connection::open(&path).unwrap();
+        raw.pragma_update(None, "user_version", SCHEMA_VERSION as i64 + 1).unwrap();
+        drop(raw);
+
+        let error = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(error, StoreError::SchemaTooNew { found, supported, .. }
+            if found == SCHEMA_VERSION as i64 + 1 && supported == SCHEMA_VERSION));
+        let message = error.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn open_error_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the database file should be cannot be opened.
+        let path = dir.path().join("is-a-dir");
+        std::fs::create_dir(&path).unwrap();
+        let message = SqliteStore::open(&path).unwrap_err().to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn data_survives_drop_without_close() {
+        let (dir, mut store) = temp_store();
+        assert_eq!(store.execute(&append(doc(1), b"kept")), Done);
+        drop(store);
+        let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
+        assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"kept".to_vec())));
+    }
+
+    #[test]
+    fn data_survives_a_connection_that_never_closes() {
+        let (dir, mut store) = temp_store();
+        assert_eq!(store.execute(&append(doc(1), b"in-wal")), Done);
+        // Leak the connection: no close, no checkpoint, like a killed process.
+        std::mem::forget(store);
+        let wal = dir.path().join("nested").join("edge.db-wal");
+        assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the commit should still be in the WAL");
+        let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
+        assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"in-wal".to_vec())));
+    }
+
+    /// Set for the child process of `committed_writes_survive_sigkill`.
+    const CRASH_CHILD_DB: &str = "MERIDIAN_STORE_CRASH_CHILD_DB";
+    const CRASH_CHILD_COMMITTED: &str = "MERIDIAN-CRASH-CHILD-COMMITTED";
+
+    /// The child half of `committed_writes_survive_sigkill`: it commits a
+    /// batch, says so, and waits to be killed. A no-op in a normal run.
+    #[test]
+    fn crash_child() {
+        let Some(path) = std::env::var_os(CRASH_CHILD_DB) else { return };
+        let mut store = SqliteStore::open(Path::new(&path)).unwrap();
+        let results = store.execute_batch(&[(StorageTaskId(1), append(doc(1), b"committed"))]);
+        assert_eq!(results, vec![(StorageTaskId(1), Done)]);
+        println!("\n{CRASH_CHILD_COMMITTED}");
+        std::io::stdout().flush().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        panic!("crash child was not killed");
+    }
+
+    #[test]
+    fn committed_writes_survive_sigkill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["store::tests::crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD_DB, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let committed = BufReader::new(stdout).lines().map_while(Result::ok).any(|line| line == CRASH_CHILD_COMMITTED);
+        // `Child::kill` is SIGKILL on Unix: no destructors, no SQLite close.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(committed, "the child never reported its commit");
+
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.execute(&load(doc(1))), Loaded(Some(b"committed".to_vec())));
+    }
+}
