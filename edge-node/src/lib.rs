@@ -1,3 +1,29 @@
-//! placeholder
+//! # meridian-edge
+//!
+//! The edge node: an automerge-repo compatible sync server that keeps its
+//! documents in SQLite. Browsers and the JS automerge-repo connect over
+//! WebSocket at `/sync` (or `/`).
+//!
+//! - [`config`]: [`config::EdgeConfig`], built by the binary from flags and
+//!   env vars, or directly by tests.
+//! - [`node`]: the event loop that owns the sync engine ([`node::EdgeNode`]
+//!   starts everything and is what tests run in-process).
+//! - [`server`]: HTTP and WebSocket glue.
+//! - [`store`]: the SQLite store (also used by the hub and device clients).
+//! - [`metrics`]: Prometheus metrics with documented names.
+//!
+//! **Invariant:** protocol decisions are made by `meridian_protocol::engine`;
+//! this crate only moves bytes, runs storage tasks in order, and reports a
+//! write as done only after its transaction committed.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod server;
 pub mod store;
+
+pub use config::EdgeConfig;
+pub use node::EdgeNode;

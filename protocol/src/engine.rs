@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -329,6 +329,23 @@ impl Engine {
         (d.writes_in_flight == 0 && !d.loading).then(|| d.doc.get_heads())
     }
 
+    /// Whether the peer on `conn` has told us it has every change up to
+    /// `heads` of the document (its heads are `heads` or descend from them).
+    /// This is how a client learns a change is durable at its server: a
+    /// server only advertises heads that are committed.
+    pub fn peer_covers(&self, doc: &DocumentId, conn: ConnId, heads: &[ChangeHash]) -> bool {
+        let Some(d) = self.docs.get(doc) else { return false };
+        let Some(theirs) = d.peers.get(&conn).and_then(|p| p.sync.their_heads.as_ref()) else { return false };
+        if heads.iter().all(|h| theirs.contains(h)) {
+            return true;
+        }
+        if theirs.iter().any(|h| d.doc.get_change_by_hash(h).is_none()) {
+            return false;
+        }
+        let newer = d.doc.get_changes(theirs);
+        heads.iter().all(|h| !newer.iter().any(|c| c.hash() == *h))
+    }
+
     // ----- connections -------------------------------------------------
 
     /// Registers a new connection. For [`Direction::Outgoing`] a `join` is
@@ -389,18 +406,27 @@ impl Engine {
         }
     }
 
-    /// A complete binary frame arrived on `conn`.
-    pub fn handle_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8]) {
+    /// A complete binary frame arrived on `conn`. Returns the wire type of
+    /// the message if it decoded (for metrics).
+    pub fn handle_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8]) -> Option<&'static str> {
         match self.conns.get(&conn).map(|c| &c.state) {
-            None | Some(ConnState::Closed) => return,
+            None | Some(ConnState::Closed) => return None,
             _ => {}
         }
         match codec::decode(bytes) {
-            Ok(Decoded::Message(m)) => self.handle_message(now, conn, m),
+            Ok(Decoded::Message(m)) => {
+                let message_type = m.type_name();
+                self.handle_message(now, conn, m);
+                Some(message_type)
+            }
             Ok(Decoded::Unknown { message_type }) => {
                 tracing::debug!(%conn, %message_type, "ignoring unknown message type");
+                Some("other")
             }
-            Err(e) => self.reject(conn, ErrorKind::Decode, e.to_string()),
+            Err(e) => {
+                self.reject(conn, ErrorKind::Decode, e.to_string());
+                None
+            }
         }
     }
 

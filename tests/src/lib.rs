@@ -1,1 +1,4 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
+
+pub mod process;
+pub mod raw;

@@ -1,0 +1,476 @@
+//! The native client: the same sync engine as the edge, run by a device app
+//! or a test, connected to an edge (or any automerge-repo sync server) over
+//! WebSocket, with reconnect and exponential backoff with jitter.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use meridian_edge::client::{Client, ClientOptions};
+//! use meridian_protocol::automerge::{ROOT, transaction::Transactable};
+//! let client = Client::connect("ws://127.0.0.1:7300/sync", ClientOptions::default()).await?;
+//! let doc = client.create(|tx| { tx.put(ROOT, "title", "hello")?; Ok(()) }).await?;
+//! println!("automerge:{doc}");
+//! # Ok(()) }
+//! ```
+//!
+//! One actor task owns the engine, the store and the socket; the [`Client`]
+//! handle talks to it through commands. Dropping the handle stops the task.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use meridian_protocol::automerge::transaction::Transaction;
+use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
+use meridian_protocol::codec;
+use meridian_protocol::engine::{Direction, Engine, EngineConfig, Event, Millis, Output};
+use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask};
+use rand::RngExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::store::SqliteStore;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
+type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
+
+/// How a client is set up.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Peer id on the wire; random if `None`.
+    pub peer_id: Option<String>,
+    /// A SQLite file for a local replica that survives restarts; in memory
+    /// (an ephemeral peer) if `None`.
+    pub store_path: Option<std::path::PathBuf>,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            peer_id: None,
+            store_path: None,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Errors of client operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the client has stopped")]
+    Stopped,
+    #[error("document {0} is unavailable: no peer has it")]
+    Unavailable(DocumentId),
+    #[error("document {0} is not loaded; call find first")]
+    NotLoaded(DocumentId),
+    #[error("automerge: {0}")]
+    Automerge(String),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Connection state, as observed by [`Client::connection_state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionState {
+    Connecting,
+    Connected,
+    Backoff,
+}
+
+enum Command {
+    Create { init: InitFn, reply: oneshot::Sender<Result<DocumentId, ClientError>> },
+    Change { doc: DocumentId, f: InitFn, reply: oneshot::Sender<Result<(), ClientError>> },
+    Find { doc: DocumentId, reply: oneshot::Sender<Result<(), ClientError>> },
+    Read { doc: DocumentId, f: ReadFn },
+    Acked { doc: DocumentId, reply: oneshot::Sender<()> },
+    State { reply: oneshot::Sender<ConnectionState> },
+}
+
+/// A handle to a running client.
+#[derive(Debug)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    changes: broadcast::Sender<(DocumentId, Vec<ChangeHash>)>,
+    peer_id: PeerId,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Client {
+    /// Starts a client that connects (and keeps reconnecting) to `url`.
+    pub async fn connect(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        let mut rng = rand::rng();
+        let peer_id = PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", rng.random::<u32>())));
+        let store = match &options.store_path {
+            Some(path) => ClientStore::Sqlite(SqliteStore::open(path)?),
+            None => ClientStore::Memory(MemoryStore::new()),
+        };
+        let mut config = EngineConfig::new(peer_id.clone(), store.storage_id());
+        config.rng_seed = rng.random();
+        config.idle_evict_after_ms = u64::MAX;
+        let (commands, rx) = mpsc::channel(64);
+        let (changes, _) = broadcast::channel(1024);
+        let actor = Actor {
+            engine: Engine::new(config),
+            store,
+            url: url.to_owned(),
+            options,
+            ws: None,
+            conn: None,
+            state: ConnectionState::Connecting,
+            backoff: None,
+            started: Instant::now(),
+            waiting_find: BTreeMap::new(),
+            changes: changes.clone(),
+            ready: false,
+            ack_waiters: Vec::new(),
+        };
+        let task = tokio::spawn(actor.run(rx));
+        Ok(Self { commands, changes, peer_id, task })
+    }
+
+    pub fn peer_id(&self) -> &PeerId {
+        &self.peer_id
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// Creates a document; returns once it is durable locally.
+    pub async fn create<F>(&self, init: F) -> Result<DocumentId, ClientError>
+    where
+        F: for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send + 'static,
+    {
+        self.ask(|reply| Command::Create { init: Box::new(init), reply }).await?
+    }
+
+    /// Changes a loaded document.
+    pub async fn change<F>(&self, doc: DocumentId, f: F) -> Result<(), ClientError>
+    where
+        F: for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send + 'static,
+    {
+        self.ask(|reply| Command::Change { doc, f: Box::new(f), reply }).await?
+    }
+
+    /// Loads a document locally or fetches it from the server.
+    pub async fn find(&self, doc: DocumentId) -> Result<(), ClientError> {
+        self.ask(|reply| Command::Find { doc, reply }).await?
+    }
+
+    /// Reads a document (if loaded) with `f`.
+    pub async fn read<T: Send + 'static>(&self, doc: DocumentId, f: impl FnOnce(&Automerge) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let f: ReadFn = Box::new(move |d| {
+            let _ = tx.send(d.map(f));
+        });
+        self.commands.send(Command::Read { doc, f }).await.ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Waits until the server has acknowledged every local change made to
+    /// the document so far (its advertised heads cover ours). Edges only
+    /// advertise committed heads, so after this the changes are durable
+    /// there.
+    pub async fn wait_acked(&self, doc: DocumentId) -> Result<(), ClientError> {
+        self.ask(|reply| Command::Acked { doc, reply }).await
+    }
+
+    /// Notified with (document, heads) whenever a document changes durably.
+    pub fn subscribe(&self) -> broadcast::Receiver<(DocumentId, Vec<ChangeHash>)> {
+        self.changes.subscribe()
+    }
+
+    pub async fn connection_state(&self) -> Result<ConnectionState, ClientError> {
+        self.ask(|reply| Command::State { reply }).await
+    }
+
+    /// Waits until `pred` holds for the document (checked on every change).
+    pub async fn wait_for(&self, doc: DocumentId, pred: impl Fn(&Automerge) -> bool + Send + Sync + Clone + 'static) -> Result<(), ClientError> {
+        let mut changes = self.subscribe();
+        loop {
+            let p = pred.clone();
+            if self.read(doc, move |d| p(d)).await == Some(true) {
+                return Ok(());
+            }
+            match changes.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Err(ClientError::Stopped),
+            }
+        }
+    }
+}
+
+/// The client's local replica.
+#[derive(Debug)]
+enum ClientStore {
+    Memory(MemoryStore),
+    Sqlite(SqliteStore),
+}
+
+impl ClientStore {
+    fn storage_id(&self) -> Option<meridian_protocol::ids::StorageId> {
+        match self {
+            ClientStore::Memory(_) => None,
+            ClientStore::Sqlite(s) => Some(s.storage_id().clone()),
+        }
+    }
+
+    fn execute(&mut self, task: &StorageTask) -> StorageResult {
+        match self {
+            ClientStore::Memory(m) => m.execute(task),
+            ClientStore::Sqlite(s) => s.execute(task),
+        }
+    }
+}
+
+/// Why the actor woke up.
+enum Wake {
+    Command(Option<Command>),
+    Frame(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
+    Reconnect,
+    Tick,
+}
+
+struct Actor {
+    engine: Engine,
+    store: ClientStore,
+    url: String,
+    options: ClientOptions,
+    ws: Option<Ws>,
+    conn: Option<ConnId>,
+    state: ConnectionState,
+    backoff: Option<Duration>,
+    started: Instant,
+    waiting_find: BTreeMap<DocumentId, Vec<oneshot::Sender<Result<(), ClientError>>>>,
+    changes: broadcast::Sender<(DocumentId, Vec<ChangeHash>)>,
+    /// The server answered our `join`.
+    ready: bool,
+    ack_waiters: Vec<(DocumentId, Vec<ChangeHash>, oneshot::Sender<()>)>,
+}
+
+impl Actor {
+    fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut reconnect_at = tokio::time::Instant::now();
+        loop {
+            if self.ws.is_none() && tokio::time::Instant::now() >= reconnect_at {
+                reconnect_at = tokio::time::Instant::now() + self.connect().await;
+            }
+            let connected = self.ws.is_some();
+            let wake = {
+                let frame = async {
+                    match self.ws.as_mut() {
+                        Some(ws) => ws.next().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    cmd = commands.recv() => Wake::Command(cmd),
+                    msg = frame => Wake::Frame(msg),
+                    _ = tokio::time::sleep_until(reconnect_at), if !connected => Wake::Reconnect,
+                    _ = tick.tick() => Wake::Tick,
+                }
+            };
+            match wake {
+                Wake::Command(Some(cmd)) => self.command(cmd),
+                Wake::Command(None) => break,
+                Wake::Frame(msg) => self.incoming(msg),
+                Wake::Reconnect => {}
+                Wake::Tick => {
+                    let now = self.now();
+                    self.engine.handle_tick(now);
+                }
+            }
+            self.drain().await;
+        }
+    }
+
+    /// Tries to connect once; returns the delay before the next attempt if
+    /// it failed.
+    async fn connect(&mut self) -> Duration {
+        self.state = ConnectionState::Connecting;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(self.options.max_message_bytes))
+            .max_frame_size(Some(self.options.max_message_bytes));
+        match tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true).await {
+            Ok((ws, _)) => {
+                tracing::info!(url = %self.url, "connected");
+                self.ws = Some(ws);
+                self.backoff = None;
+                self.state = ConnectionState::Connected;
+                let now = self.now();
+                self.conn = Some(self.engine.handle_connect(now, Direction::Outgoing));
+                Duration::ZERO
+            }
+            Err(e) => {
+                let delay = self.next_backoff();
+                tracing::info!(url = %self.url, error = %e, ?delay, "connect failed; retrying");
+                self.state = ConnectionState::Backoff;
+                delay
+            }
+        }
+    }
+
+    /// Exponential backoff with full jitter.
+    fn next_backoff(&mut self) -> Duration {
+        let next = match self.backoff {
+            None => self.options.min_backoff,
+            Some(b) => (b * 2).min(self.options.max_backoff),
+        };
+        self.backoff = Some(next);
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        next.mul_f64(jitter)
+    }
+
+    fn incoming(&mut self, msg: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) {
+        let Some(conn) = self.conn else { return };
+        let now = self.now();
+        match msg {
+            Some(Ok(WsMessage::Binary(b))) => {
+                self.engine.handle_frame(now, conn, &b);
+                self.check_acks();
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Text(_) | WsMessage::Frame(_))) => {}
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => self.disconnected(),
+        }
+    }
+
+    /// Answers `wait_acked` callers whose heads the server now covers.
+    fn check_acks(&mut self) {
+        let Some(conn) = self.conn else { return };
+        let engine = &self.engine;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.ack_waiters).into_iter().partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
+        self.ack_waiters = waiting;
+        for (_, _, reply) in done {
+            let _ = reply.send(());
+        }
+    }
+
+    fn disconnected(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let now = self.now();
+            self.engine.handle_disconnect(now, conn);
+        }
+        self.ws = None;
+        self.ready = false;
+        self.state = ConnectionState::Backoff;
+        tracing::info!(url = %self.url, "disconnected");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Create { init, reply } => {
+                let r = self.engine.create(now, init).map_err(|e| ClientError::Automerge(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Change { doc, f, reply } => {
+                let r = self.engine.change(now, doc, f).map_err(|e| match e {
+                    meridian_protocol::engine::DocError::NotLoaded(d) => ClientError::NotLoaded(d),
+                    other => ClientError::Automerge(other.to_string()),
+                });
+                let _ = reply.send(r);
+            }
+            Command::Find { doc, reply } => {
+                self.waiting_find.entry(doc).or_default().push(reply);
+                self.engine.find(now, doc);
+            }
+            Command::Read { doc, f } => f(self.engine.document(&doc)),
+            Command::State { reply } => {
+                let _ = reply.send(self.state);
+            }
+            Command::Acked { doc, reply } => {
+                let heads = self.engine.document(&doc).map(|d| d.get_heads()).unwrap_or_default();
+                self.ack_waiters.push((doc, heads, reply));
+                self.check_acks();
+            }
+        }
+    }
+
+    async fn drain(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { conn, message } => {
+                    if Some(conn) != self.conn {
+                        continue;
+                    }
+                    let bytes = codec::encode(&message);
+                    let sent = match self.ws.as_mut() {
+                        Some(ws) => ws.send(WsMessage::Binary(bytes.into())).await.is_ok(),
+                        None => false,
+                    };
+                    if !sent {
+                        self.disconnected();
+                    }
+                }
+                Output::Close { conn, .. } => {
+                    if Some(conn) == self.conn {
+                        if let Some(mut ws) = self.ws.take() {
+                            let _ = ws.close(None).await;
+                        }
+                        self.disconnected();
+                    }
+                }
+                Output::Storage { id, task } => {
+                    let result = self.store.execute(&task);
+                    let now = self.now();
+                    self.engine.handle_storage_result(now, id, result);
+                }
+                Output::Event(e) => self.event(e),
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::DocChanged { doc, heads } => {
+                let _ = self.changes.send((doc, heads));
+            }
+            Event::DocReady { doc } => {
+                for r in self.waiting_find.remove(&doc).unwrap_or_default() {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            // Before the server has answered our `join` there is nobody to
+            // ask yet: keep waiting, and ask again once it has.
+            Event::DocUnavailable { .. } if !self.ready => {}
+            Event::PeerConnected { .. } => {
+                self.ready = true;
+                let now = self.now();
+                let waiting: Vec<DocumentId> = self.waiting_find.keys().copied().collect();
+                for doc in waiting {
+                    self.engine.find(now, doc);
+                }
+            }
+            Event::DocUnavailable { doc } => {
+                for r in self.waiting_find.remove(&doc).unwrap_or_default() {
+                    let _ = r.send(Err(ClientError::Unavailable(doc)));
+                }
+            }
+            Event::ProtocolError { detail, .. } => tracing::warn!(%detail, "server rejected our input"),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Edge configuration: parsed from flags and environment variables by the
+//! binary, built directly by tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default WebSocket message limit. The first sync of a large document is
+/// a single message holding the whole document and a bloom filter of its
+/// history, so the limit must be generous.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Everything an edge node needs to run.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// Address of the HTTP/WebSocket listener (`/sync`, `/`, `/healthz`, `/metrics`).
+    pub listen: SocketAddr,
+    /// Folder holding the SQLite store.
+    pub data_dir: PathBuf,
+    /// Our peer id on the wire.
+    pub peer_id: String,
+    /// Largest accepted WebSocket message; bigger ones get an `error` and a close.
+    pub max_message_bytes: usize,
+    /// Documents untouched for this long leave memory.
+    pub idle_evict_after: Duration,
+    /// How often the engine's housekeeping runs.
+    pub tick_interval: Duration,
+    /// Interval of WebSocket pings; a peer silent for three intervals is dropped.
+    pub ping_interval: Duration,
+    /// fsync on every commit (durable against power loss, slower). Without
+    /// it, commits are durable against process crashes (`kill -9`).
+    pub fsync: bool,
+}
+
+impl EdgeConfig {
+    /// Defaults that run out of the box, with data under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            data_dir: data_dir.into(),
+            peer_id: "meridian-edge".to_owned(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            idle_evict_after: Duration::from_secs(60),
+            tick_interval: Duration::from_secs(1),
+            ping_interval: Duration::from_secs(10),
+            fsync: false,
+        }
+    }
+
+    /// Listen on an ephemeral loopback port (for tests).
+    pub fn ephemeral_port(mut self) -> Self {
+        self.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        self
+    }
+
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    pub fn peer_id(mut self, id: impl Into<String>) -> Self {
+        self.peer_id = id.into();
+        self
+    }
+
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+
+    pub fn idle_evict_after(mut self, d: Duration) -> Self {
+        self.idle_evict_after = d;
+        self
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid("max message size must be at least 1024 bytes".into()));
+        }
+        if self.peer_id.is_empty() {
+            return Err(ConfigError::Invalid("peer id must not be empty".into()));
+        }
+        if self.tick_interval.is_zero() || self.ping_interval.is_zero() {
+            return Err(ConfigError::Invalid("intervals must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite database inside the data folder.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("edge.sqlite3")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}

@@ -1,0 +1,146 @@
+//! Typed metrics of an edge, rendered as Prometheus text at `/metrics`.
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `meridian_edge_connections` | gauge | open WebSocket connections |
+//! | `meridian_edge_connections_total` | counter | connections accepted since start |
+//! | `meridian_edge_documents_loaded` | gauge | documents in memory |
+//! | `meridian_edge_messages_in_total{type}` | counter | protocol messages received, by type |
+//! | `meridian_edge_messages_out_total{type}` | counter | protocol messages sent, by type |
+//! | `meridian_edge_bytes_in_total` / `_bytes_out_total` | counter | WebSocket payload bytes |
+//! | `meridian_edge_errors_total{kind}` | counter | connections closed for bad input, by kind |
+//! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
+//! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
+//! | `meridian_edge_storage_failures_total` | counter | storage tasks that failed |
+//! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
+//! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use meridian_protocol::engine::ErrorKind;
+
+/// Message types we count; anything else is `other`.
+const TYPES: [&str; 10] = [
+    "join",
+    "peer",
+    "error",
+    "request",
+    "sync",
+    "doc-unavailable",
+    "ephemeral",
+    "remote-subscription-change",
+    "remote-heads-changed",
+    "other",
+];
+
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                self.buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// All metrics of one edge; shared between the node loop and HTTP handlers.
+#[derive(Debug, Default)]
+pub struct EdgeMetrics {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub documents_loaded: AtomicU64,
+    messages_in: [AtomicU64; 10],
+    messages_out: [AtomicU64; 10],
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    pub storage_batches: AtomicU64,
+    pub storage_tasks: AtomicU64,
+    pub storage_failures: AtomicU64,
+    pub storage_batch_seconds: Histogram,
+    pub evictions: AtomicU64,
+}
+
+fn type_index(t: &str) -> usize {
+    TYPES.iter().position(|x| *x == t).unwrap_or(TYPES.len() - 1)
+}
+
+impl EdgeMetrics {
+    pub fn message_in(&self, message_type: &str, bytes: usize) {
+        self.messages_in[type_index(message_type)].fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn message_out(&self, message_type: &str, bytes: usize) {
+        self.messages_out[type_index(message_type)].fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn errors_of(&self, kind: ErrorKind) -> u64 {
+        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.errors[i].load(Relaxed)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        gauge(&mut out, "meridian_edge_connections", "Open WebSocket connections.", &self.connections);
+        counter(&mut out, "meridian_edge_connections_total", "Connections accepted.", &self.connections_total);
+        gauge(&mut out, "meridian_edge_documents_loaded", "Documents in memory.", &self.documents_loaded);
+        labelled(&mut out, "meridian_edge_messages_in_total", "Messages received by type.", "type", &TYPES, &self.messages_in);
+        labelled(&mut out, "meridian_edge_messages_out_total", "Messages sent by type.", "type", &TYPES, &self.messages_out);
+        counter(&mut out, "meridian_edge_bytes_in_total", "Payload bytes received.", &self.bytes_in);
+        counter(&mut out, "meridian_edge_bytes_out_total", "Payload bytes sent.", &self.bytes_out);
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        labelled(&mut out, "meridian_edge_errors_total", "Connections closed for bad input.", "kind", &kinds, &self.errors);
+        counter(&mut out, "meridian_edge_storage_batches_total", "Storage transactions committed.", &self.storage_batches);
+        counter(&mut out, "meridian_edge_storage_tasks_total", "Storage tasks executed.", &self.storage_tasks);
+        counter(&mut out, "meridian_edge_storage_failures_total", "Storage tasks that failed.", &self.storage_failures);
+        self.storage_batch_seconds.render(&mut out, "meridian_edge_storage_batch_seconds", "Time to run one storage batch.");
+        counter(&mut out, "meridian_edge_evictions_total", "Documents evicted from memory.", &self.evictions);
+        out
+    }
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+}
+
+fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[&str], counts: &[AtomicU64]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (v, c) in values.iter().zip(counts) {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+    }
+}

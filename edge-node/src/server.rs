@@ -1,0 +1,146 @@
+//! HTTP glue: the automerge-repo WebSocket endpoint (`/sync`, and `/` for
+//! clients that point at the bare host), `/healthz` and `/metrics`.
+//!
+//! Each WebSocket gets one task that moves frames between the socket and the
+//! node loop. Policy (what is valid, what to answer) lives in the engine;
+//! this file only enforces what must be checked before bytes reach it:
+//! binary frames only, and the size limit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt};
+use meridian_protocol::engine::ErrorKind;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::EdgeMetrics;
+use crate::node::{NodeEvent, OUTBOUND_CAPACITY, Outbound};
+
+/// What every handler needs.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub events: mpsc::Sender<NodeEvent>,
+    pub metrics: Arc<EdgeMetrics>,
+    pub max_message_bytes: usize,
+    pub ping_interval: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(root))
+        .route("/sync", get(sync))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+async fn root(State(state): State<AppState>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Response {
+    match ws {
+        Ok(ws) => upgrade(ws, state),
+        Err(_) => "Meridian edge. Point an automerge-repo WebSocket client at ws://<this host>/sync (or /).\n\
+                   Health: /healthz, metrics: /metrics.\n"
+            .into_response(),
+    }
+}
+
+async fn sync(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    upgrade(ws, state)
+}
+
+fn upgrade(ws: WebSocketUpgrade, state: AppState) -> Response {
+    // Let a frame somewhat over our limit through the WebSocket layer so we
+    // can answer it with a protocol `error` instead of a bare close.
+    let transport_limit = state.max_message_bytes.saturating_add(1 << 20);
+    ws.max_message_size(transport_limit)
+        .max_frame_size(transport_limit)
+        .on_upgrade(move |socket| connection(socket, state))
+}
+
+/// Runs one WebSocket until either side closes it.
+async fn connection(socket: WebSocket, state: AppState) {
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if state.events.send(NodeEvent::Connected { out: out_tx, reply: reply_tx }).await.is_err() {
+        return;
+    }
+    let Ok(conn) = reply_rx.await else { return };
+    let (mut sink, mut stream) = socket.split();
+    let mut ping = tokio::time::interval(state.ping_interval);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            incoming = stream.next() => {
+                let Some(Ok(msg)) = incoming else { break };
+                last_heard = Instant::now();
+                let event = match msg {
+                    WsMessage::Binary(bytes) if bytes.len() > state.max_message_bytes => NodeEvent::Reject {
+                        conn,
+                        kind: ErrorKind::Oversize,
+                        detail: format!("message of {} bytes exceeds the limit of {} bytes", bytes.len(), state.max_message_bytes),
+                    },
+                    WsMessage::Binary(bytes) => NodeEvent::Frame { conn, bytes: bytes.to_vec() },
+                    WsMessage::Text(_) => NodeEvent::Reject {
+                        conn,
+                        kind: ErrorKind::TextFrame,
+                        detail: "text frames are not part of the protocol; send CBOR in binary frames".into(),
+                    },
+                    WsMessage::Close(_) => break,
+                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                };
+                if state.events.send(event).await.is_err() {
+                    break;
+                }
+            }
+            out = out_rx.recv() => match out {
+                Some(Outbound::Frame(bytes)) => {
+                    if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outbound::Close(reason)) => {
+                    let frame = CloseFrame { code: 1008, reason: truncate(&reason, 120).into() };
+                    let _ = sink.send(WsMessage::Close(Some(frame))).await;
+                    break;
+                }
+                None => {
+                    let _ = sink.send(WsMessage::Close(None)).await;
+                    break;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > state.ping_interval * 3 {
+                    tracing::info!(%conn, "peer silent for three ping intervals; dropping it");
+                    break;
+                }
+                if sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = state.events.send(NodeEvent::Disconnected { conn }).await;
+}
+
+/// Close reasons must fit in a control frame (125 bytes).
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

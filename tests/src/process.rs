@@ -1,0 +1,103 @@
+//! Real `meridian-edge` processes for tests that need to kill one.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Path of a workspace binary next to the test executable (cargo and
+/// nextest build every workspace binary before running integration tests
+/// through `cargo xtask test`); builds it if it is missing.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--bin", name])
+            .status()?;
+        if !status.success() || !path.exists() {
+            bail!("could not build {name} at {}", path.display());
+        }
+    }
+    Ok(path)
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A `meridian-edge serve` child process, killed on drop.
+#[derive(Debug)]
+pub struct EdgeProcess {
+    child: Child,
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+impl EdgeProcess {
+    /// Starts an edge on `port` with its store in `data`, and waits until
+    /// `/healthz` answers.
+    pub fn start(data: &Path, port: u16, extra: &[&str]) -> Result<Self> {
+        let bin = workspace_binary("meridian-edge")?;
+        let child = Command::new(bin)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawning meridian-edge")?;
+        let mut edge = Self { child, port, data: data.to_path_buf() };
+        edge.wait_healthy(Duration::from_secs(30))?;
+        Ok(edge)
+    }
+
+    fn wait_healthy(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("meridian-edge exited early with {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("meridian-edge did not start listening on {} within {timeout:?}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/sync", self.port)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Root of the workspace (for the JS scripts under `tests/js`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
