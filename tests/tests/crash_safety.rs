@@ -111,3 +111,22 @@ async fn verify(edge: &EdgeProcess, docs: &[DocumentId], acked: &[(DocumentId, S
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly_and_keeps_data() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mut edge = EdgeProcess::start(dir.path(), port, &[])?;
+    let client = Client::connect(&edge.ws_url(), fast_options()).await?;
+    let doc = client.create(|tx| tx.put(ROOT, "kept", "yes").map(|_| ())).await?;
+    client.wait_acked(doc).await?;
+    let status = edge.terminate()?;
+    assert!(status.success(), "edge exited with {status} on SIGTERM");
+    drop(client);
+    let edge = EdgeProcess::start(dir.path(), port, &[])?;
+    let reader = Client::connect(&edge.ws_url(), fast_options()).await?;
+    tokio::time::timeout(Duration::from_secs(10), reader.find(doc)).await??;
+    let kept = reader.read(doc, |d| d.get(ROOT, "kept").ok().flatten().is_some()).await;
+    assert_eq!(kept, Some(true));
+    Ok(())
+}
