@@ -1,4 +1,5 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
 
+pub mod js;
 pub mod process;
 pub mod raw;
