@@ -6,6 +6,9 @@
 //! - `cargo xtask test`  — install what the tests need (npm packages, the
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
+//! - `cargo xtask bench big-doc` — a few-thousand-change document to a fresh
+//!   JS peer, through `meridian-edge` and through the JS sync server, side by
+//!   side in one run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -19,6 +22,9 @@ Commands:
   demo        build and start a local Meridian edge (data in ./demo-data)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
+  bench big-doc [--changes N] [--rounds R] [--smoke]
+              time for an N-change document (default 3000) to reach a fresh JS peer through
+              meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
   help        print this help
 ";
 
@@ -28,6 +34,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
+        Some("bench") => bench::run(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -43,11 +50,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn root() -> PathBuf {
+mod bench;
+
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
     let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
@@ -56,7 +65,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
@@ -67,7 +76,7 @@ fn have(program: &str, arg: &str) -> bool {
 }
 
 /// npm packages for the interop tests (the real JS automerge-repo).
-fn ensure_npm() -> Result<()> {
+pub(crate) fn ensure_npm() -> Result<()> {
     let dir = root().join("tests/js");
     if !have("npm", "--version") {
         bail!("npm is required for the interop tests; install Node.js 20+ (Debian: `apt-get install -y nodejs npm`)");
@@ -101,7 +110,9 @@ fn test(extra: &[String]) -> Result<()> {
         run(cargo().args(["test", "--workspace", "--exclude", "meridian-client-wasm"]).args(extra))?;
     }
     // nextest does not run doctests.
-    run(cargo().args(["test", "--doc", "-p", "meridian-protocol"]))
+    run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-edge"]))?;
+    // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
+    bench::run(&["big-doc".into(), "--smoke".into()])
 }
 
 fn sim_sweep() -> Result<()> {
