@@ -158,7 +158,7 @@ fn read_fields(d: &mut Decoder<'_>) -> Result<Fields, DecodeError> {
         Type::Map | Type::MapIndef => d.map()?,
         _ => {
             // Make sure "not CBOR at all" is reported as such.
-            d.skip()?;
+            skip_item(d)?;
             return Err(DecodeError::NotAMap);
         }
     };
@@ -175,8 +175,8 @@ fn read_fields(d: &mut Decoder<'_>) -> Result<Fields, DecodeError> {
             }
         }
         if d.datatype()? != Type::String {
-            d.skip()?;
-            d.skip()?;
+            skip_item(d)?;
+            skip_item(d)?;
             continue;
         }
         let key = d.str()?;
@@ -201,7 +201,7 @@ fn read_field(d: &mut Decoder<'_>, key: &str, f: &mut Fields) -> Result<(), Deco
         "add" => f.add = opt_str_list(d, key)?.map(|v| v.into_iter().map(StorageId::new).collect()),
         "remove" => f.remove = opt_str_list(d, key)?.map(|v| v.into_iter().map(StorageId::new).collect()),
         "newHeads" => f.new_heads = opt_new_heads(d)?,
-        _ => d.skip()?,
+        _ => skip_item(d)?,
     }
     Ok(())
 }
@@ -215,6 +215,43 @@ fn take_absent(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
         }
         _ => Ok(false),
     }
+}
+
+/// Skips one well-formed data item. Unlike `Decoder::skip`, a break (0xff)
+/// where an item is expected is an error, as it is for cbor-x.
+fn skip_item(d: &mut Decoder<'_>) -> Result<(), minicbor::decode::Error> {
+    // Items still to skip in each enclosing container; `None` is an
+    // indefinite-length container that ends with a break. Every push
+    // consumes at least one input byte, so the stack is bounded by the input.
+    let mut pending: Vec<Option<u64>> = vec![Some(1)];
+    while let Some(top) = pending.last_mut() {
+        match top {
+            Some(0) => {
+                pending.pop();
+                continue;
+            }
+            Some(n) => *n -= 1,
+            None => {
+                if d.datatype()? == Type::Break {
+                    d.set_position(d.position() + 1);
+                    pending.pop();
+                    continue;
+                }
+            }
+        }
+        match d.datatype()? {
+            Type::Break => return Err(minicbor::decode::Error::message("unexpected break").at(d.position())),
+            Type::Array | Type::ArrayIndef => pending.push(d.array()?),
+            Type::Map | Type::MapIndef => pending.push(d.map()?.map(|n| n.saturating_mul(2))),
+            Type::Tag => {
+                d.tag()?;
+                pending.push(Some(1));
+            }
+            // Scalars and (possibly chunked) strings hold no nested items.
+            _ => d.skip()?,
+        }
+    }
+    Ok(())
 }
 
 fn wrong(field: &str, expected: &'static str) -> DecodeError {
@@ -251,9 +288,13 @@ fn opt_bytes(d: &mut Decoder<'_>, field: &str) -> Result<Option<Vec<u8>>, Decode
             }
             Ok(Some(v))
         }
-        // cbor-x with tagUint8Array would tag (64); accept the tagged form too.
+        // cbor-x with tagUint8Array would tag (64); accept the tagged form
+        // too. A loop, not recursion: a frame of nested tags must not
+        // exhaust the stack.
         Type::Tag => {
-            d.tag()?;
+            while d.datatype()? == Type::Tag {
+                d.tag()?;
+            }
             opt_bytes(d, field)
         }
         _ => Err(wrong(field, "a byte string")),
@@ -267,7 +308,7 @@ fn opt_uint(d: &mut Decoder<'_>, field: &str) -> Result<Option<u64>, DecodeError
     match d.datatype()? {
         Type::U8 | Type::U16 | Type::U32 | Type::U64 => Ok(Some(d.u64()?)),
         Type::F16 | Type::F32 | Type::F64 => {
-            let x = d.f64()?;
+            let x = float(d)?;
             if x >= 0.0 && x.fract() == 0.0 && x < 2f64.powi(64) {
                 Ok(Some(x as u64))
             } else {
@@ -278,9 +319,32 @@ fn opt_uint(d: &mut Decoder<'_>, field: &str) -> Result<Option<u64>, DecodeError
     }
 }
 
+/// Reads a float of any width. minicbor decodes half-precision floats only
+/// with its `half` feature, so those are widened here (RFC 8949, App. D).
+fn float(d: &mut Decoder<'_>) -> Result<f64, DecodeError> {
+    if d.datatype()? != Type::F16 {
+        return Ok(d.f64()?);
+    }
+    let pos = d.position();
+    let Some(&[hi, lo]) = d.input().get(pos + 1..pos + 3) else {
+        return Err(minicbor::decode::Error::end_of_input().into());
+    };
+    d.set_position(pos + 3);
+    let half = u16::from_be_bytes([hi, lo]);
+    let exp = i32::from((half >> 10) & 0x1f);
+    let mant = f64::from(half & 0x3ff);
+    let magnitude = match exp {
+        0 => mant * 2f64.powi(-24),
+        31 if mant == 0.0 => f64::INFINITY,
+        31 => f64::NAN,
+        _ => (1.0 + mant / 1024.0) * 2f64.powi(exp - 15),
+    };
+    Ok(if half & 0x8000 != 0 { -magnitude } else { magnitude })
+}
+
 fn number(d: &mut Decoder<'_>, field: &str) -> Result<f64, DecodeError> {
     match d.datatype()? {
-        Type::F16 | Type::F32 | Type::F64 => Ok(d.f64()?),
+        Type::F16 | Type::F32 | Type::F64 => float(d),
         Type::U8 | Type::U16 | Type::U32 | Type::U64 => Ok(d.u64()? as f64),
         Type::I8 | Type::I16 | Type::I32 | Type::I64 => Ok(d.i64()? as f64),
         _ => Err(wrong(field, "a number")),
@@ -294,9 +358,14 @@ fn opt_str_list(d: &mut Decoder<'_>, field: &str) -> Result<Option<Vec<String>>,
     if !matches!(d.datatype()?, Type::Array | Type::ArrayIndef) {
         return Err(wrong(field, "an array of strings"));
     }
+    // A string of the wrong type is a wrong type; anything else (truncated
+    // input, invalid UTF-8) is malformed CBOR.
+    let classify = |e: minicbor::decode::Error| {
+        if e.is_type_mismatch() { wrong(field, "an array of strings") } else { DecodeError::from(e) }
+    };
     let mut out = Vec::new();
-    for item in d.array_iter::<&str>().map_err(|_| wrong(field, "an array of strings"))? {
-        out.push(item.map_err(|_| wrong(field, "an array of strings"))?.to_owned());
+    for item in d.array_iter::<&str>().map_err(classify)? {
+        out.push(item.map_err(classify)?.to_owned());
     }
     Ok(Some(out))
 }
@@ -322,7 +391,12 @@ fn for_each_entry(
             }
             None => {}
         }
-        let key = if d.datatype()? == Type::String { Some(d.str()?.to_owned()) } else { d.skip()?; None };
+        let key = if d.datatype()? == Type::String {
+            Some(d.str()?.to_owned())
+        } else {
+            skip_item(d)?;
+            None
+        };
         each(d, key)?;
     }
 }
@@ -345,7 +419,7 @@ fn opt_peer_metadata(d: &mut Decoder<'_>) -> Result<Option<PeerMetadata>, Decode
                     _ => return Err(wrong("peerMetadata.isEphemeral", "a boolean")),
                 }
             }
-            _ => d.skip()?,
+            _ => skip_item(d)?,
         }
         Ok(())
     })?;
@@ -358,14 +432,14 @@ fn opt_new_heads(d: &mut Decoder<'_>) -> Result<Option<BTreeMap<StorageId, Remot
     }
     let mut out = BTreeMap::new();
     for_each_entry(d, "newHeads", |d, storage| {
-        let Some(storage) = storage else { return Ok(d.skip()?) };
+        let Some(storage) = storage else { return Ok(skip_item(d)?) };
         let mut heads = None;
         let mut timestamp = 0.0;
         for_each_entry(d, "newHeads[]", |d, key| {
             match key.as_deref() {
                 Some("heads") => heads = opt_str_list(d, "newHeads[].heads")?,
                 Some("timestamp") => timestamp = number(d, "newHeads[].timestamp")?,
-                _ => d.skip()?,
+                _ => skip_item(d)?,
             }
             Ok(())
         })?;
@@ -420,7 +494,10 @@ fn build(f: Fields) -> Result<Decoded, DecodeError> {
         },
         "ephemeral" => {
             let data = f.data.ok_or_else(|| missing("data"))?;
-            if Decoder::new(&data).skip().is_err() {
+            // Exactly one CBOR item: cbor-x's `decode` in the receiving JS
+            // repo throws on trailing bytes just as on malformed ones.
+            let mut inner = Decoder::new(&data);
+            if skip_item(&mut inner).is_err() || inner.position() != data.len() {
                 return Err(DecodeError::EphemeralDataNotCbor);
             }
             Message::Ephemeral {
@@ -518,7 +595,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.str("data");
             w.bytes(data);
             w.str("count");
-            w.uint(*count);
+            w.count(*count);
             w.kv_str("sessionId", session_id);
             w.kv_str("senderId", sender_id.as_str());
         }
@@ -546,7 +623,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
                 w.array(heads.heads.len());
                 heads.heads.iter().for_each(|h| w.str(h));
                 w.str("timestamp");
-                w.f64(heads.timestamp);
+                w.number(heads.timestamp);
             }
             w.kv_str("senderId", sender_id.as_str());
         }
@@ -562,8 +639,9 @@ fn data_len(msg: &Message) -> usize {
 }
 
 /// A minimal CBOR writer that produces what cbor-x produces for plain JS
-/// objects: 16-bit map headers, shortest-form strings, byte strings and
-/// unsigned integers, float64 for non-integer numbers.
+/// objects: 16-bit map headers (32-bit beyond 65535 entries), shortest-form
+/// strings, byte strings and arrays, and JS numbers as cbor-x writes them
+/// (integers within 32 bits as CBOR integers, everything else as float64).
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -587,9 +665,18 @@ impl Writer {
         }
     }
     fn map(&mut self, n: usize) {
-        // cbor-x always reserves a 16-bit length for objects.
-        self.0.push(0xb9);
-        self.0.extend_from_slice(&(n as u16).to_be_bytes());
+        // cbor-x always reserves a 16-bit length for objects and widens it
+        // to 32 bits when there are more entries than that holds.
+        match u16::try_from(n) {
+            Ok(n) => {
+                self.0.push(0xb9);
+                self.0.extend_from_slice(&n.to_be_bytes());
+            }
+            Err(_) => {
+                self.0.push(0xba);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
     }
     fn array(&mut self, n: usize) {
         self.head(4, n as u64);
@@ -608,6 +695,28 @@ impl Writer {
     fn f64(&mut self, x: f64) {
         self.0.push(0xfb);
         self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    /// A JS number the way cbor-x writes it: an integral value in
+    /// `0..=u32::MAX` (including -0) as an unsigned integer, an integral
+    /// value in `-2^32..0` as a negative integer, anything else as float64.
+    fn number(&mut self, x: f64) {
+        if x.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&x) {
+            self.uint(x as u64);
+        } else if x.fract() == 0.0 && x < 0.0 && x >= -(2f64.powi(32)) {
+            self.head(1, (-1.0 - x) as u64);
+        } else {
+            self.f64(x);
+        }
+    }
+    /// `count` as the JS number cbor-x writes: an integer up to `u32::MAX`,
+    /// float64 above. Counts beyond 2^53 cannot come from JS (they are not
+    /// exact doubles); they stay 64-bit integers so they round-trip.
+    fn count(&mut self, n: u64) {
+        if n <= u64::from(u32::MAX) || n > 1 << 53 {
+            self.uint(n);
+        } else {
+            self.f64(n as f64);
+        }
     }
     fn kv_str(&mut self, k: &str, v: &str) {
         self.str(k);
