@@ -630,9 +630,20 @@ impl Engine {
         if !p.requesting {
             pd.told_unavailable = false;
         }
-        if let Err(e) = d.doc.receive_sync_message(&mut pd.sync, message) {
-            let detail = format!("could not apply sync message for {doc_id}: {e}");
-            self.reject(p.conn, ErrorKind::InvalidSyncMessage, detail);
+        // An empty message whose heads equal ours makes automerge record
+        // those heads as sent (`last_sent_heads`), so it generates nothing
+        // more. But heads whose write is in flight (or not yet issued) were
+        // never sent, and advertising them is how the peer learns its
+        // changes are stored: keep the heads we really sent.
+        let echoes_ours = message.changes.is_empty() && !message.heads.is_empty() && message.heads == d.doc.get_heads();
+        let last_sent = pd.sync.last_sent_heads.clone();
+        match d.doc.receive_sync_message(&mut pd.sync, message) {
+            Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
+            Ok(()) => {}
+            Err(e) => {
+                let detail = format!("could not apply sync message for {doc_id}: {e}");
+                self.reject(p.conn, ErrorKind::InvalidSyncMessage, detail);
+            }
         }
     }
 
