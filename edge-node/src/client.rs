@@ -147,6 +147,12 @@ impl Client {
         &self.peer_id
     }
 
+    /// Stops the client and waits until its task (and socket) are gone.
+    pub async fn close(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| ClientError::Stopped)?;

@@ -80,10 +80,19 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() -> Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
         edge.kill9()?;
-        for t in &tasks {
+        // Stop the writers for good before the edge comes back: a client
+        // that reconnected would upload its changes again and hide a loss.
+        for t in tasks {
             t.abort();
+            let _ = t.await;
         }
-        drop(clients);
+        for c in clients {
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            } else {
+                anyhow::bail!("a writer still holds its client");
+            }
+        }
         for (w, doc) in docs.iter().enumerate() {
             let keys = acked[w].lock().map(|a| a.clone()).unwrap_or_default();
             all_acked.extend(keys.into_iter().map(|k| (*doc, k)));
