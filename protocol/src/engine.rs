@@ -55,11 +55,15 @@ pub struct EngineConfig {
     pub idle_evict_after_ms: u64,
     /// Seed of the engine's RNG (actor ids, document ids).
     pub rng_seed: u64,
+    /// This node connects to an upstream (clients and edges do). It then
+    /// remembers which evicted documents a reconnecting upstream must hear
+    /// of again; a hub sets this to `false` and keeps no such record.
+    pub expects_upstream: bool,
 }
 
 impl EngineConfig {
     pub fn new(peer_id: PeerId, storage_id: Option<StorageId>) -> Self {
-        Self { peer_id, storage_id, idle_evict_after_ms: 60_000, rng_seed: 0 }
+        Self { peer_id, storage_id, idle_evict_after_ms: 60_000, rng_seed: 0, expects_upstream: true }
     }
 }
 
@@ -275,6 +279,13 @@ pub struct Engine {
     tasks: BTreeMap<StorageTaskId, TaskPurpose>,
     /// Highest ephemeral `count` seen per (sender, session), with the time.
     ephemeral_seen: BTreeMap<(PeerId, String), (u64, Millis)>,
+    /// Documents the local application created or opened.
+    opened: BTreeSet<DocumentId>,
+    /// Evicted documents an upstream must hear of again when it (re)connects:
+    /// an upstream's interest is tied to one connection, so without this a
+    /// reconnected upstream would never learn of changes it missed, nor push
+    /// ours. See [`Engine::needs_resync`].
+    resync_on_upstream: BTreeSet<DocumentId>,
     outputs: VecDeque<Output>,
 }
 
@@ -295,6 +306,8 @@ impl Engine {
             subscribers: BTreeMap::new(),
             tasks: BTreeMap::new(),
             ephemeral_seen: BTreeMap::new(),
+            opened: BTreeSet::new(),
+            resync_on_upstream: BTreeSet::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -520,6 +533,12 @@ impl Engine {
                 self.attach_upstream(now, doc_id, conn);
                 self.sync_doc(now, doc_id);
             }
+            // Evicted documents it must hear of are loaded and attached
+            // (even without data: then it is asked for them again).
+            for doc_id in std::mem::take(&mut self.resync_on_upstream) {
+                self.ensure_doc(now, doc_id);
+                self.attach_upstream(now, doc_id, conn);
+            }
         }
     }
 
@@ -576,6 +595,8 @@ impl Engine {
         if self.docs.contains_key(&doc_id) {
             return;
         }
+        // In memory again, it is attached to upstreams as usual.
+        self.resync_on_upstream.remove(&doc_id);
         let actor = self.random_actor();
         self.docs.insert(doc_id, DocState::new(actor, now, true));
         self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
@@ -974,6 +995,7 @@ impl Engine {
             tx.commit();
         }
         self.docs.insert(doc_id, state);
+        self.opened.insert(doc_id);
         self.after_doc_update(now, doc_id, Vec::new());
         Ok(doc_id)
     }
@@ -985,6 +1007,7 @@ impl Engine {
     {
         let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
         d.last_active = now;
+        self.opened.insert(doc_id);
         let before = d.doc.get_heads();
         let mut tx = d.doc.transaction();
         let out = match f(&mut tx) {
@@ -1017,6 +1040,7 @@ impl Engine {
     /// from upstream. Answered by [`Event::DocReady`] or
     /// [`Event::DocUnavailable`].
     pub fn find(&mut self, now: Millis, doc_id: DocumentId) {
+        self.opened.insert(doc_id);
         if let Some(d) = self.docs.get_mut(&doc_id) {
             d.last_active = now;
             if !d.loading && d.has_data() && d.writes_in_flight == 0 {
@@ -1074,6 +1098,9 @@ impl Engine {
 
     fn evict(&mut self, doc_id: DocumentId) {
         let Some(d) = self.docs.remove(&doc_id) else { return };
+        if self.needs_resync(doc_id, &d) {
+            self.resync_on_upstream.insert(doc_id);
+        }
         for (conn, pd) in d.peers {
             let storage = self.conns.get(&conn).and_then(|c| c.storage_id().cloned());
             if let Some(storage) = storage {
@@ -1081,6 +1108,29 @@ impl Engine {
             }
         }
         self.event(Event::Evicted { doc: doc_id });
+    }
+
+    /// Whether an upstream that connects later must hear of an evicted
+    /// document: someone here wants its changes (the local application
+    /// opened it, or a downstream peer is subscribed), or it may lack ours
+    /// (no ready upstream acknowledged our heads).
+    fn needs_resync(&self, doc_id: DocumentId, d: &DocState) -> bool {
+        // Without an upstream (a hub) the set would only grow.
+        if !self.config.expects_upstream {
+            return false;
+        }
+        if self.opened.contains(&doc_id) {
+            return true;
+        }
+        let heads = d.doc.get_heads();
+        let acknowledged = d.peers.iter().any(|(conn, pd)| {
+            self.conns.get(conn).is_some_and(Conn::is_upstream_ready)
+                && heads.iter().all(|h| pd.sync.shared_heads.contains(h))
+        });
+        let downstream = self.subscribers.get(&doc_id).is_some_and(|subs| {
+            subs.iter().any(|c| self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming))
+        });
+        !acknowledged || downstream
     }
 
     // ----- helpers ------------------------------------------------------

@@ -3,3 +3,4 @@
 pub mod js;
 pub mod process;
 pub mod raw;
+pub mod sim;

@@ -1,0 +1,1573 @@
+//! A deterministic discrete-event simulation of Meridian nodes.
+//!
+//! Modelled on corrosion's seeded simulator and samod's test harness: many
+//! sans-IO [`Engine`]s run in one thread against a virtual clock, and every
+//! source of nondeterminism (network delays, storage latency, faults, the
+//! engines' RNG seeds) is drawn from one seeded [`ChaCha8Rng`]. The same
+//! seed gives the same [`Sim::trace`], line for line.
+//!
+//! ## What is modelled
+//! - **Nodes**: an [`Engine`] plus a [`MemoryStore`]. A node's storage tasks
+//!   run one at a time in the order the engine emitted them, each after a
+//!   random latency; a task takes effect on the store at the moment its
+//!   result is handed back, so "completed" and "durable" are the same thing.
+//! - **Links**: one node's [`Direction::Outgoing`] connection to another's
+//!   [`Direction::Incoming`] one. Frames are real bytes ([`codec::encode`] on
+//!   one side, [`Engine::handle_frame`] on the other), delivered after a
+//!   random delay, FIFO within a link (like a TCP or WebSocket stream) and in
+//!   any order across links. An orderly close ([`Output::Close`]) reaches the
+//!   other side after the frames sent before it.
+//! - **Topology**: every node has at most one upstream ([`NodeSpec::upstream`]);
+//!   a star is clients under one edge, a chain or tree puts edges under a hub.
+//!   A node whose uplink goes down reconnects after a random backoff.
+//! - **Faults**: a link drop (in-flight frames are lost; each side notices
+//!   after its own random delay, so a server may still hold the old
+//!   connection when the client's new `join` arrives), a partition of a node
+//!   from its upstream (connection attempts fail until it heals), and a crash
+//!   (the engine is dropped together with every storage task not yet
+//!   completed; a persistent node keeps its store, an ephemeral one loses
+//!   it). A restarted node gets a new engine with the same peer id and
+//!   storage id, reconnects upstream, and its application opens the
+//!   documents it knew again.
+//!
+//! ## Invariants checked while running
+//! A violation panics with the last lines of the trace.
+//! - **Durable before advertised**: every `sync`/`request` a node sends has
+//!   heads that are all in the node's store at that moment; so do the heads
+//!   of [`Event::DocChanged`].
+//! - Durable data never shrinks: a compaction covers everything stored.
+//! - Valid traffic never causes [`Event::ProtocolError`] or
+//!   [`Event::StorageFailed`].
+//!
+//! [`Sim::check_converged`] checks convergence once the simulation is quiet,
+//! and [`run`] drives a random workload with faults for one seed.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, ReadDoc};
+use meridian_protocol::codec::{self, Message};
+use meridian_protocol::engine::{Direction, DocError, Engine, EngineConfig, Event, Millis, Output};
+use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
+use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// A node of the simulation, by insertion order.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub struct NodeId(pub usize);
+
+/// One connection between two nodes, never reused.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub struct LinkId(pub usize);
+
+/// The two ends of a link: the client opened it (Outgoing), the server
+/// accepted it (Incoming).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    fn idx(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Server => 1,
+        }
+    }
+
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Server,
+            Side::Server => Side::Client,
+        }
+    }
+}
+
+/// Ranges `(min, max)` of the random delays, in virtual milliseconds.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// One-way latency of a frame.
+    pub net_delay: (u64, u64),
+    /// Now and then (`.0` percent of frames) a frame is held up longer
+    /// (`.1`), and every later frame on its link waits behind it.
+    pub net_spike: (u32, (u64, u64)),
+    /// Time to complete one storage task.
+    pub storage_latency: (u64, u64),
+    /// Now and then (`.0` percent of tasks) the store stalls (`.1`).
+    pub storage_stall: (u32, (u64, u64)),
+    /// How long a side takes to notice that a transport died.
+    pub detect_delay: (u64, u64),
+    /// Wait before a client tries to connect again.
+    pub reconnect_backoff: (u64, u64),
+    /// Every node's engine gets [`Engine::handle_tick`] this often.
+    pub tick_every: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            net_delay: (1, 40),
+            net_spike: (2, (100, 600)),
+            storage_latency: (0, 15),
+            storage_stall: (3, (100, 800)),
+            detect_delay: (0, 1500),
+            reconnect_backoff: (50, 1500),
+            tick_every: 1000,
+        }
+    }
+}
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    /// With a storage id and a store that survives crashes; otherwise an
+    /// ephemeral peer whose (in-memory) store dies with it.
+    pub persistent: bool,
+    pub idle_evict_after_ms: u64,
+    /// The server this node connects to and treats as its upstream.
+    pub upstream: Option<NodeId>,
+}
+
+impl NodeSpec {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self { name: name.into(), persistent: true, idle_evict_after_ms: 60_000, upstream: None }
+    }
+
+    pub fn ephemeral(mut self) -> Self {
+        self.persistent = false;
+        self
+    }
+
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    pub fn evict_after(mut self, ms: u64) -> Self {
+        self.idle_evict_after_ms = ms;
+        self
+    }
+
+    pub fn upstream(mut self, node: NodeId) -> Self {
+        self.upstream = Some(node);
+        self
+    }
+}
+
+/// A local change made through [`Sim::change`] and the change hash it made.
+#[derive(Clone, Debug)]
+pub struct Edit {
+    pub node: NodeId,
+    pub doc: DocumentId,
+    pub hash: ChangeHash,
+}
+
+/// What [`Sim::step_until`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Step {
+    /// A simulated event (frame, storage completion, tick, ...).
+    Handled,
+    /// A timer set with [`Sim::schedule_user`] fired.
+    User(u64),
+}
+
+struct Node {
+    spec: NodeSpec,
+    peer_id: PeerId,
+    storage_id: Option<StorageId>,
+    engine: Option<Engine>,
+    /// Bumped on every crash; events of an older incarnation are void.
+    incarnation: u32,
+    store: MemoryStore,
+    /// What the store holds, loaded: the durable changes of each document.
+    durable: BTreeMap<DocumentId, Automerge>,
+    tasks: VecDeque<(StorageTaskId, StorageTask)>,
+    storage_busy: bool,
+    /// Documents the node's application has opened (created or found).
+    known_docs: BTreeSet<DocumentId>,
+    events: Vec<Event>,
+    received: Vec<Message>,
+    /// Ephemeral payloads this incarnation was handed, by sender: each
+    /// must arrive at most once.
+    ephemeral_seen: BTreeSet<(PeerId, Vec<u8>)>,
+    uplink: Option<LinkId>,
+    open_links: BTreeSet<LinkId>,
+    partitioned_until: Millis,
+}
+
+struct Link {
+    /// `[client, server]`, indexed by [`Side::idx`].
+    ends: [NodeId; 2],
+    conns: [ConnId; 2],
+    incarnations: [u32; 2],
+    /// The transport works; frames in flight on a dead link are lost.
+    alive: bool,
+    /// The side's engine still has the connection.
+    open: [bool; 2],
+    /// Arrival time of the last frame towards each side (FIFO).
+    last_arrival: [u64; 2],
+    /// Bytes sent towards each side.
+    bytes_to: [u64; 2],
+}
+
+enum Scheduled {
+    Frame {
+        link: LinkId,
+        to: Side,
+        bytes: Vec<u8>,
+    },
+    /// The other side closed the connection after its last frame.
+    Fin {
+        link: LinkId,
+        to: Side,
+    },
+    /// The side notices that the transport died.
+    Detect {
+        link: LinkId,
+        side: Side,
+    },
+    StorageDone {
+        node: NodeId,
+        incarnation: u32,
+    },
+    Reconnect {
+        node: NodeId,
+        incarnation: u32,
+    },
+    Tick,
+    User(u64),
+}
+
+/// The simulation: nodes, links, a virtual clock and an event queue.
+pub struct Sim {
+    seed: u64,
+    now: Millis,
+    rng: ChaCha8Rng,
+    timing: Timing,
+    nodes: Vec<Node>,
+    links: Vec<Link>,
+    conn_links: BTreeMap<(NodeId, u32, ConnId), LinkId>,
+    queue: BTreeMap<(u64, u64), Scheduled>,
+    next_seq: u64,
+    /// Scheduled events other than ticks and user timers: while any is
+    /// pending, something can still happen.
+    busy: usize,
+    trace: Vec<String>,
+    edits: Vec<Edit>,
+    /// Keep every decoded message a node receives (for scenario tests).
+    pub record_messages: bool,
+    /// Every ephemeral message sent carries a payload of its own: then no
+    /// node may be handed the same payload from the same sender twice.
+    pub unique_ephemeral_payloads: bool,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("seed", &self.seed)
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+impl Sim {
+    pub fn new(seed: u64, timing: Timing) -> Self {
+        let mut sim = Self {
+            seed,
+            now: Millis(0),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            timing,
+            nodes: Vec::new(),
+            links: Vec::new(),
+            conn_links: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            next_seq: 0,
+            busy: 0,
+            trace: Vec::new(),
+            edits: Vec::new(),
+            record_messages: false,
+            unique_ephemeral_payloads: false,
+        };
+        let first_tick = sim.timing.tick_every;
+        sim.schedule(first_tick, Scheduled::Tick);
+        sim
+    }
+
+    // ----- set-up and inspection ------------------------------------------
+
+    /// Adds a node and, if it has an upstream, connects it.
+    pub fn add_node(&mut self, spec: NodeSpec) -> NodeId {
+        let id = NodeId(self.nodes.len());
+        let storage_id = spec.persistent.then(|| StorageId::random(&mut self.rng));
+        self.nodes.push(Node {
+            peer_id: PeerId::new(spec.name.clone()),
+            spec,
+            storage_id,
+            engine: None,
+            incarnation: 0,
+            store: MemoryStore::new(),
+            durable: BTreeMap::new(),
+            tasks: VecDeque::new(),
+            storage_busy: false,
+            known_docs: BTreeSet::new(),
+            events: Vec::new(),
+            received: Vec::new(),
+            ephemeral_seen: BTreeSet::new(),
+            uplink: None,
+            open_links: BTreeSet::new(),
+            partitioned_until: Millis(0),
+        });
+        self.start_node(id);
+        id
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn now(&self) -> Millis {
+        self.now
+    }
+
+    /// The simulation's RNG, for workloads that must stay deterministic.
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + use<> {
+        (0..self.nodes.len()).map(NodeId)
+    }
+
+    pub fn name(&self, n: NodeId) -> &str {
+        &self.nodes[n.0].spec.name
+    }
+
+    pub fn spec(&self, n: NodeId) -> &NodeSpec {
+        &self.nodes[n.0].spec
+    }
+
+    pub fn peer_id(&self, n: NodeId) -> &PeerId {
+        &self.nodes[n.0].peer_id
+    }
+
+    pub fn storage_id(&self, n: NodeId) -> Option<&StorageId> {
+        self.nodes[n.0].storage_id.as_ref()
+    }
+
+    /// The node's engine, unless it is crashed.
+    pub fn engine(&self, n: NodeId) -> Option<&Engine> {
+        self.nodes[n.0].engine.as_ref()
+    }
+
+    pub fn is_up(&self, n: NodeId) -> bool {
+        self.nodes[n.0].engine.is_some()
+    }
+
+    /// Every application event the node's engines emitted, across restarts.
+    pub fn events(&self, n: NodeId) -> &[Event] {
+        &self.nodes[n.0].events
+    }
+
+    /// Decoded messages the node received (only with `record_messages`).
+    pub fn received(&self, n: NodeId) -> &[Message] {
+        &self.nodes[n.0].received
+    }
+
+    /// The durable state of a document in the node's store.
+    pub fn durable_doc(&self, n: NodeId, doc: &DocumentId) -> Option<&Automerge> {
+        self.nodes[n.0].durable.get(doc)
+    }
+
+    pub fn known_docs(&self, n: NodeId) -> &BTreeSet<DocumentId> {
+        &self.nodes[n.0].known_docs
+    }
+
+    /// The node's current connection to its upstream, if any.
+    pub fn uplink(&self, n: NodeId) -> Option<LinkId> {
+        self.nodes[n.0].uplink
+    }
+
+    /// Links whose transport is up (candidates for a drop).
+    pub fn live_links(&self) -> Vec<LinkId> {
+        (0..self.links.len()).map(LinkId).filter(|l| self.links[l.0].alive).collect()
+    }
+
+    /// Bytes sent on a link towards one side so far.
+    pub fn link_bytes_to(&self, link: LinkId, to: Side) -> u64 {
+        self.links[link.0].bytes_to[to.idx()]
+    }
+
+    /// Whether both ends of the link hold a ready connection.
+    pub fn link_ready(&self, link: LinkId) -> bool {
+        let l = &self.links[link.0];
+        l.alive && l.open == [true, true]
+    }
+
+    pub fn edits(&self) -> &[Edit] {
+        &self.edits
+    }
+
+    pub fn trace(&self) -> &[String] {
+        &self.trace
+    }
+
+    pub fn into_trace(self) -> Vec<String> {
+        self.trace
+    }
+
+    /// Adds a line to the trace (for workloads).
+    pub fn note(&mut self, what: impl AsRef<str>) {
+        let line = format!("{:>7} {}", self.now.0, what.as_ref());
+        self.trace.push(line);
+    }
+
+    /// Panics with the seed and the end of the trace. With
+    /// `MERIDIAN_SIM_TRACE=<file>` the whole trace is written there first.
+    pub fn fail(&self, what: impl AsRef<str>) -> ! {
+        if let Ok(path) = std::env::var("MERIDIAN_SIM_TRACE") {
+            let _ = std::fs::write(&path, self.trace.join("\n"));
+        }
+        let tail = self.trace.len().saturating_sub(60);
+        let trace = self.trace[tail..].join("\n");
+        panic!(
+            "simulation seed {} at t={}: {}\n--- last trace lines ---\n{trace}",
+            self.seed,
+            self.now.0,
+            what.as_ref()
+        )
+    }
+
+    // ----- the application's side ---------------------------------------
+
+    /// Creates a document holding a `text` object and the creator's name.
+    pub fn create(&mut self, n: NodeId) -> DocumentId {
+        let name = self.nodes[n.0].spec.name.clone();
+        self.create_with(n, |tx| {
+            tx.put_object(ROOT, "text", ObjType::Text)?;
+            tx.put(ROOT, "created_by", name.as_str())?;
+            Ok(())
+        })
+    }
+
+    pub fn create_with<F>(&mut self, n: NodeId, init: F) -> DocumentId
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), AutomergeError>,
+    {
+        let now = self.now;
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { self.fail("create on a crashed node") };
+        let doc = engine.create(now, init).unwrap_or_else(|e| panic!("create failed: {e}"));
+        let hash = engine.document(&doc).map(Automerge::get_heads).unwrap_or_default();
+        self.nodes[n.0].known_docs.insert(doc);
+        if let Some(hash) = hash.first() {
+            self.edits.push(Edit { node: n, doc, hash: *hash });
+        }
+        self.note(format!("{} app create {}", self.name(n), short(&doc)));
+        self.pump(n);
+        doc
+    }
+
+    /// Applies a local change; records it as an [`Edit`] if it made one.
+    pub fn change<F, O>(&mut self, n: NodeId, doc: DocumentId, f: F) -> Result<O, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<O, AutomergeError>,
+    {
+        let now = self.now;
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return Err(DocError::NotLoaded(doc)) };
+        let before = engine.document(&doc).map(Automerge::get_heads).unwrap_or_default();
+        let out = engine.change(now, doc, f)?;
+        let after = engine.document(&doc).map(Automerge::get_heads).unwrap_or_default();
+        if after != before {
+            // A local change depends on every previous head: it is the only head.
+            self.edits.push(Edit { node: n, doc, hash: after[0] });
+            self.note(format!("{} app change {} -> {}", self.name(n), short(&doc), hex8(&after[0])));
+        }
+        self.pump(n);
+        Ok(out)
+    }
+
+    /// Opens a document by id (the application learned its URL).
+    pub fn find(&mut self, n: NodeId, doc: DocumentId) {
+        let now = self.now;
+        self.nodes[n.0].known_docs.insert(doc);
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+        engine.find(now, doc);
+        self.note(format!("{} app find {}", self.name(n), short(&doc)));
+        self.pump(n);
+    }
+
+    pub fn broadcast_ephemeral(&mut self, n: NodeId, doc: DocumentId, session: &str, count: u64, data: Vec<u8>) {
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+        engine.broadcast_ephemeral(doc, session, count, data);
+        self.note(format!("{} app ephemeral {} {session}#{count}", self.name(n), short(&doc)));
+        self.pump(n);
+    }
+
+    // ----- faults -------------------------------------------------------
+
+    /// The transport of a link dies; each side notices after a while.
+    pub fn drop_link(&mut self, link: LinkId) {
+        if !self.links[link.0].alive {
+            return;
+        }
+        self.links[link.0].alive = false;
+        let [c, s] = self.links[link.0].ends;
+        self.note(format!("fault drop link{} {}<->{}", link.0, self.name(c), self.name(s)));
+        for side in [Side::Client, Side::Server] {
+            if self.links[link.0].open[side.idx()] {
+                let delay = self.draw(self.timing.detect_delay);
+                self.schedule(delay, Scheduled::Detect { link, side });
+            }
+        }
+    }
+
+    /// Gives a node an upstream (or a new one) and connects to it.
+    pub fn set_upstream(&mut self, n: NodeId, up: NodeId) {
+        self.nodes[n.0].spec.upstream = Some(up);
+        if let Some(link) = self.nodes[n.0].uplink {
+            self.drop_link(link);
+        } else {
+            self.connect_up(n);
+        }
+    }
+
+    /// Cuts a node from its upstream until `until`.
+    pub fn partition(&mut self, n: NodeId, until: Millis) {
+        self.nodes[n.0].partitioned_until = until;
+        self.note(format!("fault partition {} until {}", self.name(n), until.0));
+        if let Some(link) = self.nodes[n.0].uplink {
+            self.drop_link(link);
+        }
+    }
+
+    pub fn heal(&mut self, n: NodeId) {
+        if self.nodes[n.0].partitioned_until > self.now {
+            self.nodes[n.0].partitioned_until = self.now;
+            self.note(format!("heal partition {}", self.name(n)));
+        }
+    }
+
+    /// Kills the node: its engine and every storage task not yet completed
+    /// are gone. A persistent store survives; an ephemeral one does not.
+    pub fn crash(&mut self, n: NodeId) {
+        if self.nodes[n.0].engine.is_none() {
+            return;
+        }
+        self.note(format!("fault crash {} (lost {} pending storage tasks)", self.name(n), self.nodes[n.0].tasks.len()));
+        let node = &mut self.nodes[n.0];
+        node.engine = None;
+        node.incarnation += 1;
+        node.ephemeral_seen.clear();
+        node.tasks.clear();
+        node.storage_busy = false;
+        node.uplink = None;
+        if !node.spec.persistent {
+            node.store = MemoryStore::new();
+            node.durable.clear();
+        }
+        let links = std::mem::take(&mut node.open_links);
+        for link in links {
+            let side = self.side_of(link, n);
+            let l = &mut self.links[link.0];
+            l.open[side.idx()] = false;
+            self.conn_links.remove(&(n, l.incarnations[side.idx()], l.conns[side.idx()]));
+            // The peer notices the dead connection after a while.
+            self.drop_link(link);
+        }
+    }
+
+    /// Starts a crashed node again with the same peer id and storage id.
+    pub fn restart(&mut self, n: NodeId) {
+        if self.nodes[n.0].engine.is_some() {
+            return;
+        }
+        self.start_node(n);
+        let docs: Vec<DocumentId> = self.nodes[n.0].known_docs.iter().copied().collect();
+        for doc in docs {
+            self.find(n, doc);
+        }
+    }
+
+    // ----- running ------------------------------------------------------
+
+    /// Schedules a [`Step::User`] timer `after` ms from now.
+    pub fn schedule_user(&mut self, after: u64, tag: u64) {
+        self.schedule(after, Scheduled::User(tag));
+    }
+
+    /// Handles the next event if it is due by `deadline`; otherwise moves
+    /// the clock to `deadline` and returns `None`.
+    pub fn step_until(&mut self, deadline: Millis) -> Option<Step> {
+        let (&(at, seq), _) = self.queue.first_key_value()?;
+        if at > deadline.0 {
+            self.now = deadline;
+            return None;
+        }
+        let event = self.queue.remove(&(at, seq))?;
+        self.now = Millis(at);
+        Some(self.dispatch(event))
+    }
+
+    /// Runs every event due in the next `ms` milliseconds (user timers are
+    /// dropped).
+    pub fn run_for(&mut self, ms: u64) {
+        let deadline = Millis(self.now.0 + ms);
+        while self.step_until(deadline).is_some() {}
+        self.now = deadline;
+    }
+
+    /// Runs until nothing but ticks (and user timers, which are dropped) is
+    /// pending, for at most `limit_ms`. Returns whether it got quiet.
+    pub fn run_until_quiet(&mut self, limit_ms: u64) -> bool {
+        let deadline = Millis(self.now.0 + limit_ms);
+        while self.busy > 0 {
+            if self.step_until(deadline).is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn dispatch(&mut self, event: Scheduled) -> Step {
+        if !matches!(event, Scheduled::Tick | Scheduled::User(_)) {
+            self.busy -= 1;
+        }
+        match event {
+            Scheduled::Frame { link, to, bytes } => self.deliver(link, to, &bytes),
+            Scheduled::Fin { link, to } => self.end_of_stream(link, to, "closed by peer"),
+            Scheduled::Detect { link, side } => self.end_of_stream(link, side, "transport lost"),
+            Scheduled::StorageDone { node, incarnation } => self.finish_storage(node, incarnation),
+            Scheduled::Reconnect { node, incarnation } => {
+                if self.nodes[node.0].incarnation == incarnation {
+                    self.connect_up(node);
+                }
+            }
+            Scheduled::Tick => self.tick(),
+            Scheduled::User(tag) => return Step::User(tag),
+        }
+        Step::Handled
+    }
+
+    fn schedule(&mut self, after: u64, event: Scheduled) {
+        self.schedule_at(self.now.0 + after, event);
+    }
+
+    fn schedule_at(&mut self, at: u64, event: Scheduled) {
+        if !matches!(event, Scheduled::Tick | Scheduled::User(_)) {
+            self.busy += 1;
+        }
+        self.queue.insert((at, self.next_seq), event);
+        self.next_seq += 1;
+    }
+
+    fn draw(&mut self, (lo, hi): (u64, u64)) -> u64 {
+        self.rng.random_range(lo..=hi)
+    }
+
+    fn draw_with_outliers(&mut self, usual: (u64, u64), (percent, outlier): (u32, (u64, u64))) -> u64 {
+        if self.rng.random_range(0..100) < percent { self.draw(outlier) } else { self.draw(usual) }
+    }
+
+    fn tick(&mut self) {
+        let now = self.now;
+        for n in 0..self.nodes.len() {
+            if let Some(engine) = self.nodes[n].engine.as_mut() {
+                engine.handle_tick(now);
+                self.pump(NodeId(n));
+            }
+        }
+        let every = self.timing.tick_every;
+        self.schedule(every, Scheduled::Tick);
+    }
+
+    // ----- nodes and links -----------------------------------------------
+
+    fn start_node(&mut self, n: NodeId) {
+        let rng_seed = self.rng.random();
+        let node = &mut self.nodes[n.0];
+        let mut config = EngineConfig::new(node.peer_id.clone(), node.storage_id.clone());
+        config.idle_evict_after_ms = node.spec.idle_evict_after_ms;
+        config.rng_seed = rng_seed;
+        config.expects_upstream = node.spec.upstream.is_some();
+        node.engine = Some(Engine::new(config));
+        self.note(format!("{} start (incarnation {})", self.name(n), self.nodes[n.0].incarnation));
+        self.connect_up(n);
+    }
+
+    /// Opens a connection to the node's upstream, or retries later if that
+    /// is impossible right now.
+    fn connect_up(&mut self, n: NodeId) {
+        let node = &self.nodes[n.0];
+        let Some(up) = node.spec.upstream else { return };
+        if node.engine.is_none() || node.uplink.is_some() {
+            return;
+        }
+        if self.now < node.partitioned_until || self.nodes[up.0].engine.is_none() {
+            self.note(format!("{} connect to {} refused", self.name(n), self.name(up)));
+            self.schedule_reconnect(n);
+            return;
+        }
+        let now = self.now;
+        let link = LinkId(self.links.len());
+        let client_conn = self.nodes[n.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Outgoing));
+        let server_conn = self.nodes[up.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Incoming));
+        let (Some(client_conn), Some(server_conn)) = (client_conn, server_conn) else { return };
+        let incarnations = [self.nodes[n.0].incarnation, self.nodes[up.0].incarnation];
+        self.links.push(Link {
+            ends: [n, up],
+            conns: [client_conn, server_conn],
+            incarnations,
+            alive: true,
+            open: [true, true],
+            last_arrival: [0, 0],
+            bytes_to: [0, 0],
+        });
+        self.conn_links.insert((n, incarnations[0], client_conn), link);
+        self.conn_links.insert((up, incarnations[1], server_conn), link);
+        self.nodes[n.0].uplink = Some(link);
+        self.nodes[n.0].open_links.insert(link);
+        self.nodes[up.0].open_links.insert(link);
+        self.note(format!("{} connect link{} to {}", self.name(n), link.0, self.name(up)));
+        self.pump(n);
+        self.pump(up);
+    }
+
+    fn schedule_reconnect(&mut self, n: NodeId) {
+        let delay = self.draw(self.timing.reconnect_backoff);
+        let incarnation = self.nodes[n.0].incarnation;
+        self.schedule(delay, Scheduled::Reconnect { node: n, incarnation });
+    }
+
+    fn side_of(&self, link: LinkId, n: NodeId) -> Side {
+        if self.links[link.0].ends[0] == n { Side::Client } else { Side::Server }
+    }
+
+    fn deliver(&mut self, link: LinkId, to: Side, bytes: &[u8]) {
+        let l = &self.links[link.0];
+        let i = to.idx();
+        if !l.alive || !l.open[i] {
+            return;
+        }
+        let (n, conn) = (l.ends[i], l.conns[i]);
+        if self.record_messages
+            && let Ok(codec::Decoded::Message(m)) = codec::decode(bytes)
+        {
+            self.nodes[n.0].received.push(m);
+        }
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            let _ = engine.handle_frame(now, conn, bytes);
+            self.pump(n);
+        }
+    }
+
+    /// The side's connection ends: the peer closed it or the transport died.
+    fn end_of_stream(&mut self, link: LinkId, side: Side, why: &str) {
+        let l = &mut self.links[link.0];
+        let i = side.idx();
+        if !l.open[i] {
+            return;
+        }
+        l.open[i] = false;
+        l.alive = false;
+        let (n, conn, incarnation) = (l.ends[i], l.conns[i], l.incarnations[i]);
+        self.conn_links.remove(&(n, incarnation, conn));
+        self.nodes[n.0].open_links.remove(&link);
+        self.note(format!("{} link{} ends: {why}", self.name(n), link.0));
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            engine.handle_disconnect(now, conn);
+            self.pump(n);
+        }
+        if side == Side::Client && self.nodes[n.0].uplink == Some(link) {
+            self.nodes[n.0].uplink = None;
+            self.schedule_reconnect(n);
+        }
+    }
+
+    /// The engine asked to close a connection (after what it sent before).
+    fn close_conn(&mut self, n: NodeId, conn: ConnId, reason: &str) {
+        let incarnation = self.nodes[n.0].incarnation;
+        let Some(link) = self.conn_links.remove(&(n, incarnation, conn)) else { return };
+        let side = self.side_of(link, n);
+        self.note(format!("{} closes link{}: {reason}", self.name(n), link.0));
+        let l = &mut self.links[link.0];
+        l.open[side.idx()] = false;
+        self.nodes[n.0].open_links.remove(&link);
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            engine.handle_disconnect(now, conn);
+        }
+        let l = &self.links[link.0];
+        let to = side.other();
+        if l.alive && l.open[to.idx()] {
+            let at = self.arrival_time(link, to);
+            self.schedule_at(at, Scheduled::Fin { link, to });
+        }
+        if side == Side::Client && self.nodes[n.0].uplink == Some(link) {
+            self.nodes[n.0].uplink = None;
+            self.schedule_reconnect(n);
+        }
+    }
+
+    /// When something sent now towards `to` arrives, keeping the link FIFO.
+    fn arrival_time(&mut self, link: LinkId, to: Side) -> u64 {
+        let delay = self.draw_with_outliers(self.timing.net_delay, self.timing.net_spike);
+        let l = &mut self.links[link.0];
+        let at = (self.now.0 + delay).max(l.last_arrival[to.idx()]);
+        l.last_arrival[to.idx()] = at;
+        at
+    }
+
+    // ----- engine outputs -------------------------------------------------
+
+    /// Drains the node's engine and carries out what it asked for.
+    fn pump(&mut self, n: NodeId) {
+        loop {
+            let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+            let Some(output) = engine.poll_output() else { return };
+            match output {
+                Output::Send { conn, message } => self.send(n, conn, &message),
+                Output::Close { conn, reason } => self.close_conn(n, conn, &reason),
+                Output::Storage { id, task } => {
+                    self.nodes[n.0].tasks.push_back((id, task));
+                    self.start_storage(n);
+                }
+                Output::Event(event) => self.on_event(n, event),
+            }
+        }
+    }
+
+    fn send(&mut self, n: NodeId, conn: ConnId, message: &Message) {
+        self.check_advertised_heads_durable(n, message);
+        let bytes = codec::encode(message);
+        let incarnation = self.nodes[n.0].incarnation;
+        let Some(&link) = self.conn_links.get(&(n, incarnation, conn)) else {
+            self.note(format!("{} send on closed {conn} dropped", self.name(n)));
+            return;
+        };
+        let side = self.side_of(link, n);
+        let to = side.other();
+        let l = &self.links[link.0];
+        let peer = l.ends[to.idx()];
+        let delivered = l.alive && l.open[side.idx()];
+        self.note(format!(
+            "{} -> {} link{} {}{} {}B{}",
+            self.name(n),
+            self.name(peer),
+            link.0,
+            message.type_name(),
+            message.document_id().map(|d| format!(" {}", short(&d))).unwrap_or_default(),
+            bytes.len(),
+            if delivered { "" } else { " (lost)" },
+        ));
+        if !delivered {
+            return;
+        }
+        let at = self.arrival_time(link, to);
+        self.links[link.0].bytes_to[to.idx()] += bytes.len() as u64;
+        self.schedule_at(at, Scheduled::Frame { link, to, bytes });
+    }
+
+    fn on_event(&mut self, n: NodeId, event: Event) {
+        match &event {
+            Event::ProtocolError { conn, kind, detail } => {
+                self.fail(format!("{} reported a protocol error on {conn} ({}): {detail}", self.name(n), kind.as_str()))
+            }
+            Event::StorageFailed { detail, .. } => self.fail(format!("{}: storage failed: {detail}", self.name(n))),
+            Event::Ephemeral { sender, data, .. }
+                if self.unique_ephemeral_payloads
+                    && !self.nodes[n.0].ephemeral_seen.insert((sender.clone(), data.clone())) =>
+            {
+                self.fail(format!("{} got the same ephemeral message from {sender} twice", self.name(n)));
+            }
+            Event::DocChanged { doc, heads } => {
+                if let Some(missing) = self.not_durable(n, doc, heads) {
+                    self.fail(format!(
+                        "{} announced heads of {doc} that are not durable: {}",
+                        self.name(n),
+                        hex8(&missing)
+                    ));
+                }
+            }
+            _ => {}
+        }
+        self.note(format!("{} event {}", self.name(n), describe_event(&event)));
+        self.nodes[n.0].events.push(event);
+    }
+
+    /// Durable before advertised: the heads of every sync message a node
+    /// sends must be in its store already.
+    fn check_advertised_heads_durable(&self, n: NodeId, message: &Message) {
+        let (doc, data) = match message {
+            Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } => (document_id, data),
+            _ => return,
+        };
+        let Ok(sync) = automerge::sync::Message::decode(data) else {
+            self.fail(format!("{} sent a sync message for {doc} that does not decode", self.name(n)))
+        };
+        if let Some(missing) = self.not_durable(n, doc, &sync.heads) {
+            self.fail(format!(
+                "durable-before-advertised violated: {} sent {} for {doc} advertising head {} not yet in its store",
+                self.name(n),
+                message.type_name(),
+                hex8(&missing)
+            ));
+        }
+    }
+
+    /// The first of `heads` missing from the node's store, if any.
+    fn not_durable(&self, n: NodeId, doc: &DocumentId, heads: &[ChangeHash]) -> Option<ChangeHash> {
+        let durable = self.nodes[n.0].durable.get(doc);
+        heads.iter().copied().find(|h| !durable.is_some_and(|d| contains(d, h)))
+    }
+
+    // ----- storage --------------------------------------------------------
+
+    fn start_storage(&mut self, n: NodeId) {
+        let node = &self.nodes[n.0];
+        if node.storage_busy || node.tasks.is_empty() || node.engine.is_none() {
+            return;
+        }
+        self.nodes[n.0].storage_busy = true;
+        let latency = self.draw_with_outliers(self.timing.storage_latency, self.timing.storage_stall);
+        let incarnation = self.nodes[n.0].incarnation;
+        self.schedule(latency, Scheduled::StorageDone { node: n, incarnation });
+    }
+
+    /// The task at the head of the node's queue completes: it takes effect
+    /// on the store and the engine learns the result.
+    fn finish_storage(&mut self, n: NodeId, incarnation: u32) {
+        if self.nodes[n.0].incarnation != incarnation {
+            return;
+        }
+        self.nodes[n.0].storage_busy = false;
+        let Some((id, task)) = self.nodes[n.0].tasks.pop_front() else { return };
+        let result = self.nodes[n.0].store.execute(&task);
+        self.apply_to_mirror(n, &task);
+        self.note(format!("{} storage {} done", self.name(n), describe_task(&task)));
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            engine.handle_storage_result(now, id, result);
+            self.pump(n);
+        }
+        self.start_storage(n);
+    }
+
+    /// Keeps the loaded view of the store in step with a completed task.
+    fn apply_to_mirror(&mut self, n: NodeId, task: &StorageTask) {
+        match task {
+            StorageTask::AppendChunk { doc, data } => {
+                let d = self.nodes[n.0].durable.entry(*doc).or_insert_with(empty_doc);
+                if let Err(e) = d.load_incremental(data) {
+                    self.fail(format!("{} stored a chunk of {doc} that does not load: {e}", self.name(n)));
+                }
+            }
+            StorageTask::Compact { doc, snapshot } => {
+                let Ok(new) = Automerge::load(snapshot) else {
+                    self.fail(format!("{} stored a snapshot of {doc} that does not load", self.name(n)))
+                };
+                let old_heads = self.nodes[n.0].durable.get(doc).map(Automerge::get_heads).unwrap_or_default();
+                if let Some(lost) = old_heads.iter().find(|h| !contains(&new, h)) {
+                    self.fail(format!("{} compacted {doc} into a snapshot without {}", self.name(n), hex8(lost)));
+                }
+                self.nodes[n.0].durable.insert(*doc, new);
+            }
+            StorageTask::DeleteDoc { doc } => {
+                self.nodes[n.0].durable.remove(doc);
+            }
+            StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } | StorageTask::PutSyncState { .. } => {}
+        }
+        if let StorageTask::AppendChunk { doc, .. } = task {
+            let complete = self.nodes[n.0].durable.get(doc).is_some_and(|d| d.get_missing_deps(&[]).is_empty());
+            if !complete {
+                self.fail(format!("{} stored changes of {doc} whose dependencies are not stored", self.name(n)));
+            }
+        }
+    }
+
+    // ----- checks -----------------------------------------------------------
+
+    /// Checks, once quiet, that every replica of every document agrees:
+    /// same heads and same value on every node that holds it, every client
+    /// that opened a document (and every server above it) holds it, and
+    /// every edit that was durable at the node that made it is everywhere.
+    pub fn check_converged(&self) -> Result<(), String> {
+        for n in self.node_ids() {
+            if !self.is_up(n) {
+                return Err(format!("{} is down", self.name(n)));
+            }
+            if let Some(up) = self.spec(n).upstream
+                && !self.uplink(n).is_some_and(|l| self.link_ready(l))
+            {
+                return Err(format!("{} is not connected to {}", self.name(n), self.name(up)));
+            }
+        }
+        for doc in self.all_docs() {
+            self.check_doc_converged(&doc)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, once quiet and before any application touches its documents
+    /// again, that nothing is stuck below the top of the tree: every change
+    /// in any node's store is in the store of the node at the top of its
+    /// chain (the hub, or the edge of a star), and every node that has a
+    /// document in memory is at the top's heads.
+    pub fn check_caught_up(&self) -> Result<(), String> {
+        for n in self.node_ids() {
+            let root = self.root_of(n);
+            for (doc, stored) in &self.nodes[n.0].durable {
+                let top = self.nodes[root.0].durable.get(doc);
+                let missing = stored.get_heads().into_iter().find(|h| !top.is_some_and(|t| contains(t, h)));
+                if let Some(h) = missing {
+                    return Err(format!(
+                        "{} stores change {} of {doc} that never reached {}",
+                        self.name(n),
+                        hex8(&h),
+                        self.name(root)
+                    ));
+                }
+            }
+            let Some(engine) = self.engine(n) else { continue };
+            for doc in self.all_docs() {
+                let Some(live) = engine.document(&doc).filter(|d| !d.get_heads().is_empty()) else { continue };
+                let top = self.replica(root, &doc)?.map(Automerge::get_heads).unwrap_or_default();
+                if live.get_heads() != top {
+                    return Err(format!(
+                        "{} has {doc} in memory at {} but {} is at {}",
+                        self.name(n),
+                        heads_str(&live.get_heads()),
+                        self.name(root),
+                        heads_str(&top)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every application opens each document it knows again (as after a
+    /// page reload), so that evicted copies sync as well.
+    pub fn reopen_all(&mut self) {
+        for n in self.node_ids() {
+            let docs: Vec<DocumentId> = self.nodes[n.0].known_docs.iter().copied().collect();
+            for doc in docs {
+                self.find(n, doc);
+            }
+        }
+    }
+
+    fn root_of(&self, mut n: NodeId) -> NodeId {
+        while let Some(up) = self.spec(n).upstream {
+            n = up;
+        }
+        n
+    }
+
+    fn all_docs(&self) -> BTreeSet<DocumentId> {
+        let mut docs = BTreeSet::new();
+        for node in &self.nodes {
+            docs.extend(node.known_docs.iter().copied());
+            docs.extend(node.durable.keys().copied());
+        }
+        docs
+    }
+
+    /// The node's replica of a document: what is in memory (which must be
+    /// durable by now) or else what is in its store.
+    pub fn replica(&self, n: NodeId, doc: &DocumentId) -> Result<Option<&Automerge>, String> {
+        let durable = self.nodes[n.0].durable.get(doc).filter(|d| !d.get_heads().is_empty());
+        let memory = self.engine(n).and_then(|e| e.document(doc)).filter(|d| !d.get_heads().is_empty());
+        match (memory, durable) {
+            (Some(m), Some(d)) if m.get_heads() != d.get_heads() => Err(format!(
+                "{} holds {doc} in memory at heads {} but its store has {}",
+                self.name(n),
+                heads_str(&m.get_heads()),
+                heads_str(&d.get_heads())
+            )),
+            (Some(_), _) if durable.is_none() => {
+                Err(format!("{} holds {doc} in memory but nothing of it is stored", self.name(n)))
+            }
+            (m, d) => Ok(m.or(d)),
+        }
+    }
+
+    fn required_holders(&self, doc: &DocumentId) -> BTreeSet<NodeId> {
+        let mut required = BTreeSet::new();
+        for n in self.node_ids() {
+            if self.nodes[n.0].known_docs.contains(doc) {
+                let mut at = Some(n);
+                while let Some(m) = at {
+                    required.insert(m);
+                    at = self.spec(m).upstream;
+                }
+            }
+        }
+        required
+    }
+
+    fn check_doc_converged(&self, doc: &DocumentId) -> Result<(), String> {
+        let mut replicas = Vec::new();
+        for n in self.node_ids() {
+            replicas.push((n, self.replica(n, doc)?));
+        }
+        // A document nobody holds was lost with the only (ephemeral) node
+        // that had it; the edit check below still applies.
+        let lost = replicas.iter().all(|(_, r)| r.is_none());
+        let required = if lost { BTreeSet::new() } else { self.required_holders(doc) };
+        let mut reference: Option<(NodeId, &Automerge)> = None;
+        for (n, replica) in replicas {
+            let Some(replica) = replica else {
+                if required.contains(&n) {
+                    return Err(format!("{} should hold {doc} but does not", self.name(n)));
+                }
+                continue;
+            };
+            let Some((r, reference_doc)) = reference else {
+                reference = Some((n, replica));
+                continue;
+            };
+            if replica.get_heads() != reference_doc.get_heads() {
+                return Err(format!(
+                    "{doc} diverged: {} has heads {} but {} has {}",
+                    self.name(r),
+                    heads_str(&reference_doc.get_heads()),
+                    self.name(n),
+                    heads_str(&replica.get_heads())
+                ));
+            }
+            if replica.hydrate(None) != reference_doc.hydrate(None) {
+                return Err(format!(
+                    "{doc} has the same heads on {} and {} but different values",
+                    self.name(r),
+                    self.name(n)
+                ));
+            }
+        }
+        for e in self.edits.iter().filter(|e| e.doc == *doc) {
+            let durable_at_author = self.nodes[e.node.0].durable.get(doc).is_some_and(|d| contains(d, &e.hash));
+            if durable_at_author && !reference.is_some_and(|(_, r)| contains(r, &e.hash)) {
+                return Err(format!(
+                    "edit {} of {doc} by {} was durable there but is lost",
+                    hex8(&e.hash),
+                    self.name(e.node)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Edits that are in no replica at the end (lost legitimately: never
+    /// durable anywhere before a crash).
+    pub fn lost_edits(&self) -> usize {
+        self.edits
+            .iter()
+            .filter(|e| {
+                !self.node_ids().any(|n| self.replica(n, &e.doc).ok().flatten().is_some_and(|d| contains(d, &e.hash)))
+            })
+            .count()
+    }
+}
+
+fn empty_doc() -> Automerge {
+    // A fixed actor: the mirror never makes changes, and `ActorId::random`
+    // would draw from the OS.
+    Automerge::new().with_actor(ActorId::from(&[0u8; 16][..]))
+}
+
+fn contains(doc: &Automerge, hash: &ChangeHash) -> bool {
+    doc.get_missing_deps(std::slice::from_ref(hash)).is_empty()
+}
+
+fn short(doc: &DocumentId) -> String {
+    doc.to_string().chars().take(6).collect()
+}
+
+fn hex8(hash: &ChangeHash) -> String {
+    hash.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn heads_str(heads: &[ChangeHash]) -> String {
+    let parts: Vec<String> = heads.iter().map(hex8).collect();
+    format!("[{}]", parts.join(","))
+}
+
+fn describe_task(task: &StorageTask) -> String {
+    match task {
+        StorageTask::LoadDoc { doc } => format!("load {}", short(doc)),
+        StorageTask::AppendChunk { doc, data } => format!("append {} {}B", short(doc), data.len()),
+        StorageTask::Compact { doc, snapshot } => format!("compact {} {}B", short(doc), snapshot.len()),
+        StorageTask::DeleteDoc { doc } => format!("delete {}", short(doc)),
+        StorageTask::LoadSyncState { doc, peer } => format!("load-sync-state {} {}", short(doc), &peer.as_str()[..8]),
+        StorageTask::PutSyncState { doc, peer, .. } => format!("put-sync-state {} {}", short(doc), &peer.as_str()[..8]),
+    }
+}
+
+fn describe_event(event: &Event) -> String {
+    match event {
+        Event::PeerConnected { conn, peer, .. } => format!("peer-connected {conn} {peer}"),
+        Event::PeerDisconnected { conn, peer } => format!("peer-disconnected {conn} {peer:?}"),
+        Event::DocChanged { doc, heads } => format!("doc-changed {} {}", short(doc), heads_str(heads)),
+        Event::DocReady { doc } => format!("doc-ready {}", short(doc)),
+        Event::DocUnavailable { doc } => format!("doc-unavailable {}", short(doc)),
+        Event::Ephemeral { doc, sender, data } => format!("ephemeral {} from {sender} {}B", short(doc), data.len()),
+        Event::ProtocolError { conn, kind, .. } => format!("protocol-error {conn} {}", kind.as_str()),
+        Event::StorageFailed { doc, .. } => format!("storage-failed {doc:?}"),
+        Event::Evicted { doc } => format!("evicted {}", short(doc)),
+    }
+}
+
+// ----- the random workload ---------------------------------------------------
+
+/// What one seed's run did, besides its trace.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub nodes: usize,
+    pub docs: usize,
+    pub edits: usize,
+    /// Edits in no replica at the end (made at a node that crashed before
+    /// they were durable or had reached anyone).
+    pub lost_edits: usize,
+    pub link_drops: usize,
+    pub crashes: usize,
+    pub partitions: usize,
+    pub evictions: usize,
+    /// Ephemeral messages handed to applications (each at most once).
+    pub ephemeral_delivered: usize,
+    /// Virtual time at which the run was quiet and checked.
+    pub end_ms: u64,
+}
+
+/// The trace and numbers of one seed's run.
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub trace: Vec<String>,
+    pub stats: RunStats,
+}
+
+/// Runs the random workload for one seed and returns its trace; panics if
+/// an invariant breaks or the replicas do not converge.
+pub fn run(seed: u64) -> Vec<String> {
+    run_seed(seed).trace
+}
+
+/// Runs the random workload for one seed: a random topology, random edits
+/// and faults for a while, then every fault healed, quiet, and the
+/// convergence check.
+pub fn run_seed(seed: u64) -> RunOutcome {
+    let mut w = Workload::new(seed);
+    w.run_faulty_phase();
+    w.heal_everything();
+    if !w.sim.run_until_quiet(600_000) {
+        w.sim.fail("did not get quiet within 600 s of virtual time after the faults stopped");
+    }
+    w.sim.note("quiet");
+    if let Err(e) = w.sim.check_caught_up() {
+        w.sim.fail(format!("not caught up: {e}"));
+    }
+    if let Err(e) = w.sim.check_converged() {
+        w.sim.fail(format!("not converged before reopening: {e}"));
+    }
+    w.sim.reopen_all();
+    if !w.sim.run_until_quiet(600_000) {
+        w.sim.fail("did not get quiet within 600 s of virtual time after reopening every document");
+    }
+    w.sim.note("quiet after reopening");
+    if let Err(e) = w.sim.check_converged() {
+        w.sim.fail(format!("not converged: {e}"));
+    }
+    w.stats.nodes = w.sim.nodes.len();
+    w.stats.docs = w.docs.len();
+    w.stats.edits = w.sim.edits.len();
+    w.stats.lost_edits = w.sim.lost_edits();
+    w.stats.evictions =
+        w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Evicted { .. })).count();
+    w.stats.ephemeral_delivered =
+        w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Ephemeral { .. })).count();
+    w.stats.end_ms = w.sim.now.0;
+    RunOutcome { trace: w.sim.into_trace(), stats: w.stats }
+}
+
+/// Timers of the workload, carried as [`Step::User`] tags.
+#[derive(Clone, Copy, Debug)]
+enum Action {
+    Edit,
+    Chaos,
+    CreateDoc(NodeId),
+    Learn(NodeId, DocumentId),
+    Restart(NodeId),
+    Ephemeral,
+    Heal(NodeId),
+}
+
+struct Workload {
+    sim: Sim,
+    clients: Vec<NodeId>,
+    docs: Vec<DocumentId>,
+    actions: Vec<Action>,
+    /// Documents clients are yet to learn about (done at once on healing).
+    pending_learns: BTreeSet<(NodeId, DocumentId)>,
+    work_end: Millis,
+    ephemeral_count: u64,
+    stats: RunStats,
+}
+
+impl Workload {
+    fn new(seed: u64) -> Self {
+        let mut sim = Sim::new(seed, Timing::default());
+        sim.unique_ephemeral_payloads = true;
+        let clients = build_topology(&mut sim);
+        let work_end = Millis(sim.rng.random_range(8_000..=20_000));
+        let mut w = Self {
+            sim,
+            clients,
+            docs: Vec::new(),
+            actions: Vec::new(),
+            pending_learns: BTreeSet::new(),
+            work_end,
+            ephemeral_count: 0,
+            stats: RunStats::default(),
+        };
+        let first = w.clients[0];
+        let at = w.sim.rng.random_range(0..1000);
+        w.later(at, Action::CreateDoc(first));
+        if w.sim.rng.random_bool(0.5) {
+            let creator = w.pick_client();
+            let at = w.sim.rng.random_range(1000..w.work_end.0);
+            w.later(at, Action::CreateDoc(creator));
+        }
+        let at = w.sim.rng.random_range(100..500);
+        w.later(at, Action::Edit);
+        let at = w.sim.rng.random_range(200..1000);
+        w.later(at, Action::Ephemeral);
+        let at = w.sim.rng.random_range(500..2000);
+        w.later(at, Action::Chaos);
+        w
+    }
+
+    fn later(&mut self, after: u64, action: Action) {
+        let tag = self.actions.len() as u64;
+        self.actions.push(action);
+        self.sim.schedule_user(after, tag);
+    }
+
+    fn pick_client(&mut self) -> NodeId {
+        let i = self.sim.rng.random_range(0..self.clients.len());
+        self.clients[i]
+    }
+
+    fn run_faulty_phase(&mut self) {
+        while let Some(step) = self.sim.step_until(self.work_end) {
+            if let Step::User(tag) = step {
+                let action = self.actions[tag as usize];
+                self.act(action);
+            }
+        }
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Edit => {
+                self.random_edit();
+                let next = self.sim.rng.random_range(20..400);
+                self.later(next, Action::Edit);
+            }
+            Action::Chaos => {
+                self.chaos();
+                let next = self.sim.rng.random_range(200..2500);
+                self.later(next, Action::Chaos);
+            }
+            Action::CreateDoc(n) => self.create_doc(n),
+            Action::Learn(n, doc) => {
+                if self.pending_learns.remove(&(n, doc)) {
+                    self.sim.find(n, doc);
+                }
+            }
+            Action::Restart(n) => self.sim.restart(n),
+            Action::Heal(n) => self.sim.heal(n),
+            Action::Ephemeral => {
+                self.random_ephemeral();
+                let next = self.sim.rng.random_range(100..1500);
+                self.later(next, Action::Ephemeral);
+            }
+        }
+    }
+
+    fn create_doc(&mut self, n: NodeId) {
+        if !self.sim.is_up(n) {
+            let retry = self.sim.rng.random_range(100..1000);
+            self.later(retry, Action::CreateDoc(n));
+            return;
+        }
+        let doc = self.sim.create(n);
+        self.docs.push(doc);
+        // The URL is shared out of band; some learn it before the document
+        // has reached any server.
+        for c in self.clients.clone() {
+            if c != n && self.sim.rng.random_bool(0.85) {
+                self.pending_learns.insert((c, doc));
+                let at = self.sim.rng.random_range(0..6000);
+                self.later(at, Action::Learn(c, doc));
+            }
+        }
+    }
+
+    fn random_edit(&mut self) {
+        let n = self.pick_client();
+        if self.sim.rng.random_range(0..100) < 2 {
+            // A URL that leads nowhere: it must come back unavailable.
+            let ghost = DocumentId::random(self.sim.rng());
+            return self.sim.find(n, ghost);
+        }
+        let Some(doc) = self.random_known_doc(n) else { return };
+        let Some(engine) = self.sim.engine(n) else { return };
+        match engine.document(&doc) {
+            // Evicted (or still loading): the application opens it again.
+            None => return self.sim.find(n, doc),
+            // Not here yet: nothing to edit.
+            Some(d) if d.get_heads().is_empty() => return,
+            Some(_) => {}
+        }
+        let rng = self.sim.rng();
+        let (kind, key, value, pos, text) = (
+            rng.random_range(0..3u8),
+            format!("k{}", rng.random_range(0..6u8)),
+            rng.random_range(0..1000i64),
+            rng.random_range(0..10_000usize),
+            ["a", "bc", "def", "\u{e9}", "xy"][rng.random_range(0..5usize)],
+        );
+        let result = self.sim.change(n, doc, |tx| random_change(tx, kind, &key, value, pos, text));
+        if let Err(e) = result {
+            let e = e.to_string();
+            self.sim.note(format!("{} app change refused: {e}", self.sim.name(n)));
+        }
+    }
+
+    fn random_known_doc(&mut self, n: NodeId) -> Option<DocumentId> {
+        let known: Vec<DocumentId> = self.sim.known_docs(n).iter().copied().collect();
+        (!known.is_empty()).then(|| known[self.sim.rng.random_range(0..known.len())])
+    }
+
+    /// A presence-style ephemeral message about a document the client has.
+    fn random_ephemeral(&mut self) {
+        let n = self.pick_client();
+        let Some(doc) = self.random_known_doc(n) else { return };
+        if self.sim.engine(n).and_then(|e| e.document(&doc)).is_none_or(|d| d.get_heads().is_empty()) {
+            return;
+        }
+        self.ephemeral_count += 1;
+        let incarnation = self.sim.nodes[n.0].incarnation;
+        let session = format!("{}-{incarnation}", self.sim.name(n));
+        // CBOR: an unsigned integer unique to this message.
+        let mut data = vec![0x1b];
+        data.extend_from_slice(&self.ephemeral_count.to_be_bytes());
+        self.sim.broadcast_ephemeral(n, doc, &session, self.ephemeral_count, data);
+    }
+
+    fn chaos(&mut self) {
+        let roll = self.sim.rng.random_range(0..100u32);
+        match roll {
+            0..40 => {
+                let links = self.sim.live_links();
+                if !links.is_empty() {
+                    let link = links[self.sim.rng.random_range(0..links.len())];
+                    self.sim.drop_link(link);
+                    self.stats.link_drops += 1;
+                }
+            }
+            40..70 => {
+                let nodes: Vec<NodeId> = self.sim.node_ids().filter(|n| self.sim.is_up(*n)).collect();
+                if nodes.is_empty() {
+                    return;
+                }
+                let n = nodes[self.sim.rng.random_range(0..nodes.len())];
+                self.sim.crash(n);
+                self.stats.crashes += 1;
+                let down = self.sim.rng.random_range(0..6000);
+                self.later(down, Action::Restart(n));
+            }
+            _ => {
+                let nodes: Vec<NodeId> = self.sim.node_ids().filter(|n| self.sim.spec(*n).upstream.is_some()).collect();
+                let n = nodes[self.sim.rng.random_range(0..nodes.len())];
+                let length = self.sim.rng.random_range(500..8000);
+                let until = Millis(self.sim.now().0 + length);
+                self.sim.partition(n, until);
+                self.stats.partitions += 1;
+                self.later(length, Action::Heal(n));
+            }
+        }
+    }
+
+    /// Faults stop: everyone is restarted, partitions heal, every URL that
+    /// was shared is opened.
+    fn heal_everything(&mut self) {
+        self.sim.note("faults stop");
+        for n in self.sim.node_ids().collect::<Vec<_>>() {
+            self.sim.heal(n);
+            self.sim.restart(n);
+        }
+        for (n, doc) in std::mem::take(&mut self.pending_learns) {
+            self.sim.find(n, doc);
+        }
+    }
+}
+
+/// A random topology: a star (clients under one edge), a chain (clients
+/// under an edge under a hub) or a tree (two edges under a hub, one client
+/// straight on the hub). Returns the clients.
+fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
+    let evict_choices = [500, 3000, 60_000];
+    let evict = |sim: &mut Sim| evict_choices[sim.rng.random_range(0..evict_choices.len())];
+    let shape = sim.rng.random_range(0..3u8);
+    let mut servers = Vec::new();
+    match shape {
+        0 => {
+            let e = evict(sim);
+            servers.push(sim.add_node(NodeSpec::new("edge").evict_after(e)));
+        }
+        _ => {
+            let e = evict(sim);
+            let hub = sim.add_node(NodeSpec::new("hub").evict_after(e));
+            for i in 0..shape {
+                let e = evict(sim);
+                servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).upstream(hub)));
+            }
+            if shape == 2 {
+                servers.push(hub);
+            }
+        }
+    }
+    let count = sim.rng.random_range(2..=4usize) + servers.len();
+    let mut clients = Vec::new();
+    for i in 0..count {
+        let server = servers[i % servers.len()];
+        let persistent = sim.rng.random_bool(0.5);
+        // Most applications keep open documents in memory; some evict.
+        let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
+        let spec = NodeSpec::new(format!("c{i}")).persistent(persistent).evict_after(e).upstream(server);
+        clients.push(sim.add_node(spec));
+    }
+    clients
+}
+
+/// One random local change: a map key, or a splice in the shared text.
+fn random_change(
+    tx: &mut Transaction<'_>,
+    kind: u8,
+    key: &str,
+    value: i64,
+    pos: usize,
+    text: &str,
+) -> Result<(), AutomergeError> {
+    let text_obj = match tx.get(ROOT, "text")? {
+        Some((automerge::Value::Object(ObjType::Text), id)) if kind > 0 => id,
+        _ => return tx.put(ROOT, key, value),
+    };
+    let len = tx.length(&text_obj);
+    let pos = pos % (len + 1);
+    if kind == 2 && pos < len { tx.splice_text(&text_obj, pos, 1, "") } else { tx.splice_text(&text_obj, pos, 0, text) }
+}

@@ -1,0 +1,348 @@
+//! The deterministic simulation: random schedules of edits, drops,
+//! partitions and crashes must converge, and scenario tests of the
+//! protocol's behaviour driven through the same harness.
+//!
+//! `MERIDIAN_SIM_SEEDS=5000` runs a longer sweep (the default is 200 seeds);
+//! `MERIDIAN_SIM_SEED=n` runs just seed `n` (to reproduce a failure).
+
+use std::time::Instant;
+
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{ROOT, ReadDoc};
+use meridian_protocol::codec::Message;
+use meridian_protocol::engine::{Event, Millis};
+use meridian_protocol::ids::DocumentId;
+use meridian_tests::sim::{self, NodeId, NodeSpec, RunStats, Side, Sim, Timing};
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    Some(v.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number, got {v:?}")))
+}
+
+#[test]
+fn same_seed_gives_the_same_trace() {
+    let a = sim::run(7);
+    let b = sim::run(7);
+    assert!(a.len() > 100, "trace suspiciously short: {} lines", a.len());
+    for fault in ["fault crash", "fault drop", "fault partition"] {
+        assert!(a.iter().any(|l| l.contains(fault)), "seed 7 should exercise `{fault}`");
+    }
+    assert_eq!(a, b, "seed 7 is not deterministic");
+    assert_ne!(sim::run(8), a, "different seeds should give different traces");
+}
+
+#[test]
+fn random_schedules_converge() {
+    let seeds: Vec<u64> = match env_u64("MERIDIAN_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(200)).collect(),
+    };
+    let started = Instant::now();
+    let mut total = RunStats::default();
+    for &seed in &seeds {
+        let s = sim::run_seed(seed).stats;
+        total.edits += s.edits;
+        total.lost_edits += s.lost_edits;
+        total.link_drops += s.link_drops;
+        total.crashes += s.crashes;
+        total.partitions += s.partitions;
+        total.evictions += s.evictions;
+        total.ephemeral_delivered += s.ephemeral_delivered;
+        total.docs += s.docs;
+        total.end_ms = total.end_ms.max(s.end_ms);
+    }
+    eprintln!(
+        "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
+         {} crashes, {} partitions, {} evictions, {} ephemeral deliveries; longest run {} ms of virtual time",
+        seeds.len(),
+        started.elapsed(),
+        total.docs,
+        total.edits,
+        total.lost_edits,
+        total.link_drops,
+        total.crashes,
+        total.partitions,
+        total.evictions,
+        total.ephemeral_delivered,
+        total.end_ms,
+    );
+    // The workload must exercise what it claims to.
+    if seeds.len() >= 50 {
+        assert!(total.crashes > 0 && total.link_drops > 0 && total.partitions > 0 && total.evictions > 0);
+        assert!(total.ephemeral_delivered > 0);
+        assert!(total.edits > 10 * seeds.len());
+    }
+}
+
+// ----- scenarios -------------------------------------------------------------
+
+fn new_sim(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed, Timing::default());
+    sim.record_messages = true;
+    sim
+}
+
+fn quiet(sim: &mut Sim) {
+    assert!(sim.run_until_quiet(120_000), "simulation did not get quiet");
+}
+
+fn converged(sim: &Sim) {
+    if let Err(e) = sim.check_converged() {
+        sim.fail(format!("not converged: {e}"));
+    }
+}
+
+fn received_unavailable(sim: &Sim, n: NodeId, doc: DocumentId) -> bool {
+    sim.received(n).iter().any(|m| matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == doc))
+}
+
+fn has_event(sim: &Sim, n: NodeId, pred: impl Fn(&Event) -> bool) -> bool {
+    sim.events(n).iter().any(pred)
+}
+
+/// A client under an edge, or under an edge under a hub.
+fn client_under(sim: &mut Sim, chain: bool) -> (NodeId, NodeId) {
+    let top = sim.add_node(NodeSpec::new("hub"));
+    let server = if chain { sim.add_node(NodeSpec::new("edge").upstream(top)) } else { top };
+    let client = sim.add_node(NodeSpec::new("c").ephemeral().upstream(server));
+    (top, client)
+}
+
+#[test]
+fn unknown_document_is_unavailable_to_the_requester() {
+    for chain in [false, true] {
+        let mut sim = new_sim(1);
+        let (_, client) = client_under(&mut sim, chain);
+        quiet(&mut sim);
+        let doc = DocumentId::from_bytes([42; 16]);
+        sim.find(client, doc);
+        quiet(&mut sim);
+        assert!(received_unavailable(&sim, client, doc), "chain={chain}: no doc-unavailable reached the client");
+        assert!(has_event(&sim, client, |e| *e == Event::DocUnavailable { doc }));
+        assert!(!has_event(&sim, client, |e| matches!(e, Event::DocReady { .. })));
+    }
+}
+
+#[test]
+fn requester_stays_subscribed_and_gets_the_document_when_it_is_uploaded() {
+    for chain in [false, true] {
+        let mut sim = new_sim(2);
+        let (top, requester) = client_under(&mut sim, chain);
+        // The author works offline first, then connects to the top server.
+        let author = sim.add_node(NodeSpec::new("author"));
+        let doc = sim.create(author);
+        sim.change(author, doc, |tx| tx.put(ROOT, "title", "hello")).unwrap();
+        quiet(&mut sim);
+        sim.find(requester, doc);
+        quiet(&mut sim);
+        assert!(received_unavailable(&sim, requester, doc), "chain={chain}: requester was not told unavailable");
+
+        let before = sim.received(requester).len();
+        sim.set_upstream(author, top);
+        quiet(&mut sim);
+        let got_data = sim.received(requester)[before..].iter().any(|m| match m {
+            Message::Sync { document_id, data, .. } if *document_id == doc => {
+                let sync = meridian_protocol::automerge::sync::Message::decode(data).unwrap();
+                !sync.changes.is_empty()
+            }
+            _ => false,
+        });
+        assert!(got_data, "chain={chain}: the requester never received a sync with the document's changes");
+        let requester_doc = sim.engine(requester).and_then(|e| e.document(&doc)).expect("requester has the doc");
+        let title = requester_doc.get(ROOT, "title").unwrap().map(|(v, _)| v.to_string());
+        assert_eq!(title.as_deref(), Some("\"hello\""));
+        converged(&sim);
+    }
+}
+
+#[test]
+fn ephemeral_messages_are_relayed_once_with_the_original_sender() {
+    let mut sim = new_sim(3);
+    let edge = sim.add_node(NodeSpec::new("edge"));
+    let a = sim.add_node(NodeSpec::new("a").ephemeral().upstream(edge));
+    let b = sim.add_node(NodeSpec::new("b").upstream(edge));
+    let c = sim.add_node(NodeSpec::new("c").ephemeral().upstream(edge));
+    let doc = sim.create(a);
+    quiet(&mut sim);
+    sim.find(b, doc);
+    sim.find(c, doc);
+    quiet(&mut sim);
+
+    let data = vec![0xa1, 0x61, b'x', 0x01]; // CBOR {"x": 1}
+    sim.broadcast_ephemeral(a, doc, "session-a", 1, data.clone());
+    quiet(&mut sim);
+    // The same count again is a duplicate; the edge must drop it.
+    sim.broadcast_ephemeral(a, doc, "session-a", 1, data.clone());
+    quiet(&mut sim);
+    sim.broadcast_ephemeral(a, doc, "session-a", 2, data.clone());
+    quiet(&mut sim);
+
+    let a_peer = sim.peer_id(a).clone();
+    for n in [b, c] {
+        let got: Vec<(String, String, u64)> = sim
+            .received(n)
+            .iter()
+            .filter_map(|m| match m {
+                Message::Ephemeral { sender_id, session_id, count, data: d, document_id, .. } => {
+                    assert_eq!((d, document_id), (&data, &doc));
+                    Some((sender_id.to_string(), session_id.clone(), *count))
+                }
+                _ => None,
+            })
+            .collect();
+        let a_name = a_peer.to_string();
+        assert_eq!(
+            got,
+            vec![(a_name.clone(), "session-a".to_owned(), 1), (a_name, "session-a".to_owned(), 2)],
+            "{} received the wrong ephemeral messages",
+            sim.name(n)
+        );
+        let events = sim.events(n).iter().filter(|e| matches!(e, Event::Ephemeral { sender, .. } if *sender == a_peer));
+        assert_eq!(events.count(), 2);
+    }
+    assert!(!sim.received(a).iter().any(|m| matches!(m, Message::Ephemeral { .. })), "a got its own message back");
+}
+
+#[test]
+fn eviction_frees_memory_and_a_later_sync_reloads() {
+    let mut sim = new_sim(4);
+    let edge = sim.add_node(NodeSpec::new("edge").evict_after(2000));
+    let a = sim.add_node(NodeSpec::new("a").upstream(edge));
+    let b = sim.add_node(NodeSpec::new("b").ephemeral().upstream(edge));
+    let doc = sim.create(a);
+    quiet(&mut sim);
+    sim.find(b, doc);
+    quiet(&mut sim);
+    assert_eq!(sim.engine(edge).unwrap().loaded_docs(), 1);
+
+    sim.run_for(5000);
+    assert_eq!(sim.engine(edge).unwrap().loaded_docs(), 0, "the idle document was not evicted");
+    assert!(has_event(&sim, edge, |e| *e == Event::Evicted { doc }));
+    converged(&sim);
+
+    sim.change(a, doc, |tx| tx.put(ROOT, "after_eviction", 1)).unwrap();
+    quiet(&mut sim);
+    assert_eq!(sim.engine(edge).unwrap().loaded_docs(), 1, "the edge did not load the document again");
+    let b_doc = sim.engine(b).and_then(|e| e.document(&doc)).unwrap();
+    assert!(b_doc.get(ROOT, "after_eviction").unwrap().is_some(), "b did not get the change made after eviction");
+    converged(&sim);
+}
+
+/// Bytes the server sent on a node's current uplink.
+fn bytes_from_server(sim: &Sim, n: NodeId) -> u64 {
+    sim.link_bytes_to(sim.uplink(n).expect("connected"), Side::Client)
+}
+
+/// Whether the first sync message in `messages` resumed from shared heads
+/// (its `have` names a non-empty `lastSync`) instead of offering a bloom
+/// filter of the whole history.
+fn first_sync_resumed<'a>(messages: impl IntoIterator<Item = &'a Message>) -> bool {
+    let first = messages.into_iter().find_map(|m| match m {
+        Message::Sync { data, .. } | Message::Request { data, .. } => {
+            Some(meridian_protocol::automerge::sync::Message::decode(data).unwrap())
+        }
+        _ => None,
+    });
+    first.expect("a sync message").have.first().is_some_and(|h| !h.last_sync.is_empty())
+}
+
+#[test]
+fn persisted_sync_state_spares_a_reconnecting_peer_the_history() {
+    let mut sim = new_sim(5);
+    let edge = sim.add_node(NodeSpec::new("edge").evict_after(2000));
+    // Both have storage ids, so each persists its sync state with the other.
+    let p = sim.add_node(NodeSpec::new("p").upstream(edge));
+    let other = sim.add_node(NodeSpec::new("other").upstream(edge));
+    let doc = sim.create(p);
+    for i in 0..600 {
+        // Hard to compress, so the history is as big as it looks.
+        let value = format!("{:032x}", (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835));
+        sim.change(p, doc, |tx| tx.put(ROOT, format!("k{}", i % 50), value)).unwrap();
+    }
+    quiet(&mut sim);
+    sim.find(other, doc);
+    quiet(&mut sim);
+
+    // p goes away long enough for the edge to evict the document, and
+    // misses a change meanwhile.
+    sim.partition(p, Millis(sim.now().0 + 6000));
+    sim.run_for(3000);
+    sim.change(other, doc, |tx| tx.put(ROOT, "while_away", 1)).unwrap();
+    sim.run_for(2500);
+    assert_eq!(sim.engine(edge).unwrap().loaded_docs(), 0, "the edge should have evicted the document");
+    let (edge_seen, p_seen, trace_seen) = (sim.received(edge).len(), sim.received(p).len(), sim.trace().len());
+    quiet(&mut sim);
+    converged(&sim);
+    let p_storage = &sim.storage_id(p).unwrap().as_str()[..8];
+    let loaded = format!("load-sync-state {} {p_storage} done", &doc.to_string()[..6]);
+    assert!(
+        sim.trace()[trace_seen..].iter().any(|l| l.contains("edge storage") && l.contains(&loaded)),
+        "the edge did not load the sync state it persisted for p"
+    );
+    let p_doc = sim.engine(p).and_then(|e| e.document(&doc)).unwrap();
+    assert!(p_doc.get(ROOT, "while_away").unwrap().is_some(), "p did not get the change it missed");
+    assert!(first_sync_resumed(&sim.received(edge)[edge_seen..]), "p did not resume from its persisted sync state");
+    assert!(first_sync_resumed(&sim.received(p)[p_seen..]), "the edge did not resume after reloading the document");
+    let p_bytes = bytes_from_server(&sim, p);
+
+    // A fresh peer gets the whole history.
+    let fresh = sim.add_node(NodeSpec::new("fresh").ephemeral().upstream(edge));
+    sim.find(fresh, doc);
+    quiet(&mut sim);
+    converged(&sim);
+    let fresh_bytes = bytes_from_server(&sim, fresh);
+    eprintln!("bytes from the edge: {p_bytes} to the reconnecting peer, {fresh_bytes} to a fresh one");
+    assert!(p_bytes * 10 < fresh_bytes, "p's reconnect cost {p_bytes} B, a fresh peer's {fresh_bytes} B");
+}
+
+#[test]
+fn changes_an_edge_evicted_while_cut_off_reach_the_hub_when_it_reconnects() {
+    let mut sim = new_sim(6);
+    let hub = sim.add_node(NodeSpec::new("hub"));
+    let edge = sim.add_node(NodeSpec::new("edge").evict_after(1000).upstream(hub));
+    let c = sim.add_node(NodeSpec::new("c").upstream(edge));
+    let doc = sim.create(c);
+    quiet(&mut sim);
+
+    // The edge is cut off from the hub; c edits, then leaves too, and the
+    // edge evicts the document before the hub comes back.
+    sim.partition(edge, Millis(sim.now().0 + 20_000));
+    sim.run_for(2000);
+    sim.change(c, doc, |tx| tx.put(ROOT, "offline", 1)).unwrap();
+    sim.run_for(500);
+    sim.partition(c, Millis(sim.now().0 + 60_000));
+    sim.run_for(5000);
+    assert_eq!(sim.engine(edge).unwrap().loaded_docs(), 0, "the edge should have evicted the document");
+    sim.heal(edge);
+    sim.run_for(5000);
+
+    let hub_doc = sim.durable_doc(hub, &doc).expect("the hub stores the document");
+    assert!(hub_doc.get(ROOT, "offline").unwrap().is_some(), "the change never reached the hub");
+    if let Err(e) = sim.check_caught_up() {
+        sim.fail(e);
+    }
+}
+
+#[test]
+fn a_client_that_evicted_an_open_document_catches_up_after_reconnecting() {
+    let mut sim = new_sim(7);
+    let edge = sim.add_node(NodeSpec::new("edge"));
+    let a = sim.add_node(NodeSpec::new("a").evict_after(1000).upstream(edge));
+    let b = sim.add_node(NodeSpec::new("b").upstream(edge));
+    let doc = sim.create(b);
+    quiet(&mut sim);
+    sim.find(a, doc);
+    quiet(&mut sim);
+
+    // a's application keeps the document open but idle: the engine evicts
+    // it. a's connection drops, b edits meanwhile, a comes back.
+    sim.partition(a, Millis(sim.now().0 + 4000));
+    sim.run_for(2000);
+    assert_eq!(sim.engine(a).unwrap().loaded_docs(), 0, "a should have evicted the document");
+    sim.change(b, doc, |tx| tx.put(ROOT, "while_away", 1)).unwrap();
+    quiet(&mut sim);
+
+    let a_doc = sim.durable_doc(a, &doc).expect("a stores the document");
+    assert!(a_doc.get(ROOT, "while_away").unwrap().is_some(), "a never caught up");
+    converged(&sim);
+}
