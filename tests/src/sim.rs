@@ -1242,6 +1242,22 @@ pub struct RunStats {
     pub end_ms: u64,
 }
 
+impl RunStats {
+    /// Adds another run's numbers to these (the longest run wins `end_ms`).
+    pub fn add(&mut self, other: &RunStats) {
+        self.nodes += other.nodes;
+        self.docs += other.docs;
+        self.edits += other.edits;
+        self.lost_edits += other.lost_edits;
+        self.link_drops += other.link_drops;
+        self.crashes += other.crashes;
+        self.partitions += other.partitions;
+        self.evictions += other.evictions;
+        self.ephemeral_delivered += other.ephemeral_delivered;
+        self.end_ms = self.end_ms.max(other.end_ms);
+    }
+}
+
 /// The trace and numbers of one seed's run.
 #[derive(Clone, Debug)]
 pub struct RunOutcome {

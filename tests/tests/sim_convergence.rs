@@ -5,6 +5,8 @@
 //! `MERIDIAN_SIM_SEEDS=5000` runs a longer sweep (the default is 200 seeds);
 //! `MERIDIAN_SIM_SEED=n` runs just seed `n` (to reproduce a failure).
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use meridian_protocol::automerge::transaction::Transactable;
@@ -38,19 +40,7 @@ fn random_schedules_converge() {
         None => (0..env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(200)).collect(),
     };
     let started = Instant::now();
-    let mut total = RunStats::default();
-    for &seed in &seeds {
-        let s = sim::run_seed(seed).stats;
-        total.edits += s.edits;
-        total.lost_edits += s.lost_edits;
-        total.link_drops += s.link_drops;
-        total.crashes += s.crashes;
-        total.partitions += s.partitions;
-        total.evictions += s.evictions;
-        total.ephemeral_delivered += s.ephemeral_delivered;
-        total.docs += s.docs;
-        total.end_ms = total.end_ms.max(s.end_ms);
-    }
+    let total = run_seeds(&seeds);
     eprintln!(
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
          {} crashes, {} partitions, {} evictions, {} ephemeral deliveries; longest run {} ms of virtual time",
@@ -72,6 +62,48 @@ fn random_schedules_converge() {
         assert!(total.ephemeral_delivered > 0);
         assert!(total.edits > 10 * seeds.len());
     }
+}
+
+/// Runs the seeds on a few threads (each run is independent and
+/// deterministic); panics with the lowest failing seed's report.
+fn run_seeds(seeds: &[u64]) -> RunStats {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new((RunStats::default(), Vec::<(u64, String)>::new()));
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
+                    let outcome = std::panic::catch_unwind(|| sim::run_seed(seed));
+                    let mut results = results.lock().unwrap();
+                    match outcome {
+                        Ok(outcome) => results.0.add(&outcome.stats),
+                        Err(panic) => {
+                            failed.store(true, Ordering::Relaxed);
+                            results.1.push((seed, panic_message(&*panic)));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (total, mut failures) = results.into_inner().unwrap();
+    failures.sort();
+    if let Some((seed, message)) = failures.first() {
+        let seeds: Vec<u64> = failures.iter().map(|(s, _)| *s).collect();
+        panic!("seeds {seeds:?} failed (rerun one with MERIDIAN_SIM_SEED={seed}):\n{message}");
+    }
+    total
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 // ----- scenarios -------------------------------------------------------------
