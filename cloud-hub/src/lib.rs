@@ -1,5 +1,306 @@
 //! # meridian-hub
 //!
-//! The cloud hub: QUIC federation endpoint for edges, durable store of every
-//! document, placement engine, token issuing. Not built yet (issue 3); it
-//! will reuse `meridian_protocol::engine` and `meridian_edge::store`.
+//! The cloud hub: the QUIC federation endpoint edges connect to, and the
+//! durable store of every document. It runs the same sync engine and node
+//! runtime as an edge (`meridian_edge::runtime`) on its own SQLite store;
+//! every edge is a downstream peer that pushes all its documents and asks
+//! the hub for documents it does not have.
+//!
+//! **Invariant:** an edge is served only after its `hello` carried a known
+//! edge id and the matching secret (compared in constant time), unless the
+//! hub runs in open dev mode, which it announces loudly. The hub never asks
+//! edges for documents (it has no upstream): `doc-unavailable` from the hub
+//! means no edge has ever given it the document.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use meridian_edge::metrics::NodeMetrics;
+use meridian_edge::quic::{self, AbortOnDrop, FEDERATION_ALPN, Identity};
+use meridian_edge::runtime::{NodeEvent, NodeRuntime, register};
+use meridian_edge::store::{SqliteStore, StoreOptions};
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
+use meridian_protocol::engine::{Direction, EngineConfig};
+use meridian_protocol::ids::PeerId;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+/// Which edges may connect.
+#[derive(Clone, Debug)]
+pub enum EdgeAuth {
+    /// Edge id → secret.
+    Secrets(BTreeMap<String, String>),
+    /// Any edge id, any secret. For local development only.
+    DevOpen,
+}
+
+/// Everything a hub needs to run.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// UDP address of the QUIC federation endpoint.
+    pub listen: SocketAddr,
+    /// TCP address of `/healthz` and `/metrics`.
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub hub_id: String,
+    pub auth: EdgeAuth,
+    /// Names (DNS or IP) in the dev certificate created on first start.
+    pub cert_names: Vec<String>,
+    pub max_frame_bytes: usize,
+    pub idle_evict_after: Duration,
+    pub tick_interval: Duration,
+    pub fsync: bool,
+}
+
+impl HubConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            http: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            data_dir: data_dir.into(),
+            hub_id: "meridian-hub".into(),
+            auth: EdgeAuth::DevOpen,
+            cert_names: vec!["localhost".into(), "127.0.0.1".into()],
+            max_frame_bytes: meridian_edge::config::DEFAULT_MAX_MESSAGE_BYTES,
+            idle_evict_after: Duration::from_secs(60),
+            tick_interval: Duration::from_secs(1),
+            fsync: false,
+        }
+    }
+
+    /// Both listeners on ephemeral loopback ports (for tests).
+    pub fn ephemeral_ports(mut self) -> Self {
+        self.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.http = SocketAddr::from(([127, 0, 0, 1], 0));
+        self
+    }
+
+    pub fn edge(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        let mut map = match self.auth {
+            EdgeAuth::Secrets(m) => m,
+            EdgeAuth::DevOpen => BTreeMap::new(),
+        };
+        map.insert(id.into(), secret.into());
+        self.auth = EdgeAuth::Secrets(map);
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), HubError> {
+        if matches!(self.auth, EdgeAuth::DevOpen) && !self.listen.ip().is_loopback() {
+            return Err(HubError::Config(format!(
+                "refusing open dev mode on the non-loopback address {}: configure edges with --edge ID=SECRET",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("opening the store: {0}")]
+    Store(#[from] meridian_edge::store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] quic::TlsError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running hub. Dropping it aborts its tasks; [`Hub::shutdown`] stops it
+/// gracefully.
+#[derive(Debug)]
+pub struct Hub {
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    ca_path: PathBuf,
+    fingerprint: String,
+    runtime: Option<NodeRuntime>,
+    endpoint: quinn::Endpoint,
+    accept: Option<AbortOnDrop<()>>,
+    http: Option<AbortOnDrop<()>>,
+    http_stop: Option<oneshot::Sender<()>>,
+}
+
+impl Hub {
+    pub async fn start(config: HubConfig) -> Result<Self, HubError> {
+        config.validate()?;
+        if matches!(config.auth, EdgeAuth::DevOpen) {
+            tracing::warn!("OPEN DEV MODE: any edge id is accepted without a secret. Configure --edge ID=SECRET for real use.");
+        }
+        let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
+        let store = SqliteStore::open_with(&config.data_dir.join("hub.sqlite3"), StoreOptions { fsync: config.fsync })?;
+        let mut engine = EngineConfig::new(PeerId::new(config.hub_id.clone()), None);
+        engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
+        engine.rng_seed = rand::random();
+        engine.expects_upstream = false;
+        let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
+        let runtime = NodeRuntime::start(store, engine, config.tick_interval, metrics.clone())
+            .map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
+            .map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let accept = AbortOnDrop(tokio::spawn(accept_loop(endpoint.clone(), config.clone(), runtime.events())));
+        let (http_addr, http, http_stop) = serve_http(config.http, metrics).await?;
+        tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
+        let Identity { ca_path, fingerprint, .. } = identity;
+        Ok(Self { quic_addr, http_addr, ca_path, fingerprint, runtime: Some(runtime), endpoint, accept: Some(accept), http: Some(http), http_stop: Some(http_stop) })
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The CA certificate edges should trust (`--hub-ca`).
+    pub fn ca_path(&self) -> &std::path::Path {
+        &self.ca_path
+    }
+
+    /// SHA-256 of the hub certificate (`--hub-fingerprint`).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Stops accepting edges, saves sync states and flushes the store.
+    pub async fn shutdown(mut self) {
+        self.accept.take();
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"hub shutting down");
+        if let Some(tx) = self.http_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(r) = self.runtime.take() {
+            r.shutdown().await;
+        }
+        self.http.take();
+    }
+}
+
+async fn serve_http(
+    addr: SocketAddr,
+    metrics: Arc<NodeMetrics>,
+) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
+    let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(move || async move { metrics.render() }));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stop_rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "hub HTTP server failed");
+        }
+    });
+    Ok((local, AbortOnDrop(task), stop_tx))
+}
+
+/// Accepts edges; each connection is a task owned by the loop's `JoinSet`.
+async fn accept_loop(endpoint: quinn::Endpoint, config: HubConfig, events: mpsc::Sender<NodeEvent>) {
+    let config = Arc::new(config);
+    let mut edges = JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                edges.spawn(serve_edge(incoming, config.clone(), events.clone()));
+            }
+            Some(_) = edges.join_next(), if !edges.is_empty() => {}
+        }
+    }
+}
+
+/// Runs one edge connection from handshake to close.
+async fn serve_edge(incoming: quinn::Incoming, config: Arc<HubConfig>, events: mpsc::Sender<NodeEvent>) {
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(c) => c,
+        Err(e) => return tracing::info!(%remote, error = %e, "edge connection failed"),
+    };
+    let (mut send, mut recv) = match connection.accept_bi().await {
+        Ok(s) => s,
+        Err(e) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
+    };
+    let edge_id = match handshake(&mut send, &mut recv, &config).await {
+        Ok(id) => id,
+        Err(reason) => {
+            tracing::warn!(%remote, %reason, "refused an edge");
+            let refused = federation::encode_control(&Control::Refused { reason: reason.clone() });
+            let _ = quic::write_frame(&mut send, FrameKind::Control, &refused).await;
+            let _ = send.finish();
+            // Give the refusal a moment to leave before the close.
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            connection.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+            return;
+        }
+    };
+    let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };
+    tracing::info!(%remote, %edge_id, %conn, "edge connected");
+    let reason = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {}).await;
+    tracing::info!(%remote, %edge_id, %reason, "edge disconnected");
+}
+
+/// Reads the edge's `hello`, checks its credential and answers `welcome`.
+async fn handshake(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, config: &HubConfig) -> Result<String, String> {
+    let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
+        .await
+        .map_err(|_| "no hello within 10 s".to_owned())?
+        .map_err(|e| format!("bad hello frame: {e}"))?;
+    let Some((FrameKind::Control, bytes)) = frame else { return Err("expected a hello control frame first".into()) };
+    let Control::Hello { version, node_id, secret } = federation::decode_control(&bytes).map_err(|e| e.to_string())? else {
+        return Err("expected hello".into());
+    };
+    if version != FEDERATION_VERSION {
+        return Err(format!("unsupported federation version {version} (this hub speaks {FEDERATION_VERSION})"));
+    }
+    if let EdgeAuth::Secrets(secrets) = &config.auth {
+        let ok = secrets.get(&node_id).is_some_and(|expected| constant_time_eq(expected.as_bytes(), secret.as_bytes()));
+        if !ok {
+            return Err(format!("unknown edge `{node_id}` or wrong secret"));
+        }
+    }
+    let welcome = Control::Welcome { version: FEDERATION_VERSION, hub_id: config.hub_id.clone() };
+    quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome)).await.map_err(|e| e.to_string())?;
+    Ok(node_id)
+}
+
+/// Compares secrets without leaking where they differ (hashes first so
+/// lengths do not leak either).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    #[test]
+    fn open_dev_mode_is_refused_off_loopback() {
+        let mut c = HubConfig::new("/tmp/x");
+        c.listen = "0.0.0.0:7400".parse().unwrap();
+        assert!(c.validate().is_err());
+        assert!(c.clone().edge("eu", "s").validate().is_ok());
+    }
+}

@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::backoff::Backoff;
 use crate::store::SqliteStore;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -124,6 +125,7 @@ impl Client {
         config.idle_evict_after_ms = u64::MAX;
         let (commands, rx) = mpsc::channel(64);
         let (changes, _) = broadcast::channel(1024);
+        let backoff = Backoff::new(options.min_backoff, options.max_backoff);
         let actor = Actor {
             engine: Engine::new(config),
             store,
@@ -132,7 +134,7 @@ impl Client {
             ws: None,
             conn: None,
             state: ConnectionState::Connecting,
-            backoff: None,
+            backoff,
             started: Instant::now(),
             waiting_find: BTreeMap::new(),
             changes: changes.clone(),
@@ -262,7 +264,7 @@ struct Actor {
     ws: Option<Ws>,
     conn: Option<ConnId>,
     state: ConnectionState,
-    backoff: Option<Duration>,
+    backoff: Backoff,
     started: Instant,
     waiting_find: BTreeMap<DocumentId, Vec<oneshot::Sender<Result<(), ClientError>>>>,
     changes: broadcast::Sender<(DocumentId, Vec<ChangeHash>)>,
@@ -323,7 +325,7 @@ impl Actor {
             Ok((ws, _)) => {
                 tracing::info!(url = %self.url, "connected");
                 self.ws = Some(ws);
-                self.backoff = None;
+                self.backoff.reset();
                 self.state = ConnectionState::Connected;
                 let now = self.now();
                 self.conn = Some(self.engine.handle_connect(now, Direction::Outgoing));
@@ -338,15 +340,8 @@ impl Actor {
         }
     }
 
-    /// Exponential backoff with full jitter.
     fn next_backoff(&mut self) -> Duration {
-        let next = match self.backoff {
-            None => self.options.min_backoff,
-            Some(b) => (b * 2).min(self.options.max_backoff),
-        };
-        self.backoff = Some(next);
-        let jitter = rand::rng().random_range(0.5..=1.0);
-        next.mul_f64(jitter)
+        self.backoff.next_delay()
     }
 
     fn incoming(&mut self, msg: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) {

@@ -30,6 +30,8 @@ pub struct EdgeConfig {
     /// fsync on every commit (durable against power loss, slower). Without
     /// it, commits are durable against process crashes (`kill -9`).
     pub fsync: bool,
+    /// The QUIC link to the hub, if this edge federates.
+    pub uplink: Option<crate::uplink::UplinkConfig>,
 }
 
 impl EdgeConfig {
@@ -44,6 +46,7 @@ impl EdgeConfig {
             tick_interval: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             fsync: false,
+            uplink: None,
         }
     }
 
@@ -70,6 +73,11 @@ impl EdgeConfig {
 
     pub fn idle_evict_after(mut self, d: Duration) -> Self {
         self.idle_evict_after = d;
+        self
+    }
+
+    pub fn uplink(mut self, uplink: crate::uplink::UplinkConfig) -> Self {
+        self.uplink = Some(uplink);
         self
     }
 

@@ -6,8 +6,11 @@
 //!
 //! - [`config`]: [`config::EdgeConfig`], built by the binary from flags and
 //!   env vars, or directly by tests.
-//! - [`node`]: the event loop that owns the sync engine ([`node::EdgeNode`]
-//!   starts everything and is what tests run in-process).
+//! - [`runtime`]: the event loop that owns the sync engine and the SQLite
+//!   thread; shared with the hub.
+//! - [`node`]: [`node::EdgeNode`] starts an edge (what tests run in-process).
+//! - [`uplink`]: the QUIC link to the hub, with reconnect; [`quic`] holds
+//!   the TLS and framing plumbing shared with the hub.
 //! - [`server`]: HTTP and WebSocket glue.
 //! - [`store`]: the SQLite store (also used by the hub and device clients).
 //! - [`metrics`]: Prometheus metrics with documented names.
@@ -18,12 +21,16 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod metrics;
 pub mod node;
+pub mod quic;
+pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod uplink;
 
 pub use config::EdgeConfig;
 pub use node::EdgeNode;

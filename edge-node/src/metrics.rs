@@ -1,8 +1,10 @@
-//! Typed metrics of an edge, rendered as Prometheus text at `/metrics`.
+//! Typed metrics of a node (edge or hub), rendered as Prometheus text at
+//! `/metrics`. Names start with `meridian_edge_` on an edge and
+//! `meridian_hub_` on the hub.
 //!
 //! | name | type | meaning |
 //! |---|---|---|
-//! | `meridian_edge_connections` | gauge | open WebSocket connections |
+//! | `meridian_edge_connections` | gauge | open connections (WebSocket and QUIC) |
 //! | `meridian_edge_connections_total` | counter | connections accepted since start |
 //! | `meridian_edge_documents_loaded` | gauge | documents in memory |
 //! | `meridian_edge_messages_in_total{type}` | counter | protocol messages received, by type |
@@ -14,6 +16,11 @@
 //! | `meridian_edge_storage_failures_total` | counter | storage tasks that failed |
 //! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
+//! | `meridian_edge_uplink_connected` | gauge | 1 while the QUIC uplink to the hub is up |
+//! | `meridian_edge_uplink_connects_total` | counter | uplink connections established |
+//! | `meridian_edge_uplink_rtt_seconds` | gauge | QUIC round-trip time to the hub |
+//! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
+//! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -67,8 +74,9 @@ impl Histogram {
 }
 
 /// All metrics of one edge; shared between the node loop and HTTP handlers.
-#[derive(Debug, Default)]
-pub struct EdgeMetrics {
+#[derive(Debug)]
+pub struct NodeMetrics {
+    prefix: &'static str,
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
     pub documents_loaded: AtomicU64,
@@ -82,13 +90,42 @@ pub struct EdgeMetrics {
     pub storage_failures: AtomicU64,
     pub storage_batch_seconds: Histogram,
     pub evictions: AtomicU64,
+    pub uplink_connected: AtomicU64,
+    pub uplink_rtt_micros: AtomicU64,
+    pub uplink_connects_total: AtomicU64,
+    pub docs_pending_upstream: AtomicU64,
+    pub backfill_queued: AtomicU64,
 }
 
 fn type_index(t: &str) -> usize {
     TYPES.iter().position(|x| *x == t).unwrap_or(TYPES.len() - 1)
 }
 
-impl EdgeMetrics {
+impl NodeMetrics {
+    pub fn new(prefix: &'static str) -> Self {
+        Self {
+            prefix,
+            connections: AtomicU64::default(),
+            connections_total: AtomicU64::default(),
+            documents_loaded: AtomicU64::default(),
+            messages_in: Default::default(),
+            messages_out: Default::default(),
+            bytes_in: AtomicU64::default(),
+            bytes_out: AtomicU64::default(),
+            errors: Default::default(),
+            storage_batches: AtomicU64::default(),
+            storage_tasks: AtomicU64::default(),
+            storage_failures: AtomicU64::default(),
+            storage_batch_seconds: Histogram::default(),
+            evictions: AtomicU64::default(),
+            uplink_connected: AtomicU64::default(),
+            uplink_rtt_micros: AtomicU64::default(),
+            uplink_connects_total: AtomicU64::default(),
+            docs_pending_upstream: AtomicU64::default(),
+            backfill_queued: AtomicU64::default(),
+        }
+    }
+
     pub fn message_in(&self, message_type: &str, bytes: usize) {
         self.messages_in[type_index(message_type)].fetch_add(1, Relaxed);
         self.bytes_in.fetch_add(bytes as u64, Relaxed);
@@ -112,21 +149,32 @@ impl EdgeMetrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        gauge(&mut out, "meridian_edge_connections", "Open WebSocket connections.", &self.connections);
-        counter(&mut out, "meridian_edge_connections_total", "Connections accepted.", &self.connections_total);
-        gauge(&mut out, "meridian_edge_documents_loaded", "Documents in memory.", &self.documents_loaded);
-        labelled(&mut out, "meridian_edge_messages_in_total", "Messages received by type.", "type", &TYPES, &self.messages_in);
-        labelled(&mut out, "meridian_edge_messages_out_total", "Messages sent by type.", "type", &TYPES, &self.messages_out);
-        counter(&mut out, "meridian_edge_bytes_in_total", "Payload bytes received.", &self.bytes_in);
-        counter(&mut out, "meridian_edge_bytes_out_total", "Payload bytes sent.", &self.bytes_out);
+        gauge(&mut out, &self.name("connections"), "Open connections (WebSocket and QUIC).", &self.connections);
+        counter(&mut out, &self.name("connections_total"), "Connections accepted.", &self.connections_total);
+        gauge(&mut out, &self.name("documents_loaded"), "Documents in memory.", &self.documents_loaded);
+        labelled(&mut out, &self.name("messages_in_total"), "Messages received by type.", "type", &TYPES, &self.messages_in);
+        labelled(&mut out, &self.name("messages_out_total"), "Messages sent by type.", "type", &TYPES, &self.messages_out);
+        counter(&mut out, &self.name("bytes_in_total"), "Payload bytes received.", &self.bytes_in);
+        counter(&mut out, &self.name("bytes_out_total"), "Payload bytes sent.", &self.bytes_out);
         let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        labelled(&mut out, "meridian_edge_errors_total", "Connections closed for bad input.", "kind", &kinds, &self.errors);
-        counter(&mut out, "meridian_edge_storage_batches_total", "Storage transactions committed.", &self.storage_batches);
-        counter(&mut out, "meridian_edge_storage_tasks_total", "Storage tasks executed.", &self.storage_tasks);
-        counter(&mut out, "meridian_edge_storage_failures_total", "Storage tasks that failed.", &self.storage_failures);
-        self.storage_batch_seconds.render(&mut out, "meridian_edge_storage_batch_seconds", "Time to run one storage batch.");
-        counter(&mut out, "meridian_edge_evictions_total", "Documents evicted from memory.", &self.evictions);
+        labelled(&mut out, &self.name("errors_total"), "Connections closed for bad input.", "kind", &kinds, &self.errors);
+        counter(&mut out, &self.name("storage_batches_total"), "Storage transactions committed.", &self.storage_batches);
+        counter(&mut out, &self.name("storage_tasks_total"), "Storage tasks executed.", &self.storage_tasks);
+        counter(&mut out, &self.name("storage_failures_total"), "Storage tasks that failed.", &self.storage_failures);
+        self.storage_batch_seconds.render(&mut out, &self.name("storage_batch_seconds"), "Time to run one storage batch.");
+        counter(&mut out, &self.name("evictions_total"), "Documents evicted from memory.", &self.evictions);
+        gauge(&mut out, &self.name("uplink_connected"), "1 while the uplink to the hub is up.", &self.uplink_connected);
+        counter(&mut out, &self.name("uplink_connects_total"), "Uplink connections established.", &self.uplink_connects_total);
+        let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
+        let name = self.name("uplink_rtt_seconds");
+        let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");
+        gauge(&mut out, &self.name("docs_pending_upstream"), "Loaded documents with changes the hub has not acknowledged.", &self.docs_pending_upstream);
+        gauge(&mut out, &self.name("backfill_queued"), "Stored documents still to be synced with the hub.", &self.backfill_queued);
         out
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.prefix)
     }
 }
 

@@ -17,17 +17,17 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
-use meridian_protocol::engine::ErrorKind;
-use tokio::sync::{mpsc, oneshot};
+use meridian_protocol::engine::{Direction, ErrorKind};
+use tokio::sync::mpsc;
 
-use crate::metrics::EdgeMetrics;
-use crate::node::{NodeEvent, OUTBOUND_CAPACITY, Outbound};
+use crate::metrics::NodeMetrics;
+use crate::runtime::{NodeEvent, Outbound, register};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub events: mpsc::Sender<NodeEvent>,
-    pub metrics: Arc<EdgeMetrics>,
+    pub metrics: Arc<NodeMetrics>,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
 }
@@ -69,12 +69,7 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState) -> Response {
 
 /// Runs one WebSocket until either side closes it.
 async fn connection(socket: WebSocket, state: AppState) {
-    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (reply_tx, reply_rx) = oneshot::channel();
-    if state.events.send(NodeEvent::Connected { out: out_tx, reply: reply_tx }).await.is_err() {
-        return;
-    }
-    let Ok(conn) = reply_rx.await else { return };
+    let Some((conn, mut out_rx)) = register(&state.events, Direction::Incoming).await else { return };
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(state.ping_interval);
     ping.tick().await;

@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use minicbor::data::Type;
 use minicbor::Decoder;
 
+pub mod federation;
+
 use crate::ids::{DocumentId, IdError, PeerId, StorageId};
 
 /// The only protocol version that exists.

@@ -1133,6 +1133,32 @@ impl Engine {
         !acknowledged || downstream
     }
 
+    /// Loads a document (if stored) so that it syncs with every upstream,
+    /// without the application waiting for it. Used to push stored
+    /// documents to a hub that has just connected.
+    pub fn open(&mut self, now: Millis, doc_id: DocumentId) {
+        self.ensure_doc(now, doc_id);
+        if let Some(d) = self.docs.get_mut(&doc_id) {
+            d.last_active = now;
+        }
+    }
+
+    /// Loaded documents with data that no ready upstream has acknowledged
+    /// (its shared heads do not include ours).
+    pub fn docs_pending_upstream(&self) -> usize {
+        let upstreams = self.upstream_conns();
+        self.docs
+            .values()
+            .filter(|d| d.has_data())
+            .filter(|d| {
+                let heads = d.doc.get_heads();
+                !upstreams.iter().any(|up| {
+                    d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h)))
+                })
+            })
+            .count()
+    }
+
     // ----- helpers ------------------------------------------------------
 
     fn upstream_conns(&self) -> Vec<ConnId> {

@@ -1,0 +1,333 @@
+//! QUIC plumbing shared by edges and the hub: TLS 1.3 identities and trust,
+//! endpoint configs, and frame IO on streams (the frame format itself lives
+//! in `meridian_protocol::codec::federation`).
+//!
+//! Trust model: in dev mode the hub creates its own CA and a certificate
+//! signed by it on first start and keeps them in its data directory. Edges
+//! trust the hub through that CA file (`--hub-ca`) or by pinning the hub
+//! certificate's SHA-256 fingerprint (`--hub-fingerprint`). Skipping
+//! verification exists only as [`HubTrust::DangerousSkipVerify`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meridian_protocol::codec::federation::{self, FRAME_HEADER_LEN, FrameError, FrameKind};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+/// ALPN of edge ↔ hub federation.
+pub const FEDERATION_ALPN: &[u8] = b"meridian-fed/1";
+/// ALPN of device ↔ edge sync.
+pub const DEVICE_ALPN: &[u8] = b"meridian/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid PEM {what}")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("generating certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC configuration: {0}")]
+    Quic(String),
+    #[error("fingerprint must be 64 hex characters (SHA-256 of the hub certificate), got `{0}`")]
+    BadFingerprint(String),
+}
+
+/// The hub's certificate chain and key, plus what edges need to trust it.
+#[derive(Debug)]
+pub struct Identity {
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Path of the CA certificate edges can trust.
+    pub ca_path: PathBuf,
+    /// SHA-256 of the leaf certificate, hex.
+    pub fingerprint: String,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// SHA-256 of a DER certificate, lowercase hex.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    hex::encode(Sha256::digest(cert.as_ref()))
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(|source| TlsError::Io { path: path.to_owned(), source })
+}
+
+/// Loads the identity in `dir`, creating a dev CA and a certificate for
+/// `names` (DNS names or IPs) on first use.
+pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<Identity, TlsError> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).map_err(|source| TlsError::Io { path: tls.clone(), source })?;
+    let (ca_path, cert_path, key_path) = (tls.join("ca.pem"), tls.join("hub-cert.pem"), tls.join("hub-key.pem"));
+    if !cert_path.exists() || !key_path.exists() {
+        create_dev_identity(&ca_path, &cert_path, &key_path, names)?;
+        tracing::warn!(dir = %tls.display(), "created a development CA and hub certificate; edges must trust {}", ca_path.display());
+    }
+    let cert_chain = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|_| TlsError::Pem { path: cert_path.clone(), what: "certificate" })?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::Pem { path: key_path.clone(), what: "key" })?;
+    let leaf = cert_chain.first().ok_or(TlsError::Pem { path: cert_path.clone(), what: "certificate" })?;
+    let fingerprint = fingerprint(leaf);
+    Ok(Identity { cert_chain, key, ca_path, fingerprint })
+}
+
+fn create_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "Meridian development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let mut leaf_params = CertificateParams::new(names.to_vec())?;
+    leaf_params.distinguished_name.push(DnType::CommonName, "meridian-hub");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+    write(ca_path, &ca_cert.pem())?;
+    write(cert_path, &format!("{}{}", leaf.pem(), ca_cert.pem()))?;
+    write(key_path, &leaf_key.serialize_pem())
+}
+
+/// QUIC server config with the given identity and ALPN.
+pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(Arc::new(transport()));
+    Ok(config)
+}
+
+/// Keep-alives so idle federation links stay up and dead ones are noticed.
+fn transport() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// How an edge decides to trust the hub's certificate.
+#[derive(Clone, Debug)]
+pub enum HubTrust {
+    /// Trust certificates signed by this CA (PEM file).
+    CaFile(PathBuf),
+    /// Trust exactly the certificate with this SHA-256 fingerprint (hex).
+    Fingerprint(String),
+    /// Accept any certificate. Only for experiments: anyone on the path can
+    /// impersonate the hub.
+    DangerousSkipVerify,
+}
+
+/// QUIC client config for the given trust and ALPN.
+pub fn client_config(trust: &HubTrust, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let mut tls = match trust {
+        HubTrust::CaFile(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|_| TlsError::Pem { path: path.clone(), what: "CA certificate" })?;
+            for c in certs {
+                roots.add(c)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        HubTrust::Fingerprint(fp) => {
+            let fp = fp.to_ascii_lowercase();
+            if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(TlsError::BadFingerprint(fp));
+            }
+            let verifier = PinnedVerifier { fingerprint: Some(fp), algs: provider().signature_verification_algorithms };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+        HubTrust::DangerousSkipVerify => {
+            let verifier = PinnedVerifier { fingerprint: None, algs: provider().signature_verification_algorithms };
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(verifier)).with_no_client_auth()
+        }
+    };
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(Arc::new(transport()));
+    Ok(config)
+}
+
+/// Accepts the one certificate with the pinned fingerprint (or, with
+/// `None`, anything); handshake signatures are still verified.
+#[derive(Debug)]
+struct PinnedVerifier {
+    fingerprint: Option<String>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.fingerprint {
+            Some(expected) if *expected != fingerprint(end_entity) => Err(rustls::Error::General(format!(
+                "hub certificate fingerprint {} does not match the pinned {expected}",
+                fingerprint(end_entity)
+            ))),
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Errors reading or writing frames on a QUIC stream.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameIoError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("stream read: {0}")]
+    Read(#[from] quinn::ReadExactError),
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Reads one frame; `Ok(None)` when the peer finished the stream cleanly.
+pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<(FrameKind, Vec<u8>)>, FrameIoError> {
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    match recv.read_exact(&mut header).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let (kind, len) = federation::parse_header(header, limit)?;
+    let mut payload = vec![0u8; len];
+    recv.read_exact(&mut payload).await?;
+    Ok(Some((kind, payload)))
+}
+
+/// Writes one frame.
+pub async fn write_frame(send: &mut quinn::SendStream, kind: FrameKind, payload: &[u8]) -> Result<(), FrameIoError> {
+    send.write_all(&federation::encode_frame(kind, payload)).await?;
+    Ok(())
+}
+
+/// Moves frames between one QUIC stream pair and the node runtime until
+/// either side ends; returns why it ended. The stream is read by a task
+/// owned here (reads are not cancel-safe, so they must not race in a
+/// `select!`).
+pub async fn pump(
+    connection: &quinn::Connection,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    conn: meridian_protocol::ids::ConnId,
+    events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+    mut out: tokio::sync::mpsc::Receiver<crate::runtime::Outbound>,
+    limit: usize,
+    on_rtt: impl Fn(std::time::Duration),
+) -> String {
+    use crate::runtime::{NodeEvent, Outbound};
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, limit, frames_tx)));
+    let mut rtt = tokio::time::interval(std::time::Duration::from_secs(1));
+    let reason = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(bytes)) => {
+                    if events.send(NodeEvent::Frame { conn, bytes }).await.is_err() {
+                        break "node stopped".to_owned();
+                    }
+                }
+                Some(Err(e)) => break e,
+                None => break "stream finished".to_owned(),
+            },
+            o = out.recv() => match o {
+                Some(Outbound::Frame(bytes)) => {
+                    if let Err(e) = write_frame(&mut send, FrameKind::Repo, &bytes).await {
+                        break e.to_string();
+                    }
+                }
+                Some(Outbound::Close(reason)) => {
+                    connection.close(quinn::VarInt::from_u32(1), reason.as_bytes());
+                    break reason;
+                }
+                None => {
+                    connection.close(quinn::VarInt::from_u32(0), b"closing");
+                    break "closed by node".to_owned();
+                }
+            },
+            _ = rtt.tick() => on_rtt(connection.rtt()),
+        }
+    };
+    drop(reader);
+    let _ = events.send(NodeEvent::Disconnected { conn }).await;
+    reason
+}
+
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    limit: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, String>>,
+) {
+    loop {
+        let item = match read_frame(&mut recv, limit).await {
+            Ok(Some((FrameKind::Repo, bytes))) => Ok(bytes),
+            // Control frames after the handshake carry nothing we act on yet.
+            Ok(Some((FrameKind::Control, _))) => continue,
+            Ok(None) => return,
+            Err(e) => Err(e.to_string()),
+        };
+        let stop = item.is_err();
+        if tx.send(item).await.is_err() || stop {
+            return;
+        }
+    }
+}
+
+/// A task handle that aborts the task when dropped (structured concurrency).
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,406 @@
+//! The node runtime shared by edges and the hub: one actor that owns the
+//! sync [`Engine`], feeds it events from connections (WebSocket or QUIC),
+//! the storage thread and a timer, and carries out what the engine asks.
+//!
+//! SQLite runs on a dedicated thread ([`StorageWorker`]) that executes the
+//! engine's storage tasks in order, grouping whatever is queued into one
+//! transaction (group commit). Results come back to the loop only after the
+//! transaction committed, which is what lets the engine keep its
+//! durable-before-advertised rule.
+//!
+//! Transports talk to the runtime through [`NodeEvent`]s: a connection
+//! task registers with [`NodeEvent::Connected`] (getting a [`ConnId`] and a
+//! queue of [`Outbound`] frames), then forwards frames and finally reports
+//! [`NodeEvent::Disconnected`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use meridian_protocol::codec;
+use meridian_protocol::engine::{Direction, Engine, EngineConfig, ErrorKind, Event, Millis, Output};
+use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::metrics::NodeMetrics;
+use crate::store::SqliteStore;
+
+/// Frames queued towards one connection before it counts as too slow.
+pub const OUTBOUND_CAPACITY: usize = 8192;
+
+/// How many stored documents are opened per tick to sync them with a newly
+/// connected upstream, and the loaded-document count above which the
+/// backfill waits for evictions.
+const BACKFILL_PER_TICK: usize = 256;
+const BACKFILL_MAX_LOADED: usize = 4096;
+
+/// What the loop sends to a connection task.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Vec<u8>),
+    /// Close the connection with this reason (after the frames queued before it).
+    Close(String),
+}
+
+/// Everything the node loop reacts to.
+#[derive(Debug)]
+pub enum NodeEvent {
+    /// A transport has a new connection. `Outgoing` connections go to an
+    /// upstream (the hub): the engine sends `join` and syncs every document
+    /// with it.
+    Connected { direction: Direction, out: mpsc::Sender<Outbound>, reply: oneshot::Sender<ConnId> },
+    Frame { conn: ConnId, bytes: Vec<u8> },
+    Reject { conn: ConnId, kind: ErrorKind, detail: String },
+    Disconnected { conn: ConnId },
+}
+
+type Batch = Vec<(StorageTaskId, StorageTask)>;
+type BatchResult = Vec<(StorageTaskId, StorageResult)>;
+
+/// Work for the storage thread.
+enum StoreRequest {
+    Tasks(Batch),
+    /// Every stored document id (to sync them with a new upstream).
+    ListDocs,
+}
+
+/// Answers from the storage thread.
+enum StoreReply {
+    Done(BatchResult),
+    Docs(Vec<DocumentId>),
+}
+
+/// Owns the SQLite thread. Dropping the sender ends the thread after it
+/// has run every queued request.
+struct StorageWorker {
+    tx: Option<std::sync::mpsc::Sender<StoreRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StorageWorker {
+    fn start(
+        mut store: SqliteStore,
+        replies: mpsc::UnboundedSender<StoreReply>,
+        metrics: Arc<NodeMetrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
+        let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                // Group commit: every batch already queued goes into the same
+                // transaction, in order.
+                let mut pending = vec![first];
+                pending.extend(rx.try_iter());
+                if !run_requests(&mut store, pending, &replies, &metrics) {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn submit(&self, request: StoreRequest) {
+        if let Some(tx) = &self.tx {
+            // The thread only goes away at shutdown; nothing to do then.
+            let _ = tx.send(request);
+        }
+    }
+
+    /// Waits until every submitted request has run.
+    fn finish(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs queued requests on the storage thread; false once nobody listens.
+fn run_requests(
+    store: &mut SqliteStore,
+    pending: Vec<StoreRequest>,
+    replies: &mpsc::UnboundedSender<StoreReply>,
+    metrics: &NodeMetrics,
+) -> bool {
+    let mut batch = Vec::new();
+    let mut list = false;
+    for request in pending {
+        match request {
+            StoreRequest::Tasks(b) => batch.extend(b),
+            StoreRequest::ListDocs => list = true,
+        }
+    }
+    if !batch.is_empty() {
+        let started = Instant::now();
+        let out = store.execute_batch(&batch);
+        metrics.storage_batch_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.storage_batches.fetch_add(1, Relaxed);
+        metrics.storage_tasks.fetch_add(batch.len() as u64, Relaxed);
+        let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
+        metrics.storage_failures.fetch_add(failed as u64, Relaxed);
+        if replies.send(StoreReply::Done(out)).is_err() {
+            return false;
+        }
+    }
+    if list {
+        let docs = match store.list_documents() {
+            Ok(docs) => docs.into_iter().map(|(id, ..)| id).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "listing stored documents failed");
+                Vec::new()
+            }
+        };
+        if replies.send(StoreReply::Docs(docs)).is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// The node loop's state.
+struct NodeLoop {
+    engine: Engine,
+    conns: BTreeMap<ConnId, mpsc::Sender<Outbound>>,
+    storage: StorageWorker,
+    metrics: Arc<NodeMetrics>,
+    started: Instant,
+    /// Stored documents to open so they sync with the upstream.
+    backfill: VecDeque<DocumentId>,
+}
+
+impl NodeLoop {
+    fn now(&self) -> Millis {
+        Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    fn handle(&mut self, event: NodeEvent) {
+        let now = self.now();
+        match event {
+            NodeEvent::Connected { direction, out, reply } => {
+                let conn = self.engine.handle_connect(now, direction);
+                self.conns.insert(conn, out);
+                self.metrics.connections.fetch_add(1, Relaxed);
+                self.metrics.connections_total.fetch_add(1, Relaxed);
+                if direction == Direction::Outgoing {
+                    // Everything stored must reach the new upstream.
+                    self.storage.submit(StoreRequest::ListDocs);
+                }
+                let _ = reply.send(conn);
+            }
+            NodeEvent::Frame { conn, bytes } => {
+                let t = self.engine.handle_frame(now, conn, &bytes).unwrap_or("other");
+                self.metrics.message_in(t, bytes.len());
+            }
+            NodeEvent::Reject { conn, kind, detail } => self.engine.reject(conn, kind, detail),
+            NodeEvent::Disconnected { conn } => {
+                if self.conns.remove(&conn).is_some() {
+                    self.metrics.connections.fetch_sub(1, Relaxed);
+                }
+                self.engine.handle_disconnect(now, conn);
+            }
+        }
+        self.drain();
+    }
+
+    fn storage_reply(&mut self, reply: StoreReply) {
+        let now = self.now();
+        match reply {
+            StoreReply::Done(results) => {
+                for (id, result) in results {
+                    self.engine.handle_storage_result(now, id, result);
+                }
+            }
+            StoreReply::Docs(docs) => {
+                self.backfill = docs.into();
+                self.metrics.backfill_queued.store(self.backfill.len() as u64, Relaxed);
+            }
+        }
+        self.drain();
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        self.engine.handle_tick(now);
+        self.run_backfill(now);
+        self.drain();
+        self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
+        self.metrics.docs_pending_upstream.store(self.engine.docs_pending_upstream() as u64, Relaxed);
+    }
+
+    /// Opens a slice of the stored documents so they sync with the
+    /// upstream; idle ones are evicted again later.
+    fn run_backfill(&mut self, now: Millis) {
+        if self.engine.loaded_docs() >= BACKFILL_MAX_LOADED {
+            return;
+        }
+        for _ in 0..BACKFILL_PER_TICK {
+            let Some(doc) = self.backfill.pop_front() else { break };
+            self.engine.open(now, doc);
+        }
+        self.metrics.backfill_queued.store(self.backfill.len() as u64, Relaxed);
+    }
+
+    /// Carries out everything the engine asked for.
+    fn drain(&mut self) {
+        let mut batch = Vec::new();
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Send { conn, message } => self.send(conn, &message),
+                Output::Close { conn, reason } => {
+                    if let Some(tx) = self.conns.get(&conn) {
+                        let _ = tx.try_send(Outbound::Close(reason));
+                    }
+                }
+                Output::Storage { id, task } => batch.push((id, task)),
+                Output::Event(e) => self.on_event(e),
+            }
+        }
+        if !batch.is_empty() {
+            self.storage.submit(StoreRequest::Tasks(batch));
+        }
+    }
+
+    fn send(&mut self, conn: ConnId, message: &codec::Message) {
+        let Some(tx) = self.conns.get(&conn) else { return };
+        let bytes = codec::encode(message);
+        self.metrics.message_out(message.type_name(), bytes.len());
+        if tx.try_send(Outbound::Frame(bytes)).is_err() {
+            // Too slow (or already gone): dropping our sender makes its task
+            // close the connection; the engine hears about it as a disconnect.
+            tracing::warn!(%conn, "peer is not reading; closing its connection");
+            self.conns.remove(&conn);
+            self.metrics.connections.fetch_sub(1, Relaxed);
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ProtocolError { conn, kind, detail } => {
+                self.metrics.error(kind);
+                tracing::info!(%conn, kind = kind.as_str(), %detail, "bad input");
+            }
+            Event::Evicted { doc } => {
+                self.metrics.evictions.fetch_add(1, Relaxed);
+                tracing::debug!(%doc, "evicted");
+            }
+            Event::PeerConnected { conn, peer, .. } => tracing::info!(%conn, %peer, "peer joined"),
+            Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
+            Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
+            Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
+            Event::DocReady { .. } | Event::DocUnavailable { .. } | Event::Ephemeral { .. } => {}
+        }
+    }
+
+    /// Saves per-peer sync state and waits for the store to be idle.
+    fn shutdown(mut self) {
+        let now = self.now();
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.engine.handle_disconnect(now, conn);
+        }
+        self.conns.clear();
+        self.drain();
+        self.storage.finish();
+    }
+}
+
+/// A running node loop (with its storage thread). Transports feed it
+/// through [`NodeRuntime::events`]. Dropping it aborts the loop; call
+/// [`NodeRuntime::shutdown`] to save state and flush the store first.
+#[derive(Debug)]
+pub struct NodeRuntime {
+    events: mpsc::Sender<NodeEvent>,
+    metrics: Arc<NodeMetrics>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl NodeRuntime {
+    /// Starts the loop on `store` with `config` (its storage id is taken
+    /// from the store).
+    pub fn start(
+        store: SqliteStore,
+        mut config: EngineConfig,
+        tick_interval: Duration,
+        metrics: Arc<NodeMetrics>,
+    ) -> std::io::Result<Self> {
+        config.storage_id = Some(store.storage_id().clone());
+        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
+        let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
+        let node = NodeLoop {
+            engine: Engine::new(config),
+            conns: BTreeMap::new(),
+            storage,
+            metrics: metrics.clone(),
+            started: Instant::now(),
+            backfill: VecDeque::new(),
+        };
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let task = tokio::spawn(run_loop(node, events_rx, replies_rx, shutdown_rx, tick_interval));
+        Ok(Self { events: events_tx, metrics, shutdown: Some(shutdown_tx), task: Some(task) })
+    }
+
+    pub fn events(&self) -> mpsc::Sender<NodeEvent> {
+        self.events.clone()
+    }
+
+    pub fn metrics(&self) -> &Arc<NodeMetrics> {
+        &self.metrics
+    }
+
+    /// Closes every connection after saving its sync state and waits until
+    /// every storage write has committed.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for NodeRuntime {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn run_loop(
+    mut node: NodeLoop,
+    mut events: mpsc::Receiver<NodeEvent>,
+    mut replies: mpsc::UnboundedReceiver<StoreReply>,
+    mut shutdown: oneshot::Receiver<()>,
+    tick_interval: Duration,
+) {
+    let mut tick = tokio::time::interval(tick_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            Some(event) = events.recv() => node.handle(event),
+            Some(reply) = replies.recv() => node.storage_reply(reply),
+            _ = tick.tick() => node.tick(),
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: saving sync states and flushing the store");
+    // The store thread blocks while it drains; keep it off the runtime.
+    let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
+}
+
+/// Registers a connection with the loop; `None` if the loop is gone.
+pub async fn register(
+    events: &mpsc::Sender<NodeEvent>,
+    direction: Direction,
+) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (reply_tx, reply_rx) = oneshot::channel();
+    events.send(NodeEvent::Connected { direction, out: out_tx, reply: reply_tx }).await.ok()?;
+    let conn = reply_rx.await.ok()?;
+    Some((conn, out_rx))
+}

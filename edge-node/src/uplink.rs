@@ -1,0 +1,129 @@
+//! The edge's uplink: one QUIC connection to the hub, kept up with
+//! exponential backoff and jitter. Once the hub welcomes the edge, the link
+//! is registered with the node runtime as an `Outgoing` (upstream)
+//! connection, so the engine syncs every document with the hub and asks it
+//! for documents the edge does not have.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
+use meridian_protocol::engine::Direction;
+use tokio::sync::mpsc;
+
+use crate::backoff::Backoff;
+use crate::metrics::NodeMetrics;
+use crate::quic::{self, FEDERATION_ALPN, HubTrust};
+use crate::runtime::{NodeEvent, register};
+
+/// Where the hub is and how to authenticate to it.
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    pub hub: SocketAddr,
+    /// Name the hub certificate must carry (`localhost` for the dev CA).
+    pub server_name: String,
+    pub edge_id: String,
+    pub secret: String,
+    pub trust: HubTrust,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl UplinkConfig {
+    pub fn new(hub: SocketAddr, edge_id: impl Into<String>, secret: impl Into<String>, trust: HubTrust) -> Self {
+        Self {
+            hub,
+            server_name: "localhost".into(),
+            edge_id: edge_id.into(),
+            secret: secret.into(),
+            trust,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_frame_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Why a session with the hub ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("connecting to the hub: {0}")]
+    Connect(String),
+    #[error("the hub refused this edge: {0}")]
+    Refused(String),
+    #[error("handshake with the hub failed: {0}")]
+    Handshake(String),
+}
+
+/// Keeps the uplink up until the task is aborted.
+pub async fn run(config: UplinkConfig, events: mpsc::Sender<NodeEvent>, metrics: Arc<NodeMetrics>) {
+    let endpoint = match client_endpoint(&config) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "uplink cannot start");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    loop {
+        match session(&endpoint, &config, &events, &metrics).await {
+            Ok(reason) => {
+                backoff.reset();
+                tracing::warn!(hub = %config.hub, %reason, "uplink to the hub lost; reconnecting");
+            }
+            Err(UplinkError::Refused(reason)) => {
+                tracing::error!(hub = %config.hub, edge_id = %config.edge_id, %reason, "the hub refused this edge; check --edge-id and --hub-secret");
+            }
+            Err(e) => tracing::warn!(hub = %config.hub, error = %e, "uplink attempt failed"),
+        }
+        metrics.uplink_connected.store(0, Relaxed);
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn client_endpoint(config: &UplinkConfig) -> Result<quinn::Endpoint, String> {
+    let bind: SocketAddr = if config.hub.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    let client = quic::client_config(&config.trust, FEDERATION_ALPN).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// One connection to the hub, from handshake to loss; returns why it ended.
+async fn session(
+    endpoint: &quinn::Endpoint,
+    config: &UplinkConfig,
+    events: &mpsc::Sender<NodeEvent>,
+    metrics: &NodeMetrics,
+) -> Result<String, UplinkError> {
+    let connecting = endpoint.connect(config.hub, &config.server_name).map_err(|e| UplinkError::Connect(e.to_string()))?;
+    let connection = connecting.await.map_err(|e| UplinkError::Connect(e.to_string()))?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| UplinkError::Connect(e.to_string()))?;
+    let hello = Control::Hello { version: FEDERATION_VERSION, node_id: config.edge_id.clone(), secret: config.secret.clone() };
+    quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello))
+        .await
+        .map_err(|e| UplinkError::Handshake(e.to_string()))?;
+    let reply = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(&mut recv, 64 * 1024))
+        .await
+        .map_err(|_| UplinkError::Handshake("no answer to hello within 10 s".into()))?
+        .map_err(|e| UplinkError::Handshake(e.to_string()))?;
+    match reply {
+        Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
+            Ok(Control::Welcome { hub_id, .. }) => tracing::info!(hub = %config.hub, %hub_id, "uplink to the hub is up"),
+            Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
+            Ok(other) => return Err(UplinkError::Handshake(format!("unexpected {other:?}"))),
+            Err(e) => return Err(UplinkError::Handshake(e.to_string())),
+        },
+        _ => return Err(UplinkError::Handshake("the hub closed the stream during the handshake".into())),
+    }
+    let Some((conn, out)) = register(events, Direction::Outgoing).await else {
+        return Ok("node stopped".into());
+    };
+    metrics.uplink_connected.store(1, Relaxed);
+    metrics.uplink_connects_total.fetch_add(1, Relaxed);
+    let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
+    Ok(quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt).await)
+}
