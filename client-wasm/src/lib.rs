@@ -1,9 +1,35 @@
 //! `@meridian/client`: the browser binding of the Meridian sync engine.
 //!
-//! **Invariant:** no sync logic lives here; this crate binds
-//! `meridian-protocol` to IndexedDB, WebSocket and JavaScript. The full
-//! binding (store, transport, document API) is tracked by issue 4; for now
-//! it exposes the identifier helpers so the package builds end to end.
+//! **Invariant:** no sync logic lives here. This crate binds
+//! `meridian-protocol`'s [`Engine`](meridian_protocol::engine::Engine) to
+//! IndexedDB ([`store`]), WebSocket ([`net`]) and JavaScript ([`client`],
+//! [`doc`]); the engine decides what to store, what to send and when.
+//!
+//! ```js
+//! import { Client } from "@meridian/client";
+//! const client = await Client.open({ urls: ["ws://127.0.0.1:7300/sync"] });
+//! const doc = await client.create({ title: "hello" });
+//! doc.splice("title", 5, 0, ", world");
+//! doc.subscribe(({ patches }) => console.log(patches));
+//! console.log(doc.url, doc.value());
+//! ```
+//!
+//! How it is driven: every input (a socket event, a timer, a finished
+//! IndexedDB transaction, an API call) goes through [`driver::drive`],
+//! which feeds the engine and drains its outputs: frames to the socket,
+//! storage tasks to the IndexedDB queue (run in order, reported done only
+//! once committed), events to promises and subscribers.
+
+pub mod client;
+pub mod convert;
+pub mod doc;
+pub mod driver;
+pub mod net;
+pub mod platform;
+pub mod store;
+
+pub use client::Client;
+pub use doc::Doc;
 
 use wasm_bindgen::prelude::*;
 

@@ -25,6 +25,8 @@ Commands:
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
+  build-js [--dev]
+              build the browser package @meridian/client into client-wasm/pkg
   help        print this help
 ";
 
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
         Some("bench") => bench::run(&args[1..]),
+        Some("build-js") => js::build(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
 }
 
 mod bench;
+mod js;
 
 pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -100,6 +104,9 @@ fn ensure_wasm_target() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     ensure_npm()?;
     ensure_wasm_target()?;
+    // The browser package: the browser and JS-compatibility tests load it.
+    js::build(&[])?;
+    js::ensure_test_npm()?;
     // The protocol crate (and the browser binding) must build for wasm32.
     run(cargo().args(["build", "--target", "wasm32-unknown-unknown", "-p", "meridian-protocol", "-p", "meridian-client-wasm"]))?;
     // Integration tests start the real binaries.
@@ -111,6 +118,7 @@ fn test(extra: &[String]) -> Result<()> {
     }
     // nextest does not run doctests.
     run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-edge"]))?;
+    js::test()?;
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
     bench::run(&["big-doc".into(), "--smoke".into()])
 }

@@ -1,0 +1,88 @@
+// Types of @meridian/client.
+
+/** A key, or keys and list indexes from the root: `"title"`, `["todos", 0, "done"]`. */
+export type Path = string | (string | number)[];
+
+export type ConnectionState = "connecting" | "connected" | "backoff" | "offline" | "local" | "closed";
+
+export interface ClientOptions {
+  /** Edge WebSocket URLs; the fastest to connect is used, the others are fallbacks. */
+  urls?: string[];
+  /** IndexedDB database name (default "meridian"); `null` keeps documents in memory. */
+  dbName?: string | null;
+  peerId?: string;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** A WebSocket constructor where there is no global one (Node 20: `ws`). */
+  WebSocket?: unknown;
+}
+
+/** A patch as @automerge/automerge produces them; text indexes are UTF-16 code units. */
+export interface Patch {
+  action: "put" | "insert" | "splice" | "inc" | "del" | "conflict" | "mark";
+  path: (string | number)[];
+  value?: unknown;
+  values?: unknown[];
+  length?: number;
+  conflict?: boolean;
+}
+
+export interface Change {
+  hash: string;
+  actor: string;
+  seq: number;
+  time: number;
+  message: string | null;
+  deps: string[];
+}
+
+export interface Draft<T = any> {
+  readonly value: T;
+  put(path: Path, value: unknown): void;
+  delete(path: Path): void;
+  insert(path: Path, index: number, value: unknown): void;
+  splice(path: Path, index: number, deleteCount: number, text: string): void;
+  increment(path: Path, by?: number): void;
+}
+
+export class Client {
+  static open(options?: ClientOptions): Promise<Client>;
+  create<T extends object = any>(initial?: T): Promise<Doc<T>>;
+  find<T = any>(url: string): Promise<Doc<T>>;
+  readonly connectionState: ConnectionState;
+  onConnectionStateChange(cb: (state: ConnectionState) => void): () => void;
+  /** The edge in use, if connected. */
+  readonly url: string | undefined;
+  /** Every edge with its last measured connect time, fastest first. */
+  edges(): { url: string; rttMs: number | null }[];
+  readonly peerId: string;
+  readonly storageId: string | undefined;
+  close(): Promise<void>;
+}
+
+export class Doc<T = any> {
+  readonly url: string;
+  readonly documentId: string;
+  value(): T;
+  put(path: Path, value: unknown): void;
+  delete(path: Path): void;
+  insert(path: Path, index: number, value: unknown): void;
+  splice(path: Path, index: number, deleteCount: number, text: string): void;
+  increment(path: Path, by: number): void;
+  change(fn: (draft: Draft<T>) => void): void;
+  applyOps(ops: unknown[][]): void;
+  heads(): string[];
+  history(): Change[];
+  subscribe(cb: (e: { patches: Patch[]; heads: string[] }) => void): () => void;
+  broadcast(message: unknown): void;
+  onEphemeral(cb: (e: { senderId: string; message: any }) => void): () => void;
+  whenSaved(): Promise<true>;
+  whenSynced(): Promise<true>;
+}
+
+export class Counter {
+  constructor(value?: number);
+}
+
+export function init(): Promise<void>;
+export function parseAutomergeUrl(url: string): string;

@@ -1,0 +1,53 @@
+// @meridian/client: Automerge documents in IndexedDB, synced with a
+// Meridian edge (or any automerge-repo sync server). The wasm module does
+// the work; this file loads it (browser or Node) and adds `change(fn)`.
+import initWasm, { initSync, Client, Doc, parseAutomergeUrl } from "./meridian_client_wasm.js";
+
+let ready;
+
+/** Loads the wasm module once; `Client.open` calls it for you. */
+export function init() {
+  ready ??= (async () => {
+    const url = new URL("./meridian_client_wasm_bg.wasm", import.meta.url);
+    if (typeof process !== "undefined" && process.versions?.node && url.protocol === "file:") {
+      const { readFile } = await import("node:fs/promises");
+      initSync({ module: await readFile(url) });
+    } else {
+      await initWasm({ module_or_path: url });
+    }
+  })();
+  return ready;
+}
+
+const rawOpen = Client.open;
+Client.open = async function open(options = {}) {
+  await init();
+  return rawOpen.call(Client, options);
+};
+
+/** A counter value: `doc.put("likes", new Counter(0))`, then `doc.increment("likes", 1)`. */
+export class Counter {
+  constructor(value = 0) {
+    this.__counter = value;
+  }
+}
+
+/**
+ * Several edits as one change: `doc.change(d => { d.put("title", "x"); d.insert("items", 0, "y") })`.
+ * `d.value` is the document as it was when the change began.
+ */
+Doc.prototype.change = function change(fn) {
+  const ops = [];
+  const draft = {
+    value: this.value(),
+    put: (path, value) => void ops.push(["put", path, value]),
+    delete: (path) => void ops.push(["delete", path]),
+    insert: (path, index, value) => void ops.push(["insert", path, index, value]),
+    splice: (path, index, deleteCount, text) => void ops.push(["splice", path, index, deleteCount, text]),
+    increment: (path, by = 1) => void ops.push(["increment", path, by]),
+  };
+  fn(draft);
+  this.applyOps(ops);
+};
+
+export { Client, Doc, parseAutomergeUrl };

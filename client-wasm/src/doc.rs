@@ -1,0 +1,265 @@
+//! `Doc`: a handle on one document for JavaScript. Reads come from the
+//! engine's in-memory document; every edit is one engine change (so it is
+//! stored, then synced, by the engine).
+
+use automerge::transaction::{Transactable, Transaction};
+use automerge::{AutomergeError, ObjType, Prop, ReadDoc};
+use js_sys::{Array, Function, Promise};
+use meridian_protocol::ids::DocumentId;
+use serde_json::{json, Value as Json};
+use wasm_bindgen::prelude::*;
+
+use crate::convert::{self, Place};
+use crate::driver::{drive, Driver, Shared};
+
+/// One edit, as `applyOps` takes it and `change(fn)` records it.
+#[derive(Debug)]
+enum Op {
+    Put(Vec<Prop>, Json),
+    Delete(Vec<Prop>),
+    Insert(Vec<Prop>, usize, Json),
+    Splice(Vec<Prop>, usize, isize, String),
+    Increment(Vec<Prop>, i64),
+}
+
+/// A document. Obtain one from `client.create()` or `client.find()`.
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct Doc {
+    shared: Shared,
+    id: DocumentId,
+}
+
+impl Doc {
+    pub(crate) fn new(shared: Shared, id: DocumentId) -> Self {
+        Self { shared, id }
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<(), JsError> {
+        let id = self.id;
+        drive(&self.shared, |d| {
+            let now = d.now();
+            d.engine.change(now, id, |tx| ops.iter().try_for_each(|op| apply_op(tx, op)))
+        })
+        .map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&automerge::Automerge) -> R) -> Result<R, JsError> {
+        let d = self.shared.borrow();
+        let am = d.engine.document(&self.id).ok_or_else(|| JsError::new("the document is not loaded (was the client closed?)"))?;
+        Ok(f(am))
+    }
+
+    /// A promise resolved through a driver method taking the resolve function.
+    fn waiter(&self, register: fn(&mut Driver, DocumentId, Function)) -> Promise {
+        let (promise, resolve) = crate::client::deferred_resolve();
+        let id = self.id;
+        drive(&self.shared, |d| register(d, id, resolve));
+        promise
+    }
+}
+
+#[wasm_bindgen]
+impl Doc {
+    /// `automerge:<documentId>`.
+    #[wasm_bindgen(getter)]
+    pub fn url(&self) -> String {
+        self.id.url().to_string()
+    }
+
+    #[wasm_bindgen(getter, js_name = documentId)]
+    pub fn document_id(&self) -> String {
+        self.id.to_string()
+    }
+
+    /// The document as plain JSON (text as strings, counters as numbers).
+    pub fn value(&self) -> Result<JsValue, JsError> {
+        self.read(|am| convert::js_from_json(&convert::doc_to_json(am)))
+    }
+
+    /// Sets `path` (a key, or an array of keys and list indexes) to a JSON
+    /// value. Strings become text that can be spliced.
+    pub fn put(&self, path: JsValue, value: JsValue) -> Result<(), JsError> {
+        self.apply(vec![Op::Put(convert::path_from_js(&path)?, convert::json_from_js(&value)?)])
+    }
+
+    /// Removes a map key or a list element.
+    pub fn delete(&self, path: JsValue) -> Result<(), JsError> {
+        self.apply(vec![Op::Delete(convert::path_from_js(&path)?)])
+    }
+
+    /// Inserts `value` into the list at `path` before `index`.
+    pub fn insert(&self, path: JsValue, index: u32, value: JsValue) -> Result<(), JsError> {
+        self.apply(vec![Op::Insert(convert::path_from_js(&path)?, index as usize, convert::json_from_js(&value)?)])
+    }
+
+    /// Deletes `delete_count` and inserts `text` at `index` of the text at
+    /// `path`; positions are UTF-16 code units, as in JavaScript strings.
+    pub fn splice(&self, path: JsValue, index: u32, delete_count: i32, text: String) -> Result<(), JsError> {
+        self.apply(vec![Op::Splice(convert::path_from_js(&path)?, index as usize, delete_count as isize, text)])
+    }
+
+    /// Adds `by` to the counter at `path` (create it with `new Counter(n)`).
+    pub fn increment(&self, path: JsValue, by: f64) -> Result<(), JsError> {
+        self.apply(vec![Op::Increment(convert::path_from_js(&path)?, by as i64)])
+    }
+
+    /// Applies several edits as one change: `[["put", path, value],
+    /// ["delete", path], ["insert", path, index, value], ["splice", path,
+    /// index, deleteCount, text], ["increment", path, by]]`. `change(fn)` in
+    /// `index.js` records these.
+    #[wasm_bindgen(js_name = applyOps)]
+    pub fn apply_ops(&self, ops: Array) -> Result<(), JsError> {
+        let ops = ops.iter().map(|op| op_from_js(&op)).collect::<Result<Vec<_>, _>>()?;
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.apply(ops)
+    }
+
+    /// Current heads (hex change hashes).
+    pub fn heads(&self) -> Result<Vec<String>, JsError> {
+        self.read(|am| am.get_heads().iter().map(|h| h.to_string()).collect())
+    }
+
+    /// Every change: `{ hash, actor, seq, time, message, deps }`.
+    pub fn history(&self) -> Result<JsValue, JsError> {
+        self.read(|am| {
+            let changes: Vec<Json> = am
+                .get_changes(&[])
+                .iter()
+                .map(|c| {
+                    json!({
+                        "hash": c.hash().to_string(),
+                        "actor": c.actor_id().to_hex_string(),
+                        "seq": c.seq(),
+                        "time": c.timestamp(),
+                        "message": c.message(),
+                        "deps": c.deps().iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            convert::js_from_json(&Json::Array(changes))
+        })
+    }
+
+    /// Calls `cb({ patches, heads })` after every durable change, local or
+    /// remote. Returns a function that unsubscribes.
+    pub fn subscribe(&self, cb: Function) -> Result<Function, JsError> {
+        let heads = self.read(|am| am.get_heads())?;
+        let id = self.id;
+        let sub = drive(&self.shared, |d| {
+            let l = d.docs.entry(id).or_default();
+            if l.changes.is_empty() {
+                l.last_heads = heads;
+            }
+            l.changes.add(cb)
+        });
+        Ok(self.unsubscriber(move |d| {
+            if let Some(l) = d.docs.get_mut(&id) {
+                l.changes.remove(sub);
+            }
+        }))
+    }
+
+    /// Sends an ephemeral (presence) message about this document to every
+    /// peer that has it open; `value` must be JSON-serialisable.
+    pub fn broadcast(&self, value: JsValue) -> Result<(), JsError> {
+        let data = convert::cbor_from_json(&convert::json_from_js(&value)?);
+        let id = self.id;
+        drive(&self.shared, |d| {
+            d.ephemeral_count += 1;
+            let (session, count) = (d.session_id.clone(), d.ephemeral_count);
+            d.engine.broadcast_ephemeral(id, &session, count, data);
+        });
+        Ok(())
+    }
+
+    /// Calls `cb({ senderId, message })` for every ephemeral message about
+    /// this document. Returns a function that unsubscribes.
+    #[wasm_bindgen(js_name = onEphemeral)]
+    pub fn on_ephemeral(&self, cb: Function) -> Function {
+        let id = self.id;
+        let sub = drive(&self.shared, |d| d.docs.entry(id).or_default().ephemeral.add(cb));
+        self.unsubscriber(move |d| {
+            if let Some(l) = d.docs.get_mut(&id) {
+                l.ephemeral.remove(sub);
+            }
+        })
+    }
+
+    /// Resolves once every change made so far is durable in local storage.
+    #[wasm_bindgen(js_name = whenSaved)]
+    pub fn when_saved(&self) -> Promise {
+        self.waiter(Driver::when_saved)
+    }
+
+    /// Resolves once the server has acknowledged every change made so far
+    /// (its heads cover ours; an edge only advertises committed heads).
+    #[wasm_bindgen(js_name = whenSynced)]
+    pub fn when_synced(&self) -> Promise {
+        self.waiter(Driver::when_synced)
+    }
+}
+
+impl Doc {
+    fn unsubscriber(&self, f: impl FnOnce(&mut Driver) + 'static) -> Function {
+        let weak = std::rc::Rc::downgrade(&self.shared);
+        let closure = Closure::once_into_js(move || {
+            if let Some(shared) = weak.upgrade() {
+                drive(&shared, f);
+            }
+        });
+        closure.into()
+    }
+}
+
+fn op_from_js(op: &JsValue) -> Result<Op, JsError> {
+    let a = Array::from(op);
+    let kind = a.get(0).as_string().unwrap_or_default();
+    let path = convert::path_from_js(&a.get(1))?;
+    let num = |i: u32| a.get(i).as_f64().ok_or_else(|| JsError::new(&format!("`{kind}` op: argument {i} must be a number")));
+    Ok(match kind.as_str() {
+        "put" => Op::Put(path, convert::json_from_js(&a.get(2))?),
+        "delete" => Op::Delete(path),
+        "insert" => Op::Insert(path, num(2)? as usize, convert::json_from_js(&a.get(3))?),
+        "splice" => Op::Splice(path, num(2)? as usize, num(3)? as isize, a.get(4).as_string().unwrap_or_default()),
+        "increment" => Op::Increment(path, num(2)? as i64),
+        other => return Err(JsError::new(&format!("unknown op `{other}`"))),
+    })
+}
+
+fn apply_op(tx: &mut Transaction<'_>, op: &Op) -> Result<(), AutomergeError> {
+    match op {
+        Op::Put(path, v) => {
+            let (obj, prop) = convert::resolve_parent(tx, path)?;
+            convert::write_json(tx, &obj, Place::Put(prop), v)
+        }
+        Op::Delete(path) => {
+            let (obj, prop) = convert::resolve_parent(tx, path)?;
+            tx.delete(&obj, prop)
+        }
+        Op::Insert(path, index, v) => {
+            let obj = convert::resolve_obj(tx, path)?;
+            expect_type(tx, &obj, ObjType::List)?;
+            convert::write_json(tx, &obj, Place::Insert(*index), v)
+        }
+        Op::Splice(path, index, delete, text) => {
+            let obj = convert::resolve_obj(tx, path)?;
+            expect_type(tx, &obj, ObjType::Text)?;
+            tx.splice_text(&obj, *index, *delete, text)
+        }
+        Op::Increment(path, by) => {
+            let (obj, prop) = convert::resolve_parent(tx, path)?;
+            tx.increment(&obj, prop, *by)
+        }
+    }
+}
+
+fn expect_type(tx: &Transaction<'_>, obj: &automerge::ObjId, ty: ObjType) -> Result<(), AutomergeError> {
+    let actual = tx.object_type(obj)?;
+    if actual != ty {
+        return Err(AutomergeError::InvalidOp(actual));
+    }
+    Ok(())
+}

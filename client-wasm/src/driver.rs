@@ -1,0 +1,358 @@
+//! The driver: one [`Engine`] fed from JavaScript callbacks (socket
+//! events, timers, storage completions, API calls), its outputs drained
+//! after every input.
+//!
+//! Everything lives in one `Rc<RefCell<Driver>>`. Every input goes through
+//! [`drive`], which borrows the driver, applies the input, drains the
+//! engine, and only then — with the borrow released — calls back into
+//! JavaScript (promise resolutions, subscribers), so application callbacks
+//! may call the client again.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::{Rc, Weak};
+
+use automerge::ChangeHash;
+use js_sys::{Function, Object, Reflect};
+use meridian_protocol::engine::{Engine, Event, Millis, Output};
+use meridian_protocol::ids::DocumentId;
+use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+use wasm_bindgen::prelude::*;
+
+use crate::convert;
+use crate::net::Net;
+use crate::platform::{self, NetworkListener, Timer};
+use crate::store::IdbStore;
+
+pub(crate) type Shared = Rc<RefCell<Driver>>;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console)]
+    pub(crate) fn warn(s: &str);
+}
+
+/// A promise's two ends.
+#[derive(Debug, Clone)]
+pub(crate) struct Settle {
+    pub resolve: Function,
+    pub reject: Function,
+}
+
+/// Callbacks registered by the application, with ids for unsubscribing.
+#[derive(Debug, Default)]
+pub(crate) struct Listeners {
+    next: u32,
+    list: Vec<(u32, Function)>,
+}
+
+impl Listeners {
+    pub fn add(&mut self, f: Function) -> u32 {
+        self.next += 1;
+        self.list.push((self.next, f));
+        self.next
+    }
+
+    pub fn remove(&mut self, id: u32) {
+        self.list.retain(|(i, _)| *i != id);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn functions(&self) -> impl Iterator<Item = &Function> {
+        self.list.iter().map(|(_, f)| f)
+    }
+}
+
+/// Change subscribers of one document and the heads they last saw.
+#[derive(Debug, Default)]
+pub(crate) struct DocListeners {
+    pub last_heads: Vec<ChangeHash>,
+    pub changes: Listeners,
+    pub ephemeral: Listeners,
+}
+
+#[derive(Debug)]
+pub(crate) struct Driver {
+    pub engine: Engine,
+    pub me: Weak<RefCell<Driver>>,
+    origin: f64,
+    /// IndexedDB, or `None` for a memory-only (ephemeral) client.
+    pub idb: Option<IdbStore>,
+    memory: MemoryStore,
+    queue: Vec<(StorageTaskId, StorageTask)>,
+    storage_busy: bool,
+    idle_waiters: Vec<Function>,
+    pub net: Net,
+    /// The server answered our `join`: unavailability is final.
+    pub ready: bool,
+    pub closed: bool,
+    finds: BTreeMap<DocumentId, Vec<Settle>>,
+    saved_waiters: Vec<(DocumentId, Function)>,
+    synced_waiters: Vec<(DocumentId, Vec<ChangeHash>, Function)>,
+    pub docs: BTreeMap<DocumentId, DocListeners>,
+    pub state_listeners: Listeners,
+    pub session_id: String,
+    pub ephemeral_count: u64,
+    pub tick: Option<Timer>,
+    pub network: Option<NetworkListener>,
+    /// JavaScript calls to make once the borrow is released.
+    calls: Vec<(Function, JsValue)>,
+}
+
+/// Applies `f` to the driver, drains the engine, then makes the
+/// JavaScript calls that resulted.
+pub(crate) fn drive<R>(shared: &Shared, f: impl FnOnce(&mut Driver) -> R) -> R {
+    let (out, calls, start_storage) = {
+        let mut d = shared.borrow_mut();
+        let out = f(&mut d);
+        d.pump();
+        let start = d.claim_storage_worker();
+        (out, std::mem::take(&mut d.calls), start)
+    };
+    if start_storage {
+        wasm_bindgen_futures::spawn_local(storage_worker(shared.clone()));
+    }
+    for (f, arg) in calls {
+        if let Err(e) = f.call1(&JsValue::NULL, &arg) {
+            warn(&format!("meridian: a callback threw: {}", crate::store::describe(&e)));
+        }
+    }
+    out
+}
+
+/// Runs queued storage tasks in batches, in order, until none are left.
+async fn storage_worker(shared: Shared) {
+    loop {
+        let (idb, batch) = {
+            let mut d = shared.borrow_mut();
+            let Some(idb) = d.idb.clone().filter(|_| !d.queue.is_empty()) else {
+                d.storage_busy = false;
+                let waiters = std::mem::take(&mut d.idle_waiters);
+                d.calls.extend(waiters.into_iter().map(|f| (f, JsValue::UNDEFINED)));
+                break;
+            };
+            (idb, std::mem::take(&mut d.queue))
+        };
+        let (ids, tasks): (Vec<StorageTaskId>, Vec<StorageTask>) = batch.into_iter().unzip();
+        let results = idb.run(&tasks).await;
+        drive(&shared, |d| {
+            let now = d.now();
+            for (id, result) in ids.into_iter().zip(results) {
+                d.engine.handle_storage_result(now, id, result);
+            }
+        });
+    }
+    // Deliver the idle notifications queued above.
+    drive(&shared, |_| ());
+}
+
+impl Driver {
+    pub fn new(engine: Engine, idb: Option<IdbStore>, net: Net, me: Weak<RefCell<Driver>>) -> Self {
+        let session_id = format!("{:016x}", platform::random_u64());
+        Self {
+            engine,
+            me,
+            origin: platform::now_ms(),
+            idb,
+            memory: MemoryStore::new(),
+            queue: Vec::new(),
+            storage_busy: false,
+            idle_waiters: Vec::new(),
+            net,
+            ready: false,
+            closed: false,
+            finds: BTreeMap::new(),
+            saved_waiters: Vec::new(),
+            synced_waiters: Vec::new(),
+            docs: BTreeMap::new(),
+            state_listeners: Listeners::default(),
+            session_id,
+            ephemeral_count: 0,
+            tick: None,
+            network: None,
+            calls: Vec::new(),
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        Millis((platform::now_ms() - self.origin).max(0.0) as u64)
+    }
+
+    fn claim_storage_worker(&mut self) -> bool {
+        if self.storage_busy || self.queue.is_empty() || self.idb.is_none() {
+            return false;
+        }
+        self.storage_busy = true;
+        true
+    }
+
+    /// Calls `f` once every storage task issued so far is done.
+    pub fn when_storage_idle(&mut self, f: Function) {
+        if self.storage_busy || !self.queue.is_empty() {
+            self.idle_waiters.push(f);
+        } else {
+            self.calls.push((f, JsValue::UNDEFINED));
+        }
+    }
+
+    /// Drains the engine's outputs.
+    pub fn pump(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Send { conn, message } => self.net.send(conn, &meridian_protocol::codec::encode(&message)),
+                Output::Close { conn, reason } => {
+                    if self.net.close_conn(conn, &reason) {
+                        let now = self.now();
+                        self.engine.handle_disconnect(now, conn);
+                        self.connection_lost();
+                    }
+                }
+                Output::Storage { id, task } if self.idb.is_some() => self.queue.push((id, task)),
+                Output::Storage { id, task } => {
+                    let result = self.memory.execute(&task);
+                    let now = self.now();
+                    self.engine.handle_storage_result(now, id, result);
+                }
+                Output::Event(e) => self.event(e),
+            }
+        }
+        self.check_synced();
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::DocReady { doc } => self.doc_ready(doc),
+            // Before the server answered our `join` there was nobody to
+            // ask: keep waiting, `find` is asked again once it has.
+            Event::DocUnavailable { doc } if self.ready => {
+                let err = js_sys::Error::new(&format!("document automerge:{doc} is unavailable: no peer has it"));
+                for s in self.finds.remove(&doc).unwrap_or_default() {
+                    self.calls.push((s.reject, err.clone().into()));
+                }
+            }
+            Event::DocUnavailable { .. } => {}
+            Event::DocChanged { doc, .. } => self.doc_changed(doc),
+            Event::PeerConnected { .. } => {
+                self.ready = true;
+                self.net.handshake_done();
+                self.notify_state();
+                let now = self.now();
+                let waiting: Vec<DocumentId> = self.finds.keys().copied().collect();
+                for doc in waiting {
+                    self.engine.find(now, doc);
+                }
+            }
+            Event::Ephemeral { doc, sender, data } => self.ephemeral(doc, sender.as_str(), &data),
+            Event::ProtocolError { detail, .. } => warn(&format!("meridian: the server rejected our input: {detail}")),
+            Event::StorageFailed { detail, .. } => warn(&format!("meridian: storage failed: {detail}")),
+            Event::PeerDisconnected { .. } | Event::Evicted { .. } => {}
+        }
+    }
+
+    pub fn find(&mut self, doc: DocumentId, settle: Settle) {
+        self.finds.entry(doc).or_default().push(settle);
+        let now = self.now();
+        self.engine.find(now, doc);
+    }
+
+    fn doc_ready(&mut self, doc: DocumentId) {
+        for s in self.finds.remove(&doc).unwrap_or_default() {
+            self.calls.push((s.resolve, JsValue::TRUE));
+        }
+    }
+
+    fn doc_changed(&mut self, doc: DocumentId) {
+        let durable = self.engine.durable_heads(&doc).is_some();
+        if durable {
+            let (done, waiting) = std::mem::take(&mut self.saved_waiters).into_iter().partition(|(d, _)| *d == doc);
+            self.saved_waiters = waiting;
+            self.calls.extend(done.into_iter().map(|(_, f): (DocumentId, Function)| (f, JsValue::TRUE)));
+        }
+        let Some(am) = self.engine.document(&doc) else { return };
+        let Some(listeners) = self.docs.get_mut(&doc).filter(|l| !l.changes.is_empty()) else { return };
+        let heads = am.get_heads();
+        if heads == listeners.last_heads {
+            return;
+        }
+        let patches = am.diff(&listeners.last_heads, &heads);
+        listeners.last_heads = heads.clone();
+        let payload = Object::new();
+        let _ = Reflect::set(&payload, &"patches".into(), &convert::js_from_json(&convert::patches_to_json(&patches)));
+        let heads: Vec<JsValue> = heads.iter().map(|h| JsValue::from_str(&h.to_string())).collect();
+        let _ = Reflect::set(&payload, &"heads".into(), &js_sys::Array::from_iter(heads));
+        let payload: JsValue = payload.into();
+        let fs: Vec<Function> = listeners.changes.functions().cloned().collect();
+        self.calls.extend(fs.into_iter().map(|f| (f, payload.clone())));
+    }
+
+    fn ephemeral(&mut self, doc: DocumentId, sender: &str, data: &[u8]) {
+        let Some(listeners) = self.docs.get(&doc).filter(|l| !l.ephemeral.is_empty()) else { return };
+        let message = match convert::json_from_cbor(data) {
+            Ok(m) => convert::js_from_json(&m),
+            Err(e) => {
+                warn(&format!("meridian: ephemeral message from {sender} is not CBOR we understand: {e}"));
+                return;
+            }
+        };
+        let payload = Object::new();
+        let _ = Reflect::set(&payload, &"senderId".into(), &sender.into());
+        let _ = Reflect::set(&payload, &"message".into(), &message);
+        let payload: JsValue = payload.into();
+        let fs: Vec<Function> = listeners.ephemeral.functions().cloned().collect();
+        self.calls.extend(fs.into_iter().map(|f| (f, payload.clone())));
+    }
+
+    /// Resolves `f` once every local change of `doc` is durable locally.
+    pub fn when_saved(&mut self, doc: DocumentId, f: Function) {
+        if self.engine.durable_heads(&doc).is_some() {
+            self.calls.push((f, JsValue::TRUE));
+        } else {
+            self.saved_waiters.push((doc, f));
+        }
+    }
+
+    /// Resolves `f` once the server's heads cover ours as they are now.
+    pub fn when_synced(&mut self, doc: DocumentId, f: Function) {
+        let heads = self.engine.document(&doc).map(|d| d.get_heads()).unwrap_or_default();
+        self.synced_waiters.push((doc, heads, f));
+        self.check_synced();
+    }
+
+    fn check_synced(&mut self) {
+        let Some(conn) = self.net.conn() else { return };
+        if self.synced_waiters.is_empty() {
+            return;
+        }
+        let engine = &self.engine;
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.synced_waiters).into_iter().partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
+        self.synced_waiters = waiting;
+        self.calls.extend(done.into_iter().map(|(_, _, f)| (f, JsValue::TRUE)));
+    }
+
+    pub fn notify_state(&mut self) {
+        let state = JsValue::from_str(self.net.state().as_str());
+        let fs: Vec<Function> = self.state_listeners.functions().cloned().collect();
+        self.calls.extend(fs.into_iter().map(|f| (f, state.clone())));
+    }
+
+    /// Stops networking and rejects whoever is still waiting.
+    pub fn shut_down(&mut self) {
+        self.closed = true;
+        self.tick = None;
+        self.network = None;
+        if let Some(conn) = self.net.shut_down() {
+            let now = self.now();
+            self.engine.handle_disconnect(now, conn);
+        }
+        self.ready = false;
+        let err: JsValue = js_sys::Error::new("the client was closed").into();
+        for s in std::mem::take(&mut self.finds).into_values().flatten() {
+            self.calls.push((s.reject, err.clone()));
+        }
+        self.notify_state();
+    }
+}

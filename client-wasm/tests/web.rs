@@ -1,0 +1,164 @@
+//! wasm-bindgen tests in headless Chromium: the IndexedDB store, the
+//! offline queue (edits made with no reachable edge survive a reopen), and
+//! the JavaScript-facing conversions (UTF-16 text, patches, CBOR).
+//!
+//! Run by `cargo xtask test` (wasm-bindgen-test-runner + chromedriver).
+#![cfg(target_arch = "wasm32")]
+
+use js_sys::{Array, Function, Promise, Reflect};
+use meridian_client_wasm::convert;
+use meridian_client_wasm::store::{self, IdbStore};
+use meridian_client_wasm::Client;
+use meridian_protocol::ids::{DocumentId, StorageId};
+use meridian_protocol::storage::{StorageResult, StorageTask};
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+fn ok<T>(r: Result<T, JsError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{}", store_describe(&JsValue::from(e))),
+    }
+}
+
+fn store_describe(v: &JsValue) -> String {
+    Reflect::get(v, &"message".into()).ok().and_then(|m| m.as_string()).unwrap_or_else(|| format!("{v:?}"))
+}
+
+fn obj(v: serde_json::Value) -> JsValue {
+    convert::js_from_json(&v)
+}
+
+fn json_of(v: &JsValue) -> serde_json::Value {
+    ok(convert::json_from_js(v))
+}
+
+fn doc_id(n: u8) -> DocumentId {
+    DocumentId::from_bytes([n; 16])
+}
+
+#[wasm_bindgen_test]
+async fn idb_store_runs_tasks_in_order_and_persists() {
+    let name = "meridian-test-store";
+    store::delete_database(name).await.unwrap();
+    let db = IdbStore::open(name, StorageId::new("sid-1")).await.unwrap();
+    assert_eq!(db.storage_id().as_str(), "sid-1");
+    let d = doc_id(1);
+    let results = db
+        .run(&[
+            StorageTask::AppendChunk { doc: d, data: vec![1, 2] },
+            StorageTask::AppendChunk { doc: d, data: vec![3] },
+            StorageTask::LoadDoc { doc: d },
+            StorageTask::LoadDoc { doc: doc_id(2) },
+        ])
+        .await;
+    assert_eq!(
+        results,
+        vec![StorageResult::Done, StorageResult::Done, StorageResult::Loaded(Some(vec![1, 2, 3])), StorageResult::Loaded(None)]
+    );
+    // A compaction replaces the chunks written before it; appends follow it.
+    let results = db
+        .run(&[
+            StorageTask::Compact { doc: d, snapshot: vec![9] },
+            StorageTask::AppendChunk { doc: d, data: vec![4] },
+            StorageTask::PutSyncState { doc: d, peer: StorageId::new("edge"), state: vec![7, 7] },
+        ])
+        .await;
+    assert!(results.iter().all(|r| *r == StorageResult::Done));
+    db.close();
+
+    // Reopened: same storage id (the fresh one is ignored), same data.
+    let db = IdbStore::open(name, StorageId::new("sid-2")).await.unwrap();
+    assert_eq!(db.storage_id().as_str(), "sid-1");
+    let results = db
+        .run(&[
+            StorageTask::LoadDoc { doc: d },
+            StorageTask::LoadSyncState { doc: d, peer: StorageId::new("edge") },
+            StorageTask::DeleteDoc { doc: d },
+            StorageTask::LoadDoc { doc: d },
+            StorageTask::LoadSyncState { doc: d, peer: StorageId::new("edge") },
+        ])
+        .await;
+    assert_eq!(
+        results,
+        vec![
+            StorageResult::Loaded(Some(vec![9, 4])),
+            StorageResult::Loaded(Some(vec![7, 7])),
+            StorageResult::Done,
+            StorageResult::Loaded(None),
+            StorageResult::Loaded(None),
+        ]
+    );
+    db.close();
+}
+
+#[wasm_bindgen_test]
+async fn offline_edits_persist_and_reopen_without_network() {
+    let name = "meridian-test-offline";
+    store::delete_database(name).await.unwrap();
+    // Nothing listens on port 9: the client keeps retrying in the background.
+    let options = obj(json!({"urls": ["ws://127.0.0.1:9/sync"], "dbName": name, "minBackoffMs": 20, "maxBackoffMs": 200}));
+    let client = ok(Client::open(options.clone()).await);
+    let doc = ok(client.create(obj(json!({"title": "draft", "items": []}))).await);
+    ok(doc.splice("title".into(), 5, 0, " one".into()));
+    ok(doc.insert(obj(json!(["items"])), 0, "first".into()));
+    ok(doc.put("done".into(), JsValue::FALSE));
+    JsFuture::from(doc.when_saved()).await.unwrap();
+    assert_ne!(client.connection_state(), "connected");
+    let url = doc.url();
+    client.close().await;
+
+    let client = ok(Client::open(options).await);
+    let doc = ok(client.find(url).await);
+    assert_eq!(json_of(&ok(doc.value())), json!({"title": "draft one", "items": ["first"], "done": false}));
+    assert_eq!(js_sys::Array::from(&ok(doc.history())).length(), 4);
+    client.close().await;
+}
+
+#[wasm_bindgen_test]
+async fn text_positions_are_utf16_code_units() {
+    let client = ok(Client::open(obj(json!({"dbName": null}))).await);
+    assert_eq!(client.connection_state(), "local");
+    let doc = ok(client.create(obj(json!({"t": "a😀b"}))).await);
+    // "😀" is two UTF-16 code units: index 3 is just before "b".
+    ok(doc.splice("t".into(), 3, 0, "X".into()));
+    ok(doc.splice("t".into(), 1, 2, "é".into()));
+    assert_eq!(json_of(&ok(doc.value())), json!({"t": "aéXb"}));
+    client.close().await;
+}
+
+/// A promise resolved with the first value `subscribe` delivers.
+fn first_event() -> (Promise, Function) {
+    let mut resolve = None;
+    let promise = Promise::new(&mut |r, _| resolve = Some(r));
+    (promise, resolve.unwrap())
+}
+
+#[wasm_bindgen_test]
+async fn subscribers_get_patches_and_counters_increment() {
+    let client = ok(Client::open(obj(json!({"dbName": null}))).await);
+    let doc = ok(client.create(obj(json!({"likes": {"__counter": 1}, "list": [1]}))).await);
+    let (promise, resolve) = first_event();
+    let _unsubscribe = ok(doc.subscribe(resolve));
+    let ops: Array = [obj(json!(["increment", "likes", 2])), obj(json!(["insert", ["list"], 1, "two"])), obj(json!(["delete", "likes"]))]
+        .into_iter()
+        .collect();
+    ok(doc.apply_ops(ops));
+    let event = JsFuture::from(promise).await.unwrap();
+    let patches = json_of(&Reflect::get(&event, &"patches".into()).unwrap());
+    let actions: Vec<&str> = patches.as_array().unwrap().iter().map(|p| p["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"insert"), "{patches}");
+    assert!(actions.contains(&"del"), "{patches}");
+    assert_eq!(json_of(&ok(doc.value())), json!({"list": [1, "two"]}));
+    client.close().await;
+}
+
+#[wasm_bindgen_test]
+fn cbor_round_trips_json_values() {
+    let v = json!({"cursor": 3, "name": "ana", "neg": -5, "f": 1.5, "list": [true, null]});
+    assert_eq!(convert::json_from_cbor(&convert::cbor_from_json(&v)).unwrap(), v);
+}

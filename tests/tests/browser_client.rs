@@ -1,0 +1,132 @@
+//! The browser package `@meridian/client` (client-wasm/pkg, built by
+//! `cargo xtask build-js`) against a real edge:
+//!
+//! - in headless Chromium, a page and a Rust client edit the same
+//!   document; offline edits survive a reload and sync when back online;
+//!   a 1,000-change document is opened from IndexedDB with no network;
+//! - in Node, it syncs with the official JS automerge-repo client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use meridian_edge::client::{Client, ClientOptions};
+use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{ObjType, ROOT, ReadDoc};
+use meridian_tests::js::{js_dir, require_node_modules, run_script};
+use meridian_tests::process::workspace_root;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+fn require_pkg() -> Result<()> {
+    require_node_modules()?;
+    if !workspace_root().join("client-wasm/pkg/index.js").exists() {
+        bail!("client-wasm/pkg is missing: run `cargo xtask build-js` (or `cargo xtask test`) first");
+    }
+    Ok(())
+}
+
+async fn edge() -> Result<(EdgeNode, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let edge = EdgeNode::start(EdgeConfig::new(dir.path()).ephemeral_port()).await?;
+    Ok((edge, dir))
+}
+
+fn text(doc: &meridian_protocol::automerge::Automerge, key: &str) -> Option<String> {
+    match doc.get(ROOT, key).ok()?? {
+        (meridian_protocol::automerge::Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
+        (v, _) => v.to_str().map(str::to_owned),
+    }
+}
+
+/// Lines of JSON the script prints, delivered as they come.
+fn spawn_script(script: &str, args: &[String]) -> Result<(std::process::Child, mpsc::UnboundedReceiver<Value>)> {
+    let mut child = Command::new("node")
+        .arg(js_dir().join(script))
+        .args(args)
+        .current_dir(js_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting node {script}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
+async fn next_line(rx: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Result<Value> {
+    let v = tokio::time::timeout(Duration::from_secs(120), rx.recv())
+        .await
+        .with_context(|| format!("timed out waiting for {what}"))?
+        .with_context(|| format!("the script exited before {what}"))?;
+    if v.get("ok") == Some(&Value::Bool(false)) {
+        bail!("the script failed before {what}: {v}");
+    }
+    Ok(v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_page_and_rust_client_edit_the_same_document() -> Result<()> {
+    require_pkg()?;
+    let (edge, _dir) = edge().await?;
+    let rust = Client::connect(&edge.ws_url(), ClientOptions::default()).await?;
+    let doc = rust
+        .create(|tx| {
+            let title = tx.put_object(ROOT, "title", ObjType::Text)?;
+            tx.splice_text(&title, 0, 0, "from rust")?;
+            Ok(())
+        })
+        .await?;
+    tokio::time::timeout(Duration::from_secs(20), rust.wait_acked(doc)).await??;
+
+    let args = vec!["--edge".to_owned(), edge.ws_url(), "--doc".to_owned(), doc.url().to_string()];
+    let (mut child, mut lines) = spawn_script("browser-e2e.mjs", &args)?;
+
+    let edited = next_line(&mut lines, "the page's edit").await?;
+    assert_eq!(edited["step"], "edited");
+    assert_eq!(edited["before"]["title"], "from rust");
+    tokio::time::timeout(Duration::from_secs(20), rust.find(doc)).await??;
+    let seen = |d: &meridian_protocol::automerge::Automerge| {
+        text(d, "browser").as_deref() == Some("was here") && text(d, "title").as_deref() == Some("hi from rust")
+    };
+    tokio::time::timeout(Duration::from_secs(20), rust.wait_for(doc, seen)).await??;
+    rust.change(doc, |tx| tx.put(ROOT, "rust", "reply").map(drop)).await?;
+
+    let reply = next_line(&mut lines, "the Rust reply to reach the page").await?;
+    assert_eq!(reply["step"], "got-reply");
+
+    let offline = next_line(&mut lines, "the offline edit to sync").await?;
+    assert_eq!(offline["step"], "offline-synced");
+    let synced = |d: &meridian_protocol::automerge::Automerge| text(d, "offline").as_deref() == Some("edit");
+    tokio::time::timeout(Duration::from_secs(20), rust.wait_for(doc, synced)).await??;
+
+    let big = next_line(&mut lines, "the 1,000-change open").await?;
+    eprintln!("1,000-change document opened from IndexedDB with the network off: {big}");
+    let done = next_line(&mut lines, "the end").await?;
+    assert_eq!(done["ok"], true);
+    let status = child.wait()?;
+    assert!(status.success(), "browser-e2e.mjs exited with {status}");
+    edge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()> {
+    require_pkg()?;
+    let (edge, _dir) = edge().await?;
+    let url = edge.ws_url();
+    let lines = tokio::task::spawn_blocking(move || run_script("meridian-compat.mjs", &["--url", &url])).await??;
+    assert!(lines.iter().any(|l| l["step"] == "ephemeral"), "{lines:?}");
+    edge.shutdown().await;
+    Ok(())
+}
