@@ -173,6 +173,10 @@ impl Hub {
         &self.fingerprint
     }
 
+    pub fn metrics(&self) -> Option<&Arc<NodeMetrics>> {
+        self.runtime.as_ref().map(NodeRuntime::metrics)
+    }
+
     /// Stops accepting edges, saves sync states and flushes the store.
     pub async fn shutdown(mut self) {
         self.accept.take();

@@ -18,6 +18,7 @@
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
 //! | `meridian_edge_uplink_connected` | gauge | 1 while the QUIC uplink to the hub is up |
 //! | `meridian_edge_uplink_connects_total` | counter | uplink connections established |
+//! | `meridian_edge_uplink_refusals_total` | counter | times the hub refused this edge's credential |
 //! | `meridian_edge_uplink_rtt_seconds` | gauge | QUIC round-trip time to the hub |
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
@@ -93,6 +94,7 @@ pub struct NodeMetrics {
     pub uplink_connected: AtomicU64,
     pub uplink_rtt_micros: AtomicU64,
     pub uplink_connects_total: AtomicU64,
+    pub uplink_refusals_total: AtomicU64,
     pub docs_pending_upstream: AtomicU64,
     pub backfill_queued: AtomicU64,
 }
@@ -121,6 +123,7 @@ impl NodeMetrics {
             uplink_connected: AtomicU64::default(),
             uplink_rtt_micros: AtomicU64::default(),
             uplink_connects_total: AtomicU64::default(),
+            uplink_refusals_total: AtomicU64::default(),
             docs_pending_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
         }
@@ -134,6 +137,11 @@ impl NodeMetrics {
     pub fn message_out(&self, message_type: &str, bytes: usize) {
         self.messages_out[type_index(message_type)].fetch_add(1, Relaxed);
         self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    /// Messages of one wire type received so far.
+    pub fn messages_in_of(&self, message_type: &str) -> u64 {
+        self.messages_in[type_index(message_type)].load(Relaxed)
     }
 
     pub fn error(&self, kind: ErrorKind) {
@@ -165,6 +173,7 @@ impl NodeMetrics {
         counter(&mut out, &self.name("evictions_total"), "Documents evicted from memory.", &self.evictions);
         gauge(&mut out, &self.name("uplink_connected"), "1 while the uplink to the hub is up.", &self.uplink_connected);
         counter(&mut out, &self.name("uplink_connects_total"), "Uplink connections established.", &self.uplink_connects_total);
+        counter(&mut out, &self.name("uplink_refusals_total"), "Times the hub refused this edge's credential.", &self.uplink_refusals_total);
         let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
         let name = self.name("uplink_rtt_seconds");
         let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");

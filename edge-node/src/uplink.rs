@@ -75,6 +75,7 @@ pub async fn run(config: UplinkConfig, events: mpsc::Sender<NodeEvent>, metrics:
                 tracing::warn!(hub = %config.hub, %reason, "uplink to the hub lost; reconnecting");
             }
             Err(UplinkError::Refused(reason)) => {
+                metrics.uplink_refusals_total.fetch_add(1, Relaxed);
                 tracing::error!(hub = %config.hub, edge_id = %config.edge_id, %reason, "the hub refused this edge; check --edge-id and --hub-secret");
             }
             Err(e) => tracing::warn!(hub = %config.hub, error = %e, "uplink attempt failed"),
