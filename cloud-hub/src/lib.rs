@@ -57,6 +57,10 @@ pub struct HubConfig {
     pub idle_evict_after: Duration,
     pub tick_interval: Duration,
     pub fsync: bool,
+    /// Also serve automerge-repo WebSocket clients at `/sync` on the HTTP
+    /// port (inspection tools, tests). Off by default: clients belong on
+    /// edges.
+    pub serve_clients: bool,
 }
 
 impl HubConfig {
@@ -72,6 +76,7 @@ impl HubConfig {
             idle_evict_after: Duration::from_secs(60),
             tick_interval: Duration::from_secs(1),
             fsync: false,
+            serve_clients: false,
         }
     }
 
@@ -149,7 +154,21 @@ impl Hub {
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let accept = AbortOnDrop(tokio::spawn(accept_loop(endpoint.clone(), config.clone(), runtime.events())));
-        let (http_addr, http, http_stop) = serve_http(config.http, metrics).await?;
+        let app = if config.serve_clients {
+            tracing::warn!("serving automerge-repo clients at /sync on the HTTP port (no client auth yet)");
+            meridian_edge::server::router(meridian_edge::server::AppState {
+                events: runtime.events(),
+                metrics: metrics.clone(),
+                max_message_bytes: config.max_frame_bytes,
+                ping_interval: Duration::from_secs(10),
+            })
+        } else {
+            let m = metrics.clone();
+            Router::new()
+                .route("/healthz", get(|| async { "ok\n" }))
+                .route("/metrics", get(move || async move { m.render() }))
+        };
+        let (http_addr, http, http_stop) = serve_http(config.http, app).await?;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;
         Ok(Self { quic_addr, http_addr, ca_path, fingerprint, runtime: Some(runtime), endpoint, accept: Some(accept), http: Some(http), http_stop: Some(http_stop) })
@@ -191,15 +210,9 @@ impl Hub {
     }
 }
 
-async fn serve_http(
-    addr: SocketAddr,
-    metrics: Arc<NodeMetrics>,
-) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
+async fn serve_http(addr: SocketAddr, app: Router) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(move || async move { metrics.render() }));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {

@@ -51,6 +51,10 @@ struct ServeArgs {
     /// fsync every commit (survives power loss; slower).
     #[arg(long, env = "MERIDIAN_FSYNC", default_value_t = false)]
     fsync: bool,
+    /// Also accept automerge-repo WebSocket clients at /sync on the HTTP port
+    /// (inspection tools and tests; clients normally connect to edges).
+    #[arg(long, env = "MERIDIAN_HUB_SERVE_CLIENTS", default_value_t = false)]
+    serve_clients: bool,
 }
 
 fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
+    config.serve_clients = args.serve_clients;
     let open = matches!(config.auth, EdgeAuth::DevOpen);
     let hub = Hub::start(config).await.context("starting the hub")?;
     println!("meridian-hub listening: QUIC {} (ALPN meridian-fed/1), HTTP http://{}", hub.quic_addr(), hub.http_addr());

@@ -97,6 +97,62 @@ impl Drop for EdgeProcess {
     }
 }
 
+/// A `meridian-hub serve` child process, killed on drop.
+#[derive(Debug)]
+pub struct HubProcess {
+    child: Child,
+    pub quic_port: u16,
+    pub http_port: u16,
+    pub data: PathBuf,
+}
+
+impl HubProcess {
+    /// Starts a hub that serves clients at `/sync` on its HTTP port too.
+    pub fn start(data: &Path, quic_port: u16, http_port: u16, extra: &[&str]) -> Result<Self> {
+        let bin = workspace_binary("meridian-hub")?;
+        let child = Command::new(bin)
+            .args(["serve", "--serve-clients", "--listen", &format!("127.0.0.1:{quic_port}")])
+            .args(["--http", &format!("127.0.0.1:{http_port}"), "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawning meridian-hub")?;
+        let mut hub = Self { child, quic_port, http_port, data: data.to_path_buf() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
+            if let Some(status) = hub.child.try_wait()? {
+                bail!("meridian-hub exited early with {status}");
+            }
+            anyhow::ensure!(Instant::now() < deadline, "meridian-hub did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(hub)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/sync", self.http_port)
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.data.join("tls/ca.pem")
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Root of the workspace (for the JS scripts under `tests/js`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
