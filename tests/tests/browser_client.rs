@@ -37,7 +37,11 @@ async fn edge() -> Result<(EdgeNode, tempfile::TempDir)> {
 fn text(doc: &meridian_protocol::automerge::Automerge, key: &str) -> Option<String> {
     match doc.get(ROOT, key).ok()?? {
         (meridian_protocol::automerge::Value::Object(ObjType::Text), id) => doc.text(&id).ok(),
-        (v, _) => v.to_str().map(str::to_owned),
+        (meridian_protocol::automerge::Value::Scalar(s), _) => match s.as_ref() {
+            meridian_protocol::automerge::ScalarValue::Str(t) => Some(t.to_string()),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
