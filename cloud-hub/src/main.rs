@@ -76,6 +76,7 @@ fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
         .init();
     let Command::Serve(args) = Cli::parse().command;
     let mut config = HubConfig::new(args.data);

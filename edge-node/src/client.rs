@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::automerge::transaction::Transaction;
 use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
 use meridian_protocol::codec;
@@ -28,13 +27,12 @@ use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask};
 use rand::RngExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::backoff::Backoff;
+use crate::link::Link;
+use crate::quic::HubTrust;
 use crate::store::SqliteStore;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
 type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
 
@@ -50,6 +48,8 @@ pub struct ClientOptions {
     pub min_backoff: Duration,
     pub max_backoff: Duration,
     pub max_message_bytes: usize,
+    /// How to trust the edge's certificate for `quic://` URLs.
+    pub quic_trust: Option<HubTrust>,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +60,7 @@ impl Default for ClientOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            quic_trust: None,
         }
     }
 }
@@ -131,7 +132,7 @@ impl Client {
             store,
             url: url.to_owned(),
             options,
-            ws: None,
+            link: None,
             conn: None,
             state: ConnectionState::Connecting,
             backoff,
@@ -251,7 +252,7 @@ impl ClientStore {
 /// Why the actor woke up.
 enum Wake {
     Command(Option<Command>),
-    Frame(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
+    Frame(Option<Vec<u8>>),
     Reconnect,
     Tick,
 }
@@ -261,7 +262,7 @@ struct Actor {
     store: ClientStore,
     url: String,
     options: ClientOptions,
-    ws: Option<Ws>,
+    link: Option<Link>,
     conn: Option<ConnId>,
     state: ConnectionState,
     backoff: Backoff,
@@ -282,14 +283,14 @@ impl Actor {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut reconnect_at = tokio::time::Instant::now();
         loop {
-            if self.ws.is_none() && tokio::time::Instant::now() >= reconnect_at {
+            if self.link.is_none() && tokio::time::Instant::now() >= reconnect_at {
                 reconnect_at = tokio::time::Instant::now() + self.connect().await;
             }
-            let connected = self.ws.is_some();
+            let connected = self.link.is_some();
             let wake = {
                 let frame = async {
-                    match self.ws.as_mut() {
-                        Some(ws) => ws.next().await,
+                    match self.link.as_mut() {
+                        Some(link) => link.next().await,
                         None => std::future::pending().await,
                     }
                 };
@@ -318,13 +319,10 @@ impl Actor {
     /// it failed.
     async fn connect(&mut self) -> Duration {
         self.state = ConnectionState::Connecting;
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(self.options.max_message_bytes))
-            .max_frame_size(Some(self.options.max_message_bytes));
-        match tokio_tungstenite::connect_async_with_config(self.url.as_str(), Some(config), true).await {
-            Ok((ws, _)) => {
+        match Link::connect(&self.url, self.options.max_message_bytes, self.options.quic_trust.as_ref()).await {
+            Ok(link) => {
                 tracing::info!(url = %self.url, "connected");
-                self.ws = Some(ws);
+                self.link = Some(link);
                 self.backoff.reset();
                 self.state = ConnectionState::Connected;
                 let now = self.now();
@@ -344,16 +342,15 @@ impl Actor {
         self.backoff.next_delay()
     }
 
-    fn incoming(&mut self, msg: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>) {
+    fn incoming(&mut self, msg: Option<Vec<u8>>) {
         let Some(conn) = self.conn else { return };
         let now = self.now();
         match msg {
-            Some(Ok(WsMessage::Binary(b))) => {
-                self.engine.handle_frame(now, conn, &b);
+            Some(bytes) => {
+                self.engine.handle_frame(now, conn, &bytes);
                 self.check_acks();
             }
-            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Text(_) | WsMessage::Frame(_))) => {}
-            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => self.disconnected(),
+            None => self.disconnected(),
         }
     }
 
@@ -374,7 +371,7 @@ impl Actor {
             let now = self.now();
             self.engine.handle_disconnect(now, conn);
         }
-        self.ws = None;
+        self.link = None;
         self.ready = false;
         self.state = ConnectionState::Backoff;
         tracing::info!(url = %self.url, "disconnected");
@@ -418,8 +415,8 @@ impl Actor {
                         continue;
                     }
                     let bytes = codec::encode(&message);
-                    let sent = match self.ws.as_mut() {
-                        Some(ws) => ws.send(WsMessage::Binary(bytes.into())).await.is_ok(),
+                    let sent = match self.link.as_mut() {
+                        Some(link) => link.send(bytes).await.is_ok(),
                         None => false,
                     };
                     if !sent {
@@ -428,8 +425,8 @@ impl Actor {
                 }
                 Output::Close { conn, .. } => {
                     if Some(conn) == self.conn {
-                        if let Some(mut ws) = self.ws.take() {
-                            let _ = ws.close(None).await;
+                        if let Some(link) = self.link.take() {
+                            link.close().await;
                         }
                         self.disconnected();
                     }

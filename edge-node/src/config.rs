@@ -30,6 +30,9 @@ pub struct EdgeConfig {
     /// fsync on every commit (durable against power loss, slower). Without
     /// it, commits are durable against process crashes (`kill -9`).
     pub fsync: bool,
+    /// UDP address of the QUIC listener for device clients (ALPN
+    /// `meridian/1`); `None` disables it.
+    pub quic_listen: Option<SocketAddr>,
     /// The QUIC link to the hub, if this edge federates.
     pub uplink: Option<crate::uplink::UplinkConfig>,
 }
@@ -46,6 +49,7 @@ impl EdgeConfig {
             tick_interval: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             fsync: false,
+            quic_listen: None,
             uplink: None,
         }
     }
@@ -73,6 +77,12 @@ impl EdgeConfig {
 
     pub fn idle_evict_after(mut self, d: Duration) -> Self {
         self.idle_evict_after = d;
+        self
+    }
+
+    /// Serve device clients over QUIC on `addr`.
+    pub fn quic_listen(mut self, addr: SocketAddr) -> Self {
+        self.quic_listen = Some(addr);
         self
     }
 

@@ -22,8 +22,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod backoff;
+pub mod cli;
 pub mod client;
 pub mod config;
+pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod quic;

@@ -22,8 +22,45 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve automerge-repo clients over WebSocket (at /sync and /).
+    /// Serve automerge-repo clients over WebSocket (at /sync and /) and devices over QUIC.
     Serve(ServeArgs),
+    /// Device-script client: create, change, print and watch documents on an edge.
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ClientArgs {
+    /// Edge to sync with: ws://HOST:PORT/sync or quic://HOST:PORT.
+    #[arg(long, global = true, env = "MERIDIAN_URL", default_value = "ws://127.0.0.1:7300/sync")]
+    url: String,
+    /// Local SQLite replica: edits work offline and sync on the next run.
+    #[arg(long, global = true, env = "MERIDIAN_CLIENT_STORE")]
+    store: Option<PathBuf>,
+    /// CA certificate of the edge (for quic:// URLs; the edge's <data>/tls/ca.pem).
+    #[arg(long, global = true, env = "MERIDIAN_EDGE_CA")]
+    edge_ca: Option<PathBuf>,
+    /// Seconds to wait for the edge to acknowledge (0: do not wait).
+    #[arg(long, global = true, default_value_t = 10)]
+    wait_secs: u64,
+    #[command(subcommand)]
+    op: ClientOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum ClientOp {
+    /// Create a document from JSON and print its automerge: URL.
+    Create {
+        #[arg(default_value = "{}")]
+        json: String,
+    },
+    /// Set the value at a dotted path (e.g. meta.title) to JSON.
+    Set { url: String, path: String, json: String },
+    /// Append text at a dotted path (creating the text if missing).
+    Append { url: String, path: String, text: String },
+    /// Print the document as JSON.
+    Print { url: String },
+    /// Print the document as JSON every time it changes, until Ctrl-C.
+    Watch { url: String },
 }
 
 #[derive(clap::Args, Debug)]
@@ -46,6 +83,9 @@ struct ServeArgs {
     /// fsync every commit (survives power loss; slower). Without it commits survive process crashes.
     #[arg(long, env = "MERIDIAN_FSYNC", default_value_t = false)]
     fsync: bool,
+    /// UDP address of the QUIC listener for device clients (ALPN meridian/1); "off" disables it.
+    #[arg(long, env = "MERIDIAN_QUIC_LISTEN", default_value = "127.0.0.1:7302")]
+    quic_listen: String,
     /// QUIC address of the hub to federate with (e.g. 127.0.0.1:7400). Without it the edge runs alone.
     #[arg(long, env = "MERIDIAN_HUB")]
     hub: Option<SocketAddr>,
@@ -92,12 +132,17 @@ impl ServeArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Device scripts read stdout; keep their logs quiet unless asked.
+    let default_filter = if matches!(cli.command, Command::Client(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Client(args) => return client::run(args).await,
+    };
     let uplink = args.uplink()?;
     let mut config = EdgeConfig::new(args.data)
         .listen(args.listen)
@@ -106,12 +151,110 @@ async fn main() -> anyhow::Result<()> {
         .idle_evict_after(Duration::from_secs(args.idle_evict_secs));
     config.fsync = args.fsync;
     config.uplink = uplink;
+    if args.quic_listen != "off" {
+        config.quic_listen = Some(args.quic_listen.parse().context("--quic-listen expects HOST:PORT or off")?);
+    }
     let node = EdgeNode::start(config).await.context("starting the edge")?;
     println!("meridian-edge listening on {} (WebSocket: {})", node.local_addr(), node.ws_url());
+    if let Some(q) = node.quic_url() {
+        println!("  devices over QUIC: {q} (trust <data>/tls/ca.pem)");
+    }
     shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+mod client {
+    //! `meridian-edge client …`: thin glue over `meridian_edge::client` and
+    //! `meridian_edge::cli`.
+    use std::time::Duration;
+
+    use anyhow::{Context, Result};
+    use meridian_edge::cli;
+    use meridian_edge::client::{Client, ClientOptions};
+    use meridian_edge::quic::HubTrust;
+    use meridian_protocol::ids::{AutomergeUrl, DocumentId};
+
+    use super::{ClientArgs, ClientOp};
+
+    pub async fn run(args: ClientArgs) -> Result<()> {
+        let options = ClientOptions {
+            store_path: args.store.clone(),
+            quic_trust: args.edge_ca.clone().map(HubTrust::CaFile),
+            ..Default::default()
+        };
+        let client = Client::connect(&args.url, options).await?;
+        let wait = Duration::from_secs(args.wait_secs);
+        match args.op {
+            ClientOp::Create { json } => {
+                let value: serde_json::Value = serde_json::from_str(&json).context("the document must be JSON")?;
+                let doc = client.create(move |tx| cli::set_root(tx, &value)).await?;
+                acked(&client, doc, wait).await;
+                println!("{}", doc.url());
+            }
+            ClientOp::Set { url, path, json } => {
+                let (doc, path) = open(&client, &url, &path).await?;
+                let value: serde_json::Value = serde_json::from_str(&json).context("the value must be JSON (quote strings: '\"text\"')")?;
+                client.change(doc, move |tx| cli::set_json(tx, &path, &value)).await?;
+                acked(&client, doc, wait).await;
+            }
+            ClientOp::Append { url, path, text } => {
+                let (doc, path) = open(&client, &url, &path).await?;
+                client.change(doc, move |tx| cli::append_text(tx, &path, &text)).await?;
+                acked(&client, doc, wait).await;
+            }
+            ClientOp::Print { url } => {
+                let doc = find(&client, &url).await?;
+                print(&client, doc).await;
+            }
+            ClientOp::Watch { url } => {
+                let doc = find(&client, &url).await?;
+                let mut changes = client.subscribe();
+                print(&client, doc).await;
+                loop {
+                    tokio::select! {
+                        c = changes.recv() => match c {
+                            Ok((d, _)) if d == doc => print(&client, doc).await,
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                            Err(_) => break,
+                        },
+                        _ = tokio::signal::ctrl_c() => break,
+                    }
+                }
+            }
+        }
+        client.close().await;
+        Ok(())
+    }
+
+    async fn find(client: &Client, url: &str) -> Result<DocumentId> {
+        let url: AutomergeUrl = url.parse()?;
+        client.find(url.document_id).await.with_context(|| format!("opening {url}"))?;
+        Ok(url.document_id)
+    }
+
+    async fn open(client: &Client, url: &str, path: &str) -> Result<(DocumentId, Vec<String>)> {
+        let path = cli::parse_path(path).map_err(anyhow::Error::msg)?;
+        Ok((find(client, url).await?, path))
+    }
+
+    async fn print(client: &Client, doc: DocumentId) {
+        if let Some(json) = client.read(doc, |d| cli::to_json(d)).await {
+            println!("{json}");
+        }
+    }
+
+    /// Waits for the edge's acknowledgement; offline, says the edit is kept
+    /// locally instead of failing.
+    async fn acked(client: &Client, doc: DocumentId, wait: Duration) {
+        if wait.is_zero() {
+            return;
+        }
+        if tokio::time::timeout(wait, client.wait_acked(doc)).await.is_err() {
+            eprintln!("not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run");
+        }
+    }
 }
 
 async fn shutdown_signal() {

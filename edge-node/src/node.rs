@@ -26,6 +26,8 @@ pub enum EdgeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("starting the storage thread: {0}")]
     Thread(std::io::Error),
+    #[error("TLS for the QUIC listener: {0}")]
+    Tls(crate::quic::TlsError),
 }
 
 /// A running edge node. Dropping it aborts its tasks; call
@@ -37,6 +39,52 @@ pub struct EdgeNode {
     http_stop: Option<oneshot::Sender<()>>,
     http_task: Option<JoinHandle<()>>,
     uplink: Option<AbortOnDrop<()>>,
+    quic_addr: Option<SocketAddr>,
+    devices: Option<AbortOnDrop<()>>,
+}
+
+/// Binds the QUIC listener for device clients (ALPN `meridian/1`), with a
+/// certificate from the edge's data folder (created on first start).
+fn start_device_listener(
+    config: &EdgeConfig,
+    listen: SocketAddr,
+    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
+    let names = vec!["localhost".to_owned(), listen.ip().to_string()];
+    let identity = crate::quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+    let server = crate::quic::server_config(&identity, crate::quic::DEVICE_ALPN).map_err(EdgeError::Tls)?;
+    let endpoint = quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
+    let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: listen, source })?;
+    tracing::info!(%addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "QUIC listener for devices");
+    let task = AbortOnDrop(tokio::spawn(accept_devices(endpoint, events, config.max_message_bytes)));
+    Ok((addr, task))
+}
+
+/// Accepts device connections; each runs in a task owned by the loop.
+async fn accept_devices(
+    endpoint: quinn::Endpoint,
+    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+    limit: usize,
+) {
+    let mut devices = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                devices.spawn(serve_device(incoming, events.clone(), limit));
+            }
+            Some(_) = devices.join_next(), if !devices.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_device(incoming: quinn::Incoming, events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>, limit: usize) {
+    let remote = incoming.remote_address();
+    let Ok(connection) = incoming.await else { return };
+    let Ok((send, recv)) = connection.accept_bi().await else { return };
+    let Some((conn, out)) = crate::runtime::register(&events, meridian_protocol::engine::Direction::Incoming).await else { return };
+    let reason = crate::quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}).await;
+    tracing::info!(%remote, %conn, %reason, "device disconnected");
 }
 
 impl EdgeNode {
@@ -74,8 +122,15 @@ impl EdgeNode {
             tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
             AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone())))
         });
-        tracing::info!(%addr, data = %config.data_dir.display(), "edge listening");
-        Ok(Self { addr, runtime: Some(runtime), http_stop: Some(http_stop), http_task: Some(http_task), uplink })
+        let (quic_addr, devices) = match config.quic_listen {
+            Some(listen) => {
+                let (addr, task) = start_device_listener(&config, listen, runtime.events())?;
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+        tracing::info!(%addr, ?quic_addr, data = %config.data_dir.display(), "edge listening");
+        Ok(Self { addr, quic_addr, runtime: Some(runtime), http_stop: Some(http_stop), http_task: Some(http_task), uplink, devices })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -85,6 +140,16 @@ impl EdgeNode {
     /// The automerge-repo WebSocket URL of this edge.
     pub fn ws_url(&self) -> String {
         format!("ws://{}/sync", self.addr)
+    }
+
+    /// Address of the QUIC listener for devices, if enabled.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.quic_addr
+    }
+
+    /// The `quic://` URL devices connect to, if enabled.
+    pub fn quic_url(&self) -> Option<String> {
+        self.quic_addr.map(|a| format!("quic://{a}"))
     }
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
@@ -99,6 +164,7 @@ impl EdgeNode {
     /// their sync state, and waits until every storage write has committed.
     pub async fn shutdown(mut self) {
         self.uplink.take();
+        self.devices.take();
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }
