@@ -62,7 +62,9 @@ impl Socket {
         self.ws.set_onopen(None);
         self.ws.set_onmessage(None);
         self.ws.set_onclose(None);
-        self.ws.set_onerror(None);
+        // The error handler stays: a JavaScript no-op, not a Rust closure.
+        // (Node's `ws` throws an 'error' nobody listens to, e.g. when a
+        // socket still connecting is closed.)
         let _ = self.ws.close();
     }
 }
@@ -221,7 +223,9 @@ impl Driver {
         ws.set_onopen(Some(open.as_ref().unchecked_ref()));
         ws.set_onmessage(Some(message.as_ref().unchecked_ref()));
         ws.set_onclose(Some(closed.as_ref().unchecked_ref()));
-        // An error is always followed by a close event.
+        // An error is always followed by a close event, which is what we
+        // act on; the handler only keeps Node's `ws` from throwing.
+        ws.set_onerror(Some(&js_sys::Function::new_no_args("")));
         Ok(Socket { ws, url: url.to_owned(), generation, started: platform::now_ms(), _handlers: [open, message, closed] })
     }
 

@@ -134,3 +134,32 @@ async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()
     edge.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_package_picks_an_edge_and_fails_over() -> Result<()> {
+    require_pkg()?;
+    let (a, _dir_a) = edge().await?;
+    let (b, _dir_b) = edge().await?;
+    let dead = format!("ws://127.0.0.1:{}/sync", meridian_tests::process::free_port()?);
+    let urls = [dead, a.ws_url(), b.ws_url()].join(",");
+    let (mut child, mut lines) = spawn_script("meridian-failover.mjs", &["--urls".to_owned(), urls])?;
+
+    let connected = next_line(&mut lines, "the first connection").await?;
+    assert_eq!(connected["step"], "connected");
+    let first = connected["url"].as_str().context("no url")?.to_owned();
+    let (gone, remaining) = if first == a.ws_url() { (a, b) } else { (b, a) };
+    assert_eq!(first, gone.ws_url());
+    gone.shutdown().await;
+
+    let failed_over = next_line(&mut lines, "the fail-over").await?;
+    assert_eq!(failed_over["url"], remaining.ws_url());
+    let url: meridian_protocol::ids::AutomergeUrl = failed_over["doc"].as_str().context("no doc")?.parse()?;
+    let rust = Client::connect(&remaining.ws_url(), ClientOptions::default()).await?;
+    tokio::time::timeout(Duration::from_secs(20), rust.find(url.document_id)).await??;
+    let n = rust.read(url.document_id, |d| d.get(ROOT, "n").ok().flatten().map(|(v, _)| v.to_string())).await.flatten();
+    assert_eq!(n.as_deref(), Some("2"));
+    assert_eq!(next_line(&mut lines, "the end").await?["ok"], true);
+    assert!(child.wait()?.success());
+    remaining.shutdown().await;
+    Ok(())
+}

@@ -2,8 +2,8 @@
 //! into `client-wasm/pkg/`, and the client's own tests (Node import test,
 //! wasm-bindgen-test in headless Chromium).
 //!
-//! Steps: `cargo build --release --target wasm32-unknown-unknown -p
-//! meridian-client-wasm`; `wasm-bindgen --target web` (installed at the
+//! Steps: `cargo build --profile wasm-release --target wasm32-unknown-unknown
+//! -p meridian-client-wasm` (release, tuned for size); `wasm-bindgen --target web` (installed at the
 //! version pinned in the root `Cargo.toml` if missing); `wasm-opt -Oz` from
 //! the npm `binaryen` package (skipped, with a message, if npm cannot
 //! provide it); then the hand-written `index.js`, `index.d.ts` and
@@ -33,11 +33,12 @@ pub fn build(args: &[String]) -> Result<()> {
     let dev = args.iter().any(|a| a == "--dev");
     crate::ensure_wasm_target()?;
     let bindgen = ensure_wasm_bindgen()?;
-    let profile = if dev { "debug" } else { "release" };
+    // `wasm-release` (root Cargo.toml): release tuned for size.
+    let profile = if dev { "debug" } else { "wasm-release" };
     let mut build = cargo();
     build.args(["build", "--target", "wasm32-unknown-unknown", "-p", CRATE]);
     if !dev {
-        build.arg("--release");
+        build.args(["--profile", profile]);
     }
     run(&mut build)?;
     let wasm = root().join(format!("target/wasm32-unknown-unknown/{profile}/{WASM_NAME}.wasm"));
