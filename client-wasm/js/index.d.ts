@@ -69,8 +69,9 @@ export class Doc<T = any> {
   insert(path: Path, index: number, value: unknown): void;
   splice(path: Path, index: number, deleteCount: number, text: string): void;
   increment(path: Path, by: number): void;
-  change(fn: (draft: Draft<T>) => void): void;
-  applyOps(ops: unknown[][]): void;
+  /** Several edits as one change, with an optional commit message. */
+  change(fn: (draft: Draft<T>) => void, message?: string): void;
+  applyOps(ops: unknown[][], message?: string): void;
   heads(): string[];
   history(): Change[];
   subscribe(cb: (e: { patches: Patch[]; heads: string[] }) => void): () => void;

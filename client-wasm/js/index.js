@@ -33,10 +33,10 @@ export class Counter {
 }
 
 /**
- * Several edits as one change: `doc.change(d => { d.put("title", "x"); d.insert("items", 0, "y") })`.
+ * Several edits as one change: `doc.change(d => { d.put("title", "x"); d.insert("items", 0, "y") }, "message")`.
  * `d.value` is the document as it was when the change began.
  */
-Doc.prototype.change = function change(fn) {
+Doc.prototype.change = function change(fn, message) {
   const ops = [];
   const draft = {
     value: this.value(),
@@ -47,7 +47,7 @@ Doc.prototype.change = function change(fn) {
     increment: (path, by = 1) => void ops.push(["increment", path, by]),
   };
   fn(draft);
-  this.applyOps(ops);
+  this.applyOps(ops, message);
 };
 
 export { Client, Doc, parseAutomergeUrl };

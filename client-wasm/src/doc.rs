@@ -2,7 +2,7 @@
 //! engine's in-memory document; every edit is one engine change (so it is
 //! stored, then synced, by the engine).
 
-use automerge::transaction::{Transactable, Transaction};
+use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{AutomergeError, ObjType, Prop, ReadDoc};
 use js_sys::{Array, Function, Promise};
 use meridian_protocol::ids::DocumentId;
@@ -36,10 +36,19 @@ impl Doc {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), JsError> {
+        self.apply_with_message(ops, None)
+    }
+
+    fn apply_with_message(&self, ops: Vec<Op>, message: Option<String>) -> Result<(), JsError> {
         let id = self.id;
+        // Wall-clock seconds, as `@automerge/automerge` records them.
+        let mut options = CommitOptions::default().with_time((js_sys::Date::now() / 1000.0).floor() as i64);
+        if let Some(m) = message {
+            options.set_message(m);
+        }
         drive(&self.shared, |d| {
             let now = d.now();
-            d.engine.change(now, id, |tx| ops.iter().try_for_each(|op| apply_op(tx, op)))
+            d.engine.change_with(now, id, options, |tx| ops.iter().try_for_each(|op| apply_op(tx, op)))
         })
         .map_err(|e| JsError::new(&e.to_string()))
     }
@@ -106,15 +115,16 @@ impl Doc {
 
     /// Applies several edits as one change: `[["put", path, value],
     /// ["delete", path], ["insert", path, index, value], ["splice", path,
-    /// index, deleteCount, text], ["increment", path, by]]`. `change(fn)` in
-    /// `index.js` records these.
+    /// index, deleteCount, text], ["increment", path, by]]`, with an
+    /// optional commit message. `change(fn, message)` in `index.js` records
+    /// these.
     #[wasm_bindgen(js_name = applyOps)]
-    pub fn apply_ops(&self, ops: Array) -> Result<(), JsError> {
+    pub fn apply_ops(&self, ops: Array, message: Option<String>) -> Result<(), JsError> {
         let ops = ops.iter().map(|op| op_from_js(&op)).collect::<Result<Vec<_>, _>>()?;
         if ops.is_empty() {
             return Ok(());
         }
-        self.apply(ops)
+        self.apply_with_message(ops, message)
     }
 
     /// Current heads (hex change hashes).

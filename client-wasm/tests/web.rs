@@ -147,7 +147,7 @@ async fn subscribers_get_patches_and_counters_increment() {
     let ops: Array = [obj(json!(["increment", "likes", 2])), obj(json!(["insert", ["list"], 1, "two"])), obj(json!(["delete", "likes"]))]
         .into_iter()
         .collect();
-    ok(doc.apply_ops(ops));
+    ok(doc.apply_ops(ops, Some("ops".into())));
     let event = JsFuture::from(promise).await.unwrap();
     let patches = json_of(&Reflect::get(&event, &"patches".into()).unwrap());
     let actions: Vec<&str> = patches.as_array().unwrap().iter().map(|p| p["action"].as_str().unwrap()).collect();

@@ -1005,6 +1005,16 @@ impl Engine {
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<O, automerge::AutomergeError>,
     {
+        self.change_with(now, doc_id, CommitOptions::default(), f)
+    }
+
+    /// [`Engine::change`] with a commit message and time (the engine reads
+    /// no clock: a client that wants wall-clock times in the history passes
+    /// them, in seconds as `@automerge/automerge` does).
+    pub fn change_with<F, O>(&mut self, now: Millis, doc_id: DocumentId, options: CommitOptions, f: F) -> Result<O, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<O, automerge::AutomergeError>,
+    {
         let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
         d.last_active = now;
         self.opened.insert(doc_id);
@@ -1017,7 +1027,7 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        tx.commit();
+        tx.commit_with(options);
         self.after_doc_update(now, doc_id, before);
         Ok(out)
     }

@@ -21,7 +21,7 @@ test("the package imports in Node and edits a document", async () => {
     d.splice("title", 2, 0, " 👋 there");
     d.insert("tags", 0, "a");
     d.increment("likes", 2);
-  });
+  }, "greet");
   doc.put(["tags", 0], "b");
   await doc.whenSaved();
   assert.deepEqual(doc.value(), { title: "hi 👋 there", tags: ["b"], likes: 2 });
@@ -35,6 +35,9 @@ test("the package imports in Node and edits a document", async () => {
   const history = doc.history();
   assert.equal(history.length, 4);
   assert.equal(history[0].seq, 1);
+  const greet = history.find((c) => c.message === "greet");
+  assert.ok(greet, JSON.stringify(history));
+  assert.ok(Math.abs(greet.time - Date.now() / 1000) < 60, `time ${greet.time}`);
   unsubscribe();
 
   // Finding a document this client holds needs no network.
