@@ -47,10 +47,12 @@ impl Doc {
             options.set_message(m);
         }
         drive(&self.shared, |d| {
+            if d.closed {
+                return Err(JsError::new("the client was closed"));
+            }
             let now = d.now();
-            d.engine.change_with(now, id, options, |tx| ops.iter().try_for_each(|op| apply_op(tx, op)))
+            d.engine.change_with(now, id, options, |tx| ops.iter().try_for_each(|op| apply_op(tx, op))).map_err(|e| JsError::new(&e.to_string()))
         })
-        .map_err(|e| JsError::new(&e.to_string()))
     }
 
     fn read<R>(&self, f: impl FnOnce(&automerge::Automerge) -> R) -> Result<R, JsError> {

@@ -156,6 +156,14 @@ pub fn test() -> Result<()> {
         .args(["test", "--target", "wasm32-unknown-unknown", "-p", CRATE]))
 }
 
+/// `cargo xtask test-js`: the package and every test of it, nothing else.
+pub fn test_all() -> Result<()> {
+    crate::ensure_npm()?;
+    build(&[])?;
+    test()?;
+    run(cargo().args(["test", "-p", "meridian-tests", "--test", "browser_client"]))
+}
+
 /// `tests/js` needs playwright-core for the browser end-to-end test; an
 /// older checkout's `node_modules` may predate it.
 pub fn ensure_test_npm() -> Result<()> {

@@ -27,6 +27,7 @@ Commands:
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
   build-js [--dev]
               build the browser package @meridian/client into client-wasm/pkg
+  test-js     build @meridian/client and run only its tests (Node, Chromium, edge end-to-end)
   help        print this help
 ";
 
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Some("sim-sweep") => sim_sweep(),
         Some("bench") => bench::run(&args[1..]),
         Some("build-js") => js::build(&args[1..]),
+        Some("test-js") => js::test_all(),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
             Ok(())

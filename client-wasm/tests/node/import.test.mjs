@@ -45,6 +45,7 @@ test("the package imports in Node and edits a document", async () => {
   assert.deepEqual(again.value(), doc.value());
   await client.close();
   assert.equal(client.connectionState, "closed");
+  assert.throws(() => doc.put("late", 1), /closed/);
 });
 
 test("find rejects malformed URLs", async () => {
