@@ -4,7 +4,7 @@
 // never advertises heads that are not on disk.
 //
 // Object stores:
-//   chunks  key [docId, seq] -> Uint8Array (snapshot at seq 0 after a compaction, then incrementals)
+//   chunks  key [docId, seq] -> Uint8Array: snapshots (seq < 0) then incremental changes (seq >= 0, in write order)
 //   sync    key [docId, storageId] -> Uint8Array (persisted automerge sync state)
 //   meta    key "storageId" -> string
 
@@ -70,30 +70,62 @@ function concat(parts) {
   return out;
 }
 
+// The chunks of each document this connection has loaded or written. A
+// compaction deletes only those: another tab may have appended chunks this
+// one has never seen, and its snapshot does not cover them.
+function knownChunks(db, doc) {
+  db.meridianKnown ??= new Map();
+  let known = db.meridianKnown.get(doc);
+  if (!known) db.meridianKnown.set(doc, (known = new Set()));
+  return known;
+}
+
+// Calls `then(seq)` with the next free incremental seq of `doc`.
+// Incrementals have keys >= 0 in write order; snapshots have negative keys,
+// so a load (in key order) reads every snapshot before any incremental, as
+// the engine's storage contract requires.
+function nextSeq(chunks, doc, then) {
+  const req = chunks.openKeyCursor(IDBKeyRange.bound([doc, 0], [doc, Infinity]), "prev");
+  req.onsuccess = () => then(req.result ? req.result.key[1] + 1 : 0);
+}
+
+// A key for a snapshot: negative, and unique even if two tabs compact at once.
+function snapshotSeq() {
+  return -(Date.now() * 1000 + Math.floor(Math.random() * 1000) + 1);
+}
+
 // Runs one task; calls `done(result)` when its requests have finished, so
 // the next task is only issued then (an append must see the seq of the
 // append before it).
-function runTask(chunks, sync, task, done) {
+function runTask(db, chunks, sync, task, done) {
+  const known = knownChunks(db, task.doc);
   switch (task.op) {
     case "load": {
-      const req = chunks.getAll(docRange(task.doc));
-      req.onsuccess = () => done(req.result.length ? concat(req.result) : null);
-      return;
-    }
-    case "append": {
-      const req = chunks.openKeyCursor(docRange(task.doc), "prev");
-      req.onsuccess = () => {
-        const seq = req.result ? req.result.key[1] + 1 : 0;
-        chunks.put(task.data, [task.doc, seq]).onsuccess = () => done(true);
+      const keys = chunks.getAllKeys(docRange(task.doc));
+      const values = chunks.getAll(docRange(task.doc));
+      values.onsuccess = () => {
+        for (const key of keys.result) known.add(key[1]);
+        done(values.result.length ? concat(values.result) : null);
       };
       return;
     }
+    case "append": {
+      nextSeq(chunks, task.doc, (seq) => {
+        known.add(seq);
+        chunks.put(task.data, [task.doc, seq]).onsuccess = () => done(true);
+      });
+      return;
+    }
     case "compact": {
-      chunks.delete(docRange(task.doc));
-      chunks.put(task.data, [task.doc, 0]).onsuccess = () => done(true);
+      const seq = snapshotSeq();
+      for (const old of known) chunks.delete([task.doc, old]);
+      known.clear();
+      known.add(seq);
+      chunks.put(task.data, [task.doc, seq]).onsuccess = () => done(true);
       return;
     }
     case "delete": {
+      known.clear();
       chunks.delete(docRange(task.doc));
       sync.delete(syncRange(task.doc)).onsuccess = () => done(true);
       return;
@@ -122,7 +154,7 @@ export function idbRun(db, tasks) {
     const results = [];
     const next = () => {
       if (results.length === tasks.length) return;
-      runTask(chunks, sync, tasks[results.length], (r) => {
+      runTask(db, chunks, sync, tasks[results.length], (r) => {
         results.push(r);
         next();
       });

@@ -96,6 +96,30 @@ async fn idb_store_runs_tasks_in_order_and_persists() {
     db.close();
 }
 
+/// Two tabs share one database: a compaction in one must not delete
+/// chunks the other wrote (its snapshot does not contain them).
+#[wasm_bindgen_test]
+async fn compaction_keeps_chunks_written_by_another_tab() {
+    let name = "meridian-test-tabs";
+    store::delete_database(name).await.unwrap();
+    let tab_a = IdbStore::open(name, StorageId::new("s")).await.unwrap();
+    let tab_b = IdbStore::open(name, StorageId::new("s")).await.unwrap();
+    let d = doc_id(3);
+    assert_eq!(tab_a.run(&[StorageTask::AppendChunk { doc: d, data: vec![1] }]).await, vec![StorageResult::Done]);
+    assert_eq!(tab_b.run(&[StorageTask::AppendChunk { doc: d, data: vec![2] }]).await, vec![StorageResult::Done]);
+    let results = tab_a
+        .run(&[
+            StorageTask::Compact { doc: d, snapshot: vec![10] },
+            StorageTask::AppendChunk { doc: d, data: vec![3] },
+            StorageTask::LoadDoc { doc: d },
+        ])
+        .await;
+    // The snapshot loads first, then tab B's chunk and the later append.
+    assert_eq!(results[2], StorageResult::Loaded(Some(vec![10, 2, 3])));
+    tab_a.close();
+    tab_b.close();
+}
+
 #[wasm_bindgen_test]
 async fn offline_edits_persist_and_reopen_without_network() {
     let name = "meridian-test-offline";
