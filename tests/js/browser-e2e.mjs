@@ -41,6 +41,10 @@ function serve() {
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url, "http://x")
     try {
+      if (url.pathname === "/favicon.ico") {
+        res.writeHead(204).end()
+        return
+      }
       if (url.pathname === "/") {
         res.writeHead(200, { "content-type": "text/html" }).end(PAGE)
         return
