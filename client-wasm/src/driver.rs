@@ -226,8 +226,9 @@ impl Driver {
         match e {
             Event::DocReady { doc } => self.doc_ready(doc),
             // Before the server answered our `join` there was nobody to
-            // ask: keep waiting, `find` is asked again once it has.
-            Event::DocUnavailable { doc } if self.ready => {
+            // ask: keep waiting, `find` is asked again once it has. A
+            // client without URLs has nobody to wait for.
+            Event::DocUnavailable { doc } if self.ready || self.net.is_local() => {
                 let err = js_sys::Error::new(&format!("document automerge:{doc} is unavailable: no peer has it"));
                 for s in self.finds.remove(&doc).unwrap_or_default() {
                     self.calls.push((s.reject, err.clone().into()));

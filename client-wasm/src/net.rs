@@ -111,6 +111,11 @@ impl Net {
         self.state
     }
 
+    /// No URLs: documents only come from local storage.
+    pub fn is_local(&self) -> bool {
+        self.urls.is_empty()
+    }
+
     pub fn conn(&self) -> Option<ConnId> {
         self.socket.as_ref().map(|(_, c)| *c)
     }

@@ -141,6 +141,23 @@ try {
     return { value }
   }, { edge, docUrl })
   if (reopened.value.offline !== "edit") throw new Error(`offline edit lost across reload: ${JSON.stringify(reopened.value)}`)
+
+  // A connected client follows the browser offline and back online.
+  const waitState = (want) => page.waitForFunction((s) => window.live.connectionState === s, want, { timeout: 15000 })
+  await page.evaluate(async (edge) => {
+    window.live = await meridian.Client.open({ urls: [edge], dbName: "e2e" })
+    window.liveStates = []
+    window.live.onConnectionStateChange(s => window.liveStates.push(s))
+  }, edge)
+  await waitState("connected")
+  await context.setOffline(true)
+  await waitState("offline")
+  await context.setOffline(false)
+  await waitState("connected")
+  reopened.liveStates = await page.evaluate(async () => {
+    await window.live.close()
+    return window.liveStates
+  })
   out({ step: "offline-synced", ...reopened })
 
   // 4. A 1,000-change document opened from IndexedDB with no network.

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 
 const pkg = new URL("../../pkg/index.js", import.meta.url);
 
-test("the package imports in Node and edits a document", async () => {
+test("the package imports in Node and edits a document", { timeout: 30000 }, async () => {
   const { Client, Counter, parseAutomergeUrl } = await import(pkg);
   const client = await Client.open({ urls: [] });
   assert.equal(client.connectionState, "local");
@@ -48,9 +48,13 @@ test("the package imports in Node and edits a document", async () => {
   assert.throws(() => doc.put("late", 1), /closed/);
 });
 
-test("find rejects malformed URLs", async () => {
+test("find rejects malformed URLs, and unknown documents when there is no server", { timeout: 30000 }, async () => {
   const { Client } = await import(pkg);
   const client = await Client.open({ urls: [] });
   await assert.rejects(client.find("automerge:nope"));
+  const other = await Client.open({ urls: [] });
+  const elsewhere = await other.create({ only: "there" });
+  await assert.rejects(client.find(elsewhere.url), /unavailable/);
+  await other.close();
   await client.close();
 });
