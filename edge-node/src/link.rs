@@ -65,7 +65,7 @@ impl Link {
     pub async fn close(self) {
         match self {
             Link::Ws(mut ws) => {
-                let _ = ws.close(None).await;
+                let _ = tokio_tungstenite::WebSocketStream::close(&mut *ws, None).await;
             }
             Link::Quic { connection, .. } => connection.close(quinn::VarInt::from_u32(0), b"bye"),
         }

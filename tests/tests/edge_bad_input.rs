@@ -166,6 +166,9 @@ async fn every_kind_of_bad_input_is_contained() -> Result<()> {
     // A well-behaved client, connected throughout.
     let good = Client::connect(&url, ClientOptions::default()).await?;
     let doc = good.create(|tx| tx.put(ROOT, "title", "before").map(|_| ())).await?;
+    // Opened by another client only once the edge has it (otherwise the
+    // edge truthfully answers doc-unavailable).
+    good.wait_acked(doc).await?;
     let reader = Client::connect(&url, ClientOptions::default()).await?;
     tokio::time::timeout(Duration::from_secs(10), reader.find(doc)).await??;
 

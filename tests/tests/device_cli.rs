@@ -1,0 +1,79 @@
+//! Device clients: the native client over QUIC, and the `meridian-edge
+//! client` CLI that device scripts use, against real edge processes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use meridian_edge::client::{Client, ClientOptions};
+use meridian_edge::quic::HubTrust;
+use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
+use meridian_tests::process::{EdgeProcess, free_port, workspace_binary};
+
+fn int(d: &Automerge, key: &str) -> Option<i64> {
+    d.get(ROOT, key).ok().flatten().and_then(|(v, _)| v.as_i64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_over_quic_edits_offline_then_syncs_with_a_websocket_client() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let quic_port = free_port()?;
+    let quic_addr = format!("127.0.0.1:{quic_port}").parse()?;
+    // First start creates the edge's certificate; the device trusts its CA.
+    let edge = EdgeNode::start(EdgeConfig::new(dir.path()).ephemeral_port().quic_listen(quic_addr)).await?;
+    let ca = dir.path().join("tls/ca.pem");
+    edge.shutdown().await;
+
+    let device_dir = tempfile::tempdir()?;
+    let options = ClientOptions {
+        store_path: Some(device_dir.path().join("device.sqlite3")),
+        quic_trust: Some(HubTrust::CaFile(ca)),
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let device = Client::connect(&format!("quic://127.0.0.1:{quic_port}"), options).await?;
+    let doc = device.create(|tx| tx.put(ROOT, "offline", 1).map(|_| ())).await?;
+    device.change(doc, |tx| tx.put(ROOT, "more", 2).map(|_| ())).await?;
+
+    // The edge comes back; the device reconnects over QUIC by itself.
+    let edge = EdgeNode::start(EdgeConfig::new(dir.path()).ephemeral_port().quic_listen(quic_addr)).await?;
+    tokio::time::timeout(Duration::from_secs(20), device.wait_acked(doc)).await.context("device did not sync")??;
+    let browser = Client::connect(&edge.ws_url(), ClientOptions::default()).await?;
+    tokio::time::timeout(Duration::from_secs(10), browser.find(doc)).await??;
+    let got = browser.read(doc, |d| (int(d, "offline"), int(d, "more"))).await;
+    assert_eq!(got, Some((Some(1), Some(2))));
+    Ok(())
+}
+
+fn cli(args: &[&str]) -> Result<String> {
+    let out = Command::new(workspace_binary("meridian-edge")?).arg("client").args(args).env("RUST_LOG", "warn").output()?;
+    anyhow::ensure!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+#[test]
+fn cli_creates_changes_and_prints_documents_over_quic_and_websocket() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (port, quic) = (free_port()?, free_port()?);
+    let quic_listen = format!("127.0.0.1:{quic}");
+    let _edge = EdgeProcess::start(dir.path(), port, &["--quic-listen", &quic_listen])?;
+    let ca = dir.path().join("tls/ca.pem");
+    let ca = ca.to_str().unwrap_or_default();
+    let quic_url = format!("quic://{quic_listen}");
+    let ws_url = format!("ws://127.0.0.1:{port}/sync");
+
+    let url = cli(&["--url", &quic_url, "--edge-ca", ca, "create", r#"{"title":"hi","n":1}"#])?;
+    assert!(url.starts_with("automerge:"), "create prints the URL, got {url:?}");
+    cli(&["--url", &quic_url, "--edge-ca", ca, "append", &url, "title", " there 🎉"])?;
+    cli(&["--url", &ws_url, "set", &url, "meta.tags", r#"["a","b"]"#])?;
+    let printed: serde_json::Value = serde_json::from_str(&cli(&["--url", &ws_url, "print", &url])?)?;
+    assert_eq!(printed, serde_json::json!({"title": "hi there 🎉", "n": 1, "meta": {"tags": ["a", "b"]}}));
+    // Bad input is a clear error, not a panic.
+    let bad = Command::new(workspace_binary("meridian-edge")?).args(["client", "--url", &ws_url, "set", &url, "n", "not json"]).output()?;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must be JSON"));
+    Ok(())
+}
