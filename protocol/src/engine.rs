@@ -954,13 +954,33 @@ impl Engine {
         tracing::error!(?doc, %detail, "storage task failed");
         self.event(Event::StorageFailed { doc, detail });
         // What is in memory may now be ahead of the store: forget it rather
-        // than ever advertise it. Peers still hold the changes and will send
-        // them again when they next sync.
+        // than ever advertise it. The peers that synced it believe they
+        // delivered their changes (automerge remembers what it sent on a
+        // connection), so their connections are closed too: on reconnect
+        // both sides start from what is really stored and the changes are
+        // sent again.
         if let Some(doc_id) = doc {
-            self.docs.remove(&doc_id);
+            let Some(d) = self.docs.remove(&doc_id) else { return };
+            if self.config.expects_upstream {
+                // Reloaded from the store and synced when an upstream is
+                // ready again.
+                self.resync_on_upstream.insert(doc_id);
+            }
             self.tasks.retain(|_, p| !matches!(p, TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) if *d == doc_id));
+            for conn in d.peers.keys() {
+                self.close_for_storage_failure(*conn);
+            }
             let _ = now;
         }
+    }
+
+    fn close_for_storage_failure(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if matches!(c.state, ConnState::Closed) {
+            return;
+        }
+        c.state = ConnState::Closed;
+        self.outputs.push_back(Output::Close { conn, reason: "storage failure; reconnect to resync".into() });
     }
 
     fn put_sync_state(&mut self, doc: DocumentId, peer: StorageId, state: Vec<u8>) {

@@ -172,7 +172,7 @@ pub fn ensure_test_npm() -> Result<()> {
     if dir.join("node_modules/playwright-core").exists() {
         return Ok(());
     }
-    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&dir))
+    run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
 fn which(program: &str) -> Option<PathBuf> {

@@ -90,8 +90,9 @@ pub(crate) fn ensure_npm() -> Result<()> {
     if dir.join("node_modules/@automerge/automerge-repo").exists() {
         return Ok(());
     }
-    let install = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
-    run(Command::new("npm").args([install, "--no-audit", "--no-fund"]).current_dir(&dir))
+    // `npm install` honours package-lock.json; `npm ci` rejects this lock
+    // (npm 11 lists cbor-extract's optional platform packages as missing).
+    run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
 fn ensure_wasm_target() -> Result<()> {
