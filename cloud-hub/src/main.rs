@@ -95,26 +95,8 @@ async fn main() -> anyhow::Result<()> {
     if open {
         println!("  WARNING: open dev mode — any edge id is accepted without a secret (use --edge ID=SECRET)");
     }
-    shutdown_signal().await;
+    meridian_edge::runtime::shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     hub.shutdown().await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(q) = node.quic_url() {
         println!("  devices over QUIC: {q} (trust <data>/tls/ca.pem)");
     }
-    shutdown_signal().await;
+    meridian_edge::runtime::shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     node.shutdown().await;
     Ok(())
@@ -254,26 +254,5 @@ mod client {
         if tokio::time::timeout(wait, client.wait_acked(doc)).await.is_err() {
             eprintln!("not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run");
         }
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
 }

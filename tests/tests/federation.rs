@@ -14,6 +14,7 @@ use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_hub::{Hub, HubConfig};
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
+use meridian_tests::clients::{fast, find_eventually};
 use meridian_tests::fault_proxy::FaultProxy;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -57,25 +58,7 @@ async fn cluster() -> Result<Cluster> {
     Ok(Cluster { hub, edges: vec![eu, us], _dirs: vec![hub_dir, eu_dir, us_dir] })
 }
 
-/// Opens a document that another edge has just acknowledged. Until that
-/// edge's upload reaches the hub (a round trip), the hub truthfully answers
-/// `doc-unavailable`; like an app, retry until it is there.
-async fn find_eventually(client: &Client, doc: meridian_protocol::ids::DocumentId) -> Result<()> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout(WAIT, client.find(doc)).await? {
-            Ok(()) => return Ok(()),
-            Err(meridian_edge::client::ClientError::Unavailable(_)) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
-fn fast() -> ClientOptions {
-    ClientOptions { min_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(300), ..Default::default() }
-}
 
 fn int(d: &Automerge, key: &str) -> Option<i64> {
     d.get(ROOT, key).ok().flatten().and_then(|(v, _)| v.as_i64())

@@ -10,15 +10,16 @@
 //! (default 5).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use meridian_edge::client::{Client, ClientError, ClientOptions};
+use meridian_edge::client::Client;
 use meridian_edge::store::SqliteStore;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_protocol::storage::{StorageResult, StorageTask};
+use meridian_tests::clients::{fast, find_eventually};
 use meridian_tests::process::{EdgeProcess, HubProcess, free_port};
 use rand::{RngExt, SeedableRng};
 
@@ -26,24 +27,11 @@ fn rounds() -> usize {
     std::env::var("MERIDIAN_HUB_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
 }
 
-fn fast() -> ClientOptions {
-    ClientOptions { min_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(300), ..Default::default() }
-}
 
 fn keys_with_prefix(d: &Automerge, prefix: &str) -> Vec<String> {
     d.keys(ROOT).filter(|k| k.starts_with(prefix)).collect()
 }
 
-async fn find_eventually(client: &Client, doc: DocumentId) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), client.find(doc)).await? {
-            Ok(()) => return Ok(()),
-            Err(ClientError::Unavailable(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
 /// Writes `w{n}` keys through the edge, recording those the edge acknowledged.
 async fn writer(client: Arc<Client>, doc: DocumentId, acked: Arc<Mutex<Vec<String>>>) {
