@@ -148,7 +148,7 @@ impl Hub {
         engine.rng_seed = rand::random();
         engine.expects_upstream = false;
         let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
-        let runtime = NodeRuntime::start(store, engine, config.tick_interval, metrics.clone())
+        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;

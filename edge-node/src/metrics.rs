@@ -21,6 +21,7 @@
 //! | `meridian_edge_uplink_refusals_total` | counter | times the hub refused this edge's credential |
 //! | `meridian_edge_uplink_rtt_seconds` | gauge | QUIC round-trip time to the hub |
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
+//! | `meridian_edge_docs_synced_upstream` | gauge | loaded documents whose heads the hub has acknowledged |
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
 
 use std::fmt::Write;
@@ -96,6 +97,7 @@ pub struct NodeMetrics {
     pub uplink_connects_total: AtomicU64,
     pub uplink_refusals_total: AtomicU64,
     pub docs_pending_upstream: AtomicU64,
+    pub docs_synced_upstream: AtomicU64,
     pub backfill_queued: AtomicU64,
 }
 
@@ -125,6 +127,7 @@ impl NodeMetrics {
             uplink_connects_total: AtomicU64::default(),
             uplink_refusals_total: AtomicU64::default(),
             docs_pending_upstream: AtomicU64::default(),
+            docs_synced_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
         }
     }
@@ -178,6 +181,7 @@ impl NodeMetrics {
         let name = self.name("uplink_rtt_seconds");
         let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");
         gauge(&mut out, &self.name("docs_pending_upstream"), "Loaded documents with changes the hub has not acknowledged.", &self.docs_pending_upstream);
+        gauge(&mut out, &self.name("docs_synced_upstream"), "Loaded documents whose heads the hub has acknowledged.", &self.docs_synced_upstream);
         gauge(&mut out, &self.name("backfill_queued"), "Stored documents still to be synced with the hub.", &self.backfill_queued);
         out
     }

@@ -102,7 +102,7 @@ impl EdgeNode {
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.rng_seed = rand::random();
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
-        let runtime = NodeRuntime::start(store, engine, config.tick_interval, metrics.clone()).map_err(EdgeError::Thread)?;
+        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone()).map_err(EdgeError::Thread)?;
         let app = crate::server::router(crate::server::AppState {
             events: runtime.events(),
             metrics: metrics.clone(),

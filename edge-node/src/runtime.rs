@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics::NodeMetrics;
-use crate::store::SqliteStore;
+use crate::store::DocStore;
 
 /// Frames queued towards one connection before it counts as too slow.
 pub const OUTBOUND_CAPACITY: usize = 8192;
@@ -82,7 +82,7 @@ struct StorageWorker {
 
 impl StorageWorker {
     fn start(
-        mut store: SqliteStore,
+        mut store: Box<dyn DocStore>,
         replies: mpsc::UnboundedSender<StoreReply>,
         metrics: Arc<NodeMetrics>,
     ) -> std::io::Result<Self> {
@@ -93,7 +93,7 @@ impl StorageWorker {
                 // transaction, in order.
                 let mut pending = vec![first];
                 pending.extend(rx.try_iter());
-                if !run_requests(&mut store, pending, &replies, &metrics) {
+                if !run_requests(store.as_mut(), pending, &replies, &metrics) {
                     break;
                 }
             }
@@ -119,7 +119,7 @@ impl StorageWorker {
 
 /// Runs queued requests on the storage thread; false once nobody listens.
 fn run_requests(
-    store: &mut SqliteStore,
+    store: &mut dyn DocStore,
     pending: Vec<StoreRequest>,
     replies: &mpsc::UnboundedSender<StoreReply>,
     metrics: &NodeMetrics,
@@ -145,8 +145,8 @@ fn run_requests(
         }
     }
     if list {
-        let docs = match store.list_documents() {
-            Ok(docs) => docs.into_iter().map(|(id, ..)| id).collect(),
+        let docs = match store.document_ids() {
+            Ok(docs) => docs,
             Err(e) => {
                 tracing::error!(error = %e, "listing stored documents failed");
                 Vec::new()
@@ -226,7 +226,9 @@ impl NodeLoop {
         self.run_backfill(now);
         self.drain();
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
-        self.metrics.docs_pending_upstream.store(self.engine.docs_pending_upstream() as u64, Relaxed);
+        let (synced, pending) = self.engine.upstream_sync_status();
+        self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
+        self.metrics.docs_pending_upstream.store(pending as u64, Relaxed);
     }
 
     /// Opens a slice of the stored documents so they sync with the
@@ -321,7 +323,7 @@ impl NodeRuntime {
     /// Starts the loop on `store` with `config` (its storage id is taken
     /// from the store).
     pub fn start(
-        store: SqliteStore,
+        store: Box<dyn DocStore>,
         mut config: EngineConfig,
         tick_interval: Duration,
         metrics: Arc<NodeMetrics>,

@@ -105,6 +105,35 @@ pub struct SqliteStore {
     storage_id: StorageId,
 }
 
+/// What the node runtime needs from a document store. SQLite is the
+/// embedded default; a server-grade backend (e.g. a distributed SQL engine
+/// behind several hub processes, DESIGN.md §8) implements the same trait.
+///
+/// Contract: `execute_batch` runs the tasks in order and reports a write
+/// `Done` only once it is durable; a failed batch fails every write in it.
+pub trait DocStore: Send + 'static {
+    /// The id of this store, created once and kept.
+    fn storage_id(&self) -> &StorageId;
+    /// Runs storage tasks in order, as one unit where the backend can.
+    fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)>;
+    /// Every stored document id.
+    fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError>;
+}
+
+impl DocStore for SqliteStore {
+    fn storage_id(&self) -> &StorageId {
+        SqliteStore::storage_id(self)
+    }
+
+    fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
+        SqliteStore::execute_batch(self, tasks)
+    }
+
+    fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
+        Ok(self.list_documents()?.into_iter().map(|(id, ..)| id).collect())
+    }
+}
+
 impl SqliteStore {
     /// Opens the database at `path` with default options, creating it and
     /// its parent directory if needed.

@@ -1176,17 +1176,22 @@ impl Engine {
     /// Loaded documents with data that no ready upstream has acknowledged
     /// (its shared heads do not include ours).
     pub fn docs_pending_upstream(&self) -> usize {
+        self.upstream_sync_status().1
+    }
+
+    /// Loaded documents with data, split into (acknowledged by a ready
+    /// upstream, not yet acknowledged).
+    pub fn upstream_sync_status(&self) -> (usize, usize) {
         let upstreams = self.upstream_conns();
-        self.docs
-            .values()
-            .filter(|d| d.has_data())
-            .filter(|d| {
-                let heads = d.doc.get_heads();
-                !upstreams.iter().any(|up| {
-                    d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h)))
-                })
-            })
-            .count()
+        let (mut synced, mut pending) = (0, 0);
+        for d in self.docs.values().filter(|d| d.has_data()) {
+            let heads = d.doc.get_heads();
+            let acked = upstreams.iter().any(|up| {
+                d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h)))
+            });
+            if acked { synced += 1 } else { pending += 1 }
+        }
+        (synced, pending)
     }
 
     // ----- helpers ------------------------------------------------------

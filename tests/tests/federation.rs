@@ -73,6 +73,14 @@ async fn document_created_on_one_edge_opens_on_another() -> Result<()> {
     let b = Client::connect(&c.edges[1].ws_url(), fast()).await?;
     find_eventually(&b, doc).await.context("find on the other edge")?;
     assert_eq!(b.read(doc, |d| int(d, "n")).await.flatten(), Some(7));
+    // The federation metrics say the hub has it.
+    let m = c.edges[0].metrics();
+    let deadline = Instant::now() + WAIT;
+    while m.docs_synced_upstream.load(Relaxed) < 1 || m.docs_pending_upstream.load(Relaxed) > 0 {
+        anyhow::ensure!(Instant::now() < deadline, "metrics never showed the document synced with the hub");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(m.uplink_rtt_micros.load(Relaxed) > 0, "QUIC RTT to the hub is measured");
     Ok(())
 }
 
