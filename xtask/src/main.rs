@@ -1,8 +1,8 @@
 //! `cargo xtask <command>`: the project's set-up and workflows, in Rust
 //! rather than shell scripts.
 //!
-//! - `cargo xtask demo`  — build and start a local edge with its data under
-//!   `./demo-data`, and print how to connect.
+//! - `cargo xtask demo`  — build and start a local hub and three regional
+//!   edges with their data under `./demo-data`, and print how to connect.
 //! - `cargo xtask test`  — install what the tests need (npm packages, the
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
@@ -19,7 +19,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo        build and start a local Meridian edge (data in ./demo-data)
+  demo [--debug]
+              build and start a local hub and three regional edges (eu, us, ap; data in ./demo-data)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
   bench big-doc [--changes N] [--rounds R] [--smoke]
@@ -34,7 +35,7 @@ Commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo(),
+        Some("demo") => demo(args.iter().any(|a| a == "--debug")),
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
         Some("bench") => bench::run(&args[1..]),
@@ -131,23 +132,118 @@ fn sim_sweep() -> Result<()> {
     run(cargo().env("MERIDIAN_SIM_SEEDS", seeds).args(["test", "--release", "-p", "meridian-tests", "--test", "sim_convergence"]))
 }
 
-fn demo() -> Result<()> {
-    run(cargo().args(["build", "--release", "-p", "meridian-edge"]))?;
-    let data = root().join("demo-data/edge");
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let bin = root().join("target/release/meridian-edge");
-    eprintln!(
-        "\nMeridian edge starting.\n  WebSocket (automerge-repo): ws://127.0.0.1:7300/sync\n  Metrics: http://127.0.0.1:7300/metrics\n  Data: {}\nPoint an automerge-repo app at it:\n  new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})\nPress Ctrl-C to stop.\n",
-        data.display()
-    );
-    let status = Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:7300", "--data"])
-        .arg(&data)
-        .status()
-        .context("starting meridian-edge")?;
-    // Ctrl-C reaches the edge too; it shuts down cleanly and exits.
-    if !status.success() && status.code().is_some() {
-        bail!("meridian-edge exited with {status}");
+/// The regional edges of the local cluster: (id, WebSocket port, QUIC port).
+const REGIONS: [(&str, u16, u16); 3] = [("eu", 7300, 7302), ("us", 7310, 7312), ("ap", 7320, 7322)];
+
+fn demo(debug: bool) -> Result<()> {
+    let profile = if debug { "debug" } else { "release" };
+    let mut build = cargo();
+    // The same package selection as the test build, so features (and the
+    // compiled dependencies) are shared.
+    build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
+    if !debug {
+        build.arg("--release");
     }
-    Ok(())
+    run(&mut build)?;
+    let data = root().join("demo-data");
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let secrets = demo_secrets(&data)?;
+    let bin = |name: &str| root().join("target").join(profile).join(name);
+    let mut hub_cmd = Command::new(bin("meridian-hub"));
+    hub_cmd.args(["serve", "--listen", "127.0.0.1:7400", "--http", "127.0.0.1:7401", "--data"]).arg(data.join("hub"));
+    for (id, secret) in &secrets {
+        hub_cmd.args(["--edge", &format!("{id}={secret}")]);
+    }
+    let mut children = vec![Child::spawn("hub", &mut hub_cmd)?];
+    wait_for_file(&data.join("hub/tls/ca.pem"))?;
+    for ((id, ws, quic), (_, secret)) in REGIONS.iter().zip(&secrets) {
+        let mut edge = Command::new(bin("meridian-edge"));
+        edge.args(["serve", "--listen", &format!("127.0.0.1:{ws}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
+            .args(["--peer-id", &format!("edge-{id}"), "--data"])
+            .arg(data.join(id))
+            .args(["--hub", "127.0.0.1:7400", "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
+            .arg(data.join("hub/tls/ca.pem"));
+        children.push(Child::spawn(id, &mut edge)?);
+    }
+    eprintln!("\nMeridian local cluster (data in {}):", data.display());
+    eprintln!("  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
+    for (id, ws, quic) in REGIONS {
+        eprintln!("  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics");
+    }
+    eprintln!("Point an automerge-repo app at any edge:\n  new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})");
+    eprintln!("The collaborative editor (issue 5) is not part of the demo yet. Press Ctrl-C to stop.\n");
+    // Ctrl-C reaches every child (same process group); each shuts down
+    // cleanly. If one dies on its own, stop the rest.
+    let failed = Child::wait_any(&mut children);
+    for c in &mut children {
+        c.terminate();
+    }
+    match failed {
+        Some(name) => bail!("{name} exited unexpectedly; see its log above"),
+        None => Ok(()),
+    }
+}
+
+/// One secret per edge, created on the first run and kept.
+fn demo_secrets(data: &Path) -> Result<Vec<(String, String)>> {
+    let path = data.join("edge-secrets");
+    if !path.exists() {
+        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let lines: Vec<String> = REGIONS
+            .iter()
+            .enumerate()
+            .map(|(i, (id, ..))| format!("{id}={:x}{:x}", seed.wrapping_mul(6364136223846793005).wrapping_add(i as u128), std::process::id()))
+            .collect();
+        std::fs::write(&path, lines.join("\n")).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect())
+}
+
+fn wait_for_file(path: &Path) -> Result<()> {
+    for _ in 0..300 {
+        if path.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!("{} did not appear; did the hub start?", path.display())
+}
+
+/// A named child process of the demo.
+struct Child {
+    name: String,
+    child: std::process::Child,
+}
+
+impl Child {
+    fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Self { name: name.to_owned(), child })
+    }
+
+    /// Waits until every child exited; returns the first that failed.
+    fn wait_any(children: &mut [Child]) -> Option<String> {
+        loop {
+            let mut running = 0;
+            for c in children.iter_mut() {
+                match c.child.try_wait() {
+                    Ok(Some(status)) if !status.success() && status.code().is_some() => return Some(c.name.clone()),
+                    Ok(Some(_)) => {}
+                    _ => running += 1,
+                }
+            }
+            if running == 0 {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn terminate(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        }
+        let _ = self.child.wait();
+    }
 }
