@@ -78,6 +78,8 @@ pub enum ClientError {
     Automerge(String),
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    #[error("`{0}` is not an edge URL: use ws://HOST:PORT/sync, wss://… or quic://HOST:PORT")]
+    BadUrl(String),
 }
 
 /// Connection state, as observed by [`Client::connection_state`].
@@ -115,6 +117,9 @@ impl Drop for Client {
 impl Client {
     /// Starts a client that connects (and keeps reconnecting) to `url`.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
+        if !["ws://", "wss://", "quic://"].iter().any(|p| url.starts_with(p)) {
+            return Err(ClientError::BadUrl(url.to_owned()));
+        }
         let mut rng = rand::rng();
         let peer_id = PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", rng.random::<u32>())));
         let store = match &options.store_path {
@@ -249,10 +254,13 @@ impl ClientStore {
     }
 }
 
+type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, String>> + Send>>;
+
 /// Why the actor woke up.
 enum Wake {
     Command(Option<Command>),
     Frame(Option<Vec<u8>>),
+    Connected(Result<Link, String>),
     Reconnect,
     Tick,
 }
@@ -282,11 +290,15 @@ impl Actor {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut reconnect_at = tokio::time::Instant::now();
+        // A connection attempt runs alongside commands, so local edits never
+        // wait for the network (a QUIC handshake to a dead edge takes a while).
+        let mut connecting: Option<ConnectFuture> = None;
         loop {
-            if self.link.is_none() && tokio::time::Instant::now() >= reconnect_at {
-                reconnect_at = tokio::time::Instant::now() + self.connect().await;
+            if self.link.is_none() && connecting.is_none() && tokio::time::Instant::now() >= reconnect_at {
+                self.state = ConnectionState::Connecting;
+                connecting = Some(self.connect_future());
             }
-            let connected = self.link.is_some();
+            let idle = self.link.is_none() && connecting.is_none();
             let wake = {
                 let frame = async {
                     match self.link.as_mut() {
@@ -294,10 +306,17 @@ impl Actor {
                         None => std::future::pending().await,
                     }
                 };
+                let attempt = async {
+                    match connecting.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     cmd = commands.recv() => Wake::Command(cmd),
                     msg = frame => Wake::Frame(msg),
-                    _ = tokio::time::sleep_until(reconnect_at), if !connected => Wake::Reconnect,
+                    result = attempt => Wake::Connected(result),
+                    _ = tokio::time::sleep_until(reconnect_at), if idle => Wake::Reconnect,
                     _ = tick.tick() => Wake::Tick,
                 }
             };
@@ -305,6 +324,10 @@ impl Actor {
                 Wake::Command(Some(cmd)) => self.command(cmd),
                 Wake::Command(None) => break,
                 Wake::Frame(msg) => self.incoming(msg),
+                Wake::Connected(result) => {
+                    connecting = None;
+                    reconnect_at = tokio::time::Instant::now() + self.connected(result);
+                }
                 Wake::Reconnect => {}
                 Wake::Tick => {
                     let now = self.now();
@@ -315,11 +338,15 @@ impl Actor {
         }
     }
 
-    /// Tries to connect once; returns the delay before the next attempt if
-    /// it failed.
-    async fn connect(&mut self) -> Duration {
-        self.state = ConnectionState::Connecting;
-        match Link::connect(&self.url, self.options.max_message_bytes, self.options.quic_trust.as_ref()).await {
+    fn connect_future(&self) -> ConnectFuture {
+        let (url, max, trust) = (self.url.clone(), self.options.max_message_bytes, self.options.quic_trust.clone());
+        Box::pin(async move { Link::connect(&url, max, trust.as_ref()).await })
+    }
+
+    /// Takes the outcome of a connection attempt; returns the delay before
+    /// the next attempt if it failed.
+    fn connected(&mut self, result: Result<Link, String>) -> Duration {
+        match result {
             Ok(link) => {
                 tracing::info!(url = %self.url, "connected");
                 self.link = Some(link);

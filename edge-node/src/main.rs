@@ -54,13 +54,29 @@ enum ClientOp {
         json: String,
     },
     /// Set the value at a dotted path (e.g. meta.title) to JSON.
-    Set { url: String, path: String, json: String },
+    Set {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        path: String,
+        json: String,
+    },
     /// Append text at a dotted path (creating the text if missing).
-    Append { url: String, path: String, text: String },
+    Append {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        path: String,
+        text: String,
+    },
     /// Print the document as JSON.
-    Print { url: String },
+    Print {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+    },
     /// Print the document as JSON every time it changes, until Ctrl-C.
-    Watch { url: String },
+    Watch {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -193,23 +209,23 @@ mod client {
                 acked(&client, doc, wait).await;
                 println!("{}", doc.url());
             }
-            ClientOp::Set { url, path, json } => {
-                let (doc, path) = open(&client, &url, &path).await?;
+            ClientOp::Set { doc, path, json } => {
+                let (doc, path) = open(&client, &doc, &path).await?;
                 let value: serde_json::Value = serde_json::from_str(&json).context("the value must be JSON (quote strings: '\"text\"')")?;
                 client.change(doc, move |tx| cli::set_json(tx, &path, &value)).await?;
                 acked(&client, doc, wait).await;
             }
-            ClientOp::Append { url, path, text } => {
-                let (doc, path) = open(&client, &url, &path).await?;
+            ClientOp::Append { doc, path, text } => {
+                let (doc, path) = open(&client, &doc, &path).await?;
                 client.change(doc, move |tx| cli::append_text(tx, &path, &text)).await?;
                 acked(&client, doc, wait).await;
             }
-            ClientOp::Print { url } => {
-                let doc = find(&client, &url).await?;
+            ClientOp::Print { doc } => {
+                let doc = find(&client, &doc).await?;
                 print(&client, doc).await;
             }
-            ClientOp::Watch { url } => {
-                let doc = find(&client, &url).await?;
+            ClientOp::Watch { doc } => {
+                let doc = find(&client, &doc).await?;
                 let mut changes = client.subscribe();
                 print(&client, doc).await;
                 loop {
