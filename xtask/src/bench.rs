@@ -53,7 +53,7 @@ fn wait_port(port: u16) -> Result<()> {
 fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {
     let port = free_port()?;
     let child = Command::new(root().join(format!("target/{profile}/meridian-edge")))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off", "--data"])
         .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -117,7 +117,8 @@ fn big_doc(args: &[String]) -> Result<()> {
     ensure_npm()?;
     let profile = if smoke { "debug" } else { "release" };
     let mut build = cargo();
-    build.args(["build", "-p", "meridian-edge"]);
+    // The test build's package selection, so its compiled dependencies are reused.
+    build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
     if !smoke {
         build.arg("--release");
     }
