@@ -357,16 +357,12 @@ impl Actor {
                 Duration::ZERO
             }
             Err(e) => {
-                let delay = self.next_backoff();
+                let delay = self.backoff.next_delay();
                 tracing::info!(url = %self.url, error = %e, ?delay, "connect failed; retrying");
                 self.state = ConnectionState::Backoff;
                 delay
             }
         }
-    }
-
-    fn next_backoff(&mut self) -> Duration {
-        self.backoff.next_delay()
     }
 
     fn incoming(&mut self, msg: Option<Vec<u8>>) {

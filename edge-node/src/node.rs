@@ -35,6 +35,7 @@ pub enum EdgeError {
 #[derive(Debug)]
 pub struct EdgeNode {
     addr: SocketAddr,
+    metrics: Arc<NodeMetrics>,
     runtime: Option<NodeRuntime>,
     http_stop: Option<oneshot::Sender<()>>,
     http_task: Option<JoinHandle<()>>,
@@ -130,7 +131,7 @@ impl EdgeNode {
             None => (None, None),
         };
         tracing::info!(%addr, ?quic_addr, data = %config.data_dir.display(), "edge listening");
-        Ok(Self { addr, quic_addr, runtime: Some(runtime), http_stop: Some(http_stop), http_task: Some(http_task), uplink, devices })
+        Ok(Self { addr, metrics, quic_addr, runtime: Some(runtime), http_stop: Some(http_stop), http_task: Some(http_task), uplink, devices })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -153,11 +154,7 @@ impl EdgeNode {
     }
 
     pub fn metrics(&self) -> &Arc<NodeMetrics> {
-        // The runtime lives until shutdown consumes self.
-        match &self.runtime {
-            Some(r) => r.metrics(),
-            None => unreachable_metrics(),
-        }
+        &self.metrics
     }
 
     /// Stops accepting, drops the uplink, closes connections after saving
@@ -175,13 +172,6 @@ impl EdgeNode {
             let _ = t.await;
         }
     }
-}
-
-/// `metrics()` is only reachable while the runtime exists; this keeps the
-/// signature infallible without a panic path.
-fn unreachable_metrics() -> &'static Arc<NodeMetrics> {
-    static EMPTY: std::sync::OnceLock<Arc<NodeMetrics>> = std::sync::OnceLock::new();
-    EMPTY.get_or_init(|| Arc::new(NodeMetrics::new("meridian_edge")))
 }
 
 impl Drop for EdgeNode {

@@ -1173,15 +1173,13 @@ impl Engine {
         }
     }
 
-    /// Loaded documents with data that no ready upstream has acknowledged
-    /// (its shared heads do not include ours).
-    pub fn docs_pending_upstream(&self) -> usize {
-        self.upstream_sync_status().1
-    }
-
     /// Loaded documents with data, split into (acknowledged by a ready
     /// upstream, not yet acknowledged).
+    /// A node without upstreams by design (the hub) has nothing to report.
     pub fn upstream_sync_status(&self) -> (usize, usize) {
+        if !self.config.expects_upstream {
+            return (0, 0);
+        }
         let upstreams = self.upstream_conns();
         let (mut synced, mut pending) = (0, 0);
         for d in self.docs.values().filter(|d| d.has_data()) {

@@ -1,9 +1,12 @@
 //! Helpers for tests that drive the native client.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use meridian_edge::client::{Client, ClientError, ClientOptions};
+use meridian_protocol::automerge::ROOT;
+use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::ids::DocumentId;
 
 /// Client options with quick reconnects, for tests that restart servers.
@@ -23,6 +26,28 @@ pub async fn find_eventually(client: &Client, doc: DocumentId) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes `{prefix}-{n} = n` for n = 0, 1, ... through `client`, recording
+/// each key once the server has acknowledged it (its heads cover the
+/// change), and pausing `pause` between writes. Ends when the client stops.
+pub async fn acked_writer(client: Arc<Client>, doc: DocumentId, prefix: String, pause: Duration, acked: Arc<Mutex<Vec<String>>>) {
+    for n in 0u64.. {
+        let key = format!("{prefix}-{n}");
+        let k = key.clone();
+        if client.change(doc, move |tx| tx.put(ROOT, k.as_str(), n).map(|_| ())).await.is_err() {
+            return;
+        }
+        if client.wait_acked(doc).await.is_err() {
+            return;
+        }
+        if let Ok(mut a) = acked.lock() {
+            a.push(key);
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
         }
     }
 }

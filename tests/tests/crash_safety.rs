@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use meridian_edge::client::{Client, ClientOptions};
+use meridian_edge::client::Client;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
+use meridian_tests::clients::{acked_writer, fast};
 use meridian_tests::process::{EdgeProcess, free_port};
 use rand::{RngExt, SeedableRng};
 
@@ -22,28 +23,6 @@ const WRITERS: usize = 3;
 
 fn rounds() -> usize {
     std::env::var("MERIDIAN_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(12)
-}
-
-fn fast_options() -> ClientOptions {
-    ClientOptions { min_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(200), ..Default::default() }
-}
-
-/// Writes `key = n` for n = 1, 2, ... and records n once the edge has
-/// acknowledged it.
-async fn writer(client: Arc<Client>, doc: DocumentId, prefix: String, acked: Arc<Mutex<Vec<String>>>) {
-    for n in 0u64.. {
-        let key = format!("{prefix}-{n}");
-        let k = key.clone();
-        if client.change(doc, move |tx| tx.put(ROOT, k.as_str(), n).map(|_| ())).await.is_err() {
-            return;
-        }
-        if client.wait_acked(doc).await.is_err() {
-            return;
-        }
-        if let Ok(mut a) = acked.lock() {
-            a.push(key);
-        }
-    }
 }
 
 fn missing_keys(doc: &Automerge, keys: &[String]) -> Vec<String> {
@@ -58,7 +37,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() -> Result<()> 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
 
     // One document per writer, created once and written in every round.
-    let setup = Client::connect(&edge.ws_url(), fast_options()).await?;
+    let setup = Client::connect(&edge.ws_url(), fast()).await?;
     let mut docs = Vec::new();
     for _ in 0..WRITERS {
         let doc = setup.create(|tx| tx.put(ROOT, "created", true).map(|_| ())).await?;
@@ -73,9 +52,9 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() -> Result<()> 
         let mut tasks = Vec::new();
         let mut clients = Vec::new();
         for (w, doc) in docs.iter().enumerate() {
-            let client = Arc::new(Client::connect(&edge.ws_url(), fast_options()).await?);
+            let client = Arc::new(Client::connect(&edge.ws_url(), fast()).await?);
             tokio::time::timeout(Duration::from_secs(20), client.find(*doc)).await.context("find timed out")??;
-            tasks.push(tokio::spawn(writer(client.clone(), *doc, format!("r{round}w{w}"), acked[w].clone())));
+            tasks.push(tokio::spawn(acked_writer(client.clone(), *doc, format!("r{round}w{w}"), Duration::ZERO, acked[w].clone())));
             clients.push(client);
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
@@ -107,7 +86,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() -> Result<()> 
 
 /// A fresh client sees every acknowledged change.
 async fn verify(edge: &EdgeProcess, docs: &[DocumentId], acked: &[(DocumentId, String)]) -> Result<()> {
-    let reader = Client::connect(&edge.ws_url(), fast_options()).await?;
+    let reader = Client::connect(&edge.ws_url(), fast()).await?;
     for doc in docs {
         tokio::time::timeout(Duration::from_secs(20), reader.find(*doc)).await.context("find timed out")??;
         let keys: Vec<String> = acked.iter().filter(|(d, _)| d == doc).map(|(_, k)| k.clone()).collect();
@@ -126,14 +105,14 @@ async fn sigterm_shuts_down_cleanly_and_keeps_data() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
     let mut edge = EdgeProcess::start(dir.path(), port, &[])?;
-    let client = Client::connect(&edge.ws_url(), fast_options()).await?;
+    let client = Client::connect(&edge.ws_url(), fast()).await?;
     let doc = client.create(|tx| tx.put(ROOT, "kept", "yes").map(|_| ())).await?;
     client.wait_acked(doc).await?;
     let status = edge.terminate()?;
     assert!(status.success(), "edge exited with {status} on SIGTERM");
     drop(client);
     let edge = EdgeProcess::start(dir.path(), port, &[])?;
-    let reader = Client::connect(&edge.ws_url(), fast_options()).await?;
+    let reader = Client::connect(&edge.ws_url(), fast()).await?;
     tokio::time::timeout(Duration::from_secs(10), reader.find(doc)).await??;
     let kept = reader.read(doc, |d| d.get(ROOT, "kept").ok().flatten().is_some()).await;
     assert_eq!(kept, Some(true));

@@ -19,7 +19,7 @@ use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_protocol::storage::{StorageResult, StorageTask};
-use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::clients::{acked_writer, fast, find_eventually};
 use meridian_tests::process::{EdgeProcess, HubProcess, free_port};
 use rand::{RngExt, SeedableRng};
 
@@ -32,25 +32,6 @@ fn keys_with_prefix(d: &Automerge, prefix: &str) -> Vec<String> {
     d.keys(ROOT).filter(|k| k.starts_with(prefix)).collect()
 }
 
-
-/// Writes `w{n}` keys through the edge, recording those the edge acknowledged.
-async fn writer(client: Arc<Client>, doc: DocumentId, acked: Arc<Mutex<Vec<String>>>) {
-    for n in 0u64.. {
-        let key = format!("w{n}");
-        let k = key.clone();
-        if client.change(doc, move |tx| tx.put(ROOT, k.as_str(), n).map(|_| ())).await.is_err() {
-            return;
-        }
-        if client.wait_acked(doc).await.is_err() {
-            return;
-        }
-        if let Ok(mut a) = acked.lock() {
-            a.push(key);
-        }
-        // Steady load rather than a flat-out loop keeps the document small.
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
 
 /// The document as stored in the (dead) hub's SQLite file.
 fn stored_at_hub(hub: &HubProcess, doc: DocumentId) -> Result<Automerge> {
@@ -76,7 +57,8 @@ async fn hub_sigkill_under_load_loses_nothing_it_acknowledged() -> Result<()> {
     let doc = client.create(|tx| tx.put(ROOT, "created", true).map(|_| ())).await?;
     client.wait_acked(doc).await?;
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let writing = tokio::spawn(writer(client.clone(), doc, acked.clone()));
+    // A steady load rather than a flat-out loop keeps the document small.
+    let writing = tokio::spawn(acked_writer(client.clone(), doc, "w".into(), Duration::from_millis(2), acked.clone()));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
     let (mut hub_acked_total, mut lost) = (0usize, 0usize);
 
