@@ -12,7 +12,7 @@ use wasm_bindgen_futures::JsFuture;
 
 use crate::convert::{self, Place};
 use crate::doc::Doc;
-use crate::driver::{drive, Driver, Settle, Shared};
+use crate::driver::{Driver, Settle, Shared, drive};
 use crate::net::Net;
 use crate::platform::{self, NetworkListener, Timer};
 use crate::store::{self, IdbStore};
@@ -31,7 +31,9 @@ struct Options {
 
 impl Options {
     fn from_js(o: &JsValue) -> Result<Self, JsError> {
-        let get = |k: &str| if o.is_object() { Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED) } else { JsValue::UNDEFINED };
+        let get = |k: &str| {
+            if o.is_object() { Reflect::get(o, &k.into()).unwrap_or(JsValue::UNDEFINED) } else { JsValue::UNDEFINED }
+        };
         let urls = match get("urls") {
             v if v.is_undefined() || v.is_null() => Vec::new(),
             v if Array::is_array(&v) => Array::from(&v).iter().filter_map(|u| u.as_string()).collect(),
@@ -89,9 +91,11 @@ impl Client {
         let options = Options::from_js(&options)?;
         let seed = platform::random_u64();
         let idb = match &options.db_name {
-            Some(name) => {
-                Some(IdbStore::open(name, fresh_storage_id()).await.map_err(|e| JsError::new(&format!("IndexedDB: {}", store::describe(&e))))?)
-            }
+            Some(name) => Some(
+                IdbStore::open(name, fresh_storage_id())
+                    .await
+                    .map_err(|e| JsError::new(&format!("IndexedDB: {}", store::describe(&e))))?,
+            ),
             None => None,
         };
         let peer_id = PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", seed as u32)));
@@ -147,7 +151,9 @@ impl Client {
         let id = drive(&self.shared, |d| {
             let now = d.now();
             let id = d.engine.create(now, |tx| {
-                fields.iter().try_for_each(|(k, v)| convert::write_json(tx, &automerge::ROOT, Place::Put(k.clone().into()), v))
+                fields
+                    .iter()
+                    .try_for_each(|(k, v)| convert::write_json(tx, &automerge::ROOT, Place::Put(k.clone().into()), v))
             })?;
             d.find(id, settle);
             Ok::<_, meridian_protocol::engine::DocError>(id)

@@ -7,8 +7,8 @@
 //! in `index.js` serialises to) becomes a counter.
 
 use automerge::transaction::Transactable;
-use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ValueRef};
 use automerge::{AutomergeError, Patch, PatchAction};
+use automerge::{ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, ValueRef};
 use serde_json::{Map, Number, Value as Json};
 use wasm_bindgen::prelude::*;
 
@@ -157,7 +157,9 @@ fn obj_to_json<R: ReadDoc>(doc: &R, obj: &ObjId, ty: ObjType) -> Json {
             }
             Json::Object(m)
         }
-        ObjType::List => Json::Array(doc.list_range(obj, ..).map(|item| value_ref_to_json(doc, &item.value, || item.id())).collect()),
+        ObjType::List => {
+            Json::Array(doc.list_range(obj, ..).map(|item| value_ref_to_json(doc, &item.value, || item.id())).collect())
+        }
         ObjType::Text => Json::String(doc.text(obj).unwrap_or_default()),
     }
 }
@@ -330,7 +332,8 @@ fn decode_json(d: &mut minicbor::Decoder<'_>, depth: usize) -> Result<Json, mini
         Type::String => Json::String(d.str()?.to_owned()),
         Type::Bytes => Json::Array(d.bytes()?.iter().map(|b| Json::from(*b)).collect()),
         Type::Array => {
-            let n = d.array()?.ok_or_else(|| minicbor::decode::Error::message("indefinite arrays are not supported"))?;
+            let n =
+                d.array()?.ok_or_else(|| minicbor::decode::Error::message("indefinite arrays are not supported"))?;
             (0..n).map(|_| decode_json(d, depth + 1)).collect::<Result<Vec<_>, _>>().map(Json::Array)?
         }
         Type::Map => {

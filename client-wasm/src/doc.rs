@@ -6,11 +6,11 @@ use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use automerge::{AutomergeError, ObjType, Prop, ReadDoc};
 use js_sys::{Array, Function, Promise};
 use meridian_protocol::ids::DocumentId;
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 use wasm_bindgen::prelude::*;
 
 use crate::convert::{self, Place};
-use crate::driver::{drive, Driver, Shared};
+use crate::driver::{Driver, Shared, drive};
 
 /// One edit, as `applyOps` takes it and `change(fn)` records it.
 #[derive(Debug)]
@@ -51,13 +51,18 @@ impl Doc {
                 return Err(JsError::new("the client was closed"));
             }
             let now = d.now();
-            d.engine.change_with(now, id, options, |tx| ops.iter().try_for_each(|op| apply_op(tx, op))).map_err(|e| JsError::new(&e.to_string()))
+            d.engine
+                .change_with(now, id, options, |tx| ops.iter().try_for_each(|op| apply_op(tx, op)))
+                .map_err(|e| JsError::new(&e.to_string()))
         })
     }
 
     fn read<R>(&self, f: impl FnOnce(&automerge::Automerge) -> R) -> Result<R, JsError> {
         let d = self.shared.borrow();
-        let am = d.engine.document(&self.id).ok_or_else(|| JsError::new("the document is not loaded (was the client closed?)"))?;
+        let am = d
+            .engine
+            .document(&self.id)
+            .ok_or_else(|| JsError::new("the document is not loaded (was the client closed?)"))?;
         Ok(f(am))
     }
 
@@ -230,7 +235,8 @@ fn op_from_js(op: &JsValue) -> Result<Op, JsError> {
     let a = Array::from(op);
     let kind = a.get(0).as_string().unwrap_or_default();
     let path = convert::path_from_js(&a.get(1))?;
-    let num = |i: u32| a.get(i).as_f64().ok_or_else(|| JsError::new(&format!("`{kind}` op: argument {i} must be a number")));
+    let num =
+        |i: u32| a.get(i).as_f64().ok_or_else(|| JsError::new(&format!("`{kind}` op: argument {i} must be a number")));
     Ok(match kind.as_str() {
         "put" => Op::Put(path, convert::json_from_js(&a.get(2))?),
         "delete" => Op::Delete(path),

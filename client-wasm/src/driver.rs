@@ -328,8 +328,9 @@ impl Driver {
             return;
         }
         let engine = &self.engine;
-        let (done, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.synced_waiters).into_iter().partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.synced_waiters)
+            .into_iter()
+            .partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
         self.synced_waiters = waiting;
         self.calls.extend(done.into_iter().map(|(_, _, f)| (f, JsValue::TRUE)));
     }

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use js_sys::{Array, Reflect, Uint8Array};
 use meridian_protocol::engine::{Direction, ErrorKind};
 use meridian_protocol::ids::ConnId;
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
 use web_sys::{BinaryType, MessageEvent, WebSocket};
 
-use crate::driver::{drive, Driver};
+use crate::driver::{Driver, drive};
 use crate::platform::{self, Timer};
 
 /// What the application sees of the connection.
@@ -126,7 +126,8 @@ impl Net {
 
     /// Every URL with its last measured open time, fastest first.
     pub fn edges(&self) -> Vec<(String, Option<f64>)> {
-        let mut v: Vec<(String, Option<f64>)> = self.urls.iter().map(|u| (u.clone(), self.rtt_ms.get(u).copied())).collect();
+        let mut v: Vec<(String, Option<f64>)> =
+            self.urls.iter().map(|u| (u.clone(), self.rtt_ms.get(u).copied())).collect();
         v.sort_by(|a, b| a.1.unwrap_or(f64::INFINITY).total_cmp(&b.1.unwrap_or(f64::INFINITY)));
         v
     }
@@ -207,7 +208,9 @@ impl Driver {
 
     fn open_socket(&mut self, url: &str) -> Result<Socket, JsValue> {
         let ctor = self.net.ws_ctor.dyn_ref::<js_sys::Function>().ok_or_else(|| {
-            JsValue::from_str("no WebSocket in this environment; pass { WebSocket } (e.g. from the `ws` package) to Client.open")
+            JsValue::from_str(
+                "no WebSocket in this environment; pass { WebSocket } (e.g. from the `ws` package) to Client.open",
+            )
         })?;
         let ws: WebSocket = Reflect::construct(ctor, &Array::of1(&url.into()))?.unchecked_into();
         ws.set_binary_type(BinaryType::Arraybuffer);
@@ -231,7 +234,13 @@ impl Driver {
         // An error is always followed by a close event, which is what we
         // act on; the handler only keeps Node's `ws` from throwing.
         ws.set_onerror(Some(&js_sys::Function::new_no_args("")));
-        Ok(Socket { ws, url: url.to_owned(), generation, started: platform::now_ms(), _handlers: [open, message, closed] })
+        Ok(Socket {
+            ws,
+            url: url.to_owned(),
+            generation,
+            started: platform::now_ms(),
+            _handlers: [open, message, closed],
+        })
     }
 
     fn on_open(&mut self, generation: u64, _e: JsValue) {

@@ -3,8 +3,8 @@
 //! numbers and the `online`/`offline` events.
 
 use js_sys::{Function, Reflect};
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen]
 extern "C" {
@@ -89,7 +89,9 @@ impl NetworkListener {
 
 impl Drop for NetworkListener {
     fn drop(&mut self) {
-        if let Ok(remove) = Reflect::get(&self.target, &"removeEventListener".into()).and_then(|f| f.dyn_into::<Function>()) {
+        if let Ok(remove) =
+            Reflect::get(&self.target, &"removeEventListener".into()).and_then(|f| f.dyn_into::<Function>())
+        {
             let _ = remove.call2(&self.target, &"online".into(), self.online.as_ref());
             let _ = remove.call2(&self.target, &"offline".into(), self.offline.as_ref());
         }

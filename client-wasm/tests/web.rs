@@ -6,9 +6,9 @@
 #![cfg(target_arch = "wasm32")]
 
 use js_sys::{Array, Function, Promise, Reflect};
+use meridian_client_wasm::Client;
 use meridian_client_wasm::convert;
 use meridian_client_wasm::store::{self, IdbStore};
-use meridian_client_wasm::Client;
 use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask};
 use serde_json::json;
@@ -58,7 +58,12 @@ async fn idb_store_runs_tasks_in_order_and_persists() {
         .await;
     assert_eq!(
         results,
-        vec![StorageResult::Done, StorageResult::Done, StorageResult::Loaded(Some(vec![1, 2, 3])), StorageResult::Loaded(None)]
+        vec![
+            StorageResult::Done,
+            StorageResult::Done,
+            StorageResult::Loaded(Some(vec![1, 2, 3])),
+            StorageResult::Loaded(None)
+        ]
     );
     // A compaction replaces the chunks written before it; appends follow it.
     let results = db
@@ -125,7 +130,8 @@ async fn offline_edits_persist_and_reopen_without_network() {
     let name = "meridian-test-offline";
     store::delete_database(name).await.unwrap();
     // Nothing listens on port 9: the client keeps retrying in the background.
-    let options = obj(json!({"urls": ["ws://127.0.0.1:9/sync"], "dbName": name, "minBackoffMs": 20, "maxBackoffMs": 200}));
+    let options =
+        obj(json!({"urls": ["ws://127.0.0.1:9/sync"], "dbName": name, "minBackoffMs": 20, "maxBackoffMs": 200}));
     let client = ok(Client::open(options.clone()).await);
     let doc = ok(client.create(obj(json!({"title": "draft", "items": []}))).await);
     ok(doc.splice("title".into(), 5, 0, " one".into()));
@@ -168,9 +174,13 @@ async fn subscribers_get_patches_and_counters_increment() {
     let doc = ok(client.create(obj(json!({"likes": {"__counter": 1}, "list": [1]}))).await);
     let (promise, resolve) = first_event();
     let _unsubscribe = ok(doc.subscribe(resolve));
-    let ops: Array = [obj(json!(["increment", "likes", 2])), obj(json!(["insert", ["list"], 1, "two"])), obj(json!(["delete", "likes"]))]
-        .into_iter()
-        .collect();
+    let ops: Array = [
+        obj(json!(["increment", "likes", 2])),
+        obj(json!(["insert", ["list"], 1, "two"])),
+        obj(json!(["delete", "likes"])),
+    ]
+    .into_iter()
+    .collect();
     ok(doc.apply_ops(ops, Some("ops".into())));
     let event = JsFuture::from(promise).await.unwrap();
     let patches = json_of(&Reflect::get(&event, &"patches".into()).unwrap());

@@ -139,7 +139,9 @@ impl Hub {
     pub async fn start(config: HubConfig) -> Result<Self, HubError> {
         config.validate()?;
         if matches!(config.auth, EdgeAuth::DevOpen) {
-            tracing::warn!("OPEN DEV MODE: any edge id is accepted without a secret. Configure --edge ID=SECRET for real use.");
+            tracing::warn!(
+                "OPEN DEV MODE: any edge id is accepted without a secret. Configure --edge ID=SECRET for real use."
+            );
         }
         let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
         let store = SqliteStore::open_with(&config.data_dir.join("hub.sqlite3"), StoreOptions { fsync: config.fsync })?;
@@ -171,7 +173,17 @@ impl Hub {
         let (http_addr, http, http_stop) = serve_http(config.http, app).await?;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;
-        Ok(Self { quic_addr, http_addr, ca_path, fingerprint, runtime: Some(runtime), endpoint, accept: Some(accept), http: Some(http), http_stop: Some(http_stop) })
+        Ok(Self {
+            quic_addr,
+            http_addr,
+            ca_path,
+            fingerprint,
+            runtime: Some(runtime),
+            endpoint,
+            accept: Some(accept),
+            http: Some(http),
+            http_stop: Some(http_stop),
+        })
     }
 
     pub fn quic_addr(&self) -> SocketAddr {
@@ -210,7 +222,10 @@ impl Hub {
     }
 }
 
-async fn serve_http(addr: SocketAddr, app: Router) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
+async fn serve_http(
+    addr: SocketAddr,
+    app: Router,
+) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -271,13 +286,18 @@ async fn serve_edge(incoming: quinn::Incoming, config: Arc<HubConfig>, events: m
 }
 
 /// Reads the edge's `hello`, checks its credential and answers `welcome`.
-async fn handshake(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, config: &HubConfig) -> Result<String, String> {
+async fn handshake(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    config: &HubConfig,
+) -> Result<String, String> {
     let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
         .await
         .map_err(|_| "no hello within 10 s".to_owned())?
         .map_err(|e| format!("bad hello frame: {e}"))?;
     let Some((FrameKind::Control, bytes)) = frame else { return Err("expected a hello control frame first".into()) };
-    let Control::Hello { version, node_id, secret } = federation::decode_control(&bytes).map_err(|e| e.to_string())? else {
+    let Control::Hello { version, node_id, secret } = federation::decode_control(&bytes).map_err(|e| e.to_string())?
+    else {
         return Err("expected hello".into());
     };
     if version != FEDERATION_VERSION {
@@ -290,7 +310,9 @@ async fn handshake(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, c
         }
     }
     let welcome = Control::Welcome { version: FEDERATION_VERSION, hub_id: config.hub_id.clone() };
-    quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome)).await.map_err(|e| e.to_string())?;
+    quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(node_id)
 }
 

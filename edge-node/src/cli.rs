@@ -2,7 +2,9 @@
 //! JSON values at dotted paths, text appends, and JSON rendering.
 
 use meridian_protocol::automerge::transaction::{Transactable, Transaction};
-use meridian_protocol::automerge::{AutoSerde, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value};
+use meridian_protocol::automerge::{
+    AutoSerde, Automerge, AutomergeError, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
 use serde_json::Value as Json;
 
 /// A path like `title` or `meta.tags.0`: map keys, or list indexes where

@@ -121,7 +121,8 @@ impl Client {
             return Err(ClientError::BadUrl(url.to_owned()));
         }
         let mut rng = rand::rng();
-        let peer_id = PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", rng.random::<u32>())));
+        let peer_id =
+            PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", rng.random::<u32>())));
         let store = match &options.store_path {
             Some(path) => ClientStore::Sqlite(SqliteStore::open(path)?),
             None => ClientStore::Memory(MemoryStore::new()),
@@ -189,7 +190,11 @@ impl Client {
     }
 
     /// Reads a document (if loaded) with `f`.
-    pub async fn read<T: Send + 'static>(&self, doc: DocumentId, f: impl FnOnce(&Automerge) -> T + Send + 'static) -> Option<T> {
+    pub async fn read<T: Send + 'static>(
+        &self,
+        doc: DocumentId,
+        f: impl FnOnce(&Automerge) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         let f: ReadFn = Box::new(move |d| {
             let _ = tx.send(d.map(f));
@@ -216,7 +221,11 @@ impl Client {
     }
 
     /// Waits until `pred` holds for the document (checked on every change).
-    pub async fn wait_for(&self, doc: DocumentId, pred: impl Fn(&Automerge) -> bool + Send + Sync + Clone + 'static) -> Result<(), ClientError> {
+    pub async fn wait_for(
+        &self,
+        doc: DocumentId,
+        pred: impl Fn(&Automerge) -> bool + Send + Sync + Clone + 'static,
+    ) -> Result<(), ClientError> {
         let mut changes = self.subscribe();
         loop {
             let p = pred.clone();
@@ -381,8 +390,9 @@ impl Actor {
     fn check_acks(&mut self) {
         let Some(conn) = self.conn else { return };
         let engine = &self.engine;
-        let (done, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.ack_waiters).into_iter().partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ack_waiters)
+            .into_iter()
+            .partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
         self.ack_waiters = waiting;
         for (_, _, reply) in done {
             let _ = reply.send(());

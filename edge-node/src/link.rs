@@ -32,11 +32,15 @@ impl Link {
     /// Connects to `url`: `ws://`/`wss://` or `quic://host:port`.
     pub async fn connect(url: &str, max_message_bytes: usize, trust: Option<&HubTrust>) -> Result<Self, String> {
         if let Some(rest) = url.strip_prefix("quic://") {
-            let trust = trust.ok_or("a quic:// URL needs a trust setting for the edge's certificate (CA file or fingerprint)")?;
+            let trust = trust
+                .ok_or("a quic:// URL needs a trust setting for the edge's certificate (CA file or fingerprint)")?;
             return connect_quic(rest, trust, max_message_bytes).await;
         }
-        let config = WebSocketConfig::default().max_message_size(Some(max_message_bytes)).max_frame_size(Some(max_message_bytes));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| e.to_string())?;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_message_bytes))
+            .max_frame_size(Some(max_message_bytes));
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| e.to_string())?;
         Ok(Link::Ws(Box::new(ws)))
     }
 
@@ -44,7 +48,9 @@ impl Link {
     pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String> {
         match self {
             Link::Ws(ws) => ws.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string()),
-            Link::Quic { send, .. } => quic::write_frame(send, FrameKind::Repo, &bytes).await.map_err(|e| e.to_string()),
+            Link::Quic { send, .. } => {
+                quic::write_frame(send, FrameKind::Repo, &bytes).await.map_err(|e| e.to_string())
+            }
         }
     }
 

@@ -152,7 +152,9 @@ async fn main() -> anyhow::Result<()> {
     // Device scripts read stdout; keep their logs quiet unless asked.
     let default_filter = if matches!(cli.command, Command::Client(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {
@@ -211,7 +213,8 @@ mod client {
             }
             ClientOp::Set { doc, path, json } => {
                 let (doc, path) = open(&client, &doc, &path).await?;
-                let value: serde_json::Value = serde_json::from_str(&json).context("the value must be JSON (quote strings: '\"text\"')")?;
+                let value: serde_json::Value =
+                    serde_json::from_str(&json).context("the value must be JSON (quote strings: '\"text\"')")?;
                 client.change(doc, move |tx| cli::set_json(tx, &path, &value)).await?;
                 acked(&client, doc, wait).await;
             }
@@ -268,7 +271,9 @@ mod client {
             return;
         }
         if tokio::time::timeout(wait, client.wait_acked(doc)).await.is_err() {
-            eprintln!("not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run");
+            eprintln!(
+                "not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run"
+            );
         }
     }
 }

@@ -163,26 +163,81 @@ impl NodeMetrics {
         gauge(&mut out, &self.name("connections"), "Open connections (WebSocket and QUIC).", &self.connections);
         counter(&mut out, &self.name("connections_total"), "Connections accepted.", &self.connections_total);
         gauge(&mut out, &self.name("documents_loaded"), "Documents in memory.", &self.documents_loaded);
-        labelled(&mut out, &self.name("messages_in_total"), "Messages received by type.", "type", &TYPES, &self.messages_in);
-        labelled(&mut out, &self.name("messages_out_total"), "Messages sent by type.", "type", &TYPES, &self.messages_out);
+        labelled(
+            &mut out,
+            &self.name("messages_in_total"),
+            "Messages received by type.",
+            "type",
+            &TYPES,
+            &self.messages_in,
+        );
+        labelled(
+            &mut out,
+            &self.name("messages_out_total"),
+            "Messages sent by type.",
+            "type",
+            &TYPES,
+            &self.messages_out,
+        );
         counter(&mut out, &self.name("bytes_in_total"), "Payload bytes received.", &self.bytes_in);
         counter(&mut out, &self.name("bytes_out_total"), "Payload bytes sent.", &self.bytes_out);
         let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        labelled(&mut out, &self.name("errors_total"), "Connections closed for bad input.", "kind", &kinds, &self.errors);
-        counter(&mut out, &self.name("storage_batches_total"), "Storage transactions committed.", &self.storage_batches);
+        labelled(
+            &mut out,
+            &self.name("errors_total"),
+            "Connections closed for bad input.",
+            "kind",
+            &kinds,
+            &self.errors,
+        );
+        counter(
+            &mut out,
+            &self.name("storage_batches_total"),
+            "Storage transactions committed.",
+            &self.storage_batches,
+        );
         counter(&mut out, &self.name("storage_tasks_total"), "Storage tasks executed.", &self.storage_tasks);
         counter(&mut out, &self.name("storage_failures_total"), "Storage tasks that failed.", &self.storage_failures);
-        self.storage_batch_seconds.render(&mut out, &self.name("storage_batch_seconds"), "Time to run one storage batch.");
+        self.storage_batch_seconds.render(
+            &mut out,
+            &self.name("storage_batch_seconds"),
+            "Time to run one storage batch.",
+        );
         counter(&mut out, &self.name("evictions_total"), "Documents evicted from memory.", &self.evictions);
         gauge(&mut out, &self.name("uplink_connected"), "1 while the uplink to the hub is up.", &self.uplink_connected);
-        counter(&mut out, &self.name("uplink_connects_total"), "Uplink connections established.", &self.uplink_connects_total);
-        counter(&mut out, &self.name("uplink_refusals_total"), "Times the hub refused this edge's credential.", &self.uplink_refusals_total);
+        counter(
+            &mut out,
+            &self.name("uplink_connects_total"),
+            "Uplink connections established.",
+            &self.uplink_connects_total,
+        );
+        counter(
+            &mut out,
+            &self.name("uplink_refusals_total"),
+            "Times the hub refused this edge's credential.",
+            &self.uplink_refusals_total,
+        );
         let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
         let name = self.name("uplink_rtt_seconds");
         let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");
-        gauge(&mut out, &self.name("docs_pending_upstream"), "Loaded documents with changes the hub has not acknowledged.", &self.docs_pending_upstream);
-        gauge(&mut out, &self.name("docs_synced_upstream"), "Loaded documents whose heads the hub has acknowledged.", &self.docs_synced_upstream);
-        gauge(&mut out, &self.name("backfill_queued"), "Stored documents still to be synced with the hub.", &self.backfill_queued);
+        gauge(
+            &mut out,
+            &self.name("docs_pending_upstream"),
+            "Loaded documents with changes the hub has not acknowledged.",
+            &self.docs_pending_upstream,
+        );
+        gauge(
+            &mut out,
+            &self.name("docs_synced_upstream"),
+            "Loaded documents whose heads the hub has acknowledged.",
+            &self.docs_synced_upstream,
+        );
+        gauge(
+            &mut out,
+            &self.name("backfill_queued"),
+            "Stored documents still to be synced with the hub.",
+            &self.backfill_queued,
+        );
         out
     }
 

@@ -54,7 +54,8 @@ fn start_device_listener(
     let names = vec!["localhost".to_owned(), listen.ip().to_string()];
     let identity = crate::quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
     let server = crate::quic::server_config(&identity, crate::quic::DEVICE_ALPN).map_err(EdgeError::Tls)?;
-    let endpoint = quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
+    let endpoint =
+        quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: listen, source })?;
     tracing::info!(%addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "QUIC listener for devices");
     let task = AbortOnDrop(tokio::spawn(accept_devices(endpoint, events, config.max_message_bytes)));
@@ -79,11 +80,18 @@ async fn accept_devices(
     }
 }
 
-async fn serve_device(incoming: quinn::Incoming, events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>, limit: usize) {
+async fn serve_device(
+    incoming: quinn::Incoming,
+    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+    limit: usize,
+) {
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
     let Ok((send, recv)) = connection.accept_bi().await else { return };
-    let Some((conn, out)) = crate::runtime::register(&events, meridian_protocol::engine::Direction::Incoming).await else { return };
+    let Some((conn, out)) = crate::runtime::register(&events, meridian_protocol::engine::Direction::Incoming).await
+    else {
+        return;
+    };
     let reason = crate::quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");
 }
@@ -103,7 +111,8 @@ impl EdgeNode {
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.rng_seed = rand::random();
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
-        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone()).map_err(EdgeError::Thread)?;
+        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
+            .map_err(EdgeError::Thread)?;
         let app = crate::server::router(crate::server::AppState {
             events: runtime.events(),
             metrics: metrics.clone(),
@@ -131,7 +140,16 @@ impl EdgeNode {
             None => (None, None),
         };
         tracing::info!(%addr, ?quic_addr, data = %config.data_dir.display(), "edge listening");
-        Ok(Self { addr, metrics, quic_addr, runtime: Some(runtime), http_stop: Some(http_stop), http_task: Some(http_task), uplink, devices })
+        Ok(Self {
+            addr,
+            metrics,
+            quic_addr,
+            runtime: Some(runtime),
+            http_stop: Some(http_stop),
+            http_task: Some(http_task),
+            uplink,
+            devices,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

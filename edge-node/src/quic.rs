@@ -77,7 +77,8 @@ pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<Identity,
     let cert_chain = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|_| TlsError::Pem { path: cert_path.clone(), what: "certificate" })?;
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::Pem { path: key_path.clone(), what: "key" })?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::Pem { path: key_path.clone(), what: "key" })?;
     let leaf = cert_chain.first().ok_or(TlsError::Pem { path: cert_path.clone(), what: "certificate" })?;
     let fingerprint = fingerprint(leaf);
     Ok(Identity { cert_chain, key, ca_path, fingerprint })
@@ -138,7 +139,8 @@ pub enum HubTrust {
 
 /// QUIC client config for the given trust and ALPN.
 pub fn client_config(trust: &HubTrust, alpn: &[u8]) -> Result<quinn::ClientConfig, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13])?;
     let mut tls = match trust {
         HubTrust::CaFile(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -231,7 +233,10 @@ pub enum FrameIoError {
 }
 
 /// Reads one frame; `Ok(None)` when the peer finished the stream cleanly.
-pub async fn read_frame(recv: &mut quinn::RecvStream, limit: usize) -> Result<Option<(FrameKind, Vec<u8>)>, FrameIoError> {
+pub async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    limit: usize,
+) -> Result<Option<(FrameKind, Vec<u8>)>, FrameIoError> {
     let mut header = [0u8; FRAME_HEADER_LEN];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}

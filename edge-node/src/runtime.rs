@@ -51,10 +51,23 @@ pub enum NodeEvent {
     /// A transport has a new connection. `Outgoing` connections go to an
     /// upstream (the hub): the engine sends `join` and syncs every document
     /// with it.
-    Connected { direction: Direction, out: mpsc::Sender<Outbound>, reply: oneshot::Sender<ConnId> },
-    Frame { conn: ConnId, bytes: Vec<u8> },
-    Reject { conn: ConnId, kind: ErrorKind, detail: String },
-    Disconnected { conn: ConnId },
+    Connected {
+        direction: Direction,
+        out: mpsc::Sender<Outbound>,
+        reply: oneshot::Sender<ConnId>,
+    },
+    Frame {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    Reject {
+        conn: ConnId,
+        kind: ErrorKind,
+        detail: String,
+    },
+    Disconnected {
+        conn: ConnId,
+    },
 }
 
 type Batch = Vec<(StorageTaskId, StorageTask)>;

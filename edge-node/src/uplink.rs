@@ -86,7 +86,8 @@ pub async fn run(config: UplinkConfig, events: mpsc::Sender<NodeEvent>, metrics:
 }
 
 fn client_endpoint(config: &UplinkConfig) -> Result<quinn::Endpoint, String> {
-    let bind: SocketAddr = if config.hub.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
+    let bind: SocketAddr =
+        if config.hub.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
     let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
     let client = quic::client_config(&config.trust, FEDERATION_ALPN).map_err(|e| e.to_string())?;
     endpoint.set_default_client_config(client);
@@ -100,10 +101,12 @@ async fn session(
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
 ) -> Result<String, UplinkError> {
-    let connecting = endpoint.connect(config.hub, &config.server_name).map_err(|e| UplinkError::Connect(e.to_string()))?;
+    let connecting =
+        endpoint.connect(config.hub, &config.server_name).map_err(|e| UplinkError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| UplinkError::Connect(e.to_string()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| UplinkError::Connect(e.to_string()))?;
-    let hello = Control::Hello { version: FEDERATION_VERSION, node_id: config.edge_id.clone(), secret: config.secret.clone() };
+    let hello =
+        Control::Hello { version: FEDERATION_VERSION, node_id: config.edge_id.clone(), secret: config.secret.clone() };
     quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello))
         .await
         .map_err(|e| UplinkError::Handshake(e.to_string()))?;
@@ -113,7 +116,9 @@ async fn session(
         .map_err(|e| UplinkError::Handshake(e.to_string()))?;
     match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
-            Ok(Control::Welcome { hub_id, .. }) => tracing::info!(hub = %config.hub, %hub_id, "uplink to the hub is up"),
+            Ok(Control::Welcome { hub_id, .. }) => {
+                tracing::info!(hub = %config.hub, %hub_id, "uplink to the hub is up")
+            }
             Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
             Ok(other) => return Err(UplinkError::Handshake(format!("unexpected {other:?}"))),
             Err(e) => return Err(UplinkError::Handshake(e.to_string())),

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use minicbor::data::Type;
 use minicbor::Decoder;
+use minicbor::data::Type;
 
 pub mod federation;
 
@@ -36,13 +36,40 @@ pub struct RemoteHeads {
 /// One message of the automerge-repo v1 protocol.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Message {
-    Join { sender_id: PeerId, peer_metadata: PeerMetadata, supported_protocol_versions: Option<Vec<String>> },
-    Peer { sender_id: PeerId, peer_metadata: PeerMetadata, selected_protocol_version: String, target_id: PeerId },
-    Error { sender_id: Option<PeerId>, message: String, target_id: Option<PeerId> },
+    Join {
+        sender_id: PeerId,
+        peer_metadata: PeerMetadata,
+        supported_protocol_versions: Option<Vec<String>>,
+    },
+    Peer {
+        sender_id: PeerId,
+        peer_metadata: PeerMetadata,
+        selected_protocol_version: String,
+        target_id: PeerId,
+    },
+    Error {
+        sender_id: Option<PeerId>,
+        message: String,
+        target_id: Option<PeerId>,
+    },
     /// A `sync` from a peer that has nothing of the document yet.
-    Request { sender_id: PeerId, target_id: PeerId, document_id: DocumentId, data: Vec<u8> },
-    Sync { sender_id: PeerId, target_id: PeerId, document_id: DocumentId, data: Vec<u8> },
-    DocUnavailable { sender_id: PeerId, target_id: PeerId, document_id: DocumentId },
+    Request {
+        sender_id: PeerId,
+        target_id: PeerId,
+        document_id: DocumentId,
+        data: Vec<u8>,
+    },
+    Sync {
+        sender_id: PeerId,
+        target_id: PeerId,
+        document_id: DocumentId,
+        data: Vec<u8>,
+    },
+    DocUnavailable {
+        sender_id: PeerId,
+        target_id: PeerId,
+        document_id: DocumentId,
+    },
     Ephemeral {
         sender_id: PeerId,
         target_id: PeerId,
@@ -51,7 +78,12 @@ pub enum Message {
         count: u64,
         data: Vec<u8>,
     },
-    RemoteSubscriptionChange { sender_id: PeerId, target_id: PeerId, add: Vec<StorageId>, remove: Vec<StorageId> },
+    RemoteSubscriptionChange {
+        sender_id: PeerId,
+        target_id: PeerId,
+        add: Vec<StorageId>,
+        remove: Vec<StorageId>,
+    },
     RemoteHeadsChanged {
         sender_id: PeerId,
         target_id: PeerId,
@@ -116,7 +148,9 @@ pub enum Decoded {
     Message(Message),
     /// A well-formed message of a type this implementation does not know;
     /// the protocol says to ignore it.
-    Unknown { message_type: String },
+    Unknown {
+        message_type: String,
+    },
 }
 
 impl From<minicbor::decode::Error> for DecodeError {

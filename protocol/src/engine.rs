@@ -31,7 +31,7 @@ use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::{self, Decoded, Message, PeerMetadata, PROTOCOL_V1};
+use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 use crate::storage::{StorageResult, StorageTask, StorageTaskId};
 
@@ -116,19 +116,46 @@ impl ErrorKind {
 /// What the application (or the metrics) is told.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    PeerConnected { conn: ConnId, peer: PeerId, metadata: PeerMetadata },
-    PeerDisconnected { conn: ConnId, peer: Option<PeerId> },
+    PeerConnected {
+        conn: ConnId,
+        peer: PeerId,
+        metadata: PeerMetadata,
+    },
+    PeerDisconnected {
+        conn: ConnId,
+        peer: Option<PeerId>,
+    },
     /// A document's heads changed and the change is durable.
-    DocChanged { doc: DocumentId, heads: Vec<ChangeHash> },
+    DocChanged {
+        doc: DocumentId,
+        heads: Vec<ChangeHash>,
+    },
     /// A document asked for with [`Engine::find`] is here.
-    DocReady { doc: DocumentId },
+    DocReady {
+        doc: DocumentId,
+    },
     /// A document asked for with [`Engine::find`] exists nowhere we can ask.
-    DocUnavailable { doc: DocumentId },
-    Ephemeral { doc: DocumentId, sender: PeerId, data: Vec<u8> },
+    DocUnavailable {
+        doc: DocumentId,
+    },
+    Ephemeral {
+        doc: DocumentId,
+        sender: PeerId,
+        data: Vec<u8>,
+    },
     /// A peer sent bad input; its connection is being closed.
-    ProtocolError { conn: ConnId, kind: ErrorKind, detail: String },
-    StorageFailed { doc: Option<DocumentId>, detail: String },
-    Evicted { doc: DocumentId },
+    ProtocolError {
+        conn: ConnId,
+        kind: ErrorKind,
+        detail: String,
+    },
+    StorageFailed {
+        doc: Option<DocumentId>,
+        detail: String,
+    },
+    Evicted {
+        doc: DocumentId,
+    },
 }
 
 /// Everything the engine asks of its driver.
@@ -456,7 +483,8 @@ impl Engine {
         c.state = ConnState::Closed;
         tracing::info!(%conn, kind = kind.as_str(), %detail, "closing connection after bad input");
         self.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
-        let message = Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
+        let message =
+            Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
         self.send(conn, message);
         self.outputs.push_back(Output::Close { conn, reason: detail });
     }
@@ -1031,7 +1059,13 @@ impl Engine {
     /// [`Engine::change`] with a commit message and time (the engine reads
     /// no clock: a client that wants wall-clock times in the history passes
     /// them, in seconds as `@automerge/automerge` does).
-    pub fn change_with<F, O>(&mut self, now: Millis, doc_id: DocumentId, options: CommitOptions, f: F) -> Result<O, DocError>
+    pub fn change_with<F, O>(
+        &mut self,
+        now: Millis,
+        doc_id: DocumentId,
+        options: CommitOptions,
+        f: F,
+    ) -> Result<O, DocError>
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<O, automerge::AutomergeError>,
     {
@@ -1090,7 +1124,8 @@ impl Engine {
     /// Sends an ephemeral message about a document to every peer
     /// subscribed to it.
     pub fn broadcast_ephemeral(&mut self, doc_id: DocumentId, session_id: &str, count: u64, data: Vec<u8>) {
-        let targets: Vec<ConnId> = self.subscribers.get(&doc_id).map(|s| s.iter().copied().collect()).unwrap_or_default();
+        let targets: Vec<ConnId> =
+            self.subscribers.get(&doc_id).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for conn in targets {
             let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
             let message = Message::Ephemeral {
@@ -1115,7 +1150,10 @@ impl Engine {
             .docs
             .iter()
             .filter(|(_, d)| {
-                !d.busy() && d.writes_in_flight == 0 && d.pending.is_empty() && !d.local_waiting
+                !d.busy()
+                    && d.writes_in_flight == 0
+                    && d.pending.is_empty()
+                    && !d.local_waiting
                     && now.saturating_sub(d.last_active) >= idle
             })
             .map(|(id, _)| *id)
@@ -1184,9 +1222,9 @@ impl Engine {
         let (mut synced, mut pending) = (0, 0);
         for d in self.docs.values().filter(|d| d.has_data()) {
             let heads = d.doc.get_heads();
-            let acked = upstreams.iter().any(|up| {
-                d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h)))
-            });
+            let acked = upstreams
+                .iter()
+                .any(|up| d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h))));
             if acked { synced += 1 } else { pending += 1 }
         }
         (synced, pending)

@@ -20,17 +20,34 @@ pub struct StorageTaskId(pub u64);
 pub enum StorageTask {
     /// Load every chunk of a document, concatenated (snapshot first, then
     /// incrementals) so that one `Automerge::load` reads all of it.
-    LoadDoc { doc: DocumentId },
+    LoadDoc {
+        doc: DocumentId,
+    },
     /// Append an incremental chunk (changes since the last chunk).
-    AppendChunk { doc: DocumentId, data: Vec<u8> },
+    AppendChunk {
+        doc: DocumentId,
+        data: Vec<u8>,
+    },
     /// Replace every chunk stored for the document so far with one
     /// snapshot. Chunks appended by earlier tasks are covered by it.
-    Compact { doc: DocumentId, snapshot: Vec<u8> },
+    Compact {
+        doc: DocumentId,
+        snapshot: Vec<u8>,
+    },
     /// Forget a document and its sync states.
-    DeleteDoc { doc: DocumentId },
+    DeleteDoc {
+        doc: DocumentId,
+    },
     /// Load the persisted sync state we share with a remote store.
-    LoadSyncState { doc: DocumentId, peer: StorageId },
-    PutSyncState { doc: DocumentId, peer: StorageId, state: Vec<u8> },
+    LoadSyncState {
+        doc: DocumentId,
+        peer: StorageId,
+    },
+    PutSyncState {
+        doc: DocumentId,
+        peer: StorageId,
+        state: Vec<u8>,
+    },
 }
 
 /// The answer to a task.
@@ -61,9 +78,7 @@ impl MemoryStore {
     /// Runs one task and returns its result.
     pub fn execute(&mut self, task: &StorageTask) -> StorageResult {
         match task {
-            StorageTask::LoadDoc { doc } => {
-                StorageResult::Loaded(self.docs.get(doc).map(|chunks| chunks.concat()))
-            }
+            StorageTask::LoadDoc { doc } => StorageResult::Loaded(self.docs.get(doc).map(|chunks| chunks.concat())),
             StorageTask::AppendChunk { doc, data } => {
                 self.docs.entry(*doc).or_default().push(data.clone());
                 StorageResult::Done

@@ -26,24 +26,15 @@ struct Fixture {
 
 fn load(name: &str) -> Fixture {
     let dir = fixture_dir();
-    let bytes =
-        fs::read(dir.join(format!("{name}.cbor"))).unwrap_or_else(|e| panic!("{name}.cbor: {e}"));
-    let json = fs::read_to_string(dir.join(format!("{name}.json")))
-        .unwrap_or_else(|e| panic!("{name}.json: {e}"));
+    let bytes = fs::read(dir.join(format!("{name}.cbor"))).unwrap_or_else(|e| panic!("{name}.cbor: {e}"));
+    let json = fs::read_to_string(dir.join(format!("{name}.json"))).unwrap_or_else(|e| panic!("{name}.json: {e}"));
     let meta: Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}.json: {e}"));
     assert_eq!(meta["name"], name, "{name}.json names another fixture");
-    Fixture {
-        name: name.to_owned(),
-        bytes,
-        meta,
-    }
+    Fixture { name: name.to_owned(), bytes, meta }
 }
 
 fn s(v: &Value, key: &str) -> String {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("`{key}` is not a string in {v}"))
-        .to_owned()
+    v[key].as_str().unwrap_or_else(|| panic!("`{key}` is not a string in {v}")).to_owned()
 }
 
 fn opt_s(v: &Value, key: &str) -> Option<String> {
@@ -58,11 +49,7 @@ fn strings(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
         .iter()
-        .map(|x| {
-            x.as_str()
-                .unwrap_or_else(|| panic!("not a string: {x}"))
-                .to_owned()
-        })
+        .map(|x| x.as_str().unwrap_or_else(|| panic!("not a string: {x}")).to_owned())
         .collect()
 }
 
@@ -75,9 +62,7 @@ fn peer(v: &Value, key: &str) -> PeerId {
 }
 
 fn doc(v: &Value) -> DocumentId {
-    s(v, "documentId")
-        .parse()
-        .unwrap_or_else(|e| panic!("fixture documentId does not parse: {e}"))
+    s(v, "documentId").parse().unwrap_or_else(|e| panic!("fixture documentId does not parse: {e}"))
 }
 
 fn metadata(v: &Value) -> PeerMetadata {
@@ -138,19 +123,14 @@ fn expected(e: &Value) -> Decoded {
             target_id: peer(e, "targetId"),
             document_id: doc(e),
             session_id: s(e, "sessionId"),
-            count: e["count"]
-                .as_u64()
-                .expect("count is a non-negative integer"),
+            count: e["count"].as_u64().expect("count is a non-negative integer"),
             data: hex_bytes(e, "data"),
         },
         "remote-subscription-change" => Message::RemoteSubscriptionChange {
             sender_id: peer(e, "senderId"),
             target_id: peer(e, "targetId"),
             add: strings(&e["add"]).into_iter().map(StorageId::new).collect(),
-            remove: strings(&e["remove"])
-                .into_iter()
-                .map(StorageId::new)
-                .collect(),
+            remove: strings(&e["remove"]).into_iter().map(StorageId::new).collect(),
         },
         "remote-heads-changed" => Message::RemoteHeadsChanged {
             sender_id: peer(e, "senderId"),
@@ -176,29 +156,15 @@ fn expected(e: &Value) -> Decoded {
 
 fn check(name: &str) {
     let f = load(name);
-    let decoded =
-        codec::decode(&f.bytes).unwrap_or_else(|e| panic!("{}: decode failed: {e}", f.name));
+    let decoded = codec::decode(&f.bytes).unwrap_or_else(|e| panic!("{}: decode failed: {e}", f.name));
     let want = expected(&f.meta["expect"]);
-    assert_eq!(
-        decoded, want,
-        "{}: decoded message differs from the JSON expectation",
-        f.name
-    );
+    assert_eq!(decoded, want, "{}: decoded message differs from the JSON expectation", f.name);
 
     let Decoded::Message(msg) = decoded else {
-        assert_eq!(
-            f.meta["reencode"], false,
-            "{}: an unknown message cannot be re-encoded",
-            f.name
-        );
+        assert_eq!(f.meta["reencode"], false, "{}: an unknown message cannot be re-encoded", f.name);
         return;
     };
-    assert_eq!(
-        msg.type_name(),
-        f.meta["expect"]["type"],
-        "{}: type_name",
-        f.name
-    );
+    assert_eq!(msg.type_name(), f.meta["expect"]["type"], "{}: type_name", f.name);
 
     let encoded = codec::encode(&msg);
     // Whatever the encoder writes must decode to the same message.
@@ -217,16 +183,8 @@ fn check(name: &str) {
             hex::encode(&encoded)
         ),
         Some(false) => {
-            assert!(
-                f.meta["reencode_note"].is_string(),
-                "{}: reencode false needs a reencode_note",
-                f.name
-            );
-            assert_ne!(
-                encoded, f.bytes,
-                "{}: re-encodes identically now; set `reencode: true`",
-                f.name
-            );
+            assert!(f.meta["reencode_note"].is_string(), "{}: reencode false needs a reencode_note", f.name);
+            assert_ne!(encoded, f.bytes, "{}: re-encodes identically now; set `reencode: true`", f.name);
         }
         None => panic!("{}: `reencode` missing", f.name),
     }
@@ -287,10 +245,7 @@ fn every_fixture_is_tested() {
     listed.sort();
     assert_eq!(on_disk, listed);
     for name in NAMES {
-        assert!(
-            fixture_dir().join(format!("{name}.cbor")).exists(),
-            "{name}.cbor missing"
-        );
+        assert!(fixture_dir().join(format!("{name}.cbor")).exists(), "{name}.cbor missing");
     }
 }
 
@@ -317,10 +272,7 @@ fn every_message_type_has_a_byte_exact_fixture() {
         "remote-heads-changed",
     ];
     for ty in all {
-        assert!(
-            byte_exact.contains(ty),
-            "no byte-exact golden fixture for `{ty}`"
-        );
+        assert!(byte_exact.contains(ty), "no byte-exact golden fixture for `{ty}`");
     }
 }
 
@@ -336,11 +288,7 @@ fn decoding_does_not_depend_on_key_order() {
         for e in entries.iter().rev() {
             reversed.extend_from_slice(e);
         }
-        assert_eq!(
-            codec::decode(&reversed),
-            codec::decode(&f.bytes),
-            "{name}: reversed key order"
-        );
+        assert_eq!(codec::decode(&reversed), codec::decode(&f.bytes), "{name}: reversed key order");
     }
 }
 

@@ -27,11 +27,8 @@ fn peer_id() -> impl Strategy<Value = PeerId> {
 }
 
 fn storage_id() -> impl Strategy<Value = StorageId> {
-    prop_oneof![
-        "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-        any::<String>()
-    ]
-    .prop_map(StorageId::new)
+    prop_oneof!["[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", any::<String>()]
+        .prop_map(StorageId::new)
 }
 
 fn document_id() -> impl Strategy<Value = DocumentId> {
@@ -163,140 +160,66 @@ fn timestamp() -> impl Strategy<Value = f64> {
         any::<f64>().prop_filter("NaN never equals itself", |x| !x.is_nan()),
         (-(1i64 << 34)..(1i64 << 34)).prop_map(|n| n as f64),
         (1_600_000_000_000u64..1_900_000_000_000).prop_map(|n| n as f64),
-        (1_600_000_000_000u64..1_900_000_000_000, 1u32..1000)
-            .prop_map(|(n, f)| n as f64 + f64::from(f) / 1000.0),
+        (1_600_000_000_000u64..1_900_000_000_000, 1u32..1000).prop_map(|(n, f)| n as f64 + f64::from(f) / 1000.0),
         Just(-0.0),
     ]
 }
 
 fn peer_metadata() -> impl Strategy<Value = PeerMetadata> {
-    (proptest::option::of(storage_id()), any::<bool>()).prop_map(|(storage_id, is_ephemeral)| {
-        PeerMetadata {
-            storage_id,
-            is_ephemeral,
-        }
-    })
+    (proptest::option::of(storage_id()), any::<bool>())
+        .prop_map(|(storage_id, is_ephemeral)| PeerMetadata { storage_id, is_ephemeral })
 }
 
 fn heads() -> impl Strategy<Value = RemoteHeads> {
-    (
-        vec(prop_oneof!["[1-9A-HJ-NP-Za-km-z]{48,50}", text()], 0..3),
-        timestamp(),
-    )
+    (vec(prop_oneof!["[1-9A-HJ-NP-Za-km-z]{48,50}", text()], 0..3), timestamp())
         .prop_map(|(heads, timestamp)| RemoteHeads { heads, timestamp })
 }
 
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (
-            peer_id(),
-            peer_metadata(),
-            proptest::option::of(vec(prop_oneof![Just("1".to_owned()), text()], 0..3))
-        )
+        (peer_id(), peer_metadata(), proptest::option::of(vec(prop_oneof![Just("1".to_owned()), text()], 0..3)))
             .prop_map(|(sender_id, peer_metadata, supported_protocol_versions)| {
-                Message::Join {
-                    sender_id,
-                    peer_metadata,
-                    supported_protocol_versions,
-                }
+                Message::Join { sender_id, peer_metadata, supported_protocol_versions }
             }),
-        (
-            peer_id(),
-            peer_metadata(),
-            prop_oneof![Just("1".to_owned()), text()],
-            peer_id()
-        )
-            .prop_map(
-                |(sender_id, peer_metadata, selected_protocol_version, target_id)| Message::Peer {
-                    sender_id,
-                    peer_metadata,
-                    selected_protocol_version,
-                    target_id
-                }
-            ),
-        (
-            proptest::option::of(peer_id()),
-            text(),
-            proptest::option::of(peer_id())
-        )
-            .prop_map(|(sender_id, message, target_id)| Message::Error {
+        (peer_id(), peer_metadata(), prop_oneof![Just("1".to_owned()), text()], peer_id()).prop_map(
+            |(sender_id, peer_metadata, selected_protocol_version, target_id)| Message::Peer {
                 sender_id,
-                message,
+                peer_metadata,
+                selected_protocol_version,
                 target_id
-            }),
-        (peer_id(), peer_id(), document_id(), payload()).prop_map(
-            |(sender_id, target_id, document_id, data)| {
-                Message::Request {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    data,
-                }
             }
         ),
-        (peer_id(), peer_id(), document_id(), payload()).prop_map(
-            |(sender_id, target_id, document_id, data)| {
-                Message::Sync {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    data,
-                }
-            }
-        ),
+        (proptest::option::of(peer_id()), text(), proptest::option::of(peer_id()))
+            .prop_map(|(sender_id, message, target_id)| Message::Error { sender_id, message, target_id }),
+        (peer_id(), peer_id(), document_id(), payload()).prop_map(|(sender_id, target_id, document_id, data)| {
+            Message::Request { sender_id, target_id, document_id, data }
+        }),
+        (peer_id(), peer_id(), document_id(), payload()).prop_map(|(sender_id, target_id, document_id, data)| {
+            Message::Sync { sender_id, target_id, document_id, data }
+        }),
         (peer_id(), peer_id(), document_id()).prop_map(|(sender_id, target_id, document_id)| {
-            Message::DocUnavailable {
+            Message::DocUnavailable { sender_id, target_id, document_id }
+        }),
+        (peer_id(), peer_id(), document_id(), text(), count(), cbor_value()).prop_map(
+            |(sender_id, target_id, document_id, session_id, count, data)| Message::Ephemeral {
                 sender_id,
                 target_id,
                 document_id,
+                session_id,
+                count,
+                data: data.to_vec(),
             }
-        }),
-        (
-            peer_id(),
-            peer_id(),
-            document_id(),
-            text(),
-            count(),
-            cbor_value()
-        )
-            .prop_map(
-                |(sender_id, target_id, document_id, session_id, count, data)| Message::Ephemeral {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    session_id,
-                    count,
-                    data: data.to_vec(),
-                }
-            ),
-        (
-            peer_id(),
-            peer_id(),
-            vec(storage_id(), 0..4),
-            vec(storage_id(), 0..4)
-        )
-            .prop_map(|(sender_id, target_id, add, remove)| {
-                Message::RemoteSubscriptionChange {
-                    sender_id,
-                    target_id,
-                    add,
-                    remove,
-                }
-            }),
-        (
-            peer_id(),
-            peer_id(),
-            document_id(),
-            btree_map(storage_id(), heads(), 0..4)
-        )
-            .prop_map(|(sender_id, target_id, document_id, new_heads)| {
-                Message::RemoteHeadsChanged {
-                    sender_id,
-                    target_id,
-                    document_id,
-                    new_heads,
-                }
-            }),
+        ),
+        (peer_id(), peer_id(), vec(storage_id(), 0..4), vec(storage_id(), 0..4)).prop_map(
+            |(sender_id, target_id, add, remove)| {
+                Message::RemoteSubscriptionChange { sender_id, target_id, add, remove }
+            }
+        ),
+        (peer_id(), peer_id(), document_id(), btree_map(storage_id(), heads(), 0..4)).prop_map(
+            |(sender_id, target_id, document_id, new_heads)| {
+                Message::RemoteHeadsChanged { sender_id, target_id, document_id, new_heads }
+            }
+        ),
     ]
 }
 
@@ -332,11 +255,7 @@ fn plausible_value() -> impl Strategy<Value = Cbor> {
 fn random_frame() -> impl Strategy<Value = Vec<u8>> {
     let inner = vec((key(), plausible_value()), 0..4).prop_map(Cbor::Map);
     let nested = vec((key(), prop_oneof![plausible_value(), inner]), 0..4).prop_map(Cbor::Map);
-    vec(
-        (key(), prop_oneof![3 => plausible_value(), 1 => nested]),
-        0..9,
-    )
-    .prop_map(|entries| Cbor::Map(entries).to_vec())
+    vec((key(), prop_oneof![3 => plausible_value(), 1 => nested]), 0..9).prop_map(|entries| Cbor::Map(entries).to_vec())
 }
 
 /// If `decode` accepted `bytes`, its message re-encodes to a frame that
@@ -473,12 +392,7 @@ fn with(mut entries: Vec<(&'static str, Vec<u8>)>, key: &'static str, value: Vec
 }
 
 fn without(entries: Vec<(&'static str, Vec<u8>)>, key: &str) -> Vec<u8> {
-    frame(
-        &entries
-            .into_iter()
-            .filter(|(k, _)| *k != key)
-            .collect::<Vec<_>>(),
-    )
+    frame(&entries.into_iter().filter(|(k, _)| *k != key).collect::<Vec<_>>())
 }
 
 fn expected_sync() -> Message {
@@ -491,20 +405,14 @@ fn expected_sync() -> Message {
 }
 
 fn wrong_type(field: &str, expected: &'static str) -> Result<Decoded, DecodeError> {
-    Err(DecodeError::WrongType {
-        field: field.to_owned(),
-        expected,
-    })
+    Err(DecodeError::WrongType { field: field.to_owned(), expected })
 }
 
 // ---- negative cases ----------------------------------------------------------
 
 #[test]
 fn the_frame_builder_makes_valid_frames() {
-    assert_eq!(
-        codec::decode(&frame(&sync_entries())),
-        Ok(Decoded::Message(expected_sync()))
-    );
+    assert_eq!(codec::decode(&frame(&sync_entries())), Ok(Decoded::Message(expected_sync())));
     assert!(matches!(
         codec::decode(&frame(&ephemeral_entries(&u(5)))),
         Ok(Decoded::Message(Message::Ephemeral { .. }))
@@ -529,28 +437,18 @@ fn not_cbor() {
     }
     // Truncated inside a value, and inside a list of strings.
     let full = frame(&sync_entries());
-    assert!(matches!(
-        codec::decode(&full[..full.len() - 3]),
-        Err(DecodeError::NotCbor(_))
-    ));
+    assert!(matches!(codec::decode(&full[..full.len() - 3]), Err(DecodeError::NotCbor(_))));
     let subs = frame(&[
         ("type", t("remote-subscription-change")),
         ("targetId", t("b")),
         ("senderId", t("a")),
         ("add", item(|e| e.array(2)?.str("s1"))),
     ]);
-    assert!(
-        matches!(codec::decode(&subs), Err(DecodeError::NotCbor(_))),
-        "{:?}",
-        codec::decode(&subs)
-    );
+    assert!(matches!(codec::decode(&subs), Err(DecodeError::NotCbor(_))), "{:?}", codec::decode(&subs));
     // A stray break as the value of an unknown key is malformed too.
     let mut entries = sync_entries();
     entries.push(("extra", vec![0xff]));
-    assert!(matches!(
-        codec::decode(&frame(&entries)),
-        Err(DecodeError::NotCbor(_))
-    ));
+    assert!(matches!(codec::decode(&frame(&entries)), Err(DecodeError::NotCbor(_))));
 }
 
 #[test]
@@ -567,135 +465,64 @@ fn cbor_that_is_not_a_map() {
 
 #[test]
 fn missing_type() {
-    assert_eq!(
-        codec::decode(&without(sync_entries(), "type")),
-        Err(DecodeError::MissingType)
-    );
+    assert_eq!(codec::decode(&without(sync_entries(), "type")), Err(DecodeError::MissingType));
     assert_eq!(codec::decode(&[0xa0]), Err(DecodeError::MissingType));
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "type", vec![0xf7])),
-        Err(DecodeError::MissingType)
-    );
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "type", vec![0xf6])),
-        Err(DecodeError::MissingType)
-    );
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "type", u(1))),
-        wrong_type("type", "a text string")
-    );
+    assert_eq!(codec::decode(&with(sync_entries(), "type", vec![0xf7])), Err(DecodeError::MissingType));
+    assert_eq!(codec::decode(&with(sync_entries(), "type", vec![0xf6])), Err(DecodeError::MissingType));
+    assert_eq!(codec::decode(&with(sync_entries(), "type", u(1))), wrong_type("type", "a text string"));
 }
 
 #[test]
 fn missing_fields() {
-    let missing = |message_type: &str, field| {
-        Err(DecodeError::MissingField {
-            message_type: message_type.to_owned(),
-            field,
-        })
-    };
-    assert_eq!(
-        codec::decode(&without(sync_entries(), "data")),
-        missing("sync", "data")
-    );
-    assert_eq!(
-        codec::decode(&without(sync_entries(), "senderId")),
-        missing("sync", "senderId")
-    );
-    assert_eq!(
-        codec::decode(&without(sync_entries(), "documentId")),
-        missing("sync", "documentId")
-    );
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "targetId", vec![0xf7])),
-        missing("sync", "targetId")
-    );
-    assert_eq!(
-        codec::decode(&without(ephemeral_entries(&u(1)), "count")),
-        missing("ephemeral", "count")
-    );
-    assert_eq!(
-        codec::decode(&without(ephemeral_entries(&u(1)), "sessionId")),
-        missing("ephemeral", "sessionId")
-    );
+    let missing =
+        |message_type: &str, field| Err(DecodeError::MissingField { message_type: message_type.to_owned(), field });
+    assert_eq!(codec::decode(&without(sync_entries(), "data")), missing("sync", "data"));
+    assert_eq!(codec::decode(&without(sync_entries(), "senderId")), missing("sync", "senderId"));
+    assert_eq!(codec::decode(&without(sync_entries(), "documentId")), missing("sync", "documentId"));
+    assert_eq!(codec::decode(&with(sync_entries(), "targetId", vec![0xf7])), missing("sync", "targetId"));
+    assert_eq!(codec::decode(&without(ephemeral_entries(&u(1)), "count")), missing("ephemeral", "count"));
+    assert_eq!(codec::decode(&without(ephemeral_entries(&u(1)), "sessionId")), missing("ephemeral", "sessionId"));
     let heads = frame(&[
         ("type", t("remote-heads-changed")),
         ("senderId", t("a")),
         ("targetId", t("b")),
         ("documentId", t(DOC)),
     ]);
-    assert_eq!(
-        codec::decode(&heads),
-        missing("remote-heads-changed", "newHeads")
-    );
+    assert_eq!(codec::decode(&heads), missing("remote-heads-changed", "newHeads"));
     let peer = frame(&[("type", t("peer")), ("senderId", t("a"))]);
     assert_eq!(codec::decode(&peer), missing("peer", "targetId"));
 }
 
 #[test]
 fn wrong_field_types() {
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "documentId", u(42))),
-        wrong_type("documentId", "a text string")
-    );
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "data", t("QgA="))),
-        wrong_type("data", "a byte string")
-    );
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "senderId", b(b"peer-a"))),
-        wrong_type("senderId", "a text string")
-    );
+    assert_eq!(codec::decode(&with(sync_entries(), "documentId", u(42))), wrong_type("documentId", "a text string"));
+    assert_eq!(codec::decode(&with(sync_entries(), "data", t("QgA="))), wrong_type("data", "a byte string"));
+    assert_eq!(codec::decode(&with(sync_entries(), "senderId", b(b"peer-a"))), wrong_type("senderId", "a text string"));
     let eph = ephemeral_entries(&u(1));
-    assert_eq!(
-        codec::decode(&with(eph.clone(), "count", t("1"))),
-        wrong_type("count", "a non-negative integer")
-    );
+    assert_eq!(codec::decode(&with(eph.clone(), "count", t("1"))), wrong_type("count", "a non-negative integer"));
     assert_eq!(
         codec::decode(&with(eph.clone(), "count", item(|e| e.i64(-1)))),
         wrong_type("count", "a non-negative integer")
     );
-    assert_eq!(
-        codec::decode(&with(eph, "count", item(|e| e.f64(2.5)))),
-        wrong_type("count", "a non-negative integer")
-    );
+    assert_eq!(codec::decode(&with(eph, "count", item(|e| e.f64(2.5)))), wrong_type("count", "a non-negative integer"));
 
-    let join = |key: &'static str, value: Vec<u8>| {
-        with(vec![("type", t("join")), ("senderId", t("a"))], key, value)
-    };
+    let join = |key: &'static str, value: Vec<u8>| with(vec![("type", t("join")), ("senderId", t("a"))], key, value);
     assert_eq!(
         codec::decode(&join("supportedProtocolVersions", t("1"))),
         wrong_type("supportedProtocolVersions", "an array of strings")
     );
     assert_eq!(
-        codec::decode(&join(
-            "supportedProtocolVersions",
-            item(|e| e.array(1)?.u8(1))
-        )),
+        codec::decode(&join("supportedProtocolVersions", item(|e| e.array(1)?.u8(1)))),
         wrong_type("supportedProtocolVersions", "an array of strings")
     );
-    assert_eq!(
-        codec::decode(&join("peerMetadata", t("{}"))),
-        wrong_type("peerMetadata", "a map")
-    );
+    assert_eq!(codec::decode(&join("peerMetadata", t("{}"))), wrong_type("peerMetadata", "a map"));
     let meta = frame(&[("isEphemeral", t("yes"))]);
-    assert_eq!(
-        codec::decode(&join("peerMetadata", meta)),
-        wrong_type("peerMetadata.isEphemeral", "a boolean")
-    );
+    assert_eq!(codec::decode(&join("peerMetadata", meta)), wrong_type("peerMetadata.isEphemeral", "a boolean"));
 
     let subs = |value| {
-        frame(&[
-            ("type", t("remote-subscription-change")),
-            ("senderId", t("a")),
-            ("targetId", t("b")),
-            ("add", value),
-        ])
+        frame(&[("type", t("remote-subscription-change")), ("senderId", t("a")), ("targetId", t("b")), ("add", value)])
     };
-    assert_eq!(
-        codec::decode(&subs(t("s1"))),
-        wrong_type("add", "an array of strings")
-    );
+    assert_eq!(codec::decode(&subs(t("s1"))), wrong_type("add", "an array of strings"));
 
     let rhc = |entry: Vec<u8>| {
         let new_heads = [item(|e| e.map(1)?.str("s1")), entry].concat();
@@ -713,10 +540,7 @@ fn wrong_field_types() {
     );
     let empty_heads = item(|e| e.array(0));
     assert_eq!(
-        codec::decode(&rhc(frame(&[
-            ("heads", empty_heads.clone()),
-            ("timestamp", t("now"))
-        ]))),
+        codec::decode(&rhc(frame(&[("heads", empty_heads.clone()), ("timestamp", t("now"))]))),
         wrong_type("newHeads[].timestamp", "a number")
     );
     assert_eq!(codec::decode(&rhc(u(3))), wrong_type("newHeads[]", "a map"));
@@ -725,18 +549,11 @@ fn wrong_field_types() {
 #[test]
 fn invalid_document_ids() {
     // Last character changed: the bs58check checksum no longer matches.
-    let bad_checksum = with(
-        sync_entries(),
-        "documentId",
-        t("DxtrkqpSm4nNZd5wkhmxqjMk34U"),
-    );
+    let bad_checksum = with(sync_entries(), "documentId", t("DxtrkqpSm4nNZd5wkhmxqjMk34U"));
     assert!(
         matches!(
             codec::decode(&bad_checksum),
-            Err(DecodeError::BadId {
-                field: "documentId",
-                source: IdError::Bs58(_)
-            })
+            Err(DecodeError::BadId { field: "documentId", source: IdError::Bs58(_) })
         ),
         "{:?}",
         codec::decode(&bad_checksum)
@@ -745,33 +562,17 @@ fn invalid_document_ids() {
     let not_base58 = with(sync_entries(), "documentId", t("0OIl"));
     assert!(matches!(
         codec::decode(&not_base58),
-        Err(DecodeError::BadId {
-            field: "documentId",
-            source: IdError::Bs58(_)
-        })
+        Err(DecodeError::BadId { field: "documentId", source: IdError::Bs58(_) })
     ));
     // Valid bs58check of the wrong length.
     let short = bs58::encode([7u8; 15]).with_check().into_string();
     assert_eq!(
         codec::decode(&with(sync_entries(), "documentId", t(&short))),
-        Err(DecodeError::BadId {
-            field: "documentId",
-            source: IdError::DocumentIdLength(15)
-        })
+        Err(DecodeError::BadId { field: "documentId", source: IdError::DocumentIdLength(15) })
     );
     // The same checks apply to every message carrying a document id.
-    let eph = with(
-        ephemeral_entries(&u(1)),
-        "documentId",
-        t("DxtrkqpSm4nNZd5wkhmxqjMk34U"),
-    );
-    assert!(matches!(
-        codec::decode(&eph),
-        Err(DecodeError::BadId {
-            field: "documentId",
-            ..
-        })
-    ));
+    let eph = with(ephemeral_entries(&u(1)), "documentId", t("DxtrkqpSm4nNZd5wkhmxqjMk34U"));
+    assert!(matches!(codec::decode(&eph), Err(DecodeError::BadId { field: "documentId", .. })));
 }
 
 #[test]
@@ -791,38 +592,18 @@ fn ephemeral_data_must_be_one_cbor_item() {
             "data {data:02x?}"
         );
     }
-    for data in [
-        &u(0)[..],
-        &[0xf6],
-        &[0x9f, 0x01, 0xff],
-        &frame(&[("x", t("y"))]),
-    ] {
-        assert!(
-            matches!(
-                codec::decode(&frame(&ephemeral_entries(data))),
-                Ok(Decoded::Message(_))
-            ),
-            "data {data:02x?}"
-        );
+    for data in [&u(0)[..], &[0xf6], &[0x9f, 0x01, 0xff], &frame(&[("x", t("y"))])] {
+        assert!(matches!(codec::decode(&frame(&ephemeral_entries(data))), Ok(Decoded::Message(_))), "data {data:02x?}");
     }
 }
 
 #[test]
 fn trailing_bytes() {
     let one = frame(&sync_entries());
-    assert_eq!(
-        codec::decode(&[&one[..], &[0x00]].concat()),
-        Err(DecodeError::TrailingBytes)
-    );
-    assert_eq!(
-        codec::decode(&[&one[..], &one[..]].concat()),
-        Err(DecodeError::TrailingBytes)
-    );
+    assert_eq!(codec::decode(&[&one[..], &[0x00]].concat()), Err(DecodeError::TrailingBytes));
+    assert_eq!(codec::decode(&[&one[..], &one[..]].concat()), Err(DecodeError::TrailingBytes));
     // Even a trailing break.
-    assert_eq!(
-        codec::decode(&[&one[..], &[0xff]].concat()),
-        Err(DecodeError::TrailingBytes)
-    );
+    assert_eq!(codec::decode(&[&one[..], &[0xff]].concat()), Err(DecodeError::TrailingBytes));
 }
 
 // ---- tolerance ---------------------------------------------------------------
@@ -830,19 +611,9 @@ fn trailing_bytes() {
 #[test]
 fn unknown_types_are_reported_not_rejected() {
     let f = with(sync_entries(), "type", t("frobnicate"));
-    assert_eq!(
-        codec::decode(&f),
-        Ok(Decoded::Unknown {
-            message_type: "frobnicate".to_owned()
-        })
-    );
+    assert_eq!(codec::decode(&f), Ok(Decoded::Unknown { message_type: "frobnicate".to_owned() }));
     // Even without any of the usual fields.
-    assert_eq!(
-        codec::decode(&frame(&[("type", t("x"))])),
-        Ok(Decoded::Unknown {
-            message_type: "x".to_owned()
-        })
-    );
+    assert_eq!(codec::decode(&frame(&[("type", t("x"))])), Ok(Decoded::Unknown { message_type: "x".to_owned() }));
 }
 
 #[test]
@@ -851,13 +622,7 @@ fn unknown_and_non_text_keys_are_skipped() {
     bytes.extend(u(1)); // integer key
     bytes.extend(t("ignored"));
     bytes.extend(t("nested"));
-    bytes.extend(
-        Cbor::Map(vec![(
-            Cbor::Text("a".into()),
-            Cbor::IndefArray(vec![Cbor::U(1), Cbor::Null]),
-        )])
-        .to_vec(),
-    );
+    bytes.extend(Cbor::Map(vec![(Cbor::Text("a".into()), Cbor::IndefArray(vec![Cbor::U(1), Cbor::Null]))]).to_vec());
     for (k, v) in sync_entries() {
         bytes.extend(t(k));
         bytes.extend(v);
@@ -873,10 +638,7 @@ fn indefinite_lengths_and_tags_are_accepted() {
     bytes.extend([0x7f, 0x62, b's', b'y', 0x62, b'n', b'c', 0xff]);
     bytes.extend(t("data"));
     bytes.extend([0xd8, 0x40, 0x5f, 0x41, 0x42, 0x41, 0x00, 0xff]);
-    for (k, v) in sync_entries()
-        .into_iter()
-        .filter(|(k, _)| !matches!(*k, "type" | "data"))
-    {
+    for (k, v) in sync_entries().into_iter().filter(|(k, _)| !matches!(*k, "type" | "data")) {
         bytes.extend(t(k));
         bytes.extend(v);
     }
@@ -894,14 +656,8 @@ fn floats_of_every_width_are_accepted_for_integers_and_timestamps() {
     assert_eq!(count_of(eph(vec![0xf9, 0x40, 0x00])), 2); // f16 2.0
     assert_eq!(count_of(eph(vec![0xfa, 0x40, 0x40, 0x00, 0x00])), 3); // f32 3.0
     assert_eq!(count_of(eph(item(|e| e.f64(4.0)))), 4);
-    assert_eq!(
-        eph(vec![0xf9, 0x7c, 0x00]),
-        wrong_type("count", "a non-negative integer")
-    ); // f16 +inf
-    assert_eq!(
-        eph(vec![0xf9, 0x7e, 0x00]),
-        wrong_type("count", "a non-negative integer")
-    ); // f16 NaN
+    assert_eq!(eph(vec![0xf9, 0x7c, 0x00]), wrong_type("count", "a non-negative integer")); // f16 +inf
+    assert_eq!(eph(vec![0xf9, 0x7e, 0x00]), wrong_type("count", "a non-negative integer")); // f16 NaN
 
     let ts = |timestamp: Vec<u8>| {
         let mut heads = item(|e| e.map(1)?.str("s1")?.map(2)?.str("heads")?.array(0));
@@ -931,10 +687,7 @@ fn floats_of_every_width_are_accepted_for_integers_and_timestamps() {
     let mut truncated = ephemeral_entries(&u(1));
     truncated.retain(|(k, _)| *k != "count");
     truncated.push(("count", vec![0xf9, 0x40]));
-    assert!(matches!(
-        codec::decode(&frame(&truncated)),
-        Err(DecodeError::NotCbor(_))
-    ));
+    assert!(matches!(codec::decode(&frame(&truncated)), Err(DecodeError::NotCbor(_))));
 }
 
 #[test]
@@ -943,13 +696,7 @@ fn optional_fields_may_be_undefined_or_null() {
         let join = frame(&[
             ("type", t("join")),
             ("senderId", t("a")),
-            (
-                "peerMetadata",
-                frame(&[
-                    ("storageId", absent.clone()),
-                    ("isEphemeral", absent.clone()),
-                ]),
-            ),
+            ("peerMetadata", frame(&[("storageId", absent.clone()), ("isEphemeral", absent.clone())])),
             ("supportedProtocolVersions", absent.clone()),
         ]);
         assert_eq!(
@@ -987,31 +734,19 @@ fn deeply_nested_input_does_not_overflow() {
     // A million tags in front of the sync payload.
     let mut tagged = vec![0xc6; DEPTH];
     tagged.extend(b(&[0x42, 0x00]));
-    assert_eq!(
-        codec::decode(&with(sync_entries(), "data", tagged)),
-        Ok(Decoded::Message(expected_sync()))
-    );
+    assert_eq!(codec::decode(&with(sync_entries(), "data", tagged)), Ok(Decoded::Message(expected_sync())));
     // A million nested arrays under an unknown key.
     let mut entries = sync_entries();
     let mut deep = vec![0x81; DEPTH];
     deep.push(0x00);
     entries.push(("deep", deep));
-    assert_eq!(
-        codec::decode(&frame(&entries)),
-        Ok(Decoded::Message(expected_sync()))
-    );
+    assert_eq!(codec::decode(&frame(&entries)), Ok(Decoded::Message(expected_sync())));
     // And as ephemeral data: indefinite arrays, properly closed.
     let mut data = vec![0x9f; DEPTH];
     data.extend(vec![0xff; DEPTH]);
-    assert!(matches!(
-        codec::decode(&frame(&ephemeral_entries(&data))),
-        Ok(Decoded::Message(_))
-    ));
+    assert!(matches!(codec::decode(&frame(&ephemeral_entries(&data))), Ok(Decoded::Message(_))));
     data.pop();
-    assert_eq!(
-        codec::decode(&frame(&ephemeral_entries(&data))),
-        Err(DecodeError::EphemeralDataNotCbor)
-    );
+    assert_eq!(codec::decode(&frame(&ephemeral_entries(&data))), Err(DecodeError::EphemeralDataNotCbor));
 }
 
 // ---- encoder details that match cbor-x -----------------------------------------
@@ -1030,16 +765,8 @@ fn ephemeral_with_count(count: u64) -> Message {
 fn encoded_count(count: u64) -> Vec<u8> {
     let bytes = codec::encode(&ephemeral_with_count(count));
     let key = t("count");
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .unwrap()
-        + key.len();
-    let end = bytes[at..]
-        .windows(t("sessionId").len())
-        .position(|w| w == t("sessionId").as_slice())
-        .unwrap()
-        + at;
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap() + key.len();
+    let end = bytes[at..].windows(t("sessionId").len()).position(|w| w == t("sessionId").as_slice()).unwrap() + at;
     bytes[at..end].to_vec()
 }
 
@@ -1047,24 +774,12 @@ fn encoded_count(count: u64) -> Vec<u8> {
 fn count_is_written_as_cbor_x_writes_a_js_number() {
     assert_eq!(encoded_count(23), [0x17]);
     assert_eq!(encoded_count(24), [0x18, 24]);
-    assert_eq!(
-        encoded_count(u64::from(u32::MAX)),
-        [0x1a, 0xff, 0xff, 0xff, 0xff]
-    );
+    assert_eq!(encoded_count(u64::from(u32::MAX)), [0x1a, 0xff, 0xff, 0xff, 0xff]);
     // Above 32 bits cbor-x writes a float64 (exact up to 2^53).
-    assert_eq!(
-        encoded_count(1 << 32),
-        [&[0xfb][..], &(2f64.powi(32)).to_be_bytes()].concat()
-    );
-    assert_eq!(
-        encoded_count(1 << 53),
-        [&[0xfb][..], &(2f64.powi(53)).to_be_bytes()].concat()
-    );
+    assert_eq!(encoded_count(1 << 32), [&[0xfb][..], &(2f64.powi(32)).to_be_bytes()].concat());
+    assert_eq!(encoded_count(1 << 53), [&[0xfb][..], &(2f64.powi(53)).to_be_bytes()].concat());
     // JS cannot hold more; stay exact.
-    assert_eq!(
-        encoded_count((1 << 53) + 1),
-        [&[0x1b][..], &((1u64 << 53) + 1).to_be_bytes()].concat()
-    );
+    assert_eq!(encoded_count((1 << 53) + 1), [&[0x1b][..], &((1u64 << 53) + 1).to_be_bytes()].concat());
     for c in [0, 1 << 32, 1 << 53, (1 << 53) + 1, u64::MAX] {
         assert_eq!(
             codec::decode(&codec::encode(&ephemeral_with_count(c))),
@@ -1078,21 +793,11 @@ fn encoded_timestamp(timestamp: f64) -> Vec<u8> {
         sender_id: PeerId::new("a"),
         target_id: PeerId::new("b"),
         document_id: DocumentId::from_bytes([1; 16]),
-        new_heads: BTreeMap::from([(
-            StorageId::new("s"),
-            RemoteHeads {
-                heads: vec![],
-                timestamp,
-            },
-        )]),
+        new_heads: BTreeMap::from([(StorageId::new("s"), RemoteHeads { heads: vec![], timestamp })]),
     };
     let bytes = codec::encode(&m);
     let key = t("timestamp");
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .unwrap()
-        + key.len();
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap() + key.len();
     let end = bytes.len() - t("senderId").len() - t("a").len();
     bytes[at..end].to_vec()
 }
@@ -1103,44 +808,21 @@ fn timestamps_are_written_as_cbor_x_writes_a_js_number() {
     assert_eq!(encoded_timestamp(0.0), [0x00]);
     assert_eq!(encoded_timestamp(-0.0), [0x00]);
     assert_eq!(encoded_timestamp(1234.0), [0x19, 0x04, 0xd2]);
-    assert_eq!(
-        encoded_timestamp(4_294_967_295.0),
-        [0x1a, 0xff, 0xff, 0xff, 0xff]
-    );
-    assert_eq!(
-        encoded_timestamp(4_294_967_296.0),
-        f64_bytes(4_294_967_296.0)
-    );
+    assert_eq!(encoded_timestamp(4_294_967_295.0), [0x1a, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(encoded_timestamp(4_294_967_296.0), f64_bytes(4_294_967_296.0));
     assert_eq!(encoded_timestamp(-1.0), [0x20]);
     assert_eq!(encoded_timestamp(-25.0), [0x38, 24]);
-    assert_eq!(
-        encoded_timestamp(-4_294_967_296.0),
-        [0x3a, 0xff, 0xff, 0xff, 0xff]
-    );
-    assert_eq!(
-        encoded_timestamp(-4_294_967_297.0),
-        f64_bytes(-4_294_967_297.0)
-    );
+    assert_eq!(encoded_timestamp(-4_294_967_296.0), [0x3a, 0xff, 0xff, 0xff, 0xff]);
+    assert_eq!(encoded_timestamp(-4_294_967_297.0), f64_bytes(-4_294_967_297.0));
     assert_eq!(encoded_timestamp(1.5), f64_bytes(1.5));
-    assert_eq!(
-        encoded_timestamp(1_760_000_000_000.0),
-        f64_bytes(1_760_000_000_000.0)
-    );
+    assert_eq!(encoded_timestamp(1_760_000_000_000.0), f64_bytes(1_760_000_000_000.0));
     assert_eq!(encoded_timestamp(f64::INFINITY), f64_bytes(f64::INFINITY));
 }
 
 #[test]
 fn maps_beyond_65535_entries_use_a_32_bit_header() {
     let new_heads: BTreeMap<_, _> = (0..70_000)
-        .map(|i| {
-            (
-                StorageId::new(format!("{i:05}")),
-                RemoteHeads {
-                    heads: vec![],
-                    timestamp: 1.0,
-                },
-            )
-        })
+        .map(|i| (StorageId::new(format!("{i:05}")), RemoteHeads { heads: vec![], timestamp: 1.0 }))
         .collect();
     let m = Message::RemoteHeadsChanged {
         sender_id: PeerId::new("a"),
@@ -1150,11 +832,7 @@ fn maps_beyond_65535_entries_use_a_32_bit_header() {
     };
     let bytes = codec::encode(&m);
     let key = t("newHeads");
-    let at = bytes
-        .windows(key.len())
-        .position(|w| w == key.as_slice())
-        .unwrap()
-        + key.len();
+    let at = bytes.windows(key.len()).position(|w| w == key.as_slice()).unwrap() + key.len();
     assert_eq!(bytes[at..at + 5], [0xba, 0x00, 0x01, 0x11, 0x70]);
     assert_eq!(codec::decode(&bytes), Ok(Decoded::Message(m)));
 }

@@ -11,7 +11,11 @@ use meridian_protocol::ids::DocumentId;
 
 /// Client options with quick reconnects, for tests that restart servers.
 pub fn fast() -> ClientOptions {
-    ClientOptions { min_backoff: Duration::from_millis(20), max_backoff: Duration::from_millis(300), ..Default::default() }
+    ClientOptions {
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(300),
+        ..Default::default()
+    }
 }
 
 /// Opens a document that another edge has just acknowledged. Until that
@@ -33,7 +37,13 @@ pub async fn find_eventually(client: &Client, doc: DocumentId) -> Result<()> {
 /// Writes `{prefix}-{n} = n` for n = 0, 1, ... through `client`, recording
 /// each key once the server has acknowledged it (its heads cover the
 /// change), and pausing `pause` between writes. Ends when the client stops.
-pub async fn acked_writer(client: Arc<Client>, doc: DocumentId, prefix: String, pause: Duration, acked: Arc<Mutex<Vec<String>>>) {
+pub async fn acked_writer(
+    client: Arc<Client>,
+    doc: DocumentId,
+    prefix: String,
+    pause: Duration,
+    acked: Arc<Mutex<Vec<String>>>,
+) {
     for n in 0u64.. {
         let key = format!("{prefix}-{n}");
         let k = key.clone();

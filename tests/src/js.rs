@@ -33,10 +33,8 @@ pub fn run_script(script: &str, args: &[&str]) -> Result<Vec<Value>> {
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running node {script}"))?;
-    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let last = lines.last().cloned().unwrap_or(Value::Null);
     if !out.status.success() || last.get("ok") != Some(&Value::Bool(true)) {
         bail!(

@@ -68,7 +68,8 @@ impl RawPeer {
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<Received> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.context("timed out waiting for a message")?;
+            let next =
+                tokio::time::timeout_at(deadline, self.ws.next()).await.context("timed out waiting for a message")?;
             match next {
                 Some(Ok(WsMessage::Binary(b))) => match codec::decode(&b)? {
                     Decoded::Message(m) => return Ok(Received::Message(m)),

@@ -54,7 +54,13 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_change() -> Result<()> 
         for (w, doc) in docs.iter().enumerate() {
             let client = Arc::new(Client::connect(&edge.ws_url(), fast()).await?);
             tokio::time::timeout(Duration::from_secs(20), client.find(*doc)).await.context("find timed out")??;
-            tasks.push(tokio::spawn(acked_writer(client.clone(), *doc, format!("r{round}w{w}"), Duration::ZERO, acked[w].clone())));
+            tasks.push(tokio::spawn(acked_writer(
+                client.clone(),
+                *doc,
+                format!("r{round}w{w}"),
+                Duration::ZERO,
+                acked[w].clone(),
+            )));
             clients.push(client);
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(50..600))).await;
@@ -91,10 +97,18 @@ async fn verify(edge: &EdgeProcess, docs: &[DocumentId], acked: &[(DocumentId, S
         tokio::time::timeout(Duration::from_secs(20), reader.find(*doc)).await.context("find timed out")??;
         let keys: Vec<String> = acked.iter().filter(|(d, _)| d == doc).map(|(_, k)| k.clone()).collect();
         let k2 = keys.clone();
-        let synced = tokio::time::timeout(Duration::from_secs(20), reader.wait_for(*doc, move |d| missing_keys(d, &k2).is_empty())).await;
+        let synced = tokio::time::timeout(
+            Duration::from_secs(20),
+            reader.wait_for(*doc, move |d| missing_keys(d, &k2).is_empty()),
+        )
+        .await;
         if synced.is_err() {
             let missing = reader.read(*doc, move |d| missing_keys(d, &keys)).await.unwrap_or_default();
-            anyhow::bail!("{} acknowledged changes lost in {doc}: {:?}", missing.len(), &missing[..missing.len().min(10)]);
+            anyhow::bail!(
+                "{} acknowledged changes lost in {doc}: {:?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
         }
     }
     Ok(())

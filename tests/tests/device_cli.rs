@@ -49,7 +49,8 @@ async fn device_over_quic_edits_offline_then_syncs_with_a_websocket_client() -> 
 }
 
 fn cli(args: &[&str]) -> Result<String> {
-    let out = Command::new(workspace_binary("meridian-edge")?).arg("client").args(args).env("RUST_LOG", "warn").output()?;
+    let out =
+        Command::new(workspace_binary("meridian-edge")?).arg("client").args(args).env("RUST_LOG", "warn").output()?;
     anyhow::ensure!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
@@ -72,7 +73,9 @@ fn cli_creates_changes_and_prints_documents_over_quic_and_websocket() -> Result<
     let printed: serde_json::Value = serde_json::from_str(&cli(&["--url", &ws_url, "print", &url])?)?;
     assert_eq!(printed, serde_json::json!({"title": "hi there 🎉", "n": 1, "meta": {"tags": ["a", "b"]}}));
     // Bad input is a clear error, not a panic.
-    let bad = Command::new(workspace_binary("meridian-edge")?).args(["client", "--url", &ws_url, "set", &url, "n", "not json"]).output()?;
+    let bad = Command::new(workspace_binary("meridian-edge")?)
+        .args(["client", "--url", &ws_url, "set", &url, "n", "not json"])
+        .output()?;
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must be JSON"));
     Ok(())

@@ -9,7 +9,7 @@ use meridian_edge::client::{Client, ClientOptions};
 use meridian_edge::store::SqliteStore;
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_protocol::automerge::transaction::Transactable;
-use meridian_protocol::automerge::{ReadDoc, ROOT, ScalarValue, Value};
+use meridian_protocol::automerge::{ROOT, ReadDoc, ScalarValue, Value};
 use meridian_protocol::codec::{self, Message, PeerMetadata};
 use meridian_protocol::engine::ErrorKind;
 use meridian_protocol::ids::{DocumentId, PeerId};
@@ -95,8 +95,18 @@ fn cases() -> Vec<Case> {
         ])
     };
     vec![
-        Case { name: "not cbor", join_first: true, payload: Payload::Binary(vec![0xff, 0x00, 0x13, 0x37]), kind: ErrorKind::Decode },
-        Case { name: "cbor array", join_first: true, payload: Payload::Binary(vec![0x82, 0x01, 0x02]), kind: ErrorKind::Decode },
+        Case {
+            name: "not cbor",
+            join_first: true,
+            payload: Payload::Binary(vec![0xff, 0x00, 0x13, 0x37]),
+            kind: ErrorKind::Decode,
+        },
+        Case {
+            name: "cbor array",
+            join_first: true,
+            payload: Payload::Binary(vec![0x82, 0x01, 0x02]),
+            kind: ErrorKind::Decode,
+        },
         Case {
             name: "map without type",
             join_first: true,
@@ -109,7 +119,12 @@ fn cases() -> Vec<Case> {
             payload: Payload::Binary(cbor_map(&[("type", V::S("join")), ("senderId", V::I(7))])),
             kind: ErrorKind::Decode,
         },
-        Case { name: "sync data as text", join_first: true, payload: Payload::Binary(sync_with(V::S("hello"))), kind: ErrorKind::Decode },
+        Case {
+            name: "sync data as text",
+            join_first: true,
+            payload: Payload::Binary(sync_with(V::S("hello"))),
+            kind: ErrorKind::Decode,
+        },
         Case {
             name: "sync before join",
             join_first: false,
@@ -132,14 +147,27 @@ fn cases() -> Vec<Case> {
             payload: Payload::Binary(sync_with(V::B(vec![0x42, 0x01, 0xff, 0xff, 0xff, 0x00]))),
             kind: ErrorKind::InvalidSyncMessage,
         },
-        Case { name: "oversize frame", join_first: true, payload: Payload::Binary(vec![0xa0; LIMIT + 1]), kind: ErrorKind::Oversize },
-        Case { name: "text frame", join_first: true, payload: Payload::Text("{\"type\":\"join\"}"), kind: ErrorKind::TextFrame },
+        Case {
+            name: "oversize frame",
+            join_first: true,
+            payload: Payload::Binary(vec![0xa0; LIMIT + 1]),
+            kind: ErrorKind::Oversize,
+        },
+        Case {
+            name: "text frame",
+            join_first: true,
+            payload: Payload::Text("{\"type\":\"join\"}"),
+            kind: ErrorKind::TextFrame,
+        },
     ]
 }
 
 /// A real first sync message of a document that has one change.
 fn valid_sync_message() -> Vec<u8> {
-    use meridian_protocol::automerge::{Automerge, sync::{self, SyncDoc}};
+    use meridian_protocol::automerge::{
+        Automerge,
+        sync::{self, SyncDoc},
+    };
     let mut doc = Automerge::new();
     let mut tx = doc.transaction();
     let _ = tx.put(ROOT, "x", 1);
@@ -174,7 +202,8 @@ async fn every_kind_of_bad_input_is_contained() -> Result<()> {
 
     let mut expected_errors = std::collections::BTreeMap::<ErrorKind, u64>::new();
     for case in cases() {
-        let mut bad = if case.join_first { RawPeer::joined(&url, "bad").await? } else { RawPeer::connect(&url, "bad").await? };
+        let mut bad =
+            if case.join_first { RawPeer::joined(&url, "bad").await? } else { RawPeer::connect(&url, "bad").await? };
         match &case.payload {
             Payload::Binary(b) => bad.send_bytes(b.clone()).await?,
             Payload::Text(t) => bad.send_text(t).await?,
@@ -188,7 +217,8 @@ async fn every_kind_of_bad_input_is_contained() -> Result<()> {
 
     // Other connections kept syncing.
     good.change(doc, |tx| tx.put(ROOT, "title", "after").map(|_| ())).await?;
-    tokio::time::timeout(Duration::from_secs(10), reader.wait_for(doc, |d| title(d).as_deref() == Some("after"))).await??;
+    tokio::time::timeout(Duration::from_secs(10), reader.wait_for(doc, |d| title(d).as_deref() == Some("after")))
+        .await??;
 
     // Nothing from the bad peers was stored: only the good document exists.
     edge.shutdown().await;
@@ -221,6 +251,9 @@ async fn unknown_message_types_are_ignored_not_fatal() -> Result<()> {
 }
 
 fn empty_request() -> Vec<u8> {
-    use meridian_protocol::automerge::{Automerge, sync::{self, SyncDoc}};
+    use meridian_protocol::automerge::{
+        Automerge,
+        sync::{self, SyncDoc},
+    };
     Automerge::new().generate_sync_message(&mut sync::State::new()).map(|m| m.encode()).unwrap_or_default()
 }

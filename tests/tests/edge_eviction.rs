@@ -45,7 +45,8 @@ async fn idle_documents_are_evicted_and_reload_on_demand() -> Result<()> {
     // Asking for one brings back exactly that one, with its content.
     let reader = Client::connect(&edge.ws_url(), ClientOptions::default()).await?;
     tokio::time::timeout(Duration::from_secs(10), reader.find(docs[17])).await??;
-    let n = reader.read(docs[17], |d| d.get(ROOT, "n").ok().flatten().map(|(v, _)| v.as_i64())).await.flatten().flatten();
+    let n =
+        reader.read(docs[17], |d| d.get(ROOT, "n").ok().flatten().map(|(v, _)| v.as_i64())).await.flatten().flatten();
     assert_eq!(n, Some(17));
     let loaded = edge.metrics().documents_loaded.load(Relaxed);
     assert!(loaded <= 1, "only the requested document is loaded, got {loaded}");

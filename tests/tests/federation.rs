@@ -32,9 +32,17 @@ fn uplink(hub_addr: std::net::SocketAddr, hub: &Hub, id: &str, secret: &str) -> 
     u
 }
 
-async fn start_edge(hub_addr: std::net::SocketAddr, hub: &Hub, id: &str, secret: &str) -> Result<(EdgeNode, tempfile::TempDir)> {
+async fn start_edge(
+    hub_addr: std::net::SocketAddr,
+    hub: &Hub,
+    id: &str,
+    secret: &str,
+) -> Result<(EdgeNode, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
-    let mut config = EdgeConfig::new(dir.path()).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink(hub_addr, hub, id, secret));
+    let mut config = EdgeConfig::new(dir.path())
+        .ephemeral_port()
+        .peer_id(format!("edge-{id}"))
+        .uplink(uplink(hub_addr, hub, id, secret));
     config.tick_interval = Duration::from_millis(100);
     Ok((EdgeNode::start(config).await?, dir))
 }
@@ -51,14 +59,19 @@ async fn wait_uplinks(edges: &[&EdgeNode]) -> Result<()> {
 /// A hub with edges `eu` and `us`, each edge reaching the hub directly.
 async fn cluster() -> Result<Cluster> {
     let hub_dir = tempfile::tempdir()?;
-    let hub = Hub::start(HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "eu-secret").edge("us", "us-secret").edge("ap", "ap-secret")).await?;
+    let hub = Hub::start(
+        HubConfig::new(hub_dir.path())
+            .ephemeral_ports()
+            .edge("eu", "eu-secret")
+            .edge("us", "us-secret")
+            .edge("ap", "ap-secret"),
+    )
+    .await?;
     let (eu, eu_dir) = start_edge(hub.quic_addr(), &hub, "eu", "eu-secret").await?;
     let (us, us_dir) = start_edge(hub.quic_addr(), &hub, "us", "us-secret").await?;
     wait_uplinks(&[&eu, &us]).await?;
     Ok(Cluster { hub, edges: vec![eu, us], _dirs: vec![hub_dir, eu_dir, us_dir] })
 }
-
-
 
 fn int(d: &Automerge, key: &str) -> Option<i64> {
     d.get(ROOT, key).ok().flatten().and_then(|(v, _)| v.as_i64())
@@ -180,8 +193,12 @@ async fn partitioned_edge_keeps_serving_and_merges_on_heal() -> Result<()> {
     proxy.handle().heal();
     let healed = Instant::now();
     let total = n;
-    let all = move |d: &Automerge| (0..total).all(|i| int(d, &format!("eu{i}")).is_some() && int(d, &format!("us{i}")).is_some());
-    tokio::time::timeout(Duration::from_secs(60), a.wait_for(doc, all.clone())).await.context("eu side after heal")??;
+    let all = move |d: &Automerge| {
+        (0..total).all(|i| int(d, &format!("eu{i}")).is_some() && int(d, &format!("us{i}")).is_some())
+    };
+    tokio::time::timeout(Duration::from_secs(60), a.wait_for(doc, all.clone()))
+        .await
+        .context("eu side after heal")??;
     tokio::time::timeout(Duration::from_secs(60), b.wait_for(doc, all)).await.context("us side after heal")??;
     converged(&a, &b, doc).await?;
     eprintln!("partition: {total} writes per side over 5 s; converged {:?} after heal", healed.elapsed());
@@ -202,9 +219,12 @@ async fn device_edits_offline_then_reach_a_client_on_another_edge() -> Result<()
     }
     // Its edge comes up (federated with the hub); the device reconnects.
     let dir = tempfile::tempdir()?;
-    let mut config = EdgeConfig::new(dir.path())
-        .listen(format!("127.0.0.1:{port}").parse()?)
-        .uplink(uplink(c.hub.quic_addr(), &c.hub, "ap", "ap-secret"));
+    let mut config = EdgeConfig::new(dir.path()).listen(format!("127.0.0.1:{port}").parse()?).uplink(uplink(
+        c.hub.quic_addr(),
+        &c.hub,
+        "ap",
+        "ap-secret",
+    ));
     config.tick_interval = Duration::from_millis(100);
     let _device_edge = EdgeNode::start(config).await?;
     tokio::time::timeout(WAIT, device.wait_acked(doc)).await.context("device never synced")??;

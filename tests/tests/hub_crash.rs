@@ -27,11 +27,9 @@ fn rounds() -> usize {
     std::env::var("MERIDIAN_HUB_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
 }
 
-
 fn keys_with_prefix(d: &Automerge, prefix: &str) -> Vec<String> {
     d.keys(ROOT).filter(|k| k.starts_with(prefix)).collect()
 }
-
 
 /// The document as stored in the (dead) hub's SQLite file.
 fn stored_at_hub(hub: &HubProcess, doc: DocumentId) -> Result<Automerge> {
@@ -50,7 +48,16 @@ async fn hub_sigkill_under_load_loses_nothing_it_acknowledged() -> Result<()> {
     let mut hub = HubProcess::start(&hub_data, quic, http, &["--edge", "eu=eu-secret"])?;
     let ca = hub.ca_path();
     let hub_addr = format!("127.0.0.1:{quic}");
-    let edge_args = ["--hub", hub_addr.as_str(), "--edge-id", "eu", "--hub-secret", "eu-secret", "--hub-ca", ca.to_str().unwrap_or_default()];
+    let edge_args = [
+        "--hub",
+        hub_addr.as_str(),
+        "--edge-id",
+        "eu",
+        "--hub-secret",
+        "eu-secret",
+        "--hub-ca",
+        ca.to_str().unwrap_or_default(),
+    ];
     let edge = EdgeProcess::start(&dir.path().join("edge"), free_port()?, &edge_args)?;
 
     let client = Arc::new(Client::connect(&edge.ws_url(), fast()).await?);
@@ -70,9 +77,14 @@ async fn hub_sigkill_under_load_loses_nothing_it_acknowledged() -> Result<()> {
         let seen = probe.read(doc, |d| keys_with_prefix(d, "w")).await.unwrap_or_default();
         probe.close().await;
         let stored = stored_at_hub(&hub, doc)?;
-        let missing: Vec<&String> = seen.iter().filter(|k| stored.get(ROOT, k.as_str()).ok().flatten().is_none()).collect();
+        let missing: Vec<&String> =
+            seen.iter().filter(|k| stored.get(ROOT, k.as_str()).ok().flatten().is_none()).collect();
         lost += missing.len();
-        assert!(missing.is_empty(), "round {round}: the hub acknowledged {} changes it lost: {missing:?}", missing.len());
+        assert!(
+            missing.is_empty(),
+            "round {round}: the hub acknowledged {} changes it lost: {missing:?}",
+            missing.len()
+        );
         hub_acked_total = hub_acked_total.max(seen.len());
 
         hub = HubProcess::start(&hub_data, quic, http, &["--edge", "eu=eu-secret"])?;
@@ -85,12 +97,17 @@ async fn hub_sigkill_under_load_loses_nothing_it_acknowledged() -> Result<()> {
         // means having every earlier one.
         let last = target.last().cloned().unwrap_or_else(|| "created".into());
         let caught_up = probe.wait_for(doc, move |d| d.get(ROOT, last.as_str()).ok().flatten().is_some());
-        tokio::time::timeout(Duration::from_secs(30), caught_up).await.with_context(|| format!("round {round}: hub did not catch up"))??;
+        tokio::time::timeout(Duration::from_secs(30), caught_up)
+            .await
+            .with_context(|| format!("round {round}: hub did not catch up"))??;
         probe.close().await;
     }
     writing.abort();
     let written = acked.lock().map(|a| a.len()).unwrap_or_default();
-    eprintln!("hub crash: {} SIGKILL rounds, {written} changes written through the edge, up to {hub_acked_total} acknowledged by the hub at a kill, {lost} lost", rounds());
+    eprintln!(
+        "hub crash: {} SIGKILL rounds, {written} changes written through the edge, up to {hub_acked_total} acknowledged by the hub at a kill, {lost} lost",
+        rounds()
+    );
     assert!(written > rounds(), "the writer made progress");
     Ok(())
 }

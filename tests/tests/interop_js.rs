@@ -79,7 +79,8 @@ async fn meridian_client_syncs_with_js_sync_server() -> Result<()> {
 
     // JS peer → JS server → Meridian client.
     let u = url.clone();
-    let uploaded = tokio::task::spawn_blocking(move || scenario(&u, "upload", &["--content", r#"{"from":"js"}"#])).await??;
+    let uploaded =
+        tokio::task::spawn_blocking(move || scenario(&u, "upload", &["--content", r#"{"from":"js"}"#])).await??;
     let js_url: AutomergeUrl = uploaded["url"].as_str().unwrap_or_default().parse()?;
     let reader = Client::connect(&url, ClientOptions::default()).await?;
     tokio::time::timeout(Duration::from_secs(20), reader.find(js_url.document_id)).await??;

@@ -80,7 +80,9 @@ impl SamodPeer {
         let dialer = repo
             .dial(backoff, Arc::new(WsDialer { url: Url::parse(ws_url)? }))
             .map_err(|_| anyhow!("samod repo stopped"))?;
-        let info = within("samod handshake with the edge", dialer.established()).await?.map_err(|e| anyhow!("dial failed: {e:?}"))?;
+        let info = within("samod handshake with the edge", dialer.established())
+            .await?
+            .map_err(|e| anyhow!("dial failed: {e:?}"))?;
         tracing::info!(?info, "samod connected");
         Ok(Self { repo, dialer })
     }
@@ -186,8 +188,11 @@ async fn samod_creates_meridian_client_finds() -> Result<()> {
 
     let client = Client::connect(&url, ClientOptions::default()).await?;
     within("meridian client find", client.find(doc)).await??;
-    within("meridian client to see samod's content", client.wait_for(doc, |d| get_str(d, "title").as_deref() == Some("from samod")))
-        .await??;
+    within(
+        "meridian client to see samod's content",
+        client.wait_for(doc, |d| get_str(d, "title").as_deref() == Some("from samod")),
+    )
+    .await??;
     let n = client
         .read(doc, |d| match d.get(ROOT, "n").ok().flatten() {
             Some((Value::Scalar(s), _)) => s.as_i64(),
@@ -260,7 +265,8 @@ async fn concurrent_edits_converge() -> Result<()> {
     let url = edge.ws_url();
 
     let client = Client::connect(&url, ClientOptions::default()).await?;
-    let doc = within("meridian create", client.create(|tx| tx.put(ROOT, "created_by", "meridian").map(|_| ()))).await??;
+    let doc =
+        within("meridian create", client.create(|tx| tx.put(ROOT, "created_by", "meridian").map(|_| ()))).await??;
     within("edge ack", client.wait_acked(doc)).await??;
 
     let samod = SamodPeer::connect(&url, "samod-editor").await?;
@@ -405,7 +411,9 @@ async fn samod_find_unknown_is_unavailable() -> Result<()> {
     let (_dir, edge) = start_edge().await?;
     let samod = SamodPeer::connect(&edge.ws_url(), "samod-seeker").await?;
     let missing = to_samod(DocumentId::from_bytes([7; 16]));
-    let found = within("samod find of a missing document", samod.repo.find(missing)).await?.map_err(|_| anyhow!("samod stopped"))?;
+    let found = within("samod find of a missing document", samod.repo.find(missing))
+        .await?
+        .map_err(|_| anyhow!("samod stopped"))?;
     assert!(found.is_none(), "a document nobody has was reported found");
     samod.stop().await;
     edge.shutdown().await;
@@ -439,7 +447,10 @@ async fn samod_ephemeral_relayed_by_edge() -> Result<()> {
     assert_eq!(within("bob to receive alice's ephemeral message", bob_eph.next()).await?, Some(vec![0x62, b'h', b'i']));
     let mut alice_eph = a.ephemera();
     b.broadcast(vec![0x62, b'y', b'o']);
-    assert_eq!(within("alice to receive bob's ephemeral message", alice_eph.next()).await?, Some(vec![0x62, b'y', b'o']));
+    assert_eq!(
+        within("alice to receive bob's ephemeral message", alice_eph.next()).await?,
+        Some(vec![0x62, b'y', b'o'])
+    );
 
     alice.stop().await;
     bob.stop().await;
@@ -488,7 +499,8 @@ async fn samod_reconnects_after_edge_restart() -> Result<()> {
     let doc = to_meridian(h.document_id());
     let client = Client::connect(&url, ClientOptions::default()).await?;
     within("meridian client find", client.find(doc)).await??;
-    within("meridian client to see samod's offline edit", client.wait_for(doc, |d| get_str(d, "offline").is_some())).await??;
+    within("meridian client to see samod's offline edit", client.wait_for(doc, |d| get_str(d, "offline").is_some()))
+        .await??;
     assert_eq!(client.read(doc, |d| get_str(d, "title")).await.flatten().as_deref(), Some("before restart"));
 
     let mut changes = h.changes();
@@ -570,7 +582,11 @@ fn engine_acknowledges_heads_it_deferred() {
     let now = Millis(0);
     let edge_id = MPeerId::new("edge");
     let p_id = MPeerId::new("p");
-    let mut e = Node { engine: Engine::new(EngineConfig::new(edge_id.clone(), None)), store: MemoryStore::new(), held: Vec::new() };
+    let mut e = Node {
+        engine: Engine::new(EngineConfig::new(edge_id.clone(), None)),
+        store: MemoryStore::new(),
+        held: Vec::new(),
+    };
     let conn = e.engine.handle_connect(now, Direction::Incoming);
     let join = Wire::Join {
         sender_id: p_id.clone(),
@@ -634,7 +650,8 @@ fn engine_acknowledges_heads_it_deferred() {
     e.pump(true);
     // 4. The write commits: the engine must now tell P its heads cover C.
     let acks = e.release();
-    let advertised: Vec<Vec<ChangeHash>> = acks.iter().map(|m| sorted(sync::Message::decode(m).unwrap().heads)).collect();
+    let advertised: Vec<Vec<ChangeHash>> =
+        acks.iter().map(|m| sorted(sync::Message::decode(m).unwrap().heads)).collect();
     assert!(
         advertised.contains(&merged),
         "after the write of C committed the engine never advertised heads {merged:?} to P (sent: {advertised:?})"

@@ -20,7 +20,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
 fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     match args.iter().position(|a| a == name) {
-        Some(i) => args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} expects a number")),
+        Some(i) => {
+            args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} expects a number"))
+        }
         None => Ok(default),
     }
 }
@@ -133,7 +135,8 @@ fn big_doc(args: &[String]) -> Result<()> {
     let edge_doc = scenario(&edge_url, &upload, "url")?;
     let js_doc = scenario(&js_url, &upload, "url")?;
     let fetch = |url: &str, doc: &str| -> Result<f64> {
-        let ms = scenario(url, &["--case", "fetch", "--doc", doc, "--expect-count", n.as_str(), "--timeout", "300"], "ms")?;
+        let ms =
+            scenario(url, &["--case", "fetch", "--doc", doc, "--expect-count", n.as_str(), "--timeout", "300"], "ms")?;
         ms.parse::<f64>().with_context(|| format!("bad timing {ms}"))
     };
     let (mut edge_ms, mut js_ms) = (Vec::new(), Vec::new());
@@ -149,7 +152,9 @@ fn big_doc(args: &[String]) -> Result<()> {
         eprintln!("round {r}: edge {:.1} ms, js {:.1} ms", edge_ms[r], js_ms[r]);
     }
     let (e, j) = (median(&mut edge_ms), median(&mut js_ms));
-    println!("\n| {changes}-change document to a fresh JS peer | meridian-edge | JS sync server | ratio (JS / Meridian) |");
+    println!(
+        "\n| {changes}-change document to a fresh JS peer | meridian-edge | JS sync server | ratio (JS / Meridian) |"
+    );
     println!("|---|---|---|---|");
     println!("| median of {rounds} (ms) | {e:.1} | {j:.1} | {:.2}x |", j / e);
     let _ = std::fs::remove_dir_all(&tmp);

@@ -76,12 +76,17 @@ fn ensure_wasm_bindgen() -> Result<PathBuf> {
     let version = pinned_wasm_bindgen()?;
     let bin_dir = cargo_home().join("bin");
     let bindgen = bin_dir.join("wasm-bindgen");
-    let installed = Command::new(&bindgen).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let installed =
+        Command::new(&bindgen).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     let matches = installed.as_deref().is_some_and(|v| v.split_whitespace().nth(1) == Some(version.as_str()));
     if !matches {
         eprintln!("xtask: installing wasm-bindgen-cli {version} (found: {installed:?})");
-        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["install", "wasm-bindgen-cli", "--version", &version]))?;
+        run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args([
+            "install",
+            "wasm-bindgen-cli",
+            "--version",
+            &version,
+        ]))?;
     }
     Ok(bindgen)
 }

@@ -112,7 +112,15 @@ fn test(extra: &[String]) -> Result<()> {
     js::build(&[])?;
     js::ensure_test_npm()?;
     // The protocol crate (and the browser binding) must build for wasm32.
-    run(cargo().args(["build", "--target", "wasm32-unknown-unknown", "-p", "meridian-protocol", "-p", "meridian-client-wasm"]))?;
+    run(cargo().args([
+        "build",
+        "--target",
+        "wasm32-unknown-unknown",
+        "-p",
+        "meridian-protocol",
+        "-p",
+        "meridian-client-wasm",
+    ]))?;
     // Integration tests start the real binaries.
     run(cargo().args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]))?;
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
@@ -129,7 +137,14 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn sim_sweep() -> Result<()> {
     let seeds = std::env::var("MERIDIAN_SIM_SEEDS").unwrap_or_else(|_| "5000".into());
-    run(cargo().env("MERIDIAN_SIM_SEEDS", seeds).args(["test", "--release", "-p", "meridian-tests", "--test", "sim_convergence"]))
+    run(cargo().env("MERIDIAN_SIM_SEEDS", seeds).args([
+        "test",
+        "--release",
+        "-p",
+        "meridian-tests",
+        "--test",
+        "sim_convergence",
+    ]))
 }
 
 /// The regional edges of the local cluster: (id, WebSocket port, QUIC port).
@@ -168,9 +183,13 @@ fn demo(debug: bool) -> Result<()> {
     eprintln!("\nMeridian local cluster (data in {}):", data.display());
     eprintln!("  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
     for (id, ws, quic) in REGIONS {
-        eprintln!("  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics");
+        eprintln!(
+            "  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics"
+        );
     }
-    eprintln!("Point an automerge-repo app at any edge:\n  new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})");
+    eprintln!(
+        "Point an automerge-repo app at any edge:\n  new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})"
+    );
     eprintln!("The collaborative editor (issue 5) is not part of the demo yet. Press Ctrl-C to stop.\n");
     // Ctrl-C reaches every child (same process group); each shuts down
     // cleanly. If one dies on its own, stop the rest.
@@ -188,11 +207,18 @@ fn demo(debug: bool) -> Result<()> {
 fn demo_secrets(data: &Path) -> Result<Vec<(String, String)>> {
     let path = data.join("edge-secrets");
     if !path.exists() {
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let lines: Vec<String> = REGIONS
             .iter()
             .enumerate()
-            .map(|(i, (id, ..))| format!("{id}={:x}{:x}", seed.wrapping_mul(6364136223846793005).wrapping_add(i as u128), std::process::id()))
+            .map(|(i, (id, ..))| {
+                format!(
+                    "{id}={:x}{:x}",
+                    seed.wrapping_mul(6364136223846793005).wrapping_add(i as u128),
+                    std::process::id()
+                )
+            })
             .collect();
         std::fs::write(&path, lines.join("\n")).with_context(|| format!("writing {}", path.display()))?;
     }
