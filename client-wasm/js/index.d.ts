@@ -51,6 +51,10 @@ export class Client {
   find<T = any>(url: string): Promise<Doc<T>>;
   readonly connectionState: ConnectionState;
   onConnectionStateChange(cb: (state: ConnectionState) => void): () => void;
+  /** Cuts the connection and stays offline (edits are kept locally) until `goOnline()`. */
+  goOffline(): void;
+  /** Reconnects after `goOffline()`. */
+  goOnline(): void;
   /** The edge in use, if connected. */
   readonly url: string | undefined;
   /** Every edge with its last measured connect time, fastest first. */
@@ -74,6 +78,14 @@ export class Doc<T = any> {
   applyOps(ops: unknown[][], message?: string): void;
   heads(): string[];
   history(): Change[];
+  /** The document as it was at `heads` (e.g. `[change.hash]` from `history()`). */
+  valueAt(heads: string[]): T;
+  /** Patches from the version at `before` to the version at `after` (UTF-16 text indexes). */
+  diff(before: string[], after: string[]): Patch[];
+  /** A stable position in the text or list at `path` that moves with concurrent edits. */
+  cursor(path: Path, index: number): string;
+  /** The current index of a `cursor()` position. */
+  cursorIndex(path: Path, cursor: string): number;
   subscribe(cb: (e: { patches: Patch[]; heads: string[] }) => void): () => void;
   broadcast(message: unknown): void;
   onEphemeral(cb: (e: { senderId: string; message: any }) => void): () => void;

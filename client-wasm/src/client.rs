@@ -195,6 +195,20 @@ impl Client {
         .into()
     }
 
+    /// Cuts the connection and stays offline until `goOnline()`, whatever
+    /// the browser's network state: edits keep working and are stored
+    /// locally, then merge when the client is back online.
+    #[wasm_bindgen(js_name = goOffline)]
+    pub fn go_offline(&self) {
+        drive(&self.shared, |d| d.set_paused(true));
+    }
+
+    /// Undoes `goOffline()`: connects right away (if the browser is online).
+    #[wasm_bindgen(js_name = goOnline)]
+    pub fn go_online(&self) {
+        drive(&self.shared, |d| d.set_paused(false));
+    }
+
     /// The URL of the edge in use, if connected.
     #[wasm_bindgen(getter)]
     pub fn url(&self) -> Option<String> {

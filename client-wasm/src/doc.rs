@@ -160,6 +160,55 @@ impl Doc {
         })
     }
 
+    /// The document as it was at `heads` (from `heads()` or a change's
+    /// `hash` in `history()`): an earlier version, read-only.
+    #[wasm_bindgen(js_name = valueAt)]
+    pub fn value_at(&self, heads: Vec<String>) -> Result<JsValue, JsError> {
+        let heads = parse_heads(&heads)?;
+        self.read(|am| am.fork_at(&heads).map(|old| convert::js_from_json(&convert::doc_to_json(&old))))?
+            .map_err(|e| JsError::new(&format!("no such version: {e}")))
+    }
+
+    /// The patches that turn the document at `before` into the document at
+    /// `after` (both lists of change hashes), in order; text indexes are
+    /// UTF-16 code units. An editor keeps the heads its view shows and
+    /// applies `diff(viewHeads, heads())` to follow remote edits precisely.
+    pub fn diff(&self, before: Vec<String>, after: Vec<String>) -> Result<JsValue, JsError> {
+        let (before, after) = (parse_heads(&before)?, parse_heads(&after)?);
+        self.read(|am| {
+            for h in before.iter().chain(&after) {
+                if am.get_change_by_hash(h).is_none() {
+                    return Err(JsError::new(&format!("unknown change {h}")));
+                }
+            }
+            Ok(convert::js_from_json(&convert::patches_to_json(&am.diff(&before, &after))))
+        })?
+    }
+
+    /// A stable position in the text (or list) at `path`: it stays next to
+    /// the same character while others edit. For presence cursors.
+    pub fn cursor(&self, path: JsValue, index: u32) -> Result<String, JsError> {
+        let path = convert::path_from_js(&path)?;
+        self.read(|am| {
+            let obj = convert::resolve_obj(am, &path)?;
+            am.get_cursor(&obj, index as usize, None).map(|c| c.to_string())
+        })?
+        .map_err(|e| JsError::new(&e.to_string()))
+    }
+
+    /// The current index of a `cursor()` position in the text at `path`.
+    #[wasm_bindgen(js_name = cursorIndex)]
+    pub fn cursor_index(&self, path: JsValue, cursor: String) -> Result<u32, JsError> {
+        let path = convert::path_from_js(&path)?;
+        let cursor =
+            automerge::Cursor::try_from(cursor.as_str()).map_err(|e| JsError::new(&format!("bad cursor: {e}")))?;
+        self.read(|am| {
+            let obj = convert::resolve_obj(am, &path)?;
+            am.get_cursor_position(&obj, &cursor, None).map(|i| i as u32)
+        })?
+        .map_err(|e| JsError::new(&e.to_string()))
+    }
+
     /// Calls `cb({ patches, heads })` after every durable change, local or
     /// remote. Returns a function that unsubscribes.
     pub fn subscribe(&self, cb: Function) -> Result<Function, JsError> {
@@ -229,6 +278,10 @@ impl Doc {
         });
         closure.into()
     }
+}
+
+fn parse_heads(heads: &[String]) -> Result<Vec<automerge::ChangeHash>, JsError> {
+    heads.iter().map(|h| h.parse().map_err(|_| JsError::new(&format!("`{h}` is not a change hash")))).collect()
 }
 
 fn op_from_js(op: &JsValue) -> Result<Op, JsError> {

@@ -83,7 +83,10 @@ pub struct Net {
     next_generation: u64,
     backoff_ms: Option<f64>,
     retry: Option<Timer>,
+    /// What the browser says (`online`/`offline` events).
     online: bool,
+    /// The application asked to stay offline (`goOffline()`).
+    paused: bool,
     /// Last measured time to open a socket, per URL.
     rtt_ms: BTreeMap<String, f64>,
 }
@@ -103,6 +106,7 @@ impl Net {
             backoff_ms: None,
             retry: None,
             online: platform::navigator_online(),
+            paused: false,
             rtt_ms: BTreeMap::new(),
         }
     }
@@ -190,7 +194,7 @@ impl Driver {
         if self.closed || self.net.urls.is_empty() || self.net.socket.is_some() || !self.net.attempts.is_empty() {
             return;
         }
-        if !self.net.online {
+        if !self.net.online || self.net.paused {
             self.set_state(ConnectionState::Offline);
             return;
         }
@@ -303,7 +307,7 @@ impl Driver {
         if self.closed {
             return;
         }
-        if !self.net.online {
+        if !self.net.online || self.net.paused {
             self.set_state(ConnectionState::Offline);
             return;
         }
@@ -320,6 +324,22 @@ impl Driver {
     /// The browser went offline: drop the connection and wait for `online`.
     pub fn went_offline(&mut self) {
         self.net.online = false;
+        self.disconnect();
+    }
+
+    /// `goOffline()` / `goOnline()`.
+    pub fn set_paused(&mut self, paused: bool) {
+        self.net.paused = paused;
+        if paused {
+            self.disconnect();
+        } else {
+            self.net.backoff_ms = None;
+            self.connect();
+        }
+    }
+
+    /// Drops every socket and waits offline.
+    fn disconnect(&mut self) {
         self.net.retry = None;
         for a in self.net.attempts.drain(..) {
             a.discard();

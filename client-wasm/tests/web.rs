@@ -196,3 +196,53 @@ fn cbor_round_trips_json_values() {
     let v = json!({"cursor": 3, "name": "ana", "neg": -5, "f": 1.5, "list": [true, null]});
     assert_eq!(convert::json_from_cbor(&convert::cbor_from_json(&v)).unwrap(), v);
 }
+
+#[wasm_bindgen_test]
+async fn versions_diffs_and_cursors_follow_the_text() {
+    let client = ok(Client::open(obj(json!({"dbName": null}))).await);
+    let doc = ok(client.create(obj(json!({"text": "hello world"}))).await);
+    let v1 = ok(doc.heads());
+    // A cursor just before "world" (index 6) stays before it while text is
+    // inserted before it and deleted after it.
+    let cursor = ok(doc.cursor("text".into(), 6));
+    ok(doc.splice("text".into(), 0, 0, "😀 ".into()));
+    ok(doc.splice("text".into(), 14, 0, "!".into()));
+    assert_eq!(json_of(&ok(doc.value())), json!({"text": "😀 hello world!"}));
+    assert_eq!(ok(doc.cursor_index("text".into(), cursor.clone())), 9);
+    let v3 = ok(doc.heads());
+    // Earlier versions read back, and the diff replays the edits in order
+    // with UTF-16 indexes.
+    assert_eq!(json_of(&ok(doc.value_at(v1.clone()))), json!({"text": "hello world"}));
+    let patches = json_of(&ok(doc.diff(v1.clone(), v3.clone())));
+    let splices: Vec<(u64, &str)> = patches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"][1].as_u64().unwrap(), p["value"].as_str().unwrap()))
+        .collect();
+    assert_eq!(splices, vec![(0, "😀 "), (14, "!")], "{patches}");
+    assert!(doc.value_at(vec!["00".repeat(32)]).is_err(), "an unknown version is an error");
+    assert!(doc.diff(vec!["nonsense".into()], v3).is_err());
+    assert!(doc.cursor_index("text".into(), "not-a-cursor".into()).is_err());
+    client.close().await;
+}
+
+#[wasm_bindgen_test]
+async fn go_offline_stays_offline_until_go_online() {
+    // Nothing listens on port 9; the state machine is what is tested here
+    // (the demo's end-to-end test covers a real edge).
+    let options = obj(json!({"urls": ["ws://127.0.0.1:9/sync"], "dbName": null, "minBackoffMs": 10}));
+    let client = ok(Client::open(options).await);
+    client.go_offline();
+    assert_eq!(client.connection_state(), "offline");
+    // Backoff timers must not reconnect while offline was asked for.
+    let sleep = Promise::new(&mut |r, _| {
+        let set_timeout: Function = Reflect::get(&js_sys::global(), &"setTimeout".into()).unwrap().into();
+        set_timeout.call2(&JsValue::NULL, &r, &100.into()).unwrap();
+    });
+    JsFuture::from(sleep).await.unwrap();
+    assert_eq!(client.connection_state(), "offline");
+    client.go_online();
+    assert_ne!(client.connection_state(), "offline");
+    client.close().await;
+}

@@ -118,7 +118,15 @@ impl EdgeNode {
             metrics: metrics.clone(),
             max_message_bytes: config.max_message_bytes,
             ping_interval: config.ping_interval,
-        });
+        })
+        .merge(crate::server::info_router(
+            metrics.clone(),
+            crate::server::NodeInfo {
+                peer_id: config.peer_id.clone(),
+                edge_id: config.uplink.as_ref().map(|u| u.edge_id.clone()),
+                hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
+            },
+        ));
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
