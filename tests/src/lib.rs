@@ -1,7 +1,8 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
 
 pub mod clients;
-pub mod fault_proxy;
+/// The fault proxy lives in its own crate (the demo cluster uses it too).
+pub use meridian_netsim as fault_proxy;
 pub mod js;
 pub mod process;
 pub mod raw;

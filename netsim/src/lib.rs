@@ -7,7 +7,7 @@
 //! ```no_run
 //! # async fn demo(edge: std::net::SocketAddr) -> std::io::Result<()> {
 //! use std::time::Duration;
-//! use meridian_tests::fault_proxy::{Direction, FaultProxy};
+//! use meridian_netsim::{Direction, FaultProxy};
 //!
 //! // Clients connect to `proxy.local_addr()` instead of `edge`.
 //! let proxy = FaultProxy::tcp("127.0.0.1:0".parse().unwrap(), edge).await?;
