@@ -11,10 +11,15 @@
 //! hub runs in open dev mode, which it announces loudly. The hub never asks
 //! edges for documents (it has no upstream): `doc-unavailable` from the hub
 //! means no edge has ever given it the document.
+//!
+//! Edges report their demand and RTTs ([`placer`]); the [`placement`]
+//! engine decides each document's home from them every placement interval.
+//! Those decisions are advisory for now (shown at `GET /placement`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod placement;
+pub mod placer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,8 +27,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::routing::get;
+use axum::{Json, Router};
 use meridian_edge::metrics::NodeMetrics;
 use meridian_edge::quic::{self, AbortOnDrop, FEDERATION_ALPN, Identity};
 use meridian_edge::runtime::{NodeEvent, NodeRuntime, register};
@@ -33,6 +38,9 @@ use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::PeerId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+
+use crate::placement::{EdgeId, PlacementConfig};
+use crate::placer::{PlacementMetrics, Placer, PlacerEvent, View};
 
 /// Which edges may connect.
 #[derive(Clone, Debug)]
@@ -63,6 +71,11 @@ pub struct HubConfig {
     /// port (inspection tools, tests). Off by default: clients belong on
     /// edges.
     pub serve_clients: bool,
+    /// How often edges report demand and RTTs (sent to them in `welcome`).
+    pub report_interval: Duration,
+    /// How often the placement engine decides homes.
+    pub placement_interval: Duration,
+    pub placement: PlacementConfig,
 }
 
 impl HubConfig {
@@ -79,6 +92,9 @@ impl HubConfig {
             tick_interval: Duration::from_secs(1),
             fsync: false,
             serve_clients: false,
+            report_interval: Duration::from_secs(2),
+            placement_interval: Duration::from_secs(2),
+            placement: PlacementConfig::default(),
         }
     }
 
@@ -105,6 +121,15 @@ impl HubConfig {
                 "refusing open dev mode on the non-loopback address {}: configure edges with --edge ID=SECRET",
                 self.listen
             )));
+        }
+        if self.report_interval.is_zero() || self.placement_interval.is_zero() {
+            return Err(HubError::Config("report and placement intervals must be positive".into()));
+        }
+        let p = &self.placement;
+        if !(p.min_gain_ratio.is_finite() && p.min_gain_ratio >= 0.0) || p.max_moves == 0 {
+            return Err(HubError::Config(
+                "placement needs a finite, non-negative min gain ratio and at least one move per window".into(),
+            ));
         }
         Ok(())
     }
@@ -135,6 +160,8 @@ pub struct Hub {
     accept: Option<AbortOnDrop<()>>,
     http: Option<AbortOnDrop<()>>,
     http_stop: Option<oneshot::Sender<()>>,
+    placer: Option<AbortOnDrop<()>>,
+    placement_metrics: Arc<PlacementMetrics>,
 }
 
 impl Hub {
@@ -157,7 +184,22 @@ impl Hub {
         let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
-        let accept = AbortOnDrop(tokio::spawn(accept_loop(endpoint.clone(), config.clone(), runtime.events())));
+        let placement_metrics = Arc::new(PlacementMetrics::default());
+        let (placer_tx, placer_rx) = mpsc::channel(1024);
+        let placer = Placer::new(
+            config.hub_id.clone(),
+            config.placement.clone(),
+            config.report_interval,
+            config.placement_interval,
+            placement_metrics.clone(),
+        );
+        let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx)));
+        let accept = AbortOnDrop(tokio::spawn(accept_loop(
+            endpoint.clone(),
+            config.clone(),
+            runtime.events(),
+            placer_tx.clone(),
+        )));
         let app = if config.serve_clients {
             tracing::warn!("serving automerge-repo clients at /sync on the HTTP port (no client auth yet)");
             meridian_edge::server::router(meridian_edge::server::AppState {
@@ -172,6 +214,7 @@ impl Hub {
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/metrics", get(move || async move { m.render() }))
         };
+        let app = admin_routes(app, placer_tx, placement_metrics.clone());
         let (http_addr, http, http_stop) = serve_http(config.http, app).await?;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;
@@ -185,6 +228,8 @@ impl Hub {
             accept: Some(accept),
             http: Some(http),
             http_stop: Some(http_stop),
+            placer: Some(placer),
+            placement_metrics,
         })
     }
 
@@ -210,6 +255,10 @@ impl Hub {
         self.runtime.as_ref().map(NodeRuntime::metrics)
     }
 
+    pub fn placement_metrics(&self) -> &Arc<PlacementMetrics> {
+        &self.placement_metrics
+    }
+
     /// Stops accepting edges, saves sync states and flushes the store.
     pub async fn shutdown(mut self) {
         self.accept.take();
@@ -221,7 +270,51 @@ impl Hub {
             r.shutdown().await;
         }
         self.http.take();
+        self.placer.take();
     }
+}
+
+/// `GET /placement` and `GET /topology` (JSON from the placement task), and
+/// the placement metrics appended to `/metrics`.
+fn admin_routes(app: Router, placer: mpsc::Sender<PlacerEvent>, metrics: Arc<PlacementMetrics>) -> Router {
+    let query = |view: View| {
+        let placer = placer.clone();
+        move || async move {
+            let (reply, answer) = oneshot::channel();
+            let _ = placer.send(PlacerEvent::Query { view, reply }).await;
+            match answer.await {
+                Ok(v) => Ok(Json(v)),
+                Err(_) => Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, "placement task stopped\n")),
+            }
+        }
+    };
+    app.route("/placement", get(query(View::Placement))).route("/topology", get(query(View::Topology))).layer(
+        axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let metrics = metrics.clone();
+            async move { append_placement_metrics(req, next, &metrics).await }
+        }),
+    )
+}
+
+/// `/metrics` comes from the node's router (the edge router when the hub
+/// serves clients); the placement metrics are added to its body here.
+async fn append_placement_metrics(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    metrics: &PlacementMetrics,
+) -> axum::response::Response {
+    if req.uri().path() != "/metrics" {
+        return next.run(req).await;
+    }
+    let (parts, body) = next.run(req).await.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
+        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    text.push_str(&metrics.render());
+    let mut parts = parts;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 async fn serve_http(
@@ -243,14 +336,21 @@ async fn serve_http(
 }
 
 /// Accepts edges; each connection is a task owned by the loop's `JoinSet`.
-async fn accept_loop(endpoint: quinn::Endpoint, config: HubConfig, events: mpsc::Sender<NodeEvent>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    config: HubConfig,
+    events: mpsc::Sender<NodeEvent>,
+    placer: mpsc::Sender<PlacerEvent>,
+) {
     let config = Arc::new(config);
     let mut edges = JoinSet::new();
+    let mut next_conn = 0u64;
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                edges.spawn(serve_edge(incoming, config.clone(), events.clone()));
+                next_conn += 1;
+                edges.spawn(serve_edge(incoming, config.clone(), events.clone(), placer.clone(), next_conn));
             }
             Some(_) = edges.join_next(), if !edges.is_empty() => {}
         }
@@ -258,7 +358,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, config: HubConfig, events: mpsc:
 }
 
 /// Runs one edge connection from handshake to close.
-async fn serve_edge(incoming: quinn::Incoming, config: Arc<HubConfig>, events: mpsc::Sender<NodeEvent>) {
+async fn serve_edge(
+    incoming: quinn::Incoming,
+    config: Arc<HubConfig>,
+    events: mpsc::Sender<NodeEvent>,
+    placer: mpsc::Sender<PlacerEvent>,
+    conn_no: u64,
+) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(c) => c,
@@ -283,8 +389,56 @@ async fn serve_edge(incoming: quinn::Incoming, config: Arc<HubConfig>, events: m
     };
     let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };
     tracing::info!(%remote, %edge_id, %conn, "edge connected");
-    let reason = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {}).await;
+    let edge = EdgeId::new(edge_id.clone());
+    let up = PlacerEvent::EdgeUp { edge: edge.clone(), conn: conn_no, remote, hub_rtt: connection.rtt() };
+    let _ = placer.send(up).await;
+    let pump = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {});
+    // Reports arrive beside the documents; if they stop, documents keep going.
+    let reports = async {
+        let reason = read_reports(&connection, &edge, conn_no, &placer, config.max_frame_bytes).await;
+        tracing::info!(%remote, %edge_id, %reason, "reports from the edge ended");
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let reason = tokio::select! {
+        reason = pump => reason,
+        never = reports => match never {},
+    };
+    let _ = placer.send(PlacerEvent::EdgeDown { edge, conn: conn_no }).await;
     tracing::info!(%remote, %edge_id, %reason, "edge disconnected");
+}
+
+/// Reads the edge's report stream (a unidirectional stream of control
+/// frames) and hands each report to the placement task.
+async fn read_reports(
+    connection: &quinn::Connection,
+    edge: &EdgeId,
+    conn: u64,
+    placer: &mpsc::Sender<PlacerEvent>,
+    limit: usize,
+) -> String {
+    let mut recv = match connection.accept_uni().await {
+        Ok(r) => r,
+        Err(e) => return e.to_string(),
+    };
+    loop {
+        let bytes = match quic::read_frame(&mut recv, limit).await {
+            Ok(Some((FrameKind::Control, bytes))) => bytes,
+            Ok(Some((FrameKind::Repo, _))) => return "a document frame on the report stream".into(),
+            Ok(None) => return "stream finished".into(),
+            Err(e) => return e.to_string(),
+        };
+        match federation::decode_control(&bytes) {
+            Ok(Control::Report(report)) => {
+                let event = PlacerEvent::Report { edge: edge.clone(), conn, report, hub_rtt: connection.rtt() };
+                if placer.send(event).await.is_err() {
+                    return "placement task stopped".into();
+                }
+            }
+            // Newer control messages on this stream are not for us.
+            Ok(other) => tracing::debug!(%edge, ?other, "ignoring a control message on the report stream"),
+            Err(e) => tracing::debug!(%edge, error = %e, "ignoring an undecodable control message"),
+        }
+    }
 }
 
 /// Reads the edge's `hello`, checks its credential and answers `welcome`.
@@ -311,7 +465,11 @@ async fn handshake(
             return Err(format!("unknown edge `{node_id}` or wrong secret"));
         }
     }
-    let welcome = Control::Welcome { version: FEDERATION_VERSION, hub_id: config.hub_id.clone() };
+    let welcome = Control::Welcome {
+        version: FEDERATION_VERSION,
+        hub_id: config.hub_id.clone(),
+        report_interval_ms: Some(config.report_interval.as_millis() as u64),
+    };
     quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
         .await
         .map_err(|e| e.to_string())?;

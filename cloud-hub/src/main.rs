@@ -29,7 +29,7 @@ struct ServeArgs {
     /// UDP address of the QUIC federation endpoint.
     #[arg(long, env = "MERIDIAN_HUB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// TCP address for /healthz and /metrics.
+    /// TCP address for /healthz, /metrics and the admin API (GET /placement, GET /topology).
     #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
     http: SocketAddr,
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
@@ -55,6 +55,28 @@ struct ServeArgs {
     /// (inspection tools and tests; clients normally connect to edges).
     #[arg(long, env = "MERIDIAN_HUB_SERVE_CLIENTS", default_value_t = false)]
     serve_clients: bool,
+    /// Milliseconds between an edge's demand and RTT reports (told to each
+    /// edge when it connects).
+    #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
+    report_interval_ms: u64,
+    /// Milliseconds between placement decisions. Placement is ADVISORY for
+    /// now: each document's decided home is shown at GET /placement (with
+    /// the demand, RTTs and cost per candidate behind it) and counted in
+    /// /metrics, but no hot replica moves yet.
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_INTERVAL_MS", default_value_t = 2000)]
+    placement_interval_ms: u64,
+    /// A document moves only if its writers' mean latency improves by at least this many ms ...
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MIN_GAIN_MS", default_value_t = 5.0)]
+    placement_min_gain_ms: f64,
+    /// ... and by at least this fraction of the current latency (hysteresis).
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MIN_GAIN_RATIO", default_value_t = 0.2)]
+    placement_min_gain_ratio: f64,
+    /// Seconds a document stays at a home before it may move again.
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_DWELL_SECS", default_value_t = 30)]
+    placement_dwell_secs: u64,
+    /// At most this many moves per minute over all documents.
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MAX_MOVES_PER_MIN", default_value_t = 120)]
+    placement_max_moves_per_min: u32,
 }
 
 fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
@@ -88,9 +110,24 @@ async fn main() -> anyhow::Result<()> {
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
     config.serve_clients = args.serve_clients;
+    config.report_interval = Duration::from_millis(args.report_interval_ms);
+    config.placement_interval = Duration::from_millis(args.placement_interval_ms);
+    if !(args.placement_min_gain_ms.is_finite() && args.placement_min_gain_ms >= 0.0) {
+        bail!("--placement-min-gain-ms must be a non-negative number");
+    }
+    config.placement.min_gain = Duration::from_secs_f64(args.placement_min_gain_ms / 1e3);
+    config.placement.min_gain_ratio = args.placement_min_gain_ratio;
+    config.placement.min_dwell = Duration::from_secs(args.placement_dwell_secs);
+    config.placement.max_moves = args.placement_max_moves_per_min;
+    config.placement.move_window = Duration::from_secs(60);
     let open = matches!(config.auth, EdgeAuth::DevOpen);
     let hub = Hub::start(config).await.context("starting the hub")?;
     println!("meridian-hub listening: QUIC {} (ALPN meridian-fed/1), HTTP http://{}", hub.quic_addr(), hub.http_addr());
+    println!(
+        "  placement (advisory): http://{}/placement, topology: http://{}/topology",
+        hub.http_addr(),
+        hub.http_addr()
+    );
     println!("  edges trust it with --hub-ca {} or --hub-fingerprint {}", hub.ca_path().display(), hub.fingerprint());
     if open {
         println!("  WARNING: open dev mode — any edge id is accepted without a secret (use --edge ID=SECRET)");

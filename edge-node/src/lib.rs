@@ -29,6 +29,7 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod quic;
+pub mod report;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use meridian_protocol::codec;
-use meridian_protocol::engine::{Direction, Engine, EngineConfig, ErrorKind, Event, Millis, Output};
+use meridian_protocol::engine::{Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, Millis, Output};
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::{mpsc, oneshot};
@@ -67,6 +67,11 @@ pub enum NodeEvent {
     },
     Disconnected {
         conn: ConnId,
+    },
+    /// Demand per document since the last such request (for the uplink's
+    /// placement reports); see [`Engine::take_demand`].
+    TakeDemand {
+        reply: oneshot::Sender<BTreeMap<DocumentId, DocDemand>>,
     },
 }
 
@@ -212,6 +217,9 @@ impl NodeLoop {
                     self.metrics.connections.fetch_sub(1, Relaxed);
                 }
                 self.engine.handle_disconnect(now, conn);
+            }
+            NodeEvent::TakeDemand { reply } => {
+                let _ = reply.send(self.engine.take_demand());
             }
         }
         self.drain();

@@ -2,7 +2,8 @@
 //! exponential backoff and jitter. Once the hub welcomes the edge, the link
 //! is registered with the node runtime as an `Outgoing` (upstream)
 //! connection, so the engine syncs every document with the hub and asks it
-//! for documents the edge does not have.
+//! for documents the edge does not have. If the hub asks for them, demand
+//! and latency reports run beside it ([`crate::report`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -114,22 +115,35 @@ async fn session(
         .await
         .map_err(|_| UplinkError::Handshake("no answer to hello within 10 s".into()))?
         .map_err(|e| UplinkError::Handshake(e.to_string()))?;
-    match reply {
+    let report_interval = match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
-            Ok(Control::Welcome { hub_id, .. }) => {
-                tracing::info!(hub = %config.hub, %hub_id, "uplink to the hub is up")
+            Ok(Control::Welcome { hub_id, report_interval_ms, .. }) => {
+                tracing::info!(hub = %config.hub, %hub_id, ?report_interval_ms, "uplink to the hub is up");
+                report_interval_ms.map(crate::report::interval_from_hub)
             }
             Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
             Ok(other) => return Err(UplinkError::Handshake(format!("unexpected {other:?}"))),
             Err(e) => return Err(UplinkError::Handshake(e.to_string())),
         },
         _ => return Err(UplinkError::Handshake("the hub closed the stream during the handshake".into())),
-    }
+    };
     let Some((conn, out)) = register(events, Direction::Outgoing).await else {
         return Ok("node stopped".into());
     };
     metrics.uplink_connected.store(1, Relaxed);
     metrics.uplink_connects_total.fetch_add(1, Relaxed);
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
-    Ok(quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt).await)
+    let pump = quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt);
+    // Reports run beside the documents; if they stop, documents keep going.
+    let reports = async {
+        if let Some(interval) = report_interval {
+            let reason = crate::report::run(&connection, events, interval).await;
+            tracing::warn!(hub = %config.hub, %reason, "demand reports to the hub stopped");
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    tokio::select! {
+        reason = pump => Ok(reason),
+        never = reports => match never {},
+    }
 }

@@ -59,11 +59,21 @@ pub struct EngineConfig {
     /// remembers which evicted documents a reconnecting upstream must hear
     /// of again; a hub sets this to `false` and keeps no such record.
     pub expects_upstream: bool,
+    /// Count client writes per document for [`Engine::take_demand`] (edges
+    /// report demand to the hub; other nodes leave this off).
+    pub track_demand: bool,
 }
 
 impl EngineConfig {
     pub fn new(peer_id: PeerId, storage_id: Option<StorageId>) -> Self {
-        Self { peer_id, storage_id, idle_evict_after_ms: 60_000, rng_seed: 0, expects_upstream: true }
+        Self {
+            peer_id,
+            storage_id,
+            idle_evict_after_ms: 60_000,
+            rng_seed: 0,
+            expects_upstream: true,
+            track_demand: false,
+        }
     }
 }
 
@@ -165,6 +175,17 @@ pub enum Output {
     Close { conn: ConnId, reason: String },
     Storage { id: StorageTaskId, task: StorageTask },
     Event(Event),
+}
+
+/// Demand for one document at this node, from its downstream peers
+/// (clients), for placement (DESIGN §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DocDemand {
+    /// Downstream connections subscribed to it now.
+    pub subscribers: u32,
+    /// Sync messages from downstream peers that brought new changes since
+    /// the last [`Engine::take_demand`].
+    pub writes: u64,
 }
 
 /// Why a local operation on a document was refused.
@@ -313,6 +334,9 @@ pub struct Engine {
     /// reconnected upstream would never learn of changes it missed, nor push
     /// ours. See [`Engine::needs_resync`].
     resync_on_upstream: BTreeSet<DocumentId>,
+    /// Client writes per document since the last `take_demand` (only with
+    /// [`EngineConfig::track_demand`]).
+    writes: BTreeMap<DocumentId, u64>,
     outputs: VecDeque<Output>,
 }
 
@@ -335,6 +359,7 @@ impl Engine {
             ephemeral_seen: BTreeMap::new(),
             opened: BTreeSet::new(),
             resync_on_upstream: BTreeSet::new(),
+            writes: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -351,6 +376,26 @@ impl Engine {
     /// Number of documents currently in memory.
     pub fn loaded_docs(&self) -> usize {
         self.docs.len()
+    }
+
+    /// Demand per document since the last call: downstream subscribers now,
+    /// and client writes counted since (with [`EngineConfig::track_demand`]).
+    /// Documents with neither are left out.
+    pub fn take_demand(&mut self) -> BTreeMap<DocumentId, DocDemand> {
+        let mut out: BTreeMap<DocumentId, DocDemand> = BTreeMap::new();
+        for (doc, subs) in &self.subscribers {
+            let downstream = subs
+                .iter()
+                .filter(|c| self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming && c.peer().is_some()))
+                .count();
+            if downstream > 0 {
+                out.entry(*doc).or_default().subscribers = downstream as u32;
+            }
+        }
+        for (doc, writes) in std::mem::take(&mut self.writes) {
+            out.entry(doc).or_default().writes = writes;
+        }
+        out
     }
 
     /// Number of connections that completed the handshake.
@@ -686,8 +731,13 @@ impl Engine {
         // changes are stored: keep the heads we really sent.
         let echoes_ours = message.changes.is_empty() && !message.heads.is_empty() && message.heads == d.doc.get_heads();
         let last_sent = pd.sync.last_sent_heads.clone();
+        let count_write = self.config.track_demand
+            && !message.changes.is_empty()
+            && self.conns.get(&p.conn).is_some_and(|c| c.direction == Direction::Incoming);
+        let before = if count_write { d.doc.get_heads() } else { Vec::new() };
         match d.doc.receive_sync_message(&mut pd.sync, message) {
             Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
+            Ok(()) if count_write && d.doc.get_heads() != before => *self.writes.entry(doc_id).or_default() += 1,
             Ok(()) => {}
             Err(e) => {
                 let detail = format!("could not apply sync message for {doc_id}: {e}");

@@ -7,12 +7,25 @@
 //! federation control message (a CBOR map with a `type`), whose set is
 //! versioned by [`FEDERATION_VERSION`] and negotiated in `hello`.
 //!
+//! ## Compatibility
+//!
+//! [`FEDERATION_VERSION`] changes only when a message would be misread by a
+//! peer of the other version. Additions a receiver may ignore do not bump
+//! it: decoders skip unknown keys, and an unknown `type` is an error the
+//! receiver drops (hubs and edges before demand reports ignored every
+//! control frame after the handshake). Demand reports were added that way:
+//! the hub offers them with `reportIntervalMs` in `welcome`; an edge that
+//! does not know the key never reports, and an edge talking to a hub that
+//! does not send it never does either.
+//!
 //! Decoding never blocks and never trusts a length: [`check_frame`] says
 //! whether a whole frame is buffered (mini-redis style) and rejects lengths
 //! over the caller's limit before anything is allocated.
 
 use minicbor::Decoder;
 use minicbor::data::Type;
+
+use crate::ids::DocumentId;
 
 /// Version of the federation control message set.
 pub const FEDERATION_VERSION: u64 = 1;
@@ -31,10 +44,39 @@ pub enum FrameKind {
 pub enum Control {
     /// First frame from an edge (or device): who it is and its credential.
     Hello { version: u64, node_id: String, secret: String },
-    /// The hub accepted the hello.
-    Welcome { version: u64, hub_id: String },
+    /// The hub accepted the hello. With `report_interval_ms` it asks the
+    /// edge for a [`Report`] that often (on a unidirectional stream of its
+    /// own, so reports never queue behind document traffic).
+    Welcome { version: u64, hub_id: String, report_interval_ms: Option<u64> },
     /// The hub refused the hello; the connection is closed after this.
     Refused { reason: String },
+    /// An edge's periodic demand and latency report.
+    Report(Report),
+}
+
+/// What an edge measured over its last report window (DESIGN §5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Increases by one per report on a connection.
+    pub seq: u64,
+    /// The span `writes` were counted over, in milliseconds.
+    pub window_ms: u64,
+    /// QUIC round-trip time of the uplink, as the edge measures it.
+    pub uplink_rtt_micros: Option<u64>,
+    /// A typical client ↔ edge round trip (absent when not measured).
+    pub client_rtt_micros: Option<u64>,
+    /// Documents with subscribers or writes in the window.
+    pub docs: Vec<DocReport>,
+}
+
+/// One document's demand at the reporting edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocReport {
+    pub doc: DocumentId,
+    /// Client connections subscribed to it now.
+    pub subscribers: u32,
+    /// Client writes (sync messages that brought new changes) in the window.
+    pub writes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,48 +141,122 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
             .and_then(|e| e.str("type")?.str("hello")?.str("version")?.u64(*version)?.str("nodeId")?.str(node_id))
             .and_then(|e| e.str("secret")?.str(secret))
             .map(|_| ()),
-        Control::Welcome { version, hub_id } => e
-            .map(3)
+        Control::Welcome { version, hub_id, report_interval_ms } => e
+            .map(3 + u64::from(report_interval_ms.is_some()))
             .and_then(|e| e.str("type")?.str("welcome")?.str("version")?.u64(*version)?.str("hubId")?.str(hub_id))
+            .and_then(|e| match report_interval_ms {
+                Some(ms) => e.str("reportIntervalMs")?.u64(*ms),
+                None => Ok(e),
+            })
             .map(|_| ()),
         Control::Refused { reason } => {
             e.map(2).and_then(|e| e.str("type")?.str("refused")?.str("reason")?.str(reason)).map(|_| ())
         }
+        Control::Report(r) => encode_report(&mut e, r),
     };
     e.into_writer()
 }
 
+fn encode_report(
+    e: &mut minicbor::Encoder<Vec<u8>>,
+    r: &Report,
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    let optional = u64::from(r.uplink_rtt_micros.is_some()) + u64::from(r.client_rtt_micros.is_some());
+    e.map(4 + optional)?.str("type")?.str("report")?.str("seq")?.u64(r.seq)?.str("windowMs")?.u64(r.window_ms)?;
+    if let Some(us) = r.uplink_rtt_micros {
+        e.str("uplinkRttMicros")?.u64(us)?;
+    }
+    if let Some(us) = r.client_rtt_micros {
+        e.str("clientRttMicros")?.u64(us)?;
+    }
+    e.str("docs")?.array(r.docs.len() as u64)?;
+    for d in &r.docs {
+        e.map(3)?.str("id")?.str(&d.doc.to_string())?.str("subscribers")?.u32(d.subscribers)?;
+        e.str("writes")?.u64(d.writes)?;
+    }
+    Ok(())
+}
+
 /// Decodes a control message; unknown keys are skipped.
 pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
-    let bad = |e: minicbor::decode::Error| FrameError::BadControl(e.to_string());
     let mut d = Decoder::new(bytes);
     let n = d.map().map_err(bad)?.ok_or(FrameError::BadControl("indefinite map".into()))?;
-    let (mut ty, mut version, mut node_id, mut secret, mut hub_id, mut reason) = (None, None, None, None, None, None);
+    let mut f = Fields::default();
     for _ in 0..n {
         let key = d.str().map_err(bad)?;
         match (key, d.datatype().map_err(bad)?) {
-            ("type", Type::String) => ty = Some(d.str().map_err(bad)?.to_owned()),
-            ("version", _) => version = Some(d.u64().map_err(bad)?),
-            ("nodeId", Type::String) => node_id = Some(d.str().map_err(bad)?.to_owned()),
-            ("secret", Type::String) => secret = Some(d.str().map_err(bad)?.to_owned()),
-            ("hubId", Type::String) => hub_id = Some(d.str().map_err(bad)?.to_owned()),
-            ("reason", Type::String) => reason = Some(d.str().map_err(bad)?.to_owned()),
+            ("type", Type::String) => f.ty = Some(d.str().map_err(bad)?.to_owned()),
+            ("version", _) => f.version = Some(d.u64().map_err(bad)?),
+            ("nodeId", Type::String) => f.node_id = Some(d.str().map_err(bad)?.to_owned()),
+            ("secret", Type::String) => f.secret = Some(d.str().map_err(bad)?.to_owned()),
+            ("hubId", Type::String) => f.hub_id = Some(d.str().map_err(bad)?.to_owned()),
+            ("reason", Type::String) => f.reason = Some(d.str().map_err(bad)?.to_owned()),
+            ("reportIntervalMs", _) => f.report_interval_ms = Some(d.u64().map_err(bad)?),
+            ("seq", _) => f.report.seq = d.u64().map_err(bad)?,
+            ("windowMs", _) => f.report.window_ms = d.u64().map_err(bad)?,
+            ("uplinkRttMicros", _) => f.report.uplink_rtt_micros = Some(d.u64().map_err(bad)?),
+            ("clientRttMicros", _) => f.report.client_rtt_micros = Some(d.u64().map_err(bad)?),
+            ("docs", Type::Array) => f.report.docs = decode_doc_reports(&mut d)?,
             _ => d.skip().map_err(bad)?,
         }
     }
-    match ty.as_deref().ok_or(FrameError::MissingField("type"))? {
+    match f.ty.as_deref().ok_or(FrameError::MissingField("type"))? {
         "hello" => Ok(Control::Hello {
-            version: version.ok_or(FrameError::MissingField("version"))?,
-            node_id: node_id.ok_or(FrameError::MissingField("nodeId"))?,
-            secret: secret.unwrap_or_default(),
+            version: f.version.ok_or(FrameError::MissingField("version"))?,
+            node_id: f.node_id.ok_or(FrameError::MissingField("nodeId"))?,
+            secret: f.secret.unwrap_or_default(),
         }),
         "welcome" => Ok(Control::Welcome {
-            version: version.ok_or(FrameError::MissingField("version"))?,
-            hub_id: hub_id.unwrap_or_default(),
+            version: f.version.ok_or(FrameError::MissingField("version"))?,
+            hub_id: f.hub_id.unwrap_or_default(),
+            report_interval_ms: f.report_interval_ms,
         }),
-        "refused" => Ok(Control::Refused { reason: reason.unwrap_or_default() }),
+        "refused" => Ok(Control::Refused { reason: f.reason.unwrap_or_default() }),
+        "report" => Ok(Control::Report(f.report)),
         other => Err(FrameError::UnknownControl(other.to_owned())),
     }
+}
+
+fn bad(e: minicbor::decode::Error) -> FrameError {
+    FrameError::BadControl(e.to_string())
+}
+
+/// The fields any control message may carry.
+#[derive(Default)]
+struct Fields {
+    ty: Option<String>,
+    version: Option<u64>,
+    node_id: Option<String>,
+    secret: Option<String>,
+    hub_id: Option<String>,
+    reason: Option<String>,
+    report_interval_ms: Option<u64>,
+    report: Report,
+}
+
+/// `[{id, subscribers, writes}, ...]`; unknown keys are skipped, a bad
+/// document id fails the whole report.
+fn decode_doc_reports(d: &mut Decoder<'_>) -> Result<Vec<DocReport>, FrameError> {
+    let n = d.array().map_err(bad)?.ok_or(FrameError::BadControl("indefinite array".into()))?;
+    // Each entry takes at least 4 bytes: never allocate more than the input.
+    let mut docs = Vec::with_capacity((n as usize).min(d.input().len() / 4));
+    for _ in 0..n {
+        let m = d.map().map_err(bad)?.ok_or(FrameError::BadControl("indefinite map".into()))?;
+        let (mut id, mut subscribers, mut writes) = (None, 0, 0);
+        for _ in 0..m {
+            match (d.str().map_err(bad)?, d.datatype().map_err(bad)?) {
+                ("id", Type::String) => {
+                    let s = d.str().map_err(bad)?;
+                    id = Some(s.parse::<DocumentId>().map_err(|e| FrameError::BadControl(e.to_string()))?);
+                }
+                ("subscribers", _) => subscribers = d.u32().map_err(bad)?,
+                ("writes", _) => writes = d.u64().map_err(bad)?,
+                _ => d.skip().map_err(bad)?,
+            }
+        }
+        docs.push(DocReport { doc: id.ok_or(FrameError::MissingField("id"))?, subscribers, writes });
+    }
+    Ok(docs)
 }
 
 #[cfg(test)]
@@ -151,10 +267,87 @@ mod tests {
     fn control_messages_round_trip() {
         for c in [
             Control::Hello { version: 1, node_id: "eu".into(), secret: "s3cret".into() },
-            Control::Welcome { version: 1, hub_id: "hub".into() },
+            Control::Welcome { version: 1, hub_id: "hub".into(), report_interval_ms: None },
+            Control::Welcome { version: 1, hub_id: "hub".into(), report_interval_ms: Some(2000) },
             Control::Refused { reason: "unknown edge".into() },
+            Control::Report(Report::default()),
+            Control::Report(report()),
         ] {
             assert_eq!(decode_control(&encode_control(&c)), Ok(c));
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            seq: 7,
+            window_ms: 10_000,
+            uplink_rtt_micros: Some(80_123),
+            client_rtt_micros: None,
+            docs: vec![
+                DocReport { doc: DocumentId::from_bytes([1; 16]), subscribers: 2, writes: 30 },
+                DocReport { doc: DocumentId::from_bytes([2; 16]), subscribers: 0, writes: 1 },
+            ],
+        }
+    }
+
+    /// The bytes of a version-1 `welcome` from before reports: it still
+    /// decodes, without a report interval (so such a hub gets no reports).
+    #[test]
+    fn a_welcome_without_report_interval_decodes() {
+        // {"type": "welcome", "version": 1, "hubId": "h"}
+        let old = [
+            0xa3, 0x64, b't', b'y', b'p', b'e', 0x67, b'w', b'e', b'l', b'c', b'o', b'm', b'e', 0x67, b'v', b'e', b'r',
+            b's', b'i', b'o', b'n', 0x01, 0x65, b'h', b'u', b'b', b'I', b'd', 0x61, b'h',
+        ];
+        let expected = Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None };
+        assert_eq!(decode_control(&old), Ok(expected.clone()));
+        assert_eq!(encode_control(&expected), old, "encoding without an interval is unchanged");
+    }
+
+    /// A receiver that predates a key skips it; one that predates a type
+    /// gets an error it can drop (what a new edge's report is to an old hub).
+    #[test]
+    fn unknown_keys_are_skipped_and_unknown_types_are_errors() {
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.map(4).unwrap().str("type").unwrap().str("welcome").unwrap().str("version").unwrap().u64(1).unwrap();
+        e.str("future").unwrap().array(1).unwrap().u8(9).unwrap().str("hubId").unwrap().str("h").unwrap();
+        let c = decode_control(&e.into_writer());
+        assert_eq!(c, Ok(Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None }));
+        let mut e = minicbor::Encoder::new(Vec::new());
+        e.map(1).unwrap().str("type").unwrap().str("placement").unwrap();
+        assert_eq!(decode_control(&e.into_writer()), Err(FrameError::UnknownControl("placement".into())));
+    }
+
+    #[test]
+    fn a_report_with_a_bad_document_id_is_rejected() {
+        let mut bytes = encode_control(&Control::Report(report()));
+        let id = DocumentId::from_bytes([1; 16]).to_string();
+        let at = bytes.windows(id.len()).position(|w| w == id.as_bytes()).unwrap();
+        bytes[at] = if bytes[at] == b'2' { b'3' } else { b'2' };
+        assert!(matches!(decode_control(&bytes), Err(FrameError::BadControl(_))));
+        assert!(decode_control(&bytes[..bytes.len() - 3]).is_err(), "truncated");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn reports_round_trip(
+            seq in proptest::num::u64::ANY,
+            window_ms in proptest::num::u64::ANY,
+            uplink in proptest::option::of(proptest::num::u64::ANY),
+            client in proptest::option::of(proptest::num::u64::ANY),
+            docs in proptest::collection::vec((proptest::array::uniform16(0u8..), 0u32.., 0u64..), 0..50),
+        ) {
+            let docs = docs
+                .into_iter()
+                .map(|(b, subscribers, writes)| DocReport { doc: DocumentId::from_bytes(b), subscribers, writes })
+                .collect();
+            let c = Control::Report(Report { seq, window_ms, uplink_rtt_micros: uplink, client_rtt_micros: client, docs });
+            proptest::prop_assert_eq!(decode_control(&encode_control(&c)), Ok(c));
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decode_control(&bytes);
         }
     }
 
