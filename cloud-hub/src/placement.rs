@@ -152,21 +152,21 @@ pub struct PlacementConfig {
     /// Minimum relative gain (of the current cost) for a move.
     pub min_gain_ratio: f64,
     /// Minimum absolute gain (mean write latency) for a move.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(serialize_with = "as_ms", rename = "min_gain_ms")]
     pub min_gain: Duration,
     /// Minimum time a document stays at a home before it moves again.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(serialize_with = "as_ms", rename = "min_dwell_ms")]
     pub min_dwell: Duration,
     /// At most this many moves per `move_window`, over all documents.
     pub max_moves: u32,
-    #[serde(serialize_with = "as_ms")]
+    #[serde(serialize_with = "as_ms", rename = "move_window_ms")]
     pub move_window: Duration,
     /// After this long without any demand a document's home returns to the
     /// hub and the engine forgets it.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(serialize_with = "as_ms", rename = "idle_after_ms")]
     pub idle_after: Duration,
     /// Assumed edge ↔ hub round trip of an edge that has not measured one.
-    #[serde(serialize_with = "as_ms")]
+    #[serde(serialize_with = "as_ms", rename = "unknown_rtt_ms")]
     pub unknown_rtt: Duration,
     /// How many recent moves are kept for the admin API.
     pub history: usize,
