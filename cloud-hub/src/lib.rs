@@ -502,4 +502,19 @@ mod tests {
         assert!(c.validate().is_err());
         assert!(c.clone().edge("eu", "s").validate().is_ok());
     }
+
+    #[test]
+    fn placement_settings_are_validated() {
+        let ok = HubConfig::new("/tmp/x");
+        assert!(ok.validate().is_ok());
+        let mut c = ok.clone();
+        c.placement_interval = Duration::ZERO;
+        assert!(c.validate().is_err());
+        let mut c = ok.clone();
+        c.placement.min_gain_ratio = f64::NAN;
+        assert!(c.validate().is_err());
+        let mut c = ok;
+        c.placement.max_moves = 0;
+        assert!(c.validate().is_err());
+    }
 }
