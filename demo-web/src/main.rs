@@ -1,6 +1,217 @@
-//! `meridian-demo`: serves the editor demo (in progress).
+//! `meridian-demo`: the local cluster's front door.
+//!
+//! - One static web site per region (`--site eu=127.0.0.1:7380=127.0.0.1:7300`):
+//!   the editor app from `web/`, the `@meridian/client` package at `/pkg/`,
+//!   and `/config.json` telling the page which edge is "nearest". Each region
+//!   is its own origin, so each has its own IndexedDB, like separate users.
+//!   The sites do not depend on the edges: with every edge stopped a page
+//!   still loads and shows its documents from IndexedDB.
+//! - Simulated geography (`--link eu=127.0.0.1:7390=127.0.0.1:7400=40`): a
+//!   UDP fault proxy per region between that edge and the hub, adding the
+//!   one-way delay (each direction), so QUIC federation sees real RTTs.
+//!
+//! `cargo xtask demo` starts it with the hub and the edges.
 
-fn main() {
-    eprintln!("meridian-demo: not built yet");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Parser;
+use meridian_netsim::{Direction, FaultProxy};
+
+/// Serves the Meridian editor demo (one site per region) and the simulated
+/// inter-region latency between edges and the hub.
+#[derive(Parser, Debug)]
+#[command(name = "meridian-demo", version, about, long_about = None)]
+struct Cli {
+    /// A regional site: REGION=LISTEN=EDGE, e.g. eu=127.0.0.1:7380=127.0.0.1:7300
+    /// (the page syncs with ws://EDGE/sync). Repeat for each region.
+    #[arg(long = "site", value_parser = parse_site, required = true)]
+    sites: Vec<Site>,
+    /// A latency link: REGION=LISTEN=UPSTREAM=MS, a UDP proxy adding MS
+    /// milliseconds each way (point that region's edge `--hub` at LISTEN).
+    #[arg(long = "link", value_parser = parse_link)]
+    links: Vec<Link>,
+    /// The hub's HTTP address, shown in the pages (metrics, placement).
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    hub_http: SocketAddr,
+    /// Folder of the web app.
+    #[arg(long, env = "MERIDIAN_DEMO_WEB", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
+    web: PathBuf,
+    /// Folder of the built `@meridian/client` package (`cargo xtask build-js`).
+    #[arg(long, env = "MERIDIAN_DEMO_PKG", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../client-wasm/pkg"))]
+    pkg: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+struct Site {
+    region: String,
+    listen: SocketAddr,
+    edge: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+struct Link {
+    region: String,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    delay: Duration,
+}
+
+fn parse_site(s: &str) -> Result<Site, String> {
+    let parts: Vec<&str> = s.split('=').collect();
+    let [region, listen, edge] = parts[..] else { return Err("expected REGION=LISTEN=EDGE".into()) };
+    Ok(Site {
+        region: region.to_owned(),
+        listen: listen.parse().map_err(|e| format!("LISTEN `{listen}`: {e}"))?,
+        edge: edge.parse().map_err(|e| format!("EDGE `{edge}`: {e}"))?,
+    })
+}
+
+fn parse_link(s: &str) -> Result<Link, String> {
+    let parts: Vec<&str> = s.split('=').collect();
+    let [region, listen, upstream, ms] = parts[..] else { return Err("expected REGION=LISTEN=UPSTREAM=MS".into()) };
+    Ok(Link {
+        region: region.to_owned(),
+        listen: listen.parse().map_err(|e| format!("LISTEN `{listen}`: {e}"))?,
+        upstream: upstream.parse().map_err(|e| format!("UPSTREAM `{upstream}`: {e}"))?,
+        delay: Duration::from_millis(ms.parse().map_err(|e| format!("MS `{ms}`: {e}"))?),
+    })
+}
+
+/// What one site serves.
+#[derive(Clone, Debug)]
+struct SiteState {
+    web: PathBuf,
+    pkg: PathBuf,
+    config: serde_json::Value,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "meridian_demo=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if !cli.pkg.join("index.js").exists() {
+        bail!("{} has no index.js: build the browser package first (`cargo xtask build-js`)", cli.pkg.display());
+    }
+    if !cli.web.join("index.html").exists() {
+        bail!("{} has no index.html (use --web to point at demo-web/web)", cli.web.display());
+    }
+
+    let mut proxies = Vec::new();
+    for link in &cli.links {
+        let proxy = FaultProxy::udp(link.listen, link.upstream)
+            .await
+            .with_context(|| format!("latency link for {} on {}", link.region, link.listen))?;
+        let faults = proxy.handle();
+        faults.set_delay(Direction::ToUpstream, link.delay);
+        faults.set_delay(Direction::ToClient, link.delay);
+        tracing::info!(region = %link.region, listen = %link.listen, upstream = %link.upstream, one_way_ms = link.delay.as_millis() as u64, "latency link");
+        proxies.push(proxy);
+    }
+
+    let sites: Vec<serde_json::Value> = cli
+        .sites
+        .iter()
+        .map(|s| serde_json::json!({ "region": s.region, "url": format!("http://{}/", s.listen) }))
+        .collect();
+    let links: serde_json::Map<String, serde_json::Value> =
+        cli.links.iter().map(|l| (l.region.clone(), serde_json::json!(l.delay.as_millis() as u64))).collect();
+    let mut servers = tokio::task::JoinSet::new();
+    for site in &cli.sites {
+        let config = serde_json::json!({
+            "region": site.region,
+            "edge": { "ws": format!("ws://{}/sync", site.edge), "http": format!("http://{}", site.edge) },
+            "hub": { "http": format!("http://{}", cli.hub_http) },
+            "sites": sites,
+            "oneWayToHubMs": links,
+        });
+        let state = SiteState { web: cli.web.clone(), pkg: cli.pkg.clone(), config };
+        let app = Router::new()
+            .route("/config.json", get(config_json))
+            .route("/pkg/{*file}", get(pkg_file))
+            .route("/", get(index))
+            .route("/{*file}", get(web_file))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(site.listen)
+            .await
+            .with_context(|| format!("site {} on {}", site.region, site.listen))?;
+        tracing::info!(region = %site.region, url = %format!("http://{}/", site.listen), edge = %site.edge, "site");
+        servers.spawn(async move { axum::serve(listener, app).await });
+    }
+    tokio::select! {
+        _ = shutdown_signal() => tracing::info!("stopping"),
+        r = servers.join_next() => bail!("a site stopped: {r:?}"),
+    }
+    drop(proxies);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn config_json(State(s): State<SiteState>) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(s.config)).into_response()
+}
+
+async fn index(State(s): State<SiteState>) -> Response {
+    serve_file(&s.web, "index.html").await
+}
+
+async fn web_file(State(s): State<SiteState>, UrlPath(file): UrlPath<String>) -> Response {
+    serve_file(&s.web, &file).await
+}
+
+async fn pkg_file(State(s): State<SiteState>, UrlPath(file): UrlPath<String>) -> Response {
+    serve_file(&s.pkg, &file).await
+}
+
+/// A file under `root`; `..` and absolute paths are refused.
+async fn serve_file(root: &Path, rel: &str) -> Response {
+    let rel = Path::new(rel);
+    if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return (StatusCode::BAD_REQUEST, "bad path\n").into_response();
+    }
+    let path = root.join(rel);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            ([(header::CONTENT_TYPE, content_type(&path)), (header::CACHE_CONTROL, "no-cache")], bytes).into_response()
+        }
+        Err(_) => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("html") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("ts") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    }
 }

@@ -43,6 +43,13 @@ pub fn build(args: &[String]) -> Result<()> {
     run(&mut build)?;
     let wasm = root().join(format!("target/wasm32-unknown-unknown/{profile}/{WASM_NAME}.wasm"));
     let out = pkg_dir();
+    // The same wasm as last time: only refresh the hand-written files.
+    let stamp = format!("{profile} {}", fingerprint(&wasm)?);
+    if std::fs::read_to_string(out.join(".built-from")).ok().as_deref() == Some(stamp.as_str()) {
+        copy_js_files(&out)?;
+        eprintln!("xtask: @meridian/client in {} is current", out.display());
+        return Ok(());
+    }
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
@@ -51,12 +58,25 @@ pub fn build(args: &[String]) -> Result<()> {
     if !dev {
         optimize(&bg)?;
     }
+    copy_js_files(&out)?;
+    report_size(&bg);
+    std::fs::write(out.join(".built-from"), stamp)?;
+    eprintln!("xtask: @meridian/client built in {}", out.display());
+    Ok(())
+}
+
+fn copy_js_files(out: &Path) -> Result<()> {
     for file in ["index.js", "index.d.ts", "package.json"] {
         std::fs::copy(client_dir().join("js").join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
     }
-    report_size(&bg);
-    eprintln!("xtask: @meridian/client built in {}", out.display());
     Ok(())
+}
+
+/// Size and modification time of a build output.
+fn fingerprint(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{} was not built", path.display()))?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    Ok(format!("{} {}", meta.len(), modified.as_nanos()))
 }
 
 /// The version `wasm-bindgen` is pinned to in the root `Cargo.toml`.

@@ -1,8 +1,9 @@
 //! `cargo xtask <command>`: the project's set-up and workflows, in Rust
 //! rather than shell scripts.
 //!
-//! - `cargo xtask demo`  — build and start a local hub and three regional
-//!   edges with their data under `./demo-data`, and print how to connect.
+//! - `cargo xtask demo`  — build and start a local hub, three regional
+//!   edges with simulated latency to the hub, and the collaborative editor
+//!   (one URL per region), with their data under `./demo-data`.
 //! - `cargo xtask test`  — install what the tests need (npm packages, the
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
@@ -20,7 +21,9 @@ cargo xtask <command>
 
 Commands:
   demo [--debug]
-              build and start a local hub and three regional edges (eu, us, ap; data in ./demo-data)
+              build and start the local cluster: a hub, three regional edges (eu, us, ap) with
+              simulated latency to the hub, and the collaborative editor, one URL per region
+              (data in ./demo-data; --debug skips the release build)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
   bench big-doc [--changes N] [--rounds R] [--smoke]
@@ -147,11 +150,16 @@ fn sim_sweep() -> Result<()> {
     ]))
 }
 
-/// The regional edges of the local cluster: (id, WebSocket port, QUIC port).
-const REGIONS: [(&str, u16, u16); 3] = [("eu", 7300, 7302), ("us", 7310, 7312), ("ap", 7320, 7322)];
+/// The regions of the local cluster: (id, edge WebSocket port, edge QUIC
+/// port, demo site port, latency link port, one-way delay to the hub in ms).
+/// The hub is "in" `us`; the delays are DESIGN.md §7's example geography.
+const REGIONS: [(&str, u16, u16, u16, u16, u64); 3] =
+    [("eu", 7300, 7302, 7380, 7391, 40), ("us", 7310, 7312, 7381, 7392, 5), ("ap", 7320, 7322, 7382, 7393, 90)];
 
 fn demo(debug: bool) -> Result<()> {
     let profile = if debug { "debug" } else { "release" };
+    // The browser package the editor imports (a no-op when it is current).
+    js::build(&[])?;
     let mut build = cargo();
     // The same package selection as the test build, so features (and the
     // compiled dependencies) are shared.
@@ -171,36 +179,59 @@ fn demo(debug: bool) -> Result<()> {
     }
     let mut children = vec![Child::spawn("hub", &mut hub_cmd)?];
     wait_for_file(&data.join("hub/tls/ca.pem"))?;
-    for ((id, ws, quic), (_, secret)) in REGIONS.iter().zip(&secrets) {
+    // The web sites and the edge-to-hub latency links.
+    let mut front = Command::new(bin("meridian-demo"));
+    front.arg("--web").arg(root().join("demo-web/web")).arg("--pkg").arg(js::pkg_dir());
+    for (id, ws, _, site, link, delay) in REGIONS {
+        front.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{ws}")]);
+        front.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:7400={delay}")]);
+    }
+    children.push(Child::spawn("demo", &mut front)?);
+    wait_for_port(REGIONS[2].3)?;
+    for ((id, ws, quic, _, link, _), (_, secret)) in REGIONS.iter().zip(&secrets) {
         let mut edge = Command::new(bin("meridian-edge"));
         edge.args(["serve", "--listen", &format!("127.0.0.1:{ws}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
             .args(["--peer-id", &format!("edge-{id}"), "--data"])
             .arg(data.join(id))
-            .args(["--hub", "127.0.0.1:7400", "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
+            .args(["--hub", &format!("127.0.0.1:{link}"), "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
             .arg(data.join("hub/tls/ca.pem"));
         children.push(Child::spawn(id, &mut edge)?);
     }
-    eprintln!("\nMeridian local cluster (data in {}):", data.display());
-    eprintln!("  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
-    for (id, ws, quic) in REGIONS {
+    eprintln!("\nMeridian local cluster (data in {}):\n", data.display());
+    eprintln!("  Open the editor, one URL per region (each its own browser storage, like separate people):");
+    for (id, _, _, site, _, delay) in REGIONS {
+        eprintln!("    {id:<3} http://127.0.0.1:{site}/      (edge ↔ hub: {delay} ms each way)");
+    }
+    eprintln!("\n  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
+    for (id, ws, quic, ..) in REGIONS {
         eprintln!(
             "  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics"
         );
     }
     eprintln!(
-        "Point an automerge-repo app at any edge:\n  new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})"
+        "\n  Any automerge-repo app can use an edge:\n    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})"
     );
-    eprintln!("The collaborative editor (issue 5) is not part of the demo yet. Press Ctrl-C to stop.\n");
+    eprintln!("\nPress Ctrl-C to stop.\n");
     // Ctrl-C reaches every child (same process group); each shuts down
     // cleanly. If one dies on its own, stop the rest.
     let failed = Child::wait_any(&mut children);
-    for c in &mut children {
+    for c in children.iter_mut().rev() {
         c.terminate();
     }
     match failed {
         Some(name) => bail!("{name} exited unexpectedly; see its log above"),
         None => Ok(()),
     }
+}
+
+fn wait_for_port(port: u16) -> Result<()> {
+    for _ in 0..300 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}; see the log above")
 }
 
 /// One secret per edge, created on the first run and kept.

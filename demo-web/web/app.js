@@ -1,0 +1,499 @@
+// The Meridian collaborative editor: documents in IndexedDB, synced through
+// this region's edge with @meridian/client.
+import { Client } from "/pkg/index.js";
+import { TextBinding, spliceBetween } from "/editor.js";
+
+const $ = (id) => document.getElementById(id);
+const NAMES = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Alan", "Radia", "Edsger", "Hedy"];
+const COLORS = ["#e8590c", "#2f9e44", "#1c7ed6", "#ae3ec9", "#f08c00", "#0c8599", "#d6336c", "#5f3dc4"];
+const PRESENCE_EVERY_MS = 3000;
+const PRESENCE_TTL_MS = 10000;
+const INFO_EVERY_MS = 2000;
+
+const config = await (await fetch("/config.json")).json();
+const store = (key, fallback) => {
+  try {
+    return JSON.parse(localStorage.getItem(`meridian-demo:${key}`)) ?? fallback;
+  } catch {
+    return fallback;
+  }
+};
+const save = (key, value) => localStorage.setItem(`meridian-demo:${key}`, JSON.stringify(value));
+
+const me = store("me", null) ?? {
+  name: NAMES[Math.floor(Math.random() * NAMES.length)],
+  color: COLORS[Math.floor(Math.random() * COLORS.length)],
+};
+save("me", me);
+
+const client = await Client.open({ urls: [config.edge.ws], dbName: "meridian-demo" });
+
+/** Everything about the open document; replaced by `openDoc`. */
+let current = null;
+const peers = new Map(); // peerId -> { name, color, region, seen }
+const info = { rttMs: null, edge: null, error: null };
+
+// ---------------------------------------------------------------- top bar
+
+$("region").textContent = `${config.region} edge`;
+$("my-name").value = me.name;
+$("my-color").style.background = me.color;
+$("my-name").addEventListener("change", () => {
+  me.name = $("my-name").value.trim() || me.name;
+  save("me", me);
+  sendPresence();
+});
+$("offline-switch").addEventListener("change", (e) => {
+  if (e.target.checked) client.goOffline();
+  else client.goOnline();
+  renderConnection();
+});
+client.onConnectionStateChange(() => renderConnection());
+
+function toast(text) {
+  const t = $("toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => (t.hidden = true), 4000);
+}
+window.addEventListener("unhandledrejection", (e) => toast(`Error: ${e.reason?.message ?? e.reason}`));
+
+// ------------------------------------------------------------- documents
+
+function docList() {
+  return store("docs", []);
+}
+
+function remember(doc) {
+  const title = (doc.value().title ?? "").trim() || "Untitled";
+  const list = docList().filter((d) => d.url !== doc.url);
+  list.unshift({ url: doc.url, title, at: Date.now() });
+  save("docs", list.slice(0, 50));
+  renderDocList();
+}
+
+function renderDocList() {
+  const ul = $("doc-list");
+  ul.replaceChildren(
+    ...docList().map((d) => {
+      const li = document.createElement("li");
+      li.classList.toggle("active", current?.doc.url === d.url);
+      li.innerHTML = `<span class="t"></span><span class="id"></span>`;
+      li.querySelector(".t").textContent = d.title;
+      li.querySelector(".id").textContent = d.url.replace("automerge:", "");
+      li.onclick = () => (location.hash = d.url);
+      return li;
+    }),
+  );
+  if (!ul.children.length) ul.innerHTML = `<li class="muted small">No documents yet</li>`;
+}
+
+$("new-doc").onclick = async () => {
+  const doc = await client.create({ title: "Untitled", text: "" });
+  remember(doc);
+  location.hash = doc.url;
+};
+
+$("open-form").onsubmit = (e) => {
+  e.preventDefault();
+  const raw = $("open-url").value.trim();
+  const m = raw.match(/automerge:[1-9A-HJ-NP-Za-km-z]+/);
+  if (!m) return toast("That is not an automerge: URL or a share link");
+  $("open-url").value = "";
+  location.hash = m[0];
+};
+
+/** Finds a document; a document created on another edge may take a moment to reach this one. */
+async function findDoc(url) {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await client.find(url);
+    } catch (e) {
+      if (attempt >= 10) throw e;
+      setBanner(`Looking for the document on the hub… (${e.message})`);
+      await new Promise((r) => setTimeout(r, 500 * Math.min(attempt + 1, 4)));
+    }
+  }
+}
+
+async function openDoc(url) {
+  if (current?.doc.url === url) return;
+  closeDoc();
+  let doc;
+  try {
+    doc = await findDoc(url);
+  } catch (e) {
+    setBanner(`Could not open ${url}: ${e.message}`);
+    return;
+  }
+  setBanner(null);
+  const c = { doc, edits: 0, saved: 0, synced: 0, previewing: null, cleanup: [] };
+  current = c;
+  c.text = new TextBinding($("editor"), $("mirror"), doc, "text", {
+    onLocalEdit: () => edited(c),
+    onRemoteEdit: (text) => document.dispatchEvent(new CustomEvent("meridian:text", { detail: { text, at: Date.now() } })),
+  });
+  c.title = new TextBinding($("title"), null, doc, "title", { onLocalEdit: () => edited(c) });
+  c.cleanup.push(() => c.text.destroy(), () => c.title.destroy());
+  c.cleanup.push(doc.subscribe(() => changed(c)));
+  c.cleanup.push(doc.onEphemeral((e) => presence(e)));
+  const tick = setInterval(() => {
+    sendPresence();
+    expirePeers();
+  }, PRESENCE_EVERY_MS);
+  c.cleanup.push(() => clearInterval(tick));
+  remember(doc);
+  renderAll();
+  sendPresence();
+  $("editor").focus();
+  window.meridianDemo.opened?.(doc.url);
+}
+
+function closeDoc() {
+  if (!current) return;
+  current.doc.broadcast({ kind: "leave", peer: client.peerId });
+  current.cleanup.forEach((f) => f());
+  current = null;
+  peers.clear();
+}
+
+function edited(c) {
+  const n = ++c.edits;
+  window.meridianDemo.lastLocalEditAt = Date.now();
+  c.doc.whenSaved().then(() => {
+    c.saved = Math.max(c.saved, n);
+    renderSaveState();
+  });
+  c.doc.whenSynced().then(() => {
+    c.synced = Math.max(c.synced, n);
+    renderSaveState();
+  });
+  renderSaveState();
+  sendPresence();
+  scheduleHistory();
+}
+
+function changed(c) {
+  if (c !== current) return;
+  scheduleHistory();
+  const list = docList();
+  const title = (c.doc.value().title ?? "").trim() || "Untitled";
+  if (list[0]?.url === c.doc.url && list[0].title !== title) remember(c.doc);
+}
+
+window.addEventListener("hashchange", () => route());
+window.addEventListener("beforeunload", () => current?.doc.broadcast({ kind: "leave", peer: client.peerId }));
+
+async function route() {
+  const m = location.hash.match(/automerge:[1-9A-HJ-NP-Za-km-z]+/);
+  if (m) return openDoc(m[0]);
+  const recent = docList()[0];
+  if (recent) {
+    location.replace(`#${recent.url}`);
+    return openDoc(recent.url);
+  }
+  const doc = await client.create({
+    title: "Welcome to Meridian",
+    text:
+      "This document lives in your browser (IndexedDB) and syncs through your region's edge to the hub.\n\n" +
+      "Open a share link from the right in another region's tab and type in both. " +
+      "Try “Go offline”, edit on both sides, and come back online: the edits merge. 🚀\n",
+  });
+  remember(doc);
+  location.replace(`#${doc.url}`);
+  return openDoc(doc.url);
+}
+
+// -------------------------------------------------------------- presence
+
+let presenceQueued = false;
+function sendPresence() {
+  if (!current || presenceQueued) return;
+  presenceQueued = true;
+  setTimeout(() => {
+    presenceQueued = false;
+    if (!current) return;
+    const { anchor, head } = current.previewing ? {} : current.text.selectionCursors();
+    current.doc.broadcast({ kind: "presence", peer: client.peerId, name: me.name, color: me.color, region: config.region, anchor, head });
+  }, 30);
+}
+for (const ev of ["keyup", "mouseup", "focus", "select"]) $("editor").addEventListener(ev, sendPresence);
+document.addEventListener("selectionchange", () => {
+  if (document.activeElement === $("editor")) sendPresence();
+});
+
+function presence({ message: m }) {
+  if (!m || typeof m !== "object" || !m.peer || m.peer === client.peerId || !current) return;
+  if (m.kind === "leave") {
+    peers.delete(m.peer);
+    current.text.setRemoteCursor(m.peer, null);
+  } else if (m.kind === "presence") {
+    peers.set(m.peer, { name: String(m.name ?? "someone").slice(0, 24), color: validColor(m.color), region: m.region, seen: Date.now() });
+    current.text.setRemoteCursor(m.peer, m.anchor || m.head ? { name: m.name, color: validColor(m.color), anchor: m.anchor, head: m.head } : null);
+  }
+  renderPresence();
+}
+
+const validColor = (c) => (typeof c === "string" && /^#[0-9a-f]{6}$/i.test(c) ? c : "#888888");
+
+function expirePeers() {
+  const now = Date.now();
+  for (const [peer, p] of peers) {
+    if (now - p.seen > PRESENCE_TTL_MS) {
+      peers.delete(peer);
+      current?.text.setRemoteCursor(peer, null);
+    }
+  }
+  renderPresence();
+}
+
+function renderPresence() {
+  const all = [{ name: me.name, color: me.color, region: config.region, you: true }, ...peers.values()];
+  $("presence").replaceChildren(
+    ...all.map((p) => {
+      const a = document.createElement("span");
+      a.className = "avatar";
+      a.style.background = p.color;
+      a.textContent = p.name.slice(0, 2);
+      a.title = `${p.name}${p.you ? " (you)" : ""} · ${p.region ?? "?"} edge`;
+      return a;
+    }),
+  );
+}
+
+// ------------------------------------------------------ connection panel
+
+async function pollInfo() {
+  if ($("offline-switch").checked) {
+    info.rttMs = null;
+  } else {
+    const t0 = performance.now();
+    try {
+      const r = await fetch(`${config.edge.http}/info`, { cache: "no-store" });
+      info.edge = await r.json();
+      info.rttMs = performance.now() - t0;
+      info.error = null;
+    } catch (e) {
+      info.rttMs = null;
+      info.error = "edge unreachable";
+    }
+  }
+  renderConnection();
+  renderPlacement();
+}
+setInterval(pollInfo, INFO_EVERY_MS);
+
+function stateLabel() {
+  const s = client.connectionState;
+  if ($("offline-switch").checked) return ["offline", "offline (by you)"];
+  if (s === "backoff" || (s === "connecting" && current?.everConnected)) return ["reconnecting", "reconnecting"];
+  if (s === "connected" && current) current.everConnected = true;
+  return [s, s];
+}
+
+function renderConnection() {
+  const [state, label] = stateLabel();
+  $("conn-pill").dataset.state = state;
+  $("conn-text").textContent = label === "connected" ? `online · ${config.region}` : label;
+  const hub = info.edge?.hub;
+  const rows = [
+    ["State", label],
+    ["Edge", `${config.region} · ${config.edge.ws}`],
+    ["Page ↔ edge", info.rttMs == null ? (info.error ?? "—") : `${info.rttMs.toFixed(1)} ms (HTTP round trip)`],
+    ["Edge ↔ hub", hub ? (hub.connected ? `${hub.rttMs.toFixed(1)} ms (QUIC RTT)` : "hub unreachable") : "—"],
+    ["Your peer id", client.peerId],
+  ];
+  $("conn-facts").replaceChildren(
+    ...rows.flatMap(([k, v]) => {
+      const dt = document.createElement("dt");
+      const dd = document.createElement("dd");
+      dt.textContent = k;
+      dd.textContent = v;
+      return [dt, dd];
+    }),
+  );
+  renderSaveState();
+}
+
+function renderSaveState() {
+  const el = $("save-state");
+  if (!current) return void (el.textContent = "");
+  const c = current;
+  const offline = client.connectionState !== "connected";
+  let text, cls;
+  if (c.synced >= c.edits) [text, cls] = [`✓ Synced with the ${config.region} edge`, "synced"];
+  else if (c.saved >= c.edits)
+    [text, cls] = [offline ? "Saved on this device · syncs when back online" : "Saved on this device · syncing…", "pending"];
+  else [text, cls] = ["Saving…", "pending"];
+  el.textContent = text;
+  el.className = `save-state ${cls}`;
+}
+
+// ------------------------------------------------------------ placement
+
+function renderPlacement() {
+  const el = $("placement");
+  if (!current) return void (el.textContent = "");
+  const hub = info.edge?.hub;
+  const oneWay = config.oneWayToHubMs?.[config.region];
+  el.innerHTML = `
+    <div class="route"><span class="node">this page</span>→<span class="node home"></span>→<span class="node">hub</span></div>
+    <dl class="facts">
+      <dt>Home</dt><dd class="home-edge"></dd>
+      <dt>Cloud copy</dt><dd class="hub"></dd>
+      <dt>Edge ↔ hub</dt><dd class="latency"></dd>
+    </dl>
+    <p class="muted small">Your changes become durable first on the edge, then at the hub. The hub's latency-driven placement
+    is not moving documents yet, so a document's home is the edge you use.</p>`;
+  el.querySelector(".node.home").textContent = `edge ${config.region}`;
+  el.querySelector(".home-edge").textContent = `edge ${info.edge?.edgeId ?? config.region} (hot replica)`;
+  el.querySelector(".hub").textContent = hub ? `hub ${hub.addr} · ${hub.connected ? "linked" : "unreachable"}` : "—";
+  el.querySelector(".latency").textContent =
+    (hub?.connected ? `${hub.rttMs.toFixed(0)} ms RTT` : "—") + (oneWay != null ? ` (simulated ${oneWay} ms each way)` : "");
+}
+
+// ------------------------------------------------------------------ share
+
+function renderShare() {
+  const ul = $("share");
+  if (!current) return ul.replaceChildren();
+  ul.replaceChildren(
+    ...config.sites.map((s) => {
+      const li = document.createElement("li");
+      const link = `${s.url}#${current.doc.url}`;
+      li.innerHTML = `<span class="node"></span><a target="_blank" rel="noopener"></a><button>Copy</button>`;
+      li.querySelector(".node").textContent = s.region;
+      li.querySelector("a").href = link;
+      li.querySelector("a").textContent = link;
+      li.querySelector("button").onclick = () =>
+        navigator.clipboard.writeText(link).then(
+          () => toast("Link copied"),
+          () => toast(link),
+        );
+      return li;
+    }),
+  );
+}
+
+// ---------------------------------------------------------------- history
+
+let historyQueued = null;
+function scheduleHistory() {
+  historyQueued ??= setTimeout(() => {
+    historyQueued = null;
+    renderHistory();
+  }, 250);
+}
+
+/** Consecutive changes by one author within a minute form one entry. */
+function versions(doc) {
+  const groups = [];
+  for (const c of doc.history()) {
+    const last = groups[groups.length - 1];
+    if (last && last.actor === c.actor && !c.message && !last.message && c.time - last.time < 60) {
+      last.hash = c.hash;
+      last.time = c.time || last.time;
+      last.count++;
+    } else {
+      groups.push({ hash: c.hash, actor: c.actor, time: c.time, message: c.message, count: 1 });
+    }
+  }
+  return groups.reverse();
+}
+
+const clock = (t) => (t ? new Date(t * 1000).toLocaleTimeString([], { hour12: false }) : "creation");
+const versionName = (g) => (g.time ? `the version of ${clock(g.time)}` : "the first version");
+
+function renderHistory() {
+  const ol = $("history");
+  if (!current) return ol.replaceChildren();
+  const groups = versions(current.doc).slice(0, 100);
+  ol.replaceChildren(
+    ...groups.map((g, i) => {
+      const li = document.createElement("li");
+      li.classList.toggle("active", current.previewing === g.hash);
+      li.innerHTML = `<span class="when"></span><span class="what"></span><span class="who"></span>`;
+      li.querySelector(".when").textContent = clock(g.time);
+      li.querySelector(".what").textContent = g.message ?? (!g.time ? "created" : g.count === 1 ? "1 edit" : `${g.count} edits`);
+      li.querySelector(".who").textContent = `${i === 0 ? "latest · " : ""}by ${g.actor.slice(0, 8)}`;
+      li.dataset.hash = g.hash;
+      li.onclick = () => (i === 0 ? showLive() : preview(g));
+      return li;
+    }),
+  );
+}
+
+function preview(g) {
+  const c = current;
+  const old = c.doc.valueAt([g.hash]);
+  c.previewing = g.hash;
+  c.text.showVersion(typeof old.text === "string" ? old.text : "");
+  c.title.showVersion(typeof old.title === "string" ? old.title : "");
+  setBanner(`Viewing ${versionName(g)} (read-only).`, [
+    ["Restore this version", () => restore(g, old)],
+    ["Back to live", showLive],
+  ]);
+  renderHistory();
+  sendPresence();
+}
+
+function showLive() {
+  const c = current;
+  if (!c) return;
+  c.previewing = null;
+  c.text.showVersion(null);
+  c.title.showVersion(null);
+  setBanner(null);
+  renderHistory();
+}
+
+/** A new change that makes the text and title equal to an earlier version; it syncs like any edit. */
+function restore(g, old) {
+  const c = current;
+  const now = c.doc.value();
+  c.doc.change((d) => {
+    for (const field of ["title", "text"]) {
+      const s = spliceBetween(typeof now[field] === "string" ? now[field] : "", typeof old[field] === "string" ? old[field] : "");
+      if (s.deleteCount || s.insert) d.splice(field, s.index, s.deleteCount, s.insert);
+    }
+  }, `Restored ${versionName(g)}`);
+  showLive();
+  edited(c);
+  toast(`Restored ${versionName(g)}`);
+}
+
+function setBanner(text, actions = []) {
+  const b = $("banner");
+  b.hidden = !text;
+  if (!text) return b.replaceChildren();
+  const span = document.createElement("span");
+  span.className = "grow";
+  span.textContent = text;
+  b.replaceChildren(
+    span,
+    ...actions.map(([label, fn]) => {
+      const btn = document.createElement("button");
+      btn.textContent = label;
+      btn.onclick = fn;
+      return btn;
+    }),
+  );
+}
+
+function renderAll() {
+  renderDocList();
+  renderPresence();
+  renderConnection();
+  renderPlacement();
+  renderShare();
+  renderHistory();
+  $("statusline").textContent = `document ${current?.doc.documentId ?? ""}`;
+}
+
+// For the end-to-end tests (and the curious, in the console).
+window.meridianDemo = { client, config, get doc() { return current?.doc; } };
+renderAll();
+pollInfo();
+await route();
+window.meridianDemo.ready = true;

@@ -1,0 +1,166 @@
+//! The collaborative editor demo end to end: a real hub, an `eu` and a `us`
+//! edge whose links to the hub carry simulated latency (40 ms and 5 ms each
+//! way, through `meridian-demo`'s UDP proxies), the demo's regional sites,
+//! and three pages in headless Chromium (`tests/js/demo-e2e.mjs`, which
+//! lists the steps). Screenshots go to `target/demo-e2e/`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meridian_tests::js::{js_dir, require_node_modules};
+use meridian_tests::process::{EdgeProcess, HubProcess, free_port, workspace_binary, workspace_root};
+use serde_json::Value;
+
+/// `meridian-demo`, killed on drop.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// `GET /info` of an edge, by hand (no HTTP client in this crate).
+fn edge_info(port: u16) -> Result<Value> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut s, &mut body)?;
+    anyhow::ensure!(body.to_ascii_lowercase().contains("access-control-allow-origin: *"), "no CORS header: {body}");
+    let json = body.split("\r\n\r\n").nth(1).context("no body")?;
+    Ok(serde_json::from_str(json)?)
+}
+
+fn wait_uplink(port: u16, edge_id: &str) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = edge_info(port)?;
+        if info["hub"]["connected"] == Value::Bool(true) && info["hub"]["rttMs"].as_f64().unwrap_or(0.0) > 0.0 {
+            anyhow::ensure!(info["edgeId"] == edge_id, "edge id in /info: {info}");
+            return Ok(info);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "edge {edge_id} never linked to the hub: {info}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> Result<()> {
+    require_node_modules()?;
+    let pkg = workspace_root().join("client-wasm/pkg/index.js");
+    if !pkg.exists() {
+        bail!("{} is missing: run `cargo xtask build-js` (or `cargo xtask test`) first", pkg.display());
+    }
+    let dir = tempfile::tempdir()?;
+    let (hub_quic, hub_http) = (free_udp_port()?, free_port()?);
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        hub_quic,
+        hub_http,
+        &["--edge", "eu=eu-secret", "--edge", "us=us-secret"],
+    )?;
+    // The demo's sites and latency links: eu 40 ms, us 5 ms each way.
+    let regions = [("eu", 40), ("us", 5)];
+    let mut sites = Vec::new();
+    let mut demo = Command::new(workspace_binary("meridian-demo")?);
+    demo.arg("--hub-http").arg(format!("127.0.0.1:{hub_http}"));
+    let mut plan = Vec::new();
+    for (id, delay) in regions {
+        let (site, edge, link) = (free_port()?, free_port()?, free_udp_port()?);
+        demo.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{edge}")]);
+        demo.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:{hub_quic}={delay}")]);
+        sites.push(format!("http://127.0.0.1:{site}/"));
+        plan.push((id, site, edge, link));
+    }
+    let _demo = Demo(demo.stdout(Stdio::null()).spawn().context("starting meridian-demo")?);
+    let mut edges = Vec::new();
+    for (id, site, edge, link) in &plan {
+        wait_port(*site)?;
+        let ca = hub.ca_path();
+        let args = [
+            "--hub",
+            &format!("127.0.0.1:{link}"),
+            "--edge-id",
+            id,
+            "--hub-secret",
+            &format!("{id}-secret"),
+            "--hub-ca",
+            ca.to_str().context("CA path")?,
+            "--peer-id",
+            &format!("edge-{id}"),
+        ];
+        edges.push(EdgeProcess::start(&dir.path().join(id), *edge, &args)?);
+    }
+    for (id, _, edge, _) in &plan {
+        let info = wait_uplink(*edge, id)?;
+        eprintln!("edge {id}: {info}");
+    }
+
+    let shots = workspace_root().join("target/demo-e2e");
+    let _ = std::fs::remove_dir_all(&shots);
+    let mut child = Command::new("node")
+        .arg(js_dir().join("demo-e2e.mjs"))
+        .args(["--eu", &sites[0], "--us", &sites[1], "--out"])
+        .arg(&shots)
+        .current_dir(js_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting node demo-e2e.mjs")?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    let stdout = BufReader::new(child.stdout.take().context("stdout")?);
+    let mut last = Value::Null;
+    for line in stdout.lines() {
+        let line = line?;
+        eprintln!("demo-e2e: {line}");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else { continue };
+        if v["step"] == "stop-edges" {
+            for e in &mut edges {
+                e.terminate()?;
+            }
+            writeln!(stdin, "stopped")?;
+        }
+        last = v;
+    }
+    let status = child.wait()?;
+    if !status.success() || last["ok"] != Value::Bool(true) {
+        bail!("demo-e2e.mjs failed ({status}): {last}");
+    }
+    let latency = &last["latency"];
+    eprintln!(
+        "keystroke to other page, median (p90) over {} keystrokes: same edge {} ms ({}), across edges {} ms ({})",
+        latency["sameEdge"]["n"],
+        latency["sameEdge"]["median"],
+        latency["sameEdge"]["p90"],
+        latency["crossEdge"]["median"],
+        latency["crossEdge"]["p90"]
+    );
+    for file in [
+        "1-remote-cursor.png",
+        "2-concurrent-a.png",
+        "4-merged-b.png",
+        "6-restored-b.png",
+        "7-reload-all-edges-down-a.png",
+    ] {
+        anyhow::ensure!(Path::new(&shots).join(file).exists(), "screenshot {file} missing");
+    }
+    Ok(())
+}
