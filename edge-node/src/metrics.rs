@@ -20,6 +20,7 @@
 //! | `meridian_edge_uplink_connects_total` | counter | uplink connections established |
 //! | `meridian_edge_uplink_refusals_total` | counter | times the hub refused this edge's credential |
 //! | `meridian_edge_uplink_rtt_seconds` | gauge | QUIC round-trip time to the hub |
+//! | `meridian_edge_client_rtt_seconds` | gauge | WebSocket ping ↔ pong round trip to clients (moving average over all clients) |
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
 //! | `meridian_edge_docs_synced_upstream` | gauge | loaded documents whose heads the hub has acknowledged |
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
@@ -94,6 +95,8 @@ pub struct NodeMetrics {
     pub evictions: AtomicU64,
     pub uplink_connected: AtomicU64,
     pub uplink_rtt_micros: AtomicU64,
+    /// Moving average of client WebSocket round trips (0: none measured).
+    client_rtt_micros: AtomicU64,
     pub uplink_connects_total: AtomicU64,
     pub uplink_refusals_total: AtomicU64,
     pub docs_pending_upstream: AtomicU64,
@@ -124,12 +127,28 @@ impl NodeMetrics {
             evictions: AtomicU64::default(),
             uplink_connected: AtomicU64::default(),
             uplink_rtt_micros: AtomicU64::default(),
+            client_rtt_micros: AtomicU64::default(),
             uplink_connects_total: AtomicU64::default(),
             uplink_refusals_total: AtomicU64::default(),
             docs_pending_upstream: AtomicU64::default(),
             docs_synced_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
         }
+    }
+
+    /// Folds one client round trip into the moving average (weight 1/8;
+    /// concurrent updates may lose a sample, which an average can afford).
+    pub fn observe_client_rtt(&self, rtt: std::time::Duration) {
+        let x = (rtt.as_micros() as u64).max(1);
+        let old = self.client_rtt_micros.load(Relaxed);
+        let new = if old == 0 { x } else { old - old / 8 + x / 8 };
+        self.client_rtt_micros.store(new, Relaxed);
+    }
+
+    /// The typical client round trip, once one was measured.
+    pub fn client_rtt(&self) -> Option<std::time::Duration> {
+        let us = self.client_rtt_micros.load(Relaxed);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
     }
 
     pub fn message_in(&self, message_type: &str, bytes: usize) {
@@ -220,6 +239,10 @@ impl NodeMetrics {
         let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
         let name = self.name("uplink_rtt_seconds");
         let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");
+        let rtt = self.client_rtt_micros.load(Relaxed) as f64 / 1e6;
+        let name = self.name("client_rtt_seconds");
+        let help = "WebSocket ping-pong round trip to clients (moving average).";
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {rtt}");
         gauge(
             &mut out,
             &self.name("docs_pending_upstream"),

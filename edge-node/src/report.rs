@@ -8,9 +8,9 @@
 //! (so write rates are smoothed over [`RATE_WINDOW`]) and sends a
 //! [`Control::Report`] on a unidirectional QUIC stream of its own, so a
 //! report never waits behind a backlog of sync messages. The uplink RTT is
-//! quinn's estimate for the connection. Client ↔ edge RTT is not measured
-//! yet (`clientRttMicros` stays absent; it does not change which home is
-//! cheapest, only the relative gain).
+//! quinn's estimate for the connection; the client ↔ edge RTT is the moving
+//! average of WebSocket ping ↔ pong round trips (absent until a pong came
+//! back: pings go out every ping interval, 10 s by default).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use meridian_protocol::engine::DocDemand;
 use meridian_protocol::ids::DocumentId;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::NodeMetrics;
 use crate::runtime::NodeEvent;
 
 /// Write rates are counted over about this long.
@@ -52,7 +53,7 @@ impl DemandWindow {
 
     /// The next report: subscribers from the latest sample, writes summed
     /// over the window.
-    pub fn report(&mut self, uplink_rtt: Option<Duration>) -> Report {
+    pub fn report(&mut self, uplink_rtt: Option<Duration>, client_rtt: Option<Duration>) -> Report {
         let mut docs: BTreeMap<DocumentId, DocReport> = BTreeMap::new();
         let latest = self.samples.len().saturating_sub(1);
         for (i, (_, sample)) in self.samples.iter().enumerate() {
@@ -77,7 +78,7 @@ impl DemandWindow {
             seq: self.seq,
             window_ms: self.span().as_millis() as u64,
             uplink_rtt_micros: uplink_rtt.map(|d| d.as_micros() as u64),
-            client_rtt_micros: None,
+            client_rtt_micros: client_rtt.map(|d| d.as_micros() as u64),
             docs,
         }
     }
@@ -90,7 +91,12 @@ pub fn interval_from_hub(ms: u64) -> Duration {
 
 /// Sends reports on a unidirectional stream until the connection or the
 /// node goes away; returns why it stopped.
-pub async fn run(connection: &quinn::Connection, events: &mpsc::Sender<NodeEvent>, interval: Duration) -> String {
+pub async fn run(
+    connection: &quinn::Connection,
+    events: &mpsc::Sender<NodeEvent>,
+    metrics: &NodeMetrics,
+    interval: Duration,
+) -> String {
     let mut send = match connection.open_uni().await {
         Ok(s) => s,
         Err(e) => return format!("opening the report stream: {e}"),
@@ -110,7 +116,7 @@ pub async fn run(connection: &quinn::Connection, events: &mpsc::Sender<NodeEvent
         let now = tokio::time::Instant::now();
         window.push(now - last, sample);
         last = now;
-        let report = window.report(Some(connection.rtt()));
+        let report = window.report(Some(connection.rtt()), metrics.client_rtt());
         let bytes = federation::encode_control(&Control::Report(report));
         if let Err(e) = crate::quic::write_frame(&mut send, FrameKind::Control, &bytes).await {
             return format!("writing a report: {e}");
@@ -135,10 +141,10 @@ mod tests {
         let mut w = DemandWindow::default();
         w.push(Duration::from_secs(2), sample(&[(1, 2, 4), (2, 1, 0)]));
         w.push(Duration::from_secs(2), sample(&[(1, 1, 6)]));
-        let r = w.report(Some(Duration::from_millis(40)));
-        assert_eq!((r.seq, r.window_ms, r.uplink_rtt_micros), (1, 4000, Some(40_000)));
+        let r = w.report(Some(Duration::from_millis(40)), Some(Duration::from_millis(3)));
+        assert_eq!((r.seq, r.window_ms, r.uplink_rtt_micros, r.client_rtt_micros), (1, 4000, Some(40_000), Some(3000)));
         assert_eq!(r.docs, vec![DocReport { doc: doc(1), subscribers: 1, writes: 10 }]);
-        assert_eq!(w.report(None).seq, 2);
+        assert_eq!(w.report(None, None).seq, 2);
     }
 
     #[test]
@@ -148,9 +154,20 @@ mod tests {
         for _ in 0..5 {
             w.push(Duration::from_secs(2), sample(&[(1, 1, 1)]));
         }
-        let r = w.report(None);
+        let r = w.report(None, None);
         assert_eq!(r.window_ms, 10_000);
         assert_eq!(r.docs[0].writes, 5);
+    }
+
+    #[test]
+    fn client_rtt_is_a_moving_average() {
+        let m = NodeMetrics::new("meridian_edge");
+        assert_eq!(m.client_rtt(), None);
+        m.observe_client_rtt(Duration::from_millis(80));
+        assert_eq!(m.client_rtt(), Some(Duration::from_millis(80)));
+        m.observe_client_rtt(Duration::from_millis(0));
+        assert_eq!(m.client_rtt(), Some(Duration::from_millis(70)));
+        assert!(m.render().contains("meridian_edge_client_rtt_seconds 0.07\n"));
     }
 
     #[test]

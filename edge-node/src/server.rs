@@ -112,6 +112,8 @@ async fn connection(socket: WebSocket, state: AppState) {
     let mut ping = tokio::time::interval(state.ping_interval);
     ping.tick().await;
     let mut last_heard = Instant::now();
+    // When our last ping left, until its pong comes back (client RTT for placement).
+    let mut ping_sent: Option<Instant> = None;
     loop {
         tokio::select! {
             incoming = stream.next() => {
@@ -130,7 +132,13 @@ async fn connection(socket: WebSocket, state: AppState) {
                         detail: "text frames are not part of the protocol; send CBOR in binary frames".into(),
                     },
                     WsMessage::Close(_) => break,
-                    WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                    WsMessage::Pong(_) => {
+                        if let Some(sent) = ping_sent.take() {
+                            state.metrics.observe_client_rtt(sent.elapsed());
+                        }
+                        continue;
+                    }
+                    WsMessage::Ping(_) => continue,
                 };
                 if state.events.send(event).await.is_err() {
                     break;
@@ -160,6 +168,7 @@ async fn connection(socket: WebSocket, state: AppState) {
                 if sink.send(WsMessage::Ping(Vec::new().into())).await.is_err() {
                     break;
                 }
+                ping_sent = Some(Instant::now());
             }
         }
     }

@@ -137,7 +137,7 @@ async fn session(
     // Reports run beside the documents; if they stop, documents keep going.
     let reports = async {
         if let Some(interval) = report_interval {
-            let reason = crate::report::run(&connection, events, interval).await;
+            let reason = crate::report::run(&connection, events, metrics, interval).await;
             tracing::warn!(hub = %config.hub, %reason, "demand reports to the hub stopped");
         }
         std::future::pending::<std::convert::Infallible>().await

@@ -179,3 +179,34 @@ async fn a_regional_rtt_shows_in_topology_and_decides_the_home() -> Result<()> {
     assert!(m["gain_ms"].as_f64().unwrap_or(0.0) >= 75.0, "the gain is eu's RTT to the hub: {m:#}");
     Ok(())
 }
+
+/// Client ↔ edge RTT comes from WebSocket ping/pong (in process, to use a
+/// short ping interval) and reaches the hub's topology.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rtt_from_websocket_pings_reaches_the_topology() -> Result<()> {
+    use meridian_edge::quic::HubTrust;
+    use meridian_edge::uplink::UplinkConfig;
+    use meridian_edge::{EdgeConfig, EdgeNode};
+    use meridian_hub::{Hub, HubConfig};
+
+    let (hub_dir, edge_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut config = HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "s");
+    config.report_interval = Duration::from_millis(100);
+    let hub = Hub::start(config).await?;
+    let uplink = UplinkConfig::new(hub.quic_addr(), "eu", "s", HubTrust::CaFile(hub.ca_path().to_owned()));
+    let mut config = EdgeConfig::new(edge_dir.path()).ephemeral_port().uplink(uplink);
+    config.ping_interval = Duration::from_millis(100);
+    let edge = EdgeNode::start(config).await?;
+    let client = Client::connect(&edge.ws_url(), fast()).await?;
+    let doc = client.create(|tx| tx.put(ROOT, "n", 0).map(|_| ())).await?;
+    let port = hub.http_addr().port();
+    let clients_rtt = |t: &Value| t["edges"][0]["rtt_ms"]["clients"].as_f64();
+    let seen = until(port, "/topology", "a client RTT", move |t| clients_rtt(t).is_some_and(|r| r > 0.0));
+    // The client answers pings while it is reading: keep it busy.
+    let topology = keep_writing(&client, doc, seen).await??;
+    let rtt = clients_rtt(&topology).unwrap_or(f64::MAX);
+    assert!(rtt < 100.0, "a loopback client RTT: {rtt} ms");
+    let metrics = get(port, "/metrics").await?;
+    assert!(metrics.contains("meridian_hub_placement_reports_total"), "served without --serve-clients too");
+    Ok(())
+}
