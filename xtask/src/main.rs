@@ -197,6 +197,9 @@ fn demo(debug: bool) -> Result<()> {
             .arg(data.join("hub/tls/ca.pem"));
         children.push(Child::spawn(id, &mut edge)?);
     }
+    for (_, ws, ..) in REGIONS {
+        wait_for_port(ws)?;
+    }
     eprintln!("\nMeridian local cluster (data in {}):\n", data.display());
     eprintln!("  Open the editor, one URL per region (each its own browser storage, like separate people):");
     for (id, _, _, site, _, delay) in REGIONS {
@@ -211,7 +214,7 @@ fn demo(debug: bool) -> Result<()> {
     eprintln!(
         "\n  Any automerge-repo app can use an edge:\n    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})"
     );
-    eprintln!("\nPress Ctrl-C to stop.\n");
+    eprintln!("\nLogs: warnings only; `RUST_LOG=info cargo xtask demo` shows everything. Press Ctrl-C to stop.\n");
     // Ctrl-C reaches every child (same process group); each shuts down
     // cleanly. If one dies on its own, stop the rest.
     let failed = Child::wait_any(&mut children);
@@ -275,6 +278,9 @@ struct Child {
 
 impl Child {
     fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+        // Quiet by default so the URLs stay on screen.
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(std::process::Stdio::null());
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Self { name: name.to_owned(), child })
     }
