@@ -283,7 +283,8 @@ fn admin_routes(app: Router, placer: mpsc::Sender<PlacerEvent>, metrics: Arc<Pla
             let (reply, answer) = oneshot::channel();
             let _ = placer.send(PlacerEvent::Query { view, reply }).await;
             match answer.await {
-                Ok(v) => Ok(Json(v)),
+                // Readable from any web page (the demo's "where it lives" panel).
+                Ok(v) => Ok(([(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(v))),
                 Err(_) => Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, "placement task stopped\n")),
             }
         }

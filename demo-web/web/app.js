@@ -332,25 +332,60 @@ function renderSaveState() {
 
 // ------------------------------------------------------------ placement
 
+/** The hub's placement view of the open document (advisory: documents do not move yet). */
+async function pollPlacement() {
+  if (!current || $("offline-switch").checked) return;
+  try {
+    const r = await fetch(`${config.hub.http}/placement`, { cache: "no-store" });
+    const all = await r.json();
+    info.placement = {
+      doc: all.documents?.find((d) => d.doc === current.doc.documentId) ?? null,
+      moves: (all.recent_moves ?? []).filter((m) => m.doc === current.doc.documentId).slice(-5),
+      advisory: all.advisory,
+    };
+  } catch {
+    info.placement = null;
+  }
+  renderPlacement();
+}
+setInterval(pollPlacement, INFO_EVERY_MS);
+
+const homeName = (h) => (h === "hub" ? "hub" : h?.edge ? `edge ${h.edge}` : "—");
+
 function renderPlacement() {
   const el = $("placement");
   if (!current) return void (el.textContent = "");
   const hub = info.edge?.hub;
   const oneWay = config.oneWayToHubMs?.[config.region];
+  const p = info.placement?.doc;
   el.innerHTML = `
-    <div class="route"><span class="node">this page</span>→<span class="node home"></span>→<span class="node">hub</span></div>
+    <div class="route"><span class="node">this page</span>→<span class="node edge"></span>→<span class="node">hub</span></div>
     <dl class="facts">
-      <dt>Home</dt><dd class="home-edge"></dd>
+      <dt>Syncs via</dt><dd class="via"></dd>
       <dt>Cloud copy</dt><dd class="hub"></dd>
       <dt>Edge ↔ hub</dt><dd class="latency"></dd>
+      <dt>Hub's choice</dt><dd class="decided"></dd>
+      <dt>Why</dt><dd class="why"></dd>
+      <dt>Moves</dt><dd class="moves"></dd>
     </dl>
-    <p class="muted small">Your changes become durable first on the edge, then at the hub. The hub's latency-driven placement
-    is not moving documents yet, so a document's home is the edge you use.</p>`;
-  el.querySelector(".node.home").textContent = `edge ${config.region}`;
-  el.querySelector(".home-edge").textContent = `edge ${info.edge?.edgeId ?? config.region} (hot replica)`;
+    <p class="muted small">Your changes become durable on your edge first, then at the hub. The hub picks each
+    document's home from measured latency and who writes where; it does not move documents yet.</p>`;
+  el.querySelector(".node.edge").textContent = `edge ${config.region}`;
+  el.querySelector(".via").textContent = `edge ${info.edge?.edgeId ?? config.region}`;
   el.querySelector(".hub").textContent = hub ? `hub ${hub.addr} · ${hub.connected ? "linked" : "unreachable"}` : "—";
   el.querySelector(".latency").textContent =
     (hub?.connected ? `${hub.rttMs.toFixed(0)} ms RTT` : "—") + (oneWay != null ? ` (simulated ${oneWay} ms each way)` : "");
+  el.querySelector(".decided").textContent = p ? homeName(p.home) : "no writes reported yet";
+  el.querySelector(".why").textContent = p
+    ? p.candidates
+        .slice(0, 3)
+        .map((c) => `${homeName(c.home)} ${c.cost_ms?.toFixed?.(0) ?? "?"} ms`)
+        .join(" · ") + ` (${String(p.verdict?.kind ?? "").replaceAll("_", " ")})`
+    : "—";
+  const moves = info.placement?.moves ?? [];
+  el.querySelector(".moves").textContent = moves.length
+    ? moves.map((m) => `${homeName(m.from)} → ${homeName(m.to)}`).join(", ")
+    : "none";
 }
 
 // ------------------------------------------------------------------ share
@@ -496,4 +531,5 @@ window.meridianDemo = { client, config, get doc() { return current?.doc; } };
 renderAll();
 pollInfo();
 await route();
+pollPlacement();
 window.meridianDemo.ready = true;

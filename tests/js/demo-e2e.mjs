@@ -173,6 +173,11 @@ try {
   await shot(b, "4-merged-b.png")
   out({ step: "offline-merge" })
 
+  // The hub's placement decision for the document shows in the panel.
+  await a.waitForFunction(() => /^(edge \w+|hub)$/.test(document.querySelector("#placement .decided")?.textContent ?? ""), null, { timeout: 30_000 })
+  const decided = await a.$eval("#placement .decided", (d) => d.textContent)
+  out({ step: "placement-shown", decided })
+
   // 6. A restores the first version (the welcome text); B shows it.
   await a.waitForFunction(() => document.querySelectorAll("#history li").length > 1)
   await a.click("#history li:last-child")
