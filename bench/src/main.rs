@@ -1,6 +1,85 @@
-//! `meridian-loadgen`: the benchmark load generator (issue 7, in progress).
+//! `meridian-loadgen`: the benchmark load generator (issue 7).
+//!
+//! It speaks the automerge-repo v1 protocol over WebSocket through the
+//! `meridian-protocol` codec, holds thousands of raw clients in one process
+//! (replaying sync messages generated before the measurement), and checks
+//! convergence with real automerge peers. `suite` starts `meridian-edge`
+//! and the reference JS sync server itself and runs every scenario against
+//! both, alternating.
+//!
+//! ```text
+//! meridian-loadgen suite [SCENARIO...] [--smoke] [--rounds R]
+//!     [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]
+//! ```
+//! `cargo xtask bench` builds the binaries and runs this.
 
-fn main() {
-    eprintln!("meridian-loadgen: not built yet");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+mod peer;
+mod report;
+mod scenario;
+mod server;
+mod suite;
+mod wire;
+mod workload;
+
+const USAGE: &str = "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored ...] [--smoke] [--rounds R]
+                        [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian-loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    if args.first().map(String::as_str) != Some("suite") {
+        bail!("{USAGE}");
+    }
+    let opts = options(&args[1..])?;
+    // Two workers: the machine the figures are for has two cores, shared
+    // with the server under test.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(suite::run(opts))
+}
+
+fn options(args: &[String]) -> Result<suite::Options> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_default();
+    let mut opts = suite::Options {
+        scenarios: Vec::new(),
+        smoke: false,
+        rounds: None,
+        paths: server::Paths {
+            edge_bin: root.join("target/release/meridian-edge"),
+            js_server: root.join("tests/js/server.mjs"),
+        },
+        results: root.join("target/bench-results"),
+        report: None,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--smoke" => opts.smoke = true,
+            "--rounds" => opts.rounds = Some(value()?.parse().context("--rounds expects a number")?),
+            "--edge-bin" => opts.paths.edge_bin = value()?.into(),
+            "--js-server" => opts.paths.js_server = value()?.into(),
+            "--results" => opts.results = value()?.into(),
+            "--report" => opts.report = Some(value()?.into()),
+            s if s.starts_with("--") => bail!("unknown flag {s}\n{USAGE}"),
+            s => opts.scenarios.push(s.to_owned()),
+        }
+    }
+    if opts.scenarios.is_empty() {
+        opts.scenarios = suite::SCENARIOS.iter().map(|s| (*s).to_owned()).collect();
+    }
+    Ok(opts)
 }

@@ -1,0 +1,155 @@
+//! The two servers under test, as real processes on loopback: `meridian-edge`
+//! and the reference JS sync server (`tests/js/server.mjs`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Which server a run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Edge,
+    Js,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Edge => "meridian-edge",
+            Kind::Js => "JS sync server",
+        }
+    }
+}
+
+/// Where the binaries live.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub edge_bin: PathBuf,
+    pub js_server: PathBuf,
+}
+
+/// A running server; killed on drop if still running.
+#[derive(Debug)]
+pub struct Server {
+    pub kind: Kind,
+    pub url: String,
+    pub data: PathBuf,
+    child: Child,
+    paths: Paths,
+}
+
+impl Server {
+    pub fn start(kind: Kind, paths: &Paths, data: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
+        let (child, url) = match kind {
+            Kind::Edge => start_edge(&paths.edge_bin, data)?,
+            Kind::Js => start_js(&paths.js_server, data)?,
+        };
+        Ok(Self { kind, url, data: data.to_owned(), child, paths: paths.clone() })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+        Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
+    }
+
+    /// SIGTERM and wait: both servers flush their storage on SIGTERM.
+    pub fn stop(mut self) -> Result<()> {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{} did not stop within 60 s", self.kind.name())
+    }
+
+    /// Stops and starts again on the same data.
+    pub fn restart(self) -> Result<Self> {
+        let (kind, paths, data) = (self.kind, self.paths.clone(), self.data.clone());
+        self.stop()?;
+        Self::start(kind, &paths, &data)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(child: &mut Child, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the server exited with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listening on {port}")
+}
+
+fn start_edge(bin: &Path, data: &Path) -> Result<(Child, String)> {
+    let port = free_port()?;
+    let mut child = Command::new(bin)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off", "--data"])
+        .arg(data)
+        .env("RUST_LOG", std::env::var("LOADGEN_EDGE_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if let Err(e) = wait_port(&mut child, port) {
+        let _ = child.kill();
+        return Err(e);
+    }
+    Ok((child, format!("ws://127.0.0.1:{port}/sync")))
+}
+
+fn start_js(script: &Path, data: &Path) -> Result<(Child, String)> {
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(["--port", "0", "--dir"])
+        .arg(data)
+        .current_dir(script.parent().context("server script has no folder")?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the JS sync server (node)")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            bail!("the JS server exited before listening");
+        };
+        let line = line?;
+        if let Some(p) = line.split("\"listening\":").nth(1) {
+            break p.split([',', '}']).next().unwrap_or("").trim().parse::<u16>()?;
+        }
+    };
+    // Keep draining its stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok((child, format!("ws://127.0.0.1:{port}/")))
+}

@@ -1,0 +1,164 @@
+//! The suite: every scenario at its sizes, against both servers, alternating
+//! which goes first each round so machine noise hits both; medians per
+//! figure; results kept per scenario and rendered into the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::report::{self, Row};
+use crate::scenario::{Figure, connect, fanout, large_doc, median, stored, writers};
+use crate::server::{Kind, Paths, Server};
+
+pub const SCENARIOS: [&str; 5] = ["connect", "fanout", "writers", "large-doc", "stored"];
+
+#[derive(Debug)]
+pub struct Options {
+    pub scenarios: Vec<String>,
+    pub smoke: bool,
+    pub rounds: Option<usize>,
+    pub paths: Paths,
+    /// Where each scenario's rows are kept between runs.
+    pub results: PathBuf,
+    /// The markdown report to update (full runs only).
+    pub report: Option<PathBuf>,
+}
+
+/// One size of one scenario.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    Connect(usize),
+    Fanout(fanout::Params),
+    Writers(writers::Params),
+    LargeDoc(large_doc::Params),
+    Stored(stored::Params),
+}
+
+impl Case {
+    fn label(&self) -> String {
+        match self {
+            Case::Connect(n) => format!("connect {} clients to {} documents", thousands(*n), thousands(*n)),
+            Case::Fanout(p) => format!("1 writer, {} watchers ({} changes)", thousands(p.watchers), p.changes),
+            Case::Writers(p) => format!("{} writers on {} documents, window {}", p.writers, p.writers, p.window),
+            Case::LargeDoc(p) => format!("large document: {} text operations", thousands(p.ops)),
+            Case::Stored(p) => format!("{} stored documents, {} open", thousands(p.stored), thousands(p.open)),
+        }
+    }
+
+    async fn run(self, server: Server) -> Result<Vec<Figure>> {
+        match self {
+            Case::Connect(n) => connect::run(&server, n).await,
+            Case::Fanout(p) => fanout::run(&server, p).await,
+            Case::Writers(p) => writers::run(&server, p).await,
+            Case::LargeDoc(p) => large_doc::run(server, p).await,
+            Case::Stored(p) => stored::run(server, p).await,
+        }
+    }
+}
+
+fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
+    let secs = Duration::from_secs;
+    Ok(match (scenario, smoke) {
+        ("connect", true) => (vec![Case::Connect(20)], 1),
+        ("connect", false) => (vec![Case::Connect(100), Case::Connect(1000), Case::Connect(5000)], 3),
+        ("fanout", true) => {
+            (vec![Case::Fanout(fanout::Params { watchers: 5, changes: 5, interval: Duration::from_millis(10) })], 1)
+        }
+        ("fanout", false) => (
+            [10, 100, 1000]
+                .map(|watchers| {
+                    Case::Fanout(fanout::Params { watchers, changes: 100, interval: Duration::from_millis(50) })
+                })
+                .to_vec(),
+            3,
+        ),
+        ("writers", true) => {
+            let p = writers::Params { writers: 4, changes_per_writer: 20, window: 4, duration: secs(1) };
+            (vec![Case::Writers(p)], 1)
+        }
+        ("writers", false) => {
+            let p = writers::Params { writers: 50, changes_per_writer: 4000, window: 32, duration: secs(10) };
+            (vec![Case::Writers(p)], 3)
+        }
+        ("large-doc", true) => (vec![Case::LargeDoc(large_doc::Params { ops: 2000, fetches: 1 })], 1),
+        ("large-doc", false) => (vec![Case::LargeDoc(large_doc::Params { ops: 300_000, fetches: 5 })], 1),
+        ("stored", true) => (vec![Case::Stored(stored::Params { stored: 200, open: 20 })], 1),
+        ("stored", false) => (vec![Case::Stored(stored::Params { stored: 100_000, open: 1000 })], 1),
+        (other, _) => bail!("unknown scenario `{other}` (scenarios: {})", SCENARIOS.join(", ")),
+    })
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
+    let mut all_rows = Vec::new();
+    for scenario in &opts.scenarios {
+        let (cases, default_rounds) = cases(scenario, opts.smoke)?;
+        let rounds = opts.rounds.unwrap_or(default_rounds);
+        let mut rows = Vec::new();
+        for case in cases {
+            rows.extend(run_case(case, rounds, &opts.paths, &tmp).await?);
+        }
+        if !opts.smoke {
+            report::save_rows(&opts.results, scenario, &rows)?;
+        }
+        all_rows.extend(rows);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    println!("\n{}", report::table(&all_rows));
+    if let Some(path) = &opts.report
+        && !opts.smoke
+    {
+        let rows = report::load_rows(&opts.results, &SCENARIOS)?;
+        report::write(path, &rows)?;
+        eprintln!("loadgen: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_case(case: Case, rounds: usize, paths: &Paths, tmp: &Path) -> Result<Vec<Row>> {
+    let label = case.label();
+    let mut edge: Vec<Vec<Figure>> = Vec::new();
+    let mut js: Vec<Vec<Figure>> = Vec::new();
+    for r in 0..rounds {
+        let order = if r % 2 == 0 { [Kind::Edge, Kind::Js] } else { [Kind::Js, Kind::Edge] };
+        for kind in order {
+            let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
+            let _ = std::fs::remove_dir_all(&data);
+            let server = Server::start(kind, paths, &data)?;
+            let figures = case.run(server).await.with_context(|| format!("{label} against {}", kind.name()))?;
+            let _ = std::fs::remove_dir_all(&data);
+            eprintln!("{label}, round {r}, {}:", kind.name());
+            for f in &figures {
+                eprintln!("  {} = {:.2} {}", f.metric, f.value, f.unit);
+            }
+            if kind == Kind::Edge { edge.push(figures) } else { js.push(figures) }
+        }
+    }
+    let rows = edge[0]
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Row {
+            scenario: label.clone(),
+            metric: f.metric.clone(),
+            unit: f.unit.to_owned(),
+            better: f.better,
+            edge: median(&mut edge.iter().map(|r| r[i].value).collect::<Vec<_>>()),
+            js: median(&mut js.iter().map(|r| r[i].value).collect::<Vec<_>>()),
+            rounds,
+        })
+        .collect();
+    Ok(rows)
+}
+
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! A raw automerge-repo v1 peer over WebSocket: the handshake, then frames
+//! in and out through the `meridian-protocol` codec. Cheap enough to hold
+//! thousands in one process; it counts the bytes it moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use automerge::ChangeHash;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use meridian_protocol::codec::{self, Decoded, Message, PeerMetadata};
+use meridian_protocol::ids::{DocumentId, PeerId};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Bytes of WebSocket payload moved, shared by the halves of a connection.
+#[derive(Debug, Default)]
+pub struct Bytes {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+/// A joined connection: the server's peer id is known.
+#[derive(Debug)]
+pub struct Conn {
+    pub tx: Sender,
+    pub rx: Receiver,
+}
+
+/// The sending half.
+#[derive(Debug)]
+pub struct Sender {
+    sink: SplitSink<Ws, WsMessage>,
+    pub me: PeerId,
+    pub server: PeerId,
+    bytes: Arc<Bytes>,
+}
+
+/// The receiving half.
+#[derive(Debug)]
+pub struct Receiver {
+    stream: SplitStream<Ws>,
+    bytes: Arc<Bytes>,
+}
+
+impl Conn {
+    /// Connects and completes the `join`/`peer` handshake as an ephemeral
+    /// peer (what a browser tab without storage announces).
+    pub async fn join(url: &str, me: PeerId) -> Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+        let (sink, stream) = ws.split();
+        let bytes = Arc::new(Bytes::default());
+        let mut tx = Sender { sink, me: me.clone(), server: PeerId::new(""), bytes: bytes.clone() };
+        let mut rx = Receiver { stream, bytes };
+        tx.send(&Message::Join {
+            sender_id: me,
+            peer_metadata: PeerMetadata { storage_id: None, is_ephemeral: true },
+            supported_protocol_versions: Some(vec!["1".into()]),
+        })
+        .await?;
+        match rx.recv_within(Duration::from_secs(30)).await? {
+            Message::Peer { sender_id, .. } => tx.server = sender_id,
+            other => bail!("expected `peer`, got `{}`", other.type_name()),
+        }
+        Ok(Self { tx, rx })
+    }
+
+    pub fn bytes(&self) -> &Arc<Bytes> {
+        &self.tx.bytes
+    }
+}
+
+impl Sender {
+    pub async fn send(&mut self, m: &Message) -> Result<()> {
+        let bytes = codec::encode(m);
+        self.bytes.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.sink.send(WsMessage::Binary(bytes.into())).await.context("sending")?;
+        Ok(())
+    }
+
+    /// A `sync` message for `doc` carrying an encoded automerge sync message.
+    pub async fn sync(&mut self, doc: DocumentId, data: Vec<u8>) -> Result<()> {
+        let m = Message::Sync { sender_id: self.me.clone(), target_id: self.server.clone(), document_id: doc, data };
+        self.send(&m).await
+    }
+
+    /// A `request` for a document we have nothing of.
+    pub async fn request(&mut self, doc: DocumentId, data: Vec<u8>) -> Result<()> {
+        let m = Message::Request { sender_id: self.me.clone(), target_id: self.server.clone(), document_id: doc, data };
+        self.send(&m).await
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.sink.close().await;
+    }
+}
+
+impl Receiver {
+    /// The next protocol message; an error if the socket closes.
+    pub async fn recv(&mut self) -> Result<Message> {
+        loop {
+            match self.stream.next().await {
+                Some(Ok(WsMessage::Binary(b))) => {
+                    self.bytes.received.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    match codec::decode(&b)? {
+                        Decoded::Message(Message::Error { message, .. }) => bail!("server error: {message}"),
+                        Decoded::Message(m) => return Ok(m),
+                        Decoded::Unknown { .. } => continue,
+                    }
+                }
+                Some(Ok(WsMessage::Close(frame))) => bail!("server closed the socket: {frame:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("socket error: {e}"),
+                None => bail!("socket closed"),
+            }
+        }
+    }
+
+    pub async fn recv_within(&mut self, timeout: Duration) -> Result<Message> {
+        tokio::time::timeout(timeout, self.recv()).await.context("timed out waiting for a message")?
+    }
+}
+
+/// The document and decoded automerge sync message of a `sync`/`request`.
+pub fn sync_payload(m: &Message) -> Option<(DocumentId, automerge::sync::Message)> {
+    match m {
+        Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } => {
+            automerge::sync::Message::decode(data).ok().map(|s| (*document_id, s))
+        }
+        _ => None,
+    }
+}
+
+/// The heads a server's `sync` message advertises for its document.
+pub fn advertised_heads(m: &Message) -> Option<(DocumentId, Vec<ChangeHash>)> {
+    sync_payload(m).map(|(d, s)| (d, s.heads))
+}
