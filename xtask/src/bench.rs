@@ -1,5 +1,10 @@
 //! Benchmarks run side by side with the reference JS automerge-repo sync
 //! server on the same machine, alternating so machine noise hits both.
+//!
+//! The scenarios of issue 7 live in the `meridian-bench` crate
+//! (`meridian-loadgen suite`), which starts both servers itself; this
+//! module builds it and runs it. `big-doc` (a real JS client fetching
+//! through either server) stays here.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -11,11 +16,60 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, ensure_npm, root, run as run_cmd};
 
+const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R]
+       scenarios: connect fanout writers large-doc stored (default: all, then big-doc)
+       cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]";
+
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("big-doc") => big_doc(&args[1..]),
-        _ => bail!("usage: cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]"),
+        Some("big-doc") => {
+            build(args.iter().any(|a| a == "--smoke"))?;
+            big_doc(&args[1..])
+        }
+        Some("help" | "--help" | "-h") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => suite(args),
     }
+}
+
+/// Release binaries for measurements; for the smoke run, the test build's
+/// debug binaries (same package selection, so nothing is rebuilt).
+fn build(smoke: bool) -> Result<()> {
+    let mut build = cargo();
+    if smoke {
+        build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
+    } else {
+        build.args(["build", "--release", "-p", "meridian-edge", "-p", "meridian-bench"]);
+    }
+    run_cmd(&mut build)
+}
+
+/// Every scenario of issue 7 (or the named ones) against both servers;
+/// full runs update docs/BENCHMARKS.md, smoke runs only check that every
+/// scenario still works (and converges) at tiny sizes.
+fn suite(args: &[String]) -> Result<()> {
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let all = !args.iter().any(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
+    ensure_npm()?;
+    build(smoke)?;
+    let profile = root().join("target").join(if smoke { "debug" } else { "release" });
+    let mut loadgen = Command::new(profile.join("meridian-loadgen"));
+    loadgen.arg("suite").args(args).arg("--edge-bin").arg(profile.join("meridian-edge"));
+    if !smoke {
+        loadgen.arg("--report").arg(root().join("docs/BENCHMARKS.md"));
+    }
+    run_cmd(loadgen.current_dir(root()))?;
+    if all {
+        let rounds = flag(args, "--rounds", if smoke { 1 } else { 7 })?.to_string();
+        let mut big = vec!["--rounds".to_owned(), rounds];
+        if smoke {
+            big.push("--smoke".into());
+        }
+        big_doc(&big)?;
+    }
+    Ok(())
 }
 
 fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
@@ -118,13 +172,6 @@ fn big_doc(args: &[String]) -> Result<()> {
     let rounds = flag(args, "--rounds", if smoke { 1 } else { 7 })?;
     ensure_npm()?;
     let profile = if smoke { "debug" } else { "release" };
-    let mut build = cargo();
-    // The test build's package selection, so its compiled dependencies are reused.
-    build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
-    if !smoke {
-        build.arg("--release");
-    }
-    run_cmd(&mut build)?;
 
     let tmp = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);

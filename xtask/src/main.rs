@@ -7,9 +7,9 @@
 //! - `cargo xtask test`  — install what the tests need (npm packages, the
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
-//! - `cargo xtask bench big-doc` — a few-thousand-change document to a fresh
-//!   JS peer, through `meridian-edge` and through the JS sync server, side by
-//!   side in one run.
+//! - `cargo xtask bench` — every benchmark scenario against `meridian-edge`
+//!   and the JS sync server, side by side (`docs/BENCHMARKS.md`); `bench
+//!   big-doc` — a few-thousand-change document to a fresh JS peer.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,6 +26,9 @@ Commands:
               (data in ./demo-data; --debug skips the release build)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
+  bench [SCENARIO...] [--smoke] [--rounds R]
+              meridian-edge vs the JS automerge-repo sync server, side by side (issue 7): connect,
+              fanout, writers, large-doc, stored (default: all, then big-doc); writes docs/BENCHMARKS.md
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
@@ -135,7 +138,7 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-edge"]))?;
     js::test()?;
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
-    bench::run(&["big-doc".into(), "--smoke".into()])
+    bench::run(&["--smoke".into()])
 }
 
 fn sim_sweep() -> Result<()> {
