@@ -34,6 +34,9 @@ impl Row {
 }
 
 fn num(v: f64) -> String {
+    if v.is_nan() {
+        return "failed".into();
+    }
     let s = if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -63,14 +66,15 @@ pub fn table(rows: &[Row]) -> String {
         let scenario = if r.scenario == last { String::new() } else { r.scenario.clone() };
         last = &r.scenario;
         let dir = if r.better == Better::Higher { "higher is better" } else { "lower is better" };
+        let advantage = r.advantage();
+        let advantage = if advantage.is_nan() { "n/a".into() } else { format!("**{advantage:.1}×**") };
         let _ = writeln!(
             out,
-            "| {scenario} | {} ({}, {dir}) | {} | {} | **{:.1}×** |",
+            "| {scenario} | {} ({}, {dir}) | {} | {} | {advantage} |",
             r.metric,
             r.unit,
             num(r.edge),
-            num(r.js),
-            r.advantage()
+            num(r.js)
         );
     }
     out

@@ -97,7 +97,7 @@ pub async fn run(opts: Options) -> Result<()> {
         let rounds = opts.rounds.unwrap_or(default_rounds);
         let mut rows = Vec::new();
         for case in cases {
-            rows.extend(run_case(case, rounds, &opts.paths, &tmp).await?);
+            rows.extend(run_case(case, rounds, opts.smoke, &opts.paths, &tmp).await?);
         }
         if !opts.smoke {
             report::save_rows(&opts.results, scenario, &rows)?;
@@ -116,26 +116,44 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-async fn run_case(case: Case, rounds: usize, paths: &Paths, tmp: &Path) -> Result<Vec<Row>> {
+async fn run_case(case: Case, rounds: usize, smoke: bool, paths: &Paths, tmp: &Path) -> Result<Vec<Row>> {
     let label = case.label();
-    let mut edge: Vec<Vec<Figure>> = Vec::new();
-    let mut js: Vec<Vec<Figure>> = Vec::new();
+    let mut edge: Vec<Option<Vec<Figure>>> = Vec::new();
+    let mut js: Vec<Option<Vec<Figure>>> = Vec::new();
     for r in 0..rounds {
         let order = if r % 2 == 0 { [Kind::Edge, Kind::Js] } else { [Kind::Js, Kind::Edge] };
         for kind in order {
             let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
             let _ = std::fs::remove_dir_all(&data);
             let server = Server::start(kind, paths, &data)?;
-            let figures = case.run(server).await.with_context(|| format!("{label} against {}", kind.name()))?;
+            let outcome = case.run(server).await.with_context(|| format!("{label} against {}", kind.name()));
             let _ = std::fs::remove_dir_all(&data);
-            eprintln!("{label}, round {r}, {}:", kind.name());
-            for f in &figures {
-                eprintln!("  {} = {:.2} {}", f.metric, f.value, f.unit);
+            let figures = match outcome {
+                Ok(f) => Some(f),
+                // A smoke run exists to catch a broken scenario.
+                Err(e) if smoke => return Err(e),
+                // A full run records the failure and goes on.
+                Err(e) => {
+                    eprintln!("{label}, round {r}, {}: FAILED: {e:#}", kind.name());
+                    None
+                }
+            };
+            if let Some(figures) = &figures {
+                eprintln!("{label}, round {r}, {}:", kind.name());
+                for f in figures {
+                    eprintln!("  {} = {:.2} {}", f.metric, f.value, f.unit);
+                }
             }
             if kind == Kind::Edge { edge.push(figures) } else { js.push(figures) }
         }
     }
-    let rows = edge[0]
+    let Some(names) = edge.iter().chain(js.iter()).flatten().next().cloned() else {
+        bail!("{label} failed against both servers in every round");
+    };
+    let med = |runs: &[Option<Vec<Figure>>], i: usize| {
+        median(&mut runs.iter().flatten().filter_map(|r| r.get(i)).map(|f| f.value).collect::<Vec<_>>())
+    };
+    let rows = names
         .iter()
         .enumerate()
         .map(|(i, f)| Row {
@@ -143,8 +161,8 @@ async fn run_case(case: Case, rounds: usize, paths: &Paths, tmp: &Path) -> Resul
             metric: f.metric.clone(),
             unit: f.unit.to_owned(),
             better: f.better,
-            edge: median(&mut edge.iter().map(|r| r[i].value).collect::<Vec<_>>()),
-            js: median(&mut js.iter().map(|r| r[i].value).collect::<Vec<_>>()),
+            edge: med(&edge, i),
+            js: med(&js, i),
             rounds,
         })
         .collect();

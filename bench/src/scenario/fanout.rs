@@ -67,7 +67,7 @@ pub async fn run(server: &Server, p: Params) -> Result<Vec<Figure>> {
         tokio::time::sleep(p.interval).await;
     }
     let mut all = histogram();
-    let deadline = Duration::from_secs(60) + p.interval * p.changes as u32;
+    let deadline = Duration::from_secs(120) + p.interval * p.changes as u32;
     let collected = tokio::time::timeout(deadline, async {
         while let Some(r) = tasks.join_next().await {
             all.add(r.context("watcher task")??)?;
