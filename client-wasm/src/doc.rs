@@ -209,8 +209,9 @@ impl Doc {
         .map_err(|e| JsError::new(&e.to_string()))
     }
 
-    /// Calls `cb({ patches, heads })` after every durable change, local or
-    /// remote. Returns a function that unsubscribes.
+    /// Calls `cb({ patches, heads })` after every change, local or remote,
+    /// as soon as it is applied (`whenSaved()` tells when it is durable
+    /// here). Returns a function that unsubscribes.
     pub fn subscribe(&self, cb: Function) -> Result<Function, JsError> {
         let heads = self.read(|am| am.get_heads())?;
         let id = self.id;

@@ -235,6 +235,9 @@ impl Driver {
                 }
             }
             Event::DocUnavailable { .. } => {}
+            // Subscribers see every change at once (remote edits need not
+            // wait for our storage); `whenSaved` waits for durability.
+            Event::DocUpdated { doc } => self.notify_subscribers(doc),
             Event::DocChanged { doc, .. } => self.doc_changed(doc),
             Event::PeerConnected { .. } => {
                 self.ready = true;
@@ -272,6 +275,11 @@ impl Driver {
             self.saved_waiters = waiting;
             self.calls.extend(done.into_iter().map(|(_, f): (DocumentId, Function)| (f, JsValue::TRUE)));
         }
+        self.notify_subscribers(doc);
+    }
+
+    /// Calls the document's subscribers with the patches since they last saw it.
+    fn notify_subscribers(&mut self, doc: DocumentId) {
         let Some(am) = self.engine.document(&doc) else { return };
         let Some(listeners) = self.docs.get_mut(&doc).filter(|l| !l.changes.is_empty()) else { return };
         let heads = am.get_heads();

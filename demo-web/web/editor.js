@@ -114,13 +114,27 @@ export class TextBinding {
     if (next === this.text) return;
     const edit = spliceBetween(this.text, next);
     const heads = this.doc.heads();
+    // Subscribers are called from inside `splice`: our own change must not
+    // be replayed onto the view that already shows it.
+    this.splicing = true;
+    try {
+      this.applyLocal(edit, heads, next);
+    } finally {
+      this.splicing = false;
+    }
+    this.viewHeads = this.doc.heads();
+    this.onLocalEdit(edit);
+    this.renderCursors();
+  }
+
+  applyLocal(edit, heads, next) {
     if (sameHeads(heads, this.viewHeads)) {
       this.doc.splice(this.field, edit.index, edit.deleteCount, edit.insert);
       this.text = next;
     } else {
-      // Remote edits reached the document but not yet the view (the view
-      // follows once they are stored): move our splice across them, apply
-      // it, and show the merged text with the caret after our edit.
+      // Remote edits reached the document but not the view (they wait
+      // while an IME composition is open): move our splice across them,
+      // apply it, and show the merged text with the caret after our edit.
       let [from, to] = [edit.index, edit.index + edit.deleteCount];
       for (const p of this.doc.diff(this.viewHeads, heads)) {
         const e = fieldEdit(p, this.field);
@@ -134,14 +148,11 @@ export class TextBinding {
       const caret = from + edit.insert.length;
       this.ta.setSelectionRange(caret, caret);
     }
-    this.viewHeads = this.doc.heads();
-    this.onLocalEdit(edit);
-    this.renderCursors();
   }
 
   /** Applies what changed in the document since the view's heads. */
   followRemote() {
-    if (this.composing) return; // applied at compositionend
+    if (this.composing || this.splicing) return; // applied at compositionend / by localInput
     const heads = this.doc.heads();
     if (sameHeads(heads, this.viewHeads)) {
       this.renderCursors();

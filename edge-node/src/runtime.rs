@@ -312,7 +312,10 @@ impl NodeLoop {
             Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
-            Event::DocReady { .. } | Event::DocUnavailable { .. } | Event::Ephemeral { .. } => {}
+            Event::DocUpdated { .. }
+            | Event::DocReady { .. }
+            | Event::DocUnavailable { .. }
+            | Event::Ephemeral { .. } => {}
         }
     }
 

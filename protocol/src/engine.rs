@@ -135,6 +135,13 @@ pub enum Event {
         conn: ConnId,
         peer: Option<PeerId>,
     },
+    /// A document's heads changed in memory (a local change or one from a
+    /// peer); it is not durable yet — [`Event::DocChanged`] follows once it
+    /// is. Lets an application show remote edits without waiting for its
+    /// own storage.
+    DocUpdated {
+        doc: DocumentId,
+    },
     /// A document's heads changed and the change is durable.
     DocChanged {
         doc: DocumentId,
@@ -751,6 +758,10 @@ impl Engine {
     fn after_doc_update(&mut self, now: Millis, doc_id: DocumentId, before: Vec<ChangeHash>) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let heads = d.doc.get_heads();
+        if heads != before {
+            self.event(Event::DocUpdated { doc: doc_id });
+        }
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if heads != before && heads != d.saved_heads {
             let chunk = d.doc.save_after(&d.saved_heads);
             d.saved_heads = heads;

@@ -1281,6 +1281,7 @@ fn describe_event(event: &Event) -> String {
     match event {
         Event::PeerConnected { conn, peer, .. } => format!("peer-connected {conn} {peer}"),
         Event::PeerDisconnected { conn, peer } => format!("peer-disconnected {conn} {peer:?}"),
+        Event::DocUpdated { doc } => format!("doc-updated {}", short(doc)),
         Event::DocChanged { doc, heads } => format!("doc-changed {} {}", short(doc), heads_str(heads)),
         Event::DocReady { doc } => format!("doc-ready {}", short(doc)),
         Event::DocUnavailable { doc } => format!("doc-unavailable {}", short(doc)),

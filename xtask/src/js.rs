@@ -41,7 +41,7 @@ pub fn build(args: &[String]) -> Result<()> {
         build.args(["--profile", profile]);
     }
     run(&mut build)?;
-    let wasm = root().join(format!("target/wasm32-unknown-unknown/{profile}/{WASM_NAME}.wasm"));
+    let wasm = crate::target_dir().join(format!("wasm32-unknown-unknown/{profile}/{WASM_NAME}.wasm"));
     let out = pkg_dir();
     // The same wasm as last time: only refresh the hand-written files.
     let stamp = format!("{profile} {}", fingerprint(&wasm)?);

@@ -69,6 +69,11 @@ pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// Cargo's target folder (`CARGO_TARGET_DIR` if set).
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
     let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
@@ -174,7 +179,7 @@ fn demo(debug: bool) -> Result<()> {
     let data = root().join("demo-data");
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let secrets = demo_secrets(&data)?;
-    let bin = |name: &str| root().join("target").join(profile).join(name);
+    let bin = |name: &str| target_dir().join(profile).join(name);
     let mut hub_cmd = Command::new(bin("meridian-hub"));
     hub_cmd.args(["serve", "--listen", "127.0.0.1:7400", "--http", "127.0.0.1:7401", "--data"]).arg(data.join("hub"));
     for (id, secret) in &secrets {
