@@ -13,8 +13,10 @@
 //! means no edge has ever given it the document.
 //!
 //! Edges report their demand and RTTs ([`placer`]); the [`placement`]
-//! engine decides each document's home from them every placement interval.
-//! Those decisions are advisory for now (shown at `GET /placement`).
+//! engine decides each document's home from them every placement interval
+//! (shown at `GET /placement`). With [`HubConfig::placement_moves`] the
+//! placer hands a decided home off (the new home catches up first) and
+//! announces it to edges with `home` control messages.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -76,6 +78,9 @@ pub struct HubConfig {
     /// How often the placement engine decides homes.
     pub placement_interval: Duration,
     pub placement: PlacementConfig,
+    /// Act on placement: hand decided homes off (the new home catches up
+    /// first) and announce them to edges. Off: decisions are advisory.
+    pub placement_moves: bool,
 }
 
 impl HubConfig {
@@ -95,6 +100,7 @@ impl HubConfig {
             report_interval: Duration::from_secs(2),
             placement_interval: Duration::from_secs(2),
             placement: PlacementConfig::default(),
+            placement_moves: false,
         }
     }
 
@@ -145,6 +151,25 @@ pub enum HubError {
     Tls(#[from] quic::TlsError),
     #[error("binding {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The credential edges present to each other (sent to each edge in
+/// `welcome`), kept in the data folder so it survives restarts.
+fn load_or_create_peer_secret(dir: &std::path::Path) -> Result<String, HubError> {
+    let path = dir.join("peer-secret");
+    let io = |source| HubError::Io { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(&path, &secret).map_err(io)?;
+    Ok(secret)
 }
 
 /// A running hub. Dropping it aborts its tasks; [`Hub::shutdown`] stops it
@@ -173,6 +198,7 @@ impl Hub {
             );
         }
         let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
+        let peer_secret = Arc::new(load_or_create_peer_secret(&config.data_dir)?);
         let store = SqliteStore::open_with(&config.data_dir.join("hub.sqlite3"), StoreOptions { fsync: config.fsync })?;
         let mut engine = EngineConfig::new(PeerId::new(config.hub_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
@@ -192,11 +218,13 @@ impl Hub {
             config.report_interval,
             config.placement_interval,
             placement_metrics.clone(),
-        );
-        let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx)));
+        )
+        .with_moves(config.placement_moves);
+        let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx, runtime.events())));
         let accept = AbortOnDrop(tokio::spawn(accept_loop(
             endpoint.clone(),
             config.clone(),
+            peer_secret,
             runtime.events(),
             placer_tx.clone(),
         )));
@@ -340,6 +368,7 @@ async fn serve_http(
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     config: HubConfig,
+    peer_secret: Arc<String>,
     events: mpsc::Sender<NodeEvent>,
     placer: mpsc::Sender<PlacerEvent>,
 ) {
@@ -351,7 +380,8 @@ async fn accept_loop(
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 next_conn += 1;
-                edges.spawn(serve_edge(incoming, config.clone(), events.clone(), placer.clone(), next_conn));
+                let serve = serve_edge(incoming, config.clone(), peer_secret.clone(), events.clone(), placer.clone(), next_conn);
+                edges.spawn(serve);
             }
             Some(_) = edges.join_next(), if !edges.is_empty() => {}
         }
@@ -362,6 +392,7 @@ async fn accept_loop(
 async fn serve_edge(
     incoming: quinn::Incoming,
     config: Arc<HubConfig>,
+    peer_secret: Arc<String>,
     events: mpsc::Sender<NodeEvent>,
     placer: mpsc::Sender<PlacerEvent>,
     conn_no: u64,
@@ -375,8 +406,8 @@ async fn serve_edge(
         Ok(s) => s,
         Err(e) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
     };
-    let edge_id = match handshake(&mut send, &mut recv, &config).await {
-        Ok(id) => id,
+    let hello = match handshake(&mut send, &mut recv, &config, &peer_secret).await {
+        Ok(hello) => hello,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge");
             let refused = federation::encode_control(&Control::Refused { reason: reason.clone() });
@@ -389,11 +420,20 @@ async fn serve_edge(
         }
     };
     let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };
-    tracing::info!(%remote, %edge_id, %conn, "edge connected");
+    let edge_id = hello.node_id;
+    tracing::info!(%remote, %edge_id, %conn, peer_addr = ?hello.peer_addr, "edge connected");
     let edge = EdgeId::new(edge_id.clone());
-    let up = PlacerEvent::EdgeUp { edge: edge.clone(), conn: conn_no, remote, hub_rtt: connection.rtt() };
+    let up = PlacerEvent::EdgeUp {
+        edge: edge.clone(),
+        conn: conn_no,
+        remote,
+        hub_rtt: connection.rtt(),
+        node_conn: Some(conn),
+        peer_addr: hello.peer_addr,
+        peer_fingerprint: hello.peer_fingerprint,
+    };
     let _ = placer.send(up).await;
-    let pump = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {});
+    let pump = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {}, |_| {});
     // Reports arrive beside the documents; if they stop, documents keep going.
     let reports = async {
         let reason = read_reports(&connection, &edge, conn_no, &placer, config.max_frame_bytes).await;
@@ -442,18 +482,27 @@ async fn read_reports(
     }
 }
 
+/// What an accepted edge said in its `hello`.
+struct EdgeHello {
+    node_id: String,
+    peer_addr: Option<String>,
+    peer_fingerprint: Option<String>,
+}
+
 /// Reads the edge's `hello`, checks its credential and answers `welcome`.
 async fn handshake(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     config: &HubConfig,
-) -> Result<String, String> {
+    peer_secret: &str,
+) -> Result<EdgeHello, String> {
     let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
         .await
         .map_err(|_| "no hello within 10 s".to_owned())?
         .map_err(|e| format!("bad hello frame: {e}"))?;
     let Some((FrameKind::Control, bytes)) = frame else { return Err("expected a hello control frame first".into()) };
-    let Control::Hello { version, node_id, secret } = federation::decode_control(&bytes).map_err(|e| e.to_string())?
+    let Control::Hello { version, node_id, secret, peer_addr, peer_fingerprint } =
+        federation::decode_control(&bytes).map_err(|e| e.to_string())?
     else {
         return Err("expected hello".into());
     };
@@ -470,11 +519,13 @@ async fn handshake(
         version: FEDERATION_VERSION,
         hub_id: config.hub_id.clone(),
         report_interval_ms: Some(config.report_interval.as_millis() as u64),
+        // Edges only need it to reach each other's homes.
+        peer_secret: config.placement_moves.then(|| peer_secret.to_owned()),
     };
     quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(node_id)
+    Ok(EdgeHello { node_id, peer_addr, peer_fingerprint })
 }
 
 /// Compares secrets without leaking where they differ (hashes first so

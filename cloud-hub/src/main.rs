@@ -59,12 +59,20 @@ struct ServeArgs {
     /// edge when it connects).
     #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
     report_interval_ms: u64,
-    /// Milliseconds between placement decisions. Placement is ADVISORY for
-    /// now: each document's decided home is shown at GET /placement (with
-    /// the demand, RTTs and cost per candidate behind it) and counted in
-    /// /metrics, but no hot replica moves yet.
+    /// Milliseconds between placement decisions. Each document's decided
+    /// home is shown at GET /placement (with the demand, RTTs and cost per
+    /// candidate behind it) and counted in /metrics; without
+    /// --placement-moves that is all (advisory).
     #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_INTERVAL_MS", default_value_t = 2000)]
     placement_interval_ms: u64,
+    /// Act on placement: hand each decided home off (the new home first
+    /// catches up with the hub's durable copy, and the hub with the old
+    /// home's) and only then announce it to every edge, which routes the
+    /// document to its home edge over a direct edge-to-edge link (edges
+    /// started with --peer-listen), still syncing it through the hub too.
+    /// Off by default: decisions stay advisory.
+    #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MOVES", default_value_t = false)]
+    placement_moves: bool,
     /// A document moves only if its writers' mean latency improves by at least this many ms ...
     #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MIN_GAIN_MS", default_value_t = 5.0)]
     placement_min_gain_ms: f64,
@@ -112,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     config.serve_clients = args.serve_clients;
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
+    config.placement_moves = args.placement_moves;
     if !(args.placement_min_gain_ms.is_finite() && args.placement_min_gain_ms >= 0.0) {
         bail!("--placement-min-gain-ms must be a non-negative number");
     }
@@ -123,8 +132,9 @@ async fn main() -> anyhow::Result<()> {
     let open = matches!(config.auth, EdgeAuth::DevOpen);
     let hub = Hub::start(config).await.context("starting the hub")?;
     println!("meridian-hub listening: QUIC {} (ALPN meridian-fed/1), HTTP http://{}", hub.quic_addr(), hub.http_addr());
+    let mode = if args.placement_moves { "moves on" } else { "advisory" };
     println!(
-        "  placement (advisory): http://{}/placement, topology: http://{}/topology",
+        "  placement ({mode}): http://{}/placement, topology: http://{}/topology",
         hub.http_addr(),
         hub.http_addr()
     );

@@ -38,8 +38,8 @@
 //! at once (dwell and hysteresis do not apply; the rate limit does, with
 //! priority).
 //!
-//! The decision is advisory for now: nothing moves a hot replica yet (see
-//! ARCHITECTURE.md, "Placement").
+//! Acting on a decision (hand-off, then announcement) is the placer's job
+//! ([`crate::placer`]; see ARCHITECTURE.md, "Placement").
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

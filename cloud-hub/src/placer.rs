@@ -8,8 +8,14 @@
 //! alive but silent); a disconnected edge leaves the latency matrix, so a
 //! home on it is left at the next tick.
 //!
-//! Decisions are **advisory**: they are computed, logged, counted and shown,
-//! but no hot replica moves yet.
+//! Decisions are **advisory** unless moves are enabled (`--placement-moves`).
+//! With moves, a decided home is only *announced* (a `home` control message
+//! to every edge) after a hand-off ([`Placer::advance_handoffs`]): the new
+//! home edge has confirmed heads covering the hub's durable heads of the
+//! document, and the hub holds everything the old home edge advertised.
+//! Until then edges keep the old home. Nothing is ever deleted by a move:
+//! every edge keeps syncing every document with the hub, so a hand-off that
+//! never completes costs latency, never data.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,17 +24,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use meridian_protocol::codec::federation::Report;
-use meridian_protocol::engine::Millis;
-use meridian_protocol::ids::DocumentId;
+use meridian_edge::runtime::{HandoffStatus, NodeEvent};
+use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
+use meridian_protocol::engine::{CatchUp, Millis};
+use meridian_protocol::ids::{ConnId, DocumentId};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::placement::{DemandMap, EdgeDemand, EdgeId, Latencies, PlacementConfig, PlacementEngine};
+use crate::placement::{DemandMap, EdgeDemand, EdgeId, Home, Latencies, PlacementConfig, PlacementEngine};
 
 /// Reports older than this many intervals no longer count as demand.
 pub const STALE_REPORTS: u32 = 3;
+/// How long a hand-off waits for a connected old home to tell the hub its
+/// heads before it goes ahead without (nothing is lost either way: the old
+/// home keeps syncing with the hub).
+pub const OLD_HOME_PATIENCE: Duration = Duration::from_secs(10);
+/// Completed hand-offs kept for `GET /placement`.
+const HANDOFF_HISTORY: usize = 256;
 
 /// What the placement task reacts to.
 #[derive(Debug)]
@@ -39,6 +52,11 @@ pub enum PlacerEvent {
         conn: u64,
         remote: SocketAddr,
         hub_rtt: Duration,
+        /// Its connection in the hub's node runtime.
+        node_conn: Option<ConnId>,
+        /// Where it accepts other edges, and its certificate fingerprint.
+        peer_addr: Option<String>,
+        peer_fingerprint: Option<String>,
     },
     /// A report arrived; `hub_rtt` is the hub's own RTT estimate for the link.
     Report {
@@ -73,6 +91,9 @@ pub enum View {
 /// | `meridian_hub_placement_docs_tracked` | gauge | documents the placement engine tracks |
 /// | `meridian_hub_placement_reports_total` | counter | demand reports received from edges |
 /// | `meridian_hub_placement_edges_reporting` | gauge | connected edges whose last report is fresh |
+/// | `meridian_hub_placement_handoffs_total` | counter | hand-offs completed: a new home caught up and was announced to edges |
+/// | `meridian_hub_placement_handoffs_pending` | gauge | decided homes not yet announced (the new home is catching up) |
+/// | `meridian_hub_placement_docs_homed_on_edges` | gauge | documents whose announced home is an edge |
 #[derive(Debug, Default)]
 pub struct PlacementMetrics {
     pub decisions_total: AtomicU64,
@@ -80,6 +101,9 @@ pub struct PlacementMetrics {
     pub docs_tracked: AtomicU64,
     pub reports_total: AtomicU64,
     pub edges_reporting: AtomicU64,
+    pub handoffs_total: AtomicU64,
+    pub handoffs_pending: AtomicU64,
+    pub docs_homed_on_edges: AtomicU64,
 }
 
 impl PlacementMetrics {
@@ -91,6 +115,9 @@ impl PlacementMetrics {
             ("docs_tracked", "gauge", "Documents the placement engine tracks.", &self.docs_tracked),
             ("reports_total", "counter", "Demand reports received from edges.", &self.reports_total),
             ("edges_reporting", "gauge", "Connected edges with a fresh report.", &self.edges_reporting),
+            ("handoffs_total", "counter", "Hand-offs completed (new home caught up, announced).", &self.handoffs_total),
+            ("handoffs_pending", "gauge", "Decided homes not announced yet.", &self.handoffs_pending),
+            ("docs_homed_on_edges", "gauge", "Documents whose announced home is an edge.", &self.docs_homed_on_edges),
         ];
         for (name, kind, help, v) in rows {
             let name = format!("meridian_hub_placement_{name}");
@@ -114,6 +141,35 @@ struct EdgeState {
     hub_rtt: Option<Duration>,
     client_rtt: Option<Duration>,
     demand: BTreeMap<DocumentId, EdgeDemand>,
+    node_conn: Option<ConnId>,
+    peer_addr: Option<String>,
+    peer_fingerprint: Option<String>,
+    /// Measured RTTs of its direct links to other edges.
+    peer_rtts: BTreeMap<EdgeId, Duration>,
+}
+
+/// A decided home that is not announced yet.
+#[derive(Debug, Clone)]
+struct Handoff {
+    to: Home,
+    started: Instant,
+    status: String,
+}
+
+/// A completed hand-off, for `GET /placement`.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Announced {
+    at_ms: u64,
+    #[serde(serialize_with = "doc_str")]
+    doc: DocumentId,
+    from: Home,
+    to: Home,
+    /// From the decision to the announcement.
+    took_ms: u64,
+}
+
+fn doc_str<S: serde::Serializer>(d: &DocumentId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(d)
 }
 
 /// The placement task's state.
@@ -126,6 +182,14 @@ pub struct Placer {
     report_interval: Duration,
     placement_interval: Duration,
     metrics: Arc<PlacementMetrics>,
+    /// Act on decisions (hand-offs and `home` notices) or only show them.
+    moves: bool,
+    /// Announced homes that are edges (absent: the hub).
+    announced: BTreeMap<DocumentId, EdgeId>,
+    handoffs: BTreeMap<DocumentId, Handoff>,
+    announced_history: std::collections::VecDeque<Announced>,
+    /// Control messages for the node runtime, sent by [`run`].
+    outbox: Vec<NodeEvent>,
 }
 
 impl Placer {
@@ -144,7 +208,18 @@ impl Placer {
             report_interval,
             placement_interval,
             metrics,
+            moves: false,
+            announced: BTreeMap::new(),
+            handoffs: BTreeMap::new(),
+            announced_history: std::collections::VecDeque::new(),
+            outbox: Vec::new(),
         }
+    }
+
+    /// Acts on decisions: hand-offs, then `home` notices to edges.
+    pub fn with_moves(mut self, moves: bool) -> Self {
+        self.moves = moves;
+        self
     }
 
     fn now(&self) -> Millis {
@@ -153,7 +228,7 @@ impl Placer {
 
     fn handle(&mut self, event: PlacerEvent) {
         match event {
-            PlacerEvent::EdgeUp { edge, conn, remote, hub_rtt } => {
+            PlacerEvent::EdgeUp { edge, conn, remote, hub_rtt, node_conn, peer_addr, peer_fingerprint } => {
                 let state = EdgeState {
                     conn,
                     remote,
@@ -166,8 +241,20 @@ impl Placer {
                     hub_rtt: Some(hub_rtt),
                     client_rtt: None,
                     demand: BTreeMap::new(),
+                    node_conn,
+                    peer_addr,
+                    peer_fingerprint,
+                    peer_rtts: BTreeMap::new(),
                 };
-                self.edges.insert(edge, state);
+                self.edges.insert(edge.clone(), state);
+                // A (re)connected edge learns every home that is an edge.
+                if self.moves {
+                    let docs: Vec<(DocumentId, EdgeId)> = self.announced.iter().map(|(d, e)| (*d, e.clone())).collect();
+                    for (doc, home) in docs {
+                        let notice = self.notice(doc, &Home::Edge(home));
+                        self.send_control(&edge, &notice);
+                    }
+                }
             }
             PlacerEvent::Report { edge, conn, report, hub_rtt } => self.report(edge, conn, report, hub_rtt),
             PlacerEvent::EdgeDown { edge, conn } => {
@@ -206,6 +293,8 @@ impl Placer {
         state.reported_rtt = report.uplink_rtt_micros.map(Duration::from_micros);
         state.client_rtt = report.client_rtt_micros.map(Duration::from_micros);
         state.hub_rtt = Some(hub_rtt);
+        state.peer_rtts =
+            report.peer_rtt_micros.iter().map(|(e, us)| (EdgeId::new(e.clone()), Duration::from_micros(*us))).collect();
     }
 
     fn fresh(&self, e: &EdgeState) -> bool {
@@ -230,6 +319,18 @@ impl Placer {
                 demand.entry(*doc).or_default().insert(id.clone(), *d);
             }
         }
+        // Measured edge ↔ edge round trips between connected edges (the
+        // smaller of the two sides' measurements).
+        for (a, e) in &self.edges {
+            for (b, rtt) in &e.peer_rtts {
+                if a == b || !self.edges.contains_key(b) {
+                    continue;
+                }
+                let key = if a < b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
+                let entry = latencies.edge_edge.entry(key).or_insert(*rtt);
+                *entry = (*entry).min(*rtt);
+            }
+        }
         (demand, latencies)
     }
 
@@ -237,7 +338,8 @@ impl Placer {
         let (demand, latencies) = self.inputs();
         let moves = self.engine.tick(self.now(), &demand, &latencies);
         for m in &moves {
-            tracing::info!(doc = %m.doc, from = %m.from, to = %m.to, reason = ?m.reason, gain_ms = m.gain_ms, "placement: new home (advisory)");
+            let advisory = !self.moves;
+            tracing::info!(doc = %m.doc, from = %m.from, to = %m.to, reason = ?m.reason, gain_ms = m.gain_ms, advisory, "placement: new home decided");
         }
         self.metrics.moves_total.fetch_add(moves.len() as u64, Relaxed);
         self.metrics.decisions_total.store(self.engine.decisions(), Relaxed);
@@ -246,20 +348,155 @@ impl Placer {
         self.metrics.edges_reporting.store(reporting as u64, Relaxed);
     }
 
+    /// The `home` notice for a document.
+    fn notice(&self, doc: DocumentId, home: &Home) -> Control {
+        let edge = match home {
+            Home::Hub => None,
+            Home::Edge(e) => Some(e),
+        };
+        let state = edge.and_then(|e| self.edges.get(e));
+        Control::Home(HomeNotice {
+            doc,
+            edge: edge.map(|e| e.to_string()),
+            addr: state.and_then(|s| s.peer_addr.clone()),
+            fingerprint: state.and_then(|s| s.peer_fingerprint.clone()),
+        })
+    }
+
+    fn send_control(&mut self, edge: &EdgeId, control: &Control) {
+        let Some(conn) = self.edges.get(edge).and_then(|e| e.node_conn) else { return };
+        self.outbox.push(NodeEvent::SendControl { conn, bytes: federation::encode_control(control) });
+    }
+
+    /// Documents whose decided home differs from the announced one.
+    fn unsettled(&self) -> Vec<(DocumentId, Home, Home)> {
+        let mut docs: std::collections::BTreeSet<DocumentId> = self.announced.keys().copied().collect();
+        docs.extend(self.engine.explanations().iter().filter(|(_, e)| e.home != Home::Hub).map(|(d, _)| *d));
+        docs.into_iter()
+            .filter_map(|doc| {
+                let decided = self.engine.home(&doc);
+                let current = self.announced.get(&doc).map_or(Home::Hub, |e| Home::Edge(e.clone()));
+                (decided != current).then_some((doc, current, decided))
+            })
+            .collect()
+    }
+
+    /// The next step of every hand-off: asks the node runtime how far the
+    /// new home (and the hub, from the old home) has caught up, and
+    /// announces the homes that are ready. The runtime is asked one
+    /// document at a time; each answer is a round trip through its loop.
+    pub async fn advance_handoffs(&mut self, events: &mpsc::Sender<NodeEvent>) {
+        if !self.moves {
+            return;
+        }
+        let unsettled = self.unsettled();
+        let wanted: std::collections::BTreeSet<DocumentId> = unsettled.iter().map(|(d, _, _)| *d).collect();
+        self.handoffs.retain(|d, _| wanted.contains(d));
+        for (doc, from, to) in unsettled {
+            let conn_of = |h: &Home| match h {
+                Home::Hub => None,
+                Home::Edge(e) => self.edges.get(e).and_then(|s| s.node_conn),
+            };
+            let (to_conn, from_conn) = (conn_of(&to), conn_of(&from));
+            let entry = self.handoffs.entry(doc).or_insert_with(|| Handoff {
+                to: to.clone(),
+                started: Instant::now(),
+                status: String::new(),
+            });
+            if entry.to != to {
+                *entry = Handoff { to: to.clone(), started: Instant::now(), status: String::new() };
+            }
+            if to != Home::Hub && to_conn.is_none() {
+                entry.status = "the new home is not connected".into();
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let ask = NodeEvent::Handoff { doc, to: to_conn, from: from_conn, reply };
+            if events.send(ask).await.is_err() {
+                return;
+            }
+            let Ok(status) = answer.await else { return };
+            if let Some(entry) = self.handoffs.get_mut(&doc) {
+                let (ready, why) = handoff_ready(&status, from_conn.is_some(), entry.started.elapsed());
+                entry.status = why.into();
+                if ready {
+                    self.announce(doc, from, to);
+                }
+            }
+        }
+        self.metrics.handoffs_pending.store(self.handoffs.len() as u64, Relaxed);
+        self.metrics.docs_homed_on_edges.store(self.announced.len() as u64, Relaxed);
+    }
+
+    /// The new home caught up: every edge is told.
+    fn announce(&mut self, doc: DocumentId, from: Home, to: Home) {
+        let Some(h) = self.handoffs.remove(&doc) else { return };
+        match &to {
+            Home::Hub => self.announced.remove(&doc),
+            Home::Edge(e) => self.announced.insert(doc, e.clone()),
+        };
+        let took_ms = h.started.elapsed().as_millis() as u64;
+        tracing::info!(%doc, %from, %to, took_ms, "placement: home handed off and announced");
+        let notice = self.notice(doc, &to);
+        let edges: Vec<EdgeId> = self.edges.keys().cloned().collect();
+        for e in edges {
+            self.send_control(&e, &notice);
+        }
+        self.metrics.handoffs_total.fetch_add(1, Relaxed);
+        self.announced_history.push_back(Announced { at_ms: self.now().0, doc, from, to, took_ms });
+        while self.announced_history.len() > HANDOFF_HISTORY {
+            self.announced_history.pop_front();
+        }
+    }
+
+    /// The announced home of a document.
+    pub fn announced_home(&self, doc: &DocumentId) -> Home {
+        self.announced.get(doc).map_or(Home::Hub, |e| Home::Edge(e.clone()))
+    }
+
     fn placement_json(&self) -> Value {
         let (_, latencies) = self.inputs();
         let ms = |d: &Duration| d.as_secs_f64() * 1e3;
         let edge_hub: BTreeMap<&EdgeId, f64> = latencies.edge_hub.iter().map(|(e, d)| (e, ms(d))).collect();
         let client: BTreeMap<&EdgeId, f64> = latencies.client_edge.iter().map(|(e, d)| (e, ms(d))).collect();
+        let announced = |doc: &DocumentId| serde_json::to_value(self.announced_home(doc)).unwrap_or(Value::Null);
+        let documents: Vec<Value> = self
+            .engine
+            .explanations()
+            .values()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("announced_home".into(), announced(&e.doc));
+                }
+                v
+            })
+            .collect();
+        let handoffs: Vec<Value> = self
+            .handoffs
+            .iter()
+            .map(|(doc, h)| {
+                json!({
+                    "doc": doc.to_string(),
+                    "from": announced(doc),
+                    "to": h.to,
+                    "pending_ms": h.started.elapsed().as_millis() as u64,
+                    "status": h.status,
+                })
+            })
+            .collect();
         json!({
-            "advisory": true,
+            "advisory": !self.moves,
+            "moves_enabled": self.moves,
+            "handoffs": handoffs,
+            "recent_handoffs": self.announced_history,
             "now_ms": self.now().0,
             "placement_interval_ms": self.placement_interval.as_millis() as u64,
             "config": self.engine.config(),
             "docs_tracked": self.engine.tracked(),
             "decisions_total": self.engine.decisions(),
             "latencies_ms": { "edge_hub": edge_hub, "client_edge": client },
-            "documents": self.engine.explanations().values().collect::<Vec<_>>(),
+            "documents": documents,
             "recent_moves": self.engine.history().collect::<Vec<_>>(),
         })
     }
@@ -285,7 +522,9 @@ impl Placer {
                         "edge_reported": e.reported_rtt.map(ms),
                         "hub_measured": e.hub_rtt.map(ms),
                         "clients": e.client_rtt.map(ms),
+                        "edges": e.peer_rtts.iter().map(|(p, d)| (p.to_string(), ms(*d))).collect::<BTreeMap<_, _>>(),
                     },
+                    "peer_addr": e.peer_addr,
                 })
             })
             .collect();
@@ -294,12 +533,12 @@ impl Placer {
             "report_interval_ms": self.report_interval.as_millis() as u64,
             "edges": edges,
             "rtt_matrix_ms": self.rtt_matrix(),
-            "edge_edge_measured": false,
+            "edge_edge_measured": self.edges.values().any(|e| !e.peer_rtts.is_empty()),
         })
     }
 
-    /// Round trips between every pair of nodes, in ms. Edge ↔ edge is not
-    /// measured yet: it is the path through the hub.
+    /// Round trips between every pair of nodes, in ms. Edge ↔ edge is the
+    /// measured direct link when there is one, else the path through the hub.
     fn rtt_matrix(&self) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
         let (_, l) = self.inputs();
         let unknown = self.engine.config().unknown_rtt;
@@ -326,10 +565,35 @@ impl Placer {
     }
 }
 
-/// Runs the placement task until every sender is gone.
-pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>) {
+/// Whether a hand-off may be announced, and why (not).
+/// An old home that is not connected cannot be asked: what it did not give
+/// the hub it gives on reconnect (it keeps its copy).
+fn handoff_ready(status: &HandoffStatus, old_home_connected: bool, waited: Duration) -> (bool, &'static str) {
+    match status.to {
+        Some(CatchUp::CaughtUp) | None => {}
+        Some(CatchUp::Behind) => return (false, "the new home is catching up"),
+        Some(CatchUp::Loading) => return (false, "the hub is loading the document"),
+        Some(CatchUp::NoData) => return (false, "the hub has no copy yet"),
+        Some(CatchUp::NoPeer) => return (false, "the new home is not connected"),
+    }
+    match status.from_covered {
+        _ if !old_home_connected => (true, "caught up"),
+        Some(true) => (true, "caught up"),
+        Some(false) => (false, "the hub is catching up with the old home"),
+        None if waited >= OLD_HOME_PATIENCE => (true, "caught up (the old home did not answer)"),
+        None => (false, "waiting for the old home's heads"),
+    }
+}
+
+/// Runs the placement task until every sender is gone. `node` is the hub's
+/// node runtime (hand-offs and `home` notices go through it).
+pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>, node: mpsc::Sender<NodeEvent>) {
     let mut tick = tokio::time::interval(placer.placement_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Hand-offs advance faster than decisions are taken: a catch-up is a
+    // few round trips, and the announcement should follow it closely.
+    let mut handoff_tick = tokio::time::interval(placer.placement_interval.min(Duration::from_millis(100)));
+    handoff_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -337,6 +601,12 @@ pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>) {
                 None => break,
             },
             _ = tick.tick() => placer.tick(),
+            _ = handoff_tick.tick() => placer.advance_handoffs(&node).await,
+        }
+        for e in std::mem::take(&mut placer.outbox) {
+            if node.send(e).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -355,7 +625,9 @@ mod tests {
 
     fn up(p: &mut Placer, id: &str, conn: u64, rtt_ms: u64) {
         let (edge, remote) = (EdgeId::new(id), "127.0.0.1:1".parse().unwrap());
-        p.handle(PlacerEvent::EdgeUp { edge, conn, remote, hub_rtt: Duration::from_millis(rtt_ms) });
+        let hub_rtt = Duration::from_millis(rtt_ms);
+        let (node_conn, peer_addr, peer_fingerprint) = (None, None, None);
+        p.handle(PlacerEvent::EdgeUp { edge, conn, remote, hub_rtt, node_conn, peer_addr, peer_fingerprint });
     }
 
     fn report(p: &mut Placer, id: &str, conn: u64, doc: DocumentId, writes: u64) {
@@ -365,6 +637,7 @@ mod tests {
             uplink_rtt_micros: Some(30_000),
             client_rtt_micros: None,
             docs: vec![DocReport { doc, subscribers: 1, writes }],
+            peer_rtt_micros: BTreeMap::new(),
         };
         p.handle(PlacerEvent::Report { edge: EdgeId::new(id), conn, report, hub_rtt: Duration::from_millis(29) });
     }
@@ -403,7 +676,8 @@ mod tests {
     #[test]
     fn placement_metrics_render_with_their_documented_names() {
         let text = PlacementMetrics::default().render();
-        for name in ["decisions_total", "moves_total", "docs_tracked", "reports_total", "edges_reporting"] {
+        let names = ["decisions_total", "moves_total", "docs_tracked", "reports_total", "edges_reporting"];
+        for name in names.into_iter().chain(["handoffs_total", "handoffs_pending", "docs_homed_on_edges"]) {
             assert!(text.contains(&format!("\nmeridian_hub_placement_{name} 0\n")), "{name} in {text}");
         }
     }

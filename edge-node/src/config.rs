@@ -35,6 +35,15 @@ pub struct EdgeConfig {
     pub quic_listen: Option<SocketAddr>,
     /// The QUIC link to the hub, if this edge federates.
     pub uplink: Option<crate::uplink::UplinkConfig>,
+    /// UDP address where other edges link to this one when it is a
+    /// document's home (ALPN `meridian-peer/1`); `None`: it is never dialled
+    /// (edges still dial homes elsewhere).
+    pub peer_listen: Option<SocketAddr>,
+    /// Address of the peer listener told to the hub (default: the bound one).
+    pub peer_advertise: Option<String>,
+    /// Dial these addresses for these home edges instead of the announced
+    /// ones (edge id → address).
+    pub peer_routes: std::collections::BTreeMap<String, SocketAddr>,
 }
 
 impl EdgeConfig {
@@ -51,6 +60,9 @@ impl EdgeConfig {
             fsync: false,
             quic_listen: None,
             uplink: None,
+            peer_listen: None,
+            peer_advertise: None,
+            peer_routes: std::collections::BTreeMap::new(),
         }
     }
 

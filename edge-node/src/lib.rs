@@ -11,6 +11,7 @@
 //! - [`node`]: [`node::EdgeNode`] starts an edge (what tests run in-process).
 //! - [`uplink`]: the QUIC link to the hub, with reconnect; [`quic`] holds
 //!   the TLS and framing plumbing shared with the hub.
+//! - [`peers`]: homes announced by the hub and direct links to home edges.
 //! - [`server`]: HTTP and WebSocket glue.
 //! - [`store`]: the SQLite store (also used by the hub and device clients).
 //! - [`metrics`]: Prometheus metrics with documented names.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod quic;
 pub mod report;
 pub mod runtime;

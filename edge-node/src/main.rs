@@ -123,6 +123,19 @@ struct ServeArgs {
     /// DANGEROUS: accept any hub certificate (anyone on the path can impersonate the hub).
     #[arg(long, env = "MERIDIAN_DANGEROUS_SKIP_HUB_VERIFY", default_value_t = false)]
     dangerous_skip_hub_verify: bool,
+    /// UDP address where other edges link to this one when the hub makes it a
+    /// document's home (QUIC, ALPN meridian-peer/1; they present the peer
+    /// secret the hub gives its edges). "off": never dialled; documents homed
+    /// here then reach it through the hub. Needs --hub.
+    #[arg(long, env = "MERIDIAN_PEER_LISTEN", default_value = "off")]
+    peer_listen: String,
+    /// Address of the peer listener to tell the hub (default: the bound address).
+    #[arg(long, env = "MERIDIAN_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
+    /// Dial home edge ID at ADDR instead of the address the hub announced, as
+    /// ID=ADDR (repeatable; env: comma-separated). For NAT or latency proxies.
+    #[arg(long = "peer-route", env = "MERIDIAN_PEER_ROUTES", value_delimiter = ',')]
+    peer_routes: Vec<String>,
 }
 
 impl ServeArgs {
@@ -171,6 +184,14 @@ async fn main() -> anyhow::Result<()> {
     config.uplink = uplink;
     if args.quic_listen != "off" {
         config.quic_listen = Some(args.quic_listen.parse().context("--quic-listen expects HOST:PORT or off")?);
+    }
+    if args.peer_listen != "off" {
+        config.peer_listen = Some(args.peer_listen.parse().context("--peer-listen expects HOST:PORT or off")?);
+    }
+    config.peer_advertise = args.peer_advertise;
+    for r in &args.peer_routes {
+        let (id, addr) = r.split_once('=').context("--peer-route expects ID=ADDR")?;
+        config.peer_routes.insert(id.to_owned(), addr.parse().context("--peer-route expects ID=HOST:PORT")?);
     }
     let node = EdgeNode::start(config).await.context("starting the edge")?;
     println!("meridian-edge listening on {} (WebSocket: {})", node.local_addr(), node.ws_url());

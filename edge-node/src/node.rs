@@ -42,6 +42,47 @@ pub struct EdgeNode {
     uplink: Option<AbortOnDrop<()>>,
     quic_addr: Option<SocketAddr>,
     devices: Option<AbortOnDrop<()>>,
+    peer_addr: Option<SocketAddr>,
+    /// The peer actor and the listener for other edges.
+    peers: Vec<AbortOnDrop<()>>,
+}
+
+/// The edge ↔ edge side of placement: the peer actor, and the listener for
+/// other edges if configured. Only for edges with an uplink (homes come
+/// from the hub).
+struct PeerParts {
+    handle: crate::peers::PeerHandle,
+    addr: Option<SocketAddr>,
+    tasks: Vec<AbortOnDrop<()>>,
+}
+
+fn start_peers(
+    config: &EdgeConfig,
+    edge_id: &str,
+    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+) -> Result<PeerParts, EdgeError> {
+    use crate::peers::{self, PeerDirectory, PeerHandle, PeerSettings};
+    let dir = Arc::new(PeerDirectory::default());
+    let (tx, rx) = tokio::sync::mpsc::channel(4096);
+    let mut tasks = Vec::new();
+    let (mut addr, mut listen_addr, mut fingerprint) = (None, None, None);
+    if let Some(listen) = config.peer_listen {
+        let names = vec!["localhost".to_owned(), listen.ip().to_string()];
+        let identity = crate::quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+        let limit = config.max_message_bytes;
+        let (bound, task) = peers::listen(&identity, listen, dir.clone(), edge_id.to_owned(), events.clone(), limit)?;
+        tasks.push(task);
+        addr = Some(bound);
+        listen_addr = Some(config.peer_advertise.clone().unwrap_or_else(|| bound.to_string()));
+        fingerprint = Some(identity.fingerprint);
+    }
+    let settings = PeerSettings {
+        edge_id: edge_id.to_owned(),
+        routes: config.peer_routes.clone(),
+        max_frame_bytes: config.max_message_bytes,
+    };
+    tasks.push(AbortOnDrop(tokio::spawn(peers::run(settings, dir.clone(), events, tx.clone(), rx))));
+    Ok(PeerParts { handle: PeerHandle { dir, events: tx, listen_addr, fingerprint }, addr, tasks })
 }
 
 /// Binds the QUIC listener for device clients (ALPN `meridian/1`), with a
@@ -92,7 +133,7 @@ async fn serve_device(
     else {
         return;
     };
-    let reason = crate::quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}).await;
+    let reason = crate::quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");
 }
 
@@ -115,7 +156,11 @@ impl EdgeNode {
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
         let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
             .map_err(EdgeError::Thread)?;
-        let app = crate::server::router(crate::server::AppState {
+        let peers = match &config.uplink {
+            Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
+            None => None,
+        };
+        let mut app = crate::server::router(crate::server::AppState {
             events: runtime.events(),
             metrics: metrics.clone(),
             max_message_bytes: config.max_message_bytes,
@@ -129,6 +174,9 @@ impl EdgeNode {
                 hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
             },
         ));
+        if let (Some(p), Some(u)) = (&peers, &config.uplink) {
+            app = app.merge(crate::peers::router(p.handle.dir.clone(), u.edge_id.clone()));
+        }
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -138,10 +186,12 @@ impl EdgeNode {
                 tracing::error!(error = %e, "HTTP server failed");
             }
         });
+        let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
             tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
-            AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone())))
+            AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle)))
         });
+        let (peer_addr, peer_tasks) = peers.map_or((None, Vec::new()), |p| (p.addr, p.tasks));
         let (quic_addr, devices) = match config.quic_listen {
             Some(listen) => {
                 let (addr, task) = start_device_listener(&config, listen, runtime.events())?;
@@ -159,7 +209,14 @@ impl EdgeNode {
             http_task: Some(http_task),
             uplink,
             devices,
+            peer_addr,
+            peers: peer_tasks,
         })
+    }
+
+    /// Address of the listener for other edges, if enabled.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -190,6 +247,7 @@ impl EdgeNode {
     pub async fn shutdown(mut self) {
         self.uplink.take();
         self.devices.take();
+        self.peers.clear();
         if let Some(tx) = self.http_stop.take() {
             let _ = tx.send(());
         }

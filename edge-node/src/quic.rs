@@ -258,7 +258,9 @@ pub async fn write_frame(send: &mut quinn::SendStream, kind: FrameKind, payload:
 /// Moves frames between one QUIC stream pair and the node runtime until
 /// either side ends; returns why it ended. The stream is read by a task
 /// owned here (reads are not cancel-safe, so they must not race in a
-/// `select!`).
+/// `select!`). `on_rtt` gets the connection's RTT every second;
+/// `on_control` every control frame after the handshake.
+#[allow(clippy::too_many_arguments)] // one place wires a link; a struct would only rename them
 pub async fn pump(
     connection: &quinn::Connection,
     mut send: quinn::SendStream,
@@ -268,6 +270,7 @@ pub async fn pump(
     mut out: tokio::sync::mpsc::Receiver<crate::runtime::Outbound>,
     limit: usize,
     on_rtt: impl Fn(std::time::Duration),
+    mut on_control: impl FnMut(Vec<u8>),
 ) -> String {
     use crate::runtime::{NodeEvent, Outbound};
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
@@ -276,17 +279,23 @@ pub async fn pump(
     let reason = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
-                Some(Ok(bytes)) => {
+                Some(Ok((FrameKind::Repo, bytes))) => {
                     if events.send(NodeEvent::Frame { conn, bytes }).await.is_err() {
                         break "node stopped".to_owned();
                     }
                 }
+                Some(Ok((FrameKind::Control, bytes))) => on_control(bytes),
                 Some(Err(e)) => break e,
                 None => break "stream finished".to_owned(),
             },
             o = out.recv() => match o {
                 Some(Outbound::Frame(bytes)) => {
                     if let Err(e) = write_frame(&mut send, FrameKind::Repo, &bytes).await {
+                        break e.to_string();
+                    }
+                }
+                Some(Outbound::Control(bytes)) => {
+                    if let Err(e) = write_frame(&mut send, FrameKind::Control, &bytes).await {
                         break e.to_string();
                     }
                 }
@@ -310,13 +319,13 @@ pub async fn pump(
 async fn read_frames(
     mut recv: quinn::RecvStream,
     limit: usize,
-    tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, String>>,
+    tx: tokio::sync::mpsc::Sender<Result<(FrameKind, Vec<u8>), String>>,
 ) {
     loop {
+        // Control frames after the handshake (the hub's `home` notices) go
+        // to the pump's `on_control`.
         let item = match read_frame(&mut recv, limit).await {
-            Ok(Some((FrameKind::Repo, bytes))) => Ok(bytes),
-            // Control frames after the handshake carry nothing we act on yet.
-            Ok(Some((FrameKind::Control, _))) => continue,
+            Ok(Some(frame)) => Ok(frame),
             Ok(None) => return,
             Err(e) => Err(e.to_string()),
         };

@@ -80,6 +80,7 @@ impl DemandWindow {
             uplink_rtt_micros: uplink_rtt.map(|d| d.as_micros() as u64),
             client_rtt_micros: client_rtt.map(|d| d.as_micros() as u64),
             docs,
+            peer_rtt_micros: BTreeMap::new(),
         }
     }
 }
@@ -95,6 +96,7 @@ pub async fn run(
     connection: &quinn::Connection,
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
+    peers: Option<&crate::peers::PeerDirectory>,
     interval: Duration,
 ) -> String {
     let mut send = match connection.open_uni().await {
@@ -116,7 +118,10 @@ pub async fn run(
         let now = tokio::time::Instant::now();
         window.push(now - last, sample);
         last = now;
-        let report = window.report(Some(connection.rtt()), metrics.client_rtt());
+        let mut report = window.report(Some(connection.rtt()), metrics.client_rtt());
+        if let Some(dir) = peers {
+            report.peer_rtt_micros = dir.link_rtts().into_iter().map(|(e, d)| (e, d.as_micros() as u64)).collect();
+        }
         let bytes = federation::encode_control(&Control::Report(report));
         if let Err(e) = crate::quic::write_frame(&mut send, FrameKind::Control, &bytes).await {
             return format!("writing a report: {e}");

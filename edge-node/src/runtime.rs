@@ -19,7 +19,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use meridian_protocol::codec;
-use meridian_protocol::engine::{Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, Millis, Output};
+use meridian_protocol::engine::{
+    CatchUp, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, Millis, Output,
+};
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +43,10 @@ const BACKFILL_MAX_LOADED: usize = 4096;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Vec<u8>),
+    /// A federation control message (QUIC links only; WebSockets drop it).
+    /// Queued behind the frames before it, so it follows the document data
+    /// it may refer to.
+    Control(Vec<u8>),
     /// Close the connection with this reason (after the frames queued before it).
     Close(String),
 }
@@ -53,6 +59,8 @@ pub enum NodeEvent {
     /// with it.
     Connected {
         direction: Direction,
+        /// A link to another edge ([`Engine::handle_connect_edge_peer`]).
+        edge_peer: bool,
         out: mpsc::Sender<Outbound>,
         reply: oneshot::Sender<ConnId>,
     },
@@ -73,6 +81,35 @@ pub enum NodeEvent {
     TakeDemand {
         reply: oneshot::Sender<BTreeMap<DocumentId, DocDemand>>,
     },
+    /// Queue a control message on a connection (the hub's `home` notices).
+    SendControl {
+        conn: ConnId,
+        bytes: Vec<u8>,
+    },
+    /// Where a hand-off of `doc` stands (the hub, before it announces a new
+    /// home): `to` is made to catch up with our durable copy
+    /// ([`Engine::catch_up`]); for `from` we learn whether we hold
+    /// everything it advertised ([`Engine::covers_peer`]).
+    Handoff {
+        doc: DocumentId,
+        to: Option<ConnId>,
+        from: Option<ConnId>,
+        reply: oneshot::Sender<HandoffStatus>,
+    },
+    /// Also sync `doc` on an edge-peer link (its home), or stop
+    /// ([`Engine::set_route`]).
+    Route {
+        doc: DocumentId,
+        conn: Option<ConnId>,
+    },
+}
+
+/// Answer to [`NodeEvent::Handoff`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandoffStatus {
+    pub to: Option<CatchUp>,
+    /// `None`: the old home has not told us its heads (or is gone).
+    pub from_covered: Option<bool>,
 }
 
 type Batch = Vec<(StorageTaskId, StorageTask)>;
@@ -196,12 +233,16 @@ impl NodeLoop {
     fn handle(&mut self, event: NodeEvent) {
         let now = self.now();
         match event {
-            NodeEvent::Connected { direction, out, reply } => {
-                let conn = self.engine.handle_connect(now, direction);
+            NodeEvent::Connected { direction, edge_peer, out, reply } => {
+                let conn = if edge_peer {
+                    self.engine.handle_connect_edge_peer(now, direction)
+                } else {
+                    self.engine.handle_connect(now, direction)
+                };
                 self.conns.insert(conn, out);
                 self.metrics.connections.fetch_add(1, Relaxed);
                 self.metrics.connections_total.fetch_add(1, Relaxed);
-                if direction == Direction::Outgoing {
+                if direction == Direction::Outgoing && !edge_peer {
                     // Everything stored must reach the new upstream.
                     self.storage.submit(StoreRequest::ListDocs);
                 }
@@ -221,6 +262,21 @@ impl NodeLoop {
             NodeEvent::TakeDemand { reply } => {
                 let _ = reply.send(self.engine.take_demand());
             }
+            NodeEvent::SendControl { conn, bytes } => {
+                if let Some(tx) = self.conns.get(&conn) {
+                    let _ = tx.try_send(Outbound::Control(bytes));
+                }
+            }
+            NodeEvent::Handoff { doc, to, from, reply } => {
+                let to = to.map(|c| self.engine.catch_up(now, doc, c));
+                let from_covered = from.and_then(|c| {
+                    // Attached so that it tells us its heads.
+                    self.engine.catch_up(now, doc, c);
+                    self.engine.covers_peer(&doc, c)
+                });
+                let _ = reply.send(HandoffStatus { to, from_covered });
+            }
+            NodeEvent::Route { doc, conn } => self.engine.set_route(now, doc, conn),
         }
         self.drain();
     }
@@ -424,9 +480,25 @@ pub async fn register(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
 ) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+    register_as(events, direction, false).await
+}
+
+/// Registers a link to another edge (see [`NodeEvent::Connected`]).
+pub async fn register_edge_peer(
+    events: &mpsc::Sender<NodeEvent>,
+    direction: Direction,
+) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+    register_as(events, direction, true).await
+}
+
+async fn register_as(
+    events: &mpsc::Sender<NodeEvent>,
+    direction: Direction,
+    edge_peer: bool,
+) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (reply_tx, reply_rx) = oneshot::channel();
-    events.send(NodeEvent::Connected { direction, out: out_tx, reply: reply_tx }).await.ok()?;
+    events.send(NodeEvent::Connected { direction, edge_peer, out: out_tx, reply: reply_tx }).await.ok()?;
     let conn = reply_rx.await.ok()?;
     Some((conn, out_rx))
 }

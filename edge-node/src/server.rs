@@ -150,6 +150,7 @@ async fn connection(socket: WebSocket, state: AppState) {
                         break;
                     }
                 }
+                Some(Outbound::Control(_)) => {}
                 Some(Outbound::Close(reason)) => {
                     let frame = CloseFrame { code: 1008, reason: truncate(&reason, 120).into() };
                     let _ = sink.send(WsMessage::Close(Some(frame))).await;

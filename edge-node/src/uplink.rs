@@ -3,7 +3,9 @@
 //! is registered with the node runtime as an `Outgoing` (upstream)
 //! connection, so the engine syncs every document with the hub and asks it
 //! for documents the edge does not have. If the hub asks for them, demand
-//! and latency reports run beside it ([`crate::report`]).
+//! and latency reports run beside it ([`crate::report`]). With placement
+//! moves, the hub's `home` notices arrive on the document stream and go to
+//! the peer actor ([`crate::peers`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::metrics::NodeMetrics;
+use crate::peers::PeerHandle;
 use crate::quic::{self, FEDERATION_ALPN, HubTrust};
 use crate::runtime::{NodeEvent, register};
 
@@ -60,7 +63,12 @@ pub enum UplinkError {
 }
 
 /// Keeps the uplink up until the task is aborted.
-pub async fn run(config: UplinkConfig, events: mpsc::Sender<NodeEvent>, metrics: Arc<NodeMetrics>) {
+pub async fn run(
+    config: UplinkConfig,
+    events: mpsc::Sender<NodeEvent>,
+    metrics: Arc<NodeMetrics>,
+    peers: Option<PeerHandle>,
+) {
     let endpoint = match client_endpoint(&config) {
         Ok(e) => e,
         Err(e) => {
@@ -70,7 +78,7 @@ pub async fn run(config: UplinkConfig, events: mpsc::Sender<NodeEvent>, metrics:
     };
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     loop {
-        match session(&endpoint, &config, &events, &metrics).await {
+        match session(&endpoint, &config, &events, &metrics, peers.as_ref()).await {
             Ok(reason) => {
                 backoff.reset();
                 tracing::warn!(hub = %config.hub, %reason, "uplink to the hub lost; reconnecting");
@@ -101,13 +109,19 @@ async fn session(
     config: &UplinkConfig,
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
+    peers: Option<&PeerHandle>,
 ) -> Result<String, UplinkError> {
     let connecting =
         endpoint.connect(config.hub, &config.server_name).map_err(|e| UplinkError::Connect(e.to_string()))?;
     let connection = connecting.await.map_err(|e| UplinkError::Connect(e.to_string()))?;
     let (mut send, mut recv) = connection.open_bi().await.map_err(|e| UplinkError::Connect(e.to_string()))?;
-    let hello =
-        Control::Hello { version: FEDERATION_VERSION, node_id: config.edge_id.clone(), secret: config.secret.clone() };
+    let hello = Control::Hello {
+        version: FEDERATION_VERSION,
+        node_id: config.edge_id.clone(),
+        secret: config.secret.clone(),
+        peer_addr: peers.and_then(|p| p.listen_addr.clone()),
+        peer_fingerprint: peers.and_then(|p| p.fingerprint.clone()),
+    };
     quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello))
         .await
         .map_err(|e| UplinkError::Handshake(e.to_string()))?;
@@ -117,8 +131,13 @@ async fn session(
         .map_err(|e| UplinkError::Handshake(e.to_string()))?;
     let report_interval = match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
-            Ok(Control::Welcome { hub_id, report_interval_ms, .. }) => {
+            Ok(Control::Welcome { hub_id, report_interval_ms, peer_secret, .. }) => {
                 tracing::info!(hub = %config.hub, %hub_id, ?report_interval_ms, "uplink to the hub is up");
+                if let Some(p) = peers {
+                    p.dir.set_secret(peer_secret);
+                    // The hub sends every home again on this connection.
+                    let _ = p.events.send(crate::peers::PeerEvent::Reset).await;
+                }
                 report_interval_ms.map(crate::report::interval_from_hub)
             }
             Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
@@ -133,11 +152,17 @@ async fn session(
     metrics.uplink_connected.store(1, Relaxed);
     metrics.uplink_connects_total.fetch_add(1, Relaxed);
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
-    let pump = quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt);
+    let on_control = |bytes: Vec<u8>| {
+        if let Some(p) = peers {
+            p.on_control(&bytes);
+        }
+    };
+    let pump = quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt, on_control);
     // Reports run beside the documents; if they stop, documents keep going.
     let reports = async {
         if let Some(interval) = report_interval {
-            let reason = crate::report::run(&connection, events, metrics, interval).await;
+            let dir = peers.map(|p| p.dir.as_ref());
+            let reason = crate::report::run(&connection, events, metrics, dir, interval).await;
             tracing::warn!(hub = %config.hub, %reason, "demand reports to the hub stopped");
         }
         std::future::pending::<std::convert::Infallible>().await

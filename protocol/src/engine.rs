@@ -195,6 +195,22 @@ pub struct DocDemand {
     pub writes: u64,
 }
 
+/// How far a peer is from our durable copy of a document
+/// ([`Engine::catch_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The connection is unknown or has not completed its handshake.
+    NoPeer,
+    /// The document is being loaded; ask again.
+    Loading,
+    /// We have no data for it: there is nothing to catch up with.
+    NoData,
+    /// Sync messages are on their way; the peer has not confirmed our heads.
+    Behind,
+    /// The peer's heads cover every change durable here.
+    CaughtUp,
+}
+
 /// Why a local operation on a document was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DocError {
@@ -216,6 +232,11 @@ enum ConnState {
 struct Conn {
     direction: Direction,
     state: ConnState,
+    /// A link to another edge (placement, DESIGN §5): never an upstream,
+    /// and what arrives on it is not client demand. Documents sync on it
+    /// only when they are routed to it ([`Engine::set_route`]) or when the
+    /// other side sends them.
+    edge_peer: bool,
 }
 
 impl Conn {
@@ -234,7 +255,12 @@ impl Conn {
     }
 
     fn is_upstream_ready(&self) -> bool {
-        self.direction == Direction::Outgoing && matches!(self.state, ConnState::Ready { .. })
+        self.direction == Direction::Outgoing && !self.edge_peer && matches!(self.state, ConnState::Ready { .. })
+    }
+
+    /// A client (or device) connected to us: its writes are demand.
+    fn is_downstream(&self) -> bool {
+        self.direction == Direction::Incoming && !self.edge_peer
     }
 }
 
@@ -344,6 +370,8 @@ pub struct Engine {
     /// Client writes per document since the last `take_demand` (only with
     /// [`EngineConfig::track_demand`]).
     writes: BTreeMap<DocumentId, u64>,
+    /// Documents that also sync on an edge-peer link (to their home edge).
+    routes: BTreeMap<DocumentId, ConnId>,
     outputs: VecDeque<Output>,
 }
 
@@ -367,6 +395,7 @@ impl Engine {
             opened: BTreeSet::new(),
             resync_on_upstream: BTreeSet::new(),
             writes: BTreeMap::new(),
+            routes: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -393,7 +422,7 @@ impl Engine {
         for (doc, subs) in &self.subscribers {
             let downstream = subs
                 .iter()
-                .filter(|c| self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming && c.peer().is_some()))
+                .filter(|c| self.conns.get(c).is_some_and(|c| c.is_downstream() && c.peer().is_some()))
                 .count();
             if downstream > 0 {
                 out.entry(*doc).or_default().subscribers = downstream as u32;
@@ -438,18 +467,103 @@ impl Engine {
         heads.iter().all(|h| !newer.iter().any(|c| c.hash() == *h))
     }
 
+    // ----- placement: homes and hand-offs ------------------------------
+
+    /// Also syncs `doc` on `conn` (an edge-peer link to the document's home
+    /// edge), or stops doing so with `None`. The document keeps syncing with
+    /// every upstream: the route is a shortcut to the home, the hub stays
+    /// the fallback. Attached whenever the document has data in memory (now
+    /// if loaded, else when loaded or when it gets data); forgotten when the
+    /// connection goes away.
+    pub fn set_route(&mut self, now: Millis, doc_id: DocumentId, conn: Option<ConnId>) {
+        let old = match conn {
+            Some(c) => self.routes.insert(doc_id, c),
+            None => self.routes.remove(&doc_id),
+        };
+        if old == conn {
+            return;
+        }
+        if let Some(old) = old {
+            let storage = self.conns.get(&old).and_then(|c| c.storage_id().cloned());
+            self.drop_peer_from_doc(now, doc_id, old, storage.as_ref());
+            if let Some(subs) = self.subscribers.get_mut(&doc_id) {
+                subs.remove(&old);
+            }
+        }
+        let Some(conn) = conn else { return };
+        if self.docs.get(&doc_id).is_some_and(|d| !d.loading && d.has_data()) {
+            self.attach_upstream(now, doc_id, conn);
+            self.sync_doc(now, doc_id);
+        }
+    }
+
+    /// The edge-peer link a document is routed to, if any.
+    pub fn route(&self, doc: &DocumentId) -> Option<ConnId> {
+        self.routes.get(doc).copied()
+    }
+
+    /// Brings the peer on `conn` up to our durable copy of `doc` (the hub
+    /// does this before it announces `conn`'s edge as the new home), and
+    /// says how far it is. Never asks the peer for a document we lack: the
+    /// hub has no upstream.
+    pub fn catch_up(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId) -> CatchUp {
+        if self.conns.get(&conn).is_none_or(|c| c.peer().is_none()) {
+            return CatchUp::NoPeer;
+        }
+        let Some(d) = self.docs.get_mut(&doc_id) else {
+            self.ensure_doc(now, doc_id);
+            return CatchUp::Loading;
+        };
+        d.last_active = now;
+        if d.loading {
+            return CatchUp::Loading;
+        }
+        if !d.has_data() {
+            return CatchUp::NoData;
+        }
+        if !d.peers.contains_key(&conn) {
+            self.attach_upstream(now, doc_id, conn);
+            self.sync_doc(now, doc_id);
+        }
+        match self.durable_heads(&doc_id) {
+            Some(heads) if self.peer_covers(&doc_id, conn, &heads) => CatchUp::CaughtUp,
+            _ => CatchUp::Behind,
+        }
+    }
+
+    /// Whether every change the peer on `conn` has advertised for `doc` is
+    /// durable here; `None` if it has not told us its heads (or the
+    /// document is not in memory).
+    pub fn covers_peer(&self, doc: &DocumentId, conn: ConnId) -> Option<bool> {
+        let d = self.docs.get(doc).filter(|d| !d.loading)?;
+        let theirs = d.peers.get(&conn)?.sync.their_heads.as_ref()?;
+        Some(d.writes_in_flight == 0 && theirs.iter().all(|h| d.doc.get_change_by_hash(h).is_some()))
+    }
+
     // ----- connections -------------------------------------------------
 
     /// Registers a new connection. For [`Direction::Outgoing`] a `join` is
     /// queued right away.
-    pub fn handle_connect(&mut self, _now: Millis, direction: Direction) -> ConnId {
+    pub fn handle_connect(&mut self, now: Millis, direction: Direction) -> ConnId {
+        self.connect(now, direction, false)
+    }
+
+    /// Registers a link to another edge. `Outgoing` when we dialed it (we
+    /// send `join`). Such a link is never an upstream: documents sync on it
+    /// when routed to it ([`Engine::set_route`]) or sent by the other side,
+    /// and its writes do not count as demand.
+    pub fn handle_connect_edge_peer(&mut self, now: Millis, direction: Direction) -> ConnId {
+        self.connect(now, direction, true)
+    }
+
+    fn connect(&mut self, _now: Millis, direction: Direction, edge_peer: bool) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let state = match direction {
             Direction::Incoming => ConnState::AwaitingJoin,
             Direction::Outgoing => ConnState::AwaitingPeer,
         };
-        self.conns.insert(conn, Conn { direction, state });
+        self.conns.insert(conn, Conn { direction, state, edge_peer });
         if direction == Direction::Outgoing {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),
@@ -479,6 +593,7 @@ impl Engine {
             subs.remove(&conn);
         }
         self.subscribers.retain(|_, s| !s.is_empty());
+        self.routes.retain(|_, c| *c != conn);
         self.event(Event::PeerDisconnected { conn, peer });
     }
 
@@ -583,8 +698,10 @@ impl Engine {
         }
         // A second join with a peer id that is connected replaces the old
         // connection.
+        // (A link we dialed to the same peer is another connection, not a
+        // previous one: two edges may each dial the other.)
         if let Some(old) = self.peers.get(&sender).copied() {
-            if old != conn {
+            if old != conn && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming) {
                 self.outputs.push_back(Output::Close { conn: old, reason: "replaced by a new connection".into() });
                 self.handle_disconnect(now, old);
             }
@@ -740,7 +857,7 @@ impl Engine {
         let last_sent = pd.sync.last_sent_heads.clone();
         let count_write = self.config.track_demand
             && !message.changes.is_empty()
-            && self.conns.get(&p.conn).is_some_and(|c| c.direction == Direction::Incoming);
+            && self.conns.get(&p.conn).is_some_and(Conn::is_downstream);
         let before = if count_write { d.doc.get_heads() } else { Vec::new() };
         match d.doc.receive_sync_message(&mut pd.sync, message) {
             Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
@@ -773,9 +890,9 @@ impl Engine {
             if compact {
                 self.compact(doc_id);
             }
-            // New data goes upstream too.
+            // New data goes upstream too, and to the document's home edge.
             let upstreams = self.upstream_conns();
-            for up in upstreams {
+            for up in upstreams.into_iter().chain(self.routes.get(&doc_id).copied()) {
                 self.attach_upstream(now, doc_id, up);
             }
         }
@@ -998,6 +1115,9 @@ impl Engine {
         if has_data {
             for up in self.upstream_conns() {
                 self.attach_upstream(now, doc_id, up);
+            }
+            if let Some(route) = self.routes.get(&doc_id).copied() {
+                self.attach_upstream(now, doc_id, route);
             }
         }
         if let Some(detail) = load_error {

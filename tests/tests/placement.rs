@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use meridian_edge::client::Client;
-use meridian_protocol::automerge::ROOT;
 use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_tests::clients::fast;
 use meridian_tests::fault_proxy::{Direction, FaultProxy};
@@ -46,11 +46,18 @@ fn hub(dir: &Path, extra: &[&str]) -> Result<HubProcess> {
 
 /// An edge process federating with the hub at `hub_addr` as `id`.
 fn edge(dir: &Path, hub: &HubProcess, hub_addr: &str, id: &str) -> Result<EdgeProcess> {
+    edge_with(dir, hub, hub_addr, id, &[])
+}
+
+/// [`edge`] with extra flags.
+fn edge_with(dir: &Path, hub: &HubProcess, hub_addr: &str, id: &str, extra: &[&str]) -> Result<EdgeProcess> {
     let ca = hub.ca_path();
     let ca = ca.to_str().context("CA path")?;
     let secret = format!("{id}-secret");
     let peer = format!("edge-{id}");
-    let args = ["--hub", hub_addr, "--edge-id", id, "--hub-secret", &secret, "--hub-ca", ca, "--peer-id", &peer];
+    let mut args =
+        vec!["--hub", hub_addr, "--edge-id", id, "--hub-secret", &secret, "--hub-ca", ca, "--peer-id", &peer];
+    args.extend(extra);
     EdgeProcess::start(dir, free_port()?, &args)
 }
 
@@ -208,5 +215,70 @@ async fn client_rtt_from_websocket_pings_reaches_the_topology() -> Result<()> {
     assert!(rtt < 100.0, "a loopback client RTT: {rtt} ms");
     let metrics = get(port, "/metrics").await?;
     assert!(metrics.contains("meridian_hub_placement_reports_total"), "served without --serve-clients too");
+    Ok(())
+}
+
+/// Moves (issue 6): with `--placement-moves` a decided home is handed off
+/// (the new home has caught up with the hub's durable copy) and only then
+/// announced to every edge (`GET /homes` on each edge); an edge that writes
+/// a document homed elsewhere links to the home directly (edge ↔ edge
+/// QUIC, RTT reported to the hub), so its changes reach the home even when
+/// its own link to the hub is cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_home_is_announced_after_catching_up_and_edges_sync_with_it_directly() -> Result<()> {
+    let (hub_dir, eu_dir, us_dir) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let hub = hub(hub_dir.path(), &["--placement-moves", "--placement-min-gain-ms", "0"])?;
+    let hub_addr = format!("127.0.0.1:{}", hub.quic_port);
+    let peer = ["--peer-listen", "127.0.0.1:0"];
+    let eu = edge_with(eu_dir.path(), &hub, &hub_addr, "eu", &peer)?;
+    // us reaches the hub through a proxy the test can cut.
+    let proxy = FaultProxy::udp("127.0.0.1:0".parse()?, hub_addr.parse()?).await?;
+    let us = edge_with(us_dir.path(), &hub, &proxy.local_addr().to_string(), "us", &peer)?;
+    until(hub.http_port, "/topology", "both edges reporting", |t| {
+        t["edges"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["fresh"] == true))
+    })
+    .await?;
+
+    // Written only through eu: decided, caught up, announced.
+    let writer = Client::connect(&eu.ws_url(), fast()).await?;
+    let doc = writer.create(|tx| tx.put(ROOT, "n", 0).map(|_| ())).await?;
+    let announced = until(hub.http_port, "/placement", "home eu announced", |p| {
+        doc_entry(p, &doc).is_some_and(|d| d["announced_home"]["edge"] == "eu")
+    });
+    let placement = keep_writing(&writer, doc, announced).await??;
+    assert_eq!(placement["moves_enabled"], true);
+    let handoffs = placement["recent_handoffs"].as_array().context("recent_handoffs")?;
+    let h = handoffs.iter().find(|h| h["doc"] == doc.to_string().as_str()).context("the hand-off")?;
+    assert_eq!((&h["from"], &h["to"]["edge"]), (&Value::from("hub"), &Value::from("eu")), "{h:#}");
+    // Both edges were told.
+    let home_is_eu = |v: &Value| {
+        v["homes"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| h["doc"] == doc.to_string().as_str() && h["home"] == "eu"))
+    };
+    until(eu.port, "/homes", "eu told it is the home", home_is_eu).await?;
+    until(us.port, "/homes", "us told eu is the home", home_is_eu).await?;
+
+    // A client of us writes: us links to eu directly.
+    let other = Client::connect(&us.ws_url(), fast()).await?;
+    meridian_tests::clients::find_eventually(&other, doc).await?;
+    other.change(doc, |tx| tx.put(ROOT, "from_us", 1).map(|_| ())).await?;
+    other.wait_acked(doc).await?;
+    until(us.port, "/homes", "a link from us to eu", |v| v["links"]["eu"]["connected"] == true).await?;
+    let topology =
+        until(hub.http_port, "/topology", "a measured edge-edge RTT", |t| t["edge_edge_measured"] == true).await?;
+    let us_edges = topology["edges"].as_array().and_then(|e| e.iter().find(|e| e["id"] == "us")).context("us")?;
+    assert!(us_edges["rtt_ms"]["edges"]["eu"].as_f64().is_some_and(|r| r < 50.0), "{topology:#}");
+
+    // us loses the hub; its client's change still reaches the home directly.
+    proxy.handle().partition_both();
+    other.change(doc, |tx| tx.put(ROOT, "cut_off", 2).map(|_| ())).await?;
+    other.wait_acked(doc).await?;
+    let seen = writer.wait_for(doc, |d| d.get(ROOT, "cut_off").ok().flatten().is_some());
+    tokio::time::timeout(Duration::from_secs(10), seen).await.context("the change reached the home")??;
+    // And the home's writes reach us without the hub.
+    writer.change(doc, |tx| tx.put(ROOT, "from_home", 3).map(|_| ())).await?;
+    let seen = other.wait_for(doc, |d| d.get(ROOT, "from_home").ok().flatten().is_some());
+    tokio::time::timeout(Duration::from_secs(10), seen).await.context("the home's change reached us")??;
     Ok(())
 }

@@ -18,9 +18,21 @@
 //! does not know the key never reports, and an edge talking to a hub that
 //! does not send it never does either.
 //!
+//! Placement moves (issue 6) were added the same way, still version 1:
+//! `hello` may carry `peerAddr`/`peerFingerprint` (where the edge accepts
+//! other edges, and its certificate), `welcome` may carry `peerSecret` (the
+//! credential edges present to each other), reports may carry `peerRtts`,
+//! and the hub sends [`Control::Home`] on the document stream. A hub that
+//! predates them skips the keys and never sends `home`; an edge that
+//! predates them skips the keys and drops `home` frames (edges always
+//! ignored control frames after the handshake), so it keeps syncing every
+//! document through the hub, which is always correct.
+//!
 //! Decoding never blocks and never trusts a length: [`check_frame`] says
 //! whether a whole frame is buffered (mini-redis style) and rejects lengths
 //! over the caller's limit before anything is allocated.
+
+use std::collections::BTreeMap;
 
 use minicbor::Decoder;
 use minicbor::data::Type;
@@ -43,15 +55,34 @@ pub enum FrameKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Control {
     /// First frame from an edge (or device): who it is and its credential.
-    Hello { version: u64, node_id: String, secret: String },
+    /// An edge that accepts other edges also says where (`peer_addr`) and
+    /// which certificate they must find there (`peer_fingerprint`, SHA-256
+    /// hex).
+    Hello { version: u64, node_id: String, secret: String, peer_addr: Option<String>, peer_fingerprint: Option<String> },
     /// The hub accepted the hello. With `report_interval_ms` it asks the
     /// edge for a [`Report`] that often (on a unidirectional stream of its
-    /// own, so reports never queue behind document traffic).
-    Welcome { version: u64, hub_id: String, report_interval_ms: Option<u64> },
+    /// own, so reports never queue behind document traffic). `peer_secret`
+    /// is the credential edges of this hub present to each other (an edge
+    /// ↔ edge `hello` carries it as its `secret`).
+    Welcome { version: u64, hub_id: String, report_interval_ms: Option<u64>, peer_secret: Option<String> },
     /// The hub refused the hello; the connection is closed after this.
     Refused { reason: String },
     /// An edge's periodic demand and latency report.
     Report(Report),
+    /// The hub's word on where a document's home is (sent only once the
+    /// home has caught up, see ARCHITECTURE.md "Placement").
+    Home(HomeNotice),
+}
+
+/// A document's announced home. `edge: None` means the hub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HomeNotice {
+    pub doc: DocumentId,
+    pub edge: Option<String>,
+    /// Where the home edge accepts other edges (QUIC, ALPN `meridian-peer/1`).
+    pub addr: Option<String>,
+    /// SHA-256 (hex) of the home edge's certificate: the only one to trust there.
+    pub fingerprint: Option<String>,
 }
 
 /// What an edge measured over its last report window (DESIGN §5).
@@ -67,6 +98,8 @@ pub struct Report {
     pub client_rtt_micros: Option<u64>,
     /// Documents with subscribers or writes in the window.
     pub docs: Vec<DocReport>,
+    /// QUIC round trips of this edge's links to other edges, by edge id.
+    pub peer_rtt_micros: BTreeMap<String, u64>,
 }
 
 /// One document's demand at the reporting edge.
@@ -136,19 +169,31 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
     let mut e = minicbor::Encoder::new(Vec::new());
     // Writing into a Vec cannot fail.
     let _ = match c {
-        Control::Hello { version, node_id, secret } => e
-            .map(4)
+        Control::Hello { version, node_id, secret, peer_addr, peer_fingerprint } => e
+            .map(4 + u64::from(peer_addr.is_some()) + u64::from(peer_fingerprint.is_some()))
             .and_then(|e| e.str("type")?.str("hello")?.str("version")?.u64(*version)?.str("nodeId")?.str(node_id))
             .and_then(|e| e.str("secret")?.str(secret))
+            .and_then(|e| opt_str(e, "peerAddr", peer_addr))
+            .and_then(|e| opt_str(e, "peerFingerprint", peer_fingerprint))
             .map(|_| ()),
-        Control::Welcome { version, hub_id, report_interval_ms } => e
-            .map(3 + u64::from(report_interval_ms.is_some()))
+        Control::Welcome { version, hub_id, report_interval_ms, peer_secret } => e
+            .map(3 + u64::from(report_interval_ms.is_some()) + u64::from(peer_secret.is_some()))
             .and_then(|e| e.str("type")?.str("welcome")?.str("version")?.u64(*version)?.str("hubId")?.str(hub_id))
             .and_then(|e| match report_interval_ms {
                 Some(ms) => e.str("reportIntervalMs")?.u64(*ms),
                 None => Ok(e),
             })
+            .and_then(|e| opt_str(e, "peerSecret", peer_secret))
             .map(|_| ()),
+        Control::Home(h) => {
+            let n = 2 + u64::from(h.edge.is_some()) + u64::from(h.addr.is_some()) + u64::from(h.fingerprint.is_some());
+            e.map(n)
+                .and_then(|e| e.str("type")?.str("home")?.str("doc")?.str(&h.doc.to_string()))
+                .and_then(|e| opt_str(e, "edge", &h.edge))
+                .and_then(|e| opt_str(e, "addr", &h.addr))
+                .and_then(|e| opt_str(e, "fingerprint", &h.fingerprint))
+                .map(|_| ())
+        }
         Control::Refused { reason } => {
             e.map(2).and_then(|e| e.str("type")?.str("refused")?.str("reason")?.str(reason)).map(|_| ())
         }
@@ -157,17 +202,34 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
     e.into_writer()
 }
 
+type EncodeResult<'a> = Result<&'a mut minicbor::Encoder<Vec<u8>>, minicbor::encode::Error<std::convert::Infallible>>;
+
+fn opt_str<'a>(e: &'a mut minicbor::Encoder<Vec<u8>>, key: &str, value: &Option<String>) -> EncodeResult<'a> {
+    match value {
+        Some(v) => e.str(key)?.str(v),
+        None => Ok(e),
+    }
+}
+
 fn encode_report(
     e: &mut minicbor::Encoder<Vec<u8>>,
     r: &Report,
 ) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
-    let optional = u64::from(r.uplink_rtt_micros.is_some()) + u64::from(r.client_rtt_micros.is_some());
+    let optional = u64::from(r.uplink_rtt_micros.is_some())
+        + u64::from(r.client_rtt_micros.is_some())
+        + u64::from(!r.peer_rtt_micros.is_empty());
     e.map(4 + optional)?.str("type")?.str("report")?.str("seq")?.u64(r.seq)?.str("windowMs")?.u64(r.window_ms)?;
     if let Some(us) = r.uplink_rtt_micros {
         e.str("uplinkRttMicros")?.u64(us)?;
     }
     if let Some(us) = r.client_rtt_micros {
         e.str("clientRttMicros")?.u64(us)?;
+    }
+    if !r.peer_rtt_micros.is_empty() {
+        e.str("peerRtts")?.map(r.peer_rtt_micros.len() as u64)?;
+        for (edge, us) in &r.peer_rtt_micros {
+            e.str(edge)?.u64(*us)?;
+        }
     }
     e.str("docs")?.array(r.docs.len() as u64)?;
     for d in &r.docs {
@@ -197,6 +259,17 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             ("uplinkRttMicros", _) => f.report.uplink_rtt_micros = Some(d.u64().map_err(bad)?),
             ("clientRttMicros", _) => f.report.client_rtt_micros = Some(d.u64().map_err(bad)?),
             ("docs", Type::Array) => f.report.docs = decode_doc_reports(&mut d)?,
+            ("peerRtts", Type::Map) => f.report.peer_rtt_micros = decode_peer_rtts(&mut d)?,
+            ("peerAddr", Type::String) => f.peer_addr = Some(d.str().map_err(bad)?.to_owned()),
+            ("peerFingerprint", Type::String) => f.peer_fingerprint = Some(d.str().map_err(bad)?.to_owned()),
+            ("peerSecret", Type::String) => f.peer_secret = Some(d.str().map_err(bad)?.to_owned()),
+            ("doc", Type::String) => {
+                let s = d.str().map_err(bad)?;
+                f.doc = Some(s.parse::<DocumentId>().map_err(|e| FrameError::BadControl(e.to_string()))?);
+            }
+            ("edge", Type::String) => f.edge = Some(d.str().map_err(bad)?.to_owned()),
+            ("addr", Type::String) => f.addr = Some(d.str().map_err(bad)?.to_owned()),
+            ("fingerprint", Type::String) => f.fingerprint = Some(d.str().map_err(bad)?.to_owned()),
             _ => d.skip().map_err(bad)?,
         }
     }
@@ -205,14 +278,23 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             version: f.version.ok_or(FrameError::MissingField("version"))?,
             node_id: f.node_id.ok_or(FrameError::MissingField("nodeId"))?,
             secret: f.secret.unwrap_or_default(),
+            peer_addr: f.peer_addr,
+            peer_fingerprint: f.peer_fingerprint,
         }),
         "welcome" => Ok(Control::Welcome {
             version: f.version.ok_or(FrameError::MissingField("version"))?,
             hub_id: f.hub_id.unwrap_or_default(),
             report_interval_ms: f.report_interval_ms,
+            peer_secret: f.peer_secret,
         }),
         "refused" => Ok(Control::Refused { reason: f.reason.unwrap_or_default() }),
         "report" => Ok(Control::Report(f.report)),
+        "home" => Ok(Control::Home(HomeNotice {
+            doc: f.doc.ok_or(FrameError::MissingField("doc"))?,
+            edge: f.edge,
+            addr: f.addr,
+            fingerprint: f.fingerprint,
+        })),
         other => Err(FrameError::UnknownControl(other.to_owned())),
     }
 }
@@ -232,6 +314,24 @@ struct Fields {
     reason: Option<String>,
     report_interval_ms: Option<u64>,
     report: Report,
+    peer_addr: Option<String>,
+    peer_fingerprint: Option<String>,
+    peer_secret: Option<String>,
+    doc: Option<DocumentId>,
+    edge: Option<String>,
+    addr: Option<String>,
+    fingerprint: Option<String>,
+}
+
+/// `{edgeId: micros, ...}`; at most as many entries as the input can hold.
+fn decode_peer_rtts(d: &mut Decoder<'_>) -> Result<BTreeMap<String, u64>, FrameError> {
+    let n = d.map().map_err(bad)?.ok_or(FrameError::BadControl("indefinite map".into()))?;
+    let mut out = BTreeMap::new();
+    for _ in 0..n {
+        let edge = d.str().map_err(bad)?.to_owned();
+        out.insert(edge, d.u64().map_err(bad)?);
+    }
+    Ok(out)
 }
 
 /// `[{id, subscribers, writes}, ...]`; unknown keys are skipped, a bad
@@ -266,9 +366,39 @@ mod tests {
     #[test]
     fn control_messages_round_trip() {
         for c in [
-            Control::Hello { version: 1, node_id: "eu".into(), secret: "s3cret".into() },
-            Control::Welcome { version: 1, hub_id: "hub".into(), report_interval_ms: None },
-            Control::Welcome { version: 1, hub_id: "hub".into(), report_interval_ms: Some(2000) },
+            Control::Hello {
+                version: 1,
+                node_id: "eu".into(),
+                secret: "s3cret".into(),
+                peer_addr: None,
+                peer_fingerprint: None,
+            },
+            Control::Hello {
+                version: 1,
+                node_id: "eu".into(),
+                secret: "s3cret".into(),
+                peer_addr: Some("10.0.0.1:7303".into()),
+                peer_fingerprint: Some("ab".repeat(32)),
+            },
+            Control::Welcome { version: 1, hub_id: "hub".into(), report_interval_ms: None, peer_secret: None },
+            Control::Welcome {
+                version: 1,
+                hub_id: "hub".into(),
+                report_interval_ms: Some(2000),
+                peer_secret: Some("k".into()),
+            },
+            Control::Home(HomeNotice {
+                doc: DocumentId::from_bytes([3; 16]),
+                edge: None,
+                addr: None,
+                fingerprint: None,
+            }),
+            Control::Home(HomeNotice {
+                doc: DocumentId::from_bytes([3; 16]),
+                edge: Some("ap".into()),
+                addr: Some("127.0.0.1:9".into()),
+                fingerprint: Some("cd".repeat(32)),
+            }),
             Control::Refused { reason: "unknown edge".into() },
             Control::Report(Report::default()),
             Control::Report(report()),
@@ -287,6 +417,7 @@ mod tests {
                 DocReport { doc: DocumentId::from_bytes([1; 16]), subscribers: 2, writes: 30 },
                 DocReport { doc: DocumentId::from_bytes([2; 16]), subscribers: 0, writes: 1 },
             ],
+            peer_rtt_micros: [("ap".to_owned(), 240_000), ("us".to_owned(), 80_000)].into(),
         }
     }
 
@@ -299,7 +430,7 @@ mod tests {
             0xa3, 0x64, b't', b'y', b'p', b'e', 0x67, b'w', b'e', b'l', b'c', b'o', b'm', b'e', 0x67, b'v', b'e', b'r',
             b's', b'i', b'o', b'n', 0x01, 0x65, b'h', b'u', b'b', b'I', b'd', 0x61, b'h',
         ];
-        let expected = Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None };
+        let expected = Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None, peer_secret: None };
         assert_eq!(decode_control(&old), Ok(expected.clone()));
         assert_eq!(encode_control(&expected), old, "encoding without an interval is unchanged");
     }
@@ -312,7 +443,10 @@ mod tests {
         e.map(4).unwrap().str("type").unwrap().str("welcome").unwrap().str("version").unwrap().u64(1).unwrap();
         e.str("future").unwrap().array(1).unwrap().u8(9).unwrap().str("hubId").unwrap().str("h").unwrap();
         let c = decode_control(&e.into_writer());
-        assert_eq!(c, Ok(Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None }));
+        assert_eq!(
+            c,
+            Ok(Control::Welcome { version: 1, hub_id: "h".into(), report_interval_ms: None, peer_secret: None })
+        );
         let mut e = minicbor::Encoder::new(Vec::new());
         e.map(1).unwrap().str("type").unwrap().str("placement").unwrap();
         assert_eq!(decode_control(&e.into_writer()), Err(FrameError::UnknownControl("placement".into())));
@@ -341,7 +475,9 @@ mod tests {
                 .into_iter()
                 .map(|(b, subscribers, writes)| DocReport { doc: DocumentId::from_bytes(b), subscribers, writes })
                 .collect();
-            let c = Control::Report(Report { seq, window_ms, uplink_rtt_micros: uplink, client_rtt_micros: client, docs });
+            let peer_rtt_micros = [("eu".to_owned(), seq / 2)].into_iter().filter(|_| seq % 2 == 0).collect();
+            let report = Report { seq, window_ms, uplink_rtt_micros: uplink, client_rtt_micros: client, docs, peer_rtt_micros };
+            let c = Control::Report(report);
             proptest::prop_assert_eq!(decode_control(&encode_control(&c)), Ok(c));
         }
 
