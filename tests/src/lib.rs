@@ -6,4 +6,5 @@ pub use meridian_netsim as fault_proxy;
 pub mod js;
 pub mod process;
 pub mod raw;
+pub mod regions;
 pub mod sim;
