@@ -96,12 +96,19 @@ async fn sync(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     upgrade(ws, state)
 }
 
+/// Initial WebSocket read buffer of a connection.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 fn upgrade(ws: WebSocketUpgrade, state: AppState) -> Response {
     // Let a frame somewhat over our limit through the WebSocket layer so we
     // can answer it with a protocol `error` instead of a bare close.
     let transport_limit = state.max_message_bytes.saturating_add(1 << 20);
+    // tungstenite allocates its read buffer up front (128 KiB by default):
+    // that was most of an idle connection's memory (issue 7, connect
+    // scenario). Bigger messages still arrive whole; the buffer grows.
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| connection(socket, state))
 }
 
