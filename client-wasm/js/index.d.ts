@@ -13,6 +13,8 @@ export interface ClientOptions {
   peerId?: string;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** An edge that accepts the socket but does not answer the handshake within this is dropped and retried (default 10000). */
+  handshakeTimeoutMs?: number;
   /** A WebSocket constructor where there is no global one (Node 20: `ws`). */
   WebSocket?: unknown;
 }

@@ -26,6 +26,7 @@ struct Options {
     peer_id: Option<String>,
     min_backoff_ms: f64,
     max_backoff_ms: f64,
+    handshake_timeout_ms: f64,
     ws_ctor: JsValue,
 }
 
@@ -55,6 +56,7 @@ impl Options {
             peer_id: get("peerId").as_string(),
             min_backoff_ms: get("minBackoffMs").as_f64().unwrap_or(100.0),
             max_backoff_ms: get("maxBackoffMs").as_f64().unwrap_or(10_000.0),
+            handshake_timeout_ms: get("handshakeTimeoutMs").as_f64().unwrap_or(10_000.0),
             ws_ctor,
         })
     }
@@ -103,7 +105,13 @@ impl Client {
         config.rng_seed = platform::random_u64();
         // A tab holds what the application opened; nothing to evict.
         config.idle_evict_after_ms = u64::MAX;
-        let net = Net::new(options.urls, options.ws_ctor, options.min_backoff_ms, options.max_backoff_ms);
+        let net = Net::new(
+            options.urls,
+            options.ws_ctor,
+            options.min_backoff_ms,
+            options.max_backoff_ms,
+            options.handshake_timeout_ms,
+        );
         let shared: Shared = Rc::new_cyclic(|me| RefCell::new(Driver::new(Engine::new(config), idb, net, me.clone())));
         Self::start_background(&shared);
         drive(&shared, Driver::connect);
@@ -150,7 +158,10 @@ impl Client {
         let (promise, settle) = deferred();
         let id = drive(&self.shared, |d| {
             let now = d.now();
-            let id = d.engine.create(now, |tx| {
+            let options = automerge::transaction::CommitOptions::default()
+                .with_time((js_sys::Date::now() / 1000.0).floor() as i64)
+                .with_message("Created".to_owned());
+            let id = d.engine.create_with(now, options, |tx| {
                 fields
                     .iter()
                     .try_for_each(|(k, v)| convert::write_json(tx, &automerge::ROOT, Place::Put(k.clone().into()), v))

@@ -75,6 +75,10 @@ pub struct Net {
     ws_ctor: JsValue,
     min_backoff_ms: f64,
     max_backoff_ms: f64,
+    /// How long an open socket may stay silent before the handshake counts as failed.
+    handshake_timeout_ms: f64,
+    /// Fires if the server accepted the socket but never answered `join`.
+    handshake_timer: Option<Timer>,
     state: ConnectionState,
     /// Sockets racing to open.
     attempts: Vec<Socket>,
@@ -92,13 +96,21 @@ pub struct Net {
 }
 
 impl Net {
-    pub fn new(urls: Vec<String>, ws_ctor: JsValue, min_backoff_ms: f64, max_backoff_ms: f64) -> Self {
+    pub fn new(
+        urls: Vec<String>,
+        ws_ctor: JsValue,
+        min_backoff_ms: f64,
+        max_backoff_ms: f64,
+        handshake_timeout_ms: f64,
+    ) -> Self {
         let state = if urls.is_empty() { ConnectionState::Local } else { ConnectionState::Connecting };
         Self {
             urls,
             ws_ctor,
             min_backoff_ms,
             max_backoff_ms,
+            handshake_timeout_ms,
+            handshake_timer: None,
             state,
             attempts: Vec::new(),
             socket: None,
@@ -158,6 +170,7 @@ impl Net {
     }
 
     pub fn handshake_done(&mut self) {
+        self.handshake_timer = None;
         self.state = ConnectionState::Connected;
         self.backoff_ms = None;
     }
@@ -260,6 +273,27 @@ impl Driver {
         let now = self.now();
         let conn = self.engine.handle_connect(now, Direction::Outgoing);
         self.net.socket = Some((socket, conn));
+        let me = self.me.clone();
+        self.net.handshake_timer = Some(Timer::once(self.net.handshake_timeout_ms, move || {
+            if let Some(shared) = me.upgrade() {
+                drive(&shared, |d| d.handshake_timed_out(generation));
+            }
+        }));
+    }
+
+    /// The server accepted the socket but never answered our `join`: drop
+    /// it and try again with backoff, as if it had closed.
+    fn handshake_timed_out(&mut self, generation: u64) {
+        self.net.handshake_timer = None;
+        let Some((socket, _)) = self.net.socket.as_ref().filter(|(s, _)| s.generation == generation) else { return };
+        if self.net.state == ConnectionState::Connected {
+            return;
+        }
+        crate::driver::warn(&format!(
+            "meridian: {} accepted the connection but did not answer the handshake within {} ms; retrying",
+            socket.url, self.net.handshake_timeout_ms
+        ));
+        self.on_close(generation, JsValue::UNDEFINED);
     }
 
     fn on_message(&mut self, generation: u64, e: JsValue) {

@@ -1212,6 +1212,15 @@ impl Engine {
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
     {
+        self.create_with(now, CommitOptions::default(), init)
+    }
+
+    /// [`Engine::create`] with a commit message and time for the first
+    /// change (see [`Engine::change_with`]).
+    pub fn create_with<F>(&mut self, now: Millis, options: CommitOptions, init: F) -> Result<DocumentId, DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
+    {
         let doc_id = DocumentId::random(&mut self.rng);
         let actor = self.random_actor();
         let mut state = DocState::new(actor, now, false);
@@ -1219,9 +1228,9 @@ impl Engine {
         init(&mut tx)?;
         if tx.pending_ops() == 0 {
             tx.rollback();
-            state.doc.empty_commit(CommitOptions::default());
+            state.doc.empty_commit(options);
         } else {
-            tx.commit();
+            tx.commit_with(options);
         }
         self.docs.insert(doc_id, state);
         self.opened.insert(doc_id);

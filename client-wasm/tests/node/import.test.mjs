@@ -35,6 +35,9 @@ test("the package imports in Node and edits a document", { timeout: 30000 }, asy
   const history = doc.history();
   assert.equal(history.length, 4);
   assert.equal(history[0].seq, 1);
+  // The creating change carries a wall-clock time and says what it is.
+  assert.equal(history[0].message, "Created");
+  assert.ok(Math.abs(history[0].time - Date.now() / 1000) < 60, `creation time ${history[0].time}`);
   const greet = history.find((c) => c.message === "greet");
   assert.ok(greet, JSON.stringify(history));
   assert.ok(Math.abs(greet.time - Date.now() / 1000) < 60, `time ${greet.time}`);
