@@ -44,6 +44,14 @@ pub struct EdgeConfig {
     /// Dial these addresses for these home edges instead of the announced
     /// ones (edge id → address).
     pub peer_routes: std::collections::BTreeMap<String, SocketAddr>,
+    /// Memory budget: at most this many documents in memory (0: no limit;
+    /// idle eviction applies either way).
+    pub memory_budget_docs: usize,
+    /// Disk budget: bytes of document data kept locally (0: no limit). Past
+    /// it, the least recently written documents the hub holds in full and
+    /// no client here uses are dropped; opening one later fetches it again
+    /// (a cold open, from the hub or the document's home edge).
+    pub disk_budget_bytes: u64,
 }
 
 impl EdgeConfig {
@@ -63,6 +71,8 @@ impl EdgeConfig {
             peer_listen: None,
             peer_advertise: None,
             peer_routes: std::collections::BTreeMap::new(),
+            memory_budget_docs: 0,
+            disk_budget_bytes: 0,
         }
     }
 

@@ -21,6 +21,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once at start; boxing buys nothing
 enum Command {
     /// Serve automerge-repo clients over WebSocket (at /sync and /) and devices over QUIC.
     Serve(ServeArgs),
@@ -136,6 +137,16 @@ struct ServeArgs {
     /// ID=ADDR (repeatable; env: comma-separated). For NAT or latency proxies.
     #[arg(long = "peer-route", env = "MERIDIAN_PEER_ROUTES", value_delimiter = ',')]
     peer_routes: Vec<String>,
+    /// Memory budget: at most this many documents in memory; past it the least
+    /// recently used leave before their idle time is up (0: no limit).
+    #[arg(long, env = "MERIDIAN_MEMORY_BUDGET_DOCS", default_value_t = 0)]
+    memory_budget_docs: usize,
+    /// Disk budget in MB of document data (0: no limit; needs --hub). Past it,
+    /// the least recently written documents that the hub holds in full and no
+    /// client here uses are dropped locally (the hub's copy is the cloud copy);
+    /// opening one again fetches it from the hub or its home edge.
+    #[arg(long, env = "MERIDIAN_DISK_BUDGET_MB", default_value_t = 0.0)]
+    disk_budget_mb: f64,
 }
 
 impl ServeArgs {
@@ -189,6 +200,9 @@ async fn main() -> anyhow::Result<()> {
         config.peer_listen = Some(args.peer_listen.parse().context("--peer-listen expects HOST:PORT or off")?);
     }
     config.peer_advertise = args.peer_advertise;
+    config.memory_budget_docs = args.memory_budget_docs;
+    anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
+    config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     for r in &args.peer_routes {
         let (id, addr) = r.split_once('=').context("--peer-route expects ID=ADDR")?;
         config.peer_routes.insert(id.to_owned(), addr.parse().context("--peer-route expects ID=HOST:PORT")?);

@@ -24,6 +24,9 @@
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
 //! | `meridian_edge_docs_synced_upstream` | gauge | loaded documents whose heads the hub has acknowledged |
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
+//! | `meridian_edge_offloaded_total` | counter | documents whose local copy was dropped for the hub's (disk budget) |
+//! | `meridian_edge_cold_opens_total` | counter | documents opened that were not stored here, fetched from the hub or their home edge |
+//! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -102,6 +105,9 @@ pub struct NodeMetrics {
     pub docs_pending_upstream: AtomicU64,
     pub docs_synced_upstream: AtomicU64,
     pub backfill_queued: AtomicU64,
+    pub offloaded: AtomicU64,
+    pub cold_opens: AtomicU64,
+    pub store_bytes: AtomicU64,
 }
 
 fn type_index(t: &str) -> usize {
@@ -133,6 +139,9 @@ impl NodeMetrics {
             docs_pending_upstream: AtomicU64::default(),
             docs_synced_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
+            offloaded: AtomicU64::default(),
+            cold_opens: AtomicU64::default(),
+            store_bytes: AtomicU64::default(),
         }
     }
 
@@ -261,6 +270,11 @@ impl NodeMetrics {
             "Stored documents still to be synced with the hub.",
             &self.backfill_queued,
         );
+        let help = "Documents whose local copy was dropped for the hub's.";
+        counter(&mut out, &self.name("offloaded_total"), help, &self.offloaded);
+        let help = "Documents opened that were not stored here (fetched from the hub or their home).";
+        counter(&mut out, &self.name("cold_opens_total"), help, &self.cold_opens);
+        gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
         out
     }
 

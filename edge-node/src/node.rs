@@ -153,9 +153,18 @@ impl EdgeNode {
         engine.rng_seed = rand::random();
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();
+        engine.max_loaded_docs = config.memory_budget_docs;
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
-        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
-            .map_err(EdgeError::Thread)?;
+        // Without a hub there is no cloud copy to fall back on.
+        let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
+        let runtime = NodeRuntime::start_with_disk_budget(
+            Box::new(store),
+            engine,
+            config.tick_interval,
+            metrics.clone(),
+            disk_budget,
+        )
+        .map_err(EdgeError::Thread)?;
         let peers = match &config.uplink {
             Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
             None => None,

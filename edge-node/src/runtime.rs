@@ -120,13 +120,22 @@ enum StoreRequest {
     Tasks(Batch),
     /// Every stored document id (to sync them with a new upstream).
     ListDocs,
+    /// Bytes stored and the least recently written documents (disk budget).
+    Usage,
 }
 
 /// Answers from the storage thread.
 enum StoreReply {
     Done(BatchResult),
     Docs(Vec<DocumentId>),
+    Usage(u64, Vec<DocumentId>),
 }
+
+/// Documents considered per disk-budget check, and how long one that could
+/// not be dropped (not yet acknowledged by the hub, or in use) is left alone.
+const OFFLOAD_CANDIDATES: usize = 64;
+const OFFLOAD_PER_CHECK: usize = 16;
+const OFFLOAD_RETRY: Duration = Duration::from_secs(30);
 
 /// Owns the SQLite thread. Dropping the sender ends the thread after it
 /// has run every queued request.
@@ -180,11 +189,12 @@ fn run_requests(
     metrics: &NodeMetrics,
 ) -> bool {
     let mut batch = Vec::new();
-    let mut list = false;
+    let (mut list, mut usage) = (false, false);
     for request in pending {
         match request {
             StoreRequest::Tasks(b) => batch.extend(b),
             StoreRequest::ListDocs => list = true,
+            StoreRequest::Usage => usage = true,
         }
     }
     if !batch.is_empty() {
@@ -211,6 +221,15 @@ fn run_requests(
             return false;
         }
     }
+    if usage {
+        let (bytes, oldest) = store.usage(OFFLOAD_CANDIDATES).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "measuring the store failed");
+            (0, Vec::new())
+        });
+        if replies.send(StoreReply::Usage(bytes, oldest)).is_err() {
+            return false;
+        }
+    }
     true
 }
 
@@ -223,6 +242,11 @@ struct NodeLoop {
     started: Instant,
     /// Stored documents to open so they sync with the upstream.
     backfill: VecDeque<DocumentId>,
+    /// Disk budget in bytes of document data (0: none).
+    disk_budget: u64,
+    usage_pending: bool,
+    /// Documents asked to offload recently.
+    offload_tried: BTreeMap<DocumentId, Instant>,
 }
 
 impl NodeLoop {
@@ -293,15 +317,45 @@ impl NodeLoop {
                 self.backfill = docs.into();
                 self.metrics.backfill_queued.store(self.backfill.len() as u64, Relaxed);
             }
+            StoreReply::Usage(bytes, oldest) => self.enforce_disk_budget(now, bytes, oldest),
         }
         self.drain();
+    }
+
+    /// Over the disk budget, the least recently written documents that are
+    /// not in memory are offered to [`Engine::offload`], which drops them
+    /// only once the hub holds all of them and nobody here uses them.
+    fn enforce_disk_budget(&mut self, now: Millis, bytes: u64, oldest: Vec<DocumentId>) {
+        self.usage_pending = false;
+        self.metrics.store_bytes.store(bytes, Relaxed);
+        if bytes <= self.disk_budget {
+            return;
+        }
+        self.offload_tried.retain(|_, at| at.elapsed() < OFFLOAD_RETRY);
+        let candidates: Vec<DocumentId> = oldest
+            .into_iter()
+            .filter(|d| self.engine.document(d).is_none() && !self.engine.in_use(d))
+            .filter(|d| !self.offload_tried.contains_key(d))
+            .take(OFFLOAD_PER_CHECK)
+            .collect();
+        for doc in candidates {
+            self.offload_tried.insert(doc, Instant::now());
+            self.engine.offload(now, doc);
+        }
     }
 
     fn tick(&mut self) {
         let now = self.now();
         self.engine.handle_tick(now);
         self.run_backfill(now);
+        if self.disk_budget > 0 && !self.usage_pending {
+            self.usage_pending = true;
+            self.storage.submit(StoreRequest::Usage);
+        }
         self.drain();
+        let stats = self.engine.stats();
+        self.metrics.offloaded.store(stats.offloaded, Relaxed);
+        self.metrics.cold_opens.store(stats.cold_opens, Relaxed);
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
         self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
@@ -404,9 +458,22 @@ impl NodeRuntime {
     /// from the store).
     pub fn start(
         store: Box<dyn DocStore>,
+        config: EngineConfig,
+        tick_interval: Duration,
+        metrics: Arc<NodeMetrics>,
+    ) -> std::io::Result<Self> {
+        Self::start_with_disk_budget(store, config, tick_interval, metrics, 0)
+    }
+
+    /// [`NodeRuntime::start`] keeping the store's document data under
+    /// `disk_budget` bytes (0: no budget) by dropping the local copy of
+    /// documents the hub holds ([`Engine::offload`]); for edges.
+    pub fn start_with_disk_budget(
+        store: Box<dyn DocStore>,
         mut config: EngineConfig,
         tick_interval: Duration,
         metrics: Arc<NodeMetrics>,
+        disk_budget: u64,
     ) -> std::io::Result<Self> {
         config.storage_id = Some(store.storage_id().clone());
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
@@ -418,6 +485,9 @@ impl NodeRuntime {
             metrics: metrics.clone(),
             started: Instant::now(),
             backfill: VecDeque::new(),
+            disk_budget,
+            usage_pending: false,
+            offload_tried: BTreeMap::new(),
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

@@ -118,6 +118,9 @@ pub trait DocStore: Send + 'static {
     fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)>;
     /// Every stored document id.
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError>;
+    /// Bytes of document data stored, and up to `oldest` documents, least
+    /// recently written first (candidates for a disk budget).
+    fn usage(&self, oldest: usize) -> Result<(u64, Vec<DocumentId>), StoreError>;
 }
 
 impl DocStore for SqliteStore {
@@ -131,6 +134,17 @@ impl DocStore for SqliteStore {
 
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
         Ok(self.list_documents()?.into_iter().map(|(id, ..)| id).collect())
+    }
+
+    fn usage(&self, oldest: usize) -> Result<(u64, Vec<DocumentId>), StoreError> {
+        let bytes: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(SUM(length(data)), 0) FROM chunks")?
+            .query_row([], |r| r.get(0))?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT doc_id FROM chunks GROUP BY doc_id ORDER BY MAX(seq) ASC LIMIT ?1")?;
+        let rows = stmt.query_map([oldest as i64], |row| Ok(DocumentId::from_bytes(row.get(0)?)))?;
+        Ok((bytes.max(0) as u64, rows.collect::<rusqlite::Result<Vec<_>>>()?))
     }
 }
 

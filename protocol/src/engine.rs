@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Count client writes per document for [`Engine::take_demand`] (edges
     /// report demand to the hub; other nodes leave this off).
     pub track_demand: bool,
+    /// Memory budget: at most this many documents in memory (0: no limit).
+    /// Past it, each tick evicts the least recently active documents that
+    /// can leave (as idle eviction does, before their idle time is up).
+    pub max_loaded_docs: usize,
 }
 
 impl EngineConfig {
@@ -73,6 +77,7 @@ impl EngineConfig {
             rng_seed: 0,
             expects_upstream: true,
             track_demand: false,
+            max_loaded_docs: 0,
         }
     }
 }
@@ -195,6 +200,17 @@ pub struct DocDemand {
     pub writes: u64,
 }
 
+/// Counters for metrics ([`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Documents whose local copy was dropped for the upstream's
+    /// ([`Engine::offload`]).
+    pub offloaded: u64,
+    /// Documents someone opened that were not stored here, asked of an
+    /// upstream or their home edge.
+    pub cold_opens: u64,
+}
+
 /// How far a peer is from our durable copy of a document
 /// ([`Engine::catch_up`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,6 +324,8 @@ struct DocState {
     /// The application is waiting for this document (`find`).
     local_waiting: bool,
     last_active: Millis,
+    /// It was asked of a source since it was loaded (counted once).
+    cold_open: bool,
 }
 
 impl DocState {
@@ -324,6 +342,7 @@ impl DocState {
             upstream_unavailable: BTreeSet::new(),
             local_waiting: false,
             last_active: now,
+            cold_open: false,
         }
     }
 
@@ -340,6 +359,8 @@ impl DocState {
 enum TaskPurpose {
     LoadDoc(DocumentId),
     Write(DocumentId),
+    /// Our copy is dropped after an upstream acknowledged all of it.
+    Offload(DocumentId),
     LoadSyncState(DocumentId, ConnId),
     PutSyncState,
 }
@@ -372,6 +393,9 @@ pub struct Engine {
     writes: BTreeMap<DocumentId, u64>,
     /// Documents that also sync on an edge-peer link (to their home edge).
     routes: BTreeMap<DocumentId, ConnId>,
+    /// Documents to drop from memory and store once safe ([`Engine::offload`]).
+    offloading: BTreeSet<DocumentId>,
+    stats: EngineStats,
     outputs: VecDeque<Output>,
 }
 
@@ -396,6 +420,8 @@ impl Engine {
             resync_on_upstream: BTreeSet::new(),
             writes: BTreeMap::new(),
             routes: BTreeMap::new(),
+            offloading: BTreeSet::new(),
+            stats: EngineStats::default(),
             outputs: VecDeque::new(),
         }
     }
@@ -538,6 +564,93 @@ impl Engine {
         let d = self.docs.get(doc).filter(|d| !d.loading)?;
         let theirs = d.peers.get(&conn)?.sync.their_heads.as_ref()?;
         Some(d.writes_in_flight == 0 && theirs.iter().all(|h| d.doc.get_change_by_hash(h).is_some()))
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Drops our copy of a document, in memory and in the store, once that
+    /// loses nothing: a ready upstream (the hub, which advertises only
+    /// committed heads) has acknowledged every change we hold, no write or
+    /// message is in flight, and no client here uses it (subscribed on a
+    /// live connection, or opened by the local application). The document
+    /// is loaded to check (with the upstream's persisted sync state); if it
+    /// is not safe yet it stays marked and is checked again as messages
+    /// arrive, and a client's interest unmarks it. Opening it later fetches
+    /// it from upstream or its home edge (a cold open). Edges call this to
+    /// keep their store under a disk budget (the cloud copy is the hub's).
+    pub fn offload(&mut self, now: Millis, doc_id: DocumentId) {
+        if !self.config.expects_upstream || self.opened.contains(&doc_id) {
+            return;
+        }
+        self.offloading.insert(doc_id);
+        self.ensure_doc(now, doc_id);
+        self.maybe_offload(doc_id);
+    }
+
+    /// Whether a client here uses the document: the local application
+    /// opened it, or a downstream peer on a live connection is subscribed.
+    pub fn in_use(&self, doc_id: &DocumentId) -> bool {
+        self.opened.contains(doc_id)
+            || self.subscribers.get(doc_id).is_some_and(|subs| {
+                subs.iter().any(|c| self.conns.get(c).is_some_and(|c| c.is_downstream() && c.peer().is_some()))
+            })
+    }
+
+    /// Carries out a pending [`Engine::offload`] if it is safe now.
+    fn maybe_offload(&mut self, doc_id: DocumentId) {
+        if !self.offloading.contains(&doc_id) {
+            return;
+        }
+        if self.in_use(&doc_id) {
+            self.offloading.remove(&doc_id);
+            return;
+        }
+        let Some(d) = self.docs.get(&doc_id) else {
+            self.offloading.remove(&doc_id);
+            return;
+        };
+        if d.busy() || d.writes_in_flight > 0 || !d.pending.is_empty() || d.local_waiting {
+            return;
+        }
+        let heads = d.doc.get_heads();
+        if heads.is_empty() {
+            // Nothing stored here: nothing to drop.
+            self.offloading.remove(&doc_id);
+            return;
+        }
+        let acknowledged = d.peers.iter().any(|(conn, pd)| {
+            self.conns.get(conn).is_some_and(Conn::is_upstream_ready)
+                && heads.iter().all(|h| pd.sync.shared_heads.contains(h))
+        });
+        if !acknowledged {
+            return;
+        }
+        self.offloading.remove(&doc_id);
+        self.docs.remove(&doc_id);
+        self.resync_on_upstream.remove(&doc_id);
+        // Sync states go with the chunks: a peer must not be remembered as
+        // holding what we no longer hold.
+        self.storage(TaskPurpose::Offload(doc_id), StorageTask::DeleteDoc { doc: doc_id });
+        self.stats.offloaded += 1;
+        self.event(Event::Evicted { doc: doc_id });
+    }
+
+    /// Connections a document we lack is asked of: every ready upstream,
+    /// and the link to its home edge.
+    fn sources(&self, doc_id: &DocumentId) -> Vec<ConnId> {
+        let mut sources = self.upstream_conns();
+        if let Some(r) = self.routes.get(doc_id).filter(|c| self.conns.get(c).is_some_and(|c| c.peer().is_some())) {
+            sources.push(*r);
+        }
+        sources
+    }
+
+    fn is_source(&self, conn: ConnId, doc_id: &DocumentId) -> bool {
+        self.conns.get(&conn).is_some_and(Conn::is_upstream_ready)
+            || (self.routes.get(doc_id) == Some(&conn) && self.conns.get(&conn).is_some_and(|c| c.peer().is_some()))
     }
 
     // ----- connections -------------------------------------------------
@@ -837,6 +950,7 @@ impl Engine {
             self.apply_sync(doc_id, p);
         }
         self.after_doc_update(now, doc_id, before);
+        self.maybe_offload(doc_id);
     }
 
     fn apply_sync(&mut self, doc_id: DocumentId, p: Pending) {
@@ -946,7 +1060,7 @@ impl Engine {
     /// For a document we do not have: ask upstreams that have not answered,
     /// and tell requesters `doc-unavailable` once nobody is left to ask.
     fn resolve_availability(&mut self, _now: Millis, doc_id: DocumentId) {
-        let upstreams = self.upstream_conns();
+        let upstreams = self.sources(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if d.loading || d.has_data() || d.writes_in_flight > 0 {
             return;
@@ -963,6 +1077,9 @@ impl Engine {
             }
         }
         if !asking.is_empty() {
+            if !std::mem::replace(&mut d.cold_open, true) {
+                self.stats.cold_opens += 1;
+            }
             let ask: Vec<ConnId> = asking.into_iter().filter(|up| !d.peers.contains_key(up)).collect();
             for up in ask {
                 self.ensure_peer_doc(doc_id, up);
@@ -977,14 +1094,14 @@ impl Engine {
     /// Sends `request` messages to upstreams attached to a document we
     /// have no data for.
     fn generate_requests(&mut self, doc_id: DocumentId) {
+        let sources = self.sources(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let mut out = Vec::new();
         for (conn, pd) in d.peers.iter_mut() {
             if pd.loading_state || pd.requesting {
                 continue;
             }
-            let is_upstream = self.conns.get(conn).is_some_and(Conn::is_upstream_ready);
-            if !is_upstream {
+            if !sources.contains(conn) {
                 continue;
             }
             if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
@@ -1019,7 +1136,7 @@ impl Engine {
     }
 
     fn handle_unavailable(&mut self, now: Millis, conn: ConnId, doc_id: DocumentId) {
-        let is_upstream = self.conns.get(&conn).is_some_and(Conn::is_upstream_ready);
+        let is_upstream = self.is_source(conn, &doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if is_upstream {
             d.upstream_unavailable.insert(conn);
@@ -1085,6 +1202,7 @@ impl Engine {
             }
             (TaskPurpose::Write(doc_id), StorageResult::Done) => self.write_done(now, doc_id),
             (TaskPurpose::PutSyncState, StorageResult::Done) => {}
+            (TaskPurpose::Offload(doc), StorageResult::Done) => tracing::debug!(%doc, "local copy dropped"),
             (purpose, StorageResult::Failed(detail)) => self.storage_failed(now, purpose, detail),
             (purpose, result) => {
                 tracing::error!(?purpose, ?result, "storage result does not match its task");
@@ -1128,6 +1246,7 @@ impl Engine {
         }
         self.drain_pending(now, doc_id);
         self.sync_doc(now, doc_id);
+        self.maybe_offload(doc_id);
     }
 
     fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
@@ -1138,6 +1257,7 @@ impl Engine {
         }
         self.drain_pending(now, doc_id);
         self.sync_doc(now, doc_id);
+        self.maybe_offload(doc_id);
     }
 
     fn write_done(&mut self, now: Millis, doc_id: DocumentId) {
@@ -1158,7 +1278,8 @@ impl Engine {
     fn storage_failed(&mut self, now: Millis, purpose: TaskPurpose, detail: String) {
         let doc = match purpose {
             TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) => Some(d),
-            TaskPurpose::PutSyncState => None,
+            // A failed delete leaves the copy stored: nothing is lost.
+            TaskPurpose::PutSyncState | TaskPurpose::Offload(_) => None,
         };
         tracing::error!(?doc, %detail, "storage task failed");
         self.event(Event::StorageFailed { doc, detail });
@@ -1351,7 +1472,28 @@ impl Engine {
         for doc_id in evict {
             self.evict(doc_id);
         }
+        self.enforce_memory_budget();
         self.ephemeral_seen.retain(|_, (_, at)| now.saturating_sub(*at) < EPHEMERAL_SESSION_TTL_MS);
+    }
+
+    /// Evicts the least recently active documents that can leave while
+    /// more than [`EngineConfig::max_loaded_docs`] are in memory.
+    fn enforce_memory_budget(&mut self) {
+        let max = self.config.max_loaded_docs;
+        if max == 0 || self.docs.len() <= max {
+            return;
+        }
+        let mut candidates: Vec<(Millis, DocumentId)> = self
+            .docs
+            .iter()
+            .filter(|(_, d)| !d.busy() && d.writes_in_flight == 0 && d.pending.is_empty() && !d.local_waiting)
+            .map(|(id, d)| (d.last_active, *id))
+            .collect();
+        candidates.sort();
+        let excess = self.docs.len() - max;
+        for (_, doc_id) in candidates.into_iter().take(excess) {
+            self.evict(doc_id);
+        }
     }
 
     fn evict(&mut self, doc_id: DocumentId) {
