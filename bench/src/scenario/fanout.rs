@@ -2,16 +2,20 @@
 //! the writer's send to each watcher's receipt.
 //!
 //! The writer makes each change live, with its sequence number and send
-//! time (µs on this process's clock) as the commit message; watchers parse
-//! the changes they receive, record the latency in an HDR histogram and
-//! acknowledge the new heads as a real peer would.
+//! time (µs on this process's clock) as the commit message, and notes both
+//! in a table shared with the watchers (same process, same clock). A
+//! watcher holds change k once a message advertises heads at or past k (a
+//! server may send several changes at once, or a whole document to a
+//! watcher that fell far behind); it records now - send time of every
+//! change it newly holds in an HDR histogram and acknowledges the heads as
+//! a real peer would.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use automerge::{Change, ChangeHash};
+use automerge::ChangeHash;
 use hdrhistogram::Histogram;
 use meridian_protocol::codec::Message;
 use meridian_protocol::ids::{DocumentId, PeerId};
@@ -53,16 +57,21 @@ pub async fn run(server: &Server, p: Params) -> Result<Vec<Figure>> {
     wait_heads(&mut conn.rx, doc, head, Duration::from_secs(30)).await?;
 
     let watchers = join_watchers(&server.url, salt, doc, head, p.watchers).await?;
+    let sent = Arc::new(RwLock::new(Sent::default()));
     let mut tasks = JoinSet::new();
     for w in watchers {
-        tasks.spawn(watch(w, doc, p.changes));
+        tasks.spawn(watch(w, doc, p.changes, sent.clone()));
     }
     // The writer's acknowledgements are drained so its socket never backs up.
     let Conn { mut tx, mut rx } = conn;
     let drain = tokio::spawn(async move { while rx.recv().await.is_ok() {} });
     for k in 1..=p.changes {
-        let sent = now_us();
-        let (hash, bytes) = writer.type_some(PRELUDE + k, Some(format!("{k} {sent}")));
+        let at = now_us();
+        let (hash, bytes) = writer.type_some(PRELUDE + k, Some(format!("{k} {at}")));
+        if let Ok(mut table) = sent.write() {
+            table.seq.insert(hash, k);
+            table.at.push(at);
+        }
         tx.sync(doc, push(vec![hash], vec![bytes])).await?;
         tokio::time::sleep(p.interval).await;
     }
@@ -119,8 +128,16 @@ async fn join_watchers(url: &str, salt: u64, doc: DocumentId, head: ChangeHash, 
     Ok(conns)
 }
 
+/// What the writer sent: sequence number by change hash, and send time
+/// (µs) by sequence number - 1.
+#[derive(Debug, Default)]
+struct Sent {
+    seq: HashMap<ChangeHash, u64>,
+    at: Vec<u64>,
+}
+
 /// Receives until change `last` arrived; returns the latencies.
-async fn watch(mut conn: Conn, doc: DocumentId, last: u64) -> Result<Histogram<u64>> {
+async fn watch(mut conn: Conn, doc: DocumentId, last: u64, sent: Arc<RwLock<Sent>>) -> Result<Histogram<u64>> {
     let mut h = histogram();
     let mut seen = 0u64;
     while seen < last {
@@ -133,41 +150,15 @@ async fn watch(mut conn: Conn, doc: DocumentId, last: u64) -> Result<Histogram<u
             continue;
         }
         let now = now_us();
-        for chunk in msg.changes.iter().flat_map(split_chunks) {
-            let Ok(change) = Change::try_from(chunk) else { continue };
-            let Some((seq, sent)) = change.message().and_then(parse_stamp) else { continue };
-            h.saturating_record(now.saturating_sub(sent).max(1));
-            seen = seen.max(seq);
+        if let Ok(table) = sent.read() {
+            let top = msg.heads.iter().filter_map(|h| table.seq.get(h)).max().copied().unwrap_or(0);
+            for at in table.at.iter().take(top as usize).skip(seen as usize) {
+                h.saturating_record(now.saturating_sub(*at).max(1));
+            }
+            seen = seen.max(top);
         }
         conn.tx.sync(doc, ack(msg.heads)).await?;
     }
     conn.tx.close().await;
     Ok(h)
-}
-
-fn parse_stamp(m: &str) -> Option<(u64, u64)> {
-    let (seq, sent) = m.split_once(' ')?;
-    Some((seq.parse().ok()?, sent.parse().ok()?))
-}
-
-/// Splits concatenated automerge chunks (the JS implementation sends
-/// several changes as one byte string): magic (4), checksum (4), type (1),
-/// LEB128 length, payload.
-fn split_chunks(mut bytes: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    while bytes.len() > 9 {
-        let (mut len, mut shift, mut i) = (0usize, 0, 9);
-        while let Some(b) = bytes.get(i) {
-            len |= usize::from(b & 0x7f) << shift;
-            shift += 7;
-            i += 1;
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        let end = (i + len).min(bytes.len());
-        out.push(&bytes[..end]);
-        bytes = &bytes[end..];
-    }
-    out
 }
