@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meridian_protocol::automerge::transaction::Transaction;
+use meridian_protocol::automerge::transaction::{CommitOptions, Transaction};
 use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
 use meridian_protocol::codec;
 use meridian_protocol::engine::{Direction, Engine, EngineConfig, Event, Millis, Output};
@@ -92,8 +92,9 @@ pub enum ConnectionState {
 
 enum Command {
     Create { init: InitFn, reply: oneshot::Sender<Result<DocumentId, ClientError>> },
-    Change { doc: DocumentId, f: InitFn, reply: oneshot::Sender<Result<(), ClientError>> },
+    Change { doc: DocumentId, options: CommitOptions, f: InitFn, reply: oneshot::Sender<Result<(), ClientError>> },
     Find { doc: DocumentId, reply: oneshot::Sender<Result<(), ClientError>> },
+    Import { bytes: Vec<u8>, reply: oneshot::Sender<Result<DocumentId, ClientError>> },
     Read { doc: DocumentId, f: ReadFn },
     Acked { doc: DocumentId, reply: oneshot::Sender<()> },
     State { reply: oneshot::Sender<ConnectionState> },
@@ -181,7 +182,21 @@ impl Client {
     where
         F: for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send + 'static,
     {
-        self.ask(|reply| Command::Change { doc, f: Box::new(f), reply }).await?
+        self.change_with(doc, CommitOptions::default().with_time(unix_seconds()), f).await
+    }
+
+    /// [`Client::change`] with a commit message and time (`options`).
+    pub async fn change_with<F>(&self, doc: DocumentId, options: CommitOptions, f: F) -> Result<(), ClientError>
+    where
+        F: for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send + 'static,
+    {
+        self.ask(|reply| Command::Change { doc, options, f: Box::new(f), reply }).await?
+    }
+
+    /// A new document holding the changes of a saved `.automerge` file
+    /// (`Automerge::save` bytes, or changes); it syncs like a created one.
+    pub async fn import(&self, bytes: Vec<u8>) -> Result<DocumentId, ClientError> {
+        self.ask(|reply| Command::Import { bytes, reply }).await?
     }
 
     /// Loads a document locally or fetches it from the server.
@@ -414,11 +429,20 @@ impl Actor {
         let now = self.now();
         match cmd {
             Command::Create { init, reply } => {
-                let r = self.engine.create(now, init).map_err(|e| ClientError::Automerge(e.to_string()));
+                let options = CommitOptions::default().with_time(unix_seconds());
+                let r = self.engine.create_with(now, options, init).map_err(|e| ClientError::Automerge(e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::Change { doc, f, reply } => {
-                let r = self.engine.change(now, doc, f).map_err(|e| match e {
+            Command::Import { bytes, reply } => {
+                let doc = DocumentId::random(&mut rand::rng());
+                let r = self.engine.import(now, doc, &bytes).map(|()| doc);
+                if r.is_ok() {
+                    self.engine.find(now, doc);
+                }
+                let _ = reply.send(r.map_err(|e| ClientError::Automerge(e.to_string())));
+            }
+            Command::Change { doc, options, f, reply } => {
+                let r = self.engine.change_with(now, doc, options, f).map_err(|e| match e {
                     meridian_protocol::engine::DocError::NotLoaded(d) => ClientError::NotLoaded(d),
                     other => ClientError::Automerge(other.to_string()),
                 });
@@ -504,4 +528,9 @@ impl Actor {
             _ => {}
         }
     }
+}
+
+/// Wall-clock seconds, as change times are recorded (`@automerge/automerge` does the same).
+fn unix_seconds() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }

@@ -73,6 +73,42 @@ enum ClientOp {
         #[arg(value_name = "AUTOMERGE_URL")]
         doc: String,
     },
+    /// List the document's changes (hash, time, author, message), newest last.
+    History {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        /// Show only the last N changes (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per change instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the document as it was at earlier heads (change hashes from `history`).
+    Show {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        /// Change hashes (comma-separated; unique prefixes of 6+ hex digits work).
+        #[arg(long, value_name = "HASH[,HASH]")]
+        at: String,
+    },
+    /// Restore the document to its state at earlier heads, as a new change
+    /// that syncs to everyone (undo it by rolling back to the heads before).
+    Rollback {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        /// Change hashes to go back to (comma-separated; unique prefixes of 6+ hex digits work).
+        #[arg(long, value_name = "HASH[,HASH]")]
+        to: String,
+    },
+    /// Save the document, with its whole history, to an .automerge file.
+    Export {
+        #[arg(value_name = "AUTOMERGE_URL")]
+        doc: String,
+        file: PathBuf,
+    },
+    /// Create a new document from an .automerge file and print its URL.
+    Import { file: PathBuf },
     /// Print the document as JSON every time it changes, until Ctrl-C.
     Watch {
         #[arg(value_name = "AUTOMERGE_URL")]
@@ -227,6 +263,7 @@ mod client {
     use meridian_edge::cli;
     use meridian_edge::client::{Client, ClientOptions};
     use meridian_edge::quic::HubTrust;
+    use meridian_protocol::automerge::transaction::CommitOptions;
     use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 
     use super::{ClientArgs, ClientOp};
@@ -261,6 +298,67 @@ mod client {
             ClientOp::Print { doc } => {
                 let doc = find(&client, &doc).await?;
                 print(&client, doc).await;
+            }
+            ClientOp::History { doc, limit, json } => {
+                let doc = find(&client, &doc).await?;
+                let changes = client.read(doc, cli::history).await.context("the document is not loaded")?;
+                let skip = if limit == 0 { 0 } else { changes.len().saturating_sub(limit) };
+                if skip > 0 && !json {
+                    println!("… {skip} earlier changes (--limit 0 shows all)");
+                }
+                for c in &changes[skip..] {
+                    if json {
+                        println!("{}", serde_json::to_string(c)?);
+                    } else {
+                        println!(
+                            "{}  {}  {}#{:<4} {}",
+                            &c.hash[..12],
+                            format_time(c.time),
+                            &c.actor[..8.min(c.actor.len())],
+                            c.seq,
+                            c.message.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+            }
+            ClientOp::Show { doc, at } => {
+                let doc = find(&client, &doc).await?;
+                let json = client
+                    .read(doc, move |d| cli::resolve_heads(d, &at).and_then(|h| cli::json_at(d, &h)))
+                    .await
+                    .context("the document is not loaded")?
+                    .map_err(anyhow::Error::msg)?;
+                println!("{json}");
+            }
+            ClientOp::Rollback { doc, to } => {
+                let doc = find(&client, &doc).await?;
+                let heads = client
+                    .read(doc, move |d| cli::resolve_heads(d, &to))
+                    .await
+                    .context("the document is not loaded")?
+                    .map_err(anyhow::Error::msg)?;
+                let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
+                let options = CommitOptions::default()
+                    .with_message(format!("Rollback to {}", short.join(",")))
+                    .with_time(unix_now());
+                client.change_with(doc, options, move |tx| cli::rollback(tx, &heads)).await?;
+                acked(&client, doc, wait).await;
+                print(&client, doc).await;
+            }
+            ClientOp::Export { doc, file } => {
+                let doc = find(&client, &doc).await?;
+                let bytes = client.read(doc, |d| d.save()).await.context("the document is not loaded")?;
+                std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+                eprintln!("saved {} bytes to {}", bytes.len(), file.display());
+            }
+            ClientOp::Import { file } => {
+                let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let doc = client
+                    .import(bytes)
+                    .await
+                    .with_context(|| format!("{} is not an Automerge file", file.display()))?;
+                acked(&client, doc, wait).await;
+                println!("{}", doc.url());
             }
             ClientOp::Watch { doc } => {
                 let doc = find(&client, &doc).await?;
@@ -297,6 +395,29 @@ mod client {
         if let Some(json) = client.read(doc, |d| cli::to_json(d)).await {
             println!("{json}");
         }
+    }
+
+    fn unix_now() -> i64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    }
+
+    /// `YYYY-MM-DD HH:MM:SS` UTC for a change's time (seconds), `-` if none was recorded.
+    fn format_time(secs: i64) -> String {
+        if secs <= 0 {
+            return format!("{:<19}", "-");
+        }
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 
     /// Waits for the edge's acknowledgement; offline, says the edit is kept

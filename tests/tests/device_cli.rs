@@ -80,3 +80,63 @@ fn cli_creates_changes_and_prints_documents_over_quic_and_websocket() -> Result<
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must be JSON"));
     Ok(())
 }
+
+/// An operator's inspection tools against a real edge: the history, an
+/// earlier version, a rollback that syncs to other clients, and export /
+/// import of an `.automerge` file; bad hashes are clear errors.
+#[test]
+fn cli_history_show_rollback_export_import() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let edge = EdgeProcess::start(&dir.path().join("edge"), port, &[])?;
+    let url = edge.ws_url();
+    let ws = ["--url", url.as_str()];
+    let doc = cli(&[&ws[..], &["create", r#"{"title":"first","n":1}"#]].concat())?;
+    cli(&[&ws[..], &["set", &doc, "title", r#""second""#]].concat())?;
+    cli(&[&ws[..], &["append", &doc, "title", " and more"]].concat())?;
+
+    let history = cli(&[&ws[..], &["history", &doc, "--json"]].concat())?;
+    let changes: Vec<serde_json::Value> = history.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(changes.len(), 3, "{history}");
+    let first = changes[0]["hash"].as_str().context("hash")?;
+    let table = cli(&[&ws[..], &["history", &doc]].concat())?;
+    assert!(table.contains(&first[..12]), "{table}");
+
+    let at_first = cli(&[&ws[..], &["show", &doc, "--at", &first[..8]]].concat())?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&at_first)?, serde_json::json!({"title": "first", "n": 1}));
+
+    let rolled = cli(&[&ws[..], &["rollback", &doc, "--to", &first[..8]]].concat())?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&rolled)?, serde_json::json!({"title": "first", "n": 1}));
+    // Another client sees the rollback: it is an ordinary change, synced.
+    let printed = cli(&[&ws[..], &["print", &doc]].concat())?;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&printed)?, serde_json::json!({"title": "first", "n": 1}));
+    let history = cli(&[&ws[..], &["history", &doc, "--json"]].concat())?;
+    assert_eq!(history.lines().count(), 4);
+    assert!(history.lines().last().unwrap_or("").contains("Rollback to"), "{history}");
+
+    // Export, then import as a new document with the same content and history.
+    let file = dir.path().join("doc.automerge");
+    cli(&[&ws[..], &["export", &doc, file.to_str().context("path")?]].concat())?;
+    let copy = cli(&[&ws[..], &["import", file.to_str().context("path")?]].concat())?;
+    assert_ne!(copy, doc);
+    assert_eq!(cli(&[&ws[..], &["print", &copy]].concat())?, printed);
+    assert_eq!(cli(&[&ws[..], &["history", &copy, "--json"]].concat())?.lines().count(), 4);
+
+    // Mistakes are explained, and change nothing.
+    let bad = Command::new(workspace_binary("meridian-edge")?)
+        .args(["client", "--url", &url, "rollback", &doc, "--to", "0000zz"])
+        .output()?;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a change hash"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let not_file = Command::new(workspace_binary("meridian-edge")?)
+        .args(["client", "--url", &url, "import", file.with_extension("missing").to_str().context("path")?])
+        .output()?;
+    assert!(!not_file.status.success());
+    assert_eq!(cli(&[&ws[..], &["history", &doc, "--json"]].concat())?.lines().count(), 4);
+    drop(edge);
+    Ok(())
+}
