@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use meridian_edge::runtime::{HandoffStatus, NodeEvent};
+use meridian_edge::runtime::{HandoffStatus, HandoffTargets, NodeEvent};
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{CatchUp, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId};
@@ -154,6 +154,9 @@ struct Handoff {
     to: Home,
     started: Instant,
     status: String,
+    /// What "caught up" means for this hand-off, fixed by the first check:
+    /// the hub's durable heads and the old home's heads at that moment.
+    targets: HandoffTargets,
 }
 
 /// A completed hand-off, for `GET /placement`.
@@ -398,20 +401,23 @@ impl Placer {
                 Home::Edge(e) => self.edges.get(e).and_then(|s| s.node_conn),
             };
             let (to_conn, from_conn) = (conn_of(&to), conn_of(&from));
-            let entry = self.handoffs.entry(doc).or_insert_with(|| Handoff {
+            let fresh = || Handoff {
                 to: to.clone(),
                 started: Instant::now(),
                 status: String::new(),
-            });
+                targets: HandoffTargets::default(),
+            };
+            let entry = self.handoffs.entry(doc).or_insert_with(fresh);
             if entry.to != to {
-                *entry = Handoff { to: to.clone(), started: Instant::now(), status: String::new() };
+                *entry = fresh();
             }
             if to != Home::Hub && to_conn.is_none() {
                 entry.status = "the new home is not connected".into();
                 continue;
             }
             let (reply, answer) = oneshot::channel();
-            let ask = NodeEvent::Handoff { doc, to: to_conn, from: from_conn, reply };
+            let targets = entry.targets.clone();
+            let ask = NodeEvent::Handoff { doc, to: to_conn, from: from_conn, targets, reply };
             if events.send(ask).await.is_err() {
                 return;
             }
@@ -419,6 +425,10 @@ impl Placer {
             if let Some(entry) = self.handoffs.get_mut(&doc) {
                 let (ready, why) = handoff_ready(&status, from_conn.is_some(), entry.started.elapsed());
                 entry.status = why.into();
+                // The first heads seen are the targets from now on.
+                let HandoffTargets { to: to_target, from: from_target } = status.targets;
+                entry.targets.to = entry.targets.to.take().or(to_target);
+                entry.targets.from = entry.targets.from.take().or(from_target);
                 if ready {
                     self.announce(doc, from, to);
                 }

@@ -196,6 +196,7 @@ impl PeerActor {
                 let routed: Vec<DocumentId> = self.dir.with(|d| std::mem::take(&mut d.homes)).into_keys().collect();
                 for doc in routed {
                     self.route(doc, None).await;
+                    self.pin(doc, false).await;
                 }
                 self.links.clear();
                 self.dir.with(|d| d.links.clear());
@@ -224,9 +225,14 @@ impl PeerActor {
         let _ = self.events.send(NodeEvent::Route { doc, conn }).await;
     }
 
+    async fn pin(&self, doc: DocumentId, pinned: bool) {
+        let _ = self.events.send(NodeEvent::Pin { doc, pinned }).await;
+    }
+
     async fn home(&mut self, notice: HomeNotice) {
         let doc = notice.doc;
         let target = notice.edge.clone().filter(|e| *e != self.settings.edge_id);
+        self.pin(doc, notice.edge.as_deref() == Some(self.settings.edge_id.as_str())).await;
         self.dir.with(|d| d.homes.insert(doc, notice.clone()));
         let conn = match &target {
             Some(edge) => self.ensure_link(edge, &notice),

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use meridian_protocol::automerge::ChangeHash;
 use meridian_protocol::codec;
 use meridian_protocol::engine::{
     CatchUp, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, Millis, Output,
@@ -94,6 +95,8 @@ pub enum NodeEvent {
         doc: DocumentId,
         to: Option<ConnId>,
         from: Option<ConnId>,
+        /// Heads to check against (from the first answer); `None`: now's.
+        targets: HandoffTargets,
         reply: oneshot::Sender<HandoffStatus>,
     },
     /// Also sync `doc` on an edge-peer link (its home), or stop
@@ -102,14 +105,30 @@ pub enum NodeEvent {
         doc: DocumentId,
         conn: Option<ConnId>,
     },
+    /// This node is (or no longer is) the document's home: its copy is the
+    /// hot replica, never dropped for the disk budget.
+    Pin {
+        doc: DocumentId,
+        pinned: bool,
+    },
+}
+
+/// What a hand-off waits for: the new home to cover `to` (our durable
+/// heads when it started), us to hold `from` (the old home's heads then).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandoffTargets {
+    pub to: Option<Vec<ChangeHash>>,
+    pub from: Option<Vec<ChangeHash>>,
 }
 
 /// Answer to [`NodeEvent::Handoff`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandoffStatus {
     pub to: Option<CatchUp>,
     /// `None`: the old home has not told us its heads (or is gone).
     pub from_covered: Option<bool>,
+    /// The heads that were checked (to keep as targets).
+    pub targets: HandoffTargets,
 }
 
 type Batch = Vec<(StorageTaskId, StorageTask)>;
@@ -247,6 +266,8 @@ struct NodeLoop {
     usage_pending: bool,
     /// Documents asked to offload recently.
     offload_tried: BTreeMap<DocumentId, Instant>,
+    /// Documents homed here (kept whatever the disk budget).
+    pinned: std::collections::BTreeSet<DocumentId>,
 }
 
 impl NodeLoop {
@@ -291,16 +312,26 @@ impl NodeLoop {
                     let _ = tx.try_send(Outbound::Control(bytes));
                 }
             }
-            NodeEvent::Handoff { doc, to, from, reply } => {
-                let to = to.map(|c| self.engine.catch_up(now, doc, c));
-                let from_covered = from.and_then(|c| {
+            NodeEvent::Handoff { doc, to, from, targets, reply } => {
+                let to_target = targets.to.or_else(|| self.engine.durable_heads(&doc));
+                let to = to.map(|c| self.engine.catch_up(now, doc, c, to_target.as_deref()));
+                let from_target = from.and_then(|c| {
                     // Attached so that it tells us its heads.
-                    self.engine.catch_up(now, doc, c);
-                    self.engine.covers_peer(&doc, c)
+                    self.engine.catch_up(now, doc, c, None);
+                    targets.from.clone().or_else(|| self.engine.peer_heads(&doc, c))
                 });
-                let _ = reply.send(HandoffStatus { to, from_covered });
+                let from_covered = from_target.as_ref().map(|h| self.engine.holds_durably(&doc, h));
+                let targets = HandoffTargets { to: to_target, from: from_target };
+                let _ = reply.send(HandoffStatus { to, from_covered, targets });
             }
             NodeEvent::Route { doc, conn } => self.engine.set_route(now, doc, conn),
+            NodeEvent::Pin { doc, pinned } => {
+                if pinned {
+                    self.pinned.insert(doc);
+                } else {
+                    self.pinned.remove(&doc);
+                }
+            }
         }
         self.drain();
     }
@@ -335,7 +366,7 @@ impl NodeLoop {
         let candidates: Vec<DocumentId> = oldest
             .into_iter()
             .filter(|d| self.engine.document(d).is_none() && !self.engine.in_use(d))
-            .filter(|d| !self.offload_tried.contains_key(d))
+            .filter(|d| !self.offload_tried.contains_key(d) && !self.pinned.contains(d))
             .take(OFFLOAD_PER_CHECK)
             .collect();
         for doc in candidates {
@@ -488,6 +519,7 @@ impl NodeRuntime {
             disk_budget,
             usage_pending: false,
             offload_tried: BTreeMap::new(),
+            pinned: std::collections::BTreeSet::new(),
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

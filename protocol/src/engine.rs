@@ -530,9 +530,19 @@ impl Engine {
 
     /// Brings the peer on `conn` up to our durable copy of `doc` (the hub
     /// does this before it announces `conn`'s edge as the new home), and
-    /// says how far it is. Never asks the peer for a document we lack: the
-    /// hub has no upstream.
-    pub fn catch_up(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId) -> CatchUp {
+    /// says how far it is: whether the peer's heads cover `target` (heads
+    /// of ours; our durable heads now if `None`). A caller that keeps
+    /// checking passes the heads it first got from [`Engine::durable_heads`]:
+    /// under steady writes elsewhere "everything durable here now" is a
+    /// moving target the peer may never confirm at one instant. Never asks
+    /// the peer for a document we lack: the hub has no upstream.
+    pub fn catch_up(
+        &mut self,
+        now: Millis,
+        doc_id: DocumentId,
+        conn: ConnId,
+        target: Option<&[ChangeHash]>,
+    ) -> CatchUp {
         if self.conns.get(&conn).is_none_or(|c| c.peer().is_none()) {
             return CatchUp::NoPeer;
         }
@@ -551,10 +561,26 @@ impl Engine {
             self.attach_upstream(now, doc_id, conn);
             self.sync_doc(now, doc_id);
         }
-        match self.durable_heads(&doc_id) {
-            Some(heads) if self.peer_covers(&doc_id, conn, &heads) => CatchUp::CaughtUp,
-            _ => CatchUp::Behind,
-        }
+        let target = match target {
+            Some(t) => t.to_vec(),
+            None => match self.durable_heads(&doc_id) {
+                Some(heads) => heads,
+                None => return CatchUp::Behind,
+            },
+        };
+        if self.peer_covers(&doc_id, conn, &target) { CatchUp::CaughtUp } else { CatchUp::Behind }
+    }
+
+    /// The heads the peer on `conn` last advertised for `doc`.
+    pub fn peer_heads(&self, doc: &DocumentId, conn: ConnId) -> Option<Vec<ChangeHash>> {
+        self.docs.get(doc)?.peers.get(&conn)?.sync.their_heads.clone()
+    }
+
+    /// Whether every change in `heads` is here and committed to our store.
+    pub fn holds_durably(&self, doc: &DocumentId, heads: &[ChangeHash]) -> bool {
+        self.docs.get(doc).is_some_and(|d| {
+            !d.loading && d.writes_in_flight == 0 && heads.iter().all(|h| d.doc.get_change_by_hash(h).is_some())
+        })
     }
 
     /// Whether every change the peer on `conn` has advertised for `doc` is
@@ -590,12 +616,16 @@ impl Engine {
         self.maybe_offload(doc_id);
     }
 
-    /// Whether a client here uses the document: the local application
-    /// opened it, or a downstream peer on a live connection is subscribed.
+    /// Whether someone here uses the document: the local application opened
+    /// it, or a peer that connected to us (a client, or an edge for which we
+    /// are the home) is subscribed on a live connection.
     pub fn in_use(&self, doc_id: &DocumentId) -> bool {
         self.opened.contains(doc_id)
             || self.subscribers.get(doc_id).is_some_and(|subs| {
-                subs.iter().any(|c| self.conns.get(c).is_some_and(|c| c.is_downstream() && c.peer().is_some()))
+                // Clients, and edges syncing it with us as its home.
+                subs.iter().any(|c| {
+                    self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming && c.peer().is_some())
+                })
             })
     }
 

@@ -9,11 +9,14 @@ use anyhow::{Context, Result, bail};
 
 /// Path of a workspace binary next to the test executable (cargo and
 /// nextest build every workspace binary before running integration tests
-/// through `cargo xtask test`); builds it if it is missing.
+/// through `cargo xtask test`), or next to a binary of this crate (the
+/// placement benchmark); builds it if it is missing.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).context("test executable has no parent")?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary is
+    // target/<profile>/<bin> already.
+    let parent = exe.parent().context("test executable has no parent")?;
+    let dir = if parent.ends_with("deps") { parent.parent().context("no profile folder")? } else { parent };
     let path = dir.join(name);
     if !path.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))

@@ -60,8 +60,17 @@ impl Cluster {
     /// Starts the hub (with `hub_flags` after the cluster's own) and the
     /// three edges, and waits until every edge reports.
     pub async fn start(hub_flags: &[&str]) -> Result<Self> {
+        Self::start_with(true, hub_flags, &[]).await
+    }
+
+    /// [`Cluster::start`] with placement moves on or off (then every home
+    /// stays the hub) and extra flags for every edge.
+    pub async fn start_with(moves: bool, hub_flags: &[&str], edge_flags: &[&str]) -> Result<Self> {
         let hub_dir = tempfile::tempdir()?;
-        let mut args = vec!["--placement-moves", "--report-interval-ms", "200", "--placement-interval-ms", "200"];
+        let mut args = vec!["--report-interval-ms", "200", "--placement-interval-ms", "200"];
+        if moves {
+            args.push("--placement-moves");
+        }
         args.extend(["--placement-dwell-secs", "0"]);
         let secrets: Vec<String> = REGIONS.iter().map(|r| format!("{r}={r}-secret")).collect();
         for s in &secrets {
@@ -101,6 +110,7 @@ impl Cluster {
             for route in &routes {
                 args.extend(["--peer-route", route.as_str()]);
             }
+            args.extend(edge_flags);
             edges.insert(r.to_owned(), EdgeProcess::start(dir.path(), free_port()?, &args)?);
             dirs.push(dir);
         }

@@ -26,6 +26,7 @@ pub fn run(args: &[String]) -> Result<()> {
             build(args.iter().any(|a| a == "--smoke"))?;
             big_doc(&args[1..])
         }
+        Some("placement") => crate::bench_placement::run(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())

@@ -29,6 +29,9 @@ Commands:
   bench [SCENARIO...] [--smoke] [--rounds R]
               meridian-edge vs the JS automerge-repo sync server, side by side (issue 7): connect,
               fanout, writers, large-doc, stored (default: all, then big-doc); writes docs/BENCHMARKS.md
+  bench placement [--writes N] [--docs K] [--smoke]
+              placement on vs hub-only on the simulated regions (hub in us; eu, us, ap edges):
+              change -> durable at the document's home and cold opens, p50/p99 (issue 6)
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
 }
 
 mod bench;
+mod bench_placement;
 mod js;
 
 pub(crate) fn root() -> PathBuf {

@@ -1,0 +1,220 @@
+//! `meridian-placement-bench`: placement on vs hub-only, same regional
+//! topology, same run (issue 6). `cargo xtask bench placement` builds the
+//! release binaries and runs it.
+//!
+//! The topology is `meridian_tests::regions`: a hub in `us`, edges `eu`,
+//! `us` and `ap`, every link through a fault proxy (eu–us 40 ms, us–ap
+//! 90 ms, eu–ap 120 ms one way). Every edge keeps a tiny disk budget and
+//! evicts idle documents from memory after a second, so what is not hot at
+//! an edge lives only in the cloud copy. Two measurements, each mode on a
+//! fresh cluster:
+//!
+//! - **change → durable at the home**: a client of `ap` writes a document
+//!   used only in `ap`; the time from the change to the moment an observer
+//!   client connected to the document's home (the `ap` edge with placement,
+//!   the hub without) sees it. Nodes only advertise committed changes, so
+//!   that is when the change is durable at the home.
+//! - **cold open**: documents written in `ap` earlier and idle since; a
+//!   fresh client of `ap` opens each one. With placement `ap` is their home
+//!   and keeps them; hub-only, the disk budget dropped them for the hub's
+//!   copy, so the open fetches from the hub.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use meridian_edge::client::{Client, ConnectionState};
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{ROOT, ReadDoc};
+use meridian_protocol::ids::DocumentId;
+use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::regions::{Cluster, announced, get_json};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    HubOnly,
+    Placement,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::HubOnly => "hub-only",
+            Mode::Placement => "placement",
+        }
+    }
+}
+
+struct Options {
+    writes: usize,
+    docs: usize,
+}
+
+#[derive(Default)]
+struct Samples {
+    durable_ms: Vec<f64>,
+    cold_ms: Vec<f64>,
+}
+
+fn parse() -> Result<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let value = |name: &str, default: usize| -> Result<usize> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => Ok(args.get(i + 1).context("missing value")?.parse()?),
+            None => Ok(default),
+        }
+    };
+    Ok(Options {
+        writes: value("--writes", if smoke { 10 } else { 200 })?,
+        docs: value("--docs", if smoke { 2 } else { 20 })?,
+    })
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let options = parse()?;
+    let mut results = Vec::new();
+    for mode in [Mode::HubOnly, Mode::Placement] {
+        eprintln!("== {} ==", mode.name());
+        results.push(run(mode, &options).await.with_context(|| mode.name())?);
+    }
+    println!("{}", table(&results[0], &results[1], &options));
+    Ok(())
+}
+
+async fn run(mode: Mode, options: &Options) -> Result<Samples> {
+    // 1 byte of disk: everything that may leave an edge does.
+    let edge_flags = ["--disk-budget-mb", "0.000001", "--idle-evict-secs", "1"];
+    let cluster = Cluster::start_with(mode == Mode::Placement, &[], &edge_flags).await?;
+    let home = if mode == Mode::Placement { "ap" } else { "hub" };
+    let mut samples = Samples::default();
+    durable_at_home(&cluster, home, options, &mut samples).await?;
+    cold_opens(&cluster, home, options, &mut samples).await?;
+    Ok(samples)
+}
+
+async fn connected(url: &str) -> Result<Client> {
+    let client = Client::connect(url, fast()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.connection_state().await? != ConnectionState::Connected {
+        if Instant::now() > deadline {
+            bail!("no connection to {url}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(client)
+}
+
+/// Writes to `doc` through `client` until its announced home is `home`.
+async fn warm_up(cluster: &Cluster, client: &Client, docs: &[DocumentId], home: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0i64.. {
+        for doc in docs {
+            client.change(*doc, move |tx| tx.put(ROOT, "warm", n).map(|_| ())).await?;
+        }
+        let p = get_json(cluster.hub.http_port, "/placement").await?;
+        if docs.iter().all(|d| announced(&p, &d.to_string()).as_deref() == Some(home)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the documents never got their home {home}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn durable_at_home(cluster: &Cluster, home: &str, options: &Options, samples: &mut Samples) -> Result<()> {
+    let writer = connected(&cluster.edge("ap").ws_url()).await?;
+    let doc = writer.create(|tx| tx.put(ROOT, "title", "regional").map(|_| ())).await?;
+    warm_up(cluster, &writer, &[doc], home).await?;
+    let url = if home == "hub" { cluster.hub.ws_url() } else { cluster.edge(home).ws_url() };
+    let observer = Arc::new(connected(&url).await?);
+    find_eventually(&observer, doc).await?;
+    for i in 0..options.writes {
+        let key = format!("k{i}");
+        let k = key.clone();
+        let started = Instant::now();
+        writer.change(doc, move |tx| tx.put(ROOT, k.as_str(), i as i64).map(|_| ())).await?;
+        let seen = observer.wait_for(doc, move |d| d.get(ROOT, key.as_str()).ok().flatten().is_some());
+        tokio::time::timeout(Duration::from_secs(20), seen).await.context("the change never reached the home")??;
+        samples.durable_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+async fn cold_opens(cluster: &Cluster, home: &str, options: &Options, samples: &mut Samples) -> Result<()> {
+    let ap = cluster.edge("ap");
+    let writer = connected(&ap.ws_url()).await?;
+    let mut docs = Vec::new();
+    for i in 0..options.docs {
+        docs.push(writer.create(move |tx| tx.put(ROOT, "n", i as i64).map(|_| ())).await?);
+    }
+    warm_up(cluster, &writer, &docs, home).await?;
+    for doc in &docs {
+        writer.wait_acked(*doc).await?;
+    }
+    writer.close().await;
+    // Idle for longer than the memory eviction, plus a few disk-budget
+    // checks (hub-only: until every document went to the cloud copy).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if home == "hub" {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while offloaded(ap.port).await? < options.docs as f64 {
+            anyhow::ensure!(Instant::now() < deadline, "the ap edge kept its copies");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for doc in docs {
+        let reader = connected(&ap.ws_url()).await?;
+        let started = Instant::now();
+        find_eventually(&reader, doc).await?;
+        samples.cold_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(reader.read(doc, |d| d.get(ROOT, "n").ok().flatten().is_some()).await == Some(true));
+        reader.close().await;
+    }
+    Ok(())
+}
+
+/// `meridian_edge_offloaded_total` of the edge on `port`.
+async fn offloaded(port: u16) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let line = body.lines().find_map(|l| l.strip_prefix("meridian_edge_offloaded_total "));
+    Ok(line.and_then(|v| v.trim().parse().ok()).unwrap_or(0.0))
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+fn table(hub: &Samples, placed: &Samples, options: &Options) -> String {
+    let mut out = format!(
+        "Placement on vs hub-only (hub in us; eu-us 40 ms, us-ap 90 ms, eu-ap 120 ms one way; \
+         {} writes, {} cold opens per mode; a client of the ap edge)\n\n\
+         | measure | hub-only | placement | hub-only / placement |\n|---|---:|---:|---:|\n",
+        options.writes, options.docs
+    );
+    let rows = [
+        ("change → durable at the home, p50", &hub.durable_ms, &placed.durable_ms, 50.0),
+        ("change → durable at the home, p99", &hub.durable_ms, &placed.durable_ms, 99.0),
+        ("cold open of a regional document, p50", &hub.cold_ms, &placed.cold_ms, 50.0),
+        ("cold open of a regional document, p99", &hub.cold_ms, &placed.cold_ms, 99.0),
+    ];
+    for (name, a, b, p) in rows {
+        let (x, y) = (percentile(a, p), percentile(b, p));
+        out.push_str(&format!("| {name} | {x:.1} ms | {y:.1} ms | {:.1}× |\n", x / y));
+    }
+    out
+}
