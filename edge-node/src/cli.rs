@@ -228,14 +228,7 @@ fn restore_obj(tx: &mut Transaction<'_>, obj: &ObjId, ty: ObjType, heads: &[Chan
                 tx.delete(obj, old_len)?;
             }
             for i in cur_len..old_len {
-                let (value, id) = tx.get_at(obj, i, heads)?.ok_or_else(|| bad(format!("list element {i} vanished")))?;
-                match value {
-                    Value::Scalar(s) => tx.insert(obj, i, s.into_owned())?,
-                    Value::Object(ty) => {
-                        let new = tx.insert_object(obj, i, ty)?;
-                        copy_obj(tx, &new, ty, &id, heads)?;
-                    }
-                }
+                insert_old_element(tx, obj, obj, i, heads)?;
             }
         }
         ObjType::Text => {
@@ -286,6 +279,25 @@ fn counter_value(s: &ScalarValue) -> i64 {
     }
 }
 
+/// Inserts element `i` of the list `old` as it was at `heads` at index `i`
+/// of the list `new` (objects are copied).
+fn insert_old_element(
+    tx: &mut Transaction<'_>,
+    new: &ObjId,
+    old: &ObjId,
+    i: usize,
+    heads: &[ChangeHash],
+) -> Result<(), AutomergeError> {
+    let (value, id) = tx.get_at(old, i, heads)?.ok_or_else(|| bad(format!("list element {i} vanished")))?;
+    match value.to_owned() {
+        Value::Scalar(s) => tx.insert(new, i, s.into_owned()),
+        Value::Object(ty) => {
+            let child = tx.insert_object(new, i, ty)?;
+            copy_obj(tx, &child, ty, &id, heads)
+        }
+    }
+}
+
 /// Fills the new, empty object `new` with the content of `old` at `heads`.
 fn copy_obj(
     tx: &mut Transaction<'_>,
@@ -312,14 +324,7 @@ fn copy_obj(
         }
         ObjType::List => {
             for i in 0..tx.length_at(old, heads) {
-                let Some((value, id)) = tx.get_at(old, i, heads)?.map(|(v, id)| (v.to_owned(), id)) else { continue };
-                match value {
-                    Value::Scalar(s) => tx.insert(new, i, s.into_owned())?,
-                    Value::Object(ty) => {
-                        let child = tx.insert_object(new, i, ty)?;
-                        copy_obj(tx, &child, ty, &id, heads)?;
-                    }
-                }
+                insert_old_element(tx, new, old, i, heads)?;
             }
         }
         ObjType::Text => {
