@@ -26,7 +26,8 @@ mod suite;
 mod wire;
 mod workload;
 
-const USAGE: &str = "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored ...] [--smoke] [--rounds R]
+const USAGE: &str =
+    "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored ...] [--smoke] [--rounds R] [--stored N]
                         [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]";
 
 fn main() -> ExitCode {
@@ -57,6 +58,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
         scenarios: Vec::new(),
         smoke: false,
         rounds: None,
+        stored: None,
         paths: server::Paths {
             edge_bin: root.join("target/release/meridian-edge"),
             js_server: root.join("tests/js/server.mjs"),
@@ -70,6 +72,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
         match a.as_str() {
             "--smoke" => opts.smoke = true,
             "--rounds" => opts.rounds = Some(value()?.parse().context("--rounds expects a number")?),
+            "--stored" => opts.stored = Some(value()?.parse().context("--stored expects a number")?),
             "--edge-bin" => opts.paths.edge_bin = value()?.into(),
             "--js-server" => opts.paths.js_server = value()?.into(),
             "--results" => opts.results = value()?.into(),

@@ -18,6 +18,8 @@ pub struct Options {
     pub scenarios: Vec<String>,
     pub smoke: bool,
     pub rounds: Option<usize>,
+    /// Overrides how many documents the `stored` scenario writes.
+    pub stored: Option<usize>,
     pub paths: Paths,
     /// Where each scenario's rows are kept between runs.
     pub results: PathBuf,
@@ -93,7 +95,15 @@ pub async fn run(opts: Options) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("meridian-bench-{}", std::process::id()));
     let mut all_rows = Vec::new();
     for scenario in &opts.scenarios {
-        let (cases, default_rounds) = cases(scenario, opts.smoke)?;
+        let (mut cases, default_rounds) = cases(scenario, opts.smoke)?;
+        if let Some(n) = opts.stored {
+            for case in &mut cases {
+                if let Case::Stored(p) = case {
+                    p.stored = n;
+                    p.open = p.open.min(n);
+                }
+            }
+        }
         let rounds = opts.rounds.unwrap_or(default_rounds);
         let mut rows = Vec::new();
         for case in cases {
