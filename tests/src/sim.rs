@@ -45,16 +45,24 @@
 //! the same heads and value and that no edit durable at its author is lost.
 //! [`run`] drives a random workload with faults for one seed.
 //!
+//! Placement (DESIGN §5) is exercised where it touches the engine: the
+//! workload has the hub push documents to edges as a hand-off does
+//! ([`Sim::handoff`], [`Engine::catch_up`]) and has edges drop their copy
+//! for the hub's ([`Sim::offload`], [`Engine::offload`]), amid the faults;
+//! the checks then also require every edit that was ever durable at a
+//! persistent node to survive.
+//!
 //! Not modelled: storage failures by default ([`Sim::storage_failure_percent`]),
 //! corrupt or malicious frames, clock skew (the engines only compare times
-//! they were given), and more than one upstream per node.
+//! they were given), and more than one upstream per node (so no edge ↔ edge
+//! links to a document's home: those are covered by the process tests).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
-use meridian_protocol::engine::{Direction, DocError, Engine, EngineConfig, Event, Millis, Output};
+use meridian_protocol::engine::{CatchUp, Direction, DocError, Engine, EngineConfig, Event, Millis, Output};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use rand::{RngExt, SeedableRng};
@@ -274,6 +282,10 @@ pub struct Sim {
     /// off unless `MERIDIAN_SIM_STORAGE_FAILURES` is set: the engine does not
     /// survive write failures yet.
     pub storage_failure_percent: u32,
+    /// Edits that were durable at a persistent node at some point.
+    ever_durable: BTreeSet<ChangeHash>,
+    /// Documents dropped from a store ([`Sim::offload`]).
+    offloads: usize,
 }
 
 const INJECTED_FAILURE: &str = "injected storage failure";
@@ -306,6 +318,8 @@ impl Sim {
             record_messages: false,
             unique_ephemeral_payloads: false,
             storage_failure_percent: 0,
+            ever_durable: BTreeSet::new(),
+            offloads: 0,
         };
         let first_tick = sim.timing.tick_every;
         sim.schedule(first_tick, Scheduled::Tick);
@@ -518,6 +532,36 @@ impl Sim {
         let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
         engine.broadcast_ephemeral(doc, session, count, data);
         self.note(format!("{} app ephemeral {} {session}#{count}", self.name(n), short(&doc)));
+        self.pump(n);
+    }
+
+    // ----- placement ----------------------------------------------------
+
+    /// A hand-off's catch-up: `edge`'s upstream pushes `doc` to it
+    /// ([`Engine::catch_up`]). `None` if their link is not up.
+    pub fn handoff(&mut self, edge: NodeId, doc: DocumentId) -> Option<CatchUp> {
+        let up = self.spec(edge).upstream?;
+        let link = self.nodes[edge.0].uplink?;
+        let l = &self.links[link.0];
+        let server = Side::Server.idx();
+        if !l.alive || !l.open[server] || l.incarnations[server] != self.nodes[up.0].incarnation {
+            return None;
+        }
+        let conn = l.conns[server];
+        let now = self.now;
+        let status = self.nodes[up.0].engine.as_mut()?.catch_up(now, doc, conn, None);
+        self.note(format!("{} hand-off {} to {}: {status:?}", self.name(up), short(&doc), self.name(edge)));
+        self.pump(up);
+        Some(status)
+    }
+
+    /// `n` drops its copy of `doc` once its upstream holds all of it
+    /// ([`Engine::offload`]).
+    pub fn offload(&mut self, n: NodeId, doc: DocumentId) {
+        let now = self.now;
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+        engine.offload(now, doc);
+        self.note(format!("{} offload {}", self.name(n), short(&doc)));
         self.pump(n);
     }
 
@@ -1015,6 +1059,7 @@ impl Sim {
             }
             StorageTask::DeleteDoc { doc } => {
                 self.nodes[n.0].durable.remove(doc);
+                self.offloads += 1;
             }
             StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } | StorageTask::PutSyncState { .. } => {}
         }
@@ -1023,6 +1068,16 @@ impl Sim {
             if !complete {
                 self.fail(format!("{} stored changes of {doc} whose dependencies are not stored", self.name(n)));
             }
+        }
+        if let (StorageTask::AppendChunk { doc, .. }, true) = (task, self.spec(n).persistent) {
+            let stored = &self.nodes[n.0].durable[doc];
+            let newly: Vec<ChangeHash> = self
+                .edits
+                .iter()
+                .filter(|e| e.doc == *doc && !self.ever_durable.contains(&e.hash) && contains(stored, &e.hash))
+                .map(|e| e.hash)
+                .collect();
+            self.ever_durable.extend(newly);
         }
     }
 
@@ -1213,7 +1268,11 @@ impl Sim {
         }
         for e in self.edits.iter().filter(|e| e.doc == *doc) {
             let durable_at_author = self.nodes[e.node.0].durable.get(doc).is_some_and(|d| contains(d, &e.hash));
-            if durable_at_author && !reference.is_some_and(|(_, r)| contains(r, &e.hash)) {
+            // Durable at a node that keeps its store: never to be lost, even
+            // if that node dropped its copy later (it may, once the upstream
+            // has it).
+            let durable = durable_at_author || self.ever_durable.contains(&e.hash);
+            if durable && !reference.is_some_and(|(_, r)| contains(r, &e.hash)) {
                 return Err(format!(
                     "edit {} of {doc} by {} was durable there but is lost",
                     hex8(&e.hash),
@@ -1309,6 +1368,10 @@ pub struct RunStats {
     pub evictions: usize,
     /// Ephemeral messages handed to applications (each at most once).
     pub ephemeral_delivered: usize,
+    /// Hand-off catch-ups started by a hub, and documents edges dropped
+    /// for the hub's copy.
+    pub handoffs: usize,
+    pub offloads: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
 }
@@ -1325,6 +1388,8 @@ impl RunStats {
         self.partitions += other.partitions;
         self.evictions += other.evictions;
         self.ephemeral_delivered += other.ephemeral_delivered;
+        self.handoffs += other.handoffs;
+        self.offloads += other.offloads;
         self.end_ms = self.end_ms.max(other.end_ms);
     }
 }
@@ -1375,6 +1440,7 @@ pub fn run_seed(seed: u64) -> RunOutcome {
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Evicted { .. })).count();
     w.stats.ephemeral_delivered =
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Ephemeral { .. })).count();
+    w.stats.offloads = w.sim.offloads;
     w.stats.end_ms = w.sim.now.0;
     RunOutcome { trace: w.sim.into_trace(), stats: w.stats }
 }
@@ -1399,6 +1465,7 @@ enum Action {
     Restart(NodeId),
     Ephemeral,
     Heal(NodeId),
+    Placement,
 }
 
 struct Workload {
@@ -1444,6 +1511,8 @@ impl Workload {
         w.later(at, Action::Ephemeral);
         let at = w.sim.rng.random_range(500..2000);
         w.later(at, Action::Chaos);
+        let at = w.sim.rng.random_range(300..3000);
+        w.later(at, Action::Placement);
         w
     }
 
@@ -1491,6 +1560,38 @@ impl Workload {
                 self.random_ephemeral();
                 let next = self.sim.rng.random_range(100..1500);
                 self.later(next, Action::Ephemeral);
+            }
+            Action::Placement => {
+                self.placement();
+                let next = self.sim.rng.random_range(200..3000);
+                self.later(next, Action::Placement);
+            }
+        }
+    }
+
+    /// What placement does to an edge under a hub: the hub pushes it a
+    /// document (a move's catch-up), or the edge drops a document it
+    /// stores for the hub's copy (disk budget).
+    fn placement(&mut self) {
+        let edges: Vec<NodeId> = self
+            .sim
+            .node_ids()
+            .filter(|n| self.sim.spec(*n).upstream.is_some() && !self.clients.contains(n) && self.sim.is_up(*n))
+            .collect();
+        if edges.is_empty() || self.docs.is_empty() {
+            return;
+        }
+        let edge = edges[self.sim.rng.random_range(0..edges.len())];
+        if self.sim.rng.random_bool(0.5) {
+            let doc = self.docs[self.sim.rng.random_range(0..self.docs.len())];
+            if self.sim.handoff(edge, doc).is_some() {
+                self.stats.handoffs += 1;
+            }
+        } else {
+            let stored: Vec<DocumentId> = self.sim.nodes[edge.0].durable.keys().copied().collect();
+            if !stored.is_empty() {
+                let doc = stored[self.sim.rng.random_range(0..stored.len())];
+                self.sim.offload(edge, doc);
             }
         }
     }

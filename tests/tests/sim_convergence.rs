@@ -26,13 +26,14 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn same_seed_gives_the_same_trace() {
-    let a = sim::run(7);
-    let b = sim::run(7);
+    // A seed whose run has every kind of fault and placement action.
+    let a = sim::run(4);
+    let b = sim::run(4);
     assert!(a.len() > 100, "trace suspiciously short: {} lines", a.len());
-    for fault in ["fault crash", "fault drop", "fault partition"] {
-        assert!(a.iter().any(|l| l.contains(fault)), "seed 7 should exercise `{fault}`");
+    for fault in ["fault crash", "fault drop", "fault partition", "hand-off", "offload"] {
+        assert!(a.iter().any(|l| l.contains(fault)), "seed 4 should exercise `{fault}`");
     }
-    assert_eq!(a, b, "seed 7 is not deterministic");
+    assert_eq!(a, b, "seed 4 is not deterministic");
     assert_ne!(sim::run(8), a, "different seeds should give different traces");
 }
 
@@ -46,7 +47,8 @@ fn random_schedules_converge() {
     let total = run_seeds(&seeds);
     eprintln!(
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
-         {} crashes, {} partitions, {} evictions, {} ephemeral deliveries; longest run {} ms of virtual time",
+         {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads; \
+         longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
         total.docs,
@@ -57,12 +59,15 @@ fn random_schedules_converge() {
         total.partitions,
         total.evictions,
         total.ephemeral_delivered,
+        total.handoffs,
+        total.offloads,
         total.end_ms,
     );
     // The workload must exercise what it claims to.
     if seeds.len() >= 50 {
         assert!(total.crashes > 0 && total.link_drops > 0 && total.partitions > 0 && total.evictions > 0);
         assert!(total.ephemeral_delivered > 0);
+        assert!(total.handoffs > 0 && total.offloads > 0, "placement is exercised");
         assert!(total.edits > 10 * seeds.len());
     }
 }
