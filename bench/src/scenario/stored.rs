@@ -21,9 +21,11 @@ pub struct Params {
     pub open: usize,
 }
 
-/// Connections writing the stored documents, and documents each keeps in flight.
+/// Connections writing the stored documents, and documents each keeps in
+/// flight. A deeper queue makes the JS server's keep-alive (a pong queued
+/// behind seconds of work) terminate the writers' sockets.
 const WRITERS: usize = 8;
-const WINDOW: usize = 64;
+const WINDOW: usize = 8;
 /// Connections opening documents, each one at a time.
 const OPENERS: usize = 10;
 
