@@ -7,8 +7,9 @@
 //!   The sites do not depend on the edges: with every edge stopped a page
 //!   still loads and shows its documents from IndexedDB.
 //! - Simulated geography (`--link eu=127.0.0.1:7390=127.0.0.1:7400=40`): a
-//!   UDP fault proxy per region between that edge and the hub, adding the
-//!   one-way delay (each direction), so QUIC federation sees real RTTs.
+//!   UDP fault proxy per region between that edge and the hub, and per pair
+//!   of edges (`--link eu-ap=...`), adding the one-way delay (each
+//!   direction), so QUIC federation and edge-to-edge links see real RTTs.
 //!
 //! `cargo xtask demo` starts it with the hub and the edges.
 
@@ -34,8 +35,10 @@ struct Cli {
     /// (the page syncs with ws://EDGE/sync). Repeat for each region.
     #[arg(long = "site", value_parser = parse_site, required = true)]
     sites: Vec<Site>,
-    /// A latency link: REGION=LISTEN=UPSTREAM=MS, a UDP proxy adding MS
-    /// milliseconds each way (point that region's edge `--hub` at LISTEN).
+    /// A latency link: NAME=LISTEN=UPSTREAM=MS, a UDP proxy adding MS
+    /// milliseconds each way. NAME is a region for its edge's link to the hub
+    /// (point the edge's `--hub` at LISTEN), or `a-b` for edge a's link to
+    /// edge b (`--peer-route b=LISTEN` on edge a).
     #[arg(long = "link", value_parser = parse_link)]
     links: Vec<Link>,
     /// The hub's HTTP address, shown in the pages (metrics, placement).
@@ -76,7 +79,7 @@ fn parse_site(s: &str) -> Result<Site, String> {
 
 fn parse_link(s: &str) -> Result<Link, String> {
     let parts: Vec<&str> = s.split('=').collect();
-    let [region, listen, upstream, ms] = parts[..] else { return Err("expected REGION=LISTEN=UPSTREAM=MS".into()) };
+    let [region, listen, upstream, ms] = parts[..] else { return Err("expected NAME=LISTEN=UPSTREAM=MS".into()) };
     Ok(Link {
         region: region.to_owned(),
         listen: listen.parse().map_err(|e| format!("LISTEN `{listen}`: {e}"))?,
@@ -135,7 +138,7 @@ async fn main() -> Result<()> {
             "edge": { "ws": format!("ws://{}/sync", site.edge), "http": format!("http://{}", site.edge) },
             "hub": { "http": format!("http://{}", cli.hub_http) },
             "sites": sites,
-            "oneWayToHubMs": links,
+            "linksMs": links,
         });
         let state = SiteState { web: cli.web.clone(), pkg: cli.pkg.clone(), config };
         let app = Router::new()

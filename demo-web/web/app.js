@@ -128,6 +128,11 @@ async function openDoc(url) {
     return;
   }
   setBanner(null);
+  // A document made elsewhere (another app, the CLI) gets the editor's fields.
+  const fields = doc.value();
+  for (const [field, initial] of [["title", "Untitled"], ["text", ""]]) {
+    if (typeof fields[field] !== "string") doc.put(field, initial);
+  }
   const c = { doc, edits: 0, saved: 0, synced: 0, previewing: null, cleanup: [] };
   current = c;
   c.text = new TextBinding($("editor"), $("mirror"), doc, "text", {
@@ -332,16 +337,18 @@ function renderSaveState() {
 
 // ------------------------------------------------------------ placement
 
-/** The hub's placement view of the open document (advisory: documents do not move yet). */
+/** The hub's placement view of the open document: its home, the decision behind it, its moves. */
 async function pollPlacement() {
   if (!current || $("offline-switch").checked) return;
   try {
     const r = await fetch(`${config.hub.http}/placement`, { cache: "no-store" });
     const all = await r.json();
+    const mine = (m) => m.doc === current.doc.documentId;
     info.placement = {
-      doc: all.documents?.find((d) => d.doc === current.doc.documentId) ?? null,
-      moves: (all.recent_moves ?? []).filter((m) => m.doc === current.doc.documentId).slice(-5),
-      advisory: all.advisory,
+      doc: all.documents?.find(mine) ?? null,
+      movesEnabled: !!all.moves_enabled,
+      // With moves on, the hand-offs that happened; otherwise the decisions.
+      moves: (all.moves_enabled ? all.recent_handoffs ?? [] : all.recent_moves ?? []).filter(mine).slice(-5),
     };
   } catch {
     info.placement = null;
@@ -356,22 +363,35 @@ function renderPlacement() {
   const el = $("placement");
   if (!current) return void (el.textContent = "");
   const hub = info.edge?.hub;
-  const oneWay = config.oneWayToHubMs?.[config.region];
+  const oneWay = config.linksMs?.[config.region];
   const p = info.placement?.doc;
+  const moving = info.placement?.movesEnabled;
+  const home = moving ? p?.announced_home : null;
   el.innerHTML = `
-    <div class="route"><span class="node">this page</span>→<span class="node edge"></span>→<span class="node">hub</span></div>
+    <div class="route"><span class="node">this page</span>→<span class="node edge"></span>→<span class="node hubnode">hub</span></div>
     <dl class="facts">
-      <dt>Syncs via</dt><dd class="via"></dd>
+      <dt>Home</dt><dd class="home-of-doc"></dd>
       <dt>Cloud copy</dt><dd class="hub"></dd>
       <dt>Edge ↔ hub</dt><dd class="latency"></dd>
       <dt>Hub's choice</dt><dd class="decided"></dd>
       <dt>Why</dt><dd class="why"></dd>
       <dt>Moves</dt><dd class="moves"></dd>
     </dl>
-    <p class="muted small">Your changes become durable on your edge first, then at the hub. The hub picks each
-    document's home from measured latency and who writes where; it does not move documents yet.</p>`;
-  el.querySelector(".node.edge").textContent = `edge ${config.region}`;
-  el.querySelector(".via").textContent = `edge ${info.edge?.edgeId ?? config.region}`;
+    <p class="muted small"></p>`;
+  const myEdge = info.edge?.edgeId ?? config.region;
+  el.querySelector(".node.edge").textContent = `edge ${myEdge}`;
+  const homeEdge = home && home !== "hub" ? home.edge : null;
+  if (homeEdge) {
+    el.querySelector(".node.edge").classList.toggle("home", homeEdge === myEdge);
+    if (homeEdge !== myEdge) el.querySelector(".route").insertAdjacentHTML("beforeend", `<span class="muted small">and</span><span class="node home"></span>`);
+    const h = el.querySelector(".route .node.home:not(.edge)");
+    if (h) h.textContent = `edge ${homeEdge}`;
+  } else {
+    el.querySelector(".node.hubnode").classList.toggle("home", moving && !!p);
+  }
+  el.querySelector(".home-of-doc").textContent = moving
+    ? homeEdge ? `edge ${homeEdge}${homeEdge === myEdge ? " (this page's edge)" : ""}` : "hub"
+    : `edge ${myEdge} (moves off)`;
   el.querySelector(".hub").textContent = hub ? `hub ${hub.addr} · ${hub.connected ? "linked" : "unreachable"}` : "—";
   el.querySelector(".latency").textContent =
     (hub?.connected ? `${hub.rttMs.toFixed(0)} ms RTT` : "—") + (oneWay != null ? ` (simulated ${oneWay} ms each way)` : "");
@@ -384,8 +404,12 @@ function renderPlacement() {
     : "—";
   const moves = info.placement?.moves ?? [];
   el.querySelector(".moves").textContent = moves.length
-    ? moves.map((m) => `${homeName(m.from)} → ${homeName(m.to)}`).join(", ")
+    ? moves.map((m) => `${homeName(m.from)} → ${homeName(m.to)}${m.took_ms != null ? ` (${m.took_ms} ms hand-off)` : ""}`).join(", ")
     : "none";
+  el.querySelector("p").textContent = moving
+    ? "The hub moves each document's home to the node nearest its writers, from measured latency; " +
+      "a move happens only after the new home has caught up. Other edges sync with the home directly."
+    : "The hub picks each document's home from measured latency and who writes where (advisory: moves are off).";
 }
 
 // ------------------------------------------------------------------ share

@@ -176,7 +176,12 @@ try {
   // The hub's placement decision for the document shows in the panel.
   await a.waitForFunction(() => /^(edge \w+|hub)$/.test(document.querySelector("#placement .decided")?.textContent ?? ""), null, { timeout: 30_000 })
   const decided = await a.$eval("#placement .decided", (d) => d.textContent)
-  out({ step: "placement-shown", decided })
+  // With moves on, the document's home becomes an edge (its writers are on eu
+  // and us), and the pages keep editing across the hand-off.
+  await a.waitForFunction(() => /^edge \w+/.test(document.querySelector("#placement .home-of-doc")?.textContent ?? ""), null, { timeout: 30_000 })
+  const home = await a.$eval("#placement .home-of-doc", (d) => d.textContent)
+  await shot(a, "5a-placement-a.png")
+  out({ step: "placement-shown", decided, home })
 
   // 6. A restores the first version (the welcome text); B shows it.
   await a.waitForFunction(() => document.querySelectorAll("#history li").length > 1)

@@ -1,8 +1,10 @@
-//! The collaborative editor demo end to end: a real hub, an `eu` and a `us`
-//! edge whose links to the hub carry simulated latency (40 ms and 5 ms each
-//! way, through `meridian-demo`'s UDP proxies), the demo's regional sites,
-//! and three pages in headless Chromium (`tests/js/demo-e2e.mjs`, which
-//! lists the steps). Screenshots go to `target/demo-e2e/`.
+//! The collaborative editor demo end to end: a real hub with placement
+//! moves on, an `eu` and a `us` edge whose links to the hub carry simulated
+//! latency (40 ms and 5 ms each way, through `meridian-demo`'s UDP proxies)
+//! and which link to each other directly when one is a document's home, the
+//! demo's regional sites, and three pages in headless Chromium
+//! (`tests/js/demo-e2e.mjs`, which lists the steps). Screenshots go to
+//! `target/demo-e2e/`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -71,11 +73,13 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
     }
     let dir = tempfile::tempdir()?;
     let (hub_quic, hub_http) = (free_udp_port()?, free_port()?);
+    // As in `cargo xtask demo`: documents move to the edge nearest their
+    // writers while the pages edit them.
     let hub = HubProcess::start(
         &dir.path().join("hub"),
         hub_quic,
         hub_http,
-        &["--edge", "eu=eu-secret", "--edge", "us=us-secret"],
+        &["--edge", "eu=eu-secret", "--edge", "us=us-secret", "--placement-moves", "--placement-interval-ms", "500"],
     )?;
     // The demo's sites and latency links: eu 40 ms, us 5 ms each way.
     let regions = [("eu", 40), ("us", 5)];
@@ -84,15 +88,23 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
     demo.arg("--hub-http").arg(format!("127.0.0.1:{hub_http}"));
     let mut plan = Vec::new();
     for (id, delay) in regions {
-        let (site, edge, link) = (free_port()?, free_port()?, free_udp_port()?);
+        let (site, edge, link, peer) = (free_port()?, free_port()?, free_udp_port()?, free_udp_port()?);
         demo.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{edge}")]);
         demo.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:{hub_quic}={delay}")]);
         sites.push(format!("http://127.0.0.1:{site}/"));
-        plan.push((id, site, edge, link));
+        plan.push((id, site, edge, link, peer));
+    }
+    // The direct edge-to-edge links (used once one edge is a document's
+    // home) carry the eu–us latency too: 40 ms each way.
+    let mut peer_routes = Vec::new();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let (port, (a, ..), (b, .., peer)) = (free_udp_port()?, plan[from], plan[to]);
+        demo.args(["--link", &format!("{a}-{b}=127.0.0.1:{port}=127.0.0.1:{peer}=40")]);
+        peer_routes.push(format!("{b}=127.0.0.1:{port}"));
     }
     let _demo = Demo(demo.stdout(Stdio::null()).spawn().context("starting meridian-demo")?);
     let mut edges = Vec::new();
-    for (id, site, edge, link) in &plan {
+    for ((id, site, edge, link, peer), route) in plan.iter().zip(&peer_routes) {
         wait_port(*site)?;
         let ca = hub.ca_path();
         let args = [
@@ -106,10 +118,14 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
             ca.to_str().context("CA path")?,
             "--peer-id",
             &format!("edge-{id}"),
+            "--peer-listen",
+            &format!("127.0.0.1:{peer}"),
+            "--peer-route",
+            route,
         ];
         edges.push(EdgeProcess::start(&dir.path().join(id), *edge, &args)?);
     }
-    for (id, _, edge, _) in &plan {
+    for (id, _, edge, ..) in &plan {
         let info = wait_uplink(*edge, id)?;
         eprintln!("edge {id}: {info}");
     }

@@ -163,10 +163,29 @@ fn sim_sweep() -> Result<()> {
 }
 
 /// The regions of the local cluster: (id, edge WebSocket port, edge QUIC
-/// port, demo site port, latency link port, one-way delay to the hub in ms).
-/// The hub is "in" `us`; the delays are DESIGN.md §7's example geography.
-const REGIONS: [(&str, u16, u16, u16, u16, u64); 3] =
-    [("eu", 7300, 7302, 7380, 7391, 40), ("us", 7310, 7312, 7381, 7392, 5), ("ap", 7320, 7322, 7382, 7393, 90)];
+/// port for devices, edge QUIC port for other edges, demo site port,
+/// latency link port to the hub, one-way delay to the hub in ms). The hub
+/// is "in" `us`; the delays are DESIGN.md §7's example geography.
+const REGIONS: [(&str, u16, u16, u16, u16, u16, u64); 3] = [
+    ("eu", 7300, 7302, 7303, 7380, 7391, 40),
+    ("us", 7310, 7312, 7313, 7381, 7392, 5),
+    ("ap", 7320, 7322, 7323, 7382, 7393, 90),
+];
+
+/// One-way delay between two regions' edges, in ms.
+fn edge_delay(a: &str, b: &str) -> u64 {
+    match (a.min(b), a.max(b)) {
+        ("eu", "us") => 40,
+        ("ap", "us") => 90,
+        ("ap", "eu") => 120,
+        _ => 0,
+    }
+}
+
+/// The UDP port of the latency link from edge `from` to edge `to`.
+fn peer_link_port(from: usize, to: usize) -> u16 {
+    7410 + (from * REGIONS.len() + to) as u16
+}
 
 fn demo(debug: bool) -> Result<()> {
     let profile = if debug { "debug" } else { "release" };
@@ -186,6 +205,8 @@ fn demo(debug: bool) -> Result<()> {
     let bin = |name: &str| target_dir().join(profile).join(name);
     let mut hub_cmd = Command::new(bin("meridian-hub"));
     hub_cmd.args(["serve", "--listen", "127.0.0.1:7400", "--http", "127.0.0.1:7401", "--data"]).arg(data.join("hub"));
+    // Documents move to the edge nearest their writers (after catching up).
+    hub_cmd.args(["--placement-moves", "--placement-dwell-secs", "10"]);
     for (id, secret) in &secrets {
         hub_cmd.args(["--edge", &format!("{id}={secret}")]);
     }
@@ -194,19 +215,31 @@ fn demo(debug: bool) -> Result<()> {
     // The web sites and the edge-to-hub latency links.
     let mut front = Command::new(bin("meridian-demo"));
     front.arg("--web").arg(root().join("demo-web/web")).arg("--pkg").arg(js::pkg_dir());
-    for (id, ws, _, site, link, delay) in REGIONS {
+    for (id, ws, _, _, site, link, delay) in REGIONS {
         front.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{ws}")]);
         front.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:7400={delay}")]);
     }
+    for (i, (a, ..)) in REGIONS.iter().enumerate() {
+        for (j, (b, _, _, peer, ..)) in REGIONS.iter().enumerate().filter(|(j, _)| *j != i) {
+            let (port, delay) = (peer_link_port(i, j), edge_delay(a, b));
+            front.args(["--link", &format!("{a}-{b}=127.0.0.1:{port}=127.0.0.1:{peer}={delay}")]);
+        }
+    }
     children.push(Child::spawn("demo", &mut front)?);
-    wait_for_port(REGIONS[2].3)?;
-    for ((id, ws, quic, _, link, _), (_, secret)) in REGIONS.iter().zip(&secrets) {
+    wait_for_port(REGIONS[2].4)?;
+    for (i, ((id, ws, quic, peer, _, link, _), (_, secret))) in REGIONS.iter().zip(&secrets).enumerate() {
         let mut edge = Command::new(bin("meridian-edge"));
         edge.args(["serve", "--listen", &format!("127.0.0.1:{ws}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
             .args(["--peer-id", &format!("edge-{id}"), "--data"])
             .arg(data.join(id))
             .args(["--hub", &format!("127.0.0.1:{link}"), "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
-            .arg(data.join("hub/tls/ca.pem"));
+            .arg(data.join("hub/tls/ca.pem"))
+            // Other edges reach this one directly when it is a document's
+            // home; it reaches them through the latency links.
+            .args(["--peer-listen", &format!("127.0.0.1:{peer}")]);
+        for (j, (other, ..)) in REGIONS.iter().enumerate().filter(|(j, _)| *j != i) {
+            edge.args(["--peer-route", &format!("{other}=127.0.0.1:{}", peer_link_port(i, j))]);
+        }
         children.push(Child::spawn(id, &mut edge)?);
     }
     for (_, ws, ..) in REGIONS {
@@ -214,9 +247,11 @@ fn demo(debug: bool) -> Result<()> {
     }
     eprintln!("\nMeridian local cluster (data in {}):\n", data.display());
     eprintln!("  Open the editor, one URL per region (each its own browser storage, like separate people):");
-    for (id, _, _, site, _, delay) in REGIONS {
+    for (id, _, _, _, site, _, delay) in REGIONS {
         eprintln!("    {id:<3} http://127.0.0.1:{site}/      (edge ↔ hub: {delay} ms each way)");
     }
+    eprintln!("  Edge ↔ edge: eu–us 40 ms, us–ap 90 ms, eu–ap 120 ms each way. Documents move to the edge nearest");
+    eprintln!("  their writers (the hub's placement; see each page's \"where this document lives\" panel).");
     eprintln!("\n  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
     for (id, ws, quic, ..) in REGIONS {
         eprintln!(
