@@ -862,7 +862,7 @@ impl Engine {
     fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
-        let upstream = c.direction == Direction::Outgoing;
+        let upstream = c.direction == Direction::Outgoing && !c.edge_peer;
         self.peers.insert(peer.clone(), conn);
         self.event(Event::PeerConnected { conn, peer, metadata });
         if upstream {
