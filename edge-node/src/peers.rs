@@ -171,6 +171,8 @@ struct PeerActor {
     events: mpsc::Sender<NodeEvent>,
     me: mpsc::Sender<PeerEvent>,
     links: BTreeMap<String, Link>,
+    /// How many documents are homed at each edge (links are kept while > 0).
+    homed_at: BTreeMap<String, usize>,
     generation: u64,
 }
 
@@ -182,7 +184,8 @@ pub async fn run(
     me: mpsc::Sender<PeerEvent>,
     mut rx: mpsc::Receiver<PeerEvent>,
 ) {
-    let mut actor = PeerActor { settings, dir, events, me, links: BTreeMap::new(), generation: 0 };
+    let mut actor =
+        PeerActor { settings, dir, events, me, links: BTreeMap::new(), homed_at: BTreeMap::new(), generation: 0 };
     while let Some(event) = rx.recv().await {
         actor.handle(event).await;
     }
@@ -199,6 +202,7 @@ impl PeerActor {
                     self.pin(doc, false).await;
                 }
                 self.links.clear();
+                self.homed_at.clear();
                 self.dir.with(|d| d.links.clear());
             }
             PeerEvent::LinkUp { edge, generation, conn } => {
@@ -233,17 +237,27 @@ impl PeerActor {
         let doc = notice.doc;
         let target = notice.edge.clone().filter(|e| *e != self.settings.edge_id);
         self.pin(doc, notice.edge.as_deref() == Some(self.settings.edge_id.as_str())).await;
-        self.dir.with(|d| d.homes.insert(doc, notice.clone()));
+        let old = self.dir.with(|d| d.homes.insert(doc, notice.clone())).and_then(|h| h.edge);
+        if let Some(edge) = &notice.edge {
+            *self.homed_at.entry(edge.clone()).or_default() += 1;
+        }
         let conn = match &target {
             Some(edge) => self.ensure_link(edge, &notice),
             None => None,
         };
         self.route(doc, conn).await;
-        // Links to edges that are nobody's home any more are closed.
-        let used: std::collections::BTreeSet<String> =
-            self.dir.with(|d| d.homes.values().filter_map(|h| h.edge.clone()).collect());
-        self.links.retain(|e, _| used.contains(e));
-        self.dir.with(|d| d.links.retain(|e, _| used.contains(e)));
+        // A link to an edge that is nobody's home any more is closed.
+        if let Some(old) = old {
+            let left = self.homed_at.get_mut(&old).map(|n| {
+                *n = n.saturating_sub(1);
+                *n
+            });
+            if left == Some(0) {
+                self.homed_at.remove(&old);
+                self.links.remove(&old);
+                self.dir.with(|d| d.links.remove(&old));
+            }
+        }
     }
 
     /// Starts (or restarts, if the hub gave a new address) the link to
