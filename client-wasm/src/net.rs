@@ -5,8 +5,10 @@
 //! unchanged; no protocol decision is made here.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use js_sys::{Array, Reflect, Uint8Array};
+use meridian_protocol::backoff::Backoff;
 use meridian_protocol::engine::{Direction, ErrorKind};
 use meridian_protocol::ids::ConnId;
 use wasm_bindgen::JsCast;
@@ -73,8 +75,7 @@ impl Socket {
 pub struct Net {
     urls: Vec<String>,
     ws_ctor: JsValue,
-    min_backoff_ms: f64,
-    max_backoff_ms: f64,
+    backoff: Backoff,
     /// How long an open socket may stay silent before the handshake counts as failed.
     handshake_timeout_ms: f64,
     /// Fires if the server accepted the socket but never answered `join`.
@@ -85,7 +86,6 @@ pub struct Net {
     /// The socket in use and its engine connection.
     socket: Option<(Socket, ConnId)>,
     next_generation: u64,
-    backoff_ms: Option<f64>,
     retry: Option<Timer>,
     /// What the browser says (`online`/`offline` events).
     online: bool,
@@ -107,15 +107,16 @@ impl Net {
         Self {
             urls,
             ws_ctor,
-            min_backoff_ms,
-            max_backoff_ms,
+            backoff: Backoff::new(
+                Duration::from_secs_f64(min_backoff_ms.max(0.0) / 1000.0),
+                Duration::from_secs_f64(max_backoff_ms.max(0.0) / 1000.0),
+            ),
             handshake_timeout_ms,
             handshake_timer: None,
             state,
             attempts: Vec::new(),
             socket: None,
             next_generation: 0,
-            backoff_ms: None,
             retry: None,
             online: platform::navigator_online(),
             paused: false,
@@ -172,7 +173,7 @@ impl Net {
     pub fn handshake_done(&mut self) {
         self.handshake_timer = None;
         self.state = ConnectionState::Connected;
-        self.backoff_ms = None;
+        self.backoff.reset();
     }
 
     /// Closes everything; returns the connection the engine must forget.
@@ -188,15 +189,10 @@ impl Net {
         })
     }
 
-    /// Exponential backoff with jitter: the delay doubles up to the
-    /// maximum and each wait is a random 50–100% of it.
+    /// The wait before the next attempt, in ms (the shared policy of
+    /// `meridian_protocol::backoff`, jitter from `Math.random`).
     fn next_backoff(&mut self) -> f64 {
-        let next = match self.backoff_ms {
-            None => self.min_backoff_ms,
-            Some(b) => (b * 2.0).min(self.max_backoff_ms),
-        };
-        self.backoff_ms = Some(next);
-        next * (0.5 + 0.5 * js_sys::Math::random())
+        self.backoff.next_delay(js_sys::Math::random()).as_secs_f64() * 1000.0
     }
 }
 
@@ -367,7 +363,7 @@ impl Driver {
         if paused {
             self.disconnect();
         } else {
-            self.net.backoff_ms = None;
+            self.net.backoff.reset();
             self.connect();
         }
     }
@@ -390,7 +386,7 @@ impl Driver {
     /// The browser is back online: connect right away.
     pub fn went_online(&mut self) {
         self.net.online = true;
-        self.net.backoff_ms = None;
+        self.net.backoff.reset();
         self.connect();
     }
 

@@ -34,6 +34,7 @@
 //! # let _ = conn;
 //! ```
 
+pub mod backoff;
 pub mod codec;
 pub mod engine;
 pub mod ids;
