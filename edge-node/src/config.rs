@@ -47,6 +47,9 @@ pub struct EdgeConfig {
     /// Memory budget: at most this many documents in memory (0: no limit;
     /// idle eviction applies either way).
     pub memory_budget_docs: usize,
+    /// Token the admin API (`/api/docs/…`) requires as `Authorization:
+    /// Bearer`; without one it answers loopback requests only.
+    pub admin_token: Option<String>,
     /// Disk budget: bytes of document data kept locally (0: no limit). Past
     /// it, the least recently written documents the hub holds in full and
     /// no client here uses are dropped; opening one later fetches it again
@@ -72,6 +75,7 @@ impl EdgeConfig {
             peer_advertise: None,
             peer_routes: std::collections::BTreeMap::new(),
             memory_budget_docs: 0,
+            admin_token: None,
             disk_budget_bytes: 0,
         }
     }

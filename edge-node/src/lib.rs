@@ -22,6 +22,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod backoff;
 pub mod cli;
 pub mod client;

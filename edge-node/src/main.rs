@@ -173,6 +173,10 @@ struct ServeArgs {
     /// ID=ADDR (repeatable; env: comma-separated). For NAT or latency proxies.
     #[arg(long = "peer-route", env = "MERIDIAN_PEER_ROUTES", value_delimiter = ',')]
     peer_routes: Vec<String>,
+    /// Token for the admin API (/api/docs/{doc}, /history, /rollback, /export) as
+    /// `Authorization: Bearer TOKEN`. Without it the API answers loopback requests only.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN")]
+    admin_token: Option<String>,
     /// Memory budget: at most this many documents in memory; past it the least
     /// recently used leave before their idle time is up (0: no limit).
     #[arg(long, env = "MERIDIAN_MEMORY_BUDGET_DOCS", default_value_t = 0)]
@@ -237,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
     }
     config.peer_advertise = args.peer_advertise;
     config.memory_budget_docs = args.memory_budget_docs;
+    config.admin_token = args.admin_token.filter(|t| !t.is_empty());
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     for r in &args.peer_routes {

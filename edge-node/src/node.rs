@@ -183,11 +183,14 @@ impl EdgeNode {
                 hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
             },
         ));
+        app = app.merge(crate::admin::router(addr, config.admin_token.clone()));
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             app = app.merge(crate::peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
+            // The peer address lets the admin API keep to loopback callers.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });

@@ -1,6 +1,7 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
 
 pub mod clients;
+pub mod http;
 /// The fault proxy lives in its own crate (the demo cluster uses it too).
 pub use meridian_netsim as fault_proxy;
 pub mod js;

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use meridian_tests::http;
 use meridian_tests::js::{js_dir, require_node_modules};
 use meridian_tests::process::{EdgeProcess, HubProcess, free_port, workspace_binary, workspace_root};
 use serde_json::Value;
@@ -39,16 +40,11 @@ fn wait_port(port: u16) -> Result<()> {
     Ok(())
 }
 
-/// `GET /info` of an edge, by hand (no HTTP client in this crate).
+/// `GET /info` of an edge (readable from any web page).
 fn edge_info(port: u16) -> Result<Value> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET /info HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    std::io::Read::read_to_string(&mut s, &mut body)?;
-    anyhow::ensure!(body.to_ascii_lowercase().contains("access-control-allow-origin: *"), "no CORS header: {body}");
-    let json = body.split("\r\n\r\n").nth(1).context("no body")?;
-    Ok(serde_json::from_str(json)?)
+    let r = http::request(port, "GET", "/info", &[])?;
+    anyhow::ensure!(r.header("access-control-allow-origin") == Some("*"), "no CORS header: {r:?}");
+    r.json()
 }
 
 fn wait_uplink(port: u16, edge_id: &str) -> Result<Value> {

@@ -1,0 +1,196 @@
+//! The operator's HTTP API on an edge (DESIGN §6): a document's history,
+//! its value now or at earlier heads, a rollback, and an export.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/docs/{doc}` | the document as JSON; `?at=HASH[,HASH]` as it was at those heads |
+//! | `GET /api/docs/{doc}/history` | every change: `{hash, actor, seq, time, message, deps}` |
+//! | `POST /api/docs/{doc}/rollback?to=HASH[,HASH]` | a new change restoring that version; `{heads, value}` |
+//! | `GET /api/docs/{doc}/export` | the document with its history (`.automerge` bytes) |
+//!
+//! `{doc}` is a document id or an `automerge:` URL; hashes may be unique
+//! prefixes of 6+ hex digits. The API is a client of this very edge (over
+//! loopback), so it sees exactly what clients see, and a rollback syncs to
+//! every replica like any edit. Without `--admin-token` it answers only
+//! requests from loopback; with one, only requests carrying
+//! `Authorization: Bearer <token>`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use meridian_protocol::automerge::transaction::CommitOptions;
+use meridian_protocol::ids::{AutomergeUrl, DocumentId};
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+
+use crate::cli;
+use crate::client::{Client, ClientError, ClientOptions};
+
+/// How long a request waits for a document to be found.
+const FIND_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+struct Admin {
+    /// This edge's own WebSocket URL (loopback).
+    url: String,
+    token: Option<Arc<str>>,
+    client: Arc<OnceCell<Client>>,
+}
+
+/// The admin routes, for the edge listening on `addr`.
+pub fn router(addr: SocketAddr, token: Option<String>) -> Router {
+    let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let admin = Admin { url: format!("ws://{host}/sync"), token: token.map(Arc::from), client: Arc::default() };
+    Router::new()
+        .route("/api/docs/{doc}", get(value))
+        .route("/api/docs/{doc}/history", get(history))
+        .route("/api/docs/{doc}/rollback", post(rollback))
+        .route("/api/docs/{doc}/export", get(export))
+        .layer(axum::middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
+
+async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
+    let allowed = match &admin.token {
+        Some(token) => {
+            bearer(request.headers()).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
+        }
+        None => request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback()),
+    };
+    if allowed {
+        return next.run(request).await;
+    }
+    let why = if admin.token.is_some() {
+        "send `Authorization: Bearer <the edge's --admin-token>`"
+    } else {
+        "the admin API answers only loopback requests unless the edge runs with --admin-token"
+    };
+    (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An error answer: status and a one-line explanation.
+struct Failure(StatusCode, String);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn bad_request(e: impl ToString) -> Failure {
+    Failure(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+impl Admin {
+    /// The in-process client, connected on first use, and the document found.
+    async fn open(&self, doc: &str) -> Result<(&Client, DocumentId), Failure> {
+        let id = parse_doc(doc)?;
+        let client =
+            self.client.get_or_try_init(|| Client::connect(&self.url, ClientOptions::default())).await.map_err(
+                |e| Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge at {}: {e}", self.url)),
+            )?;
+        match tokio::time::timeout(FIND_TIMEOUT, client.find(id)).await {
+            Ok(Ok(())) => Ok((client, id)),
+            Ok(Err(ClientError::Unavailable(_))) => {
+                Err(Failure(StatusCode::NOT_FOUND, format!("document {id} is not here nor at the hub")))
+            }
+            Ok(Err(e)) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            Err(_) => Err(Failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("document {id} was not found within {FIND_TIMEOUT:?}"),
+            )),
+        }
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        client: &Client,
+        doc: DocumentId,
+        f: impl FnOnce(&meridian_protocol::automerge::Automerge) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        client
+            .read(doc, f)
+            .await
+            .ok_or_else(|| Failure(StatusCode::INTERNAL_SERVER_ERROR, "document left memory".into()))
+    }
+}
+
+fn parse_doc(doc: &str) -> Result<DocumentId, Failure> {
+    let url = if doc.starts_with("automerge:") { doc.to_owned() } else { format!("automerge:{doc}") };
+    url.parse::<AutomergeUrl>().map(|u| u.document_id).map_err(|e| bad_request(format!("`{doc}`: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+struct At {
+    at: Option<String>,
+}
+
+async fn value(State(admin): State<Admin>, Path(doc): Path<String>, Query(q): Query<At>) -> Result<Response, Failure> {
+    let (client, id) = admin.open(&doc).await?;
+    let json = admin
+        .read(client, id, move |d| match q.at {
+            Some(at) => cli::resolve_heads(d, &at).and_then(|h| cli::json_at(d, &h)),
+            None => Ok(cli::to_json(d)),
+        })
+        .await?
+        .map_err(bad_request)?;
+    Ok(axum::Json(json).into_response())
+}
+
+async fn history(State(admin): State<Admin>, Path(doc): Path<String>) -> Result<Response, Failure> {
+    let (client, id) = admin.open(&doc).await?;
+    Ok(axum::Json(admin.read(client, id, cli::history).await?).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct To {
+    to: String,
+}
+
+async fn rollback(
+    State(admin): State<Admin>,
+    Path(doc): Path<String>,
+    Query(q): Query<To>,
+) -> Result<Response, Failure> {
+    let (client, id) = admin.open(&doc).await?;
+    let heads = admin.read(client, id, move |d| cli::resolve_heads(d, &q.to)).await?.map_err(bad_request)?;
+    let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let options = CommitOptions::default().with_message(format!("Rollback to {}", short.join(","))).with_time(now);
+    client
+        .change_with(id, options, move |tx| cli::rollback(tx, &heads))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // Answer once this edge has it durably (it only advertises committed heads).
+    let _ = tokio::time::timeout(FIND_TIMEOUT, client.wait_acked(id)).await;
+    let (heads, value) = admin
+        .read(client, id, |d| (d.get_heads().iter().map(ToString::to_string).collect::<Vec<_>>(), cli::to_json(d)))
+        .await?;
+    Ok(axum::Json(serde_json::json!({ "heads": heads, "value": value })).into_response())
+}
+
+async fn export(State(admin): State<Admin>, Path(doc): Path<String>) -> Result<Response, Failure> {
+    let (client, id) = admin.open(&doc).await?;
+    let bytes = admin.read(client, id, |d| d.save()).await?;
+    let disposition = format!("attachment; filename=\"{id}.automerge\"");
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
+        bytes,
+    )
+        .into_response())
+}
