@@ -27,6 +27,7 @@
 //! | `meridian_edge_offloaded_total` | counter | documents whose local copy was dropped for the hub's (disk budget) |
 //! | `meridian_edge_cold_opens_total` | counter | documents opened that were not stored here, fetched from the hub or their home edge |
 //! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
+//! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -95,6 +96,7 @@ pub struct NodeMetrics {
     pub storage_tasks: AtomicU64,
     pub storage_failures: AtomicU64,
     pub storage_batch_seconds: Histogram,
+    pub home_lag_seconds: Histogram,
     pub evictions: AtomicU64,
     pub uplink_connected: AtomicU64,
     pub uplink_rtt_micros: AtomicU64,
@@ -130,6 +132,7 @@ impl NodeMetrics {
             storage_tasks: AtomicU64::default(),
             storage_failures: AtomicU64::default(),
             storage_batch_seconds: Histogram::default(),
+            home_lag_seconds: Histogram::default(),
             evictions: AtomicU64::default(),
             uplink_connected: AtomicU64::default(),
             uplink_rtt_micros: AtomicU64::default(),
@@ -275,6 +278,8 @@ impl NodeMetrics {
         let help = "Documents opened that were not stored here (fetched from the hub or their home).";
         counter(&mut out, &self.name("cold_opens_total"), help, &self.cold_opens);
         gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
+        let help = "From a change durable here to the document's home confirming it.";
+        self.home_lag_seconds.render(&mut out, &self.name("home_lag_seconds"), help);
         out
     }
 

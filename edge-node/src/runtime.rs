@@ -268,7 +268,16 @@ struct NodeLoop {
     offload_tried: BTreeMap<DocumentId, Instant>,
     /// Documents homed here (kept whatever the disk budget).
     pinned: std::collections::BTreeSet<DocumentId>,
+    /// Changes durable here that the document's home has not confirmed yet
+    /// (`meridian_edge_home_lag_seconds`), oldest first.
+    home_lag: VecDeque<(DocumentId, Vec<ChangeHash>, Instant)>,
+    home_lag_checked: Instant,
 }
+
+/// At most this many changes are followed until their home confirms them,
+/// for at most this long.
+const HOME_LAG_TRACKED: usize = 4096;
+const HOME_LAG_GIVE_UP: Duration = Duration::from_secs(60);
 
 impl NodeLoop {
     fn now(&self) -> Millis {
@@ -424,6 +433,37 @@ impl NodeLoop {
         if !batch.is_empty() {
             self.storage.submit(StoreRequest::Tasks(batch));
         }
+        self.observe_home_lag();
+    }
+
+    /// Starts timing a change durable here until its home confirms it
+    /// (only on nodes with an upstream, for documents not homed here, and
+    /// for changes the home does not have yet).
+    fn follow_to_home(&mut self, doc: DocumentId, heads: Vec<ChangeHash>) {
+        if self.pinned.contains(&doc) || self.engine.home_covers(&doc, &heads) != Some(false) {
+            return;
+        }
+        if self.home_lag.len() >= HOME_LAG_TRACKED {
+            self.home_lag.pop_front();
+        }
+        self.home_lag.push_back((doc, heads, Instant::now()));
+    }
+
+    /// Checked after the loop's work, at most every couple of milliseconds
+    /// (a busy loop drains often).
+    fn observe_home_lag(&mut self) {
+        if self.home_lag.is_empty() || self.home_lag_checked.elapsed() < Duration::from_millis(2) {
+            return;
+        }
+        self.home_lag_checked = Instant::now();
+        let (engine, metrics) = (&self.engine, &self.metrics);
+        self.home_lag.retain(|(doc, heads, since)| {
+            if engine.home_covers(doc, heads) == Some(true) {
+                metrics.home_lag_seconds.observe(since.elapsed().as_secs_f64());
+                return false;
+            }
+            since.elapsed() < HOME_LAG_GIVE_UP
+        });
     }
 
     fn send(&mut self, conn: ConnId, message: &codec::Message) {
@@ -452,7 +492,10 @@ impl NodeLoop {
             Event::PeerConnected { conn, peer, .. } => tracing::info!(%conn, %peer, "peer joined"),
             Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
-            Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
+            Event::DocChanged { doc, heads } => {
+                tracing::trace!(%doc, "changed");
+                self.follow_to_home(doc, heads);
+            }
             Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }
@@ -520,6 +563,8 @@ impl NodeRuntime {
             usage_pending: false,
             offload_tried: BTreeMap::new(),
             pinned: std::collections::BTreeSet::new(),
+            home_lag: VecDeque::new(),
+            home_lag_checked: Instant::now(),
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

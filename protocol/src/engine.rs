@@ -523,6 +523,16 @@ impl Engine {
         }
     }
 
+    /// Whether the document's home has confirmed `heads` (advertised heads
+    /// covering them, which it does only once they are committed there):
+    /// asked of the link to its home edge when it is routed and up, else of
+    /// a ready upstream. `None`: no such connection.
+    pub fn home_covers(&self, doc: &DocumentId, heads: &[ChangeHash]) -> Option<bool> {
+        let ready = |c: &ConnId| self.conns.get(c).is_some_and(|c| c.peer().is_some());
+        let conn = self.routes.get(doc).copied().filter(ready).or_else(|| self.upstream_conns().first().copied())?;
+        Some(self.peer_covers(doc, conn, heads))
+    }
+
     /// The edge-peer link a document is routed to, if any.
     pub fn route(&self, doc: &DocumentId) -> Option<ConnId> {
         self.routes.get(doc).copied()

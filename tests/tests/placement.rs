@@ -280,5 +280,16 @@ async fn a_moved_home_is_announced_after_catching_up_and_edges_sync_with_it_dire
     writer.change(doc, |tx| tx.put(ROOT, "from_home", 3).map(|_| ())).await?;
     let seen = other.wait_for(doc, |d| d.get(ROOT, "from_home").ok().flatten().is_some());
     tokio::time::timeout(Duration::from_secs(10), seen).await.context("the home's change reached us")??;
+    // us timed its own changes until the home confirmed them.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let metrics = get(us.port, "/metrics").await?;
+        let count = metrics.lines().find_map(|l| l.strip_prefix("meridian_edge_home_lag_seconds_count "));
+        if count.and_then(|c| c.trim().parse::<u64>().ok()).unwrap_or(0) >= 1 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no home lag observed at us: {count:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
