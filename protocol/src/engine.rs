@@ -290,11 +290,16 @@ struct PeerDoc {
     requesting: bool,
     /// We told it `doc-unavailable`.
     told_unavailable: bool,
+    /// Its sync state changed (a message from it, a loaded or reset state)
+    /// since we last generated a message for it. With the document's heads
+    /// unchanged, a clean peer has nothing new coming: [`Engine::sync_doc`]
+    /// skips it, so a message from one of N peers costs O(1), not O(N).
+    dirty: bool,
 }
 
 impl PeerDoc {
     fn new() -> Self {
-        Self { sync: sync::State::new(), loading_state: false, requesting: false, told_unavailable: false }
+        Self { sync: sync::State::new(), loading_state: false, requesting: false, told_unavailable: false, dirty: true }
     }
 }
 
@@ -318,6 +323,9 @@ struct DocState {
     snapshot_bytes: usize,
     chunk_bytes: usize,
     peers: BTreeMap<ConnId, PeerDoc>,
+    /// The heads when [`Engine::sync_doc`] last generated messages: when
+    /// they changed, every peer may need something.
+    synced_heads: Vec<ChangeHash>,
     pending: VecDeque<Pending>,
     /// Upstreams that answered `doc-unavailable` since we last had data.
     upstream_unavailable: BTreeSet<ConnId>,
@@ -338,6 +346,7 @@ impl DocState {
             snapshot_bytes: 0,
             chunk_bytes: 0,
             peers: BTreeMap::new(),
+            synced_heads: Vec::new(),
             pending: VecDeque::new(),
             upstream_unavailable: BTreeSet::new(),
             local_waiting: false,
@@ -999,6 +1008,7 @@ impl Engine {
         // Decoding succeeded when the message arrived.
         let Ok(message) = sync::Message::decode(&p.data) else { return };
         pd.requesting = p.requesting;
+        pd.dirty = true;
         if !p.requesting {
             pd.told_unavailable = false;
         }
@@ -1070,8 +1080,15 @@ impl Engine {
             return;
         }
         let has_data = d.has_data();
+        let heads = d.doc.get_heads();
+        let heads_changed = heads != d.synced_heads;
+        d.synced_heads = heads;
         let mut out = Vec::new();
         for (conn, pd) in d.peers.iter_mut() {
+            pd.dirty |= heads_changed;
+            if !pd.dirty {
+                continue;
+            }
             if pd.loading_state {
                 continue;
             }
@@ -1080,6 +1097,7 @@ impl Engine {
             if pd.requesting && !has_data {
                 continue;
             }
+            pd.dirty = false;
             if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
                 out.push((*conn, m.encode()));
             }
@@ -1184,6 +1202,7 @@ impl Engine {
         if let Some(pd) = d.peers.get_mut(&conn) {
             // Whatever we sent was in vain; start over if it reappears.
             pd.sync = sync::State::new();
+            pd.dirty = true;
         }
         self.resolve_availability(now, doc_id);
     }
@@ -1292,6 +1311,7 @@ impl Engine {
     fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
         let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) else { return };
         pd.loading_state = false;
+        pd.dirty = true;
         if let Some(state) = bytes.and_then(|b| sync::State::decode(&b).ok()) {
             pd.sync = state;
         }
