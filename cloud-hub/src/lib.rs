@@ -39,7 +39,6 @@ use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, Fr
 use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::PeerId;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinSet;
 
 use crate::placement::{EdgeId, PlacementConfig};
 use crate::placer::{PlacementMetrics, Placer, PlacerEvent, View};
@@ -373,19 +372,12 @@ async fn accept_loop(
     placer: mpsc::Sender<PlacerEvent>,
 ) {
     let config = Arc::new(config);
-    let mut edges = JoinSet::new();
     let mut next_conn = 0u64;
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                next_conn += 1;
-                let serve = serve_edge(incoming, config.clone(), peer_secret.clone(), events.clone(), placer.clone(), next_conn);
-                edges.spawn(serve);
-            }
-            Some(_) = edges.join_next(), if !edges.is_empty() => {}
-        }
-    }
+    quic::accept_each(endpoint, |incoming| {
+        next_conn += 1;
+        serve_edge(incoming, config.clone(), peer_secret.clone(), events.clone(), placer.clone(), next_conn)
+    })
+    .await;
 }
 
 /// Runs one edge connection from handshake to close.
@@ -410,13 +402,7 @@ async fn serve_edge(
         Ok(hello) => hello,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge");
-            let refused = federation::encode_control(&Control::Refused { reason: reason.clone() });
-            let _ = quic::write_frame(&mut send, FrameKind::Control, &refused).await;
-            let _ = send.finish();
-            // Give the refusal a moment to leave before the close.
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            connection.close(quinn::VarInt::from_u32(2), reason.as_bytes());
-            return;
+            return quic::refuse(&connection, send, &reason).await;
         }
     };
     let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };

@@ -109,16 +109,7 @@ async fn accept_devices(
     events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
     limit: usize,
 ) {
-    let mut devices = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                devices.spawn(serve_device(incoming, events.clone(), limit));
-            }
-            Some(_) = devices.join_next(), if !devices.is_empty() => {}
-        }
-    }
+    crate::quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit)).await;
 }
 
 async fn serve_device(

@@ -401,16 +401,7 @@ async fn accept(
     events: mpsc::Sender<NodeEvent>,
     limit: usize,
 ) {
-    let mut peers = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                peers.spawn(serve(incoming, dir.clone(), edge_id.clone(), events.clone(), limit));
-            }
-            Some(_) = peers.join_next(), if !peers.is_empty() => {}
-        }
-    }
+    quic::accept_each(endpoint, |incoming| serve(incoming, dir.clone(), edge_id.clone(), events.clone(), limit)).await;
 }
 
 /// One edge that dialled us: `hello` with the peer secret, then documents.
@@ -428,12 +419,7 @@ async fn serve(
         Ok(who) => who,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge link");
-            let refused = federation::encode_control(&Control::Refused { reason: reason.clone() });
-            let _ = quic::write_frame(&mut send, FrameKind::Control, &refused).await;
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            connection.close(quinn::VarInt::from_u32(2), reason.as_bytes());
-            return;
+            return quic::refuse(&connection, send, &reason).await;
         }
     };
     let Some((conn, out)) = register_edge_peer(&events, Direction::Incoming).await else { return };

@@ -249,6 +249,36 @@ pub async fn read_frame(
     Ok(Some((kind, payload)))
 }
 
+/// Accepts QUIC connections until the endpoint closes, running `serve` on
+/// each in a task this loop owns (aborted with it). The hub's edge
+/// listener, the edge's device listener and its peer listener all use it.
+pub async fn accept_each<F, Fut>(endpoint: quinn::Endpoint, mut serve: F)
+where
+    F: FnMut(quinn::Incoming) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                tasks.spawn(serve(incoming));
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+/// Tells a peer why it was refused (a `refused` control frame), gives that
+/// a moment to leave, and closes the connection.
+pub async fn refuse(connection: &quinn::Connection, mut send: quinn::SendStream, reason: &str) {
+    let refused = federation::encode_control(&federation::Control::Refused { reason: reason.to_owned() });
+    let _ = write_frame(&mut send, FrameKind::Control, &refused).await;
+    let _ = send.finish();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send.stopped()).await;
+    connection.close(quinn::VarInt::from_u32(2), reason.as_bytes());
+}
+
 /// Writes one frame.
 pub async fn write_frame(send: &mut quinn::SendStream, kind: FrameKind, payload: &[u8]) -> Result<(), FrameIoError> {
     send.write_all(&federation::encode_frame(kind, payload)).await?;
