@@ -29,6 +29,15 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Runs `meridian-edge client ARGS…` to completion: its trimmed stdout, or
+/// an error carrying its stderr.
+pub fn edge_client(args: &[&str]) -> Result<String> {
+    let out =
+        Command::new(workspace_binary("meridian-edge")?).arg("client").args(args).env("RUST_LOG", "warn").output()?;
+    anyhow::ensure!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

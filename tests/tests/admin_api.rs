@@ -4,17 +4,11 @@
 
 use anyhow::{Context, Result};
 use meridian_tests::http::request;
-use meridian_tests::process::{EdgeProcess, free_port, workspace_binary};
+use meridian_tests::process::{EdgeProcess, edge_client, free_port};
 use serde_json::json;
 
 fn cli(url: &str, args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(workspace_binary("meridian-edge")?)
-        .args(["client", "--url", url])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()?;
-    anyhow::ensure!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    edge_client(&[&["--url", url], args].concat())
 }
 
 #[test]

@@ -10,7 +10,7 @@ use meridian_edge::quic::HubTrust;
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
-use meridian_tests::process::{EdgeProcess, free_port, workspace_binary};
+use meridian_tests::process::{EdgeProcess, edge_client as cli, free_port, workspace_binary};
 
 fn int(d: &Automerge, key: &str) -> Option<i64> {
     d.get(ROOT, key).ok().flatten().and_then(|(v, _)| v.as_i64())
@@ -46,13 +46,6 @@ async fn device_over_quic_edits_offline_then_syncs_with_a_websocket_client() -> 
     let got = browser.read(doc, |d| (int(d, "offline"), int(d, "more"))).await;
     assert_eq!(got, Some((Some(1), Some(2))));
     Ok(())
-}
-
-fn cli(args: &[&str]) -> Result<String> {
-    let out =
-        Command::new(workspace_binary("meridian-edge")?).arg("client").args(args).env("RUST_LOG", "warn").output()?;
-    anyhow::ensure!(out.status.success(), "client {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
 #[test]
