@@ -143,8 +143,8 @@ impl Cluster {
     }
 }
 
-/// `GET path` on a local HTTP port, as JSON.
-pub async fn get_json(port: u16, path: &str) -> Result<Value> {
+/// `GET path` on a local HTTP port: the body of a 200 answer.
+pub async fn get_text(port: u16, path: &str) -> Result<String> {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await?;
@@ -152,7 +152,12 @@ pub async fn get_json(port: u16, path: &str) -> Result<Value> {
     s.read_to_string(&mut response).await?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
     anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    Ok(serde_json::from_str(body)?)
+    Ok(body.to_owned())
+}
+
+/// `GET path` on a local HTTP port, as JSON.
+pub async fn get_json(port: u16, path: &str) -> Result<Value> {
+    Ok(serde_json::from_str(&get_text(port, path).await?)?)
 }
 
 /// Polls `path` on `port` until `done` holds for its JSON (30 s at most).

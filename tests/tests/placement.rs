@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use meridian_edge::client::Client;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{ROOT, ReadDoc};
@@ -15,26 +15,10 @@ use meridian_protocol::ids::DocumentId;
 use meridian_tests::clients::fast;
 use meridian_tests::fault_proxy::{Direction, FaultProxy};
 use meridian_tests::process::{EdgeProcess, HubProcess, free_port};
+use meridian_tests::regions::{get_text as get, until};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// `GET path` on the hub's HTTP port; the body as JSON (or text for `/metrics`).
-async fn get(port: u16, path: &str) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    Ok(body.to_owned())
-}
-
-async fn get_json(port: u16, path: &str) -> Result<Value> {
-    Ok(serde_json::from_str(&get(port, path).await?)?)
-}
 
 /// A hub process with edges `eu` and `us` allowed and fast reports.
 fn hub(dir: &Path, extra: &[&str]) -> Result<HubProcess> {
@@ -59,21 +43,6 @@ fn edge_with(dir: &Path, hub: &HubProcess, hub_addr: &str, id: &str, extra: &[&s
         vec!["--hub", hub_addr, "--edge-id", id, "--hub-secret", &secret, "--hub-ca", ca, "--peer-id", &peer];
     args.extend(extra);
     EdgeProcess::start(dir, free_port()?, &args)
-}
-
-/// Polls `path` until `done` holds for its JSON.
-async fn until(port: u16, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = get_json(port, path).await?;
-        if done(&v) {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what} never happened; last {path}: {v:#}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn doc_entry<'a>(placement: &'a Value, doc: &DocumentId) -> Option<&'a Value> {
