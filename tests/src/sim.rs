@@ -955,10 +955,30 @@ impl Sim {
                     ));
                 }
             }
+            Event::PeerConnected { conn, .. } if self.is_uplink_conn(n, *conn) => self.backfill(n),
             _ => {}
         }
         self.note(format!("{} event {}", self.name(n), describe_event(&event)));
         self.nodes[n.0].events.push(event);
+    }
+
+    /// Whether `conn` is node `n`'s connection to its upstream.
+    fn is_uplink_conn(&self, n: NodeId, conn: ConnId) -> bool {
+        let Some(link) = self.uplink(n) else { return false };
+        self.links[link.0].conns[self.side_of(link, n).idx()] == conn
+    }
+
+    /// What the node runtime does once an uplink is up: every stored
+    /// document is opened so it syncs with the hub — documents no local
+    /// application has open too (evicted, or handed to this edge by a hub).
+    fn backfill(&mut self, n: NodeId) {
+        let docs: Vec<DocumentId> = self.nodes[n.0].durable.keys().copied().collect();
+        let now = self.now;
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+        for doc in &docs {
+            engine.open(now, *doc);
+        }
+        self.note(format!("{} backfill {} stored documents", self.name(n), docs.len()));
     }
 
     /// Durable before advertised: the heads of every sync message a node
