@@ -496,7 +496,8 @@ async fn handshake(
         return Err(format!("unsupported federation version {version} (this hub speaks {FEDERATION_VERSION})"));
     }
     if let EdgeAuth::Secrets(secrets) = &config.auth {
-        let ok = secrets.get(&node_id).is_some_and(|expected| constant_time_eq(expected.as_bytes(), secret.as_bytes()));
+        let ok =
+            secrets.get(&node_id).is_some_and(|expected| quic::same_secret(expected.as_bytes(), secret.as_bytes()));
         if !ok {
             return Err(format!("unknown edge `{node_id}` or wrong secret"));
         }
@@ -514,24 +515,9 @@ async fn handshake(
     Ok(EdgeHello { node_id, peer_addr, peer_fingerprint })
 }
 
-/// Compares secrets without leaking where they differ (hashes first so
-/// lengths do not leak either).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 
     #[test]
     fn open_dev_mode_is_refused_off_loopback() {

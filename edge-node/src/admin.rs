@@ -25,13 +25,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use meridian_protocol::automerge::transaction::CommitOptions;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::cli;
 use crate::client::{Client, ClientError, ClientOptions};
+use crate::quic::same_secret;
 
 /// How long a request waits for a document to be found.
 const FIND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,9 +59,7 @@ pub fn router(addr: SocketAddr, token: Option<String>) -> Router {
 
 async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
     let allowed = match &admin.token {
-        Some(token) => {
-            bearer(request.headers()).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-        }
+        Some(token) => bearer(request.headers()).is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())),
         None => request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback()),
     };
     if allowed {
@@ -77,10 +75,6 @@ async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> 
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An error answer: status and a one-line explanation.
@@ -169,13 +163,7 @@ async fn rollback(
 ) -> Result<Response, Failure> {
     let (client, id) = admin.open(&doc).await?;
     let heads = admin.read(client, id, move |d| cli::resolve_heads(d, &q.to)).await?.map_err(bad_request)?;
-    let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let options = CommitOptions::default().with_message(format!("Rollback to {}", short.join(","))).with_time(now);
-    client
-        .change_with(id, options, move |tx| cli::rollback(tx, &heads))
-        .await
-        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    client.rollback(id, heads).await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     // Answer once this edge has it durably (it only advertises committed heads).
     let _ = tokio::time::timeout(FIND_TIMEOUT, client.wait_acked(id)).await;
     let (heads, value) = admin

@@ -199,6 +199,15 @@ impl Client {
         self.ask(|reply| Command::Import { bytes, reply }).await?
     }
 
+    /// Restores `doc` to its state at `heads` as one new change ("Rollback
+    /// to …"), which syncs like any edit ([`crate::cli::rollback`]).
+    pub async fn rollback(&self, doc: DocumentId, heads: Vec<ChangeHash>) -> Result<(), ClientError> {
+        let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
+        let options =
+            CommitOptions::default().with_message(format!("Rollback to {}", short.join(","))).with_time(unix_seconds());
+        self.change_with(doc, options, move |tx| crate::cli::rollback(tx, &heads)).await
+    }
+
     /// Loads a document locally or fetches it from the server.
     pub async fn find(&self, doc: DocumentId) -> Result<(), ClientError> {
         self.ask(|reply| Command::Find { doc, reply }).await?

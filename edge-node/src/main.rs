@@ -268,7 +268,6 @@ mod client {
     use meridian_edge::cli;
     use meridian_edge::client::{Client, ClientOptions};
     use meridian_edge::quic::HubTrust;
-    use meridian_protocol::automerge::transaction::CommitOptions;
     use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 
     use super::{ClientArgs, ClientOp};
@@ -342,11 +341,7 @@ mod client {
                     .await
                     .context("the document is not loaded")?
                     .map_err(anyhow::Error::msg)?;
-                let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
-                let options = CommitOptions::default()
-                    .with_message(format!("Rollback to {}", short.join(",")))
-                    .with_time(unix_now());
-                client.change_with(doc, options, move |tx| cli::rollback(tx, &heads)).await?;
+                client.rollback(doc, heads).await?;
                 acked(&client, doc, wait).await;
                 print(&client, doc).await;
             }
@@ -400,10 +395,6 @@ mod client {
         if let Some(json) = client.read(doc, |d| cli::to_json(d)).await {
             println!("{json}");
         }
-    }
-
-    fn unix_now() -> i64 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
     }
 
     /// `YYYY-MM-DD HH:MM:SS` UTC for a change's time (seconds), `-` if none was recorded.

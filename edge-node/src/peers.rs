@@ -446,7 +446,7 @@ async fn peer_handshake(
         return Err(format!("unsupported federation version {version}"));
     }
     let expected = dir.secret().ok_or("this edge has no peer secret from its hub yet")?;
-    if !same_secret(expected.as_bytes(), secret.as_bytes()) {
+    if !quic::same_secret(expected.as_bytes(), secret.as_bytes()) {
         return Err(format!("edge `{node_id}` did not present this federation's peer secret"));
     }
     let welcome = Control::Welcome {
@@ -459,13 +459,6 @@ async fn peer_handshake(
         .await
         .map_err(|e| e.to_string())?;
     Ok(node_id)
-}
-
-/// Compares secrets in constant time (hashes first, so lengths do not leak).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
-    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The uplink's side of the actor: what to say in `hello`, where to send
@@ -498,12 +491,6 @@ impl PeerHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn secrets_compare_exactly() {
-        assert!(same_secret(b"k", b"k"));
-        assert!(!same_secret(b"k", b"K"));
-    }
 
     #[test]
     fn the_directory_shows_homes_and_links() {

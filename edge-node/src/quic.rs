@@ -249,6 +249,14 @@ pub async fn read_frame(
     Ok(Some((kind, payload)))
 }
 
+/// Compares secrets in constant time (hashed first, so lengths do not leak
+/// either). The hub's edge secrets, the edges' peer secret and the admin
+/// token all go through it.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let (ha, hb) = (Sha256::digest(a), Sha256::digest(b));
+    ha.iter().zip(hb.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Accepts QUIC connections until the endpoint closes, running `serve` on
 /// each in a task this loop owns (aborted with it). The hub's edge
 /// listener, the edge's device listener and its peer listener all use it.
@@ -373,5 +381,18 @@ pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert!(!same_secret(b"k", b"K"));
     }
 }
