@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::fault_proxy::{Direction, FaultHandle, FaultProxy};
-use crate::process::{EdgeProcess, HubProcess, free_port};
+use crate::process::{EdgeProcess, HubProcess, free_port, free_udp_port};
 
 /// The regions, in a fixed order.
 pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -41,11 +41,6 @@ pub struct Cluster {
     uplinks: BTreeMap<String, FaultProxy>,
     peer_links: BTreeMap<(String, String), FaultProxy>,
     _dirs: Vec<tempfile::TempDir>,
-}
-
-/// A free loopback UDP port (bound then released).
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn delayed_proxy(upstream: std::net::SocketAddr, delay: Duration) -> Result<FaultProxy> {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use meridian_tests::http;
 use meridian_tests::js::{js_dir, require_node_modules};
-use meridian_tests::process::{EdgeProcess, HubProcess, free_port, workspace_binary, workspace_root};
+use meridian_tests::process::{
+    EdgeProcess, HubProcess, free_port, free_udp_port, wait_port, workspace_binary, workspace_root,
+};
 use serde_json::Value;
 
 /// `meridian-demo`, killed on drop.
@@ -25,19 +27,6 @@ impl Drop for Demo {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// `GET /info` of an edge (readable from any web page).
@@ -101,7 +90,7 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
     let _demo = Demo(demo.stdout(Stdio::null()).spawn().context("starting meridian-demo")?);
     let mut edges = Vec::new();
     for ((id, site, edge, link, peer), route) in plan.iter().zip(&peer_routes) {
-        wait_port(*site)?;
+        wait_port(*site, Duration::from_secs(30))?;
         let ca = hub.ca_path();
         let args = [
             "--hub",

@@ -10,11 +10,10 @@ use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, ensure_npm, root, run as run_cmd};
+use crate::{cargo, ensure_npm, root, run as run_cmd, wait_port};
 
 const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R]
        scenarios: connect fanout writers large-doc stored (default: all, then big-doc)
@@ -94,17 +93,6 @@ impl Drop for Server {
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listening on {port}")
 }
 
 fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {

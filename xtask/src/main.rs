@@ -226,7 +226,7 @@ fn demo(debug: bool) -> Result<()> {
         }
     }
     children.push(Child::spawn("demo", &mut front)?);
-    wait_for_port(REGIONS[2].4)?;
+    wait_port(REGIONS[2].4)?;
     for (i, ((id, ws, quic, peer, _, link, _), (_, secret))) in REGIONS.iter().zip(&secrets).enumerate() {
         let mut edge = Command::new(bin("meridian-edge"));
         edge.args(["serve", "--listen", &format!("127.0.0.1:{ws}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
@@ -243,7 +243,7 @@ fn demo(debug: bool) -> Result<()> {
         children.push(Child::spawn(id, &mut edge)?);
     }
     for (_, ws, ..) in REGIONS {
-        wait_for_port(ws)?;
+        wait_port(ws)?;
     }
     eprintln!("\nMeridian local cluster (data in {}):\n", data.display());
     eprintln!("  Open the editor, one URL per region (each its own browser storage, like separate people):");
@@ -274,8 +274,10 @@ fn demo(debug: bool) -> Result<()> {
     }
 }
 
-fn wait_for_port(port: u16) -> Result<()> {
-    for _ in 0..300 {
+/// Waits (30 s at most) until something accepts TCP connections on the port.
+pub(crate) fn wait_port(port: u16) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
