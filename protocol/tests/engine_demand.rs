@@ -4,55 +4,10 @@
 
 use automerge::ROOT;
 use automerge::transaction::Transactable;
-use meridian_protocol::engine::{Direction, DocDemand, Engine, EngineConfig, Millis, Output};
-use meridian_protocol::ids::{ConnId, PeerId, StorageId};
-use meridian_protocol::storage::MemoryStore;
+use meridian_protocol::engine::{Direction, DocDemand, Millis};
 
-struct Node {
-    engine: Engine,
-    store: MemoryStore,
-}
-
-impl Node {
-    fn new(name: &str, track_demand: bool) -> Self {
-        let mut config = EngineConfig::new(PeerId::new(name), Some(StorageId::new(format!("{name}-store"))));
-        config.track_demand = track_demand;
-        Self { engine: Engine::new(config), store: MemoryStore::new() }
-    }
-
-    /// Runs storage tasks and returns the frames for `conn`'s peer.
-    fn drain(&mut self) -> Vec<Vec<u8>> {
-        let mut frames = Vec::new();
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { message, .. } => frames.push(meridian_protocol::codec::encode(&message)),
-                Output::Storage { id, task } => {
-                    let r = self.store.execute(&task);
-                    self.engine.handle_storage_result(Millis(0), id, r);
-                }
-                Output::Close { .. } | Output::Event(_) => {}
-            }
-        }
-        frames
-    }
-}
-
-/// Delivers frames both ways until both sides are quiet.
-fn settle(client: &mut Node, c_conn: ConnId, server: &mut Node, s_conn: ConnId) {
-    loop {
-        let to_server = client.drain();
-        let to_client = server.drain();
-        if to_server.is_empty() && to_client.is_empty() {
-            return;
-        }
-        for f in to_server {
-            server.engine.handle_frame(Millis(0), s_conn, &f);
-        }
-        for f in to_client {
-            client.engine.handle_frame(Millis(0), c_conn, &f);
-        }
-    }
-}
+mod common;
+use common::{Node, settle};
 
 #[test]
 fn client_writes_and_subscribers_are_counted() {

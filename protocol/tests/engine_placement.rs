@@ -4,64 +4,11 @@
 
 use automerge::transaction::Transactable;
 use automerge::{ROOT, ReadDoc};
-use meridian_protocol::engine::{CatchUp, Direction, Engine, EngineConfig, Millis, Output};
-use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
-use meridian_protocol::storage::MemoryStore;
+use meridian_protocol::engine::{CatchUp, Direction, Millis};
+use meridian_protocol::ids::DocumentId;
 
-struct Node {
-    engine: Engine,
-    store: MemoryStore,
-}
-
-impl Node {
-    fn new(name: &str, track_demand: bool) -> Self {
-        let mut config = EngineConfig::new(PeerId::new(name), Some(StorageId::new(format!("{name}-store"))));
-        config.track_demand = track_demand;
-        Self { engine: Engine::new(config), store: MemoryStore::new() }
-    }
-
-    /// Runs storage tasks; returns the frames sent, with their connection.
-    fn drain(&mut self) -> Vec<(ConnId, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { conn, message } => frames.push((conn, meridian_protocol::codec::encode(&message))),
-                Output::Storage { id, task } => {
-                    let r = self.store.execute(&task);
-                    self.engine.handle_storage_result(Millis(0), id, r);
-                }
-                Output::Close { .. } | Output::Event(_) => {}
-            }
-        }
-        frames
-    }
-}
-
-/// Delivers frames between `a` (on `a_conn`) and `b` (on `b_conn`) until
-/// both are quiet; frames for other connections are counted, not sent.
-fn settle(a: &mut Node, a_conn: ConnId, b: &mut Node, b_conn: ConnId) -> usize {
-    let mut elsewhere = 0;
-    loop {
-        let (to_b, to_a) = (a.drain(), b.drain());
-        if to_b.is_empty() && to_a.is_empty() {
-            return elsewhere;
-        }
-        for (conn, f) in to_b {
-            if conn == a_conn {
-                b.engine.handle_frame(Millis(0), b_conn, &f);
-            } else {
-                elsewhere += 1;
-            }
-        }
-        for (conn, f) in to_a {
-            if conn == b_conn {
-                a.engine.handle_frame(Millis(0), a_conn, &f);
-            } else {
-                elsewhere += 1;
-            }
-        }
-    }
-}
+mod common;
+use common::{Node, settle};
 
 fn write(node: &mut Node, doc: DocumentId, key: &str, n: i64) {
     node.engine.change(Millis(0), doc, |tx| tx.put(ROOT, key, n).map(|_| ())).expect("change");
