@@ -38,14 +38,37 @@ pub fn edge_client(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port for a child process to listen on (TCP and UDP
+/// both free at the time of the call).
+///
+/// The port is bound then released, so something else could take it before
+/// the child binds it. Asking the kernel (`bind(…:0)`) would hand out a port
+/// from the ephemeral range, which every outgoing connection of every test
+/// running in parallel draws from too: CI saw an edge fail with "Address
+/// already in use" that way. So the port is drawn at random from below the
+/// ephemeral range, where only other tests' picks can collide.
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let (low, high) = (10_000u16, ephemeral_range_start().saturating_sub(1).max(10_001));
+    for _ in 0..1_000 {
+        let port = rand::random_range(low..high);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port in {low}..{high}")
 }
 
-/// A free loopback UDP port (bound then released), e.g. for QUIC.
+/// A free loopback UDP port, e.g. for QUIC (see [`free_port`]).
 pub fn free_udp_port() -> Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+    free_port()
+}
+
+/// First port of the kernel's ephemeral range (32768 when unknown).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Waits until something accepts TCP connections on the loopback port.
