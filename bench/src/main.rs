@@ -28,7 +28,11 @@ mod workload;
 
 const USAGE: &str =
     "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored ...] [--smoke] [--rounds R] [--stored N]
-                        [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]";
+                        [--size N] [--only edge|js]
+                        [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]
+
+  --size N         only the cases of size N (e.g. `fanout --size 1000`)
+  --only edge|js   measure one server (for profiling; results are not saved)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,6 +63,8 @@ fn options(args: &[String]) -> Result<suite::Options> {
         smoke: false,
         rounds: None,
         stored: None,
+        size: None,
+        only: None,
         paths: server::Paths {
             edge_bin: root.join("target/release/meridian-edge"),
             js_server: root.join("tests/js/server.mjs"),
@@ -73,6 +79,14 @@ fn options(args: &[String]) -> Result<suite::Options> {
             "--smoke" => opts.smoke = true,
             "--rounds" => opts.rounds = Some(value()?.parse().context("--rounds expects a number")?),
             "--stored" => opts.stored = Some(value()?.parse().context("--stored expects a number")?),
+            "--size" => opts.size = Some(value()?.parse().context("--size expects a number")?),
+            "--only" => {
+                opts.only = Some(match value()?.as_str() {
+                    "edge" => server::Kind::Edge,
+                    "js" => server::Kind::Js,
+                    other => bail!("--only expects edge or js, not {other}"),
+                })
+            }
             "--edge-bin" => opts.paths.edge_bin = value()?.into(),
             "--js-server" => opts.paths.js_server = value()?.into(),
             "--results" => opts.results = value()?.into(),

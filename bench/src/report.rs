@@ -80,10 +80,24 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Keeps a scenario's rows in `DIR/SCENARIO.tsv`. Rows of the cases run
+/// now replace those cases' earlier rows; other cases' rows stay (a run of
+/// one size keeps the others).
 pub fn save_rows(dir: &Path, scenario: &str, rows: &[Row]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
+    let mut kept = load_rows(dir, &[scenario])?;
+    let mut merged = Vec::new();
+    for r in kept.drain(..) {
+        if !rows.iter().any(|n| n.scenario == r.scenario) {
+            merged.push(r);
+        } else if !merged.iter().any(|m: &Row| m.scenario == r.scenario) {
+            merged.extend(rows.iter().filter(|n| n.scenario == r.scenario).cloned());
+        }
+    }
+    let fresh: Vec<Row> = rows.iter().filter(|n| !merged.iter().any(|m| m.scenario == n.scenario)).cloned().collect();
+    merged.extend(fresh);
     let mut text = String::new();
-    for r in rows {
+    for r in &merged {
         let better = if r.better == Better::Higher { "higher" } else { "lower" };
         let _ =
             writeln!(text, "{}\t{}\t{}\t{better}\t{}\t{}\t{}", r.scenario, r.metric, r.unit, r.edge, r.js, r.rounds);

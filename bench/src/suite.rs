@@ -20,6 +20,10 @@ pub struct Options {
     pub rounds: Option<usize>,
     /// Overrides how many documents the `stored` scenario writes.
     pub stored: Option<usize>,
+    /// Runs only the cases of this size.
+    pub size: Option<usize>,
+    /// Measures only this server (profiling); nothing is saved.
+    pub only: Option<Kind>,
     pub paths: Paths,
     /// Where each scenario's rows are kept between runs.
     pub results: PathBuf,
@@ -38,6 +42,17 @@ enum Case {
 }
 
 impl Case {
+    /// The size the case is named by (clients, watchers, writers, operations, stored documents).
+    fn size(&self) -> usize {
+        match self {
+            Case::Connect(n) => *n,
+            Case::Fanout(p) => p.watchers,
+            Case::Writers(p) => p.writers,
+            Case::LargeDoc(p) => p.ops,
+            Case::Stored(p) => p.stored,
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Case::Connect(n) => format!("connect {} clients to {} documents", thousands(*n), thousands(*n)),
@@ -104,12 +119,16 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
             }
         }
+        if let Some(size) = opts.size {
+            cases.retain(|c| c.size() == size);
+        }
         let rounds = opts.rounds.unwrap_or(default_rounds);
         let mut rows = Vec::new();
         for case in cases {
-            rows.extend(run_case(case, rounds, opts.smoke, &opts.paths, &tmp).await?);
+            rows.extend(run_case(case, rounds, &opts, &tmp).await?);
         }
-        if !opts.smoke {
+        // A one-server run has no ratios to keep.
+        if !opts.smoke && opts.only.is_none() {
             report::save_rows(&opts.results, scenario, &rows)?;
         }
         all_rows.extend(rows);
@@ -118,6 +137,7 @@ pub async fn run(opts: Options) -> Result<()> {
     println!("\n{}", report::table(&all_rows));
     if let Some(path) = &opts.report
         && !opts.smoke
+        && opts.only.is_none()
     {
         let rows = report::load_rows(&opts.results, &SCENARIOS)?;
         report::write(path, &rows)?;
@@ -126,13 +146,14 @@ pub async fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-async fn run_case(case: Case, rounds: usize, smoke: bool, paths: &Paths, tmp: &Path) -> Result<Vec<Row>> {
+async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Result<Vec<Row>> {
+    let (smoke, paths) = (opts.smoke, &opts.paths);
     let label = case.label();
     let mut edge: Vec<Option<Vec<Figure>>> = Vec::new();
     let mut js: Vec<Option<Vec<Figure>>> = Vec::new();
     for r in 0..rounds {
         let order = if r % 2 == 0 { [Kind::Edge, Kind::Js] } else { [Kind::Js, Kind::Edge] };
-        for kind in order {
+        for kind in order.into_iter().filter(|k| opts.only.is_none_or(|only| only == *k)) {
             let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
             let _ = std::fs::remove_dir_all(&data);
             let server = Server::start(kind, paths, &data)?;

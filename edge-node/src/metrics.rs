@@ -26,6 +26,8 @@
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
 //! | `meridian_edge_offloaded_total` | counter | documents whose local copy was dropped for the hub's (disk budget) |
 //! | `meridian_edge_cold_opens_total` | counter | documents opened that were not stored here, fetched from the hub or their home edge |
+//! | `meridian_edge_sync_generated_total` | counter | sync messages automerge generated for peers |
+//! | `meridian_edge_sync_shared_total` | counter | sync messages sent as a copy of one generated for a peer in the same sync state (watchers in step) |
 //! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
 //! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
@@ -109,6 +111,8 @@ pub struct NodeMetrics {
     pub backfill_queued: AtomicU64,
     pub offloaded: AtomicU64,
     pub cold_opens: AtomicU64,
+    pub sync_generated: AtomicU64,
+    pub sync_shared: AtomicU64,
     pub store_bytes: AtomicU64,
 }
 
@@ -144,6 +148,8 @@ impl NodeMetrics {
             backfill_queued: AtomicU64::default(),
             offloaded: AtomicU64::default(),
             cold_opens: AtomicU64::default(),
+            sync_generated: AtomicU64::default(),
+            sync_shared: AtomicU64::default(),
             store_bytes: AtomicU64::default(),
         }
     }
@@ -277,6 +283,10 @@ impl NodeMetrics {
         counter(&mut out, &self.name("offloaded_total"), help, &self.offloaded);
         let help = "Documents opened that were not stored here (fetched from the hub or their home).";
         counter(&mut out, &self.name("cold_opens_total"), help, &self.cold_opens);
+        let help = "Sync messages automerge generated for peers.";
+        counter(&mut out, &self.name("sync_generated_total"), help, &self.sync_generated);
+        let help = "Sync messages sent as a copy of one generated for a peer in the same sync state.";
+        counter(&mut out, &self.name("sync_shared_total"), help, &self.sync_shared);
         gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
         let help = "From a change durable here to the document's home confirming it.";
         self.home_lag_seconds.render(&mut out, &self.name("home_lag_seconds"), help);

@@ -396,6 +396,8 @@ impl NodeLoop {
         let stats = self.engine.stats();
         self.metrics.offloaded.store(stats.offloaded, Relaxed);
         self.metrics.cold_opens.store(stats.cold_opens, Relaxed);
+        self.metrics.sync_generated.store(stats.sync_generated, Relaxed);
+        self.metrics.sync_shared.store(stats.sync_shared, Relaxed);
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
         self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);

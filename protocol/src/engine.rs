@@ -23,7 +23,7 @@
 //!   persistent peers are saved first); who is subscribed to it is kept, so
 //!   it is pushed to them again if it changes after being reloaded.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::{CommitOptions, Transactable, Transaction};
@@ -66,6 +66,10 @@ pub struct EngineConfig {
     /// Past it, each tick evicts the least recently active documents that
     /// can leave (as idle eviction does, before their idle time is up).
     pub max_loaded_docs: usize,
+    /// Hand peers in the same sync state copies of one generated message
+    /// (see `Generated`). Always on; a test turns it off to compare
+    /// against generating every message.
+    pub share_generated: bool,
 }
 
 impl EngineConfig {
@@ -78,6 +82,7 @@ impl EngineConfig {
             expects_upstream: true,
             track_demand: false,
             max_loaded_docs: 0,
+            share_generated: true,
         }
     }
 }
@@ -209,6 +214,11 @@ pub struct EngineStats {
     /// Documents someone opened that were not stored here, asked of an
     /// upstream or their home edge.
     pub cold_opens: u64,
+    /// Sync messages automerge generated for peers of loaded documents.
+    pub sync_generated: u64,
+    /// Sync messages handed to a peer as a copy of one generated for a peer
+    /// in the same sync state (see `Generated`).
+    pub sync_shared: u64,
 }
 
 /// How far a peer is from our durable copy of a document
@@ -284,22 +294,67 @@ impl Conn {
 #[derive(Debug)]
 struct PeerDoc {
     sync: sync::State,
-    /// Waiting for its persisted sync state.
-    loading_state: bool,
     /// It asked with `request` (it has nothing) and has not sent data since.
     requesting: bool,
     /// We told it `doc-unavailable`.
     told_unavailable: bool,
-    /// Its sync state changed (a message from it, a loaded or reset state)
-    /// since we last generated a message for it. With the document's heads
-    /// unchanged, a clean peer has nothing new coming: [`Engine::sync_doc`]
-    /// skips it, so a message from one of N peers costs O(1), not O(N).
-    dirty: bool,
 }
 
 impl PeerDoc {
     fn new() -> Self {
-        Self { sync: sync::State::new(), loading_state: false, requesting: false, told_unavailable: false, dirty: true }
+        Self { sync: sync::State::new(), requesting: false, told_unavailable: false }
+    }
+}
+
+/// Sync messages already generated for the document at `heads`, by the
+/// peer's sync state before generating: `generate_sync_message` is a pure
+/// function of the document and that state, and peers that are in step
+/// (a thousand watchers of one document, every fresh peer fetching it) have
+/// equal states. So one change to a document with N watchers costs one
+/// automerge generate, not N, and a fresh peer fetching a large document
+/// reuses the saved document the previous one got.
+#[derive(Debug, Default)]
+struct Generated {
+    enabled: bool,
+    heads: Vec<ChangeHash>,
+    by_state: HashMap<sync::State, (sync::State, Option<Vec<u8>>)>,
+}
+
+/// At most this many distinct sync states are remembered per document.
+const GENERATED_STATES: usize = 64;
+
+impl Generated {
+    /// Forgets everything unless the document is still at `heads` with no
+    /// queued changes (changes waiting for dependencies change what we
+    /// `need` without changing the heads).
+    fn revalidate(&mut self, doc: &Automerge, heads: &[ChangeHash], enabled: bool) {
+        self.enabled = enabled;
+        if !enabled || self.heads != heads || !doc.get_missing_deps(&[]).is_empty() {
+            self.by_state.clear();
+            self.heads = heads.to_vec();
+        }
+    }
+
+    /// The encoded message for a peer in `state` (advanced as automerge
+    /// would advance it), from the cache when a peer in the same state got
+    /// one already.
+    fn generate(&mut self, doc: &Automerge, state: &mut sync::State, stats: &mut EngineStats) -> Option<Vec<u8>> {
+        if let Some((after, message)) = self.by_state.get(state).filter(|_| self.enabled) {
+            *state = after.clone();
+            stats.sync_shared += 1;
+            return message.clone();
+        }
+        stats.sync_generated += 1;
+        if !self.enabled {
+            return doc.generate_sync_message(state).map(|m| m.encode());
+        }
+        let before = state.clone();
+        let message = doc.generate_sync_message(state).map(|m| m.encode());
+        if self.by_state.len() >= GENERATED_STATES {
+            self.by_state.clear();
+        }
+        self.by_state.insert(before, (state.clone(), message.clone()));
+        message
     }
 }
 
@@ -323,6 +378,15 @@ struct DocState {
     snapshot_bytes: usize,
     chunk_bytes: usize,
     peers: BTreeMap<ConnId, PeerDoc>,
+    /// Peers waiting for their persisted sync state.
+    loading_states: BTreeSet<ConnId>,
+    /// Peers whose sync state changed (a message from them, a loaded or
+    /// reset state) since we last generated a message for them. With the
+    /// document's heads unchanged, a clean peer has nothing new coming:
+    /// [`Engine::sync_doc`] visits only these, so a message from one of N
+    /// peers costs O(1), not O(N).
+    dirty: BTreeSet<ConnId>,
+    generated: Generated,
     /// The heads when [`Engine::sync_doc`] last generated messages: when
     /// they changed, every peer may need something.
     synced_heads: Vec<ChangeHash>,
@@ -346,6 +410,9 @@ impl DocState {
             snapshot_bytes: 0,
             chunk_bytes: 0,
             peers: BTreeMap::new(),
+            loading_states: BTreeSet::new(),
+            dirty: BTreeSet::new(),
+            generated: Generated::default(),
             synced_heads: Vec::new(),
             pending: VecDeque::new(),
             upstream_unavailable: BTreeSet::new(),
@@ -360,7 +427,7 @@ impl DocState {
     }
 
     fn busy(&self) -> bool {
-        self.loading || self.peers.values().any(|p| p.loading_state)
+        self.loading || !self.loading_states.is_empty()
     }
 }
 
@@ -764,7 +831,9 @@ impl Engine {
         d.pending.retain(|p| p.conn != conn);
         let was_upstream_answer = d.upstream_unavailable.remove(&conn);
         let Some(pd) = d.peers.remove(&conn) else { return };
-        if let (Some(storage), false) = (storage, pd.loading_state) {
+        d.dirty.remove(&conn);
+        let loading_state = d.loading_states.remove(&conn);
+        if let (Some(storage), false) = (storage, loading_state) {
             let state = pd.sync.encode();
             self.put_sync_state(doc_id, storage.clone(), state);
         }
@@ -969,13 +1038,11 @@ impl Engine {
         if d.peers.contains_key(&conn) {
             return;
         }
-        let mut pd = PeerDoc::new();
+        d.peers.insert(conn, PeerDoc::new());
+        d.dirty.insert(conn);
         if let Some(peer) = storage {
-            pd.loading_state = true;
-            d.peers.insert(conn, pd);
+            d.loading_states.insert(conn);
             self.storage(TaskPurpose::LoadSyncState(doc_id, conn), StorageTask::LoadSyncState { doc: doc_id, peer });
-        } else {
-            d.peers.insert(conn, pd);
         }
     }
 
@@ -1008,7 +1075,7 @@ impl Engine {
         // Decoding succeeded when the message arrived.
         let Ok(message) = sync::Message::decode(&p.data) else { return };
         pd.requesting = p.requesting;
-        pd.dirty = true;
+        d.dirty.insert(p.conn);
         if !p.requesting {
             pd.told_unavailable = false;
         }
@@ -1079,27 +1146,24 @@ impl Engine {
         if d.loading || d.writes_in_flight > 0 {
             return;
         }
-        let has_data = d.has_data();
         let heads = d.doc.get_heads();
-        let heads_changed = heads != d.synced_heads;
+        let has_data = !heads.is_empty();
+        if heads != d.synced_heads {
+            d.dirty.extend(d.peers.keys().copied());
+        }
+        d.generated.revalidate(&d.doc, &heads, self.config.share_generated);
         d.synced_heads = heads;
         let mut out = Vec::new();
-        for (conn, pd) in d.peers.iter_mut() {
-            pd.dirty |= heads_changed;
-            if !pd.dirty {
-                continue;
-            }
-            if pd.loading_state {
-                continue;
-            }
+        for conn in std::mem::take(&mut d.dirty) {
+            let Some(pd) = d.peers.get_mut(&conn) else { continue };
             // A peer that has nothing gets nothing from us while we have
             // nothing either; availability is answered separately.
-            if pd.requesting && !has_data {
+            if d.loading_states.contains(&conn) || (pd.requesting && !has_data) {
+                d.dirty.insert(conn);
                 continue;
             }
-            pd.dirty = false;
-            if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
-                out.push((*conn, m.encode()));
+            if let Some(data) = d.generated.generate(&d.doc, &mut pd.sync, &mut self.stats) {
+                out.push((conn, data));
             }
         }
         for (conn, data) in out {
@@ -1118,8 +1182,7 @@ impl Engine {
     /// For a document we do not have: ask upstreams that have not answered,
     /// and tell requesters `doc-unavailable` once nobody is left to ask.
     fn resolve_availability(&mut self, _now: Millis, doc_id: DocumentId) {
-        let upstreams = self.sources(&doc_id);
-        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(d) = self.docs.get(&doc_id) else { return };
         if d.loading || d.has_data() || d.writes_in_flight > 0 {
             return;
         }
@@ -1127,6 +1190,8 @@ impl Engine {
         if !someone_waiting {
             return;
         }
+        let upstreams = self.sources(&doc_id);
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let mut asking = Vec::new();
         for up in upstreams {
             let requester = d.peers.get(&up).is_some_and(|p| p.requesting);
@@ -1156,7 +1221,7 @@ impl Engine {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let mut out = Vec::new();
         for (conn, pd) in d.peers.iter_mut() {
-            if pd.loading_state || pd.requesting {
+            if d.loading_states.contains(conn) || pd.requesting {
                 continue;
             }
             if !sources.contains(conn) {
@@ -1202,7 +1267,7 @@ impl Engine {
         if let Some(pd) = d.peers.get_mut(&conn) {
             // Whatever we sent was in vain; start over if it reappears.
             pd.sync = sync::State::new();
-            pd.dirty = true;
+            d.dirty.insert(conn);
         }
         self.resolve_availability(now, doc_id);
     }
@@ -1309,9 +1374,10 @@ impl Engine {
     }
 
     fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
-        let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) else { return };
-        pd.loading_state = false;
-        pd.dirty = true;
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(pd) = d.peers.get_mut(&conn) else { return };
+        d.loading_states.remove(&conn);
+        d.dirty.insert(conn);
         if let Some(state) = bytes.and_then(|b| sync::State::decode(&b).ok()) {
             pd.sync = state;
         }

@@ -12,8 +12,13 @@ pub struct Node {
 
 impl Node {
     pub fn new(name: &str, track_demand: bool) -> Self {
+        Self::with(name, |config| config.track_demand = track_demand)
+    }
+
+    /// A node whose configuration `adjust` changes first.
+    pub fn with(name: &str, adjust: impl FnOnce(&mut EngineConfig)) -> Self {
         let mut config = EngineConfig::new(PeerId::new(name), Some(StorageId::new(format!("{name}-store"))));
-        config.track_demand = track_demand;
+        adjust(&mut config);
         Self { engine: Engine::new(config), store: MemoryStore::new() }
     }
 
