@@ -18,6 +18,10 @@ use crate::wire::Conn;
 pub struct Session {
     pub doc: Automerge,
     pub elapsed: Duration,
+    /// From the start until the last message carrying changes was received
+    /// (before the peer applied it): the server's part of a fetch, without
+    /// the time the peer spends loading what it got.
+    pub data_arrived: Duration,
     pub bytes_received: u64,
     pub bytes_sent: u64,
 }
@@ -58,6 +62,7 @@ async fn sync_until(
         conn.tx.sync(doc_id, first).await?;
     }
     let deadline = started + timeout;
+    let mut data_arrived = Duration::ZERO;
     loop {
         let m = tokio::time::timeout_at(deadline.into(), conn.rx.recv()).await.context("sync did not finish")??;
         let data = match m {
@@ -71,6 +76,9 @@ async fn sync_until(
             _ => continue,
         };
         let msg = sync::Message::decode(&data).context("bad sync message")?;
+        if !msg.changes.is_empty() {
+            data_arrived = started.elapsed();
+        }
         let their_heads = msg.heads.clone();
         doc.receive_sync_message(&mut state, msg)?;
         while let Some(reply) = doc.generate_sync_message(&mut state) {
@@ -93,6 +101,7 @@ async fn sync_until(
     Ok(Session {
         doc,
         elapsed,
+        data_arrived,
         bytes_received: bytes.received.load(Ordering::Relaxed),
         bytes_sent: bytes.sent.load(Ordering::Relaxed),
     })
