@@ -1054,10 +1054,19 @@ impl Engine {
         }
     }
 
-    /// Applies queued document messages once nothing is loading.
+    /// Applies queued document messages once nothing is loading and no
+    /// write is in flight.
+    ///
+    /// Messages wait for the write so that its completion can be
+    /// acknowledged: peers are answered only when no write is in flight
+    /// (durable before advertised), and applying each message as it came
+    /// would issue a new write before the last one finished, so a document
+    /// written faster than one commit at a time would never be answered.
+    /// Waiting, the messages that came in during one commit are applied
+    /// together and go to the store as the next one.
     fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.busy() {
+        if d.busy() || d.writes_in_flight > 0 || d.pending.is_empty() {
             return;
         }
         let pending: Vec<Pending> = d.pending.drain(..).collect();
@@ -1399,6 +1408,7 @@ impl Engine {
             self.event(Event::DocReady { doc: doc_id });
         }
         self.sync_doc(now, doc_id);
+        self.drain_pending(now, doc_id);
     }
 
     fn storage_failed(&mut self, now: Millis, purpose: TaskPurpose, detail: String) {
