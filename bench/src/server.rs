@@ -1,12 +1,14 @@
 //! The two servers under test, as real processes on loopback: `meridian-edge`
 //! and the reference JS sync server (`tests/js/server.mjs`).
 
-use std::io::{BufRead, BufReader};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use meridian_protocol::ids::DocumentId;
 
 /// Which server a run measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,10 +79,59 @@ impl Server {
 
     /// Stops and starts again on the same data.
     pub fn restart(self) -> Result<Self> {
+        self.restart_with(|_, _| Ok(()))
+    }
+
+    /// Stops, runs `offline` on the stopped server's data folder (with the
+    /// harness's paths), and starts again on it.
+    pub fn restart_with(self, offline: impl FnOnce(&Paths, &Path) -> Result<()>) -> Result<Self> {
         let (kind, paths, data) = (self.kind, self.paths.clone(), self.data.clone());
         self.stop()?;
+        offline(&paths, &data)?;
         Self::start(kind, &paths, &data)
     }
+}
+
+/// Stores documents in a stopped JS server's data folder with
+/// automerge-repo's own code (`seed-store.mjs`, next to the server script):
+/// the files it writes are the ones the server writes when a peer syncs the
+/// same documents to it. `docs` are (document id, automerge bytes).
+pub fn seed_js(paths: &Paths, data: &Path, docs: &[(DocumentId, Vec<u8>)]) -> Result<()> {
+    let script = paths.js_server.with_file_name("seed-store.mjs");
+    let mut records = String::new();
+    for (id, bytes) in docs {
+        records.push_str(&id.to_string());
+        records.push(' ');
+        for b in bytes {
+            let _ = write!(records, "{b:02x}");
+        }
+        records.push('\n');
+    }
+    let mut child = Command::new("node")
+        .arg(&script)
+        .arg("--dir")
+        .arg(data)
+        .current_dir(script.parent().context("seed script has no folder")?)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", script.display()))?;
+    // Feed stdin from another thread while this one collects stdout, so
+    // neither side can block the other on a full pipe.
+    let mut stdin = child.stdin.take().context("no stdin")?;
+    let feeder = std::thread::spawn(move || stdin.write_all(records.as_bytes()));
+    let output = child.wait_with_output().context("waiting for seed-store.mjs")?;
+    let fed = feeder.join().map_err(|_| anyhow::anyhow!("the stdin feeder panicked"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("seed-store.mjs failed ({}): {}", output.status, stdout.trim());
+    }
+    fed.context("writing the records to seed-store.mjs")?;
+    let expected = format!("{{\"seeded\":{}}}", docs.len());
+    if stdout.trim() != expected {
+        bail!("seed-store.mjs printed {:?}, expected {expected}", stdout.trim());
+    }
+    Ok(())
 }
 
 impl Drop for Server {
