@@ -315,22 +315,37 @@ impl PeerDoc {
 /// reuses the saved document the previous one got.
 #[derive(Debug, Default)]
 struct Generated {
+    /// Look up and remember messages in this pass (see `revalidate`).
     enabled: bool,
+    /// The document has several peers: even small messages may be shared.
+    several_peers: bool,
     heads: Vec<ChangeHash>,
     by_state: HashMap<sync::State, (sync::State, Option<Vec<u8>>)>,
+    /// Roughly what `by_state` holds, in bytes.
+    bytes: usize,
 }
 
-/// At most this many distinct sync states are remembered per document.
+/// At most this many distinct sync states are remembered per document...
 const GENERATED_STATES: usize = 64;
+/// ...holding at most about this many bytes.
+const GENERATED_BYTES: usize = 8 << 20;
+/// A document with one peer remembers only messages this large (a whole
+/// saved document for a fresh peer: the next fresh peer gets it without
+/// another save); small ones are cheap to generate again.
+const SHARED_ALONE_BYTES: usize = 16 << 10;
 
 impl Generated {
-    /// Forgets everything unless the document is still at `heads` with no
-    /// queued changes (changes waiting for dependencies change what we
-    /// `need` without changing the heads).
-    fn revalidate(&mut self, doc: &Automerge, heads: &[ChangeHash], enabled: bool) {
-        self.enabled = enabled;
-        if !enabled || self.heads != heads || !doc.get_missing_deps(&[]).is_empty() {
+    /// Starts a pass over the document's peers. Remembered messages stay
+    /// valid while the document is at the same `heads` with no queued
+    /// changes (changes waiting for dependencies change what we `need`
+    /// without changing the heads); while some are queued nothing is looked
+    /// up or remembered, so every entry was made with an empty queue.
+    fn revalidate(&mut self, doc: &Automerge, heads: &[ChangeHash], enabled: bool, peers: usize) {
+        self.enabled = enabled && doc.get_missing_deps(&[]).is_empty();
+        self.several_peers = peers > 1;
+        if !self.enabled || self.heads != heads {
             self.by_state.clear();
+            self.bytes = 0;
             self.heads = heads.to_vec();
         }
     }
@@ -350,10 +365,17 @@ impl Generated {
         }
         let before = state.clone();
         let message = doc.generate_sync_message(state).map(|m| m.encode());
-        if self.by_state.len() >= GENERATED_STATES {
-            self.by_state.clear();
+        let len = message.as_ref().map_or(0, Vec::len);
+        if self.several_peers || len >= SHARED_ALONE_BYTES {
+            // The states' hash sets dominate besides the message.
+            let bytes = len + 32 * (before.sent_hashes.len() + state.sent_hashes.len()) + 512;
+            if self.by_state.len() >= GENERATED_STATES || self.bytes + bytes > GENERATED_BYTES {
+                self.by_state.clear();
+                self.bytes = 0;
+            }
+            self.bytes += bytes;
+            self.by_state.insert(before, (state.clone(), message.clone()));
         }
-        self.by_state.insert(before, (state.clone(), message.clone()));
         message
     }
 }
@@ -374,6 +396,11 @@ struct DocState {
     /// Heads covered by writes that were issued (not necessarily done).
     saved_heads: Vec<ChangeHash>,
     writes_in_flight: usize,
+    /// Writes issued and completed so far; messages from peers wait until
+    /// `hold_until` writes completed (see [`Engine::drain_pending`]).
+    writes_issued: u64,
+    writes_done: u64,
+    hold_until: u64,
     /// Bytes of the last snapshot and of the chunks appended since.
     snapshot_bytes: usize,
     chunk_bytes: usize,
@@ -407,6 +434,9 @@ impl DocState {
             loading,
             saved_heads: Vec::new(),
             writes_in_flight: 0,
+            writes_issued: 0,
+            writes_done: 0,
+            hold_until: 0,
             snapshot_bytes: 0,
             chunk_bytes: 0,
             peers: BTreeMap::new(),
@@ -1054,27 +1084,35 @@ impl Engine {
         }
     }
 
-    /// Applies queued document messages once nothing is loading and no
-    /// write is in flight.
+    /// Applies queued document messages once nothing is loading and the
+    /// writes of the messages applied last time completed.
     ///
-    /// Messages wait for the write so that its completion can be
+    /// Messages wait for those writes so that their completion can be
     /// acknowledged: peers are answered only when no write is in flight
     /// (durable before advertised), and applying each message as it came
     /// would issue a new write before the last one finished, so a document
-    /// written faster than one commit at a time would never be answered.
-    /// Waiting, the messages that came in during one commit are applied
-    /// together and go to the store as the next one.
+    /// written by peers faster than one commit at a time would never be
+    /// answered. Waiting, the messages that came in during one commit are
+    /// applied together and go to the store as the next one. Only writes
+    /// issued here hold messages back: local changes (a client typing
+    /// through every IndexedDB commit) never keep peers' edits out.
     fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.busy() || d.writes_in_flight > 0 || d.pending.is_empty() {
+        if d.busy() || d.writes_done < d.hold_until || d.pending.is_empty() {
             return;
         }
         let pending: Vec<Pending> = d.pending.drain(..).collect();
         let before = d.doc.get_heads();
+        let issued = d.writes_issued;
         for p in pending {
             self.apply_sync(doc_id, p);
         }
         self.after_doc_update(now, doc_id, before);
+        if let Some(d) = self.docs.get_mut(&doc_id)
+            && d.writes_issued > issued
+        {
+            d.hold_until = d.writes_issued;
+        }
         self.maybe_offload(doc_id);
     }
 
@@ -1123,6 +1161,7 @@ impl Engine {
             let chunk = d.doc.save_after(&d.saved_heads);
             d.saved_heads = heads;
             d.writes_in_flight += 1;
+            d.writes_issued += 1;
             d.chunk_bytes += chunk.len();
             d.upstream_unavailable.clear();
             let compact = d.chunk_bytes >= MIN_COMPACT_BYTES && d.chunk_bytes >= d.snapshot_bytes;
@@ -1145,6 +1184,7 @@ impl Engine {
         d.snapshot_bytes = snapshot.len();
         d.chunk_bytes = 0;
         d.writes_in_flight += 1;
+        d.writes_issued += 1;
         self.storage(TaskPurpose::Write(doc_id), StorageTask::Compact { doc: doc_id, snapshot });
     }
 
@@ -1160,7 +1200,7 @@ impl Engine {
         if heads != d.synced_heads {
             d.dirty.extend(d.peers.keys().copied());
         }
-        d.generated.revalidate(&d.doc, &heads, self.config.share_generated);
+        d.generated.revalidate(&d.doc, &heads, self.config.share_generated, d.peers.len());
         d.synced_heads = heads;
         let mut out = Vec::new();
         for conn in std::mem::take(&mut d.dirty) {
@@ -1278,7 +1318,9 @@ impl Engine {
             pd.sync = sync::State::new();
             d.dirty.insert(conn);
         }
-        self.resolve_availability(now, doc_id);
+        // Answers the reset peer if we have data (and, as sync_doc ends,
+        // requesters if we do not).
+        self.sync_doc(now, doc_id);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1337,8 +1379,12 @@ impl Engine {
             (TaskPurpose::PutSyncState, StorageResult::Done) => {}
             (TaskPurpose::Offload(doc), StorageResult::Done) => tracing::debug!(%doc, "local copy dropped"),
             (purpose, StorageResult::Failed(detail)) => self.storage_failed(now, purpose, detail),
+            // A store answering the wrong kind of result is broken: treated
+            // as a failure, so nothing waits for it forever.
             (purpose, result) => {
-                tracing::error!(?purpose, ?result, "storage result does not match its task");
+                let kind = if matches!(result, StorageResult::Done) { "done" } else { "loaded" };
+                let detail = format!("storage result `{kind}` does not match its task {purpose:?}");
+                self.storage_failed(now, purpose, detail);
             }
         }
     }
@@ -1398,16 +1444,16 @@ impl Engine {
     fn write_done(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.writes_in_flight = d.writes_in_flight.saturating_sub(1);
-        if d.writes_in_flight > 0 {
-            return;
+        d.writes_done += 1;
+        if d.writes_in_flight == 0 {
+            let heads = d.doc.get_heads();
+            let local = std::mem::take(&mut d.local_waiting);
+            self.event(Event::DocChanged { doc: doc_id, heads });
+            if local {
+                self.event(Event::DocReady { doc: doc_id });
+            }
+            self.sync_doc(now, doc_id);
         }
-        let heads = d.doc.get_heads();
-        let local = std::mem::take(&mut d.local_waiting);
-        self.event(Event::DocChanged { doc: doc_id, heads });
-        if local {
-            self.event(Event::DocReady { doc: doc_id });
-        }
-        self.sync_doc(now, doc_id);
         self.drain_pending(now, doc_id);
     }
 

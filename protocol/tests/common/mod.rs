@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each test binary uses part of the harness
 //! An engine with an in-memory store, and delivery between two of them:
 //! the harness of the engine tests that wire nodes by hand.
 
