@@ -64,6 +64,23 @@ impl Server {
         Ok(line.split_whitespace().nth(1).context("bad VmRSS")?.parse()?)
     }
 
+    /// A counter or gauge from meridian-edge's `/metrics` (None for the JS
+    /// server, or if it cannot be read): for diagnostics printed beside the
+    /// figures, e.g. how many sync messages were shared.
+    pub fn edge_metric(&self, name: &str) -> Option<f64> {
+        use std::io::{Read, Write};
+        if self.kind != Kind::Edge {
+            return None;
+        }
+        let addr = self.url.strip_prefix("ws://")?.split('/').next()?;
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).ok()?;
+        body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     /// SIGTERM and wait: both servers flush their storage on SIGTERM.
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();

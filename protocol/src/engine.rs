@@ -326,7 +326,7 @@ struct Generated {
 }
 
 /// At most this many distinct sync states are remembered per document...
-const GENERATED_STATES: usize = 64;
+const GENERATED_STATES: usize = 256;
 /// ...holding at most about this many bytes.
 const GENERATED_BYTES: usize = 8 << 20;
 /// A document with one peer remembers only messages this large (a whole
@@ -367,14 +367,14 @@ impl Generated {
         let message = doc.generate_sync_message(state).map(|m| m.encode());
         let len = message.as_ref().map_or(0, Vec::len);
         if self.several_peers || len >= SHARED_ALONE_BYTES {
-            // The states' hash sets dominate besides the message.
+            // The states' hash sets dominate besides the message. When full,
+            // the states seen first stay: with many peers lagging in
+            // different ways, clearing would lose the big group in step.
             let bytes = len + 32 * (before.sent_hashes.len() + state.sent_hashes.len()) + 512;
-            if self.by_state.len() >= GENERATED_STATES || self.bytes + bytes > GENERATED_BYTES {
-                self.by_state.clear();
-                self.bytes = 0;
+            if self.by_state.len() < GENERATED_STATES && self.bytes + bytes <= GENERATED_BYTES {
+                self.bytes += bytes;
+                self.by_state.insert(before, (state.clone(), message.clone()));
             }
-            self.bytes += bytes;
-            self.by_state.insert(before, (state.clone(), message.clone()));
         }
         message
     }
@@ -386,6 +386,8 @@ impl Generated {
 struct Pending {
     conn: ConnId,
     requesting: bool,
+    /// It carries changes (not only heads, needs and haves).
+    changes: bool,
     data: Vec<u8>,
 }
 
@@ -1034,13 +1036,14 @@ impl Engine {
                 return;
             }
         };
+        let changes = !message.changes.is_empty();
         drop(message);
         self.subscribe(conn, doc_id);
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.last_active = now;
-        d.pending.push_back(Pending { conn, requesting, data });
+        d.pending.push_back(Pending { conn, requesting, changes, data });
         self.drain_pending(now, doc_id);
     }
 
@@ -1095,13 +1098,36 @@ impl Engine {
     /// answered. Waiting, the messages that came in during one commit are
     /// applied together and go to the store as the next one. Only writes
     /// issued here hold messages back: local changes (a client typing
-    /// through every IndexedDB commit) never keep peers' edits out.
+    /// through every IndexedDB commit) never keep peers' edits out. And
+    /// only messages carrying changes wait: acknowledgements (a thousand
+    /// watchers confirming the last change) are applied as they come, unless
+    /// a message of theirs is already waiting (a connection's messages are
+    /// applied in order), so the next message each watcher gets starts from
+    /// what it confirmed.
     fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.busy() || d.writes_done < d.hold_until || d.pending.is_empty() {
+        if d.busy() || d.pending.is_empty() {
             return;
         }
-        let pending: Vec<Pending> = d.pending.drain(..).collect();
+        let pending: Vec<Pending> = if d.writes_done >= d.hold_until {
+            d.pending.drain(..).collect()
+        } else {
+            let mut waiting = BTreeSet::new();
+            let (mut now_applied, mut kept) = (Vec::new(), VecDeque::new());
+            for p in d.pending.drain(..) {
+                if p.changes || waiting.contains(&p.conn) {
+                    waiting.insert(p.conn);
+                    kept.push_back(p);
+                } else {
+                    now_applied.push(p);
+                }
+            }
+            d.pending = kept;
+            now_applied
+        };
+        if pending.is_empty() {
+            return;
+        }
         let before = d.doc.get_heads();
         let issued = d.writes_issued;
         for p in pending {

@@ -99,6 +99,12 @@ pub async fn run(server: &Server, p: Params) -> Result<Vec<Figure>> {
         bail!("a fresh peer did not converge on the writer's heads");
     }
     tx.close().await;
+    if let (Some(generated), Some(shared)) = (
+        server.edge_metric("meridian_edge_sync_generated_total"),
+        server.edge_metric("meridian_edge_sync_shared_total"),
+    ) {
+        eprintln!("  sync messages generated {generated}, shared {shared}");
+    }
     Ok(vec![
         Figure::lower("propagation p50", "ms", ms(&all, 0.5)),
         Figure::lower("propagation p99", "ms", ms(&all, 0.99)),
