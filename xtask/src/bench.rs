@@ -15,8 +15,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, ensure_npm, root, run as run_cmd, wait_port};
 
-const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R]
+const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R] [--size N] [--only edge|js]
        scenarios: connect fanout writers large-doc stored (default: all, then big-doc)
+       --size N: only that size of each scenario; --only: one server, nothing saved (profiling)
        cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]";
 
 pub fn run(args: &[String]) -> Result<()> {
