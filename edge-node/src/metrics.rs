@@ -28,6 +28,7 @@
 //! | `meridian_edge_cold_opens_total` | counter | documents opened that were not stored here, fetched from the hub or their home edge |
 //! | `meridian_edge_sync_generated_total` | counter | sync messages automerge generated for peers |
 //! | `meridian_edge_sync_shared_total` | counter | sync messages sent as a copy of one generated for a peer in the same sync state (watchers in step) |
+//! | `meridian_edge_sync_merged_total` | counter | peers' sync messages applied in one batch with the same peer's previous one (a writer with changes in flight) |
 //! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
 //! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
@@ -113,6 +114,7 @@ pub struct NodeMetrics {
     pub cold_opens: AtomicU64,
     pub sync_generated: AtomicU64,
     pub sync_shared: AtomicU64,
+    pub sync_merged: AtomicU64,
     pub store_bytes: AtomicU64,
 }
 
@@ -150,6 +152,7 @@ impl NodeMetrics {
             cold_opens: AtomicU64::default(),
             sync_generated: AtomicU64::default(),
             sync_shared: AtomicU64::default(),
+            sync_merged: AtomicU64::default(),
             store_bytes: AtomicU64::default(),
         }
     }
@@ -287,6 +290,8 @@ impl NodeMetrics {
         counter(&mut out, &self.name("sync_generated_total"), help, &self.sync_generated);
         let help = "Sync messages sent as a copy of one generated for a peer in the same sync state.";
         counter(&mut out, &self.name("sync_shared_total"), help, &self.sync_shared);
+        let help = "Peers' sync messages applied in one batch with the same peer's previous one.";
+        counter(&mut out, &self.name("sync_merged_total"), help, &self.sync_merged);
         gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
         let help = "From a change durable here to the document's home confirming it.";
         self.home_lag_seconds.render(&mut out, &self.name("home_lag_seconds"), help);

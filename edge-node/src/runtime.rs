@@ -279,9 +279,31 @@ struct NodeLoop {
 const HOME_LAG_TRACKED: usize = 4096;
 const HOME_LAG_GIVE_UP: Duration = Duration::from_secs(60);
 
+/// Events the loop takes at once when they are already waiting (see
+/// [`NodeLoop::handle_batch`]): enough for a writer's window of changes
+/// from several writers, few enough that nobody waits long for the batch.
+const MAX_BATCH: usize = 256;
+
 impl NodeLoop {
     fn now(&self) -> Millis {
         Millis(self.started.elapsed().as_millis() as u64)
+    }
+
+    /// Handles `first` and whatever else is already waiting (up to
+    /// [`MAX_BATCH`] events) as one engine batch: the document messages
+    /// among them are applied together at the end, each peer's as one
+    /// automerge call ([`Engine::begin_batch`]).
+    fn handle_batch(&mut self, first: NodeEvent, events: &mut mpsc::Receiver<NodeEvent>) {
+        self.engine.begin_batch();
+        self.handle(first);
+        for _ in 1..MAX_BATCH {
+            match events.try_recv() {
+                Ok(event) => self.handle(event),
+                Err(_) => break,
+            }
+        }
+        self.engine.end_batch(self.now());
+        self.drain();
     }
 
     fn handle(&mut self, event: NodeEvent) {
@@ -398,6 +420,7 @@ impl NodeLoop {
         self.metrics.cold_opens.store(stats.cold_opens, Relaxed);
         self.metrics.sync_generated.store(stats.sync_generated, Relaxed);
         self.metrics.sync_shared.store(stats.sync_shared, Relaxed);
+        self.metrics.sync_merged.store(stats.sync_merged, Relaxed);
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
         self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
@@ -613,7 +636,7 @@ async fn run_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            Some(event) = events.recv() => node.handle(event),
+            Some(event) = events.recv() => node.handle_batch(event, &mut events),
             Some(reply) = replies.recv() => node.storage_reply(reply),
             _ = tick.tick() => node.tick(),
             _ = &mut shutdown => break,

@@ -6,6 +6,8 @@
 //! peers' changes back.
 
 use automerge::transaction::Transactable;
+use std::collections::BTreeSet;
+
 use automerge::{ChangeHash, ROOT, ReadDoc};
 use meridian_protocol::codec::{Decoded, Message, decode};
 use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
@@ -26,7 +28,13 @@ struct SlowEdge {
 
 impl SlowEdge {
     fn new() -> Self {
-        let config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
+        Self::with(|_| {})
+    }
+
+    /// An edge whose configuration `adjust` changes first.
+    fn with(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
+        let mut config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
+        adjust(&mut config);
         Self { engine: Engine::new(config), store: MemoryStore::new(), held: Vec::new(), advertised: Vec::new() }
     }
 
@@ -74,23 +82,42 @@ impl SlowEdge {
 /// A writer client synced with the edge, and its document.
 fn writer_with_doc(edge: &mut SlowEdge) -> (Node, ConnId, ConnId, DocumentId) {
     let mut client = Node::with("writer", |c| c.rng_seed = 7);
+    let doc = client.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
+    let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
+    let heads = client.engine.document(&doc).map(|d| d.get_heads());
+    assert_eq!(edge.engine.durable_heads(&doc), heads, "the edge holds the document");
+    (client, e_conn, c_conn, doc)
+}
+
+/// Another client, named `name`, that opened `doc` at the edge.
+fn joined(edge: &mut SlowEdge, name: &str, seed: u64, doc: DocumentId) -> (Node, ConnId, ConnId) {
+    let mut client = Node::with(name, |c| c.rng_seed = seed);
+    client.engine.find(Millis(0), doc);
+    let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
+    let heads = client.engine.document(&doc).map(|d| d.get_heads());
+    assert_eq!(edge.engine.durable_heads(&doc), heads, "{name} has the document");
+    (client, e_conn, c_conn)
+}
+
+/// Connects `client` to the edge and exchanges messages until both are
+/// quiet, completing the edge's storage as it goes. Returns the
+/// connection at the edge and at the client.
+fn connect_and_settle(edge: &mut SlowEdge, client: &mut Node) -> (ConnId, ConnId) {
     let e_conn = edge.engine.handle_connect(Millis(0), Direction::Incoming);
     let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
-    let doc = client.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
-    // Handshake and upload, completing the edge's storage as it goes.
     for _ in 0..20 {
         for (_, f) in client.drain() {
             edge.engine.handle_frame(Millis(0), e_conn, &f);
         }
         let mut frames = edge.poll();
         frames.extend(edge.complete_all());
-        for (_, f) in frames {
-            client.engine.handle_frame(Millis(0), c_conn, &f);
+        for (conn, f) in frames {
+            if conn == e_conn {
+                client.engine.handle_frame(Millis(0), c_conn, &f);
+            }
         }
     }
-    let heads = client.engine.document(&doc).map(|d| d.get_heads());
-    assert_eq!(edge.engine.durable_heads(&doc), heads, "the edge holds the document");
-    (client, e_conn, c_conn, doc)
+    (e_conn, c_conn)
 }
 
 /// The sync frames a client would send for `k` successive local changes,
@@ -167,4 +194,94 @@ fn local_changes_in_flight_do_not_hold_back_a_peers_changes() {
     assert_eq!(Some(durable.clone()), edge.engine.document(&doc).map(|d| d.get_heads()));
     assert!(durable.len() == 2 && durable.contains(&peer_head), "local and peer changes are both heads");
     assert_eq!(edge.advertised.last().map(|(c, h)| (*c, h.clone())), Some((e_conn, durable)));
+}
+
+/// Two writers with changes in flight during a commit, and a reader. The
+/// edge applies each writer's waiting messages as one batch (`coalesce`),
+/// and everything it sends is byte for byte what it sends when it applies
+/// them one by one; everyone converges.
+#[test]
+fn a_writers_waiting_messages_applied_as_one_batch_get_the_same_answers() {
+    let run = |coalesce: bool| {
+        let mut edge = SlowEdge::with(|c| c.coalesce_messages = coalesce);
+        let (a, a_conn, a_c, doc) = writer_with_doc(&mut edge);
+        let (b, b_conn, b_c) = joined(&mut edge, "writer-b", 8, doc);
+        let reader = joined(&mut edge, "reader", 9, doc);
+        let mut clients = [(a, a_conn, a_c), (b, b_conn, b_c), reader];
+        let from_a = changes_in_flight(&mut clients[0].0, doc, 6);
+        let from_b = changes_in_flight(&mut clients[1].0, doc, 6);
+        assert!(from_a.len() >= 3 && from_b.len() >= 3, "each writer sent several messages");
+        // The first message starts a commit; the others, interleaved, wait for it.
+        edge.engine.handle_frame(Millis(0), a_conn, &from_a[0]);
+        let mut transcript = edge.poll();
+        let (mut rest_a, mut rest_b) = (from_a[1..].iter(), from_b.iter());
+        loop {
+            let (fa, fb) = (rest_a.next(), rest_b.next());
+            if fa.is_none() && fb.is_none() {
+                break;
+            }
+            for (conn, f) in [(a_conn, fa), (b_conn, fb)] {
+                if let Some(f) = f {
+                    edge.engine.handle_frame(Millis(0), conn, f);
+                }
+            }
+            transcript.extend(edge.poll());
+        }
+        // Commits complete; answers go out and are answered until all are quiet.
+        let mut to_clients = edge.complete_all();
+        while !to_clients.is_empty() {
+            transcript.extend(to_clients.iter().cloned());
+            for (conn, f) in to_clients {
+                let (client, _, c_conn) = clients.iter_mut().find(|(_, c, _)| *c == conn).expect("a client");
+                client.engine.handle_frame(Millis(0), *c_conn, &f);
+            }
+            for (client, conn, _) in &mut clients {
+                for (_, f) in client.drain() {
+                    edge.engine.handle_frame(Millis(0), *conn, &f);
+                }
+            }
+            to_clients = edge.poll();
+            to_clients.extend(edge.complete_all());
+        }
+        let heads = edge.engine.durable_heads(&doc).expect("durable heads");
+        for (client, _, _) in &clients {
+            assert_eq!(client.engine.document(&doc).map(|d| d.get_heads()), Some(heads.clone()), "converged");
+        }
+        assert_eq!(heads.len(), 2, "both writers' last changes are heads");
+        (transcript, edge.engine.stats().sync_merged)
+    };
+    let (batched, merged) = run(true);
+    let (one_by_one, none) = run(false);
+    assert!(merged >= 4, "waiting messages were applied in batches: {merged} merged");
+    assert_eq!(none, 0);
+    assert_eq!(batched.len(), one_by_one.len(), "as many messages sent");
+    for (i, (x, y)) in batched.iter().zip(&one_by_one).enumerate() {
+        assert_eq!(canonical(x), canonical(y), "message {i} differs");
+    }
+}
+
+/// What a sent frame means, for comparing two runs: the frame itself, but
+/// for a sync message its heads, needs, haves and the hashes of the
+/// changes it carries. (A batch changes the order in which the edge applied
+/// two writers' changes, and with it how a whole-document message encodes
+/// the same changes.)
+fn canonical((conn, frame): &(ConnId, Vec<u8>)) -> (ConnId, String) {
+    let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(frame) else {
+        return (*conn, format!("{frame:?}"));
+    };
+    let m = automerge::sync::Message::decode(&data).expect("a sync message");
+    let mut hashes = BTreeSet::new();
+    for chunk in m.changes.iter() {
+        match automerge::Change::from_bytes(chunk.to_vec()) {
+            Ok(c) => {
+                hashes.insert(c.hash());
+            }
+            Err(_) => {
+                let doc = automerge::Automerge::load(chunk).expect("a change or a document");
+                hashes.extend(doc.get_changes(&[]).iter().map(|c| c.hash()));
+            }
+        }
+    }
+    let have: Vec<_> = m.have.iter().map(|h| (h.last_sync.clone(), h.bloom.to_bytes())).collect();
+    (*conn, format!("heads {:?} need {:?} have {have:?} changes {hashes:?}", m.heads, m.need))
 }

@@ -118,6 +118,11 @@ pub struct Timing {
     pub reconnect_backoff: (u64, u64),
     /// Every node's engine gets [`Engine::handle_tick`] this often.
     pub tick_every: u64,
+    /// Now and then (`.0` percent of frames) the receiving node takes the
+    /// frames that arrive over the next `.1` ms as one engine batch
+    /// ([`Engine::begin_batch`]), as the edge does with the events already
+    /// waiting for its loop.
+    pub batch: (u32, (u64, u64)),
 }
 
 impl Default for Timing {
@@ -130,6 +135,7 @@ impl Default for Timing {
             detect_delay: (0, 1500),
             reconnect_backoff: (50, 1500),
             tick_every: 1000,
+            batch: (10, (0, 30)),
         }
     }
 }
@@ -211,6 +217,8 @@ struct Node {
     uplink: Option<LinkId>,
     open_links: BTreeSet<LinkId>,
     partitioned_until: Millis,
+    /// The engine is in a batch (see [`Timing::batch`]).
+    batching: bool,
 }
 
 struct Link {
@@ -249,6 +257,11 @@ enum Scheduled {
         incarnation: u32,
     },
     Reconnect {
+        node: NodeId,
+        incarnation: u32,
+    },
+    /// The node's engine applies the frames of its batch.
+    EndBatch {
         node: NodeId,
         incarnation: u32,
     },
@@ -349,6 +362,7 @@ impl Sim {
             uplink: None,
             open_links: BTreeSet::new(),
             partitioned_until: Millis(0),
+            batching: false,
         });
         self.start_node(id);
         id
@@ -619,6 +633,7 @@ impl Sim {
         let node = &mut self.nodes[n.0];
         node.engine = None;
         node.incarnation += 1;
+        node.batching = false;
         node.ephemeral_seen.clear();
         node.tasks.clear();
         node.storage_busy = false;
@@ -704,6 +719,7 @@ impl Sim {
                     self.connect_up(node);
                 }
             }
+            Scheduled::EndBatch { node, incarnation } => self.end_batch(node, incarnation),
             Scheduled::Tick => self.tick(),
             Scheduled::User(tag) => return Step::User(tag),
         }
@@ -817,8 +833,34 @@ impl Sim {
             self.nodes[n.0].received.push(m);
         }
         let now = self.now;
+        if self.nodes[n.0].engine.is_none() {
+            return;
+        }
+        let (percent, length) = self.timing.batch;
+        if !self.nodes[n.0].batching && self.rng.random_range(0..100) < percent {
+            let after = self.draw(length);
+            let node = &mut self.nodes[n.0];
+            node.batching = true;
+            node.engine.as_mut().map(Engine::begin_batch);
+            self.note(format!("{} batch for {after} ms", self.name(n)));
+            let incarnation = self.nodes[n.0].incarnation;
+            self.schedule(after, Scheduled::EndBatch { node: n, incarnation });
+        }
         if let Some(engine) = self.nodes[n.0].engine.as_mut() {
             let _ = engine.handle_frame(now, conn, bytes);
+            self.pump(n);
+        }
+    }
+
+    fn end_batch(&mut self, n: NodeId, incarnation: u32) {
+        let now = self.now;
+        let node = &mut self.nodes[n.0];
+        if node.incarnation != incarnation || !node.batching {
+            return;
+        }
+        node.batching = false;
+        if let Some(engine) = node.engine.as_mut() {
+            engine.end_batch(now);
             self.pump(n);
         }
     }

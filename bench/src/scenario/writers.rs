@@ -69,6 +69,9 @@ pub async fn run(server: &Server, p: Params) -> Result<Vec<Figure>> {
     let window = if last < p.duration { last } else { p.duration };
     let within = acked_at.iter().filter(|t| **t <= window).count();
     verify(server, &heads).await?;
+    if let Some(merged) = server.edge_metric("meridian_edge_sync_merged_total") {
+        eprintln!("  sync messages applied in a batch with the previous one: {merged}");
+    }
     Ok(vec![
         Figure::higher("durable changes/s", "changes/s", within as f64 / window.as_secs_f64()),
         Figure::lower("acknowledgement latency p50", "ms", ms(&latency, 0.5)),
