@@ -1,3 +1,10 @@
+//! What one automerge apply call costs with 1, 4, 16 or 32 changes in it,
+//! on a text typed word by word (2,000 changes, 12 KB): the measurement
+//! behind applying a peer's waiting changes as one batch (ARCHITECTURE.md,
+//! "A peer's changes are applied in batches").
+//!
+//! `cargo run --release -p meridian-bench --example apply_batch`
+
 use automerge::{Automerge, ObjType, ROOT, ReadDoc, transaction::Transactable};
 use std::time::Instant;
 fn main() {
