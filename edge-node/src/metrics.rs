@@ -29,6 +29,7 @@
 //! | `meridian_edge_sync_generated_total` | counter | sync messages automerge generated for peers |
 //! | `meridian_edge_sync_shared_total` | counter | sync messages sent as a copy of one generated for a peer in the same sync state (watchers in step) |
 //! | `meridian_edge_sync_merged_total` | counter | peers' sync messages applied in one batch with the same peer's previous one (a writer with changes in flight) |
+//! | `meridian_edge_snapshot_answers_total` | counter | peers with nothing sent a document's stored snapshot before it was loaded |
 //! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
 //! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
@@ -115,6 +116,7 @@ pub struct NodeMetrics {
     pub sync_generated: AtomicU64,
     pub sync_shared: AtomicU64,
     pub sync_merged: AtomicU64,
+    pub snapshot_answers: AtomicU64,
     pub store_bytes: AtomicU64,
 }
 
@@ -153,6 +155,7 @@ impl NodeMetrics {
             sync_generated: AtomicU64::default(),
             sync_shared: AtomicU64::default(),
             sync_merged: AtomicU64::default(),
+            snapshot_answers: AtomicU64::default(),
             store_bytes: AtomicU64::default(),
         }
     }
@@ -292,6 +295,8 @@ impl NodeMetrics {
         counter(&mut out, &self.name("sync_shared_total"), help, &self.sync_shared);
         let help = "Peers' sync messages applied in one batch with the same peer's previous one.";
         counter(&mut out, &self.name("sync_merged_total"), help, &self.sync_merged);
+        let help = "Peers with nothing sent a document's stored snapshot before it was loaded.";
+        counter(&mut out, &self.name("snapshot_answers_total"), help, &self.snapshot_answers);
         gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
         let help = "From a change durable here to the document's home confirming it.";
         self.home_lag_seconds.render(&mut out, &self.name("home_lag_seconds"), help);

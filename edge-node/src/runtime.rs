@@ -421,6 +421,7 @@ impl NodeLoop {
         self.metrics.sync_generated.store(stats.sync_generated, Relaxed);
         self.metrics.sync_shared.store(stats.sync_shared, Relaxed);
         self.metrics.sync_merged.store(stats.sync_merged, Relaxed);
+        self.metrics.snapshot_answers.store(stats.snapshot_answers, Relaxed);
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
         self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);

@@ -74,6 +74,14 @@ pub struct EngineConfig {
     /// `coalesce`). Always on; a test turns it off to compare against
     /// applying each in turn.
     pub coalesce_messages: bool,
+    /// Send a peer that has nothing the stored snapshot before loading the
+    /// document (see [`Engine::answer_from_snapshot`]). Always on; a test
+    /// turns it off to compare against answering after the load.
+    pub answer_from_snapshot: bool,
+    /// A document's chunks are compacted into one snapshot once they hold
+    /// at least this many bytes (and as many as the last snapshot). The
+    /// simulation lowers it so small documents are compacted too.
+    pub min_compact_bytes: usize,
 }
 
 impl EngineConfig {
@@ -88,6 +96,8 @@ impl EngineConfig {
             max_loaded_docs: 0,
             share_generated: true,
             coalesce_messages: true,
+            answer_from_snapshot: true,
+            min_compact_bytes: 16 * 1024,
         }
     }
 }
@@ -227,6 +237,9 @@ pub struct EngineStats {
     /// Peers' sync messages applied together with the same peer's previous
     /// one (see `coalesce`) rather than on their own.
     pub sync_merged: u64,
+    /// Peers that had nothing and got a document's stored snapshot before
+    /// the document was loaded ([`Engine::answer_from_snapshot`]).
+    pub snapshot_answers: u64,
 }
 
 /// How far a peer is from our durable copy of a document
@@ -306,11 +319,32 @@ struct PeerDoc {
     requesting: bool,
     /// We told it `doc-unavailable`.
     told_unavailable: bool,
+    /// It got the stored snapshot at these heads before the document was
+    /// loaded ([`Engine::answer_from_snapshot`]); its request is still to
+    /// be applied.
+    answered_at: Option<Vec<ChangeHash>>,
 }
 
 impl PeerDoc {
     fn new() -> Self {
-        Self { sync: sync::State::new(), requesting: false, told_unavailable: false }
+        Self { sync: sync::State::new(), requesting: false, told_unavailable: false, answered_at: None }
+    }
+
+    /// Its sync state once its `request` (applied after the load) and our
+    /// answer from the snapshot at `heads` are both accounted for: what
+    /// automerge would have after sending it the whole document, except
+    /// that the peer's heads are taken to be ours (automerge records the
+    /// hashes it sent instead; listing them needs the loaded document's
+    /// every change). So automerge sends it nothing more until it answers,
+    /// and then only what it lacks.
+    fn answered_from_snapshot(&mut self, heads: Vec<ChangeHash>) {
+        let s = &mut self.sync;
+        s.their_heads = Some(heads.clone());
+        s.their_have = Some(Vec::new());
+        s.their_need = Some(Vec::new());
+        s.last_sent_heads = heads;
+        s.have_responded = true;
+        s.in_flight = true;
     }
 }
 
@@ -491,6 +525,12 @@ struct DocState {
     last_active: Millis,
     /// It was asked of a source since it was loaded (counted once).
     cold_open: bool,
+    /// Fresh peers got the stored snapshot; the document loads on a second
+    /// read ([`Engine::answer_from_snapshot`]).
+    answered_from_snapshot: bool,
+    /// The stored document, read but not loaded yet: kept while peers'
+    /// sync states load, to answer the fresh ones from it first.
+    stored: Option<Vec<u8>>,
 }
 
 impl DocState {
@@ -515,6 +555,8 @@ impl DocState {
             local_waiting: false,
             last_active: now,
             cold_open: false,
+            answered_from_snapshot: false,
+            stored: None,
         }
     }
 
@@ -575,8 +617,6 @@ pub struct Engine {
 }
 
 const EPHEMERAL_SESSION_TTL_MS: u64 = 10 * 60_000;
-/// Below this many bytes of chunks a document is never compacted.
-const MIN_COMPACT_BYTES: usize = 16 * 1024;
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
@@ -937,6 +977,9 @@ impl Engine {
             let state = pd.sync.encode();
             self.put_sync_state(doc_id, storage.clone(), state);
         }
+        if loading_state {
+            self.states_loaded(now, doc_id);
+        }
         // An upstream that had not answered yet will never answer: waiting
         // requesters may now be owed a `doc-unavailable`.
         if !was_upstream_answer {
@@ -1256,7 +1299,18 @@ impl Engine {
             && !message.changes.is_empty()
             && self.conns.get(&p.conn).is_some_and(Conn::is_downstream);
         let before = if count_write { d.doc.get_heads() } else { Vec::new() };
-        match d.doc.receive_sync_message(&mut pd.sync, message) {
+        // Its request, answered from the snapshot before the load: if the
+        // loaded document is what the snapshot was, that answer stands.
+        let answered = pd
+            .answered_at
+            .take()
+            .filter(|h| *h == d.doc.get_heads() && message.heads.is_empty() && message.changes.is_empty());
+        let result = d.doc.receive_sync_message(&mut pd.sync, message);
+        if let (Ok(()), Some(heads)) = (&result, answered) {
+            pd.answered_from_snapshot(heads);
+            return;
+        }
+        match result {
             Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
             Ok(()) if count_write && d.doc.get_heads() != before => *self.writes.entry(doc_id).or_default() += p.merged,
             Ok(()) => {}
@@ -1283,7 +1337,7 @@ impl Engine {
             d.writes_issued += 1;
             d.chunk_bytes += chunk.len();
             d.upstream_unavailable.clear();
-            let compact = d.chunk_bytes >= MIN_COMPACT_BYTES && d.chunk_bytes >= d.snapshot_bytes;
+            let compact = d.chunk_bytes >= self.config.min_compact_bytes && d.chunk_bytes >= d.snapshot_bytes;
             self.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
             if compact {
                 self.compact(doc_id);
@@ -1299,7 +1353,11 @@ impl Engine {
 
     fn compact(&mut self, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let snapshot = d.doc.save();
+        // Only applied changes, as appends store: changes waiting for a
+        // dependency (automerge's queue, which `save` keeps by default) are
+        // not ours to store yet; they are not in our heads, so their
+        // sender still counts them unacknowledged and sends them again.
+        let snapshot = d.doc.save_with_options(automerge::SaveOptions { deflate: true, retain_orphans: false });
         d.snapshot_bytes = snapshot.len();
         d.chunk_bytes = 0;
         d.writes_in_flight += 1;
@@ -1509,6 +1567,20 @@ impl Engine {
     }
 
     fn doc_loaded(&mut self, now: Millis, doc_id: DocumentId, bytes: Option<Vec<u8>>) {
+        if let Some(b) = &bytes
+            && self.config.answer_from_snapshot
+            && let Some(d) = self.docs.get_mut(&doc_id)
+        {
+            // Whether waiting peers have nothing shows once their persisted
+            // sync states are in ([`Self::states_loaded`]).
+            if !d.answered_from_snapshot && !d.pending.is_empty() && !d.loading_states.is_empty() {
+                d.stored = bytes;
+                return;
+            }
+            if self.answer_from_snapshot(doc_id, b) {
+                return;
+            }
+        }
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.loading = false;
         let mut load_error = None;
@@ -1547,6 +1619,80 @@ impl Engine {
         self.maybe_offload(doc_id);
     }
 
+    /// A fresh peer gets the stored snapshot first: when the stored
+    /// document is one whole-document chunk (as compaction leaves it) and
+    /// peers that have nothing of it are waiting with a `request`, they get
+    /// those bytes as automerge's whole-document sync message right away,
+    /// and the document is loaded on a second read of the store. Loading a
+    /// large document costs automerge far more than reading it (0.5 s
+    /// against milliseconds for 800 KiB), and the peer needs the same time
+    /// to load what it receives: this way the two loads overlap instead of
+    /// following each other. The snapshot is durable, so advertising its
+    /// heads keeps "durable before advertised". Returns whether it answered
+    /// (and the document is being read again).
+    fn answer_from_snapshot(&mut self, doc_id: DocumentId, bytes: &[u8]) -> bool {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return false };
+        if !self.config.answer_from_snapshot || d.answered_from_snapshot || d.pending.is_empty() {
+            return false;
+        }
+        let Some(heads) = crate::snapshot::document_heads(bytes).filter(|h| !h.is_empty()) else { return false };
+        // Each peer's first waiting message must be a request from a peer
+        // with nothing and no sync history with us, able to take a whole
+        // document (automerge's v2 messages, which come with flags).
+        let mut seen = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for p in &d.pending {
+            if !seen.insert(p.conn) {
+                continue;
+            }
+            let m = &p.message;
+            let has_nothing = m.heads.is_empty() && m.need.is_empty() && m.changes.is_empty();
+            let no_history =
+                d.peers.get(&p.conn).is_some_and(|pd| pd.sync.their_heads.is_none() && pd.answered_at.is_none());
+            if p.requesting
+                && has_nothing
+                && m.flags.is_some()
+                && m.have.iter().all(|h| h.last_sync.is_empty())
+                && no_history
+                && !d.loading_states.contains(&p.conn)
+            {
+                fresh.push(p.conn);
+            }
+        }
+        if fresh.is_empty() {
+            return false;
+        }
+        let mut flags = sync::MessageFlags::new();
+        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+        // No `have`: we claim nothing about the peer's changes, so it sends
+        // none until our heads show it what we lack (then we `need` them).
+        let data = sync::Message {
+            heads: heads.clone(),
+            need: Vec::new(),
+            have: Vec::new(),
+            changes: vec![bytes.to_vec()].into(),
+            flags: Some(flags),
+            version: sync::MessageVersion::V2,
+        }
+        .encode();
+        d.answered_from_snapshot = true;
+        for conn in &fresh {
+            if let Some(pd) = d.peers.get_mut(conn) {
+                pd.answered_at = Some(heads.clone());
+            }
+        }
+        self.stats.snapshot_answers += fresh.len() as u64;
+        let sender_id = self.config.peer_id.clone();
+        for conn in fresh {
+            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
+            let message =
+                Message::Sync { sender_id: sender_id.clone(), target_id, document_id: doc_id, data: data.clone() };
+            self.send(conn, message);
+        }
+        self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
+        true
+    }
+
     fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let Some(pd) = d.peers.get_mut(&conn) else { return };
@@ -1554,6 +1700,19 @@ impl Engine {
         d.dirty.insert(conn);
         if let Some(state) = bytes.and_then(|b| sync::State::decode(&b).ok()) {
             pd.sync = state;
+        }
+        self.states_loaded(now, doc_id);
+    }
+
+    /// A peer's sync state is in, or the peer left while it loaded: the
+    /// document's waiting messages may go ahead (once every state is in),
+    /// or the stored document kept for them is loaded now.
+    fn states_loaded(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.loading_states.is_empty()
+            && let Some(bytes) = d.stored.take()
+        {
+            return self.doc_loaded(now, doc_id, Some(bytes));
         }
         self.drain_pending(now, doc_id);
         self.sync_doc(now, doc_id);

@@ -38,6 +38,7 @@ pub mod backoff;
 pub mod codec;
 pub mod engine;
 pub mod ids;
+pub mod snapshot;
 pub mod storage;
 
 pub use automerge;

@@ -47,8 +47,8 @@ fn random_schedules_converge() {
     let total = run_seeds(&seeds);
     eprintln!(
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
-         {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads; \
-         longest run {} ms of virtual time",
+         {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads, \
+         {} fresh peers answered from a stored snapshot; longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
         total.docs,
@@ -61,6 +61,7 @@ fn random_schedules_converge() {
         total.ephemeral_delivered,
         total.handoffs,
         total.offloads,
+        total.snapshot_answers,
         total.end_ms,
     );
     // The workload must exercise what it claims to.
@@ -68,6 +69,7 @@ fn random_schedules_converge() {
         assert!(total.crashes > 0 && total.link_drops > 0 && total.partitions > 0 && total.evictions > 0);
         assert!(total.ephemeral_delivered > 0);
         assert!(total.handoffs > 0 && total.offloads > 0, "placement is exercised");
+        assert!(total.snapshot_answers > 0, "answers from a stored snapshot are exercised");
         assert!(total.edits > 10 * seeds.len());
     }
 }

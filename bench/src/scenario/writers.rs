@@ -70,7 +70,7 @@ pub async fn run(server: &Server, p: Params) -> Result<Vec<Figure>> {
     let within = acked_at.iter().filter(|t| **t <= window).count();
     verify(server, &heads).await?;
     if let Some(merged) = server.edge_metric("meridian_edge_sync_merged_total") {
-        eprintln!("  sync messages applied in a batch with the previous one: {merged}");
+        eprintln!("  (meridian-edge applied {merged} sync messages in one batch with the previous one)");
     }
     Ok(vec![
         Figure::higher("durable changes/s", "changes/s", within as f64 / window.as_secs_f64()),

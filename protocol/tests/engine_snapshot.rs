@@ -1,0 +1,336 @@
+//! A peer that has nothing of a document stored as one snapshot gets the
+//! stored bytes before the server has loaded the document, and everything
+//! ends where it ends when the server loads first: same heads everywhere,
+//! the whole document sent once, the peer's own writes kept.
+//!
+//! The server's storage tasks wait until the test runs them, so each test
+//! sees what the server sent while the document was still being read.
+
+use std::collections::VecDeque;
+
+use automerge::transaction::Transactable;
+use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
+use meridian_protocol::codec::{Decoded, Message, decode};
+use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
+use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
+use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+
+mod common;
+use common::Node;
+
+/// A server whose storage tasks queue until [`Server::run_storage`].
+struct Server {
+    engine: Engine,
+    store: MemoryStore,
+    queued: VecDeque<(StorageTaskId, StorageTask)>,
+}
+
+impl Server {
+    fn new(store: MemoryStore, answer_from_snapshot: bool) -> Self {
+        let mut config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
+        config.answer_from_snapshot = answer_from_snapshot;
+        Self { engine: Engine::new(config), store, queued: VecDeque::new() }
+    }
+
+    fn poll(&mut self) -> Vec<(ConnId, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while let Some(o) = self.engine.poll_output() {
+            match o {
+                Output::Send { conn, message } => frames.push((conn, meridian_protocol::codec::encode(&message))),
+                Output::Storage { id, task } => self.queued.push_back((id, task)),
+                Output::Close { .. } | Output::Event(_) => {}
+            }
+        }
+        frames
+    }
+
+    /// Runs the oldest waiting task; `false` when none waits.
+    fn run_storage(&mut self) -> bool {
+        let Some((id, task)) = self.queued.pop_front() else { return false };
+        let result = self.store.execute(&task);
+        self.engine.handle_storage_result(Millis(0), id, result);
+        true
+    }
+
+    fn loads_waiting(&self) -> usize {
+        self.queued.iter().filter(|(_, t)| matches!(t, StorageTask::LoadDoc { .. })).count()
+    }
+}
+
+struct Client {
+    node: Node,
+    /// The connection on the server's side, and on the client's.
+    at_server: ConnId,
+    conn: ConnId,
+    open: bool,
+    /// Frames to the server wait here while this is set (a slow uplink).
+    held: Option<Vec<Vec<u8>>>,
+    /// Sync payloads from the server that carried changes.
+    changes_received: usize,
+}
+
+/// A server and its clients; frames go through [`World::deliver`].
+struct World {
+    server: Server,
+    clients: Vec<Client>,
+}
+
+impl World {
+    fn new(store: MemoryStore, answer_from_snapshot: bool) -> Self {
+        Self { server: Server::new(store, answer_from_snapshot), clients: Vec::new() }
+    }
+
+    /// `persistent`: the client has a storage id, so the server loads the
+    /// sync state it persisted for it.
+    fn connect(&mut self, name: &str, persistent: bool) -> usize {
+        let mut node = Node::with(name, |c| {
+            c.rng_seed = self.clients.len() as u64 + 7;
+            if !persistent {
+                c.storage_id = None;
+            }
+        });
+        let at_server = self.server.engine.handle_connect(Millis(0), Direction::Incoming);
+        let conn = node.engine.handle_connect(Millis(0), Direction::Outgoing);
+        self.clients.push(Client { node, at_server, conn, open: true, held: None, changes_received: 0 });
+        self.deliver();
+        self.clients.len() - 1
+    }
+
+    fn release(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        for frame in c.held.take().unwrap_or_default() {
+            self.server.engine.handle_frame(Millis(0), c.at_server, &frame);
+        }
+    }
+
+    fn disconnect(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        c.open = false;
+        self.server.engine.handle_disconnect(Millis(0), c.at_server);
+        c.node.engine.handle_disconnect(Millis(0), c.conn);
+    }
+
+    /// Delivers frames both ways until nobody sends; storage the server
+    /// has not run stays queued.
+    fn deliver(&mut self) {
+        loop {
+            let mut moved = false;
+            for (conn, frame) in self.server.poll() {
+                let Some(c) = self.clients.iter_mut().find(|c| c.at_server == conn && c.open) else { continue };
+                moved = true;
+                if let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(&frame)
+                    && !automerge::sync::Message::decode(&data).expect("a sync message").changes.is_empty()
+                {
+                    c.changes_received += 1;
+                }
+                c.node.engine.handle_frame(Millis(0), c.conn, &frame);
+            }
+            for c in self.clients.iter_mut().filter(|c| c.open) {
+                for (_, frame) in c.node.drain() {
+                    if let Some(held) = &mut c.held {
+                        held.push(frame);
+                        continue;
+                    }
+                    moved = true;
+                    self.server.engine.handle_frame(Millis(0), c.at_server, &frame);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs every storage task and delivers every frame until quiet.
+    fn settle(&mut self) {
+        loop {
+            self.deliver();
+            if !self.server.run_storage() {
+                self.deliver();
+                if self.server.queued.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn client_heads(&self, i: usize, doc: DocumentId) -> Vec<ChangeHash> {
+        self.clients[i].node.engine.document(&doc).map(Automerge::get_heads).unwrap_or_default()
+    }
+}
+
+/// A text typed by two authors (so it has two heads), stored as one
+/// snapshot, as compaction leaves a document.
+fn stored_text() -> (MemoryStore, DocumentId, Automerge) {
+    let mut a = Automerge::new().with_actor(ActorId::from(b"author-a".as_slice()));
+    let mut tx = a.transaction();
+    let text = tx.put_object(ROOT, "text", ObjType::Text).unwrap();
+    tx.commit();
+    let mut b = a.fork().with_actor(ActorId::from(b"author-b".as_slice()));
+    for k in 0..150 {
+        let mut tx = a.transaction();
+        tx.splice_text(&text, k, 0, "a").unwrap();
+        tx.commit();
+        let mut tx = b.transaction();
+        tx.splice_text(&text, 0, 0, "b").unwrap();
+        tx.commit();
+    }
+    a.merge(&mut b).unwrap();
+    assert_eq!(a.get_heads().len(), 2);
+    let doc = DocumentId::from_bytes(*b"snapshot-answer!");
+    let mut store = MemoryStore::new();
+    store.execute(&StorageTask::Compact { doc, snapshot: a.save() });
+    (store, doc, a)
+}
+
+fn text_of(doc: &Automerge) -> String {
+    let (_, id) = doc.get(ROOT, "text").unwrap().expect("text object");
+    doc.text(&id).unwrap()
+}
+
+/// Runs the server's storage one task at a time until `client` holds the
+/// document; returns whether the server had loaded it by then.
+fn until_client_has_it(w: &mut World, client: usize, doc: DocumentId, want: &[ChangeHash]) -> bool {
+    loop {
+        w.deliver();
+        if w.client_heads(client, doc) == want {
+            return w.server.engine.document(&doc).is_some();
+        }
+        assert!(
+            w.server.run_storage(),
+            "storage ran out before client {client} got the document: it has {:?}, the server {:?}",
+            w.client_heads(client, doc),
+            w.server.engine.document(&doc).map(Automerge::get_heads)
+        );
+    }
+}
+
+/// `persistent`: the server reads the peer's sync state too. `slow_reply`:
+/// the peer's answer to the snapshot reaches the server only after it has
+/// loaded the document (otherwise both its messages are applied together).
+#[test]
+fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
+    for (persistent, slow_reply) in [(false, false), (true, false), (false, true), (true, true)] {
+        let case = format!("persistent {persistent}, slow reply {slow_reply}");
+        let (store, doc, expected) = stored_text();
+        let mut w = World::new(store, true);
+        let c = w.connect("tab", persistent);
+        w.clients[c].node.engine.find(Millis(0), doc);
+        w.deliver();
+        if slow_reply {
+            w.clients[c].held = Some(Vec::new());
+        }
+        let loaded_first = until_client_has_it(&mut w, c, doc, &expected.get_heads());
+        assert!(!loaded_first, "{case}: the server loaded the document before answering");
+        assert_eq!(w.server.loads_waiting(), 1, "{case}: the server reads the document again to load it");
+        assert_eq!(text_of(w.clients[c].node.engine.document(&doc).unwrap()), text_of(&expected));
+        if slow_reply {
+            while w.server.run_storage() {}
+            w.deliver();
+            assert!(w.server.engine.document(&doc).is_some(), "{case}");
+            w.release(c);
+        }
+        w.settle();
+        let server_doc = w.server.engine.document(&doc).expect("loaded after the answer");
+        assert_eq!(server_doc.get_heads(), expected.get_heads());
+        assert_eq!(w.client_heads(c, doc), expected.get_heads());
+        assert_eq!(w.clients[c].changes_received, 1, "{case}: the whole document is sent once");
+        assert_eq!(w.server.engine.stats().snapshot_answers, 1);
+    }
+}
+
+#[test]
+fn without_the_snapshot_answer_the_server_loads_first_and_ends_the_same() {
+    let (store, doc, expected) = stored_text();
+    let mut w = World::new(store, false);
+    let c = w.connect("tab", true);
+    w.clients[c].node.engine.find(Millis(0), doc);
+    assert!(until_client_has_it(&mut w, c, doc, &expected.get_heads()));
+    w.settle();
+    assert_eq!(w.clients[c].changes_received, 1);
+    assert_eq!(w.server.engine.stats().snapshot_answers, 0);
+}
+
+/// The peer writes as soon as it has the document, before the server has
+/// loaded it: the write waits, then is applied, stored and acknowledged.
+#[test]
+fn a_peer_writing_before_the_server_loaded_keeps_its_change() {
+    let (store, doc, expected) = stored_text();
+    let mut w = World::new(store, true);
+    let c = w.connect("tab", false);
+    w.clients[c].node.engine.find(Millis(0), doc);
+    assert!(!until_client_has_it(&mut w, c, doc, &expected.get_heads()));
+    let node = &mut w.clients[c].node;
+    let text = node.engine.document(&doc).unwrap().get(ROOT, "text").unwrap().unwrap().1;
+    node.engine.change(Millis(0), doc, |tx| tx.splice_text(&text, 0, 0, "NEW ")).unwrap();
+    let mine = w.client_heads(c, doc);
+    w.settle();
+    let server_doc = w.server.engine.document(&doc).expect("loaded");
+    assert_eq!(server_doc.get_heads(), mine);
+    assert!(text_of(server_doc).starts_with("NEW "));
+    // Durable: a new server on the same store has it.
+    let mut reread = World::new(w.server.store.clone(), true);
+    let c2 = reread.connect("later", false);
+    reread.clients[c2].node.engine.find(Millis(0), doc);
+    reread.settle();
+    assert_eq!(reread.client_heads(c2, doc), mine);
+    assert_eq!(w.clients[c].changes_received, 1);
+}
+
+/// Only peers with nothing, and only a document stored as one snapshot:
+/// a peer that has an older copy, or a store with changes after the
+/// snapshot, is answered after the load as usual.
+#[test]
+fn peers_with_data_and_documents_with_later_chunks_wait_for_the_load() {
+    // A peer with an older copy.
+    let (store, doc, expected) = stored_text();
+    let mut older = Automerge::new();
+    older.apply_changes(expected.get_changes(&[]).into_iter().take(40)).unwrap();
+    let mut w = World::new(store, true);
+    let c = w.connect("tab", false);
+    w.clients[c].node.engine.import(Millis(0), doc, &older.save()).unwrap();
+    w.clients[c].node.engine.find(Millis(0), doc);
+    assert!(until_client_has_it(&mut w, c, doc, &expected.get_heads()));
+    w.settle();
+    assert_eq!(w.server.engine.stats().snapshot_answers, 0);
+
+    // A snapshot followed by an incremental chunk.
+    let (mut store, doc, mut expected) = stored_text();
+    let before = expected.get_heads();
+    let mut tx = expected.transaction();
+    tx.put(ROOT, "title", "later").unwrap();
+    tx.commit();
+    store.execute(&StorageTask::AppendChunk { doc, data: expected.save_after(&before) });
+    let mut w = World::new(store, true);
+    let c = w.connect("tab", false);
+    w.clients[c].node.engine.find(Millis(0), doc);
+    assert!(until_client_has_it(&mut w, c, doc, &expected.get_heads()));
+    w.settle();
+    assert_eq!(w.server.engine.stats().snapshot_answers, 0);
+}
+
+/// A persistent peer leaves while the server reads its sync state: the
+/// fresh peer waiting with it is still answered, and the document loads.
+#[test]
+fn a_peer_leaving_while_its_state_loads_does_not_hold_up_the_others() {
+    let (store, doc, expected) = stored_text();
+    let mut w = World::new(store, true);
+    let leaving = w.connect("leaving", true);
+    let staying = w.connect("staying", false);
+    w.clients[leaving].node.engine.find(Millis(0), doc);
+    w.clients[staying].node.engine.find(Millis(0), doc);
+    w.deliver();
+    // The document's read completes; the leaving peer's state has not.
+    let first = w.server.queued.front().map(|(_, t)| matches!(t, StorageTask::LoadDoc { .. }));
+    assert_eq!(first, Some(true));
+    w.server.run_storage();
+    w.deliver();
+    assert_eq!(w.client_heads(staying, doc), Vec::<ChangeHash>::new(), "answered before every state was in");
+    w.disconnect(leaving);
+    w.deliver();
+    assert_eq!(w.client_heads(staying, doc), expected.get_heads(), "answered once the leaving peer left");
+    w.settle();
+    assert_eq!(w.server.engine.document(&doc).map(Automerge::get_heads), Some(expected.get_heads()));
+    assert_eq!(w.server.engine.stats().snapshot_answers, 1);
+    assert_eq!(w.clients[staying].changes_received, 1);
+}
