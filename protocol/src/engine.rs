@@ -1331,16 +1331,25 @@ impl Engine {
         }
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if heads != before && heads != d.saved_heads {
-            let chunk = d.doc.save_after(&d.saved_heads);
-            d.saved_heads = heads;
-            d.writes_in_flight += 1;
-            d.writes_issued += 1;
-            d.chunk_bytes += chunk.len();
             d.upstream_unavailable.clear();
-            let compact = d.chunk_bytes >= self.config.min_compact_bytes && d.chunk_bytes >= d.snapshot_bytes;
-            self.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
-            if compact {
+            if d.saved_heads.is_empty() {
+                // Nothing stored yet: the first write is a snapshot. A chunk
+                // of everything would be as large as one, and a large
+                // document (an upload) would then be compacted right away:
+                // two full saves on this thread instead of one.
+                d.saved_heads = heads;
                 self.compact(doc_id);
+            } else {
+                let chunk = d.doc.save_after(&d.saved_heads);
+                d.saved_heads = heads;
+                d.writes_in_flight += 1;
+                d.writes_issued += 1;
+                d.chunk_bytes += chunk.len();
+                let compact = d.chunk_bytes >= self.config.min_compact_bytes && d.chunk_bytes >= d.snapshot_bytes;
+                self.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
+                if compact {
+                    self.compact(doc_id);
+                }
             }
             // New data goes upstream too, and to the document's home edge.
             let upstreams = self.upstream_conns();
