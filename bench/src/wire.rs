@@ -50,7 +50,10 @@ impl Conn {
     /// Connects and completes the `join`/`peer` handshake as an ephemeral
     /// peer (what a browser tab without storage announces).
     pub async fn join(url: &str, me: PeerId) -> Result<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.with_context(|| format!("connecting to {url}"))?;
+        // TCP_NODELAY, as browsers and node's `ws` set it on their sockets.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
         let (sink, stream) = ws.split();
         let bytes = Arc::new(Bytes::default());
         let mut tx = Sender { sink, me: me.clone(), server: PeerId::new(""), bytes: bytes.clone() };

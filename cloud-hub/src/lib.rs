@@ -353,7 +353,7 @@ async fn serve_http(
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+        let serve = axum::serve(meridian_edge::server::without_nagle(listener), app).with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
         if let Err(e) = serve.await {

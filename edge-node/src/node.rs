@@ -182,7 +182,7 @@ impl EdgeNode {
         let http_task = tokio::spawn(async move {
             // The peer address lets the admin API keep to loopback callers.
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let serve = axum::serve(crate::server::without_nagle(listener), app).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
             if let Err(e) = serve.await {
