@@ -331,16 +331,18 @@ impl PeerDoc {
     }
 
     /// Its sync state once its `request` (applied after the load) and our
-    /// answer from the snapshot at `heads` are both accounted for: what
-    /// automerge would have after sending it the whole document, except
-    /// that the peer's heads are taken to be ours (automerge records the
-    /// hashes it sent instead; listing them needs the loaded document's
-    /// every change). So automerge sends it nothing more until it answers,
-    /// and then only what it lacks.
+    /// answer from the snapshot at `heads` are both accounted for: we sent
+    /// those heads (so automerge sends nothing more while it is in flight),
+    /// and what we send next is what we have beyond them (its `have` is the
+    /// snapshot's heads with nothing else: an empty bloom filter contains
+    /// nothing). Its own heads stay unknown until it answers, so nobody
+    /// (a hand-off's catch-up) takes it to hold the document before it says
+    /// so. Automerge itself would record every hash it sent instead;
+    /// listing them needs the loaded document's every change.
     fn answered_from_snapshot(&mut self, heads: Vec<ChangeHash>) {
         let s = &mut self.sync;
-        s.their_heads = Some(heads.clone());
-        s.their_have = Some(Vec::new());
+        s.their_heads = None;
+        s.their_have = Some(vec![sync::Have { last_sync: heads.clone(), bloom: sync::BloomFilter::default() }]);
         s.their_need = Some(Vec::new());
         s.last_sent_heads = heads;
         s.have_responded = true;
@@ -531,6 +533,11 @@ struct DocState {
     /// The stored document, read but not loaded yet: kept while peers'
     /// sync states load, to answer the fresh ones from it first.
     stored: Option<Vec<u8>>,
+    /// Nothing is stored for it (we created it, or its load found nothing):
+    /// its first write may replace the store with one snapshot. Not so
+    /// for a document whose stored bytes failed to load, nor one imported
+    /// without a load: what the store holds must stay.
+    store_empty: bool,
 }
 
 impl DocState {
@@ -557,6 +564,7 @@ impl DocState {
             cold_open: false,
             answered_from_snapshot: false,
             stored: None,
+            store_empty: false,
         }
     }
 
@@ -1299,12 +1307,15 @@ impl Engine {
             && !message.changes.is_empty()
             && self.conns.get(&p.conn).is_some_and(Conn::is_downstream);
         let before = if count_write { d.doc.get_heads() } else { Vec::new() };
-        // Its request, answered from the snapshot before the load: if the
-        // loaded document is what the snapshot was, that answer stands.
-        let answered = pd
-            .answered_at
-            .take()
-            .filter(|h| *h == d.doc.get_heads() && message.heads.is_empty() && message.changes.is_empty());
+        // Its request, answered from the snapshot before the load: that
+        // answer stands if the document holds what the snapshot held (it may
+        // hold more: a writer's changes applied before this request are
+        // then sent as what lies beyond the snapshot's heads).
+        let answered = pd.answered_at.take().filter(|h| {
+            h.iter().all(|c| d.doc.get_change_by_hash(c).is_some())
+                && message.heads.is_empty()
+                && message.changes.is_empty()
+        });
         let result = d.doc.receive_sync_message(&mut pd.sync, message);
         if let (Ok(()), Some(heads)) = (&result, answered) {
             pd.answered_from_snapshot(heads);
@@ -1332,7 +1343,7 @@ impl Engine {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if heads != before && heads != d.saved_heads {
             d.upstream_unavailable.clear();
-            if d.saved_heads.is_empty() {
+            if d.saved_heads.is_empty() && d.store_empty {
                 // Nothing stored yet: the first write is a snapshot. A chunk
                 // of everything would be as large as one, and a large
                 // document (an upload) would then be compacted right away:
@@ -1582,7 +1593,11 @@ impl Engine {
         {
             // Whether waiting peers have nothing shows once their persisted
             // sync states are in ([`Self::states_loaded`]).
-            if !d.answered_from_snapshot && !d.pending.is_empty() && !d.loading_states.is_empty() {
+            if !d.answered_from_snapshot
+                && !d.pending.is_empty()
+                && !d.loading_states.is_empty()
+                && crate::snapshot::document_heads(b).is_some()
+            {
                 d.stored = bytes;
                 return;
             }
@@ -1592,6 +1607,7 @@ impl Engine {
         }
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.loading = false;
+        d.store_empty = bytes.is_none();
         let mut load_error = None;
         if let Some(bytes) = bytes {
             if let Err(e) = d.doc.load_incremental(&bytes) {
@@ -1814,6 +1830,7 @@ impl Engine {
         let doc_id = DocumentId::random(&mut self.rng);
         let actor = self.random_actor();
         let mut state = DocState::new(actor, now, false);
+        state.store_empty = true;
         let mut tx = state.doc.transaction();
         init(&mut tx)?;
         if tx.pending_ops() == 0 {

@@ -13,6 +13,7 @@ use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{Decoded, Message, decode};
 use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
+use meridian_protocol::snapshot::document_heads;
 use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
 
 mod common;
@@ -65,8 +66,10 @@ struct Client {
     open: bool,
     /// Frames to the server wait here while this is set (a slow uplink).
     held: Option<Vec<Vec<u8>>>,
-    /// Sync payloads from the server that carried changes.
+    /// Sync payloads from the server that carried changes, and those of
+    /// them that carried a whole document.
     changes_received: usize,
+    whole_docs_received: usize,
 }
 
 /// A server and its clients; frames go through [`World::deliver`].
@@ -91,7 +94,15 @@ impl World {
         });
         let at_server = self.server.engine.handle_connect(Millis(0), Direction::Incoming);
         let conn = node.engine.handle_connect(Millis(0), Direction::Outgoing);
-        self.clients.push(Client { node, at_server, conn, open: true, held: None, changes_received: 0 });
+        self.clients.push(Client {
+            node,
+            at_server,
+            conn,
+            open: true,
+            held: None,
+            changes_received: 0,
+            whole_docs_received: 0,
+        });
         self.deliver();
         self.clients.len() - 1
     }
@@ -118,10 +129,14 @@ impl World {
             for (conn, frame) in self.server.poll() {
                 let Some(c) = self.clients.iter_mut().find(|c| c.at_server == conn && c.open) else { continue };
                 moved = true;
-                if let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(&frame)
-                    && !automerge::sync::Message::decode(&data).expect("a sync message").changes.is_empty()
-                {
-                    c.changes_received += 1;
+                if let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(&frame) {
+                    let m = automerge::sync::Message::decode(&data).expect("a sync message");
+                    if !m.changes.is_empty() {
+                        c.changes_received += 1;
+                    }
+                    if m.changes.iter().any(|c| document_heads(c).is_some()) {
+                        c.whole_docs_received += 1;
+                    }
                 }
                 c.node.engine.handle_frame(Millis(0), c.conn, &frame);
             }
@@ -228,6 +243,9 @@ fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
             while w.server.run_storage() {}
             w.deliver();
             assert!(w.server.engine.document(&doc).is_some(), "{case}");
+            // Until it answers, nobody takes it to hold the document (a
+            // hand-off's catch-up reads this).
+            assert_eq!(w.server.engine.peer_heads(&doc, w.clients[c].at_server), None, "{case}");
             w.release(c);
         }
         w.settle();
@@ -235,6 +253,7 @@ fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
         assert_eq!(server_doc.get_heads(), expected.get_heads());
         assert_eq!(w.client_heads(c, doc), expected.get_heads());
         assert_eq!(w.clients[c].changes_received, 1, "{case}: the whole document is sent once");
+        assert_eq!(w.server.engine.peer_heads(&doc, w.clients[c].at_server), Some(expected.get_heads()), "{case}");
         assert_eq!(w.server.engine.stats().snapshot_answers, 1);
     }
 }
@@ -333,4 +352,75 @@ fn a_peer_leaving_while_its_state_loads_does_not_hold_up_the_others() {
     assert_eq!(w.server.engine.document(&doc).map(Automerge::get_heads), Some(expected.get_heads()));
     assert_eq!(w.server.engine.stats().snapshot_answers, 1);
     assert_eq!(w.clients[staying].changes_received, 1);
+}
+
+/// A sync message carrying `change` (whose heads are `heads`) from a
+/// client that already has everything before it.
+fn push(doc: DocumentId, from: &str, heads: Vec<ChangeHash>, change: Vec<u8>) -> Vec<u8> {
+    let mut flags = automerge::sync::MessageFlags::new();
+    flags.set(automerge::sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    let data = automerge::sync::Message {
+        heads: heads.clone(),
+        need: Vec::new(),
+        have: vec![automerge::sync::Have { last_sync: heads, bloom: automerge::sync::BloomFilter::default() }],
+        changes: vec![change].into(),
+        flags: Some(flags),
+        version: automerge::sync::MessageVersion::V2,
+    }
+    .encode();
+    let message =
+        Message::Sync { sender_id: PeerId::new(from), target_id: PeerId::new("edge"), document_id: doc, data };
+    meridian_protocol::codec::encode(&message)
+}
+
+/// A writer's change waiting ahead of the fresh peer's request is applied
+/// first, after the load: the fresh peer gets it as what lies beyond the
+/// snapshot, not the whole document a second time.
+#[test]
+fn a_write_applied_before_the_request_follows_the_snapshot() {
+    let (store, doc, expected) = stored_text();
+    let mut w = World::new(store, true);
+    let writer = w.connect("writer", false);
+    let fresh = w.connect("tab", false);
+    let mut ahead = expected.fork();
+    let mut tx = ahead.transaction();
+    tx.put(ROOT, "title", "written meanwhile").unwrap();
+    tx.commit();
+    let change = ahead.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let frame = push(doc, "writer", ahead.get_heads(), change);
+    w.server.engine.handle_frame(Millis(0), w.clients[writer].at_server, &frame);
+    w.clients[fresh].node.engine.find(Millis(0), doc);
+    w.deliver();
+    // Its answer to the snapshot reaches the server only after the load
+    // (otherwise it is applied too and hides what the server would send).
+    w.clients[fresh].held = Some(Vec::new());
+    while w.server.run_storage() {
+        w.deliver();
+    }
+    w.release(fresh);
+    w.settle();
+    assert_eq!(w.server.engine.stats().snapshot_answers, 1);
+    assert_eq!(w.client_heads(fresh, doc), ahead.get_heads());
+    assert_eq!(w.clients[fresh].whole_docs_received, 1, "the whole document is sent once");
+}
+
+/// Stored bytes that do not load stay stored: a write to that document is
+/// appended after them, never a snapshot that would replace them.
+#[test]
+fn a_write_after_a_failed_load_keeps_what_was_stored() {
+    let doc = DocumentId::from_bytes(*b"damaged-document");
+    let mut store = MemoryStore::new();
+    store.execute(&StorageTask::AppendChunk { doc, data: b"not an automerge document".to_vec() });
+    let mut w = World::new(store, true);
+    let writer = w.connect("writer", false);
+    let mut d = Automerge::new();
+    let mut tx = d.transaction();
+    tx.put(ROOT, "k", 1).unwrap();
+    tx.commit();
+    let change = d.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let frame = push(doc, "writer", d.get_heads(), change);
+    w.server.engine.handle_frame(Millis(0), w.clients[writer].at_server, &frame);
+    w.settle();
+    assert_eq!(w.server.engine.document(&doc).map(Automerge::get_heads), Some(d.get_heads()));
+    assert_eq!(w.server.store.chunk_count(&doc), 2, "the damaged bytes and the new change");
 }
