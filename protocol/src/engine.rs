@@ -1413,14 +1413,7 @@ impl Engine {
             }
         }
         for (conn, data) in out {
-            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
-            let sender_id = self.config.peer_id.clone();
-            let message = if has_data {
-                Message::Sync { sender_id, target_id, document_id: doc_id, data }
-            } else {
-                Message::Request { sender_id, target_id, document_id: doc_id, data }
-            };
-            self.send(conn, message);
+            self.send_doc_message(conn, doc_id, data, has_data);
         }
         self.resolve_availability(now, doc_id);
     }
@@ -1478,9 +1471,7 @@ impl Engine {
             }
         }
         for (conn, data) in out {
-            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
-            let sender_id = self.config.peer_id.clone();
-            self.send(conn, Message::Request { sender_id, target_id, document_id: doc_id, data });
+            self.send_doc_message(conn, doc_id, data, false);
         }
     }
 
@@ -1590,18 +1581,17 @@ impl Engine {
         if let Some(b) = &bytes
             && self.config.answer_from_snapshot
             && let Some(d) = self.docs.get_mut(&doc_id)
+            && !d.answered_from_snapshot
+            && !d.pending.is_empty()
+            && let Some(heads) = crate::snapshot::document_heads(b).filter(|h| !h.is_empty())
         {
             // Whether waiting peers have nothing shows once their persisted
             // sync states are in ([`Self::states_loaded`]).
-            if !d.answered_from_snapshot
-                && !d.pending.is_empty()
-                && !d.loading_states.is_empty()
-                && crate::snapshot::document_heads(b).is_some()
-            {
+            if !d.loading_states.is_empty() {
                 d.stored = bytes;
                 return;
             }
-            if self.answer_from_snapshot(doc_id, b) {
+            if self.answer_from_snapshot(doc_id, b, heads) {
                 return;
             }
         }
@@ -1654,13 +1644,10 @@ impl Engine {
     /// to load what it receives: this way the two loads overlap instead of
     /// following each other. The snapshot is durable, so advertising its
     /// heads keeps "durable before advertised". Returns whether it answered
-    /// (and the document is being read again).
-    fn answer_from_snapshot(&mut self, doc_id: DocumentId, bytes: &[u8]) -> bool {
+    /// (and the document is being read again). `bytes` are one document
+    /// chunk with these (non-empty) `heads`; it answers once per load.
+    fn answer_from_snapshot(&mut self, doc_id: DocumentId, bytes: &[u8], heads: Vec<ChangeHash>) -> bool {
         let Some(d) = self.docs.get_mut(&doc_id) else { return false };
-        if !self.config.answer_from_snapshot || d.answered_from_snapshot || d.pending.is_empty() {
-            return false;
-        }
-        let Some(heads) = crate::snapshot::document_heads(bytes).filter(|h| !h.is_empty()) else { return false };
         // Each peer's first waiting message must be a request from a peer
         // with nothing and no sync history with us, able to take a whole
         // document (automerge's v2 messages, which come with flags).
@@ -1672,8 +1659,7 @@ impl Engine {
             }
             let m = &p.message;
             let has_nothing = m.heads.is_empty() && m.need.is_empty() && m.changes.is_empty();
-            let no_history =
-                d.peers.get(&p.conn).is_some_and(|pd| pd.sync.their_heads.is_none() && pd.answered_at.is_none());
+            let no_history = d.peers.get(&p.conn).is_some_and(|pd| pd.sync.their_heads.is_none());
             if p.requesting
                 && has_nothing
                 && m.flags.is_some()
@@ -1707,12 +1693,8 @@ impl Engine {
             }
         }
         self.stats.snapshot_answers += fresh.len() as u64;
-        let sender_id = self.config.peer_id.clone();
         for conn in fresh {
-            let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
-            let message =
-                Message::Sync { sender_id: sender_id.clone(), target_id, document_id: doc_id, data: data.clone() };
-            self.send(conn, message);
+            self.send_doc_message(conn, doc_id, data.clone(), true);
         }
         self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
         true
@@ -2062,6 +2044,20 @@ impl Engine {
     /// A fresh random value from the engine's RNG (for session ids).
     pub fn random_u64(&mut self) -> u64 {
         self.rng.random()
+    }
+
+    /// Sends an encoded automerge sync message for `doc_id` to the peer on
+    /// `conn`: as `sync` when we have data for the document, as `request`
+    /// when we have none.
+    fn send_doc_message(&mut self, conn: ConnId, doc_id: DocumentId, data: Vec<u8>, has_data: bool) {
+        let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { return };
+        let sender_id = self.config.peer_id.clone();
+        let message = if has_data {
+            Message::Sync { sender_id, target_id, document_id: doc_id, data }
+        } else {
+            Message::Request { sender_id, target_id, document_id: doc_id, data }
+        };
+        self.send(conn, message);
     }
 
     fn send(&mut self, conn: ConnId, message: Message) {

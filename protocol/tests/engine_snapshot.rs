@@ -198,6 +198,16 @@ fn stored_text() -> (MemoryStore, DocumentId, Automerge) {
     (store, doc, a)
 }
 
+/// A server on [`stored_text`] and one client (`tab`) that has asked for
+/// the document; nothing has been delivered yet.
+fn tab_finds_stored_text(answer_from_snapshot: bool, persistent: bool) -> (World, usize, DocumentId, Automerge) {
+    let (store, doc, expected) = stored_text();
+    let mut w = World::new(store, answer_from_snapshot);
+    let c = w.connect("tab", persistent);
+    w.clients[c].node.engine.find(Millis(0), doc);
+    (w, c, doc, expected)
+}
+
 fn text_of(doc: &Automerge) -> String {
     let (_, id) = doc.get(ROOT, "text").unwrap().expect("text object");
     doc.text(&id).unwrap()
@@ -227,10 +237,7 @@ fn until_client_has_it(w: &mut World, client: usize, doc: DocumentId, want: &[Ch
 fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
     for (persistent, slow_reply) in [(false, false), (true, false), (false, true), (true, true)] {
         let case = format!("persistent {persistent}, slow reply {slow_reply}");
-        let (store, doc, expected) = stored_text();
-        let mut w = World::new(store, true);
-        let c = w.connect("tab", persistent);
-        w.clients[c].node.engine.find(Millis(0), doc);
+        let (mut w, c, doc, expected) = tab_finds_stored_text(true, persistent);
         w.deliver();
         if slow_reply {
             w.clients[c].held = Some(Vec::new());
@@ -260,10 +267,7 @@ fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
 
 #[test]
 fn without_the_snapshot_answer_the_server_loads_first_and_ends_the_same() {
-    let (store, doc, expected) = stored_text();
-    let mut w = World::new(store, false);
-    let c = w.connect("tab", true);
-    w.clients[c].node.engine.find(Millis(0), doc);
+    let (mut w, c, doc, expected) = tab_finds_stored_text(false, true);
     assert!(until_client_has_it(&mut w, c, doc, &expected.get_heads()));
     w.settle();
     assert_eq!(w.clients[c].changes_received, 1);
@@ -274,10 +278,7 @@ fn without_the_snapshot_answer_the_server_loads_first_and_ends_the_same() {
 /// loaded it: the write waits, then is applied, stored and acknowledged.
 #[test]
 fn a_peer_writing_before_the_server_loaded_keeps_its_change() {
-    let (store, doc, expected) = stored_text();
-    let mut w = World::new(store, true);
-    let c = w.connect("tab", false);
-    w.clients[c].node.engine.find(Millis(0), doc);
+    let (mut w, c, doc, expected) = tab_finds_stored_text(true, false);
     assert!(!until_client_has_it(&mut w, c, doc, &expected.get_heads()));
     let node = &mut w.clients[c].node;
     let text = node.engine.document(&doc).unwrap().get(ROOT, "text").unwrap().unwrap().1;
