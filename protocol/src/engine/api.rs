@@ -1,0 +1,239 @@
+//! The engine's public types: configuration, inputs' and outputs' vocabulary, counters.
+
+use automerge::ChangeHash;
+
+use crate::codec::{Message, PeerMetadata};
+use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
+use crate::storage::{StorageTask, StorageTaskId};
+
+/// Milliseconds on the driver's clock (monotonic, any origin).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default, Hash)]
+pub struct Millis(pub u64);
+
+impl Millis {
+    pub(super) fn saturating_sub(self, other: Millis) -> u64 {
+        self.0.saturating_sub(other.0)
+    }
+}
+
+/// How an engine is set up.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub peer_id: PeerId,
+    /// Our store's id; `None` makes us an ephemeral peer.
+    pub storage_id: Option<StorageId>,
+    /// Evict a document from memory after this long without activity.
+    pub idle_evict_after_ms: u64,
+    /// Seed of the engine's RNG (actor ids, document ids).
+    pub rng_seed: u64,
+    /// This node connects to an upstream (clients and edges do). It then
+    /// remembers which evicted documents a reconnecting upstream must hear
+    /// of again; a hub sets this to `false` and keeps no such record.
+    pub expects_upstream: bool,
+    /// Count client writes per document for [`Engine::take_demand`] (edges
+    /// report demand to the hub; other nodes leave this off).
+    pub track_demand: bool,
+    /// Memory budget: at most this many documents in memory (0: no limit).
+    /// Past it, each tick evicts the least recently active documents that
+    /// can leave (as idle eviction does, before their idle time is up).
+    pub max_loaded_docs: usize,
+    /// Hand peers in the same sync state copies of one generated message
+    /// (see `Generated`). Always on; a test turns it off to compare
+    /// against generating every message.
+    pub share_generated: bool,
+    /// Apply a peer's consecutive messages carrying changes as one (see
+    /// `coalesce`). Always on; a test turns it off to compare against
+    /// applying each in turn.
+    pub coalesce_messages: bool,
+    /// Send a peer that has nothing the stored snapshot before loading the
+    /// document (see [`Engine::answer_from_snapshot`]). Always on; a test
+    /// turns it off to compare against answering after the load.
+    pub answer_from_snapshot: bool,
+    /// A document's chunks are compacted into one snapshot once they hold
+    /// at least this many bytes (and as many as the last snapshot). The
+    /// simulation lowers it so small documents are compacted too.
+    pub min_compact_bytes: usize,
+}
+
+impl EngineConfig {
+    pub fn new(peer_id: PeerId, storage_id: Option<StorageId>) -> Self {
+        Self {
+            peer_id,
+            storage_id,
+            idle_evict_after_ms: 60_000,
+            rng_seed: 0,
+            expects_upstream: true,
+            track_demand: false,
+            max_loaded_docs: 0,
+            share_generated: true,
+            coalesce_messages: true,
+            answer_from_snapshot: true,
+            min_compact_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// Which side opened a connection.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// A peer connected to us; it must send `join` first.
+    Incoming,
+    /// We connected to a server: we send `join` and the server is our
+    /// upstream (asked for documents we do not have, sent every document).
+    Outgoing,
+}
+
+/// Classes of bad input, for errors and metrics.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub enum ErrorKind {
+    Decode,
+    NotJoined,
+    UnsupportedVersion,
+    InvalidSyncMessage,
+    Oversize,
+    TextFrame,
+    Unauthorized,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::Decode,
+        ErrorKind::NotJoined,
+        ErrorKind::UnsupportedVersion,
+        ErrorKind::InvalidSyncMessage,
+        ErrorKind::Oversize,
+        ErrorKind::TextFrame,
+        ErrorKind::Unauthorized,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Decode => "decode",
+            ErrorKind::NotJoined => "not_joined",
+            ErrorKind::UnsupportedVersion => "unsupported_version",
+            ErrorKind::InvalidSyncMessage => "invalid_sync_message",
+            ErrorKind::Oversize => "oversize",
+            ErrorKind::TextFrame => "text_frame",
+            ErrorKind::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// What the application (or the metrics) is told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    PeerConnected {
+        conn: ConnId,
+        peer: PeerId,
+        metadata: PeerMetadata,
+    },
+    PeerDisconnected {
+        conn: ConnId,
+        peer: Option<PeerId>,
+    },
+    /// A document's heads changed in memory (a local change or one from a
+    /// peer); it is not durable yet — [`Event::DocChanged`] follows once it
+    /// is. Lets an application show remote edits without waiting for its
+    /// own storage.
+    DocUpdated {
+        doc: DocumentId,
+    },
+    /// A document's heads changed and the change is durable.
+    DocChanged {
+        doc: DocumentId,
+        heads: Vec<ChangeHash>,
+    },
+    /// A document asked for with [`Engine::find`] is here.
+    DocReady {
+        doc: DocumentId,
+    },
+    /// A document asked for with [`Engine::find`] exists nowhere we can ask.
+    DocUnavailable {
+        doc: DocumentId,
+    },
+    Ephemeral {
+        doc: DocumentId,
+        sender: PeerId,
+        data: Vec<u8>,
+    },
+    /// A peer sent bad input; its connection is being closed.
+    ProtocolError {
+        conn: ConnId,
+        kind: ErrorKind,
+        detail: String,
+    },
+    StorageFailed {
+        doc: Option<DocumentId>,
+        detail: String,
+    },
+    Evicted {
+        doc: DocumentId,
+    },
+}
+
+/// Everything the engine asks of its driver.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    Send { conn: ConnId, message: Message },
+    Close { conn: ConnId, reason: String },
+    Storage { id: StorageTaskId, task: StorageTask },
+    Event(Event),
+}
+
+/// Demand for one document at this node, from its downstream peers
+/// (clients), for placement (DESIGN §5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DocDemand {
+    /// Downstream connections subscribed to it now.
+    pub subscribers: u32,
+    /// Sync messages from downstream peers that brought new changes since
+    /// the last [`Engine::take_demand`].
+    pub writes: u64,
+}
+
+/// Counters for metrics ([`Engine::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Documents whose local copy was dropped for the upstream's
+    /// ([`Engine::offload`]).
+    pub offloaded: u64,
+    /// Documents someone opened that were not stored here, asked of an
+    /// upstream or their home edge.
+    pub cold_opens: u64,
+    /// Sync messages automerge generated for peers of loaded documents.
+    pub sync_generated: u64,
+    /// Sync messages handed to a peer as a copy of one generated for a peer
+    /// in the same sync state (see `Generated`).
+    pub sync_shared: u64,
+    /// Peers' sync messages applied together with the same peer's previous
+    /// one (see `coalesce`) rather than on their own.
+    pub sync_merged: u64,
+    /// Peers that had nothing and got a document's stored snapshot before
+    /// the document was loaded ([`Engine::answer_from_snapshot`]).
+    pub snapshot_answers: u64,
+}
+
+/// How far a peer is from our durable copy of a document
+/// ([`Engine::catch_up`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// The connection is unknown or has not completed its handshake.
+    NoPeer,
+    /// The document is being loaded; ask again.
+    Loading,
+    /// We have no data for it: there is nothing to catch up with.
+    NoData,
+    /// Sync messages are on their way; the peer has not confirmed our heads.
+    Behind,
+    /// The peer's heads cover every change durable here.
+    CaughtUp,
+}
+
+/// Why a local operation on a document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("document {0} is not loaded")]
+    NotLoaded(DocumentId),
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}

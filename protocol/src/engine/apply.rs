@@ -1,0 +1,253 @@
+//! Applying peers' sync messages: waiting for loads and commits, coalescing, batches.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::ReadDoc;
+use automerge::sync::{self, SyncDoc};
+
+use crate::codec::Message;
+use crate::ids::{ConnId, DocumentId};
+
+use super::conn::*;
+use super::*;
+
+/// A document message waiting until the document (and the sender's sync
+/// state) is loaded, or until the commit in flight is done.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub(super) conn: ConnId,
+    /// The last message (of those merged into this one) was a `request`.
+    pub(super) requesting: bool,
+    /// One of the messages merged into this one was a `sync`.
+    pub(super) any_sync: bool,
+    /// How many peer messages this one stands for (see [`coalesce`]).
+    pub(super) merged: u64,
+    pub(super) message: sync::Message,
+}
+
+impl Pending {
+    /// It carries changes (not only heads, needs and haves).
+    pub(super) fn changes(&self) -> bool {
+        !self.message.changes.is_empty()
+    }
+
+    /// It may be merged with the same peer's next message: it carries
+    /// changes and does not ask us to reset the sync (a reset clears what we
+    /// sent before the changes are applied, which a merged message could not
+    /// keep apart).
+    pub(super) fn mergeable(&self) -> bool {
+        self.changes() && !self.message.flags.is_some_and(|f| f.contains(sync::MessageFlags::SYNC_RESET))
+    }
+
+    /// Appends the same peer's next message: its changes follow ours, and its
+    /// heads, needs, haves and flags replace ours.
+    pub(super) fn absorb(&mut self, next: Pending) {
+        let changes: Vec<Vec<u8>> =
+            self.message.changes.iter().chain(next.message.changes.iter()).map(<[u8]>::to_vec).collect();
+        self.message = sync::Message { changes: changes.into(), ..next.message };
+        self.requesting = next.requesting;
+        self.any_sync |= next.any_sync;
+        self.merged += next.merged;
+    }
+}
+
+/// Merges each peer's consecutive messages that carry changes into one, so
+/// automerge applies them as one batch: its cost per call grows with the
+/// document (a one-change call on a 12 KB text costs about as much as 30
+/// changes in one call), and a writer with changes in flight sends many
+/// while a commit is in progress. The result is what applying them in turn
+/// gives: a peer's document only grows, so its later heads, needs and haves
+/// supersede its earlier ones, and the sync state keeps only the latest.
+/// Messages from different peers are independent of each other; each
+/// peer's keep their order.
+pub(super) fn coalesce(pending: impl IntoIterator<Item = Pending>) -> Vec<Pending> {
+    let mut out: Vec<Pending> = Vec::new();
+    // Index in `out` of each peer's last message.
+    let mut last: BTreeMap<ConnId, usize> = BTreeMap::new();
+    for p in pending {
+        if let Some(&i) = last.get(&p.conn)
+            && out[i].mergeable()
+            && p.mergeable()
+        {
+            out[i].absorb(p);
+            continue;
+        }
+        last.insert(p.conn, out.len());
+        out.push(p);
+    }
+    out
+}
+
+impl Engine {
+    /// Frames handed in until [`Self::end_batch`] queue their document
+    /// messages instead of applying them. A runtime with several frames at
+    /// hand (a writer's window of changes) hands them all in as one batch,
+    /// and each peer's changes reach automerge as one call (see
+    /// `coalesce`), whose cost grows with the document rather than with the
+    /// number of changes. Everything else is handled as it comes.
+    pub fn begin_batch(&mut self) {
+        self.batch.get_or_insert_with(Vec::new);
+    }
+
+    /// Applies the document messages queued since [`Self::begin_batch`].
+    pub fn end_batch(&mut self, now: Millis) {
+        for doc_id in self.batch.take().unwrap_or_default() {
+            self.drain_pending(now, doc_id);
+        }
+    }
+
+    pub(super) fn handle_peer_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
+        match msg {
+            Message::Sync { document_id, data, .. } => self.handle_doc_data(now, conn, document_id, data, false),
+            Message::Request { document_id, data, .. } => self.handle_doc_data(now, conn, document_id, data, true),
+            Message::DocUnavailable { document_id, .. } => self.handle_unavailable(now, conn, document_id),
+            Message::Ephemeral { sender_id, document_id, session_id, count, data, .. } => {
+                self.handle_ephemeral(now, conn, sender_id, document_id, session_id, count, data)
+            }
+            // Remote-heads gossip is optional in the protocol; we accept and
+            // ignore it, as the JS sync server does by default.
+            Message::RemoteSubscriptionChange { .. } | Message::RemoteHeadsChanged { .. } => {}
+            Message::Join { .. } | Message::Peer { .. } => {
+                tracing::debug!(%conn, "ignoring repeated handshake message");
+            }
+            Message::Error { .. } => {}
+        }
+    }
+
+    pub(super) fn handle_doc_data(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        doc_id: DocumentId,
+        data: Vec<u8>,
+        requesting: bool,
+    ) {
+        // Validate before anything is loaded or stored on its behalf.
+        let message = match sync::Message::decode(&data) {
+            Ok(m) => m,
+            Err(e) => {
+                let detail = format!("invalid automerge sync message for {doc_id}: {e}");
+                self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
+                return;
+            }
+        };
+        self.subscribe(conn, doc_id);
+        self.ensure_doc(now, doc_id);
+        self.ensure_peer_doc(doc_id, conn);
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.last_active = now;
+        d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, message });
+        match &mut self.batch {
+            Some(docs) => {
+                if !docs.contains(&doc_id) {
+                    docs.push(doc_id);
+                }
+            }
+            None => self.drain_pending(now, doc_id),
+        }
+    }
+
+    /// Applies queued document messages once nothing is loading and the
+    /// writes of the messages applied last time completed.
+    ///
+    /// Messages wait for those writes so that their completion can be
+    /// acknowledged: peers are answered only when no write is in flight
+    /// (durable before advertised), and applying each message as it came
+    /// would issue a new write before the last one finished, so a document
+    /// written by peers faster than one commit at a time would never be
+    /// answered. Waiting, the messages that came in during one commit are
+    /// applied together and go to the store as the next one. Only writes
+    /// issued here hold messages back: local changes (a client typing
+    /// through every IndexedDB commit) never keep peers' edits out. And
+    /// only messages carrying changes wait: acknowledgements (a thousand
+    /// watchers confirming the last change) are applied as they come, unless
+    /// a message of theirs is already waiting (a connection's messages are
+    /// applied in order), so the next message each watcher gets starts from
+    /// what it confirmed.
+    pub(super) fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.busy() || d.pending.is_empty() {
+            return;
+        }
+        let pending: Vec<Pending> = if d.writes_done >= d.hold_until {
+            d.pending.drain(..).collect()
+        } else {
+            let mut waiting = BTreeSet::new();
+            let (mut now_applied, mut kept) = (Vec::new(), VecDeque::new());
+            for p in d.pending.drain(..) {
+                if p.changes() || waiting.contains(&p.conn) {
+                    waiting.insert(p.conn);
+                    kept.push_back(p);
+                } else {
+                    now_applied.push(p);
+                }
+            }
+            d.pending = kept;
+            now_applied
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let pending = if self.config.coalesce_messages { coalesce(pending) } else { pending };
+        let before = d.doc.get_heads();
+        let issued = d.writes_issued;
+        for p in pending {
+            self.apply_sync(doc_id, p);
+        }
+        self.after_doc_update(now, doc_id, before);
+        if let Some(d) = self.docs.get_mut(&doc_id)
+            && d.writes_issued > issued
+        {
+            d.hold_until = d.writes_issued;
+        }
+        self.maybe_offload(doc_id);
+    }
+
+    pub(super) fn apply_sync(&mut self, doc_id: DocumentId, p: Pending) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(pd) = d.peers.get_mut(&p.conn) else { return };
+        let message = p.message;
+        pd.requesting = p.requesting;
+        d.dirty.insert(p.conn);
+        if p.any_sync {
+            pd.told_unavailable = false;
+        }
+        if p.merged > 1 {
+            self.stats.sync_merged += p.merged - 1;
+        }
+        // An empty message whose heads equal ours makes automerge record
+        // those heads as sent (`last_sent_heads`), so it generates nothing
+        // more. But heads whose write is in flight (or not yet issued) were
+        // never sent, and advertising them is how the peer learns its
+        // changes are stored: keep the heads we really sent.
+        let echoes_ours = message.changes.is_empty() && !message.heads.is_empty() && message.heads == d.doc.get_heads();
+        let last_sent = pd.sync.last_sent_heads.clone();
+        let count_write = self.config.track_demand
+            && !message.changes.is_empty()
+            && self.conns.get(&p.conn).is_some_and(Conn::is_downstream);
+        let before = if count_write { d.doc.get_heads() } else { Vec::new() };
+        // Its request, answered from the snapshot before the load: that
+        // answer stands if the document holds what the snapshot held (it may
+        // hold more: a writer's changes applied before this request are
+        // then sent as what lies beyond the snapshot's heads).
+        let answered = pd.answered_at.take().filter(|h| {
+            h.iter().all(|c| d.doc.get_change_by_hash(c).is_some())
+                && message.heads.is_empty()
+                && message.changes.is_empty()
+        });
+        let result = d.doc.receive_sync_message(&mut pd.sync, message);
+        if let (Ok(()), Some(heads)) = (&result, answered) {
+            pd.answered_from_snapshot(heads);
+            return;
+        }
+        match result {
+            Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
+            Ok(()) if count_write && d.doc.get_heads() != before => *self.writes.entry(doc_id).or_default() += p.merged,
+            Ok(()) => {}
+            Err(e) => {
+                let detail = format!("could not apply sync message for {doc_id}: {e}");
+                self.reject(p.conn, ErrorKind::InvalidSyncMessage, detail);
+            }
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! Connections and the handshake (`join` / `peer`), bad input, disconnects.
+
+use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
+use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) enum ConnState {
+    AwaitingJoin,
+    AwaitingPeer,
+    Ready { peer: PeerId, metadata: PeerMetadata },
+    Closed,
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) direction: Direction,
+    pub(super) state: ConnState,
+    /// A link to another edge (placement, DESIGN §5): never an upstream,
+    /// and what arrives on it is not client demand. Documents sync on it
+    /// only when they are routed to it ([`Engine::set_route`]) or when the
+    /// other side sends them.
+    pub(super) edge_peer: bool,
+}
+
+impl Conn {
+    pub(super) fn peer(&self) -> Option<&PeerId> {
+        match &self.state {
+            ConnState::Ready { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    pub(super) fn storage_id(&self) -> Option<&StorageId> {
+        match &self.state {
+            ConnState::Ready { metadata, .. } if !metadata.is_ephemeral => metadata.storage_id.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_upstream_ready(&self) -> bool {
+        self.direction == Direction::Outgoing && !self.edge_peer && matches!(self.state, ConnState::Ready { .. })
+    }
+
+    /// A client (or device) connected to us: its writes are demand.
+    pub(super) fn is_downstream(&self) -> bool {
+        self.direction == Direction::Incoming && !self.edge_peer
+    }
+}
+
+impl Engine {
+    /// Registers a new connection. For [`Direction::Outgoing`] a `join` is
+    /// queued right away.
+    pub fn handle_connect(&mut self, now: Millis, direction: Direction) -> ConnId {
+        self.connect(now, direction, false)
+    }
+
+    /// Registers a link to another edge. `Outgoing` when we dialed it (we
+    /// send `join`). Such a link is never an upstream: documents sync on it
+    /// when routed to it ([`Engine::set_route`]) or sent by the other side,
+    /// and its writes do not count as demand.
+    pub fn handle_connect_edge_peer(&mut self, now: Millis, direction: Direction) -> ConnId {
+        self.connect(now, direction, true)
+    }
+
+    pub(super) fn connect(&mut self, _now: Millis, direction: Direction, edge_peer: bool) -> ConnId {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let state = match direction {
+            Direction::Incoming => ConnState::AwaitingJoin,
+            Direction::Outgoing => ConnState::AwaitingPeer,
+        };
+        self.conns.insert(conn, Conn { direction, state, edge_peer });
+        if direction == Direction::Outgoing {
+            let join = Message::Join {
+                sender_id: self.config.peer_id.clone(),
+                peer_metadata: self.our_metadata(),
+                supported_protocol_versions: Some(vec![PROTOCOL_V1.to_owned()]),
+            };
+            self.send(conn, join);
+        }
+        conn
+    }
+
+    /// The connection is gone (closed by either side or failed).
+    pub fn handle_disconnect(&mut self, now: Millis, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        let peer = c.peer().cloned();
+        if let Some(p) = &peer {
+            if self.peers.get(p) == Some(&conn) {
+                self.peers.remove(p);
+            }
+        }
+        let storage = c.storage_id().cloned();
+        let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for doc_id in doc_ids {
+            self.drop_peer_from_doc(now, doc_id, conn, storage.as_ref());
+        }
+        for subs in self.subscribers.values_mut() {
+            subs.remove(&conn);
+        }
+        self.subscribers.retain(|_, s| !s.is_empty());
+        self.routes.retain(|_, c| *c != conn);
+        self.event(Event::PeerDisconnected { conn, peer });
+    }
+
+    pub(super) fn drop_peer_from_doc(
+        &mut self,
+        now: Millis,
+        doc_id: DocumentId,
+        conn: ConnId,
+        storage: Option<&StorageId>,
+    ) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.pending.retain(|p| p.conn != conn);
+        let was_upstream_answer = d.upstream_unavailable.remove(&conn);
+        let Some(pd) = d.peers.remove(&conn) else { return };
+        d.dirty.remove(&conn);
+        let loading_state = d.loading_states.remove(&conn);
+        if let (Some(storage), false) = (storage, loading_state) {
+            let state = pd.sync.encode();
+            self.put_sync_state(doc_id, storage.clone(), state);
+        }
+        if loading_state {
+            self.states_loaded(now, doc_id);
+        }
+        // An upstream that had not answered yet will never answer: waiting
+        // requesters may now be owed a `doc-unavailable`.
+        if !was_upstream_answer {
+            self.resolve_availability(now, doc_id);
+        }
+    }
+
+    /// A complete binary frame arrived on `conn`. Returns the wire type of
+    /// the message if it decoded (for metrics).
+    pub fn handle_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8]) -> Option<&'static str> {
+        match self.conns.get(&conn).map(|c| &c.state) {
+            None | Some(ConnState::Closed) => return None,
+            _ => {}
+        }
+        match codec::decode(bytes) {
+            Ok(Decoded::Message(m)) => {
+                let message_type = m.type_name();
+                self.handle_message(now, conn, m);
+                Some(message_type)
+            }
+            Ok(Decoded::Unknown { message_type }) => {
+                tracing::debug!(%conn, %message_type, "ignoring unknown message type");
+                Some("other")
+            }
+            Err(e) => {
+                self.reject(conn, ErrorKind::Decode, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// The driver found the connection's input unacceptable before it got
+    /// to the codec (a text frame, an oversize frame, a bad token): send an
+    /// `error` and close.
+    pub fn reject(&mut self, conn: ConnId, kind: ErrorKind, detail: impl Into<String>) {
+        let detail = detail.into();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if matches!(c.state, ConnState::Closed) {
+            return;
+        }
+        let target_id = c.peer().cloned();
+        c.state = ConnState::Closed;
+        tracing::info!(%conn, kind = kind.as_str(), %detail, "closing connection after bad input");
+        self.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
+        let message =
+            Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
+        self.send(conn, message);
+        self.outputs.push_back(Output::Close { conn, reason: detail });
+    }
+
+    pub(super) fn handle_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        match (&c.state, msg) {
+            (ConnState::AwaitingJoin, Message::Join { sender_id, peer_metadata, supported_protocol_versions }) => {
+                self.handle_join(now, conn, sender_id, peer_metadata, supported_protocol_versions)
+            }
+            (ConnState::AwaitingPeer, Message::Peer { sender_id, peer_metadata, .. }) => {
+                self.become_ready(now, conn, sender_id, peer_metadata)
+            }
+            (_, Message::Error { message, .. }) => {
+                tracing::warn!(%conn, %message, "peer reported an error");
+            }
+            (ConnState::Ready { .. }, msg) => self.handle_peer_message(now, conn, msg),
+            (ConnState::AwaitingJoin, other) => {
+                let detail = format!("expected `join` first, got `{}`", other.type_name());
+                self.reject(conn, ErrorKind::NotJoined, detail)
+            }
+            (ConnState::AwaitingPeer, other) => {
+                let detail = format!("expected `peer`, got `{}`", other.type_name());
+                self.reject(conn, ErrorKind::NotJoined, detail)
+            }
+            (ConnState::Closed, _) => {}
+        }
+    }
+
+    pub(super) fn handle_join(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        sender: PeerId,
+        metadata: PeerMetadata,
+        versions: Option<Vec<String>>,
+    ) {
+        if let Some(v) = &versions {
+            if !v.iter().any(|v| v == PROTOCOL_V1) {
+                let detail = format!("unsupported protocol version (supported: [\"{PROTOCOL_V1}\"], offered: {v:?})");
+                self.reject(conn, ErrorKind::UnsupportedVersion, detail);
+                return;
+            }
+        }
+        // A second join with a peer id that is connected replaces the old
+        // connection.
+        // (A link we dialed to the same peer is another connection, not a
+        // previous one: two edges may each dial the other.)
+        if let Some(old) = self.peers.get(&sender).copied() {
+            if old != conn && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming) {
+                self.outputs.push_back(Output::Close { conn: old, reason: "replaced by a new connection".into() });
+                self.handle_disconnect(now, old);
+            }
+        }
+        let reply = Message::Peer {
+            sender_id: self.config.peer_id.clone(),
+            peer_metadata: self.our_metadata(),
+            selected_protocol_version: PROTOCOL_V1.to_owned(),
+            target_id: sender.clone(),
+        };
+        self.send(conn, reply);
+        self.become_ready(now, conn, sender, metadata);
+    }
+
+    pub(super) fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
+        let upstream = c.direction == Direction::Outgoing && !c.edge_peer;
+        self.peers.insert(peer.clone(), conn);
+        self.event(Event::PeerConnected { conn, peer, metadata });
+        if upstream {
+            // A new upstream gets every document we hold in memory, and is
+            // asked for the ones somebody is waiting for.
+            let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+            for doc_id in doc_ids {
+                self.attach_upstream(now, doc_id, conn);
+                self.sync_doc(now, doc_id);
+            }
+            // Evicted documents it must hear of are loaded and attached
+            // (even without data: then it is asked for them again).
+            for doc_id in std::mem::take(&mut self.resync_on_upstream) {
+                self.ensure_doc(now, doc_id);
+                self.attach_upstream(now, doc_id, conn);
+            }
+        }
+    }
+
+    pub(super) fn our_metadata(&self) -> PeerMetadata {
+        PeerMetadata { storage_id: self.config.storage_id.clone(), is_ephemeral: self.config.storage_id.is_none() }
+    }
+}

@@ -1,0 +1,139 @@
+//! Fan-out: generating sync messages for a document's peers, shared between peers in the same state.
+
+use std::collections::HashMap;
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash, ReadDoc};
+
+use crate::codec::Message;
+use crate::ids::{ConnId, DocumentId};
+
+use super::*;
+
+/// Sync messages already generated for the document at `heads`, by the
+/// peer's sync state before generating: `generate_sync_message` is a pure
+/// function of the document and that state, and peers that are in step
+/// (a thousand watchers of one document, every fresh peer fetching it) have
+/// equal states. So one change to a document with N watchers costs one
+/// automerge generate, not N, and a fresh peer fetching a large document
+/// reuses the saved document the previous one got.
+#[derive(Debug, Default)]
+pub(super) struct Generated {
+    /// Look up and remember messages in this pass (see `revalidate`).
+    pub(super) enabled: bool,
+    /// The document has several peers: even small messages may be shared.
+    pub(super) several_peers: bool,
+    pub(super) heads: Vec<ChangeHash>,
+    pub(super) by_state: HashMap<sync::State, (sync::State, Option<Vec<u8>>)>,
+    /// Roughly what `by_state` holds, in bytes.
+    pub(super) bytes: usize,
+}
+
+/// At most this many distinct sync states are remembered per document...
+pub(super) const GENERATED_STATES: usize = 256;
+/// ...holding at most about this many bytes.
+pub(super) const GENERATED_BYTES: usize = 8 << 20;
+/// A document with one peer remembers only messages this large (a whole
+/// saved document for a fresh peer: the next fresh peer gets it without
+/// another save); small ones are cheap to generate again.
+pub(super) const SHARED_ALONE_BYTES: usize = 16 << 10;
+
+impl Generated {
+    /// Starts a pass over the document's peers. Remembered messages stay
+    /// valid while the document is at the same `heads` with no queued
+    /// changes (changes waiting for dependencies change what we `need`
+    /// without changing the heads); while some are queued nothing is looked
+    /// up or remembered, so every entry was made with an empty queue.
+    pub(super) fn revalidate(&mut self, doc: &Automerge, heads: &[ChangeHash], enabled: bool, peers: usize) {
+        self.enabled = enabled && doc.get_missing_deps(&[]).is_empty();
+        self.several_peers = peers > 1;
+        if !self.enabled || self.heads != heads {
+            self.by_state.clear();
+            self.bytes = 0;
+            self.heads = heads.to_vec();
+        }
+    }
+
+    /// The encoded message for a peer in `state` (advanced as automerge
+    /// would advance it), from the cache when a peer in the same state got
+    /// one already.
+    pub(super) fn generate(
+        &mut self,
+        doc: &Automerge,
+        state: &mut sync::State,
+        stats: &mut EngineStats,
+    ) -> Option<Vec<u8>> {
+        if let Some((after, message)) = self.by_state.get(state).filter(|_| self.enabled) {
+            *state = after.clone();
+            stats.sync_shared += 1;
+            return message.clone();
+        }
+        stats.sync_generated += 1;
+        if !self.enabled {
+            return doc.generate_sync_message(state).map(|m| m.encode());
+        }
+        let before = state.clone();
+        let message = doc.generate_sync_message(state).map(|m| m.encode());
+        let len = message.as_ref().map_or(0, Vec::len);
+        if self.several_peers || len >= SHARED_ALONE_BYTES {
+            // The states' hash sets dominate besides the message. When full,
+            // the states seen first stay: with many peers lagging in
+            // different ways, clearing would lose the big group in step.
+            let bytes = len + 32 * (before.sent_hashes.len() + state.sent_hashes.len()) + 512;
+            if self.by_state.len() < GENERATED_STATES && self.bytes + bytes <= GENERATED_BYTES {
+                self.bytes += bytes;
+                self.by_state.insert(before, (state.clone(), message.clone()));
+            }
+        }
+        message
+    }
+}
+
+impl Engine {
+    /// Sends whatever sync messages are due for a document, unless a write
+    /// is in flight (then [`Self::handle_storage_result`] calls us again).
+    pub(super) fn sync_doc(&mut self, now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.loading || d.writes_in_flight > 0 {
+            return;
+        }
+        let heads = d.doc.get_heads();
+        let has_data = !heads.is_empty();
+        if heads != d.synced_heads {
+            d.dirty.extend(d.peers.keys().copied());
+        }
+        d.generated.revalidate(&d.doc, &heads, self.config.share_generated, d.peers.len());
+        d.synced_heads = heads;
+        let mut out = Vec::new();
+        for conn in std::mem::take(&mut d.dirty) {
+            let Some(pd) = d.peers.get_mut(&conn) else { continue };
+            // A peer that has nothing gets nothing from us while we have
+            // nothing either; availability is answered separately.
+            if d.loading_states.contains(&conn) || (pd.requesting && !has_data) {
+                d.dirty.insert(conn);
+                continue;
+            }
+            if let Some(data) = d.generated.generate(&d.doc, &mut pd.sync, &mut self.stats) {
+                out.push((conn, data));
+            }
+        }
+        for (conn, data) in out {
+            self.send_doc_message(conn, doc_id, data, has_data);
+        }
+        self.resolve_availability(now, doc_id);
+    }
+
+    /// Sends an encoded automerge sync message for `doc_id` to the peer on
+    /// `conn`: as `sync` when we have data for the document, as `request`
+    /// when we have none.
+    pub(super) fn send_doc_message(&mut self, conn: ConnId, doc_id: DocumentId, data: Vec<u8>, has_data: bool) {
+        let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { return };
+        let sender_id = self.config.peer_id.clone();
+        let message = if has_data {
+            Message::Sync { sender_id, target_id, document_id: doc_id, data }
+        } else {
+            Message::Request { sender_id, target_id, document_id: doc_id, data }
+        };
+        self.send(conn, message);
+    }
+}

@@ -1,0 +1,182 @@
+//! The sans-IO sync engine.
+//!
+//! One [`Engine`] holds the documents and connections of one node (a
+//! browser tab, a device, an edge, the hub). It never does IO and never
+//! reads a clock: the driver feeds it inputs through the `handle_*` methods,
+//! each carrying `now`, and drains what it wants done through
+//! [`Engine::poll_output`]:
+//!
+//! - [`Output::Send`]: encode the message and send it on the connection;
+//! - [`Output::Close`]: close the connection (after sending what precedes it);
+//! - [`Output::Storage`]: run the task in order and answer with
+//!   [`Engine::handle_storage_result`];
+//! - [`Output::Event`]: something the application or the metrics care about.
+//!
+//! Two rules shape the code below:
+//!
+//! - **Durable before advertised.** While a write of a document is in
+//!   flight, no sync message for that document leaves the engine: every sync
+//!   message carries our heads, and heads must only cover committed changes.
+//!   Messages are generated again when the last write completes.
+//! - **Memory follows the working set.** A document untouched for
+//!   [`EngineConfig::idle_evict_after`] leaves memory (its sync states with
+//!   persistent peers are saved first); who is subscribed to it is kept, so
+//!   it is pushed to them again if it changes after being reloaded.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use automerge::{ActorId, Automerge, ChangeHash};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::codec::Message;
+use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
+use crate::storage::{StorageTask, StorageTaskId};
+
+mod api;
+mod apply;
+mod availability;
+mod budget;
+mod conn;
+mod doc;
+mod fanout;
+mod local;
+mod persistence;
+mod placement;
+mod snapshot_answer;
+
+pub use api::*;
+
+use conn::Conn;
+use doc::DocState;
+use persistence::TaskPurpose;
+
+/// The sync engine of one node. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+    rng: ChaCha8Rng,
+    next_conn: u64,
+    next_task: u64,
+    conns: BTreeMap<ConnId, Conn>,
+    peers: BTreeMap<PeerId, ConnId>,
+    docs: BTreeMap<DocumentId, DocState>,
+    /// Connections that have shown interest in a document, kept across
+    /// eviction so changes are still pushed to them.
+    subscribers: BTreeMap<DocumentId, BTreeSet<ConnId>>,
+    tasks: BTreeMap<StorageTaskId, TaskPurpose>,
+    /// Highest ephemeral `count` seen per (sender, session), with the time.
+    ephemeral_seen: BTreeMap<(PeerId, String), (u64, Millis)>,
+    /// Documents the local application created or opened.
+    opened: BTreeSet<DocumentId>,
+    /// Evicted documents an upstream must hear of again when it (re)connects:
+    /// an upstream's interest is tied to one connection, so without this a
+    /// reconnected upstream would never learn of changes it missed, nor push
+    /// ours. See [`Engine::needs_resync`].
+    resync_on_upstream: BTreeSet<DocumentId>,
+    /// Client writes per document since the last `take_demand` (only with
+    /// [`EngineConfig::track_demand`]).
+    writes: BTreeMap<DocumentId, u64>,
+    /// Documents that also sync on an edge-peer link (to their home edge).
+    routes: BTreeMap<DocumentId, ConnId>,
+    /// Documents to drop from memory and store once safe ([`Engine::offload`]).
+    offloading: BTreeSet<DocumentId>,
+    stats: EngineStats,
+    /// Between [`Self::begin_batch`] and [`Self::end_batch`]: documents
+    /// whose peers' messages wait to be applied, in the order they came.
+    batch: Option<Vec<DocumentId>>,
+    outputs: VecDeque<Output>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
+            config,
+            next_conn: 0,
+            next_task: 0,
+            conns: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            docs: BTreeMap::new(),
+            subscribers: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            ephemeral_seen: BTreeMap::new(),
+            opened: BTreeSet::new(),
+            resync_on_upstream: BTreeSet::new(),
+            writes: BTreeMap::new(),
+            routes: BTreeMap::new(),
+            offloading: BTreeSet::new(),
+            stats: EngineStats::default(),
+            batch: None,
+            outputs: VecDeque::new(),
+        }
+    }
+
+    pub fn peer_id(&self) -> &PeerId {
+        &self.config.peer_id
+    }
+
+    /// The next thing the driver should do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// Number of documents currently in memory.
+    pub fn loaded_docs(&self) -> usize {
+        self.docs.len()
+    }
+
+    /// Number of connections that completed the handshake.
+    pub fn ready_connections(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The in-memory document, if loaded (and not still loading).
+    pub fn document(&self, doc: &DocumentId) -> Option<&Automerge> {
+        self.docs.get(doc).filter(|d| !d.loading).map(|d| &d.doc)
+    }
+
+    /// The heads that are durable in our store for a loaded document.
+    pub fn durable_heads(&self, doc: &DocumentId) -> Option<Vec<ChangeHash>> {
+        let d = self.docs.get(doc)?;
+        (d.writes_in_flight == 0 && !d.loading).then(|| d.doc.get_heads())
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// A fresh random value from the engine's RNG (for session ids).
+    pub fn random_u64(&mut self) -> u64 {
+        self.rng.random()
+    }
+
+    fn upstream_conns(&self) -> Vec<ConnId> {
+        self.conns.iter().filter(|(_, c)| c.is_upstream_ready()).map(|(id, _)| *id).collect()
+    }
+
+    fn random_actor(&mut self) -> ActorId {
+        let bytes: [u8; 16] = self.rng.random();
+        ActorId::from(bytes.as_slice())
+    }
+
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.outputs.push_back(Output::Send { conn, message });
+    }
+
+    fn event(&mut self, e: Event) {
+        self.outputs.push_back(Output::Event(e));
+    }
+
+    fn storage(&mut self, purpose: TaskPurpose, task: StorageTask) {
+        let id = StorageTaskId(self.next_task);
+        self.next_task += 1;
+        self.tasks.insert(id, purpose);
+        self.outputs.push_back(Output::Storage { id, task });
+    }
+
+    fn put_sync_state(&mut self, doc: DocumentId, peer: StorageId, state: Vec<u8>) {
+        self.storage(TaskPurpose::PutSyncState, StorageTask::PutSyncState { doc, peer, state });
+    }
+}
