@@ -8,8 +8,9 @@ use automerge::sync::{self, SyncDoc};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
-use super::conn::*;
-use super::*;
+use super::conn::Conn;
+use super::doc::DocState;
+use super::{Engine, EngineStats, ErrorKind, Millis};
 
 /// A document message waiting until the document (and the sender's sync
 /// state) is loaded, or until the commit in flight is done.
@@ -135,7 +136,7 @@ impl Engine {
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        d.last_active = now;
+        d.touch(now);
         d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, message });
         match &mut self.batch {
             Some(docs) => {
@@ -169,30 +170,25 @@ impl Engine {
         if d.busy() || d.pending.is_empty() {
             return;
         }
-        let pending: Vec<Pending> = if d.writes_done >= d.hold_until {
-            d.pending.drain(..).collect()
-        } else {
-            let mut waiting = BTreeSet::new();
-            let (mut now_applied, mut kept) = (Vec::new(), VecDeque::new());
-            for p in d.pending.drain(..) {
-                if p.changes() || waiting.contains(&p.conn) {
-                    waiting.insert(p.conn);
-                    kept.push_back(p);
-                } else {
-                    now_applied.push(p);
-                }
-            }
-            d.pending = kept;
-            now_applied
-        };
+        let pending = d.take_applicable();
         if pending.is_empty() {
             return;
         }
         let pending = if self.config.coalesce_messages { coalesce(pending) } else { pending };
         let before = d.doc.get_heads();
         let issued = d.writes_issued;
+        let mut rejected = Vec::new();
         for p in pending {
-            self.apply_sync(doc_id, p);
+            let (conn, merged) = (p.conn, p.merged);
+            let demand = self.config.track_demand && self.conns.get(&conn).is_some_and(Conn::is_downstream);
+            match d.apply(p, demand, &mut self.stats) {
+                Ok(true) => *self.writes.entry(doc_id).or_default() += merged,
+                Ok(false) => {}
+                Err(e) => rejected.push((conn, format!("could not apply sync message for {doc_id}: {e}"))),
+            }
+        }
+        for (conn, detail) in rejected {
+            self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);
         if let Some(d) = self.docs.get_mut(&doc_id)
@@ -202,52 +198,77 @@ impl Engine {
         }
         self.maybe_offload(doc_id);
     }
+}
 
-    pub(super) fn apply_sync(&mut self, doc_id: DocumentId, p: Pending) {
-        let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let Some(pd) = d.peers.get_mut(&p.conn) else { return };
+impl DocState {
+    /// Takes the waiting messages that may be applied now: all of them once
+    /// the writes of the last ones applied completed; before that, only
+    /// acknowledgements (no changes) of peers with nothing else waiting.
+    fn take_applicable(&mut self) -> Vec<Pending> {
+        if self.writes_done >= self.hold_until {
+            return self.pending.drain(..).collect();
+        }
+        let mut waiting = BTreeSet::new();
+        let (mut now_applied, mut kept) = (Vec::new(), VecDeque::new());
+        for p in self.pending.drain(..) {
+            if p.changes() || waiting.contains(&p.conn) {
+                waiting.insert(p.conn);
+                kept.push_back(p);
+            } else {
+                now_applied.push(p);
+            }
+        }
+        self.pending = kept;
+        now_applied
+    }
+
+    /// Applies one (possibly merged) message of a peer. `Ok(true)`: it
+    /// brought changes that moved our heads and `count_demand` asked to
+    /// know (a client's write, for placement).
+    fn apply(
+        &mut self,
+        p: Pending,
+        count_demand: bool,
+        stats: &mut EngineStats,
+    ) -> Result<bool, automerge::AutomergeError> {
+        let Some(pd) = self.peers.get_mut(&p.conn) else { return Ok(false) };
         let message = p.message;
         pd.requesting = p.requesting;
-        d.dirty.insert(p.conn);
+        self.dirty.insert(p.conn);
         if p.any_sync {
             pd.told_unavailable = false;
         }
         if p.merged > 1 {
-            self.stats.sync_merged += p.merged - 1;
+            stats.sync_merged += p.merged - 1;
         }
         // An empty message whose heads equal ours makes automerge record
         // those heads as sent (`last_sent_heads`), so it generates nothing
         // more. But heads whose write is in flight (or not yet issued) were
         // never sent, and advertising them is how the peer learns its
         // changes are stored: keep the heads we really sent.
-        let echoes_ours = message.changes.is_empty() && !message.heads.is_empty() && message.heads == d.doc.get_heads();
+        let echoes_ours =
+            message.changes.is_empty() && !message.heads.is_empty() && message.heads == self.doc.get_heads();
         let last_sent = pd.sync.last_sent_heads.clone();
-        let count_write = self.config.track_demand
-            && !message.changes.is_empty()
-            && self.conns.get(&p.conn).is_some_and(Conn::is_downstream);
-        let before = if count_write { d.doc.get_heads() } else { Vec::new() };
+        let count_write = count_demand && !message.changes.is_empty();
+        let before = if count_write { self.doc.get_heads() } else { Vec::new() };
         // Its request, answered from the snapshot before the load: that
         // answer stands if the document holds what the snapshot held (it may
         // hold more: a writer's changes applied before this request are
         // then sent as what lies beyond the snapshot's heads).
         let answered = pd.answered_at.take().filter(|h| {
-            h.iter().all(|c| d.doc.get_change_by_hash(c).is_some())
+            h.iter().all(|c| self.doc.get_change_by_hash(c).is_some())
                 && message.heads.is_empty()
                 && message.changes.is_empty()
         });
-        let result = d.doc.receive_sync_message(&mut pd.sync, message);
-        if let (Ok(()), Some(heads)) = (&result, answered) {
+        self.doc.receive_sync_message(&mut pd.sync, message)?;
+        if let Some(heads) = answered {
             pd.answered_from_snapshot(heads);
-            return;
+            return Ok(false);
         }
-        match result {
-            Ok(()) if echoes_ours => pd.sync.last_sent_heads = last_sent,
-            Ok(()) if count_write && d.doc.get_heads() != before => *self.writes.entry(doc_id).or_default() += p.merged,
-            Ok(()) => {}
-            Err(e) => {
-                let detail = format!("could not apply sync message for {doc_id}: {e}");
-                self.reject(p.conn, ErrorKind::InvalidSyncMessage, detail);
-            }
+        if echoes_ours {
+            pd.sync.last_sent_heads = last_sent;
+            return Ok(false);
         }
+        Ok(count_write && self.doc.get_heads() != before)
     }
 }

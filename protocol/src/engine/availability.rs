@@ -1,12 +1,14 @@
-//! Availability: asking sources for documents we lack, `doc-unavailable`, `find`.
+//! Availability: asking sources for documents we lack, `doc-unavailable`,
+//! and the local application's `find`.
 
 use automerge::sync::{self, SyncDoc};
 
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
-use super::conn::*;
-use super::*;
+use super::conn::Conn;
+use super::doc::DocState;
+use super::{Engine, Event, Millis};
 
 impl Engine {
     /// Asks for a document: loads it from storage, and if it is not there,
@@ -14,20 +16,20 @@ impl Engine {
     /// [`Event::DocUnavailable`].
     pub fn find(&mut self, now: Millis, doc_id: DocumentId) {
         self.opened.insert(doc_id);
-        if let Some(d) = self.docs.get_mut(&doc_id) {
-            d.last_active = now;
-            if !d.loading && d.has_data() && d.writes_in_flight == 0 {
-                self.event(Event::DocReady { doc: doc_id });
-                return;
+        let Some(d) = self.docs.get_mut(&doc_id) else {
+            self.ensure_doc(now, doc_id);
+            if let Some(d) = self.docs.get_mut(&doc_id) {
+                d.life.wait_locally();
             }
-            d.local_waiting = true;
-            self.resolve_availability(now, doc_id);
+            return;
+        };
+        d.touch(now);
+        if d.is_durable() && d.has_data() {
+            self.out.event(Event::DocReady { doc: doc_id });
             return;
         }
-        self.ensure_doc(now, doc_id);
-        if let Some(d) = self.docs.get_mut(&doc_id) {
-            d.local_waiting = true;
-        }
+        d.life.wait_locally();
+        self.resolve_availability(now, doc_id);
     }
 
     /// Connections a document we lack is asked of: every ready upstream,
@@ -40,7 +42,7 @@ impl Engine {
         sources
     }
 
-    pub(super) fn is_source(&self, conn: ConnId, doc_id: &DocumentId) -> bool {
+    fn is_source(&self, conn: ConnId, doc_id: &DocumentId) -> bool {
         self.conns.get(&conn).is_some_and(Conn::is_upstream_ready)
             || (self.routes.get(doc_id) == Some(&conn) && self.conns.get(&conn).is_some_and(|c| c.peer().is_some()))
     }
@@ -49,76 +51,47 @@ impl Engine {
     /// and tell requesters `doc-unavailable` once nobody is left to ask.
     pub(super) fn resolve_availability(&mut self, _now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get(&doc_id) else { return };
-        if d.loading || d.has_data() || d.writes_in_flight > 0 {
+        if !d.is_durable() || d.has_data() || !d.someone_waiting() {
             return;
         }
-        let someone_waiting = d.local_waiting || d.peers.values().any(|p| p.requesting && !p.told_unavailable);
-        if !someone_waiting {
-            return;
-        }
-        let upstreams = self.sources(&doc_id);
+        let sources = self.sources(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let mut asking = Vec::new();
-        for up in upstreams {
-            let requester = d.peers.get(&up).is_some_and(|p| p.requesting);
-            if !d.upstream_unavailable.contains(&up) && !requester {
-                asking.push(up);
-            }
+        let asking = d.not_yet_asked(sources);
+        if asking.is_empty() {
+            return self.announce_unavailable(doc_id);
         }
-        if !asking.is_empty() {
-            if !std::mem::replace(&mut d.cold_open, true) {
-                self.stats.cold_opens += 1;
-            }
-            let ask: Vec<ConnId> = asking.into_iter().filter(|up| !d.peers.contains_key(up)).collect();
-            for up in ask {
-                self.ensure_peer_doc(doc_id, up);
-                self.subscribe(up, doc_id);
-            }
-            self.generate_requests(doc_id);
-            return;
+        if d.life.count_cold_open() {
+            self.stats.cold_opens += 1;
         }
-        self.announce_unavailable(doc_id);
+        let ask: Vec<ConnId> = asking.into_iter().filter(|up| !d.peers.contains_key(up)).collect();
+        for up in ask {
+            self.ensure_peer_doc(doc_id, up);
+            self.subscribe(up, doc_id);
+        }
+        self.generate_requests(doc_id);
     }
 
     /// Sends `request` messages to upstreams attached to a document we
     /// have no data for.
-    pub(super) fn generate_requests(&mut self, doc_id: DocumentId) {
+    fn generate_requests(&mut self, doc_id: DocumentId) {
         let sources = self.sources(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let mut out = Vec::new();
-        for (conn, pd) in d.peers.iter_mut() {
-            if d.loading_states.contains(conn) || pd.requesting {
-                continue;
-            }
-            if !sources.contains(conn) {
-                continue;
-            }
-            if let Some(m) = d.doc.generate_sync_message(&mut pd.sync) {
-                out.push((*conn, m.encode()));
-            }
-        }
-        for (conn, data) in out {
+        for (conn, data) in d.requests(&sources) {
             self.send_doc_message(conn, doc_id, data, false);
         }
     }
 
-    pub(super) fn announce_unavailable(&mut self, doc_id: DocumentId) {
+    fn announce_unavailable(&mut self, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let mut targets = Vec::new();
-        for (conn, pd) in d.peers.iter_mut() {
-            if pd.requesting && !pd.told_unavailable {
-                pd.told_unavailable = true;
-                targets.push(*conn);
-            }
-        }
-        let local = std::mem::take(&mut d.local_waiting);
+        let targets = d.owed_unavailable();
+        let local = d.life.take_local_waiting();
         for conn in targets {
             let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
             let sender_id = self.config.peer_id.clone();
-            self.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
+            self.out.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
         }
         if local {
-            self.event(Event::DocUnavailable { doc: doc_id });
+            self.out.event(Event::DocUnavailable { doc: doc_id });
         }
     }
 
@@ -136,5 +109,48 @@ impl Engine {
         // Answers the reset peer if we have data (and, as sync_doc ends,
         // requesters if we do not).
         self.sync_doc(now, doc_id);
+    }
+}
+
+impl DocState {
+    /// The application or a requesting peer not yet told `doc-unavailable`
+    /// waits for it.
+    fn someone_waiting(&self) -> bool {
+        self.life.local_waiting() || self.peers.values().any(|p| p.requesting && !p.told_unavailable)
+    }
+
+    /// The sources that have neither answered `doc-unavailable` nor asked
+    /// us for it themselves.
+    fn not_yet_asked(&self, sources: Vec<ConnId>) -> Vec<ConnId> {
+        sources
+            .into_iter()
+            .filter(|up| !self.upstream_unavailable.contains(up) && !self.peers.get(up).is_some_and(|p| p.requesting))
+            .collect()
+    }
+
+    /// Encoded `request`s to the attached `sources` (whose sync state is in).
+    fn requests(&mut self, sources: &[ConnId]) -> Vec<(ConnId, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (conn, pd) in self.peers.iter_mut() {
+            if self.life.state_loading(conn) || pd.requesting || !sources.contains(conn) {
+                continue;
+            }
+            if let Some(m) = self.doc.generate_sync_message(&mut pd.sync) {
+                out.push((*conn, m.encode()));
+            }
+        }
+        out
+    }
+
+    /// Requesters owed a `doc-unavailable`, now marked as told.
+    fn owed_unavailable(&mut self) -> Vec<ConnId> {
+        let mut targets = Vec::new();
+        for (conn, pd) in self.peers.iter_mut() {
+            if pd.requesting && !pd.told_unavailable {
+                pd.told_unavailable = true;
+                targets.push(*conn);
+            }
+        }
+        targets
     }
 }

@@ -1,13 +1,13 @@
 //! Budgets: idle eviction, the memory budget, offloading to the upstream for the disk budget.
 
-use crate::ids::DocumentId;
+use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
-use super::conn::*;
-use super::doc::*;
+use super::conn::Conn;
+use super::doc::DocState;
+use super::effects::TaskPurpose;
 use super::local::EPHEMERAL_SESSION_TTL_MS;
-use super::persistence::*;
-use super::*;
+use super::{Direction, Engine, Event, Millis};
 
 impl Engine {
     /// Drops our copy of a document, in memory and in the store, once that
@@ -55,20 +55,15 @@ impl Engine {
             self.offloading.remove(&doc_id);
             return;
         };
-        if d.busy() || d.writes_in_flight > 0 || !d.pending.is_empty() || d.local_waiting {
+        if !d.is_quiet() {
             return;
         }
-        let heads = d.doc.get_heads();
-        if heads.is_empty() {
+        if !d.has_data() {
             // Nothing stored here: nothing to drop.
             self.offloading.remove(&doc_id);
             return;
         }
-        let acknowledged = d.peers.iter().any(|(conn, pd)| {
-            self.conns.get(conn).is_some_and(Conn::is_upstream_ready)
-                && heads.iter().all(|h| pd.sync.shared_heads.contains(h))
-        });
-        if !acknowledged {
+        if !d.acknowledged_by(|c| self.is_upstream(c)) {
             return;
         }
         self.offloading.remove(&doc_id);
@@ -76,9 +71,9 @@ impl Engine {
         self.resync_on_upstream.remove(&doc_id);
         // Sync states go with the chunks: a peer must not be remembered as
         // holding what we no longer hold.
-        self.storage(TaskPurpose::Offload(doc_id), StorageTask::DeleteDoc { doc: doc_id });
+        self.out.storage(TaskPurpose::Offload(doc_id), StorageTask::DeleteDoc { doc: doc_id });
         self.stats.offloaded += 1;
-        self.event(Event::Evicted { doc: doc_id });
+        self.out.event(Event::Evicted { doc: doc_id });
     }
 
     /// Periodic housekeeping: evicts idle documents and forgets old
@@ -88,13 +83,7 @@ impl Engine {
         let evict: Vec<DocumentId> = self
             .docs
             .iter()
-            .filter(|(_, d)| {
-                !d.busy()
-                    && d.writes_in_flight == 0
-                    && d.pending.is_empty()
-                    && !d.local_waiting
-                    && now.saturating_sub(d.last_active) >= idle
-            })
+            .filter(|(_, d)| d.is_quiet() && now.saturating_sub(d.last_active) >= idle)
             .map(|(id, _)| *id)
             .collect();
         for doc_id in evict {
@@ -111,12 +100,8 @@ impl Engine {
         if max == 0 || self.docs.len() <= max {
             return;
         }
-        let mut candidates: Vec<(Millis, DocumentId)> = self
-            .docs
-            .iter()
-            .filter(|(_, d)| !d.busy() && d.writes_in_flight == 0 && d.pending.is_empty() && !d.local_waiting)
-            .map(|(id, d)| (d.last_active, *id))
-            .collect();
+        let mut candidates: Vec<(Millis, DocumentId)> =
+            self.docs.iter().filter(|(_, d)| d.is_quiet()).map(|(id, d)| (d.last_active, *id)).collect();
         candidates.sort();
         let excess = self.docs.len() - max;
         for (_, doc_id) in candidates.into_iter().take(excess) {
@@ -132,10 +117,10 @@ impl Engine {
         for (conn, pd) in d.peers {
             let storage = self.conns.get(&conn).and_then(|c| c.storage_id().cloned());
             if let Some(storage) = storage {
-                self.put_sync_state(doc_id, storage, pd.sync.encode());
+                self.out.put_sync_state(doc_id, storage, pd.sync.encode());
             }
         }
-        self.event(Event::Evicted { doc: doc_id });
+        self.out.event(Event::Evicted { doc: doc_id });
     }
 
     /// Whether an upstream that connects later must hear of an evicted
@@ -150,11 +135,7 @@ impl Engine {
         if self.opened.contains(&doc_id) {
             return true;
         }
-        let heads = d.doc.get_heads();
-        let acknowledged = d.peers.iter().any(|(conn, pd)| {
-            self.conns.get(conn).is_some_and(Conn::is_upstream_ready)
-                && heads.iter().all(|h| pd.sync.shared_heads.contains(h))
-        });
+        let acknowledged = d.acknowledged_by(|c| self.is_upstream(c));
         let downstream = self.subscribers.get(&doc_id).is_some_and(|subs| {
             subs.iter().any(|c| self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming))
         });
@@ -167,7 +148,7 @@ impl Engine {
     pub fn open(&mut self, now: Millis, doc_id: DocumentId) {
         self.ensure_doc(now, doc_id);
         if let Some(d) = self.docs.get_mut(&doc_id) {
-            d.last_active = now;
+            d.touch(now);
         }
     }
 
@@ -178,15 +159,17 @@ impl Engine {
         if !self.config.expects_upstream {
             return (0, 0);
         }
-        let upstreams = self.upstream_conns();
         let (mut synced, mut pending) = (0, 0);
         for d in self.docs.values().filter(|d| d.has_data()) {
-            let heads = d.doc.get_heads();
-            let acked = upstreams
-                .iter()
-                .any(|up| d.peers.get(up).is_some_and(|pd| heads.iter().all(|h| pd.sync.shared_heads.contains(h))));
-            if acked { synced += 1 } else { pending += 1 }
+            if d.acknowledged_by(|c| self.is_upstream(c)) { synced += 1 } else { pending += 1 }
         }
         (synced, pending)
+    }
+}
+
+impl Engine {
+    /// A ready connection to an upstream (not an edge-peer link).
+    fn is_upstream(&self, conn: &ConnId) -> bool {
+        self.conns.get(conn).is_some_and(Conn::is_upstream_ready)
     }
 }

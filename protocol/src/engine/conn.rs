@@ -3,7 +3,7 @@
 use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 
-use super::*;
+use super::{Direction, Engine, ErrorKind, Event, Millis};
 
 #[derive(Debug)]
 pub(super) enum ConnState {
@@ -78,7 +78,7 @@ impl Engine {
                 peer_metadata: self.our_metadata(),
                 supported_protocol_versions: Some(vec![PROTOCOL_V1.to_owned()]),
             };
-            self.send(conn, join);
+            self.out.send(conn, join);
         }
         conn
     }
@@ -102,7 +102,7 @@ impl Engine {
         }
         self.subscribers.retain(|_, s| !s.is_empty());
         self.routes.retain(|_, c| *c != conn);
-        self.event(Event::PeerDisconnected { conn, peer });
+        self.out.event(Event::PeerDisconnected { conn, peer });
     }
 
     pub(super) fn drop_peer_from_doc(
@@ -117,10 +117,10 @@ impl Engine {
         let was_upstream_answer = d.upstream_unavailable.remove(&conn);
         let Some(pd) = d.peers.remove(&conn) else { return };
         d.dirty.remove(&conn);
-        let loading_state = d.loading_states.remove(&conn);
+        let loading_state = d.life.finish_state_load(&conn);
         if let (Some(storage), false) = (storage, loading_state) {
             let state = pd.sync.encode();
-            self.put_sync_state(doc_id, storage.clone(), state);
+            self.out.put_sync_state(doc_id, storage.clone(), state);
         }
         if loading_state {
             self.states_loaded(now, doc_id);
@@ -168,11 +168,11 @@ impl Engine {
         let target_id = c.peer().cloned();
         c.state = ConnState::Closed;
         tracing::info!(%conn, kind = kind.as_str(), %detail, "closing connection after bad input");
-        self.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
+        self.out.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
         let message =
             Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
-        self.send(conn, message);
-        self.outputs.push_back(Output::Close { conn, reason: detail });
+        self.out.send(conn, message);
+        self.out.close(conn, detail);
     }
 
     pub(super) fn handle_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
@@ -221,7 +221,7 @@ impl Engine {
         // previous one: two edges may each dial the other.)
         if let Some(old) = self.peers.get(&sender).copied() {
             if old != conn && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming) {
-                self.outputs.push_back(Output::Close { conn: old, reason: "replaced by a new connection".into() });
+                self.out.close(old, "replaced by a new connection");
                 self.handle_disconnect(now, old);
             }
         }
@@ -231,7 +231,7 @@ impl Engine {
             selected_protocol_version: PROTOCOL_V1.to_owned(),
             target_id: sender.clone(),
         };
-        self.send(conn, reply);
+        self.out.send(conn, reply);
         self.become_ready(now, conn, sender, metadata);
     }
 
@@ -240,7 +240,7 @@ impl Engine {
         c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
         let upstream = c.direction == Direction::Outgoing && !c.edge_peer;
         self.peers.insert(peer.clone(), conn);
-        self.event(Event::PeerConnected { conn, peer, metadata });
+        self.out.event(Event::PeerConnected { conn, peer, metadata });
         if upstream {
             // A new upstream gets every document we hold in memory, and is
             // asked for the ones somebody is waiting for.

@@ -3,15 +3,16 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::sync;
-use automerge::{ActorId, Automerge, ChangeHash};
+use automerge::{ActorId, Automerge, ChangeHash, ReadDoc};
 
 use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
-use super::apply::*;
-use super::fanout::*;
-use super::persistence::*;
-use super::*;
+use super::apply::Pending;
+use super::effects::TaskPurpose;
+use super::fanout::Generated;
+use super::phase::Lifecycle;
+use super::{Engine, Millis};
 
 /// What we know about one peer's interest in one document.
 #[derive(Debug)]
@@ -33,10 +34,13 @@ impl PeerDoc {
     }
 }
 
+/// One document in memory: the automerge document, where its load and its
+/// writes stand, and every peer's sync state with it.
 #[derive(Debug)]
 pub(super) struct DocState {
     pub(super) doc: Automerge,
-    pub(super) loading: bool,
+    /// Its load, the application's wait, peers' sync states being read.
+    pub(super) life: Lifecycle,
     /// Heads covered by writes that were issued (not necessarily done).
     pub(super) saved_heads: Vec<ChangeHash>,
     pub(super) writes_in_flight: usize,
@@ -49,8 +53,6 @@ pub(super) struct DocState {
     pub(super) snapshot_bytes: usize,
     pub(super) chunk_bytes: usize,
     pub(super) peers: BTreeMap<ConnId, PeerDoc>,
-    /// Peers waiting for their persisted sync state.
-    pub(super) loading_states: BTreeSet<ConnId>,
     /// Peers whose sync state changed (a message from them, a loaded or
     /// reset state) since we last generated a message for them. With the
     /// document's heads unchanged, a clean peer has nothing new coming:
@@ -64,29 +66,14 @@ pub(super) struct DocState {
     pub(super) pending: VecDeque<Pending>,
     /// Upstreams that answered `doc-unavailable` since we last had data.
     pub(super) upstream_unavailable: BTreeSet<ConnId>,
-    /// The application is waiting for this document (`find`).
-    pub(super) local_waiting: bool,
     pub(super) last_active: Millis,
-    /// It was asked of a source since it was loaded (counted once).
-    pub(super) cold_open: bool,
-    /// Fresh peers got the stored snapshot; the document loads on a second
-    /// read ([`Engine::answer_from_snapshot`]).
-    pub(super) answered_from_snapshot: bool,
-    /// The stored document, read but not loaded yet: kept while peers'
-    /// sync states load, to answer the fresh ones from it first.
-    pub(super) stored: Option<Vec<u8>>,
-    /// Nothing is stored for it (we created it, or its load found nothing):
-    /// its first write may replace the store with one snapshot. Not so
-    /// for a document whose stored bytes failed to load, nor one imported
-    /// without a load: what the store holds must stay.
-    pub(super) store_empty: bool,
 }
 
 impl DocState {
-    pub(super) fn new(actor: ActorId, now: Millis, loading: bool) -> Self {
+    pub(super) fn new(actor: ActorId, now: Millis, life: Lifecycle) -> Self {
         Self {
             doc: Automerge::new().with_actor(actor),
-            loading,
+            life,
             saved_heads: Vec::new(),
             writes_in_flight: 0,
             writes_issued: 0,
@@ -95,18 +82,12 @@ impl DocState {
             snapshot_bytes: 0,
             chunk_bytes: 0,
             peers: BTreeMap::new(),
-            loading_states: BTreeSet::new(),
             dirty: BTreeSet::new(),
             generated: Generated::default(),
             synced_heads: Vec::new(),
             pending: VecDeque::new(),
             upstream_unavailable: BTreeSet::new(),
-            local_waiting: false,
             last_active: now,
-            cold_open: false,
-            answered_from_snapshot: false,
-            stored: None,
-            store_empty: false,
         }
     }
 
@@ -114,8 +95,41 @@ impl DocState {
         !self.doc.get_heads().is_empty()
     }
 
+    /// In memory (its load, if any, is done).
+    pub(super) fn is_loaded(&self) -> bool {
+        self.life.is_loaded()
+    }
+
+    /// Loading, or a peer's sync state is: nothing may be applied yet.
     pub(super) fn busy(&self) -> bool {
-        self.loading || !self.loading_states.is_empty()
+        self.life.busy()
+    }
+
+    /// Loaded with no write in flight: what is in memory is in the store.
+    pub(super) fn is_durable(&self) -> bool {
+        self.is_loaded() && self.writes_in_flight == 0
+    }
+
+    /// Nothing is loading, being written or waiting to be applied, and the
+    /// application is not waiting for it: it may leave memory.
+    pub(super) fn is_quiet(&self) -> bool {
+        !self.busy() && self.writes_in_flight == 0 && self.pending.is_empty() && !self.life.local_waiting()
+    }
+
+    /// Every change in `heads` is in the document.
+    pub(super) fn holds(&self, heads: &[ChangeHash]) -> bool {
+        heads.iter().all(|h| self.doc.get_change_by_hash(h).is_some())
+    }
+
+    /// Some peer for which `is_upstream` holds shares our heads: an
+    /// upstream acknowledged every change we have.
+    pub(super) fn acknowledged_by(&self, is_upstream: impl Fn(&ConnId) -> bool) -> bool {
+        let heads = self.doc.get_heads();
+        self.peers.iter().any(|(conn, pd)| is_upstream(conn) && heads.iter().all(|h| pd.sync.shared_heads.contains(h)))
+    }
+
+    pub(super) fn touch(&mut self, now: Millis) {
+        self.last_active = now;
     }
 }
 
@@ -132,8 +146,8 @@ impl Engine {
         // In memory again, it is attached to upstreams as usual.
         self.resync_on_upstream.remove(&doc_id);
         let actor = self.random_actor();
-        self.docs.insert(doc_id, DocState::new(actor, now, true));
-        self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
+        self.docs.insert(doc_id, DocState::new(actor, now, Lifecycle::reading()));
+        self.out.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
     }
 
     /// Makes sure we have a sync state for this peer on this document,
@@ -147,8 +161,9 @@ impl Engine {
         d.peers.insert(conn, PeerDoc::new());
         d.dirty.insert(conn);
         if let Some(peer) = storage {
-            d.loading_states.insert(conn);
-            self.storage(TaskPurpose::LoadSyncState(doc_id, conn), StorageTask::LoadSyncState { doc: doc_id, peer });
+            d.life.start_state_load(conn);
+            self.out
+                .storage(TaskPurpose::LoadSyncState(doc_id, conn), StorageTask::LoadSyncState { doc: doc_id, peer });
         }
     }
 
@@ -156,7 +171,7 @@ impl Engine {
         self.subscribe(conn, doc_id);
         self.ensure_peer_doc(doc_id, conn);
         if let Some(d) = self.docs.get_mut(&doc_id) {
-            d.last_active = now;
+            d.touch(now);
         }
     }
 }

@@ -8,7 +8,8 @@ use automerge::{Automerge, ChangeHash, ReadDoc};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
-use super::*;
+use super::doc::DocState;
+use super::{Engine, EngineStats, Millis};
 
 /// Sync messages already generated for the document at `heads`, by the
 /// peer's sync state before generating: `generate_sync_message` is a pure
@@ -91,33 +92,16 @@ impl Generated {
 
 impl Engine {
     /// Sends whatever sync messages are due for a document, unless a write
-    /// is in flight (then [`Self::handle_storage_result`] calls us again).
+    /// is in flight (then [`Self::handle_storage_result`] calls us again):
+    /// durable before advertised, since every sync message carries our
+    /// heads, and heads must only cover committed changes.
     pub(super) fn sync_doc(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.loading || d.writes_in_flight > 0 {
+        if !d.is_durable() {
             return;
         }
-        let heads = d.doc.get_heads();
-        let has_data = !heads.is_empty();
-        if heads != d.synced_heads {
-            d.dirty.extend(d.peers.keys().copied());
-        }
-        d.generated.revalidate(&d.doc, &heads, self.config.share_generated, d.peers.len());
-        d.synced_heads = heads;
-        let mut out = Vec::new();
-        for conn in std::mem::take(&mut d.dirty) {
-            let Some(pd) = d.peers.get_mut(&conn) else { continue };
-            // A peer that has nothing gets nothing from us while we have
-            // nothing either; availability is answered separately.
-            if d.loading_states.contains(&conn) || (pd.requesting && !has_data) {
-                d.dirty.insert(conn);
-                continue;
-            }
-            if let Some(data) = d.generated.generate(&d.doc, &mut pd.sync, &mut self.stats) {
-                out.push((conn, data));
-            }
-        }
-        for (conn, data) in out {
+        let has_data = d.has_data();
+        for (conn, data) in d.generate_due(self.config.share_generated, &mut self.stats) {
             self.send_doc_message(conn, doc_id, data, has_data);
         }
         self.resolve_availability(now, doc_id);
@@ -134,6 +118,35 @@ impl Engine {
         } else {
             Message::Request { sender_id, target_id, document_id: doc_id, data }
         };
-        self.send(conn, message);
+        self.out.send(conn, message);
+    }
+}
+
+impl DocState {
+    /// The encoded sync messages due to peers whose state changed (every
+    /// peer when our heads did), in connection order; peers whose sync
+    /// state is loading, and requesters while we have nothing, stay due.
+    fn generate_due(&mut self, share: bool, stats: &mut EngineStats) -> Vec<(ConnId, Vec<u8>)> {
+        let heads = self.doc.get_heads();
+        let has_data = !heads.is_empty();
+        if heads != self.synced_heads {
+            self.dirty.extend(self.peers.keys().copied());
+        }
+        self.generated.revalidate(&self.doc, &heads, share, self.peers.len());
+        self.synced_heads = heads;
+        let mut out = Vec::new();
+        for conn in std::mem::take(&mut self.dirty) {
+            let Some(pd) = self.peers.get_mut(&conn) else { continue };
+            // A peer that has nothing gets nothing from us while we have
+            // nothing either; availability is answered separately.
+            if self.life.state_loading(&conn) || (pd.requesting && !has_data) {
+                self.dirty.insert(conn);
+                continue;
+            }
+            if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
+                out.push((conn, data));
+            }
+        }
+        out
     }
 }

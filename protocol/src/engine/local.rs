@@ -5,8 +5,9 @@ use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId, PeerId};
 
-use super::doc::*;
-use super::*;
+use super::doc::DocState;
+use super::phase::Lifecycle;
+use super::{DocError, Engine, Event, Millis};
 
 pub(super) const EPHEMERAL_SESSION_TTL_MS: u64 = 10 * 60_000;
 
@@ -29,8 +30,7 @@ impl Engine {
     {
         let doc_id = DocumentId::random(&mut self.rng);
         let actor = self.random_actor();
-        let mut state = DocState::new(actor, now, false);
-        state.store_empty = true;
+        let mut state = DocState::new(actor, now, Lifecycle::loaded(true));
         let mut tx = state.doc.transaction();
         init(&mut tx)?;
         if tx.pending_ops() == 0 {
@@ -66,8 +66,8 @@ impl Engine {
     where
         F: FnOnce(&mut Transaction<'_>) -> Result<O, automerge::AutomergeError>,
     {
-        let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
-        d.last_active = now;
+        let d = self.docs.get_mut(&doc_id).filter(|d| d.is_loaded()).ok_or(DocError::NotLoaded(doc_id))?;
+        d.touch(now);
         self.opened.insert(doc_id);
         let before = d.doc.get_heads();
         let mut tx = d.doc.transaction();
@@ -88,9 +88,9 @@ impl Engine {
     pub fn import(&mut self, now: Millis, doc_id: DocumentId, bytes: &[u8]) -> Result<(), DocError> {
         if !self.docs.contains_key(&doc_id) {
             let actor = self.random_actor();
-            self.docs.insert(doc_id, DocState::new(actor, now, false));
+            self.docs.insert(doc_id, DocState::new(actor, now, Lifecycle::loaded(false)));
         }
-        let d = self.docs.get_mut(&doc_id).filter(|d| !d.loading).ok_or(DocError::NotLoaded(doc_id))?;
+        let d = self.docs.get_mut(&doc_id).filter(|d| d.is_loaded()).ok_or(DocError::NotLoaded(doc_id))?;
         let before = d.doc.get_heads();
         d.doc.load_incremental(bytes)?;
         self.after_doc_update(now, doc_id, before);
@@ -112,7 +112,7 @@ impl Engine {
                 count,
                 data: data.clone(),
             };
-            self.send(conn, message);
+            self.out.send(conn, message);
         }
     }
 
@@ -153,8 +153,8 @@ impl Engine {
                 count,
                 data: data.clone(),
             };
-            self.send(target, message);
+            self.out.send(target, message);
         }
-        self.event(Event::Ephemeral { doc: doc_id, sender, data });
+        self.out.event(Event::Ephemeral { doc: doc_id, sender, data });
     }
 }

@@ -23,15 +23,13 @@
 //!   persistent peers are saved first); who is subscribed to it is kept, so
 //!   it is pushed to them again if it changes after being reloaded.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use automerge::{ActorId, Automerge, ChangeHash};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::codec::Message;
-use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
-use crate::storage::{StorageTask, StorageTaskId};
+use crate::ids::{ConnId, DocumentId, PeerId};
 
 mod api;
 mod apply;
@@ -39,9 +37,11 @@ mod availability;
 mod budget;
 mod conn;
 mod doc;
+mod effects;
 mod fanout;
 mod local;
 mod persistence;
+mod phase;
 mod placement;
 mod snapshot_answer;
 
@@ -49,7 +49,7 @@ pub use api::*;
 
 use conn::Conn;
 use doc::DocState;
-use persistence::TaskPurpose;
+use effects::Effects;
 
 /// The sync engine of one node. See the module docs for how to drive it.
 #[derive(Debug)]
@@ -57,14 +57,12 @@ pub struct Engine {
     config: EngineConfig,
     rng: ChaCha8Rng,
     next_conn: u64,
-    next_task: u64,
     conns: BTreeMap<ConnId, Conn>,
     peers: BTreeMap<PeerId, ConnId>,
     docs: BTreeMap<DocumentId, DocState>,
     /// Connections that have shown interest in a document, kept across
     /// eviction so changes are still pushed to them.
     subscribers: BTreeMap<DocumentId, BTreeSet<ConnId>>,
-    tasks: BTreeMap<StorageTaskId, TaskPurpose>,
     /// Highest ephemeral `count` seen per (sender, session), with the time.
     ephemeral_seen: BTreeMap<(PeerId, String), (u64, Millis)>,
     /// Documents the local application created or opened.
@@ -85,7 +83,7 @@ pub struct Engine {
     /// Between [`Self::begin_batch`] and [`Self::end_batch`]: documents
     /// whose peers' messages wait to be applied, in the order they came.
     batch: Option<Vec<DocumentId>>,
-    outputs: VecDeque<Output>,
+    out: Effects,
 }
 
 impl Engine {
@@ -94,12 +92,10 @@ impl Engine {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
             config,
             next_conn: 0,
-            next_task: 0,
             conns: BTreeMap::new(),
             peers: BTreeMap::new(),
             docs: BTreeMap::new(),
             subscribers: BTreeMap::new(),
-            tasks: BTreeMap::new(),
             ephemeral_seen: BTreeMap::new(),
             opened: BTreeSet::new(),
             resync_on_upstream: BTreeSet::new(),
@@ -108,7 +104,7 @@ impl Engine {
             offloading: BTreeSet::new(),
             stats: EngineStats::default(),
             batch: None,
-            outputs: VecDeque::new(),
+            out: Effects::default(),
         }
     }
 
@@ -118,7 +114,7 @@ impl Engine {
 
     /// The next thing the driver should do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        self.out.pop()
     }
 
     /// Number of documents currently in memory.
@@ -133,13 +129,12 @@ impl Engine {
 
     /// The in-memory document, if loaded (and not still loading).
     pub fn document(&self, doc: &DocumentId) -> Option<&Automerge> {
-        self.docs.get(doc).filter(|d| !d.loading).map(|d| &d.doc)
+        self.docs.get(doc).filter(|d| d.is_loaded()).map(|d| &d.doc)
     }
 
     /// The heads that are durable in our store for a loaded document.
     pub fn durable_heads(&self, doc: &DocumentId) -> Option<Vec<ChangeHash>> {
-        let d = self.docs.get(doc)?;
-        (d.writes_in_flight == 0 && !d.loading).then(|| d.doc.get_heads())
+        self.docs.get(doc).filter(|d| d.is_durable()).map(|d| d.doc.get_heads())
     }
 
     /// Counters since start.
@@ -159,24 +154,5 @@ impl Engine {
     fn random_actor(&mut self) -> ActorId {
         let bytes: [u8; 16] = self.rng.random();
         ActorId::from(bytes.as_slice())
-    }
-
-    fn send(&mut self, conn: ConnId, message: Message) {
-        self.outputs.push_back(Output::Send { conn, message });
-    }
-
-    fn event(&mut self, e: Event) {
-        self.outputs.push_back(Output::Event(e));
-    }
-
-    fn storage(&mut self, purpose: TaskPurpose, task: StorageTask) {
-        let id = StorageTaskId(self.next_task);
-        self.next_task += 1;
-        self.tasks.insert(id, purpose);
-        self.outputs.push_back(Output::Storage { id, task });
-    }
-
-    fn put_sync_state(&mut self, doc: DocumentId, peer: StorageId, state: Vec<u8>) {
-        self.storage(TaskPurpose::PutSyncState, StorageTask::PutSyncState { doc, peer, state });
     }
 }

@@ -1,22 +1,74 @@
-//! Persistence: the write pipeline (appends, compaction), storage results and failures.
+//! Persistence: the write pipeline (appends, compaction), storage results
+//! and failures. What goes to the store is only ever applied changes, and a
+//! document's sync messages wait while its write is in flight (durable
+//! before advertised, see [`Engine::sync_doc`]).
 
-use automerge::ChangeHash;
-use automerge::sync;
+use automerge::{ChangeHash, sync};
 
 use crate::ids::{ConnId, DocumentId};
 use crate::storage::{StorageResult, StorageTask, StorageTaskId};
 
-use super::conn::*;
-use super::*;
+use super::conn::ConnState;
+use super::doc::DocState;
+use super::effects::{Effects, TaskPurpose};
+use super::{Engine, Event, Millis};
 
-#[derive(Debug)]
-pub(super) enum TaskPurpose {
-    LoadDoc(DocumentId),
-    Write(DocumentId),
-    /// Our copy is dropped after an upstream acknowledged all of it.
-    Offload(DocumentId),
-    LoadSyncState(DocumentId, ConnId),
-    PutSyncState,
+impl DocState {
+    /// Issues the write of what changed since the last one (`heads` are
+    /// the document's now), compacting when the chunks have grown.
+    fn write_changes(
+        &mut self,
+        doc_id: DocumentId,
+        heads: Vec<ChangeHash>,
+        min_compact_bytes: usize,
+        out: &mut Effects,
+    ) {
+        if self.saved_heads.is_empty() && self.life.nothing_stored() {
+            // Nothing stored yet: the first write is a snapshot. A chunk
+            // of everything would be as large as one, and a large
+            // document (an upload) would then be compacted right away:
+            // two full saves on this thread instead of one.
+            self.saved_heads = heads;
+            self.compact(doc_id, out);
+            return;
+        }
+        let chunk = self.doc.save_after(&self.saved_heads);
+        self.saved_heads = heads;
+        self.writes_in_flight += 1;
+        self.writes_issued += 1;
+        self.chunk_bytes += chunk.len();
+        let compact = self.chunk_bytes >= min_compact_bytes && self.chunk_bytes >= self.snapshot_bytes;
+        out.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
+        if compact {
+            self.compact(doc_id, out);
+        }
+    }
+
+    fn compact(&mut self, doc_id: DocumentId, out: &mut Effects) {
+        // Only applied changes, as appends store: changes waiting for a
+        // dependency (automerge's queue, which `save` keeps by default) are
+        // not ours to store yet; they are not in our heads, so their
+        // sender still counts them unacknowledged and sends them again.
+        let snapshot = self.doc.save_with_options(automerge::SaveOptions { deflate: true, retain_orphans: false });
+        self.snapshot_bytes = snapshot.len();
+        self.chunk_bytes = 0;
+        self.writes_in_flight += 1;
+        self.writes_issued += 1;
+        out.storage(TaskPurpose::Write(doc_id), StorageTask::Compact { doc: doc_id, snapshot });
+    }
+
+    /// Loads the stored bytes into the (empty) document.
+    fn load_stored(&mut self, doc_id: DocumentId, bytes: Option<Vec<u8>>) -> Result<(), String> {
+        let mut result = Ok(());
+        if let Some(bytes) = bytes {
+            if let Err(e) = self.doc.load_incremental(&bytes) {
+                result = Err(format!("stored document {doc_id} does not load: {e}"));
+            }
+            self.snapshot_bytes = bytes.len();
+        }
+        self.saved_heads = self.doc.get_heads();
+        result
+    }
 }
 
 impl Engine {
@@ -26,56 +78,23 @@ impl Engine {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let heads = d.doc.get_heads();
         if heads != before {
-            self.event(Event::DocUpdated { doc: doc_id });
-        }
-        let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if heads != before && heads != d.saved_heads {
-            d.upstream_unavailable.clear();
-            if d.saved_heads.is_empty() && d.store_empty {
-                // Nothing stored yet: the first write is a snapshot. A chunk
-                // of everything would be as large as one, and a large
-                // document (an upload) would then be compacted right away:
-                // two full saves on this thread instead of one.
-                d.saved_heads = heads;
-                self.compact(doc_id);
-            } else {
-                let chunk = d.doc.save_after(&d.saved_heads);
-                d.saved_heads = heads;
-                d.writes_in_flight += 1;
-                d.writes_issued += 1;
-                d.chunk_bytes += chunk.len();
-                let compact = d.chunk_bytes >= self.config.min_compact_bytes && d.chunk_bytes >= d.snapshot_bytes;
-                self.storage(TaskPurpose::Write(doc_id), StorageTask::AppendChunk { doc: doc_id, data: chunk });
-                if compact {
-                    self.compact(doc_id);
+            self.out.event(Event::DocUpdated { doc: doc_id });
+            if heads != d.saved_heads {
+                d.upstream_unavailable.clear();
+                d.write_changes(doc_id, heads, self.config.min_compact_bytes, &mut self.out);
+                // New data goes upstream too, and to the document's home edge.
+                let upstreams = self.upstream_conns();
+                for up in upstreams.into_iter().chain(self.routes.get(&doc_id).copied()) {
+                    self.attach_upstream(now, doc_id, up);
                 }
-            }
-            // New data goes upstream too, and to the document's home edge.
-            let upstreams = self.upstream_conns();
-            for up in upstreams.into_iter().chain(self.routes.get(&doc_id).copied()) {
-                self.attach_upstream(now, doc_id, up);
             }
         }
         self.sync_doc(now, doc_id);
     }
 
-    pub(super) fn compact(&mut self, doc_id: DocumentId) {
-        let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        // Only applied changes, as appends store: changes waiting for a
-        // dependency (automerge's queue, which `save` keeps by default) are
-        // not ours to store yet; they are not in our heads, so their
-        // sender still counts them unacknowledged and sends them again.
-        let snapshot = d.doc.save_with_options(automerge::SaveOptions { deflate: true, retain_orphans: false });
-        d.snapshot_bytes = snapshot.len();
-        d.chunk_bytes = 0;
-        d.writes_in_flight += 1;
-        d.writes_issued += 1;
-        self.storage(TaskPurpose::Write(doc_id), StorageTask::Compact { doc: doc_id, snapshot });
-    }
-
     /// A storage task finished.
     pub fn handle_storage_result(&mut self, now: Millis, id: StorageTaskId, result: StorageResult) {
-        let Some(purpose) = self.tasks.remove(&id) else { return };
+        let Some(purpose) = self.out.finished(id) else { return };
         match (purpose, result) {
             (TaskPurpose::LoadDoc(doc_id), StorageResult::Loaded(bytes)) => self.doc_loaded(now, doc_id, bytes),
             (TaskPurpose::LoadSyncState(doc_id, conn), StorageResult::Loaded(bytes)) => {
@@ -84,29 +103,33 @@ impl Engine {
             (TaskPurpose::Write(doc_id), StorageResult::Done) => self.write_done(now, doc_id),
             (TaskPurpose::PutSyncState, StorageResult::Done) => {}
             (TaskPurpose::Offload(doc), StorageResult::Done) => tracing::debug!(%doc, "local copy dropped"),
-            (purpose, StorageResult::Failed(detail)) => self.storage_failed(now, purpose, detail),
+            (purpose, StorageResult::Failed(detail)) => self.storage_failed(purpose, detail),
             // A store answering the wrong kind of result is broken: treated
             // as a failure, so nothing waits for it forever.
             (purpose, result) => {
                 let kind = if matches!(result, StorageResult::Done) { "done" } else { "loaded" };
                 let detail = format!("storage result `{kind}` does not match its task {purpose:?}");
-                self.storage_failed(now, purpose, detail);
+                self.storage_failed(purpose, detail);
             }
         }
     }
 
+    /// The store's read of a document is in (`None`: nothing stored). Fresh
+    /// peers waiting may get the stored snapshot first (then the document
+    /// is read again), or the bytes wait for peers' sync states; otherwise
+    /// the document is loaded and everyone subscribed is attached again.
     pub(super) fn doc_loaded(&mut self, now: Millis, doc_id: DocumentId, bytes: Option<Vec<u8>>) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if let Some(b) = &bytes
             && self.config.answer_from_snapshot
-            && let Some(d) = self.docs.get_mut(&doc_id)
-            && !d.answered_from_snapshot
+            && d.life.may_answer_from_snapshot()
             && !d.pending.is_empty()
             && let Some(heads) = crate::snapshot::document_heads(b).filter(|h| !h.is_empty())
         {
             // Whether waiting peers have nothing shows once their persisted
             // sync states are in ([`Self::states_loaded`]).
-            if !d.loading_states.is_empty() {
-                d.stored = bytes;
+            if d.life.states_loading() {
+                d.life.hold(bytes.unwrap_or_default());
                 return;
             }
             if self.answer_from_snapshot(doc_id, b, heads) {
@@ -114,18 +137,10 @@ impl Engine {
             }
         }
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        d.loading = false;
-        d.store_empty = bytes.is_none();
-        let mut load_error = None;
-        if let Some(bytes) = bytes {
-            if let Err(e) = d.doc.load_incremental(&bytes) {
-                load_error = Some(format!("stored document {doc_id} does not load: {e}"));
-            }
-            d.snapshot_bytes = bytes.len();
-        }
-        d.saved_heads = d.doc.get_heads();
+        d.life.finish_load(bytes.is_none());
+        let load_error = d.load_stored(doc_id, bytes).err();
         let has_data = d.has_data();
-        let local = has_data && std::mem::take(&mut d.local_waiting);
+        let local = has_data && d.life.take_local_waiting();
         // Everyone subscribed before an eviction is attached again.
         let subs: Vec<ConnId> = self.subscribers.get(&doc_id).map(|s| s.iter().copied().collect()).unwrap_or_default();
         for conn in subs {
@@ -134,28 +149,23 @@ impl Engine {
             }
         }
         if has_data {
-            for up in self.upstream_conns() {
+            for up in self.upstream_conns().into_iter().chain(self.routes.get(&doc_id).copied()) {
                 self.attach_upstream(now, doc_id, up);
-            }
-            if let Some(route) = self.routes.get(&doc_id).copied() {
-                self.attach_upstream(now, doc_id, route);
             }
         }
         if let Some(detail) = load_error {
-            self.event(Event::StorageFailed { doc: Some(doc_id), detail });
+            self.out.event(Event::StorageFailed { doc: Some(doc_id), detail });
         }
         if local {
-            self.event(Event::DocReady { doc: doc_id });
+            self.out.event(Event::DocReady { doc: doc_id });
         }
-        self.drain_pending(now, doc_id);
-        self.sync_doc(now, doc_id);
-        self.maybe_offload(doc_id);
+        self.settle(now, doc_id);
     }
 
     pub(super) fn sync_state_loaded(&mut self, now: Millis, doc_id: DocumentId, conn: ConnId, bytes: Option<Vec<u8>>) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let Some(pd) = d.peers.get_mut(&conn) else { return };
-        d.loading_states.remove(&conn);
+        d.life.finish_state_load(&conn);
         d.dirty.insert(conn);
         if let Some(state) = bytes.and_then(|b| sync::State::decode(&b).ok()) {
             pd.sync = state;
@@ -168,11 +178,15 @@ impl Engine {
     /// or the stored document kept for them is loaded now.
     pub(super) fn states_loaded(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.loading_states.is_empty()
-            && let Some(bytes) = d.stored.take()
-        {
+        if let Some(bytes) = d.life.release() {
             return self.doc_loaded(now, doc_id, Some(bytes));
         }
+        self.settle(now, doc_id);
+    }
+
+    /// What a document's new state may let go ahead: its waiting messages,
+    /// answers to its peers, a pending offload.
+    fn settle(&mut self, now: Millis, doc_id: DocumentId) {
         self.drain_pending(now, doc_id);
         self.sync_doc(now, doc_id);
         self.maybe_offload(doc_id);
@@ -184,51 +198,45 @@ impl Engine {
         d.writes_done += 1;
         if d.writes_in_flight == 0 {
             let heads = d.doc.get_heads();
-            let local = std::mem::take(&mut d.local_waiting);
-            self.event(Event::DocChanged { doc: doc_id, heads });
+            let local = d.life.take_local_waiting();
+            self.out.event(Event::DocChanged { doc: doc_id, heads });
             if local {
-                self.event(Event::DocReady { doc: doc_id });
+                self.out.event(Event::DocReady { doc: doc_id });
             }
             self.sync_doc(now, doc_id);
         }
         self.drain_pending(now, doc_id);
     }
 
-    pub(super) fn storage_failed(&mut self, now: Millis, purpose: TaskPurpose, detail: String) {
-        let doc = match purpose {
-            TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) => Some(d),
-            // A failed delete leaves the copy stored: nothing is lost.
-            TaskPurpose::PutSyncState | TaskPurpose::Offload(_) => None,
-        };
+    fn storage_failed(&mut self, purpose: TaskPurpose, detail: String) {
+        let doc = purpose.doc();
         tracing::error!(?doc, %detail, "storage task failed");
-        self.event(Event::StorageFailed { doc, detail });
+        self.out.event(Event::StorageFailed { doc, detail });
         // What is in memory may now be ahead of the store: forget it rather
         // than ever advertise it. The peers that synced it believe they
         // delivered their changes (automerge remembers what it sent on a
         // connection), so their connections are closed too: on reconnect
         // both sides start from what is really stored and the changes are
         // sent again.
-        if let Some(doc_id) = doc {
-            let Some(d) = self.docs.remove(&doc_id) else { return };
-            if self.config.expects_upstream {
-                // Reloaded from the store and synced when an upstream is
-                // ready again.
-                self.resync_on_upstream.insert(doc_id);
-            }
-            self.tasks.retain(|_, p| !matches!(p, TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) if *d == doc_id));
-            for conn in d.peers.keys() {
-                self.close_for_storage_failure(*conn);
-            }
-            let _ = now;
+        let Some(doc_id) = doc else { return };
+        let Some(d) = self.docs.remove(&doc_id) else { return };
+        if self.config.expects_upstream {
+            // Reloaded from the store and synced when an upstream is
+            // ready again.
+            self.resync_on_upstream.insert(doc_id);
+        }
+        self.out.forget_doc(doc_id);
+        for conn in d.peers.keys() {
+            self.close_for_storage_failure(*conn);
         }
     }
 
-    pub(super) fn close_for_storage_failure(&mut self, conn: ConnId) {
+    fn close_for_storage_failure(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if matches!(c.state, ConnState::Closed) {
             return;
         }
         c.state = ConnState::Closed;
-        self.outputs.push_back(Output::Close { conn, reason: "storage failure; reconnect to resync".into() });
+        self.out.close(conn, "storage failure; reconnect to resync");
     }
 }

@@ -2,11 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use automerge::{ChangeHash, ReadDoc};
+use automerge::ChangeHash;
 
 use crate::ids::{ConnId, DocumentId};
 
-use super::*;
+use super::doc::DocState;
+use super::{CatchUp, DocDemand, Engine, Millis};
 
 impl Engine {
     /// Demand per document since the last call: downstream subscribers now,
@@ -34,16 +35,7 @@ impl Engine {
     /// This is how a client learns a change is durable at its server: a
     /// server only advertises heads that are committed.
     pub fn peer_covers(&self, doc: &DocumentId, conn: ConnId, heads: &[ChangeHash]) -> bool {
-        let Some(d) = self.docs.get(doc) else { return false };
-        let Some(theirs) = d.peers.get(&conn).and_then(|p| p.sync.their_heads.as_ref()) else { return false };
-        if heads.iter().all(|h| theirs.contains(h)) {
-            return true;
-        }
-        if theirs.iter().any(|h| d.doc.get_change_by_hash(h).is_none()) {
-            return false;
-        }
-        let newer = d.doc.get_changes(theirs);
-        heads.iter().all(|h| !newer.iter().any(|c| c.hash() == *h))
+        self.docs.get(doc).is_some_and(|d| d.peer_covers(conn, heads))
     }
 
     /// Also syncs `doc` on `conn` (an edge-peer link to the document's home
@@ -68,7 +60,7 @@ impl Engine {
             }
         }
         let Some(conn) = conn else { return };
-        if self.docs.get(&doc_id).is_some_and(|d| !d.loading && d.has_data()) {
+        if self.docs.get(&doc_id).is_some_and(|d| d.is_loaded() && d.has_data()) {
             self.attach_upstream(now, doc_id, conn);
             self.sync_doc(now, doc_id);
         }
@@ -111,8 +103,8 @@ impl Engine {
             self.ensure_doc(now, doc_id);
             return CatchUp::Loading;
         };
-        d.last_active = now;
-        if d.loading {
+        d.touch(now);
+        if !d.is_loaded() {
             return CatchUp::Loading;
         }
         if !d.has_data() {
@@ -139,17 +131,31 @@ impl Engine {
 
     /// Whether every change in `heads` is here and committed to our store.
     pub fn holds_durably(&self, doc: &DocumentId, heads: &[ChangeHash]) -> bool {
-        self.docs.get(doc).is_some_and(|d| {
-            !d.loading && d.writes_in_flight == 0 && heads.iter().all(|h| d.doc.get_change_by_hash(h).is_some())
-        })
+        self.docs.get(doc).is_some_and(|d| d.is_durable() && d.holds(heads))
     }
 
     /// Whether every change the peer on `conn` has advertised for `doc` is
     /// durable here; `None` if it has not told us its heads (or the
     /// document is not in memory).
     pub fn covers_peer(&self, doc: &DocumentId, conn: ConnId) -> Option<bool> {
-        let d = self.docs.get(doc).filter(|d| !d.loading)?;
+        let d = self.docs.get(doc).filter(|d| d.is_loaded())?;
         let theirs = d.peers.get(&conn)?.sync.their_heads.as_ref()?;
-        Some(d.writes_in_flight == 0 && theirs.iter().all(|h| d.doc.get_change_by_hash(h).is_some()))
+        Some(d.writes_in_flight == 0 && d.holds(theirs))
+    }
+}
+
+impl DocState {
+    /// Whether the peer on `conn` advertised heads that are `heads` or
+    /// descend from them.
+    fn peer_covers(&self, conn: ConnId, heads: &[ChangeHash]) -> bool {
+        let Some(theirs) = self.peers.get(&conn).and_then(|p| p.sync.their_heads.as_ref()) else { return false };
+        if heads.iter().all(|h| theirs.contains(h)) {
+            return true;
+        }
+        if !self.holds(theirs) {
+            return false;
+        }
+        let newer = self.doc.get_changes(theirs);
+        heads.iter().all(|h| !newer.iter().any(|c| c.hash() == *h))
     }
 }

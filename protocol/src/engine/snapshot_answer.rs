@@ -1,16 +1,16 @@
-//! The snapshot answer: a fresh peer gets the stored snapshot before the document is loaded.
+//! The snapshot answer: a fresh peer gets the stored snapshot before the
+//! document is loaded ([`Engine::answer_from_snapshot`]).
 
 use std::collections::BTreeSet;
 
-use automerge::ChangeHash;
-use automerge::sync;
+use automerge::{ChangeHash, sync};
 
-use crate::ids::DocumentId;
+use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
-use super::doc::*;
-use super::persistence::*;
-use super::*;
+use super::Engine;
+use super::doc::{DocState, PeerDoc};
+use super::effects::TaskPurpose;
 
 impl Engine {
     /// A fresh peer gets the stored snapshot first: when the stored
@@ -27,45 +27,12 @@ impl Engine {
     /// chunk with these (non-empty) `heads`; it answers once per load.
     pub(super) fn answer_from_snapshot(&mut self, doc_id: DocumentId, bytes: &[u8], heads: Vec<ChangeHash>) -> bool {
         let Some(d) = self.docs.get_mut(&doc_id) else { return false };
-        // Each peer's first waiting message must be a request from a peer
-        // with nothing and no sync history with us, able to take a whole
-        // document (automerge's v2 messages, which come with flags).
-        let mut seen = BTreeSet::new();
-        let mut fresh = Vec::new();
-        for p in &d.pending {
-            if !seen.insert(p.conn) {
-                continue;
-            }
-            let m = &p.message;
-            let has_nothing = m.heads.is_empty() && m.need.is_empty() && m.changes.is_empty();
-            let no_history = d.peers.get(&p.conn).is_some_and(|pd| pd.sync.their_heads.is_none());
-            if p.requesting
-                && has_nothing
-                && m.flags.is_some()
-                && m.have.iter().all(|h| h.last_sync.is_empty())
-                && no_history
-                && !d.loading_states.contains(&p.conn)
-            {
-                fresh.push(p.conn);
-            }
-        }
+        let fresh = d.fresh_requesters();
         if fresh.is_empty() {
             return false;
         }
-        let mut flags = sync::MessageFlags::new();
-        flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
-        // No `have`: we claim nothing about the peer's changes, so it sends
-        // none until our heads show it what we lack (then we `need` them).
-        let data = sync::Message {
-            heads: heads.clone(),
-            need: Vec::new(),
-            have: Vec::new(),
-            changes: vec![bytes.to_vec()].into(),
-            flags: Some(flags),
-            version: sync::MessageVersion::V2,
-        }
-        .encode();
-        d.answered_from_snapshot = true;
+        let data = snapshot_message(heads.clone(), bytes);
+        d.life.answered();
         for conn in &fresh {
             if let Some(pd) = d.peers.get_mut(conn) {
                 pd.answered_at = Some(heads.clone());
@@ -75,9 +42,54 @@ impl Engine {
         for conn in fresh {
             self.send_doc_message(conn, doc_id, data.clone(), true);
         }
-        self.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
+        self.out.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
         true
     }
+}
+
+impl DocState {
+    /// Peers whose first waiting message is a request from a peer with
+    /// nothing and no sync history with us, able to take a whole document
+    /// (automerge's v2 messages, which come with flags).
+    fn fresh_requesters(&self) -> Vec<ConnId> {
+        let mut seen = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for p in &self.pending {
+            if !seen.insert(p.conn) {
+                continue;
+            }
+            let m = &p.message;
+            let has_nothing = m.heads.is_empty() && m.need.is_empty() && m.changes.is_empty();
+            let no_history = self.peers.get(&p.conn).is_some_and(|pd| pd.sync.their_heads.is_none());
+            if p.requesting
+                && has_nothing
+                && m.flags.is_some()
+                && m.have.iter().all(|h| h.last_sync.is_empty())
+                && no_history
+                && !self.life.state_loading(&p.conn)
+            {
+                fresh.push(p.conn);
+            }
+        }
+        fresh
+    }
+}
+
+/// Automerge's whole-document sync message carrying the stored snapshot.
+fn snapshot_message(heads: Vec<ChangeHash>, bytes: &[u8]) -> Vec<u8> {
+    let mut flags = sync::MessageFlags::new();
+    flags.set(sync::MessageFlags::SUPPORTS_SYNC_RESET);
+    // No `have`: we claim nothing about the peer's changes, so it sends
+    // none until our heads show it what we lack (then we `need` them).
+    sync::Message {
+        heads,
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![bytes.to_vec()].into(),
+        flags: Some(flags),
+        version: sync::MessageVersion::V2,
+    }
+    .encode()
 }
 
 impl PeerDoc {
