@@ -116,8 +116,6 @@ pub struct Timing {
     pub detect_delay: (u64, u64),
     /// Wait before a client tries to connect again.
     pub reconnect_backoff: (u64, u64),
-    /// Every node's engine gets [`Engine::handle_tick`] this often.
-    pub tick_every: u64,
     /// Now and then (`.0` percent of frames) the receiving node takes the
     /// frames that arrive over the next `.1` ms as one engine batch
     /// ([`Engine::begin_batch`]), as the edge does with the events already
@@ -134,7 +132,6 @@ impl Default for Timing {
             storage_stall: (3, (100, 800)),
             detect_delay: (0, 1500),
             reconnect_backoff: (50, 1500),
-            tick_every: 1000,
             batch: (10, (0, 30)),
         }
     }
@@ -189,7 +186,7 @@ pub struct Edit {
 /// What [`Sim::step_until`] did.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Step {
-    /// A simulated event (frame, storage completion, tick, ...).
+    /// A simulated event (frame, storage completion, engine timer, ...).
     Handled,
     /// A timer set with [`Sim::schedule_user`] fired.
     User(u64),
@@ -219,6 +216,8 @@ struct Node {
     partitioned_until: Millis,
     /// The engine is in a batch (see [`Timing::batch`]).
     batching: bool,
+    /// When the engine's next timeout is scheduled ([`Engine::poll_timeout`]).
+    timer_at: Option<u64>,
 }
 
 struct Link {
@@ -265,7 +264,12 @@ enum Scheduled {
         node: NodeId,
         incarnation: u32,
     },
-    Tick,
+    /// The node's engine asked to run then ([`Engine::poll_timeout`]).
+    Timeout {
+        node: NodeId,
+        incarnation: u32,
+        at: u64,
+    },
     User(u64),
 }
 
@@ -280,7 +284,7 @@ pub struct Sim {
     conn_links: BTreeMap<(NodeId, u32, ConnId), LinkId>,
     queue: BTreeMap<(u64, u64), Scheduled>,
     next_seq: u64,
-    /// Scheduled events other than ticks and user timers: while any is
+    /// Scheduled events other than engine and user timers: while any is
     /// pending, something can still happen.
     busy: usize,
     trace: Vec<String>,
@@ -317,7 +321,7 @@ impl std::fmt::Debug for Sim {
 
 impl Sim {
     pub fn new(seed: u64, timing: Timing) -> Self {
-        let mut sim = Self {
+        Self {
             seed,
             now: Millis(0),
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -336,10 +340,7 @@ impl Sim {
             ever_durable: BTreeSet::new(),
             offloads: 0,
             snapshot_answers: 0,
-        };
-        let first_tick = sim.timing.tick_every;
-        sim.schedule(first_tick, Scheduled::Tick);
-        sim
+        }
     }
 
     // ----- set-up and inspection ------------------------------------------
@@ -366,6 +367,7 @@ impl Sim {
             open_links: BTreeSet::new(),
             partitioned_until: Millis(0),
             batching: false,
+            timer_at: None,
         });
         self.start_node(id);
         id
@@ -638,6 +640,7 @@ impl Sim {
             self.snapshot_answers += engine.stats().snapshot_answers as usize;
         }
         node.incarnation += 1;
+        node.timer_at = None;
         node.batching = false;
         node.ephemeral_seen.clear();
         node.tasks.clear();
@@ -698,7 +701,7 @@ impl Sim {
         self.now = deadline;
     }
 
-    /// Runs until nothing but ticks (and user timers, which are dropped) is
+    /// Runs until nothing but timers (engines', and user timers, which are dropped) is
     /// pending, for at most `limit_ms`. Returns whether it got quiet.
     pub fn run_until_quiet(&mut self, limit_ms: u64) -> bool {
         let deadline = Millis(self.now.0 + limit_ms);
@@ -711,7 +714,7 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Scheduled) -> Step {
-        if !matches!(event, Scheduled::Tick | Scheduled::User(_)) {
+        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::User(_)) {
             self.busy -= 1;
         }
         match event {
@@ -725,7 +728,7 @@ impl Sim {
                 }
             }
             Scheduled::EndBatch { node, incarnation } => self.end_batch(node, incarnation),
-            Scheduled::Tick => self.tick(),
+            Scheduled::Timeout { node, incarnation, at } => self.timeout(node, incarnation, at),
             Scheduled::User(tag) => return Step::User(tag),
         }
         Step::Handled
@@ -736,7 +739,7 @@ impl Sim {
     }
 
     fn schedule_at(&mut self, at: u64, event: Scheduled) {
-        if !matches!(event, Scheduled::Tick | Scheduled::User(_)) {
+        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::User(_)) {
             self.busy += 1;
         }
         self.queue.insert((at, self.next_seq), event);
@@ -751,16 +754,33 @@ impl Sim {
         if self.rng.random_range(0..100) < percent { self.draw(outlier) } else { self.draw(usual) }
     }
 
-    fn tick(&mut self) {
-        let now = self.now;
-        for n in 0..self.nodes.len() {
-            if let Some(engine) = self.nodes[n].engine.as_mut() {
-                engine.handle_tick(now);
-                self.pump(NodeId(n));
-            }
+    /// A node's engine timer fires (unless superseded by an earlier one,
+    /// or the node crashed since).
+    fn timeout(&mut self, n: NodeId, incarnation: u32, at: u64) {
+        let node = &mut self.nodes[n.0];
+        if node.timer_at != Some(at) || node.incarnation != incarnation {
+            return;
         }
-        let every = self.timing.tick_every;
-        self.schedule(every, Scheduled::Tick);
+        node.timer_at = None;
+        let now = self.now;
+        if let Some(engine) = node.engine.as_mut() {
+            engine.handle_timeout(now);
+            self.pump(n);
+        }
+    }
+
+    /// Schedules the node's engine timer for its next deadline, unless one
+    /// as early is scheduled already.
+    fn arm_timer(&mut self, n: NodeId) {
+        let node = &self.nodes[n.0];
+        let Some(at) = node.engine.as_ref().and_then(Engine::poll_timeout) else { return };
+        let at = at.0.max(self.now.0);
+        if node.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        let incarnation = node.incarnation;
+        self.nodes[n.0].timer_at = Some(at);
+        self.schedule_at(at, Scheduled::Timeout { node: n, incarnation, at });
     }
 
     // ----- nodes and links -----------------------------------------------
@@ -937,7 +957,7 @@ impl Sim {
     fn pump(&mut self, n: NodeId) {
         loop {
             let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
-            let Some(output) = engine.poll_output() else { return };
+            let Some(output) = engine.poll_output() else { return self.arm_timer(n) };
             match output {
                 Output::Send { conn, message } => self.send(n, conn, &message),
                 Output::Close { conn, reason } => self.close_conn(n, conn, &reason),

@@ -6,7 +6,6 @@ use crate::storage::StorageTask;
 use super::conn::Conn;
 use super::doc::DocState;
 use super::effects::TaskPurpose;
-use super::local::EPHEMERAL_SESSION_TTL_MS;
 use super::{Direction, Engine, Event, Millis};
 
 impl Engine {
@@ -67,30 +66,13 @@ impl Engine {
             return;
         }
         self.offloading.remove(&doc_id);
-        self.docs.remove(&doc_id);
+        self.remove_doc(doc_id);
         self.resync_on_upstream.remove(&doc_id);
         // Sync states go with the chunks: a peer must not be remembered as
         // holding what we no longer hold.
         self.out.storage(TaskPurpose::Offload(doc_id), StorageTask::DeleteDoc { doc: doc_id });
         self.stats.offloaded += 1;
         self.out.event(Event::Evicted { doc: doc_id });
-    }
-
-    /// Periodic housekeeping: evicts idle documents and forgets old
-    /// ephemeral sessions. Call it every second or so.
-    pub fn handle_tick(&mut self, now: Millis) {
-        let idle = self.config.idle_evict_after_ms;
-        let evict: Vec<DocumentId> = self
-            .docs
-            .iter()
-            .filter(|(_, d)| d.is_quiet() && now.saturating_sub(d.last_active) >= idle)
-            .map(|(id, _)| *id)
-            .collect();
-        for doc_id in evict {
-            self.evict(doc_id);
-        }
-        self.enforce_memory_budget();
-        self.ephemeral_seen.retain(|_, (_, at)| now.saturating_sub(*at) < EPHEMERAL_SESSION_TTL_MS);
     }
 
     /// Evicts the least recently active documents that can leave while
@@ -110,7 +92,7 @@ impl Engine {
     }
 
     pub(super) fn evict(&mut self, doc_id: DocumentId) {
-        let Some(d) = self.docs.remove(&doc_id) else { return };
+        let Some(d) = self.remove_doc(doc_id) else { return };
         if self.needs_resync(doc_id, &d) {
             self.resync_on_upstream.insert(doc_id);
         }

@@ -67,6 +67,8 @@ pub(super) struct DocState {
     /// Upstreams that answered `doc-unavailable` since we last had data.
     pub(super) upstream_unavailable: BTreeSet<ConnId>,
     pub(super) last_active: Millis,
+    /// The key of its idle-eviction entry (see `timers`).
+    pub(super) idle_timer: Millis,
 }
 
 impl DocState {
@@ -88,6 +90,7 @@ impl DocState {
             pending: VecDeque::new(),
             upstream_unavailable: BTreeSet::new(),
             last_active: now,
+            idle_timer: now,
         }
     }
 
@@ -146,7 +149,7 @@ impl Engine {
         // In memory again, it is attached to upstreams as usual.
         self.resync_on_upstream.remove(&doc_id);
         let actor = self.random_actor();
-        self.docs.insert(doc_id, DocState::new(actor, now, Lifecycle::reading()));
+        self.insert_doc(doc_id, DocState::new(actor, now, Lifecycle::reading()));
         self.out.storage(TaskPurpose::LoadDoc(doc_id), StorageTask::LoadDoc { doc: doc_id });
     }
 

@@ -39,7 +39,7 @@ impl Engine {
         } else {
             tx.commit_with(options);
         }
-        self.docs.insert(doc_id, state);
+        self.insert_doc(doc_id, state);
         self.opened.insert(doc_id);
         self.after_doc_update(now, doc_id, Vec::new());
         Ok(doc_id)
@@ -88,7 +88,7 @@ impl Engine {
     pub fn import(&mut self, now: Millis, doc_id: DocumentId, bytes: &[u8]) -> Result<(), DocError> {
         if !self.docs.contains_key(&doc_id) {
             let actor = self.random_actor();
-            self.docs.insert(doc_id, DocState::new(actor, now, Lifecycle::loaded(false)));
+            self.insert_doc(doc_id, DocState::new(actor, now, Lifecycle::loaded(false)));
         }
         let d = self.docs.get_mut(&doc_id).filter(|d| d.is_loaded()).ok_or(DocError::NotLoaded(doc_id))?;
         let before = d.doc.get_heads();
@@ -134,6 +134,7 @@ impl Engine {
             }
         }
         self.ephemeral_seen.insert(key, (count, now));
+        self.ephemeral_seen_at(now);
         self.subscribe(conn, doc_id);
         let targets: Vec<ConnId> = self
             .subscribers

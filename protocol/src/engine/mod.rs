@@ -44,12 +44,14 @@ mod persistence;
 mod phase;
 mod placement;
 mod snapshot_answer;
+mod timers;
 
 pub use api::*;
 
 use conn::Conn;
 use doc::DocState;
 use effects::Effects;
+use timers::Timers;
 
 /// The sync engine of one node. See the module docs for how to drive it.
 #[derive(Debug)]
@@ -84,6 +86,7 @@ pub struct Engine {
     /// whose peers' messages wait to be applied, in the order they came.
     batch: Option<Vec<DocumentId>>,
     out: Effects,
+    timers: Timers,
 }
 
 impl Engine {
@@ -105,6 +108,7 @@ impl Engine {
             stats: EngineStats::default(),
             batch: None,
             out: Effects::default(),
+            timers: Timers::default(),
         }
     }
 

@@ -219,7 +219,7 @@ impl Engine {
         // both sides start from what is really stored and the changes are
         // sent again.
         let Some(doc_id) = doc else { return };
-        let Some(d) = self.docs.remove(&doc_id) else { return };
+        let Some(d) = self.remove_doc(doc_id) else { return };
         if self.config.expects_upstream {
             // Reloaded from the store and synced when an upstream is
             // ready again.

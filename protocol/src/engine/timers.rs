@@ -1,0 +1,128 @@
+//! Timers as data: the engine keeps its own deadlines and says when it next
+//! needs to run ([`Engine::poll_timeout`]); the driver sleeps until then
+//! and calls [`Engine::handle_timeout`]. Nothing scans every document on a
+//! fixed tick, and the simulation jumps straight to the next deadline.
+//!
+//! Idle eviction keeps one entry per document in memory, keyed by a
+//! deadline that may be early: touching a document costs nothing, and an
+//! entry that comes due for a document touched since is moved to its real
+//! deadline (each document's entry is the one its `idle_timer` names).
+
+use std::collections::BTreeSet;
+
+use crate::ids::DocumentId;
+
+use super::doc::DocState;
+use super::local::EPHEMERAL_SESSION_TTL_MS;
+use super::{Engine, Millis};
+
+/// A document due for eviction that cannot leave yet (a write or a load in
+/// flight, messages waiting, the application waiting), or a memory budget
+/// that could not be met, is looked at again this much later.
+const RECHECK_MS: u64 = 1000;
+
+#[derive(Debug, Default)]
+pub(super) struct Timers {
+    /// Idle-eviction deadlines by document (see the module docs).
+    idle: BTreeSet<(Millis, DocumentId)>,
+    /// Next check of the memory budget (set while it is exceeded).
+    budget: Option<Millis>,
+    /// Next sweep of old ephemeral sessions (set while any is remembered).
+    ephemeral: Option<Millis>,
+}
+
+impl Timers {
+    fn next(&self) -> Option<Millis> {
+        let idle = self.idle.first().map(|(at, _)| *at);
+        [idle, self.budget, self.ephemeral].into_iter().flatten().min()
+    }
+}
+
+impl Engine {
+    /// When the engine next needs [`Engine::handle_timeout`]; `None`:
+    /// nothing is scheduled. Ask again after handing it any input.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.next()
+    }
+
+    /// Time has come for what [`Engine::poll_timeout`] announced: evicts
+    /// documents idle for [`super::EngineConfig::idle_evict_after_ms`],
+    /// keeps the memory budget, forgets old ephemeral sessions. Calling it
+    /// early or late is harmless: it does what is due by `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        self.evict_idle(now);
+        if self.timers.budget.is_some_and(|at| at <= now) {
+            self.timers.budget = None;
+            self.enforce_memory_budget();
+            if self.over_memory_budget() {
+                self.timers.budget = Some(Millis(now.0 + RECHECK_MS));
+            }
+        }
+        if self.timers.ephemeral.is_some_and(|at| at <= now) {
+            self.ephemeral_seen.retain(|_, (_, at)| now.saturating_sub(*at) < EPHEMERAL_SESSION_TTL_MS);
+            let oldest = self.ephemeral_seen.values().map(|(_, at)| *at).min();
+            self.timers.ephemeral = oldest.map(|at| Millis(at.0 + EPHEMERAL_SESSION_TTL_MS));
+        }
+    }
+
+    /// Transitional, for drivers that still run on a fixed interval:
+    /// [`Engine::handle_timeout`].
+    pub fn handle_tick(&mut self, now: Millis) {
+        self.handle_timeout(now);
+    }
+
+    fn evict_idle(&mut self, now: Millis) {
+        let idle = self.config.idle_evict_after_ms;
+        while let Some(&(at, doc_id)) = self.timers.idle.first() {
+            if at > now {
+                break;
+            }
+            self.timers.idle.pop_first();
+            let Some(d) = self.docs.get_mut(&doc_id).filter(|d| d.idle_timer == at) else { continue };
+            let due = Millis(d.last_active.0 + idle);
+            if due > now {
+                d.idle_timer = due;
+            } else if d.is_quiet() {
+                self.evict(doc_id);
+                continue;
+            } else {
+                d.idle_timer = Millis(now.0 + RECHECK_MS);
+            }
+            self.timers.idle.insert((d.idle_timer, doc_id));
+        }
+    }
+
+    /// Puts a document in memory, with its idle deadline; past the memory
+    /// budget, a check is due now.
+    pub(super) fn insert_doc(&mut self, doc_id: DocumentId, mut state: DocState) {
+        state.idle_timer = Millis(state.last_active.0 + self.config.idle_evict_after_ms);
+        self.timers.idle.insert((state.idle_timer, doc_id));
+        let now = state.last_active;
+        if let Some(old) = self.docs.insert(doc_id, state) {
+            self.timers.idle.remove(&(old.idle_timer, doc_id));
+        }
+        if self.over_memory_budget() && self.timers.budget.is_none() {
+            self.timers.budget = Some(now);
+        }
+    }
+
+    /// Takes a document out of memory, with its idle deadline.
+    pub(super) fn remove_doc(&mut self, doc_id: DocumentId) -> Option<DocState> {
+        let d = self.docs.remove(&doc_id)?;
+        self.timers.idle.remove(&(d.idle_timer, doc_id));
+        Some(d)
+    }
+
+    fn over_memory_budget(&self) -> bool {
+        let max = self.config.max_loaded_docs;
+        max > 0 && self.docs.len() > max
+    }
+
+    /// An ephemeral session was seen at `now`: it is forgotten after
+    /// [`EPHEMERAL_SESSION_TTL_MS`] without news.
+    pub(super) fn ephemeral_seen_at(&mut self, now: Millis) {
+        if self.timers.ephemeral.is_none() {
+            self.timers.ephemeral = Some(Millis(now.0 + EPHEMERAL_SESSION_TTL_MS));
+        }
+    }
+}
