@@ -14,7 +14,7 @@ use crate::convert::{self, Place};
 use crate::doc::Doc;
 use crate::driver::{Driver, Settle, Shared, drive};
 use crate::net::Net;
-use crate::platform::{self, NetworkListener, Timer};
+use crate::platform::{self, NetworkListener};
 use crate::store::{self, IdbStore};
 
 /// Options of `Client.open`, read from a plain JavaScript object.
@@ -119,15 +119,6 @@ impl Client {
     }
 
     fn start_background(shared: &Shared) {
-        let weak = Rc::downgrade(shared);
-        let tick = Timer::every(1000.0, move || {
-            if let Some(s) = weak.upgrade() {
-                drive(&s, |d| {
-                    let now = d.now();
-                    d.engine.handle_tick(now);
-                });
-            }
-        });
         let (on, off) = (Rc::downgrade(shared), Rc::downgrade(shared));
         let network = NetworkListener::install(
             move || {
@@ -142,7 +133,6 @@ impl Client {
             },
         );
         let mut d = shared.borrow_mut();
-        d.tick = Some(tick);
         d.network = network;
     }
 

@@ -96,7 +96,8 @@ pub(crate) struct Driver {
     pub state_listeners: Listeners,
     pub session_id: String,
     pub ephemeral_count: u64,
-    pub tick: Option<Timer>,
+    /// The wake-up for the engine's next deadline, and when it is.
+    timer: Option<(Millis, Timer)>,
     pub network: Option<NetworkListener>,
     /// JavaScript calls to make once the borrow is released.
     calls: Vec<(Function, JsValue)>,
@@ -109,6 +110,7 @@ pub(crate) fn drive<R>(shared: &Shared, f: impl FnOnce(&mut Driver) -> R) -> R {
         let mut d = shared.borrow_mut();
         let out = f(&mut d);
         d.pump();
+        d.arm_timer();
         let start = d.claim_storage_worker();
         (out, std::mem::take(&mut d.calls), start)
     };
@@ -171,7 +173,7 @@ impl Driver {
             state_listeners: Listeners::default(),
             session_id,
             ephemeral_count: 0,
-            tick: None,
+            timer: None,
             network: None,
             calls: Vec::new(),
         }
@@ -196,6 +198,30 @@ impl Driver {
         } else {
             self.calls.push((f, JsValue::UNDEFINED));
         }
+    }
+
+    /// Sleeps until the engine's next deadline ([`Engine::poll_timeout`];
+    /// a tab evicts nothing, so mostly the sweep of old ephemeral sessions),
+    /// unless a wake-up as early is set.
+    fn arm_timer(&mut self) {
+        let Some(at) = self.engine.poll_timeout().filter(|_| !self.closed) else { return };
+        if self.timer.as_ref().is_some_and(|(t, _)| *t <= at) {
+            return;
+        }
+        // setTimeout takes a 32-bit delay: a later deadline wakes early and
+        // sleeps again.
+        let delay = at.0.saturating_sub(self.now().0).min(i32::MAX as u64);
+        let me = self.me.clone();
+        let timer = Timer::once(delay as f64, move || {
+            if let Some(shared) = me.upgrade() {
+                drive(&shared, |d| {
+                    d.timer = None;
+                    let now = d.now();
+                    d.engine.handle_timeout(now);
+                });
+            }
+        });
+        self.timer = Some((at, timer));
     }
 
     /// Drains the engine's outputs.
@@ -352,7 +378,7 @@ impl Driver {
     /// Stops networking and rejects whoever is still waiting.
     pub fn shut_down(&mut self) {
         self.closed = true;
-        self.tick = None;
+        self.timer = None;
         self.network = None;
         if let Some(conn) = self.net.shut_down() {
             let now = self.now();

@@ -12,10 +12,6 @@ extern "C" {
     fn set_timeout(cb: &Function, ms: f64) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
     fn clear_timeout(id: &JsValue);
-    #[wasm_bindgen(js_name = setInterval)]
-    fn set_interval(cb: &Function, ms: f64) -> JsValue;
-    #[wasm_bindgen(js_name = clearInterval)]
-    fn clear_interval(id: &JsValue);
     #[wasm_bindgen(js_namespace = performance, js_name = now)]
     fn performance_now() -> f64;
 }
@@ -32,11 +28,10 @@ pub fn random_u64() -> u64 {
     (hi << 32) | lo
 }
 
-/// A one-shot or repeating timer, cancelled when dropped.
+/// A one-shot timer, cancelled when dropped.
 #[derive(Debug)]
 pub struct Timer {
     id: JsValue,
-    repeat: bool,
     _callback: Closure<dyn FnMut()>,
 }
 
@@ -44,23 +39,13 @@ impl Timer {
     pub fn once(ms: f64, f: impl FnMut() + 'static) -> Self {
         let callback = Closure::<dyn FnMut()>::new(f);
         let id = set_timeout(callback.as_ref().unchecked_ref(), ms);
-        Self { id, repeat: false, _callback: callback }
-    }
-
-    pub fn every(ms: f64, f: impl FnMut() + 'static) -> Self {
-        let callback = Closure::<dyn FnMut()>::new(f);
-        let id = set_interval(callback.as_ref().unchecked_ref(), ms);
-        Self { id, repeat: true, _callback: callback }
+        Self { id, _callback: callback }
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        if self.repeat {
-            clear_interval(&self.id);
-        } else {
-            clear_timeout(&self.id);
-        }
+        clear_timeout(&self.id);
     }
 }
 

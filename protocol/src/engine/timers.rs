@@ -55,13 +55,13 @@ impl Engine {
             self.timers.budget = None;
             self.enforce_memory_budget();
             if self.over_memory_budget() {
-                self.timers.budget = Some(Millis(now.0 + RECHECK_MS));
+                self.timers.budget = Some(Millis(now.0.saturating_add(RECHECK_MS)));
             }
         }
         if self.timers.ephemeral.is_some_and(|at| at <= now) {
             self.ephemeral_seen.retain(|_, (_, at)| now.saturating_sub(*at) < EPHEMERAL_SESSION_TTL_MS);
             let oldest = self.ephemeral_seen.values().map(|(_, at)| *at).min();
-            self.timers.ephemeral = oldest.map(|at| Millis(at.0 + EPHEMERAL_SESSION_TTL_MS));
+            self.timers.ephemeral = oldest.map(|at| Millis(at.0.saturating_add(EPHEMERAL_SESSION_TTL_MS)));
         }
     }
 
@@ -79,14 +79,14 @@ impl Engine {
             }
             self.timers.idle.pop_first();
             let Some(d) = self.docs.get_mut(&doc_id).filter(|d| d.idle_timer == at) else { continue };
-            let due = Millis(d.last_active.0 + idle);
+            let due = Millis(d.last_active.0.saturating_add(idle));
             if due > now {
                 d.idle_timer = due;
             } else if d.is_quiet() {
                 self.evict(doc_id);
                 continue;
             } else {
-                d.idle_timer = Millis(now.0 + RECHECK_MS);
+                d.idle_timer = Millis(now.0.saturating_add(RECHECK_MS));
             }
             self.timers.idle.insert((d.idle_timer, doc_id));
         }
@@ -95,7 +95,7 @@ impl Engine {
     /// Puts a document in memory, with its idle deadline; past the memory
     /// budget, a check is due now.
     pub(super) fn insert_doc(&mut self, doc_id: DocumentId, mut state: DocState) {
-        state.idle_timer = Millis(state.last_active.0 + self.config.idle_evict_after_ms);
+        state.idle_timer = Millis(state.last_active.0.saturating_add(self.config.idle_evict_after_ms));
         self.timers.idle.insert((state.idle_timer, doc_id));
         let now = state.last_active;
         if let Some(old) = self.docs.insert(doc_id, state) {
@@ -122,7 +122,7 @@ impl Engine {
     /// [`EPHEMERAL_SESSION_TTL_MS`] without news.
     pub(super) fn ephemeral_seen_at(&mut self, now: Millis) {
         if self.timers.ephemeral.is_none() {
-            self.timers.ephemeral = Some(Millis(now.0 + EPHEMERAL_SESSION_TTL_MS));
+            self.timers.ephemeral = Some(Millis(now.0.saturating_add(EPHEMERAL_SESSION_TTL_MS)));
         }
     }
 }
