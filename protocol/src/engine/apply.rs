@@ -261,6 +261,15 @@ impl DocState {
                 && message.changes.is_empty()
         });
         self.doc.receive_sync_message(&mut pd.sync, message)?;
+        // A peer that says it needs changes we sent did not keep them (it
+        // evicted the document while they waited for a dependency, say),
+        // and automerge never sends a change twice on one connection: it
+        // gets them again.
+        if let Some(need) = &pd.sync.their_need {
+            for h in need {
+                pd.sync.sent_hashes.remove(h);
+            }
+        }
         if let Some(heads) = answered {
             pd.answered_from_snapshot(heads);
             return Ok(false);

@@ -113,10 +113,18 @@ impl DocState {
         self.is_loaded() && self.writes_in_flight == 0
     }
 
-    /// Nothing is loading, being written or waiting to be applied, and the
-    /// application is not waiting for it: it may leave memory.
+    /// Nothing is loading, being written or waiting to be applied, no
+    /// change waits for a dependency, and the application is not waiting
+    /// for it: it may leave memory. (Changes waiting for a dependency live
+    /// only in memory, and their sender believes them delivered: dropped,
+    /// a peer that does not resend what it sent once would never send them
+    /// again.)
     pub(super) fn is_quiet(&self) -> bool {
-        !self.busy() && self.writes_in_flight == 0 && self.pending.is_empty() && !self.life.local_waiting()
+        !self.busy()
+            && self.writes_in_flight == 0
+            && self.pending.is_empty()
+            && !self.life.local_waiting()
+            && self.doc.get_missing_deps(&[]).is_empty()
     }
 
     /// Every change in `heads` is in the document.
