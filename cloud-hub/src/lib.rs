@@ -2,7 +2,7 @@
 //!
 //! The cloud hub: the QUIC federation endpoint edges connect to, and the
 //! durable store of every document. It runs the same sync engine and node
-//! runtime as an edge (`meridian_edge::runtime`) on its own SQLite store;
+//! runtime as an edge (`meridian_node::runtime`) on its own SQLite store;
 //! every edge is a downstream peer that pushes all its documents and asks
 //! the hub for documents it does not have.
 //!
@@ -31,10 +31,12 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use meridian_edge::metrics::NodeMetrics;
-use meridian_edge::quic::{self, AbortOnDrop, FEDERATION_ALPN, Identity};
-use meridian_edge::runtime::{NodeEvent, NodeRuntime, register};
-use meridian_edge::store::{SqliteStore, StoreOptions};
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
+use meridian_node::runtime::{NodeEvent, NodeRuntime, register};
+use meridian_node::server::{self, AppState};
+use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
+use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
 use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::PeerId;
@@ -91,7 +93,7 @@ impl HubConfig {
             hub_id: "meridian-hub".into(),
             auth: EdgeAuth::DevOpen,
             cert_names: vec!["localhost".into(), "127.0.0.1".into()],
-            max_frame_bytes: meridian_edge::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             idle_evict_after: Duration::from_secs(60),
             tick_interval: Duration::from_secs(1),
             fsync: false,
@@ -145,7 +147,7 @@ pub enum HubError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("opening the store: {0}")]
-    Store(#[from] meridian_edge::store::StoreError),
+    Store(#[from] StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] quic::TlsError),
     #[error("binding {addr}: {source}")]
@@ -229,7 +231,7 @@ impl Hub {
         )));
         let app = if config.serve_clients {
             tracing::warn!("serving automerge-repo clients at /sync on the HTTP port (no client auth yet)");
-            meridian_edge::server::router(meridian_edge::server::AppState {
+            server::router(AppState {
                 events: runtime.events(),
                 metrics: metrics.clone(),
                 max_message_bytes: config.max_frame_bytes,
@@ -353,7 +355,7 @@ async fn serve_http(
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(meridian_edge::server::without_nagle(listener), app).with_graceful_shutdown(async {
+        let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
         if let Err(e) = serve.await {

@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
+use meridian_node::quic::{self, DEVICE_ALPN, HubTrust};
+use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::FrameKind;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-use crate::quic::{self, AbortOnDrop, DEVICE_ALPN, HubTrust};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meridian_edge::config::DEFAULT_MAX_MESSAGE_BYTES;
-use meridian_edge::quic::HubTrust;
-use meridian_edge::uplink::UplinkConfig;
+use meridian_edge::config::UplinkConfig;
 use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_node::DEFAULT_MAX_MESSAGE_BYTES;
+use meridian_node::quic::HubTrust;
 
 /// Meridian edge node: an automerge-repo compatible sync server with a
 /// local SQLite store.
@@ -253,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(q) = node.quic_url() {
         println!("  devices over QUIC: {q} (trust <data>/tls/ca.pem)");
     }
-    meridian_edge::runtime::shutdown_signal().await;
+    meridian_node::shutdown::shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     node.shutdown().await;
     Ok(())
@@ -267,7 +267,7 @@ mod client {
     use anyhow::{Context, Result};
     use meridian_edge::cli;
     use meridian_edge::client::{Client, ClientOptions};
-    use meridian_edge::quic::HubTrust;
+    use meridian_node::quic::HubTrust;
     use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 
     use super::{ClientArgs, ClientOp};

@@ -31,14 +31,16 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use meridian_node::quic::{self, HubTrust};
+use meridian_node::runtime::{NodeEvent, register_edge_peer};
+use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind, HomeNotice};
 use meridian_protocol::engine::Direction;
 use meridian_protocol::ids::{ConnId, DocumentId};
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::quic::{self, AbortOnDrop, HubTrust};
-use crate::runtime::{NodeEvent, register_edge_peer};
+use crate::error::EdgeError;
 
 /// ALPN of edge ↔ edge links.
 pub const PEER_ALPN: &[u8] = b"meridian-peer/1";
@@ -384,8 +386,7 @@ pub fn listen(
     edge_id: String,
     events: mpsc::Sender<NodeEvent>,
     limit: usize,
-) -> Result<(SocketAddr, AbortOnDrop<()>), crate::node::EdgeError> {
-    use crate::node::EdgeError;
+) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let server = quic::server_config(identity, PEER_ALPN).map_err(EdgeError::Tls)?;
     let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| EdgeError::Bind { addr, source })?;
     let local = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;

@@ -12,44 +12,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic::{self, FEDERATION_ALPN};
+use meridian_node::runtime::{NodeEvent, register};
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
 use meridian_protocol::engine::Direction;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::metrics::NodeMetrics;
+use crate::config::UplinkConfig;
 use crate::peers::PeerHandle;
-use crate::quic::{self, FEDERATION_ALPN, HubTrust};
-use crate::runtime::{NodeEvent, register};
-
-/// Where the hub is and how to authenticate to it.
-#[derive(Clone, Debug)]
-pub struct UplinkConfig {
-    pub hub: SocketAddr,
-    /// Name the hub certificate must carry (`localhost` for the dev CA).
-    pub server_name: String,
-    pub edge_id: String,
-    pub secret: String,
-    pub trust: HubTrust,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    pub max_frame_bytes: usize,
-}
-
-impl UplinkConfig {
-    pub fn new(hub: SocketAddr, edge_id: impl Into<String>, secret: impl Into<String>, trust: HubTrust) -> Self {
-        Self {
-            hub,
-            server_name: "localhost".into(),
-            edge_id: edge_id.into(),
-            secret: secret.into(),
-            trust,
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            max_frame_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
-        }
-    }
-}
 
 /// Why a session with the hub ended.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
+use crate::task::AbortOnDrop;
+
 /// ALPN of edge ↔ hub federation.
 pub const FEDERATION_ALPN: &[u8] = b"meridian-fed/1";
 /// ALPN of device ↔ edge sync.
@@ -371,16 +373,6 @@ async fn read_frames(
         if tx.send(item).await.is_err() || stop {
             return;
         }
-    }
-}
-
-/// A task handle that aborts the task when dropped (structured concurrency).
-#[derive(Debug)]
-pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
