@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::link::Link;
+use crate::link::{Link, LinkError};
 
 type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
 type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
@@ -287,13 +287,13 @@ impl ClientStore {
     }
 }
 
-type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, String>> + Send>>;
+type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, LinkError>> + Send>>;
 
 /// Why the actor woke up.
 enum Wake {
     Command(Option<Command>),
     Frame(Option<Vec<u8>>),
-    Connected(Result<Link, String>),
+    Connected(Result<Link, LinkError>),
     Reconnect,
     Tick,
 }
@@ -378,7 +378,7 @@ impl Actor {
 
     /// Takes the outcome of a connection attempt; returns the delay before
     /// the next attempt if it failed.
-    fn connected(&mut self, result: Result<Link, String>) -> Duration {
+    fn connected(&mut self, result: Result<Link, LinkError>) -> Duration {
         match result {
             Ok(link) => {
                 tracing::info!(url = %self.url, "connected");

@@ -330,8 +330,7 @@ mod client {
                 let json = client
                     .read(doc, move |d| cli::resolve_heads(d, &at).and_then(|h| cli::json_at(d, &h)))
                     .await
-                    .context("the document is not loaded")?
-                    .map_err(anyhow::Error::msg)?;
+                    .context("the document is not loaded")??;
                 println!("{json}");
             }
             ClientOp::Rollback { doc, to } => {
@@ -339,8 +338,7 @@ mod client {
                 let heads = client
                     .read(doc, move |d| cli::resolve_heads(d, &to))
                     .await
-                    .context("the document is not loaded")?
-                    .map_err(anyhow::Error::msg)?;
+                    .context("the document is not loaded")??;
                 client.rollback(doc, heads).await?;
                 acked(&client, doc, wait).await;
                 print(&client, doc).await;
@@ -387,7 +385,7 @@ mod client {
     }
 
     async fn open(client: &Client, url: &str, path: &str) -> Result<(DocumentId, Vec<String>)> {
-        let path = cli::parse_path(path).map_err(anyhow::Error::msg)?;
+        let path = cli::parse_path(path)?;
         Ok((find(client, url).await?, path))
     }
 
