@@ -326,8 +326,8 @@ fn admin_routes(app: Router, placer: mpsc::Sender<PlacerEvent>, metrics: Arc<Pla
     )
 }
 
-/// `/metrics` comes from the node's router (the edge router when the hub
-/// serves clients); the placement metrics are added to its body here.
+/// `/metrics` comes from the node's router (`meridian_node::server`'s when
+/// the hub serves clients); the placement metrics are added to its body here.
 async fn append_placement_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,

@@ -21,8 +21,8 @@
 //!
 //! Modules depend on each other in one direction only: `node` assembles
 //! `uplink`, `peers`, `admin` and `info`; `uplink` uses `report` and
-//! `peers`; `admin` uses `client`, which uses `link` and `cli`; `config`
-//! and `error` use nothing else here.
+//! `peers`; `admin` uses `client`, which uses `link` and `cli`; `error`
+//! uses only `config`, which uses nothing else here.
 //!
 //! **Invariant:** protocol decisions are made by `meridian_protocol::engine`;
 //! this crate only moves bytes, runs storage tasks in order, and reports a
