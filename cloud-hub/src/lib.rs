@@ -2,7 +2,7 @@
 //!
 //! The cloud hub: the QUIC federation endpoint edges connect to, and the
 //! durable store of every document. It runs the same sync engine and node
-//! runtime as an edge (`meridian_edge::runtime`) on its own SQLite store;
+//! runtime as an edge (`meridian_node::runtime`) on its own SQLite store;
 //! every edge is a downstream peer that pushes all its documents and asks
 //! the hub for documents it does not have.
 //!
@@ -31,11 +31,13 @@ use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use meridian_edge::metrics::NodeMetrics;
-use meridian_edge::quic::{self, AbortOnDrop, FEDERATION_ALPN, Identity};
-use meridian_edge::runtime::{NodeEvent, NodeRuntime, register};
-use meridian_edge::store::{SqliteStore, StoreOptions};
-use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
+use meridian_node::runtime::{NodeEvent, NodeRuntime, register};
+use meridian_node::server::{self, AppState};
+use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
+use meridian_node::task::AbortOnDrop;
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind};
 use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::PeerId;
 use tokio::sync::{mpsc, oneshot};
@@ -91,7 +93,7 @@ impl HubConfig {
             hub_id: "meridian-hub".into(),
             auth: EdgeAuth::DevOpen,
             cert_names: vec!["localhost".into(), "127.0.0.1".into()],
-            max_frame_bytes: meridian_edge::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_frame_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             idle_evict_after: Duration::from_secs(60),
             tick_interval: Duration::from_secs(1),
             fsync: false,
@@ -145,7 +147,7 @@ pub enum HubError {
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("opening the store: {0}")]
-    Store(#[from] meridian_edge::store::StoreError),
+    Store(#[from] StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] quic::TlsError),
     #[error("binding {addr}: {source}")]
@@ -229,7 +231,7 @@ impl Hub {
         )));
         let app = if config.serve_clients {
             tracing::warn!("serving automerge-repo clients at /sync on the HTTP port (no client auth yet)");
-            meridian_edge::server::router(meridian_edge::server::AppState {
+            server::router(AppState {
                 events: runtime.events(),
                 metrics: metrics.clone(),
                 max_message_bytes: config.max_frame_bytes,
@@ -324,8 +326,8 @@ fn admin_routes(app: Router, placer: mpsc::Sender<PlacerEvent>, metrics: Arc<Pla
     )
 }
 
-/// `/metrics` comes from the node's router (the edge router when the hub
-/// serves clients); the placement metrics are added to its body here.
+/// `/metrics` comes from the node's router (`meridian_node::server`'s when
+/// the hub serves clients); the placement metrics are added to its body here.
 async fn append_placement_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -353,7 +355,7 @@ async fn serve_http(
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(meridian_edge::server::without_nagle(listener), app).with_graceful_shutdown(async {
+        let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
         if let Err(e) = serve.await {
@@ -402,7 +404,7 @@ async fn serve_edge(
         Ok(hello) => hello,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge");
-            return quic::refuse(&connection, send, &reason).await;
+            return quic::refuse(&connection, send, &reason.to_string()).await;
         }
     };
     let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };
@@ -475,31 +477,53 @@ struct EdgeHello {
     peer_fingerprint: Option<String>,
 }
 
+/// Why the hub refused an edge (the reason is sent to the edge in a
+/// `refused` frame, and the edge logs it).
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("no hello within 10 s")]
+    Timeout,
+    #[error("bad hello frame: {0}")]
+    Frame(FrameIoError),
+    #[error("expected a hello control frame first")]
+    NotControl,
+    #[error(transparent)]
+    Decode(FrameError),
+    #[error("expected hello")]
+    NotHello,
+    #[error("unsupported federation version {0} (this hub speaks {FEDERATION_VERSION})")]
+    Version(u64),
+    #[error("unknown edge `{0}` or wrong secret")]
+    Credential(String),
+    #[error(transparent)]
+    Welcome(FrameIoError),
+}
+
 /// Reads the edge's `hello`, checks its credential and answers `welcome`.
 async fn handshake(
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     config: &HubConfig,
     peer_secret: &str,
-) -> Result<EdgeHello, String> {
+) -> Result<EdgeHello, HelloError> {
     let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
         .await
-        .map_err(|_| "no hello within 10 s".to_owned())?
-        .map_err(|e| format!("bad hello frame: {e}"))?;
-    let Some((FrameKind::Control, bytes)) = frame else { return Err("expected a hello control frame first".into()) };
+        .map_err(|_| HelloError::Timeout)?
+        .map_err(HelloError::Frame)?;
+    let Some((FrameKind::Control, bytes)) = frame else { return Err(HelloError::NotControl) };
     let Control::Hello { version, node_id, secret, peer_addr, peer_fingerprint } =
-        federation::decode_control(&bytes).map_err(|e| e.to_string())?
+        federation::decode_control(&bytes).map_err(HelloError::Decode)?
     else {
-        return Err("expected hello".into());
+        return Err(HelloError::NotHello);
     };
     if version != FEDERATION_VERSION {
-        return Err(format!("unsupported federation version {version} (this hub speaks {FEDERATION_VERSION})"));
+        return Err(HelloError::Version(version));
     }
     if let EdgeAuth::Secrets(secrets) = &config.auth {
         let ok =
             secrets.get(&node_id).is_some_and(|expected| quic::same_secret(expected.as_bytes(), secret.as_bytes()));
         if !ok {
-            return Err(format!("unknown edge `{node_id}` or wrong secret"));
+            return Err(HelloError::Credential(node_id));
         }
     }
     let welcome = Control::Welcome {
@@ -511,7 +535,7 @@ async fn handshake(
     };
     quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(HelloError::Welcome)?;
     Ok(EdgeHello { node_id, peer_addr, peer_fingerprint })
 }
 

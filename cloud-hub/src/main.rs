@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
     if open {
         println!("  WARNING: open dev mode — any edge id is accepted without a secret (use --edge ID=SECRET)");
     }
-    meridian_edge::runtime::shutdown_signal().await;
+    meridian_node::shutdown::shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     hub.shutdown().await;
     Ok(())

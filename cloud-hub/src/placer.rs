@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use meridian_edge::runtime::{HandoffStatus, HandoffTargets, NodeEvent};
+use meridian_node::runtime::{HandoffStatus, HandoffTargets, NodeEvent};
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{CatchUp, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId};

@@ -25,13 +25,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use meridian_node::quic::same_secret;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use crate::cli;
 use crate::client::{Client, ClientError, ClientOptions};
-use crate::quic::same_secret;
 
 /// How long a request waits for a document to be found.
 const FIND_TIMEOUT: Duration = Duration::from_secs(10);

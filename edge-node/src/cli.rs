@@ -9,12 +9,35 @@ use meridian_protocol::automerge::{
 };
 use serde_json::Value as Json;
 
+/// A path given on the command line that is not keys separated by dots.
+#[derive(Debug, thiserror::Error)]
+#[error("bad path `{0}`: use keys separated by dots, e.g. meta.title")]
+pub struct BadPath(pub String);
+
+/// Why heads given on a command line (or in `?at=`, `?to=`) name no
+/// version of the document.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("`{0}` is not a change hash (hex, at least 6 digits)")]
+    NotAHash(String),
+    #[error("no change of this document starts with `{0}`")]
+    NoMatch(String),
+    #[error("`{part}` matches {count} changes; give more digits")]
+    Ambiguous { part: String, count: usize },
+    #[error("no change hash given")]
+    Empty,
+    /// Not a `#[source]`: the message already says it, and the CLI prints
+    /// the message alone.
+    #[error("no such version: {0}")]
+    NoSuchVersion(AutomergeError),
+}
+
 /// A path like `title` or `meta.tags.0`: map keys, or list indexes where
 /// the parent is a list.
-pub fn parse_path(path: &str) -> Result<Vec<String>, String> {
+pub fn parse_path(path: &str) -> Result<Vec<String>, BadPath> {
     let parts: Vec<String> = path.split('.').map(str::to_owned).collect();
     if parts.iter().any(String::is_empty) {
-        return Err(format!("bad path `{path}`: use keys separated by dots, e.g. meta.title"));
+        return Err(BadPath(path.to_owned()));
     }
     Ok(parts)
 }
@@ -169,30 +192,30 @@ pub fn history(doc: &Automerge) -> Vec<ChangeSummary> {
 /// Heads as written on a command line: comma-separated change hashes, each
 /// in full or as a unique prefix (6 hex digits or more) of a change in the
 /// document's history.
-pub fn resolve_heads(doc: &Automerge, spec: &str) -> Result<Vec<ChangeHash>, String> {
+pub fn resolve_heads(doc: &Automerge, spec: &str) -> Result<Vec<ChangeHash>, VersionError> {
     let hashes: Vec<ChangeHash> = doc.get_changes(&[]).iter().map(|c| c.hash()).collect();
     let mut heads = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let prefix = part.to_ascii_lowercase();
         if prefix.len() < 6 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(format!("`{part}` is not a change hash (hex, at least 6 digits)"));
+            return Err(VersionError::NotAHash(part.to_owned()));
         }
         let matches: Vec<&ChangeHash> = hashes.iter().filter(|h| h.to_string().starts_with(&prefix)).collect();
         match matches[..] {
             [h] => heads.push(*h),
-            [] => return Err(format!("no change of this document starts with `{part}`")),
-            _ => return Err(format!("`{part}` matches {} changes; give more digits", matches.len())),
+            [] => return Err(VersionError::NoMatch(part.to_owned())),
+            _ => return Err(VersionError::Ambiguous { part: part.to_owned(), count: matches.len() }),
         }
     }
     if heads.is_empty() {
-        return Err("no change hash given".into());
+        return Err(VersionError::Empty);
     }
     Ok(heads)
 }
 
 /// The document as it was at `heads`, as JSON.
-pub fn json_at(doc: &Automerge, heads: &[ChangeHash]) -> Result<Json, String> {
-    let old = doc.fork_at(heads).map_err(|e| format!("no such version: {e}"))?;
+pub fn json_at(doc: &Automerge, heads: &[ChangeHash]) -> Result<Json, VersionError> {
+    let old = doc.fork_at(heads).map_err(VersionError::NoSuchVersion)?;
     Ok(to_json(&old))
 }
 
@@ -464,12 +487,13 @@ mod inspect_tests {
         let h = &hist[1].hash;
         assert_eq!(resolve_heads(&doc, &h[..10]).unwrap(), doc.get_heads());
         assert_eq!(resolve_heads(&doc, h).unwrap(), doc.get_heads());
-        assert!(resolve_heads(&doc, "abc").unwrap_err().contains("at least 6"));
-        assert!(resolve_heads(&doc, "zzzzzzzz").unwrap_err().contains("not a change hash"));
+        assert!(resolve_heads(&doc, "abc").unwrap_err().to_string().contains("at least 6"));
+        assert!(resolve_heads(&doc, "zzzzzzzz").unwrap_err().to_string().contains("not a change hash"));
         assert!(
-            resolve_heads(&doc, "ffffffffff").is_err_and(|e| e.contains("no change")) || h.starts_with("ffffffffff")
+            resolve_heads(&doc, "ffffffffff").is_err_and(|e| e.to_string().contains("no change"))
+                || h.starts_with("ffffffffff")
         );
-        assert!(resolve_heads(&doc, " , ").unwrap_err().contains("no change hash"));
+        assert!(resolve_heads(&doc, " , ").unwrap_err().to_string().contains("no change hash"));
         assert_eq!(
             json_at(&doc, &resolve_heads(&doc, &hist[0].hash).unwrap()).unwrap(),
             serde_json::json!({"k0": 1, "text": "", "list": []})

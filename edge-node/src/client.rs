@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use meridian_node::quic::HubTrust;
+use meridian_node::store::{SqliteStore, StoreError};
 use meridian_protocol::automerge::transaction::{CommitOptions, Transaction};
 use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
 use meridian_protocol::codec;
@@ -29,9 +31,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::link::Link;
-use crate::quic::HubTrust;
-use crate::store::SqliteStore;
+use crate::link::{Link, LinkError};
 
 type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
 type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
@@ -59,7 +59,7 @@ impl Default for ClientOptions {
             store_path: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
-            max_message_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             quic_trust: None,
         }
     }
@@ -77,7 +77,7 @@ pub enum ClientError {
     #[error("automerge: {0}")]
     Automerge(String),
     #[error("store: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
     #[error("`{0}` is not an edge URL: use ws://HOST:PORT/sync, wss://… or quic://HOST:PORT")]
     BadUrl(String),
 }
@@ -287,13 +287,13 @@ impl ClientStore {
     }
 }
 
-type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, String>> + Send>>;
+type ConnectFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Link, LinkError>> + Send>>;
 
 /// Why the actor woke up.
 enum Wake {
     Command(Option<Command>),
     Frame(Option<Vec<u8>>),
-    Connected(Result<Link, String>),
+    Connected(Result<Link, LinkError>),
     Reconnect,
     Tick,
 }
@@ -378,7 +378,7 @@ impl Actor {
 
     /// Takes the outcome of a connection attempt; returns the delay before
     /// the next attempt if it failed.
-    fn connected(&mut self, result: Result<Link, String>) -> Duration {
+    fn connected(&mut self, result: Result<Link, LinkError>) -> Duration {
         match result {
             Ok(link) => {
                 tracing::info!(url = %self.url, "connected");

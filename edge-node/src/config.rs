@@ -1,14 +1,13 @@
 //! Edge configuration: parsed from flags and environment variables by the
-//! binary, built directly by tests.
+//! binary, built directly by tests. [`UplinkConfig`] is the part about the
+//! hub.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Default WebSocket message limit. The first sync of a large document is
-/// a single message holding the whole document and a bloom filter of its
-/// history, so the limit must be generous.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+use meridian_node::DEFAULT_MAX_MESSAGE_BYTES;
+use meridian_node::quic::HubTrust;
 
 /// Everything an edge node needs to run.
 #[derive(Clone, Debug)]
@@ -34,7 +33,7 @@ pub struct EdgeConfig {
     /// `meridian/1`); `None` disables it.
     pub quic_listen: Option<SocketAddr>,
     /// The QUIC link to the hub, if this edge federates.
-    pub uplink: Option<crate::uplink::UplinkConfig>,
+    pub uplink: Option<UplinkConfig>,
     /// UDP address where other edges link to this one when it is a
     /// document's home (ALPN `meridian-peer/1`); `None`: it is never dialled
     /// (edges still dial homes elsewhere).
@@ -112,7 +111,7 @@ impl EdgeConfig {
         self
     }
 
-    pub fn uplink(mut self, uplink: crate::uplink::UplinkConfig) -> Self {
+    pub fn uplink(mut self, uplink: UplinkConfig) -> Self {
         self.uplink = Some(uplink);
         self
     }
@@ -134,6 +133,35 @@ impl EdgeConfig {
     /// Path of the SQLite database inside the data folder.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("edge.sqlite3")
+    }
+}
+
+/// Where the hub is and how to authenticate to it.
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    pub hub: SocketAddr,
+    /// Name the hub certificate must carry (`localhost` for the dev CA).
+    pub server_name: String,
+    pub edge_id: String,
+    pub secret: String,
+    pub trust: HubTrust,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub max_frame_bytes: usize,
+}
+
+impl UplinkConfig {
+    pub fn new(hub: SocketAddr, edge_id: impl Into<String>, secret: impl Into<String>, trust: HubTrust) -> Self {
+        Self {
+            hub,
+            server_name: "localhost".into(),
+            edge_id: edge_id.into(),
+            secret: secret.into(),
+            trust,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_frame_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 }
 

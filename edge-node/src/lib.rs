@@ -2,19 +2,27 @@
 //!
 //! The edge node: an automerge-repo compatible sync server that keeps its
 //! documents in SQLite. Browsers and the JS automerge-repo connect over
-//! WebSocket at `/sync` (or `/`).
+//! WebSocket at `/sync` (or `/`). The runtime, store, QUIC plumbing,
+//! WebSocket server and metrics come from `meridian_node`, shared with the
+//! hub; this crate adds what only an edge does.
 //!
-//! - [`config`]: [`config::EdgeConfig`], built by the binary from flags and
-//!   env vars, or directly by tests.
-//! - [`runtime`]: the event loop that owns the sync engine and the SQLite
-//!   thread; shared with the hub.
-//! - [`node`]: [`node::EdgeNode`] starts an edge (what tests run in-process).
-//! - [`uplink`]: the QUIC link to the hub, with reconnect; [`quic`] holds
-//!   the TLS and framing plumbing shared with the hub.
+//! - [`config`]: [`config::EdgeConfig`] and [`config::UplinkConfig`], built
+//!   by the binary from flags and env vars, or directly by tests.
+//! - [`node`]: [`node::EdgeNode`] starts an edge (what tests run in-process);
+//!   [`error::EdgeError`] says why it could not.
+//! - [`uplink`]: the QUIC link to the hub, with reconnect; [`report`] sends
+//!   demand and latency reports beside it.
 //! - [`peers`]: homes announced by the hub and direct links to home edges.
-//! - [`server`]: HTTP and WebSocket glue.
-//! - [`store`]: the SQLite store (also used by the hub and device clients).
-//! - [`metrics`]: Prometheus metrics with documented names.
+//! - [`info`]: `GET /info`; [`admin`]: the operator's HTTP API.
+//! - [`client`]: the native client (device apps, tests), over [`link`]
+//!   (WebSocket or QUIC); [`cli`] holds the document operations behind
+//!   `meridian-edge client`.
+//! - [`backoff`]: reconnect delays with jitter from this process's RNG.
+//!
+//! Modules depend on each other in one direction only: `node` assembles
+//! `uplink`, `peers`, `admin` and `info`; `uplink` uses `report` and
+//! `peers`; `admin` uses `client`, which uses `link` and `cli`; `error`
+//! uses only `config`, which uses nothing else here.
 //!
 //! **Invariant:** protocol decisions are made by `meridian_protocol::engine`;
 //! this crate only moves bytes, runs storage tasks in order, and reports a
@@ -27,15 +35,12 @@ pub mod backoff;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod error;
+pub mod info;
 pub mod link;
-pub mod metrics;
 pub mod node;
 pub mod peers;
-pub mod quic;
 pub mod report;
-pub mod runtime;
-pub mod server;
-pub mod store;
 pub mod uplink;
 
 pub use config::EdgeConfig;

@@ -5,14 +5,35 @@
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
+use meridian_node::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
+use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::FrameKind;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-
-use crate::quic::{self, AbortOnDrop, DEVICE_ALPN, HubTrust};
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Why a link could not be opened, or a message not sent on it.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("a quic:// URL needs a trust setting for the edge's certificate (CA file or fingerprint)")]
+    NoTrust,
+    #[error(transparent)]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("resolving {host_port}: {source}")]
+    Resolve { host_port: String, source: std::io::Error },
+    #[error("{0} resolves to nothing")]
+    NoAddress(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Frame(#[from] FrameIoError),
+}
 
 /// An open link.
 #[derive(Debug)]
@@ -30,27 +51,23 @@ pub enum Link {
 
 impl Link {
     /// Connects to `url`: `ws://`/`wss://` or `quic://host:port`.
-    pub async fn connect(url: &str, max_message_bytes: usize, trust: Option<&HubTrust>) -> Result<Self, String> {
+    pub async fn connect(url: &str, max_message_bytes: usize, trust: Option<&HubTrust>) -> Result<Self, LinkError> {
         if let Some(rest) = url.strip_prefix("quic://") {
-            let trust = trust
-                .ok_or("a quic:// URL needs a trust setting for the edge's certificate (CA file or fingerprint)")?;
+            let trust = trust.ok_or(LinkError::NoTrust)?;
             return connect_quic(rest, trust, max_message_bytes).await;
         }
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes));
-        let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(url, Some(config), true).await.map_err(|e| e.to_string())?;
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
         Ok(Link::Ws(Box::new(ws)))
     }
 
     /// Sends one message.
-    pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+    pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), LinkError> {
         match self {
-            Link::Ws(ws) => ws.send(WsMessage::Binary(bytes.into())).await.map_err(|e| e.to_string()),
-            Link::Quic { send, .. } => {
-                quic::write_frame(send, FrameKind::Repo, &bytes).await.map_err(|e| e.to_string())
-            }
+            Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(bytes.into())).await?),
+            Link::Quic { send, .. } => Ok(quic::write_frame(send, FrameKind::Repo, &bytes).await?),
         }
     }
 
@@ -78,19 +95,17 @@ impl Link {
     }
 }
 
-async fn connect_quic(host_port: &str, trust: &HubTrust, limit: usize) -> Result<Link, String> {
+async fn connect_quic(host_port: &str, trust: &HubTrust, limit: usize) -> Result<Link, LinkError> {
     let host_port = host_port.trim_end_matches('/');
     let addr: SocketAddr = tokio::net::lookup_host(host_port)
         .await
-        .map_err(|e| format!("resolving {host_port}: {e}"))?
+        .map_err(|source| LinkError::Resolve { host_port: host_port.to_owned(), source })?
         .next()
-        .ok_or_else(|| format!("{host_port} resolves to nothing"))?;
+        .ok_or_else(|| LinkError::NoAddress(host_port.to_owned()))?;
     let name = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).trim_matches(['[', ']']).to_owned();
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(quic::client_config(trust, DEVICE_ALPN).map_err(|e| e.to_string())?);
-    let connection = endpoint.connect(addr, &name).map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
-    let (send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    let endpoint = quic::client_endpoint(addr, trust, DEVICE_ALPN)?;
+    let connection = endpoint.connect(addr, &name)?.await?;
+    let (send, mut recv) = connection.open_bi().await?;
     let (tx, frames) = mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(async move {
         while let Ok(Some((FrameKind::Repo, bytes))) = quic::read_frame(&mut recv, limit).await {

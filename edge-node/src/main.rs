@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meridian_edge::config::DEFAULT_MAX_MESSAGE_BYTES;
-use meridian_edge::quic::HubTrust;
-use meridian_edge::uplink::UplinkConfig;
+use meridian_edge::config::UplinkConfig;
 use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_node::DEFAULT_MAX_MESSAGE_BYTES;
+use meridian_node::quic::HubTrust;
 
 /// Meridian edge node: an automerge-repo compatible sync server with a
 /// local SQLite store.
@@ -253,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(q) = node.quic_url() {
         println!("  devices over QUIC: {q} (trust <data>/tls/ca.pem)");
     }
-    meridian_edge::runtime::shutdown_signal().await;
+    meridian_node::shutdown::shutdown_signal().await;
     tracing::info!("signal received, shutting down");
     node.shutdown().await;
     Ok(())
@@ -267,7 +267,7 @@ mod client {
     use anyhow::{Context, Result};
     use meridian_edge::cli;
     use meridian_edge::client::{Client, ClientOptions};
-    use meridian_edge::quic::HubTrust;
+    use meridian_node::quic::HubTrust;
     use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 
     use super::{ClientArgs, ClientOp};
@@ -330,8 +330,7 @@ mod client {
                 let json = client
                     .read(doc, move |d| cli::resolve_heads(d, &at).and_then(|h| cli::json_at(d, &h)))
                     .await
-                    .context("the document is not loaded")?
-                    .map_err(anyhow::Error::msg)?;
+                    .context("the document is not loaded")??;
                 println!("{json}");
             }
             ClientOp::Rollback { doc, to } => {
@@ -339,8 +338,7 @@ mod client {
                 let heads = client
                     .read(doc, move |d| cli::resolve_heads(d, &to))
                     .await
-                    .context("the document is not loaded")?
-                    .map_err(anyhow::Error::msg)?;
+                    .context("the document is not loaded")??;
                 client.rollback(doc, heads).await?;
                 acked(&client, doc, wait).await;
                 print(&client, doc).await;
@@ -387,7 +385,7 @@ mod client {
     }
 
     async fn open(client: &Client, url: &str, path: &str) -> Result<(DocumentId, Vec<String>)> {
-        let path = cli::parse_path(path).map_err(anyhow::Error::msg)?;
+        let path = cli::parse_path(path)?;
         Ok((find(client, url).await?, path))
     }
 

@@ -4,31 +4,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meridian_protocol::engine::EngineConfig;
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic;
+use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
+use meridian_node::server::{self, AppState};
+use meridian_node::store::{SqliteStore, StoreOptions};
+use meridian_node::task::AbortOnDrop;
+use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::PeerId;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::EdgeConfig;
-use crate::metrics::NodeMetrics;
-use crate::quic::AbortOnDrop;
-use crate::runtime::NodeRuntime;
-use crate::store::{SqliteStore, StoreError, StoreOptions};
-
-/// Errors starting an edge.
-#[derive(Debug, thiserror::Error)]
-pub enum EdgeError {
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error("opening the store: {0}")]
-    Store(#[from] StoreError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error("starting the storage thread: {0}")]
-    Thread(std::io::Error),
-    #[error("TLS for the QUIC listener: {0}")]
-    Tls(crate::quic::TlsError),
-}
+use crate::error::EdgeError;
+use crate::info::{self, NodeInfo};
+use crate::peers::{self, PeerDirectory, PeerHandle, PeerSettings};
 
 /// A running edge node. Dropping it aborts its tasks; call
 /// [`EdgeNode::shutdown`] for a graceful stop.
@@ -51,24 +41,19 @@ pub struct EdgeNode {
 /// other edges if configured. Only for edges with an uplink (homes come
 /// from the hub).
 struct PeerParts {
-    handle: crate::peers::PeerHandle,
+    handle: PeerHandle,
     addr: Option<SocketAddr>,
     tasks: Vec<AbortOnDrop<()>>,
 }
 
-fn start_peers(
-    config: &EdgeConfig,
-    edge_id: &str,
-    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
-) -> Result<PeerParts, EdgeError> {
-    use crate::peers::{self, PeerDirectory, PeerHandle, PeerSettings};
+fn start_peers(config: &EdgeConfig, edge_id: &str, events: mpsc::Sender<NodeEvent>) -> Result<PeerParts, EdgeError> {
     let dir = Arc::new(PeerDirectory::default());
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut tasks = Vec::new();
     let (mut addr, mut listen_addr, mut fingerprint) = (None, None, None);
     if let Some(listen) = config.peer_listen {
         let names = vec!["localhost".to_owned(), listen.ip().to_string()];
-        let identity = crate::quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+        let identity = quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
         let limit = config.max_message_bytes;
         let (bound, task) = peers::listen(&identity, listen, dir.clone(), edge_id.to_owned(), events.clone(), limit)?;
         tasks.push(task);
@@ -90,11 +75,11 @@ fn start_peers(
 fn start_device_listener(
     config: &EdgeConfig,
     listen: SocketAddr,
-    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+    events: mpsc::Sender<NodeEvent>,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let names = vec!["localhost".to_owned(), listen.ip().to_string()];
-    let identity = crate::quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
-    let server = crate::quic::server_config(&identity, crate::quic::DEVICE_ALPN).map_err(EdgeError::Tls)?;
+    let identity = quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+    let server = quic::server_config(&identity, quic::DEVICE_ALPN).map_err(EdgeError::Tls)?;
     let endpoint =
         quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: listen, source })?;
@@ -104,27 +89,18 @@ fn start_device_listener(
 }
 
 /// Accepts device connections; each runs in a task owned by the loop.
-async fn accept_devices(
-    endpoint: quinn::Endpoint,
-    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
-    limit: usize,
-) {
-    crate::quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit)).await;
+async fn accept_devices(endpoint: quinn::Endpoint, events: mpsc::Sender<NodeEvent>, limit: usize) {
+    quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit)).await;
 }
 
-async fn serve_device(
-    incoming: quinn::Incoming,
-    events: tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
-    limit: usize,
-) {
+async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>, limit: usize) {
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
     let Ok((send, recv)) = connection.accept_bi().await else { return };
-    let Some((conn, out)) = crate::runtime::register(&events, meridian_protocol::engine::Direction::Incoming).await
-    else {
+    let Some((conn, out)) = runtime::register(&events, Direction::Incoming).await else {
         return;
     };
-    let reason = crate::quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
+    let reason = quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");
 }
 
@@ -160,15 +136,15 @@ impl EdgeNode {
             Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
             None => None,
         };
-        let mut app = crate::server::router(crate::server::AppState {
+        let mut app = server::router(AppState {
             events: runtime.events(),
             metrics: metrics.clone(),
             max_message_bytes: config.max_message_bytes,
             ping_interval: config.ping_interval,
         })
-        .merge(crate::server::info_router(
+        .merge(info::router(
             metrics.clone(),
-            crate::server::NodeInfo {
+            NodeInfo {
                 peer_id: config.peer_id.clone(),
                 edge_id: config.uplink.as_ref().map(|u| u.edge_id.clone()),
                 hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
@@ -176,13 +152,13 @@ impl EdgeNode {
         ));
         app = app.merge(crate::admin::router(addr, config.admin_token.clone()));
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
-            app = app.merge(crate::peers::router(p.handle.dir.clone(), u.edge_id.clone()));
+            app = app.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }
         let (http_stop, stopped) = oneshot::channel::<()>();
         let http_task = tokio::spawn(async move {
             // The peer address lets the admin API keep to loopback callers.
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(crate::server::without_nagle(listener), app).with_graceful_shutdown(async {
+            let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
                 let _ = stopped.await;
             });
             if let Err(e) = serve.await {

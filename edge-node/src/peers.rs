@@ -31,14 +31,16 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind, HomeNotice};
+use meridian_node::quic::{self, EndpointError, FrameIoError, HubTrust};
+use meridian_node::runtime::{NodeEvent, register_edge_peer};
+use meridian_node::task::AbortOnDrop;
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, HomeNotice};
 use meridian_protocol::engine::Direction;
 use meridian_protocol::ids::{ConnId, DocumentId};
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::quic::{self, AbortOnDrop, HubTrust};
-use crate::runtime::{NodeEvent, register_edge_peer};
+use crate::error::EdgeError;
 
 /// ALPN of edge ↔ edge links.
 pub const PEER_ALPN: &[u8] = b"meridian-peer/1";
@@ -294,6 +296,52 @@ impl PeerActor {
     }
 }
 
+/// Why a link to a home edge could not be made (shown as the link's
+/// `lastError` at `GET /homes`).
+#[derive(Debug, thiserror::Error)]
+enum DialError {
+    #[error("no peer secret from the hub yet")]
+    NoSecret,
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    #[error("connect timed out")]
+    Timeout,
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    #[error(transparent)]
+    Frame(#[from] FrameIoError),
+    #[error("no answer to hello")]
+    NoAnswer,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("unexpected handshake answer {0:?}")]
+    Unexpected(Option<(FrameKind, Result<Control, FrameError>)>),
+}
+
+/// Why this edge refused an edge that dialled it (the reason is sent to
+/// that edge in a `refused` frame).
+#[derive(Debug, thiserror::Error)]
+enum HelloError {
+    #[error("no hello within 10 s")]
+    Timeout,
+    #[error("bad hello frame: {0}")]
+    Frame(FrameIoError),
+    #[error("expected a hello control frame")]
+    NotControl,
+    #[error("expected hello")]
+    NotHello,
+    #[error("unsupported federation version {0}")]
+    Version(u64),
+    #[error("this edge has no peer secret from its hub yet")]
+    NoSecret,
+    #[error("edge `{0}` did not present this federation's peer secret")]
+    WrongSecret(String),
+    #[error(transparent)]
+    Welcome(FrameIoError),
+}
+
 /// One link to a home edge, kept up with backoff.
 struct Dial {
     edge: String,
@@ -315,7 +363,7 @@ impl Dial {
                     backoff.reset();
                     reason
                 }
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             tracing::info!(edge = %self.edge, addr = %self.addr, %reason, "link to a home edge down; its documents sync through the hub");
             self.dir.link(&self.edge, |l| {
@@ -327,19 +375,14 @@ impl Dial {
         }
     }
 
-    async fn session(&self) -> Result<String, String> {
-        let secret = self.dir.secret().ok_or("no peer secret from the hub yet")?;
-        let bind: SocketAddr =
-            if self.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    async fn session(&self) -> Result<String, DialError> {
+        let secret = self.dir.secret().ok_or(DialError::NoSecret)?;
         let trust = HubTrust::Fingerprint(self.fingerprint.clone());
-        endpoint.set_default_client_config(quic::client_config(&trust, PEER_ALPN).map_err(|e| e.to_string())?);
-        let connecting = endpoint.connect(self.addr, "localhost").map_err(|e| e.to_string())?;
-        let connection = tokio::time::timeout(Duration::from_secs(10), connecting)
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        let endpoint = quic::client_endpoint(self.addr, &trust, PEER_ALPN)?;
+        let connecting = endpoint.connect(self.addr, "localhost")?;
+        let connection =
+            tokio::time::timeout(Duration::from_secs(10), connecting).await.map_err(|_| DialError::Timeout)??;
+        let (mut send, mut recv) = connection.open_bi().await?;
         let hello = Control::Hello {
             version: FEDERATION_VERSION,
             node_id: self.settings.edge_id.clone(),
@@ -347,17 +390,14 @@ impl Dial {
             peer_addr: None,
             peer_fingerprint: None,
         };
-        quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello))
-            .await
-            .map_err(|e| e.to_string())?;
+        quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello)).await?;
         let reply = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(&mut recv, 64 * 1024))
             .await
-            .map_err(|_| "no answer to hello".to_owned())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| DialError::NoAnswer)??;
         match reply.map(|(kind, bytes)| (kind, federation::decode_control(&bytes))) {
             Some((FrameKind::Control, Ok(Control::Welcome { .. }))) => {}
-            Some((FrameKind::Control, Ok(Control::Refused { reason }))) => return Err(format!("refused: {reason}")),
-            other => return Err(format!("unexpected handshake answer {other:?}")),
+            Some((FrameKind::Control, Ok(Control::Refused { reason }))) => return Err(DialError::Refused(reason)),
+            other => return Err(DialError::Unexpected(other)),
         }
         let Some((conn, out)) = register_edge_peer(&self.events, Direction::Outgoing).await else {
             return Ok("node stopped".into());
@@ -384,8 +424,7 @@ pub fn listen(
     edge_id: String,
     events: mpsc::Sender<NodeEvent>,
     limit: usize,
-) -> Result<(SocketAddr, AbortOnDrop<()>), crate::node::EdgeError> {
-    use crate::node::EdgeError;
+) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let server = quic::server_config(identity, PEER_ALPN).map_err(EdgeError::Tls)?;
     let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| EdgeError::Bind { addr, source })?;
     let local = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
@@ -419,7 +458,7 @@ async fn serve(
         Ok(who) => who,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge link");
-            return quic::refuse(&connection, send, &reason).await;
+            return quic::refuse(&connection, send, &reason.to_string()).await;
         }
     };
     let Some((conn, out)) = register_edge_peer(&events, Direction::Incoming).await else { return };
@@ -433,21 +472,21 @@ async fn peer_handshake(
     recv: &mut quinn::RecvStream,
     dir: &PeerDirectory,
     edge_id: &str,
-) -> Result<String, String> {
+) -> Result<String, HelloError> {
     let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
         .await
-        .map_err(|_| "no hello within 10 s".to_owned())?
-        .map_err(|e| format!("bad hello frame: {e}"))?;
-    let Some((FrameKind::Control, bytes)) = frame else { return Err("expected a hello control frame".into()) };
+        .map_err(|_| HelloError::Timeout)?
+        .map_err(HelloError::Frame)?;
+    let Some((FrameKind::Control, bytes)) = frame else { return Err(HelloError::NotControl) };
     let Ok(Control::Hello { version, node_id, secret, .. }) = federation::decode_control(&bytes) else {
-        return Err("expected hello".into());
+        return Err(HelloError::NotHello);
     };
     if version != FEDERATION_VERSION {
-        return Err(format!("unsupported federation version {version}"));
+        return Err(HelloError::Version(version));
     }
-    let expected = dir.secret().ok_or("this edge has no peer secret from its hub yet")?;
+    let expected = dir.secret().ok_or(HelloError::NoSecret)?;
     if !quic::same_secret(expected.as_bytes(), secret.as_bytes()) {
-        return Err(format!("edge `{node_id}` did not present this federation's peer secret"));
+        return Err(HelloError::WrongSecret(node_id));
     }
     let welcome = Control::Welcome {
         version: FEDERATION_VERSION,
@@ -457,7 +496,7 @@ async fn peer_handshake(
     };
     quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(HelloError::Welcome)?;
     Ok(node_id)
 }
 

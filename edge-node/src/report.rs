@@ -15,13 +15,15 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic;
+use meridian_node::runtime::NodeEvent;
 use meridian_protocol::codec::federation::{self, Control, DocReport, FrameKind, Report};
 use meridian_protocol::engine::DocDemand;
 use meridian_protocol::ids::DocumentId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::metrics::NodeMetrics;
-use crate::runtime::NodeEvent;
+use crate::peers::PeerDirectory;
 
 /// Write rates are counted over about this long.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -96,7 +98,7 @@ pub async fn run(
     connection: &quinn::Connection,
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
-    peers: Option<&crate::peers::PeerDirectory>,
+    peers: Option<&PeerDirectory>,
     interval: Duration,
 ) -> String {
     let mut send = match connection.open_uni().await {
@@ -123,7 +125,7 @@ pub async fn run(
             report.peer_rtt_micros = dir.link_rtts().into_iter().map(|(e, d)| (e, d.as_micros() as u64)).collect();
         }
         let bytes = federation::encode_control(&Control::Report(report));
-        if let Err(e) = crate::quic::write_frame(&mut send, FrameKind::Control, &bytes).await {
+        if let Err(e) = quic::write_frame(&mut send, FrameKind::Control, &bytes).await {
             return format!("writing a report: {e}");
         }
     }

@@ -7,59 +7,47 @@
 //! moves, the hub's `home` notices arrive on the document stream and go to
 //! the peer actor ([`crate::peers`]).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameKind};
+use meridian_node::metrics::NodeMetrics;
+use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError};
+use meridian_node::runtime::{NodeEvent, register};
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind};
 use meridian_protocol::engine::Direction;
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::metrics::NodeMetrics;
+use crate::config::UplinkConfig;
 use crate::peers::PeerHandle;
-use crate::quic::{self, FEDERATION_ALPN, HubTrust};
-use crate::runtime::{NodeEvent, register};
-
-/// Where the hub is and how to authenticate to it.
-#[derive(Clone, Debug)]
-pub struct UplinkConfig {
-    pub hub: SocketAddr,
-    /// Name the hub certificate must carry (`localhost` for the dev CA).
-    pub server_name: String,
-    pub edge_id: String,
-    pub secret: String,
-    pub trust: HubTrust,
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    pub max_frame_bytes: usize,
-}
-
-impl UplinkConfig {
-    pub fn new(hub: SocketAddr, edge_id: impl Into<String>, secret: impl Into<String>, trust: HubTrust) -> Self {
-        Self {
-            hub,
-            server_name: "localhost".into(),
-            edge_id: edge_id.into(),
-            secret: secret.into(),
-            trust,
-            min_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
-            max_frame_bytes: crate::config::DEFAULT_MAX_MESSAGE_BYTES,
-        }
-    }
-}
 
 /// Why a session with the hub ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("connecting to the hub: {0}")]
-    Connect(String),
+    Connect(#[from] quinn::ConnectError),
+    #[error("connecting to the hub: {0}")]
+    Connection(#[from] quinn::ConnectionError),
     #[error("the hub refused this edge: {0}")]
     Refused(String),
     #[error("handshake with the hub failed: {0}")]
-    Handshake(String),
+    Handshake(#[from] HandshakeError),
+}
+
+/// What went wrong between our `hello` and the hub's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Frame(#[from] FrameIoError),
+    #[error("no answer to hello within 10 s")]
+    Timeout,
+    #[error("unexpected {0:?}")]
+    Unexpected(Box<Control>),
+    #[error(transparent)]
+    Decode(FrameError),
+    #[error("the hub closed the stream during the handshake")]
+    Closed,
 }
 
 /// Keeps the uplink up until the task is aborted.
@@ -69,7 +57,7 @@ pub async fn run(
     metrics: Arc<NodeMetrics>,
     peers: Option<PeerHandle>,
 ) {
-    let endpoint = match client_endpoint(&config) {
+    let endpoint = match quic::client_endpoint(config.hub, &config.trust, FEDERATION_ALPN) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "uplink cannot start");
@@ -94,15 +82,6 @@ pub async fn run(
     }
 }
 
-fn client_endpoint(config: &UplinkConfig) -> Result<quinn::Endpoint, String> {
-    let bind: SocketAddr =
-        if config.hub.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
-    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
-    let client = quic::client_config(&config.trust, FEDERATION_ALPN).map_err(|e| e.to_string())?;
-    endpoint.set_default_client_config(client);
-    Ok(endpoint)
-}
-
 /// One connection to the hub, from handshake to loss; returns why it ended.
 async fn session(
     endpoint: &quinn::Endpoint,
@@ -111,10 +90,8 @@ async fn session(
     metrics: &NodeMetrics,
     peers: Option<&PeerHandle>,
 ) -> Result<String, UplinkError> {
-    let connecting =
-        endpoint.connect(config.hub, &config.server_name).map_err(|e| UplinkError::Connect(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| UplinkError::Connect(e.to_string()))?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| UplinkError::Connect(e.to_string()))?;
+    let connection = endpoint.connect(config.hub, &config.server_name)?.await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
     let hello = Control::Hello {
         version: FEDERATION_VERSION,
         node_id: config.edge_id.clone(),
@@ -124,11 +101,11 @@ async fn session(
     };
     quic::write_frame(&mut send, FrameKind::Control, &federation::encode_control(&hello))
         .await
-        .map_err(|e| UplinkError::Handshake(e.to_string()))?;
+        .map_err(HandshakeError::from)?;
     let reply = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(&mut recv, 64 * 1024))
         .await
-        .map_err(|_| UplinkError::Handshake("no answer to hello within 10 s".into()))?
-        .map_err(|e| UplinkError::Handshake(e.to_string()))?;
+        .map_err(|_| HandshakeError::Timeout)?
+        .map_err(HandshakeError::from)?;
     let report_interval = match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
             Ok(Control::Welcome { hub_id, report_interval_ms, peer_secret, .. }) => {
@@ -141,10 +118,10 @@ async fn session(
                 report_interval_ms.map(crate::report::interval_from_hub)
             }
             Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
-            Ok(other) => return Err(UplinkError::Handshake(format!("unexpected {other:?}"))),
-            Err(e) => return Err(UplinkError::Handshake(e.to_string())),
+            Ok(other) => return Err(HandshakeError::Unexpected(Box::new(other)).into()),
+            Err(e) => return Err(HandshakeError::Decode(e).into()),
         },
-        _ => return Err(UplinkError::Handshake("the hub closed the stream during the handshake".into())),
+        _ => return Err(HandshakeError::Closed.into()),
     };
     let Some((conn, out)) = register(events, Direction::Outgoing).await else {
         return Ok("node stopped".into());

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meridian_edge::client::{Client, ClientOptions};
-use meridian_edge::quic::HubTrust;
 use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_node::quic::HubTrust;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_tests::process::{EdgeProcess, edge_client as cli, free_port, workspace_binary};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use meridian_edge::client::{Client, ClientOptions};
-use meridian_edge::store::SqliteStore;
 use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_node::store::SqliteStore;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{ROOT, ReadDoc, ScalarValue, Value};
 use meridian_protocol::codec::{self, Message, PeerMetadata};

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meridian_edge::client::Client;
-use meridian_edge::quic::HubTrust;
-use meridian_edge::uplink::UplinkConfig;
+use meridian_edge::config::UplinkConfig;
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_hub::{Hub, HubConfig};
+use meridian_node::quic::HubTrust;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{ROOT, ReadDoc};
 use meridian_tests::clients::{fast, find_eventually};

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use meridian_edge::client::Client;
-use meridian_edge::store::SqliteStore;
+use meridian_node::store::SqliteStore;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;

@@ -160,10 +160,10 @@ async fn a_regional_rtt_shows_in_topology_and_decides_the_home() -> Result<()> {
 /// short ping interval) and reaches the hub's topology.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_rtt_from_websocket_pings_reaches_the_topology() -> Result<()> {
-    use meridian_edge::quic::HubTrust;
-    use meridian_edge::uplink::UplinkConfig;
+    use meridian_edge::config::UplinkConfig;
     use meridian_edge::{EdgeConfig, EdgeNode};
     use meridian_hub::{Hub, HubConfig};
+    use meridian_node::quic::HubTrust;
 
     let (hub_dir, edge_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let mut config = HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "s");

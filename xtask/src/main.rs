@@ -144,7 +144,7 @@ fn test(extra: &[String]) -> Result<()> {
         run(cargo().args(["test", "--workspace", "--exclude", "meridian-client-wasm"]).args(extra))?;
     }
     // nextest does not run doctests.
-    run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-edge"]))?;
+    run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-node", "-p", "meridian-edge"]))?;
     js::test()?;
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
     bench::run(&["--smoke".into()])

@@ -1,7 +1,6 @@
-//! HTTP glue: the automerge-repo WebSocket endpoint (`/sync`, and `/` for
-//! clients that point at the bare host), `/healthz`, `/metrics` and `/info`
-//! (who this edge is and how its hub link is, as JSON; readable from any
-//! web page, for connection panels such as the demo editor's).
+//! HTTP glue shared by edges and the hub: the automerge-repo WebSocket
+//! endpoint (`/sync`, and `/` for clients that point at the bare host),
+//! `/healthz` and `/metrics`. An edge adds `/info` (`meridian_edge::info`).
 //!
 //! Each WebSocket gets one task that moves frames between the socket and the
 //! node loop. Policy (what is valid, what to answer) lives in the engine;
@@ -35,16 +34,6 @@ pub struct AppState {
     pub ping_interval: Duration,
 }
 
-/// What `/info` reports besides live metrics.
-#[derive(Clone, Debug, Default)]
-pub struct NodeInfo {
-    pub peer_id: String,
-    /// The name the hub knows this edge by; `None` without an uplink.
-    pub edge_id: Option<String>,
-    /// The hub's QUIC address; `None` without an uplink.
-    pub hub: Option<String>,
-}
-
 /// The listener with `TCP_NODELAY` set on every accepted connection. Sync
 /// messages are small and often follow one another (an acknowledgement
 /// right after a change, a reply right after the document): with Nagle's
@@ -75,32 +64,6 @@ pub fn router(state: AppState) -> Router {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
-}
-
-/// `GET /info`: `{"peerId", "edgeId", "connections", "documentsLoaded",
-/// "hub": {"addr", "connected", "rttMs"} | null}`.
-/// `/info` of an edge, merged into [`router`]'s routes.
-pub fn info_router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
-    Router::new().route("/info", get(info_handler)).with_state((metrics, Arc::new(info)))
-}
-
-async fn info_handler(State((m, info)): State<(Arc<NodeMetrics>, Arc<NodeInfo>)>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering::Relaxed;
-    let hub = info.hub.as_ref().map(|addr| {
-        serde_json::json!({
-            "addr": addr,
-            "connected": m.uplink_connected.load(Relaxed) == 1,
-            "rttMs": m.uplink_rtt_micros.load(Relaxed) as f64 / 1000.0,
-        })
-    });
-    let body = serde_json::json!({
-        "peerId": info.peer_id,
-        "edgeId": info.edge_id,
-        "connections": m.connections.load(Relaxed),
-        "documentsLoaded": m.documents_loaded.load(Relaxed),
-        "hub": hub,
-    });
-    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], axum::Json(body))
 }
 
 async fn root(State(state): State<AppState>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Response {

@@ -84,7 +84,8 @@ impl Histogram {
     }
 }
 
-/// All metrics of one edge; shared between the node loop and HTTP handlers.
+/// All metrics of one node (edge or hub); shared between the node loop and
+/// HTTP handlers.
 #[derive(Debug)]
 pub struct NodeMetrics {
     prefix: &'static str,

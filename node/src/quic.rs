@@ -8,6 +8,7 @@
 //! certificate's SHA-256 fingerprint (`--hub-fingerprint`). Skipping
 //! verification exists only as [`HubTrust::DangerousSkipVerify`].
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+
+use crate::task::AbortOnDrop;
 
 /// ALPN of edge ↔ hub federation.
 pub const FEDERATION_ALPN: &[u8] = b"meridian-fed/1";
@@ -35,7 +38,7 @@ pub enum TlsError {
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("QUIC configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
     #[error("fingerprint must be 64 hex characters (SHA-256 of the hub certificate), got `{0}`")]
     BadFingerprint(String),
 }
@@ -109,7 +112,7 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
         .with_no_client_auth()
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())?;
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport()));
     Ok(config)
@@ -123,6 +126,30 @@ fn transport() -> quinn::TransportConfig {
         t.max_idle_timeout(Some(idle));
     }
     t
+}
+
+/// Why a client endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// Binding the local UDP socket failed.
+    #[error(transparent)]
+    Bind(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// A client endpoint on an ephemeral local port of `remote`'s address
+/// family, trusting servers as `trust` says, for ALPN `alpn`. Edges dial
+/// the hub and other edges with it, device clients their edge.
+pub fn client_endpoint(remote: SocketAddr, trust: &HubTrust, alpn: &[u8]) -> Result<quinn::Endpoint, EndpointError> {
+    let bind = if remote.is_ipv6() {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(EndpointError::Bind)?;
+    endpoint.set_default_client_config(client_config(trust, alpn)?);
+    Ok(endpoint)
 }
 
 /// How an edge decides to trust the hub's certificate.
@@ -166,7 +193,7 @@ pub fn client_config(trust: &HubTrust, alpn: &[u8]) -> Result<quinn::ClientConfi
         }
     };
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport()));
     Ok(config)
@@ -323,7 +350,7 @@ pub async fn pump(
                     }
                 }
                 Some(Ok((FrameKind::Control, bytes))) => on_control(bytes),
-                Some(Err(e)) => break e,
+                Some(Err(e)) => break e.to_string(),
                 None => break "stream finished".to_owned(),
             },
             o = out.recv() => match o {
@@ -357,7 +384,7 @@ pub async fn pump(
 async fn read_frames(
     mut recv: quinn::RecvStream,
     limit: usize,
-    tx: tokio::sync::mpsc::Sender<Result<(FrameKind, Vec<u8>), String>>,
+    tx: tokio::sync::mpsc::Sender<Result<(FrameKind, Vec<u8>), FrameIoError>>,
 ) {
     loop {
         // Control frames after the handshake (the hub's `home` notices) go
@@ -365,22 +392,12 @@ async fn read_frames(
         let item = match read_frame(&mut recv, limit).await {
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => return,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         let stop = item.is_err();
         if tx.send(item).await.is_err() || stop {
             return;
         }
-    }
-}
-
-/// A task handle that aborts the task when dropped (structured concurrency).
-#[derive(Debug)]
-pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -1,0 +1,23 @@
+//! [`EdgeError`]: why an edge could not start.
+
+use std::net::SocketAddr;
+
+use meridian_node::quic::TlsError;
+use meridian_node::store::StoreError;
+
+use crate::config::ConfigError;
+
+/// Errors starting an edge.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("starting the storage thread: {0}")]
+    Thread(std::io::Error),
+    #[error("TLS for the QUIC listener: {0}")]
+    Tls(TlsError),
+}

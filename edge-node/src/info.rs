@@ -1,0 +1,47 @@
+//! `GET /info`: who this edge is and how its hub link is, as JSON; readable
+//! from any web page, for connection panels such as the demo editor's.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use meridian_node::metrics::NodeMetrics;
+
+/// What `/info` reports besides live metrics.
+#[derive(Clone, Debug, Default)]
+pub struct NodeInfo {
+    pub peer_id: String,
+    /// The name the hub knows this edge by; `None` without an uplink.
+    pub edge_id: Option<String>,
+    /// The hub's QUIC address; `None` without an uplink.
+    pub hub: Option<String>,
+}
+
+/// `GET /info`: `{"peerId", "edgeId", "connections", "documentsLoaded",
+/// "hub": {"addr", "connected", "rttMs"} | null}`.
+/// `/info` of an edge, merged into [`meridian_node::server::router`]'s routes.
+pub fn router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
+    Router::new().route("/info", get(info_handler)).with_state((metrics, Arc::new(info)))
+}
+
+async fn info_handler(State((m, info)): State<(Arc<NodeMetrics>, Arc<NodeInfo>)>) -> impl IntoResponse {
+    use std::sync::atomic::Ordering::Relaxed;
+    let hub = info.hub.as_ref().map(|addr| {
+        serde_json::json!({
+            "addr": addr,
+            "connected": m.uplink_connected.load(Relaxed) == 1,
+            "rttMs": m.uplink_rtt_micros.load(Relaxed) as f64 / 1000.0,
+        })
+    });
+    let body = serde_json::json!({
+        "peerId": info.peer_id,
+        "edgeId": info.edge_id,
+        "connections": m.connections.load(Relaxed),
+        "documentsLoaded": m.documents_loaded.load(Relaxed),
+        "hub": hub,
+    });
+    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], axum::Json(body))
+}

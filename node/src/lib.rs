@@ -1,0 +1,71 @@
+//! # meridian-node
+//!
+//! The machinery every Meridian node runs, shared by the edge
+//! (`meridian-edge`) and the hub (`meridian-hub`): neither depends on the
+//! other, both assemble a node from these parts.
+//!
+//! - [`runtime`]: [`runtime::NodeRuntime`], the event loop that owns the
+//!   sync engine, and its storage thread. Transports register a connection
+//!   ([`runtime::register`]), send [`runtime::NodeEvent`]s and drain a queue
+//!   of [`runtime::Outbound`] frames.
+//! - [`store`]: the [`store::DocStore`] trait the runtime needs, and
+//!   [`store::SqliteStore`], the embedded backend (also used by device
+//!   clients).
+//! - [`quic`]: TLS identities (dev CA) and trust, QUIC endpoint configs,
+//!   frame IO, and [`quic::pump`], which moves one QUIC stream pair to and
+//!   from the runtime.
+//! - [`server`]: the automerge-repo WebSocket endpoint and `/healthz`,
+//!   `/metrics`; one task per socket.
+//! - [`metrics`]: [`metrics::NodeMetrics`], with documented names.
+//! - [`task`]: [`task::AbortOnDrop`], the owner of every spawned task.
+//! - [`shutdown`]: the signal the binaries wait for.
+//!
+//! Driving a node: open a store, start a runtime on it, and hand its
+//! [`runtime::NodeRuntime::events`] sender to the transports:
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use meridian_node::metrics::NodeMetrics;
+//! use meridian_node::runtime::NodeRuntime;
+//! use meridian_node::server::{self, AppState};
+//! use meridian_node::store::SqliteStore;
+//! use meridian_protocol::engine::EngineConfig;
+//! use meridian_protocol::ids::PeerId;
+//!
+//! let store = SqliteStore::open(std::path::Path::new("data/node.sqlite3"))?;
+//! let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
+//! let config = EngineConfig::new(PeerId::new("my-node".to_owned()), None);
+//! let runtime = NodeRuntime::start(Box::new(store), config, Duration::from_secs(1), metrics.clone())?;
+//! let app = server::router(AppState {
+//!     events: runtime.events(),
+//!     metrics,
+//!     max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
+//!     ping_interval: Duration::from_secs(10),
+//! });
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
+//! axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(meridian_node::shutdown::shutdown_signal()).await?;
+//! runtime.shutdown().await; // saves sync states, flushes the store
+//! # Ok(()) }
+//! ```
+//!
+//! **Invariant:** protocol decisions are made by `meridian_protocol::engine`;
+//! this crate only moves bytes, runs storage tasks in order, and reports a
+//! write as done only after its transaction committed.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod metrics;
+pub mod quic;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod task;
+
+/// Default limit of one protocol message (WebSocket message or QUIC frame).
+/// The first sync of a large document is a single message holding the
+/// whole document and a bloom filter of its history, so the limit must be
+/// generous.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
