@@ -5,7 +5,7 @@
 //!
 //! `cargo run --release -p meridian-bench --example apply_batch`
 
-use automerge::{Automerge, ObjType, ROOT, ReadDoc, transaction::Transactable};
+use automerge::{Automerge, ObjType, ROOT, transaction::Transactable};
 use std::time::Instant;
 fn main() {
     let mut w = Automerge::new();

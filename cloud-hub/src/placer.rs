@@ -24,9 +24,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use meridian_node::runtime::{HandoffStatus, HandoffTargets, NodeEvent};
+use meridian_node::runtime::NodeEvent;
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{CatchUp, Millis};
+use meridian_protocol::engine::{HandoffStatus, HandoffTargets};
 use meridian_protocol::ids::{ConnId, DocumentId};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};

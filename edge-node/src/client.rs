@@ -295,7 +295,7 @@ enum Wake {
     Frame(Option<Vec<u8>>),
     Connected(Result<Link, LinkError>),
     Reconnect,
-    Tick,
+    Timeout,
 }
 
 struct Actor {
@@ -320,8 +320,13 @@ impl Actor {
         Millis(self.started.elapsed().as_millis() as u64)
     }
 
+    /// When the engine next needs to run ([`Engine::poll_timeout`]).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.started.checked_add(Duration::from_millis(self.engine.poll_timeout()?.0))?;
+        Some(tokio::time::Instant::from_std(at))
+    }
+
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut reconnect_at = tokio::time::Instant::now();
         // A connection attempt runs alongside commands, so local edits never
         // wait for the network (a QUIC handshake to a dead edge takes a while).
@@ -332,6 +337,7 @@ impl Actor {
                 connecting = Some(self.connect_future());
             }
             let idle = self.link.is_none() && connecting.is_none();
+            let deadline = self.deadline();
             let wake = {
                 let frame = async {
                     match self.link.as_mut() {
@@ -345,12 +351,18 @@ impl Actor {
                         None => std::future::pending().await,
                     }
                 };
+                let engine_timer = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     cmd = commands.recv() => Wake::Command(cmd),
                     msg = frame => Wake::Frame(msg),
                     result = attempt => Wake::Connected(result),
                     _ = tokio::time::sleep_until(reconnect_at), if idle => Wake::Reconnect,
-                    _ = tick.tick() => Wake::Tick,
+                    _ = engine_timer => Wake::Timeout,
                 }
             };
             match wake {
@@ -362,9 +374,9 @@ impl Actor {
                     reconnect_at = tokio::time::Instant::now() + self.connected(result);
                 }
                 Wake::Reconnect => {}
-                Wake::Tick => {
+                Wake::Timeout => {
                     let now = self.now();
-                    self.engine.handle_tick(now);
+                    self.engine.handle_timeout(now);
                 }
             }
             self.drain().await;

@@ -7,7 +7,7 @@
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{Automerge, ROOT, ReadDoc};
+use automerge::{Automerge, ROOT};
 use meridian_protocol::codec::{self, Decoded, Message, PROTOCOL_V1};
 use meridian_protocol::engine::{Direction, Event, Millis, Output};
 use meridian_protocol::ids::{DocumentId, PeerId};

@@ -62,7 +62,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
-use meridian_protocol::engine::{CatchUp, Direction, DocError, Engine, EngineConfig, Event, Millis, Output};
+use meridian_protocol::engine::{
+    CatchUp, Direction, DocError, Engine, EngineConfig, Event, HandoffTargets, Millis, Output,
+};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use rand::{RngExt, SeedableRng};
@@ -568,10 +570,29 @@ impl Sim {
         }
         let conn = l.conns[server];
         let now = self.now;
-        let status = self.nodes[up.0].engine.as_mut()?.catch_up(now, doc, conn, None);
+        let engine = self.nodes[up.0].engine.as_mut()?;
+        let status = engine.handoff_status(now, doc, Some(conn), None, HandoffTargets::default()).to?;
         self.note(format!("{} hand-off {} to {}: {status:?}", self.name(up), short(&doc), self.name(edge)));
         self.pump(up);
+        if status == CatchUp::CaughtUp {
+            self.announce_home(edge, doc);
+        }
         Some(status)
+    }
+
+    /// The hub announces `edge` as the document's home: the edge pins it
+    /// (its copy is the hot replica, never offloaded), the previous home
+    /// unpins it.
+    fn announce_home(&mut self, edge: NodeId, doc: DocumentId) {
+        for n in 0..self.nodes.len() {
+            let pinned = NodeId(n) == edge;
+            if let Some(engine) = self.nodes[n].engine.as_mut()
+                && engine.is_pinned(&doc) != pinned
+            {
+                engine.pin(doc, pinned);
+                self.note(format!("{} {} {}", self.name(NodeId(n)), if pinned { "pin" } else { "unpin" }, short(&doc)));
+            }
+        }
     }
 
     /// `n` drops its copy of `doc` once its upstream holds all of it
@@ -1038,17 +1059,17 @@ impl Sim {
         self.links[link.0].conns[self.side_of(link, n).idx()] == conn
     }
 
-    /// What the node runtime does once an uplink is up: every stored
-    /// document is opened so it syncs with the hub — documents no local
-    /// application has open too (evicted, or handed to this edge by a hub).
+    /// What the node runtime does once an uplink is up: the engine's
+    /// backfill ([`Engine::backfill`]) opens every stored document so it
+    /// syncs with the hub — documents no local application has open too
+    /// (evicted, or handed to this edge by a hub).
     fn backfill(&mut self, n: NodeId) {
         let docs: Vec<DocumentId> = self.nodes[n.0].durable.keys().copied().collect();
         let now = self.now;
         let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
-        for doc in &docs {
-            engine.open(now, *doc);
-        }
-        self.note(format!("{} backfill {} stored documents", self.name(n), docs.len()));
+        let count = docs.len();
+        engine.backfill(now, docs);
+        self.note(format!("{} backfill {count} stored documents", self.name(n)));
     }
 
     /// Durable before advertised: the heads of every sync message a node
@@ -1148,6 +1169,9 @@ impl Sim {
                 self.nodes[n.0].durable.insert(*doc, new);
             }
             StorageTask::DeleteDoc { doc } => {
+                if self.nodes[n.0].engine.as_ref().is_some_and(|e| e.is_pinned(doc)) {
+                    self.fail(format!("{} dropped {doc}, which is homed there", self.name(n)));
+                }
                 self.nodes[n.0].durable.remove(doc);
                 self.offloads += 1;
             }
@@ -1438,6 +1462,7 @@ fn describe_event(event: &Event) -> String {
         Event::ProtocolError { conn, kind, .. } => format!("protocol-error {conn} {}", kind.as_str()),
         Event::StorageFailed { doc, .. } => format!("storage-failed {doc:?}"),
         Event::Evicted { doc } => format!("evicted {}", short(doc)),
+        Event::HomeConfirmed { doc, lag_ms } => format!("home-confirmed {} after {lag_ms} ms", short(doc)),
     }
 }
 
@@ -1464,6 +1489,9 @@ pub struct RunStats {
     pub offloads: usize,
     /// Fresh peers answered from a stored snapshot before the load.
     pub snapshot_answers: usize,
+    /// Changes whose home confirmed them, as the engine reported
+    /// ([`Event::HomeConfirmed`]).
+    pub home_confirmed: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
 }
@@ -1483,6 +1511,7 @@ impl RunStats {
         self.handoffs += other.handoffs;
         self.offloads += other.offloads;
         self.snapshot_answers += other.snapshot_answers;
+        self.home_confirmed += other.home_confirmed;
         self.end_ms = self.end_ms.max(other.end_ms);
     }
 }
@@ -1534,6 +1563,8 @@ pub fn run_seed(seed: u64) -> RunOutcome {
     w.stats.ephemeral_delivered =
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Ephemeral { .. })).count();
     w.stats.offloads = w.sim.offloads;
+    w.stats.home_confirmed =
+        w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::HomeConfirmed { .. })).count();
     w.stats.snapshot_answers = w.sim.snapshot_answers
         + w.sim
             .nodes

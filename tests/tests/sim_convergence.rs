@@ -48,7 +48,7 @@ fn random_schedules_converge() {
     eprintln!(
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
          {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads, \
-         {} fresh peers answered from a stored snapshot; longest run {} ms of virtual time",
+         {} fresh peers answered from a stored snapshot, {} changes confirmed by their home; longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
         total.docs,
@@ -62,6 +62,7 @@ fn random_schedules_converge() {
         total.handoffs,
         total.offloads,
         total.snapshot_answers,
+        total.home_confirmed,
         total.end_ms,
     );
     // The workload must exercise what it claims to.
@@ -70,6 +71,7 @@ fn random_schedules_converge() {
         assert!(total.ephemeral_delivered > 0);
         assert!(total.handoffs > 0 && total.offloads > 0, "placement is exercised");
         assert!(total.snapshot_answers > 0, "answers from a stored snapshot are exercised");
+        assert!(total.home_confirmed > 0, "changes are followed to their home");
         assert!(total.edits > 10 * seeds.len());
     }
 }

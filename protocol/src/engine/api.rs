@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// at least this many bytes (and as many as the last snapshot). The
     /// simulation lowers it so small documents are compacted too.
     pub min_compact_bytes: usize,
+    /// A backfill ([`Engine::backfill`]) opens its next slice of stored
+    /// documents this long after the last.
+    pub backfill_interval_ms: u64,
 }
 
 impl EngineConfig {
@@ -69,6 +72,7 @@ impl EngineConfig {
             coalesce_messages: true,
             answer_from_snapshot: true,
             min_compact_bytes: 16 * 1024,
+            backfill_interval_ms: 1000,
         }
     }
 }
@@ -168,6 +172,14 @@ pub enum Event {
     },
     Evicted {
         doc: DocumentId,
+    },
+    /// A change durable here reached the document's home (its advertised
+    /// heads cover it) `lag_ms` after it became durable here: how far the
+    /// home is behind (not for documents homed here, nor changes the home
+    /// already had). See [`Engine::pin`].
+    HomeConfirmed {
+        doc: DocumentId,
+        lag_ms: u64,
     },
 }
 

@@ -191,6 +191,7 @@ impl Engine {
             self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);
+        self.check_home(now, doc_id);
         if let Some(d) = self.docs.get_mut(&doc_id)
             && d.writes_issued > issued
         {

@@ -20,7 +20,7 @@ impl Engine {
     /// it from upstream or its home edge (a cold open). Edges call this to
     /// keep their store under a disk budget (the cloud copy is the hub's).
     pub fn offload(&mut self, now: Millis, doc_id: DocumentId) {
-        if !self.config.expects_upstream || self.opened.contains(&doc_id) {
+        if !self.config.expects_upstream || self.opened.contains(&doc_id) || self.is_pinned(&doc_id) {
             return;
         }
         self.offloading.insert(doc_id);

@@ -43,14 +43,17 @@ mod local;
 mod persistence;
 mod phase;
 mod placement;
+mod policy;
 mod snapshot_answer;
 mod timers;
 
 pub use api::*;
+pub use policy::{HandoffStatus, HandoffTargets};
 
 use conn::Conn;
 use doc::DocState;
 use effects::Effects;
+use policy::Policy;
 use timers::Timers;
 
 /// The sync engine of one node. See the module docs for how to drive it.
@@ -87,6 +90,7 @@ pub struct Engine {
     batch: Option<Vec<DocumentId>>,
     out: Effects,
     timers: Timers,
+    policy: Policy,
 }
 
 impl Engine {
@@ -109,6 +113,7 @@ impl Engine {
             batch: None,
             out: Effects::default(),
             timers: Timers::default(),
+            policy: Policy::default(),
         }
     }
 

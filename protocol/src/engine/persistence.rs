@@ -199,7 +199,8 @@ impl Engine {
         if d.writes_in_flight == 0 {
             let heads = d.doc.get_heads();
             let local = d.life.take_local_waiting();
-            self.out.event(Event::DocChanged { doc: doc_id, heads });
+            self.out.event(Event::DocChanged { doc: doc_id, heads: heads.clone() });
+            self.follow_to_home(now, doc_id, heads);
             if local {
                 self.out.event(Event::DocReady { doc: doc_id });
             }

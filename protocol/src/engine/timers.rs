@@ -29,12 +29,24 @@ pub(super) struct Timers {
     budget: Option<Millis>,
     /// Next sweep of old ephemeral sessions (set while any is remembered).
     ephemeral: Option<Millis>,
+    /// Next backfill step (set while one is under way).
+    backfill: Option<Millis>,
+    /// Next sweep of changes followed to their home (set while any is).
+    home_lag: Option<Millis>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Millis> {
         let idle = self.idle.first().map(|(at, _)| *at);
-        [idle, self.budget, self.ephemeral].into_iter().flatten().min()
+        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag].into_iter().flatten().min()
+    }
+
+    pub(super) fn backfill_at(&mut self, at: Millis) {
+        self.backfill = Some(at);
+    }
+
+    pub(super) fn home_lag_at(&mut self, at: Millis) {
+        self.home_lag.get_or_insert(at);
     }
 }
 
@@ -47,7 +59,9 @@ impl Engine {
 
     /// Time has come for what [`Engine::poll_timeout`] announced: evicts
     /// documents idle for [`super::EngineConfig::idle_evict_after_ms`],
-    /// keeps the memory budget, forgets old ephemeral sessions. Calling it
+    /// keeps the memory budget, forgets old ephemeral sessions, opens the
+    /// next slice of a backfill, stops following changes their home never
+    /// confirmed. Calling it
     /// early or late is harmless: it does what is due by `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.evict_idle(now);
@@ -63,12 +77,14 @@ impl Engine {
             let oldest = self.ephemeral_seen.values().map(|(_, at)| *at).min();
             self.timers.ephemeral = oldest.map(|at| Millis(at.0.saturating_add(EPHEMERAL_SESSION_TTL_MS)));
         }
-    }
-
-    /// Transitional, for drivers that still run on a fixed interval:
-    /// [`Engine::handle_timeout`].
-    pub fn handle_tick(&mut self, now: Millis) {
-        self.handle_timeout(now);
+        if self.timers.backfill.is_some_and(|at| at <= now) {
+            let more = self.backfill_step(now);
+            let next = Millis(now.0.saturating_add(self.config.backfill_interval_ms));
+            self.timers.backfill = more.then_some(next);
+        }
+        if self.timers.home_lag.is_some_and(|at| at <= now) {
+            self.timers.home_lag = self.give_up_home_lag(now);
+        }
     }
 
     fn evict_idle(&mut self, now: Millis) {

@@ -1,8 +1,12 @@
 //! The node runtime shared by edges and the hub: one actor that owns the
 //! sync [`Engine`], feeds it events from connections (WebSocket or QUIC),
-//! the storage thread and a timer, and carries out what the engine asks.
+//! the storage thread and the engine's own deadlines
+//! ([`Engine::poll_timeout`]), and carries out what the engine asks. Policy
+//! (hand-offs, pinning, the disk budget's choices, backfill pacing, home
+//! lag) is the engine's; the loop only moves bytes, runs storage and
+//! refreshes metrics on its housekeeping interval.
 //!
-//! SQLite runs on a dedicated thread ([`StorageWorker`]) that executes the
+//! SQLite runs on a dedicated thread (`storage::StorageWorker`) that executes the
 //! engine's storage tasks in order, grouping whatever is queued into one
 //! transaction (group commit). Results come back to the loop only after the
 //! transaction committed, which is what lets the engine keep its
@@ -13,32 +17,28 @@
 //! queue of [`Outbound`] frames), then forwards frames and finally reports
 //! [`NodeEvent::Disconnected`].
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use meridian_protocol::automerge::ChangeHash;
 use meridian_protocol::codec;
 use meridian_protocol::engine::{
-    CatchUp, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, Millis, Output,
+    Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis, Output,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
-use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics::NodeMetrics;
 use crate::store::DocStore;
 
+mod storage;
+
+use storage::{StorageWorker, StoreReply, StoreRequest};
+
 /// Frames queued towards one connection before it counts as too slow.
 pub const OUTBOUND_CAPACITY: usize = 8192;
-
-/// How many stored documents are opened per tick to sync them with a newly
-/// connected upstream, and the loaded-document count above which the
-/// backfill waits for evictions.
-const BACKFILL_PER_TICK: usize = 256;
-const BACKFILL_MAX_LOADED: usize = 4096;
 
 /// What the loop sends to a connection task.
 #[derive(Debug)]
@@ -113,145 +113,6 @@ pub enum NodeEvent {
     },
 }
 
-/// What a hand-off waits for: the new home to cover `to` (our durable
-/// heads when it started), us to hold `from` (the old home's heads then).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HandoffTargets {
-    pub to: Option<Vec<ChangeHash>>,
-    pub from: Option<Vec<ChangeHash>>,
-}
-
-/// Answer to [`NodeEvent::Handoff`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HandoffStatus {
-    pub to: Option<CatchUp>,
-    /// `None`: the old home has not told us its heads (or is gone).
-    pub from_covered: Option<bool>,
-    /// The heads that were checked (to keep as targets).
-    pub targets: HandoffTargets,
-}
-
-type Batch = Vec<(StorageTaskId, StorageTask)>;
-type BatchResult = Vec<(StorageTaskId, StorageResult)>;
-
-/// Work for the storage thread.
-enum StoreRequest {
-    Tasks(Batch),
-    /// Every stored document id (to sync them with a new upstream).
-    ListDocs,
-    /// Bytes stored and the least recently written documents (disk budget).
-    Usage,
-}
-
-/// Answers from the storage thread.
-enum StoreReply {
-    Done(BatchResult),
-    Docs(Vec<DocumentId>),
-    Usage(u64, Vec<DocumentId>),
-}
-
-/// Documents considered per disk-budget check, and how long one that could
-/// not be dropped (not yet acknowledged by the hub, or in use) is left alone.
-const OFFLOAD_CANDIDATES: usize = 64;
-const OFFLOAD_PER_CHECK: usize = 16;
-const OFFLOAD_RETRY: Duration = Duration::from_secs(30);
-
-/// Owns the SQLite thread. Dropping the sender ends the thread after it
-/// has run every queued request.
-struct StorageWorker {
-    tx: Option<std::sync::mpsc::Sender<StoreRequest>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StorageWorker {
-    fn start(
-        mut store: Box<dyn DocStore>,
-        replies: mpsc::UnboundedSender<StoreReply>,
-        metrics: Arc<NodeMetrics>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
-        let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                // Group commit: every batch already queued goes into the same
-                // transaction, in order.
-                let mut pending = vec![first];
-                pending.extend(rx.try_iter());
-                if !run_requests(store.as_mut(), pending, &replies, &metrics) {
-                    break;
-                }
-            }
-        })?;
-        Ok(Self { tx: Some(tx), thread: Some(thread) })
-    }
-
-    fn submit(&self, request: StoreRequest) {
-        if let Some(tx) = &self.tx {
-            // The thread only goes away at shutdown; nothing to do then.
-            let _ = tx.send(request);
-        }
-    }
-
-    /// Waits until every submitted request has run.
-    fn finish(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Runs queued requests on the storage thread; false once nobody listens.
-fn run_requests(
-    store: &mut dyn DocStore,
-    pending: Vec<StoreRequest>,
-    replies: &mpsc::UnboundedSender<StoreReply>,
-    metrics: &NodeMetrics,
-) -> bool {
-    let mut batch = Vec::new();
-    let (mut list, mut usage) = (false, false);
-    for request in pending {
-        match request {
-            StoreRequest::Tasks(b) => batch.extend(b),
-            StoreRequest::ListDocs => list = true,
-            StoreRequest::Usage => usage = true,
-        }
-    }
-    if !batch.is_empty() {
-        let started = Instant::now();
-        let out = store.execute_batch(&batch);
-        metrics.storage_batch_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.storage_batches.fetch_add(1, Relaxed);
-        metrics.storage_tasks.fetch_add(batch.len() as u64, Relaxed);
-        let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
-        metrics.storage_failures.fetch_add(failed as u64, Relaxed);
-        if replies.send(StoreReply::Done(out)).is_err() {
-            return false;
-        }
-    }
-    if list {
-        let docs = match store.document_ids() {
-            Ok(docs) => docs,
-            Err(e) => {
-                tracing::error!(error = %e, "listing stored documents failed");
-                Vec::new()
-            }
-        };
-        if replies.send(StoreReply::Docs(docs)).is_err() {
-            return false;
-        }
-    }
-    if usage {
-        let (bytes, oldest) = store.usage(OFFLOAD_CANDIDATES).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "measuring the store failed");
-            (0, Vec::new())
-        });
-        if replies.send(StoreReply::Usage(bytes, oldest)).is_err() {
-            return false;
-        }
-    }
-    true
-}
-
 /// The node loop's state.
 struct NodeLoop {
     engine: Engine,
@@ -259,25 +120,10 @@ struct NodeLoop {
     storage: StorageWorker,
     metrics: Arc<NodeMetrics>,
     started: Instant,
-    /// Stored documents to open so they sync with the upstream.
-    backfill: VecDeque<DocumentId>,
     /// Disk budget in bytes of document data (0: none).
     disk_budget: u64,
     usage_pending: bool,
-    /// Documents asked to offload recently.
-    offload_tried: BTreeMap<DocumentId, Instant>,
-    /// Documents homed here (kept whatever the disk budget).
-    pinned: std::collections::BTreeSet<DocumentId>,
-    /// Changes durable here that the document's home has not confirmed yet
-    /// (`meridian_edge_home_lag_seconds`), oldest first.
-    home_lag: VecDeque<(DocumentId, Vec<ChangeHash>, Instant)>,
-    home_lag_checked: Instant,
 }
-
-/// At most this many changes are followed until their home confirms them,
-/// for at most this long.
-const HOME_LAG_TRACKED: usize = 4096;
-const HOME_LAG_GIVE_UP: Duration = Duration::from_secs(60);
 
 /// Events the loop takes at once when they are already waiting (see
 /// [`NodeLoop::handle_batch`]): enough for a writer's window of changes
@@ -344,25 +190,10 @@ impl NodeLoop {
                 }
             }
             NodeEvent::Handoff { doc, to, from, targets, reply } => {
-                let to_target = targets.to.or_else(|| self.engine.durable_heads(&doc));
-                let to = to.map(|c| self.engine.catch_up(now, doc, c, to_target.as_deref()));
-                let from_target = from.and_then(|c| {
-                    // Attached so that it tells us its heads.
-                    self.engine.catch_up(now, doc, c, None);
-                    targets.from.clone().or_else(|| self.engine.peer_heads(&doc, c))
-                });
-                let from_covered = from_target.as_ref().map(|h| self.engine.holds_durably(&doc, h));
-                let targets = HandoffTargets { to: to_target, from: from_target };
-                let _ = reply.send(HandoffStatus { to, from_covered, targets });
+                let _ = reply.send(self.engine.handoff_status(now, doc, to, from, targets));
             }
             NodeEvent::Route { doc, conn } => self.engine.set_route(now, doc, conn),
-            NodeEvent::Pin { doc, pinned } => {
-                if pinned {
-                    self.pinned.insert(doc);
-                } else {
-                    self.pinned.remove(&doc);
-                }
-            }
+            NodeEvent::Pin { doc, pinned } => self.engine.pin(doc, pinned),
         }
         self.drain();
     }
@@ -375,46 +206,44 @@ impl NodeLoop {
                     self.engine.handle_storage_result(now, id, result);
                 }
             }
-            StoreReply::Docs(docs) => {
-                self.backfill = docs.into();
-                self.metrics.backfill_queued.store(self.backfill.len() as u64, Relaxed);
-            }
+            StoreReply::Docs(docs) => self.engine.backfill(now, docs),
             StoreReply::Usage(bytes, oldest) => self.enforce_disk_budget(now, bytes, oldest),
         }
         self.drain();
     }
 
-    /// Over the disk budget, the least recently written documents that are
-    /// not in memory are offered to [`Engine::offload`], which drops them
-    /// only once the hub holds all of them and nobody here uses them.
+    /// Over the disk budget, the engine offers the least recently written
+    /// documents to [`Engine::offload`], which drops them only once the hub
+    /// holds all of them and nobody here uses them.
     fn enforce_disk_budget(&mut self, now: Millis, bytes: u64, oldest: Vec<DocumentId>) {
         self.usage_pending = false;
         self.metrics.store_bytes.store(bytes, Relaxed);
-        if bytes <= self.disk_budget {
-            return;
-        }
-        self.offload_tried.retain(|_, at| at.elapsed() < OFFLOAD_RETRY);
-        let candidates: Vec<DocumentId> = oldest
-            .into_iter()
-            .filter(|d| self.engine.document(d).is_none() && !self.engine.in_use(d))
-            .filter(|d| !self.offload_tried.contains_key(d) && !self.pinned.contains(d))
-            .take(OFFLOAD_PER_CHECK)
-            .collect();
-        for doc in candidates {
-            self.offload_tried.insert(doc, Instant::now());
-            self.engine.offload(now, doc);
+        if bytes > self.disk_budget {
+            self.engine.relieve_disk(now, oldest);
         }
     }
 
-    fn tick(&mut self) {
+    /// The engine's deadline ([`Engine::poll_timeout`]) came.
+    fn timeout(&mut self) {
         let now = self.now();
-        self.engine.handle_tick(now);
-        self.run_backfill(now);
+        self.engine.handle_timeout(now);
+        self.drain();
+    }
+
+    /// When the engine next needs to run, on the loop's clock.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        let at = self.engine.poll_timeout()?;
+        let at = self.started.checked_add(Duration::from_millis(at.0))?;
+        Some(tokio::time::Instant::from_std(at))
+    }
+
+    /// The loop's own housekeeping: asks the store how much it holds (disk
+    /// budget) and refreshes the metrics read from the engine.
+    fn housekeeping(&mut self) {
         if self.disk_budget > 0 && !self.usage_pending {
             self.usage_pending = true;
             self.storage.submit(StoreRequest::Usage);
         }
-        self.drain();
         let stats = self.engine.stats();
         self.metrics.offloaded.store(stats.offloaded, Relaxed);
         self.metrics.cold_opens.store(stats.cold_opens, Relaxed);
@@ -423,22 +252,10 @@ impl NodeLoop {
         self.metrics.sync_merged.store(stats.sync_merged, Relaxed);
         self.metrics.snapshot_answers.store(stats.snapshot_answers, Relaxed);
         self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
+        self.metrics.backfill_queued.store(self.engine.backfill_queued() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
         self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
         self.metrics.docs_pending_upstream.store(pending as u64, Relaxed);
-    }
-
-    /// Opens a slice of the stored documents so they sync with the
-    /// upstream; idle ones are evicted again later.
-    fn run_backfill(&mut self, now: Millis) {
-        if self.engine.loaded_docs() >= BACKFILL_MAX_LOADED {
-            return;
-        }
-        for _ in 0..BACKFILL_PER_TICK {
-            let Some(doc) = self.backfill.pop_front() else { break };
-            self.engine.open(now, doc);
-        }
-        self.metrics.backfill_queued.store(self.backfill.len() as u64, Relaxed);
     }
 
     /// Carries out everything the engine asked for.
@@ -459,37 +276,6 @@ impl NodeLoop {
         if !batch.is_empty() {
             self.storage.submit(StoreRequest::Tasks(batch));
         }
-        self.observe_home_lag();
-    }
-
-    /// Starts timing a change durable here until its home confirms it
-    /// (only on nodes with an upstream, for documents not homed here, and
-    /// for changes the home does not have yet).
-    fn follow_to_home(&mut self, doc: DocumentId, heads: Vec<ChangeHash>) {
-        if self.pinned.contains(&doc) || self.engine.home_covers(&doc, &heads) != Some(false) {
-            return;
-        }
-        if self.home_lag.len() >= HOME_LAG_TRACKED {
-            self.home_lag.pop_front();
-        }
-        self.home_lag.push_back((doc, heads, Instant::now()));
-    }
-
-    /// Checked after the loop's work, at most every couple of milliseconds
-    /// (a busy loop drains often).
-    fn observe_home_lag(&mut self) {
-        if self.home_lag.is_empty() || self.home_lag_checked.elapsed() < Duration::from_millis(2) {
-            return;
-        }
-        self.home_lag_checked = Instant::now();
-        let (engine, metrics) = (&self.engine, &self.metrics);
-        self.home_lag.retain(|(doc, heads, since)| {
-            if engine.home_covers(doc, heads) == Some(true) {
-                metrics.home_lag_seconds.observe(since.elapsed().as_secs_f64());
-                return false;
-            }
-            since.elapsed() < HOME_LAG_GIVE_UP
-        });
     }
 
     fn send(&mut self, conn: ConnId, message: &codec::Message) {
@@ -518,10 +304,8 @@ impl NodeLoop {
             Event::PeerConnected { conn, peer, .. } => tracing::info!(%conn, %peer, "peer joined"),
             Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
-            Event::DocChanged { doc, heads } => {
-                tracing::trace!(%doc, "changed");
-                self.follow_to_home(doc, heads);
-            }
+            Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
+            Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
             Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }
@@ -576,6 +360,8 @@ impl NodeRuntime {
         disk_budget: u64,
     ) -> std::io::Result<Self> {
         config.storage_id = Some(store.storage_id().clone());
+        // A backfill opens a slice of the stored documents each interval.
+        config.backfill_interval_ms = tick_interval.as_millis() as u64;
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
         let node = NodeLoop {
@@ -584,13 +370,8 @@ impl NodeRuntime {
             storage,
             metrics: metrics.clone(),
             started: Instant::now(),
-            backfill: VecDeque::new(),
             disk_budget,
             usage_pending: false,
-            offload_tried: BTreeMap::new(),
-            pinned: std::collections::BTreeSet::new(),
-            home_lag: VecDeque::new(),
-            home_lag_checked: Instant::now(),
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
@@ -636,10 +417,18 @@ async fn run_loop(
     let mut tick = tokio::time::interval(tick_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let deadline = node.deadline();
+        let engine_timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             Some(event) = events.recv() => node.handle_batch(event, &mut events),
+            _ = engine_timer => node.timeout(),
             Some(reply) = replies.recv() => node.storage_reply(reply),
-            _ = tick.tick() => node.tick(),
+            _ = tick.tick() => node.housekeeping(),
             _ = &mut shutdown => break,
         }
     }

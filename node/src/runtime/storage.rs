@@ -1,0 +1,133 @@
+//! The storage thread: runs the engine's storage tasks in order, grouping
+//! whatever is queued into one transaction (group commit), and answers only
+//! after the transaction committed.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use meridian_protocol::ids::DocumentId;
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use tokio::sync::mpsc;
+
+use crate::metrics::NodeMetrics;
+use crate::store::DocStore;
+
+type Batch = Vec<(StorageTaskId, StorageTask)>;
+type BatchResult = Vec<(StorageTaskId, StorageResult)>;
+
+/// Work for the storage thread.
+pub(super) enum StoreRequest {
+    Tasks(Batch),
+    /// Every stored document id (to sync them with a new upstream).
+    ListDocs,
+    /// Bytes stored and the least recently written documents (disk budget).
+    Usage,
+}
+
+/// Answers from the storage thread.
+pub(super) enum StoreReply {
+    Done(BatchResult),
+    Docs(Vec<DocumentId>),
+    Usage(u64, Vec<DocumentId>),
+}
+
+/// Least recently written documents listed per disk-budget check (the
+/// engine offers a few of them for offloading, [`meridian_protocol::engine::Engine::relieve_disk`]).
+const OFFLOAD_CANDIDATES: usize = 64;
+
+/// Owns the SQLite thread. Dropping the sender ends the thread after it
+/// has run every queued request.
+pub(super) struct StorageWorker {
+    tx: Option<std::sync::mpsc::Sender<StoreRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StorageWorker {
+    pub(super) fn start(
+        mut store: Box<dyn DocStore>,
+        replies: mpsc::UnboundedSender<StoreReply>,
+        metrics: Arc<NodeMetrics>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
+        let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                // Group commit: every batch already queued goes into the same
+                // transaction, in order.
+                let mut pending = vec![first];
+                pending.extend(rx.try_iter());
+                if !run_requests(store.as_mut(), pending, &replies, &metrics) {
+                    break;
+                }
+            }
+        })?;
+        Ok(Self { tx: Some(tx), thread: Some(thread) })
+    }
+
+    pub(super) fn submit(&self, request: StoreRequest) {
+        if let Some(tx) = &self.tx {
+            // The thread only goes away at shutdown; nothing to do then.
+            let _ = tx.send(request);
+        }
+    }
+
+    /// Waits until every submitted request has run.
+    pub(super) fn finish(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs queued requests on the storage thread; false once nobody listens.
+fn run_requests(
+    store: &mut dyn DocStore,
+    pending: Vec<StoreRequest>,
+    replies: &mpsc::UnboundedSender<StoreReply>,
+    metrics: &NodeMetrics,
+) -> bool {
+    let mut batch = Vec::new();
+    let (mut list, mut usage) = (false, false);
+    for request in pending {
+        match request {
+            StoreRequest::Tasks(b) => batch.extend(b),
+            StoreRequest::ListDocs => list = true,
+            StoreRequest::Usage => usage = true,
+        }
+    }
+    if !batch.is_empty() {
+        let started = Instant::now();
+        let out = store.execute_batch(&batch);
+        metrics.storage_batch_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.storage_batches.fetch_add(1, Relaxed);
+        metrics.storage_tasks.fetch_add(batch.len() as u64, Relaxed);
+        let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
+        metrics.storage_failures.fetch_add(failed as u64, Relaxed);
+        if replies.send(StoreReply::Done(out)).is_err() {
+            return false;
+        }
+    }
+    if list {
+        let docs = match store.document_ids() {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::error!(error = %e, "listing stored documents failed");
+                Vec::new()
+            }
+        };
+        if replies.send(StoreReply::Docs(docs)).is_err() {
+            return false;
+        }
+    }
+    if usage {
+        let (bytes, oldest) = store.usage(OFFLOAD_CANDIDATES).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "measuring the store failed");
+            (0, Vec::new())
+        });
+        if replies.send(StoreReply::Usage(bytes, oldest)).is_err() {
+            return false;
+        }
+    }
+    true
+}
