@@ -14,9 +14,11 @@ use std::rc::{Rc, Weak};
 
 use automerge::ChangeHash;
 use js_sys::{Function, Object, Reflect};
-use meridian_protocol::engine::{Engine, Event, Millis, Output};
-use meridian_protocol::ids::DocumentId;
-use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+use meridian_protocol::codec::Message;
+use meridian_protocol::drive::Driver as Drive;
+use meridian_protocol::engine::{Engine, Event, Millis};
+use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use wasm_bindgen::prelude::*;
 
 use crate::convert;
@@ -226,23 +228,21 @@ impl Driver {
 
     /// Drains the engine's outputs.
     pub fn pump(&mut self) {
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::Send { conn, message } => self.net.send(conn, &meridian_protocol::codec::encode(&message)),
-                Output::Close { conn, reason } => {
-                    if self.net.close_conn(conn, &reason) {
-                        let now = self.now();
-                        self.engine.handle_disconnect(now, conn);
-                        self.connection_lost();
-                    }
-                }
-                Output::Storage { id, task } if self.idb.is_some() => self.queue.push((id, task)),
-                Output::Storage { id, task } => {
-                    let result = self.memory.execute(&task);
-                    let now = self.now();
-                    self.engine.handle_storage_result(now, id, result);
-                }
-                Output::Event(e) => self.event(e),
+        loop {
+            let now = self.now();
+            let mut io = Io {
+                net: &mut self.net,
+                memory: &mut self.memory,
+                queue: self.idb.as_ref().map(|_| &mut self.queue),
+                lost: false,
+            };
+            let event = self.engine.drive_to_event(now, &mut io);
+            if io.lost {
+                self.connection_lost();
+            }
+            match event {
+                Some(e) => self.event(e),
+                None => break,
             }
         }
         self.check_synced();
@@ -278,7 +278,7 @@ impl Driver {
             Event::Ephemeral { doc, sender, data } => self.ephemeral(doc, sender.as_str(), &data),
             Event::ProtocolError { detail, .. } => warn(&format!("meridian: the server rejected our input: {detail}")),
             Event::StorageFailed { detail, .. } => warn(&format!("meridian: storage failed: {detail}")),
-            Event::PeerDisconnected { .. } | Event::Evicted { .. } => {}
+            Event::PeerDisconnected { .. } | Event::Evicted { .. } | Event::HomeConfirmed { .. } => {}
         }
     }
 
@@ -390,5 +390,38 @@ impl Driver {
             self.calls.push((s.reject, err.clone()));
         }
         self.notify_state();
+    }
+}
+
+/// The binding's side of the engine's outputs: the WebSocket, and storage
+/// (queued for IndexedDB, or answered at once from memory).
+struct Io<'a> {
+    net: &'a mut Net,
+    memory: &'a mut MemoryStore,
+    /// The IndexedDB queue, when there is a database.
+    queue: Option<&'a mut Vec<(StorageTaskId, StorageTask)>>,
+    /// The engine closed our connection.
+    lost: bool,
+}
+
+impl Drive for Io<'_> {
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.net.send(conn, &meridian_protocol::codec::encode(&message));
+    }
+
+    fn close(&mut self, conn: ConnId, reason: String) -> bool {
+        let closed = self.net.close_conn(conn, &reason);
+        self.lost |= closed;
+        closed
+    }
+
+    fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
+        match &mut self.queue {
+            Some(queue) => {
+                queue.push((id, task));
+                None
+            }
+            None => Some(self.memory.execute(&task)),
+        }
     }
 }

@@ -22,10 +22,11 @@ use meridian_node::quic::HubTrust;
 use meridian_node::store::{SqliteStore, StoreError};
 use meridian_protocol::automerge::transaction::{CommitOptions, Transaction};
 use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
-use meridian_protocol::codec;
-use meridian_protocol::engine::{Direction, Engine, EngineConfig, Event, Millis, Output};
+use meridian_protocol::codec::{self, Message};
+use meridian_protocol::drive::Driver;
+use meridian_protocol::engine::{Direction, Engine, EngineConfig, Event, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use rand::RngExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -485,36 +486,37 @@ impl Actor {
         }
     }
 
+    /// Drives the engine ([`Engine::drive`]) until it has nothing left,
+    /// then carries out what it asked: frames go out on the link (async, so
+    /// after the drive), events reach their waiters (and may ask the engine
+    /// for more, hence the loop).
     async fn drain(&mut self) {
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::Send { conn, message } => {
-                    if Some(conn) != self.conn {
-                        continue;
-                    }
-                    let bytes = codec::encode(&message);
-                    let sent = match self.link.as_mut() {
-                        Some(link) => link.send(bytes).await.is_ok(),
-                        None => false,
-                    };
-                    if !sent {
-                        self.disconnected();
-                    }
+        loop {
+            let now = self.now();
+            let mut io = ClientIo { store: &mut self.store, conn: self.conn, out: Outcome::default() };
+            self.engine.drive(now, &mut io);
+            let out = io.out;
+            if out.frames.is_empty() && !out.close && out.events.is_empty() {
+                return;
+            }
+            for bytes in out.frames {
+                let sent = match self.link.as_mut() {
+                    Some(link) => link.send(bytes).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    self.disconnected();
+                    break;
                 }
-                Output::Close { conn, .. } => {
-                    if Some(conn) == self.conn {
-                        if let Some(link) = self.link.take() {
-                            link.close().await;
-                        }
-                        self.disconnected();
-                    }
+            }
+            if out.close && self.conn.is_some() {
+                if let Some(link) = self.link.take() {
+                    link.close().await;
                 }
-                Output::Storage { id, task } => {
-                    let result = self.store.execute(&task);
-                    let now = self.now();
-                    self.engine.handle_storage_result(now, id, result);
-                }
-                Output::Event(e) => self.event(e),
+                self.disconnected();
+            }
+            for e in out.events {
+                self.event(e);
             }
         }
     }
@@ -548,6 +550,48 @@ impl Actor {
             Event::ProtocolError { detail, .. } => tracing::warn!(%detail, "server rejected our input"),
             _ => {}
         }
+    }
+}
+
+/// What one drive of the engine left for the actor (see [`Actor::drain`]).
+#[derive(Default)]
+struct Outcome {
+    frames: Vec<Vec<u8>>,
+    /// The engine closed the connection.
+    close: bool,
+    events: Vec<Event>,
+}
+
+/// The actor's side of the engine's outputs: its store answers at once;
+/// frames for the live connection, the close and the events wait in
+/// [`Outcome`].
+struct ClientIo<'a> {
+    store: &'a mut ClientStore,
+    conn: Option<ConnId>,
+    out: Outcome,
+}
+
+impl Driver for ClientIo<'_> {
+    fn send(&mut self, conn: ConnId, message: Message) {
+        if Some(conn) == self.conn && !self.out.close {
+            self.out.frames.push(codec::encode(&message));
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, _reason: String) -> bool {
+        if Some(conn) == self.conn {
+            self.out.close = true;
+        }
+        // The actor reports the disconnect once the link is closed.
+        false
+    }
+
+    fn storage(&mut self, _id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
+        Some(self.store.execute(&task))
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.events.push(event);
     }
 }
 

@@ -12,33 +12,18 @@
 //! same trace. The crate builds for `wasm32-unknown-unknown`.
 //!
 //! ## Driving an engine
-//! ```
-//! use meridian_protocol::engine::{Engine, EngineConfig, Millis, Output, Direction};
-//! use meridian_protocol::storage::MemoryStore;
-//! use meridian_protocol::ids::PeerId;
-//!
-//! let mut engine = Engine::new(EngineConfig::new(PeerId::new("edge"), None));
-//! let mut store = MemoryStore::new();
-//! let conn = engine.handle_connect(Millis(0), Direction::Incoming);
-//! // ... feed frames with `handle_frame(now, conn, &bytes)`, then:
-//! while let Some(out) = engine.poll_output() {
-//!     match out {
-//!         Output::Storage { id, task } => {
-//!             let result = store.execute(&task);
-//!             engine.handle_storage_result(Millis(0), id, result);
-//!         }
-//!         Output::Send { conn, message } => { let _bytes = meridian_protocol::codec::encode(&message); }
-//!         Output::Close { .. } | Output::Event(_) => {}
-//!     }
-//! }
-//! # let _ = conn;
-//! ```
+//! Feed it input through the `handle_*` methods, then hand its outputs to
+//! a [`drive::Driver`] with [`engine::Engine::drive`], and sleep until the
+//! deadline that returns (see [`drive`] for a whole driver).
+//! [`testing`] is the harness the engine tests drive it with.
 
 pub mod backoff;
 pub mod codec;
+pub mod drive;
 pub mod engine;
 pub mod ids;
 pub mod snapshot;
 pub mod storage;
+pub mod testing;
 
 pub use automerge;

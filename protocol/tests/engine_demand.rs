@@ -6,13 +6,12 @@ use automerge::ROOT;
 use automerge::transaction::Transactable;
 use meridian_protocol::engine::{Direction, DocDemand, Millis};
 
-mod common;
-use common::{Node, settle};
+use meridian_protocol::testing::{TestNode, settle};
 
 #[test]
 fn client_writes_and_subscribers_are_counted() {
-    let mut server = Node::new("edge", true);
-    let mut client = Node::new("client", false);
+    let mut server = TestNode::new("edge", |c| c.track_demand = true);
+    let mut client = TestNode::new("client", |c| c.track_demand = false);
     let s_conn = server.engine.handle_connect(Millis(0), Direction::Incoming);
     let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
     settle(&mut client, c_conn, &mut server, s_conn);

@@ -12,13 +12,12 @@ use meridian_protocol::codec::{Decoded, Message, decode};
 use meridian_protocol::engine::{Direction, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId};
 
-mod common;
-use common::Node;
+use meridian_protocol::testing::TestNode;
 
 /// A server with client engines, each on its own connection.
 struct Star {
-    server: Node,
-    clients: Vec<(Node, ConnId, ConnId)>,
+    server: TestNode,
+    clients: Vec<(TestNode, ConnId, ConnId)>,
     /// Clients whose frames from the server wait in `held` (a slow link).
     held: BTreeMap<usize, Vec<Vec<u8>>>,
     /// Sync payloads the server sent, per client.
@@ -28,7 +27,7 @@ struct Star {
 impl Star {
     /// `share`: the server hands peers in the same sync state one message.
     fn new(n: usize, share: bool) -> Self {
-        let server = Node::with("edge", |c| c.share_generated = share);
+        let server = TestNode::new("edge", |c| c.share_generated = share);
         let mut star = Self { server, clients: Vec::new(), held: BTreeMap::new(), received: vec![] };
         for _ in 0..n {
             star.add_client();
@@ -39,7 +38,7 @@ impl Star {
     /// Connects one more client (each with its own actor ids).
     fn add_client(&mut self) -> usize {
         let i = self.clients.len();
-        let mut client = Node::with(&format!("client-{i}"), |c| c.rng_seed = i as u64 + 1);
+        let mut client = TestNode::new(&format!("client-{i}"), |c| c.rng_seed = i as u64 + 1);
         let s_conn = self.server.engine.handle_connect(Millis(0), Direction::Incoming);
         let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
         self.clients.push((client, s_conn, c_conn));
@@ -64,7 +63,7 @@ impl Star {
     fn settle(&mut self) {
         loop {
             let mut moved = false;
-            for (conn, frame) in self.server.drain() {
+            for (conn, frame) in self.server.drain_frames() {
                 moved = true;
                 let i = self.clients.iter().position(|(_, s, _)| *s == conn).expect("frame to a known client");
                 if let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(&frame) {
@@ -79,7 +78,7 @@ impl Star {
                 }
             }
             for (node, s_conn, _) in &mut self.clients {
-                for (_, frame) in node.drain() {
+                for (_, frame) in node.drain_frames() {
                     moved = true;
                     self.server.engine.handle_frame(Millis(0), *s_conn, &frame);
                 }

@@ -9,11 +9,10 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT};
 use meridian_protocol::codec::{self, Decoded, Message, PROTOCOL_V1};
-use meridian_protocol::engine::{Direction, Event, Millis, Output};
+use meridian_protocol::engine::{Direction, Event, Millis};
 use meridian_protocol::ids::{DocumentId, PeerId};
 
-mod common;
-use common::Node;
+use meridian_protocol::testing::TestNode;
 
 fn sync_frames(frames: &[(meridian_protocol::ids::ConnId, Vec<u8>)]) -> Vec<sync::Message> {
     frames
@@ -27,9 +26,9 @@ fn sync_frames(frames: &[(meridian_protocol::ids::ConnId, Vec<u8>)]) -> Vec<sync
 
 #[test]
 fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
-    let mut edge = Node::new("edge", false);
+    let mut edge = TestNode::new("edge", |c| c.track_demand = false);
     let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
-    edge.drain();
+    edge.drain_frames();
     let conn = edge.engine.handle_connect(Millis(0), Direction::Incoming);
     let peer = PeerId::new("client");
     let join = Message::Join {
@@ -38,8 +37,8 @@ fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
         supported_protocol_versions: Some(vec![PROTOCOL_V1.into()]),
     };
     edge.engine.handle_frame(Millis(0), conn, &codec::encode(&join));
-    edge.drain();
-    let send = |edge: &mut Node, doc: DocumentId, data: Vec<u8>, request: bool| {
+    edge.drain_frames();
+    let send = |edge: &mut TestNode, doc: DocumentId, data: Vec<u8>, request: bool| {
         let (sender_id, target_id, document_id) = (peer.clone(), PeerId::new("edge"), doc);
         let m = if request {
             Message::Request { sender_id, target_id, document_id, data }
@@ -47,7 +46,7 @@ fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
             Message::Sync { sender_id, target_id, document_id, data }
         };
         edge.engine.handle_frame(Millis(1), conn, &codec::encode(&m));
-        edge.drain()
+        edge.drain_frames()
     };
     // The client fetches the document and they settle...
     let (mut client, mut state) = (Automerge::new(), sync::State::new());
@@ -62,7 +61,7 @@ fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
     // ...then the edge's next change reaches the client, which loses it
     // (it keeps only the heads), so it needs it.
     edge.engine.change(Millis(2), doc, |tx| tx.put(ROOT, "k", "w")).unwrap();
-    let sent = sync_frames(&edge.drain());
+    let sent = sync_frames(&edge.drain_frames());
     assert!(sent.iter().any(|m| !m.changes.is_empty()), "the change is sent");
     for mut m in sent {
         m.changes = Vec::<Vec<u8>>::new().into();
@@ -76,7 +75,7 @@ fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
 
 #[test]
 fn a_document_with_a_change_waiting_for_its_dependency_is_not_evicted() {
-    let mut edge = Node::with("edge", |c| c.idle_evict_after_ms = 1_000);
+    let mut edge = TestNode::new("edge", |c| c.idle_evict_after_ms = 1_000);
     let mut source = Automerge::new();
     let mut tx = source.transaction();
     tx.put(ROOT, "a", 1).unwrap();
@@ -88,18 +87,16 @@ fn a_document_with_a_change_waiting_for_its_dependency_is_not_evicted() {
     let second = source.get_last_local_change().unwrap().raw_bytes().to_vec();
     let doc = DocumentId::from_bytes([7; 16]);
     edge.engine.import(Millis(0), doc, &second).unwrap();
-    edge.drain();
-    let evicted = |edge: &mut Node, now: u64| {
+    edge.drain_frames();
+    let evicted = |edge: &mut TestNode, now: u64| {
+        edge.events.clear();
         edge.engine.handle_timeout(Millis(now));
-        let mut evicted = false;
-        while let Some(o) = edge.engine.poll_output() {
-            evicted |= matches!(o, Output::Event(Event::Evicted { .. }));
-        }
-        evicted
+        edge.drain();
+        edge.events.iter().any(|e| matches!(e, Event::Evicted { .. }))
     };
     assert!(!evicted(&mut edge, 1_000), "the queued change would be lost");
     edge.engine.import(Millis(1_500), doc, &first).unwrap();
-    edge.drain();
+    edge.drain_frames();
     assert_eq!(edge.engine.document(&doc).map(|d| d.get_heads().len()), Some(1));
     assert!(evicted(&mut edge, 2_500), "once applied, it leaves as usual");
 }

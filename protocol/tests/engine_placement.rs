@@ -7,21 +7,20 @@ use automerge::{ROOT, ReadDoc};
 use meridian_protocol::engine::{CatchUp, Direction, Millis};
 use meridian_protocol::ids::DocumentId;
 
-mod common;
-use common::{Node, settle};
+use meridian_protocol::testing::{TestNode, settle};
 
-fn write(node: &mut Node, doc: DocumentId, key: &str, n: i64) {
+fn write(node: &mut TestNode, doc: DocumentId, key: &str, n: i64) {
     node.engine.change(Millis(0), doc, |tx| tx.put(ROOT, key, n).map(|_| ())).expect("change");
 }
 
 #[test]
 fn an_edge_peer_link_carries_routed_documents_only_and_is_not_demand() {
     // `eu` links to `ap`, the home of `homed`; `eu` also holds `local`.
-    let mut eu = Node::new("eu", true);
-    let mut ap = Node::new("ap", true);
+    let mut eu = TestNode::new("eu", |c| c.track_demand = true);
+    let mut ap = TestNode::new("ap", |c| c.track_demand = true);
     let homed = eu.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
     let local = eu.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
-    eu.drain();
+    eu.drain_frames();
     let out = eu.engine.handle_connect_edge_peer(Millis(0), Direction::Outgoing);
     let inc = ap.engine.handle_connect_edge_peer(Millis(0), Direction::Incoming);
     settle(&mut eu, out, &mut ap, inc);
@@ -54,10 +53,10 @@ fn an_edge_peer_link_carries_routed_documents_only_and_is_not_demand() {
 #[test]
 fn a_catch_up_pushes_the_document_until_the_peer_covers_the_target() {
     // The hub holds `doc`; the edge, connected upstream to it, does not.
-    let mut hub = Node::new("hub", false);
-    let mut edge = Node::new("edge", true);
+    let mut hub = TestNode::new("hub", |c| c.track_demand = false);
+    let mut edge = TestNode::new("edge", |c| c.track_demand = true);
     let doc = hub.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
-    hub.drain();
+    hub.drain_frames();
     let h_conn = hub.engine.handle_connect(Millis(0), Direction::Incoming);
     let e_conn = edge.engine.handle_connect(Millis(0), Direction::Outgoing);
     settle(&mut edge, e_conn, &mut hub, h_conn);

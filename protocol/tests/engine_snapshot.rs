@@ -6,60 +6,31 @@
 //! The server's storage tasks wait until the test runs them, so each test
 //! sees what the server sent while the document was still being read.
 
-use std::collections::VecDeque;
-
 use automerge::transaction::Transactable;
 use automerge::{ActorId, Automerge, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{Decoded, Message, decode};
-use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
+use meridian_protocol::engine::{Direction, EngineConfig, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::snapshot::document_heads;
-use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+use meridian_protocol::storage::{MemoryStore, StorageTask};
 
-mod common;
-use common::Node;
+use meridian_protocol::testing::TestNode;
 
-/// A server whose storage tasks queue until [`Server::run_storage`].
-struct Server {
-    engine: Engine,
-    store: MemoryStore,
-    queued: VecDeque<(StorageTaskId, StorageTask)>,
+/// A server whose storage tasks queue until [`TestNode::run_storage`].
+fn server(store: MemoryStore, answer_from_snapshot: bool) -> TestNode {
+    let mut config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
+    config.answer_from_snapshot = answer_from_snapshot;
+    let mut node = TestNode::with_config(config, store);
+    node.hold_storage = true;
+    node
 }
 
-impl Server {
-    fn new(store: MemoryStore, answer_from_snapshot: bool) -> Self {
-        let mut config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
-        config.answer_from_snapshot = answer_from_snapshot;
-        Self { engine: Engine::new(config), store, queued: VecDeque::new() }
-    }
-
-    fn poll(&mut self) -> Vec<(ConnId, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { conn, message } => frames.push((conn, meridian_protocol::codec::encode(&message))),
-                Output::Storage { id, task } => self.queued.push_back((id, task)),
-                Output::Close { .. } | Output::Event(_) => {}
-            }
-        }
-        frames
-    }
-
-    /// Runs the oldest waiting task; `false` when none waits.
-    fn run_storage(&mut self) -> bool {
-        let Some((id, task)) = self.queued.pop_front() else { return false };
-        let result = self.store.execute(&task);
-        self.engine.handle_storage_result(Millis(0), id, result);
-        true
-    }
-
-    fn loads_waiting(&self) -> usize {
-        self.queued.iter().filter(|(_, t)| matches!(t, StorageTask::LoadDoc { .. })).count()
-    }
+fn loads_waiting(server: &TestNode) -> usize {
+    server.held.iter().filter(|(_, t)| matches!(t, StorageTask::LoadDoc { .. })).count()
 }
 
 struct Client {
-    node: Node,
+    node: TestNode,
     /// The connection on the server's side, and on the client's.
     at_server: ConnId,
     conn: ConnId,
@@ -74,19 +45,19 @@ struct Client {
 
 /// A server and its clients; frames go through [`World::deliver`].
 struct World {
-    server: Server,
+    server: TestNode,
     clients: Vec<Client>,
 }
 
 impl World {
     fn new(store: MemoryStore, answer_from_snapshot: bool) -> Self {
-        Self { server: Server::new(store, answer_from_snapshot), clients: Vec::new() }
+        Self { server: server(store, answer_from_snapshot), clients: Vec::new() }
     }
 
     /// `persistent`: the client has a storage id, so the server loads the
     /// sync state it persisted for it.
     fn connect(&mut self, name: &str, persistent: bool) -> usize {
-        let mut node = Node::with(name, |c| {
+        let mut node = TestNode::new(name, |c| {
             c.rng_seed = self.clients.len() as u64 + 7;
             if !persistent {
                 c.storage_id = None;
@@ -126,7 +97,7 @@ impl World {
     fn deliver(&mut self) {
         loop {
             let mut moved = false;
-            for (conn, frame) in self.server.poll() {
+            for (conn, frame) in self.server.drain_frames() {
                 let Some(c) = self.clients.iter_mut().find(|c| c.at_server == conn && c.open) else { continue };
                 moved = true;
                 if let Ok(Decoded::Message(Message::Sync { data, .. })) = decode(&frame) {
@@ -141,7 +112,7 @@ impl World {
                 c.node.engine.handle_frame(Millis(0), c.conn, &frame);
             }
             for c in self.clients.iter_mut().filter(|c| c.open) {
-                for (_, frame) in c.node.drain() {
+                for (_, frame) in c.node.drain_frames() {
                     if let Some(held) = &mut c.held {
                         held.push(frame);
                         continue;
@@ -162,7 +133,7 @@ impl World {
             self.deliver();
             if !self.server.run_storage() {
                 self.deliver();
-                if self.server.queued.is_empty() {
+                if self.server.held.is_empty() {
                     return;
                 }
             }
@@ -244,7 +215,7 @@ fn a_fresh_peer_gets_the_snapshot_before_the_server_loads_it() {
         }
         let loaded_first = until_client_has_it(&mut w, c, doc, &expected.get_heads());
         assert!(!loaded_first, "{case}: the server loaded the document before answering");
-        assert_eq!(w.server.loads_waiting(), 1, "{case}: the server reads the document again to load it");
+        assert_eq!(loads_waiting(&w.server), 1, "{case}: the server reads the document again to load it");
         assert_eq!(text_of(w.clients[c].node.engine.document(&doc).unwrap()), text_of(&expected));
         if slow_reply {
             while w.server.run_storage() {}
@@ -341,7 +312,7 @@ fn a_peer_leaving_while_its_state_loads_does_not_hold_up_the_others() {
     w.clients[staying].node.engine.find(Millis(0), doc);
     w.deliver();
     // The document's read completes; the leaving peer's state has not.
-    let first = w.server.queued.front().map(|(_, t)| matches!(t, StorageTask::LoadDoc { .. }));
+    let first = w.server.held.front().map(|(_, t)| matches!(t, StorageTask::LoadDoc { .. }));
     assert_eq!(first, Some(true));
     w.server.run_storage();
     w.deliver();

@@ -10,18 +10,15 @@ use std::collections::BTreeSet;
 
 use automerge::{ChangeHash, ROOT, ReadDoc};
 use meridian_protocol::codec::{Decoded, Message, decode};
-use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
-use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
-use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+use meridian_protocol::engine::{Direction, EngineConfig, Millis};
+use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::storage::StorageTask;
 
-mod common;
-use common::Node;
+use meridian_protocol::testing::TestNode;
 
 /// An edge whose storage tasks wait in `held` until released.
 struct SlowEdge {
-    engine: Engine,
-    store: MemoryStore,
-    held: Vec<(StorageTaskId, StorageTask)>,
+    node: TestNode,
     /// Heads advertised to each connection, in order.
     advertised: Vec<(ConnId, Vec<ChangeHash>)>,
 }
@@ -33,45 +30,36 @@ impl SlowEdge {
 
     /// An edge whose configuration `adjust` changes first.
     fn with(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
-        let mut config = EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
-        adjust(&mut config);
-        Self { engine: Engine::new(config), store: MemoryStore::new(), held: Vec::new(), advertised: Vec::new() }
+        let mut node = TestNode::new("edge", adjust);
+        node.hold_storage = true;
+        Self { node, advertised: Vec::new() }
     }
 
     /// Collects outputs: frames to deliver, storage tasks held.
     fn poll(&mut self) -> Vec<(ConnId, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while let Some(o) = self.engine.poll_output() {
-            match o {
-                Output::Send { conn, message } => {
-                    if let Message::Sync { data, .. } = &message {
-                        let heads = automerge::sync::Message::decode(data).expect("sync message").heads;
-                        self.advertised.push((conn, heads));
-                    }
-                    frames.push((conn, meridian_protocol::codec::encode(&message)));
-                }
-                Output::Storage { id, task } => self.held.push((id, task)),
-                Output::Close { .. } | Output::Event(_) => {}
+        let sent = self.node.drain();
+        for (conn, message) in &sent {
+            if let Message::Sync { data, .. } = message {
+                let heads = automerge::sync::Message::decode(data).expect("sync message").heads;
+                self.advertised.push((*conn, heads));
             }
         }
-        frames
+        sent.into_iter().map(|(conn, m)| (conn, meridian_protocol::codec::encode(&m))).collect()
     }
 
     fn appends_held(&self) -> usize {
-        self.held.iter().filter(|(_, t)| matches!(t, StorageTask::AppendChunk { .. })).count()
+        self.node.held.iter().filter(|(_, t)| matches!(t, StorageTask::AppendChunk { .. })).count()
     }
 
     /// Completes the oldest held task.
     fn complete_one(&mut self) {
-        let (id, task) = self.held.remove(0);
-        let result = self.store.execute(&task);
-        self.engine.handle_storage_result(Millis(0), id, result);
+        self.node.run_storage();
     }
 
     /// Completes every held task (and those they lead to); the frames sent meanwhile.
     fn complete_all(&mut self) -> Vec<(ConnId, Vec<u8>)> {
         let mut frames = Vec::new();
-        while !self.held.is_empty() {
+        while !self.node.held.is_empty() {
             self.complete_one();
             frames.extend(self.poll());
         }
@@ -80,34 +68,34 @@ impl SlowEdge {
 }
 
 /// A writer client synced with the edge, and its document.
-fn writer_with_doc(edge: &mut SlowEdge) -> (Node, ConnId, ConnId, DocumentId) {
-    let mut client = Node::with("writer", |c| c.rng_seed = 7);
+fn writer_with_doc(edge: &mut SlowEdge) -> (TestNode, ConnId, ConnId, DocumentId) {
+    let mut client = TestNode::new("writer", |c| c.rng_seed = 7);
     let doc = client.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
     let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
     let heads = client.engine.document(&doc).map(|d| d.get_heads());
-    assert_eq!(edge.engine.durable_heads(&doc), heads, "the edge holds the document");
+    assert_eq!(edge.node.engine.durable_heads(&doc), heads, "the edge holds the document");
     (client, e_conn, c_conn, doc)
 }
 
 /// Another client, named `name`, that opened `doc` at the edge.
-fn joined(edge: &mut SlowEdge, name: &str, seed: u64, doc: DocumentId) -> (Node, ConnId, ConnId) {
-    let mut client = Node::with(name, |c| c.rng_seed = seed);
+fn joined(edge: &mut SlowEdge, name: &str, seed: u64, doc: DocumentId) -> (TestNode, ConnId, ConnId) {
+    let mut client = TestNode::new(name, |c| c.rng_seed = seed);
     client.engine.find(Millis(0), doc);
     let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
     let heads = client.engine.document(&doc).map(|d| d.get_heads());
-    assert_eq!(edge.engine.durable_heads(&doc), heads, "{name} has the document");
+    assert_eq!(edge.node.engine.durable_heads(&doc), heads, "{name} has the document");
     (client, e_conn, c_conn)
 }
 
 /// Connects `client` to the edge and exchanges messages until both are
 /// quiet, completing the edge's storage as it goes. Returns the
 /// connection at the edge and at the client.
-fn connect_and_settle(edge: &mut SlowEdge, client: &mut Node) -> (ConnId, ConnId) {
-    let e_conn = edge.engine.handle_connect(Millis(0), Direction::Incoming);
+fn connect_and_settle(edge: &mut SlowEdge, client: &mut TestNode) -> (ConnId, ConnId) {
+    let e_conn = edge.node.engine.handle_connect(Millis(0), Direction::Incoming);
     let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
     for _ in 0..20 {
-        for (_, f) in client.drain() {
-            edge.engine.handle_frame(Millis(0), e_conn, &f);
+        for (_, f) in client.drain_frames() {
+            edge.node.engine.handle_frame(Millis(0), e_conn, &f);
         }
         let mut frames = edge.poll();
         frames.extend(edge.complete_all());
@@ -122,11 +110,11 @@ fn connect_and_settle(edge: &mut SlowEdge, client: &mut Node) -> (ConnId, ConnId
 
 /// The sync frames a client would send for `k` successive local changes,
 /// each sent before the edge answers (a window of changes in flight).
-fn changes_in_flight(client: &mut Node, doc: DocumentId, k: i64) -> Vec<Vec<u8>> {
+fn changes_in_flight(client: &mut TestNode, doc: DocumentId, k: i64) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     for i in 1..=k {
         client.engine.change(Millis(0), doc, |tx| tx.put(ROOT, "n", i).map(|_| ())).expect("change");
-        frames.extend(client.drain().into_iter().map(|(_, f)| f));
+        frames.extend(client.drain_frames().into_iter().map(|(_, f)| f));
     }
     frames
 }
@@ -143,17 +131,17 @@ fn changes_arriving_during_a_commit_wait_and_are_stored_together_then_acknowledg
     assert!(sync_frames(&frames) >= 2, "the client sent its changes as several messages");
     let mut frames = frames.into_iter();
     // The first message is applied and its write issued at once.
-    edge.engine.handle_frame(Millis(0), e_conn, &frames.next().expect("a frame"));
+    edge.node.engine.handle_frame(Millis(0), e_conn, &frames.next().expect("a frame"));
     edge.poll();
     assert_eq!(edge.appends_held(), 1);
-    let first = edge.engine.document(&doc).map(|d| d.get_heads()).expect("loaded");
+    let first = edge.node.engine.document(&doc).map(|d| d.get_heads()).expect("loaded");
     // The others arrive during that commit: they wait.
     for f in frames {
-        edge.engine.handle_frame(Millis(0), e_conn, &f);
+        edge.node.engine.handle_frame(Millis(0), e_conn, &f);
     }
     edge.poll();
     assert_eq!(edge.appends_held(), 1, "no write for the waiting messages yet");
-    assert_eq!(edge.engine.document(&doc).map(|d| d.get_heads()), Some(first.clone()));
+    assert_eq!(edge.node.engine.document(&doc).map(|d| d.get_heads()), Some(first.clone()));
     assert!(edge.advertised.iter().all(|(_, h)| *h != first), "nothing advertised before the commit");
     // The commit completes: the client is acknowledged at the committed
     // heads, then the waiting messages are applied as one write.
@@ -162,11 +150,11 @@ fn changes_arriving_during_a_commit_wait_and_are_stored_together_then_acknowledg
     assert_eq!(edge.advertised.last().map(|(c, h)| (*c, h.clone())), Some((e_conn, first)));
     assert_eq!(edge.appends_held(), 1, "the waiting messages went to the store as one write");
     let all = client.engine.document(&doc).map(|d| d.get_heads());
-    assert_eq!(edge.engine.document(&doc).map(|d| d.get_heads()), all);
+    assert_eq!(edge.node.engine.document(&doc).map(|d| d.get_heads()), all);
     assert_ne!(edge.advertised.last().map(|(_, h)| h.clone()), all, "not advertised before its commit");
     edge.complete_all();
     assert_eq!(edge.advertised.last().map(|(_, h)| h.clone()), all, "acknowledged once committed");
-    assert_eq!(edge.engine.durable_heads(&doc), all);
+    assert_eq!(edge.node.engine.durable_heads(&doc), all);
 }
 
 #[test]
@@ -175,23 +163,23 @@ fn local_changes_in_flight_do_not_hold_back_a_peers_changes() {
     let (mut client, e_conn, _, doc) = writer_with_doc(&mut edge);
     // The edge's own application writes to the document; its write stays
     // in flight for the rest of the test.
-    edge.engine.change(Millis(0), doc, |tx| tx.put(ROOT, "local", 1).map(|_| ())).expect("local change");
+    edge.node.engine.change(Millis(0), doc, |tx| tx.put(ROOT, "local", 1).map(|_| ())).expect("local change");
     edge.poll();
     assert_eq!(edge.appends_held(), 1);
     // A peer's change arrives meanwhile: it is applied at once (and stored).
     let frames = changes_in_flight(&mut client, doc, 1);
     for f in &frames {
-        edge.engine.handle_frame(Millis(0), e_conn, f);
+        edge.node.engine.handle_frame(Millis(0), e_conn, f);
     }
     edge.poll();
     let peer_head = client.engine.document(&doc).map(|d| d.get_heads()).expect("client doc")[0];
-    let edge_doc = edge.engine.document(&doc).expect("loaded");
+    let edge_doc = edge.node.engine.document(&doc).expect("loaded");
     assert!(edge_doc.get_change_by_hash(&peer_head).is_some(), "the peer's change waited for a local write");
     assert_eq!(edge.appends_held(), 2);
     edge.complete_all();
     // Both are committed and advertised to the peer.
-    let durable = edge.engine.durable_heads(&doc).expect("durable heads");
-    assert_eq!(Some(durable.clone()), edge.engine.document(&doc).map(|d| d.get_heads()));
+    let durable = edge.node.engine.durable_heads(&doc).expect("durable heads");
+    assert_eq!(Some(durable.clone()), edge.node.engine.document(&doc).map(|d| d.get_heads()));
     assert!(durable.len() == 2 && durable.contains(&peer_head), "local and peer changes are both heads");
     assert_eq!(edge.advertised.last().map(|(c, h)| (*c, h.clone())), Some((e_conn, durable)));
 }
@@ -212,7 +200,7 @@ fn a_writers_waiting_messages_applied_as_one_batch_get_the_same_answers() {
         let from_b = changes_in_flight(&mut clients[1].0, doc, 6);
         assert!(from_a.len() >= 3 && from_b.len() >= 3, "each writer sent several messages");
         // The first message starts a commit; the others, interleaved, wait for it.
-        edge.engine.handle_frame(Millis(0), a_conn, &from_a[0]);
+        edge.node.engine.handle_frame(Millis(0), a_conn, &from_a[0]);
         let mut transcript = edge.poll();
         let (mut rest_a, mut rest_b) = (from_a[1..].iter(), from_b.iter());
         loop {
@@ -222,7 +210,7 @@ fn a_writers_waiting_messages_applied_as_one_batch_get_the_same_answers() {
             }
             for (conn, f) in [(a_conn, fa), (b_conn, fb)] {
                 if let Some(f) = f {
-                    edge.engine.handle_frame(Millis(0), conn, f);
+                    edge.node.engine.handle_frame(Millis(0), conn, f);
                 }
             }
             transcript.extend(edge.poll());
@@ -236,19 +224,19 @@ fn a_writers_waiting_messages_applied_as_one_batch_get_the_same_answers() {
                 client.engine.handle_frame(Millis(0), *c_conn, &f);
             }
             for (client, conn, _) in &mut clients {
-                for (_, f) in client.drain() {
-                    edge.engine.handle_frame(Millis(0), *conn, &f);
+                for (_, f) in client.drain_frames() {
+                    edge.node.engine.handle_frame(Millis(0), *conn, &f);
                 }
             }
             to_clients = edge.poll();
             to_clients.extend(edge.complete_all());
         }
-        let heads = edge.engine.durable_heads(&doc).expect("durable heads");
+        let heads = edge.node.engine.durable_heads(&doc).expect("durable heads");
         for (client, _, _) in &clients {
             assert_eq!(client.engine.document(&doc).map(|d| d.get_heads()), Some(heads.clone()), "converged");
         }
         assert_eq!(heads.len(), 2, "both writers' last changes are heads");
-        (transcript, edge.engine.stats().sync_merged)
+        (transcript, edge.node.engine.stats().sync_merged)
     };
     let (batched, merged) = run(true);
     let (one_by_one, none) = run(false);

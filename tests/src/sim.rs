@@ -62,9 +62,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
-use meridian_protocol::engine::{
-    CatchUp, Direction, DocError, Engine, EngineConfig, Event, HandoffTargets, Millis, Output,
-};
+use meridian_protocol::drive::Driver;
+use meridian_protocol::engine::{CatchUp, Direction, DocError, Engine, EngineConfig, Event, HandoffTargets, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use rand::{RngExt, SeedableRng};
@@ -939,18 +938,16 @@ impl Sim {
     }
 
     /// The engine asked to close a connection (after what it sent before).
-    fn close_conn(&mut self, n: NodeId, conn: ConnId, reason: &str) {
+    /// Closes the node's side of `conn`'s link; whether it was open (then
+    /// the engine is told of the disconnect).
+    fn close_conn(&mut self, n: NodeId, conn: ConnId, reason: &str) -> bool {
         let incarnation = self.nodes[n.0].incarnation;
-        let Some(link) = self.conn_links.remove(&(n, incarnation, conn)) else { return };
+        let Some(link) = self.conn_links.remove(&(n, incarnation, conn)) else { return false };
         let side = self.side_of(link, n);
         self.note(format!("{} closes link{}: {reason}", self.name(n), link.0));
         let l = &mut self.links[link.0];
         l.open[side.idx()] = false;
         self.nodes[n.0].open_links.remove(&link);
-        let now = self.now;
-        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
-            engine.handle_disconnect(now, conn);
-        }
         let l = &self.links[link.0];
         let to = side.other();
         if l.alive && l.open[to.idx()] {
@@ -961,6 +958,7 @@ impl Sim {
             self.nodes[n.0].uplink = None;
             self.schedule_reconnect(n);
         }
+        true
     }
 
     /// When something sent now towards `to` arrives, keeping the link FIFO.
@@ -974,19 +972,18 @@ impl Sim {
 
     // ----- engine outputs -------------------------------------------------
 
-    /// Drains the node's engine and carries out what it asked for.
+    /// Drives the node's engine ([`Engine::drive_to_event`]) and carries
+    /// out what it asked for; events are handled with the engine back in
+    /// place, in order.
     fn pump(&mut self, n: NodeId) {
         loop {
-            let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
-            let Some(output) = engine.poll_output() else { return self.arm_timer(n) };
-            match output {
-                Output::Send { conn, message } => self.send(n, conn, &message),
-                Output::Close { conn, reason } => self.close_conn(n, conn, &reason),
-                Output::Storage { id, task } => {
-                    self.nodes[n.0].tasks.push_back((id, task));
-                    self.start_storage(n);
-                }
-                Output::Event(event) => self.on_event(n, event),
+            let Some(mut engine) = self.nodes[n.0].engine.take() else { return };
+            let now = self.now;
+            let event = engine.drive_to_event(now, &mut SimIo { sim: self, n });
+            self.nodes[n.0].engine = Some(engine);
+            match event {
+                Some(event) => self.on_event(n, event),
+                None => return self.arm_timer(n),
             }
         }
     }
@@ -1104,8 +1101,16 @@ impl Sim {
     // ----- storage --------------------------------------------------------
 
     fn start_storage(&mut self, n: NodeId) {
+        if self.nodes[n.0].engine.is_some() {
+            self.run_next_task(n);
+        }
+    }
+
+    /// Schedules the completion of the node's next storage task, unless one
+    /// is running (the node is up).
+    fn run_next_task(&mut self, n: NodeId) {
         let node = &self.nodes[n.0];
-        if node.storage_busy || node.tasks.is_empty() || node.engine.is_none() {
+        if node.storage_busy || node.tasks.is_empty() {
             return;
         }
         self.nodes[n.0].storage_busy = true;
@@ -1463,6 +1468,29 @@ fn describe_event(event: &Event) -> String {
         Event::StorageFailed { doc, .. } => format!("storage-failed {doc:?}"),
         Event::Evicted { doc } => format!("evicted {}", short(doc)),
         Event::HomeConfirmed { doc, lag_ms } => format!("home-confirmed {} after {lag_ms} ms", short(doc)),
+    }
+}
+
+/// The simulation's side of one node's engine outputs (the engine is taken
+/// out of the node while it drives).
+struct SimIo<'a> {
+    sim: &'a mut Sim,
+    n: NodeId,
+}
+
+impl Driver for SimIo<'_> {
+    fn send(&mut self, conn: ConnId, message: Message) {
+        self.sim.send(self.n, conn, &message);
+    }
+
+    fn close(&mut self, conn: ConnId, reason: String) -> bool {
+        self.sim.close_conn(self.n, conn, &reason)
+    }
+
+    fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
+        self.sim.nodes[self.n.0].tasks.push_back((id, task));
+        self.sim.run_next_task(self.n);
+        None
     }
 }
 

@@ -543,50 +543,26 @@ async fn samod_reconnects_after_edge_restart() -> Result<()> {
 fn engine_acknowledges_heads_it_deferred() {
     use automerge::sync::{self, SyncDoc};
     use meridian_protocol::codec::{self, Message as Wire, PeerMetadata};
-    use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis, Output};
+    use meridian_protocol::engine::{Direction, EngineConfig, Millis};
     use meridian_protocol::ids::PeerId as MPeerId;
-    use meridian_protocol::storage::{MemoryStore, StorageTask, StorageTaskId};
+    use meridian_protocol::storage::MemoryStore;
+    use meridian_protocol::testing::TestNode;
 
-    struct Node {
-        engine: Engine,
-        store: MemoryStore,
-        held: Vec<(StorageTaskId, StorageTask)>,
+    /// The sync payloads among what the engine sent.
+    fn syncs(sent: Vec<(meridian_protocol::ids::ConnId, Wire)>) -> Vec<Vec<u8>> {
+        sent.into_iter().filter_map(|(_, m)| if let Wire::Sync { data, .. } = m { Some(data) } else { None }).collect()
     }
-    impl Node {
-        /// Runs outputs to quiescence, holding storage tasks if `hold`;
-        /// returns the sync payloads sent.
-        fn pump(&mut self, hold: bool) -> Vec<Vec<u8>> {
-            let mut sent = Vec::new();
-            while let Some(out) = self.engine.poll_output() {
-                match out {
-                    Output::Send { message: Wire::Sync { data, .. }, .. } => sent.push(data),
-                    Output::Send { .. } | Output::Close { .. } | Output::Event(_) => {}
-                    Output::Storage { id, task } if hold => self.held.push((id, task)),
-                    Output::Storage { id, task } => {
-                        let r = self.store.execute(&task);
-                        self.engine.handle_storage_result(Millis(0), id, r);
-                    }
-                }
-            }
-            sent
-        }
-        fn release(&mut self) -> Vec<Vec<u8>> {
-            for (id, task) in std::mem::take(&mut self.held) {
-                let r = self.store.execute(&task);
-                self.engine.handle_storage_result(Millis(0), id, r);
-            }
-            self.pump(false)
-        }
+    /// Runs outputs to quiescence, holding storage tasks if `hold`;
+    /// returns the sync payloads sent.
+    fn pump(e: &mut TestNode, hold: bool) -> Vec<Vec<u8>> {
+        e.hold_storage = hold;
+        syncs(e.drain())
     }
 
     let now = Millis(0);
     let edge_id = MPeerId::new("edge");
     let p_id = MPeerId::new("p");
-    let mut e = Node {
-        engine: Engine::new(EngineConfig::new(edge_id.clone(), None)),
-        store: MemoryStore::new(),
-        held: Vec::new(),
-    };
+    let mut e = TestNode::with_config(EngineConfig::new(edge_id.clone(), None), MemoryStore::new());
     let conn = e.engine.handle_connect(now, Direction::Incoming);
     let join = Wire::Join {
         sender_id: p_id.clone(),
@@ -594,13 +570,13 @@ fn engine_acknowledges_heads_it_deferred() {
         supported_protocol_versions: Some(vec!["1".into()]),
     };
     e.engine.handle_frame(now, conn, &codec::encode(&join));
-    e.pump(false);
+    pump(&mut e, false);
     let doc = e.engine.create(now, |tx| tx.put(ROOT, "a", "edge").map(|_| ())).unwrap();
-    e.pump(false);
+    pump(&mut e, false);
 
     let mut p = Automerge::new();
     let mut ps = sync::State::new();
-    let send = |e: &mut Node, data: Vec<u8>, request: bool| {
+    let send = |e: &mut TestNode, data: Vec<u8>, request: bool| {
         let (sender_id, target_id, document_id) = (p_id.clone(), edge_id.clone(), doc);
         let msg = if request {
             Wire::Request { sender_id, target_id, document_id, data }
@@ -612,7 +588,7 @@ fn engine_acknowledges_heads_it_deferred() {
     // Initial sync, to quiescence.
     let first = p.generate_sync_message(&mut ps).unwrap().encode();
     send(&mut e, first, true);
-    let mut inbox = e.pump(false);
+    let mut inbox = pump(&mut e, false);
     while !inbox.is_empty() {
         for m in std::mem::take(&mut inbox) {
             p.receive_sync_message(&mut ps, sync::Message::decode(&m).unwrap()).unwrap();
@@ -620,7 +596,7 @@ fn engine_acknowledges_heads_it_deferred() {
         if let Some(m) = p.generate_sync_message(&mut ps) {
             send(&mut e, m.encode(), false);
         }
-        inbox = e.pump(false);
+        inbox = pump(&mut e, false);
     }
     assert_eq!(get_str(&p, "a").as_deref(), Some("edge"));
 
@@ -635,11 +611,11 @@ fn engine_acknowledges_heads_it_deferred() {
     assert_eq!(m_c.changes.len(), 1);
     let m_c = m_c.encode();
     e.engine.change(now, doc, |tx| tx.put(ROOT, "e", "s")).unwrap();
-    let to_p = e.pump(false);
+    let to_p = pump(&mut e, false);
     assert_eq!(to_p.len(), 1, "the engine sends S to P");
     // 2. The engine applies C; its write stays in flight.
     send(&mut e, m_c, false);
-    assert!(e.pump(true).is_empty(), "nothing is advertised before the write commits");
+    assert!(pump(&mut e, true).is_empty(), "nothing is advertised before the write commits");
     // 3. P receives S and answers with heads [S, C], no changes.
     p.receive_sync_message(&mut ps, sync::Message::decode(&to_p[0]).unwrap()).unwrap();
     let answer = p.generate_sync_message(&mut ps).unwrap();
@@ -647,9 +623,9 @@ fn engine_acknowledges_heads_it_deferred() {
     let merged = sorted(p.get_heads());
     assert_eq!(sorted(answer.heads.clone()), merged);
     send(&mut e, answer.encode(), false);
-    e.pump(true);
+    pump(&mut e, true);
     // 4. The write commits: the engine must now tell P its heads cover C.
-    let acks = e.release();
+    let acks = syncs(e.release());
     let advertised: Vec<Vec<ChangeHash>> =
         acks.iter().map(|m| sorted(sync::Message::decode(m).unwrap().heads)).collect();
     assert!(

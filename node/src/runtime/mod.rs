@@ -23,10 +23,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use meridian_protocol::codec;
+use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis, Output,
+    Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -116,9 +118,8 @@ pub enum NodeEvent {
 /// The node loop's state.
 struct NodeLoop {
     engine: Engine,
-    conns: BTreeMap<ConnId, mpsc::Sender<Outbound>>,
+    io: Io,
     storage: StorageWorker,
-    metrics: Arc<NodeMetrics>,
     started: Instant,
     /// Disk budget in bytes of document data (0: none).
     disk_budget: u64,
@@ -161,9 +162,9 @@ impl NodeLoop {
                 } else {
                     self.engine.handle_connect(now, direction)
                 };
-                self.conns.insert(conn, out);
-                self.metrics.connections.fetch_add(1, Relaxed);
-                self.metrics.connections_total.fetch_add(1, Relaxed);
+                self.io.conns.insert(conn, out);
+                self.io.metrics.connections.fetch_add(1, Relaxed);
+                self.io.metrics.connections_total.fetch_add(1, Relaxed);
                 if direction == Direction::Outgoing && !edge_peer {
                     // Everything stored must reach the new upstream.
                     self.storage.submit(StoreRequest::ListDocs);
@@ -172,12 +173,12 @@ impl NodeLoop {
             }
             NodeEvent::Frame { conn, bytes } => {
                 let t = self.engine.handle_frame(now, conn, &bytes).unwrap_or("other");
-                self.metrics.message_in(t, bytes.len());
+                self.io.metrics.message_in(t, bytes.len());
             }
             NodeEvent::Reject { conn, kind, detail } => self.engine.reject(conn, kind, detail),
             NodeEvent::Disconnected { conn } => {
-                if self.conns.remove(&conn).is_some() {
-                    self.metrics.connections.fetch_sub(1, Relaxed);
+                if self.io.conns.remove(&conn).is_some() {
+                    self.io.metrics.connections.fetch_sub(1, Relaxed);
                 }
                 self.engine.handle_disconnect(now, conn);
             }
@@ -185,7 +186,7 @@ impl NodeLoop {
                 let _ = reply.send(self.engine.take_demand());
             }
             NodeEvent::SendControl { conn, bytes } => {
-                if let Some(tx) = self.conns.get(&conn) {
+                if let Some(tx) = self.io.conns.get(&conn) {
                     let _ = tx.try_send(Outbound::Control(bytes));
                 }
             }
@@ -217,7 +218,7 @@ impl NodeLoop {
     /// holds all of them and nobody here uses them.
     fn enforce_disk_budget(&mut self, now: Millis, bytes: u64, oldest: Vec<DocumentId>) {
         self.usage_pending = false;
-        self.metrics.store_bytes.store(bytes, Relaxed);
+        self.io.metrics.store_bytes.store(bytes, Relaxed);
         if bytes > self.disk_budget {
             self.engine.relieve_disk(now, oldest);
         }
@@ -245,42 +246,54 @@ impl NodeLoop {
             self.storage.submit(StoreRequest::Usage);
         }
         let stats = self.engine.stats();
-        self.metrics.offloaded.store(stats.offloaded, Relaxed);
-        self.metrics.cold_opens.store(stats.cold_opens, Relaxed);
-        self.metrics.sync_generated.store(stats.sync_generated, Relaxed);
-        self.metrics.sync_shared.store(stats.sync_shared, Relaxed);
-        self.metrics.sync_merged.store(stats.sync_merged, Relaxed);
-        self.metrics.snapshot_answers.store(stats.snapshot_answers, Relaxed);
-        self.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
-        self.metrics.backfill_queued.store(self.engine.backfill_queued() as u64, Relaxed);
+        self.io.metrics.offloaded.store(stats.offloaded, Relaxed);
+        self.io.metrics.cold_opens.store(stats.cold_opens, Relaxed);
+        self.io.metrics.sync_generated.store(stats.sync_generated, Relaxed);
+        self.io.metrics.sync_shared.store(stats.sync_shared, Relaxed);
+        self.io.metrics.sync_merged.store(stats.sync_merged, Relaxed);
+        self.io.metrics.snapshot_answers.store(stats.snapshot_answers, Relaxed);
+        self.io.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
+        self.io.metrics.backfill_queued.store(self.engine.backfill_queued() as u64, Relaxed);
         let (synced, pending) = self.engine.upstream_sync_status();
-        self.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
-        self.metrics.docs_pending_upstream.store(pending as u64, Relaxed);
+        self.io.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
+        self.io.metrics.docs_pending_upstream.store(pending as u64, Relaxed);
     }
 
-    /// Carries out everything the engine asked for.
+    /// Carries out everything the engine asked for; storage tasks go to
+    /// the storage thread as one batch.
     fn drain(&mut self) {
-        let mut batch = Vec::new();
-        while let Some(output) = self.engine.poll_output() {
-            match output {
-                Output::Send { conn, message } => self.send(conn, &message),
-                Output::Close { conn, reason } => {
-                    if let Some(tx) = self.conns.get(&conn) {
-                        let _ = tx.try_send(Outbound::Close(reason));
-                    }
-                }
-                Output::Storage { id, task } => batch.push((id, task)),
-                Output::Event(e) => self.on_event(e),
-            }
-        }
-        if !batch.is_empty() {
-            self.storage.submit(StoreRequest::Tasks(batch));
+        let now = self.now();
+        self.engine.drive(now, &mut self.io);
+        if !self.io.batch.is_empty() {
+            self.storage.submit(StoreRequest::Tasks(std::mem::take(&mut self.io.batch)));
         }
     }
 
-    fn send(&mut self, conn: ConnId, message: &codec::Message) {
+    /// Saves per-peer sync state and waits for the store to be idle.
+    fn shutdown(mut self) {
+        let now = self.now();
+        let conns: Vec<ConnId> = self.io.conns.keys().copied().collect();
+        for conn in conns {
+            self.engine.handle_disconnect(now, conn);
+        }
+        self.io.conns.clear();
+        self.drain();
+        self.storage.finish();
+    }
+}
+
+/// The loop's side of the engine's outputs ([`Driver`]): connections'
+/// queues, metrics, and the storage tasks of one drain.
+struct Io {
+    conns: BTreeMap<ConnId, mpsc::Sender<Outbound>>,
+    metrics: Arc<NodeMetrics>,
+    batch: Vec<(StorageTaskId, StorageTask)>,
+}
+
+impl Driver for Io {
+    fn send(&mut self, conn: ConnId, message: codec::Message) {
         let Some(tx) = self.conns.get(&conn) else { return };
-        let bytes = codec::encode(message);
+        let bytes = codec::encode(&message);
         self.metrics.message_out(message.type_name(), bytes.len());
         if tx.try_send(Outbound::Frame(bytes)).is_err() {
             // Too slow (or already gone): dropping our sender makes its task
@@ -291,7 +304,20 @@ impl NodeLoop {
         }
     }
 
-    fn on_event(&mut self, event: Event) {
+    fn close(&mut self, conn: ConnId, reason: String) -> bool {
+        if let Some(tx) = self.conns.get(&conn) {
+            let _ = tx.try_send(Outbound::Close(reason));
+        }
+        // Its task reports the disconnect once the transport is closed.
+        false
+    }
+
+    fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
+        self.batch.push((id, task));
+        None
+    }
+
+    fn event(&mut self, event: Event) {
         match event {
             Event::ProtocolError { conn, kind, detail } => {
                 self.metrics.error(kind);
@@ -311,18 +337,6 @@ impl NodeLoop {
             | Event::DocUnavailable { .. }
             | Event::Ephemeral { .. } => {}
         }
-    }
-
-    /// Saves per-peer sync state and waits for the store to be idle.
-    fn shutdown(mut self) {
-        let now = self.now();
-        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
-        for conn in conns {
-            self.engine.handle_disconnect(now, conn);
-        }
-        self.conns.clear();
-        self.drain();
-        self.storage.finish();
     }
 }
 
@@ -366,9 +380,8 @@ impl NodeRuntime {
         let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
         let node = NodeLoop {
             engine: Engine::new(config),
-            conns: BTreeMap::new(),
+            io: Io { conns: BTreeMap::new(), metrics: metrics.clone(), batch: Vec::new() },
             storage,
-            metrics: metrics.clone(),
             started: Instant::now(),
             disk_budget,
             usage_pending: false,

@@ -2,6 +2,8 @@
 
 use automerge::ChangeHash;
 
+#[cfg(doc)]
+use super::Engine;
 use crate::codec::{Message, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 use crate::storage::{StorageTask, StorageTaskId};
@@ -46,7 +48,7 @@ pub struct EngineConfig {
     /// applying each in turn.
     pub coalesce_messages: bool,
     /// Send a peer that has nothing the stored snapshot before loading the
-    /// document (see [`Engine::answer_from_snapshot`]). Always on; a test
+    /// document (see `Engine::answer_from_snapshot`). Always on; a test
     /// turns it off to compare against answering after the load.
     pub answer_from_snapshot: bool,
     /// A document's chunks are compacted into one snapshot once they hold
@@ -221,7 +223,7 @@ pub struct EngineStats {
     /// one (see `coalesce`) rather than on their own.
     pub sync_merged: u64,
     /// Peers that had nothing and got a document's stored snapshot before
-    /// the document was loaded ([`Engine::answer_from_snapshot`]).
+    /// the document was loaded (`Engine::answer_from_snapshot`).
     pub snapshot_answers: u64,
 }
 

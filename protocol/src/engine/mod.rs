@@ -3,8 +3,9 @@
 //! One [`Engine`] holds the documents and connections of one node (a
 //! browser tab, a device, an edge, the hub). It never does IO and never
 //! reads a clock: the driver feeds it inputs through the `handle_*` methods,
-//! each carrying `now`, and drains what it wants done through
-//! [`Engine::poll_output`]:
+//! each carrying `now`, hands what it wants done to a
+//! [`crate::drive::Driver`] ([`Engine::drive`], built on
+//! [`Engine::poll_output`]), and sleeps until [`Engine::poll_timeout`]:
 //!
 //! - [`Output::Send`]: encode the message and send it on the connection;
 //! - [`Output::Close`]: close the connection (after sending what precedes it);
@@ -12,16 +13,28 @@
 //!   [`Engine::handle_storage_result`];
 //! - [`Output::Event`]: something the application or the metrics care about.
 //!
-//! Two rules shape the code below:
+//! Two rules shape it:
 //!
-//! - **Durable before advertised.** While a write of a document is in
-//!   flight, no sync message for that document leaves the engine: every sync
-//!   message carries our heads, and heads must only cover committed changes.
-//!   Messages are generated again when the last write completes.
-//! - **Memory follows the working set.** A document untouched for
-//!   [`EngineConfig::idle_evict_after`] leaves memory (its sync states with
-//!   persistent peers are saved first); who is subscribed to it is kept, so
-//!   it is pushed to them again if it changes after being reloaded.
+//! - **Durable before advertised** (`persistence`, `fanout`): while a write
+//!   of a document is in flight, no sync message for that document leaves
+//!   the engine: every sync message carries our heads, and heads must only
+//!   cover committed changes. Messages are generated again when the last
+//!   write completes.
+//! - **Memory follows the working set** (`timers`, `budget`): a document
+//!   untouched for [`EngineConfig::idle_evict_after_ms`] leaves memory (its
+//!   sync states with persistent peers are saved first); who is subscribed
+//!   to it is kept, so it is pushed to them again if it changes after being
+//!   reloaded.
+//!
+//! One concept per file: `api` (public types), `conn` (connections and the
+//! handshake), `doc` and `phase` (a document's state and lifecycle),
+//! `apply` (peers' messages: waiting, coalescing, batches), `fanout`
+//! (generating and sharing sync messages), `availability` (requests,
+//! `doc-unavailable`, `find`), `persistence` (writes, compaction, storage
+//! results), `snapshot_answer`, `placement` (routes, catch-up, coverage),
+//! `budget` (eviction, offload), `policy` (hand-offs, pinning, disk budget
+//! choices, backfill, home lag), `timers`, `local` (the application's
+//! changes, ephemeral messages), `effects` (the output queue).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -6,6 +6,8 @@ use automerge::ChangeHash;
 
 use crate::ids::{ConnId, DocumentId};
 
+#[cfg(doc)]
+use super::EngineConfig;
 use super::doc::DocState;
 use super::{CatchUp, DocDemand, Engine, Millis};
 

@@ -124,11 +124,14 @@ impl Engine {
     /// Opens the stored `docs` so they sync with the upstream that just
     /// connected (documents no application has open too: evicted ones, or
     /// ones a hub handed to this edge), a slice per step
-    /// ([`super::EngineConfig::backfill_interval_ms`]); idle ones are
-    /// evicted again later. Replaces a backfill still under way.
+    /// ([`super::EngineConfig::backfill_interval_ms`]), the first at once;
+    /// idle ones are evicted again later. Replaces a backfill still under
+    /// way.
     pub fn backfill(&mut self, now: Millis, docs: Vec<DocumentId>) {
         self.policy.backfill = docs.into();
-        self.timers.backfill_at(now);
+        if self.backfill_step(now) {
+            self.timers.backfill_at(Millis(now.0.saturating_add(self.config.backfill_interval_ms)));
+        }
     }
 
     /// Stored documents the backfill has still to open.
