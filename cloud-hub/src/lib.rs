@@ -68,6 +68,7 @@ pub struct HubConfig {
     pub cert_names: Vec<String>,
     pub max_frame_bytes: usize,
     pub idle_evict_after: Duration,
+    /// The node loop's housekeeping interval (see `EdgeConfig::tick_interval`).
     pub tick_interval: Duration,
     pub fsync: bool,
     /// Also serve automerge-repo WebSocket clients at `/sync` on the HTTP

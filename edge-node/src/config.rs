@@ -22,7 +22,9 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Documents untouched for this long leave memory.
     pub idle_evict_after: Duration,
-    /// How often the engine's housekeeping runs.
+    /// The node loop's housekeeping interval (store usage for the disk
+    /// budget, metrics) and the pace of a backfill (one slice of stored
+    /// documents per interval); the engine's own deadlines need no tick.
     pub tick_interval: Duration,
     /// Interval of WebSocket pings; a peer silent for three intervals is dropped.
     pub ping_interval: Duration,

@@ -353,7 +353,9 @@ pub struct NodeRuntime {
 
 impl NodeRuntime {
     /// Starts the loop on `store` with `config` (its storage id is taken
-    /// from the store).
+    /// from the store). Every `tick_interval` the loop asks the store how
+    /// much it holds (with a disk budget) and refreshes the metrics; a
+    /// backfill opens one slice of stored documents per interval.
     pub fn start(
         store: Box<dyn DocStore>,
         config: EngineConfig,
@@ -375,7 +377,7 @@ impl NodeRuntime {
     ) -> std::io::Result<Self> {
         config.storage_id = Some(store.storage_id().clone());
         // A backfill opens a slice of the stored documents each interval.
-        config.backfill_interval_ms = tick_interval.as_millis() as u64;
+        config.backfill_interval_ms = (tick_interval.as_millis() as u64).max(1);
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
         let node = NodeLoop {

@@ -130,7 +130,7 @@ impl Engine {
     pub fn backfill(&mut self, now: Millis, docs: Vec<DocumentId>) {
         self.policy.backfill = docs.into();
         if self.backfill_step(now) {
-            self.timers.backfill_at(Millis(now.0.saturating_add(self.config.backfill_interval_ms)));
+            self.timers.backfill_at(Millis(now.0.saturating_add(self.config.backfill_interval_ms.max(1))));
         }
     }
 

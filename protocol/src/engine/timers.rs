@@ -79,7 +79,7 @@ impl Engine {
         }
         if self.timers.backfill.is_some_and(|at| at <= now) {
             let more = self.backfill_step(now);
-            let next = Millis(now.0.saturating_add(self.config.backfill_interval_ms));
+            let next = Millis(now.0.saturating_add(self.config.backfill_interval_ms.max(1)));
             self.timers.backfill = more.then_some(next);
         }
         if self.timers.home_lag.is_some_and(|at| at <= now) {
