@@ -87,10 +87,10 @@ impl Engine {
     pub fn handle_disconnect(&mut self, now: Millis, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
         let peer = c.peer().cloned();
-        if let Some(p) = &peer {
-            if self.peers.get(p) == Some(&conn) {
-                self.peers.remove(p);
-            }
+        if let Some(p) = &peer
+            && self.peers.get(p) == Some(&conn)
+        {
+            self.peers.remove(p);
         }
         let storage = c.storage_id().cloned();
         let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
@@ -208,22 +208,23 @@ impl Engine {
         metadata: PeerMetadata,
         versions: Option<Vec<String>>,
     ) {
-        if let Some(v) = &versions {
-            if !v.iter().any(|v| v == PROTOCOL_V1) {
-                let detail = format!("unsupported protocol version (supported: [\"{PROTOCOL_V1}\"], offered: {v:?})");
-                self.reject(conn, ErrorKind::UnsupportedVersion, detail);
-                return;
-            }
+        if let Some(v) = &versions
+            && !v.iter().any(|v| v == PROTOCOL_V1)
+        {
+            let detail = format!("unsupported protocol version (supported: [\"{PROTOCOL_V1}\"], offered: {v:?})");
+            self.reject(conn, ErrorKind::UnsupportedVersion, detail);
+            return;
         }
         // A second join with a peer id that is connected replaces the old
         // connection.
         // (A link we dialed to the same peer is another connection, not a
         // previous one: two edges may each dial the other.)
-        if let Some(old) = self.peers.get(&sender).copied() {
-            if old != conn && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming) {
-                self.out.close(old, "replaced by a new connection");
-                self.handle_disconnect(now, old);
-            }
+        if let Some(old) = self.peers.get(&sender).copied()
+            && old != conn
+            && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming)
+        {
+            self.out.close(old, "replaced by a new connection");
+            self.handle_disconnect(now, old);
         }
         let reply = Message::Peer {
             sender_id: self.config.peer_id.clone(),

@@ -128,10 +128,10 @@ impl Engine {
         data: Vec<u8>,
     ) {
         let key = (sender.clone(), session.clone());
-        if let Some((seen, _)) = self.ephemeral_seen.get(&key) {
-            if count <= *seen {
-                return;
-            }
+        if let Some((seen, _)) = self.ephemeral_seen.get(&key)
+            && count <= *seen
+        {
+            return;
         }
         self.ephemeral_seen.insert(key, (count, now));
         self.ephemeral_seen_at(now);
