@@ -58,12 +58,10 @@ impl DocState {
     }
 
     /// Loads the stored bytes into the (empty) document.
-    fn load_stored(&mut self, doc_id: DocumentId, bytes: Option<Vec<u8>>) -> Result<(), String> {
+    fn load_stored(&mut self, bytes: Option<Vec<u8>>) -> Result<(), automerge::AutomergeError> {
         let mut result = Ok(());
         if let Some(bytes) = bytes {
-            if let Err(e) = self.doc.load_incremental(&bytes) {
-                result = Err(format!("stored document {doc_id} does not load: {e}"));
-            }
+            result = self.doc.load_incremental(&bytes).map(|_| ());
             self.snapshot_bytes = bytes.len();
         }
         self.saved_heads = self.doc.get_heads();
@@ -138,7 +136,7 @@ impl Engine {
         }
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.life.finish_load(bytes.is_none());
-        let load_error = d.load_stored(doc_id, bytes).err();
+        let load_error = d.load_stored(bytes).err().map(|e| format!("stored document {doc_id} does not load: {e}"));
         let has_data = d.has_data();
         let local = has_data && d.life.take_local_waiting();
         // Everyone subscribed before an eviction is attached again.
