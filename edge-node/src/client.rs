@@ -486,19 +486,16 @@ impl Actor {
         }
     }
 
-    /// Drives the engine ([`Engine::drive`]) until it has nothing left,
-    /// then carries out what it asked: frames go out on the link (async, so
-    /// after the drive), events reach their waiters (and may ask the engine
-    /// for more, hence the loop).
+    /// Drives the engine ([`Engine::drive_to_event`]) and carries out what
+    /// it asked, in order: the frames up to each event go out on the link
+    /// (async, so after the drive), then the event reaches its waiters (and
+    /// may ask the engine for more).
     async fn drain(&mut self) {
         loop {
             let now = self.now();
             let mut io = ClientIo { store: &mut self.store, conn: self.conn, out: Outcome::default() };
-            self.engine.drive(now, &mut io);
+            let event = self.engine.drive_to_event(now, &mut io);
             let out = io.out;
-            if out.frames.is_empty() && !out.close && out.events.is_empty() {
-                return;
-            }
             for bytes in out.frames {
                 let sent = match self.link.as_mut() {
                     Some(link) => link.send(bytes).await.is_ok(),
@@ -515,8 +512,9 @@ impl Actor {
                 }
                 self.disconnected();
             }
-            for e in out.events {
-                self.event(e);
+            match event {
+                Some(e) => self.event(e),
+                None => return,
             }
         }
     }
@@ -553,18 +551,17 @@ impl Actor {
     }
 }
 
-/// What one drive of the engine left for the actor (see [`Actor::drain`]).
+/// What one drive of the engine, up to an event, left for the actor (see
+/// [`Actor::drain`]).
 #[derive(Default)]
 struct Outcome {
     frames: Vec<Vec<u8>>,
     /// The engine closed the connection.
     close: bool,
-    events: Vec<Event>,
 }
 
 /// The actor's side of the engine's outputs: its store answers at once;
-/// frames for the live connection, the close and the events wait in
-/// [`Outcome`].
+/// frames for the live connection and the close wait in [`Outcome`].
 struct ClientIo<'a> {
     store: &'a mut ClientStore,
     conn: Option<ConnId>,
@@ -588,10 +585,6 @@ impl Driver for ClientIo<'_> {
 
     fn storage(&mut self, _id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
         Some(self.store.execute(&task))
-    }
-
-    fn event(&mut self, event: Event) {
-        self.out.events.push(event);
     }
 }
 

@@ -74,29 +74,41 @@ fn a_peer_that_needs_a_change_we_sent_gets_it_again() {
 }
 
 #[test]
-fn a_document_with_a_change_waiting_for_its_dependency_is_not_evicted() {
+fn a_document_with_a_peers_change_waiting_for_its_dependency_is_not_evicted() {
     let mut edge = TestNode::new("edge", |c| c.idle_evict_after_ms = 1_000);
     let mut source = Automerge::new();
     let mut tx = source.transaction();
     tx.put(ROOT, "a", 1).unwrap();
     tx.commit();
-    let first = source.get_last_local_change().unwrap().raw_bytes().to_vec();
     let mut tx = source.transaction();
     tx.put(ROOT, "b", 2).unwrap();
     tx.commit();
-    let second = source.get_last_local_change().unwrap().raw_bytes().to_vec();
+    let second = source.get_last_local_change().unwrap();
     let doc = DocumentId::from_bytes([7; 16]);
-    edge.engine.import(Millis(0), doc, &second).unwrap();
-    edge.drain_frames();
+    // A client sends the second change alone (its first is lost on the way).
+    let conn = edge.accept("client", Default::default());
+    let data = sync::Message {
+        heads: vec![second.hash()],
+        need: Vec::new(),
+        have: Vec::new(),
+        changes: vec![second.raw_bytes().to_vec()].into(),
+        flags: None,
+        version: sync::MessageVersion::V1,
+    }
+    .encode();
+    let sync =
+        Message::Sync { sender_id: PeerId::new("client"), target_id: PeerId::new("edge"), document_id: doc, data };
+    edge.receive(conn, &codec::encode(&sync));
     let evicted = |edge: &mut TestNode, now: u64| {
         edge.events.clear();
+        edge.now = Millis(now);
         edge.engine.handle_timeout(Millis(now));
         edge.drain();
         edge.events.iter().any(|e| matches!(e, Event::Evicted { .. }))
     };
-    assert!(!evicted(&mut edge, 1_000), "the queued change would be lost");
-    edge.engine.import(Millis(1_500), doc, &first).unwrap();
-    edge.drain_frames();
-    assert_eq!(edge.engine.document(&doc).map(|d| d.get_heads().len()), Some(1));
-    assert!(evicted(&mut edge, 2_500), "once applied, it leaves as usual");
+    assert!(!evicted(&mut edge, 1_000), "the queued change would be lost while its sender believes it delivered");
+    // Once the client is gone, a reconnecting one starts afresh: it may go.
+    edge.engine.handle_disconnect(Millis(1_500), conn);
+    edge.drain();
+    assert!(evicted(&mut edge, 2_000), "without its sender it leaves as usual");
 }

@@ -67,7 +67,7 @@ fn the_disk_budget_skips_pinned_documents_and_waits_before_trying_one_again() {
 #[test]
 fn a_change_is_followed_until_its_home_confirms_it_unless_homed_here() {
     let mut edge = TestNode::new("edge", |_| {});
-    let mut client = TestNode::new("client", |_| {});
+    let mut client = TestNode::new("client", |c| c.track_home_lag = true);
     let e_conn = edge.engine.handle_connect(Millis(0), Direction::Incoming);
     let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
     settle(&mut client, c_conn, &mut edge, e_conn);

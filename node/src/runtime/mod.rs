@@ -90,9 +90,9 @@ pub enum NodeEvent {
         bytes: Vec<u8>,
     },
     /// Where a hand-off of `doc` stands (the hub, before it announces a new
-    /// home): `to` is made to catch up with our durable copy
-    /// ([`Engine::catch_up`]); for `from` we learn whether we hold
-    /// everything it advertised ([`Engine::covers_peer`]).
+    /// home), answered by [`Engine::handoff_status`]: `to` is made to catch
+    /// up with our durable copy; for `from` we learn whether we durably hold
+    /// everything it advertised.
     Handoff {
         doc: DocumentId,
         to: Option<ConnId>,
@@ -378,6 +378,8 @@ impl NodeRuntime {
         config.storage_id = Some(store.storage_id().clone());
         // A backfill opens a slice of the stored documents each interval.
         config.backfill_interval_ms = (tick_interval.as_millis() as u64).max(1);
+        // `meridian_edge_home_lag_seconds`.
+        config.track_home_lag = true;
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
         let node = NodeLoop {
@@ -431,17 +433,19 @@ async fn run_loop(
 ) {
     let mut tick = tokio::time::interval(tick_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the engine's deadline, moved when the deadline moves.
+    let engine_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(engine_timer);
     loop {
         let deadline = node.deadline();
-        let engine_timer = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        if let Some(at) = deadline
+            && engine_timer.deadline() != at
+        {
+            engine_timer.as_mut().reset(at);
+        }
         tokio::select! {
             Some(event) = events.recv() => node.handle_batch(event, &mut events),
-            _ = engine_timer => node.timeout(),
+            _ = &mut engine_timer, if deadline.is_some() => node.timeout(),
             Some(reply) = replies.recv() => node.storage_reply(reply),
             _ = tick.tick() => node.housekeeping(),
             _ = &mut shutdown => break,

@@ -36,8 +36,9 @@ pub struct EngineConfig {
     /// report demand to the hub; other nodes leave this off).
     pub track_demand: bool,
     /// Memory budget: at most this many documents in memory (0: no limit).
-    /// Past it, each tick evicts the least recently active documents that
-    /// can leave (as idle eviction does, before their idle time is up).
+    /// Past it, the least recently active documents that can leave are
+    /// evicted (as idle eviction does, before their idle time is up): at
+    /// once, then every second while it stays exceeded.
     pub max_loaded_docs: usize,
     /// Hand peers in the same sync state copies of one generated message
     /// (see `Generated`). Always on; a test turns it off to compare
@@ -58,6 +59,9 @@ pub struct EngineConfig {
     /// A backfill ([`Engine::backfill`]) opens its next slice of stored
     /// documents this long after the last.
     pub backfill_interval_ms: u64,
+    /// Follow changes durable here until the document's home confirms
+    /// them ([`Event::HomeConfirmed`]); the node runtime turns it on.
+    pub track_home_lag: bool,
 }
 
 impl EngineConfig {
@@ -75,6 +79,7 @@ impl EngineConfig {
             answer_from_snapshot: true,
             min_compact_bytes: 16 * 1024,
             backfill_interval_ms: 1000,
+            track_home_lag: false,
         }
     }
 }

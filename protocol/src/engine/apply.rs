@@ -166,6 +166,7 @@ impl Engine {
     /// applied in order), so the next message each watcher gets starts from
     /// what it confirmed.
     pub(super) fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
+        let followed = self.follows_home_lag(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if d.busy() || d.pending.is_empty() {
             return;
@@ -178,8 +179,12 @@ impl Engine {
         let before = d.doc.get_heads();
         let issued = d.writes_issued;
         let mut rejected = Vec::new();
+        let mut from = Vec::new();
         for p in pending {
             let (conn, merged) = (p.conn, p.merged);
+            if followed {
+                from.push(conn);
+            }
             let demand = self.config.track_demand && self.conns.get(&conn).is_some_and(Conn::is_downstream);
             match d.apply(p, demand, &mut self.stats) {
                 Ok(true) => *self.writes.entry(doc_id).or_default() += merged,
@@ -191,7 +196,10 @@ impl Engine {
             self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);
-        self.check_home(now, doc_id);
+        // Only the home's own messages can confirm changes to it.
+        if followed && self.home_conn(&doc_id).is_some_and(|home| from.contains(&home)) {
+            self.check_home(now, doc_id);
+        }
         if let Some(d) = self.docs.get_mut(&doc_id)
             && d.writes_issued > issued
         {

@@ -114,17 +114,18 @@ impl DocState {
     }
 
     /// Nothing is loading, being written or waiting to be applied, no
-    /// change waits for a dependency, and the application is not waiting
-    /// for it: it may leave memory. (Changes waiting for a dependency live
-    /// only in memory, and their sender believes them delivered: dropped,
-    /// a peer that does not resend what it sent once would never send them
-    /// again.)
+    /// change from a peer still attached waits for a dependency, and the
+    /// application is not waiting for it: it may leave memory. (Changes
+    /// waiting for a dependency live only in memory, and their sender
+    /// believes them delivered: dropped while it is connected, a peer that
+    /// does not resend what it sent once would never send them again; once
+    /// every peer has left, a reconnecting one starts afresh.)
     pub(super) fn is_quiet(&self) -> bool {
         !self.busy()
             && self.writes_in_flight == 0
             && self.pending.is_empty()
             && !self.life.local_waiting()
-            && self.doc.get_missing_deps(&[]).is_empty()
+            && (self.peers.is_empty() || self.doc.get_missing_deps(&[]).is_empty())
     }
 
     /// Every change in `heads` is in the document.

@@ -73,9 +73,15 @@ impl Engine {
     /// asked of the link to its home edge when it is routed and up, else of
     /// a ready upstream. `None`: no such connection.
     pub fn home_covers(&self, doc: &DocumentId, heads: &[ChangeHash]) -> Option<bool> {
-        let ready = |c: &ConnId| self.conns.get(c).is_some_and(|c| c.peer().is_some());
-        let conn = self.routes.get(doc).copied().filter(ready).or_else(|| self.upstream_conns().first().copied())?;
+        let conn = self.home_conn(doc)?;
         Some(self.peer_covers(doc, conn, heads))
+    }
+
+    /// The connection that speaks for the document's home: the link to its
+    /// home edge when routed and up, else a ready upstream.
+    pub(super) fn home_conn(&self, doc: &DocumentId) -> Option<ConnId> {
+        let ready = |c: &ConnId| self.conns.get(c).is_some_and(|c| c.peer().is_some());
+        self.routes.get(doc).copied().filter(ready).or_else(|| self.upstream_conns().first().copied())
     }
 
     /// The edge-peer link a document is routed to, if any.

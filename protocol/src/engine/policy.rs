@@ -23,8 +23,8 @@ const OFFLOAD_RETRY_MS: u64 = 30_000;
 const BACKFILL_PER_STEP: usize = 256;
 const BACKFILL_MAX_LOADED: usize = 4096;
 
-/// At most this many changes are followed until their home confirms them,
-/// for at most this long.
+/// At most this many changes are followed until their home confirms them
+/// (past it, new ones are not followed), for at most this long.
 const HOME_LAG_TRACKED: usize = 4096;
 const HOME_LAG_GIVE_UP_MS: u64 = 60_000;
 
@@ -154,7 +154,7 @@ impl Engine {
     /// here or its home has it already, follow it until the home confirms
     /// it ([`Event::HomeConfirmed`]).
     pub(super) fn follow_to_home(&mut self, now: Millis, doc: DocumentId, heads: Vec<ChangeHash>) {
-        if self.is_pinned(&doc) || self.policy.home_lag_len >= HOME_LAG_TRACKED {
+        if !self.config.track_home_lag || self.is_pinned(&doc) || self.policy.home_lag_len >= HOME_LAG_TRACKED {
             return;
         }
         if self.home_covers(&doc, &heads) != Some(false) {
@@ -165,7 +165,12 @@ impl Engine {
         self.timers.home_lag_at(Millis(now.0.saturating_add(HOME_LAG_GIVE_UP_MS)));
     }
 
-    /// After a peer's message for `doc`: the changes its home confirmed now.
+    /// Changes of `doc` are followed to its home.
+    pub(super) fn follows_home_lag(&self, doc: &DocumentId) -> bool {
+        self.policy.home_lag.contains_key(doc)
+    }
+
+    /// After the home's message for `doc`: the changes it confirmed now.
     pub(super) fn check_home(&mut self, now: Millis, doc: DocumentId) {
         let Some(followed) = self.policy.home_lag.remove(&doc) else { return };
         let (confirmed, waiting): (Vec<_>, Vec<_>) =

@@ -111,12 +111,13 @@ impl Engine {
     /// Puts a document in memory, with its idle deadline; past the memory
     /// budget, a check is due now.
     pub(super) fn insert_doc(&mut self, doc_id: DocumentId, mut state: DocState) {
+        if let Some(old) = self.remove_doc(doc_id) {
+            debug_assert!(false, "{doc_id} was in memory already ({old:?})");
+        }
         state.idle_timer = Millis(state.last_active.0.saturating_add(self.config.idle_evict_after_ms));
         self.timers.idle.insert((state.idle_timer, doc_id));
         let now = state.last_active;
-        if let Some(old) = self.docs.insert(doc_id, state) {
-            self.timers.idle.remove(&(old.idle_timer, doc_id));
-        }
+        self.docs.insert(doc_id, state);
         if self.over_memory_budget() && self.timers.budget.is_none() {
             self.timers.budget = Some(now);
         }
