@@ -61,8 +61,8 @@ impl Engine {
     /// documents idle for [`super::EngineConfig::idle_evict_after_ms`],
     /// keeps the memory budget, forgets old ephemeral sessions, opens the
     /// next slice of a backfill, stops following changes their home never
-    /// confirmed. Calling it
-    /// early or late is harmless: it does what is due by `now`.
+    /// confirmed. Calling it early or late is harmless: it does what is due
+    /// by `now`, and leaves every deadline after `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.evict_idle(now);
         if self.timers.budget.is_some_and(|at| at <= now) {
