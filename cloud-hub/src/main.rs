@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Accept edges over QUIC and keep the durable copy of every document.
     Serve(ServeArgs),
+    /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`.
+    Auth(meridian_node::auth::cli::AuthArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -108,7 +110,13 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Auth(args) => {
+            println!("{}", meridian_node::auth::cli::run(args)?);
+            return Ok(());
+        }
+    };
     let mut config = HubConfig::new(args.data);
     config.listen = args.listen;
     config.http = args.http;

@@ -27,6 +27,8 @@ enum Command {
     Serve(ServeArgs),
     /// Device-script client: create, change, print and watch documents on an edge.
     Client(ClientArgs),
+    /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`.
+    Auth(meridian_node::auth::cli::AuthArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -214,7 +216,7 @@ impl ServeArgs {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Device scripts read stdout; keep their logs quiet unless asked.
-    let default_filter = if matches!(cli.command, Command::Client(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Client(_) | Command::Auth(_)) { "warn" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
@@ -224,6 +226,10 @@ async fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(args) => return client::run(args).await,
+        Command::Auth(args) => {
+            println!("{}", meridian_node::auth::cli::run(args)?);
+            return Ok(());
+        }
     };
     let uplink = args.uplink()?;
     let mut config = EdgeConfig::new(args.data)

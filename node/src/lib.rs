@@ -56,6 +56,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod auth;
 pub mod metrics;
 pub mod quic;
 pub mod runtime;
