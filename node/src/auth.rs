@@ -20,7 +20,7 @@ use std::path::Path;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use meridian_protocol::ids::DocumentId;
-use ring::rand::SystemRandom;
+use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,11 @@ use sha2::{Digest, Sha256};
 /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the raw
 /// 32-byte key follows.
 const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// The DER prefix of an Ed25519 private key as PKCS#8 v1 (RFC 8410, what
+/// OpenSSL and Node's `crypto` write and read); the 32-byte seed follows.
+const PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
 
 /// Tokens longer than this are refused before they are decoded.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -234,8 +239,11 @@ pub fn keygen(dir: &Path) -> Result<SigningKey, KeyError> {
         move |source| KeyError::Write { path, source }
     };
     std::fs::create_dir_all(dir).map_err(write_err(dir))?;
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| KeyError::Generate)?;
-    let pem = pem_wrap("PRIVATE KEY", pkcs8.as_ref());
+    let mut seed = [0u8; 32];
+    SystemRandom::new().fill(&mut seed).map_err(|_| KeyError::Generate)?;
+    let mut pkcs8 = PKCS8_PREFIX.to_vec();
+    pkcs8.extend_from_slice(&seed);
+    let pem = pem_wrap("PRIVATE KEY", &pkcs8);
     write_private(&private, &pem).map_err(write_err(&private))?;
     let key = SigningKey::from_pem(&pem, &private.display().to_string())?;
     std::fs::write(&public, key.public_pem()).map_err(write_err(&public))?;

@@ -92,3 +92,32 @@ fn bad_input_is_refused_with_a_clear_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a private key PEM file"));
 }
+
+#[test]
+fn a_token_minted_by_nodes_own_crypto_verifies_and_ours_verifies_in_node() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run("meridian-edge", &["auth", "keygen", "--out", dir.path().to_str().unwrap()]).status.success());
+    let private = dir.path().join("auth-private.pem");
+    let public = dir.path().join("auth-public.pem");
+    let doc = DocumentId::from_bytes([4; 16]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js/mint-token.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .args([private.to_str().unwrap(), "backend-user", &doc.to_string()])
+        .output()
+        .expect("node runs (Node.js is a test prerequisite)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap();
+    let grant = Verifier::load(&[&public]).unwrap().verify(token.trim(), now()).unwrap();
+    assert_eq!(grant.sub, "backend-user");
+    assert!(grant.may_write(&doc) && !grant.may_read(&DocumentId::from_bytes([5; 16])));
+
+    // And the other way: node verifies a token the CLI minted.
+    let ours = run("meridian-edge", &["auth", "token", "--key", private.to_str().unwrap(), "--read", "*"]);
+    let ours = String::from_utf8(ours.stdout).unwrap();
+    let check = "const c=require('crypto'),fs=require('fs');const [h,p,s]=process.argv[1].split('.');\
+                 process.exit(c.verify(null,Buffer.from(h+'.'+p),c.createPublicKey(fs.readFileSync(process.argv[2])),\
+                 Buffer.from(s,'base64url'))?0:1)";
+    let status = Command::new("node").args(["-e", check, ours.trim(), public.to_str().unwrap()]).status().unwrap();
+    assert!(status.success(), "node's crypto accepts our signature and public key");
+}
