@@ -22,6 +22,9 @@ pub struct EdgeConfig {
     pub max_message_bytes: usize,
     /// Documents untouched for this long leave memory.
     pub idle_evict_after: Duration,
+    /// A client that has not sent `join` this long after connecting is
+    /// refused and closed (zero: no limit).
+    pub join_timeout: Duration,
     /// The node loop's housekeeping interval (store usage for the disk
     /// budget, metrics) and the pace of a backfill (one slice of stored
     /// documents per interval); the engine's own deadlines need no tick.
@@ -67,6 +70,7 @@ impl EdgeConfig {
             peer_id: "meridian-edge".to_owned(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             idle_evict_after: Duration::from_secs(60),
+            join_timeout: Duration::from_secs(10),
             tick_interval: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
             fsync: false,

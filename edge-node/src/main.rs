@@ -135,6 +135,10 @@ struct ServeArgs {
     /// Seconds without activity after which a document leaves memory.
     #[arg(long, env = "MERIDIAN_IDLE_EVICT_SECS", default_value_t = 60)]
     idle_evict_secs: u64,
+    /// Seconds a client may take to send `join` after connecting; then it
+    /// gets an `error` and is closed (0: no limit).
+    #[arg(long, env = "MERIDIAN_JOIN_TIMEOUT_SECS", default_value_t = 10)]
+    join_timeout_secs: u64,
     /// fsync every commit (survives power loss; slower). Without it commits survive process crashes.
     #[arg(long, env = "MERIDIAN_FSYNC", default_value_t = false)]
     fsync: bool,
@@ -238,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         .max_message_bytes(args.max_message_bytes)
         .idle_evict_after(Duration::from_secs(args.idle_evict_secs));
     config.fsync = args.fsync;
+    config.join_timeout = Duration::from_secs(args.join_timeout_secs);
     config.uplink = uplink;
     if args.quic_listen != "off" {
         config.quic_listen = Some(args.quic_listen.parse().context("--quic-listen expects HOST:PORT or off")?);

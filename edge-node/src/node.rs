@@ -117,6 +117,7 @@ impl EdgeNode {
 
         let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
+        engine.join_timeout_ms = config.join_timeout.as_millis() as u64;
         engine.rng_seed = rand::random();
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();

@@ -130,3 +130,27 @@ fn ephemeral_sessions_are_forgotten_after_ten_minutes() {
     node.receive(conn, &ephemeral(3));
     assert!(node.events.iter().any(|e| matches!(e, Event::Ephemeral { .. })));
 }
+
+#[test]
+fn a_peer_that_never_joins_is_refused_at_its_deadline() {
+    let mut node = node(|c| c.join_timeout_ms = 2_000);
+    let silent = node.engine.handle_connect(Millis(0), meridian_protocol::engine::Direction::Incoming);
+    node.now = Millis(500);
+    let joined = node.accept("client", Default::default());
+    assert_eq!(node.engine.poll_timeout(), Some(Millis(2_000)));
+    timeout(&mut node, Millis(1_999));
+    assert!(node.closed.is_empty(), "not before the deadline");
+    timeout(&mut node, Millis(2_000));
+    assert_eq!(node.closed.len(), 1);
+    assert_eq!(node.closed[0].0, silent);
+    assert!(node.closed[0].1.contains("no `join` within 2 s"), "{}", node.closed[0].1);
+    assert!(node.events.iter().any(|e| matches!(
+        e,
+        Event::ProtocolError { conn, kind: meridian_protocol::engine::ErrorKind::HandshakeTimeout, .. } if *conn == silent
+    )));
+    // The peer that joined in time is left alone, and nothing more is due.
+    timeout(&mut node, Millis(2_500));
+    assert_eq!(node.closed.len(), 1);
+    assert!(node.closed.iter().all(|(c, _)| *c != joined));
+    assert_eq!(node.engine.poll_timeout(), None);
+}

@@ -257,3 +257,35 @@ fn empty_request() -> Vec<u8> {
     };
     Automerge::new().generate_sync_message(&mut sync::State::new()).map(|m| m.encode()).unwrap_or_default()
 }
+
+/// A socket that never sends `join` is refused and closed once
+/// `join_timeout` has passed (it would otherwise hold a descriptor and
+/// memory for ever); a client that joined meanwhile is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_never_joins_is_closed_after_the_join_timeout() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = EdgeConfig::new(dir.path()).ephemeral_port();
+    config.join_timeout = Duration::from_millis(500);
+    let edge = EdgeNode::start(config).await?;
+    let started = std::time::Instant::now();
+    let mut silent = RawPeer::connect(&edge.ws_url(), "silent").await?;
+    let mut joined = RawPeer::joined(&edge.ws_url(), "polite").await?;
+    let error = tokio::time::timeout(Duration::from_secs(10), silent.expect_error_and_close()).await??;
+    assert!(error.contains("no `join` within 0.5 s"), "{error}");
+    assert!(started.elapsed() >= Duration::from_millis(500), "not before the timeout");
+    assert_eq!(edge.metrics().errors_of(ErrorKind::HandshakeTimeout), 1);
+    // The joined peer is still served.
+    joined
+        .send(&Message::Request {
+            sender_id: PeerId::new("polite"),
+            target_id: PeerId::new("meridian-edge"),
+            document_id: doc_id(4),
+            data: empty_request(),
+        })
+        .await?;
+    match joined.recv_within(Duration::from_secs(10)).await? {
+        Received::Message(Message::DocUnavailable { document_id, .. }) => assert_eq!(document_id, doc_id(4)),
+        other => panic!("expected doc-unavailable, got {other:?}"),
+    }
+    Ok(())
+}

@@ -62,6 +62,10 @@ pub struct EngineConfig {
     /// Follow changes durable here until the document's home confirms
     /// them ([`Event::HomeConfirmed`]); the node runtime turns it on.
     pub track_home_lag: bool,
+    /// A peer that connected to us and has not sent `join` this long after
+    /// is refused and closed (sockets that never join cost nothing for
+    /// long). 0: no limit.
+    pub join_timeout_ms: u64,
 }
 
 impl EngineConfig {
@@ -80,6 +84,7 @@ impl EngineConfig {
             min_compact_bytes: 16 * 1024,
             backfill_interval_ms: 1000,
             track_home_lag: false,
+            join_timeout_ms: 10_000,
         }
     }
 }
@@ -104,10 +109,11 @@ pub enum ErrorKind {
     Oversize,
     TextFrame,
     Unauthorized,
+    HandshakeTimeout,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Decode,
         ErrorKind::NotJoined,
         ErrorKind::UnsupportedVersion,
@@ -115,6 +121,7 @@ impl ErrorKind {
         ErrorKind::Oversize,
         ErrorKind::TextFrame,
         ErrorKind::Unauthorized,
+        ErrorKind::HandshakeTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +133,7 @@ impl ErrorKind {
             ErrorKind::Oversize => "oversize",
             ErrorKind::TextFrame => "text_frame",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::HandshakeTimeout => "handshake_timeout",
         }
     }
 }

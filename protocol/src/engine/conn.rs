@@ -22,6 +22,8 @@ pub(super) struct Conn {
     /// only when they are routed to it ([`Engine::set_route`]) or when the
     /// other side sends them.
     pub(super) edge_peer: bool,
+    /// When it must have sent `join` by (incoming, until it has).
+    pub(super) join_by: Option<Millis>,
 }
 
 impl Conn {
@@ -41,6 +43,11 @@ impl Conn {
 
     pub(super) fn is_upstream_ready(&self) -> bool {
         self.direction == Direction::Outgoing && !self.edge_peer && matches!(self.state, ConnState::Ready { .. })
+    }
+
+    /// It connected to us and has not sent `join` yet.
+    pub(super) fn awaits_join(&self) -> bool {
+        matches!(self.state, ConnState::AwaitingJoin)
     }
 
     /// A client (or device) connected to us: its writes are demand.
@@ -64,14 +71,19 @@ impl Engine {
         self.connect(now, direction, true)
     }
 
-    pub(super) fn connect(&mut self, _now: Millis, direction: Direction, edge_peer: bool) -> ConnId {
+    pub(super) fn connect(&mut self, now: Millis, direction: Direction, edge_peer: bool) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let state = match direction {
             Direction::Incoming => ConnState::AwaitingJoin,
             Direction::Outgoing => ConnState::AwaitingPeer,
         };
-        self.conns.insert(conn, Conn { direction, state, edge_peer });
+        let join_by = (direction == Direction::Incoming && self.config.join_timeout_ms > 0)
+            .then(|| Millis(now.0.saturating_add(self.config.join_timeout_ms)));
+        if let Some(at) = join_by {
+            self.timers.join_by(at, conn);
+        }
+        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by });
         if direction == Direction::Outgoing {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),
@@ -86,6 +98,9 @@ impl Engine {
     /// The connection is gone (closed by either side or failed).
     pub fn handle_disconnect(&mut self, now: Millis, conn: ConnId) {
         let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(at) = c.join_by {
+            self.timers.joined(at, conn);
+        }
         let peer = c.peer().cloned();
         if let Some(p) = &peer
             && self.peers.get(p) == Some(&conn)
@@ -239,6 +254,9 @@ impl Engine {
     pub(super) fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
+        if let Some(at) = c.join_by.take() {
+            self.timers.joined(at, conn);
+        }
         let upstream = c.direction == Direction::Outgoing && !c.edge_peer;
         self.peers.insert(peer.clone(), conn);
         self.out.event(Event::PeerConnected { conn, peer, metadata });

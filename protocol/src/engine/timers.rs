@@ -10,11 +10,12 @@
 
 use std::collections::BTreeSet;
 
-use crate::ids::DocumentId;
+use crate::ids::{ConnId, DocumentId};
 
+use super::conn::Conn;
 use super::doc::DocState;
 use super::local::EPHEMERAL_SESSION_TTL_MS;
-use super::{Engine, Millis};
+use super::{Engine, ErrorKind, Millis};
 
 /// A document due for eviction that cannot leave yet (a write or a load in
 /// flight, messages waiting, the application waiting), or a memory budget
@@ -33,12 +34,24 @@ pub(super) struct Timers {
     backfill: Option<Millis>,
     /// Next sweep of changes followed to their home (set while any is).
     home_lag: Option<Millis>,
+    /// Incoming connections that must have sent `join` by then.
+    joins: BTreeSet<(Millis, ConnId)>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Millis> {
         let idle = self.idle.first().map(|(at, _)| *at);
-        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag].into_iter().flatten().min()
+        let join = self.joins.first().map(|(at, _)| *at);
+        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag, join].into_iter().flatten().min()
+    }
+
+    pub(super) fn join_by(&mut self, at: Millis, conn: ConnId) {
+        self.joins.insert((at, conn));
+    }
+
+    /// The connection joined (or is gone): no deadline for it any more.
+    pub(super) fn joined(&mut self, at: Millis, conn: ConnId) {
+        self.joins.remove(&(at, conn));
     }
 
     pub(super) fn backfill_at(&mut self, at: Millis) {
@@ -64,6 +77,7 @@ impl Engine {
     /// confirmed. Calling it early or late is harmless: it does what is due
     /// by `now`, and leaves every deadline after `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
+        self.refuse_late_joins(now);
         self.evict_idle(now);
         if self.timers.budget.is_some_and(|at| at <= now) {
             self.timers.budget = None;
@@ -84,6 +98,21 @@ impl Engine {
         }
         if self.timers.home_lag.is_some_and(|at| at <= now) {
             self.timers.home_lag = self.give_up_home_lag(now);
+        }
+    }
+
+    /// Closes incoming connections still without `join` at their deadline
+    /// (a connection that joined, or is gone, is passed over).
+    fn refuse_late_joins(&mut self, now: Millis) {
+        while let Some(&(at, conn)) = self.timers.joins.first() {
+            if at > now {
+                break;
+            }
+            self.timers.joins.pop_first();
+            if self.conns.get(&conn).is_some_and(Conn::awaits_join) {
+                let secs = self.config.join_timeout_ms as f64 / 1000.0;
+                self.reject(conn, ErrorKind::HandshakeTimeout, format!("no `join` within {secs} s"));
+            }
         }
     }
 
