@@ -172,7 +172,7 @@ pub fn test() -> Result<()> {
     run(Command::new("node").args(["--test", "client-wasm/tests/node/"]).current_dir(root()))?;
     // wasm-bindgen-test in headless Chromium: IndexedDB store, offline queue.
     let chromedriver = which("chromedriver").context(
-        "chromedriver not found: the browser tests need Chromium (Debian: `apt-get install -y chromium chromium-driver`; .ci/run does this)",
+        "chromedriver not found: the browser tests need Chromium (Debian: `apt-get install -y chromium chromium-driver`; `cargo xtask test` installs it as root)",
     )?;
     let runner = cargo_home().join("bin/wasm-bindgen-test-runner");
     run(cargo()
@@ -185,6 +185,7 @@ pub fn test() -> Result<()> {
 /// `cargo xtask test-js`: the package and every test of it, nothing else.
 pub fn test_all() -> Result<()> {
     crate::ensure_npm()?;
+    crate::ensure_chromium()?;
     build(&[])?;
     test()?;
     run(cargo().args(["test", "-p", "meridian-tests", "--test", "browser_client"]))
@@ -200,7 +201,7 @@ pub fn ensure_test_npm() -> Result<()> {
     run(Command::new("npm").args(["install", "--no-audit", "--no-fund"]).current_dir(&dir))
 }
 
-fn which(program: &str) -> Option<PathBuf> {
+pub(crate) fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }

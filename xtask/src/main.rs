@@ -97,11 +97,34 @@ fn have(program: &str, arg: &str) -> bool {
     Command::new(program).arg(arg).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// Makes sure Debian `packages` are installed when one of `programs` is
+/// missing: as root with apt-get, otherwise it stops at once with the
+/// command to run.
+fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> {
+    if programs.iter().all(|p| js::which(p).is_some()) {
+        return Ok(());
+    }
+    let install = format!("apt-get update && apt-get install -y {}", packages.join(" "));
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        bail!("{why} need {}; run: sudo sh -c '{install}'", packages.join(" "));
+    }
+    eprintln!("xtask: installing {} ({why})", packages.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq"]).args(packages))
+}
+
+/// Debian's Chromium and ChromeDriver for the browser tests (no browser is
+/// downloaded).
+pub(crate) fn ensure_chromium() -> Result<()> {
+    ensure_debian(&["chromium", "chromedriver"], &["chromium", "chromium-driver"], "the browser tests")
+}
+
 /// npm packages for the interop tests (the real JS automerge-repo).
 pub(crate) fn ensure_npm() -> Result<()> {
     let dir = root().join("tests/js");
     if !have("npm", "--version") {
-        bail!("npm is required for the interop tests; install Node.js 20+ (Debian: `apt-get install -y nodejs npm`)");
+        ensure_debian(&["node", "npm"], &["nodejs", "npm"], "the JS interop tests")?;
     }
     if dir.join("node_modules/@automerge/automerge-repo").exists() {
         return Ok(());
@@ -122,6 +145,7 @@ fn ensure_wasm_target() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     ensure_npm()?;
+    ensure_chromium()?;
     ensure_wasm_target()?;
     // The browser package: the browser and JS-compatibility tests load it.
     js::build(&[])?;
