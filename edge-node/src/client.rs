@@ -323,8 +323,7 @@ impl Actor {
 
     /// When the engine next needs to run ([`Engine::poll_timeout`]).
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.started.checked_add(Duration::from_millis(self.engine.poll_timeout()?.0))?;
-        Some(tokio::time::Instant::from_std(at))
+        meridian_node::runtime::engine_deadline(&self.engine, self.started)
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {

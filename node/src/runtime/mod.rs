@@ -233,9 +233,7 @@ impl NodeLoop {
 
     /// When the engine next needs to run, on the loop's clock.
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        let at = self.engine.poll_timeout()?;
-        let at = self.started.checked_add(Duration::from_millis(at.0))?;
-        Some(tokio::time::Instant::from_std(at))
+        engine_deadline(&self.engine, self.started)
     }
 
     /// The loop's own housekeeping: asks the store how much it holds (disk
@@ -454,6 +452,14 @@ async fn run_loop(
     tracing::info!("shutting down: saving sync states and flushing the store");
     // The store thread blocks while it drains; keep it off the runtime.
     let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
+}
+
+/// When `engine` next needs [`Engine::handle_timeout`], as an instant on a
+/// driver's clock whose `Millis(0)` is `started`; `None`: nothing is due
+/// (or it lies past what the clock can hold).
+pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time::Instant> {
+    let at = started.checked_add(Duration::from_millis(engine.poll_timeout()?.0))?;
+    Some(tokio::time::Instant::from_std(at))
 }
 
 /// Registers a connection with the loop; `None` if the loop is gone.
