@@ -278,7 +278,10 @@ impl Driver {
             Event::Ephemeral { doc, sender, data } => self.ephemeral(doc, sender.as_str(), &data),
             Event::ProtocolError { detail, .. } => warn(&format!("meridian: the server rejected our input: {detail}")),
             Event::StorageFailed { detail, .. } => warn(&format!("meridian: storage failed: {detail}")),
-            Event::PeerDisconnected { .. } | Event::Evicted { .. } | Event::HomeConfirmed { .. } => {}
+            Event::PeerDisconnected { .. }
+            | Event::Evicted { .. }
+            | Event::HomeConfirmed { .. }
+            | Event::Refused { .. } => {}
         }
     }
 

@@ -83,6 +83,9 @@ pub struct HubConfig {
     /// Act on placement: hand decided homes off (the new home catches up
     /// first) and announce them to edges. Off: decisions are advisory.
     pub placement_moves: bool,
+    /// Public keys (PEM) tokens of clients at `/sync` (`serve_clients`)
+    /// are checked against. Empty: open dev mode for them (loopback only).
+    pub auth_public_keys: Vec<PathBuf>,
 }
 
 impl HubConfig {
@@ -103,6 +106,7 @@ impl HubConfig {
             placement_interval: Duration::from_secs(2),
             placement: PlacementConfig::default(),
             placement_moves: false,
+            auth_public_keys: Vec::new(),
         }
     }
 
@@ -130,6 +134,12 @@ impl HubConfig {
                 self.listen
             )));
         }
+        if self.serve_clients && self.auth_public_keys.is_empty() && !self.http.ip().is_loopback() {
+            return Err(HubError::Config(format!(
+                "refusing to serve clients without --auth-public-key on the non-loopback address {}",
+                self.http
+            )));
+        }
         if self.report_interval.is_zero() || self.placement_interval.is_zero() {
             return Err(HubError::Config("report and placement intervals must be positive".into()));
         }
@@ -155,6 +165,8 @@ pub enum HubError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("auth: {0}")]
+    Auth(#[from] meridian_node::auth::KeyError),
 }
 
 /// The credential edges present to each other (sent to each edge in
@@ -231,12 +243,19 @@ impl Hub {
             placer_tx.clone(),
         )));
         let app = if config.serve_clients {
-            tracing::warn!("serving automerge-repo clients at /sync on the HTTP port (no client auth yet)");
+            let auth = if config.auth_public_keys.is_empty() {
+                metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!("OPEN DEV MODE: clients at /sync may read and write every document (loopback only)");
+                None
+            } else {
+                Some(Arc::new(meridian_node::auth::Verifier::load(&config.auth_public_keys)?))
+            };
             server::router(AppState {
                 events: runtime.events(),
                 metrics: metrics.clone(),
                 max_message_bytes: config.max_frame_bytes,
                 ping_interval: Duration::from_secs(10),
+                auth,
             })
         } else {
             let m = metrics.clone();

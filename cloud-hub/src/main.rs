@@ -57,6 +57,12 @@ struct ServeArgs {
     /// (inspection tools and tests; clients normally connect to edges).
     #[arg(long, env = "MERIDIAN_HUB_SERVE_CLIENTS", default_value_t = false)]
     serve_clients: bool,
+    /// Public key (PEM, from `meridian-hub auth keygen`) that tokens of clients
+    /// at /sync (--serve-clients) must be signed with; repeatable (env:
+    /// comma-separated) for key rotation. Without it those clients are served
+    /// in open dev mode, on a loopback --http only.
+    #[arg(long = "auth-public-key", env = "MERIDIAN_AUTH_PUBLIC_KEY", value_delimiter = ',', value_name = "FILE")]
+    auth_public_keys: Vec<PathBuf>,
     /// Milliseconds between an edge's demand and RTT reports (told to each
     /// edge when it connects).
     #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
@@ -126,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
     config.serve_clients = args.serve_clients;
+    config.auth_public_keys = args.auth_public_keys;
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
     config.placement_moves = args.placement_moves;

@@ -59,6 +59,10 @@ pub struct EdgeConfig {
     /// no client here uses are dropped; opening one later fetches it again
     /// (a cold open, from the hub or the document's home edge).
     pub disk_budget_bytes: u64,
+    /// Public keys (PEM) clients' tokens are checked against (several:
+    /// key rotation). Empty: open dev mode, where every client may read
+    /// and write everything; it serves loopback addresses only.
+    pub auth_public_keys: Vec<PathBuf>,
 }
 
 impl EdgeConfig {
@@ -82,6 +86,7 @@ impl EdgeConfig {
             memory_budget_docs: 0,
             admin_token: None,
             disk_budget_bytes: 0,
+            auth_public_keys: Vec::new(),
         }
     }
 
@@ -133,7 +138,23 @@ impl EdgeConfig {
         if self.tick_interval.is_zero() || self.ping_interval.is_zero() {
             return Err(ConfigError::Invalid("intervals must be positive".into()));
         }
+        if self.auth_public_keys.is_empty() {
+            for (flag, addr) in [("--listen", Some(self.listen)), ("--quic-listen", self.quic_listen)] {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{flag} {addr} is not a loopback address, and without --auth-public-key anyone could read \
+                         and write every document: open dev mode serves loopback only. Create keys with \
+                         `meridian-edge auth keygen --out DIR` and pass --auth-public-key DIR/auth-public.pem"
+                    )));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Without public keys the edge runs in open dev mode.
+    pub fn open_mode(&self) -> bool {
+        self.auth_public_keys.is_empty()
     }
 
     /// Path of the SQLite database inside the data folder.

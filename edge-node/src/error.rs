@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use meridian_node::auth::KeyError;
 use meridian_node::quic::TlsError;
 use meridian_node::store::StoreError;
 
@@ -20,4 +21,6 @@ pub enum EdgeError {
     Thread(std::io::Error),
     #[error("TLS for the QUIC listener: {0}")]
     Tls(TlsError),
+    #[error("auth: {0}")]
+    Auth(#[from] KeyError),
 }

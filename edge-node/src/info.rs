@@ -18,10 +18,12 @@ pub struct NodeInfo {
     pub edge_id: Option<String>,
     /// The hub's QUIC address; `None` without an uplink.
     pub hub: Option<String>,
+    /// `"tokens"`, or `"open"` in open dev mode (no token needed).
+    pub auth: &'static str,
 }
 
-/// `GET /info`: `{"peerId", "edgeId", "connections", "documentsLoaded",
-/// "hub": {"addr", "connected", "rttMs"} | null}`.
+/// `GET /info`: `{"peerId", "edgeId", "auth": "tokens" | "open",
+/// "connections", "documentsLoaded", "hub": {"addr", "connected", "rttMs"} | null}`.
 /// `/info` of an edge, merged into [`meridian_node::server::router`]'s routes.
 pub fn router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
     Router::new().route("/info", get(info_handler)).with_state((metrics, Arc::new(info)))
@@ -39,6 +41,7 @@ async fn info_handler(State((m, info)): State<(Arc<NodeMetrics>, Arc<NodeInfo>)>
     let body = serde_json::json!({
         "peerId": info.peer_id,
         "edgeId": info.edge_id,
+        "auth": info.auth,
         "connections": m.connections.load(Relaxed),
         "documentsLoaded": m.documents_loaded.load(Relaxed),
         "hub": hub,

@@ -183,6 +183,12 @@ struct ServeArgs {
     /// `Authorization: Bearer TOKEN`. Without it the API answers loopback requests only.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// Public key (PEM, from `meridian-edge auth keygen`) that clients' tokens
+    /// must be signed with; repeat it (env: comma-separated) to accept several
+    /// during a key rotation. Without it the edge runs in open dev mode: every
+    /// client may read and write everything, on loopback addresses only.
+    #[arg(long = "auth-public-key", env = "MERIDIAN_AUTH_PUBLIC_KEY", value_delimiter = ',', value_name = "FILE")]
+    auth_public_keys: Vec<PathBuf>,
     /// Memory budget: at most this many documents in memory; past it the least
     /// recently used leave before their idle time is up (0: no limit).
     #[arg(long, env = "MERIDIAN_MEMORY_BUDGET_DOCS", default_value_t = 0)]
@@ -253,6 +259,7 @@ async fn main() -> anyhow::Result<()> {
     config.peer_advertise = args.peer_advertise;
     config.memory_budget_docs = args.memory_budget_docs;
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    config.auth_public_keys = args.auth_public_keys;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     for r in &args.peer_routes {

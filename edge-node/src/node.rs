@@ -4,13 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_node::auth::Verifier;
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreOptions};
 use meridian_node::task::AbortOnDrop;
-use meridian_protocol::engine::{Direction, EngineConfig};
+use meridian_protocol::codec::federation::{self, Control, FrameKind};
+use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -70,12 +72,23 @@ fn start_peers(config: &EdgeConfig, edge_id: &str, events: mpsc::Sender<NodeEven
     Ok(PeerParts { handle: PeerHandle { dir, events: tx, listen_addr, fingerprint }, addr, tasks })
 }
 
+/// What the device listener checks a device's first frame against.
+#[derive(Clone, Debug)]
+struct DeviceAuth {
+    /// `None`: open dev mode.
+    verifier: Option<Arc<Verifier>>,
+    metrics: Arc<NodeMetrics>,
+    /// How long a device may take to send its first frame (`None`: no limit).
+    first_frame_within: Option<std::time::Duration>,
+}
+
 /// Binds the QUIC listener for device clients (ALPN `meridian/1`), with a
 /// certificate from the edge's data folder (created on first start).
 fn start_device_listener(
     config: &EdgeConfig,
     listen: SocketAddr,
     events: mpsc::Sender<NodeEvent>,
+    auth: DeviceAuth,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let names = vec!["localhost".to_owned(), listen.ip().to_string()];
     let identity = quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
@@ -84,24 +97,67 @@ fn start_device_listener(
         quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
     let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: listen, source })?;
     tracing::info!(%addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "QUIC listener for devices");
-    let task = AbortOnDrop(tokio::spawn(accept_devices(endpoint, events, config.max_message_bytes)));
+    let task = AbortOnDrop(tokio::spawn(accept_devices(endpoint, events, config.max_message_bytes, auth)));
     Ok((addr, task))
 }
 
 /// Accepts device connections; each runs in a task owned by the loop.
-async fn accept_devices(endpoint: quinn::Endpoint, events: mpsc::Sender<NodeEvent>, limit: usize) {
-    quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit)).await;
+async fn accept_devices(endpoint: quinn::Endpoint, events: mpsc::Sender<NodeEvent>, limit: usize, auth: DeviceAuth) {
+    quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit, auth.clone())).await;
 }
 
-async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>, limit: usize) {
+/// A device's first frame is its token ([`Control::Auth`]); in open dev
+/// mode it may be `join` right away. Without a valid token (auth on) the
+/// device is refused with the reason before it reaches the engine.
+async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>, limit: usize, auth: DeviceAuth) {
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
-    let Ok((send, recv)) = connection.accept_bi().await else { return };
-    let Some((conn, out)) = runtime::register(&events, Direction::Incoming).await else {
-        return;
+    let Ok((send, mut recv)) = connection.accept_bi().await else { return };
+    let read = quic::read_frame(&mut recv, limit);
+    let first = match auth.first_frame_within {
+        Some(limit) => tokio::time::timeout(limit, read).await.unwrap_or(Ok(None)),
+        None => read.await,
     };
+    let (token, join) = match first {
+        Ok(Some((FrameKind::Control, bytes))) => match federation::decode_control(&bytes) {
+            Ok(Control::Auth { token }) => (token, None),
+            _ => (String::new(), None),
+        },
+        Ok(Some((FrameKind::Repo, bytes))) => (String::new(), Some(bytes)),
+        _ => return quic::refuse(&connection, send, "nothing received").await,
+    };
+    let (access, valid_for) = match server::authorize(auth.verifier.as_deref(), &token, &auth.metrics) {
+        Ok(granted) => granted,
+        Err(reason) => {
+            tracing::info!(%remote, %reason, "device refused");
+            return quic::refuse(&connection, send, &format!("unauthorized: {reason}")).await;
+        }
+    };
+    let Some((conn, out)) = runtime::register_client(&events, access, valid_for).await else { return };
+    if let Some(bytes) = join
+        && events.send(NodeEvent::Frame { conn, bytes }).await.is_err()
+    {
+        return;
+    }
     let reason = quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");
+}
+
+/// The public keys tokens are checked against, or `None` in open dev mode
+/// (announced loudly: anyone reaching the edge may read and write
+/// everything).
+fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Arc<Verifier>>, EdgeError> {
+    if config.open_mode() {
+        metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            "OPEN DEV MODE: no --auth-public-key, so every client may read and write every document \
+             (serving loopback only)"
+        );
+        return Ok(None);
+    }
+    let verifier = Verifier::load(&config.auth_public_keys)?;
+    tracing::info!(keys = config.auth_public_keys.len(), "clients need a token (auth on)");
+    Ok(Some(Arc::new(verifier)))
 }
 
 impl EdgeNode {
@@ -123,6 +179,7 @@ impl EdgeNode {
         engine.track_demand = config.uplink.is_some();
         engine.max_loaded_docs = config.memory_budget_docs;
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
+        let verifier = load_verifier(&config, &metrics)?;
         // Without a hub there is no cloud copy to fall back on.
         let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
         let runtime = NodeRuntime::start_with_disk_budget(
@@ -142,6 +199,7 @@ impl EdgeNode {
             metrics: metrics.clone(),
             max_message_bytes: config.max_message_bytes,
             ping_interval: config.ping_interval,
+            auth: verifier.clone(),
         })
         .merge(info::router(
             metrics.clone(),
@@ -149,6 +207,7 @@ impl EdgeNode {
                 peer_id: config.peer_id.clone(),
                 edge_id: config.uplink.as_ref().map(|u| u.edge_id.clone()),
                 hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
+                auth: if verifier.is_some() { "tokens" } else { "open" },
             },
         ));
         app = app.merge(crate::admin::router(addr, config.admin_token.clone()));
@@ -174,7 +233,12 @@ impl EdgeNode {
         let (peer_addr, peer_tasks) = peers.map_or((None, Vec::new()), |p| (p.addr, p.tasks));
         let (quic_addr, devices) = match config.quic_listen {
             Some(listen) => {
-                let (addr, task) = start_device_listener(&config, listen, runtime.events())?;
+                let auth = DeviceAuth {
+                    verifier: verifier.clone(),
+                    metrics: metrics.clone(),
+                    first_frame_within: (!config.join_timeout.is_zero()).then_some(config.join_timeout),
+                };
+                let (addr, task) = start_device_listener(&config, listen, runtime.events(), auth)?;
                 (Some(addr), Some(task))
             }
             None => (None, None),

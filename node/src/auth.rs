@@ -19,6 +19,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use meridian_protocol::engine::{Access, DocSet};
 use meridian_protocol::ids::DocumentId;
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{self, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -94,29 +95,17 @@ impl TokenError {
     }
 }
 
-/// Documents a grant covers: every one, or those listed.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DocSet {
-    all: bool,
-    docs: std::collections::BTreeSet<DocumentId>,
-}
-
-impl DocSet {
-    pub fn contains(&self, doc: &DocumentId) -> bool {
-        self.all || self.docs.contains(doc)
-    }
-
-    fn parse(items: &[String]) -> Result<Self, TokenError> {
-        let mut set = DocSet::default();
-        for item in items {
-            if item == "*" {
-                set.all = true;
-            } else {
-                set.docs.insert(parse_doc(item).ok_or(TokenError::Malformed)?);
-            }
+/// Reads a claim's list of documents (`"*"`: every one).
+fn parse_docs(items: &[String]) -> Result<DocSet, TokenError> {
+    let mut set = DocSet::none();
+    for item in items {
+        if item == "*" {
+            set.insert_all();
+        } else {
+            set.insert(parse_doc(item).ok_or(TokenError::Malformed)?);
         }
-        Ok(set)
     }
+    Ok(set)
 }
 
 /// A document id, or an `automerge:` URL naming one.
@@ -168,6 +157,16 @@ impl Grant {
 
     pub fn may_write(&self, doc: &DocumentId) -> bool {
         self.write.contains(doc)
+    }
+
+    /// What the engine lets a connection holding it do.
+    pub fn access(&self) -> Access {
+        Access::client(self.sub.clone(), self.read.clone(), self.write.clone(), self.create)
+    }
+
+    /// How long from `now` (seconds since the Unix epoch) it stays valid.
+    pub fn valid_for(&self, now: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(self.expires.saturating_sub(now))
     }
 }
 
@@ -330,8 +329,8 @@ impl Verifier {
             return Err(TokenError::NotYetValid);
         }
         Ok(Grant {
-            read: DocSet::parse(&claims.read)?,
-            write: DocSet::parse(&claims.write)?,
+            read: parse_docs(&claims.read)?,
+            write: parse_docs(&claims.write)?,
             sub: claims.sub,
             jti: claims.jti,
             expires: claims.exp,
@@ -350,6 +349,11 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenErr
 /// the SHA-256 of its raw 32 bytes, in hex.
 pub fn key_id(raw_public_key: &[u8]) -> String {
     hex::encode(&Sha256::digest(raw_public_key)[..8])
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Seconds in a duration written `30s`, `10m`, `1h` or `7d`.

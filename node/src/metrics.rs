@@ -11,6 +11,9 @@
 //! | `meridian_edge_messages_out_total{type}` | counter | protocol messages sent, by type |
 //! | `meridian_edge_bytes_in_total` / `_bytes_out_total` | counter | WebSocket payload bytes |
 //! | `meridian_edge_errors_total{kind}` | counter | connections closed for bad input, by kind |
+//! | `meridian_edge_auth_refused_total{reason}` | counter | connections refused for their token, by reason (`missing`, `malformed`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`) |
+//! | `meridian_edge_access_refused_total{refusal}` | counter | requests refused by a connection's grants, by kind (`not_granted`, `read_only`, `create`, `peer_id_taken`) |
+//! | `meridian_edge_auth_open` | gauge | 1 when the node runs in open dev mode (no token needed; loopback only) |
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
 //! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
 //! | `meridian_edge_storage_failures_total` | counter | storage tasks that failed |
@@ -36,7 +39,9 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use meridian_protocol::engine::ErrorKind;
+use meridian_protocol::engine::{ErrorKind, Refusal};
+
+use crate::auth::TokenError;
 
 /// Message types we count; anything else is `other`.
 const TYPES: [&str; 10] = [
@@ -97,6 +102,10 @@ pub struct NodeMetrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     errors: [AtomicU64; ErrorKind::ALL.len()],
+    auth_refusals: [AtomicU64; TokenError::ALL.len()],
+    access_refusals: [AtomicU64; Refusal::ALL.len()],
+    /// 1 in open dev mode (no token needed).
+    pub auth_open: AtomicU64,
     pub storage_batches: AtomicU64,
     pub storage_tasks: AtomicU64,
     pub storage_failures: AtomicU64,
@@ -137,6 +146,9 @@ impl NodeMetrics {
             bytes_in: AtomicU64::default(),
             bytes_out: AtomicU64::default(),
             errors: Default::default(),
+            auth_refusals: Default::default(),
+            access_refusals: Default::default(),
+            auth_open: AtomicU64::default(),
             storage_batches: AtomicU64::default(),
             storage_tasks: AtomicU64::default(),
             storage_failures: AtomicU64::default(),
@@ -201,6 +213,26 @@ impl NodeMetrics {
         self.errors[i].load(Relaxed)
     }
 
+    pub fn auth_refused(&self, reason: TokenError) {
+        let i = TokenError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.auth_refusals[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn auth_refused_of(&self, reason: TokenError) -> u64 {
+        let i = TokenError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.auth_refusals[i].load(Relaxed)
+    }
+
+    pub fn access_refused(&self, refusal: Refusal) {
+        let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
+        self.access_refusals[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn access_refused_of(&self, refusal: Refusal) -> u64 {
+        let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
+        self.access_refusals[i].load(Relaxed)
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -234,6 +266,14 @@ impl NodeMetrics {
             &kinds,
             &self.errors,
         );
+        let reasons: Vec<&str> = TokenError::ALL.iter().map(|r| r.as_str()).collect();
+        let help = "Connections refused for their token, by reason.";
+        labelled(&mut out, &self.name("auth_refused_total"), help, "reason", &reasons, &self.auth_refusals);
+        let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        let help = "Requests refused by a connection's grants, by kind.";
+        labelled(&mut out, &self.name("access_refused_total"), help, "refusal", &refusals, &self.access_refusals);
+        let help = "1 when the node runs in open dev mode (no token needed; loopback only).";
+        gauge(&mut out, &self.name("auth_open"), help, &self.auth_open);
         counter(
             &mut out,
             &self.name("storage_batches_total"),

@@ -5,25 +5,32 @@
 //! Each WebSocket gets one task that moves frames between the socket and the
 //! node loop. Policy (what is valid, what to answer) lives in the engine;
 //! this file only enforces what must be checked before bytes reach it:
-//! binary frames only, and the size limit.
+//! the token (with auth on, an upgrade without a valid one is refused with
+//! 401 and the reason, before any WebSocket exists), binary frames only,
+//! and the size limit.
+//!
+//! A client presents its token as `?token=…` on the URL (how unmodified
+//! automerge-repo clients can: their adapter takes a URL) or as
+//! `Authorization: Bearer …`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::http::header;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::{ListenerExt, TapIo};
 use futures_util::{SinkExt, StreamExt};
-use meridian_protocol::engine::{Direction, ErrorKind};
+use meridian_protocol::engine::{Access, ErrorKind};
 use tokio::sync::mpsc;
 
+use crate::auth::{self, TokenError, Verifier};
 use crate::metrics::NodeMetrics;
-use crate::runtime::{NodeEvent, Outbound, register};
+use crate::runtime::{NodeEvent, Outbound, register_client};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
@@ -32,6 +39,9 @@ pub struct AppState {
     pub metrics: Arc<NodeMetrics>,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
+    /// Public keys tokens are checked against; `None`: open dev mode
+    /// (every connection may do everything).
+    pub auth: Option<Arc<Verifier>>,
 }
 
 /// The listener with `TCP_NODELAY` set on every accepted connection. Sync
@@ -66,23 +76,96 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
 }
 
-async fn root(State(state): State<AppState>, ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>) -> Response {
+async fn root(
+    State(state): State<AppState>,
+    query: RawQuery,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     match ws {
-        Ok(ws) => upgrade(ws, state),
+        Ok(ws) => upgrade(ws, state, query, &headers),
         Err(_) => "Meridian edge. Point an automerge-repo WebSocket client at ws://<this host>/sync (or /).\n\
                    Health: /healthz, metrics: /metrics, about this edge: /info.\n"
             .into_response(),
     }
 }
 
-async fn sync(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    upgrade(ws, state)
+async fn sync(State(state): State<AppState>, query: RawQuery, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    upgrade(ws, state, query, &headers)
+}
+
+/// The token a request carries: `?token=` on the URL, else
+/// `Authorization: Bearer`. Empty when there is none.
+pub fn request_token(query: &RawQuery, headers: &HeaderMap) -> String {
+    let from_query = query
+        .0
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")).map(|t| percent_decode(t)));
+    let from_header = || {
+        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+        value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+    };
+    from_query.or_else(from_header).unwrap_or_default()
+}
+
+/// `%XX` escapes decoded (tokens are base64url and dots, so this is rare).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a connection presenting `token` may do, for how long; `Err` when
+/// auth is on and the token does not hold (counted in metrics).
+pub fn authorize(
+    verifier: Option<&Verifier>,
+    token: &str,
+    metrics: &NodeMetrics,
+) -> Result<(Access, Option<Duration>), TokenError> {
+    let Some(verifier) = verifier else { return Ok((Access::full(), None)) };
+    let now = auth::unix_now();
+    match verifier.verify(token, now) {
+        Ok(grant) => Ok((grant.access(), Some(grant.valid_for(now)))),
+        Err(reason) => {
+            metrics.auth_refused(reason);
+            Err(reason)
+        }
+    }
+}
+
+/// 401 with the reason, as the body and in `WWW-Authenticate`.
+fn unauthorized(reason: TokenError) -> Response {
+    let challenge = format!("Bearer error=\"invalid_token\", error_description=\"{reason}\"");
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, challenge)], format!("unauthorized: {reason}\n"))
+        .into_response()
 }
 
 /// Initial WebSocket read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-fn upgrade(ws: WebSocketUpgrade, state: AppState) -> Response {
+fn upgrade(ws: WebSocketUpgrade, state: AppState, query: RawQuery, headers: &HeaderMap) -> Response {
+    let token = request_token(&query, headers);
+    let (access, valid_for) = match authorize(state.auth.as_deref(), &token, &state.metrics) {
+        Ok(granted) => granted,
+        Err(reason) => {
+            tracing::info!(%reason, "WebSocket upgrade refused");
+            return unauthorized(reason);
+        }
+    };
     // Let a frame somewhat over our limit through the WebSocket layer so we
     // can answer it with a protocol `error` instead of a bare close.
     let transport_limit = state.max_message_bytes.saturating_add(1 << 20);
@@ -94,12 +177,12 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState) -> Response {
     ws.max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| connection(socket, state))
+        .on_upgrade(move |socket| connection(socket, state, access, valid_for))
 }
 
 /// Runs one WebSocket until either side closes it.
-async fn connection(socket: WebSocket, state: AppState) {
-    let Some((conn, mut out_rx)) = register(&state.events, Direction::Incoming).await else { return };
+async fn connection(socket: WebSocket, state: AppState, access: Access, valid_for: Option<Duration>) {
+    let Some((conn, mut out_rx)) = register_client(&state.events, access, valid_for).await else { return };
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(state.ping_interval);
     ping.tick().await;

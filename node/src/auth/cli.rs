@@ -2,7 +2,6 @@
 //! a token. The same subcommands on both binaries.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{Claims, KeyError, SigningKey, keygen, parse_doc, parse_ttl};
 
@@ -75,7 +74,7 @@ pub fn run(args: AuthArgs) -> Result<String, AuthCliError> {
         }
         AuthOp::Token { key, read, write, create, admin, ttl, sub } => {
             let key = SigningKey::load(&key)?;
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = super::unix_now();
             let claims = Claims {
                 sub,
                 exp: now.saturating_add(ttl),

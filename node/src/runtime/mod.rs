@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use meridian_protocol::codec;
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
+    Access, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
@@ -64,6 +64,10 @@ pub enum NodeEvent {
         direction: Direction,
         /// A link to another edge ([`Engine::handle_connect_edge_peer`]).
         edge_peer: bool,
+        /// What it may do ([`Access::full`] for links between nodes and in
+        /// open dev mode), and for how long from now (`None`: no end).
+        access: Access,
+        valid_for: Option<Duration>,
         out: mpsc::Sender<Outbound>,
         reply: oneshot::Sender<ConnId>,
     },
@@ -156,11 +160,12 @@ impl NodeLoop {
     fn handle(&mut self, event: NodeEvent) {
         let now = self.now();
         match event {
-            NodeEvent::Connected { direction, edge_peer, out, reply } => {
+            NodeEvent::Connected { direction, edge_peer, mut access, valid_for, out, reply } => {
+                access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
                 let conn = if edge_peer {
                     self.engine.handle_connect_edge_peer(now, direction)
                 } else {
-                    self.engine.handle_connect(now, direction)
+                    self.engine.handle_connect_with(now, direction, access)
                 };
                 self.io.conns.insert(conn, out);
                 self.io.metrics.connections.fetch_add(1, Relaxed);
@@ -330,6 +335,7 @@ impl Driver for Io {
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
             Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
+            Event::Refused { refusal, .. } => self.metrics.access_refused(refusal),
             Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }
@@ -462,12 +468,24 @@ pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time:
     Some(tokio::time::Instant::from_std(at))
 }
 
-/// Registers a connection with the loop; `None` if the loop is gone.
+/// Registers a connection with the loop, with [`Access::full`] (a link
+/// between nodes, or any connection in open dev mode); `None` if the loop
+/// is gone.
 pub async fn register(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
 ) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
-    register_as(events, direction, false).await
+    register_as(events, direction, false, Access::full(), None).await
+}
+
+/// Registers a client's connection that may do what `access` grants, for
+/// `valid_for` from now (its token's lifetime).
+pub async fn register_client(
+    events: &mpsc::Sender<NodeEvent>,
+    access: Access,
+    valid_for: Option<Duration>,
+) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+    register_as(events, Direction::Incoming, false, access, valid_for).await
 }
 
 /// Registers a link to another edge (see [`NodeEvent::Connected`]).
@@ -475,17 +493,20 @@ pub async fn register_edge_peer(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
 ) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
-    register_as(events, direction, true).await
+    register_as(events, direction, true, Access::full(), None).await
 }
 
 async fn register_as(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
     edge_peer: bool,
+    access: Access,
+    valid_for: Option<Duration>,
 ) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (reply_tx, reply_rx) = oneshot::channel();
-    events.send(NodeEvent::Connected { direction, edge_peer, out: out_tx, reply: reply_tx }).await.ok()?;
+    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, out: out_tx, reply: reply_tx };
+    events.send(connected).await.ok()?;
     let conn = reply_rx.await.ok()?;
     Some((conn, out_rx))
 }

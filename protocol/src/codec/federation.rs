@@ -72,6 +72,9 @@ pub enum Control {
     /// The hub's word on where a document's home is (sent only once the
     /// home has caught up, see ARCHITECTURE.md "Placement").
     Home(HomeNotice),
+    /// A device's access token (`meridian-edge auth token`), as its first
+    /// frame, before `join`: what a WebSocket client sends as `?token=`.
+    Auth { token: String },
 }
 
 /// A document's announced home. `edge: None` means the hub.
@@ -198,6 +201,9 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
             e.map(2).and_then(|e| e.str("type")?.str("refused")?.str("reason")?.str(reason)).map(|_| ())
         }
         Control::Report(r) => encode_report(&mut e, r),
+        Control::Auth { token } => {
+            e.map(2).and_then(|e| e.str("type")?.str("auth")?.str("token")?.str(token)).map(|_| ())
+        }
     };
     e.into_writer()
 }
@@ -253,6 +259,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             ("secret", Type::String) => f.secret = Some(d.str().map_err(bad)?.to_owned()),
             ("hubId", Type::String) => f.hub_id = Some(d.str().map_err(bad)?.to_owned()),
             ("reason", Type::String) => f.reason = Some(d.str().map_err(bad)?.to_owned()),
+            ("token", Type::String) => f.token = Some(d.str().map_err(bad)?.to_owned()),
             ("reportIntervalMs", _) => f.report_interval_ms = Some(d.u64().map_err(bad)?),
             ("seq", _) => f.report.seq = d.u64().map_err(bad)?,
             ("windowMs", _) => f.report.window_ms = d.u64().map_err(bad)?,
@@ -289,6 +296,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
         }),
         "refused" => Ok(Control::Refused { reason: f.reason.unwrap_or_default() }),
         "report" => Ok(Control::Report(f.report)),
+        "auth" => Ok(Control::Auth { token: f.token.ok_or(FrameError::MissingField("token"))? }),
         "home" => Ok(Control::Home(HomeNotice {
             doc: f.doc.ok_or(FrameError::MissingField("doc"))?,
             edge: f.edge,
@@ -321,6 +329,7 @@ struct Fields {
     edge: Option<String>,
     addr: Option<String>,
     fingerprint: Option<String>,
+    token: Option<String>,
 }
 
 /// `{edgeId: micros, ...}`; at most as many entries as the input can hold.
@@ -400,6 +409,7 @@ mod tests {
                 fingerprint: Some("cd".repeat(32)),
             }),
             Control::Refused { reason: "unknown edge".into() },
+            Control::Auth { token: "eyJ.e30.sig".into() },
             Control::Report(Report::default()),
             Control::Report(report()),
         ] {

@@ -8,6 +8,8 @@ use crate::codec::{Message, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 use crate::storage::{StorageTask, StorageTaskId};
 
+use super::access::Refusal;
+
 /// Milliseconds on the driver's clock (monotonic, any origin).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default, Hash)]
 pub struct Millis(pub u64);
@@ -110,10 +112,11 @@ pub enum ErrorKind {
     TextFrame,
     Unauthorized,
     HandshakeTimeout,
+    TokenExpired,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Decode,
         ErrorKind::NotJoined,
         ErrorKind::UnsupportedVersion,
@@ -122,6 +125,7 @@ impl ErrorKind {
         ErrorKind::TextFrame,
         ErrorKind::Unauthorized,
         ErrorKind::HandshakeTimeout,
+        ErrorKind::TokenExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +138,7 @@ impl ErrorKind {
             ErrorKind::TextFrame => "text_frame",
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::HandshakeTimeout => "handshake_timeout",
+            ErrorKind::TokenExpired => "token_expired",
         }
     }
 }
@@ -180,6 +185,13 @@ pub enum Event {
         conn: ConnId,
         kind: ErrorKind,
         detail: String,
+    },
+    /// A peer was refused something its grants do not allow, without
+    /// being disconnected (see `access`).
+    Refused {
+        conn: ConnId,
+        doc: Option<DocumentId>,
+        refusal: Refusal,
     },
     StorageFailed {
         doc: Option<DocumentId>,

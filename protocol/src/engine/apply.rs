@@ -8,9 +8,14 @@ use automerge::sync::{self, SyncDoc};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
+use super::access::Refusal;
 use super::conn::Conn;
 use super::doc::DocState;
 use super::{Engine, EngineStats, ErrorKind, Millis};
+
+/// At most this many messages creating a document are held per document
+/// (see [`Engine::hold_creations`]); past it they are refused.
+const MAX_HELD: usize = 64;
 
 /// A document message waiting until the document (and the sender's sync
 /// state) is loaded, or until the commit in flight is done.
@@ -23,6 +28,10 @@ pub(super) struct Pending {
     pub(super) any_sync: bool,
     /// How many peer messages this one stands for (see [`coalesce`]).
     pub(super) merged: u64,
+    /// From a peer that may not write the document: it carries no changes
+    /// (they were taken out), and heads of its own we do not know are not
+    /// taken as the peer's (we would ask for them forever).
+    pub(super) read_only: bool,
     pub(super) message: sync::Message,
 }
 
@@ -79,6 +88,24 @@ pub(super) fn coalesce(pending: impl IntoIterator<Item = Pending>) -> Vec<Pendin
     out
 }
 
+/// The heads of a read-only peer as far as they are ours. Its own
+/// changes never reach us, so heads of its own would make automerge ask
+/// for them forever; dropped, and nothing left, they would read as a
+/// peer that lost everything (automerge then sends the whole document
+/// again, every round). What it says we share (`have.last_sync`) stands
+/// in for them.
+fn known_heads_of_read_only(doc: &automerge::Automerge, message: &sync::Message) -> Vec<automerge::ChangeHash> {
+    let known = |h: &automerge::ChangeHash| doc.get_change_by_hash(h).is_some();
+    if message.heads.iter().all(known) {
+        return message.heads.clone();
+    }
+    let mut heads: Vec<automerge::ChangeHash> = message.heads.iter().copied().filter(known).collect();
+    heads.extend(message.have.iter().flat_map(|h| h.last_sync.iter().copied()).filter(known));
+    heads.sort();
+    heads.dedup();
+    heads
+}
+
 impl Engine {
     /// Frames handed in until [`Self::end_batch`] queue their document
     /// messages instead of applying them. A runtime with several frames at
@@ -123,8 +150,11 @@ impl Engine {
         data: Vec<u8>,
         requesting: bool,
     ) {
+        if !self.may_read(conn, &doc_id) {
+            return self.refuse_unreadable(conn, doc_id);
+        }
         // Validate before anything is loaded or stored on its behalf.
-        let message = match sync::Message::decode(&data) {
+        let mut message = match sync::Message::decode(&data) {
             Ok(m) => m,
             Err(e) => {
                 let detail = format!("invalid automerge sync message for {doc_id}: {e}");
@@ -132,12 +162,17 @@ impl Engine {
                 return;
             }
         };
+        let read_only = !self.may_write(conn, &doc_id);
+        if read_only && !message.changes.is_empty() {
+            message.changes = Vec::<Vec<u8>>::new().into();
+            self.tell_refused(conn, doc_id, Refusal::ReadOnly);
+        }
         self.subscribe(conn, doc_id);
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.touch(now);
-        d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, message });
+        d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, read_only, message });
         match &mut self.batch {
             Some(docs) => {
                 if !docs.contains(&doc_id) {
@@ -168,6 +203,7 @@ impl Engine {
     pub(super) fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
         let followed = self.follows_home_lag(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        d.release_held();
         if d.busy() || d.pending.is_empty() {
             return;
         }
@@ -176,6 +212,8 @@ impl Engine {
             return;
         }
         let pending = if self.config.coalesce_messages { coalesce(pending) } else { pending };
+        let pending = self.hold_creations(doc_id, pending);
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let before = d.doc.get_heads();
         let issued = d.writes_issued;
         let mut rejected = Vec::new();
@@ -207,9 +245,64 @@ impl Engine {
         }
         self.maybe_offload(doc_id);
     }
+
+    /// Messages about a document nobody has (no data here), from a peer
+    /// without the create right (see `access`): each is taken as a request
+    /// for the document, which is then looked for, and the peer's own heads
+    /// are not taken (they are not ours). Its `sync` messages (it has the
+    /// document, and would create it here) are held: applied if the
+    /// document turns up, refused with the `doc-unavailable`
+    /// (`announce_unavailable`) if not, or at once once that was said.
+    fn hold_creations(&mut self, doc_id: DocumentId, pending: Vec<Pending>) -> Vec<Pending> {
+        if self.docs.get(&doc_id).is_none_or(DocState::has_data) {
+            return pending;
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        let mut refused = Vec::new();
+        for p in pending {
+            if self.may_create(p.conn) {
+                out.push(p);
+                continue;
+            }
+            let Some(d) = self.docs.get_mut(&doc_id) else { break };
+            let ask = Pending {
+                conn: p.conn,
+                requesting: true,
+                any_sync: false,
+                merged: 1,
+                read_only: true,
+                message: sync::Message { changes: Vec::<Vec<u8>>::new().into(), ..p.message.clone() },
+            };
+            let answered = d.peers.get(&p.conn).is_some_and(|pd| pd.told_unavailable);
+            // A `sync` says it has the document: it would create it here.
+            if p.any_sync || p.changes() {
+                if answered || d.held.len() >= MAX_HELD {
+                    refused.push(p.conn);
+                } else {
+                    d.held.push(p);
+                }
+            }
+            out.push(ask);
+        }
+        for conn in refused {
+            self.tell_refused(conn, doc_id, Refusal::Create);
+        }
+        out
+    }
 }
 
 impl DocState {
+    /// Held changes (see [`Engine::hold_creations`]) go ahead once the
+    /// document has data: they no longer create it.
+    fn release_held(&mut self) {
+        if self.held.is_empty() || !self.has_data() {
+            return;
+        }
+        for p in self.held.drain(..).rev() {
+            self.pending.push_front(p);
+        }
+    }
+
     /// Takes the waiting messages that may be applied now: all of them once
     /// the writes of the last ones applied completed; before that, only
     /// acknowledgements (no changes) of peers with nothing else waiting.
@@ -241,7 +334,10 @@ impl DocState {
         stats: &mut EngineStats,
     ) -> Result<bool, automerge::AutomergeError> {
         let Some(pd) = self.peers.get_mut(&p.conn) else { return Ok(false) };
-        let message = p.message;
+        let mut message = p.message;
+        if p.read_only {
+            message.heads = known_heads_of_read_only(&self.doc, &message);
+        }
         pd.requesting = p.requesting;
         self.dirty.insert(p.conn);
         if p.any_sync {

@@ -6,6 +6,7 @@ use automerge::sync::{self, SyncDoc};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
+use super::access::Refusal;
 use super::conn::Conn;
 use super::doc::DocState;
 use super::{Engine, Event, Millis};
@@ -85,10 +86,16 @@ impl Engine {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let targets = d.owed_unavailable();
         let local = d.life.take_local_waiting();
+        // Changes held for want of the create right would create it: refused.
+        let creators: Vec<ConnId> = d.held.iter().map(|p| p.conn).filter(|c| targets.contains(c)).collect();
+        d.held.retain(|p| !targets.contains(&p.conn));
         for conn in targets {
             let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
             let sender_id = self.config.peer_id.clone();
             self.out.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
+        }
+        for conn in creators {
+            self.tell_refused(conn, doc_id, Refusal::Create);
         }
         if local {
             self.out.event(Event::DocUnavailable { doc: doc_id });

@@ -1,8 +1,11 @@
 //! Connections and the handshake (`join` / `peer`), bad input, disconnects.
 
+use std::collections::BTreeSet;
+
 use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 
+use super::access::{Access, Refusal};
 use super::{Direction, Engine, ErrorKind, Event, Millis};
 
 #[derive(Debug)]
@@ -24,6 +27,10 @@ pub(super) struct Conn {
     pub(super) edge_peer: bool,
     /// When it must have sent `join` by (incoming, until it has).
     pub(super) join_by: Option<Millis>,
+    /// What it may read, write and create (see `access`).
+    pub(super) access: Access,
+    /// Refusals it was told of, per document (each is told once).
+    pub(super) told: BTreeSet<(DocumentId, Refusal)>,
 }
 
 impl Conn {
@@ -59,8 +66,17 @@ impl Conn {
 impl Engine {
     /// Registers a new connection. For [`Direction::Outgoing`] a `join` is
     /// queued right away.
+    /// The connection has [`Access::full`]: use it for links between
+    /// nodes and in open dev mode.
     pub fn handle_connect(&mut self, now: Millis, direction: Direction) -> ConnId {
-        self.connect(now, direction, false)
+        self.connect(now, direction, false, Access::full())
+    }
+
+    /// Registers a new connection that may do only what `access` grants
+    /// (the driver verified its token). At `access.expires_at` it is
+    /// closed.
+    pub fn handle_connect_with(&mut self, now: Millis, direction: Direction, access: Access) -> ConnId {
+        self.connect(now, direction, false, access)
     }
 
     /// Registers a link to another edge. `Outgoing` when we dialed it (we
@@ -68,10 +84,10 @@ impl Engine {
     /// when routed to it ([`Engine::set_route`]) or sent by the other side,
     /// and its writes do not count as demand.
     pub fn handle_connect_edge_peer(&mut self, now: Millis, direction: Direction) -> ConnId {
-        self.connect(now, direction, true)
+        self.connect(now, direction, true, Access::full())
     }
 
-    pub(super) fn connect(&mut self, now: Millis, direction: Direction, edge_peer: bool) -> ConnId {
+    pub(super) fn connect(&mut self, now: Millis, direction: Direction, edge_peer: bool, access: Access) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
         let state = match direction {
@@ -83,7 +99,11 @@ impl Engine {
         if let Some(at) = join_by {
             self.timers.join_by(at, conn);
         }
-        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by });
+        if let Some(at) = access.expires_at {
+            self.timers.expires(at, conn);
+        }
+        let told = BTreeSet::new();
+        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by, access, told });
         if direction == Direction::Outgoing {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),
@@ -100,6 +120,9 @@ impl Engine {
         let Some(c) = self.conns.remove(&conn) else { return };
         if let Some(at) = c.join_by {
             self.timers.joined(at, conn);
+        }
+        if let Some(at) = c.access.expires_at {
+            self.timers.expired(at, conn);
         }
         let peer = c.peer().cloned();
         if let Some(p) = &peer
@@ -129,6 +152,7 @@ impl Engine {
     ) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.pending.retain(|p| p.conn != conn);
+        d.held.retain(|p| p.conn != conn);
         let was_upstream_answer = d.upstream_unavailable.remove(&conn);
         let Some(pd) = d.peers.remove(&conn) else { return };
         d.dirty.remove(&conn);
@@ -231,13 +255,20 @@ impl Engine {
             return;
         }
         // A second join with a peer id that is connected replaces the old
-        // connection.
+        // connection, if both are the same subject's: nobody takes over
+        // another's peer id (and with it their stream and presence).
         // (A link we dialed to the same peer is another connection, not a
         // previous one: two edges may each dial the other.)
         if let Some(old) = self.peers.get(&sender).copied()
             && old != conn
-            && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming)
+            && let Some(old_conn) = self.conns.get(&old).filter(|c| c.direction == Direction::Incoming)
         {
+            if self.conns.get(&conn).is_none_or(|c| c.access.subject != old_conn.access.subject) {
+                self.out.event(Event::Refused { conn, doc: None, refusal: Refusal::PeerIdTaken });
+                let detail = format!("peer id {sender} is in use by another connection");
+                self.reject(conn, ErrorKind::Unauthorized, detail);
+                return;
+            }
             self.out.close(old, "replaced by a new connection");
             self.handle_disconnect(now, old);
         }

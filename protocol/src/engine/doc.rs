@@ -64,6 +64,9 @@ pub(super) struct DocState {
     /// they changed, every peer may need something.
     pub(super) synced_heads: Vec<ChangeHash>,
     pub(super) pending: VecDeque<Pending>,
+    /// Changes that would create the document, from peers without the
+    /// create right, held while it is looked for (see `access`).
+    pub(super) held: Vec<Pending>,
     /// Upstreams that answered `doc-unavailable` since we last had data.
     pub(super) upstream_unavailable: BTreeSet<ConnId>,
     pub(super) last_active: Millis,
@@ -88,6 +91,7 @@ impl DocState {
             generated: Generated::default(),
             synced_heads: Vec::new(),
             pending: VecDeque::new(),
+            held: Vec::new(),
             upstream_unavailable: BTreeSet::new(),
             last_active: now,
             idle_timer: now,
@@ -124,6 +128,7 @@ impl DocState {
         !self.busy()
             && self.writes_in_flight == 0
             && self.pending.is_empty()
+            && self.held.is_empty()
             && !self.life.local_waiting()
             && (self.peers.is_empty() || self.doc.get_missing_deps(&[]).is_empty())
     }

@@ -5,6 +5,7 @@ use automerge::transaction::{CommitOptions, Transactable, Transaction};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId, PeerId};
 
+use super::access::Refusal;
 use super::doc::DocState;
 use super::phase::Lifecycle;
 use super::{DocError, Engine, Event, Millis};
@@ -127,6 +128,17 @@ impl Engine {
         count: u64,
         data: Vec<u8>,
     ) {
+        let Some(access) = self.access(conn) else { return };
+        if !access.may_read(&doc_id) {
+            self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal: Refusal::NotGranted });
+            return;
+        }
+        // A client speaks for itself only: its messages go out under the
+        // peer id it joined as, and its counts cannot mask another's.
+        let sender = match (access.relay, self.conns.get(&conn).and_then(|c| c.peer())) {
+            (false, Some(own)) => own.clone(),
+            _ => sender,
+        };
         let key = (sender.clone(), session.clone());
         if let Some((seen, _)) = self.ephemeral_seen.get(&key)
             && count <= *seen

@@ -26,7 +26,8 @@
 //!   to it is kept, so it is pushed to them again if it changes after being
 //!   reloaded.
 //!
-//! One concept per file: `api` (public types), `conn` (connections and the
+//! One concept per file: `api` (public types), `access` (what each
+//! connection may read, write and create), `conn` (connections and the
 //! handshake), `doc` and `phase` (a document's state and lifecycle),
 //! `apply` (peers' messages: waiting, coalescing, batches), `fanout`
 //! (generating and sharing sync messages), `availability` (requests,
@@ -44,6 +45,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::ids::{ConnId, DocumentId, PeerId};
 
+mod access;
 mod api;
 mod apply;
 mod availability;
@@ -60,6 +62,7 @@ mod policy;
 mod snapshot_answer;
 mod timers;
 
+pub use access::{Access, DocSet, Refusal};
 pub use api::*;
 pub use policy::{HandoffStatus, HandoffTargets};
 

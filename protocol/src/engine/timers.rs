@@ -36,13 +36,32 @@ pub(super) struct Timers {
     home_lag: Option<Millis>,
     /// Incoming connections that must have sent `join` by then.
     joins: BTreeSet<(Millis, ConnId)>,
+    /// Connections whose grants end then.
+    expiries: BTreeSet<(Millis, ConnId)>,
 }
 
 impl Timers {
     fn next(&self) -> Option<Millis> {
         let idle = self.idle.first().map(|(at, _)| *at);
         let join = self.joins.first().map(|(at, _)| *at);
-        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag, join].into_iter().flatten().min()
+        let expiry = self.expiries.first().map(|(at, _)| *at);
+        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag, join, expiry].into_iter().flatten().min()
+    }
+
+    pub(super) fn expires(&mut self, at: Millis, conn: ConnId) {
+        self.expiries.insert((at, conn));
+    }
+
+    /// The connection is gone: its grants need no deadline.
+    pub(super) fn expired(&mut self, at: Millis, conn: ConnId) {
+        self.expiries.remove(&(at, conn));
+    }
+
+    /// The next connection whose grants ended by `now`, with when.
+    pub(super) fn take_expired(&mut self, now: Millis) -> Option<(ConnId, Millis)> {
+        let &(at, conn) = self.expiries.first().filter(|(at, _)| *at <= now)?;
+        self.expiries.pop_first();
+        Some((conn, at))
     }
 
     pub(super) fn join_by(&mut self, at: Millis, conn: ConnId) {
@@ -72,12 +91,14 @@ impl Engine {
 
     /// Time has come for what [`Engine::poll_timeout`] announced: evicts
     /// documents idle for [`super::EngineConfig::idle_evict_after_ms`],
+    /// closes connections whose grants ended,
     /// keeps the memory budget, forgets old ephemeral sessions, opens the
     /// next slice of a backfill, stops following changes their home never
     /// confirmed. Calling it early or late is harmless: it does what is due
     /// by `now`, and leaves every deadline after `now`.
     pub fn handle_timeout(&mut self, now: Millis) {
         self.refuse_late_joins(now);
+        self.close_expired(now);
         self.evict_idle(now);
         if self.timers.budget.is_some_and(|at| at <= now) {
             self.timers.budget = None;

@@ -1,0 +1,225 @@
+//! Access control: what each connection may read, write and create, and
+//! who it may speak for (DESIGN §4, guarantee 5).
+//!
+//! The driver verifies a connection's credentials (a token) before it
+//! registers the connection and hands the engine the grants as an
+//! [`Access`]; from then on the engine enforces them:
+//!
+//! - a document it may not read is answered exactly as an unknown one
+//!   (`doc-unavailable`), and nothing flows either way: no sync, no
+//!   subscription, no ephemeral messages;
+//! - a peer that may read but not write receives the document and every
+//!   later change, but its changes are never applied, stored, acknowledged
+//!   or relayed; it is told once per document with an `error` message and
+//!   stays connected;
+//! - a document nobody has (not stored here, unavailable from every source)
+//!   is created only by a peer with the create right: another peer's first
+//!   changes are held while the document is looked for, applied if it
+//!   turns up, and refused (`doc-unavailable` and an `error`) if it does
+//!   not;
+//! - a client's ephemeral messages are relayed under the peer id it joined
+//!   as, never one it claims, and a second `join` with a connected peer id
+//!   replaces that connection only for the same subject;
+//! - at [`Access::expires_at`] the connection is closed ("token expired").
+//!
+//! Links between nodes (upstreams, edges admitted by the hub, edge peers)
+//! and every connection of a node in open dev mode have [`Access::full`].
+
+use std::collections::BTreeSet;
+
+use crate::codec::Message;
+use crate::ids::{ConnId, DocumentId};
+
+use super::{Engine, ErrorKind, Event, Millis};
+
+/// Refusals remembered per connection (each is told once); past this
+/// many, further ones are not told (a peer probing random ids costs no
+/// memory without bound).
+pub(super) const TOLD_PER_CONNECTION: usize = 4096;
+
+/// Documents a grant covers: every one, or those listed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocSet {
+    all: bool,
+    docs: BTreeSet<DocumentId>,
+}
+
+impl DocSet {
+    /// Every document.
+    pub fn all() -> Self {
+        Self { all: true, docs: BTreeSet::new() }
+    }
+
+    /// No document.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn of(docs: impl IntoIterator<Item = DocumentId>) -> Self {
+        Self { all: false, docs: docs.into_iter().collect() }
+    }
+
+    pub fn insert(&mut self, doc: DocumentId) {
+        self.docs.insert(doc);
+    }
+
+    pub fn insert_all(&mut self) {
+        self.all = true;
+    }
+
+    pub fn contains(&self, doc: &DocumentId) -> bool {
+        self.all || self.docs.contains(doc)
+    }
+
+    /// It covers every document.
+    pub fn is_all(&self) -> bool {
+        self.all
+    }
+
+    /// The documents listed (empty when it covers all of them).
+    pub fn listed(&self) -> impl Iterator<Item = &DocumentId> {
+        self.docs.iter()
+    }
+}
+
+/// What one connection may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// Who it is (a token's `sub`); connections of one subject may take
+    /// over each other's peer id.
+    pub subject: String,
+    /// Documents it may read (and receive changes of).
+    pub read: DocSet,
+    /// Documents it may write (writing implies reading).
+    pub write: DocSet,
+    /// It may create documents nobody has.
+    pub create: bool,
+    /// A node relaying other peers' messages (an edge at the hub, an
+    /// upstream): its ephemeral messages keep the sender ids they carry.
+    /// A client's are relayed as its own.
+    pub relay: bool,
+    /// When its grants end, on the engine's clock: the connection is then
+    /// closed. `None`: never.
+    pub expires_at: Option<Millis>,
+}
+
+impl Access {
+    /// Everything: links between nodes, and every connection of a node in
+    /// open dev mode.
+    pub fn full() -> Self {
+        Self {
+            subject: String::new(),
+            read: DocSet::all(),
+            write: DocSet::all(),
+            create: true,
+            relay: true,
+            expires_at: None,
+        }
+    }
+
+    /// A client's grants.
+    pub fn client(subject: impl Into<String>, read: DocSet, write: DocSet, create: bool) -> Self {
+        Self { subject: subject.into(), read, write, create, relay: false, expires_at: None }
+    }
+
+    pub fn may_read(&self, doc: &DocumentId) -> bool {
+        self.read.contains(doc) || self.write.contains(doc)
+    }
+
+    pub fn may_write(&self, doc: &DocumentId) -> bool {
+        self.write.contains(doc)
+    }
+}
+
+/// Why the engine refused a connection something without closing it
+/// ([`Event::Refused`], counted in metrics by [`Refusal::as_str`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub enum Refusal {
+    /// A document it may not read (answered as unknown).
+    NotGranted,
+    /// Changes to a document it may only read.
+    ReadOnly,
+    /// Changes creating a document, without the create right.
+    Create,
+    /// A `join` with the peer id of another subject's connection.
+    PeerIdTaken,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [Refusal::NotGranted, Refusal::ReadOnly, Refusal::Create, Refusal::PeerIdTaken];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::NotGranted => "not_granted",
+            Refusal::ReadOnly => "read_only",
+            Refusal::Create => "create",
+            Refusal::PeerIdTaken => "peer_id_taken",
+        }
+    }
+}
+
+impl Engine {
+    /// The access of a connection (none if it is unknown).
+    pub(super) fn access(&self, conn: ConnId) -> Option<&Access> {
+        self.conns.get(&conn).map(|c| &c.access)
+    }
+
+    pub(super) fn may_read(&self, conn: ConnId, doc: &DocumentId) -> bool {
+        self.access(conn).is_some_and(|a| a.may_read(doc))
+    }
+
+    pub(super) fn may_write(&self, conn: ConnId, doc: &DocumentId) -> bool {
+        self.access(conn).is_some_and(|a| a.may_write(doc))
+    }
+
+    pub(super) fn may_create(&self, conn: ConnId) -> bool {
+        self.access(conn).is_some_and(|a| a.create)
+    }
+
+    /// A document message for a document `conn` may not read: answered as
+    /// an unknown document is, and nothing else happens.
+    /// As for an unknown document, it is answered once: a client told
+    /// `doc-unavailable` may ask again at once (automerge-repo's do), and
+    /// is then not answered. Past [`TOLD_PER_CONNECTION`] documents, it is
+    /// not answered at all.
+    pub(super) fn refuse_unreadable(&mut self, conn: ConnId, doc_id: DocumentId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(target_id) = c.peer().cloned() else { return };
+        if c.told.len() >= TOLD_PER_CONNECTION || !c.told.insert((doc_id, Refusal::NotGranted)) {
+            return;
+        }
+        let sender_id = self.config.peer_id.clone();
+        self.out.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
+        self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal: Refusal::NotGranted });
+    }
+
+    /// Tells `conn` once per document why its changes were not taken (it
+    /// stays connected: a read-only viewer keeps receiving).
+    pub(super) fn tell_refused(&mut self, conn: ConnId, doc_id: DocumentId, refusal: Refusal) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(target_id) = c.peer().cloned() else { return };
+        if c.told.len() >= TOLD_PER_CONNECTION || !c.told.insert((doc_id, refusal)) {
+            return;
+        }
+        let message = match refusal {
+            Refusal::ReadOnly => format!("read-only: your changes to {doc_id} are not accepted"),
+            Refusal::Create => format!("creating document {doc_id} needs the create right"),
+            Refusal::NotGranted | Refusal::PeerIdTaken => format!("document {doc_id} refused"),
+        };
+        tracing::info!(%conn, doc = %doc_id, refusal = refusal.as_str(), "refused a peer's changes");
+        self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal });
+        self.out.send(
+            conn,
+            Message::Error { sender_id: Some(self.config.peer_id.clone()), message, target_id: Some(target_id) },
+        );
+    }
+
+    /// Closes connections whose grants ended by `now`.
+    pub(super) fn close_expired(&mut self, now: Millis) {
+        while let Some((conn, at)) = self.timers.take_expired(now) {
+            if self.conns.get(&conn).is_some_and(|c| c.access.expires_at == Some(at)) {
+                self.reject(conn, ErrorKind::TokenExpired, "token expired");
+            }
+        }
+    }
+}

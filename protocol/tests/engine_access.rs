@@ -1,0 +1,370 @@
+//! Access control in the engine (DESIGN §4, guarantee 5): what a
+//! connection may read, write and create, who it may speak for, and when
+//! its grants end. Each rule is driven through real engines: a client
+//! engine connects to an edge engine that accepted it with given grants.
+
+use automerge::transaction::Transactable;
+use automerge::{ROOT, ReadDoc};
+use meridian_protocol::codec::{self, Message, PROTOCOL_V1};
+use meridian_protocol::engine::{Access, Direction, DocSet, ErrorKind, Event, Millis, Refusal};
+use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
+use meridian_protocol::storage::{StorageResult, StorageTask};
+use meridian_protocol::testing::TestNode;
+
+/// Nodes joined by links, with frames delivered until all are quiet.
+struct Net {
+    nodes: Vec<TestNode>,
+    /// (node, its connection) ↔ (node, its connection)
+    links: Vec<((usize, ConnId), (usize, ConnId))>,
+}
+
+impl Net {
+    fn new(nodes: Vec<TestNode>) -> Self {
+        Self { nodes, links: Vec::new() }
+    }
+
+    /// `client` connects to `server`, which grants it `access`.
+    fn connect(&mut self, client: usize, server: usize, access: Access) -> (ConnId, ConnId) {
+        let now = self.nodes[server].now;
+        let s = self.nodes[server].engine.handle_connect_with(now, Direction::Incoming, access);
+        let now = self.nodes[client].now;
+        let c = self.nodes[client].engine.handle_connect(now, Direction::Outgoing);
+        self.links.push(((client, c), (server, s)));
+        (c, s)
+    }
+
+    fn other_end(&self, node: usize, conn: ConnId) -> Option<(usize, ConnId)> {
+        self.links.iter().find_map(|&(a, b)| {
+            if a == (node, conn) {
+                Some(b)
+            } else if b == (node, conn) {
+                Some(a)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Delivers frames until no node sends anything; returns every
+    /// message each node sent, in order.
+    fn settle(&mut self) -> Vec<Vec<(ConnId, Message)>> {
+        let mut sent: Vec<Vec<(ConnId, Message)>> = vec![Vec::new(); self.nodes.len()];
+        for round in 0..10_000 {
+            if round > 5 && std::env::var("DEBUG_NET").is_ok() {
+                for (i, n) in sent.iter().enumerate() {
+                    for (c, m) in n.iter().rev().take(2) {
+                        eprintln!("{i} {c:?} {}", m.type_name());
+                        if let Message::Sync { data, .. } | Message::Request { data, .. } = m {
+                            let d = automerge::sync::Message::decode(data).unwrap();
+                            eprintln!(
+                                "{i} {c:?} heads {:?} need {:?} have {:?} changes {}",
+                                d.heads,
+                                d.need,
+                                d.have.iter().map(|h| &h.last_sync).collect::<Vec<_>>(),
+                                d.changes.len()
+                            );
+                        }
+                    }
+                }
+                panic!();
+            }
+            let mut any = false;
+            for i in 0..self.nodes.len() {
+                for (conn, m) in self.nodes[i].drain() {
+                    any = true;
+                    sent[i].push((conn, m.clone()));
+                    let closed = self.nodes[i].closed.iter().any(|(c, _)| *c == conn);
+                    if let (Some((j, to)), false) = (self.other_end(i, conn), closed) {
+                        let now = self.nodes[j].now;
+                        self.nodes[j].engine.handle_frame(now, to, &codec::encode(&m));
+                    }
+                }
+            }
+            if !any {
+                return sent;
+            }
+        }
+        panic!("the nodes never went quiet (a sync loop?)");
+    }
+}
+
+fn node(name: &str) -> TestNode {
+    TestNode::new(name, |c| c.join_timeout_ms = 0)
+}
+
+/// An edge with one document written by itself, and a client.
+fn edge_with_doc() -> (Net, DocumentId) {
+    let mut edge = node("edge");
+    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "title", "secret").map(|_| ())).unwrap();
+    edge.drain();
+    (Net::new(vec![node("client"), edge]), doc)
+}
+
+const CLIENT: usize = 0;
+const EDGE: usize = 1;
+
+fn grants(read: &[DocumentId], write: &[DocumentId], create: bool) -> Access {
+    Access::client("alice", DocSet::of(read.iter().copied()), DocSet::of(write.iter().copied()), create)
+}
+
+fn errors_to(sent: &[(ConnId, Message)], conn: ConnId) -> Vec<String> {
+    sent.iter()
+        .filter(|(c, _)| *c == conn)
+        .filter_map(|(_, m)| match m {
+            Message::Error { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the node's store holds of a document.
+fn stored(node: &mut TestNode, doc: DocumentId) -> Option<Vec<u8>> {
+    match node.store.execute(&StorageTask::LoadDoc { doc }) {
+        StorageResult::Loaded(bytes) => bytes,
+        other => panic!("load failed: {other:?}"),
+    }
+}
+
+fn title(node: &TestNode, doc: &DocumentId) -> Option<String> {
+    let d = node.engine.document(doc)?;
+    d.get(ROOT, "title").ok().flatten().map(|(v, _)| v.as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn a_document_not_granted_is_answered_as_an_unknown_one_and_nothing_flows() {
+    let (mut net, doc) = edge_with_doc();
+    let unknown = DocumentId::from_bytes([7; 16]);
+    let (_, s) = net.connect(CLIENT, EDGE, grants(&[unknown], &[], false));
+    net.settle();
+    for d in [doc, unknown] {
+        net.nodes[CLIENT].engine.find(Millis(1), d);
+    }
+    let sent = net.settle();
+    let unavailable: Vec<DocumentId> = net.nodes[CLIENT]
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::DocUnavailable { doc } => Some(*doc),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unavailable, vec![doc, unknown], "both answered alike");
+    let to_client: Vec<&Message> = sent[EDGE].iter().filter(|(c, _)| *c == s).map(|(_, m)| m).collect();
+    assert!(
+        to_client.iter().all(|m| matches!(m, Message::DocUnavailable { .. } | Message::Peer { .. })),
+        "only `doc-unavailable` reached the client: {to_client:?}"
+    );
+    assert!(net.nodes[EDGE].events.iter().any(|e| matches!(e, Event::Refused { refusal: Refusal::NotGranted, .. })));
+    // A later change is not pushed to it, and its ephemeral messages on the
+    // document go nowhere.
+    net.nodes[EDGE].engine.change(Millis(2), doc, |tx| tx.put(ROOT, "title", "still secret")).unwrap();
+    net.nodes[CLIENT].engine.broadcast_ephemeral(doc, "s", 1, vec![0xa0]);
+    let sent = net.settle();
+    assert!(sent[EDGE].iter().all(|(c, _)| *c != s), "nothing sent to the client: {:?}", sent[EDGE]);
+    assert!(!net.nodes[EDGE].events.iter().any(|e| matches!(e, Event::Ephemeral { .. })));
+    assert!(net.nodes[CLIENT].engine.document(&doc).is_none_or(|d| d.get_heads().is_empty()), "it has nothing of it");
+}
+
+#[test]
+fn a_read_only_peer_receives_everything_and_its_changes_go_nowhere() {
+    let (mut net, doc) = edge_with_doc();
+    let (_, s) = net.connect(CLIENT, EDGE, grants(&[doc], &[], false));
+    net.settle();
+    net.nodes[CLIENT].engine.find(Millis(1), doc);
+    net.settle();
+    assert_eq!(title(&net.nodes[CLIENT], &doc).as_deref(), Some("secret"), "it reads the document");
+    let edge_heads = net.nodes[EDGE].engine.document(&doc).unwrap().get_heads();
+    // Two changes of its own: neither is applied, and it is told once.
+    let mut errors = Vec::new();
+    for (t, text) in [(2, "mine"), (3, "mine again")] {
+        net.nodes[CLIENT].engine.change(Millis(t), doc, |tx| tx.put(ROOT, "title", text)).unwrap();
+        errors.extend(errors_to(&net.settle()[EDGE], s));
+    }
+    assert_eq!(errors.len(), 1, "told once: {errors:?}");
+    assert!(errors[0].contains("read-only"), "{errors:?}");
+    assert_eq!(net.nodes[EDGE].engine.document(&doc).unwrap().get_heads(), edge_heads, "nothing applied");
+    let stored = stored(&mut net.nodes[EDGE], doc).unwrap();
+    let mut reloaded = automerge::Automerge::new();
+    reloaded.load_incremental(&stored).unwrap();
+    assert_eq!(reloaded.get_heads(), edge_heads, "nothing stored");
+    assert!(net.nodes[EDGE].closed.is_empty(), "it stays connected");
+    // The edge's next change still reaches it.
+    net.nodes[EDGE].engine.change(Millis(4), doc, |tx| tx.put(ROOT, "other", "news")).unwrap();
+    net.settle();
+    let client_doc = net.nodes[CLIENT].engine.document(&doc).unwrap();
+    assert!(client_doc.get(ROOT, "other").unwrap().is_some(), "later changes arrive");
+}
+
+#[test]
+fn a_writer_changes_a_granted_document() {
+    let (mut net, doc) = edge_with_doc();
+    net.connect(CLIENT, EDGE, grants(&[], &[doc], false));
+    net.settle();
+    net.nodes[CLIENT].engine.find(Millis(1), doc);
+    net.settle();
+    net.nodes[CLIENT].engine.change(Millis(2), doc, |tx| tx.put(ROOT, "title", "edited")).unwrap();
+    net.settle();
+    assert_eq!(title(&net.nodes[EDGE], &doc).as_deref(), Some("edited"));
+    assert_eq!(
+        net.nodes[EDGE].engine.durable_heads(&doc),
+        Some(net.nodes[CLIENT].engine.document(&doc).unwrap().get_heads())
+    );
+}
+
+#[test]
+fn creating_a_document_needs_the_create_right() {
+    for create in [false, true] {
+        let mut net = Net::new(vec![node("client"), node("edge")]);
+        let (_, s) = net.connect(CLIENT, EDGE, Access::client("alice", DocSet::none(), DocSet::all(), create));
+        net.settle();
+        let doc = net.nodes[CLIENT].engine.create(Millis(1), |tx| tx.put(ROOT, "title", "new").map(|_| ())).unwrap();
+        let sent = net.settle();
+        let stored = stored(&mut net.nodes[EDGE], doc).is_some();
+        let errors = errors_to(&sent[EDGE], s);
+        if create {
+            assert!(stored, "created");
+            assert!(errors.is_empty(), "{errors:?}");
+        } else {
+            assert!(!stored, "nothing stored without the create right");
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].contains("create right"), "{errors:?}");
+            let unavailable = sent[EDGE].iter().any(|(c, m)| {
+                *c == s && matches!(m, Message::DocUnavailable { document_id, .. } if *document_id == doc)
+            });
+            assert!(unavailable, "told it is unavailable");
+            assert!(net.nodes[EDGE].engine.document(&doc).is_none_or(|d| d.get_heads().is_empty()));
+        }
+    }
+}
+
+/// A writer without the create right whose first changes reach an edge
+/// that lacks the document: they are held while the edge asks the hub, and
+/// applied once it arrives.
+#[test]
+fn changes_to_a_document_the_upstream_has_are_held_until_it_arrives() {
+    let mut hub = node("hub");
+    let doc = hub.engine.create(Millis(0), |tx| tx.put(ROOT, "title", "from the hub").map(|_| ())).unwrap();
+    hub.drain();
+    // The client holds a copy (it synced it earlier, elsewhere) and edits it.
+    let bytes = hub.engine.document(&doc).unwrap().save();
+    let mut client = node("client");
+    client.engine.import(Millis(0), doc, &bytes).unwrap();
+    client.engine.change(Millis(1), doc, |tx| tx.put(ROOT, "title", "edited offline")).unwrap();
+    client.drain();
+    let mut net = Net::new(vec![client, node("edge"), hub]);
+    net.connect(EDGE, 2, Access::full());
+    let (_, s) = net.connect(CLIENT, EDGE, grants(&[], &[doc], false));
+    net.settle();
+    let client_heads = net.nodes[CLIENT].engine.document(&doc).unwrap().get_heads();
+    assert_eq!(net.nodes[EDGE].engine.durable_heads(&doc), Some(client_heads.clone()));
+    assert_eq!(net.nodes[2].engine.durable_heads(&doc), Some(client_heads));
+    assert_eq!(title(&net.nodes[2], &doc).as_deref(), Some("edited offline"));
+    let refused = net.nodes[EDGE].events.iter().any(|e| matches!(e, Event::Refused { conn, .. } if *conn == s));
+    assert!(!refused, "nothing refused: it only writes");
+}
+
+fn join(node: &mut TestNode, conn: ConnId, peer: &str) {
+    let join = Message::Join {
+        sender_id: PeerId::new(peer),
+        peer_metadata: Default::default(),
+        supported_protocol_versions: Some(vec![PROTOCOL_V1.into()]),
+    };
+    node.engine.handle_frame(node.now, conn, &codec::encode(&join));
+}
+
+#[test]
+fn a_peer_id_is_taken_over_only_by_the_same_subject() {
+    let mut edge = node("edge");
+    let as_who = |who: &str| Access::client(who, DocSet::all(), DocSet::all(), true);
+    let victim = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
+    join(&mut edge, victim, "peer-alice");
+    edge.drain();
+    let thief = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("mallory"));
+    join(&mut edge, thief, "peer-alice");
+    let sent = edge.drain();
+    assert_eq!(edge.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![thief], "only the thief is closed");
+    assert!(errors_to(&sent, thief)[0].contains("in use"));
+    assert!(edge.events.iter().any(|e| matches!(e, Event::ProtocolError { kind: ErrorKind::Unauthorized, .. })));
+    // The same subject reconnecting replaces its old connection.
+    let again = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
+    join(&mut edge, again, "peer-alice");
+    edge.drain();
+    assert!(edge.closed.iter().any(|(c, _)| *c == victim), "the old connection is replaced");
+    assert!(!edge.closed.iter().any(|(c, _)| *c == again));
+}
+
+#[test]
+fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
+    let mut edge = node("edge");
+    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
+    let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
+    let (a, b) = (
+        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
+        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
+    );
+    join(&mut edge, a, "peer-a");
+    join(&mut edge, b, "peer-b");
+    edge.drain();
+    let ephemeral = |sender: &str, count: u64| Message::Ephemeral {
+        sender_id: PeerId::new(sender),
+        target_id: PeerId::new("edge"),
+        document_id: doc,
+        session_id: "s".into(),
+        count,
+        data: vec![0xa0],
+    };
+    // b subscribes; a claims to be b with a huge count, then b speaks.
+    let mut sent = Vec::new();
+    for (conn, count) in [(b, 1), (a, 1 << 53), (b, 2)] {
+        edge.engine.handle_frame(Millis(1), conn, &codec::encode(&ephemeral("peer-b", count)));
+        sent.extend(edge.drain());
+    }
+    let senders: Vec<String> = edge
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Ephemeral { sender, .. } => Some(sender.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(senders, ["peer-b", "peer-a", "peer-b"], "a's message is a's, and b's count 2 still counts");
+    let to_b: Vec<PeerId> = sent
+        .into_iter()
+        .filter_map(|(c, m)| match m {
+            Message::Ephemeral { sender_id, .. } if c == b => Some(sender_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_b, vec![PeerId::new("peer-a")], "relayed to b as a's");
+}
+
+#[test]
+fn a_connection_is_closed_when_its_grants_expire() {
+    let mut edge = node("edge");
+    let mut access = Access::client("alice", DocSet::all(), DocSet::all(), false);
+    access.expires_at = Some(Millis(5_000));
+    let conn = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, access);
+    join(&mut edge, conn, "peer-alice");
+    edge.drain();
+    assert_eq!(edge.engine.poll_timeout(), Some(Millis(5_000)));
+    edge.engine.handle_timeout(Millis(4_999));
+    edge.drain();
+    assert!(edge.closed.is_empty(), "not before");
+    edge.engine.handle_timeout(Millis(5_000));
+    let sent = edge.drain();
+    assert_eq!(edge.closed, vec![(conn, "token expired".to_owned())]);
+    assert_eq!(errors_to(&sent, conn), vec!["token expired".to_owned()]);
+    assert!(edge.events.iter().any(|e| matches!(e, Event::ProtocolError { kind: ErrorKind::TokenExpired, .. })));
+    assert_eq!(edge.engine.poll_timeout(), None, "nothing left scheduled");
+}
+
+/// A connection that goes before its grants expire leaves no deadline.
+#[test]
+fn a_closed_connection_leaves_no_expiry_deadline() {
+    let mut edge = node("edge");
+    let mut access = Access::full();
+    access.expires_at = Some(Millis(5_000));
+    let conn = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, access);
+    edge.engine.handle_disconnect(Millis(1), conn);
+    assert_eq!(edge.engine.poll_timeout(), None);
+}
