@@ -51,6 +51,8 @@ pub struct ClientOptions {
     pub max_message_bytes: usize,
     /// How to trust the edge's certificate for `quic://` URLs.
     pub quic_trust: Option<HubTrust>,
+    /// Access token (`meridian-edge auth token`) for an edge with auth on.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +64,7 @@ impl Default for ClientOptions {
             max_backoff: Duration::from_secs(10),
             max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             quic_trust: None,
+            token: None,
         }
     }
 }
@@ -89,6 +92,8 @@ pub enum ConnectionState {
     Connecting,
     Connected,
     Backoff,
+    /// The edge refused our token (missing, expired, …); retrying.
+    Refused,
 }
 
 enum Command {
@@ -385,7 +390,8 @@ impl Actor {
 
     fn connect_future(&self) -> ConnectFuture {
         let (url, max, trust) = (self.url.clone(), self.options.max_message_bytes, self.options.quic_trust.clone());
-        Box::pin(async move { Link::connect(&url, max, trust.as_ref()).await })
+        let token = self.options.token.clone();
+        Box::pin(async move { Link::connect(&url, max, trust.as_ref(), token.as_deref()).await })
     }
 
     /// Takes the outcome of a connection attempt; returns the delay before
@@ -400,6 +406,12 @@ impl Actor {
                 let now = self.now();
                 self.conn = Some(self.engine.handle_connect(now, Direction::Outgoing));
                 Duration::ZERO
+            }
+            Err(LinkError::Refused(reason)) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(url = %self.url, %reason, ?delay, "the edge refused our token; retrying");
+                self.state = ConnectionState::Refused;
+                delay
             }
             Err(e) => {
                 let delay = self.backoff.next_delay();

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use futures_util::{SinkExt, StreamExt};
 use meridian_node::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
 use meridian_node::task::AbortOnDrop;
-use meridian_protocol::codec::federation::FrameKind;
+use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
@@ -33,6 +35,9 @@ pub enum LinkError {
     Connection(#[from] quinn::ConnectionError),
     #[error(transparent)]
     Frame(#[from] FrameIoError),
+    /// The edge refused our token (the reason is the edge's).
+    #[error("the edge refused us: {0}")]
+    Refused(String),
 }
 
 /// An open link.
@@ -50,17 +55,36 @@ pub enum Link {
 }
 
 impl Link {
-    /// Connects to `url`: `ws://`/`wss://` or `quic://host:port`.
-    pub async fn connect(url: &str, max_message_bytes: usize, trust: Option<&HubTrust>) -> Result<Self, LinkError> {
+    /// Connects to `url`: `ws://`/`wss://` or `quic://host:port`,
+    /// presenting `token` (an access token) if given: as `Authorization:
+    /// Bearer` on a WebSocket, as the first frame on QUIC.
+    pub async fn connect(
+        url: &str,
+        max_message_bytes: usize,
+        trust: Option<&HubTrust>,
+        token: Option<&str>,
+    ) -> Result<Self, LinkError> {
         if let Some(rest) = url.strip_prefix("quic://") {
             let trust = trust.ok_or(LinkError::NoTrust)?;
-            return connect_quic(rest, trust, max_message_bytes).await;
+            return connect_quic(rest, trust, max_message_bytes, token).await;
         }
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_message_bytes))
             .max_frame_size(Some(max_message_bytes));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
-        Ok(Link::Ws(Box::new(ws)))
+        let mut request = url.into_client_request()?;
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| LinkError::Refused("the token is not a valid header value".into()))?;
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
+            Ok((ws, _)) => Ok(Link::Ws(Box::new(ws))),
+            Err(tungstenite::Error::Http(response)) if response.status().as_u16() == 401 => {
+                let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+                Err(LinkError::Refused(body.trim().to_owned()))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Sends one message.
@@ -95,7 +119,7 @@ impl Link {
     }
 }
 
-async fn connect_quic(host_port: &str, trust: &HubTrust, limit: usize) -> Result<Link, LinkError> {
+async fn connect_quic(host_port: &str, trust: &HubTrust, limit: usize, token: Option<&str>) -> Result<Link, LinkError> {
     let host_port = host_port.trim_end_matches('/');
     let addr: SocketAddr = tokio::net::lookup_host(host_port)
         .await
@@ -105,12 +129,27 @@ async fn connect_quic(host_port: &str, trust: &HubTrust, limit: usize) -> Result
     let name = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).trim_matches(['[', ']']).to_owned();
     let endpoint = quic::client_endpoint(addr, trust, DEVICE_ALPN)?;
     let connection = endpoint.connect(addr, &name)?.await?;
-    let (send, mut recv) = connection.open_bi().await?;
+    let (mut send, mut recv) = connection.open_bi().await?;
+    if let Some(token) = token {
+        let auth = federation::encode_control(&Control::Auth { token: token.to_owned() });
+        quic::write_frame(&mut send, FrameKind::Control, &auth).await?;
+    }
     let (tx, frames) = mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(async move {
-        while let Ok(Some((FrameKind::Repo, bytes))) = quic::read_frame(&mut recv, limit).await {
-            if tx.send(bytes).await.is_err() {
-                return;
+        loop {
+            match quic::read_frame(&mut recv, limit).await {
+                Ok(Some((FrameKind::Repo, bytes))) => {
+                    if tx.send(bytes).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Some((FrameKind::Control, bytes))) => {
+                    if let Ok(Control::Refused { reason }) = federation::decode_control(&bytes) {
+                        tracing::warn!(%reason, "the edge refused us");
+                    }
+                    return;
+                }
+                _ => return,
             }
         }
     }));

@@ -45,6 +45,9 @@ struct ClientArgs {
     /// Seconds to wait for the edge to acknowledge (0: do not wait).
     #[arg(long, global = true, default_value_t = 10)]
     wait_secs: u64,
+    /// Access token for an edge with auth on (`meridian-edge auth token`).
+    #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     op: ClientOp,
 }
@@ -294,6 +297,7 @@ mod client {
         let options = ClientOptions {
             store_path: args.store.clone(),
             quic_trust: args.edge_ca.clone().map(HubTrust::CaFile),
+            token: args.token.clone().filter(|t| !t.is_empty()),
             ..Default::default()
         };
         let client = Client::connect(&args.url, options).await?;

@@ -55,7 +55,7 @@ fn suite(args: &[String]) -> Result<()> {
     let all = !args.iter().any(|a| !a.starts_with("--") && a.parse::<usize>().is_err());
     ensure_npm()?;
     build(smoke)?;
-    let profile = root().join("target").join(if smoke { "debug" } else { "release" });
+    let profile = crate::target_dir().join(if smoke { "debug" } else { "release" });
     let mut loadgen = Command::new(profile.join("meridian-loadgen"));
     loadgen.arg("suite").args(args).arg("--edge-bin").arg(profile.join("meridian-edge"));
     if !smoke {
@@ -98,7 +98,7 @@ fn free_port() -> Result<u16> {
 
 fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {
     let port = free_port()?;
-    let child = Command::new(root().join(format!("target/{profile}/meridian-edge")))
+    let child = Command::new(crate::target_dir().join(profile).join("meridian-edge"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off", "--data"])
         .arg(data)
         .env("RUST_LOG", "warn")
