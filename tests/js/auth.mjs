@@ -12,14 +12,15 @@
 //                 `error` messages the server sent.
 //   write         find --doc, set key --key to --value, stay connected a while.
 //   unavailable   find --doc must reject (the document is unavailable to us).
-//   create        create a document ({made: "by js"}), stay connected a while, print its URL
-//                 and the `error` messages the server sent.
+//   create        create a document ({made: "by js"}), stay connected a while (with
+//                 --expect-error, until the server sent an `error`), print its URL and the
+//                 `error` messages the server sent.
 //
 // Output: JSON lines; the last is {"ok":true,...} or {"ok":false,"error":...}.
 
 import WebSocket from "ws"
 import { decode } from "cbor-x"
-import { out, parseArgs, installGuards, sleep, clientRepo, newPeerId, withTimeout, shutdown, docJson, deepEqual } from "./lib.mjs"
+import { out, parseArgs, installGuards, sleep, waitUntil, clientRepo, newPeerId, withTimeout, shutdown, docJson, deepEqual } from "./lib.mjs"
 
 const opts = parseArgs(process.argv.slice(2), {
   url: "string",
@@ -31,6 +32,7 @@ const opts = parseArgs(process.argv.slice(2), {
   key: "string",
   value: "string",
   "stay-ms": "number",
+  "expect-error": "bool",
 })
 const fail = installGuards(60, `auth ${opts.case}`)
 if (!opts.url || !opts.case) fail("usage: auth.mjs --url ws://HOST:PORT/sync --case NAME [--token T]")
@@ -83,6 +85,8 @@ async function read() {
     handle.change(d => {
       d.intruder = "was here"
     })
+    // The refusal comes once; wait for it, then a while for a second one.
+    await waitUntil(() => errors.length > 0, { timeoutMs: 20000, intervalMs: 10, what: "the read-only error" })
     await sleep(stayMs)
   }
   await shutdown(repo)
@@ -117,6 +121,9 @@ async function unavailable() {
 async function create() {
   const { repo, errors } = repoWithErrors()
   const handle = repo.create({ made: "by js" })
+  if (opts["expect-error"]) {
+    await waitUntil(() => errors.length > 0, { timeoutMs: 20000, intervalMs: 10, what: "the create error" })
+  }
   await sleep(stayMs)
   await shutdown(repo)
   out({ ok: true, case: "create", url: handle.url, errors })

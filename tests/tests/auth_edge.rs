@@ -98,6 +98,25 @@ fn root_as_strings(d: &meridian_protocol::automerge::Automerge) -> serde_json::M
     out
 }
 
+/// The document as the owner sees it, once `done` holds (10 s at most).
+async fn eventually(
+    s: &Setup,
+    doc: DocumentId,
+    done: impl Fn(&serde_json::Map<String, Value>) -> bool,
+) -> Result<serde_json::Map<String, Value>> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let view = owner_view(s, doc).await?.unwrap_or_default();
+        if done(&view) {
+            return Ok(view);
+        }
+        if Instant::now() > deadline {
+            bail!("{doc} never reached the expected state: {view:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn js(args: Vec<String>) -> Result<Value> {
     tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -170,17 +189,7 @@ async fn a_js_writer_writes_its_document_and_a_stranger_finds_nothing() -> Resul
     let doc_url = s.doc.url().to_string();
     let writer = grant(&s.key, "writer", |c| c.write = vec![doc_url.clone()]);
     js(js_args(&s, "write", &writer, &["--doc", &doc_url, "--key", "from_js", "--value", "yes"])).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let view = owner_view(&s, s.doc).await?.context("the document is there")?;
-        if view.get("from_js") == Some(&Value::String("yes".into())) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the writer's change never arrived: {view:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(&s, s.doc, |v| v.get("from_js") == Some(&Value::String("yes".into()))).await?;
     // A token for another document: answered as if it did not exist.
     let other = DocumentId::from_bytes([9; 16]);
     let stranger = grant(&s.key, "stranger", |c| c.write = vec![other.to_string()]);
@@ -193,7 +202,7 @@ async fn a_js_writer_writes_its_document_and_a_stranger_finds_nothing() -> Resul
 async fn creating_a_document_takes_the_create_right() -> Result<()> {
     let s = setup().await?;
     let without = grant(&s.key, "maker", |c| c.write = vec!["*".into()]);
-    let r = js(js_args(&s, "create", &without, &[])).await?;
+    let r = js(js_args(&s, "create", &without, &["--expect-error"])).await?;
     let url: meridian_protocol::ids::AutomergeUrl = r["url"].as_str().context("url")?.parse()?;
     let errors = r["errors"].to_string();
     assert!(errors.contains("create right"), "told why: {r}");
@@ -206,7 +215,7 @@ async fn creating_a_document_takes_the_create_right() -> Result<()> {
     });
     let r = js(js_args(&s, "create", &with, &[])).await?;
     let url: meridian_protocol::ids::AutomergeUrl = r["url"].as_str().context("url")?.parse()?;
-    let view = owner_view(&s, url.document_id).await?.context("created")?;
+    let view = eventually(&s, url.document_id, |v| v.contains_key("made")).await?;
     assert_eq!(view.get("made"), Some(&Value::String("by js".into())));
     Ok(())
 }
