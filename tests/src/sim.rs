@@ -63,7 +63,9 @@ use automerge::transaction::{Transactable, Transaction};
 use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
 use meridian_protocol::drive::Driver;
-use meridian_protocol::engine::{CatchUp, Direction, DocError, Engine, EngineConfig, Event, HandoffTargets, Millis};
+use meridian_protocol::engine::{
+    Access, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets, Millis,
+};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 use rand::{RngExt, SeedableRng};
@@ -148,11 +150,20 @@ pub struct NodeSpec {
     pub idle_evict_after_ms: u64,
     /// The server this node connects to and treats as its upstream.
     pub upstream: Option<NodeId>,
+    /// Its upstream grants it reading only (access control): it receives
+    /// every change, and its own never leave it.
+    pub read_only: bool,
 }
 
 impl NodeSpec {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), persistent: true, idle_evict_after_ms: 60_000, upstream: None }
+        Self { name: name.into(), persistent: true, idle_evict_after_ms: 60_000, upstream: None, read_only: false }
+    }
+
+    /// A client its upstream lets read everything and write nothing.
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     pub fn ephemeral(mut self) -> Self {
@@ -852,7 +863,12 @@ impl Sim {
         let now = self.now;
         let link = LinkId(self.links.len());
         let client_conn = self.nodes[n.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Outgoing));
-        let server_conn = self.nodes[up.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Incoming));
+        let access = match self.spec(n).read_only {
+            true => Access::client(self.name(n), DocSet::all(), DocSet::none(), false),
+            false => Access::full(),
+        };
+        let server_conn =
+            self.nodes[up.0].engine.as_mut().map(|e| e.handle_connect_with(now, Direction::Incoming, access));
         let (Some(client_conn), Some(server_conn)) = (client_conn, server_conn) else { return };
         let incarnations = [self.nodes[n.0].incarnation, self.nodes[up.0].incarnation];
         self.links.push(Link {
@@ -1211,6 +1227,22 @@ impl Sim {
                 .collect();
             self.ever_durable.extend(newly);
         }
+        if let StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } = task
+            && !self.spec(n).read_only
+        {
+            let stored = &self.nodes[n.0].durable[doc];
+            let foreign =
+                self.edits.iter().find(|e| e.doc == *doc && self.is_viewer(e.node) && contains(stored, &e.hash));
+            if let Some(e) = foreign {
+                let (hash, author) = (hex8(&e.hash), self.name(e.node));
+                self.fail(format!("{} stored change {hash} of {doc} from the read-only {author}", self.name(n)));
+            }
+        }
+    }
+
+    /// A read-only client (see [`NodeSpec::read_only`]).
+    pub fn is_viewer(&self, n: NodeId) -> bool {
+        self.spec(n).read_only
     }
 
     // ----- checks -----------------------------------------------------------
@@ -1244,7 +1276,9 @@ impl Sim {
     pub fn check_caught_up(&self) -> Result<(), String> {
         for n in self.node_ids() {
             let root = self.root_of(n);
-            for (doc, stored) in &self.nodes[n.0].durable {
+            // A read-only client's own changes stay with it.
+            let viewer = self.is_viewer(n);
+            for (doc, stored) in self.nodes[n.0].durable.iter().filter(|_| !viewer) {
                 let top = self.nodes[root.0].durable.get(doc);
                 let missing = stored.get_heads().into_iter().find(|h| !top.is_some_and(|t| contains(t, h)));
                 if let Some(h) = missing {
@@ -1260,7 +1294,8 @@ impl Sim {
             for doc in self.all_docs() {
                 let Some(live) = engine.document(&doc).filter(|d| !d.get_heads().is_empty()) else { continue };
                 let top = self.replica(root, &doc)?.map(Automerge::get_heads).unwrap_or_default();
-                if live.get_heads() != top {
+                let current = if viewer { top.iter().all(|h| contains(live, h)) } else { live.get_heads() == top };
+                if !current {
                     return Err(format!(
                         "{} has {doc} in memory at {} but {} is at {}",
                         self.name(n),
@@ -1370,6 +1405,7 @@ impl Sim {
         let lost = replicas.iter().all(|(_, r)| r.is_none());
         let required = if lost { BTreeSet::new() } else { self.required_holders(doc) };
         let mut reference: Option<(NodeId, &Automerge)> = None;
+        let mut viewers = Vec::new();
         for (n, replica) in replicas {
             let Some(replica) = replica else {
                 if required.contains(&n) {
@@ -1377,6 +1413,10 @@ impl Sim {
                 }
                 continue;
             };
+            if self.is_viewer(n) {
+                viewers.push((n, replica));
+                continue;
+            }
             let Some((r, reference_doc)) = reference else {
                 reference = Some((n, replica));
                 continue;
@@ -1398,7 +1438,17 @@ impl Sim {
                 ));
             }
         }
-        for e in self.edits.iter().filter(|e| e.doc == *doc) {
+        // A read-only client has everything the others agree on (and edits
+        // of its own that went nowhere).
+        if let Some((r, reference_doc)) = reference {
+            for (n, viewer) in viewers {
+                if let Some(h) = reference_doc.get_heads().iter().find(|h| !contains(viewer, h)) {
+                    let (viewer, holder) = (self.name(n), self.name(r));
+                    return Err(format!("the read-only {viewer} lacks change {} of {doc} that {holder} has", hex8(h)));
+                }
+            }
+        }
+        for e in self.edits.iter().filter(|e| e.doc == *doc && !self.is_viewer(e.node)) {
             let durable_at_author = self.nodes[e.node.0].durable.get(doc).is_some_and(|d| contains(d, &e.hash));
             // Durable at a node that keeps its store: never to be lost, even
             // if that node dropped its copy later (it may, once the upstream
@@ -1420,6 +1470,7 @@ impl Sim {
     pub fn lost_edits(&self) -> usize {
         self.edits
             .iter()
+            .filter(|e| !self.is_viewer(e.node))
             .filter(|e| {
                 !self.node_ids().any(|n| self.replica(n, &e.doc).ok().flatten().is_some_and(|d| contains(d, &e.hash)))
             })
@@ -1542,6 +1593,10 @@ pub struct RunStats {
     /// Changes whose home confirmed them, as the engine reported
     /// ([`Event::HomeConfirmed`]).
     pub home_confirmed: usize,
+    /// Read-only clients (access control), and the times a server refused
+    /// one's changes ([`Event::Refused`]).
+    pub viewers: usize,
+    pub read_only_refusals: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
 }
@@ -1561,6 +1616,8 @@ impl RunStats {
         self.handoffs += other.handoffs;
         self.offloads += other.offloads;
         self.snapshot_answers += other.snapshot_answers;
+        self.viewers += other.viewers;
+        self.read_only_refusals += other.read_only_refusals;
         self.home_confirmed += other.home_confirmed;
         self.end_ms = self.end_ms.max(other.end_ms);
     }
@@ -1622,6 +1679,9 @@ pub fn run_seed(seed: u64) -> RunOutcome {
             .filter_map(|n| n.engine.as_ref())
             .map(|e| e.stats().snapshot_answers as usize)
             .sum::<usize>();
+    w.stats.viewers = w.clients.iter().filter(|c| w.sim.is_viewer(**c)).count();
+    w.stats.read_only_refusals =
+        w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Refused { .. })).count();
     w.stats.end_ms = w.sim.now.0;
     RunOutcome { trace: w.sim.into_trace(), stats: w.stats }
 }
@@ -1666,7 +1726,8 @@ impl Workload {
         let mut sim = Sim::new(seed, Timing::default());
         sim.unique_ephemeral_payloads = true;
         sim.storage_failure_percent = storage_failures_from_env();
-        let clients = build_topology(&mut sim);
+        let mut clients = build_topology(&mut sim);
+        add_viewer(&mut sim, &mut clients, seed);
         let work_end = Millis(sim.rng.random_range(8_000..=20_000));
         let mut w = Self {
             sim,
@@ -1778,6 +1839,8 @@ impl Workload {
     }
 
     fn create_doc(&mut self, n: NodeId) {
+        // A read-only client cannot create documents; the first client does.
+        let n = if self.sim.is_viewer(n) { self.clients[0] } else { n };
         if !self.sim.is_up(n) {
             let retry = self.sim.rng.random_range(100..1000);
             self.later(retry, Action::CreateDoc(n));
@@ -1933,6 +1996,22 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
         clients.push(sim.add_node(spec));
     }
     clients
+}
+
+/// In a third of the seeds, a read-only client under a random server (it
+/// edits, like the others, and its changes must go nowhere). Drawn from a
+/// stream of its own, so seeds without one run as they did before.
+fn add_viewer(sim: &mut Sim, clients: &mut Vec<NodeId>, seed: u64) {
+    let mut side = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_6164_6f6e_6c79);
+    if side.random_range(0..3u8) != 0 {
+        return;
+    }
+    let servers: BTreeSet<NodeId> = clients.iter().filter_map(|c| sim.spec(*c).upstream).collect();
+    let servers: Vec<NodeId> = servers.into_iter().collect();
+    let server = servers[side.random_range(0..servers.len())];
+    let persistent = side.random_bool(0.5);
+    let spec = NodeSpec::new("viewer").persistent(persistent).evict_after(600_000).upstream(server).read_only();
+    clients.push(sim.add_node(spec));
 }
 
 /// One random local change: a map key, or a splice in the shared text.
