@@ -33,7 +33,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
-use meridian_node::runtime::{NodeEvent, NodeRuntime, register};
+use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
@@ -427,7 +427,10 @@ async fn serve_edge(
             return quic::refuse(&connection, send, &reason.to_string()).await;
         }
     };
-    let Some((conn, out)) = register(&events, Direction::Incoming).await else { return };
+    // Told apart by the id its hello authenticated, not by the peer id it
+    // joins with (edges started without --peer-id all join as
+    // `meridian-edge`).
+    let Some((conn, out)) = register_node(&events, Direction::Incoming, &hello.node_id).await else { return };
     let edge_id = hello.node_id;
     tracing::info!(%remote, %edge_id, %conn, peer_addr = ?hello.peer_addr, "edge connected");
     let edge = EdgeId::new(edge_id.clone());

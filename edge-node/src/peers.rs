@@ -399,7 +399,7 @@ impl Dial {
             Some((FrameKind::Control, Ok(Control::Refused { reason }))) => return Err(DialError::Refused(reason)),
             other => return Err(DialError::Unexpected(other)),
         }
-        let Some((conn, out)) = register_edge_peer(&self.events, Direction::Outgoing).await else {
+        let Some((conn, out)) = register_edge_peer(&self.events, Direction::Outgoing, Some(&self.edge)).await else {
             return Ok("node stopped".into());
         };
         self.dir.link(&self.edge, |l| {
@@ -461,7 +461,7 @@ async fn serve(
             return quic::refuse(&connection, send, &reason.to_string()).await;
         }
     };
-    let Some((conn, out)) = register_edge_peer(&events, Direction::Incoming).await else { return };
+    let Some((conn, out)) = register_edge_peer(&events, Direction::Incoming, Some(&who)).await else { return };
     tracing::info!(%remote, edge = %who, %conn, "an edge linked to us (we are a home)");
     let reason = quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
     tracing::info!(%remote, edge = %who, %reason, "edge link closed");

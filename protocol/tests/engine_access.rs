@@ -293,6 +293,27 @@ fn a_peer_id_is_taken_over_only_by_the_same_subject() {
     assert!(!edge.closed.iter().any(|(c, _)| *c == again));
 }
 
+/// Nodes (edges at the hub) are told apart by the id they authenticated
+/// as, whatever peer id they join with: two of them with one peer id both
+/// stay; the same node reconnecting replaces its old connection.
+#[test]
+fn nodes_sharing_a_peer_id_are_told_apart_by_their_subject() {
+    let mut hub = node("hub");
+    let as_node = |id: &str| Access { subject: format!("node:{id}"), ..Access::full() };
+    let eu = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("eu"));
+    join(&mut hub, eu, "meridian-edge");
+    let us = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("us"));
+    join(&mut hub, us, "meridian-edge");
+    hub.drain();
+    assert!(hub.closed.is_empty(), "both stay: {:?}", hub.closed);
+    assert_eq!(hub.engine.ready_connections(), 2);
+    let eu_again = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("eu"));
+    join(&mut hub, eu_again, "meridian-edge");
+    hub.drain();
+    assert_eq!(hub.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![eu], "eu's old link is replaced");
+    assert_eq!(hub.engine.ready_connections(), 2);
+}
+
 #[test]
 fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
     let mut edge = node("edge");

@@ -97,6 +97,38 @@ async fn document_created_on_one_edge_opens_on_another() -> Result<()> {
     Ok(())
 }
 
+/// Edges started without --peer-id all join the hub as `meridian-edge`
+/// (the README's setup): the hub tells them apart by the id their `hello`
+/// authenticated, so neither replaces the other (they used to, tens of
+/// times a second) and documents cross between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_with_the_same_peer_id_are_told_apart_by_their_hello() -> Result<()> {
+    let hub_dir = tempfile::tempdir()?;
+    let hub =
+        Hub::start(HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "eu-s").edge("us", "us-s")).await?;
+    let mut edges = Vec::new();
+    let mut dirs = Vec::new();
+    for (id, secret) in [("eu", "eu-s"), ("us", "us-s")] {
+        let dir = tempfile::tempdir()?;
+        let config = EdgeConfig::new(dir.path()).ephemeral_port().uplink(uplink(hub.quic_addr(), &hub, id, secret));
+        assert_eq!(config.peer_id, "meridian-edge", "the default peer id");
+        edges.push(EdgeNode::start(config).await?);
+        dirs.push(dir);
+    }
+    wait_uplinks(&[&edges[0], &edges[1]]).await?;
+    let a = Client::connect(&edges[0].ws_url(), fast()).await?;
+    let doc = a.create(|tx| tx.put(ROOT, "n", 7).map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    let b = Client::connect(&edges[1].ws_url(), fast()).await?;
+    find_eventually(&b, doc).await.context("find on the other edge")?;
+    assert_eq!(b.read(doc, |d| int(d, "n")).await.flatten(), Some(7));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for e in &edges {
+        assert_eq!(e.metrics().uplink_connects_total.load(Relaxed), 1, "the uplink never dropped");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_document_is_unavailable_only_after_the_hub_says_so() -> Result<()> {
     let c = cluster().await?;

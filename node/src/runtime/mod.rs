@@ -163,7 +163,7 @@ impl NodeLoop {
             NodeEvent::Connected { direction, edge_peer, mut access, valid_for, out, reply } => {
                 access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
                 let conn = if edge_peer {
-                    self.engine.handle_connect_edge_peer(now, direction)
+                    self.engine.handle_connect_edge_peer_with(now, direction, access)
                 } else {
                     self.engine.handle_connect_with(now, direction, access)
                 };
@@ -488,12 +488,27 @@ pub async fn register_client(
     register_as(events, Direction::Incoming, false, access, valid_for).await
 }
 
-/// Registers a link to another edge (see [`NodeEvent::Connected`]).
+/// Registers a link from another node that authenticated as `node_id`
+/// (an edge at the hub, by its `hello`): it may do everything, and is told
+/// apart from other nodes by that id, whatever peer id it joins with.
+pub async fn register_node(
+    events: &mpsc::Sender<NodeEvent>,
+    direction: Direction,
+    node_id: &str,
+) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+    let access = Access { subject: format!("node:{node_id}"), ..Access::full() };
+    register_as(events, direction, false, access, None).await
+}
+
+/// Registers a link to another edge (see [`NodeEvent::Connected`]); with
+/// `node_id` when the other end authenticated as that edge.
 pub async fn register_edge_peer(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
+    node_id: Option<&str>,
 ) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
-    register_as(events, direction, true, Access::full(), None).await
+    let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
+    register_as(events, direction, true, Access { subject, ..Access::full() }, None).await
 }
 
 async fn register_as(

@@ -87,6 +87,12 @@ impl Engine {
         self.connect(now, direction, true, Access::full())
     }
 
+    /// [`Engine::handle_connect_edge_peer`] for a link whose other end
+    /// authenticated as `access.subject` (its edge id).
+    pub fn handle_connect_edge_peer_with(&mut self, now: Millis, direction: Direction, access: Access) -> ConnId {
+        self.connect(now, direction, true, access)
+    }
+
     pub(super) fn connect(&mut self, now: Millis, direction: Direction, edge_peer: bool, access: Access) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
@@ -125,10 +131,11 @@ impl Engine {
             self.timers.expired(at, conn);
         }
         let peer = c.peer().cloned();
-        if let Some(p) = &peer
-            && self.peers.get(p) == Some(&conn)
-        {
-            self.peers.remove(p);
+        if let Some(p) = &peer {
+            let key = (p.clone(), c.access.subject.clone());
+            if self.peers.get(&key) == Some(&conn) {
+                self.peers.remove(&key);
+            }
         }
         let storage = c.storage_id().cloned();
         let doc_ids: Vec<DocumentId> = self.docs.keys().copied().collect();
@@ -254,23 +261,8 @@ impl Engine {
             self.reject(conn, ErrorKind::UnsupportedVersion, detail);
             return;
         }
-        // A second join with a peer id that is connected replaces the old
-        // connection, if both are the same subject's: nobody takes over
-        // another's peer id (and with it their stream and presence).
-        // (A link we dialed to the same peer is another connection, not a
-        // previous one: two edges may each dial the other.)
-        if let Some(old) = self.peers.get(&sender).copied()
-            && old != conn
-            && let Some(old_conn) = self.conns.get(&old).filter(|c| c.direction == Direction::Incoming)
-        {
-            if self.conns.get(&conn).is_none_or(|c| c.access.subject != old_conn.access.subject) {
-                self.out.event(Event::Refused { conn, doc: None, refusal: Refusal::PeerIdTaken });
-                let detail = format!("peer id {sender} is in use by another connection");
-                self.reject(conn, ErrorKind::Unauthorized, detail);
-                return;
-            }
-            self.out.close(old, "replaced by a new connection");
-            self.handle_disconnect(now, old);
+        if !self.take_over_peer_id(now, conn, &sender) {
+            return;
         }
         let reply = Message::Peer {
             sender_id: self.config.peer_id.clone(),
@@ -282,6 +274,35 @@ impl Engine {
         self.become_ready(now, conn, sender, metadata);
     }
 
+    /// A `join` as `sender` on `conn`, where that peer id may be in use: a
+    /// connection of the same subject is replaced (a client reconnecting);
+    /// one of another subject stays, and the newcomer is refused, unless
+    /// both are nodes (edges at the hub are told apart by the subject
+    /// their `hello` authenticated, whatever peer id they join with).
+    /// `false`: refused. (A link we dialed to the same peer is another
+    /// connection, not a previous one: two edges may each dial the other.)
+    fn take_over_peer_id(&mut self, now: Millis, conn: ConnId, sender: &PeerId) -> bool {
+        let Some(new) = self.conns.get(&conn).map(|c| c.access.clone()) else { return false };
+        let in_use: Vec<(String, ConnId)> = self
+            .peers
+            .range((sender.clone(), String::new())..)
+            .take_while(|((p, _), _)| p == sender)
+            .map(|((_, subject), c)| (subject.clone(), *c))
+            .filter(|(_, c)| *c != conn && self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming))
+            .collect();
+        for (subject, old) in in_use {
+            if subject == new.subject {
+                self.out.close(old, "replaced by a new connection");
+                self.handle_disconnect(now, old);
+            } else if !(new.relay && self.access(old).is_some_and(|a| a.relay)) {
+                self.out.event(Event::Refused { conn, doc: None, refusal: Refusal::PeerIdTaken });
+                self.reject(conn, ErrorKind::Unauthorized, format!("peer id {sender} is in use by another connection"));
+                return false;
+            }
+        }
+        true
+    }
+
     pub(super) fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.state = ConnState::Ready { peer: peer.clone(), metadata: metadata.clone() };
@@ -289,7 +310,7 @@ impl Engine {
             self.timers.joined(at, conn);
         }
         let upstream = c.direction == Direction::Outgoing && !c.edge_peer;
-        self.peers.insert(peer.clone(), conn);
+        self.peers.insert((peer.clone(), c.access.subject.clone()), conn);
         self.out.event(Event::PeerConnected { conn, peer, metadata });
         if upstream {
             // A new upstream gets every document we hold in memory, and is

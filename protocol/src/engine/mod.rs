@@ -79,7 +79,10 @@ pub struct Engine {
     rng: ChaCha8Rng,
     next_conn: u64,
     conns: BTreeMap<ConnId, Conn>,
-    peers: BTreeMap<PeerId, ConnId>,
+    /// Ready connections by the peer id they joined as and their subject
+    /// (see `conn::handle_join`: nodes of different subjects may share a
+    /// peer id).
+    peers: BTreeMap<(PeerId, String), ConnId>,
     docs: BTreeMap<DocumentId, DocState>,
     /// Connections that have shown interest in a document, kept across
     /// eviction so changes are still pushed to them.
