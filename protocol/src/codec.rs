@@ -136,8 +136,10 @@ pub enum DecodeError {
     WrongType { field: String, expected: &'static str },
     #[error("field `{field}`: {source}")]
     BadId { field: &'static str, source: IdError },
-    #[error("ephemeral `data` is not valid CBOR")]
+    #[error("ephemeral `data` is not valid CBOR (or nests deeper than {MAX_DEPTH} levels)")]
     EphemeralDataNotCbor,
+    #[error("field `{field}` is longer than {max} bytes")]
+    TooLong { field: String, max: usize },
     #[error("trailing bytes after the message")]
     TrailingBytes,
 }
@@ -224,10 +226,10 @@ fn read_fields(d: &mut Decoder<'_>) -> Result<Fields, DecodeError> {
 fn read_field(d: &mut Decoder<'_>, key: &str, f: &mut Fields) -> Result<(), DecodeError> {
     match key {
         "type" => f.message_type = opt_str(d, key)?,
-        "senderId" => f.sender_id = opt_str(d, key)?,
-        "targetId" => f.target_id = opt_str(d, key)?,
-        "documentId" => f.document_id = opt_str(d, key)?,
-        "sessionId" => f.session_id = opt_str(d, key)?,
+        "senderId" => f.sender_id = opt_id(d, key)?,
+        "targetId" => f.target_id = opt_id(d, key)?,
+        "documentId" => f.document_id = opt_id(d, key)?,
+        "sessionId" => f.session_id = opt_id(d, key)?,
         "message" => f.message = opt_str(d, key)?,
         "selectedProtocolVersion" => f.selected_protocol_version = opt_str(d, key)?,
         "data" => f.data = opt_bytes(d, key)?,
@@ -253,14 +255,27 @@ fn take_absent(d: &mut Decoder<'_>) -> Result<bool, DecodeError> {
     }
 }
 
+/// Deepest nesting of CBOR containers accepted (presence data is a few
+/// levels deep; 16 MB of nested arrays must not cost a stack of 16 M
+/// entries).
+pub const MAX_DEPTH: usize = 64;
+
+/// Longest id (`senderId`, `targetId`, `documentId`, `sessionId`) accepted
+/// (automerge-repo's are a few dozen bytes).
+pub const MAX_ID_BYTES: usize = 256;
+
 /// Skips one well-formed data item. Unlike `Decoder::skip`, a break (0xff)
-/// where an item is expected is an error, as it is for cbor-x.
+/// where an item is expected is an error, as it is for cbor-x. Containers
+/// nested deeper than [`MAX_DEPTH`] are an error.
 fn skip_item(d: &mut Decoder<'_>) -> Result<(), minicbor::decode::Error> {
     // Items still to skip in each enclosing container; `None` is an
-    // indefinite-length container that ends with a break. Every push
-    // consumes at least one input byte, so the stack is bounded by the input.
+    // indefinite-length container that ends with a break.
     let mut pending: Vec<Option<u64>> = vec![Some(1)];
-    while let Some(top) = pending.last_mut() {
+    loop {
+        if pending.len() > MAX_DEPTH + 1 {
+            return Err(minicbor::decode::Error::message("CBOR nested too deeply").at(d.position()));
+        }
+        let Some(top) = pending.last_mut() else { break };
         match top {
             Some(0) => {
                 pending.pop();
@@ -292,6 +307,15 @@ fn skip_item(d: &mut Decoder<'_>) -> Result<(), minicbor::decode::Error> {
 
 fn wrong(field: &str, expected: &'static str) -> DecodeError {
     DecodeError::WrongType { field: field.to_owned(), expected }
+}
+
+/// [`opt_str`] for an id: at most [`MAX_ID_BYTES`].
+fn opt_id(d: &mut Decoder<'_>, field: &str) -> Result<Option<String>, DecodeError> {
+    let id = opt_str(d, field)?;
+    if id.as_ref().is_some_and(|s| s.len() > MAX_ID_BYTES) {
+        return Err(DecodeError::TooLong { field: field.to_owned(), max: MAX_ID_BYTES });
+    }
+    Ok(id)
 }
 
 fn opt_str(d: &mut Decoder<'_>, field: &str) -> Result<Option<String>, DecodeError> {

@@ -22,8 +22,14 @@ fn text() -> impl Strategy<Value = String> {
     prop_oneof![3 => "[a-z0-9-]{0,16}", 1 => any::<String>(), 1 => "\\PC{20,300}"]
 }
 
+/// Any text that fits an id field ([`codec::MAX_ID_BYTES`]).
+fn id_text() -> impl Strategy<Value = String> {
+    text().prop_filter("ids are at most MAX_ID_BYTES long", |s| s.len() <= codec::MAX_ID_BYTES)
+}
+
 fn peer_id() -> impl Strategy<Value = PeerId> {
-    prop_oneof!["peer-[a-z0-9]{8,10}", any::<String>()].prop_map(PeerId::new)
+    prop_oneof!["peer-[a-z0-9]{8,10}", any::<String>().prop_filter("short", |s| s.len() <= codec::MAX_ID_BYTES)]
+        .prop_map(PeerId::new)
 }
 
 fn storage_id() -> impl Strategy<Value = StorageId> {
@@ -200,7 +206,7 @@ fn message() -> impl Strategy<Value = Message> {
         (peer_id(), peer_id(), document_id()).prop_map(|(sender_id, target_id, document_id)| {
             Message::DocUnavailable { sender_id, target_id, document_id }
         }),
-        (peer_id(), peer_id(), document_id(), text(), count(), cbor_value()).prop_map(
+        (peer_id(), peer_id(), document_id(), id_text(), count(), cbor_value()).prop_map(
             |(sender_id, target_id, document_id, session_id, count, data)| Message::Ephemeral {
                 sender_id,
                 target_id,
@@ -726,27 +732,62 @@ fn optional_fields_may_be_undefined_or_null() {
     }
 }
 
-/// Deep nesting must neither overflow the stack nor be mistaken for
-/// something else.
+/// Deep nesting neither overflows the stack nor costs memory in proportion
+/// to the input: past [`codec::MAX_DEPTH`] levels of containers a message is
+/// refused (16 MB of nested arrays cost +275 MB before the limit), and up to
+/// it everything is accepted as before.
 #[test]
-fn deeply_nested_input_does_not_overflow() {
+fn nesting_past_the_depth_limit_is_refused() {
     const DEPTH: usize = 1_000_000;
-    // A million tags in front of the sync payload.
+    // A million tags in front of the sync payload (a tag is no container).
     let mut tagged = vec![0xc6; DEPTH];
     tagged.extend(b(&[0x42, 0x00]));
     assert_eq!(codec::decode(&with(sync_entries(), "data", tagged)), Ok(Decoded::Message(expected_sync())));
-    // A million nested arrays under an unknown key.
-    let mut entries = sync_entries();
-    let mut deep = vec![0x81; DEPTH];
-    deep.push(0x00);
-    entries.push(("deep", deep));
-    assert_eq!(codec::decode(&frame(&entries)), Ok(Decoded::Message(expected_sync())));
+    // Nested arrays under an unknown key: up to the limit skipped, past it refused.
+    for (depth, ok) in [(codec::MAX_DEPTH, true), (codec::MAX_DEPTH + 1, false), (DEPTH, false)] {
+        let mut entries = sync_entries();
+        let mut deep = vec![0x81; depth];
+        deep.push(0x00);
+        entries.push(("deep", deep));
+        let decoded = codec::decode(&frame(&entries));
+        if ok {
+            assert_eq!(decoded, Ok(Decoded::Message(expected_sync())), "depth {depth}");
+        } else {
+            assert!(
+                matches!(decoded, Err(DecodeError::NotCbor(ref e)) if e.contains("nested too deeply")),
+                "depth {depth}: {decoded:?}"
+            );
+        }
+    }
     // And as ephemeral data: indefinite arrays, properly closed.
-    let mut data = vec![0x9f; DEPTH];
-    data.extend(vec![0xff; DEPTH]);
-    assert!(matches!(codec::decode(&frame(&ephemeral_entries(&data))), Ok(Decoded::Message(_))));
-    data.pop();
-    assert_eq!(codec::decode(&frame(&ephemeral_entries(&data))), Err(DecodeError::EphemeralDataNotCbor));
+    for (depth, ok) in [(codec::MAX_DEPTH, true), (DEPTH, false)] {
+        let mut data = vec![0x9f; depth];
+        data.extend(vec![0xff; depth]);
+        let decoded = codec::decode(&frame(&ephemeral_entries(&data)));
+        assert_eq!(decoded.is_ok(), ok, "depth {depth}: {decoded:?}");
+        if !ok {
+            assert_eq!(decoded, Err(DecodeError::EphemeralDataNotCbor));
+        }
+    }
+}
+
+/// Ids longer than [`codec::MAX_ID_BYTES`] are refused (a `senderId` of
+/// 1 MB was accepted and kept for the connection's life).
+#[test]
+fn over_long_ids_are_refused() {
+    let long = "p".repeat(codec::MAX_ID_BYTES + 1);
+    let fits = "p".repeat(codec::MAX_ID_BYTES);
+    for field in ["senderId", "targetId"] {
+        assert_eq!(
+            codec::decode(&with(sync_entries(), field, t(&long))),
+            Err(DecodeError::TooLong { field: field.into(), max: codec::MAX_ID_BYTES })
+        );
+        assert!(codec::decode(&with(sync_entries(), field, t(&fits))).is_ok());
+    }
+    assert_eq!(
+        codec::decode(&with(ephemeral_entries(&u(1)), "sessionId", t(&long))),
+        Err(DecodeError::TooLong { field: "sessionId".into(), max: codec::MAX_ID_BYTES })
+    );
 }
 
 // ---- encoder details that match cbor-x -----------------------------------------
