@@ -106,11 +106,15 @@ enum ClientOp {
         #[arg(long, value_name = "HASH[,HASH]")]
         to: String,
     },
-    /// Save the document, with its whole history, to an .automerge file.
+    /// Save the document, with its whole history, to an .automerge file
+    /// (an existing file, or a link, is left alone unless --force).
     Export {
         #[arg(value_name = "AUTOMERGE_URL")]
         doc: String,
         file: PathBuf,
+        /// Replace FILE if it exists (a symbolic link is replaced, not written through).
+        #[arg(long)]
+        force: bool,
     },
     /// Create a new document from an .automerge file and print its URL.
     Import { file: PathBuf },
@@ -293,6 +297,16 @@ mod client {
 
     use super::{ClientArgs, ClientOp};
 
+    /// Writes `bytes` to a new file beside `path`, then renames it over
+    /// `path`: a link at `path` is replaced, never written through, and a
+    /// crash leaves the old file or the new one, whole.
+    fn write_replacing(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+        let name = path.file_name().context("the export path has no file name")?.to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    }
+
     pub async fn run(args: ClientArgs) -> Result<()> {
         let options = ClientOptions {
             store_path: args.store.clone(),
@@ -365,14 +379,24 @@ mod client {
                 acked(&client, doc, wait).await;
                 print(&client, doc).await;
             }
-            ClientOp::Export { doc, file } => {
+            ClientOp::Export { doc, file, force } => {
+                if !force && std::fs::symlink_metadata(&file).is_ok() {
+                    anyhow::bail!("{} exists; pass --force to replace it", file.display());
+                }
                 let doc = find(&client, &doc).await?;
                 let bytes = client.read(doc, |d| d.save()).await.context("the document is not loaded")?;
-                std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+                write_replacing(&file, &bytes)?;
                 eprintln!("saved {} bytes to {}", bytes.len(), file.display());
             }
             ClientOp::Import { file } => {
                 let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let loaded = meridian_protocol::automerge::Automerge::load(&bytes)
+                    .with_context(|| format!("{} is not an Automerge file", file.display()))?;
+                anyhow::ensure!(
+                    !loaded.get_heads().is_empty(),
+                    "{} holds no changes (empty, or not an Automerge document): nothing imported",
+                    file.display()
+                );
                 let doc = client
                     .import(bytes)
                     .await

@@ -129,6 +129,35 @@ fn cli_history_show_rollback_export_import() -> Result<()> {
         .args(["client", "--url", &url, "import", file.with_extension("missing").to_str().context("path")?])
         .output()?;
     assert!(!not_file.status.success());
+    // An empty file imports nothing and says so (a backup restore must not
+    // fail silently).
+    let empty = dir.path().join("empty.automerge");
+    std::fs::write(&empty, b"")?;
+    let out = Command::new(workspace_binary("meridian-edge")?)
+        .args(["client", "--url", &url, "import", empty.to_str().context("path")?])
+        .output()?;
+    assert!(!out.status.success(), "an empty import fails");
+    assert!(out.stdout.is_empty(), "no URL printed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no changes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Export never overwrites, nor writes through a link, without --force.
+    let kept = dir.path().join("kept.txt");
+    std::fs::write(&kept, b"precious")?;
+    let link = dir.path().join("link.automerge");
+    std::os::unix::fs::symlink(&kept, &link)?;
+    for target in [&file, &link] {
+        let out = Command::new(workspace_binary("meridian-edge")?)
+            .args(["client", "--url", &url, "export", &doc, target.to_str().context("path")?])
+            .output()?;
+        assert!(!out.status.success(), "export over {} refused", target.display());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    cli(&[&ws[..], &["export", &doc, link.to_str().context("path")?, "--force"]].concat())?;
+    assert_eq!(std::fs::read(&kept)?, b"precious", "the link's target is untouched");
+    assert!(!std::fs::symlink_metadata(&link)?.file_type().is_symlink(), "the link was replaced by the file");
     assert_eq!(cli(&[&ws[..], &["history", &doc, "--json"]].concat())?.lines().count(), 4);
     drop(edge);
     Ok(())
