@@ -22,6 +22,7 @@
 
 pub mod placement;
 pub mod placer;
+pub mod revocations;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,8 +30,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use meridian_node::auth::Keyring;
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
 use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node};
@@ -39,11 +41,12 @@ use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind};
 use meridian_protocol::engine::{Direction, EngineConfig};
-use meridian_protocol::ids::PeerId;
+use meridian_protocol::ids::{ConnId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::placement::{EdgeId, PlacementConfig};
 use crate::placer::{PlacementMetrics, Placer, PlacerEvent, View};
+use crate::revocations::{Revocations, RevokeApi};
 
 /// Which edges may connect.
 #[derive(Clone, Debug)]
@@ -235,21 +238,29 @@ impl Hub {
         )
         .with_moves(config.placement_moves);
         let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx, runtime.events())));
+        let revocations = Arc::new(Revocations::load(&config.data_dir)?);
+        let keyring = match config.auth_public_keys.is_empty() {
+            true => None,
+            false => {
+                let keyring = Keyring::new(meridian_node::auth::Verifier::load(&config.auth_public_keys)?);
+                keyring.revoke(&revocations.list());
+                Some(Arc::new(keyring))
+            }
+        };
+        let shared = Arc::new(EdgeShared { peer_secret: peer_secret.to_string(), revocations: revocations.clone() });
         let accept = AbortOnDrop(tokio::spawn(accept_loop(
             endpoint.clone(),
             config.clone(),
-            peer_secret,
+            shared,
             runtime.events(),
             placer_tx.clone(),
         )));
         let app = if config.serve_clients {
-            let auth = if config.auth_public_keys.is_empty() {
+            let auth = keyring.clone();
+            if auth.is_none() {
                 metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!("OPEN DEV MODE: clients at /sync may read and write every document (loopback only)");
-                None
-            } else {
-                Some(Arc::new(meridian_node::auth::Verifier::load(&config.auth_public_keys)?))
-            };
+            }
             server::router(AppState {
                 events: runtime.events(),
                 metrics: metrics.clone(),
@@ -264,6 +275,8 @@ impl Hub {
                 .route("/metrics", get(move || async move { m.render() }))
         };
         let app = admin_routes(app, placer_tx, placement_metrics.clone());
+        let api = RevokeApi { revocations, keyring, events: runtime.events() };
+        let app = app.merge(Router::new().route("/api/auth/revoke", post(revocations::revoke)).with_state(api));
         let (http_addr, http, http_stop) = serve_http(config.http, app).await?;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;
@@ -375,6 +388,8 @@ async fn serve_http(
     let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
+        // The peer address lets the revocation API keep to loopback callers.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
             let _ = stop_rx.await;
         });
@@ -389,7 +404,7 @@ async fn serve_http(
 async fn accept_loop(
     endpoint: quinn::Endpoint,
     config: HubConfig,
-    peer_secret: Arc<String>,
+    shared: Arc<EdgeShared>,
     events: mpsc::Sender<NodeEvent>,
     placer: mpsc::Sender<PlacerEvent>,
 ) {
@@ -397,16 +412,42 @@ async fn accept_loop(
     let mut next_conn = 0u64;
     quic::accept_each(endpoint, |incoming| {
         next_conn += 1;
-        serve_edge(incoming, config.clone(), peer_secret.clone(), events.clone(), placer.clone(), next_conn)
+        serve_edge(incoming, config.clone(), shared.clone(), events.clone(), placer.clone(), next_conn)
     })
     .await;
+}
+
+/// What every edge connection shares: the credential edges present to
+/// each other, and the revocations every edge is told of.
+#[derive(Debug)]
+struct EdgeShared {
+    peer_secret: String,
+    revocations: Arc<Revocations>,
+}
+
+/// Tells the edge on `conn` every revocation, now and whenever one is
+/// added; ends when the node loop does.
+async fn push_revocations(events: &mpsc::Sender<NodeEvent>, conn: ConnId, revocations: &Revocations) {
+    let mut changes = revocations.subscribe();
+    loop {
+        let list = changes.borrow_and_update().clone();
+        if !list.is_empty() {
+            let bytes = federation::encode_control(&revocations::notice(&list));
+            if events.send(NodeEvent::SendControl { conn, bytes }).await.is_err() {
+                return;
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs one edge connection from handshake to close.
 async fn serve_edge(
     incoming: quinn::Incoming,
     config: Arc<HubConfig>,
-    peer_secret: Arc<String>,
+    shared: Arc<EdgeShared>,
     events: mpsc::Sender<NodeEvent>,
     placer: mpsc::Sender<PlacerEvent>,
     conn_no: u64,
@@ -420,7 +461,7 @@ async fn serve_edge(
         Ok(s) => s,
         Err(e) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
     };
-    let hello = match handshake(&mut send, &mut recv, &config, &peer_secret).await {
+    let hello = match handshake(&mut send, &mut recv, &config, &shared.peer_secret).await {
         Ok(hello) => hello,
         Err(reason) => {
             tracing::warn!(%remote, %reason, "refused an edge");
@@ -451,9 +492,14 @@ async fn serve_edge(
         tracing::info!(%remote, %edge_id, %reason, "reports from the edge ended");
         std::future::pending::<std::convert::Infallible>().await
     };
+    let revoked = async {
+        push_revocations(&events, conn, &shared.revocations).await;
+        std::future::pending::<std::convert::Infallible>().await
+    };
     let reason = tokio::select! {
         reason = pump => reason,
         never = reports => match never {},
+        never = revoked => match never {},
     };
     let _ = placer.send(PlacerEvent::EdgeDown { edge, conn: conn_no }).await;
     tracing::info!(%remote, %edge_id, %reason, "edge disconnected");

@@ -22,8 +22,65 @@ struct Cli {
 enum Command {
     /// Accept edges over QUIC and keep the durable copy of every document.
     Serve(ServeArgs),
-    /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`.
-    Auth(meridian_node::auth::cli::AuthArgs),
+    /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`,
+    /// `auth revoke --jti ID | --sub NAME`.
+    Auth(HubAuthArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct HubAuthArgs {
+    #[command(subcommand)]
+    op: HubAuthOp,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum HubAuthOp {
+    #[command(flatten)]
+    Common(meridian_node::auth::cli::AuthOp),
+    /// Revoke one token (--jti) or every token of a subject issued until now
+    /// (--sub; tokens minted later hold). The running hub stores it and tells
+    /// every edge, which refuse the token and close live connections holding it.
+    Revoke {
+        /// The hub's HTTP address (its --http).
+        #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
+        hub_http: String,
+        /// The token's id (its `jti` claim).
+        #[arg(long, required_unless_present = "sub")]
+        jti: Option<String>,
+        /// The subject (`sub` claim) whose tokens are revoked.
+        #[arg(long)]
+        sub: Option<String>,
+        /// An admin token, needed when the hub is not on a loopback address.
+        #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+}
+
+/// `POST /api/auth/revoke` on the running hub; its answer.
+async fn revoke(
+    hub_http: &str,
+    jti: Option<String>,
+    sub: Option<String>,
+    admin: Option<String>,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = serde_json::json!({ "jti": jti, "sub": sub }).to_string();
+    let bearer = admin.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "POST /api/auth/revoke HTTP/1.1\r\nHost: {hub_http}\r\nContent-Type: application/json\r\n{bearer}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(hub_http)
+        .await
+        .with_context(|| format!("connecting to the hub at {hub_http} (its --http address)"))?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("?");
+    anyhow::ensure!(status == "200", "the hub answered {status}: {}", body.trim());
+    Ok(body.trim().to_owned())
 }
 
 #[derive(clap::Args, Debug)]
@@ -118,8 +175,12 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = match Cli::parse().command {
         Command::Serve(args) => args,
-        Command::Auth(args) => {
-            println!("{}", meridian_node::auth::cli::run(args)?);
+        Command::Auth(HubAuthArgs { op: HubAuthOp::Common(op) }) => {
+            println!("{}", meridian_node::auth::cli::run(meridian_node::auth::cli::AuthArgs { op })?);
+            return Ok(());
+        }
+        Command::Auth(HubAuthArgs { op: HubAuthOp::Revoke { hub_http, jti, sub, admin_token } }) => {
+            println!("{}", revoke(&hub_http, jti, sub, admin_token).await?);
             return Ok(());
         }
     };

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meridian_node::auth::Verifier;
+use meridian_node::auth::{Keyring, Verifier};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
@@ -76,7 +76,7 @@ fn start_peers(config: &EdgeConfig, edge_id: &str, events: mpsc::Sender<NodeEven
 #[derive(Clone, Debug)]
 struct DeviceAuth {
     /// `None`: open dev mode.
-    verifier: Option<Arc<Verifier>>,
+    verifier: Option<Arc<Keyring>>,
     metrics: Arc<NodeMetrics>,
     /// How long a device may take to send its first frame (`None`: no limit).
     first_frame_within: Option<std::time::Duration>,
@@ -146,7 +146,7 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
 /// The public keys tokens are checked against, or `None` in open dev mode
 /// (announced loudly: anyone reaching the edge may read and write
 /// everything).
-fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Arc<Verifier>>, EdgeError> {
+fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Arc<Keyring>>, EdgeError> {
     if config.open_mode() {
         metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
@@ -157,7 +157,7 @@ fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Ar
     }
     let verifier = Verifier::load(&config.auth_public_keys)?;
     tracing::info!(keys = config.auth_public_keys.len(), "clients need a token (auth on)");
-    Ok(Some(Arc::new(verifier)))
+    Ok(Some(Arc::new(Keyring::new(verifier))))
 }
 
 impl EdgeNode {
@@ -228,7 +228,8 @@ impl EdgeNode {
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
             tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
-            AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle)))
+            let keyring = verifier.clone();
+            AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle, keyring)))
         });
         let (peer_addr, peer_tasks) = peers.map_or((None, Vec::new()), |p| (p.addr, p.tasks));
         let (quic_addr, devices) = match config.quic_listen {

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use meridian_node::auth::{Keyring, Revocation};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError};
 use meridian_node::runtime::{NodeEvent, register};
-use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind};
+use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, RevokeNotice};
 use meridian_protocol::engine::Direction;
 use tokio::sync::mpsc;
 
@@ -56,6 +57,7 @@ pub async fn run(
     events: mpsc::Sender<NodeEvent>,
     metrics: Arc<NodeMetrics>,
     peers: Option<PeerHandle>,
+    keyring: Option<Arc<Keyring>>,
 ) {
     let endpoint = match quic::client_endpoint(config.hub, &config.trust, FEDERATION_ALPN) {
         Ok(e) => e,
@@ -66,7 +68,7 @@ pub async fn run(
     };
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
     loop {
-        match session(&endpoint, &config, &events, &metrics, peers.as_ref()).await {
+        match session(&endpoint, &config, &events, &metrics, peers.as_ref(), keyring.as_deref()).await {
             Ok(reason) => {
                 backoff.reset();
                 tracing::warn!(hub = %config.hub, %reason, "uplink to the hub lost; reconnecting");
@@ -82,6 +84,20 @@ pub async fn run(
     }
 }
 
+/// The hub's revocations: new connections with those tokens are refused,
+/// and live ones closed (without auth there are no tokens to revoke).
+fn revoke(keyring: Option<&Keyring>, events: &mpsc::Sender<NodeEvent>, list: Vec<RevokeNotice>) {
+    let Some(keyring) = keyring else { return };
+    let list: Vec<Revocation> = list.into_iter().map(|r| Revocation { jti: r.jti, sub: r.sub, at: r.at }).collect();
+    for r in keyring.revoke(&list) {
+        tracing::info!(jti = ?r.jti, sub = ?r.sub, "the hub revoked a token");
+        let event = NodeEvent::Revoke { token_id: r.jti, subject: r.sub.map(|s| (s, r.at)) };
+        if events.try_send(event).is_err() {
+            tracing::error!("the node loop is full: a revoked token's live connections stay until they reconnect");
+        }
+    }
+}
+
 /// One connection to the hub, from handshake to loss; returns why it ended.
 async fn session(
     endpoint: &quinn::Endpoint,
@@ -89,6 +105,7 @@ async fn session(
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
     peers: Option<&PeerHandle>,
+    keyring: Option<&Keyring>,
 ) -> Result<String, UplinkError> {
     let connection = endpoint.connect(config.hub, &config.server_name)?.await?;
     let (mut send, mut recv) = connection.open_bi().await?;
@@ -130,6 +147,9 @@ async fn session(
     metrics.uplink_connects_total.fetch_add(1, Relaxed);
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
     let on_control = |bytes: Vec<u8>| {
+        if let Ok(Control::Revoke(list)) = federation::decode_control(&bytes) {
+            return revoke(keyring, events, list);
+        }
         if let Some(p) = peers {
             p.on_control(&bytes);
         }

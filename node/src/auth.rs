@@ -70,16 +70,19 @@ pub enum TokenError {
     Expired,
     #[error("token not valid yet")]
     NotYetValid,
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl TokenError {
-    pub const ALL: [TokenError; 6] = [
+    pub const ALL: [TokenError; 7] = [
         TokenError::Missing,
         TokenError::Malformed,
         TokenError::UnknownKey,
         TokenError::BadSignature,
         TokenError::Expired,
         TokenError::NotYetValid,
+        TokenError::Revoked,
     ];
 
     /// Its label in metrics.
@@ -91,6 +94,7 @@ impl TokenError {
             TokenError::BadSignature => "bad_signature",
             TokenError::Expired => "expired",
             TokenError::NotYetValid => "not_yet_valid",
+            TokenError::Revoked => "revoked",
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct Grant {
     pub jti: String,
     /// Seconds since the Unix epoch at which it expires.
     pub expires: u64,
+    /// When it was issued (`iat`), if it says.
+    pub issued: Option<u64>,
     pub read: DocSet,
     pub write: DocSet,
     pub create: bool,
@@ -161,7 +167,10 @@ impl Grant {
 
     /// What the engine lets a connection holding it do.
     pub fn access(&self) -> Access {
-        Access::client(self.sub.clone(), self.read.clone(), self.write.clone(), self.create)
+        let mut access = Access::client(self.sub.clone(), self.read.clone(), self.write.clone(), self.create);
+        access.token_id = self.jti.clone();
+        access.issued_at = self.issued;
+        access
     }
 
     /// How long from `now` (seconds since the Unix epoch) it stays valid.
@@ -334,6 +343,7 @@ impl Verifier {
             sub: claims.sub,
             jti: claims.jti,
             expires: claims.exp,
+            issued: claims.iat,
             create: claims.create,
             admin: claims.admin,
         })
@@ -349,6 +359,82 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, TokenErr
 /// the SHA-256 of its raw 32 bytes, in hex.
 pub fn key_id(raw_public_key: &[u8]) -> String {
     hex::encode(&Sha256::digest(raw_public_key)[..8])
+}
+
+/// A revocation: one token (`jti`), or every token of a subject issued at
+/// or before `at` (seconds since the Unix epoch; tokens minted later hold).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Revocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    pub at: u64,
+}
+
+impl Revocation {
+    /// It covers tokens with this id, or of this subject issued then.
+    pub fn covers(&self, jti: &str, sub: &str, issued: Option<u64>) -> bool {
+        let by_id = self.jti.as_deref().is_some_and(|j| !j.is_empty() && j == jti);
+        let by_subject = self.sub.as_deref() == Some(sub) && issued.is_none_or(|iat| iat <= self.at);
+        by_id || by_subject
+    }
+}
+
+/// The public keys a node accepts and the revocations it knows, shared by
+/// its listeners and changed while it runs (keys and revocations pushed by
+/// the hub).
+#[derive(Debug, Default)]
+pub struct Keyring {
+    inner: std::sync::RwLock<(Verifier, Vec<Revocation>)>,
+}
+
+impl Keyring {
+    pub fn new(verifier: Verifier) -> Self {
+        Self { inner: std::sync::RwLock::new((verifier, Vec::new())) }
+    }
+
+    /// [`Verifier::verify`], and refused if revoked.
+    pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
+        let guard = self.inner.read().map_err(|_| TokenError::Malformed)?;
+        let grant = guard.0.verify(token, now)?;
+        if guard.1.iter().any(|r| r.covers(&grant.jti, &grant.sub, grant.issued)) {
+            return Err(TokenError::Revoked);
+        }
+        Ok(grant)
+    }
+
+    /// Adds revocations; returns those it did not know.
+    pub fn revoke(&self, revocations: &[Revocation]) -> Vec<Revocation> {
+        let Ok(mut guard) = self.inner.write() else { return Vec::new() };
+        let new: Vec<Revocation> = revocations.iter().filter(|r| !guard.1.contains(r)).cloned().collect();
+        guard.1.extend(new.iter().cloned());
+        new
+    }
+
+    pub fn revocations(&self) -> Vec<Revocation> {
+        self.inner.read().map(|g| g.1.clone()).unwrap_or_default()
+    }
+
+    /// Accepts tokens signed by these public keys (PEM) too.
+    pub fn add_public_pems(&self, pems: &[String]) -> Result<(), KeyError> {
+        let Ok(mut guard) = self.inner.write() else { return Ok(()) };
+        for pem in pems {
+            guard.0.add_pem(pem, "a key from the hub")?;
+        }
+        Ok(())
+    }
+}
+
+/// Tells the node loop to close live connections of these revocations.
+pub async fn close_revoked(events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>, revoked: &[Revocation]) {
+    for r in revoked {
+        let event =
+            crate::runtime::NodeEvent::Revoke { token_id: r.jti.clone(), subject: r.sub.clone().map(|s| (s, r.at)) };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Seconds since the Unix epoch, now.

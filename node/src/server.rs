@@ -28,7 +28,7 @@ use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::engine::{Access, ErrorKind};
 use tokio::sync::mpsc;
 
-use crate::auth::{self, TokenError, Verifier};
+use crate::auth::{self, Keyring, TokenError};
 use crate::metrics::NodeMetrics;
 use crate::runtime::{NodeEvent, Outbound, register_client};
 
@@ -39,9 +39,9 @@ pub struct AppState {
     pub metrics: Arc<NodeMetrics>,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,
-    /// Public keys tokens are checked against; `None`: open dev mode
-    /// (every connection may do everything).
-    pub auth: Option<Arc<Verifier>>,
+    /// Public keys and revocations tokens are checked against; `None`:
+    /// open dev mode (every connection may do everything).
+    pub auth: Option<Arc<Keyring>>,
 }
 
 /// The listener with `TCP_NODELAY` set on every accepted connection. Sync
@@ -132,7 +132,7 @@ fn percent_decode(s: &str) -> String {
 /// What a connection presenting `token` may do, for how long; `Err` when
 /// auth is on and the token does not hold (counted in metrics).
 pub fn authorize(
-    verifier: Option<&Verifier>,
+    verifier: Option<&Keyring>,
     token: &str,
     metrics: &NodeMetrics,
 ) -> Result<(Access, Option<Duration>), TokenError> {

@@ -88,6 +88,12 @@ pub enum NodeEvent {
     TakeDemand {
         reply: oneshot::Sender<BTreeMap<DocumentId, DocDemand>>,
     },
+    /// A token was revoked: close the connections holding it (see
+    /// [`Engine::revoke`]).
+    Revoke {
+        token_id: Option<String>,
+        subject: Option<(String, u64)>,
+    },
     /// Queue a control message on a connection (the hub's `home` notices).
     SendControl {
         conn: ConnId,
@@ -189,6 +195,10 @@ impl NodeLoop {
             }
             NodeEvent::TakeDemand { reply } => {
                 let _ = reply.send(self.engine.take_demand());
+            }
+            NodeEvent::Revoke { token_id, subject } => {
+                let closed = self.engine.revoke(token_id.as_deref(), subject.as_ref().map(|(s, at)| (s.as_str(), *at)));
+                tracing::info!(?token_id, ?subject, closed, "token revoked");
             }
             NodeEvent::SendControl { conn, bytes } => {
                 if let Some(tx) = self.io.conns.get(&conn) {

@@ -75,6 +75,18 @@ pub enum Control {
     /// A device's access token (`meridian-edge auth token`), as its first
     /// frame, before `join`: what a WebSocket client sends as `?token=`.
     Auth { token: String },
+    /// The hub's revocations (all it knows, after `welcome`; then each new
+    /// one): edges refuse those tokens and close connections holding them.
+    Revoke(Vec<RevokeNotice>),
+}
+
+/// One revocation: a token by id (`jti`), or a subject's tokens issued at
+/// or before `at` (seconds since the Unix epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeNotice {
+    pub jti: Option<String>,
+    pub sub: Option<String>,
+    pub at: u64,
 }
 
 /// A document's announced home. `edge: None` means the hub.
@@ -204,6 +216,7 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
         Control::Auth { token } => {
             e.map(2).and_then(|e| e.str("type")?.str("auth")?.str("token")?.str(token)).map(|_| ())
         }
+        Control::Revoke(list) => encode_revoke(&mut e, list),
     };
     e.into_writer()
 }
@@ -215,6 +228,39 @@ fn opt_str<'a>(e: &'a mut minicbor::Encoder<Vec<u8>>, key: &str, value: &Option<
         Some(v) => e.str(key)?.str(v),
         None => Ok(e),
     }
+}
+
+fn encode_revoke(
+    e: &mut minicbor::Encoder<Vec<u8>>,
+    list: &[RevokeNotice],
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    e.map(2)?.str("type")?.str("revoke")?.str("revoked")?.array(list.len() as u64)?;
+    for r in list {
+        e.map(1 + u64::from(r.jti.is_some()) + u64::from(r.sub.is_some()))?.str("at")?.u64(r.at)?;
+        opt_str(e, "jti", &r.jti)?;
+        opt_str(e, "sub", &r.sub)?;
+    }
+    Ok(())
+}
+
+/// `[{at, jti?, sub?}, ...]`; unknown keys skipped.
+fn decode_revoked(d: &mut Decoder<'_>) -> Result<Vec<RevokeNotice>, FrameError> {
+    let n = d.array().map_err(bad)?.ok_or(FrameError::BadControl("indefinite array".into()))?;
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let fields = d.map().map_err(bad)?.ok_or(FrameError::BadControl("indefinite map".into()))?;
+        let mut r = RevokeNotice { jti: None, sub: None, at: 0 };
+        for _ in 0..fields {
+            match (d.str().map_err(bad)?, d.datatype().map_err(bad)?) {
+                ("at", _) => r.at = d.u64().map_err(bad)?,
+                ("jti", Type::String) => r.jti = Some(d.str().map_err(bad)?.to_owned()),
+                ("sub", Type::String) => r.sub = Some(d.str().map_err(bad)?.to_owned()),
+                _ => d.skip().map_err(bad)?,
+            }
+        }
+        out.push(r);
+    }
+    Ok(out)
 }
 
 fn encode_report(
@@ -260,6 +306,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             ("hubId", Type::String) => f.hub_id = Some(d.str().map_err(bad)?.to_owned()),
             ("reason", Type::String) => f.reason = Some(d.str().map_err(bad)?.to_owned()),
             ("token", Type::String) => f.token = Some(d.str().map_err(bad)?.to_owned()),
+            ("revoked", Type::Array) => f.revoked = decode_revoked(&mut d)?,
             ("reportIntervalMs", _) => f.report_interval_ms = Some(d.u64().map_err(bad)?),
             ("seq", _) => f.report.seq = d.u64().map_err(bad)?,
             ("windowMs", _) => f.report.window_ms = d.u64().map_err(bad)?,
@@ -297,6 +344,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
         "refused" => Ok(Control::Refused { reason: f.reason.unwrap_or_default() }),
         "report" => Ok(Control::Report(f.report)),
         "auth" => Ok(Control::Auth { token: f.token.ok_or(FrameError::MissingField("token"))? }),
+        "revoke" => Ok(Control::Revoke(f.revoked)),
         "home" => Ok(Control::Home(HomeNotice {
             doc: f.doc.ok_or(FrameError::MissingField("doc"))?,
             edge: f.edge,
@@ -330,6 +378,7 @@ struct Fields {
     addr: Option<String>,
     fingerprint: Option<String>,
     token: Option<String>,
+    revoked: Vec<RevokeNotice>,
 }
 
 /// `{edgeId: micros, ...}`; at most as many entries as the input can hold.
@@ -410,6 +459,11 @@ mod tests {
             }),
             Control::Refused { reason: "unknown edge".into() },
             Control::Auth { token: "eyJ.e30.sig".into() },
+            Control::Revoke(vec![]),
+            Control::Revoke(vec![
+                RevokeNotice { jti: Some("j1".into()), sub: None, at: 5 },
+                RevokeNotice { jti: None, sub: Some("alice".into()), at: 1_800_000_000 },
+            ]),
             Control::Report(Report::default()),
             Control::Report(report()),
         ] {

@@ -101,6 +101,10 @@ pub struct Access {
     /// When its grants end, on the engine's clock: the connection is then
     /// closed. `None`: never.
     pub expires_at: Option<Millis>,
+    /// Its token's id (`jti`) and when it was issued (`iat`, seconds since
+    /// the Unix epoch), for revocations ([`Engine::revoke`]).
+    pub token_id: String,
+    pub issued_at: Option<u64>,
 }
 
 impl Access {
@@ -114,12 +118,23 @@ impl Access {
             create: true,
             relay: true,
             expires_at: None,
+            token_id: String::new(),
+            issued_at: None,
         }
     }
 
     /// A client's grants.
     pub fn client(subject: impl Into<String>, read: DocSet, write: DocSet, create: bool) -> Self {
-        Self { subject: subject.into(), read, write, create, relay: false, expires_at: None }
+        Self {
+            subject: subject.into(),
+            read,
+            write,
+            create,
+            relay: false,
+            expires_at: None,
+            token_id: String::new(),
+            issued_at: None,
+        }
     }
 
     pub fn may_read(&self, doc: &DocumentId) -> bool {
@@ -212,6 +227,23 @@ impl Engine {
             conn,
             Message::Error { sender_id: Some(self.config.peer_id.clone()), message, target_id: Some(target_id) },
         );
+    }
+
+    /// A token was revoked: closes every connection that holds it (by
+    /// `token_id`), or every one of `subject` whose token was issued at or
+    /// before `at` (or says not when). Returns how many were closed.
+    pub fn revoke(&mut self, token_id: Option<&str>, subject: Option<(&str, u64)>) -> usize {
+        let hit = |a: &Access| {
+            let by_id = token_id.is_some_and(|t| !t.is_empty() && a.token_id == t);
+            let by_subject =
+                subject.is_some_and(|(s, at)| !a.relay && a.subject == s && a.issued_at.is_none_or(|i| i <= at));
+            by_id || by_subject
+        };
+        let doomed: Vec<ConnId> = self.conns.iter().filter(|(_, c)| hit(&c.access)).map(|(id, _)| *id).collect();
+        for conn in &doomed {
+            self.reject(*conn, ErrorKind::TokenRevoked, "token revoked");
+        }
+        doomed.len()
     }
 
     /// Closes connections whose grants ended by `now`.

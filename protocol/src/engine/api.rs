@@ -113,10 +113,11 @@ pub enum ErrorKind {
     Unauthorized,
     HandshakeTimeout,
     TokenExpired,
+    TokenRevoked,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Decode,
         ErrorKind::NotJoined,
         ErrorKind::UnsupportedVersion,
@@ -126,6 +127,7 @@ impl ErrorKind {
         ErrorKind::Unauthorized,
         ErrorKind::HandshakeTimeout,
         ErrorKind::TokenExpired,
+        ErrorKind::TokenRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +141,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::HandshakeTimeout => "handshake_timeout",
             ErrorKind::TokenExpired => "token_expired",
+            ErrorKind::TokenRevoked => "token_revoked",
         }
     }
 }

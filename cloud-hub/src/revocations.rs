@@ -1,0 +1,121 @@
+//! Revoked tokens: kept in the hub's data folder (`revocations.json`, so
+//! they survive restarts), pushed to every edge (all of them after
+//! `welcome`, then each change), and added over `POST /api/auth/revoke`
+//! (what `meridian-hub auth revoke` calls).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use meridian_node::auth::{self, Keyring, Revocation};
+use meridian_node::runtime::NodeEvent;
+use meridian_protocol::codec::federation::{Control, RevokeNotice};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::HubError;
+
+/// The hub's revocations and their subscribers (one per connected edge).
+#[derive(Debug)]
+pub struct Revocations {
+    path: PathBuf,
+    list: watch::Sender<Vec<Revocation>>,
+}
+
+impl Revocations {
+    /// Reads `dir/revocations.json` (none yet: an empty list).
+    pub fn load(dir: &Path) -> Result<Self, HubError> {
+        let path = dir.join("revocations.json");
+        let io = |source| HubError::Io { path: path.clone(), source };
+        let list: Vec<Revocation> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io(std::io::Error::other(e)))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Self { path, list: watch::Sender::new(list) })
+    }
+
+    pub fn list(&self) -> Vec<Revocation> {
+        self.list.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Vec<Revocation>> {
+        self.list.subscribe()
+    }
+
+    /// Adds one, stored before it is announced; `false` if it was known.
+    pub fn add(&self, r: Revocation) -> Result<bool, HubError> {
+        let mut list = self.list();
+        if list.contains(&r) {
+            return Ok(false);
+        }
+        list.push(r);
+        let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
+        let tmp = self.path.with_extension("json.tmp");
+        let io = |source| HubError::Io { path: self.path.clone(), source };
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        self.list.send_replace(list);
+        Ok(true)
+    }
+}
+
+/// The control message announcing `list` to an edge.
+pub fn notice(list: &[Revocation]) -> Control {
+    Control::Revoke(list.iter().map(|r| RevokeNotice { jti: r.jti.clone(), sub: r.sub.clone(), at: r.at }).collect())
+}
+
+/// What `POST /api/auth/revoke` needs.
+#[derive(Clone, Debug)]
+pub struct RevokeApi {
+    pub revocations: Arc<Revocations>,
+    /// The keys and revocations of clients the hub serves itself.
+    pub keyring: Option<Arc<Keyring>>,
+    pub events: mpsc::Sender<NodeEvent>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RevokeRequest {
+    pub jti: Option<String>,
+    pub sub: Option<String>,
+}
+
+/// `POST /api/auth/revoke` with `{"jti": …}` or `{"sub": …}`: from a
+/// loopback address, or with an admin token (`Authorization: Bearer`).
+pub async fn revoke(
+    State(api): State<RevokeApi>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(request): Json<RevokeRequest>,
+) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
+    if !peer.ip().is_loopback() && !is_admin(api.keyring.as_deref(), &headers) {
+        return Err((StatusCode::FORBIDDEN, "revoking needs a loopback address or an admin token\n".into()));
+    }
+    let jti = request.jti.filter(|j| !j.is_empty());
+    let sub = request.sub.filter(|s| !s.is_empty());
+    if jti.is_none() && sub.is_none() {
+        return Err((StatusCode::BAD_REQUEST, "give `jti` (one token) or `sub` (every token of a subject)\n".into()));
+    }
+    let revocation = Revocation { jti, sub, at: auth::unix_now() };
+    let new =
+        api.revocations.add(revocation.clone()).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+    if let Some(k) = &api.keyring {
+        k.revoke(std::slice::from_ref(&revocation));
+    }
+    auth::close_revoked(&api.events, std::slice::from_ref(&revocation)).await;
+    tracing::info!(jti = ?revocation.jti, sub = ?revocation.sub, new, "token revoked; telling every edge");
+    Ok(Json(serde_json::json!({ "revoked": revocation, "new": new })))
+}
+
+fn is_admin(keyring: Option<&Keyring>, headers: &HeaderMap) -> bool {
+    let Some(keyring) = keyring else { return false };
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    keyring.verify(token.trim(), auth::unix_now()).is_ok_and(|g| g.admin)
+}
