@@ -97,10 +97,8 @@ async fn sync(State(state): State<AppState>, query: RawQuery, headers: HeaderMap
 /// The token a request carries: `?token=` on the URL, else
 /// `Authorization: Bearer`. Empty when there is none.
 pub fn request_token(query: &RawQuery, headers: &HeaderMap) -> String {
-    let from_query = query
-        .0
-        .as_deref()
-        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")).map(|t| percent_decode(t)));
+    let from_query =
+        query.0.as_deref().and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode));
     let from_header = || {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())

@@ -49,30 +49,12 @@ impl Net {
     /// message each node sent, in order.
     fn settle(&mut self) -> Vec<Vec<(ConnId, Message)>> {
         let mut sent: Vec<Vec<(ConnId, Message)>> = vec![Vec::new(); self.nodes.len()];
-        for round in 0..10_000 {
-            if round > 5 && std::env::var("DEBUG_NET").is_ok() {
-                for (i, n) in sent.iter().enumerate() {
-                    for (c, m) in n.iter().rev().take(2) {
-                        eprintln!("{i} {c:?} {}", m.type_name());
-                        if let Message::Sync { data, .. } | Message::Request { data, .. } = m {
-                            let d = automerge::sync::Message::decode(data).unwrap();
-                            eprintln!(
-                                "{i} {c:?} heads {:?} need {:?} have {:?} changes {}",
-                                d.heads,
-                                d.need,
-                                d.have.iter().map(|h| &h.last_sync).collect::<Vec<_>>(),
-                                d.changes.len()
-                            );
-                        }
-                    }
-                }
-                panic!();
-            }
+        for _round in 0..10_000 {
             let mut any = false;
-            for i in 0..self.nodes.len() {
+            for (i, sent_by) in sent.iter_mut().enumerate() {
                 for (conn, m) in self.nodes[i].drain() {
                     any = true;
-                    sent[i].push((conn, m.clone()));
+                    sent_by.push((conn, m.clone()));
                     let closed = self.nodes[i].closed.iter().any(|(c, _)| *c == conn);
                     if let (Some((j, to)), false) = (self.other_end(i, conn), closed) {
                         let now = self.nodes[j].now;
