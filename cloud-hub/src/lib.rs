@@ -267,6 +267,7 @@ impl Hub {
                 max_message_bytes: config.max_frame_bytes,
                 ping_interval: Duration::from_secs(10),
                 auth,
+                internal_token: None,
             })
         } else {
             let m = metrics.clone();

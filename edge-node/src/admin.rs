@@ -11,9 +11,20 @@
 //! `{doc}` is a document id or an `automerge:` URL; hashes may be unique
 //! prefixes of 6+ hex digits. The API is a client of this very edge (over
 //! loopback), so it sees exactly what clients see, and a rollback syncs to
-//! every replica like any edit. Without `--admin-token` it answers only
-//! requests from loopback; with one, only requests carrying
-//! `Authorization: Bearer <token>`.
+//! every replica like any edit (its client presents the edge's internal
+//! token, so it works with auth on).
+//!
+//! Who may call it (`Authorization: Bearer …`):
+//! - with `--admin-token SECRET`: that secret;
+//! - with auth on (`--auth-public-key`): an access token with the admin
+//!   right (`meridian-edge auth token --admin`);
+//! - otherwise (open dev mode): requests from a loopback address (the
+//!   socket's, never a header's) naming a local host (`localhost` or an IP:
+//!   a rebound DNS name is refused).
+//!
+//! Requests that change something (`POST`) from a web page of another
+//! origin are refused (a cross-site form could otherwise roll a document
+//! back), and a refused token costs a quarter of a second.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +36,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use meridian_node::auth::{self, Keyring};
 use meridian_node::quic::same_secret;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
@@ -41,13 +53,37 @@ struct Admin {
     /// This edge's own WebSocket URL (loopback).
     url: String,
     token: Option<Arc<str>>,
+    /// With auth on: admin tokens are checked against it.
+    keyring: Option<Arc<Keyring>>,
+    /// What the API's own client presents to this edge.
+    internal_token: Arc<str>,
     client: Arc<OnceCell<Client>>,
 }
 
+/// A refused admin token costs this much (guessing is slow).
+const REFUSAL_DELAY: Duration = Duration::from_millis(250);
+
+/// Who may call the admin API (see the module docs).
+#[derive(Clone, Debug)]
+pub struct AdminAuth {
+    /// `--admin-token`.
+    pub token: Option<String>,
+    /// With auth on, tokens with the admin right are accepted.
+    pub keyring: Option<Arc<Keyring>>,
+    /// The edge's internal token, for the API's own client.
+    pub internal_token: Arc<str>,
+}
+
 /// The admin routes, for the edge listening on `addr`.
-pub fn router(addr: SocketAddr, token: Option<String>) -> Router {
+pub fn router(addr: SocketAddr, auth: AdminAuth) -> Router {
     let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    let admin = Admin { url: format!("ws://{host}/sync"), token: token.map(Arc::from), client: Arc::default() };
+    let admin = Admin {
+        url: format!("ws://{host}/sync"),
+        token: auth.token.map(Arc::from),
+        keyring: auth.keyring,
+        internal_token: auth.internal_token,
+        client: Arc::default(),
+    };
     Router::new()
         .route("/api/docs/{doc}", get(value))
         .route("/api/docs/{doc}/history", get(history))
@@ -58,19 +94,77 @@ pub fn router(addr: SocketAddr, token: Option<String>) -> Router {
 }
 
 async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
-    let allowed = match &admin.token {
-        Some(token) => bearer(request.headers()).is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())),
-        None => request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback()),
-    };
-    if allowed {
-        return next.run(request).await;
+    match admin.check(&request) {
+        Ok(()) => next.run(request).await,
+        Err(Failure(status, why)) => {
+            if status == StatusCode::UNAUTHORIZED {
+                tokio::time::sleep(REFUSAL_DELAY).await;
+            }
+            Failure(status, why).into_response()
+        }
     }
-    let why = if admin.token.is_some() {
-        "send `Authorization: Bearer <the edge's --admin-token>`"
-    } else {
-        "the admin API answers only loopback requests unless the edge runs with --admin-token"
+}
+
+impl Admin {
+    fn check(&self, request: &Request) -> Result<(), Failure> {
+        let headers = request.headers();
+        if !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD) && cross_site(headers) {
+            return Err(Failure(
+                StatusCode::FORBIDDEN,
+                "cross-site request refused (its Origin is not this host)".into(),
+            ));
+        }
+        let given = bearer(headers).unwrap_or_default().trim();
+        if let Some(token) = &self.token {
+            if same_secret(given.as_bytes(), token.as_bytes()) {
+                return Ok(());
+            }
+            if self.keyring.is_none() {
+                let why = "send `Authorization: Bearer <the edge's --admin-token>`";
+                return Err(Failure(StatusCode::UNAUTHORIZED, why.into()));
+            }
+        }
+        if let Some(keyring) = &self.keyring {
+            return match keyring.verify(given, auth::unix_now()) {
+                Ok(grant) if grant.admin => Ok(()),
+                Ok(_) => Err(Failure(StatusCode::FORBIDDEN, "this token has no admin right".into())),
+                Err(reason) => Err(Failure(
+                    StatusCode::UNAUTHORIZED,
+                    format!("admin token refused ({reason}): mint one with `meridian-edge auth token --admin`"),
+                )),
+            };
+        }
+        let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
+        if !loopback {
+            let why = "the admin API answers only loopback requests unless the edge runs with auth or --admin-token";
+            return Err(Failure(StatusCode::UNAUTHORIZED, why.into()));
+        }
+        if !local_host(headers) {
+            return Err(Failure(StatusCode::FORBIDDEN, "the Host must be localhost or an IP address".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The request comes from a web page of another origin than the host it
+/// addresses (browsers send `Origin` with every POST).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+}
+
+/// `Host` names this machine directly (`localhost`, an IP address), not a
+/// DNS name an attacker's page could have rebound to 127.0.0.1.
+fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return true };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
     };
-    (StatusCode::UNAUTHORIZED, format!("{why}\n")).into_response()
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -95,9 +189,9 @@ impl Admin {
     async fn open(&self, doc: &str) -> Result<(&Client, DocumentId), Failure> {
         let id = parse_doc(doc)?;
         let client =
-            self.client.get_or_try_init(|| Client::connect(&self.url, ClientOptions::default())).await.map_err(
-                |e| Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge at {}: {e}", self.url)),
-            )?;
+            self.client.get_or_try_init(|| Client::connect(&self.url, self.client_options())).await.map_err(|e| {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge at {}: {e}", self.url))
+            })?;
         match tokio::time::timeout(FIND_TIMEOUT, client.find(id)).await {
             Ok(Ok(())) => Ok((client, id)),
             Ok(Err(ClientError::Unavailable(_))) => {
@@ -109,6 +203,10 @@ impl Admin {
                 format!("document {id} was not found within {FIND_TIMEOUT:?}"),
             )),
         }
+    }
+
+    fn client_options(&self) -> ClientOptions {
+        ClientOptions { token: Some(self.internal_token.to_string()), ..ClientOptions::default() }
     }
 
     async fn read<T: Send + 'static>(

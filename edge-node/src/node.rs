@@ -180,6 +180,7 @@ impl EdgeNode {
         engine.max_loaded_docs = config.memory_budget_docs;
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
         let verifier = load_verifier(&config, &metrics)?;
+        let internal_token = server::internal_token();
         // Without a hub there is no cloud copy to fall back on.
         let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
         let runtime = NodeRuntime::start_with_disk_budget(
@@ -200,6 +201,7 @@ impl EdgeNode {
             max_message_bytes: config.max_message_bytes,
             ping_interval: config.ping_interval,
             auth: verifier.clone(),
+            internal_token: Some(internal_token.clone()),
         })
         .merge(info::router(
             metrics.clone(),
@@ -210,7 +212,12 @@ impl EdgeNode {
                 auth: if verifier.is_some() { "tokens" } else { "open" },
             },
         ));
-        app = app.merge(crate::admin::router(addr, config.admin_token.clone()));
+        let admin = crate::admin::AdminAuth {
+            token: config.admin_token.clone(),
+            keyring: verifier.clone(),
+            internal_token: internal_token.clone(),
+        };
+        app = app.merge(crate::admin::router(addr, admin));
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             app = app.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }

@@ -44,6 +44,7 @@
 //!     max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
 //!     ping_interval: Duration::from_secs(10),
 //!     auth: None, // open dev mode: bind loopback only
+//!     internal_token: None,
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
 //! axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(meridian_node::shutdown::shutdown_signal()).await?;

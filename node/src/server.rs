@@ -42,6 +42,9 @@ pub struct AppState {
     /// Public keys and revocations tokens are checked against; `None`:
     /// open dev mode (every connection may do everything).
     pub auth: Option<Arc<Keyring>>,
+    /// A secret the node's own tools present (the admin API's client): it
+    /// may do everything. Random per process, never leaves it.
+    pub internal_token: Option<Arc<str>>,
 }
 
 /// The listener with `TCP_NODELAY` set on every accepted connection. Sync
@@ -106,6 +109,12 @@ pub fn request_token(query: &RawQuery, headers: &HeaderMap) -> String {
     from_query.or_else(from_header).unwrap_or_default()
 }
 
+/// A fresh random secret for [`AppState::internal_token`].
+pub fn internal_token() -> Arc<str> {
+    let bytes: [u8; 32] = rand::random();
+    Arc::from(hex::encode(bytes))
+}
+
 /// `%XX` escapes decoded (tokens are base64url and dots, so this is rare).
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -159,7 +168,13 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 fn upgrade(ws: WebSocketUpgrade, state: AppState, query: RawQuery, headers: &HeaderMap) -> Response {
     let token = request_token(&query, headers);
-    let (access, valid_for) = match authorize(state.auth.as_deref(), &token, &state.metrics) {
+    let internal =
+        state.internal_token.as_deref().is_some_and(|t| crate::quic::same_secret(t.as_bytes(), token.as_bytes()));
+    let granted = match internal {
+        true => Ok((Access { relay: false, ..Access::full() }, None)),
+        false => authorize(state.auth.as_deref(), &token, &state.metrics),
+    };
+    let (access, valid_for) = match granted {
         Ok(granted) => granted,
         Err(reason) => {
             tracing::info!(%reason, "WebSocket upgrade refused");

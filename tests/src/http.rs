@@ -28,11 +28,15 @@ impl Response {
     }
 }
 
-/// Sends `method path` to 127.0.0.1:`port` with extra `headers`.
+/// Sends `method path` to 127.0.0.1:`port` with extra `headers` (`Host:
+/// 127.0.0.1` unless they name one).
 pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: 0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: 127.0.0.1\r\n");
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -89,3 +89,67 @@ fn with_a_token_the_admin_api_wants_it() -> Result<()> {
     assert_eq!(request(port, "GET", "/healthz", &[])?.status, 200);
     Ok(())
 }
+
+/// A web page of another origin cannot change anything (a cross-site POST
+/// rolled a document back), and a DNS name rebound to 127.0.0.1 is not
+/// served; a same-origin POST still is.
+#[test]
+fn cross_site_and_rebound_requests_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let edge = EdgeProcess::start(&dir.path().join("edge"), port, &[])?;
+    let ws = edge.ws_url();
+    let url = cli(&ws, &["create", r#"{"v":1}"#])?;
+    cli(&ws, &["set", &url, "v", "2"])?;
+    let id = url.trim_start_matches("automerge:");
+    let changes = request(port, "GET", &format!("/api/docs/{id}/history"), &[])?.json()?;
+    let first = changes[0]["hash"].as_str().context("hash")?.to_owned();
+    let rollback = format!("/api/docs/{id}/rollback?to={first}");
+    let evil = request(port, "POST", &rollback, &[("Origin", "http://evil.example"), ("Content-Type", "text/plain")])?;
+    assert_eq!(evil.status, 403, "{}", evil.text());
+    assert!(evil.text().contains("cross-site"), "{}", evil.text());
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&cli(&ws, &["print", &url])?)?, json!({"v": 2}), "unchanged");
+    let host = format!("127.0.0.1:{port}");
+    let origin = format!("http://{host}");
+    let same = request(port, "POST", &rollback, &[("Host", &host), ("Origin", &origin)])?;
+    assert_eq!(same.status, 200, "{}", same.text());
+    let rebound = request(port, "GET", &format!("/api/docs/{id}"), &[("Host", &format!("evil.example:{port}"))])?;
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    Ok(())
+}
+
+/// With auth on, the admin API wants an access token with the admin
+/// right; its own client still reaches the edge (it has the edge's
+/// internal token).
+#[test]
+fn with_auth_on_the_admin_api_wants_an_admin_token() -> Result<()> {
+    use meridian_node::auth::{self, Claims};
+    let dir = tempfile::tempdir()?;
+    let key = auth::keygen(&dir.path().join("keys"))?;
+    let public = dir.path().join("keys/auth-public.pem");
+    let port = free_port()?;
+    let edge =
+        EdgeProcess::start(&dir.path().join("edge"), port, &["--auth-public-key", public.to_str().context("path")?])?;
+    let mint = |admin: bool| {
+        key.mint(&Claims {
+            sub: "ops".into(),
+            exp: auth::unix_now() + 600,
+            write: vec!["*".into()],
+            create: true,
+            admin,
+            ..Default::default()
+        })
+    };
+    let (writer, admin) = (mint(false), mint(true));
+    let url = cli(&edge.ws_url(), &["--token", &writer, "create", r#"{"a":1}"#])?;
+    let path = format!("/api/docs/{url}");
+    let none = request(port, "GET", &path, &[])?;
+    assert_eq!(none.status, 401, "loopback is not enough with auth on: {}", none.text());
+    let bearer = |t: &str| format!("Bearer {t}");
+    let no_right = request(port, "GET", &path, &[("Authorization", &bearer(&writer))])?;
+    assert_eq!(no_right.status, 403, "{}", no_right.text());
+    let ok = request(port, "GET", &path, &[("Authorization", &bearer(&admin))])?;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()?, json!({"a": 1}));
+    Ok(())
+}
