@@ -181,7 +181,9 @@ fn wait_port(child: &mut Child, port: u16) -> Result<()> {
 fn start_edge(bin: &Path, data: &Path) -> Result<(Child, String)> {
     let port = free_port()?;
     let mut child = Command::new(bin)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off", "--data"])
+        // Every load client comes from 127.0.0.1: no per-address cap.
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off"])
+        .args(["--max-connections", "0", "--max-connections-per-address", "0", "--data"])
         .arg(data)
         .env("RUST_LOG", std::env::var("LOADGEN_EDGE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())

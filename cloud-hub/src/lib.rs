@@ -57,6 +57,10 @@ pub enum EdgeAuth {
     DevOpen,
 }
 
+/// Clients the hub serves itself (`--serve-clients`, inspection tools and
+/// tests) at most at once.
+const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// Everything a hub needs to run.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
@@ -268,6 +272,7 @@ impl Hub {
                 ping_interval: Duration::from_secs(10),
                 auth,
                 internal_token: None,
+                limits: server::ConnLimiter::new(DEFAULT_MAX_CONNECTIONS, 0),
             })
         } else {
             let m = metrics.clone();

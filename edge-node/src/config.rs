@@ -63,6 +63,10 @@ pub struct EdgeConfig {
     /// key rotation). Empty: open dev mode, where every client may read
     /// and write everything; it serves loopback addresses only.
     pub auth_public_keys: Vec<PathBuf>,
+    /// Open WebSocket connections at most, in all and from one client
+    /// address (0: no cap); past them an upgrade gets 503 and is counted.
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
 }
 
 impl EdgeConfig {
@@ -87,6 +91,8 @@ impl EdgeConfig {
             admin_token: None,
             disk_budget_bytes: 0,
             auth_public_keys: Vec::new(),
+            max_connections: 10_000,
+            max_connections_per_address: 256,
         }
     }
 

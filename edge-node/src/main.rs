@@ -196,6 +196,14 @@ struct ServeArgs {
     /// client may read and write everything, on loopback addresses only.
     #[arg(long = "auth-public-key", env = "MERIDIAN_AUTH_PUBLIC_KEY", value_delimiter = ',', value_name = "FILE")]
     auth_public_keys: Vec<PathBuf>,
+    /// Open WebSocket connections at most (0: no cap); past it an upgrade gets
+    /// 503 and is counted in meridian_edge_limits_hit_total. Keep it under the
+    /// process's open-file limit (ulimit -n).
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+    /// Open WebSocket connections from one client address at most (0: no cap).
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
+    max_connections_per_address: usize,
     /// Memory budget: at most this many documents in memory; past it the least
     /// recently used leave before their idle time is up (0: no limit).
     #[arg(long, env = "MERIDIAN_MEMORY_BUDGET_DOCS", default_value_t = 0)]
@@ -267,6 +275,8 @@ async fn main() -> anyhow::Result<()> {
     config.memory_budget_docs = args.memory_budget_docs;
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());
     config.auth_public_keys = args.auth_public_keys;
+    config.max_connections = args.max_connections;
+    config.max_connections_per_address = args.max_connections_per_address;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     for r in &args.peer_routes {

@@ -202,6 +202,7 @@ impl EdgeNode {
             ping_interval: config.ping_interval,
             auth: verifier.clone(),
             internal_token: Some(internal_token.clone()),
+            limits: server::ConnLimiter::new(config.max_connections, config.max_connections_per_address),
         })
         .merge(info::router(
             metrics.clone(),

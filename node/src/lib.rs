@@ -45,6 +45,7 @@
 //!     ping_interval: Duration::from_secs(10),
 //!     auth: None, // open dev mode: bind loopback only
 //!     internal_token: None,
+//!     limits: server::ConnLimiter::new(10_000, 256),
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
 //! axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(meridian_node::shutdown::shutdown_signal()).await?;

@@ -13,6 +13,7 @@
 //! | `meridian_edge_errors_total{kind}` | counter | connections closed for bad input, by kind |
 //! | `meridian_edge_auth_refused_total{reason}` | counter | connections refused for their token, by reason (`missing`, `malformed`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`) |
 //! | `meridian_edge_access_refused_total{refusal}` | counter | requests refused by a connection's grants, by kind (`not_granted`, `read_only`, `create`, `peer_id_taken`) |
+//! | `meridian_edge_limits_hit_total{limit}` | counter | requests refused by a limit (`connections`, `connections_per_address`) |
 //! | `meridian_edge_auth_open` | gauge | 1 when the node runs in open dev mode (no token needed; loopback only) |
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
 //! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
@@ -56,6 +57,9 @@ const TYPES: [&str; 10] = [
     "remote-heads-changed",
     "other",
 ];
+
+/// Limits counted in `limits_hit_total`.
+const LIMITS: [&str; 2] = ["connections", "connections_per_address"];
 
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
@@ -106,6 +110,7 @@ pub struct NodeMetrics {
     access_refusals: [AtomicU64; Refusal::ALL.len()],
     /// 1 in open dev mode (no token needed).
     pub auth_open: AtomicU64,
+    limits_hit: [AtomicU64; LIMITS.len()],
     pub storage_batches: AtomicU64,
     pub storage_tasks: AtomicU64,
     pub storage_failures: AtomicU64,
@@ -149,6 +154,7 @@ impl NodeMetrics {
             auth_refusals: Default::default(),
             access_refusals: Default::default(),
             auth_open: AtomicU64::default(),
+            limits_hit: Default::default(),
             storage_batches: AtomicU64::default(),
             storage_tasks: AtomicU64::default(),
             storage_failures: AtomicU64::default(),
@@ -223,6 +229,17 @@ impl NodeMetrics {
         self.auth_refusals[i].load(Relaxed)
     }
 
+    /// A request was refused by the limit named `limit` (one of [`LIMITS`]).
+    pub fn limit_hit(&self, limit: &str) {
+        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
+            self.limits_hit[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn limit_hits_of(&self, limit: &str) -> u64 {
+        LIMITS.iter().position(|l| *l == limit).map_or(0, |i| self.limits_hit[i].load(Relaxed))
+    }
+
     pub fn access_refused(&self, refusal: Refusal) {
         let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
         self.access_refusals[i].fetch_add(1, Relaxed);
@@ -272,6 +289,8 @@ impl NodeMetrics {
         let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
         let help = "Requests refused by a connection's grants, by kind.";
         labelled(&mut out, &self.name("access_refused_total"), help, "refusal", &refusals, &self.access_refusals);
+        let help = "Requests refused by a limit, by limit.";
+        labelled(&mut out, &self.name("limits_hit_total"), help, "limit", &LIMITS, &self.limits_hit);
         let help = "1 when the node runs in open dev mode (no token needed; loopback only).";
         gauge(&mut out, &self.name("auth_open"), help, &self.auth_open);
         counter(

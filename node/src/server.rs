@@ -45,6 +45,79 @@ pub struct AppState {
     /// A secret the node's own tools present (the admin API's client): it
     /// may do everything. Random per process, never leaves it.
     pub internal_token: Option<Arc<str>>,
+    /// Caps on open WebSockets, in all and per client address.
+    pub limits: Arc<ConnLimiter>,
+}
+
+/// Caps on open WebSocket connections (0: no cap), and the counts.
+#[derive(Debug, Default)]
+pub struct ConnLimiter {
+    total: usize,
+    per_address: usize,
+    open: std::sync::Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// Which cap refused a connection (the `limit` label of the metric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnLimit {
+    Connections,
+    ConnectionsPerAddress,
+}
+
+impl ConnLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnLimit::Connections => "connections",
+            ConnLimit::ConnectionsPerAddress => "connections_per_address",
+        }
+    }
+}
+
+impl ConnLimiter {
+    pub fn new(total: usize, per_address: usize) -> Arc<Self> {
+        Arc::new(Self { total, per_address, open: Default::default() })
+    }
+
+    /// Takes a place for a connection from `addr` (unknown: counted in all
+    /// only), or says which cap is reached. The place is given back when
+    /// the returned slot is dropped.
+    pub fn admit(self: &Arc<Self>, addr: Option<std::net::IpAddr>) -> Result<ConnSlot, ConnLimit> {
+        let mut open = self.open.lock().map_err(|_| ConnLimit::Connections)?;
+        if self.total > 0 && open.0 >= self.total {
+            return Err(ConnLimit::Connections);
+        }
+        if let Some(a) = addr {
+            let n = open.1.entry(a).or_default();
+            if self.per_address > 0 && *n >= self.per_address {
+                return Err(ConnLimit::ConnectionsPerAddress);
+            }
+            *n += 1;
+        }
+        open.0 += 1;
+        Ok(ConnSlot { limiter: self.clone(), addr })
+    }
+}
+
+/// A connection's place under the caps; given back on drop.
+#[derive(Debug)]
+pub struct ConnSlot {
+    limiter: Arc<ConnLimiter>,
+    addr: Option<std::net::IpAddr>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let Ok(mut open) = self.limiter.open.lock() else { return };
+        open.0 = open.0.saturating_sub(1);
+        if let Some(a) = self.addr
+            && let Some(n) = open.1.get_mut(&a)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.1.remove(&a);
+            }
+        }
+    }
 }
 
 /// The listener with `TCP_NODELAY` set on every accepted connection. Sync
@@ -81,20 +154,34 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn root(
     State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     query: RawQuery,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(ws, state, query, &headers),
+        Ok(ws) => upgrade(ws, state, peer_ip(peer), query, &headers),
         Err(_) => "Meridian edge. Point an automerge-repo WebSocket client at ws://<this host>/sync (or /).\n\
                    Health: /healthz, metrics: /metrics, about this edge: /info.\n"
             .into_response(),
     }
 }
 
-async fn sync(State(state): State<AppState>, query: RawQuery, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    upgrade(ws, state, query, &headers)
+async fn sync(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    query: RawQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    upgrade(ws, state, peer_ip(peer), query, &headers)
+}
+
+/// The client's address, when the server was made with connect info.
+fn peer_ip(
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Option<std::net::IpAddr> {
+    peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip())
 }
 
 /// The token a request carries: `?token=` on the URL, else
@@ -166,7 +253,25 @@ fn unauthorized(reason: TokenError) -> Response {
 /// Initial WebSocket read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
 
-fn upgrade(ws: WebSocketUpgrade, state: AppState, query: RawQuery, headers: &HeaderMap) -> Response {
+fn upgrade(
+    ws: WebSocketUpgrade,
+    state: AppState,
+    peer: Option<std::net::IpAddr>,
+    query: RawQuery,
+    headers: &HeaderMap,
+) -> Response {
+    let slot = match state.limits.admit(peer) {
+        Ok(slot) => slot,
+        Err(limit) => {
+            state.metrics.limit_hit(limit.as_str());
+            tracing::info!(?peer, limit = limit.as_str(), "WebSocket upgrade refused: too many connections");
+            let why = match limit {
+                ConnLimit::Connections => "too many connections to this node; try again later",
+                ConnLimit::ConnectionsPerAddress => "too many connections from your address",
+            };
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{why} (limit: {})\n", limit.as_str())).into_response();
+        }
+    };
     let token = request_token(&query, headers);
     let internal =
         state.internal_token.as_deref().is_some_and(|t| crate::quic::same_secret(t.as_bytes(), token.as_bytes()));
@@ -189,10 +294,12 @@ fn upgrade(ws: WebSocketUpgrade, state: AppState, query: RawQuery, headers: &Hea
     // scenario: 163 KiB per connection with its document at 128 KiB, 48 at
     // 16 KiB, 36 at 4 KiB). Bigger messages still arrive whole; the buffer
     // grows, and each read takes up to this many bytes.
-    ws.max_message_size(transport_limit)
-        .max_frame_size(transport_limit)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| connection(socket, state, access, valid_for))
+    ws.max_message_size(transport_limit).max_frame_size(transport_limit).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
+        move |socket| async move {
+            connection(socket, state, access, valid_for).await;
+            drop(slot);
+        },
+    )
 }
 
 /// Runs one WebSocket until either side closes it.

@@ -99,7 +99,9 @@ fn free_port() -> Result<u16> {
 fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {
     let port = free_port()?;
     let child = Command::new(crate::target_dir().join(profile).join("meridian-edge"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off", "--data"])
+        // Every load client comes from 127.0.0.1: no per-address cap.
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off"])
+        .args(["--max-connections", "0", "--max-connections-per-address", "0", "--data"])
         .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
