@@ -251,7 +251,13 @@ impl Hub {
                 Some(Arc::new(keyring))
             }
         };
-        let shared = Arc::new(EdgeShared { peer_secret: peer_secret.to_string(), revocations: revocations.clone() });
+        let mut auth_keys = Vec::new();
+        for path in &config.auth_public_keys {
+            let io = |source| HubError::Io { path: path.clone(), source };
+            auth_keys.push(std::fs::read_to_string(path).map_err(io)?);
+        }
+        let shared =
+            Arc::new(EdgeShared { peer_secret: peer_secret.to_string(), revocations: revocations.clone(), auth_keys });
         let accept = AbortOnDrop(tokio::spawn(accept_loop(
             endpoint.clone(),
             config.clone(),
@@ -429,6 +435,8 @@ async fn accept_loop(
 struct EdgeShared {
     peer_secret: String,
     revocations: Arc<Revocations>,
+    /// The public keys (PEM) of `--auth-public-key`, handed to every edge.
+    auth_keys: Vec<String>,
 }
 
 /// Tells the edge on `conn` every revocation, now and whenever one is
@@ -499,6 +507,10 @@ async fn serve_edge(
         std::future::pending::<std::convert::Infallible>().await
     };
     let revoked = async {
+        if !shared.auth_keys.is_empty() {
+            let bytes = federation::encode_control(&Control::AuthKeys(shared.auth_keys.clone()));
+            let _ = events.send(NodeEvent::SendControl { conn, bytes }).await;
+        }
         push_revocations(&events, conn, &shared.revocations).await;
         std::future::pending::<std::convert::Infallible>().await
     };

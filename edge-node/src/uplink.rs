@@ -98,6 +98,17 @@ fn revoke(keyring: Option<&Keyring>, events: &mpsc::Sender<NodeEvent>, list: Vec
     }
 }
 
+/// The hub's public keys: with auth on, tokens they signed are accepted too
+/// (a new key reaches every edge through its hub). Without auth on there
+/// are no tokens to check.
+fn add_keys(keyring: Option<&Keyring>, keys: &[String]) {
+    let Some(keyring) = keyring else { return };
+    match keyring.add_public_pems(keys) {
+        Ok(()) => tracing::info!(keys = keys.len(), "accepting the hub's public keys"),
+        Err(e) => tracing::warn!(error = %e, "the hub sent a key that does not load"),
+    }
+}
+
 /// One connection to the hub, from handshake to loss; returns why it ended.
 async fn session(
     endpoint: &quinn::Endpoint,
@@ -147,8 +158,10 @@ async fn session(
     metrics.uplink_connects_total.fetch_add(1, Relaxed);
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
     let on_control = |bytes: Vec<u8>| {
-        if let Ok(Control::Revoke(list)) = federation::decode_control(&bytes) {
-            return revoke(keyring, events, list);
+        match federation::decode_control(&bytes) {
+            Ok(Control::Revoke(list)) => return revoke(keyring, events, list),
+            Ok(Control::AuthKeys(keys)) => return add_keys(keyring, &keys),
+            _ => {}
         }
         if let Some(p) = peers {
             p.on_control(&bytes);

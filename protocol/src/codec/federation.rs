@@ -78,6 +78,9 @@ pub enum Control {
     /// The hub's revocations (all it knows, after `welcome`; then each new
     /// one): edges refuse those tokens and close connections holding them.
     Revoke(Vec<RevokeNotice>),
+    /// The public keys (PEM) the hub accepts tokens from, after `welcome`:
+    /// edges with auth on accept them too, so a new key reaches them.
+    AuthKeys(Vec<String>),
 }
 
 /// One revocation: a token by id (`jti`), or a subject's tokens issued at
@@ -217,6 +220,7 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
             e.map(2).and_then(|e| e.str("type")?.str("auth")?.str("token")?.str(token)).map(|_| ())
         }
         Control::Revoke(list) => encode_revoke(&mut e, list),
+        Control::AuthKeys(keys) => encode_keys(&mut e, keys),
     };
     e.into_writer()
 }
@@ -241,6 +245,23 @@ fn encode_revoke(
         opt_str(e, "sub", &r.sub)?;
     }
     Ok(())
+}
+
+fn encode_keys(
+    e: &mut minicbor::Encoder<Vec<u8>>,
+    keys: &[String],
+) -> Result<(), minicbor::encode::Error<std::convert::Infallible>> {
+    e.map(2)?.str("type")?.str("keys")?.str("keys")?.array(keys.len() as u64)?;
+    for k in keys {
+        e.str(k)?;
+    }
+    Ok(())
+}
+
+/// `[pem, ...]`.
+fn decode_keys(d: &mut Decoder<'_>) -> Result<Vec<String>, FrameError> {
+    let n = d.array().map_err(bad)?.ok_or(FrameError::BadControl("indefinite array".into()))?;
+    (0..n).map(|_| d.str().map(str::to_owned).map_err(bad)).collect()
 }
 
 /// `[{at, jti?, sub?}, ...]`; unknown keys skipped.
@@ -307,6 +328,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             ("reason", Type::String) => f.reason = Some(d.str().map_err(bad)?.to_owned()),
             ("token", Type::String) => f.token = Some(d.str().map_err(bad)?.to_owned()),
             ("revoked", Type::Array) => f.revoked = decode_revoked(&mut d)?,
+            ("keys", Type::Array) => f.keys = decode_keys(&mut d)?,
             ("reportIntervalMs", _) => f.report_interval_ms = Some(d.u64().map_err(bad)?),
             ("seq", _) => f.report.seq = d.u64().map_err(bad)?,
             ("windowMs", _) => f.report.window_ms = d.u64().map_err(bad)?,
@@ -345,6 +367,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
         "report" => Ok(Control::Report(f.report)),
         "auth" => Ok(Control::Auth { token: f.token.ok_or(FrameError::MissingField("token"))? }),
         "revoke" => Ok(Control::Revoke(f.revoked)),
+        "keys" => Ok(Control::AuthKeys(f.keys)),
         "home" => Ok(Control::Home(HomeNotice {
             doc: f.doc.ok_or(FrameError::MissingField("doc"))?,
             edge: f.edge,
@@ -379,6 +402,7 @@ struct Fields {
     fingerprint: Option<String>,
     token: Option<String>,
     revoked: Vec<RevokeNotice>,
+    keys: Vec<String>,
 }
 
 /// `{edgeId: micros, ...}`; at most as many entries as the input can hold.
@@ -460,6 +484,7 @@ mod tests {
             Control::Refused { reason: "unknown edge".into() },
             Control::Auth { token: "eyJ.e30.sig".into() },
             Control::Revoke(vec![]),
+            Control::AuthKeys(vec!["-----BEGIN PUBLIC KEY-----\nMCow\n-----END PUBLIC KEY-----\n".into()]),
             Control::Revoke(vec![
                 RevokeNotice { jti: Some("j1".into()), sub: None, at: 5 },
                 RevokeNotice { jti: None, sub: Some("alice".into()), at: 1_800_000_000 },
