@@ -297,7 +297,7 @@ fn nodes_sharing_a_peer_id_are_told_apart_by_their_subject() {
 }
 
 #[test]
-fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
+fn a_client_speaks_only_for_itself_in_ephemeral_messages() {
     let mut edge = node("edge");
     let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
     let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
@@ -316,10 +316,11 @@ fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
         count,
         data: vec![0xa0],
     };
-    // b subscribes; a claims to be b with a huge count, then b speaks.
+    // b subscribes; a claims to be b with a huge count, then b speaks, then
+    // a speaks as itself.
     let mut sent = Vec::new();
-    for (conn, count) in [(b, 1), (a, 1 << 53), (b, 2)] {
-        edge.engine.handle_frame(Millis(1), conn, &codec::encode(&ephemeral("peer-b", count)));
+    for (conn, sender, count) in [(b, "peer-b", 1), (a, "peer-b", 1 << 53), (b, "peer-b", 2), (a, "peer-a", 1)] {
+        edge.engine.handle_frame(Millis(1), conn, &codec::encode(&ephemeral(sender, count)));
         sent.extend(edge.drain());
     }
     let senders: Vec<String> = edge
@@ -330,7 +331,7 @@ fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
             _ => None,
         })
         .collect();
-    assert_eq!(senders, ["peer-b", "peer-a", "peer-b"], "a's message is a's, and b's count 2 still counts");
+    assert_eq!(senders, ["peer-b", "peer-b", "peer-a"], "the forgery is dropped, and b's count 2 still counts");
     let to_b: Vec<PeerId> = sent
         .into_iter()
         .filter_map(|(c, m)| match m {
@@ -338,7 +339,7 @@ fn a_clients_ephemeral_messages_go_out_under_its_own_peer_id() {
             _ => None,
         })
         .collect();
-    assert_eq!(to_b, vec![PeerId::new("peer-a")], "relayed to b as a's");
+    assert_eq!(to_b, vec![PeerId::new("peer-a")], "only a's own message reaches b");
 }
 
 #[test]

@@ -17,9 +17,10 @@
 //!   changes are held while the document is looked for, applied if it
 //!   turns up, and refused (`doc-unavailable` and an `error`) if it does
 //!   not;
-//! - a client's ephemeral messages are relayed under the peer id it joined
-//!   as, never one it claims, and a second `join` with a connected peer id
-//!   replaces that connection only for the same subject;
+//! - a client's ephemeral messages are relayed only under the peer id it
+//!   joined as (one claiming another sender is dropped), and a second
+//!   `join` with a connected peer id replaces that connection only for the
+//!   same subject;
 //! - at [`Access::expires_at`] the connection is closed ("token expired").
 //!
 //! Links between nodes (upstreams, edges admitted by the hub, edge peers)

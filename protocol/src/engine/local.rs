@@ -133,12 +133,13 @@ impl Engine {
             self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal: Refusal::NotGranted });
             return;
         }
-        // A client speaks for itself only: its messages go out under the
-        // peer id it joined as, and its counts cannot mask another's.
-        let sender = match (access.relay, self.conns.get(&conn).and_then(|c| c.peer())) {
-            (false, Some(own)) => own.clone(),
-            _ => sender,
-        };
+        // A client speaks for itself only: a message it claims is another
+        // peer's is dropped (automerge-repo clients pass on what they
+        // receive, and we relay the original ourselves), so its counts
+        // cannot mask another sender's.
+        if !access.relay && self.conns.get(&conn).and_then(|c| c.peer()) != Some(&sender) {
+            return;
+        }
         let key = (sender.clone(), session.clone());
         if let Some((seen, _)) = self.ephemeral_seen.get(&key)
             && count <= *seen
