@@ -210,44 +210,36 @@ impl NodeMetrics {
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.errors[i].fetch_add(1, Relaxed);
+        slot(&ErrorKind::ALL, &self.errors, &kind).fetch_add(1, Relaxed);
     }
 
     pub fn errors_of(&self, kind: ErrorKind) -> u64 {
-        let i = ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
-        self.errors[i].load(Relaxed)
+        slot(&ErrorKind::ALL, &self.errors, &kind).load(Relaxed)
     }
 
     pub fn auth_refused(&self, reason: TokenError) {
-        let i = TokenError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.auth_refusals[i].fetch_add(1, Relaxed);
+        slot(&TokenError::ALL, &self.auth_refusals, &reason).fetch_add(1, Relaxed);
     }
 
     pub fn auth_refused_of(&self, reason: TokenError) -> u64 {
-        let i = TokenError::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.auth_refusals[i].load(Relaxed)
+        slot(&TokenError::ALL, &self.auth_refusals, &reason).load(Relaxed)
     }
 
     /// A request was refused by the limit named `limit` (one of [`LIMITS`]).
     pub fn limit_hit(&self, limit: &str) {
-        if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
-            self.limits_hit[i].fetch_add(1, Relaxed);
-        }
+        slot(&LIMITS, &self.limits_hit, &limit).fetch_add(1, Relaxed);
     }
 
     pub fn limit_hits_of(&self, limit: &str) -> u64 {
-        LIMITS.iter().position(|l| *l == limit).map_or(0, |i| self.limits_hit[i].load(Relaxed))
+        slot(&LIMITS, &self.limits_hit, &limit).load(Relaxed)
     }
 
     pub fn access_refused(&self, refusal: Refusal) {
-        let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
-        self.access_refusals[i].fetch_add(1, Relaxed);
+        slot(&Refusal::ALL, &self.access_refusals, &refusal).fetch_add(1, Relaxed);
     }
 
     pub fn access_refused_of(&self, refusal: Refusal) -> u64 {
-        let i = Refusal::ALL.iter().position(|r| *r == refusal).unwrap_or(0);
-        self.access_refusals[i].load(Relaxed)
+        slot(&Refusal::ALL, &self.access_refusals, &refusal).load(Relaxed)
     }
 
     /// Prometheus text exposition format.
@@ -366,6 +358,12 @@ impl NodeMetrics {
     fn name(&self, suffix: &str) -> String {
         format!("{}_{suffix}", self.prefix)
     }
+}
+
+/// The counter of `value` among `all` (the first one if it is not there:
+/// the label sets are closed enums, so that cannot happen).
+fn slot<'a, T: PartialEq>(all: &[T], counters: &'a [AtomicU64], value: &T) -> &'a AtomicU64 {
+    &counters[all.iter().position(|x| x == value).unwrap_or(0)]
 }
 
 fn gauge(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
