@@ -372,3 +372,65 @@ fn a_closed_connection_leaves_no_expiry_deadline() {
     edge.engine.handle_disconnect(Millis(1), conn);
     assert_eq!(edge.engine.poll_timeout(), None);
 }
+
+/// A client's ephemeral messages are bounded in size and rate (fan-out
+/// amplification): past either they are dropped and it is told once; the
+/// next second it may speak again.
+#[test]
+fn a_clients_ephemeral_messages_are_bounded_in_size_and_rate() {
+    let mut edge = TestNode::new("edge", |c| {
+        c.join_timeout_ms = 0;
+        c.ephemeral_per_second = 5;
+        c.ephemeral_max_bytes = 100;
+    });
+    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
+    let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
+    let (a, b) = (
+        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
+        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
+    );
+    join(&mut edge, a, "peer-a");
+    join(&mut edge, b, "peer-b");
+    edge.drain();
+    let ephemeral = |count: u64, data: Vec<u8>| {
+        codec::encode(&Message::Ephemeral {
+            sender_id: PeerId::new("peer-a"),
+            target_id: PeerId::new("edge"),
+            document_id: doc,
+            session_id: "s".into(),
+            count,
+            data,
+        })
+    };
+    // b listens; a sends 8 small messages in one instant, then a big one.
+    edge.engine.handle_frame(
+        Millis(1),
+        b,
+        &codec::encode(&Message::Ephemeral {
+            sender_id: PeerId::new("peer-b"),
+            target_id: PeerId::new("edge"),
+            document_id: doc,
+            session_id: "s".into(),
+            count: 1,
+            data: vec![0xa0],
+        }),
+    );
+    let mut sent = edge.drain();
+    for n in 1..=8 {
+        edge.engine.handle_frame(Millis(2), a, &ephemeral(n, vec![0x01]));
+        sent.extend(edge.drain());
+    }
+    let relayed = |sent: &[(ConnId, Message)]| {
+        sent.iter().filter(|(c, m)| *c == b && matches!(m, Message::Ephemeral { .. })).count()
+    };
+    assert_eq!(relayed(&sent), 5, "the rate limit holds");
+    assert_eq!(errors_to(&sent, a).len(), 1, "told once: {:?}", errors_to(&sent, a));
+    // The next second: allowed again, but not a message over the size limit.
+    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(9, vec![0x01]));
+    let mut big = vec![0x58, 200];
+    big.extend([0u8; 200]);
+    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(10, big));
+    let sent = edge.drain();
+    assert_eq!(relayed(&sent), 1, "one more in the new window, the big one dropped");
+    assert!(edge.closed.is_empty(), "nobody is disconnected for it");
+}

@@ -159,10 +159,13 @@ pub enum Refusal {
     Create,
     /// A `join` with the peer id of another subject's connection.
     PeerIdTaken,
+    /// An ephemeral message over the size or rate limit.
+    EphemeralLimit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 4] = [Refusal::NotGranted, Refusal::ReadOnly, Refusal::Create, Refusal::PeerIdTaken];
+    pub const ALL: [Refusal; 5] =
+        [Refusal::NotGranted, Refusal::ReadOnly, Refusal::Create, Refusal::PeerIdTaken, Refusal::EphemeralLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -170,6 +173,7 @@ impl Refusal {
             Refusal::ReadOnly => "read_only",
             Refusal::Create => "create",
             Refusal::PeerIdTaken => "peer_id_taken",
+            Refusal::EphemeralLimit => "ephemeral_limit",
         }
     }
 }
@@ -220,6 +224,12 @@ impl Engine {
         let message = match refusal {
             Refusal::ReadOnly => format!("read-only: your changes to {doc_id} are not accepted"),
             Refusal::Create => format!("creating document {doc_id} needs the create right"),
+            Refusal::EphemeralLimit => {
+                let (bytes, rate) = (self.config.ephemeral_max_bytes, self.config.ephemeral_per_second);
+                format!(
+                    "ephemeral messages about {doc_id} over the limit ({bytes} bytes each, {rate} per second) are dropped"
+                )
+            }
             Refusal::NotGranted | Refusal::PeerIdTaken => format!("document {doc_id} refused"),
         };
         tracing::info!(%conn, doc = %doc_id, refusal = refusal.as_str(), "refused a peer's changes");
@@ -245,6 +255,26 @@ impl Engine {
             self.reject(*conn, ErrorKind::TokenRevoked, "token revoked");
         }
         doomed.len()
+    }
+
+    /// A client's ephemeral message is within its limits (size, and rate
+    /// per connection over one-second windows); links between nodes are
+    /// not limited.
+    pub(super) fn ephemeral_allowed(&mut self, now: Millis, conn: ConnId, bytes: usize) -> bool {
+        let (max_bytes, per_second) = (self.config.ephemeral_max_bytes, self.config.ephemeral_per_second);
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        if c.access.relay {
+            return true;
+        }
+        if max_bytes > 0 && bytes > max_bytes {
+            return false;
+        }
+        let (start, count) = &mut c.ephemeral_window;
+        if now.saturating_sub(*start) >= 1000 {
+            (*start, *count) = (now, 0);
+        }
+        *count += 1;
+        per_second == 0 || *count <= per_second
     }
 
     /// Closes connections whose grants ended by `now`.

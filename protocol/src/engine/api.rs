@@ -68,6 +68,12 @@ pub struct EngineConfig {
     /// is refused and closed (sockets that never join cost nothing for
     /// long). 0: no limit.
     pub join_timeout_ms: u64,
+    /// A client's ephemeral messages: at most this many bytes of data each,
+    /// and this many per second per connection (0: no limit); past either,
+    /// they are dropped and the client is told once (links between nodes
+    /// are not limited).
+    pub ephemeral_max_bytes: usize,
+    pub ephemeral_per_second: u32,
 }
 
 impl EngineConfig {
@@ -87,6 +93,8 @@ impl EngineConfig {
             backfill_interval_ms: 1000,
             track_home_lag: false,
             join_timeout_ms: 10_000,
+            ephemeral_max_bytes: 64 * 1024,
+            ephemeral_per_second: 50,
         }
     }
 }

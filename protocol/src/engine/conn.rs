@@ -31,6 +31,9 @@ pub(super) struct Conn {
     pub(super) access: Access,
     /// Refusals it was told of, per document (each is told once).
     pub(super) told: BTreeSet<(DocumentId, Refusal)>,
+    /// Its ephemeral messages in the current one-second window: when the
+    /// window began, and how many.
+    pub(super) ephemeral_window: (Millis, u32),
 }
 
 impl Conn {
@@ -109,7 +112,8 @@ impl Engine {
             self.timers.expires(at, conn);
         }
         let told = BTreeSet::new();
-        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by, access, told });
+        let ephemeral_window = (now, 0);
+        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by, access, told, ephemeral_window });
         if direction == Direction::Outgoing {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),

@@ -140,6 +140,9 @@ impl Engine {
         if !access.relay && self.conns.get(&conn).and_then(|c| c.peer()) != Some(&sender) {
             return;
         }
+        if !self.ephemeral_allowed(now, conn, data.len()) {
+            return self.tell_refused(conn, doc_id, Refusal::EphemeralLimit);
+        }
         let key = (sender.clone(), session.clone());
         if let Some((seen, _)) = self.ephemeral_seen.get(&key)
             && count <= *seen
