@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use meridian_node::auth::{self, Keyring, Revocation};
 use meridian_node::runtime::NodeEvent;
+use meridian_node::server;
 use meridian_protocol::codec::federation::{Control, RevokeNotice};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
@@ -91,8 +92,15 @@ pub async fn revoke(
     headers: HeaderMap,
     Json(request): Json<RevokeRequest>,
 ) -> Result<Json<serde_json::Value>, (StatusCode, String)> {
-    if !peer.ip().is_loopback() && !is_admin(api.keyring.as_deref(), &headers) {
-        return Err((StatusCode::FORBIDDEN, "revoking needs a loopback address or an admin token\n".into()));
+    if server::cross_site(&headers) {
+        return Err((StatusCode::FORBIDDEN, "cross-site request refused\n".into()));
+    }
+    let local = peer.ip().is_loopback() && server::local_host(&headers);
+    if !local && !is_admin(api.keyring.as_deref(), &headers) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "revoking needs a loopback address (and a local Host) or an admin token\n".into(),
+        ));
     }
     let jti = request.jti.filter(|j| !j.is_empty());
     let sub = request.sub.filter(|s| !s.is_empty());

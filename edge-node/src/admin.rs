@@ -38,6 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_node::auth::{self, Keyring};
 use meridian_node::quic::same_secret;
+use meridian_node::server::{cross_site, local_host};
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -144,27 +145,6 @@ impl Admin {
         }
         Ok(())
     }
-}
-
-/// The request comes from a web page of another origin than the host it
-/// addresses (browsers send `Origin` with every POST).
-fn cross_site(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
-}
-
-/// `Host` names this machine directly (`localhost`, an IP address), not a
-/// DNS name an attacker's page could have rebound to 127.0.0.1.
-fn local_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return true };
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

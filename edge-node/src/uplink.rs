@@ -89,12 +89,18 @@ pub async fn run(
 fn revoke(keyring: Option<&Keyring>, events: &mpsc::Sender<NodeEvent>, list: Vec<RevokeNotice>) {
     let Some(keyring) = keyring else { return };
     let list: Vec<Revocation> = list.into_iter().map(|r| Revocation { jti: r.jti, sub: r.sub, at: r.at }).collect();
-    for r in keyring.revoke(&list) {
+    let new = keyring.unknown(&list);
+    if new.is_empty() {
+        return;
+    }
+    // Known only once the loop has them: a revocation the loop missed comes
+    // again with the hub's next push (the whole list) and is acted on then.
+    if events.try_send(NodeEvent::Revoke(new.clone())).is_err() {
+        tracing::error!(revocations = new.len(), "the node loop is full: revocations wait for the hub's next push");
+        return;
+    }
+    for r in keyring.revoke(&new) {
         tracing::info!(jti = ?r.jti, sub = ?r.sub, "the hub revoked a token");
-        let event = NodeEvent::Revoke { token_id: r.jti, subject: r.sub.map(|s| (s, r.at)) };
-        if events.try_send(event).is_err() {
-            tracing::error!("the node loop is full: a revoked token's live connections stay until they reconnect");
-        }
     }
 }
 

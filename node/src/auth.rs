@@ -165,9 +165,12 @@ impl Grant {
         self.write.contains(doc)
     }
 
-    /// What the engine lets a connection holding it do.
+    /// What the engine lets a connection holding it do. A token without
+    /// `sub` is a subject of its own (`jti:…`): tokens that name nobody
+    /// cannot take over each other's connections.
     pub fn access(&self) -> Access {
-        let mut access = Access::client(self.sub.clone(), self.read.clone(), self.write.clone(), self.create);
+        let subject = if self.sub.is_empty() { format!("jti:{}", self.jti) } else { self.sub.clone() };
+        let mut access = Access::client(subject, self.read.clone(), self.write.clone(), self.create);
         access.token_id = self.jti.clone();
         access.issued_at = self.issued;
         access
@@ -404,6 +407,12 @@ impl Keyring {
         Ok(grant)
     }
 
+    /// Those of `revocations` it does not know yet.
+    pub fn unknown(&self, revocations: &[Revocation]) -> Vec<Revocation> {
+        let Ok(guard) = self.inner.read() else { return Vec::new() };
+        revocations.iter().filter(|r| !guard.1.contains(r)).cloned().collect()
+    }
+
     /// Adds revocations; returns those it did not know.
     pub fn revoke(&self, revocations: &[Revocation]) -> Vec<Revocation> {
         let Ok(mut guard) = self.inner.write() else { return Vec::new() };
@@ -428,13 +437,7 @@ impl Keyring {
 
 /// Tells the node loop to close live connections of these revocations.
 pub async fn close_revoked(events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>, revoked: &[Revocation]) {
-    for r in revoked {
-        let event =
-            crate::runtime::NodeEvent::Revoke { token_id: r.jti.clone(), subject: r.sub.clone().map(|s| (s, r.at)) };
-        if events.send(event).await.is_err() {
-            return;
-        }
-    }
+    let _ = events.send(crate::runtime::NodeEvent::Revoke(revoked.to_vec())).await;
 }
 
 /// Seconds since the Unix epoch, now.

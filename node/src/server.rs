@@ -196,6 +196,29 @@ pub fn request_token(query: &RawQuery, headers: &HeaderMap) -> String {
     from_query.or_else(from_header).unwrap_or_default()
 }
 
+/// The request comes from a web page of another origin than the host it
+/// addresses (browsers send `Origin` with every POST): state-changing
+/// requests are refused then.
+pub fn cross_site(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+    origin == "null" || !origin_host.eq_ignore_ascii_case(host)
+}
+
+/// `Host` names this machine directly (`localhost`, an IP address), not a
+/// DNS name an attacker's page could have rebound to 127.0.0.1: what a
+/// loopback-only API checks besides the socket's address.
+pub fn local_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return true };
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 /// A fresh random secret for [`AppState::internal_token`].
 pub fn internal_token() -> Arc<str> {
     let bytes: [u8; 32] = rand::random();
@@ -276,7 +299,7 @@ fn upgrade(
     let internal =
         state.internal_token.as_deref().is_some_and(|t| crate::quic::same_secret(t.as_bytes(), token.as_bytes()));
     let granted = match internal {
-        true => Ok((Access { relay: false, ..Access::full() }, None)),
+        true => Ok((Access { relay: false, subject: "internal".into(), ..Access::full() }, None)),
         false => authorize(state.auth.as_deref(), &token, &state.metrics),
     };
     let (access, valid_for) = match granted {

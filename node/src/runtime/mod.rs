@@ -88,12 +88,9 @@ pub enum NodeEvent {
     TakeDemand {
         reply: oneshot::Sender<BTreeMap<DocumentId, DocDemand>>,
     },
-    /// A token was revoked: close the connections holding it (see
+    /// Tokens were revoked: close the connections holding them (see
     /// [`Engine::revoke`]).
-    Revoke {
-        token_id: Option<String>,
-        subject: Option<(String, u64)>,
-    },
+    Revoke(Vec<crate::auth::Revocation>),
     /// Queue a control message on a connection (the hub's `home` notices).
     SendControl {
         conn: ConnId,
@@ -196,9 +193,11 @@ impl NodeLoop {
             NodeEvent::TakeDemand { reply } => {
                 let _ = reply.send(self.engine.take_demand());
             }
-            NodeEvent::Revoke { token_id, subject } => {
-                let closed = self.engine.revoke(token_id.as_deref(), subject.as_ref().map(|(s, at)| (s.as_str(), *at)));
-                tracing::info!(?token_id, ?subject, closed, "token revoked");
+            NodeEvent::Revoke(revoked) => {
+                for r in revoked {
+                    let closed = self.engine.revoke(r.jti.as_deref(), r.sub.as_deref().map(|s| (s, r.at)));
+                    tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
+                }
             }
             NodeEvent::SendControl { conn, bytes } => {
                 if let Some(tx) = self.io.conns.get(&conn) {

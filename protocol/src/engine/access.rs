@@ -20,7 +20,8 @@
 //! - a client's ephemeral messages are relayed only under the peer id it
 //!   joined as (one claiming another sender is dropped), and a second
 //!   `join` with a connected peer id replaces that connection only for the
-//!   same subject;
+//!   same subject (others of other subjects keep theirs: no takeover, no
+//!   lock-out);
 //! - at [`Access::expires_at`] the connection is closed ("token expired").
 //!
 //! Links between nodes (upstreams, edges admitted by the hub, edge peers)
@@ -157,22 +158,18 @@ pub enum Refusal {
     ReadOnly,
     /// Changes creating a document, without the create right.
     Create,
-    /// A `join` with the peer id of another subject's connection.
-    PeerIdTaken,
     /// An ephemeral message over the size or rate limit.
     EphemeralLimit,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] =
-        [Refusal::NotGranted, Refusal::ReadOnly, Refusal::Create, Refusal::PeerIdTaken, Refusal::EphemeralLimit];
+    pub const ALL: [Refusal; 4] = [Refusal::NotGranted, Refusal::ReadOnly, Refusal::Create, Refusal::EphemeralLimit];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::NotGranted => "not_granted",
             Refusal::ReadOnly => "read_only",
             Refusal::Create => "create",
-            Refusal::PeerIdTaken => "peer_id_taken",
             Refusal::EphemeralLimit => "ephemeral_limit",
         }
     }
@@ -230,7 +227,7 @@ impl Engine {
                     "ephemeral messages about {doc_id} over the limit ({bytes} bytes each, {rate} per second) are dropped"
                 )
             }
-            Refusal::NotGranted | Refusal::PeerIdTaken => format!("document {doc_id} refused"),
+            Refusal::NotGranted => format!("document {doc_id} refused"),
         };
         tracing::info!(%conn, doc = %doc_id, refusal = refusal.as_str(), "refused a peer's changes");
         self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal });

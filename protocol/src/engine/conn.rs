@@ -265,9 +265,7 @@ impl Engine {
             self.reject(conn, ErrorKind::UnsupportedVersion, detail);
             return;
         }
-        if !self.take_over_peer_id(now, conn, &sender) {
-            return;
-        }
+        self.replace_same_subject(now, conn, &sender);
         let reply = Message::Peer {
             sender_id: self.config.peer_id.clone(),
             peer_metadata: self.our_metadata(),
@@ -279,32 +277,22 @@ impl Engine {
     }
 
     /// A `join` as `sender` on `conn`, where that peer id may be in use: a
-    /// connection of the same subject is replaced (a client reconnecting);
-    /// one of another subject stays, and the newcomer is refused, unless
-    /// both are nodes (edges at the hub are told apart by the subject
-    /// their `hello` authenticated, whatever peer id they join with).
-    /// `false`: refused. (A link we dialed to the same peer is another
+    /// connection of the same subject is replaced (a client reconnecting).
+    /// Connections of other subjects keep theirs and both stay (ready peers
+    /// are keyed by peer id and subject): nobody takes over another's
+    /// stream, nor locks them out by holding their id, and edges at the hub
+    /// are told apart by the subject their `hello` authenticated, whatever
+    /// peer id they join with. (A link we dialed to the same peer is another
     /// connection, not a previous one: two edges may each dial the other.)
-    fn take_over_peer_id(&mut self, now: Millis, conn: ConnId, sender: &PeerId) -> bool {
-        let Some(new) = self.conns.get(&conn).map(|c| c.access.clone()) else { return false };
-        let in_use: Vec<(String, ConnId)> = self
-            .peers
-            .range((sender.clone(), String::new())..)
-            .take_while(|((p, _), _)| p == sender)
-            .map(|((_, subject), c)| (subject.clone(), *c))
-            .filter(|(_, c)| *c != conn && self.conns.get(c).is_some_and(|c| c.direction == Direction::Incoming))
-            .collect();
-        for (subject, old) in in_use {
-            if subject == new.subject {
-                self.out.close(old, "replaced by a new connection");
-                self.handle_disconnect(now, old);
-            } else if !(new.relay && self.access(old).is_some_and(|a| a.relay)) {
-                self.out.event(Event::Refused { conn, doc: None, refusal: Refusal::PeerIdTaken });
-                self.reject(conn, ErrorKind::Unauthorized, format!("peer id {sender} is in use by another connection"));
-                return false;
-            }
+    fn replace_same_subject(&mut self, now: Millis, conn: ConnId, sender: &PeerId) {
+        let Some(subject) = self.conns.get(&conn).map(|c| c.access.subject.clone()) else { return };
+        let old = self.peers.get(&(sender.clone(), subject)).copied();
+        if let Some(old) = old.filter(|old| *old != conn)
+            && self.conns.get(&old).is_some_and(|c| c.direction == Direction::Incoming)
+        {
+            self.out.close(old, "replaced by a new connection");
+            self.handle_disconnect(now, old);
         }
-        true
     }
 
     pub(super) fn become_ready(&mut self, now: Millis, conn: ConnId, peer: PeerId, metadata: PeerMetadata) {
