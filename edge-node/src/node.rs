@@ -80,6 +80,8 @@ struct DeviceAuth {
     metrics: Arc<NodeMetrics>,
     /// How long a device may take to send its first frame (`None`: no limit).
     first_frame_within: Option<std::time::Duration>,
+    /// The caps on open connections, shared with the WebSocket listener.
+    limits: Arc<server::ConnLimiter>,
 }
 
 /// Binds the QUIC listener for device clients (ALPN `meridian/1`), with a
@@ -113,6 +115,14 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
     let Ok((send, mut recv)) = connection.accept_bi().await else { return };
+    let _slot = match auth.limits.admit(Some(remote.ip())) {
+        Ok(slot) => slot,
+        Err(cap) => {
+            auth.metrics.limit_hit(cap.as_str());
+            let reason = format!("too many connections (limit: {})", cap.as_str());
+            return quic::refuse(&connection, send, &reason).await;
+        }
+    };
     let read = quic::read_frame(&mut recv, limit);
     let first = match auth.first_frame_within {
         Some(limit) => tokio::time::timeout(limit, read).await.unwrap_or(Ok(None)),
@@ -181,6 +191,7 @@ impl EdgeNode {
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
         let verifier = load_verifier(&config, &metrics)?;
         let internal_token = server::internal_token();
+        let limits = server::ConnLimiter::new(config.max_connections, config.max_connections_per_address);
         // Without a hub there is no cloud copy to fall back on.
         let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
         let runtime = NodeRuntime::start_with_disk_budget(
@@ -202,7 +213,7 @@ impl EdgeNode {
             ping_interval: config.ping_interval,
             auth: verifier.clone(),
             internal_token: Some(internal_token.clone()),
-            limits: server::ConnLimiter::new(config.max_connections, config.max_connections_per_address),
+            limits: limits.clone(),
         })
         .merge(info::router(
             metrics.clone(),
@@ -246,6 +257,7 @@ impl EdgeNode {
                     verifier: verifier.clone(),
                     metrics: metrics.clone(),
                     first_frame_within: (!config.join_timeout.is_zero()).then_some(config.join_timeout),
+                    limits: limits.clone(),
                 };
                 let (addr, task) = start_device_listener(&config, listen, runtime.events(), auth)?;
                 (Some(addr), Some(task))

@@ -1,6 +1,7 @@
 //! Limits one client cannot push past (issue 15), against a real edge:
-//! connections in all and per client address (a place comes back when a
-//! connection closes; `/healthz` answers throughout), each refusal a 503
+//! connections in all and per client address, over WebSocket and QUIC
+//! together (a place comes back when a connection closes; `/healthz`
+//! answers throughout), each refusal a 503 (a `refused` frame on QUIC)
 //! with the limit's name, counted in `/metrics`.
 
 use std::time::{Duration, Instant};
@@ -69,5 +70,31 @@ async fn connections_in_all_are_capped() -> Result<()> {
     assert_eq!(status, 503);
     assert!(body.contains("limit: connections"), "{body}");
     assert_eq!(edge.metrics().limit_hits_of("connections"), 1);
+    Ok(())
+}
+
+/// Devices over QUIC count under the same caps as WebSockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_devices_count_under_the_same_caps() -> Result<()> {
+    use meridian_edge::client::{Client, ClientOptions};
+    use meridian_node::quic::HubTrust;
+    let dir = tempfile::tempdir()?;
+    let mut config = EdgeConfig::new(dir.path()).ephemeral_port().quic_listen("127.0.0.1:0".parse()?);
+    config.max_connections = 1;
+    let edge = EdgeNode::start(config).await?;
+    let _ws = RawPeer::joined(&edge.ws_url(), "ws").await?;
+    let options = ClientOptions {
+        quic_trust: Some(HubTrust::CaFile(dir.path().join("tls/ca.pem"))),
+        min_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let device = Client::connect(&edge.quic_url().expect("quic listener"), options).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while edge.metrics().limit_hits_of("connections") == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "the device was never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(device);
     Ok(())
 }
