@@ -17,6 +17,8 @@ export interface ClientOptions {
   handshakeTimeoutMs?: number;
   /** A WebSocket constructor where there is no global one (Node 20: `ws`). */
   WebSocket?: unknown;
+  /** An access token (a JWT from your backend, or `meridian-edge auth token`) for edges with auth on; sent as `?token=` on each edge URL. */
+  token?: string;
 }
 
 /** A patch as @automerge/automerge produces them; text indexes are UTF-16 code units. */

@@ -28,6 +28,8 @@ struct Options {
     max_backoff_ms: f64,
     handshake_timeout_ms: f64,
     ws_ctor: JsValue,
+    /// An access token, presented as `?token=` on every edge URL.
+    token: Option<String>,
 }
 
 impl Options {
@@ -58,6 +60,7 @@ impl Options {
             max_backoff_ms: get("maxBackoffMs").as_f64().unwrap_or(10_000.0),
             handshake_timeout_ms: get("handshakeTimeoutMs").as_f64().unwrap_or(10_000.0),
             ws_ctor,
+            token: get("token").as_string().filter(|t| !t.is_empty()),
         })
     }
 }
@@ -111,6 +114,7 @@ impl Client {
             options.min_backoff_ms,
             options.max_backoff_ms,
             options.handshake_timeout_ms,
+            options.token,
         );
         let shared: Shared = Rc::new_cyclic(|me| RefCell::new(Driver::new(Engine::new(config), idb, net, me.clone())));
         Self::start_background(&shared);

@@ -93,6 +93,9 @@ pub struct Net {
     paused: bool,
     /// Last measured time to open a socket, per URL.
     rtt_ms: BTreeMap<String, f64>,
+    /// The access token, added to the URL of every socket (never to the
+    /// URLs the application sees).
+    token: Option<String>,
 }
 
 impl Net {
@@ -102,6 +105,7 @@ impl Net {
         min_backoff_ms: f64,
         max_backoff_ms: f64,
         handshake_timeout_ms: f64,
+        token: Option<String>,
     ) -> Self {
         let state = if urls.is_empty() { ConnectionState::Local } else { ConnectionState::Connecting };
         Self {
@@ -121,6 +125,7 @@ impl Net {
             online: platform::navigator_online(),
             paused: false,
             rtt_ms: BTreeMap::new(),
+            token,
         }
     }
 
@@ -225,7 +230,14 @@ impl Driver {
                 "no WebSocket in this environment; pass { WebSocket } (e.g. from the `ws` package) to Client.open",
             )
         })?;
-        let ws: WebSocket = Reflect::construct(ctor, &Array::of1(&url.into()))?.unchecked_into();
+        let with_token = match &self.net.token {
+            Some(token) => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}token={}", String::from(js_sys::encode_uri_component(token)))
+            }
+            None => url.to_owned(),
+        };
+        let ws: WebSocket = Reflect::construct(ctor, &Array::of1(&with_token.into()))?.unchecked_into();
         ws.set_binary_type(BinaryType::Arraybuffer);
         let generation = self.net.next_generation;
         self.net.next_generation += 1;

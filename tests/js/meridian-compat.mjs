@@ -7,19 +7,22 @@
 //   3. ephemeral (presence) messages go both ways.
 //
 // Prints one JSON line per step and {"ok":true} at the end.
-//   node meridian-compat.mjs --url ws://127.0.0.1:PORT/sync
+//   node meridian-compat.mjs --url ws://127.0.0.1:PORT/sync [--token JWT]
 
 import { WebSocket } from "ws"
 import { next as A } from "@automerge/automerge"
 import { clientRepo, installGuards, log, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, withTimeout, docJson, deepEqual } from "./lib.mjs"
 
 const { Client } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
-const opts = parseArgs(process.argv.slice(2), { url: "string", timeout: "number" })
+const opts = parseArgs(process.argv.slice(2), { url: "string", timeout: "number", token: "string" })
 installGuards(opts.timeout ?? 90, "meridian-compat")
 
 // Node 20 has no global WebSocket: hand the client the `ws` one.
-const meridian = await Client.open({ urls: [opts.url], dbName: null, WebSocket })
-const repo = clientRepo(opts.url, { peerId: newPeerId("js") })
+// With --token (an edge with auth on), both clients present it: ours as the
+// `token` option, the JS repo on its URL.
+const meridian = await Client.open({ urls: [opts.url], dbName: null, WebSocket, token: opts.token })
+const jsUrl = opts.token ? `${opts.url}?token=${encodeURIComponent(opts.token)}` : opts.url
+const repo = clientRepo(jsUrl, { peerId: newPeerId("js") })
 await waitForServerPeer(repo)
 
 // 1. Meridian creates, JS finds and edits.
@@ -40,7 +43,7 @@ out({ step: "meridian-created", value: v1 })
 // 2. JS creates, Meridian finds and edits (UTF-16 positions on both sides).
 const j2 = repo.create({ from: "js", title: "🎉 party" })
 await waitUntil(async () => {
-  const probe = clientRepo(opts.url, { peerId: newPeerId("probe") })
+  const probe = clientRepo(jsUrl, { peerId: newPeerId("probe") })
   try {
     const h = await withTimeout(probe.find(j2.url), 3000, "probe find")
     return h.doc()?.from === "js"

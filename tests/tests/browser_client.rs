@@ -135,6 +135,40 @@ async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()
     Ok(())
 }
 
+/// The same with auth on: `@meridian/client` presents its `token`, the JS
+/// repo its `?token=`; without tokens the run fails (the edge refuses
+/// both clients, counted as `missing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_package_presents_its_token_to_an_edge_with_auth_on() -> Result<()> {
+    use meridian_node::auth::{self, Claims};
+    require_pkg()?;
+    let dir = tempfile::tempdir()?;
+    let key = auth::keygen(&dir.path().join("keys"))?;
+    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
+    config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
+    let edge = EdgeNode::start(config).await?;
+    let token = key.mint(&Claims {
+        sub: "app-user".into(),
+        exp: auth::unix_now() + 600,
+        write: vec!["*".into()],
+        create: true,
+        ..Default::default()
+    });
+    let url = edge.ws_url();
+    let lines =
+        tokio::task::spawn_blocking(move || run_script("meridian-compat.mjs", &["--url", &url, "--token", &token]))
+            .await??;
+    assert!(lines.iter().any(|l| l["step"] == "ephemeral"), "{lines:?}");
+    let url = edge.ws_url();
+    let without =
+        tokio::task::spawn_blocking(move || run_script("meridian-compat.mjs", &["--url", &url, "--timeout", "8"]))
+            .await?;
+    assert!(without.is_err(), "without tokens the edge syncs nothing");
+    assert!(edge.metrics().auth_refused_of(auth::TokenError::Missing) >= 1);
+    edge.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meridian_package_picks_an_edge_and_fails_over() -> Result<()> {
     require_pkg()?;
