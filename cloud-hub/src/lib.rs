@@ -243,19 +243,13 @@ impl Hub {
         .with_moves(config.placement_moves);
         let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx, runtime.events())));
         let revocations = Arc::new(Revocations::load(&config.data_dir)?);
-        let keyring = match config.auth_public_keys.is_empty() {
-            true => None,
-            false => {
-                let keyring = Keyring::new(meridian_node::auth::Verifier::load(&config.auth_public_keys)?);
-                keyring.revoke(&revocations.list());
-                Some(Arc::new(keyring))
-            }
-        };
-        let mut auth_keys = Vec::new();
-        for path in &config.auth_public_keys {
-            let io = |source| HubError::Io { path: path.clone(), source };
-            auth_keys.push(std::fs::read_to_string(path).map_err(io)?);
-        }
+        let verifier = meridian_node::auth::Verifier::load(&config.auth_public_keys)?;
+        let auth_keys = verifier.public_pems();
+        let keyring = (!verifier.is_empty()).then(|| {
+            let keyring = Keyring::new(verifier);
+            keyring.revoke(&revocations.list());
+            Arc::new(keyring)
+        });
         let shared =
             Arc::new(EdgeShared { peer_secret: peer_secret.to_string(), revocations: revocations.clone(), auth_keys });
         let accept = AbortOnDrop(tokio::spawn(accept_loop(

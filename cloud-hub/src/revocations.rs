@@ -120,10 +120,6 @@ pub async fn revoke(
 
 fn is_admin(keyring: Option<&Keyring>, headers: &HeaderMap) -> bool {
     let Some(keyring) = keyring else { return false };
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    keyring.verify(token.trim(), auth::unix_now()).is_ok_and(|g| g.admin)
+    let token = server::bearer(headers).unwrap_or_default();
+    keyring.verify(token, auth::unix_now()).is_ok_and(|g| g.admin)
 }

@@ -32,13 +32,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_node::auth::{self, Keyring};
 use meridian_node::quic::same_secret;
-use meridian_node::server::{cross_site, local_host};
+use meridian_node::server::{bearer, cross_site, local_host};
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -115,7 +115,7 @@ impl Admin {
                 "cross-site request refused (its Origin is not this host)".into(),
             ));
         }
-        let given = bearer(headers).unwrap_or_default().trim();
+        let given = bearer(headers).unwrap_or_default();
         if let Some(token) = &self.token {
             if same_secret(given.as_bytes(), token.as_bytes()) {
                 return Ok(());
@@ -145,10 +145,6 @@ impl Admin {
         }
         Ok(())
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
 /// An error answer: status and a one-line explanation.

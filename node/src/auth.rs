@@ -219,9 +219,7 @@ impl SigningKey {
 
     /// The public key's SubjectPublicKeyInfo PEM.
     pub fn public_pem(&self) -> String {
-        let mut der = SPKI_PREFIX.to_vec();
-        der.extend_from_slice(self.pair.public_key().as_ref());
-        pem_wrap("PUBLIC KEY", &der)
+        public_pem(self.pair.public_key().as_ref())
     }
 
     /// A signed token with these claims.
@@ -307,6 +305,12 @@ impl Verifier {
         self.keys.is_empty()
     }
 
+    /// The keys it accepts, as `PUBLIC KEY` PEMs (what the hub hands its
+    /// edges).
+    pub fn public_pems(&self) -> Vec<String> {
+        self.keys.values().map(|raw| public_pem(raw)).collect()
+    }
+
     /// Checks `token` at `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
         if token.is_empty() {
@@ -376,11 +380,10 @@ pub struct Revocation {
 }
 
 impl Revocation {
-    /// It covers tokens with this id, or of this subject issued then.
-    pub fn covers(&self, jti: &str, sub: &str, issued: Option<u64>) -> bool {
-        let by_id = self.jti.as_deref().is_some_and(|j| !j.is_empty() && j == jti);
-        let by_subject = self.sub.as_deref() == Some(sub) && issued.is_none_or(|iat| iat <= self.at);
-        by_id || by_subject
+    /// It covers the token behind `access` (the engine's rule,
+    /// [`Access::revoked_by`], which closes live connections by it too).
+    pub fn covers(&self, access: &Access) -> bool {
+        access.revoked_by(self.jti.as_deref(), self.sub.as_deref().map(|s| (s, self.at)))
     }
 }
 
@@ -401,7 +404,8 @@ impl Keyring {
     pub fn verify(&self, token: &str, now: u64) -> Result<Grant, TokenError> {
         let guard = self.inner.read().map_err(|_| TokenError::Malformed)?;
         let grant = guard.0.verify(token, now)?;
-        if guard.1.iter().any(|r| r.covers(&grant.jti, &grant.sub, grant.issued)) {
+        let access = grant.access();
+        if guard.1.iter().any(|r| r.covers(&access)) {
             return Err(TokenError::Revoked);
         }
         Ok(grant)
@@ -419,10 +423,6 @@ impl Keyring {
         let new: Vec<Revocation> = revocations.iter().filter(|r| !guard.1.contains(r)).cloned().collect();
         guard.1.extend(new.iter().cloned());
         new
-    }
-
-    pub fn revocations(&self) -> Vec<Revocation> {
-        self.inner.read().map(|g| g.1.clone()).unwrap_or_default()
     }
 
     /// Accepts tokens signed by these public keys (PEM) too.
@@ -457,6 +457,13 @@ pub fn parse_ttl(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(scale).filter(|&secs| secs > 0)
+}
+
+/// A raw Ed25519 public key as a `PUBLIC KEY` PEM (SubjectPublicKeyInfo).
+fn public_pem(raw: &[u8]) -> String {
+    let mut der = SPKI_PREFIX.to_vec();
+    der.extend_from_slice(raw);
+    pem_wrap("PUBLIC KEY", &der)
 }
 
 fn pem_wrap(label: &str, der: &[u8]) -> String {

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -155,12 +156,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn root(
     State(state): State<AppState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    query: RawQuery,
+    query: Result<Query<TokenQuery>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     match ws {
-        Ok(ws) => upgrade(ws, state, peer_ip(peer), query, &headers),
+        Ok(ws) => upgrade(ws, state, peer_ip(peer), query.ok().map(|q| q.0), &headers),
         Err(_) => "Meridian edge. Point an automerge-repo WebSocket client at ws://<this host>/sync (or /).\n\
                    Health: /healthz, metrics: /metrics, about this edge: /info.\n"
             .into_response(),
@@ -170,11 +171,11 @@ async fn root(
 async fn sync(
     State(state): State<AppState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    query: RawQuery,
+    query: Result<Query<TokenQuery>, QueryRejection>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    upgrade(ws, state, peer_ip(peer), query, &headers)
+    upgrade(ws, state, peer_ip(peer), query.ok().map(|q| q.0), &headers)
 }
 
 /// The client's address, when the server was made with connect info.
@@ -184,16 +185,23 @@ fn peer_ip(
     peer.map(|axum::Extension(axum::extract::ConnectInfo(addr))| addr.ip())
 }
 
+/// The `?token=` of a request's URL (decoded by axum's `Query`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
 /// The token a request carries: `?token=` on the URL, else
 /// `Authorization: Bearer`. Empty when there is none.
-pub fn request_token(query: &RawQuery, headers: &HeaderMap) -> String {
-    let from_query =
-        query.0.as_deref().and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("token=")).map(percent_decode));
-    let from_header = || {
-        let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-        value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
-    };
-    from_query.or_else(from_header).unwrap_or_default()
+pub fn request_token(query: Option<TokenQuery>, headers: &HeaderMap) -> String {
+    let from_header = || bearer(headers).map(str::to_owned);
+    query.and_then(|q| q.token).or_else(from_header).unwrap_or_default()
+}
+
+/// The token of an `Authorization: Bearer …` header (the one parser of it:
+/// the WebSocket upgrade, the edge's admin API and the hub's revoke API).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
 }
 
 /// The request comes from a web page of another origin than the host it
@@ -223,27 +231,6 @@ pub fn local_host(headers: &HeaderMap) -> bool {
 pub fn internal_token() -> Arc<str> {
     let bytes: [u8; 32] = rand::random();
     Arc::from(hex::encode(bytes))
-}
-
-/// `%XX` escapes decoded (tokens are base64url and dots, so this is rare).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a connection presenting `token` may do, for how long; `Err` when
@@ -280,7 +267,7 @@ fn upgrade(
     ws: WebSocketUpgrade,
     state: AppState,
     peer: Option<std::net::IpAddr>,
-    query: RawQuery,
+    query: Option<TokenQuery>,
     headers: &HeaderMap,
 ) -> Response {
     let slot = match state.limits.admit(peer) {
@@ -295,7 +282,7 @@ fn upgrade(
             return (StatusCode::SERVICE_UNAVAILABLE, format!("{why} (limit: {})\n", limit.as_str())).into_response();
         }
     };
-    let token = request_token(&query, headers);
+    let token = request_token(query, headers);
     let internal =
         state.internal_token.as_deref().is_some_and(|t| crate::quic::same_secret(t.as_bytes(), token.as_bytes()));
     let granted = match internal {

@@ -254,6 +254,52 @@ fn join(node: &mut TestNode, conn: ConnId, peer: &str) {
     node.engine.handle_frame(node.now, conn, &codec::encode(&join));
 }
 
+/// A peer connects with `access` and joins as `peer`; its connection.
+fn joined(node: &mut TestNode, access: Access, peer: &str) -> ConnId {
+    let conn = node.engine.handle_connect_with(node.now, Direction::Incoming, access);
+    join(node, conn, peer);
+    node.drain();
+    conn
+}
+
+/// The connections the node closed, in order.
+fn closed(node: &TestNode) -> Vec<ConnId> {
+    node.closed.iter().map(|(c, _)| *c).collect()
+}
+
+/// An ephemeral frame about `doc` from `sender`.
+fn ephemeral(doc: DocumentId, sender: &str, count: u64, data: Vec<u8>) -> Vec<u8> {
+    codec::encode(&Message::Ephemeral {
+        sender_id: PeerId::new(sender),
+        target_id: PeerId::new("edge"),
+        document_id: doc,
+        session_id: "s".into(),
+        count,
+        data,
+    })
+}
+
+/// An edge with a document and two clients, `peer-a` and `peer-b`, that
+/// may do everything.
+fn edge_with_two_clients(edge: TestNode) -> (TestNode, DocumentId, ConnId, ConnId) {
+    let mut edge = edge;
+    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
+    let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
+    let a = joined(&mut edge, everything(), "peer-a");
+    let b = joined(&mut edge, everything(), "peer-b");
+    (edge, doc, a, b)
+}
+
+/// The ephemeral messages `sent` to `conn`, by sender.
+fn ephemeral_senders_to(sent: &[(ConnId, Message)], conn: ConnId) -> Vec<PeerId> {
+    sent.iter()
+        .filter_map(|(c, m)| match m {
+            Message::Ephemeral { sender_id, .. } if *c == conn => Some(sender_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A peer id in use is taken over only by the same subject (a client
 /// reconnecting); another subject joining with it gets a connection of its
 /// own, and the first keeps its: no hijack, and no lock-out either.
@@ -261,19 +307,13 @@ fn join(node: &mut TestNode, conn: ConnId, peer: &str) {
 fn a_peer_id_is_taken_over_only_by_the_same_subject() {
     let mut edge = node("edge");
     let as_who = |who: &str| Access::client(who, DocSet::all(), DocSet::all(), true);
-    let victim = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
-    join(&mut edge, victim, "peer-alice");
-    edge.drain();
-    let other = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("mallory"));
-    join(&mut edge, other, "peer-alice");
-    edge.drain();
+    let victim = joined(&mut edge, as_who("alice"), "peer-alice");
+    joined(&mut edge, as_who("mallory"), "peer-alice");
     assert!(edge.closed.is_empty(), "neither is closed: {:?}", edge.closed);
     assert_eq!(edge.engine.ready_connections(), 2);
     // The same subject reconnecting replaces its old connection.
-    let again = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, as_who("alice"));
-    join(&mut edge, again, "peer-alice");
-    edge.drain();
-    assert_eq!(edge.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![victim], "alice's old one is replaced");
+    joined(&mut edge, as_who("alice"), "peer-alice");
+    assert_eq!(closed(&edge), vec![victim], "alice's old one is replaced");
     assert_eq!(edge.engine.ready_connections(), 2);
 }
 
@@ -284,45 +324,23 @@ fn a_peer_id_is_taken_over_only_by_the_same_subject() {
 fn nodes_sharing_a_peer_id_are_told_apart_by_their_subject() {
     let mut hub = node("hub");
     let as_node = |id: &str| Access { subject: format!("node:{id}"), ..Access::full() };
-    let eu = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("eu"));
-    join(&mut hub, eu, "meridian-edge");
-    let us = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("us"));
-    join(&mut hub, us, "meridian-edge");
-    hub.drain();
+    let eu = joined(&mut hub, as_node("eu"), "meridian-edge");
+    joined(&mut hub, as_node("us"), "meridian-edge");
     assert!(hub.closed.is_empty(), "both stay: {:?}", hub.closed);
     assert_eq!(hub.engine.ready_connections(), 2);
-    let eu_again = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node("eu"));
-    join(&mut hub, eu_again, "meridian-edge");
-    hub.drain();
-    assert_eq!(hub.closed.iter().map(|(c, _)| *c).collect::<Vec<_>>(), vec![eu], "eu's old link is replaced");
+    joined(&mut hub, as_node("eu"), "meridian-edge");
+    assert_eq!(closed(&hub), vec![eu], "eu's old link is replaced");
     assert_eq!(hub.engine.ready_connections(), 2);
 }
 
 #[test]
 fn a_client_speaks_only_for_itself_in_ephemeral_messages() {
-    let mut edge = node("edge");
-    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
-    let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
-    let (a, b) = (
-        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
-        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
-    );
-    join(&mut edge, a, "peer-a");
-    join(&mut edge, b, "peer-b");
-    edge.drain();
-    let ephemeral = |sender: &str, count: u64| Message::Ephemeral {
-        sender_id: PeerId::new(sender),
-        target_id: PeerId::new("edge"),
-        document_id: doc,
-        session_id: "s".into(),
-        count,
-        data: vec![0xa0],
-    };
+    let (mut edge, doc, a, b) = edge_with_two_clients(node("edge"));
     // b subscribes; a claims to be b with a huge count, then b speaks, then
     // a speaks as itself.
     let mut sent = Vec::new();
     for (conn, sender, count) in [(b, "peer-b", 1), (a, "peer-b", 1 << 53), (b, "peer-b", 2), (a, "peer-a", 1)] {
-        edge.engine.handle_frame(Millis(1), conn, &codec::encode(&ephemeral(sender, count)));
+        edge.engine.handle_frame(Millis(1), conn, &ephemeral(doc, sender, count, vec![0xa0]));
         sent.extend(edge.drain());
     }
     let senders: Vec<String> = edge
@@ -334,14 +352,7 @@ fn a_client_speaks_only_for_itself_in_ephemeral_messages() {
         })
         .collect();
     assert_eq!(senders, ["peer-b", "peer-b", "peer-a"], "the forgery is dropped, and b's count 2 still counts");
-    let to_b: Vec<PeerId> = sent
-        .into_iter()
-        .filter_map(|(c, m)| match m {
-            Message::Ephemeral { sender_id, .. } if c == b => Some(sender_id),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(to_b, vec![PeerId::new("peer-a")], "only a's own message reaches b");
+    assert_eq!(ephemeral_senders_to(&sent, b), vec![PeerId::new("peer-a")], "only a's own message reaches b");
 }
 
 #[test]
@@ -380,59 +391,27 @@ fn a_closed_connection_leaves_no_expiry_deadline() {
 /// next second it may speak again.
 #[test]
 fn a_clients_ephemeral_messages_are_bounded_in_size_and_rate() {
-    let mut edge = TestNode::new("edge", |c| {
+    let limited = TestNode::new("edge", |c| {
         c.join_timeout_ms = 0;
         c.ephemeral_per_second = 5;
         c.ephemeral_max_bytes = 100;
     });
-    let doc = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
-    let everything = || Access::client("x", DocSet::all(), DocSet::all(), true);
-    let (a, b) = (
-        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
-        edge.engine.handle_connect_with(Millis(0), Direction::Incoming, everything()),
-    );
-    join(&mut edge, a, "peer-a");
-    join(&mut edge, b, "peer-b");
-    edge.drain();
-    let ephemeral = |count: u64, data: Vec<u8>| {
-        codec::encode(&Message::Ephemeral {
-            sender_id: PeerId::new("peer-a"),
-            target_id: PeerId::new("edge"),
-            document_id: doc,
-            session_id: "s".into(),
-            count,
-            data,
-        })
-    };
+    let (mut edge, doc, a, b) = edge_with_two_clients(limited);
     // b listens; a sends 8 small messages in one instant, then a big one.
-    edge.engine.handle_frame(
-        Millis(1),
-        b,
-        &codec::encode(&Message::Ephemeral {
-            sender_id: PeerId::new("peer-b"),
-            target_id: PeerId::new("edge"),
-            document_id: doc,
-            session_id: "s".into(),
-            count: 1,
-            data: vec![0xa0],
-        }),
-    );
+    edge.engine.handle_frame(Millis(1), b, &ephemeral(doc, "peer-b", 1, vec![0xa0]));
     let mut sent = edge.drain();
     for n in 1..=8 {
-        edge.engine.handle_frame(Millis(2), a, &ephemeral(n, vec![0x01]));
+        edge.engine.handle_frame(Millis(2), a, &ephemeral(doc, "peer-a", n, vec![0x01]));
         sent.extend(edge.drain());
     }
-    let relayed = |sent: &[(ConnId, Message)]| {
-        sent.iter().filter(|(c, m)| *c == b && matches!(m, Message::Ephemeral { .. })).count()
-    };
-    assert_eq!(relayed(&sent), 5, "the rate limit holds");
+    assert_eq!(ephemeral_senders_to(&sent, b).len(), 5, "the rate limit holds");
     assert_eq!(errors_to(&sent, a).len(), 1, "told once: {:?}", errors_to(&sent, a));
     // The next second: allowed again, but not a message over the size limit.
-    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(9, vec![0x01]));
+    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(doc, "peer-a", 9, vec![0x01]));
     let mut big = vec![0x58, 200];
     big.extend([0u8; 200]);
-    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(10, big));
+    edge.engine.handle_frame(Millis(1_500), a, &ephemeral(doc, "peer-a", 10, big));
     let sent = edge.drain();
-    assert_eq!(relayed(&sent), 1, "one more in the new window, the big one dropped");
+    assert_eq!(ephemeral_senders_to(&sent, b).len(), 1, "one more in the new window, the big one dropped");
     assert!(edge.closed.is_empty(), "nobody is disconnected for it");
 }

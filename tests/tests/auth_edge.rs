@@ -163,7 +163,7 @@ async fn tokens_that_do_not_hold_are_refused_with_their_reason_and_counted() -> 
     let metrics = s.edge.metrics().render();
     assert!(metrics.contains("meridian_edge_auth_refused_total{reason=\"expired\"} 1"), "{metrics}");
     assert!(metrics.contains("meridian_edge_auth_open 0"));
-    // Nothing was stored for them: the store holds the one document.
+    // None of them reached the engine (nothing could be stored for them).
     let none = s.edge.metrics().errors_of(meridian_protocol::engine::ErrorKind::Unauthorized);
     assert_eq!(none, 0, "refused before any connection reached the engine");
     Ok(())

@@ -119,7 +119,7 @@ async fn a_revoked_token_is_closed_at_every_edge_and_refused_after() -> Result<(
     let closed = closed_as_revoked(&mut alice_peer, sent).await?;
     eprintln!("revocation by jti: command {command:?}, to the client's close {closed:?}");
     assert!(
-        matches!(bob_peer.recv_within(Duration::from_millis(300)).await, Err(_)),
+        bob_peer.recv_within(Duration::from_millis(300)).await.is_err(),
         "bob's connection is untouched (nothing arrives)"
     );
     let refused = RawPeer::connect(&url(&alice), "peer-alice").await;

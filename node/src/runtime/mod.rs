@@ -195,7 +195,7 @@ impl NodeLoop {
             }
             NodeEvent::Revoke(revoked) => {
                 for r in revoked {
-                    let closed = self.engine.revoke(r.jti.as_deref(), r.sub.as_deref().map(|s| (s, r.at)));
+                    let closed = self.engine.revoke(|access| r.covers(access));
                     tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
                 }
             }

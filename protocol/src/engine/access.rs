@@ -30,7 +30,7 @@
 use std::collections::BTreeSet;
 
 use crate::codec::Message;
-use crate::ids::{ConnId, DocumentId};
+use crate::ids::{ConnId, DocumentId, PeerId};
 
 use super::{Engine, ErrorKind, Event, Millis};
 
@@ -71,16 +71,6 @@ impl DocSet {
 
     pub fn contains(&self, doc: &DocumentId) -> bool {
         self.all || self.docs.contains(doc)
-    }
-
-    /// It covers every document.
-    pub fn is_all(&self) -> bool {
-        self.all
-    }
-
-    /// The documents listed (empty when it covers all of them).
-    pub fn listed(&self) -> impl Iterator<Item = &DocumentId> {
-        self.docs.iter()
     }
 }
 
@@ -146,6 +136,17 @@ impl Access {
     pub fn may_write(&self, doc: &DocumentId) -> bool {
         self.write.contains(doc)
     }
+
+    /// A revocation of the token `token_id`, or of every token of
+    /// `subject` issued at or before the given second (or that does not
+    /// say when), covers this connection's token. Links between nodes hold
+    /// no token and are never covered.
+    pub fn revoked_by(&self, token_id: Option<&str>, subject: Option<(&str, u64)>) -> bool {
+        let by_id = token_id.is_some_and(|t| !t.is_empty() && self.token_id == t);
+        let by_subject =
+            subject.is_some_and(|(s, at)| !self.relay && self.subject == s && self.issued_at.is_none_or(|i| i <= at));
+        by_id || by_subject
+    }
 }
 
 /// Why the engine refused a connection something without closing it
@@ -200,24 +201,24 @@ impl Engine {
     /// is then not answered. Past [`TOLD_PER_CONNECTION`] documents, it is
     /// not answered at all.
     pub(super) fn refuse_unreadable(&mut self, conn: ConnId, doc_id: DocumentId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let Some(target_id) = c.peer().cloned() else { return };
-        if c.told.len() >= TOLD_PER_CONNECTION || !c.told.insert((doc_id, Refusal::NotGranted)) {
-            return;
-        }
+        let Some(target_id) = self.first_telling(conn, doc_id, Refusal::NotGranted) else { return };
         let sender_id = self.config.peer_id.clone();
         self.out.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
         self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal: Refusal::NotGranted });
     }
 
+    /// The peer id to tell `refusal` about `doc_id`, the first time only
+    /// (and not past [`TOLD_PER_CONNECTION`] refusals on one connection).
+    fn first_telling(&mut self, conn: ConnId, doc_id: DocumentId, refusal: Refusal) -> Option<PeerId> {
+        let c = self.conns.get_mut(&conn)?;
+        let target_id = c.peer().cloned()?;
+        (c.told.len() < TOLD_PER_CONNECTION && c.told.insert((doc_id, refusal))).then_some(target_id)
+    }
+
     /// Tells `conn` once per document why its changes were not taken (it
     /// stays connected: a read-only viewer keeps receiving).
     pub(super) fn tell_refused(&mut self, conn: ConnId, doc_id: DocumentId, refusal: Refusal) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let Some(target_id) = c.peer().cloned() else { return };
-        if c.told.len() >= TOLD_PER_CONNECTION || !c.told.insert((doc_id, refusal)) {
-            return;
-        }
+        let Some(target_id) = self.first_telling(conn, doc_id, refusal) else { return };
         let message = match refusal {
             Refusal::ReadOnly => format!("read-only: your changes to {doc_id} are not accepted"),
             Refusal::Create => format!("creating document {doc_id} needs the create right"),
@@ -237,17 +238,11 @@ impl Engine {
         );
     }
 
-    /// A token was revoked: closes every connection that holds it (by
-    /// `token_id`), or every one of `subject` whose token was issued at or
-    /// before `at` (or says not when). Returns how many were closed.
-    pub fn revoke(&mut self, token_id: Option<&str>, subject: Option<(&str, u64)>) -> usize {
-        let hit = |a: &Access| {
-            let by_id = token_id.is_some_and(|t| !t.is_empty() && a.token_id == t);
-            let by_subject =
-                subject.is_some_and(|(s, at)| !a.relay && a.subject == s && a.issued_at.is_none_or(|i| i <= at));
-            by_id || by_subject
-        };
-        let doomed: Vec<ConnId> = self.conns.iter().filter(|(_, c)| hit(&c.access)).map(|(id, _)| *id).collect();
+    /// A token was revoked: closes every connection whose token
+    /// `covered` says it covers (see [`Access::revoked_by`]). Returns how
+    /// many were closed.
+    pub fn revoke(&mut self, covered: impl Fn(&Access) -> bool) -> usize {
+        let doomed: Vec<ConnId> = self.conns.iter().filter(|(_, c)| covered(&c.access)).map(|(id, _)| *id).collect();
         for conn in &doomed {
             self.reject(*conn, ErrorKind::TokenRevoked, "token revoked");
         }

@@ -88,6 +88,11 @@ pub(super) fn coalesce(pending: impl IntoIterator<Item = Pending>) -> Vec<Pendin
     out
 }
 
+/// The message with its changes taken out (heads, needs and haves stay).
+fn without_changes(message: sync::Message) -> sync::Message {
+    sync::Message { changes: Vec::<Vec<u8>>::new().into(), ..message }
+}
+
 /// The heads of a read-only peer as far as they are ours. Its own
 /// changes never reach us, so heads of its own would make automerge ask
 /// for them forever; dropped, and nothing left, they would read as a
@@ -164,7 +169,7 @@ impl Engine {
         };
         let read_only = !self.may_write(conn, &doc_id);
         if read_only && !message.changes.is_empty() {
-            message.changes = Vec::<Vec<u8>>::new().into();
+            message = without_changes(message);
             self.tell_refused(conn, doc_id, Refusal::ReadOnly);
         }
         self.subscribe(conn, doc_id);
@@ -271,7 +276,7 @@ impl Engine {
                 any_sync: false,
                 merged: 1,
                 read_only: true,
-                message: sync::Message { changes: Vec::<Vec<u8>>::new().into(), ..p.message.clone() },
+                message: without_changes(p.message.clone()),
             };
             let answered = d.peers.get(&p.conn).is_some_and(|pd| pd.told_unavailable);
             // A `sync` says it has the document: it would create it here.
