@@ -19,6 +19,12 @@ export interface ClientOptions {
   WebSocket?: unknown;
   /** An access token (a JWT from your backend, or `meridian-edge auth token`) for edges with auth on; sent as `?token=` on each edge URL. */
   token?: string;
+  /**
+   * Called before every connection attempt (the first, and each reconnect, e.g. after the edge closed an
+   * expired or revoked token); returns a token or a promise of one. Documents and offline edits are kept
+   * meanwhile. If it throws or rejects, the client retries with backoff. Takes precedence over `token`.
+   */
+  getToken?: () => string | Promise<string>;
 }
 
 /** A patch as @automerge/automerge produces them; text indexes are UTF-16 code units. */

@@ -30,6 +30,9 @@ struct Options {
     ws_ctor: JsValue,
     /// An access token, presented as `?token=` on every edge URL.
     token: Option<String>,
+    /// `getToken`: a function returning a token (or a promise of one),
+    /// called before every connection attempt.
+    get_token: Option<Function>,
 }
 
 impl Options {
@@ -61,6 +64,10 @@ impl Options {
             handshake_timeout_ms: get("handshakeTimeoutMs").as_f64().unwrap_or(10_000.0),
             ws_ctor,
             token: get("token").as_string().filter(|t| !t.is_empty()),
+            get_token: match get("getToken") {
+                v if v.is_undefined() || v.is_null() => None,
+                v => Some(v.dyn_into::<Function>().map_err(|_| JsError::new("`getToken` is a function"))?),
+            },
         })
     }
 }
@@ -115,6 +122,7 @@ impl Client {
             options.max_backoff_ms,
             options.handshake_timeout_ms,
             options.token,
+            options.get_token,
         );
         let shared: Shared = Rc::new_cyclic(|me| RefCell::new(Driver::new(Engine::new(config), idb, net, me.clone())));
         Self::start_background(&shared);

@@ -96,6 +96,11 @@ pub struct Net {
     /// The access token, added to the URL of every socket (never to the
     /// URLs the application sees).
     token: Option<String>,
+    /// The application's `getToken`: called before every connection
+    /// attempt (so an expired or revoked token is replaced on reconnect).
+    get_token: Option<js_sys::Function>,
+    /// A `getToken` call is under way.
+    token_pending: bool,
 }
 
 impl Net {
@@ -106,6 +111,7 @@ impl Net {
         max_backoff_ms: f64,
         handshake_timeout_ms: f64,
         token: Option<String>,
+        get_token: Option<js_sys::Function>,
     ) -> Self {
         let state = if urls.is_empty() { ConnectionState::Local } else { ConnectionState::Connecting };
         Self {
@@ -126,6 +132,8 @@ impl Net {
             paused: false,
             rtt_ms: BTreeMap::new(),
             token,
+            get_token,
+            token_pending: false,
         }
     }
 
@@ -213,6 +221,62 @@ impl Driver {
             return;
         }
         self.set_state(ConnectionState::Connecting);
+        if self.net.get_token.is_some() {
+            self.fetch_token();
+        } else {
+            self.open_sockets();
+        }
+    }
+
+    /// Asks the application's `getToken` for a token, then opens sockets
+    /// with it; a failure (a rejected promise, not a string) is retried with
+    /// backoff like a failed connection.
+    fn fetch_token(&mut self) {
+        let Some(get_token) = self.net.get_token.clone() else { return };
+        if self.net.token_pending {
+            return;
+        }
+        self.net.token_pending = true;
+        let me = self.me.clone();
+        let answer = get_token.call0(&JsValue::UNDEFINED);
+        wasm_bindgen_futures::spawn_local(async move {
+            // A string or a promise of one (or a throw).
+            let token = match answer {
+                Ok(v) => wasm_bindgen_futures::JsFuture::from(js_sys::Promise::resolve(&v)).await,
+                Err(e) => Err(e),
+            };
+            if let Some(shared) = me.upgrade() {
+                drive(&shared, |d| d.token_fetched(token));
+            }
+        });
+    }
+
+    fn token_fetched(&mut self, token: Result<JsValue, JsValue>) {
+        self.net.token_pending = false;
+        if self.closed || self.net.socket.is_some() || !self.net.attempts.is_empty() {
+            return;
+        }
+        match token.map(|t| t.as_string()) {
+            Ok(Some(t)) => {
+                self.net.token = Some(t).filter(|t| !t.is_empty());
+                self.open_sockets();
+            }
+            Ok(None) => {
+                crate::driver::warn("meridian: getToken must return (or resolve to) a string");
+                self.schedule_retry();
+            }
+            Err(e) => {
+                crate::driver::warn(&format!("meridian: getToken failed: {}", crate::store::describe(&e)));
+                self.schedule_retry();
+            }
+        }
+    }
+
+    fn open_sockets(&mut self) {
+        if !self.net.online || self.net.paused {
+            self.set_state(ConnectionState::Offline);
+            return;
+        }
         for url in self.net.urls.clone() {
             match self.open_socket(&url) {
                 Ok(s) => self.net.attempts.push(s),

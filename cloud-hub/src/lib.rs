@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use meridian_node::admin::{AdminGuard, Served};
 use meridian_node::auth::Keyring;
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
@@ -93,6 +94,13 @@ pub struct HubConfig {
     /// Public keys (PEM) tokens of clients at `/sync` (`serve_clients`)
     /// are checked against. Empty: open dev mode for them (loopback only).
     pub auth_public_keys: Vec<PathBuf>,
+    /// A fixed secret the operator routes (`/placement`, `/topology`,
+    /// `/api/auth/revoke`) accept as `Authorization: Bearer`; with
+    /// `auth_public_keys` they also take admin tokens, without either only
+    /// loopback requests (`meridian_node::admin`).
+    pub admin_token: Option<String>,
+    /// Serve the operator routes on this address only, not on `http`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl HubConfig {
@@ -114,6 +122,8 @@ impl HubConfig {
             placement: PlacementConfig::default(),
             placement_moves: false,
             auth_public_keys: Vec::new(),
+            admin_token: None,
+            admin_listen: None,
         }
     }
 
@@ -139,6 +149,15 @@ impl HubConfig {
             return Err(HubError::Config(format!(
                 "refusing open dev mode on the non-loopback address {}: configure edges with --edge ID=SECRET",
                 self.listen
+            )));
+        }
+        if let Some(a) = self
+            .admin_listen
+            .filter(|a| self.auth_public_keys.is_empty() && self.admin_token.is_none() && !a.ip().is_loopback())
+        {
+            return Err(HubError::Config(format!(
+                "--admin-listen {a} is not a loopback address, and without --auth-public-key or --admin-token \
+                 the operator routes answer loopback requests only"
             )));
         }
         if self.serve_clients && self.auth_public_keys.is_empty() && !self.http.ip().is_loopback() {
@@ -204,8 +223,9 @@ pub struct Hub {
     runtime: Option<NodeRuntime>,
     endpoint: quinn::Endpoint,
     accept: Option<AbortOnDrop<()>>,
-    http: Option<AbortOnDrop<()>>,
-    http_stop: Option<oneshot::Sender<()>>,
+    http: Option<Served>,
+    /// The operator routes' own listener (`admin_listen`).
+    admin: Option<Served>,
     placer: Option<AbortOnDrop<()>>,
     placement_metrics: Arc<PlacementMetrics>,
 }
@@ -280,10 +300,29 @@ impl Hub {
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/metrics", get(move || async move { m.render() }))
         };
-        let app = admin_routes(app, placer_tx, placement_metrics.clone());
-        let api = RevokeApi { revocations, keyring, events: runtime.events() };
-        let app = app.merge(Router::new().route("/api/auth/revoke", post(revocations::revoke)).with_state(api));
-        let (http_addr, http, http_stop) = serve_http(config.http, app).await?;
+        let app = with_placement_metrics(app, placement_metrics.clone());
+        let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
+        let ops = operator_routes(placer_tx, api);
+        let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
+        let ops = meridian_node::admin::protect(ops, guard);
+        let bind = |addr: SocketAddr| async move {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
+            Ok::<_, HubError>((addr, listener))
+        };
+        let (app, admin) = match config.admin_listen {
+            Some(a) => {
+                let (addr, listener) = bind(a).await?;
+                let served = meridian_node::admin::serve(listener, ops, "hub admin")
+                    .map_err(|source| HubError::Bind { addr, source })?;
+                (app, Some(served))
+            }
+            None => (app.merge(ops), None),
+        };
+        let (addr, listener) = bind(config.http).await?;
+        let http =
+            meridian_node::admin::serve(listener, app, "hub").map_err(|source| HubError::Bind { addr, source })?;
+        let http_addr = http.addr;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;
         Ok(Self {
@@ -295,7 +334,7 @@ impl Hub {
             endpoint,
             accept: Some(accept),
             http: Some(http),
-            http_stop: Some(http_stop),
+            admin,
             placer: Some(placer),
             placement_metrics,
         })
@@ -307,6 +346,11 @@ impl Hub {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Address of the operator routes' own listener (`admin_listen`), if set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The CA certificate edges should trust (`--hub-ca`).
@@ -331,38 +375,47 @@ impl Hub {
     pub async fn shutdown(mut self) {
         self.accept.take();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"hub shutting down");
-        if let Some(tx) = self.http_stop.take() {
-            let _ = tx.send(());
-        }
+        self.admin.take();
+        let http = self.http.take().map(|Served { task, stop, .. }| {
+            let _ = stop.send(());
+            task
+        });
         if let Some(r) = self.runtime.take() {
             r.shutdown().await;
         }
-        self.http.take();
+        drop(http);
         self.placer.take();
     }
 }
 
-/// `GET /placement` and `GET /topology` (JSON from the placement task), and
-/// the placement metrics appended to `/metrics`.
-fn admin_routes(app: Router, placer: mpsc::Sender<PlacerEvent>, metrics: Arc<PlacementMetrics>) -> Router {
+/// The operator routes: `GET /placement` and `GET /topology` (JSON from
+/// the placement task) and `POST /api/auth/revoke`; the caller puts them
+/// behind the admin guard. No CORS headers: a page of another origin cannot
+/// read which documents exist.
+fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi) -> Router {
     let query = |view: View| {
         let placer = placer.clone();
         move || async move {
             let (reply, answer) = oneshot::channel();
             let _ = placer.send(PlacerEvent::Query { view, reply }).await;
             match answer.await {
-                // Readable from any web page (the demo's "where it lives" panel).
-                Ok(v) => Ok(([(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], Json(v))),
+                Ok(v) => Ok(Json(v)),
                 Err(_) => Err((axum::http::StatusCode::SERVICE_UNAVAILABLE, "placement task stopped\n")),
             }
         }
     };
-    app.route("/placement", get(query(View::Placement))).route("/topology", get(query(View::Topology))).layer(
-        axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let metrics = metrics.clone();
-            async move { append_placement_metrics(req, next, &metrics).await }
-        }),
-    )
+    Router::new()
+        .route("/placement", get(query(View::Placement)))
+        .route("/topology", get(query(View::Topology)))
+        .merge(Router::new().route("/api/auth/revoke", post(revocations::revoke)).with_state(revoke))
+}
+
+/// `app` with the placement metrics appended to its `/metrics`.
+fn with_placement_metrics(app: Router, metrics: Arc<PlacementMetrics>) -> Router {
+    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let metrics = metrics.clone();
+        async move { append_placement_metrics(req, next, &metrics).await }
+    }))
 }
 
 /// `/metrics` comes from the node's router (`meridian_node::server`'s when
@@ -384,26 +437,6 @@ async fn append_placement_metrics(
     let mut parts = parts;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     axum::response::Response::from_parts(parts, axum::body::Body::from(text))
-}
-
-async fn serve_http(
-    addr: SocketAddr,
-    app: Router,
-) -> Result<(SocketAddr, AbortOnDrop<()>, oneshot::Sender<()>), HubError> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
-    let local = listener.local_addr().map_err(|source| HubError::Bind { addr, source })?;
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        // The peer address lets the revocation API keep to loopback callers.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
-            let _ = stop_rx.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "hub HTTP server failed");
-        }
-    });
-    Ok((local, AbortOnDrop(task), stop_tx))
 }
 
 /// Accepts edges; each connection is a task owned by the loop's `JoinSet`.

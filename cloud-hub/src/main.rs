@@ -41,7 +41,7 @@ enum HubAuthOp {
     /// (--sub; tokens minted later hold). The running hub stores it and tells
     /// every edge, which refuse the token and close live connections holding it.
     Revoke {
-        /// The hub's HTTP address (its --http).
+        /// The hub's operator address (its --admin-listen, else its --http).
         #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
         hub_http: String,
         /// The token's id (its `jti` claim).
@@ -50,7 +50,8 @@ enum HubAuthOp {
         /// The subject (`sub` claim) whose tokens are revoked.
         #[arg(long)]
         sub: Option<String>,
-        /// An admin token, needed when the hub is not on a loopback address.
+        /// An admin token (or the hub's --admin-token), needed when the hub runs
+        /// with --auth-public-key or --admin-token; otherwise loopback suffices.
         #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
@@ -63,23 +64,12 @@ async fn revoke(
     sub: Option<String>,
     admin: Option<String>,
 ) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = serde_json::json!({ "jti": jti, "sub": sub }).to_string();
-    let bearer = admin.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "POST /api/auth/revoke HTTP/1.1\r\nHost: {hub_http}\r\nContent-Type: application/json\r\n{bearer}\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(hub_http)
-        .await
-        .with_context(|| format!("connecting to the hub at {hub_http} (its --http address)"))?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).unwrap_or("?");
-    anyhow::ensure!(status == "200", "the hub answered {status}: {}", body.trim());
+    let (status, body) =
+        meridian_node::admin::request(hub_http, "POST", "/api/auth/revoke", admin.as_deref(), Some(&body))
+            .await
+            .with_context(|| format!("connecting to the hub at {hub_http} (its --admin-listen or --http address)"))?;
+    anyhow::ensure!(status == 200, "the hub answered {status}: {}", body.trim());
     Ok(body.trim().to_owned())
 }
 
@@ -88,7 +78,8 @@ struct ServeArgs {
     /// UDP address of the QUIC federation endpoint.
     #[arg(long, env = "MERIDIAN_HUB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
-    /// TCP address for /healthz, /metrics and the admin API (GET /placement, GET /topology).
+    /// TCP address for /healthz, /metrics and (without --admin-listen) the
+    /// operator routes GET /placement, GET /topology, POST /api/auth/revoke.
     #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
     http: SocketAddr,
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
@@ -120,6 +111,15 @@ struct ServeArgs {
     /// in open dev mode, on a loopback --http only.
     #[arg(long = "auth-public-key", env = "MERIDIAN_AUTH_PUBLIC_KEY", value_delimiter = ',', value_name = "FILE")]
     auth_public_keys: Vec<PathBuf>,
+    /// A fixed secret the operator routes accept as `Authorization: Bearer`.
+    /// With --auth-public-key they also take admin tokens (`auth token
+    /// --admin`); with neither they answer loopback requests only.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Serve the operator routes (/placement, /topology, /api/auth/revoke)
+    /// on this TCP address only, instead of on --http.
+    #[arg(long, env = "MERIDIAN_HUB_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Milliseconds between an edge's demand and RTT reports (told to each
     /// edge when it connects).
     #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
@@ -194,6 +194,8 @@ async fn main() -> anyhow::Result<()> {
     config.fsync = args.fsync;
     config.serve_clients = args.serve_clients;
     config.auth_public_keys = args.auth_public_keys;
+    config.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    config.admin_listen = args.admin_listen;
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
     config.placement_moves = args.placement_moves;
@@ -209,11 +211,8 @@ async fn main() -> anyhow::Result<()> {
     let hub = Hub::start(config).await.context("starting the hub")?;
     println!("meridian-hub listening: QUIC {} (ALPN meridian-fed/1), HTTP http://{}", hub.quic_addr(), hub.http_addr());
     let mode = if args.placement_moves { "moves on" } else { "advisory" };
-    println!(
-        "  placement ({mode}): http://{}/placement, topology: http://{}/topology",
-        hub.http_addr(),
-        hub.http_addr()
-    );
+    let ops = hub.admin_addr().unwrap_or(hub.http_addr());
+    println!("  placement ({mode}): http://{ops}/placement, topology: http://{ops}/topology (operator routes)");
     println!("  edges trust it with --hub-ca {} or --hub-fingerprint {}", hub.ca_path().display(), hub.fingerprint());
     if open {
         println!("  WARNING: open dev mode — any edge id is accepted without a secret (use --edge ID=SECRET)");

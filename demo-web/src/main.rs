@@ -6,6 +6,13 @@
 //!   is its own origin, so each has its own IndexedDB, like separate users.
 //!   The sites do not depend on the edges: with every edge stopped a page
 //!   still loads and shows its documents from IndexedDB.
+//! - The app's backend, with `--auth-key` (edges and hub run with auth on):
+//!   `GET /token` mints the page an editor's token (every document, may
+//!   create), `GET /token?read=DOC` a read-only token for one document (the
+//!   share panel's read-only links); the page fetches them through
+//!   `@meridian/client`'s `getToken`, again on every reconnect. `GET
+//!   /hub/placement` relays the hub's placement view (an operator route)
+//!   with an admin token the site mints for itself.
 //! - Simulated geography (`--link eu=127.0.0.1:7390=127.0.0.1:7400=40`): a
 //!   UDP fault proxy per region between that edge and the hub, and per pair
 //!   of edges (`--link eu-ap=...`), adding the one-way delay (each
@@ -19,12 +26,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use axum::Router;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
 use meridian_netsim::{Direction, FaultProxy};
+use meridian_node::auth::{self, Claims, SigningKey};
+
+/// How long a page's token lives (the page fetches another on reconnect).
+const TOKEN_TTL_SECS: u64 = 15 * 60;
 
 /// Serves the Meridian editor demo (one site per region) and the simulated
 /// inter-region latency between edges and the hub.
@@ -41,9 +52,19 @@ struct Cli {
     /// edge b (`--peer-route b=LISTEN` on edge a).
     #[arg(long = "link", value_parser = parse_link)]
     links: Vec<Link>,
-    /// The hub's HTTP address, shown in the pages (metrics, placement).
+    /// The hub's HTTP address, shown in the pages (metrics).
     #[arg(long, default_value = "127.0.0.1:7401")]
     hub_http: SocketAddr,
+    /// The hub's operator address (its --admin-listen), where the sites read
+    /// the placement view for the pages (default: --hub-http).
+    #[arg(long)]
+    hub_admin: Option<SocketAddr>,
+    /// Private key (PEM, from `meridian-edge auth keygen`) the sites mint
+    /// access tokens with, playing the app's backend; the edges and the hub
+    /// then run with its public key (--auth-public-key). Without it the pages
+    /// connect without tokens (edges in open dev mode).
+    #[arg(long, env = "MERIDIAN_DEMO_AUTH_KEY", value_name = "FILE")]
+    auth_key: Option<PathBuf>,
     /// Folder of the web app.
     #[arg(long, env = "MERIDIAN_DEMO_WEB", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/web"))]
     web: PathBuf,
@@ -94,6 +115,10 @@ struct SiteState {
     web: PathBuf,
     pkg: PathBuf,
     config: serde_json::Value,
+    region: String,
+    /// Mints the pages' tokens (and the site's admin token), with auth on.
+    key: Option<std::sync::Arc<SigningKey>>,
+    hub_admin: SocketAddr,
 }
 
 #[tokio::main]
@@ -112,6 +137,13 @@ async fn main() -> Result<()> {
         bail!("{} has no index.html (use --web to point at demo-web/web)", cli.web.display());
     }
 
+    let key = match &cli.auth_key {
+        Some(path) => {
+            Some(std::sync::Arc::new(SigningKey::load(path).with_context(|| format!("--auth-key {}", path.display()))?))
+        }
+        None => None,
+    };
+    let hub_admin = cli.hub_admin.unwrap_or(cli.hub_http);
     let mut proxies = Vec::new();
     for link in &cli.links {
         let proxy = FaultProxy::udp(link.listen, link.upstream)
@@ -139,10 +171,20 @@ async fn main() -> Result<()> {
             "hub": { "http": format!("http://{}", cli.hub_http) },
             "sites": sites,
             "linksMs": links,
+            "auth": key.is_some(),
         });
-        let state = SiteState { web: cli.web.clone(), pkg: cli.pkg.clone(), config };
+        let state = SiteState {
+            web: cli.web.clone(),
+            pkg: cli.pkg.clone(),
+            config,
+            region: site.region.clone(),
+            key: key.clone(),
+            hub_admin,
+        };
         let app = Router::new()
             .route("/config.json", get(config_json))
+            .route("/token", get(token))
+            .route("/hub/placement", get(hub_placement))
             .route("/pkg/{*file}", get(pkg_file))
             .route("/", get(index))
             .route("/{*file}", get(web_file))
@@ -177,6 +219,58 @@ async fn shutdown_signal() {
 
 async fn config_json(State(s): State<SiteState>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(s.config)).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TokenQuery {
+    /// A document id or `automerge:` URL: a read-only token for it alone.
+    read: Option<String>,
+}
+
+/// A token for the page: an editor's, or a viewer's of one document.
+async fn token(State(s): State<SiteState>, Query(q): Query<TokenQuery>) -> Response {
+    let Some(key) = &s.key else {
+        return (StatusCode::NOT_FOUND, "this demo runs without auth (no --auth-key): connect without a token\n")
+            .into_response();
+    };
+    let now = auth::unix_now();
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let mut claims = Claims { exp: now + TOKEN_TTL_SECS, iat: Some(now), jti: nonce.clone(), ..Claims::default() };
+    match q.read.as_deref() {
+        Some(doc) => {
+            let Some(id) = auth::parse_doc(doc) else {
+                return (StatusCode::BAD_REQUEST, "`read` is not a document id or automerge: URL\n").into_response();
+            };
+            claims.sub = format!("{}-viewer-{nonce}", s.region);
+            claims.read = vec![id.to_string()];
+        }
+        None => {
+            claims.sub = format!("{}-editor-{nonce}", s.region);
+            claims.write = vec!["*".into()];
+            claims.create = true;
+        }
+    }
+    let body = serde_json::json!({ "token": key.mint(&claims), "readOnly": q.read.is_some(), "expiresAt": claims.exp });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The hub's `GET /placement`, an operator route: the site asks with an
+/// admin token of its own (with auth on) and hands the page the answer.
+async fn hub_placement(State(s): State<SiteState>) -> Response {
+    let admin = s.key.as_ref().map(|k| {
+        let exp = auth::unix_now() + 60;
+        k.mint(&Claims { sub: format!("demo-site-{}", s.region), exp, admin: true, ..Claims::default() })
+    });
+    let addr = s.hub_admin.to_string();
+    match meridian_node::admin::request(&addr, "GET", "/placement", admin.as_deref(), None).await {
+        Ok((200, body)) => {
+            ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+        }
+        Ok((status, body)) => {
+            (StatusCode::BAD_GATEWAY, format!("the hub answered {status}: {}\n", body.trim())).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("cannot reach the hub at {addr}: {e}\n")).into_response(),
+    }
 }
 
 async fn index(State(s): State<SiteState>) -> Response {

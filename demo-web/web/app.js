@@ -26,7 +26,23 @@ const me = store("me", null) ?? {
 };
 save("me", me);
 
-const client = await Client.open({ urls: [config.edge.ws], dbName: "meridian-demo" });
+const docInHash = () => location.hash.match(/automerge:[1-9A-HJ-NP-Za-km-z]+/)?.[0] ?? null;
+/** A read-only link (`?readonly#automerge:…`): this page may only watch that one document. */
+const readOnly = new URLSearchParams(location.search).has("readonly");
+const viewed = readOnly ? docInHash() : null;
+/** With auth on, the site plays the app's backend: it mints this page's token (again on every reconnect). */
+async function getToken() {
+  const r = await fetch(viewed ? `/token?read=${encodeURIComponent(viewed)}` : "/token", { cache: "no-store" });
+  if (!r.ok) throw new Error(`the site gave no token (${r.status}): ${await r.text()}`);
+  return (await r.json()).token;
+}
+const client = await Client.open({
+  urls: [config.edge.ws],
+  // A viewer keeps nothing on this device.
+  dbName: readOnly ? null : "meridian-demo",
+  ...(config.auth ? { getToken } : {}),
+});
+document.body.classList.toggle("read-only", readOnly);
 
 /** Everything about the open document; replaced by `openDoc`. */
 let current = null;
@@ -127,19 +143,20 @@ async function openDoc(url) {
     setBanner(`Could not open ${url}: ${e.message}`);
     return;
   }
-  setBanner(null);
+  setBanner(readOnly ? "Read-only link: you see every change live, and cannot edit." : null);
   // A document made elsewhere (another app, the CLI) gets the editor's fields.
   const fields = doc.value();
   for (const [field, initial] of [["title", "Untitled"], ["text", ""]]) {
-    if (typeof fields[field] !== "string") doc.put(field, initial);
+    if (!readOnly && typeof fields[field] !== "string") doc.put(field, initial);
   }
   const c = { doc, edits: 0, saved: 0, synced: 0, previewing: null, cleanup: [] };
   current = c;
   c.text = new TextBinding($("editor"), $("mirror"), doc, "text", {
     onLocalEdit: () => edited(c),
     onRemoteEdit: (text) => document.dispatchEvent(new CustomEvent("meridian:text", { detail: { text, at: Date.now() } })),
+    locked: readOnly,
   });
-  c.title = new TextBinding($("title"), null, doc, "title", { onLocalEdit: () => edited(c) });
+  c.title = new TextBinding($("title"), null, doc, "title", { onLocalEdit: () => edited(c), locked: readOnly });
   c.cleanup.push(() => c.text.destroy(), () => c.title.destroy());
   c.cleanup.push(doc.subscribe(() => changed(c)));
   c.cleanup.push(doc.onEphemeral((e) => presence(e)));
@@ -148,7 +165,7 @@ async function openDoc(url) {
     expirePeers();
   }, PRESENCE_EVERY_MS);
   c.cleanup.push(() => clearInterval(tick));
-  remember(doc);
+  if (!readOnly) remember(doc);
   renderAll();
   sendPresence();
   $("editor").focus();
@@ -191,8 +208,9 @@ window.addEventListener("hashchange", () => route());
 window.addEventListener("beforeunload", () => current?.doc.broadcast({ kind: "leave", peer: client.peerId }));
 
 async function route() {
-  const m = location.hash.match(/automerge:[1-9A-HJ-NP-Za-km-z]+/);
-  if (m) return openDoc(m[0]);
+  const linked = docInHash();
+  if (linked) return openDoc(linked);
+  if (readOnly) return setBanner("This read-only link names no document (it ends with #automerge:…).");
   const recent = docList()[0];
   if (recent) {
     location.replace(`#${recent.url}`);
@@ -324,6 +342,7 @@ function renderConnection() {
 function renderSaveState() {
   const el = $("save-state");
   if (!current) return void (el.textContent = "");
+  if (readOnly) return void ((el.textContent = "Read-only"), (el.className = "save-state"));
   const c = current;
   const offline = client.connectionState !== "connected";
   let text, cls;
@@ -341,7 +360,8 @@ function renderSaveState() {
 async function pollPlacement() {
   if (!current || $("offline-switch").checked) return;
   try {
-    const r = await fetch(`${config.hub.http}/placement`, { cache: "no-store" });
+    // An operator route of the hub: the site relays it (with its admin token).
+    const r = await fetch("/hub/placement", { cache: "no-store" });
     const all = await r.json();
     const mine = (m) => m.doc === current.doc.documentId;
     info.placement = {
@@ -417,21 +437,26 @@ function renderPlacement() {
 function renderShare() {
   const ul = $("share");
   if (!current) return ul.replaceChildren();
+  const item = (region, kind, link) => {
+    const li = document.createElement("li");
+    li.innerHTML = `<span class="node"></span><a target="_blank" rel="noopener"></a><button>Copy</button>`;
+    li.dataset.kind = kind;
+    li.querySelector(".node").textContent = `${region} · ${kind}`;
+    li.querySelector("a").href = link;
+    li.querySelector("a").textContent = link;
+    li.querySelector("button").onclick = () =>
+      navigator.clipboard.writeText(link).then(
+        () => toast("Link copied"),
+        () => toast(link),
+      );
+    return li;
+  };
+  // Editors get both links; a viewer can pass on only what it has.
   ul.replaceChildren(
-    ...config.sites.map((s) => {
-      const li = document.createElement("li");
-      const link = `${s.url}#${current.doc.url}`;
-      li.innerHTML = `<span class="node"></span><a target="_blank" rel="noopener"></a><button>Copy</button>`;
-      li.querySelector(".node").textContent = s.region;
-      li.querySelector("a").href = link;
-      li.querySelector("a").textContent = link;
-      li.querySelector("button").onclick = () =>
-        navigator.clipboard.writeText(link).then(
-          () => toast("Link copied"),
-          () => toast(link),
-        );
-      return li;
-    }),
+    ...config.sites.flatMap((s) => [
+      ...(readOnly ? [] : [item(s.region, "edit", `${s.url}#${current.doc.url}`)]),
+      item(s.region, "read-only", `${s.url}?readonly#${current.doc.url}`),
+    ]),
   );
 }
 
@@ -551,7 +576,7 @@ function renderAll() {
 }
 
 // For the end-to-end tests (and the curious, in the console).
-window.meridianDemo = { client, config, get doc() { return current?.doc; } };
+window.meridianDemo = { client, config, readOnly, get doc() { return current?.doc; } };
 renderAll();
 pollInfo();
 await route();

@@ -49,15 +49,18 @@ export class TextBinding {
    * @param {HTMLElement | null} mirror the layer behind the textarea for remote cursors
    * @param {import('/pkg/index.js').Doc} doc
    * @param {string} field the text field of the document root
+   * @param {{ locked?: boolean }} options `locked`: never editable (a read-only link)
    */
-  constructor(textarea, mirror, doc, field, { onLocalEdit, onRemoteEdit } = {}) {
+  constructor(textarea, mirror, doc, field, { onLocalEdit, onRemoteEdit, locked = false } = {}) {
     this.ta = textarea;
     this.mirror = mirror;
     this.doc = doc;
     this.field = field;
     this.onLocalEdit = onLocalEdit ?? (() => {});
     this.onRemoteEdit = onRemoteEdit ?? (() => {});
+    this.locked = locked;
     this.readOnly = false;
+    this.ta.readOnly = locked;
     this.composing = false;
     this.remoteCursors = new Map(); // peer -> { name, color, anchor, head } (automerge cursors)
     this.text = this.currentText();
@@ -83,6 +86,7 @@ export class TextBinding {
   }
 
   destroy() {
+    this.ta.readOnly = false;
     this.unsubscribe();
     this.resizeObserver.disconnect();
     this.listeners.forEach((off) => off());
@@ -96,7 +100,7 @@ export class TextBinding {
   /** Shows an earlier version (read-only) instead of the live text, or the live text again with `null`. */
   showVersion(text) {
     this.readOnly = text !== null;
-    this.ta.readOnly = this.readOnly;
+    this.ta.readOnly = this.readOnly || this.locked;
     this.ta.classList.toggle("preview", this.readOnly);
     if (this.readOnly) {
       this.ta.value = text;
@@ -109,7 +113,7 @@ export class TextBinding {
   }
 
   localInput() {
-    if (this.readOnly) return;
+    if (this.readOnly || this.locked) return;
     const next = this.ta.value;
     if (next === this.text) return;
     const edit = spliceBetween(this.text, next);

@@ -14,31 +14,20 @@
 //! every replica like any edit (its client presents the edge's internal
 //! token, so it works with auth on).
 //!
-//! Who may call it (`Authorization: Bearer …`):
-//! - with `--admin-token SECRET`: that secret;
-//! - with auth on (`--auth-public-key`): an access token with the admin
-//!   right (`meridian-edge auth token --admin`);
-//! - otherwise (open dev mode): requests from a loopback address (the
-//!   socket's, never a header's) naming a local host (`localhost` or an IP:
-//!   a rebound DNS name is refused).
-//!
-//! Requests that change something (`POST`) from a web page of another
-//! origin are refused (a cross-site form could otherwise roll a document
-//! back), and a refused token costs a quarter of a second.
+//! Who may call it: see `meridian_node::admin` (an admin token with auth
+//! on, `--admin-token`, or loopback in open dev mode; no cross-site
+//! `POST`). With `--admin-listen` it is served only on that listener.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use meridian_node::auth::{self, Keyring};
-use meridian_node::quic::same_secret;
-use meridian_node::server::{bearer, cross_site, local_host};
+use meridian_node::admin::Failure;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -53,107 +42,24 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 struct Admin {
     /// This edge's own WebSocket URL (loopback).
     url: String,
-    token: Option<Arc<str>>,
-    /// With auth on: admin tokens are checked against it.
-    keyring: Option<Arc<Keyring>>,
     /// What the API's own client presents to this edge.
     internal_token: Arc<str>,
     client: Arc<OnceCell<Client>>,
 }
 
-/// A refused admin token costs this much (guessing is slow).
-const REFUSAL_DELAY: Duration = Duration::from_millis(250);
-
-/// Who may call the admin API (see the module docs).
-#[derive(Clone, Debug)]
-pub struct AdminAuth {
-    /// `--admin-token`.
-    pub token: Option<String>,
-    /// With auth on, tokens with the admin right are accepted.
-    pub keyring: Option<Arc<Keyring>>,
-    /// The edge's internal token, for the API's own client.
-    pub internal_token: Arc<str>,
-}
-
 /// The admin routes, for the edge listening on `addr`.
-pub fn router(addr: SocketAddr, auth: AdminAuth) -> Router {
+/// Its client presents `internal_token` to this edge's WebSocket
+/// endpoint at `addr`; callers are checked by the layer the node puts
+/// over every operator route (`meridian_node::admin::protect`).
+pub fn router(addr: SocketAddr, internal_token: Arc<str>) -> Router {
     let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    let admin = Admin {
-        url: format!("ws://{host}/sync"),
-        token: auth.token.map(Arc::from),
-        keyring: auth.keyring,
-        internal_token: auth.internal_token,
-        client: Arc::default(),
-    };
+    let admin = Admin { url: format!("ws://{host}/sync"), internal_token, client: Arc::default() };
     Router::new()
         .route("/api/docs/{doc}", get(value))
         .route("/api/docs/{doc}/history", get(history))
         .route("/api/docs/{doc}/rollback", post(rollback))
         .route("/api/docs/{doc}/export", get(export))
-        .layer(axum::middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin)
-}
-
-async fn authorize(State(admin): State<Admin>, request: Request, next: Next) -> Response {
-    match admin.check(&request) {
-        Ok(()) => next.run(request).await,
-        Err(Failure(status, why)) => {
-            if status == StatusCode::UNAUTHORIZED {
-                tokio::time::sleep(REFUSAL_DELAY).await;
-            }
-            Failure(status, why).into_response()
-        }
-    }
-}
-
-impl Admin {
-    fn check(&self, request: &Request) -> Result<(), Failure> {
-        let headers = request.headers();
-        if !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD) && cross_site(headers) {
-            return Err(Failure(
-                StatusCode::FORBIDDEN,
-                "cross-site request refused (its Origin is not this host)".into(),
-            ));
-        }
-        let given = bearer(headers).unwrap_or_default();
-        if let Some(token) = &self.token {
-            if same_secret(given.as_bytes(), token.as_bytes()) {
-                return Ok(());
-            }
-            if self.keyring.is_none() {
-                let why = "send `Authorization: Bearer <the edge's --admin-token>`";
-                return Err(Failure(StatusCode::UNAUTHORIZED, why.into()));
-            }
-        }
-        if let Some(keyring) = &self.keyring {
-            return match keyring.verify(given, auth::unix_now()) {
-                Ok(grant) if grant.admin => Ok(()),
-                Ok(_) => Err(Failure(StatusCode::FORBIDDEN, "this token has no admin right".into())),
-                Err(reason) => Err(Failure(
-                    StatusCode::UNAUTHORIZED,
-                    format!("admin token refused ({reason}): mint one with `meridian-edge auth token --admin`"),
-                )),
-            };
-        }
-        let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
-        if !loopback {
-            let why = "the admin API answers only loopback requests unless the edge runs with auth or --admin-token";
-            return Err(Failure(StatusCode::UNAUTHORIZED, why.into()));
-        }
-        if !local_host(headers) {
-            return Err(Failure(StatusCode::FORBIDDEN, "the Host must be localhost or an IP address".into()));
-        }
-        Ok(())
-    }
-}
-
-/// An error answer: status and a one-line explanation.
-struct Failure(StatusCode, String);
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
-    }
 }
 
 fn bad_request(e: impl ToString) -> Failure {

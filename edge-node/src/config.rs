@@ -51,9 +51,11 @@ pub struct EdgeConfig {
     /// Memory budget: at most this many documents in memory (0: no limit;
     /// idle eviction applies either way).
     pub memory_budget_docs: usize,
-    /// Token the admin API (`/api/docs/…`) requires as `Authorization:
-    /// Bearer`; without one it answers loopback requests only.
+    /// A fixed secret the operator routes (`/api/docs/…`, `/homes`) accept
+    /// as `Authorization: Bearer` (see `meridian_node::admin` for the rule).
     pub admin_token: Option<String>,
+    /// Serve the operator routes on this address only, not beside `/sync`.
+    pub admin_listen: Option<SocketAddr>,
     /// Disk budget: bytes of document data kept locally (0: no limit). Past
     /// it, the least recently written documents the hub holds in full and
     /// no client here uses are dropped; opening one later fetches it again
@@ -89,6 +91,7 @@ impl EdgeConfig {
             peer_routes: std::collections::BTreeMap::new(),
             memory_budget_docs: 0,
             admin_token: None,
+            admin_listen: None,
             disk_budget_bytes: 0,
             auth_public_keys: Vec::new(),
             max_connections: 10_000,
@@ -145,7 +148,11 @@ impl EdgeConfig {
             return Err(ConfigError::Invalid("intervals must be positive".into()));
         }
         if self.auth_public_keys.is_empty() {
-            for (flag, addr) in [("--listen", Some(self.listen)), ("--quic-listen", self.quic_listen)] {
+            // (The operator routes take --admin-token from anywhere.)
+            let admin = self.admin_listen.filter(|_| self.admin_token.is_none());
+            for (flag, addr) in
+                [("--listen", Some(self.listen)), ("--quic-listen", self.quic_listen), ("--admin-listen", admin)]
+            {
                 if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
                     return Err(ConfigError::Invalid(format!(
                         "{flag} {addr} is not a loopback address, and without --auth-public-key anyone could read \

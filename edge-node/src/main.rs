@@ -186,10 +186,16 @@ struct ServeArgs {
     /// ID=ADDR (repeatable; env: comma-separated). For NAT or latency proxies.
     #[arg(long = "peer-route", env = "MERIDIAN_PEER_ROUTES", value_delimiter = ',')]
     peer_routes: Vec<String>,
-    /// Token for the admin API (/api/docs/{doc}, /history, /rollback, /export) as
-    /// `Authorization: Bearer TOKEN`. Without it the API answers loopback requests only.
-    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN")]
+    /// A fixed secret for the operator routes (the admin API /api/docs/{doc},
+    /// /history, /rollback, /export, and /homes) as `Authorization: Bearer
+    /// TOKEN`. With --auth-public-key they also take access tokens with the
+    /// admin right; in open dev mode without it, loopback requests only.
+    #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Serve the operator routes (admin API, /homes) on this TCP address
+    /// only, instead of beside /sync on --listen (e.g. a private interface).
+    #[arg(long, env = "MERIDIAN_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Public key (PEM, from `meridian-edge auth keygen`) that clients' tokens
     /// must be signed with; repeat it (env: comma-separated) to accept several
     /// during a key rotation. Without it the edge runs in open dev mode: every
@@ -274,6 +280,7 @@ async fn main() -> anyhow::Result<()> {
     config.peer_advertise = args.peer_advertise;
     config.memory_budget_docs = args.memory_budget_docs;
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());
+    config.admin_listen = args.admin_listen;
     config.auth_public_keys = args.auth_public_keys;
     config.max_connections = args.max_connections;
     config.max_connections_per_address = args.max_connections_per_address;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use meridian_node::admin::{AdminGuard, Served};
 use meridian_node::auth::{Keyring, Verifier};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
@@ -14,8 +15,7 @@ use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 
 use crate::config::EdgeConfig;
 use crate::error::EdgeError;
@@ -29,8 +29,9 @@ pub struct EdgeNode {
     addr: SocketAddr,
     metrics: Arc<NodeMetrics>,
     runtime: Option<NodeRuntime>,
-    http_stop: Option<oneshot::Sender<()>>,
-    http_task: Option<JoinHandle<()>>,
+    http: Option<Served>,
+    /// The operator routes' own listener (`--admin-listen`).
+    admin: Option<Served>,
     uplink: Option<AbortOnDrop<()>>,
     quic_addr: Option<SocketAddr>,
     devices: Option<AbortOnDrop<()>>,
@@ -180,6 +181,12 @@ impl EdgeNode {
             .await
             .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
         let addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
+        let admin_listener = match config.admin_listen {
+            Some(a) => {
+                Some(tokio::net::TcpListener::bind(a).await.map_err(|source| EdgeError::Bind { addr: a, source })?)
+            }
+            None => None,
+        };
 
         let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
@@ -224,26 +231,26 @@ impl EdgeNode {
                 auth: if verifier.is_some() { "tokens" } else { "open" },
             },
         ));
-        let admin = crate::admin::AdminAuth {
-            token: config.admin_token.clone(),
-            keyring: verifier.clone(),
-            internal_token: internal_token.clone(),
-        };
-        app = app.merge(crate::admin::router(addr, admin));
+        // Operator routes: behind one guard, on their own listener with
+        // --admin-listen, else beside /sync.
+        let mut ops = crate::admin::router(addr, internal_token.clone());
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
-            app = app.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
+            ops = ops.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }
-        let (http_stop, stopped) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(async move {
-            // The peer address lets the admin API keep to loopback callers.
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(async {
-                let _ = stopped.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
+        let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring: verifier.clone() };
+        let ops = meridian_node::admin::protect(ops, guard);
+        let admin = match admin_listener {
+            Some(listener) => Some(
+                meridian_node::admin::serve(listener, ops, "admin")
+                    .map_err(|source| EdgeError::Bind { addr: config.admin_listen.unwrap_or(config.listen), source })?,
+            ),
+            None => {
+                app = app.merge(ops);
+                None
             }
-        });
+        };
+        let http = meridian_node::admin::serve(listener, app, "edge")
+            .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
             tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
@@ -264,14 +271,15 @@ impl EdgeNode {
             }
             None => (None, None),
         };
-        tracing::info!(%addr, ?quic_addr, data = %config.data_dir.display(), "edge listening");
+        let admin_addr = admin.as_ref().map(|a| a.addr);
+        tracing::info!(%addr, ?quic_addr, ?admin_addr, data = %config.data_dir.display(), "edge listening");
         Ok(Self {
             addr,
             metrics,
             quic_addr,
             runtime: Some(runtime),
-            http_stop: Some(http_stop),
-            http_task: Some(http_task),
+            http: Some(http),
+            admin,
             uplink,
             devices,
             peer_addr,
@@ -286,6 +294,11 @@ impl EdgeNode {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Address of the operator routes' own listener (`--admin-listen`), if set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The automerge-repo WebSocket URL of this edge.
@@ -313,22 +326,16 @@ impl EdgeNode {
         self.uplink.take();
         self.devices.take();
         self.peers.clear();
-        if let Some(tx) = self.http_stop.take() {
-            let _ = tx.send(());
-        }
+        self.admin.take();
+        let http = self.http.take().map(|Served { task, stop, .. }| {
+            let _ = stop.send(());
+            task
+        });
         if let Some(r) = self.runtime.take() {
             r.shutdown().await;
         }
-        if let Some(t) = self.http_task.take() {
-            let _ = t.await;
-        }
-    }
-}
-
-impl Drop for EdgeNode {
-    fn drop(&mut self) {
-        if let Some(t) = self.http_task.take() {
-            t.abort();
+        if let Some(mut t) = http {
+            let _ = (&mut t.0).await;
         }
     }
 }

@@ -28,7 +28,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use meridian_node::quic::{self, EndpointError, FrameIoError, HubTrust};
@@ -126,7 +125,7 @@ pub fn router(dir: Arc<PeerDirectory>, edge_id: String) -> Router {
 }
 
 async fn homes(State((dir, edge_id)): State<(Arc<PeerDirectory>, Arc<String>)>) -> impl IntoResponse {
-    ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], axum::Json(dir.json(&edge_id)))
+    axum::Json(dir.json(&edge_id))
 }
 
 /// What the peer actor reacts to.

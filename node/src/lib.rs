@@ -16,6 +16,8 @@
 //!   from the runtime.
 //! - [`server`]: the automerge-repo WebSocket endpoint and `/healthz`,
 //!   `/metrics`; one task per socket.
+//! - [`admin`]: who may call operator endpoints ([`admin::protect`]), and
+//!   serving a router on a listener ([`admin::serve`]).
 //! - [`metrics`]: [`metrics::NodeMetrics`], with documented names.
 //! - [`task`]: [`task::AbortOnDrop`], the owner of every spawned task.
 //! - [`shutdown`]: the signal the binaries wait for.
@@ -59,6 +61,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod auth;
 pub mod metrics;
 pub mod quic;

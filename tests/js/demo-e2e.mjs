@@ -15,7 +15,9 @@
 //   4. A and B type concurrently (with emoji); both end with identical text.
 //   5. B goes offline with the switch; both edit; B comes back; the edits merge.
 //   6. A restores the first version from the history panel; B shows it.
-//   7. No console errors so far. Then the script prints {"step":"stop-edges"}
+//   7. No console errors so far. A read-only link from the share panel, on
+//      us: the viewer sees A's typing live and cannot type; an edit forced
+//      through its client API reaches no one. Then the script prints {"step":"stop-edges"}
 //      and waits for a line on stdin (the Rust test stops every edge); A
 //      reloads and still shows the document, from IndexedDB.
 // Each step saves a screenshot in DIR. Prints {"ok":true, ...figures} last.
@@ -197,8 +199,25 @@ try {
   await shot(b, "6-restored-b.png")
   out({ step: "restored" })
 
-  // 7. No console errors in normal operation; then every edge stops.
+  // 7. No console errors in normal operation.
   if (consoleErrors.length) throw new Error(`console errors: ${JSON.stringify(consoleErrors)}`)
+  // A read-only link (the site mints the page a viewer's token for this document).
+  const roLink = await a.$$eval('#share li[data-kind="read-only"] a', (links, us) => links.map((l) => l.href).find((h) => h.startsWith(us)), opts.us)
+  if (!roLink?.includes("?readonly#automerge:")) throw new Error(`no read-only link for us in the share panel: ${roLink}`)
+  const v = await openPage("V(us, read-only)", roLink)
+  await converge([a, v], [], "the viewer opens the document")
+  if (!(await v.$eval("#editor", (t) => t.readOnly))) throw new Error("the viewer's editor is editable")
+  if ((await v.$$('#share li[data-kind="edit"]')).length) throw new Error("a viewer is offered edit links")
+  await caretToEnd(a)
+  await a.keyboard.type(" [seen by the viewer]")
+  await converge([a, b, c, v], ["[seen by the viewer]"], "live to the viewer")
+  await v.evaluate(() => window.meridianDemo.doc.change((d) => d.splice("text", 0, 0, "[forged] ")))
+  await new Promise((r) => setTimeout(r, 1500))
+  for (const p of [a, b, c]) if ((await text(p)).includes("[forged]")) throw new Error(`a read-only page's edit reached ${p.name}`)
+  await shot(v, "6b-read-only-viewer.png")
+  await v.context().close()
+  out({ step: "read-only", link: roLink })
+  // Then every edge stops.
   const finalText = await text(a)
   out({ step: "stop-edges" })
   await nextLine()

@@ -153,3 +153,83 @@ fn with_auth_on_the_admin_api_wants_an_admin_token() -> Result<()> {
     assert_eq!(ok.json()?, json!({"a": 1}));
     Ok(())
 }
+
+/// `--admin-listen`: the operator routes leave the client listener (404
+/// there) for their own, on the edge and on the hub.
+#[test]
+fn admin_listen_moves_the_operator_routes_to_their_own_listener() -> Result<()> {
+    use meridian_tests::process::{HubProcess, free_udp_port};
+    let dir = tempfile::tempdir()?;
+    let (port, admin) = (free_port()?, free_port()?);
+    let edge = EdgeProcess::start(&dir.path().join("edge"), port, &["--admin-listen", &format!("127.0.0.1:{admin}")])?;
+    let url = cli(&edge.ws_url(), &["create", r#"{"a":1}"#])?;
+    let path = format!("/api/docs/{url}");
+    assert_eq!(request(port, "GET", &path, &[])?.status, 404, "not beside /sync any more");
+    let ok = request(admin, "GET", &path, &[])?;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()?, json!({"a": 1}));
+    assert_eq!(request(port, "GET", "/healthz", &[])?.status, 200);
+
+    let (quic, http, hub_admin) = (free_udp_port()?, free_port()?, free_port()?);
+    let _hub =
+        HubProcess::start(&dir.path().join("hub"), quic, http, &["--admin-listen", &format!("127.0.0.1:{hub_admin}")])?;
+    for view in ["/placement", "/topology"] {
+        assert_eq!(request(http, "GET", view, &[])?.status, 404, "{view} left --http");
+        assert_eq!(request(hub_admin, "GET", view, &[])?.status, 200, "{view} on --admin-listen");
+    }
+    assert_eq!(request(http, "GET", "/metrics", &[])?.status, 200);
+    Ok(())
+}
+
+/// The hub's views list document ids: with auth on they want an admin
+/// token (loopback is not enough), and no page of another origin may read
+/// them (no CORS header). Revoking wants one too.
+#[test]
+fn with_auth_on_the_hub_views_and_revocation_want_an_admin_token() -> Result<()> {
+    use meridian_node::auth::{self, Claims};
+    use meridian_tests::process::{HubProcess, free_udp_port, workspace_binary};
+    let dir = tempfile::tempdir()?;
+    let key = auth::keygen(&dir.path().join("keys"))?;
+    let public = dir.path().join("keys/auth-public.pem");
+    let (quic, http) = (free_udp_port()?, free_port()?);
+    let _hub = HubProcess::start(
+        &dir.path().join("hub"),
+        quic,
+        http,
+        &["--auth-public-key", public.to_str().context("path")?],
+    )?;
+    let mint = |admin: bool| {
+        key.mint(&Claims {
+            sub: "ops".into(),
+            exp: auth::unix_now() + 600,
+            read: vec!["*".into()],
+            admin,
+            ..Default::default()
+        })
+    };
+    let bearer = |t: &str| format!("Bearer {t}");
+    let (reader, admin) = (bearer(&mint(false)), bearer(&mint(true)));
+    for view in ["/placement", "/topology"] {
+        let none = request(http, "GET", view, &[("Origin", "http://evil.example")])?;
+        assert_eq!(none.status, 401, "{view}: {}", none.text());
+        assert!(none.text().contains("admin token refused"), "{}", none.text());
+        assert_eq!(request(http, "GET", view, &[("Authorization", &reader)])?.status, 403, "{view}");
+        let ok = request(http, "GET", view, &[("Authorization", &admin), ("Origin", "http://evil.example")])?;
+        assert_eq!(ok.status, 200, "{view}: {}", ok.text());
+        assert_eq!(ok.header("access-control-allow-origin"), None, "{view} is readable by no other origin");
+    }
+    let revoke = |extra: &[&str]| {
+        std::process::Command::new(workspace_binary("meridian-hub")?)
+            .args(["auth", "revoke", "--hub-http", &format!("127.0.0.1:{http}"), "--jti", "t-1"])
+            .args(extra)
+            .output()
+            .context("meridian-hub auth revoke")
+    };
+    let refused = revoke(&[])?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let admin_token = mint(true);
+    let done = revoke(&["--admin-token", &admin_token])?;
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    Ok(())
+}

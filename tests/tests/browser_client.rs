@@ -169,6 +169,44 @@ async fn meridian_package_presents_its_token_to_an_edge_with_auth_on() -> Result
     Ok(())
 }
 
+/// `getToken`: tokens that live two seconds; the edge closes each at its
+/// expiry, the client fetches a new one and reconnects, and every edit it
+/// made meanwhile reaches the edge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_package_fetches_a_new_token_when_one_expires() -> Result<()> {
+    use meridian_node::auth;
+    require_pkg()?;
+    let dir = tempfile::tempdir()?;
+    let key = auth::keygen(&dir.path().join("keys"))?;
+    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
+    config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
+    let edge = EdgeNode::start(config).await?;
+    let (url, private) = (edge.ws_url(), dir.path().join("keys/auth-private.pem"));
+    let args = ["--url", &url, "--key", &private.to_string_lossy(), "--ttl", "2"].map(str::to_owned);
+    let lines =
+        tokio::task::spawn_blocking(move || run_script("meridian-gettoken.mjs", &args.each_ref().map(String::as_str)))
+            .await??;
+    let done = lines.iter().find(|l| l["step"] == "done").context("no done line")?;
+    assert!(done["calls"].as_u64() >= Some(3), "{done}");
+    assert!(edge.metrics().errors_of(meridian_protocol::engine::ErrorKind::TokenExpired) >= 2, "closed at expiry");
+    // Every edit is at the edge: a reader with a full token sees the last.
+    let doc: meridian_protocol::ids::AutomergeUrl = done["url"].as_str().context("no url")?.parse()?;
+    let token = key.mint(&auth::Claims {
+        sub: "reader".into(),
+        exp: auth::unix_now() + 600,
+        read: vec!["*".into()],
+        ..Default::default()
+    });
+    let reader =
+        Client::connect(&edge.ws_url(), ClientOptions { token: Some(token), ..ClientOptions::default() }).await?;
+    tokio::time::timeout(Duration::from_secs(20), reader.find(doc.document_id)).await??;
+    let n =
+        reader.read(doc.document_id, |d| d.get(ROOT, "n").ok().flatten().map(|(v, _)| v.to_string())).await.flatten();
+    assert_eq!(n, Some(done["n"].to_string()));
+    edge.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meridian_package_picks_an_edge_and_fails_over() -> Result<()> {
     require_pkg()?;

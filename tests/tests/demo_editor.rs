@@ -57,6 +57,10 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
         bail!("{} is missing: run `cargo xtask build-js` (or `cargo xtask test`) first", pkg.display());
     }
     let dir = tempfile::tempdir()?;
+    // Auth on, as `cargo xtask demo` runs it: the sites mint the pages' tokens.
+    meridian_node::auth::keygen(&dir.path().join("auth"))?;
+    let public = dir.path().join("auth/auth-public.pem");
+    let public = public.to_str().context("key path")?;
     let (hub_quic, hub_http) = (free_udp_port()?, free_port()?);
     // As in `cargo xtask demo`: documents move to the edge nearest their
     // writers while the pages edit them.
@@ -64,13 +68,24 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
         &dir.path().join("hub"),
         hub_quic,
         hub_http,
-        &["--edge", "eu=eu-secret", "--edge", "us=us-secret", "--placement-moves", "--placement-interval-ms", "500"],
+        &[
+            "--edge",
+            "eu=eu-secret",
+            "--edge",
+            "us=us-secret",
+            "--placement-moves",
+            "--placement-interval-ms",
+            "500",
+            "--auth-public-key",
+            public,
+        ],
     )?;
     // The demo's sites and latency links: eu 40 ms, us 5 ms each way.
     let regions = [("eu", 40), ("us", 5)];
     let mut sites = Vec::new();
     let mut demo = Command::new(workspace_binary("meridian-demo")?);
     demo.arg("--hub-http").arg(format!("127.0.0.1:{hub_http}"));
+    demo.arg("--auth-key").arg(dir.path().join("auth/auth-private.pem"));
     let mut plan = Vec::new();
     for (id, delay) in regions {
         let (site, edge, link, peer) = (free_port()?, free_port()?, free_udp_port()?, free_udp_port()?);
@@ -107,6 +122,8 @@ fn editor_pages_on_two_edges_collaborate_offline_merge_restore_and_reload() -> R
             &format!("127.0.0.1:{peer}"),
             "--peer-route",
             route,
+            "--auth-public-key",
+            public,
         ];
         edges.push(EdgeProcess::start(&dir.path().join(id), *edge, &args)?);
     }

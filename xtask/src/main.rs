@@ -70,7 +70,12 @@ mod bench_placement;
 mod js;
 
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    // `cargo run` sets it at run time too: that one names this checkout even
+    // when a binary built from another checkout sharing the target folder
+    // (same sources, so not rebuilt) is run.
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Cargo's target folder (`CARGO_TARGET_DIR` if set).
@@ -227,8 +232,17 @@ fn demo(debug: bool) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let secrets = demo_secrets(&data)?;
     let bin = |name: &str| target_dir().join(profile).join(name);
+    // Auth on, as in production: the site mints each page's token with the
+    // private key; the hub and the edges check them with the public one.
+    let keys = data.join("auth");
+    if !keys.join("auth-private.pem").exists() {
+        let mut keygen = Command::new(bin("meridian-edge"));
+        run(keygen.args(["auth", "keygen", "--out"]).arg(&keys))?;
+    }
+    let public = keys.join("auth-public.pem");
     let mut hub_cmd = Command::new(bin("meridian-hub"));
     hub_cmd.args(["serve", "--listen", "127.0.0.1:7400", "--http", "127.0.0.1:7401", "--data"]).arg(data.join("hub"));
+    hub_cmd.arg("--auth-public-key").arg(&public);
     // Documents move to the edge nearest their writers (after catching up).
     hub_cmd.args(["--placement-moves", "--placement-dwell-secs", "10"]);
     for (id, secret) in &secrets {
@@ -239,6 +253,7 @@ fn demo(debug: bool) -> Result<()> {
     // The web sites and the edge-to-hub latency links.
     let mut front = Command::new(bin("meridian-demo"));
     front.arg("--web").arg(root().join("demo-web/web")).arg("--pkg").arg(js::pkg_dir());
+    front.arg("--auth-key").arg(keys.join("auth-private.pem"));
     for (id, ws, _, _, site, link, delay) in REGIONS {
         front.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{ws}")]);
         front.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:7400={delay}")]);
@@ -260,7 +275,9 @@ fn demo(debug: bool) -> Result<()> {
             .arg(data.join("hub/tls/ca.pem"))
             // Other edges reach this one directly when it is a document's
             // home; it reaches them through the latency links.
-            .args(["--peer-listen", &format!("127.0.0.1:{peer}")]);
+            .args(["--peer-listen", &format!("127.0.0.1:{peer}")])
+            .arg("--auth-public-key")
+            .arg(&public);
         for (j, (other, ..)) in REGIONS.iter().enumerate().filter(|(j, _)| *j != i) {
             edge.args(["--peer-route", &format!("{other}=127.0.0.1:{}", peer_link_port(i, j))]);
         }
@@ -282,9 +299,13 @@ fn demo(debug: bool) -> Result<()> {
             "  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics"
         );
     }
+    eprintln!("\n  Auth is on: each site mints its pages' tokens (the share panel has edit and read-only links).");
+    eprintln!("  Any automerge-repo app can use an edge with a token:");
     eprintln!(
-        "\n  Any automerge-repo app can use an edge:\n    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync\")] }})"
+        "    meridian-edge auth token --key {} --write '*' --create --ttl 1h",
+        keys.join("auth-private.pem").display()
     );
+    eprintln!("    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync?token=\" + token)] }})");
     eprintln!("\nLogs: warnings only; `RUST_LOG=info cargo xtask demo` shows everything. Press Ctrl-C to stop.\n");
     // Ctrl-C reaches every child (same process group); each shuts down
     // cleanly. If one dies on its own, stop the rest.
