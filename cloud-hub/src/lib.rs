@@ -32,8 +32,9 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use meridian_node::admin::{AdminGuard, Served};
+use meridian_node::admin::AdminGuard;
 use meridian_node::auth::Keyring;
+use meridian_node::http::{HttpLimits, Served};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
 use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node};
@@ -101,6 +102,8 @@ pub struct HubConfig {
     pub admin_token: Option<String>,
     /// Serve the operator routes on this address only, not on `http`.
     pub admin_listen: Option<SocketAddr>,
+    /// Request headers must arrive within this (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 impl HubConfig {
@@ -124,6 +127,7 @@ impl HubConfig {
             auth_public_keys: Vec::new(),
             admin_token: None,
             admin_listen: None,
+            header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 
@@ -303,6 +307,7 @@ impl Hub {
         let app = with_placement_metrics(app, placement_metrics.clone());
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
         let ops = operator_routes(placer_tx, api);
+        let http_limits = HttpLimits { header_read_timeout: config.header_read_timeout, ..HttpLimits::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
         let ops = meridian_node::admin::protect(ops, guard);
         let bind = |addr: SocketAddr| async move {
@@ -313,15 +318,15 @@ impl Hub {
         let (app, admin) = match config.admin_listen {
             Some(a) => {
                 let (addr, listener) = bind(a).await?;
-                let served = meridian_node::admin::serve(listener, ops, "hub admin")
+                let served = meridian_node::http::serve(listener, ops, http_limits.clone(), metrics.clone())
                     .map_err(|source| HubError::Bind { addr, source })?;
                 (app, Some(served))
             }
             None => (app.merge(ops), None),
         };
         let (addr, listener) = bind(config.http).await?;
-        let http =
-            meridian_node::admin::serve(listener, app, "hub").map_err(|source| HubError::Bind { addr, source })?;
+        let http = meridian_node::http::serve(listener, app, http_limits, metrics.clone())
+            .map_err(|source| HubError::Bind { addr, source })?;
         let http_addr = http.addr;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;

@@ -66,7 +66,7 @@ async fn revoke(
 ) -> anyhow::Result<String> {
     let body = serde_json::json!({ "jti": jti, "sub": sub }).to_string();
     let (status, body) =
-        meridian_node::admin::request(hub_http, "POST", "/api/auth/revoke", admin.as_deref(), Some(&body))
+        meridian_node::http::request(hub_http, "POST", "/api/auth/revoke", admin.as_deref(), Some(&body))
             .await
             .with_context(|| format!("connecting to the hub at {hub_http} (its --admin-listen or --http address)"))?;
     anyhow::ensure!(status == 200, "the hub answered {status}: {}", body.trim());
@@ -120,6 +120,10 @@ struct ServeArgs {
     /// on this TCP address only, instead of on --http.
     #[arg(long, env = "MERIDIAN_HUB_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Seconds a client may take to send its request headers on the HTTP
+    /// listeners, and the longest idle time of a kept-alive connection.
+    #[arg(long, env = "MERIDIAN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
     /// Milliseconds between an edge's demand and RTT reports (told to each
     /// edge when it connects).
     #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
@@ -196,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     config.auth_public_keys = args.auth_public_keys;
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());
     config.admin_listen = args.admin_listen;
+    config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
     config.placement_moves = args.placement_moves;

@@ -262,7 +262,7 @@ async fn hub_placement(State(s): State<SiteState>) -> Response {
         k.mint(&Claims { sub: format!("demo-site-{}", s.region), exp, admin: true, ..Claims::default() })
     });
     let addr = s.hub_admin.to_string();
-    match meridian_node::admin::request(&addr, "GET", "/placement", admin.as_deref(), None).await {
+    match meridian_node::http::request(&addr, "GET", "/placement", admin.as_deref(), None).await {
         Ok((200, body)) => {
             ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
         }

@@ -69,6 +69,15 @@ pub struct EdgeConfig {
     /// address (0: no cap); past them an upgrade gets 503 and is counted.
     pub max_connections: usize,
     pub max_connections_per_address: usize,
+    /// A client's requests for documents nobody has, per minute; past it
+    /// its requests for documents not in memory are answered
+    /// `doc-unavailable` with no lookup (0: no limit).
+    pub unknown_requests_per_minute: u32,
+    /// Documents one token subject may create per minute (0: no limit).
+    pub creates_per_minute: u32,
+    /// Request headers must arrive within this (slowloris), which is also
+    /// the longest idle time of a kept-alive HTTP connection.
+    pub header_read_timeout: Duration,
 }
 
 impl EdgeConfig {
@@ -96,6 +105,9 @@ impl EdgeConfig {
             auth_public_keys: Vec::new(),
             max_connections: 10_000,
             max_connections_per_address: 256,
+            header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
+            unknown_requests_per_minute: 120,
+            creates_per_minute: 120,
         }
     }
 

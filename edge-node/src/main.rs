@@ -210,6 +210,23 @@ struct ServeArgs {
     /// Open WebSocket connections from one client address at most (0: no cap).
     #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     max_connections_per_address: usize,
+    /// Seconds a client may take to send its request headers, and the longest
+    /// idle time of a kept-alive HTTP connection (slowloris); then the
+    /// connection is closed. Connections still speaking HTTP are capped at
+    /// --max-connections too.
+    #[arg(long, env = "MERIDIAN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// A client's requests for documents nobody has (answered doc-unavailable)
+    /// per minute; past it, its requests for documents not in memory are
+    /// answered doc-unavailable at once, with no storage read and no lookup
+    /// at the hub, and it is told once (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_UNKNOWN_REQUESTS_PER_MINUTE", default_value_t = 120)]
+    max_unknown_requests_per_minute: u32,
+    /// Documents one token subject (`sub`) may create per minute; past it its
+    /// changes creating documents are refused and it is told once (0: no limit;
+    /// clients in open dev mode are not limited).
+    #[arg(long, env = "MERIDIAN_MAX_CREATES_PER_MINUTE", default_value_t = 120)]
+    max_creates_per_minute: u32,
     /// Memory budget: at most this many documents in memory; past it the least
     /// recently used leave before their idle time is up (0: no limit).
     #[arg(long, env = "MERIDIAN_MEMORY_BUDGET_DOCS", default_value_t = 0)]
@@ -284,6 +301,9 @@ async fn main() -> anyhow::Result<()> {
     config.auth_public_keys = args.auth_public_keys;
     config.max_connections = args.max_connections;
     config.max_connections_per_address = args.max_connections_per_address;
+    config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
+    config.unknown_requests_per_minute = args.max_unknown_requests_per_minute;
+    config.creates_per_minute = args.max_creates_per_minute;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     for r in &args.peer_routes {

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use meridian_node::admin::{AdminGuard, Served};
+use meridian_node::admin::AdminGuard;
 use meridian_node::auth::{Keyring, Verifier};
+use meridian_node::http::{HttpLimits, Served};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
@@ -191,6 +192,8 @@ impl EdgeNode {
         let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.join_timeout_ms = config.join_timeout.as_millis() as u64;
+        engine.unknown_requests_per_minute = config.unknown_requests_per_minute;
+        engine.creates_per_minute = config.creates_per_minute;
         engine.rng_seed = rand::random();
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();
@@ -237,11 +240,13 @@ impl EdgeNode {
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             ops = ops.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }
+        let http_limits =
+            HttpLimits { header_read_timeout: config.header_read_timeout, max_open: config.max_connections };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring: verifier.clone() };
         let ops = meridian_node::admin::protect(ops, guard);
         let admin = match admin_listener {
             Some(listener) => Some(
-                meridian_node::admin::serve(listener, ops, "admin")
+                meridian_node::http::serve(listener, ops, http_limits.clone(), metrics.clone())
                     .map_err(|source| EdgeError::Bind { addr: config.admin_listen.unwrap_or(config.listen), source })?,
             ),
             None => {
@@ -249,7 +254,7 @@ impl EdgeNode {
                 None
             }
         };
-        let http = meridian_node::admin::serve(listener, app, "edge")
+        let http = meridian_node::http::serve(listener, app, http_limits, metrics.clone())
             .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
@@ -327,7 +332,9 @@ impl EdgeNode {
         self.devices.take();
         self.peers.clear();
         self.admin.take();
-        let http = self.http.take().map(|Served { task, stop, .. }| {
+        // Stop accepting first; WebSockets close as the runtime shuts down.
+        let http = self.http.take().map(|served| {
+            let Served { task, stop, .. } = served;
             let _ = stop.send(());
             task
         });

@@ -2,7 +2,7 @@
 //! (`/api/docs/…`) and `/homes`, the hub's `/placement`, `/topology` and
 //! `/api/auth/revoke`. One rule for all of them, applied as a layer
 //! ([`protect`]); a node serves them on the main HTTP listener, or on a
-//! listener of their own with `--admin-listen` ([`serve`]).
+//! listener of their own with `--admin-listen`.
 //!
 //! The rule (`Authorization: Bearer …`):
 //! - with a fixed secret (`--admin-token`): that secret;
@@ -27,12 +27,10 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::oneshot;
 
 use crate::auth::{self, Keyring};
 use crate::quic::same_secret;
-use crate::server::{bearer, cross_site, local_host, without_nagle};
-use crate::task::AbortOnDrop;
+use crate::server::{bearer, cross_site, local_host};
 
 /// A refused admin token costs this much.
 pub const REFUSAL_DELAY: Duration = Duration::from_millis(250);
@@ -115,57 +113,4 @@ async fn check(State(guard): State<AdminGuard>, request: Request, next: Next) ->
             failure.into_response()
         }
     }
-}
-
-/// A running HTTP listener: its address, and what stops it.
-#[derive(Debug)]
-pub struct Served {
-    pub addr: SocketAddr,
-    pub task: AbortOnDrop<()>,
-    pub stop: oneshot::Sender<()>,
-}
-
-/// Serves `app` on `listener` (with the peer address every guard needs)
-/// until `stop` is sent.
-pub fn serve(listener: tokio::net::TcpListener, app: Router, what: &'static str) -> std::io::Result<Served> {
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(without_nagle(listener), app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "{what} HTTP server failed");
-        }
-    });
-    Ok(Served { addr, task: AbortOnDrop(task), stop })
-}
-
-/// A client's request to an operator route (`meridian-hub auth revoke`,
-/// the demo site's placement view): one HTTP/1.1 exchange on a fresh
-/// connection; the status and the body.
-pub async fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    bearer: Option<&str>,
-    json: Option<&str>,
-) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let auth = bearer.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let body = json.unwrap_or_default();
-    let kind = if json.is_some() { "Content-Type: application/json\r\n" } else { "" };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{kind}{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    stream.take(64 << 20).read_to_end(&mut response).await?;
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_owned()))
 }

@@ -16,8 +16,9 @@
 //!   from the runtime.
 //! - [`server`]: the automerge-repo WebSocket endpoint and `/healthz`,
 //!   `/metrics`; one task per socket.
-//! - [`admin`]: who may call operator endpoints ([`admin::protect`]), and
-//!   serving a router on a listener ([`admin::serve`]).
+//! - [`admin`]: who may call operator endpoints ([`admin::protect`]).
+//! - [`http`]: the HTTP server of every listener ([`http::serve`]: header
+//!   read timeout, connection cap, peer address), and a one-shot client.
 //! - [`metrics`]: [`metrics::NodeMetrics`], with documented names.
 //! - [`task`]: [`task::AbortOnDrop`], the owner of every spawned task.
 //! - [`shutdown`]: the signal the binaries wait for.
@@ -42,7 +43,7 @@
 //! let runtime = NodeRuntime::start(Box::new(store), config, Duration::from_secs(1), metrics.clone())?;
 //! let app = server::router(AppState {
 //!     events: runtime.events(),
-//!     metrics,
+//!     metrics: metrics.clone(),
 //!     max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
 //!     ping_interval: Duration::from_secs(10),
 //!     auth: None, // open dev mode: bind loopback only
@@ -50,7 +51,9 @@
 //!     limits: server::ConnLimiter::new(10_000, 256),
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
-//! axum::serve(server::without_nagle(listener), app).with_graceful_shutdown(meridian_node::shutdown::shutdown_signal()).await?;
+//! let served = meridian_node::http::serve(listener, app, meridian_node::http::HttpLimits::default(), metrics)?;
+//! meridian_node::shutdown::shutdown_signal().await;
+//! let _ = served.stop.send(()); // stop accepting
 //! runtime.shutdown().await; // saves sync states, flushes the store
 //! # Ok(()) }
 //! ```
@@ -63,6 +66,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod http;
 pub mod metrics;
 pub mod quic;
 pub mod runtime;

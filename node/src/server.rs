@@ -24,7 +24,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::{ListenerExt, TapIo};
 use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::engine::{Access, ErrorKind};
 use tokio::sync::mpsc;
@@ -118,25 +117,6 @@ impl Drop for ConnSlot {
                 open.1.remove(&a);
             }
         }
-    }
-}
-
-/// The listener with `TCP_NODELAY` set on every accepted connection. Sync
-/// messages are small and often follow one another (an acknowledgement
-/// right after a change, a reply right after the document): with Nagle's
-/// algorithm on, the second waits until the peer acknowledges the first,
-/// which a peer with nothing to send delays by up to 40 ms. `axum::serve`
-/// leaves the option off; node's HTTP server (the JS sync server) turns it
-/// on, as browsers do on their side.
-pub fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    listener.tap_io(set_nodelay)
-}
-
-fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::warn!(error = %e, "could not set TCP_NODELAY on a connection");
     }
 }
 
@@ -393,23 +373,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use axum::serve::Listener;
-
-    /// A connection the server accepts has Nagle's algorithm off, so a
-    /// small message right after another leaves at once.
-    #[tokio::test]
-    async fn accepted_connections_have_nodelay() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut listener = super::without_nagle(listener);
-        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (accepted, from) = listener.accept().await;
-        assert_eq!(from, client.local_addr().unwrap());
-        assert!(accepted.nodelay().unwrap());
-        assert!(!client.nodelay().unwrap(), "a plain socket starts with Nagle on: the check means something");
-    }
 }

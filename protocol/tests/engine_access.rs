@@ -415,3 +415,143 @@ fn a_clients_ephemeral_messages_are_bounded_in_size_and_rate() {
     assert_eq!(ephemeral_senders_to(&sent, b).len(), 1, "one more in the new window, the big one dropped");
     assert!(edge.closed.is_empty(), "nobody is disconnected for it");
 }
+
+/// A `request` frame for `doc` from a client that has nothing of it.
+fn request(doc: DocumentId, sender: &str) -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    let mut state = automerge::sync::State::new();
+    let data = automerge::Automerge::new().generate_sync_message(&mut state).map(|m| m.encode()).unwrap_or_default();
+    codec::encode(&Message::Request {
+        sender_id: PeerId::new(sender),
+        target_id: PeerId::new("edge"),
+        document_id: doc,
+        data,
+    })
+}
+
+fn loads_of(held: &std::collections::VecDeque<(meridian_protocol::storage::StorageTaskId, StorageTask)>) -> usize {
+    held.iter().filter(|(_, t)| matches!(t, StorageTask::LoadDoc { .. })).count()
+}
+
+fn unavailable_to(sent: &[(ConnId, Message)], conn: ConnId) -> usize {
+    sent.iter().filter(|(c, m)| *c == conn && matches!(m, Message::DocUnavailable { .. })).count()
+}
+
+/// A client probing random ids: the first ones are looked for (a storage
+/// read each; with an upstream, a lookup there too) and answered
+/// `doc-unavailable`; past its limit a minute, requests for documents not
+/// in memory are answered at once with no storage read, and it is told why
+/// once. Other clients are unaffected, and a minute later it may look
+/// again. Nothing is stored for the documents that do not exist, not even
+/// sync states.
+#[test]
+fn requests_for_unknown_documents_past_the_limit_cost_no_lookup() {
+    let mut edge = TestNode::new("edge", |c| {
+        c.join_timeout_ms = 0;
+        c.expects_upstream = false;
+        c.unknown_requests_per_minute = 3;
+    });
+    let known = edge.engine.create(Millis(0), |tx| tx.put(ROOT, "k", "v").map(|_| ())).unwrap();
+    edge.drain();
+    // Mallory keeps sync states (a storage id): one is saved for the
+    // document that exists, none for those that do not.
+    let mallory = edge.engine.handle_connect_with(
+        edge.now,
+        Direction::Incoming,
+        Access::client("mallory", DocSet::all(), DocSet::all(), false),
+    );
+    let join = Message::Join {
+        sender_id: PeerId::new("mallory"),
+        peer_metadata: codec::PeerMetadata {
+            storage_id: Some(meridian_protocol::ids::StorageId::new("mallory-store")),
+            is_ephemeral: false,
+        },
+        supported_protocol_versions: Some(vec![PROTOCOL_V1.into()]),
+    };
+    edge.receive(mallory, &codec::encode(&join));
+    edge.receive(mallory, &request(known, "mallory"));
+    let honest = joined(&mut edge, Access::client("bob", DocSet::all(), DocSet::all(), false), "bob");
+    edge.hold_storage = true;
+    let ids: Vec<DocumentId> = (0..10u8).map(|i| DocumentId::from_bytes([i + 1; 16])).collect();
+    let mut loads = 0;
+    let mut answered = 0;
+    let mut errors = Vec::new();
+    for id in &ids {
+        edge.engine.handle_frame(edge.now, mallory, &request(*id, "mallory"));
+        let mut sent = edge.drain();
+        loads += loads_of(&edge.held);
+        sent.extend(edge.release());
+        answered += unavailable_to(&sent, mallory);
+        errors.extend(errors_to(&sent, mallory));
+    }
+    assert_eq!(answered, 10, "every request is answered doc-unavailable");
+    assert_eq!(loads, 3, "only the first 3 cost a storage read");
+    assert_eq!(errors.len(), 1, "told once: {errors:?}");
+    assert!(errors[0].contains("over 3 requests a minute"), "{errors:?}");
+    let refused =
+        edge.events.iter().filter(|e| matches!(e, Event::Refused { refusal: Refusal::LookupLimit, .. })).count();
+    assert_eq!(refused, 7);
+    // Another client still looks.
+    edge.engine.handle_frame(edge.now, honest, &request(DocumentId::from_bytes([99; 16]), "bob"));
+    edge.drain();
+    assert_eq!(loads_of(&edge.held), 1, "another client's request is looked for");
+    edge.release();
+    // A minute later, mallory may look again.
+    edge.now = Millis(60_001);
+    edge.engine.handle_frame(edge.now, mallory, &request(DocumentId::from_bytes([77; 16]), "mallory"));
+    edge.drain();
+    assert_eq!(loads_of(&edge.held), 1, "the window passed");
+    edge.release();
+    // Disconnecting leaves no sync state for the documents that do not exist.
+    edge.engine.handle_disconnect(edge.now, mallory);
+    edge.engine.handle_disconnect(edge.now, honest);
+    edge.drain();
+    let states: Vec<DocumentId> = edge
+        .held
+        .iter()
+        .filter_map(|(_, t)| match t {
+            StorageTask::PutSyncState { doc, .. } => Some(*doc),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, vec![known], "a sync state for the document that exists only");
+    edge.release();
+    for id in &ids {
+        assert!(stored(&mut edge, *id).is_none());
+    }
+}
+
+/// A subject may create a few documents a minute: past that its creating
+/// changes are refused (told once, nothing stored) while another subject
+/// still creates; a minute later it may again.
+#[test]
+fn documents_created_per_subject_are_limited() {
+    let mut net = Net::new(vec![
+        node("client"),
+        TestNode::new("edge", |c| {
+            c.join_timeout_ms = 0;
+            c.creates_per_minute = 2;
+        }),
+    ]);
+    let (_, s) = net.connect(CLIENT, EDGE, Access::client("alice", DocSet::none(), DocSet::all(), true));
+    net.settle();
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for i in 0..4 {
+        let doc = net.nodes[CLIENT].engine.create(Millis(1), |tx| tx.put(ROOT, "n", i as i64).map(|_| ())).unwrap();
+        errors.extend(errors_to(&net.settle()[EDGE], s));
+        docs.push(doc);
+    }
+    let stored_docs: Vec<bool> = docs.iter().map(|d| stored(&mut net.nodes[EDGE], *d).is_some()).collect();
+    assert_eq!(stored_docs, [true, true, false, false], "two created, then refused");
+    assert_eq!(errors.len(), 2, "told once per document: {errors:?}");
+    assert!(errors.iter().all(|e| e.contains("over 2 new documents a minute")), "{errors:?}");
+    assert!(net.nodes[EDGE].closed.is_empty(), "it stays connected");
+    // Another subject is not affected.
+    net.nodes.push(node("bob"));
+    net.connect(2, EDGE, Access::client("bob", DocSet::none(), DocSet::all(), true));
+    net.settle();
+    let id = net.nodes[2].engine.create(Millis(1), |tx| tx.put(ROOT, "by", "bob").map(|_| ())).unwrap();
+    net.settle();
+    assert!(stored(&mut net.nodes[EDGE], id).is_some(), "bob creates");
+}

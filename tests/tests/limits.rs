@@ -98,3 +98,62 @@ async fn quic_devices_count_under_the_same_caps() -> Result<()> {
     drop(device);
     Ok(())
 }
+
+/// Slowloris: connections that never finish their request headers are cut
+/// off at the header timeout, and past the cap on connections still
+/// speaking HTTP a new one is closed at once; both counted. A well-behaved
+/// client is served as soon as a place is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_http_connections_are_capped() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir()?;
+    let mut config = EdgeConfig::new(dir.path()).ephemeral_port();
+    config.max_connections = 4;
+    config.header_read_timeout = Duration::from_millis(800);
+    let edge = EdgeNode::start(config).await?;
+    let addr = edge.local_addr();
+    // Four clients send a request line and a header, never the blank line.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n").await?;
+        slow.push(s);
+    }
+    let started = Instant::now();
+    // A fifth connection is closed at once (end of stream, or a reset).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.metrics().limit_hits_of("http_connections") == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "a fifth connection was never refused");
+        let mut extra = tokio::net::TcpStream::connect(addr).await?;
+        let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => {}
+            Ok(Ok(n)) => anyhow::bail!("served past the cap: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => anyhow::bail!("a connection past the cap was left open"),
+        }
+    }
+    // The slow ones are closed at the header timeout.
+    for s in &mut slow {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(read.is_ok(), "a connection with unfinished headers stayed open");
+    }
+    let cut_after = started.elapsed();
+    eprintln!("4 slow connections cut after {cut_after:?} (timeout 800 ms)");
+    assert!(cut_after >= Duration::from_millis(600), "cut before the timeout: {cut_after:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while edge.metrics().limit_hits_of("header_timeout") < 4 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "header timeouts counted: {}",
+            edge.metrics().limit_hits_of("header_timeout")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = request(addr.port(), "GET", "/healthz", &[])?;
+    assert_eq!(health.status, 200);
+    let metrics = edge.metrics().render();
+    assert!(metrics.contains("meridian_edge_limits_hit_total{limit=\"header_timeout\"} 4"), "{metrics}");
+    Ok(())
+}

@@ -74,6 +74,17 @@ pub struct EngineConfig {
     /// are not limited).
     pub ephemeral_max_bytes: usize,
     pub ephemeral_per_second: u32,
+    /// A client's requests for documents nobody has, per minute: past it,
+    /// its requests for documents not in memory are answered
+    /// `doc-unavailable` at once, with no storage read and no lookup
+    /// upstream, and it is told once (a flood of random ids costs nothing).
+    /// Links between nodes are not limited; 0: no limit.
+    pub unknown_requests_per_minute: u32,
+    /// Documents one token subject may create per minute; past it, its
+    /// changes to documents nobody has are refused and it is told once.
+    /// Clients without a subject (open dev mode) and links between nodes
+    /// are not limited; 0: no limit.
+    pub creates_per_minute: u32,
 }
 
 impl EngineConfig {
@@ -95,6 +106,8 @@ impl EngineConfig {
             join_timeout_ms: 10_000,
             ephemeral_max_bytes: 64 * 1024,
             ephemeral_per_second: 50,
+            unknown_requests_per_minute: 120,
+            creates_per_minute: 120,
         }
     }
 }

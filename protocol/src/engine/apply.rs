@@ -158,6 +158,11 @@ impl Engine {
         if !self.may_read(conn, &doc_id) {
             return self.refuse_unreadable(conn, doc_id);
         }
+        // A client probing for documents nobody has, past its limit: no
+        // storage read, no lookup upstream.
+        if requesting && !self.docs.contains_key(&doc_id) && self.lookups_exhausted(now, conn) {
+            return self.refuse_lookup(conn, doc_id);
+        }
         // Validate before anything is loaded or stored on its behalf.
         let mut message = match sync::Message::decode(&data) {
             Ok(m) => m,
@@ -217,7 +222,7 @@ impl Engine {
             return;
         }
         let pending = if self.config.coalesce_messages { coalesce(pending) } else { pending };
-        let pending = self.hold_creations(doc_id, pending);
+        let pending = self.hold_creations(now, doc_id, pending);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let before = d.doc.get_heads();
         let issued = d.writes_issued;
@@ -258,14 +263,20 @@ impl Engine {
     /// document, and would create it here) are held: applied if the
     /// document turns up, refused with the `doc-unavailable`
     /// (`announce_unavailable`) if not, or at once once that was said.
-    fn hold_creations(&mut self, doc_id: DocumentId, pending: Vec<Pending>) -> Vec<Pending> {
+    ///
+    /// A creator past its subject's limit of new documents
+    /// ([`EngineConfig::creates_per_minute`]) is treated the same way, and
+    /// refused with `create_limit`.
+    fn hold_creations(&mut self, now: Millis, doc_id: DocumentId, pending: Vec<Pending>) -> Vec<Pending> {
         if self.docs.get(&doc_id).is_none_or(DocState::has_data) {
             return pending;
         }
         let mut out = Vec::with_capacity(pending.len());
         let mut refused = Vec::new();
         for p in pending {
-            if self.may_create(p.conn) {
+            // (A creator past its limit: even its messages without changes
+            // are only asks, or it would be asked for its changes forever.)
+            if self.may_create(p.conn) && self.creation_allowed(now, p.conn, p.changes()) {
                 out.push(p);
                 continue;
             }
@@ -290,7 +301,7 @@ impl Engine {
             out.push(ask);
         }
         for conn in refused {
-            self.tell_refused(conn, doc_id, Refusal::Create);
+            self.refuse_creation(conn, doc_id);
         }
         out
     }

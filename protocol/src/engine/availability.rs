@@ -6,7 +6,6 @@ use automerge::sync::{self, SyncDoc};
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
 
-use super::access::Refusal;
 use super::conn::Conn;
 use super::doc::DocState;
 use super::{Engine, Event, Millis};
@@ -50,7 +49,7 @@ impl Engine {
 
     /// For a document we do not have: ask upstreams that have not answered,
     /// and tell requesters `doc-unavailable` once nobody is left to ask.
-    pub(super) fn resolve_availability(&mut self, _now: Millis, doc_id: DocumentId) {
+    pub(super) fn resolve_availability(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get(&doc_id) else { return };
         if !d.is_durable() || d.has_data() || !d.someone_waiting() {
             return;
@@ -59,7 +58,7 @@ impl Engine {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let asking = d.not_yet_asked(sources);
         if asking.is_empty() {
-            return self.announce_unavailable(doc_id);
+            return self.announce_unavailable(now, doc_id);
         }
         if d.life.count_cold_open() {
             self.stats.cold_opens += 1;
@@ -82,7 +81,7 @@ impl Engine {
         }
     }
 
-    fn announce_unavailable(&mut self, doc_id: DocumentId) {
+    fn announce_unavailable(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let targets = d.owed_unavailable();
         let local = d.life.take_local_waiting();
@@ -90,12 +89,13 @@ impl Engine {
         let creators: Vec<ConnId> = d.held.iter().map(|p| p.conn).filter(|c| targets.contains(c)).collect();
         d.held.retain(|p| !targets.contains(&p.conn));
         for conn in targets {
+            self.count_miss(now, conn);
             let Some(target_id) = self.conns.get(&conn).and_then(|c| c.peer().cloned()) else { continue };
             let sender_id = self.config.peer_id.clone();
             self.out.send(conn, Message::DocUnavailable { sender_id, target_id, document_id: doc_id });
         }
         for conn in creators {
-            self.tell_refused(conn, doc_id, Refusal::Create);
+            self.refuse_creation(conn, doc_id);
         }
         if local {
             self.out.event(Event::DocUnavailable { doc: doc_id });

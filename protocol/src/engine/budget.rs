@@ -96,7 +96,9 @@ impl Engine {
         if self.needs_resync(doc_id, &d) {
             self.resync_on_upstream.insert(doc_id);
         }
-        for (conn, pd) in d.peers {
+        // No data (asked for, never found): no sync state to keep.
+        let peers = if d.has_data() { d.peers } else { Default::default() };
+        for (conn, pd) in peers {
             let storage = self.conns.get(&conn).and_then(|c| c.storage_id().cloned());
             if let Some(storage) = storage {
                 self.out.put_sync_state(doc_id, storage, pd.sync.encode());

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 
-use super::access::{Access, Refusal};
+use super::access::{Access, Refusal, Window};
 use super::{Direction, Engine, ErrorKind, Event, Millis};
 
 #[derive(Debug)]
@@ -31,9 +31,12 @@ pub(super) struct Conn {
     pub(super) access: Access,
     /// Refusals it was told of, per document (each is told once).
     pub(super) told: BTreeSet<(DocumentId, Refusal)>,
-    /// Its ephemeral messages in the current one-second window: when the
-    /// window began, and how many.
-    pub(super) ephemeral_window: (Millis, u32),
+    /// Its ephemeral messages in the current one-second window.
+    pub(super) ephemeral_window: Window,
+    /// Its requests answered `doc-unavailable` in the current minute, and
+    /// whether it was told it is past the limit (see `access`).
+    pub(super) misses: Window,
+    pub(super) told_lookup_limit: bool,
 }
 
 impl Conn {
@@ -112,8 +115,21 @@ impl Engine {
             self.timers.expires(at, conn);
         }
         let told = BTreeSet::new();
-        let ephemeral_window = (now, 0);
-        self.conns.insert(conn, Conn { direction, state, edge_peer, join_by, access, told, ephemeral_window });
+        let (ephemeral_window, misses) = (Window::new(now), Window::new(now));
+        self.conns.insert(
+            conn,
+            Conn {
+                direction,
+                state,
+                edge_peer,
+                join_by,
+                access,
+                told,
+                ephemeral_window,
+                misses,
+                told_lookup_limit: false,
+            },
+        );
         if direction == Direction::Outgoing {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),
@@ -168,7 +184,9 @@ impl Engine {
         let Some(pd) = d.peers.remove(&conn) else { return };
         d.dirty.remove(&conn);
         let loading_state = d.life.finish_state_load(&conn);
-        if let (Some(storage), false) = (storage, loading_state) {
+        // A document with no data (asked for, never found) leaves no sync
+        // state behind: a flood of unknown ids stores nothing.
+        if let (Some(storage), false, true) = (storage, loading_state, d.has_data()) {
             let state = pd.sync.encode();
             self.out.put_sync_state(doc_id, storage.clone(), state);
         }

@@ -103,6 +103,9 @@ pub struct Engine {
     routes: BTreeMap<DocumentId, ConnId>,
     /// Documents to drop from memory and store once safe ([`Engine::offload`]).
     offloading: BTreeSet<DocumentId>,
+    /// Documents created per token subject in the current minute (see
+    /// [`EngineConfig::creates_per_minute`]).
+    creations: BTreeMap<String, access::Window>,
     stats: EngineStats,
     /// Between [`Self::begin_batch`] and [`Self::end_batch`]: documents
     /// whose peers' messages wait to be applied, in the order they came.
@@ -128,6 +131,7 @@ impl Engine {
             writes: BTreeMap::new(),
             routes: BTreeMap::new(),
             offloading: BTreeSet::new(),
+            creations: BTreeMap::new(),
             stats: EngineStats::default(),
             batch: None,
             out: Effects::default(),
