@@ -20,6 +20,7 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admission;
 pub mod placement;
 pub mod placer;
 pub mod revocations;
@@ -34,16 +35,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use meridian_node::admin::AdminGuard;
 use meridian_node::auth::Keyring;
-use meridian_node::http::{HttpLimits, Served};
+use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::NodeMetrics;
-use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError, Identity};
+use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
 use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
-use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind};
+use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::{Direction, EngineConfig};
 use meridian_protocol::ids::{ConnId, PeerId};
+use meridian_protocol::log::Escaped;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::placement::{EdgeId, PlacementConfig};
@@ -104,6 +106,12 @@ pub struct HubConfig {
     pub admin_listen: Option<SocketAddr>,
     /// Request headers must arrive within this (slowloris).
     pub header_read_timeout: Duration,
+    /// Failed edge authentications (`hello`s refused) from one address per
+    /// minute; past it, that address's connections are closed at once until
+    /// the minute is over (0: no limit).
+    pub max_auth_failures_per_minute: u32,
+    /// An edge must open its stream and send `hello` within this.
+    pub hello_timeout: Duration,
 }
 
 impl HubConfig {
@@ -128,6 +136,8 @@ impl HubConfig {
             admin_token: None,
             admin_listen: None,
             header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
+            max_auth_failures_per_minute: 10,
+            hello_timeout: admission::HELLO_TIMEOUT,
         }
     }
 
@@ -274,8 +284,13 @@ impl Hub {
             keyring.revoke(&revocations.list());
             Arc::new(keyring)
         });
-        let shared =
-            Arc::new(EdgeShared { peer_secret: peer_secret.to_string(), revocations: revocations.clone(), auth_keys });
+        let shared = Arc::new(EdgeShared {
+            peer_secret: peer_secret.to_string(),
+            revocations: revocations.clone(),
+            auth_keys,
+            failures: admission::Failures::default(),
+            metrics: metrics.clone(),
+        });
         let accept = AbortOnDrop(tokio::spawn(accept_loop(
             endpoint.clone(),
             config.clone(),
@@ -295,7 +310,6 @@ impl Hub {
                 max_message_bytes: config.max_frame_bytes,
                 ping_interval: Duration::from_secs(10),
                 auth,
-                internal_token: None,
                 limits: server::ConnLimiter::new(DEFAULT_MAX_CONNECTIONS, 0),
             })
         } else {
@@ -307,7 +321,7 @@ impl Hub {
         let app = with_placement_metrics(app, placement_metrics.clone());
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
         let ops = operator_routes(placer_tx, api);
-        let http_limits = HttpLimits { header_read_timeout: config.header_read_timeout, ..HttpLimits::default() };
+        let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
         let ops = meridian_node::admin::protect(ops, guard);
         let bind = |addr: SocketAddr| async move {
@@ -318,14 +332,14 @@ impl Hub {
         let (app, admin) = match config.admin_listen {
             Some(a) => {
                 let (addr, listener) = bind(a).await?;
-                let served = meridian_node::http::serve(listener, ops, http_limits.clone(), metrics.clone())
+                let served = meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone())
                     .map_err(|source| HubError::Bind { addr, source })?;
                 (app, Some(served))
             }
             None => (app.merge(ops), None),
         };
         let (addr, listener) = bind(config.http).await?;
-        let http = meridian_node::http::serve(listener, app, http_limits, metrics.clone())
+        let http = meridian_node::http::serve(listener, app, http_options, metrics.clone())
             .map_err(|source| HubError::Bind { addr, source })?;
         let http_addr = http.addr;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
@@ -469,6 +483,9 @@ struct EdgeShared {
     revocations: Arc<Revocations>,
     /// The public keys (PEM) of `--auth-public-key`, handed to every edge.
     auth_keys: Vec<String>,
+    /// Failed `hello`s per client address.
+    failures: admission::Failures,
+    metrics: Arc<NodeMetrics>,
 }
 
 /// Tells the edge on `conn` every revocation, now and whenever one is
@@ -503,14 +520,29 @@ async fn serve_edge(
         Ok(c) => c,
         Err(e) => return tracing::info!(%remote, error = %e, "edge connection failed"),
     };
-    let (mut send, mut recv) = match connection.accept_bi().await {
-        Ok(s) => s,
-        Err(e) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
+    if shared.failures.blocked(remote.ip(), config.max_auth_failures_per_minute) {
+        shared.metrics.limit_hit("edge_auth_failures");
+        tracing::warn!(%remote, "refused an edge: too many failed authentications from its address");
+        return connection.close(quinn::VarInt::from_u32(1), b"too many failed authentications; try again later");
+    }
+    // A connection that opens no stream, or says nothing, is dropped.
+    let opened = tokio::time::timeout(config.hello_timeout, connection.accept_bi()).await;
+    let (mut send, mut recv) = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
+        Err(_) => {
+            shared.metrics.limit_hit("handshake_timeout");
+            return connection.close(quinn::VarInt::from_u32(1), b"no stream opened in time");
+        }
     };
-    let hello = match handshake(&mut send, &mut recv, &config, &shared.peer_secret).await {
+    let hello = match admission::handshake(&mut send, &mut recv, &config, &shared.peer_secret).await {
         Ok(hello) => hello,
         Err(reason) => {
-            tracing::warn!(%remote, %reason, "refused an edge");
+            tracing::warn!(%remote, reason = %Escaped(&reason.to_string()), "refused an edge");
+            match reason {
+                admission::HelloError::Timeout => shared.metrics.limit_hit("handshake_timeout"),
+                _ => shared.failures.failed(remote.ip()),
+            }
             return quic::refuse(&connection, send, &reason.to_string()).await;
         }
     };
@@ -587,75 +619,6 @@ async fn read_reports(
             Err(e) => tracing::debug!(%edge, error = %e, "ignoring an undecodable control message"),
         }
     }
-}
-
-/// What an accepted edge said in its `hello`.
-struct EdgeHello {
-    node_id: String,
-    peer_addr: Option<String>,
-    peer_fingerprint: Option<String>,
-}
-
-/// Why the hub refused an edge (the reason is sent to the edge in a
-/// `refused` frame, and the edge logs it).
-#[derive(Debug, thiserror::Error)]
-enum HelloError {
-    #[error("no hello within 10 s")]
-    Timeout,
-    #[error("bad hello frame: {0}")]
-    Frame(FrameIoError),
-    #[error("expected a hello control frame first")]
-    NotControl,
-    #[error(transparent)]
-    Decode(FrameError),
-    #[error("expected hello")]
-    NotHello,
-    #[error("unsupported federation version {0} (this hub speaks {FEDERATION_VERSION})")]
-    Version(u64),
-    #[error("unknown edge `{0}` or wrong secret")]
-    Credential(String),
-    #[error(transparent)]
-    Welcome(FrameIoError),
-}
-
-/// Reads the edge's `hello`, checks its credential and answers `welcome`.
-async fn handshake(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    config: &HubConfig,
-    peer_secret: &str,
-) -> Result<EdgeHello, HelloError> {
-    let frame = tokio::time::timeout(Duration::from_secs(10), quic::read_frame(recv, 64 * 1024))
-        .await
-        .map_err(|_| HelloError::Timeout)?
-        .map_err(HelloError::Frame)?;
-    let Some((FrameKind::Control, bytes)) = frame else { return Err(HelloError::NotControl) };
-    let Control::Hello { version, node_id, secret, peer_addr, peer_fingerprint } =
-        federation::decode_control(&bytes).map_err(HelloError::Decode)?
-    else {
-        return Err(HelloError::NotHello);
-    };
-    if version != FEDERATION_VERSION {
-        return Err(HelloError::Version(version));
-    }
-    if let EdgeAuth::Secrets(secrets) = &config.auth {
-        let ok =
-            secrets.get(&node_id).is_some_and(|expected| quic::same_secret(expected.as_bytes(), secret.as_bytes()));
-        if !ok {
-            return Err(HelloError::Credential(node_id));
-        }
-    }
-    let welcome = Control::Welcome {
-        version: FEDERATION_VERSION,
-        hub_id: config.hub_id.clone(),
-        report_interval_ms: Some(config.report_interval.as_millis() as u64),
-        // Edges only need it to reach each other's homes.
-        peer_secret: config.placement_moves.then(|| peer_secret.to_owned()),
-    };
-    quic::write_frame(send, FrameKind::Control, &federation::encode_control(&welcome))
-        .await
-        .map_err(HelloError::Welcome)?;
-    Ok(EdgeHello { node_id, peer_addr, peer_fingerprint })
 }
 
 #[cfg(test)]

@@ -124,6 +124,12 @@ struct ServeArgs {
     /// listeners, and the longest idle time of a kept-alive connection.
     #[arg(long, env = "MERIDIAN_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     header_timeout_secs: u64,
+    /// Refused edge `hello`s (unknown id, wrong secret) from one address per
+    /// minute; past it, connections from that address are closed at once for
+    /// the rest of the minute (0: no limit). An edge must open its stream and
+    /// send `hello` within 10 s of connecting.
+    #[arg(long, env = "MERIDIAN_HUB_MAX_AUTH_FAILURES_PER_MINUTE", default_value_t = 10)]
+    max_auth_failures_per_minute: u32,
     /// Milliseconds between an edge's demand and RTT reports (told to each
     /// edge when it connects).
     #[arg(long, env = "MERIDIAN_HUB_REPORT_INTERVAL_MS", default_value_t = 2000)]
@@ -201,6 +207,7 @@ async fn main() -> anyhow::Result<()> {
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());
     config.admin_listen = args.admin_listen;
     config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
+    config.max_auth_failures_per_minute = args.max_auth_failures_per_minute;
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
     config.placement_moves = args.placement_moves;

@@ -9,16 +9,15 @@
 //! | `GET /api/docs/{doc}/export` | the document with its history (`.automerge` bytes) |
 //!
 //! `{doc}` is a document id or an `automerge:` URL; hashes may be unique
-//! prefixes of 6+ hex digits. The API is a client of this very edge (over
-//! loopback), so it sees exactly what clients see, and a rollback syncs to
-//! every replica like any edit (its client presents the edge's internal
-//! token, so it works with auth on).
+//! prefixes of 6+ hex digits. The API is a client of this very edge,
+//! connected in-process (no socket, so whatever the listener speaks: TLS,
+//! tokens), so it sees exactly what clients see, and a rollback syncs to
+//! every replica like any edit.
 //!
 //! Who may call it: see `meridian_node::admin` (an admin token with auth
 //! on, `--admin-token`, or loopback in open dev mode; no cross-site
 //! `POST`). With `--admin-listen` it is served only on that listener.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,9 +27,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_node::admin::Failure;
+use meridian_node::runtime::NodeEvent;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::cli;
 use crate::client::{Client, ClientError, ClientOptions};
@@ -40,20 +40,17 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct Admin {
-    /// This edge's own WebSocket URL (loopback).
-    url: String,
-    /// What the API's own client presents to this edge.
-    internal_token: Arc<str>,
+    /// This edge's node loop, which the API's client connects to.
+    events: mpsc::Sender<NodeEvent>,
     client: Arc<OnceCell<Client>>,
 }
 
 /// The admin routes, for the edge listening on `addr`.
-/// Its client presents `internal_token` to this edge's WebSocket
-/// endpoint at `addr`; callers are checked by the layer the node puts
-/// over every operator route (`meridian_node::admin::protect`).
-pub fn router(addr: SocketAddr, internal_token: Arc<str>) -> Router {
-    let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
-    let admin = Admin { url: format!("ws://{host}/sync"), internal_token, client: Arc::default() };
+/// Its client connects to the node loop `events` in-process; callers are
+/// checked by the layer the node puts over every operator route
+/// (`meridian_node::admin::protect`).
+pub fn router(events: mpsc::Sender<NodeEvent>) -> Router {
+    let admin = Admin { events, client: Arc::default() };
     Router::new()
         .route("/api/docs/{doc}", get(value))
         .route("/api/docs/{doc}/history", get(history))
@@ -70,9 +67,12 @@ impl Admin {
     /// The in-process client, connected on first use, and the document found.
     async fn open(&self, doc: &str) -> Result<(&Client, DocumentId), Failure> {
         let id = parse_doc(doc)?;
-        let client =
-            self.client.get_or_try_init(|| Client::connect(&self.url, self.client_options())).await.map_err(|e| {
-                Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge at {}: {e}", self.url))
+        let client = self
+            .client
+            .get_or_try_init(|| Client::in_process(self.events.clone(), ClientOptions::default()))
+            .await
+            .map_err(|e| {
+                Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge's node loop: {e}"))
             })?;
         match tokio::time::timeout(FIND_TIMEOUT, client.find(id)).await {
             Ok(Ok(())) => Ok((client, id)),
@@ -85,10 +85,6 @@ impl Admin {
                 format!("document {id} was not found within {FIND_TIMEOUT:?}"),
             )),
         }
-    }
-
-    fn client_options(&self) -> ClientOptions {
-        ClientOptions { token: Some(self.internal_token.to_string()), ..ClientOptions::default() }
     }
 
     async fn read<T: Send + 'static>(

@@ -37,6 +37,9 @@ use crate::link::{Link, LinkError};
 type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
 type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
 
+/// The "URL" of an in-process client ([`Client::in_process`]).
+const IN_PROCESS: &str = "in-process:";
+
 /// How a client is set up.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -53,6 +56,9 @@ pub struct ClientOptions {
     pub quic_trust: Option<HubTrust>,
     /// Access token (`meridian-edge auth token`) for an edge with auth on.
     pub token: Option<String>,
+    /// Connect to this node loop of the same process instead of a URL
+    /// (see [`Client::in_process`]).
+    pub node: Option<mpsc::Sender<meridian_node::runtime::NodeEvent>>,
 }
 
 impl Default for ClientOptions {
@@ -65,6 +71,7 @@ impl Default for ClientOptions {
             max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             quic_trust: None,
             token: None,
+            node: None,
         }
     }
 }
@@ -123,8 +130,18 @@ impl Drop for Client {
 
 impl Client {
     /// Starts a client that connects (and keeps reconnecting) to `url`.
+    /// A client of the node loop `events` of this process, connected
+    /// without a socket (the edge's admin API uses one).
+    pub async fn in_process(
+        events: mpsc::Sender<meridian_node::runtime::NodeEvent>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        Self::connect(IN_PROCESS, ClientOptions { node: Some(events), ..options }).await
+    }
+
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Self, ClientError> {
-        if !["ws://", "wss://", "quic://"].iter().any(|p| url.starts_with(p)) {
+        let in_process = url == IN_PROCESS && options.node.is_some();
+        if !in_process && !["ws://", "wss://", "quic://"].iter().any(|p| url.starts_with(p)) {
             return Err(ClientError::BadUrl(url.to_owned()));
         }
         let mut rng = rand::rng();
@@ -391,6 +408,9 @@ impl Actor {
     fn connect_future(&self) -> ConnectFuture {
         let (url, max, trust) = (self.url.clone(), self.options.max_message_bytes, self.options.quic_trust.clone());
         let token = self.options.token.clone();
+        if let Some(node) = self.options.node.clone() {
+            return Box::pin(Link::local(node));
+        }
         Box::pin(async move { Link::connect(&url, max, trust.as_ref(), token.as_deref()).await })
     }
 

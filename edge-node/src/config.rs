@@ -75,6 +75,9 @@ pub struct EdgeConfig {
     pub unknown_requests_per_minute: u32,
     /// Documents one token subject may create per minute (0: no limit).
     pub creates_per_minute: u32,
+    /// Serve `https://` and `wss://` with this certificate chain and key
+    /// (PEM files) on the HTTP listeners; `None`: plain `http://`/`ws://`.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Request headers must arrive within this (slowloris), which is also
     /// the longest idle time of a kept-alive HTTP connection.
     pub header_read_timeout: Duration,
@@ -106,6 +109,7 @@ impl EdgeConfig {
             max_connections: 10_000,
             max_connections_per_address: 256,
             header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
+            tls: None,
             unknown_requests_per_minute: 120,
             creates_per_minute: 120,
         }

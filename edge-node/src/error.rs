@@ -21,6 +21,8 @@ pub enum EdgeError {
     Thread(std::io::Error),
     #[error("TLS for the QUIC listener: {0}")]
     Tls(TlsError),
+    #[error("TLS for the HTTP listener (--tls-cert, --tls-key): {0}")]
+    HttpsTls(TlsError),
     #[error("auth: {0}")]
     Auth(#[from] KeyError),
 }

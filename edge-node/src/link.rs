@@ -1,13 +1,17 @@
 //! A client's connection to its edge, over WebSocket (`ws://…`) or QUIC
 //! (`quic://host:port`, ALPN `meridian/1`, length-prefixed frames): both
-//! carry the same automerge-repo messages, one per frame.
+//! carry the same automerge-repo messages, one per frame. Or in-process, to
+//! a node loop of this very process (the edge's admin API): no socket.
 
 use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_node::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
+use meridian_node::runtime::{NodeEvent, Outbound};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
+use meridian_protocol::engine::Access;
+use meridian_protocol::ids::ConnId;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
@@ -38,6 +42,8 @@ pub enum LinkError {
     /// The edge refused our token (the reason is the edge's).
     #[error("the edge refused us: {0}")]
     Refused(String),
+    #[error("the node loop has stopped")]
+    NodeStopped,
 }
 
 /// An open link.
@@ -51,6 +57,12 @@ pub enum Link {
         _reader: AbortOnDrop<()>,
         /// Keeps the client endpoint (and its socket) alive.
         _endpoint: quinn::Endpoint,
+    },
+    /// A connection registered with a node loop of this process.
+    Local {
+        conn: ConnId,
+        events: mpsc::Sender<NodeEvent>,
+        out: mpsc::Receiver<Outbound>,
     },
 }
 
@@ -87,9 +99,21 @@ impl Link {
         }
     }
 
+    /// Connects to the node loop `events` in-process, as a client that may
+    /// do everything (the node's own tools: it never leaves the process).
+    pub async fn local(events: mpsc::Sender<NodeEvent>) -> Result<Self, LinkError> {
+        let access = Access { relay: false, subject: "internal".into(), ..Access::full() };
+        let (conn, out) =
+            meridian_node::runtime::register_client(&events, access, None).await.ok_or(LinkError::NodeStopped)?;
+        Ok(Link::Local { conn, events, out })
+    }
+
     /// Sends one message.
     pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), LinkError> {
         match self {
+            Link::Local { conn, events, .. } => {
+                events.send(NodeEvent::Frame { conn: *conn, bytes }).await.map_err(|_| LinkError::NodeStopped)
+            }
             Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(bytes.into())).await?),
             Link::Quic { send, .. } => Ok(quic::write_frame(send, FrameKind::Repo, &bytes).await?),
         }
@@ -106,6 +130,13 @@ impl Link {
                 }
             },
             Link::Quic { frames, .. } => frames.recv().await,
+            Link::Local { out, .. } => loop {
+                match out.recv().await? {
+                    Outbound::Frame(bytes) => return Some(bytes),
+                    Outbound::Control(_) => continue,
+                    Outbound::Close(_) => return None,
+                }
+            },
         }
     }
 
@@ -115,6 +146,9 @@ impl Link {
                 let _ = tokio_tungstenite::WebSocketStream::close(&mut *ws, None).await;
             }
             Link::Quic { connection, .. } => connection.close(quinn::VarInt::from_u32(0), b"bye"),
+            Link::Local { conn, events, .. } => {
+                let _ = events.send(NodeEvent::Disconnected { conn }).await;
+            }
         }
     }
 }

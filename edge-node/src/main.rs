@@ -210,6 +210,13 @@ struct ServeArgs {
     /// Open WebSocket connections from one client address at most (0: no cap).
     #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     max_connections_per_address: usize,
+    /// Certificate chain (PEM, leaf first) to serve https:// and wss:// on
+    /// --listen (and --admin-listen), for browsers reaching the edge directly.
+    #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "MERIDIAN_TLS_KEY", requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Seconds a client may take to send its request headers, and the longest
     /// idle time of a kept-alive HTTP connection (slowloris); then the
     /// connection is closed. Connections still speaking HTTP are capped at
@@ -303,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_connections_per_address = args.max_connections_per_address;
     config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
     config.unknown_requests_per_minute = args.max_unknown_requests_per_minute;
+    config.tls = args.tls_cert.zip(args.tls_key);
     config.creates_per_minute = args.max_creates_per_minute;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;

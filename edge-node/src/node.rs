@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use meridian_node::admin::AdminGuard;
 use meridian_node::auth::{Keyring, Verifier};
-use meridian_node::http::{HttpLimits, Served};
+use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
@@ -28,6 +28,8 @@ use crate::peers::{self, PeerDirectory, PeerHandle, PeerSettings};
 #[derive(Debug)]
 pub struct EdgeNode {
     addr: SocketAddr,
+    /// The HTTP listeners speak TLS (`wss://`).
+    tls: bool,
     metrics: Arc<NodeMetrics>,
     runtime: Option<NodeRuntime>,
     http: Option<Served>,
@@ -200,7 +202,6 @@ impl EdgeNode {
         engine.max_loaded_docs = config.memory_budget_docs;
         let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
         let verifier = load_verifier(&config, &metrics)?;
-        let internal_token = server::internal_token();
         let limits = server::ConnLimiter::new(config.max_connections, config.max_connections_per_address);
         // Without a hub there is no cloud copy to fall back on.
         let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
@@ -222,7 +223,6 @@ impl EdgeNode {
             max_message_bytes: config.max_message_bytes,
             ping_interval: config.ping_interval,
             auth: verifier.clone(),
-            internal_token: Some(internal_token.clone()),
             limits: limits.clone(),
         })
         .merge(info::router(
@@ -236,17 +236,21 @@ impl EdgeNode {
         ));
         // Operator routes: behind one guard, on their own listener with
         // --admin-listen, else beside /sync.
-        let mut ops = crate::admin::router(addr, internal_token.clone());
+        let mut ops = crate::admin::router(runtime.events());
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             ops = ops.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }
-        let http_limits =
-            HttpLimits { header_read_timeout: config.header_read_timeout, max_open: config.max_connections };
+        let tls = match &config.tls {
+            Some((cert, key)) => Some(meridian_node::http::tls_config(cert, key).map_err(EdgeError::HttpsTls)?),
+            None => None,
+        };
+        let http_options =
+            HttpOptions { header_read_timeout: config.header_read_timeout, max_open: config.max_connections, tls };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring: verifier.clone() };
         let ops = meridian_node::admin::protect(ops, guard);
         let admin = match admin_listener {
             Some(listener) => Some(
-                meridian_node::http::serve(listener, ops, http_limits.clone(), metrics.clone())
+                meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone())
                     .map_err(|source| EdgeError::Bind { addr: config.admin_listen.unwrap_or(config.listen), source })?,
             ),
             None => {
@@ -254,7 +258,7 @@ impl EdgeNode {
                 None
             }
         };
-        let http = meridian_node::http::serve(listener, app, http_limits, metrics.clone())
+        let http = meridian_node::http::serve(listener, app, http_options, metrics.clone())
             .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
@@ -280,6 +284,7 @@ impl EdgeNode {
         tracing::info!(%addr, ?quic_addr, ?admin_addr, data = %config.data_dir.display(), "edge listening");
         Ok(Self {
             addr,
+            tls: config.tls.is_some(),
             metrics,
             quic_addr,
             runtime: Some(runtime),
@@ -308,7 +313,8 @@ impl EdgeNode {
 
     /// The automerge-repo WebSocket URL of this edge.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/sync", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/sync", self.addr)
     }
 
     /// Address of the QUIC listener for devices, if enabled.

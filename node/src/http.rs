@@ -8,7 +8,9 @@
 //! - a **cap on connections still speaking HTTP**: past it a new connection
 //!   is closed at once (`limits_hit_total{limit="http_connections"}`). A
 //!   WebSocket leaves this count when it is upgraded; open WebSockets have
-//!   their own caps (`server::ConnLimiter`).
+//!   their own caps (`server::ConnLimiter`);
+//! - optionally **TLS** (`https://`, `wss://`; [`tls_config`]): the
+//!   handshake must end within the header timeout too.
 //!
 //! Every request carries the socket's peer address (`ConnectInfo`, what
 //! the operator guard and the per-address caps judge), and accepted
@@ -34,28 +36,52 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::metrics::NodeMetrics;
+use crate::quic::TlsError;
 use crate::task::AbortOnDrop;
 
-/// Default of [`HttpLimits::header_read_timeout`].
+/// Default of [`HttpOptions::header_read_timeout`].
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a stopping server waits for requests in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The limits of one listener.
+/// How one listener serves.
 #[derive(Clone, Debug)]
-pub struct HttpLimits {
+pub struct HttpOptions {
     /// Request headers must arrive within this (also the longest idle time
-    /// between requests on a kept-alive connection).
+    /// between requests on a kept-alive connection, and the longest TLS
+    /// handshake).
     pub header_read_timeout: Duration,
     /// Connections still speaking HTTP at most (0: no cap).
     pub max_open: usize,
+    /// Serve TLS with this configuration ([`tls_config`]); `None`: plain.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-impl Default for HttpLimits {
+impl Default for HttpOptions {
     fn default() -> Self {
-        Self { header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT, max_open: 10_000 }
+        Self { header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT, max_open: 10_000, tls: None }
     }
+}
+
+/// A TLS configuration for a listener from PEM files: the certificate
+/// chain (leaf first) and its private key.
+pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|_| TlsError::Pem { path: cert.to_owned(), what: "certificate" })?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem { path: cert.to_owned(), what: "certificate" });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|_| TlsError::Pem { path: key.to_owned(), what: "key" })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::quic::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A running listener: its address, and what stops it.
@@ -71,23 +97,25 @@ pub struct Served {
 pub fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
-    limits: HttpLimits,
+    options: HttpOptions,
     metrics: Arc<NodeMetrics>,
 ) -> std::io::Result<Served> {
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(accept_loop(listener, app, limits, metrics, stopped));
+    let task = tokio::spawn(accept_loop(listener, app, options, metrics, stopped));
     Ok(Served { addr, task: AbortOnDrop(task), stop })
 }
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: Router,
-    limits: HttpLimits,
+    options: HttpOptions,
     metrics: Arc<NodeMetrics>,
     mut stopped: oneshot::Receiver<()>,
 ) {
-    let open = Arc::new(Semaphore::new(if limits.max_open == 0 { Semaphore::MAX_PERMITS } else { limits.max_open }));
+    let limit = if options.max_open == 0 { Semaphore::MAX_PERMITS } else { options.max_open };
+    let open = Arc::new(Semaphore::new(limit));
+    let tls = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let (drain, draining) = watch::channel(false);
     let mut conns = JoinSet::new();
     loop {
@@ -116,28 +144,18 @@ async fn accept_loop(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.map(Body::new)
                 });
-                let (metrics, mut draining, timeout) =
-                    (metrics.clone(), draining.clone(), limits.header_read_timeout);
+                let (metrics, draining, timeout, tls) =
+                    (metrics.clone(), draining.clone(), options.header_read_timeout, tls.clone());
                 conns.spawn(async move {
                     let _permit = permit;
-                    let mut builder = hyper::server::conn::http1::Builder::new();
-                    builder.timer(TokioTimer::new()).header_read_timeout(timeout);
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(service))
-                        .with_upgrades();
-                    tokio::pin!(conn);
-                    let result = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = draining.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
+                    let service = TowerToHyperService::new(service);
+                    let Some(tls) = tls else {
+                        return serve_connection(tcp, service, timeout, draining, &metrics, peer).await;
                     };
-                    if let Err(e) = result {
-                        if e.is_timeout() {
-                            metrics.limit_hit("header_timeout");
-                        }
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                        Ok(Ok(stream)) => serve_connection(stream, service, timeout, draining, &metrics, peer).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => metrics.limit_hit("header_timeout"),
                     }
                 });
             }
@@ -145,6 +163,41 @@ async fn accept_loop(
     }
     let _ = drain.send(true);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
+}
+
+/// One HTTP/1 connection, until it ends or the server drains.
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    timeout: Duration,
+    mut draining: watch::Receiver<bool>,
+    metrics: &NodeMetrics,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = draining.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        if e.is_timeout() {
+            metrics.limit_hit("header_timeout");
+        }
+        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+    }
 }
 
 /// A client's request to an operator route (`meridian-hub auth revoke`,

@@ -47,11 +47,10 @@
 //!     max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
 //!     ping_interval: Duration::from_secs(10),
 //!     auth: None, // open dev mode: bind loopback only
-//!     internal_token: None,
 //!     limits: server::ConnLimiter::new(10_000, 256),
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
-//! let served = meridian_node::http::serve(listener, app, meridian_node::http::HttpLimits::default(), metrics)?;
+//! let served = meridian_node::http::serve(listener, app, meridian_node::http::HttpOptions::default(), metrics)?;
 //! meridian_node::shutdown::shutdown_signal().await;
 //! let _ = served.stop.send(()); // stop accepting
 //! runtime.shutdown().await; // saves sync states, flushes the store

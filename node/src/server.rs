@@ -42,9 +42,6 @@ pub struct AppState {
     /// Public keys and revocations tokens are checked against; `None`:
     /// open dev mode (every connection may do everything).
     pub auth: Option<Arc<Keyring>>,
-    /// A secret the node's own tools present (the admin API's client): it
-    /// may do everything. Random per process, never leaves it.
-    pub internal_token: Option<Arc<str>>,
     /// Caps on open WebSockets, in all and per client address.
     pub limits: Arc<ConnLimiter>,
 }
@@ -207,12 +204,6 @@ pub fn local_host(headers: &HeaderMap) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// A fresh random secret for [`AppState::internal_token`].
-pub fn internal_token() -> Arc<str> {
-    let bytes: [u8; 32] = rand::random();
-    Arc::from(hex::encode(bytes))
-}
-
 /// What a connection presenting `token` may do, for how long; `Err` when
 /// auth is on and the token does not hold (counted in metrics).
 pub fn authorize(
@@ -263,13 +254,7 @@ fn upgrade(
         }
     };
     let token = request_token(query, headers);
-    let internal =
-        state.internal_token.as_deref().is_some_and(|t| crate::quic::same_secret(t.as_bytes(), token.as_bytes()));
-    let granted = match internal {
-        true => Ok((Access { relay: false, subject: "internal".into(), ..Access::full() }, None)),
-        false => authorize(state.auth.as_deref(), &token, &state.metrics),
-    };
-    let (access, valid_for) = match granted {
+    let (access, valid_for) = match authorize(state.auth.as_deref(), &token, &state.metrics) {
         Ok(granted) => granted,
         Err(reason) => {
             tracing::info!(%reason, "WebSocket upgrade refused");

@@ -22,6 +22,7 @@ pub mod codec;
 pub mod drive;
 pub mod engine;
 pub mod ids;
+pub mod log;
 pub mod snapshot;
 pub mod storage;
 pub mod testing;

@@ -25,10 +25,16 @@ pub fn require_node_modules() -> Result<()> {
 /// Runs `node tests/js/<script> <args>` to completion; returns every JSON
 /// line it printed, failing unless the last says `"ok": true`.
 pub fn run_script(script: &str, args: &[&str]) -> Result<Vec<Value>> {
+    run_script_with_env(script, args, &[])
+}
+
+/// [`run_script`] with extra environment variables.
+pub fn run_script_with_env(script: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Vec<Value>> {
     require_node_modules()?;
     let out = Command::new("node")
         .arg(js_dir().join(script))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(js_dir())
         .stdin(Stdio::null())
         .output()

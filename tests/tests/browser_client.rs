@@ -169,6 +169,44 @@ async fn meridian_package_presents_its_token_to_an_edge_with_auth_on() -> Result
     Ok(())
 }
 
+/// `serve --tls-cert --tls-key`: Node (trusting the test's CA, as a browser
+/// trusts a real one) reaches the edge over `wss://`; the JS automerge-repo
+/// and `@meridian/client` sync through it; plain `http://` gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sync_over_wss_with_tls_on() -> Result<()> {
+    require_pkg()?;
+    let dir = tempfile::tempdir()?;
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    meridian_node::quic::load_or_create_identity(&dir.path().join("certs"), &names)?;
+    let tls = dir.path().join("certs/tls");
+    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
+    config.tls = Some((tls.join("hub-cert.pem"), tls.join("hub-key.pem")));
+    let edge = EdgeNode::start(config).await?;
+    let url = edge.ws_url();
+    assert!(url.starts_with("wss://"), "{url}");
+    let ca = tls.join("ca.pem").to_string_lossy().into_owned();
+    let script_url = url.clone();
+    let lines = tokio::task::spawn_blocking(move || {
+        meridian_tests::js::run_script_with_env(
+            "meridian-compat.mjs",
+            &["--url", &script_url],
+            &[("NODE_EXTRA_CA_CERTS", &ca)],
+        )
+    })
+    .await??;
+    assert!(lines.iter().any(|l| l["step"] == "ephemeral"), "{lines:?}");
+    let port = edge.local_addr().port();
+    let plain =
+        tokio::task::spawn_blocking(move || meridian_tests::http::request(port, "GET", "/healthz", &[])).await?;
+    assert!(
+        plain.as_ref().map_or(true, |r| r.status != 200),
+        "plain HTTP is not served: {:?}",
+        plain.map(|r| r.status)
+    );
+    edge.shutdown().await;
+    Ok(())
+}
+
 /// `getToken`: tokens that live two seconds; the edge closes each at its
 /// expiry, the client fetches a new one and reconnects, and every edit it
 /// made meanwhile reaches the edge.

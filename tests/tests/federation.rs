@@ -267,3 +267,40 @@ async fn device_edits_offline_then_reach_a_client_on_another_edge() -> Result<()
     tokio::time::timeout(WAIT, reader.wait_for(doc, all)).await??;
     Ok(())
 }
+
+/// Guessing an edge's secret is slow: past a few refused `hello`s a minute
+/// from one address, connections from it are closed at once (counted),
+/// even with the right secret, until the minute is over. A connection that
+/// opens no stream in time is closed (counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_edge_authentications_are_limited_per_address_and_silent_connections_closed() -> Result<()> {
+    let hub_dir = tempfile::tempdir()?;
+    let mut config = HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "right").edge("us", "u");
+    config.max_auth_failures_per_minute = 3;
+    config.hello_timeout = Duration::from_millis(300);
+    let hub = Hub::start(config).await?;
+    let metrics = hub.metrics().context("hub metrics")?.clone();
+    // A connection that opens no stream is closed at the hello timeout.
+    let trust = HubTrust::CaFile(hub.ca_path().to_owned());
+    let endpoint = meridian_node::quic::client_endpoint(hub.quic_addr(), &trust, meridian_node::quic::FEDERATION_ALPN)?;
+    let silent = endpoint.connect(hub.quic_addr(), "localhost")?.await?;
+    let opened = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), silent.closed()).await.context("a silent connection stayed open")?;
+    eprintln!("a connection that opened no stream was closed after {:?} (timeout 300 ms)", opened.elapsed());
+    assert_eq!(metrics.limit_hits_of("handshake_timeout"), 1);
+    assert_eq!(metrics.limit_hits_of("edge_auth_failures"), 0, "a timeout is not a failed authentication");
+    let (guesser, _dir) = start_edge(hub.quic_addr(), &hub, "eu", "wrong").await?;
+    let deadline = Instant::now() + WAIT;
+    while metrics.limit_hits_of("edge_auth_failures") == 0 {
+        anyhow::ensure!(Instant::now() < deadline, "repeated wrong secrets were never limited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refusals = guesser.metrics().uplink_refusals_total.load(Relaxed);
+    assert_eq!(refusals, 3, "three hellos were judged, the later attempts were not");
+    drop(guesser);
+    // The right secret from the same address waits out the minute too.
+    let (us, _dir2) = start_edge(hub.quic_addr(), &hub, "us", "u").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(us.metrics().uplink_connected.load(Relaxed), 0, "blocked for the rest of the minute");
+    Ok(())
+}

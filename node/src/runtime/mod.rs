@@ -28,6 +28,7 @@ use meridian_protocol::engine::{
     Access, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::log::Escaped;
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -333,13 +334,15 @@ impl Driver for Io {
         match event {
             Event::ProtocolError { conn, kind, detail } => {
                 self.metrics.error(kind);
-                tracing::info!(%conn, kind = kind.as_str(), %detail, "bad input");
+                tracing::info!(%conn, kind = kind.as_str(), detail = %Escaped(&detail), "bad input");
             }
             Event::Evicted { doc } => {
                 self.metrics.evictions.fetch_add(1, Relaxed);
                 tracing::debug!(%doc, "evicted");
             }
-            Event::PeerConnected { conn, peer, .. } => tracing::info!(%conn, %peer, "peer joined"),
+            Event::PeerConnected { conn, peer, .. } => {
+                tracing::info!(%conn, peer = %Escaped(peer.as_str()), "peer joined")
+            }
             Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),

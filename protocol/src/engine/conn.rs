@@ -235,7 +235,7 @@ impl Engine {
         }
         let target_id = c.peer().cloned();
         c.state = ConnState::Closed;
-        tracing::info!(%conn, kind = kind.as_str(), %detail, "closing connection after bad input");
+        tracing::info!(%conn, kind = kind.as_str(), detail = %crate::log::Escaped(&detail), "closing connection after bad input");
         self.out.event(Event::ProtocolError { conn, kind, detail: detail.clone() });
         let message =
             Message::Error { sender_id: Some(self.config.peer_id.clone()), message: detail.clone(), target_id };
