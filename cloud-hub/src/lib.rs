@@ -311,6 +311,7 @@ impl Hub {
                 ping_interval: Duration::from_secs(10),
                 auth,
                 limits: server::ConnLimiter::new(DEFAULT_MAX_CONNECTIONS, 0),
+                rates: Default::default(),
             })
         } else {
             let m = metrics.clone();
@@ -563,7 +564,17 @@ async fn serve_edge(
         peer_fingerprint: hello.peer_fingerprint,
     };
     let _ = placer.send(up).await;
-    let pump = quic::pump(&connection, send, recv, conn, &events, out, config.max_frame_bytes, |_| {}, |_| {});
+    let pump = quic::pump(
+        &connection,
+        send,
+        recv,
+        conn,
+        &events,
+        out,
+        quic::Reading::unthrottled(config.max_frame_bytes),
+        |_| {},
+        |_| {},
+    );
     // Reports arrive beside the documents; if they stop, documents keep going.
     let reports = async {
         let reason = read_reports(&connection, &edge, conn_no, &placer, config.max_frame_bytes).await;

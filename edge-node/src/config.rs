@@ -75,6 +75,10 @@ pub struct EdgeConfig {
     pub unknown_requests_per_minute: u32,
     /// Documents one token subject may create per minute (0: no limit).
     pub creates_per_minute: u32,
+    /// Each client's rate of messages and bytes (WebSocket and QUIC
+    /// devices); past it, its connection is not read for a while
+    /// (backpressure).
+    pub rates: meridian_node::throttle::Rates,
     /// Serve `https://` and `wss://` with this certificate chain and key
     /// (PEM files) on the HTTP listeners; `None`: plain `http://`/`ws://`.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -110,6 +114,7 @@ impl EdgeConfig {
             max_connections_per_address: 256,
             header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
             tls: None,
+            rates: meridian_node::throttle::Rates::default(),
             unknown_requests_per_minute: 120,
             creates_per_minute: 120,
         }

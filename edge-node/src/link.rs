@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use meridian_node::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
-use meridian_node::runtime::{NodeEvent, Outbound};
+use meridian_node::runtime::{NodeEvent, Outbound, OutboundQueue};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::Access;
@@ -62,7 +62,7 @@ pub enum Link {
     Local {
         conn: ConnId,
         events: mpsc::Sender<NodeEvent>,
-        out: mpsc::Receiver<Outbound>,
+        out: OutboundQueue,
     },
 }
 

@@ -210,6 +210,14 @@ struct ServeArgs {
     /// Open WebSocket connections from one client address at most (0: no cap).
     #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     max_connections_per_address: usize,
+    /// Messages one client connection may send per second (one second of
+    /// burst); past it the edge stops reading that connection until it may
+    /// go on, so the client's socket backs up (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_MESSAGES_PER_SECOND", default_value_t = meridian_node::throttle::DEFAULT_MESSAGES_PER_SECOND)]
+    max_messages_per_second: u32,
+    /// Bytes one client connection may send per second, the same way (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_BYTES_PER_SECOND", default_value_t = meridian_node::throttle::DEFAULT_BYTES_PER_SECOND)]
+    max_bytes_per_second: u64,
     /// Certificate chain (PEM, leaf first) to serve https:// and wss:// on
     /// --listen (and --admin-listen), for browsers reaching the edge directly.
     #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key", value_name = "FILE")]
@@ -311,6 +319,10 @@ async fn main() -> anyhow::Result<()> {
     config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
     config.unknown_requests_per_minute = args.max_unknown_requests_per_minute;
     config.tls = args.tls_cert.zip(args.tls_key);
+    config.rates = meridian_node::throttle::Rates {
+        messages_per_second: args.max_messages_per_second,
+        bytes_per_second: args.max_bytes_per_second,
+    };
     config.creates_per_minute = args.max_creates_per_minute;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;

@@ -84,6 +84,8 @@ struct DeviceAuth {
     metrics: Arc<NodeMetrics>,
     /// How long a device may take to send its first frame (`None`: no limit).
     first_frame_within: Option<std::time::Duration>,
+    /// Each device's rate of messages and bytes.
+    rates: meridian_node::throttle::Rates,
     /// The caps on open connections, shared with the WebSocket listener.
     limits: Arc<server::ConnLimiter>,
 }
@@ -118,7 +120,18 @@ async fn accept_devices(endpoint: quinn::Endpoint, events: mpsc::Sender<NodeEven
 async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>, limit: usize, auth: DeviceAuth) {
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
-    let Ok((send, mut recv)) = connection.accept_bi().await else { return };
+    // A device that opens no stream in time is dropped, as one that sends nothing.
+    let opened = match auth.first_frame_within {
+        Some(limit) => match tokio::time::timeout(limit, connection.accept_bi()).await {
+            Ok(opened) => opened,
+            Err(_) => {
+                auth.metrics.limit_hit("handshake_timeout");
+                return connection.close(quinn::VarInt::from_u32(1), b"no stream opened in time");
+            }
+        },
+        None => connection.accept_bi().await,
+    };
+    let Ok((send, mut recv)) = opened else { return };
     let _slot = match auth.limits.admit(Some(remote.ip())) {
         Ok(slot) => slot,
         Err(cap) => {
@@ -153,7 +166,13 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
     {
         return;
     }
-    let reason = quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
+    let metrics = auth.metrics.clone();
+    let reading = quic::Reading {
+        max_frame_bytes: limit,
+        rates: Some(auth.rates),
+        on_throttled: Some(Box::new(move || metrics.limit_hit("message_rate"))),
+    };
+    let reason = quic::pump(&connection, send, recv, conn, &events, out, reading, |_| {}, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");
 }
 
@@ -224,6 +243,7 @@ impl EdgeNode {
             ping_interval: config.ping_interval,
             auth: verifier.clone(),
             limits: limits.clone(),
+            rates: config.rates,
         })
         .merge(info::router(
             metrics.clone(),
@@ -274,6 +294,7 @@ impl EdgeNode {
                     metrics: metrics.clone(),
                     first_frame_within: (!config.join_timeout.is_zero()).then_some(config.join_timeout),
                     limits: limits.clone(),
+                    rates: config.rates,
                 };
                 let (addr, task) = start_device_listener(&config, listen, runtime.events(), auth)?;
                 (Some(addr), Some(task))

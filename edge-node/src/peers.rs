@@ -410,7 +410,8 @@ impl Dial {
         let _ = self.me.send(up).await;
         let rtt = |d: Duration| self.dir.link(&self.edge, |l| l.rtt_ms = Some(d.as_secs_f64() * 1e3));
         let limit = self.settings.max_frame_bytes;
-        Ok(quic::pump(&connection, send, recv, conn, &self.events, out, limit, rtt, |_| {}).await)
+        Ok(quic::pump(&connection, send, recv, conn, &self.events, out, quic::Reading::unthrottled(limit), rtt, |_| {})
+            .await)
     }
 }
 
@@ -462,7 +463,9 @@ async fn serve(
     };
     let Some((conn, out)) = register_edge_peer(&events, Direction::Incoming, Some(&who)).await else { return };
     tracing::info!(%remote, edge = %who, %conn, "an edge linked to us (we are a home)");
-    let reason = quic::pump(&connection, send, recv, conn, &events, out, limit, |_| {}, |_| {}).await;
+    let reason =
+        quic::pump(&connection, send, recv, conn, &events, out, quic::Reading::unthrottled(limit), |_| {}, |_| {})
+            .await;
     tracing::info!(%remote, edge = %who, %reason, "edge link closed");
 }
 

@@ -173,7 +173,17 @@ async fn session(
             p.on_control(&bytes);
         }
     };
-    let pump = quic::pump(&connection, send, recv, conn, events, out, config.max_frame_bytes, rtt, on_control);
+    let pump = quic::pump(
+        &connection,
+        send,
+        recv,
+        conn,
+        events,
+        out,
+        quic::Reading::unthrottled(config.max_frame_bytes),
+        rtt,
+        on_control,
+    );
     // Reports run beside the documents; if they stop, documents keep going.
     let reports = async {
         if let Some(interval) = report_interval {

@@ -20,6 +20,8 @@
 //! - [`http`]: the HTTP server of every listener ([`http::serve`]: header
 //!   read timeout, connection cap, peer address), and a one-shot client.
 //! - [`metrics`]: [`metrics::NodeMetrics`], with documented names.
+//! - [`throttle`]: a client connection's rate of messages and bytes
+//!   (backpressure: past it, its task stops reading).
 //! - [`task`]: [`task::AbortOnDrop`], the owner of every spawned task.
 //! - [`shutdown`]: the signal the binaries wait for.
 //!
@@ -48,6 +50,7 @@
 //!     ping_interval: Duration::from_secs(10),
 //!     auth: None, // open dev mode: bind loopback only
 //!     limits: server::ConnLimiter::new(10_000, 256),
+//!     rates: Default::default(),
 //! });
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:7300").await?;
 //! let served = meridian_node::http::serve(listener, app, meridian_node::http::HttpOptions::default(), metrics)?;
@@ -73,6 +76,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod task;
+pub mod throttle;
 
 /// Default limit of one protocol message (WebSocket message or QUIC frame).
 /// The first sync of a large document is a single message holding the

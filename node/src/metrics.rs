@@ -13,7 +13,7 @@
 //! | `meridian_edge_errors_total{kind}` | counter | connections closed for bad input, by kind |
 //! | `meridian_edge_auth_refused_total{reason}` | counter | connections refused for their token, by reason (`missing`, `malformed`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`) |
 //! | `meridian_edge_access_refused_total{refusal}` | counter | requests refused by a connection's grants, by kind (`not_granted`, `read_only`, `create`, `ephemeral_limit`) |
-//! | `meridian_edge_limits_hit_total{limit}` | counter | requests refused by a limit (`connections`, `connections_per_address`: open WebSockets and QUIC devices; `http_connections`: connections still speaking HTTP; `header_timeout`: request headers or a TLS handshake not read in time; at the hub `edge_auth_failures`: an address past its refused `hello`s, `handshake_timeout`: an edge that opened no stream or sent no `hello` in time) |
+//! | `meridian_edge_limits_hit_total{limit}` | counter | requests refused by a limit (`connections`, `connections_per_address`: open WebSockets and QUIC devices; `http_connections`: connections still speaking HTTP; `header_timeout`: request headers or a TLS handshake not read in time; at the hub `edge_auth_failures`: an address past its refused `hello`s, `handshake_timeout`: an edge that opened no stream or sent no `hello` in time; `send_queue`: a peer dropped for not reading, its queue past 8192 messages or 64 MiB; `message_rate`: a client's reads paused at its rate of messages or bytes) |
 //! | `meridian_edge_auth_open` | gauge | 1 when the node runs in open dev mode (no token needed; loopback only) |
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
 //! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
@@ -59,13 +59,15 @@ const TYPES: [&str; 10] = [
 ];
 
 /// Limits counted in `limits_hit_total`.
-const LIMITS: [&str; 6] = [
+const LIMITS: [&str; 8] = [
     "connections",
     "connections_per_address",
     "http_connections",
     "header_timeout",
     "edge_auth_failures",
     "handshake_timeout",
+    "send_queue",
+    "message_rate",
 ];
 
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];

@@ -332,14 +332,14 @@ pub async fn pump(
     recv: quinn::RecvStream,
     conn: meridian_protocol::ids::ConnId,
     events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
-    mut out: tokio::sync::mpsc::Receiver<crate::runtime::Outbound>,
-    limit: usize,
+    mut out: crate::runtime::OutboundQueue,
+    reading: Reading,
     on_rtt: impl Fn(std::time::Duration),
     mut on_control: impl FnMut(Vec<u8>),
 ) -> String {
     use crate::runtime::{NodeEvent, Outbound};
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
-    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, limit, frames_tx)));
+    let reader = AbortOnDrop(tokio::spawn(read_frames(recv, reading, frames_tx)));
     let mut rtt = tokio::time::interval(std::time::Duration::from_secs(1));
     let reason = loop {
         tokio::select! {
@@ -381,11 +381,36 @@ pub async fn pump(
     reason
 }
 
+/// How a pumped stream is read.
+pub struct Reading {
+    /// Frames larger than this end the stream.
+    pub max_frame_bytes: usize,
+    /// A client's rates (devices); `None` for links between nodes.
+    pub rates: Option<crate::throttle::Rates>,
+    /// Called each time the rates pause reading (for metrics).
+    pub on_throttled: Option<Box<dyn Fn() + Send>>,
+}
+
+impl Reading {
+    /// A link between nodes: only the frame size is limited.
+    pub fn unthrottled(max_frame_bytes: usize) -> Self {
+        Self { max_frame_bytes, rates: None, on_throttled: None }
+    }
+}
+
+impl std::fmt::Debug for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reading").field("max_frame_bytes", &self.max_frame_bytes).field("rates", &self.rates).finish()
+    }
+}
+
 async fn read_frames(
     mut recv: quinn::RecvStream,
-    limit: usize,
+    reading: Reading,
     tx: tokio::sync::mpsc::Sender<Result<(FrameKind, Vec<u8>), FrameIoError>>,
 ) {
+    let limit = reading.max_frame_bytes;
+    let mut throttle = reading.rates.and_then(crate::throttle::Throttle::new);
     loop {
         // Control frames after the handshake (the hub's `home` notices) go
         // to the pump's `on_control`.
@@ -395,8 +420,20 @@ async fn read_frames(
             Err(e) => Err(e),
         };
         let stop = item.is_err();
+        let wait = match (&item, throttle.as_mut()) {
+            (Ok((_, bytes)), Some(t)) => t.take(bytes.len()),
+            _ => None,
+        };
         if tx.send(item).await.is_err() || stop {
             return;
+        }
+        // Past its rate, the stream is not read for a while (QUIC flow
+        // control holds the peer back).
+        if let Some(wait) = wait {
+            if let Some(on_throttled) = &reading.on_throttled {
+                on_throttled();
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 }

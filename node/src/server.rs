@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use crate::auth::{self, Keyring, TokenError};
 use crate::metrics::NodeMetrics;
 use crate::runtime::{NodeEvent, Outbound, register_client};
+use crate::throttle::{Rates, Throttle};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
@@ -44,6 +45,8 @@ pub struct AppState {
     pub auth: Option<Arc<Keyring>>,
     /// Caps on open WebSockets, in all and per client address.
     pub limits: Arc<ConnLimiter>,
+    /// Each client's rate of messages and bytes (see `throttle`).
+    pub rates: Rates,
 }
 
 /// Caps on open WebSocket connections (0: no cap), and the counts.
@@ -286,11 +289,23 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
     let mut last_heard = Instant::now();
     // When our last ping left, until its pong comes back (client RTT for placement).
     let mut ping_sent: Option<Instant> = None;
+    let mut throttle = Throttle::new(state.rates);
+    // Past its rate, the socket is not read until then (backpressure).
+    let mut paused: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
-            incoming = stream.next() => {
+            _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
+                paused = None;
+            }
+            incoming = stream.next(), if paused.is_none() => {
                 let Some(Ok(msg)) = incoming else { break };
                 last_heard = Instant::now();
+                if let (WsMessage::Binary(bytes), Some(t)) = (&msg, throttle.as_mut())
+                    && let Some(wait) = t.take(bytes.len())
+                {
+                    state.metrics.limit_hit("message_rate");
+                    paused = Some(tokio::time::Instant::now() + wait);
+                }
                 let event = match msg {
                     WsMessage::Binary(bytes) if bytes.len() > state.max_message_bytes => NodeEvent::Reject {
                         conn,

@@ -157,3 +157,54 @@ async fn slow_headers_are_cut_off_and_http_connections_are_capped() -> Result<()
     assert!(metrics.contains("meridian_edge_limits_hit_total{limit=\"header_timeout\"} 4"), "{metrics}");
     Ok(())
 }
+
+/// A client over its rate of messages is not read for a while
+/// (backpressure): the edge handles about the rate, the client stays
+/// connected, nothing is dropped, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_read_at_its_rate_and_others_are_served() -> Result<()> {
+    use meridian_protocol::codec::Message;
+    use meridian_protocol::ids::{DocumentId, PeerId};
+    let dir = tempfile::tempdir()?;
+    let mut config = EdgeConfig::new(dir.path()).ephemeral_port();
+    config.rates = meridian_node::throttle::Rates { messages_per_second: 20, bytes_per_second: 0 };
+    let edge = EdgeNode::start(config).await?;
+    let url = edge.ws_url();
+    let mut flood = RawPeer::joined(&url, "flood").await?;
+    let doc = DocumentId::from_bytes([5; 16]);
+    let started = Instant::now();
+    for count in 0..100u64 {
+        flood
+            .send(&Message::Ephemeral {
+                sender_id: PeerId::new("flood"),
+                target_id: PeerId::new("edge"),
+                document_id: doc,
+                session_id: "s".into(),
+                count,
+                data: vec![0xa0],
+            })
+            .await?;
+    }
+    // Meanwhile another client joins and is answered.
+    let honest = RawPeer::joined(&url, "honest").await;
+    assert!(honest.is_ok(), "another client is served during the flood");
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(started.elapsed())).await;
+    let handled = edge.metrics().messages_in_of("ephemeral");
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("{handled} of 100 messages handled in {elapsed:.2} s at 20 a second (burst 20)");
+    assert!(handled >= 20, "the burst is handled: {handled}");
+    assert!((handled as f64) <= 20.0 + 20.0 * elapsed + 3.0, "read at the rate: {handled} in {elapsed:.2} s");
+    assert!(edge.metrics().limit_hits_of("message_rate") >= 1);
+    // Still connected: the rest arrive in time.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while edge.metrics().messages_in_of("ephemeral") < 100 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "messages were lost: {}",
+            edge.metrics().messages_in_of("ephemeral")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(flood);
+    Ok(())
+}

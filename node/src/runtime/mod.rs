@@ -43,6 +43,66 @@ use storage::{StorageWorker, StoreReply, StoreRequest};
 /// Frames queued towards one connection before it counts as too slow.
 pub const OUTBOUND_CAPACITY: usize = 8192;
 
+/// Bytes queued towards one connection before it counts as too slow (a
+/// peer that stops reading costs at most this, or one message if larger).
+pub const OUTBOUND_MAX_BYTES: usize = 64 << 20;
+
+/// The loop's end of one connection's queue: frames bounded in number
+/// ([`OUTBOUND_CAPACITY`]) and in bytes ([`OUTBOUND_MAX_BYTES`]).
+#[derive(Debug)]
+pub struct OutboundSender {
+    tx: mpsc::Sender<Outbound>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// A connection's queue of at most `capacity` items and `max_bytes` bytes
+/// of frames (or one frame, if larger).
+fn outbound_queue(capacity: usize, max_bytes: usize) -> (OutboundSender, OutboundQueue) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (OutboundSender { tx, queued: queued.clone(), max_bytes }, OutboundQueue { rx, queued })
+}
+
+impl OutboundSender {
+    /// Queues a frame; `false` when the connection is too slow (or gone).
+    fn frame(&self, bytes: Vec<u8>) -> bool {
+        let len = bytes.len();
+        let queued = self.queued.load(Relaxed);
+        if queued > 0 && queued.saturating_add(len) > self.max_bytes {
+            return false;
+        }
+        self.queued.fetch_add(len, Relaxed);
+        if self.tx.try_send(Outbound::Frame(bytes)).is_err() {
+            self.queued.fetch_sub(len, Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn other(&self, out: Outbound) {
+        let _ = self.tx.try_send(out);
+    }
+}
+
+/// A connection task's end of its queue.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    rx: mpsc::Receiver<Outbound>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OutboundQueue {
+    /// The next item; `None` once the loop dropped the connection.
+    pub async fn recv(&mut self) -> Option<Outbound> {
+        let out = self.rx.recv().await?;
+        if let Outbound::Frame(bytes) = &out {
+            self.queued.fetch_sub(bytes.len(), Relaxed);
+        }
+        Some(out)
+    }
+}
+
 /// What the loop sends to a connection task.
 #[derive(Debug)]
 pub enum Outbound {
@@ -69,7 +129,7 @@ pub enum NodeEvent {
         /// open dev mode), and for how long from now (`None`: no end).
         access: Access,
         valid_for: Option<Duration>,
-        out: mpsc::Sender<Outbound>,
+        out: OutboundSender,
         reply: oneshot::Sender<ConnId>,
     },
     Frame {
@@ -202,7 +262,7 @@ impl NodeLoop {
             }
             NodeEvent::SendControl { conn, bytes } => {
                 if let Some(tx) = self.io.conns.get(&conn) {
-                    let _ = tx.try_send(Outbound::Control(bytes));
+                    tx.other(Outbound::Control(bytes));
                 }
             }
             NodeEvent::Handoff { doc, to, from, targets, reply } => {
@@ -298,7 +358,7 @@ impl NodeLoop {
 /// The loop's side of the engine's outputs ([`Driver`]): connections'
 /// queues, metrics, and the storage tasks of one drain.
 struct Io {
-    conns: BTreeMap<ConnId, mpsc::Sender<Outbound>>,
+    conns: BTreeMap<ConnId, OutboundSender>,
     metrics: Arc<NodeMetrics>,
     batch: Vec<(StorageTaskId, StorageTask)>,
 }
@@ -308,10 +368,11 @@ impl Driver for Io {
         let Some(tx) = self.conns.get(&conn) else { return };
         let bytes = codec::encode(&message);
         self.metrics.message_out(message.type_name(), bytes.len());
-        if tx.try_send(Outbound::Frame(bytes)).is_err() {
+        if !tx.frame(bytes) {
             // Too slow (or already gone): dropping our sender makes its task
             // close the connection; the engine hears about it as a disconnect.
             tracing::warn!(%conn, "peer is not reading; closing its connection");
+            self.metrics.limit_hit("send_queue");
             self.conns.remove(&conn);
             self.metrics.connections.fetch_sub(1, Relaxed);
         }
@@ -319,7 +380,7 @@ impl Driver for Io {
 
     fn close(&mut self, conn: ConnId, reason: String) -> bool {
         if let Some(tx) = self.conns.get(&conn) {
-            let _ = tx.try_send(Outbound::Close(reason));
+            tx.other(Outbound::Close(reason));
         }
         // Its task reports the disconnect once the transport is closed.
         false
@@ -483,10 +544,7 @@ pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time:
 /// Registers a connection with the loop, with [`Access::full`] (a link
 /// between nodes, or any connection in open dev mode); `None` if the loop
 /// is gone.
-pub async fn register(
-    events: &mpsc::Sender<NodeEvent>,
-    direction: Direction,
-) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+pub async fn register(events: &mpsc::Sender<NodeEvent>, direction: Direction) -> Option<(ConnId, OutboundQueue)> {
     register_as(events, direction, false, Access::full(), None).await
 }
 
@@ -496,7 +554,7 @@ pub async fn register_client(
     events: &mpsc::Sender<NodeEvent>,
     access: Access,
     valid_for: Option<Duration>,
-) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+) -> Option<(ConnId, OutboundQueue)> {
     register_as(events, Direction::Incoming, false, access, valid_for).await
 }
 
@@ -507,7 +565,7 @@ pub async fn register_node(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
     node_id: &str,
-) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+) -> Option<(ConnId, OutboundQueue)> {
     let access = Access { subject: format!("node:{node_id}"), ..Access::full() };
     register_as(events, direction, false, access, None).await
 }
@@ -518,7 +576,7 @@ pub async fn register_edge_peer(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
     node_id: Option<&str>,
-) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
+) -> Option<(ConnId, OutboundQueue)> {
     let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
     register_as(events, direction, true, Access { subject, ..Access::full() }, None).await
 }
@@ -529,11 +587,35 @@ async fn register_as(
     edge_peer: bool,
     access: Access,
     valid_for: Option<Duration>,
-) -> Option<(ConnId, mpsc::Receiver<Outbound>)> {
-    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+) -> Option<(ConnId, OutboundQueue)> {
+    let (out, queue) = outbound_queue(OUTBOUND_CAPACITY, OUTBOUND_MAX_BYTES);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, out: out_tx, reply: reply_tx };
+    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, out, reply: reply_tx };
     events.send(connected).await.ok()?;
     let conn = reply_rx.await.ok()?;
-    Some((conn, out_rx))
+    Some((conn, queue))
+}
+
+#[cfg(test)]
+mod outbound_tests {
+    use super::*;
+
+    /// A queue holds at most its bytes (one frame always fits); reading
+    /// makes room again.
+    #[tokio::test]
+    async fn a_queue_is_bounded_in_bytes_and_reading_makes_room() {
+        let (tx, mut rx) = outbound_queue(100, 1000);
+        assert!(tx.frame(vec![0; 2000]), "one frame larger than the bound fits alone");
+        assert!(!tx.frame(vec![0; 1]), "nothing more while it waits");
+        assert!(matches!(rx.recv().await, Some(Outbound::Frame(b)) if b.len() == 2000));
+        for _ in 0..4 {
+            assert!(tx.frame(vec![0; 250]));
+        }
+        assert!(!tx.frame(vec![0; 1]), "1000 bytes queued: full");
+        assert!(rx.recv().await.is_some());
+        assert!(tx.frame(vec![0; 250]), "room again after a read");
+        let (tx, _rx) = outbound_queue(2, 1 << 20);
+        assert!(tx.frame(vec![1]) && tx.frame(vec![2]));
+        assert!(!tx.frame(vec![3]), "and bounded in count");
+    }
 }
