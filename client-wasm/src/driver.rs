@@ -281,7 +281,8 @@ impl Driver {
             Event::PeerDisconnected { .. }
             | Event::Evicted { .. }
             | Event::HomeConfirmed { .. }
-            | Event::Refused { .. } => {}
+            | Event::Refused { .. }
+            | Event::Created { .. } => {}
         }
     }
 

@@ -7,6 +7,7 @@
 //! | `GET /api/docs/{doc}/history` | every change: `{hash, actor, seq, time, message, deps}` |
 //! | `POST /api/docs/{doc}/rollback?to=HASH[,HASH]` | a new change restoring that version; `{heads, value}` |
 //! | `GET /api/docs/{doc}/export` | the document with its history (`.automerge` bytes) |
+//! | `GET /api/docs/{doc}/creator` | who created it here (a token's `sub`) and when: `{doc, subject, createdAt}` |
 //!
 //! `{doc}` is a document id or an `automerge:` URL; hashes may be unique
 //! prefixes of 6+ hex digits. The API is a client of this very edge,
@@ -42,6 +43,8 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 struct Admin {
     /// This edge's node loop, which the API's client connects to.
     events: mpsc::Sender<NodeEvent>,
+    /// The edge's database (read for `/creator`).
+    database: Arc<std::path::Path>,
     client: Arc<OnceCell<Client>>,
 }
 
@@ -49,13 +52,14 @@ struct Admin {
 /// Its client connects to the node loop `events` in-process; callers are
 /// checked by the layer the node puts over every operator route
 /// (`meridian_node::admin::protect`).
-pub fn router(events: mpsc::Sender<NodeEvent>) -> Router {
-    let admin = Admin { events, client: Arc::default() };
+pub fn router(events: mpsc::Sender<NodeEvent>, database: &std::path::Path) -> Router {
+    let admin = Admin { events, database: Arc::from(database), client: Arc::default() };
     Router::new()
         .route("/api/docs/{doc}", get(value))
         .route("/api/docs/{doc}/history", get(history))
         .route("/api/docs/{doc}/rollback", post(rollback))
         .route("/api/docs/{doc}/export", get(export))
+        .route("/api/docs/{doc}/creator", get(creator))
         .with_state(admin)
 }
 
@@ -146,6 +150,25 @@ async fn rollback(
         .read(client, id, |d| (d.get_heads().iter().map(ToString::to_string).collect::<Vec<_>>(), cli::to_json(d)))
         .await?;
     Ok(axum::Json(serde_json::json!({ "heads": heads, "value": value })).into_response())
+}
+
+async fn creator(State(admin): State<Admin>, Path(doc): Path<String>) -> Result<Response, Failure> {
+    let id = parse_doc(&doc)?;
+    let database = admin.database.clone();
+    let found = tokio::task::spawn_blocking(move || meridian_node::store::creator_of(&database, &id))
+        .await
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match found {
+        Some((subject, at)) => {
+            Ok(axum::Json(serde_json::json!({ "doc": id.to_string(), "subject": subject, "createdAt": at }))
+                .into_response())
+        }
+        None => Err(Failure(
+            StatusCode::NOT_FOUND,
+            format!("no creator recorded for {id} here (created on another node, or by a node link)"),
+        )),
+    }
 }
 
 async fn export(State(admin): State<Admin>, Path(doc): Path<String>) -> Result<Response, Failure> {

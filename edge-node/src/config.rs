@@ -75,6 +75,12 @@ pub struct EdgeConfig {
     pub unknown_requests_per_minute: u32,
     /// Documents one token subject may create per minute (0: no limit).
     pub creates_per_minute: u32,
+    /// Operations in one client message at most, operations per byte of it
+    /// past the first 100,000, and operations a client may take a document
+    /// to (0: no limit); see `EngineConfig`.
+    pub max_message_ops: u64,
+    pub max_ops_per_byte: u64,
+    pub max_document_ops: u64,
     /// Each client's rate of messages and bytes (WebSocket and QUIC
     /// devices); past it, its connection is not read for a while
     /// (backpressure).
@@ -114,6 +120,9 @@ impl EdgeConfig {
             max_connections_per_address: 256,
             header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
             tls: None,
+            max_message_ops: 2_000_000,
+            max_ops_per_byte: 64,
+            max_document_ops: 10_000_000,
             rates: meridian_node::throttle::Rates::default(),
             unknown_requests_per_minute: 120,
             creates_per_minute: 120,

@@ -218,6 +218,19 @@ struct ServeArgs {
     /// Bytes one client connection may send per second, the same way (0: no limit).
     #[arg(long, env = "MERIDIAN_MAX_BYTES_PER_SECOND", default_value_t = meridian_node::throttle::DEFAULT_BYTES_PER_SECOND)]
     max_bytes_per_second: u64,
+    /// Operations one client message may hold (counted before anything is
+    /// loaded); past it the message is refused with an error and the
+    /// connection closed (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_MESSAGE_OPS", default_value_t = 2_000_000)]
+    max_message_ops: u64,
+    /// Operations per byte of a client message beyond its first 100,000 (a
+    /// 1.2 KB saved document can expand to a million operations); past it
+    /// the message is refused the same way (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_OPS_PER_BYTE", default_value_t = 64)]
+    max_ops_per_byte: u64,
+    /// Operations a client's changes may take a document to (0: no limit).
+    #[arg(long, env = "MERIDIAN_MAX_DOCUMENT_OPS", default_value_t = 10_000_000)]
+    max_document_ops: u64,
     /// Certificate chain (PEM, leaf first) to serve https:// and wss:// on
     /// --listen (and --admin-listen), for browsers reaching the edge directly.
     #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key", value_name = "FILE")]
@@ -319,6 +332,9 @@ async fn main() -> anyhow::Result<()> {
     config.header_read_timeout = Duration::from_secs(args.header_timeout_secs.max(1));
     config.unknown_requests_per_minute = args.max_unknown_requests_per_minute;
     config.tls = args.tls_cert.zip(args.tls_key);
+    config.max_message_ops = args.max_message_ops;
+    config.max_ops_per_byte = args.max_ops_per_byte;
+    config.max_document_ops = args.max_document_ops;
     config.rates = meridian_node::throttle::Rates {
         messages_per_second: args.max_messages_per_second,
         bytes_per_second: args.max_bytes_per_second,

@@ -215,6 +215,9 @@ impl EdgeNode {
         engine.join_timeout_ms = config.join_timeout.as_millis() as u64;
         engine.unknown_requests_per_minute = config.unknown_requests_per_minute;
         engine.creates_per_minute = config.creates_per_minute;
+        engine.max_message_ops = config.max_message_ops;
+        engine.max_ops_per_byte = config.max_ops_per_byte;
+        engine.max_document_ops = config.max_document_ops;
         engine.rng_seed = rand::random();
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();
@@ -256,7 +259,7 @@ impl EdgeNode {
         ));
         // Operator routes: behind one guard, on their own listener with
         // --admin-listen, else beside /sync.
-        let mut ops = crate::admin::router(runtime.events());
+        let mut ops = crate::admin::router(runtime.events(), &config.database_path());
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             ops = ops.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }

@@ -18,6 +18,7 @@
 //! [`testing`] is the harness the engine tests drive it with.
 
 pub mod backoff;
+pub mod chunks;
 pub mod codec;
 pub mod drive;
 pub mod engine;

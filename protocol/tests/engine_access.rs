@@ -555,3 +555,72 @@ fn documents_created_per_subject_are_limited() {
     net.settle();
     assert!(stored(&mut net.nodes[EDGE], id).is_some(), "bob creates");
 }
+
+/// A sync message from `doc` to a peer that has nothing of it (automerge
+/// sends the whole document as one compressed chunk).
+fn first_sync(doc: &mut automerge::AutoCommit) -> Vec<u8> {
+    use automerge::sync::SyncDoc;
+    let (mut ours, mut theirs) = (automerge::sync::State::new(), automerge::sync::State::new());
+    let hello = automerge::Automerge::new().generate_sync_message(&mut theirs).unwrap();
+    doc.sync().receive_sync_message(&mut ours, hello).unwrap();
+    doc.sync().generate_sync_message(&mut ours).unwrap().encode()
+}
+
+/// A 1.2 KB message holding a saved document of a million operations is
+/// refused before anything is loaded (an error naming the limit, the
+/// connection closed, nothing stored); a client's changes may not take a
+/// document past its operation limit; a node link is not limited.
+#[test]
+fn messages_and_documents_past_the_operation_limits_are_refused_before_loading() {
+    use automerge::ObjType;
+    let mut edge = TestNode::new("edge", |c| {
+        c.join_timeout_ms = 0;
+        c.max_document_ops = 1000;
+    });
+    let mallory = joined(&mut edge, Access::client("m", DocSet::all(), DocSet::all(), true), "mallory");
+    let mut bomb = automerge::AutoCommit::new();
+    let text = bomb.put_object(ROOT, "t", ObjType::Text).unwrap();
+    bomb.splice_text(&text, 0, 0, &"a".repeat(1_000_000)).unwrap();
+    let data = first_sync(&mut bomb);
+    assert!(data.len() < 4096, "{} bytes", data.len());
+    let doc = DocumentId::from_bytes([9; 16]);
+    let sync = |data: Vec<u8>, sender: &str| {
+        codec::encode(&Message::Sync {
+            sender_id: PeerId::new(sender),
+            target_id: PeerId::new("edge"),
+            document_id: doc,
+            data,
+        })
+    };
+    let started = std::time::Instant::now();
+    let sent = edge.receive(mallory, &sync(data.clone(), "mallory"));
+    let took = started.elapsed();
+    let errors = errors_to(&sent, mallory);
+    assert_eq!(errors.len(), 1, "{sent:?}");
+    assert!(errors[0].contains("1000001 operations") && errors[0].contains("per byte"), "{errors:?}");
+    assert_eq!(closed(&edge), vec![mallory], "closed");
+    assert!(stored(&mut edge, doc).is_none(), "nothing stored");
+    assert!(edge.engine.document(&doc).is_none_or(|d| d.get_heads().is_empty()), "nothing loaded");
+    eprintln!("a 1M-operation document in {} bytes refused in {took:?}", data.len());
+    // Within the message limits but past the document's: refused too.
+    let bob = joined(&mut edge, Access::client("b", DocSet::all(), DocSet::all(), true), "bob");
+    let mut big = automerge::AutoCommit::new();
+    let text = big.put_object(ROOT, "t", ObjType::Text).unwrap();
+    big.splice_text(&text, 0, 0, &"xy".repeat(1000)).unwrap();
+    let sent = edge.receive(bob, &sync(first_sync(&mut big), "bob"));
+    for _ in 0..3 {
+        edge.drain();
+    }
+    let errors = errors_to(&sent, bob);
+    let all_errors: Vec<String> = errors.into_iter().chain(edge.closed.iter().map(|(_, r)| r.clone())).collect();
+    assert!(all_errors.iter().any(|e| e.contains("past the limit of 1000")), "{all_errors:?}");
+    assert!(stored(&mut edge, doc).is_none(), "nothing stored");
+    // A node link is not counted: the same bomb from a full-access link loads.
+    let mut edge_big = TestNode::new("edge2", |c| c.join_timeout_ms = 0);
+    let link2 = joined(&mut edge_big, Access::full(), "hub");
+    edge_big.receive(link2, &sync(data, "hub"));
+    for _ in 0..3 {
+        edge_big.drain();
+    }
+    assert!(stored(&mut edge_big, doc).is_some(), "a node link's message is applied");
+}

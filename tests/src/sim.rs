@@ -1533,6 +1533,7 @@ fn describe_event(event: &Event) -> String {
         Event::Evicted { doc } => format!("evicted {}", short(doc)),
         Event::HomeConfirmed { doc, lag_ms } => format!("home-confirmed {} after {lag_ms} ms", short(doc)),
         Event::Refused { conn, refusal, .. } => format!("refused {conn} {}", refusal.as_str()),
+        Event::Created { doc, conn, .. } => format!("created {} by {conn}", short(doc)),
     }
 }
 

@@ -151,6 +151,10 @@ fn with_auth_on_the_admin_api_wants_an_admin_token() -> Result<()> {
     let ok = request(port, "GET", &path, &[("Authorization", &bearer(&admin))])?;
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()?, json!({"a": 1}));
+    // The creator's subject is recorded.
+    let creator = request(port, "GET", &format!("{path}/creator"), &[("Authorization", &bearer(&admin))])?;
+    assert_eq!(creator.status, 200, "{}", creator.text());
+    assert_eq!(creator.json()?["subject"], "ops");
     Ok(())
 }
 

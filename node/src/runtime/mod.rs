@@ -337,6 +337,9 @@ impl NodeLoop {
     fn drain(&mut self) {
         let now = self.now();
         self.engine.drive(now, &mut self.io);
+        if !self.io.created.is_empty() {
+            self.storage.submit(StoreRequest::Creators(std::mem::take(&mut self.io.created)));
+        }
         if !self.io.batch.is_empty() {
             self.storage.submit(StoreRequest::Tasks(std::mem::take(&mut self.io.batch)));
         }
@@ -361,6 +364,8 @@ struct Io {
     conns: BTreeMap<ConnId, OutboundSender>,
     metrics: Arc<NodeMetrics>,
     batch: Vec<(StorageTaskId, StorageTask)>,
+    /// Documents clients created, with their subject (recorded in the store).
+    created: Vec<(DocumentId, String)>,
 }
 
 impl Driver for Io {
@@ -409,6 +414,10 @@ impl Driver for Io {
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
             Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
             Event::Refused { refusal, .. } => self.metrics.access_refused(refusal),
+            Event::Created { doc, conn, subject } => {
+                tracing::info!(%doc, %conn, subject = %Escaped(&subject), "document created");
+                self.created.push((doc, subject));
+            }
             Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }
@@ -461,7 +470,7 @@ impl NodeRuntime {
         let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
         let node = NodeLoop {
             engine: Engine::new(config),
-            io: Io { conns: BTreeMap::new(), metrics: metrics.clone(), batch: Vec::new() },
+            io: Io { conns: BTreeMap::new(), metrics: metrics.clone(), batch: Vec::new(), created: Vec::new() },
             storage,
             started: Instant::now(),
             disk_budget,

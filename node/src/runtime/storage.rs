@@ -23,6 +23,8 @@ pub(super) enum StoreRequest {
     ListDocs,
     /// Bytes stored and the least recently written documents (disk budget).
     Usage,
+    /// Who created these documents (the first record of each stands).
+    Creators(Vec<(DocumentId, String)>),
 }
 
 /// Answers from the storage thread.
@@ -94,6 +96,14 @@ fn run_requests(
             StoreRequest::Tasks(b) => batch.extend(b),
             StoreRequest::ListDocs => list = true,
             StoreRequest::Usage => usage = true,
+            StoreRequest::Creators(created) => {
+                let at = crate::auth::unix_now();
+                for (doc, subject) in created {
+                    if let Err(e) = store.record_creator(&doc, &subject, at) {
+                        tracing::error!(%doc, error = %e, "recording a document's creator failed");
+                    }
+                }
+            }
         }
     }
     if !batch.is_empty() {

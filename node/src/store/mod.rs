@@ -8,7 +8,7 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use std::path::PathBuf;
 
-pub use sqlite::{SqliteStore, StoreOptions};
+pub use sqlite::{SqliteStore, StoreOptions, creator_of};
 
 /// What the node runtime needs from a document store. SQLite is the
 /// embedded default; a server-grade backend (e.g. a distributed SQL engine
@@ -26,6 +26,9 @@ pub trait DocStore: Send + 'static {
     /// Bytes of document data stored, and up to `oldest` documents, least
     /// recently written first (candidates for a disk budget).
     fn usage(&self, oldest: usize) -> Result<(u64, Vec<DocumentId>), StoreError>;
+    /// Records who created a document (a token's `sub`) and when (Unix
+    /// seconds); a document's first record stands.
+    fn record_creator(&mut self, doc: &DocumentId, subject: &str, at: u64) -> Result<(), StoreError>;
 }
 /// Why the store could not be opened or queried.
 #[derive(Debug, thiserror::Error)]

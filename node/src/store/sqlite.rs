@@ -62,6 +62,12 @@ const MIGRATIONS: &[&str] = &[
          state           BLOB NOT NULL,
          PRIMARY KEY (doc_id, peer_storage_id)
      ) STRICT;",
+    // Version 2: who created each document (a token's `sub`), and when.
+    "CREATE TABLE creators (
+         doc_id     BLOB PRIMARY KEY CHECK (length(doc_id) = 16),
+         subject    TEXT NOT NULL,
+         created_at INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The schema version this build creates and understands.
@@ -106,6 +112,29 @@ impl DocStore for SqliteStore {
         let rows = stmt.query_map([oldest as i64], |row| Ok(DocumentId::from_bytes(row.get(0)?)))?;
         Ok((bytes.max(0) as u64, rows.collect::<rusqlite::Result<Vec<_>>>()?))
     }
+
+    fn record_creator(&mut self, doc: &DocumentId, subject: &str, at: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO creators (doc_id, subject, created_at) VALUES (?1, ?2, ?3)")?
+            .execute(rusqlite::params![doc.as_bytes().as_slice(), subject, at as i64])?;
+        Ok(())
+    }
+}
+
+/// Who created `doc` and when (Unix seconds), as recorded in the database
+/// at `path` (read on a connection of its own; WAL lets it read while the
+/// node writes). `None`: not recorded (created elsewhere, or before this
+/// was recorded).
+pub fn creator_of(path: &Path, doc: &DocumentId) -> Result<Option<(String, u64)>, StoreError> {
+    use rusqlite::OptionalExtension;
+    let conn =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(open_error(path))?;
+    let row = conn
+        .query_row("SELECT subject, created_at FROM creators WHERE doc_id = ?1", [doc.as_bytes().as_slice()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .optional()?;
+    Ok(row.map(|(s, at)| (s, at.max(0) as u64)))
 }
 
 impl SqliteStore {

@@ -149,48 +149,6 @@ impl Access {
     }
 }
 
-/// Events in a fixed window, for a rate limit: when the window began, and
-/// how many so far.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Window {
-    start: Millis,
-    count: u32,
-}
-
-impl Window {
-    pub(super) fn new(now: Millis) -> Self {
-        Self { start: now, count: 0 }
-    }
-
-    fn roll(&mut self, now: Millis, span_ms: u64) {
-        if now.saturating_sub(self.start) >= span_ms {
-            *self = Self::new(now);
-        }
-    }
-
-    /// Counts one at `now`; whether it stays within `limit` per `span_ms`
-    /// (0: no limit).
-    pub(super) fn hit(&mut self, now: Millis, span_ms: u64, limit: u32) -> bool {
-        self.roll(now, span_ms);
-        self.count = self.count.saturating_add(1);
-        limit == 0 || self.count <= limit
-    }
-
-    /// The window has passed: nothing counts any more.
-    fn expired(&self, now: Millis, span_ms: u64) -> bool {
-        now.saturating_sub(self.start) >= span_ms
-    }
-
-    /// `limit` is used up in the current window (nothing counted).
-    pub(super) fn exhausted(&mut self, now: Millis, span_ms: u64, limit: u32) -> bool {
-        self.roll(now, span_ms);
-        limit > 0 && self.count >= limit
-    }
-}
-
-/// The window of the per-minute limits.
-const MINUTE_MS: u64 = 60_000;
-
 /// Why the engine refused a connection something without closing it
 /// ([`Event::Refused`], counted in metrics by [`Refusal::as_str`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
@@ -266,7 +224,7 @@ impl Engine {
 
     /// The peer id to tell `refusal` about `doc_id`, the first time only
     /// (and not past [`TOLD_PER_CONNECTION`] refusals on one connection).
-    fn first_telling(&mut self, conn: ConnId, doc_id: DocumentId, refusal: Refusal) -> Option<PeerId> {
+    pub(super) fn first_telling(&mut self, conn: ConnId, doc_id: DocumentId, refusal: Refusal) -> Option<PeerId> {
         let c = self.conns.get_mut(&conn)?;
         let target_id = c.peer().cloned()?;
         (c.told.len() < TOLD_PER_CONNECTION && c.told.insert((doc_id, refusal))).then_some(target_id)
@@ -286,7 +244,7 @@ impl Engine {
     }
 
     /// What a peer is told of `refusal`.
-    fn refusal_text(&self, doc_id: DocumentId, refusal: Refusal) -> String {
+    pub(super) fn refusal_text(&self, doc_id: DocumentId, refusal: Refusal) -> String {
         match refusal {
             Refusal::ReadOnly => format!("read-only: your changes to {doc_id} are not accepted"),
             Refusal::Create => format!("creating document {doc_id} needs the create right"),
@@ -320,77 +278,11 @@ impl Engine {
         doomed.len()
     }
 
-    /// A client's ephemeral message is within its limits (size, and rate
-    /// per connection over one-second windows); links between nodes are
-    /// not limited.
-    pub(super) fn ephemeral_allowed(&mut self, now: Millis, conn: ConnId, bytes: usize) -> bool {
-        let (max_bytes, per_second) = (self.config.ephemeral_max_bytes, self.config.ephemeral_per_second);
-        let Some(c) = self.conns.get_mut(&conn) else { return false };
-        if c.access.relay {
-            return true;
-        }
-        if max_bytes > 0 && bytes > max_bytes {
-            return false;
-        }
-        c.ephemeral_window.hit(now, 1000, per_second)
-    }
-
-    /// `conn` is a client past its limit of requests for documents nobody
-    /// has (links between nodes are not limited).
-    pub(super) fn lookups_exhausted(&mut self, now: Millis, conn: ConnId) -> bool {
-        let limit = self.config.unknown_requests_per_minute;
-        self.conns.get_mut(&conn).is_some_and(|c| !c.access.relay && c.misses.exhausted(now, MINUTE_MS, limit))
-    }
-
-    /// `conn` was told a document it asked for is nowhere.
-    pub(super) fn count_miss(&mut self, now: Millis, conn: ConnId) {
-        let limit = self.config.unknown_requests_per_minute;
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.misses.hit(now, MINUTE_MS, limit);
-        }
-    }
-
-    /// A request answered `doc-unavailable` without a lookup (the client is
-    /// past [`Self::lookups_exhausted`]); told why once per connection.
-    pub(super) fn refuse_lookup(&mut self, conn: ConnId, doc_id: DocumentId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let first = !std::mem::replace(&mut c.told_lookup_limit, true);
-        let Some(target_id) = self.first_telling(conn, doc_id, Refusal::LookupLimit) else { return };
-        let sender_id = self.config.peer_id.clone();
-        self.out.send(conn, Message::DocUnavailable { sender_id, target_id: target_id.clone(), document_id: doc_id });
-        self.out.event(Event::Refused { conn, doc: Some(doc_id), refusal: Refusal::LookupLimit });
-        if first {
-            tracing::info!(%conn, "a client is past its limit of requests for unknown documents");
-            let message = self.refusal_text(doc_id, Refusal::LookupLimit);
-            self.out.send(
-                conn,
-                Message::Error { sender_id: Some(self.config.peer_id.clone()), message, target_id: Some(target_id) },
-            );
-        }
-    }
-
     /// Changes of `conn` that would create `doc_id` are refused: without
     /// the create right, or past its subject's limit.
     pub(super) fn refuse_creation(&mut self, conn: ConnId, doc_id: DocumentId) {
         let refusal = if self.may_create(conn) { Refusal::CreateLimit } else { Refusal::Create };
         self.tell_refused(conn, doc_id, refusal);
-    }
-
-    /// The subject of `conn` may create one more document now (counted if
-    /// `count`); clients without a subject and links between nodes always
-    /// may.
-    pub(super) fn creation_allowed(&mut self, now: Millis, conn: ConnId, count: bool) -> bool {
-        let limit = self.config.creates_per_minute;
-        let Some(access) = self.conns.get(&conn).map(|c| &c.access) else { return false };
-        if access.relay || access.subject.is_empty() || limit == 0 {
-            return true;
-        }
-        let subject = access.subject.clone();
-        if self.creations.len() >= TOLD_PER_CONNECTION {
-            self.creations.retain(|_, w| !w.expired(now, MINUTE_MS));
-        }
-        let window = self.creations.entry(subject).or_insert_with(|| Window::new(now));
-        if count { window.hit(now, MINUTE_MS, limit) } else { !window.exhausted(now, MINUTE_MS, limit) }
     }
 
     /// Closes connections whose grants ended by `now`.

@@ -85,7 +85,26 @@ pub struct EngineConfig {
     /// Clients without a subject (open dev mode) and links between nodes
     /// are not limited; 0: no limit.
     pub creates_per_minute: u32,
+    /// A client's message may hold at most this many operations (counted
+    /// without loading, `crate::chunks`), and past the first
+    /// [`FREE_OPS`] at most `max_ops_per_byte` per byte of the message (a
+    /// 1.2 KB saved document can hold a million operations); past either
+    /// it is refused with an `error` and the connection closed, before
+    /// anything is loaded. 0: no limit. Links between nodes are not limited.
+    pub max_message_ops: u64,
+    pub max_ops_per_byte: u64,
+    /// A client's changes may not take a document past this many
+    /// operations (0: no limit).
+    pub max_document_ops: u64,
 }
+
+/// Operations a client's message may hold whatever its size (see
+/// [`EngineConfig::max_ops_per_byte`]).
+pub const FREE_OPS: u64 = 100_000;
+
+/// Compressed data in a client's message may inflate to at most this many
+/// bytes per column or change before it is counted.
+pub const MAX_INFLATED_BYTES: usize = 64 << 20;
 
 impl EngineConfig {
     pub fn new(peer_id: PeerId, storage_id: Option<StorageId>) -> Self {
@@ -108,6 +127,9 @@ impl EngineConfig {
             ephemeral_per_second: 50,
             unknown_requests_per_minute: 120,
             creates_per_minute: 120,
+            max_message_ops: 2_000_000,
+            max_ops_per_byte: 64,
+            max_document_ops: 10_000_000,
         }
     }
 }
@@ -135,10 +157,12 @@ pub enum ErrorKind {
     HandshakeTimeout,
     TokenExpired,
     TokenRevoked,
+    /// A message or a document past the operation limits.
+    TooManyOps,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::Decode,
         ErrorKind::NotJoined,
         ErrorKind::UnsupportedVersion,
@@ -149,6 +173,7 @@ impl ErrorKind {
         ErrorKind::HandshakeTimeout,
         ErrorKind::TokenExpired,
         ErrorKind::TokenRevoked,
+        ErrorKind::TooManyOps,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +188,7 @@ impl ErrorKind {
             ErrorKind::HandshakeTimeout => "handshake_timeout",
             ErrorKind::TokenExpired => "token_expired",
             ErrorKind::TokenRevoked => "token_revoked",
+            ErrorKind::TooManyOps => "too_many_ops",
         }
     }
 }
@@ -209,6 +235,14 @@ pub enum Event {
         conn: ConnId,
         kind: ErrorKind,
         detail: String,
+    },
+    /// A client's changes created a document this node did not have
+    /// (with the create right); `subject` is its token's `sub` (never
+    /// empty: clients without one are not reported).
+    Created {
+        doc: DocumentId,
+        conn: ConnId,
+        subject: String,
     },
     /// A peer was refused something its grants do not allow, without
     /// being disconnected (see `access`).

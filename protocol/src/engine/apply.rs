@@ -28,6 +28,9 @@ pub(super) struct Pending {
     pub(super) any_sync: bool,
     /// How many peer messages this one stands for (see [`coalesce`]).
     pub(super) merged: u64,
+    /// Operations its changes hold, counted for a client's message (0 for
+    /// links between nodes, which are not limited).
+    pub(super) ops: u64,
     /// From a peer that may not write the document: it carries no changes
     /// (they were taken out), and heads of its own we do not know are not
     /// taken as the peer's (we would ask for them forever).
@@ -58,6 +61,7 @@ impl Pending {
         self.requesting = next.requesting;
         self.any_sync |= next.any_sync;
         self.merged += next.merged;
+        self.ops = self.ops.saturating_add(next.ops);
     }
 }
 
@@ -177,12 +181,16 @@ impl Engine {
             message = without_changes(message);
             self.tell_refused(conn, doc_id, Refusal::ReadOnly);
         }
+        let ops = match self.ops_allowed(conn, doc_id, &message, data.len()) {
+            Ok(ops) => ops,
+            Err(detail) => return self.reject(conn, ErrorKind::TooManyOps, detail),
+        };
         self.subscribe(conn, doc_id);
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.touch(now);
-        d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, read_only, message });
+        d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, ops, read_only, message });
         match &mut self.batch {
             Some(docs) => {
                 if !docs.contains(&doc_id) {
@@ -228,8 +236,18 @@ impl Engine {
         let issued = d.writes_issued;
         let mut rejected = Vec::new();
         let mut from = Vec::new();
+        let max_ops = self.config.max_document_ops;
         for p in pending {
             let (conn, merged) = (p.conn, p.merged);
+            let held = d.doc.stats().num_ops;
+            if max_ops > 0 && p.ops > 0 && held.saturating_add(p.ops) > max_ops {
+                let detail = format!(
+                    "{} operations would take document {doc_id} past the limit of {max_ops} (it holds {held})",
+                    p.ops
+                );
+                rejected.push((conn, ErrorKind::TooManyOps, detail));
+                continue;
+            }
             if followed {
                 from.push(conn);
             }
@@ -237,11 +255,15 @@ impl Engine {
             match d.apply(p, demand, &mut self.stats) {
                 Ok(true) => *self.writes.entry(doc_id).or_default() += merged,
                 Ok(false) => {}
-                Err(e) => rejected.push((conn, format!("could not apply sync message for {doc_id}: {e}"))),
+                Err(e) => rejected.push((
+                    conn,
+                    ErrorKind::InvalidSyncMessage,
+                    format!("could not apply sync message for {doc_id}: {e}"),
+                )),
             }
         }
-        for (conn, detail) in rejected {
-            self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
+        for (conn, kind, detail) in rejected {
+            self.reject(conn, kind, detail);
         }
         self.after_doc_update(now, doc_id, before);
         // Only the home's own messages can confirm changes to it.
@@ -277,6 +299,9 @@ impl Engine {
             // (A creator past its limit: even its messages without changes
             // are only asks, or it would be asked for its changes forever.)
             if self.may_create(p.conn) && self.creation_allowed(now, p.conn, p.changes()) {
+                if p.changes() {
+                    self.created_by(doc_id, p.conn);
+                }
                 out.push(p);
                 continue;
             }
@@ -286,6 +311,7 @@ impl Engine {
                 requesting: true,
                 any_sync: false,
                 merged: 1,
+                ops: 0,
                 read_only: true,
                 message: without_changes(p.message.clone()),
             };

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use crate::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata};
 use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 
-use super::access::{Access, Refusal, Window};
+use super::access::{Access, Refusal};
+use super::limits::Window;
 use super::{Direction, Engine, ErrorKind, Event, Millis};
 
 #[derive(Debug)]

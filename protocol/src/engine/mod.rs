@@ -54,6 +54,7 @@ mod conn;
 mod doc;
 mod effects;
 mod fanout;
+mod limits;
 mod local;
 mod persistence;
 mod phase;
@@ -105,7 +106,7 @@ pub struct Engine {
     offloading: BTreeSet<DocumentId>,
     /// Documents created per token subject in the current minute (see
     /// [`EngineConfig::creates_per_minute`]).
-    creations: BTreeMap<String, access::Window>,
+    creations: BTreeMap<String, limits::Window>,
     stats: EngineStats,
     /// Between [`Self::begin_batch`] and [`Self::end_batch`]: documents
     /// whose peers' messages wait to be applied, in the order they came.
