@@ -80,6 +80,7 @@ pub mod throttle;
 
 /// Default limit of one protocol message (WebSocket message or QUIC frame).
 /// The first sync of a large document is a single message holding the
-/// whole document and a bloom filter of its history, so the limit must be
-/// generous.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// whole document (compressed) and a bloom filter of its history: a
+/// 300,000-operation text is about 1 MB, so 64 MiB leaves room for very
+/// large documents while bounding what one frame can cost.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

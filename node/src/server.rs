@@ -264,9 +264,9 @@ fn upgrade(
             return unauthorized(reason);
         }
     };
-    // Let a frame somewhat over our limit through the WebSocket layer so we
-    // can answer it with a protocol `error` instead of a bare close.
-    let transport_limit = state.max_message_bytes.saturating_add(1 << 20);
+    // A frame or message over the limit is refused from its header, before
+    // its payload is buffered (`too_big` below answers it with an `error`).
+    let transport_limit = state.max_message_bytes;
     // tungstenite allocates its read buffer up front (128 KiB by default):
     // that was most of an idle connection's memory (issue 7, connect
     // scenario: 163 KiB per connection with its document at 128 KiB, 48 at
@@ -292,13 +292,28 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
     let mut throttle = Throttle::new(state.rates);
     // Past its rate, the socket is not read until then (backpressure).
     let mut paused: Option<tokio::time::Instant> = None;
+    // Off once the socket sent something we refuse to read further.
+    let mut reading = true;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {
                 paused = None;
             }
-            incoming = stream.next(), if paused.is_none() => {
-                let Some(Ok(msg)) = incoming else { break };
+            incoming = stream.next(), if paused.is_none() && reading => {
+                let msg = match incoming {
+                    Some(Ok(msg)) => msg,
+                    Some(Err(e)) if too_big(&e) => {
+                        // Refused from its header, nothing of it buffered: the
+                        // engine answers with an `error` and closes.
+                        reading = false;
+                        let detail = format!("a message over the limit of {} bytes", state.max_message_bytes);
+                        if state.events.send(NodeEvent::Reject { conn, kind: ErrorKind::Oversize, detail }).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ => break,
+                };
                 last_heard = Instant::now();
                 if let (WsMessage::Binary(bytes), Some(t)) = (&msg, throttle.as_mut())
                     && let Some(wait) = t.take(bytes.len())
@@ -361,6 +376,14 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
         }
     }
     let _ = state.events.send(NodeEvent::Disconnected { conn }).await;
+}
+
+/// The WebSocket layer refused a frame or message over the size limit.
+fn too_big(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_)))
 }
 
 /// Close reasons must fit in a control frame (125 bytes).

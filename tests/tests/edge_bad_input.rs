@@ -154,6 +154,12 @@ fn cases() -> Vec<Case> {
             kind: ErrorKind::Oversize,
         },
         Case {
+            name: "frame far over the limit (refused from its header, never buffered)",
+            join_first: true,
+            payload: Payload::Binary(vec![0xa0; LIMIT * 40]),
+            kind: ErrorKind::Oversize,
+        },
+        Case {
             name: "text frame",
             join_first: true,
             payload: Payload::Text("{\"type\":\"join\"}"),
