@@ -38,7 +38,7 @@ use meridian_node::auth::Keyring;
 use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
-use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node};
+use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node, register_untrusted_node};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
@@ -112,6 +112,10 @@ pub struct HubConfig {
     pub max_auth_failures_per_minute: u32,
     /// An edge must open its stream and send `hello` within this.
     pub hello_timeout: Duration,
+    /// Edges (ids of `auth`) the hub does not trust (devices in the open):
+    /// each is served only the documents its clients' tokens grant, which
+    /// it forwards (verified here against `auth_public_keys`).
+    pub untrusted_edges: std::collections::BTreeSet<String>,
 }
 
 impl HubConfig {
@@ -138,6 +142,7 @@ impl HubConfig {
             header_read_timeout: meridian_node::http::DEFAULT_HEADER_READ_TIMEOUT,
             max_auth_failures_per_minute: 10,
             hello_timeout: admission::HELLO_TIMEOUT,
+            untrusted_edges: Default::default(),
         }
     }
 
@@ -173,6 +178,11 @@ impl HubConfig {
                 "--admin-listen {a} is not a loopback address, and without --auth-public-key or --admin-token \
                  the operator routes answer loopback requests only"
             )));
+        }
+        if !self.untrusted_edges.is_empty() && self.auth_public_keys.is_empty() {
+            return Err(HubError::Config(
+                "untrusted edges are served what their clients' tokens grant: give --auth-public-key".into(),
+            ));
         }
         if self.serve_clients && self.auth_public_keys.is_empty() && !self.http.ip().is_loopback() {
             return Err(HubError::Config(format!(
@@ -288,6 +298,7 @@ impl Hub {
             peer_secret: peer_secret.to_string(),
             revocations: revocations.clone(),
             auth_keys,
+            keyring: keyring.clone(),
             failures: admission::Failures::default(),
             metrics: metrics.clone(),
         });
@@ -486,7 +497,29 @@ struct EdgeShared {
     auth_keys: Vec<String>,
     /// Failed `hello`s per client address.
     failures: admission::Failures,
+    /// Verifies the tokens untrusted edges forward.
+    keyring: Option<Arc<Keyring>>,
     metrics: Arc<NodeMetrics>,
+}
+
+/// A token an untrusted edge forwarded for one of its clients (an `auth`
+/// control frame): verified here, its grants are added to the edge's. It
+/// is queued on the node loop at once, so it is in force before the
+/// frames the edge sent after it.
+fn grant_forwarded(bytes: &[u8], conn: ConnId, edge_id: &str, shared: &EdgeShared, events: &mpsc::Sender<NodeEvent>) {
+    let Ok(Control::Auth { token }) = federation::decode_control(bytes) else { return };
+    let Some(keyring) = &shared.keyring else { return };
+    match keyring.verify(&token, meridian_node::auth::unix_now()) {
+        Ok(grant) => {
+            if events.try_send(NodeEvent::Grant { conn, access: grant.access() }).is_err() {
+                tracing::warn!(edge = %Escaped(edge_id), "node loop busy: a forwarded grant was dropped");
+            }
+        }
+        Err(reason) => {
+            shared.metrics.auth_refused(reason);
+            tracing::info!(edge = %Escaped(edge_id), %reason, "an untrusted edge forwarded a token that does not hold");
+        }
+    }
 }
 
 /// Tells the edge on `conn` every revocation, now and whenever one is
@@ -550,7 +583,13 @@ async fn serve_edge(
     // Told apart by the id its hello authenticated, not by the peer id it
     // joins with (edges started without --peer-id all join as
     // `meridian-edge`).
-    let Some((conn, out)) = register_node(&events, Direction::Incoming, &hello.node_id).await else { return };
+    let untrusted = config.untrusted_edges.contains(&hello.node_id);
+    let registered = if untrusted {
+        register_untrusted_node(&events, &hello.node_id).await
+    } else {
+        register_node(&events, Direction::Incoming, &hello.node_id).await
+    };
+    let Some((conn, out)) = registered else { return };
     let edge_id = hello.node_id;
     tracing::info!(%remote, %edge_id, %conn, peer_addr = ?hello.peer_addr, "edge connected");
     let edge = EdgeId::new(edge_id.clone());
@@ -573,7 +612,11 @@ async fn serve_edge(
         out,
         quic::Reading::unthrottled(config.max_frame_bytes),
         |_| {},
-        |_| {},
+        |bytes| {
+            if untrusted {
+                grant_forwarded(&bytes, conn, &edge_id, &shared, &events);
+            }
+        },
     );
     // Reports arrive beside the documents; if they stop, documents keep going.
     let reports = async {

@@ -92,6 +92,13 @@ struct ServeArgs {
     /// Without any, the hub runs in open dev mode (loopback only) and says so.
     #[arg(long = "edge", env = "MERIDIAN_HUB_EDGES", value_delimiter = ',')]
     edges: Vec<String>,
+    /// An edge the hub does not trust (a device in the open), as ID=SECRET
+    /// (repeatable; env: comma-separated): it is served only the documents
+    /// its clients' tokens grant, which it forwards and the hub verifies
+    /// (needs --auth-public-key). Edges of --edge are trusted with every
+    /// document.
+    #[arg(long = "untrusted-edge", env = "MERIDIAN_HUB_UNTRUSTED_EDGES", value_delimiter = ',')]
+    untrusted_edges: Vec<String>,
     /// Extra DNS names or IPs for the dev certificate created on first start.
     #[arg(long = "cert-name", env = "MERIDIAN_HUB_CERT_NAMES", value_delimiter = ',')]
     cert_names: Vec<String>,
@@ -198,7 +205,12 @@ async fn main() -> anyhow::Result<()> {
     config.listen = args.listen;
     config.http = args.http;
     config.hub_id = args.hub_id;
-    config.auth = parse_edges(&args.edges)?;
+    let all: Vec<String> = args.edges.iter().chain(&args.untrusted_edges).cloned().collect();
+    config.auth = parse_edges(&all)?;
+    config.untrusted_edges = match parse_edges(&args.untrusted_edges)? {
+        EdgeAuth::Secrets(map) => map.into_keys().collect(),
+        EdgeAuth::DevOpen => Default::default(),
+    };
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;

@@ -104,7 +104,7 @@ impl Link {
     pub async fn local(events: mpsc::Sender<NodeEvent>) -> Result<Self, LinkError> {
         let access = Access { relay: false, subject: "internal".into(), ..Access::full() };
         let (conn, out) =
-            meridian_node::runtime::register_client(&events, access, None).await.ok_or(LinkError::NodeStopped)?;
+            meridian_node::runtime::register_client(&events, access, None, None).await.ok_or(LinkError::NodeStopped)?;
         Ok(Link::Local { conn, events, out })
     }
 

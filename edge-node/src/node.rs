@@ -160,7 +160,7 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
             return quic::refuse(&connection, send, &format!("unauthorized: {reason}")).await;
         }
     };
-    let Some((conn, out)) = runtime::register_client(&events, access, valid_for).await else { return };
+    let Some((conn, out)) = runtime::register_client(&events, access, valid_for, Some(token)).await else { return };
     if let Some(bytes) = join
         && events.send(NodeEvent::Frame { conn, bytes }).await.is_err()
     {

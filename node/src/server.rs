@@ -274,15 +274,17 @@ fn upgrade(
     // grows, and each read takes up to this many bytes.
     ws.max_message_size(transport_limit).max_frame_size(transport_limit).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
         move |socket| async move {
-            connection(socket, state, access, valid_for).await;
+            connection(socket, state, access, valid_for, token).await;
             drop(slot);
         },
     )
 }
 
 /// Runs one WebSocket until either side closes it.
-async fn connection(socket: WebSocket, state: AppState, access: Access, valid_for: Option<Duration>) {
-    let Some((conn, mut out_rx)) = register_client(&state.events, access, valid_for).await else { return };
+async fn connection(socket: WebSocket, state: AppState, access: Access, valid_for: Option<Duration>, token: String) {
+    let Some((conn, mut out_rx)) = register_client(&state.events, access, valid_for, Some(token)).await else {
+        return;
+    };
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(state.ping_interval);
     ping.tick().await;

@@ -124,6 +124,16 @@ async fn browser_page_and_rust_client_edit_the_same_document() -> Result<()> {
     Ok(())
 }
 
+/// An edge with auth on, the key its tokens are signed with, and its folder
+/// (holding `keys/auth-private.pem`).
+async fn edge_with_auth() -> Result<(EdgeNode, meridian_node::auth::SigningKey, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let key = meridian_node::auth::keygen(&dir.path().join("keys"))?;
+    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
+    config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
+    Ok((EdgeNode::start(config).await?, key, dir))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()> {
     require_pkg()?;
@@ -142,11 +152,7 @@ async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()
 async fn meridian_package_presents_its_token_to_an_edge_with_auth_on() -> Result<()> {
     use meridian_node::auth::{self, Claims};
     require_pkg()?;
-    let dir = tempfile::tempdir()?;
-    let key = auth::keygen(&dir.path().join("keys"))?;
-    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
-    config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
-    let edge = EdgeNode::start(config).await?;
+    let (edge, key, _dir) = edge_with_auth().await?;
     let token = key.mint(&Claims {
         sub: "app-user".into(),
         exp: auth::unix_now() + 600,
@@ -214,11 +220,7 @@ async fn clients_sync_over_wss_with_tls_on() -> Result<()> {
 async fn meridian_package_fetches_a_new_token_when_one_expires() -> Result<()> {
     use meridian_node::auth;
     require_pkg()?;
-    let dir = tempfile::tempdir()?;
-    let key = auth::keygen(&dir.path().join("keys"))?;
-    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
-    config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
-    let edge = EdgeNode::start(config).await?;
+    let (edge, key, dir) = edge_with_auth().await?;
     let (url, private) = (edge.ws_url(), dir.path().join("keys/auth-private.pem"));
     let args = ["--url", &url, "--key", &private.to_string_lossy(), "--ttl", "2"].map(str::to_owned);
     let lines =

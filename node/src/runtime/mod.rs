@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use meridian_protocol::codec;
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Access, Direction, DocDemand, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
+    Access, Direction, DocDemand, DocSet, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::log::Escaped;
@@ -36,6 +36,7 @@ use tokio::task::JoinHandle;
 use crate::metrics::NodeMetrics;
 use crate::store::DocStore;
 
+mod grants;
 mod storage;
 
 use storage::{StorageWorker, StoreReply, StoreRequest};
@@ -129,8 +130,18 @@ pub enum NodeEvent {
         /// open dev mode), and for how long from now (`None`: no end).
         access: Access,
         valid_for: Option<Duration>,
+        /// The client's token, forwarded to every upstream (an untrusted
+        /// edge's hub grants it only what its clients' tokens grant).
+        grant: Option<String>,
         out: OutboundSender,
         reply: oneshot::Sender<ConnId>,
+    },
+    /// More documents a connection may read and write (a token an
+    /// untrusted edge forwarded for its client, verified by the hub): see
+    /// [`Engine::extend_access`].
+    Grant {
+        conn: ConnId,
+        access: Access,
     },
     Frame {
         conn: ConnId,
@@ -188,6 +199,8 @@ struct NodeLoop {
     engine: Engine,
     io: Io,
     storage: StorageWorker,
+    /// Clients' tokens, forwarded to upstreams.
+    grants: grants::Grants,
     started: Instant,
     /// Disk budget in bytes of document data (0: none).
     disk_budget: u64,
@@ -224,7 +237,7 @@ impl NodeLoop {
     fn handle(&mut self, event: NodeEvent) {
         let now = self.now();
         match event {
-            NodeEvent::Connected { direction, edge_peer, mut access, valid_for, out, reply } => {
+            NodeEvent::Connected { direction, edge_peer, mut access, valid_for, grant, out, reply } => {
                 access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
                 let conn = if edge_peer {
                     self.engine.handle_connect_edge_peer_with(now, direction, access)
@@ -235,8 +248,13 @@ impl NodeLoop {
                 self.io.metrics.connections.fetch_add(1, Relaxed);
                 self.io.metrics.connections_total.fetch_add(1, Relaxed);
                 if direction == Direction::Outgoing && !edge_peer {
-                    // Everything stored must reach the new upstream.
+                    // Everything stored must reach the new upstream, and the
+                    // grants of the clients here before anything else.
+                    self.grants.upstream(conn, &self.io.conns);
                     self.storage.submit(StoreRequest::ListDocs);
+                }
+                if let Some(token) = grant {
+                    self.grants.client(conn, token, &self.io.conns);
                 }
                 let _ = reply.send(conn);
             }
@@ -245,7 +263,9 @@ impl NodeLoop {
                 self.io.metrics.message_in(t, bytes.len());
             }
             NodeEvent::Reject { conn, kind, detail } => self.engine.reject(conn, kind, detail),
+            NodeEvent::Grant { conn, access } => self.engine.extend_access(conn, &access),
             NodeEvent::Disconnected { conn } => {
+                self.grants.gone(conn);
                 if self.io.conns.remove(&conn).is_some() {
                     self.io.metrics.connections.fetch_sub(1, Relaxed);
                 }
@@ -472,6 +492,7 @@ impl NodeRuntime {
             engine: Engine::new(config),
             io: Io { conns: BTreeMap::new(), metrics: metrics.clone(), batch: Vec::new(), created: Vec::new() },
             storage,
+            grants: grants::Grants::default(),
             started: Instant::now(),
             disk_budget,
             usage_pending: false,
@@ -554,17 +575,20 @@ pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time:
 /// between nodes, or any connection in open dev mode); `None` if the loop
 /// is gone.
 pub async fn register(events: &mpsc::Sender<NodeEvent>, direction: Direction) -> Option<(ConnId, OutboundQueue)> {
-    register_as(events, direction, false, Access::full(), None).await
+    register_as(events, direction, false, Access::full(), None, None).await
 }
 
 /// Registers a client's connection that may do what `access` grants, for
 /// `valid_for` from now (its token's lifetime).
+/// `token` (what it presented) is forwarded to every upstream: a hub that
+/// does not trust this edge grants it what its clients' tokens grant.
 pub async fn register_client(
     events: &mpsc::Sender<NodeEvent>,
     access: Access,
     valid_for: Option<Duration>,
+    token: Option<String>,
 ) -> Option<(ConnId, OutboundQueue)> {
-    register_as(events, Direction::Incoming, false, access, valid_for).await
+    register_as(events, Direction::Incoming, false, access, valid_for, token.filter(|t| !t.is_empty())).await
 }
 
 /// Registers a link from another node that authenticated as `node_id`
@@ -576,7 +600,24 @@ pub async fn register_node(
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
     let access = Access { subject: format!("node:{node_id}"), ..Access::full() };
-    register_as(events, direction, false, access, None).await
+    register_as(events, direction, false, access, None, None).await
+}
+
+/// Registers an edge the hub does not trust (see `--untrusted-edge`): it
+/// starts with no document, and gains those its clients' tokens grant
+/// ([`NodeEvent::Grant`]) as it forwards them.
+pub async fn register_untrusted_node(
+    events: &mpsc::Sender<NodeEvent>,
+    node_id: &str,
+) -> Option<(ConnId, OutboundQueue)> {
+    let access = Access {
+        subject: format!("node:{node_id}"),
+        read: DocSet::none(),
+        write: DocSet::none(),
+        create: false,
+        ..Access::full()
+    };
+    register_as(events, Direction::Incoming, false, access, None, None).await
 }
 
 /// Registers a link to another edge (see [`NodeEvent::Connected`]); with
@@ -587,7 +628,7 @@ pub async fn register_edge_peer(
     node_id: Option<&str>,
 ) -> Option<(ConnId, OutboundQueue)> {
     let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
-    register_as(events, direction, true, Access { subject, ..Access::full() }, None).await
+    register_as(events, direction, true, Access { subject, ..Access::full() }, None, None).await
 }
 
 async fn register_as(
@@ -596,10 +637,11 @@ async fn register_as(
     edge_peer: bool,
     access: Access,
     valid_for: Option<Duration>,
+    grant: Option<String>,
 ) -> Option<(ConnId, OutboundQueue)> {
     let (out, queue) = outbound_queue(OUTBOUND_CAPACITY, OUTBOUND_MAX_BYTES);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, out, reply: reply_tx };
+    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, grant, out, reply: reply_tx };
     events.send(connected).await.ok()?;
     let conn = reply_rx.await.ok()?;
     Some((conn, queue))

@@ -72,6 +72,14 @@ impl DocSet {
     pub fn contains(&self, doc: &DocumentId) -> bool {
         self.all || self.docs.contains(doc)
     }
+
+    /// Adds every document of `other`.
+    pub fn extend(&mut self, other: &DocSet) {
+        self.all |= other.all;
+        if !self.all {
+            self.docs.extend(other.docs.iter().copied());
+        }
+    }
 }
 
 /// What one connection may do.
@@ -283,6 +291,17 @@ impl Engine {
     pub(super) fn refuse_creation(&mut self, conn: ConnId, doc_id: DocumentId) {
         let refusal = if self.may_create(conn) { Refusal::CreateLimit } else { Refusal::Create };
         self.tell_refused(conn, doc_id, refusal);
+    }
+
+    /// Adds `more`'s grants to what `conn` may read, write and create: an
+    /// untrusted edge at the hub, as the tokens of its clients arrive
+    /// (verified by the driver). Its subject, relay right and expiry stay.
+    pub fn extend_access(&mut self, conn: ConnId, more: &Access) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.access.read.extend(&more.read);
+            c.access.write.extend(&more.write);
+            c.access.create |= more.create;
+        }
     }
 
     /// Closes connections whose grants ended by `now`.

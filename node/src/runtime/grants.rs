@@ -1,0 +1,56 @@
+//! Clients' tokens forwarded to upstreams. An edge tells its hub, in an
+//! `auth` control frame on the uplink, the token each of its clients
+//! presented: a hub that does not trust the edge (a device in the open)
+//! serves it only the documents those tokens grant, and verifies each
+//! token itself, so a compromised edge cannot claim more than its clients
+//! hold. Sent before anything of the client's reaches the upstream (the
+//! loop handles a connection's registration before its frames), and again
+//! to an upstream that connects later.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_protocol::codec::federation::{self, Control};
+use meridian_protocol::ids::ConnId;
+
+use super::{Outbound, OutboundSender};
+
+/// The tokens of the clients here, and the upstreams told of them.
+#[derive(Debug, Default)]
+pub(super) struct Grants {
+    clients: BTreeMap<ConnId, String>,
+    upstreams: BTreeSet<ConnId>,
+}
+
+impl Grants {
+    /// A client with `token` connected: every upstream is told (once per
+    /// distinct token).
+    pub(super) fn client(&mut self, conn: ConnId, token: String, queues: &BTreeMap<ConnId, OutboundSender>) {
+        let known = self.clients.values().any(|t| *t == token);
+        if !known {
+            for up in &self.upstreams {
+                tell(queues.get(up), &token);
+            }
+        }
+        self.clients.insert(conn, token);
+    }
+
+    /// An upstream connected: it is told every token of the clients here.
+    pub(super) fn upstream(&mut self, conn: ConnId, queues: &BTreeMap<ConnId, OutboundSender>) {
+        self.upstreams.insert(conn);
+        let distinct: BTreeSet<&String> = self.clients.values().collect();
+        for token in distinct {
+            tell(queues.get(&conn), token);
+        }
+    }
+
+    pub(super) fn gone(&mut self, conn: ConnId) {
+        self.clients.remove(&conn);
+        self.upstreams.remove(&conn);
+    }
+}
+
+fn tell(queue: Option<&OutboundSender>, token: &str) {
+    if let Some(q) = queue {
+        q.other(Outbound::Control(federation::encode_control(&Control::Auth { token: token.to_owned() })));
+    }
+}
