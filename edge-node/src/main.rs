@@ -509,7 +509,7 @@ mod client {
     }
 
     async fn print(client: &Client, doc: DocumentId) {
-        if let Some(json) = client.read(doc, |d| cli::to_json(d)).await {
+        if let Some(json) = client.read(doc, cli::to_json).await {
             println!("{json}");
         }
     }
