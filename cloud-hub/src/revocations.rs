@@ -28,12 +28,7 @@ impl Revocations {
     /// Reads `dir/revocations.json` (none yet: an empty list).
     pub fn load(dir: &Path) -> Result<Self, HubError> {
         let path = dir.join("revocations.json");
-        let io = |source| HubError::Io { path: path.clone(), source };
-        let list: Vec<Revocation> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io(std::io::Error::other(e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(e)),
-        };
+        let list = auth::load_revocations(&path).map_err(|source| HubError::Io { path: path.clone(), source })?;
         Ok(Self { path, list: watch::Sender::new(list) })
     }
 
@@ -52,11 +47,7 @@ impl Revocations {
             return Ok(false);
         }
         list.push(r);
-        let bytes = serde_json::to_vec_pretty(&list).unwrap_or_default();
-        let tmp = self.path.with_extension("json.tmp");
-        let io = |source| HubError::Io { path: self.path.clone(), source };
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        auth::save_revocations(&self.path, &list).map_err(|source| HubError::Io { path: self.path.clone(), source })?;
         self.list.send_replace(list);
         Ok(true)
     }

@@ -200,6 +200,11 @@ impl EdgeConfig {
         self.auth_public_keys.is_empty()
     }
 
+    /// Where the hub's revocations are kept, inside the data folder.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.data_dir.join("revocations.json")
+    }
+
     /// Path of the SQLite database inside the data folder.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("edge.sqlite3")
@@ -217,6 +222,9 @@ pub struct UplinkConfig {
     pub trust: HubTrust,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// Where the hub's revocations are kept (`EdgeNode::start` sets it to
+    /// `<data>/revocations.json`); `None`: in memory only.
+    pub revocations_file: Option<PathBuf>,
     pub max_frame_bytes: usize,
 }
 
@@ -230,6 +238,7 @@ impl UplinkConfig {
             trust,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            revocations_file: None,
             max_frame_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }

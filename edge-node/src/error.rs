@@ -25,4 +25,6 @@ pub enum EdgeError {
     HttpsTls(TlsError),
     #[error("auth: {0}")]
     Auth(#[from] KeyError),
+    #[error("{}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
 }

@@ -18,7 +18,7 @@ use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
 use tokio::sync::mpsc;
 
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, UplinkConfig};
 use crate::error::EdgeError;
 use crate::info::{self, NodeInfo};
 use crate::peers::{self, PeerDirectory, PeerHandle, PeerSettings};
@@ -190,7 +190,12 @@ fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Ar
     }
     let verifier = Verifier::load(&config.auth_public_keys)?;
     tracing::info!(keys = config.auth_public_keys.len(), "clients need a token (auth on)");
-    Ok(Some(Arc::new(Keyring::new(verifier))))
+    let keyring = Keyring::new(verifier);
+    // What the hub revoked before a restart still holds.
+    let path = config.revocations_path();
+    let kept = meridian_node::auth::load_revocations(&path).map_err(|source| EdgeError::Io { path, source })?;
+    keyring.revoke(&kept);
+    Ok(Some(Arc::new(keyring)))
 }
 
 impl EdgeNode {
@@ -287,6 +292,7 @@ impl EdgeNode {
         let uplink = config.uplink.clone().map(|u| {
             tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
             let keyring = verifier.clone();
+            let u = UplinkConfig { revocations_file: Some(config.revocations_path()), ..u };
             AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle, keyring)))
         });
         let (peer_addr, peer_tasks) = peers.map_or((None, Vec::new()), |p| (p.addr, p.tasks));

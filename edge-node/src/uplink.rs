@@ -86,7 +86,12 @@ pub async fn run(
 
 /// The hub's revocations: new connections with those tokens are refused,
 /// and live ones closed (without auth there are no tokens to revoke).
-fn revoke(keyring: Option<&Keyring>, events: &mpsc::Sender<NodeEvent>, list: Vec<RevokeNotice>) {
+fn revoke(
+    keyring: Option<&Keyring>,
+    events: &mpsc::Sender<NodeEvent>,
+    list: Vec<RevokeNotice>,
+    file: Option<&std::path::Path>,
+) {
     let Some(keyring) = keyring else { return };
     let list: Vec<Revocation> = list.into_iter().map(|r| Revocation { jti: r.jti, sub: r.sub, at: r.at }).collect();
     let new = keyring.unknown(&list);
@@ -101,6 +106,12 @@ fn revoke(keyring: Option<&Keyring>, events: &mpsc::Sender<NodeEvent>, list: Vec
     }
     for r in keyring.revoke(&new) {
         tracing::info!(jti = ?r.jti, sub = ?r.sub, "the hub revoked a token");
+    }
+    // Kept, so a restart while the hub is unreachable still refuses them.
+    if let Some(path) = file
+        && let Err(e) = meridian_node::auth::save_revocations(path, &keyring.revocations())
+    {
+        tracing::error!(path = %path.display(), error = %e, "could not keep the hub's revocations");
     }
 }
 
@@ -165,7 +176,7 @@ async fn session(
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
     let on_control = |bytes: Vec<u8>| {
         match federation::decode_control(&bytes) {
-            Ok(Control::Revoke(list)) => return revoke(keyring, events, list),
+            Ok(Control::Revoke(list)) => return revoke(keyring, events, list, config.revocations_file.as_deref()),
             Ok(Control::AuthKeys(keys)) => return add_keys(keyring, &keys),
             _ => {}
         }

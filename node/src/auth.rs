@@ -425,6 +425,11 @@ impl Keyring {
         new
     }
 
+    /// Every revocation it knows.
+    pub fn revocations(&self) -> Vec<Revocation> {
+        self.inner.read().map(|g| g.1.clone()).unwrap_or_default()
+    }
+
     /// Accepts tokens signed by these public keys (PEM) too.
     pub fn add_public_pems(&self, pems: &[String]) -> Result<(), KeyError> {
         let Ok(mut guard) = self.inner.write() else { return Ok(()) };
@@ -433,6 +438,25 @@ impl Keyring {
         }
         Ok(())
     }
+}
+
+/// Revocations kept in a JSON file (the hub's `revocations.json`, an
+/// edge's copy of what its hub told it): `[]` if the file does not exist.
+pub fn load_revocations(path: &Path) -> std::io::Result<Vec<Revocation>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes revocations to `path` (a temporary file renamed over it, so a
+/// crash leaves the old list or the new one).
+pub fn save_revocations(path: &Path, list: &[Revocation]) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(list).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Tells the node loop to close live connections of these revocations.

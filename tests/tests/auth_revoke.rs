@@ -147,3 +147,29 @@ async fn a_revoked_token_is_closed_at_every_edge_and_refused_after() -> Result<(
     assert!(String::from_utf8_lossy(&out.stderr).contains("give `jti`"), "{}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+/// An edge keeps what its hub revoked: restarted while the hub is down, it
+/// still refuses the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_restarted_without_its_hub_still_refuses_revoked_tokens() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let key = auth::keygen(&dir.path().join("keys"))?;
+    let public = dir.path().join("keys/auth-public.pem");
+    let (hub, edge) = hub_and_edge(dir.path(), vec![], vec![public.clone()]).await?;
+    let alice = token(&key, "alice", "t-alice", auth::unix_now() - 5);
+    let mut peer = RawPeer::joined(&format!("{}?token={alice}", edge.ws_url()), "peer-alice").await?;
+    let sent = Instant::now();
+    revoke(&hub, &["--jti", "t-alice"])?;
+    closed_as_revoked(&mut peer, sent).await?;
+    hub.shutdown().await;
+    edge.shutdown().await;
+    assert!(std::fs::read_to_string(dir.path().join("edge/revocations.json"))?.contains("t-alice"));
+
+    let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
+    config.auth_public_keys = vec![public];
+    let edge = EdgeNode::start(config).await?;
+    let refused = RawPeer::connect(&format!("{}?token={alice}", edge.ws_url()), "peer-alice").await;
+    assert!(refused.is_err(), "the revoked token is refused after a restart without the hub");
+    assert_eq!(edge.metrics().auth_refused_of(TokenError::Revoked), 1);
+    Ok(())
+}
