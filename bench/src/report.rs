@@ -37,6 +37,10 @@ fn num(v: f64) -> String {
     if v.is_nan() {
         return "failed".into();
     }
+    if v.is_infinite() {
+        // A server that stopped answering (the abuse scenario).
+        return "no answer".into();
+    }
     let s = if v.abs() >= 100.0 {
         format!("{v:.0}")
     } else if v.abs() >= 10.0 {
@@ -67,7 +71,13 @@ pub fn table(rows: &[Row]) -> String {
         last = &r.scenario;
         let dir = if r.better == Better::Higher { "higher is better" } else { "lower is better" };
         let advantage = r.advantage();
-        let advantage = if advantage.is_nan() { "n/a".into() } else { format!("**{advantage:.1}×**") };
+        let advantage = if advantage.is_nan() || r.edge.is_infinite() || r.js.is_infinite() {
+            "n/a".into()
+        } else if advantage.is_infinite() {
+            "**∞**".into()
+        } else {
+            format!("**{advantage:.1}×**")
+        };
         let _ = writeln!(
             out,
             "| {scenario} | {} ({}, {dir}) | {} | {} | {advantage} |",

@@ -33,6 +33,18 @@ pub struct Paths {
     pub js_server: PathBuf,
 }
 
+/// meridian-edge's connection caps (`--max-connections`,
+/// `--max-connections-per-address`; the JS server has none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnCaps {
+    /// No cap: every load client comes from 127.0.0.1, so the
+    /// per-address cap would measure the cap, not the server.
+    Off,
+    /// The edge's defaults (10,000 in all, 256 per client address): what a
+    /// deployment runs, for the abuse scenario.
+    Default,
+}
+
 /// A running server; killed on drop if still running.
 #[derive(Debug)]
 pub struct Server {
@@ -41,16 +53,22 @@ pub struct Server {
     pub data: PathBuf,
     child: Child,
     paths: Paths,
+    caps: ConnCaps,
 }
 
 impl Server {
-    pub fn start(kind: Kind, paths: &Paths, data: &Path) -> Result<Self> {
+    pub fn start(kind: Kind, paths: &Paths, data: &Path, caps: ConnCaps) -> Result<Self> {
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let (child, url) = match kind {
-            Kind::Edge => start_edge(&paths.edge_bin, data)?,
+            Kind::Edge => start_edge(&paths.edge_bin, data, caps)?,
             Kind::Js => start_js(&paths.js_server, data)?,
         };
-        Ok(Self { kind, url, data: data.to_owned(), child, paths: paths.clone() })
+        Ok(Self { kind, url, data: data.to_owned(), child, paths: paths.clone(), caps })
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {
@@ -102,10 +120,10 @@ impl Server {
     /// Stops, runs `offline` on the stopped server's data folder (with the
     /// harness's paths), and starts again on it.
     pub fn restart_with(self, offline: impl FnOnce(&Paths, &Path) -> Result<()>) -> Result<Self> {
-        let (kind, paths, data) = (self.kind, self.paths.clone(), self.data.clone());
+        let (kind, paths, data, caps) = (self.kind, self.paths.clone(), self.data.clone(), self.caps);
         self.stop()?;
         offline(&paths, &data)?;
-        Self::start(kind, &paths, &data)
+        Self::start(kind, &paths, &data, caps)
     }
 }
 
@@ -178,12 +196,16 @@ fn wait_port(child: &mut Child, port: u16) -> Result<()> {
     bail!("nothing listening on {port}")
 }
 
-fn start_edge(bin: &Path, data: &Path) -> Result<(Child, String)> {
+fn start_edge(bin: &Path, data: &Path, caps: ConnCaps) -> Result<(Child, String)> {
     let port = free_port()?;
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off"]);
+    if caps == ConnCaps::Off {
         // Every load client comes from 127.0.0.1: no per-address cap.
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off"])
-        .args(["--max-connections", "0", "--max-connections-per-address", "0", "--data"])
+        cmd.args(["--max-connections", "0", "--max-connections-per-address", "0"]);
+    }
+    let mut child = cmd
+        .arg("--data")
         .arg(data)
         .env("RUST_LOG", std::env::var("LOADGEN_EDGE_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())

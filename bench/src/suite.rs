@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::report::{self, Row};
-use crate::scenario::{Figure, connect, fanout, large_doc, median, stored, writers};
-use crate::server::{Kind, Paths, Server};
+use crate::scenario::{Figure, attacks, connect, fanout, large_doc, median, stored, writers};
+use crate::server::{ConnCaps, Kind, Paths, Server};
 
-pub const SCENARIOS: [&str; 5] = ["connect", "fanout", "writers", "large-doc", "stored"];
+pub const SCENARIOS: [&str; 6] = ["connect", "fanout", "writers", "large-doc", "stored", "attacks"];
 
 #[derive(Debug)]
 pub struct Options {
@@ -39,10 +39,12 @@ enum Case {
     Writers(writers::Params),
     LargeDoc(large_doc::Params),
     Stored(stored::Params),
+    Attacks(attacks::Params),
 }
 
 impl Case {
-    /// The size the case is named by (clients, watchers, writers, operations, stored documents).
+    /// The size the case is named by (clients, watchers, writers, operations, stored documents,
+    /// idle sockets).
     fn size(&self) -> usize {
         match self {
             Case::Connect(n) => *n,
@@ -50,6 +52,7 @@ impl Case {
             Case::Writers(p) => p.writers,
             Case::LargeDoc(p) => p.ops,
             Case::Stored(p) => p.stored,
+            Case::Attacks(p) => p.idle,
         }
     }
 
@@ -60,6 +63,14 @@ impl Case {
             Case::Writers(p) => format!("{} writers on {} documents, window {}", p.writers, p.writers, p.window),
             Case::LargeDoc(p) => format!("large document: {} text operations", thousands(p.ops)),
             Case::Stored(p) => format!("{} stored documents, {} open", thousands(p.stored), thousands(p.open)),
+            Case::Attacks(p) => format!(
+                "a well-behaved client during attacks ({} × {}-op documents, {} messages, {} idle sockets, {} random ids)",
+                p.bombs,
+                thousands(p.bomb_ops),
+                thousands(p.flood),
+                thousands(p.idle),
+                thousands(p.random)
+            ),
         }
     }
 
@@ -70,6 +81,16 @@ impl Case {
             Case::Writers(p) => writers::run(&server, p).await,
             Case::LargeDoc(p) => large_doc::run(server, p).await,
             Case::Stored(p) => stored::run(server, p).await,
+            Case::Attacks(p) => attacks::run(server, p).await,
+        }
+    }
+
+    /// The edge's connection caps: off (every load client is 127.0.0.1),
+    /// but the defaults against an attacker from its own address.
+    fn caps(&self) -> ConnCaps {
+        match self {
+            Case::Attacks(_) => ConnCaps::Default,
+            _ => ConnCaps::Off,
         }
     }
 }
@@ -102,6 +123,37 @@ fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
         ("large-doc", false) => (vec![Case::LargeDoc(large_doc::Params { ops: 300_000, fetches: 5 })], 1),
         ("stored", true) => (vec![Case::Stored(stored::Params { stored: 200, open: 20 })], 1),
         ("stored", false) => (vec![Case::Stored(stored::Params { stored: 100_000, open: 1000 })], 1),
+        ("attacks", smoke) => {
+            let p = if smoke {
+                attacks::Params {
+                    phase: Duration::from_millis(500),
+                    round_trips: 20,
+                    pause: Duration::from_millis(10),
+                    ack_timeout: secs(10),
+                    settle: secs(20),
+                    bombs: 2,
+                    bomb_ops: 200_000,
+                    flood: 2000,
+                    // Past the edge's 256 per address, so the 503 path runs too.
+                    idle: 300,
+                    random: 500,
+                }
+            } else {
+                attacks::Params {
+                    phase: secs(3),
+                    round_trips: 300,
+                    pause: Duration::from_millis(10),
+                    ack_timeout: secs(30),
+                    settle: secs(60),
+                    bombs: 8,
+                    bomb_ops: 1_000_000,
+                    flood: 20_000,
+                    idle: 2000,
+                    random: 5000,
+                }
+            };
+            (vec![Case::Attacks(p)], if smoke { 1 } else { 3 })
+        }
         (other, _) => bail!("unknown scenario `{other}` (scenarios: {})", SCENARIOS.join(", ")),
     })
 }
@@ -156,7 +208,7 @@ async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Resu
         for kind in order.into_iter().filter(|k| opts.only.is_none_or(|only| only == *k)) {
             let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
             let _ = std::fs::remove_dir_all(&data);
-            let server = Server::start(kind, paths, &data)?;
+            let server = Server::start(kind, paths, &data, case.caps())?;
             let outcome = case.run(server).await.with_context(|| format!("{label} against {}", kind.name()));
             let _ = std::fs::remove_dir_all(&data);
             let figures = match outcome {

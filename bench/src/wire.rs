@@ -2,6 +2,7 @@
 //! in and out through the `meridian-protocol` codec. Cheap enough to hold
 //! thousands in one process; it counts the bytes it moves.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,9 +13,11 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::codec::{self, Decoded, Message, PeerMetadata};
 use meridian_protocol::ids::{DocumentId, PeerId};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Bytes of WebSocket payload moved, shared by the halves of a connection.
 #[derive(Debug, Default)]
@@ -54,6 +57,17 @@ impl Conn {
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
             .await
             .with_context(|| format!("connecting to {url}"))?;
+        Self::handshake(ws, me).await
+    }
+
+    /// [`Conn::join`] from another local address (e.g. 127.0.0.2: another
+    /// client as far as a per-address limit is concerned).
+    pub async fn join_from(url: &str, source: IpAddr, me: PeerId) -> Result<Self> {
+        let ws = connect_from(url, source).await.with_context(|| format!("connecting to {url} from {source}"))?;
+        Self::handshake(ws, me).await
+    }
+
+    async fn handshake(ws: Ws, me: PeerId) -> Result<Self> {
         let (sink, stream) = ws.split();
         let bytes = Arc::new(Bytes::default());
         let mut tx = Sender { sink, me: me.clone(), server: PeerId::new(""), bytes: bytes.clone() };
@@ -102,14 +116,23 @@ impl Sender {
 }
 
 impl Receiver {
-    /// The next protocol message; an error if the socket closes.
+    /// The next protocol message; an error if the socket closes or the
+    /// server sends `error`.
     pub async fn recv(&mut self) -> Result<Message> {
+        match self.recv_any().await? {
+            Message::Error { message, .. } => bail!("server error: {message}"),
+            m => Ok(m),
+        }
+    }
+
+    /// The next protocol message, `error` included; an error if the socket
+    /// closes.
+    pub async fn recv_any(&mut self) -> Result<Message> {
         loop {
             match self.stream.next().await {
                 Some(Ok(WsMessage::Binary(b))) => {
                     self.bytes.received.fetch_add(b.len() as u64, Ordering::Relaxed);
                     match codec::decode(&b)? {
-                        Decoded::Message(Message::Error { message, .. }) => bail!("server error: {message}"),
                         Decoded::Message(m) => return Ok(m),
                         Decoded::Unknown { .. } => continue,
                     }
@@ -125,6 +148,22 @@ impl Receiver {
     pub async fn recv_within(&mut self, timeout: Duration) -> Result<Message> {
         tokio::time::timeout(timeout, self.recv()).await.context("timed out waiting for a message")?
     }
+}
+
+/// A WebSocket handshake (and nothing more) to `url` (`ws://IP:PORT/...`)
+/// from the local address `source`, with TCP_NODELAY.
+pub async fn connect_from(url: &str, source: IpAddr) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let authority = url.strip_prefix("ws://").and_then(|rest| rest.split('/').next()).unwrap_or_default();
+    let addr: SocketAddr = authority
+        .parse()
+        .map_err(|_| WsError::Url(tokio_tungstenite::tungstenite::error::UrlError::UnableToConnect(url.to_owned())))?;
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), None).await?;
+    Ok(ws)
 }
 
 /// The document and decoded automerge sync message of a `sync`/`request`.

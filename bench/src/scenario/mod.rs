@@ -11,6 +11,7 @@ use meridian_protocol::ids::DocumentId;
 
 use crate::wire::{Receiver, advertised_heads};
 
+pub mod attacks;
 pub mod connect;
 pub mod fanout;
 pub mod large_doc;
