@@ -58,27 +58,11 @@ impl DocState {
     }
 
     /// Loads the stored bytes into the (empty) document.
-    ///
-    /// A stored change whose dependency is not stored (a write failed, and
-    /// a later write of the same document, already queued, went through) is
-    /// dropped: automerge would keep it queued and send it to peers, who
-    /// cannot apply it either, and we would advertise data we do not hold.
-    /// Its sender still counts it unacknowledged and sends it again; the
-    /// next write compacts, which removes it from the store.
     fn load_stored(&mut self, bytes: Option<Vec<u8>>) -> Result<(), automerge::AutomergeError> {
         let mut result = Ok(());
         if let Some(bytes) = bytes {
             result = self.doc.load_incremental(&bytes).map(|_| ());
             self.snapshot_bytes = bytes.len();
-            if result.is_ok() && !automerge::ReadDoc::get_missing_deps(&self.doc, &[]).is_empty() {
-                let kept = self.doc.save_with_options(automerge::SaveOptions { deflate: false, retain_orphans: false });
-                let mut clean = automerge::Automerge::new().with_actor(self.doc.get_actor().clone());
-                result = clean.load_incremental(&kept).map(|_| ());
-                tracing::warn!("a stored change whose dependency was lost (a failed write) was dropped at load");
-                self.doc = clean;
-                // The next write compacts: the store is rewritten without it.
-                self.chunk_bytes = usize::MAX / 2;
-            }
         }
         self.saved_heads = self.doc.get_heads();
         result
