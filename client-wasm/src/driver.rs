@@ -18,7 +18,7 @@ use meridian_protocol::codec::Message;
 use meridian_protocol::drive::Driver as Drive;
 use meridian_protocol::engine::{Engine, Event, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
 use wasm_bindgen::prelude::*;
 
 use crate::convert;
@@ -86,6 +86,9 @@ pub(crate) struct Driver {
     memory: MemoryStore,
     queue: Vec<(StorageTaskId, StorageTask)>,
     storage_busy: bool,
+    /// Writes of a document whose earlier write failed are refused until it
+    /// is loaded again (`WriteFence`).
+    fence: WriteFence,
     idle_waiters: Vec<Function>,
     pub net: Net,
     /// The server answered our `join`: unavailability is final.
@@ -130,7 +133,7 @@ pub(crate) fn drive<R>(shared: &Shared, f: impl FnOnce(&mut Driver) -> R) -> R {
 /// Runs queued storage tasks in batches, in order, until none are left.
 async fn storage_worker(shared: Shared) {
     loop {
-        let (idb, batch) = {
+        let (idb, batch, fenced) = {
             let mut d = shared.borrow_mut();
             let Some(idb) = d.idb.clone().filter(|_| !d.queue.is_empty()) else {
                 d.storage_busy = false;
@@ -138,13 +141,28 @@ async fn storage_worker(shared: Shared) {
                 d.calls.extend(waiters.into_iter().map(|f| (f, JsValue::UNDEFINED)));
                 break;
             };
-            (idb, std::mem::take(&mut d.queue))
+            // Writes fenced after a failed one are answered without running.
+            let mut fenced = Vec::new();
+            let mut run = Vec::new();
+            for (id, task) in std::mem::take(&mut d.queue) {
+                match d.fence.check(&task) {
+                    Some(result) => fenced.push((id, result)),
+                    None => run.push((id, task)),
+                }
+            }
+            (idb, run, fenced)
         };
         let (ids, tasks): (Vec<StorageTaskId>, Vec<StorageTask>) = batch.into_iter().unzip();
-        let results = idb.run(&tasks).await;
+        let results = if tasks.is_empty() { Vec::new() } else { idb.run(&tasks).await };
         drive(&shared, |d| {
             let now = d.now();
-            for (id, result) in ids.into_iter().zip(results) {
+            for (task, result) in tasks.iter().zip(&results) {
+                d.fence.record(task, result);
+            }
+            let mut all: Vec<(StorageTaskId, StorageResult)> = ids.into_iter().zip(results).collect();
+            all.extend(fenced);
+            all.sort_by_key(|(id, _)| *id);
+            for (id, result) in all {
                 d.engine.handle_storage_result(now, id, result);
             }
         });
@@ -164,6 +182,7 @@ impl Driver {
             memory: MemoryStore::new(),
             queue: Vec::new(),
             storage_busy: false,
+            fence: WriteFence::default(),
             idle_waiters: Vec::new(),
             net,
             ready: false,

@@ -6,10 +6,51 @@
 //! A driver must run the tasks of one engine **in the order they were
 //! emitted** and must only report a write as done once it is durable: the
 //! engine relies on both to never advertise heads that are not committed.
+//! And once a write of a document failed, the document's later writes must
+//! fail too until it is loaded again ([`WriteFence`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ids::{DocumentId, StorageId};
+
+/// The part of the driver contract about failed writes. The engine forgets
+/// a document whose write failed and loads it again before it writes more,
+/// so every write of that document a driver gets in between was issued in
+/// the failed sequence: committing one would store changes whose
+/// dependencies were lost with the failed write (and a reload would then
+/// hold, and send peers, changes it cannot apply; found by fuzzing the
+/// engine, docs/FUZZING.md). A driver asks [`WriteFence::check`] before
+/// each task and tells [`WriteFence::record`] each result.
+#[derive(Debug, Default)]
+pub struct WriteFence {
+    failed: BTreeSet<DocumentId>,
+}
+
+impl WriteFence {
+    /// `Some(result)`: report it instead of running `task` (a write of a
+    /// document whose earlier write failed). A load lifts the fence.
+    pub fn check(&mut self, task: &StorageTask) -> Option<StorageResult> {
+        match task {
+            StorageTask::LoadDoc { doc } => {
+                self.failed.remove(doc);
+                None
+            }
+            StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } if self.failed.contains(doc) => {
+                Some(StorageResult::Failed("an earlier write of this document failed; it is loaded again first".into()))
+            }
+            _ => None,
+        }
+    }
+
+    /// A failed write fences its document.
+    pub fn record(&mut self, task: &StorageTask, result: &StorageResult) {
+        if let (StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. }, StorageResult::Failed(_)) =
+            (task, result)
+        {
+            self.failed.insert(*doc);
+        }
+    }
+}
 
 /// Correlates a task with its completion; unique per engine instance.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

@@ -67,7 +67,7 @@ use meridian_protocol::engine::{
     Access, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -216,6 +216,8 @@ struct Node {
     durable: BTreeMap<DocumentId, Automerge>,
     tasks: VecDeque<(StorageTaskId, StorageTask)>,
     storage_busy: bool,
+    /// The driver's fence after a failed write (new with each incarnation).
+    fence: WriteFence,
     /// Documents the node's application has opened (created or found).
     known_docs: BTreeSet<DocumentId>,
     events: Vec<Event>,
@@ -373,6 +375,7 @@ impl Sim {
             durable: BTreeMap::new(),
             tasks: VecDeque::new(),
             storage_busy: false,
+            fence: WriteFence::default(),
             known_docs: BTreeSet::new(),
             events: Vec::new(),
             received: Vec::new(),
@@ -685,6 +688,7 @@ impl Sim {
         node.ephemeral_seen.clear();
         node.tasks.clear();
         node.storage_busy = false;
+        node.fence = WriteFence::default();
         node.uplink = None;
         if !node.spec.persistent {
             node.store = MemoryStore::new();
@@ -1165,13 +1169,16 @@ impl Sim {
         let fail = is_write
             && self.storage_failure_percent > 0
             && self.rng.random_range(0..100) < self.storage_failure_percent;
-        let result = if fail {
+        let result = if let Some(fenced) = self.nodes[n.0].fence.check(&task) {
+            fenced
+        } else if fail {
             StorageResult::Failed(INJECTED_FAILURE.to_owned())
         } else {
             let result = self.nodes[n.0].store.execute(&task);
             self.apply_to_mirror(n, &task);
             result
         };
+        self.nodes[n.0].fence.record(&task, &result);
         let outcome = match &result {
             StorageResult::Done | StorageResult::Loaded(Some(_)) => "done".to_owned(),
             StorageResult::Loaded(None) => "done (nothing stored)".to_owned(),

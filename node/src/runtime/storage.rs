@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use meridian_protocol::ids::DocumentId;
-use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId, WriteFence};
 use tokio::sync::mpsc;
 
 use crate::metrics::NodeMetrics;
@@ -53,12 +53,13 @@ impl StorageWorker {
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
         let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
+            let mut fence = WriteFence::default();
             while let Ok(first) = rx.recv() {
                 // Group commit: every batch already queued goes into the same
                 // transaction, in order.
                 let mut pending = vec![first];
                 pending.extend(rx.try_iter());
-                if !run_requests(store.as_mut(), pending, &replies, &metrics) {
+                if !run_requests(store.as_mut(), &mut fence, pending, &replies, &metrics) {
                     break;
                 }
             }
@@ -85,6 +86,7 @@ impl StorageWorker {
 /// Runs queued requests on the storage thread; false once nobody listens.
 fn run_requests(
     store: &mut dyn DocStore,
+    fence: &mut WriteFence,
     pending: Vec<StoreRequest>,
     replies: &mpsc::UnboundedSender<StoreReply>,
     metrics: &NodeMetrics,
@@ -108,10 +110,28 @@ fn run_requests(
     }
     if !batch.is_empty() {
         let started = Instant::now();
-        let out = store.execute_batch(&batch);
+        // Writes of a document whose earlier write failed are refused
+        // without touching the store (`WriteFence`); the rest run as one
+        // transaction (all or nothing, so within it a failure fails the
+        // writes after it too).
+        let mut fenced = Vec::new();
+        let mut run = Vec::with_capacity(batch.len());
+        for (id, task) in batch {
+            match fence.check(&task) {
+                Some(result) => fenced.push((id, task, result)),
+                None => run.push((id, task)),
+            }
+        }
+        let mut out = store.execute_batch(&run);
+        for ((_, task), (_, result)) in run.iter().zip(&out) {
+            fence.record(task, result);
+        }
+        out.extend(fenced.into_iter().map(|(id, _, result)| (id, result)));
+        // Back in the order they were issued (task ids grow).
+        out.sort_by_key(|(id, _)| *id);
         metrics.storage_batch_seconds.observe(started.elapsed().as_secs_f64());
         metrics.storage_batches.fetch_add(1, Relaxed);
-        metrics.storage_tasks.fetch_add(batch.len() as u64, Relaxed);
+        metrics.storage_tasks.fetch_add(out.len() as u64, Relaxed);
         let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
         metrics.storage_failures.fetch_add(failed as u64, Relaxed);
         if replies.send(StoreReply::Done(out)).is_err() {

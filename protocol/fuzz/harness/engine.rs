@@ -52,7 +52,7 @@ use meridian_protocol::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{Access, Direction, DocSet, Engine, EngineConfig, ErrorKind, Event, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId, encode_head};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
 
 /// `MERIDIAN_FUZZ_TRACE=1`: print what happens (to see what an input does).
 fn tracing() -> bool {
@@ -230,6 +230,8 @@ struct World {
     store: MemoryStore,
     /// Storage tasks handed to us, not answered yet, in order.
     pending: VecDeque<(StorageTaskId, StorageTask)>,
+    /// The driver contract after a failed write (`WriteFence`).
+    fence: WriteFence,
     sync_store: bool,
     close_at_once: bool,
     conns: BTreeMap<ConnId, ConnInfo>,
@@ -486,7 +488,9 @@ impl Driver for World {
         }
         self.check_write(&task);
         if self.sync_store {
-            return Some(self.execute(&task));
+            let result = self.fence.check(&task).unwrap_or_else(|| self.execute(&task));
+            self.fence.record(&task, &result);
+            return Some(result);
         }
         self.pending.push_back((id, task));
         None
@@ -535,6 +539,7 @@ pub fn run(data: &[u8]) {
         now: Millis(0),
         store: MemoryStore::new(),
         pending: VecDeque::new(),
+        fence: WriteFence::default(),
         sync_store: setup & 0x40 != 0,
         close_at_once: setup & 0x80 != 0,
         conns: BTreeMap::new(),
@@ -596,7 +601,8 @@ pub fn run(data: &[u8]) {
     engine.drive(now, &mut world);
     for _ in 0..256 {
         let Some((id, task)) = world.pending.pop_front() else { break };
-        let result = world.execute(&task);
+        let result = world.fence.check(&task).unwrap_or_else(|| world.execute(&task));
+        world.fence.record(&task, &result);
         engine.handle_storage_result(world.now, id, result);
         let now = world.now;
         engine.drive(now, &mut world);
@@ -868,14 +874,16 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
             let (k, n) = (input.u8(), input.u8());
             for _ in 0..=(n % 4) {
                 let Some((id, task)) = world.pending.pop_front() else { break };
-                let result = match k % 8 {
-                    5 => StorageResult::Failed("injected".into()),
-                    6 => match task {
+                let result = match (world.fence.check(&task), k % 8) {
+                    (Some(fenced), _) => fenced,
+                    (None, 5) => StorageResult::Failed("injected".into()),
+                    (None, 6) => match &task {
                         StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } => StorageResult::Done,
                         _ => StorageResult::Loaded(None),
                     },
-                    _ => world.execute(&task),
+                    (None, _) => world.execute(&task),
                 };
+                world.fence.record(&task, &result);
                 engine.handle_storage_result(world.now, id, result);
                 let now = world.now;
                 engine.drive(now, world);
