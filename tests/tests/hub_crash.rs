@@ -97,7 +97,8 @@ async fn hub_sigkill_under_load_loses_nothing_it_acknowledged() -> Result<()> {
         // means having every earlier one.
         let last = target.last().cloned().unwrap_or_else(|| "created".into());
         let caught_up = probe.wait_for(doc, move |d| d.get(ROOT, last.as_str()).ok().flatten().is_some());
-        tokio::time::timeout(Duration::from_secs(30), caught_up)
+        // A liveness bound, not a measurement: generous for loaded CI machines.
+        tokio::time::timeout(Duration::from_secs(60), caught_up)
             .await
             .with_context(|| format!("round {round}: hub did not catch up"))??;
         probe.close().await;
