@@ -120,7 +120,7 @@ fn revoke(
 /// are no tokens to check.
 fn add_keys(keyring: Option<&Keyring>, keys: &[String]) {
     let Some(keyring) = keyring else { return };
-    match keyring.add_public_pems(keys) {
+    match keyring.set_hub_keys(keys) {
         Ok(()) => tracing::info!(keys = keys.len(), "accepting the hub's public keys"),
         Err(e) => tracing::warn!(error = %e, "the hub sent a key that does not load"),
     }

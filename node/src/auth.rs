@@ -393,11 +393,15 @@ impl Revocation {
 #[derive(Debug, Default)]
 pub struct Keyring {
     inner: std::sync::RwLock<(Verifier, Vec<Revocation>)>,
+    /// Ids of the node's own keys (`--auth-public-key`): the hub's list
+    /// never removes them.
+    own: std::collections::BTreeSet<String>,
 }
 
 impl Keyring {
     pub fn new(verifier: Verifier) -> Self {
-        Self { inner: std::sync::RwLock::new((verifier, Vec::new())) }
+        let own = verifier.keys.keys().cloned().collect();
+        Self { inner: std::sync::RwLock::new((verifier, Vec::new())), own }
     }
 
     /// [`Verifier::verify`], and refused if revoked.
@@ -430,12 +434,17 @@ impl Keyring {
         self.inner.read().map(|g| g.1.clone()).unwrap_or_default()
     }
 
-    /// Accepts tokens signed by these public keys (PEM) too.
-    pub fn add_public_pems(&self, pems: &[String]) -> Result<(), KeyError> {
-        let Ok(mut guard) = self.inner.write() else { return Ok(()) };
+    /// The hub's keys (PEM), the whole list it accepts now: tokens they
+    /// signed are accepted besides the node's own keys, and a key the hub
+    /// no longer lists (rotated out) is no longer accepted.
+    pub fn set_hub_keys(&self, pems: &[String]) -> Result<(), KeyError> {
+        let mut hub = Verifier::default();
         for pem in pems {
-            guard.0.add_pem(pem, "a key from the hub")?;
+            hub.add_pem(pem, "a key from the hub")?;
         }
+        let Ok(mut guard) = self.inner.write() else { return Ok(()) };
+        guard.0.keys.retain(|kid, _| self.own.contains(kid));
+        guard.0.keys.extend(hub.keys);
         Ok(())
     }
 }

@@ -173,3 +173,46 @@ async fn an_edge_restarted_without_its_hub_still_refuses_revoked_tokens() -> Res
     assert_eq!(edge.metrics().auth_refused_of(TokenError::Revoked), 1);
     Ok(())
 }
+
+/// The hub's list of keys is the whole list: a key it no longer accepts
+/// (rotated out, hub restarted without it) is dropped by its edges when
+/// they reconnect; the edge's own keys stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_hub_drops_is_dropped_by_its_edges() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let a = auth::keygen(&dir.path().join("a"))?;
+    let b = auth::keygen(&dir.path().join("b"))?;
+    let (a_pub, b_pub) = (dir.path().join("a/auth-public.pem"), dir.path().join("b/auth-public.pem"));
+    let (hub, edge) = hub_and_edge(dir.path(), vec![a_pub.clone(), b_pub], vec![a_pub.clone()]).await?;
+    let url = |t: &str| format!("{}?token={t}", edge.ws_url());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while RawPeer::joined(&url(&token(&b, "carol", "t-b1", auth::unix_now())), "peer-carol").await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the hub's key B never reached the edge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hub comes back (same address) with key A only.
+    let quic = hub.quic_addr();
+    hub.shutdown().await;
+    let mut config = HubConfig::new(dir.path().join("hub")).ephemeral_ports().edge("eu", "s");
+    config.listen = quic;
+    config.auth_public_keys = vec![a_pub];
+    // The old endpoint's socket goes once its connections are drained.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _hub = loop {
+        match Hub::start(config.clone()).await {
+            Ok(hub) => break hub,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the hub's address is not free yet");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while RawPeer::joined(&url(&token(&b, "carol", "t-b2", auth::unix_now())), "peer-carol").await.is_ok() {
+        anyhow::ensure!(Instant::now() < deadline, "key B is still accepted after the hub dropped it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    RawPeer::joined(&url(&token(&a, "dave", "t-a", auth::unix_now())), "peer-dave").await.context("key A holds")?;
+    Ok(())
+}
