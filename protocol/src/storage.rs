@@ -42,10 +42,11 @@ impl WriteFence {
         }
     }
 
-    /// A failed write fences its document.
+    /// A write answered anything but done (failed, or an answer the engine
+    /// takes as a failure) fences its document.
     pub fn record(&mut self, task: &StorageTask, result: &StorageResult) {
-        if let (StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. }, StorageResult::Failed(_)) =
-            (task, result)
+        if let StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } = task
+            && *result != StorageResult::Done
         {
             self.failed.insert(*doc);
         }
