@@ -21,6 +21,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;
+mod edges;
 pub mod placement;
 pub mod placer;
 pub mod revocations;
@@ -38,17 +39,16 @@ use meridian_node::auth::Keyring;
 use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
-use meridian_node::runtime::{NodeEvent, NodeRuntime, register_node, register_untrusted_node};
+use meridian_node::runtime::NodeRuntime;
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
-use meridian_protocol::codec::federation::{self, Control, FrameKind};
-use meridian_protocol::engine::{Direction, EngineConfig};
-use meridian_protocol::ids::{ConnId, PeerId};
-use meridian_protocol::log::Escaped;
+use meridian_protocol::engine::EngineConfig;
+use meridian_protocol::ids::PeerId;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::placement::{EdgeId, PlacementConfig};
+use crate::edges::{EdgeShared, accept_loop};
+use crate::placement::PlacementConfig;
 use crate::placer::{PlacementMetrics, Placer, PlacerEvent, View};
 use crate::revocations::{Revocations, RevokeApi};
 
@@ -468,211 +468,6 @@ async fn append_placement_metrics(
     let mut parts = parts;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     axum::response::Response::from_parts(parts, axum::body::Body::from(text))
-}
-
-/// Accepts edges; each connection is a task owned by the loop's `JoinSet`.
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    config: HubConfig,
-    shared: Arc<EdgeShared>,
-    events: mpsc::Sender<NodeEvent>,
-    placer: mpsc::Sender<PlacerEvent>,
-) {
-    let config = Arc::new(config);
-    let mut next_conn = 0u64;
-    quic::accept_each(endpoint, |incoming| {
-        next_conn += 1;
-        serve_edge(incoming, config.clone(), shared.clone(), events.clone(), placer.clone(), next_conn)
-    })
-    .await;
-}
-
-/// What every edge connection shares: the credential edges present to
-/// each other, and the revocations every edge is told of.
-#[derive(Debug)]
-struct EdgeShared {
-    peer_secret: String,
-    revocations: Arc<Revocations>,
-    /// The public keys (PEM) of `--auth-public-key`, handed to every edge.
-    auth_keys: Vec<String>,
-    /// Failed `hello`s per client address.
-    failures: admission::Failures,
-    /// Verifies the tokens untrusted edges forward.
-    keyring: Option<Arc<Keyring>>,
-    metrics: Arc<NodeMetrics>,
-}
-
-/// A token an untrusted edge forwarded for one of its clients (an `auth`
-/// control frame): verified here, its grants are added to the edge's. It
-/// is queued on the node loop at once, so it is in force before the
-/// frames the edge sent after it.
-fn grant_forwarded(bytes: &[u8], conn: ConnId, edge_id: &str, shared: &EdgeShared, events: &mpsc::Sender<NodeEvent>) {
-    let Ok(Control::Auth { token }) = federation::decode_control(bytes) else { return };
-    let Some(keyring) = &shared.keyring else { return };
-    match keyring.verify(&token, meridian_node::auth::unix_now()) {
-        Ok(grant) => {
-            if events.try_send(NodeEvent::Grant { conn, access: grant.access() }).is_err() {
-                tracing::warn!(edge = %Escaped(edge_id), "node loop busy: a forwarded grant was dropped");
-            }
-        }
-        Err(reason) => {
-            shared.metrics.auth_refused(reason);
-            tracing::info!(edge = %Escaped(edge_id), %reason, "an untrusted edge forwarded a token that does not hold");
-        }
-    }
-}
-
-/// Tells the edge on `conn` every revocation, now and whenever one is
-/// added; ends when the node loop does.
-async fn push_revocations(events: &mpsc::Sender<NodeEvent>, conn: ConnId, revocations: &Revocations) {
-    let mut changes = revocations.subscribe();
-    loop {
-        let list = changes.borrow_and_update().clone();
-        if !list.is_empty() {
-            let bytes = federation::encode_control(&revocations::notice(&list));
-            if events.send(NodeEvent::SendControl { conn, bytes }).await.is_err() {
-                return;
-            }
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Runs one edge connection from handshake to close.
-async fn serve_edge(
-    incoming: quinn::Incoming,
-    config: Arc<HubConfig>,
-    shared: Arc<EdgeShared>,
-    events: mpsc::Sender<NodeEvent>,
-    placer: mpsc::Sender<PlacerEvent>,
-    conn_no: u64,
-) {
-    let remote = incoming.remote_address();
-    let connection = match incoming.await {
-        Ok(c) => c,
-        Err(e) => return tracing::info!(%remote, error = %e, "edge connection failed"),
-    };
-    if shared.failures.blocked(remote.ip(), config.max_auth_failures_per_minute) {
-        shared.metrics.limit_hit("edge_auth_failures");
-        tracing::warn!(%remote, "refused an edge: too many failed authentications from its address");
-        return connection.close(quinn::VarInt::from_u32(1), b"too many failed authentications; try again later");
-    }
-    // A connection that opens no stream, or says nothing, is dropped.
-    let opened = tokio::time::timeout(config.hello_timeout, connection.accept_bi()).await;
-    let (mut send, mut recv) = match opened {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return tracing::info!(%remote, error = %e, "edge opened no stream"),
-        Err(_) => {
-            shared.metrics.limit_hit("handshake_timeout");
-            return connection.close(quinn::VarInt::from_u32(1), b"no stream opened in time");
-        }
-    };
-    let hello = match admission::handshake(&mut send, &mut recv, &config, &shared.peer_secret).await {
-        Ok(hello) => hello,
-        Err(reason) => {
-            tracing::warn!(%remote, reason = %Escaped(&reason.to_string()), "refused an edge");
-            match reason {
-                admission::HelloError::Timeout => shared.metrics.limit_hit("handshake_timeout"),
-                _ => shared.failures.failed(remote.ip()),
-            }
-            return quic::refuse(&connection, send, &reason.to_string()).await;
-        }
-    };
-    // Told apart by the id its hello authenticated, not by the peer id it
-    // joins with (edges started without --peer-id all join as
-    // `meridian-edge`).
-    let untrusted = config.untrusted_edges.contains(&hello.node_id);
-    let registered = if untrusted {
-        register_untrusted_node(&events, &hello.node_id).await
-    } else {
-        register_node(&events, Direction::Incoming, &hello.node_id).await
-    };
-    let Some((conn, out)) = registered else { return };
-    let edge_id = hello.node_id;
-    tracing::info!(%remote, %edge_id, %conn, peer_addr = ?hello.peer_addr, "edge connected");
-    let edge = EdgeId::new(edge_id.clone());
-    let up = PlacerEvent::EdgeUp {
-        edge: edge.clone(),
-        conn: conn_no,
-        remote,
-        hub_rtt: connection.rtt(),
-        node_conn: Some(conn),
-        peer_addr: hello.peer_addr,
-        peer_fingerprint: hello.peer_fingerprint,
-    };
-    let _ = placer.send(up).await;
-    let pump = quic::pump(
-        &connection,
-        send,
-        recv,
-        conn,
-        &events,
-        out,
-        quic::Reading::unthrottled(config.max_frame_bytes),
-        |_| {},
-        |bytes| {
-            if untrusted {
-                grant_forwarded(&bytes, conn, &edge_id, &shared, &events);
-            }
-        },
-    );
-    // Reports arrive beside the documents; if they stop, documents keep going.
-    let reports = async {
-        let reason = read_reports(&connection, &edge, conn_no, &placer, config.max_frame_bytes).await;
-        tracing::info!(%remote, %edge_id, %reason, "reports from the edge ended");
-        std::future::pending::<std::convert::Infallible>().await
-    };
-    let revoked = async {
-        if !shared.auth_keys.is_empty() {
-            let bytes = federation::encode_control(&Control::AuthKeys(shared.auth_keys.clone()));
-            let _ = events.send(NodeEvent::SendControl { conn, bytes }).await;
-        }
-        push_revocations(&events, conn, &shared.revocations).await;
-        std::future::pending::<std::convert::Infallible>().await
-    };
-    let reason = tokio::select! {
-        reason = pump => reason,
-        never = reports => match never {},
-        never = revoked => match never {},
-    };
-    let _ = placer.send(PlacerEvent::EdgeDown { edge, conn: conn_no }).await;
-    tracing::info!(%remote, %edge_id, %reason, "edge disconnected");
-}
-
-/// Reads the edge's report stream (a unidirectional stream of control
-/// frames) and hands each report to the placement task.
-async fn read_reports(
-    connection: &quinn::Connection,
-    edge: &EdgeId,
-    conn: u64,
-    placer: &mpsc::Sender<PlacerEvent>,
-    limit: usize,
-) -> String {
-    let mut recv = match connection.accept_uni().await {
-        Ok(r) => r,
-        Err(e) => return e.to_string(),
-    };
-    loop {
-        let bytes = match quic::read_frame(&mut recv, limit).await {
-            Ok(Some((FrameKind::Control, bytes))) => bytes,
-            Ok(Some((FrameKind::Repo, _))) => return "a document frame on the report stream".into(),
-            Ok(None) => return "stream finished".into(),
-            Err(e) => return e.to_string(),
-        };
-        match federation::decode_control(&bytes) {
-            Ok(Control::Report(report)) => {
-                let event = PlacerEvent::Report { edge: edge.clone(), conn, report, hub_rtt: connection.rtt() };
-                if placer.send(event).await.is_err() {
-                    return "placement task stopped".into();
-                }
-            }
-            // Newer control messages on this stream are not for us.
-            Ok(other) => tracing::debug!(%edge, ?other, "ignoring a control message on the report stream"),
-            Err(e) => tracing::debug!(%edge, error = %e, "ignoring an undecodable control message"),
-        }
-    }
 }
 
 #[cfg(test)]
