@@ -18,6 +18,8 @@ use super::{Outbound, OutboundSender};
 #[derive(Debug, Default)]
 pub(super) struct Grants {
     clients: BTreeMap<ConnId, String>,
+    /// Each distinct token, with how many clients here hold it.
+    tokens: BTreeMap<String, usize>,
     upstreams: BTreeSet<ConnId>,
 }
 
@@ -25,8 +27,9 @@ impl Grants {
     /// A client with `token` connected: every upstream is told (once per
     /// distinct token).
     pub(super) fn client(&mut self, conn: ConnId, token: String, queues: &BTreeMap<ConnId, OutboundSender>) {
-        let known = self.clients.values().any(|t| *t == token);
-        if !known {
+        let held = self.tokens.entry(token.clone()).or_default();
+        *held += 1;
+        if *held == 1 {
             for up in &self.upstreams {
                 tell(queues.get(up), &token);
             }
@@ -37,14 +40,20 @@ impl Grants {
     /// An upstream connected: it is told every token of the clients here.
     pub(super) fn upstream(&mut self, conn: ConnId, queues: &BTreeMap<ConnId, OutboundSender>) {
         self.upstreams.insert(conn);
-        let distinct: BTreeSet<&String> = self.clients.values().collect();
-        for token in distinct {
+        for token in self.tokens.keys() {
             tell(queues.get(&conn), token);
         }
     }
 
     pub(super) fn gone(&mut self, conn: ConnId) {
-        self.clients.remove(&conn);
+        if let Some(token) = self.clients.remove(&conn)
+            && let Some(held) = self.tokens.get_mut(&token)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.tokens.remove(&token);
+            }
+        }
         self.upstreams.remove(&conn);
     }
 }
