@@ -64,12 +64,13 @@ impl Case {
             Case::LargeDoc(p) => format!("large document: {} text operations", thousands(p.ops)),
             Case::Stored(p) => format!("{} stored documents, {} open", thousands(p.stored), thousands(p.open)),
             Case::Attacks(p) => format!(
-                "a well-behaved client during attacks ({} × {}-op documents, {} messages, {} idle sockets, {} random ids)",
+                "a well-behaved client during attacks ({} × {}-op documents, {} messages, {} idle sockets, {} random ids, a {}-character text)",
                 p.bombs,
                 thousands(p.bomb_ops),
                 thousands(p.flood),
                 thousands(p.idle),
-                thousands(p.random)
+                thousands(p.random),
+                thousands(p.long_text)
             ),
         }
     }
@@ -137,6 +138,7 @@ fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
                     // Past the edge's 256 per address, so the 503 path runs too.
                     idle: 300,
                     random: 500,
+                    long_text: 100_000,
                 }
             } else {
                 attacks::Params {
@@ -150,6 +152,7 @@ fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
                     flood: 20_000,
                     idle: 2000,
                     random: 5000,
+                    long_text: 1_000_000,
                 }
             };
             (vec![Case::Attacks(p)], if smoke { 1 } else { 3 })

@@ -269,6 +269,7 @@ impl Hub {
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.rng_seed = rand::random();
         engine.expects_upstream = false;
+        engine.apply_off_loop_ops = meridian_node::runtime::APPLY_OFF_LOOP_OPS;
         let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
         let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;

@@ -186,6 +186,11 @@ fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
     Ok(EdgeAuth::Secrets(map))
 }
 
+/// jemalloc, whose background thread gives memory freed after a flood of
+/// documents (evicted since) back to the system; glibc's malloc keeps it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

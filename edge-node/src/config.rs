@@ -81,6 +81,8 @@ pub struct EdgeConfig {
     pub max_message_ops: u64,
     pub max_ops_per_byte: u64,
     pub max_document_ops: u64,
+    /// See `EngineConfig::apply_off_loop_ops`.
+    pub apply_off_loop_ops: u64,
     /// Each client's rate of messages and bytes (WebSocket and QUIC
     /// devices); past it, its connection is not read for a while
     /// (backpressure).
@@ -123,6 +125,7 @@ impl EdgeConfig {
             max_message_ops: 2_000_000,
             max_ops_per_byte: 64,
             max_document_ops: 10_000_000,
+            apply_off_loop_ops: meridian_node::runtime::APPLY_OFF_LOOP_OPS,
             rates: meridian_node::throttle::Rates::default(),
             unknown_requests_per_minute: 120,
             creates_per_minute: 120,

@@ -231,6 +231,12 @@ struct ServeArgs {
     /// Operations a client's changes may take a document to (0: no limit).
     #[arg(long, env = "MERIDIAN_MAX_DOCUMENT_OPS", default_value_t = 10_000_000)]
     max_document_ops: u64,
+    /// Apply a document's incoming changes on a thread of their own when the
+    /// document and the changes hold more operations than this, so one large
+    /// document never stalls the others (automerge applies a change to a long
+    /// text in time that grows with the text); 0: always on the main loop.
+    #[arg(long, env = "MERIDIAN_APPLY_OFF_LOOP_OPS", default_value_t = meridian_node::runtime::APPLY_OFF_LOOP_OPS)]
+    apply_off_loop_ops: u64,
     /// Certificate chain (PEM, leaf first) to serve https:// and wss:// on
     /// --listen (and --admin-listen), for browsers reaching the edge directly.
     #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key", value_name = "FILE")]
@@ -288,6 +294,11 @@ impl ServeArgs {
     }
 }
 
+/// jemalloc, whose background thread gives memory freed after a flood of
+/// documents (evicted since) back to the system; glibc's malloc keeps it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -335,6 +346,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_message_ops = args.max_message_ops;
     config.max_ops_per_byte = args.max_ops_per_byte;
     config.max_document_ops = args.max_document_ops;
+    config.apply_off_loop_ops = args.apply_off_loop_ops;
     config.rates = meridian_node::throttle::Rates {
         messages_per_second: args.max_messages_per_second,
         bytes_per_second: args.max_bytes_per_second,

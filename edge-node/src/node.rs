@@ -223,6 +223,7 @@ impl EdgeNode {
         engine.max_message_ops = config.max_message_ops;
         engine.max_ops_per_byte = config.max_ops_per_byte;
         engine.max_document_ops = config.max_document_ops;
+        engine.apply_off_loop_ops = config.apply_off_loop_ops;
         engine.rng_seed = rand::random();
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();

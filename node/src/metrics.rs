@@ -28,6 +28,7 @@
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
 //! | `meridian_edge_docs_synced_upstream` | gauge | loaded documents whose heads the hub has acknowledged |
 //! | `meridian_edge_backfill_queued` | gauge | stored documents still to be synced with the hub |
+//! | `meridian_edge_applied_off_loop_total` | counter | drains of a large document's messages applied on a thread of their own (`--apply-off-loop-ops`) |
 //! | `meridian_edge_offloaded_total` | counter | documents whose local copy was dropped for the hub's (disk budget) |
 //! | `meridian_edge_cold_opens_total` | counter | documents opened that were not stored here, fetched from the hub or their home edge |
 //! | `meridian_edge_sync_generated_total` | counter | sync messages automerge generated for peers |
@@ -136,6 +137,7 @@ pub struct NodeMetrics {
     pub docs_synced_upstream: AtomicU64,
     pub backfill_queued: AtomicU64,
     pub offloaded: AtomicU64,
+    pub applied_off_loop: AtomicU64,
     pub cold_opens: AtomicU64,
     pub sync_generated: AtomicU64,
     pub sync_shared: AtomicU64,
@@ -179,6 +181,7 @@ impl NodeMetrics {
             docs_synced_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
             offloaded: AtomicU64::default(),
+            applied_off_loop: AtomicU64::default(),
             cold_opens: AtomicU64::default(),
             sync_generated: AtomicU64::default(),
             sync_shared: AtomicU64::default(),
@@ -346,6 +349,8 @@ impl NodeMetrics {
             "Stored documents still to be synced with the hub.",
             &self.backfill_queued,
         );
+        let help = "Drains of a large document's messages applied on a thread of their own.";
+        counter(&mut out, &self.name("applied_off_loop_total"), help, &self.applied_off_loop);
         let help = "Documents whose local copy was dropped for the hub's.";
         counter(&mut out, &self.name("offloaded_total"), help, &self.offloaded);
         let help = "Documents opened that were not stored here (fetched from the hub or their home).";

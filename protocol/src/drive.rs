@@ -39,7 +39,7 @@
 //! ```
 
 use crate::codec::Message;
-use crate::engine::{Engine, Event, Millis, Output};
+use crate::engine::{Applied, ApplyJob, Engine, Event, Millis, Output};
 use crate::ids::ConnId;
 use crate::storage::{StorageResult, StorageTask, StorageTaskId};
 
@@ -60,6 +60,14 @@ pub trait Driver {
     /// `None`, and the driver hands it in with
     /// [`Engine::handle_storage_result`] when it has it.
     fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult>;
+
+    /// Apply a document's messages ([`Output::Apply`], see
+    /// [`crate::engine::EngineConfig::apply_off_loop_ops`]): on another
+    /// thread, returning `None` and handing the result in with
+    /// [`Engine::handle_applied`] when it is done; by default here and now.
+    fn apply(&mut self, job: ApplyJob) -> Option<Applied> {
+        Some(job.run())
+    }
 
     /// Something the application or the metrics care about (with
     /// [`Engine::drive`]; [`Engine::drive_to_event`] returns events instead).
@@ -105,6 +113,11 @@ impl Engine {
             Output::Storage { id, task } => {
                 if let Some(result) = driver.storage(id, task) {
                     self.handle_storage_result(now, id, result);
+                }
+            }
+            Output::Apply(job) => {
+                if let Some(applied) = driver.apply(job) {
+                    self.handle_applied(now, applied);
                 }
             }
             Output::Event(event) => driver.event(event),

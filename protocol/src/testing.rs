@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 
 use crate::codec::{self, Message, PROTOCOL_V1, PeerMetadata};
 use crate::drive::Driver;
-use crate::engine::{Direction, Engine, EngineConfig, Event, Millis};
+use crate::engine::{Applied, ApplyJob, Direction, Engine, EngineConfig, Event, Millis};
 use crate::ids::{ConnId, PeerId, StorageId};
 use crate::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
 
@@ -21,6 +21,10 @@ pub struct TestNode {
     /// Storage tasks wait in `held` instead of running at once.
     pub hold_storage: bool,
     pub held: VecDeque<(StorageTaskId, StorageTask)>,
+    /// Apply jobs ([`crate::engine::Output::Apply`]) wait in `jobs` instead
+    /// of running at once.
+    pub hold_applies: bool,
+    pub jobs: VecDeque<ApplyJob>,
     /// Every event, in order.
     pub events: Vec<Event>,
     /// Connections the engine closed, with the reason.
@@ -34,6 +38,8 @@ struct Collect<'a> {
     store: &'a mut MemoryStore,
     hold: bool,
     held: &'a mut VecDeque<(StorageTaskId, StorageTask)>,
+    hold_applies: bool,
+    jobs: &'a mut VecDeque<ApplyJob>,
     events: &'a mut Vec<Event>,
     closed: &'a mut Vec<(ConnId, String)>,
     sent: Sent,
@@ -57,6 +63,14 @@ impl Driver for Collect<'_> {
         Some(self.store.execute(&task))
     }
 
+    fn apply(&mut self, job: ApplyJob) -> Option<Applied> {
+        if self.hold_applies {
+            self.jobs.push_back(job);
+            return None;
+        }
+        Some(job.run())
+    }
+
     fn event(&mut self, event: Event) {
         self.events.push(event);
     }
@@ -78,6 +92,8 @@ impl TestNode {
             now: Millis(0),
             hold_storage: false,
             held: VecDeque::new(),
+            hold_applies: false,
+            jobs: VecDeque::new(),
             events: Vec::new(),
             closed: Vec::new(),
         }
@@ -89,6 +105,8 @@ impl TestNode {
             store: &mut self.store,
             hold: self.hold_storage,
             held: &mut self.held,
+            hold_applies: self.hold_applies,
+            jobs: &mut self.jobs,
             events: &mut self.events,
             closed: &mut self.closed,
             sent: Vec::new(),
@@ -108,6 +126,14 @@ impl TestNode {
         let Some((id, task)) = self.held.pop_front() else { return false };
         let result = self.store.execute(&task);
         self.engine.handle_storage_result(self.now, id, result);
+        true
+    }
+
+    /// Runs the oldest held apply job and hands its result in; `false`
+    /// when none waits. Its consequences stay queued for the next drain.
+    pub fn run_apply(&mut self) -> bool {
+        let Some(job) = self.jobs.pop_front() else { return false };
+        self.engine.handle_applied(self.now, job.run());
         true
     }
 

@@ -64,7 +64,7 @@ use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, R
 use meridian_protocol::codec::{self, Message};
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Access, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets, Millis,
+    Access, Applied, ApplyJob, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
@@ -216,6 +216,9 @@ struct Node {
     durable: BTreeMap<DocumentId, Automerge>,
     tasks: VecDeque<(StorageTaskId, StorageTask)>,
     storage_busy: bool,
+    /// Messages being applied off the engine's loop (`Output::Apply`),
+    /// each finishing after a drawn delay, in order.
+    applying: VecDeque<ApplyJob>,
     /// The driver's fence after a failed write (new with each incarnation).
     fence: WriteFence,
     /// Documents the node's application has opened (created or found).
@@ -271,6 +274,11 @@ enum Scheduled {
         node: NodeId,
         incarnation: u32,
     },
+    /// The node's oldest apply job off the loop is done.
+    Applied {
+        node: NodeId,
+        incarnation: u32,
+    },
     Reconnect {
         node: NodeId,
         incarnation: u32,
@@ -321,6 +329,8 @@ pub struct Sim {
     offloads: usize,
     /// Fresh peers answered from a stored snapshot, by engines since crashed.
     snapshot_answers: usize,
+    /// Apply jobs run off an engine's loop and handed back.
+    applied_off_loop: usize,
 }
 
 const INJECTED_FAILURE: &str = "injected storage failure";
@@ -356,6 +366,7 @@ impl Sim {
             ever_durable: BTreeSet::new(),
             offloads: 0,
             snapshot_answers: 0,
+            applied_off_loop: 0,
         }
     }
 
@@ -375,6 +386,7 @@ impl Sim {
             durable: BTreeMap::new(),
             tasks: VecDeque::new(),
             storage_busy: false,
+            applying: VecDeque::new(),
             fence: WriteFence::default(),
             known_docs: BTreeSet::new(),
             events: Vec::new(),
@@ -687,6 +699,7 @@ impl Sim {
         node.batching = false;
         node.ephemeral_seen.clear();
         node.tasks.clear();
+        node.applying.clear();
         node.storage_busy = false;
         node.fence = WriteFence::default();
         node.uplink = None;
@@ -772,6 +785,7 @@ impl Sim {
             Scheduled::Fin { link, to } => self.end_of_stream(link, to, "closed by peer"),
             Scheduled::Detect { link, side } => self.end_of_stream(link, side, "transport lost"),
             Scheduled::StorageDone { node, incarnation } => self.finish_storage(node, incarnation),
+            Scheduled::Applied { node, incarnation } => self.finish_apply(node, incarnation),
             Scheduled::Reconnect { node, incarnation } => {
                 if self.nodes[node.0].incarnation == incarnation {
                     self.connect_up(node);
@@ -846,6 +860,9 @@ impl Sim {
         // Small documents are compacted too (most of the time), so reloads
         // read one snapshot and fresh peers are answered from it.
         config.min_compact_bytes = [0, 512, 16 * 1024][(rng_seed % 3) as usize];
+        // Peers' messages are applied off the loop: never, always, or for
+        // documents past a few hundred operations.
+        config.apply_off_loop_ops = [0, 1, 300][((rng_seed >> 8) % 3) as usize];
         node.engine = Some(Engine::new(config));
         self.note(format!("{} start (incarnation {})", self.name(n), self.nodes[n.0].incarnation));
         self.connect_up(n);
@@ -1191,6 +1208,21 @@ impl Sim {
             self.pump(n);
         }
         self.start_storage(n);
+    }
+
+    /// The node's oldest apply job completes and the engine takes its result.
+    fn finish_apply(&mut self, n: NodeId, incarnation: u32) {
+        if self.nodes[n.0].incarnation != incarnation {
+            return;
+        }
+        let Some(job) = self.nodes[n.0].applying.pop_front() else { return };
+        self.note(format!("{} applied off the loop for {}", self.name(n), short(&job.doc())));
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            self.applied_off_loop += 1;
+            engine.handle_applied(now, job.run());
+            self.pump(n);
+        }
     }
 
     /// Keeps the loaded view of the store in step with a completed task.
@@ -1573,6 +1605,14 @@ impl Driver for SimIo<'_> {
         self.sim.run_next_task(self.n);
         None
     }
+
+    fn apply(&mut self, job: ApplyJob) -> Option<Applied> {
+        let latency = self.sim.draw(self.sim.timing.storage_latency);
+        let incarnation = self.sim.nodes[self.n.0].incarnation;
+        self.sim.nodes[self.n.0].applying.push_back(job);
+        self.sim.schedule(latency, Scheduled::Applied { node: self.n, incarnation });
+        None
+    }
 }
 
 // ----- the random workload ---------------------------------------------------
@@ -1598,6 +1638,8 @@ pub struct RunStats {
     pub offloads: usize,
     /// Fresh peers answered from a stored snapshot before the load.
     pub snapshot_answers: usize,
+    /// Apply jobs run off an engine's loop (`Output::Apply`).
+    pub applied_off_loop: usize,
     /// Changes whose home confirmed them, as the engine reported
     /// ([`Event::HomeConfirmed`]).
     pub home_confirmed: usize,
@@ -1624,6 +1666,7 @@ impl RunStats {
         self.handoffs += other.handoffs;
         self.offloads += other.offloads;
         self.snapshot_answers += other.snapshot_answers;
+        self.applied_off_loop += other.applied_off_loop;
         self.viewers += other.viewers;
         self.read_only_refusals += other.read_only_refusals;
         self.home_confirmed += other.home_confirmed;
@@ -1687,6 +1730,7 @@ pub fn run_seed(seed: u64) -> RunOutcome {
             .filter_map(|n| n.engine.as_ref())
             .map(|e| e.stats().snapshot_answers as usize)
             .sum::<usize>();
+    w.stats.applied_off_loop = w.sim.applied_off_loop;
     w.stats.viewers = w.clients.iter().filter(|c| w.sim.is_viewer(**c)).count();
     w.stats.read_only_refusals =
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Refused { .. })).count();

@@ -48,7 +48,7 @@ fn random_schedules_converge() {
     eprintln!(
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
          {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads, \
-         {} fresh peers answered from a stored snapshot, {} changes confirmed by their home, {} read-only clients \
+         {} fresh peers answered from a stored snapshot, {} applied off the loop, {} changes confirmed by their home, {} read-only clients \
          refused {} times; longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
@@ -63,6 +63,7 @@ fn random_schedules_converge() {
         total.handoffs,
         total.offloads,
         total.snapshot_answers,
+        total.applied_off_loop,
         total.home_confirmed,
         total.viewers,
         total.read_only_refusals,
@@ -74,6 +75,7 @@ fn random_schedules_converge() {
         assert!(total.ephemeral_delivered > 0);
         assert!(total.handoffs > 0 && total.offloads > 0, "placement is exercised");
         assert!(total.snapshot_answers > 0, "answers from a stored snapshot are exercised");
+        assert!(total.applied_off_loop > 0, "applying off the loop is exercised");
         assert!(total.home_confirmed > 0, "changes are followed to their home");
         assert!(total.viewers > 0 && total.read_only_refusals > 0, "read-only clients are exercised");
         assert!(total.edits > 10 * seeds.len());

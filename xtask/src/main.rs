@@ -28,7 +28,7 @@ Commands:
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
   bench [SCENARIO...] [--smoke] [--rounds R]
               meridian-edge vs the JS automerge-repo sync server, side by side (issue 7): connect,
-              fanout, writers, large-doc, stored, attacks (a well-behaved client during five attacks)
+              fanout, writers, large-doc, stored, attacks (a well-behaved client during six attacks)
               (default: all, then big-doc); writes docs/BENCHMARKS.md
   bench placement [--writes N] [--docs K] [--smoke]
               placement on vs hub-only on the simulated regions (hub in us; eu, us, ap edges):

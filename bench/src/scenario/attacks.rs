@@ -17,7 +17,13 @@
 //! 3. message flood: small `ephemeral` messages on its own document, as
 //!    fast as it can;
 //! 4. idle sockets: WebSockets that never send `join`, held open;
-//! 5. random ids: `request`s for random document ids.
+//! 5. random ids: `request`s for random document ids;
+//! 6. a long text: a client with the right to write creates a document
+//!    holding a text of `long_text` characters (random letters, so it does
+//!    not compress: one change of that many operations), then types into
+//!    it, a character every `pause`, without waiting for answers. Automerge
+//!    applies each change to a long text in time that grows with the text,
+//!    so a server applying it where it serves the others makes them wait.
 //!
 //! At the end of the phase the attacker is stopped and its sockets closed.
 //! A round trip unanswered within `ack_timeout` (or a client that cannot
@@ -88,6 +94,8 @@ pub struct Params {
     pub idle: usize,
     /// Requests for random document ids.
     pub random: usize,
+    /// Characters of the long text.
+    pub long_text: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,9 +105,11 @@ enum Attack {
     Flood,
     Idle,
     RandomIds,
+    LongText,
 }
 
-const PHASES: [Attack; 5] = [Attack::None, Attack::Expanding, Attack::Flood, Attack::Idle, Attack::RandomIds];
+const PHASES: [Attack; 6] =
+    [Attack::None, Attack::Expanding, Attack::Flood, Attack::Idle, Attack::RandomIds, Attack::LongText];
 
 impl Attack {
     fn name(self) -> &'static str {
@@ -109,6 +119,7 @@ impl Attack {
             Attack::Flood => "message flood",
             Attack::Idle => "idle sockets",
             Attack::RandomIds => "random ids",
+            Attack::LongText => "typing into a long text",
         }
     }
 }
@@ -280,6 +291,7 @@ fn describe(attack: Attack, t: &Tally) -> String {
         Attack::Flood => format!("{sent} messages sent"),
         Attack::Idle => format!("{sent} sockets accepted, {refused} answered 503, {failed} failed"),
         Attack::RandomIds => format!("{sent} requests sent, {answered} answered doc-unavailable"),
+        Attack::LongText => format!("{sent} changes sent, {answered} acknowledgements"),
     };
     if let Some(note) = t.note.lock().ok().and_then(|n| n.clone()) {
         s.push_str(&format!(" (stopped: {note})"));
@@ -381,6 +393,7 @@ async fn attack_task(attack: Attack, url: String, salt: u64, p: Params, bomb: Ar
         Attack::Flood => flood(&url, salt, &p, &tally, &mut held, &mut readers).await,
         Attack::Idle => idle(&url, &p, &tally, &mut sockets).await,
         Attack::RandomIds => random_ids(&url, salt, &p, &tally, &mut held, &mut readers).await,
+        Attack::LongText => long_text(&url, salt, &p, &tally, &mut held, &mut readers).await,
     };
     if let Err(e) = result {
         tally.stopped(format!("{e:#}"));
@@ -528,6 +541,65 @@ async fn random_ids(
     let result = async {
         for i in 0..p.random as u64 {
             tx.request(doc_id(splitmix(salt ^ 0x5eed), i), request.clone()).await?;
+            Tally::add(&tally.sent);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    held.push(tx);
+    result
+}
+
+/// A document with a long text, then a character typed into it every
+/// `pause` (each change sent at once, answers read but not awaited).
+async fn long_text(
+    url: &str,
+    salt: u64,
+    p: &Params,
+    tally: &Arc<Tally>,
+    held: &mut Vec<Sender>,
+    readers: &mut JoinSet<()>,
+) -> Result<()> {
+    let Conn { mut tx, mut rx } = attacker_conn(url, format!("typist-{salt:x}")).await?;
+    let doc = doc_id(salt ^ 0x7e47, 0);
+    let chars = p.long_text;
+    let (mut writer, text, first) = tokio::task::spawn_blocking(move || {
+        let mut writer = AutoCommit::new();
+        let text = writer.put_object(ROOT, "t", ObjType::Text).expect("put on a fresh doc");
+        let mut x = splitmix(salt);
+        let letters: String = (0..chars)
+            .map(|_| {
+                x = splitmix(x);
+                (b'a' + (x % 26) as u8) as char
+            })
+            .collect();
+        writer.splice_text(&text, 0, 0, &letters).expect("splice in range");
+        writer.commit();
+        let change = writer.get_last_local_change().expect("just committed").raw_bytes().to_vec();
+        (writer, text, change)
+    })
+    .await
+    .context("building the long text")?;
+    let counter = tally.clone();
+    readers.spawn(async move {
+        while let Ok(m) = rx.recv_any().await {
+            if matches!(m, Message::Sync { .. }) && m.document_id() == Some(doc) {
+                Tally::add(&counter.answered);
+            }
+        }
+    });
+    let result = async {
+        tx.sync(doc, push(writer.get_heads(), vec![first])).await?;
+        Tally::add(&tally.sent);
+        // Bounded: twice what the phase has time for (it is aborted at its end).
+        let steps = 2 * (p.phase.as_millis() / p.pause.as_millis().max(1)) as u64 + 10;
+        for i in 0..steps {
+            tokio::time::sleep(p.pause).await;
+            let at = (splitmix(salt ^ i) % chars as u64) as usize;
+            writer.splice_text(&text, at, 0, "x").expect("splice in range");
+            writer.commit();
+            let change = writer.get_last_local_change().expect("just committed").raw_bytes().to_vec();
+            tx.sync(doc, push(writer.get_heads(), vec![change])).await?;
             Tally::add(&tally.sent);
         }
         anyhow::Ok(())

@@ -9,6 +9,7 @@ use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 use crate::storage::{StorageTask, StorageTaskId};
 
 use super::access::Refusal;
+use super::off_loop::ApplyJob;
 
 /// Milliseconds on the driver's clock (monotonic, any origin).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Default, Hash)]
@@ -96,6 +97,13 @@ pub struct EngineConfig {
     /// A client's changes may not take a document past this many
     /// operations (0: no limit).
     pub max_document_ops: u64,
+    /// Messages whose application is estimated to cost more than this
+    /// (operations in the document plus those the messages bring) are
+    /// applied away from the engine's thread ([`Output::Apply`]), so one
+    /// large document does not stall the others; 0: always in line.
+    /// Automerge applies a peer's change to a long text in time that grows
+    /// with the text (about 0.2 s per call at a million characters).
+    pub apply_off_loop_ops: u64,
 }
 
 /// Operations a client's message may hold whatever its size (see
@@ -130,6 +138,7 @@ impl EngineConfig {
             max_message_ops: 2_000_000,
             max_ops_per_byte: 64,
             max_document_ops: 10_000_000,
+            apply_off_loop_ops: 0,
         }
     }
 }
@@ -274,6 +283,10 @@ pub enum Output {
     Send { conn: ConnId, message: Message },
     Close { conn: ConnId, reason: String },
     Storage { id: StorageTaskId, task: StorageTask },
+    /// Apply a document's messages (on any thread) and hand the result to
+    /// [`Engine::handle_applied`]; the document takes no other peer message
+    /// meanwhile (see [`EngineConfig::apply_off_loop_ops`]).
+    Apply(ApplyJob),
     Event(Event),
 }
 
@@ -294,6 +307,9 @@ pub struct EngineStats {
     /// Documents whose local copy was dropped for the upstream's
     /// ([`Engine::offload`]).
     pub offloaded: u64,
+    /// Drains of a document's messages applied away from the engine's
+    /// thread ([`Output::Apply`]).
+    pub applied_off_loop: u64,
     /// Documents someone opened that were not stored here, asked of an
     /// upstream or their home edge.
     pub cold_opens: u64,

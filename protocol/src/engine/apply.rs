@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use automerge::ReadDoc;
-use automerge::sync::{self, SyncDoc};
+use automerge::sync;
 
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId};
@@ -11,6 +11,7 @@ use crate::ids::{ConnId, DocumentId};
 use super::access::Refusal;
 use super::conn::Conn;
 use super::doc::DocState;
+use super::off_loop::{Item, Outcome, receive};
 use super::{Engine, EngineStats, ErrorKind, Millis};
 
 /// At most this many messages creating a document are held per document
@@ -103,7 +104,7 @@ fn without_changes(message: sync::Message) -> sync::Message {
 /// peer that lost everything (automerge then sends the whole document
 /// again, every round). What it says we share (`have.last_sync`) stands
 /// in for them.
-fn known_heads_of_read_only(doc: &automerge::Automerge, message: &sync::Message) -> Vec<automerge::ChangeHash> {
+pub(super) fn known_heads_of_read_only(doc: &automerge::Automerge, message: &sync::Message) -> Vec<automerge::ChangeHash> {
     let known = |h: &automerge::ChangeHash| doc.get_change_by_hash(h).is_some();
     if message.heads.iter().all(known) {
         return message.heads.clone();
@@ -231,39 +232,71 @@ impl Engine {
         }
         let pending = if self.config.coalesce_messages { coalesce(pending) } else { pending };
         let pending = self.hold_creations(now, doc_id, pending);
+        let demand: Vec<bool> = pending
+            .iter()
+            .map(|p| self.config.track_demand && self.conns.get(&p.conn).is_some_and(Conn::is_downstream))
+            .collect();
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let before = d.doc.get_heads();
-        let issued = d.writes_issued;
-        let mut rejected = Vec::new();
-        let mut from = Vec::new();
-        let max_ops = self.config.max_document_ops;
-        for p in pending {
-            let (conn, merged) = (p.conn, p.merged);
-            let held = d.doc.stats().num_ops;
+        let (mut held, max_ops) = (d.doc.stats().num_ops, self.config.max_document_ops);
+        let (mut items, mut too_many) = (Vec::new(), Vec::new());
+        for (p, count_demand) in pending.into_iter().zip(demand) {
             if max_ops > 0 && p.ops > 0 && held.saturating_add(p.ops) > max_ops {
                 let detail = format!(
                     "{} operations would take document {doc_id} past the limit of {max_ops} (it holds {held})",
                     p.ops
                 );
-                rejected.push((conn, ErrorKind::TooManyOps, detail));
+                too_many.push((p.conn, detail));
                 continue;
             }
-            if followed {
-                from.push(conn);
-            }
-            let demand = self.config.track_demand && self.conns.get(&conn).is_some_and(Conn::is_downstream);
-            match d.apply(p, demand, &mut self.stats) {
-                Ok(true) => *self.writes.entry(doc_id).or_default() += merged,
-                Ok(false) => {}
-                Err(e) => rejected.push((
-                    conn,
-                    ErrorKind::InvalidSyncMessage,
-                    format!("could not apply sync message for {doc_id}: {e}"),
-                )),
+            held = held.saturating_add(p.ops);
+            if let Some(item) = d.prepare(p, count_demand, &mut self.stats) {
+                items.push(item);
             }
         }
-        for (conn, kind, detail) in rejected {
-            self.reject(conn, kind, detail);
+        for (conn, detail) in too_many {
+            self.reject(conn, ErrorKind::TooManyOps, detail);
+        }
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let limit = self.config.apply_off_loop_ops;
+        if limit > 0 && d.apply_cost(&items) > limit {
+            let job = d.start_job(doc_id, &mut self.next_job, before, followed, items);
+            self.stats.applied_off_loop += 1;
+            self.out.apply(job);
+            return;
+        }
+        let outcomes = items.into_iter().map(|item| d.receive_here(item)).collect();
+        self.after_apply(now, doc_id, before, followed, outcomes);
+    }
+
+    /// What follows applying a drain's messages (here or off the loop):
+    /// peers whose message failed are told and closed, the changes are
+    /// written and synced, demand and the home's confirmation counted, and
+    /// the next messages wait for this drain's writes.
+    pub(super) fn after_apply(
+        &mut self,
+        now: Millis,
+        doc_id: DocumentId,
+        before: Vec<automerge::ChangeHash>,
+        followed: bool,
+        outcomes: Vec<Outcome>,
+    ) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let issued = d.writes_issued;
+        let mut rejected = Vec::new();
+        let mut from = Vec::new();
+        for o in outcomes {
+            if followed {
+                from.push(o.conn);
+            }
+            match o.result {
+                Ok(true) => *self.writes.entry(doc_id).or_default() += o.merged,
+                Ok(false) => {}
+                Err(e) => rejected.push((o.conn, format!("could not apply sync message for {doc_id}: {e}"))),
+            }
+        }
+        for (conn, detail) in rejected {
+            self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);
         // Only the home's own messages can confirm changes to it.
@@ -366,20 +399,10 @@ impl DocState {
         now_applied
     }
 
-    /// Applies one (possibly merged) message of a peer. `Ok(true)`: it
-    /// brought changes that moved our heads and `count_demand` asked to
-    /// know (a client's write, for placement).
-    fn apply(
-        &mut self,
-        p: Pending,
-        count_demand: bool,
-        stats: &mut EngineStats,
-    ) -> Result<bool, automerge::AutomergeError> {
-        let Some(pd) = self.peers.get_mut(&p.conn) else { return Ok(false) };
-        let mut message = p.message;
-        if p.read_only {
-            message.heads = known_heads_of_read_only(&self.doc, &message);
-        }
+    /// Readies one (possibly merged) message of a peer for automerge: what
+    /// its arrival says of the peer is noted here; `None`: the peer left.
+    fn prepare(&mut self, p: Pending, count_demand: bool, stats: &mut EngineStats) -> Option<Item> {
+        let pd = self.peers.get_mut(&p.conn)?;
         pd.requesting = p.requesting;
         self.dirty.insert(p.conn);
         if p.any_sync {
@@ -388,43 +411,24 @@ impl DocState {
         if p.merged > 1 {
             stats.sync_merged += p.merged - 1;
         }
-        // An empty message whose heads equal ours makes automerge record
-        // those heads as sent (`last_sent_heads`), so it generates nothing
-        // more. But heads whose write is in flight (or not yet issued) were
-        // never sent, and advertising them is how the peer learns its
-        // changes are stored: keep the heads we really sent.
-        let echoes_ours =
-            message.changes.is_empty() && !message.heads.is_empty() && message.heads == self.doc.get_heads();
-        let last_sent = pd.sync.last_sent_heads.clone();
-        let count_write = count_demand && !message.changes.is_empty();
-        let before = if count_write { self.doc.get_heads() } else { Vec::new() };
-        // Its request, answered from the snapshot before the load: that
-        // answer stands if the document holds what the snapshot held (it may
-        // hold more: a writer's changes applied before this request are
-        // then sent as what lies beyond the snapshot's heads).
-        let answered = pd.answered_at.take().filter(|h| {
-            h.iter().all(|c| self.doc.get_change_by_hash(c).is_some())
-                && message.heads.is_empty()
-                && message.changes.is_empty()
-        });
-        self.doc.receive_sync_message(&mut pd.sync, message)?;
-        // A peer that says it needs changes we sent did not keep them (it
-        // evicted the document while they waited for a dependency, say),
-        // and automerge never sends a change twice on one connection: it
-        // gets them again.
-        if let Some(need) = &pd.sync.their_need {
-            for h in need {
-                pd.sync.sent_hashes.remove(h);
-            }
+        let count_write = count_demand && !p.message.changes.is_empty();
+        Some(Item {
+            conn: p.conn,
+            merged: p.merged,
+            ops: p.ops,
+            count_write,
+            read_only: p.read_only,
+            answered_at: pd.answered_at.take(),
+            message: p.message,
+        })
+    }
+
+    /// Applies a prepared message here, with the peer's sync state.
+    fn receive_here(&mut self, item: Item) -> Outcome {
+        let conn = item.conn;
+        match self.peers.get_mut(&conn) {
+            Some(pd) => receive(&mut self.doc, &mut pd.sync, item),
+            None => Outcome { conn, merged: item.merged, result: Ok(false) },
         }
-        if let Some(heads) = answered {
-            pd.answered_from_snapshot(heads);
-            return Ok(false);
-        }
-        if echoes_ours {
-            pd.sync.last_sent_heads = last_sent;
-            return Ok(false);
-        }
-        Ok(count_write && self.doc.get_heads() != before)
     }
 }

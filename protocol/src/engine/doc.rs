@@ -9,6 +9,7 @@ use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
 use super::apply::Pending;
+use super::off_loop::Ticket;
 use super::effects::TaskPurpose;
 use super::fanout::Generated;
 use super::phase::Lifecycle;
@@ -67,6 +68,8 @@ pub(super) struct DocState {
     /// Changes that would create the document, from peers without the
     /// create right, held while it is looked for (see `access`).
     pub(super) held: Vec<Pending>,
+    /// Its messages are being applied off the engine's thread (`off_loop`).
+    pub(super) applying: Option<Ticket>,
     /// Upstreams that answered `doc-unavailable` since we last had data.
     pub(super) upstream_unavailable: BTreeSet<ConnId>,
     pub(super) last_active: Millis,
@@ -92,6 +95,7 @@ impl DocState {
             synced_heads: Vec::new(),
             pending: VecDeque::new(),
             held: Vec::new(),
+            applying: None,
             upstream_unavailable: BTreeSet::new(),
             last_active: now,
             idle_timer: now,
@@ -107,9 +111,16 @@ impl DocState {
         self.life.is_loaded()
     }
 
-    /// Loading, or a peer's sync state is: nothing may be applied yet.
+    /// Loading, or a peer's sync state is, or messages are being applied
+    /// off the loop: nothing (more) may be applied yet.
     pub(super) fn busy(&self) -> bool {
-        self.life.busy()
+        self.life.busy() || self.applying.is_some()
+    }
+
+    /// Durable, and no application off the loop is about to move the
+    /// heads: sync messages may go out.
+    pub(super) fn may_sync(&self) -> bool {
+        self.is_durable() && self.applying.is_none()
     }
 
     /// Loaded with no write in flight: what is in memory is in the store.

@@ -63,6 +63,10 @@ impl Effects {
         self.queue.push_back(Output::Storage { id, task });
     }
 
+    pub(super) fn apply(&mut self, job: super::ApplyJob) {
+        self.queue.push_back(Output::Apply(job));
+    }
+
     pub(super) fn put_sync_state(&mut self, doc: DocumentId, peer: StorageId, state: Vec<u8>) {
         self.storage(TaskPurpose::PutSyncState, StorageTask::PutSyncState { doc, peer, state });
     }

@@ -97,7 +97,7 @@ impl Engine {
     /// heads, and heads must only cover committed changes.
     pub(super) fn sync_doc(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if !d.is_durable() {
+        if !d.may_sync() {
             return;
         }
         let has_data = d.has_data();

@@ -11,6 +11,8 @@
 //! - [`Output::Close`]: close the connection (after sending what precedes it);
 //! - [`Output::Storage`]: run the task in order and answer with
 //!   [`Engine::handle_storage_result`];
+//! - [`Output::Apply`]: apply a large document's messages on any thread
+//!   and answer with [`Engine::handle_applied`] (`off_loop`);
 //! - [`Output::Event`]: something the application or the metrics care about.
 //!
 //! Two rules shape it:
@@ -33,6 +35,7 @@
 //! (generating and sharing sync messages), `availability` (requests,
 //! `doc-unavailable`, `find`), `persistence` (writes, compaction, storage
 //! results), `snapshot_answer`, `placement` (routes, catch-up, coverage),
+//! `off_loop` (applying large documents' messages on another thread),
 //! `budget` (eviction, offload), `policy` (hand-offs, pinning, disk budget
 //! choices, backfill, home lag), `timers`, `local` (the application's
 //! changes, ephemeral messages), `effects` (the output queue).
@@ -56,6 +59,7 @@ mod effects;
 mod fanout;
 mod limits;
 mod local;
+mod off_loop;
 mod persistence;
 mod phase;
 mod placement;
@@ -65,6 +69,7 @@ mod timers;
 
 pub use access::{Access, DocSet, Refusal};
 pub use api::*;
+pub use off_loop::{Applied, ApplyJob};
 pub use policy::{HandoffStatus, HandoffTargets};
 
 use conn::Conn;
@@ -107,6 +112,8 @@ pub struct Engine {
     /// Documents created per token subject in the current minute (see
     /// [`EngineConfig::creates_per_minute`]).
     creations: BTreeMap<String, limits::Window>,
+    /// The last [`ApplyJob`]'s number.
+    next_job: u64,
     stats: EngineStats,
     /// Between [`Self::begin_batch`] and [`Self::end_batch`]: documents
     /// whose peers' messages wait to be applied, in the order they came.
@@ -133,6 +140,7 @@ impl Engine {
             routes: BTreeMap::new(),
             offloading: BTreeSet::new(),
             creations: BTreeMap::new(),
+            next_job: 0,
             stats: EngineStats::default(),
             batch: None,
             out: Effects::default(),

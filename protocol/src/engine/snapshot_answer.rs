@@ -9,7 +9,7 @@ use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
 use super::Engine;
-use super::doc::{DocState, PeerDoc};
+use super::doc::DocState;
 use super::effects::TaskPurpose;
 
 impl Engine {
@@ -92,23 +92,20 @@ fn snapshot_message(heads: Vec<ChangeHash>, bytes: &[u8]) -> Vec<u8> {
     .encode()
 }
 
-impl PeerDoc {
-    /// Its sync state once its `request` (applied after the load) and our
-    /// answer from the snapshot at `heads` are both accounted for: we sent
-    /// those heads (so automerge sends nothing more while it is in flight),
-    /// and what we send next is what we have beyond them (its `have` is the
-    /// snapshot's heads with nothing else: an empty bloom filter contains
-    /// nothing). Its own heads stay unknown until it answers, so nobody
-    /// (a hand-off's catch-up) takes it to hold the document before it says
-    /// so. Automerge itself would record every hash it sent instead;
-    /// listing them needs the loaded document's every change.
-    pub(super) fn answered_from_snapshot(&mut self, heads: Vec<ChangeHash>) {
-        let s = &mut self.sync;
-        s.their_heads = None;
-        s.their_have = Some(vec![sync::Have { last_sync: heads.clone(), bloom: sync::BloomFilter::default() }]);
-        s.their_need = Some(Vec::new());
-        s.last_sent_heads = heads;
-        s.have_responded = true;
-        s.in_flight = true;
-    }
+/// A peer's sync state once its `request` (applied after the load) and our
+/// answer from the snapshot at `heads` are both accounted for: we sent
+/// those heads (so automerge sends nothing more while it is in flight),
+/// and what we send next is what we have beyond them (its `have` is the
+/// snapshot's heads with nothing else: an empty bloom filter contains
+/// nothing). Its own heads stay unknown until it answers, so nobody
+/// (a hand-off's catch-up) takes it to hold the document before it says
+/// so. Automerge itself would record every hash it sent instead;
+/// listing them needs the loaded document's every change.
+pub(super) fn answered_from_snapshot(s: &mut sync::State, heads: Vec<ChangeHash>) {
+    s.their_heads = None;
+    s.their_have = Some(vec![sync::Have { last_sync: heads.clone(), bloom: sync::BloomFilter::default() }]);
+    s.their_need = Some(Vec::new());
+    s.last_sent_heads = heads;
+    s.have_responded = true;
+    s.in_flight = true;
 }
