@@ -21,8 +21,11 @@
 //! 1. No panic in the engine.
 //! 2. Durable before advertised: every `sync`/`request` the engine sends
 //!    decodes, its heads are all in the store (what completed writes put
-//!    there, replayed from the in-memory store), and so is every change it
-//!    carries; every `DocChanged` event's heads are in the store.
+//!    there, as the store reads back), and every change it carries is in
+//!    the store too, or waits in the engine's document for a dependency
+//!    (automerge's queue: not applied, so not advertised; a whole-document
+//!    message carries the queue) and was offered by a connection that may
+//!    write the document; every `DocChanged` event's heads are in the store.
 //! 3. Nothing from a peer without write access is stored: every change in
 //!    every write the engine issues (`AppendChunk`, `Compact`) was offered
 //!    by a connection whose access may write that document (any message
@@ -42,12 +45,22 @@
 //!    peer id it joined as.
 //! 6. No stored change is lost by a compaction: a `Compact` snapshot holds
 //!    every change the store held when it runs.
+//!
+//! What the store holds ("in the store" above) is what loading everything
+//! it holds for the document applies. The harness keeps that read-back up
+//! to date as the writes run (the document loaded from the store, with each
+//! appended chunk loaded into it, as loading the whole again would), falls
+//! back to loading the whole again when a write is not a clean run of
+//! chunks, and compares the two for every document at the end of a run.
+//! Automerge bytes are parsed once per content (a cache kept across runs).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
-use automerge::{ActorId, Automerge, Change, ChangeHash, ROOT};
+use automerge::{ActorId, Automerge, Change, ChangeHash, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Decoded, Message, PROTOCOL_V1, PeerMetadata, RemoteHeads};
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{Access, Direction, DocSet, Engine, EngineConfig, ErrorKind, Event, Millis};
@@ -135,11 +148,54 @@ fn doc_set(mask: u8) -> DocSet {
     DocSet::of((0..DOCS).filter(|i| mask & (1 << i) != 0).map(doc_id))
 }
 
+/// What automerge bytes hold: the hashes of their changes, and whether
+/// they are a clean run of chunks (each framed, each change chunk parsed,
+/// each document chunk loaded; see [`parse`]).
+#[derive(Clone, Debug)]
+struct Parsed {
+    hashes: Rc<[ChangeHash]>,
+    clean: bool,
+}
+
+/// Parsed bytes by content, across runs (parsing is a pure function of
+/// the bytes; the same messages and writes come back in run after run).
+/// Emptied when it holds more than [`PARSED_CACHE_BYTES`].
+const PARSED_CACHE_BYTES: usize = 64 << 20;
+
+thread_local! {
+    static PARSED: RefCell<HashMap<Vec<u8>, Parsed>> = RefCell::new(HashMap::new());
+    static PARSED_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+fn parsed(bytes: &[u8]) -> Parsed {
+    if let Some(p) = PARSED.with(|c| c.borrow().get(bytes).cloned()) {
+        return p;
+    }
+    let p = parse(bytes);
+    PARSED.with(|c| {
+        let mut c = c.borrow_mut();
+        let held = PARSED_BYTES.get().saturating_add(bytes.len());
+        if held > PARSED_CACHE_BYTES {
+            c.clear();
+            PARSED_BYTES.set(bytes.len());
+        } else {
+            PARSED_BYTES.set(held);
+        }
+        c.insert(bytes.to_vec(), p.clone());
+    });
+    p
+}
+
 /// The hashes of the changes in automerge bytes (change chunks, compressed
 /// changes, documents, in sequence; a chunk that does not parse is loaded
 /// on its own and what applies is counted).
-fn hashes_of(bytes: &[u8]) -> Vec<ChangeHash> {
+fn hashes_of(bytes: &[u8]) -> Rc<[ChangeHash]> {
+    parsed(bytes).hashes
+}
+
+fn parse(bytes: &[u8]) -> Parsed {
     let mut out = Vec::new();
+    let mut clean = true;
     let mut rest = bytes;
     while rest.len() >= 9 {
         let (len, used) = leb128(&rest[9..]);
@@ -151,16 +207,23 @@ fn hashes_of(bytes: &[u8]) -> Vec<ChangeHash> {
         match rest[8] {
             1 | 2 => match Change::from_bytes(chunk.to_vec()) {
                 Ok(c) => out.push(c.hash()),
-                Err(_) => out.extend(loaded_hashes(chunk)),
+                Err(_) => {
+                    clean = false;
+                    out.extend(loaded_hashes(chunk));
+                }
             },
-            _ => out.extend(loaded_hashes(chunk)),
+            _ => match loaded(chunk) {
+                Some(d) => out.extend(applied_hashes(&d)),
+                None => clean = false,
+            },
         }
         rest = &rest[end..];
     }
     if !rest.is_empty() {
+        clean = false;
         out.extend(loaded_hashes(rest));
     }
-    out
+    Parsed { hashes: out.into(), clean }
 }
 
 /// A change hash's first 8 hex digits, for traces.
@@ -168,12 +231,33 @@ fn short(h: &ChangeHash) -> String {
     h.to_string()[..8].to_owned()
 }
 
-fn loaded_hashes(bytes: &[u8]) -> Vec<ChangeHash> {
+/// Automerge bytes loaded into a new document (as the engine loads what
+/// the store holds); `None` if that fails.
+fn loaded(bytes: &[u8]) -> Option<Automerge> {
     let mut d = Automerge::new();
-    match d.load_incremental(bytes) {
-        Ok(_) => d.get_changes(&[]).iter().map(Change::hash).collect(),
-        Err(_) => Vec::new(),
-    }
+    d.load_incremental(bytes).ok().map(|_| d)
+}
+
+/// The changes a document applied (its queue left out), read from the
+/// change graph (`get_changes` would rebuild and compress every change).
+fn applied_hashes(d: &Automerge) -> impl Iterator<Item = ChangeHash> + '_ {
+    d.get_changes_meta(&[]).into_iter().map(|m| m.hash)
+}
+
+fn loaded_hashes(bytes: &[u8]) -> Vec<ChangeHash> {
+    loaded(bytes).map(|d| applied_hashes(&d).collect()).unwrap_or_default()
+}
+
+/// Whether `d` holds `h`, applied or in its queue (waiting for a dependency).
+fn holds(d: &Automerge, h: &ChangeHash) -> bool {
+    d.get_change_meta_by_hash(h).is_some() || queued(d, h)
+}
+
+/// Whether `h` waits in `d`'s queue for a dependency: not applied, and not
+/// missing (`get_missing_deps` walks through the queued changes' own
+/// dependencies and names the first hash on each path it does not hold).
+fn queued(d: &Automerge, h: &ChangeHash) -> bool {
+    d.get_change_meta_by_hash(h).is_none() && !d.get_missing_deps(&[*h]).contains(h)
 }
 
 /// An unsigned LEB128 and how many bytes it took (0: malformed).
@@ -241,6 +325,9 @@ struct World {
     legit: BTreeMap<DocumentId, BTreeSet<ChangeHash>>,
     /// Of those, the ones from connections with the create right (or local).
     creatable: BTreeMap<DocumentId, BTreeSet<ChangeHash>>,
+    /// Of those, the ones a connection offered (the only ones a message
+    /// may carry from the engine's queue, not stored).
+    writer_offered: BTreeMap<DocumentId, BTreeSet<ChangeHash>>,
     /// Which connection offered a change first (for messages).
     offered_by: BTreeMap<ChangeHash, ConnId>,
     /// Ephemeral tags seen on a connection other than the one they name
@@ -252,40 +339,133 @@ struct World {
     claimed: BTreeSet<DocumentId>,
     /// Documents a write was issued for, or stored at the start.
     written: BTreeSet<DocumentId>,
-    /// The changes in the store, per document (recomputed after each write).
-    durable: BTreeMap<DocumentId, BTreeSet<ChangeHash>>,
+    /// What the store holds, per document, kept up to date as writes run.
+    durable: BTreeMap<DocumentId, Durable>,
+    /// Changes the messages sent during this `drive` carried that were
+    /// not in the store (offered by a writer): each must wait in the
+    /// engine's queue.
+    unstored: Vec<(ConnId, DocumentId, ChangeHash)>,
+}
+
+/// One document's read-back of the store: what loading everything the
+/// store holds for it gives.
+#[derive(Debug, Default)]
+struct Durable {
+    /// The store's chunks loaded, the first into a new document and each
+    /// later one into it (as loading them all at once does).
+    doc: Automerge,
+    /// The changes `doc` applied: the ones "in the store".
+    hashes: HashSet<ChangeHash>,
+    /// A write since the last compaction was not a clean run of chunks:
+    /// the store is loaded whole after each write (how loading everything
+    /// at once treats a bad chunk is not modelled).
+    reload: bool,
+    /// A chunk was loaded into `doc` (rather than `doc` loaded from all
+    /// the store holds): compared with loading the store whole at the end.
+    appended: bool,
 }
 
 impl World {
     fn durable_has(&self, doc: &DocumentId, h: &ChangeHash) -> bool {
-        self.durable.get(doc).is_some_and(|s| s.contains(h))
+        self.durable.get(doc).is_some_and(|d| d.hashes.contains(h))
     }
 
-    fn refresh_durable(&mut self, doc: DocumentId) {
-        let hashes = match self.store.execute(&StorageTask::LoadDoc { doc }) {
-            StorageResult::Loaded(Some(bytes)) => loaded_hashes(&bytes).into_iter().collect(),
-            _ => BTreeSet::new(),
-        };
-        self.durable.insert(doc, hashes);
+    /// Loading everything the store holds for `doc`.
+    fn read_back(&mut self, doc: DocumentId) -> Durable {
+        let d = match self.store.execute(&StorageTask::LoadDoc { doc }) {
+            StorageResult::Loaded(Some(bytes)) => loaded(&bytes),
+            _ => None,
+        }
+        .unwrap_or_default();
+        let hashes = applied_hashes(&d).collect();
+        Durable { doc: d, hashes, reload: false, appended: false }
     }
 
     /// Runs a task against the store (in order, as a real store would),
-    /// checking a compaction loses nothing.
+    /// checking a compaction loses nothing, and keeps the read-back of the
+    /// store up to date.
     fn execute(&mut self, task: &StorageTask) -> StorageResult {
-        if let StorageTask::Compact { doc, snapshot } = task {
-            let kept: BTreeSet<ChangeHash> = loaded_hashes(snapshot).into_iter().collect();
-            if let Some(lost) = self.durable.get(doc).and_then(|d| d.iter().find(|h| !kept.contains(h))) {
-                panic!("invariant: compaction of {doc} drops stored change {lost}");
+        match task {
+            StorageTask::Compact { doc, snapshot } => {
+                // The store will hold the snapshot alone: its read-back is
+                // the snapshot loaded.
+                let p = parsed(snapshot);
+                let d = loaded(snapshot);
+                let reload = d.is_none() || !p.clean;
+                let d = d.unwrap_or_default();
+                let kept: HashSet<ChangeHash> = applied_hashes(&d).collect();
+                if let Some(lost) = self.durable.get(doc).and_then(|d| d.hashes.iter().find(|h| !kept.contains(h))) {
+                    panic!("invariant: compaction of {doc} drops stored change {lost}");
+                }
+                let result = self.store.execute(task);
+                self.durable.insert(*doc, Durable { doc: d, hashes: kept, reload, appended: false });
+                result
+            }
+            StorageTask::AppendChunk { doc, data } => {
+                let result = self.store.execute(task);
+                let p = parsed(data);
+                let d = self.durable.entry(*doc).or_default();
+                let mut fast = !d.reload && p.clean;
+                if fast {
+                    let before = d.doc.get_heads();
+                    fast = d.doc.load_incremental(data).is_ok() && p.hashes.iter().all(|h| holds(&d.doc, h));
+                    if fast {
+                        d.hashes.extend(d.doc.get_changes_meta(&before).into_iter().map(|m| m.hash));
+                        d.appended = true;
+                    }
+                }
+                if !fast {
+                    let mut fresh = self.read_back(*doc);
+                    fresh.reload = true;
+                    self.durable.insert(*doc, fresh);
+                }
+                result
+            }
+            StorageTask::DeleteDoc { doc } => {
+                let result = self.store.execute(task);
+                self.durable.remove(doc);
+                result
+            }
+            _ => self.store.execute(task),
+        }
+    }
+
+    /// Invariant 2 for the changes messages carried that were not in the
+    /// store: each waits in the engine's document for a dependency (not
+    /// applied, so in no heads). Checked when `drive` returns (a driver
+    /// cannot look at the engine while it carries an output): a change
+    /// applied when it was sent is still applied then (never queued again,
+    /// even if stored meanwhile), so nothing passes that should not; a
+    /// queued one whose dependency came within the same `drive` (a
+    /// synchronous store's answer) would be reported wrongly.
+    fn check_unstored(&mut self, engine: &Engine) {
+        for (conn, doc, h) in std::mem::take(&mut self.unstored) {
+            let waiting = engine.document(&doc).map(|d| (queued(d, &h), d.get_change_meta_by_hash(&h).is_some()));
+            if !matches!(waiting, Some((true, _))) {
+                panic!(
+                    "invariant (durable before advertised): {conn} is sent change {h} of {doc} that is not in the \
+                     store and does not wait in the engine's queue (document loaded, applied: {:?})",
+                    waiting.map(|w| w.1)
+                );
             }
         }
-        let result = self.store.execute(task);
-        if let StorageTask::AppendChunk { doc, .. }
-        | StorageTask::Compact { doc, .. }
-        | StorageTask::DeleteDoc { doc } = task
-        {
-            self.refresh_durable(*doc);
+    }
+
+    /// The end of a run: the read-back kept up to date is what loading
+    /// the store whole gives, for every document.
+    fn check_read_back(&mut self) {
+        let docs: Vec<DocumentId> = self.durable.iter().filter(|(_, d)| d.appended).map(|(doc, _)| *doc).collect();
+        for doc in docs {
+            let whole = self.read_back(doc).hashes;
+            let kept = &self.durable[&doc].hashes;
+            assert!(
+                *kept == whole,
+                "harness: the read-back of the store for {doc} kept up to date ({} changes) differs from loading it \
+                 whole ({} changes)",
+                kept.len(),
+                whole.len()
+            );
         }
-        result
     }
 
     /// A message about to be fed to the engine on `conn`: changes it
@@ -313,8 +493,9 @@ impl World {
             self.claimed.insert(document_id);
         }
         for chunk in m.changes.iter() {
-            for h in hashes_of(chunk) {
+            for &h in hashes_of(chunk).iter() {
                 self.legit.entry(document_id).or_default().insert(h);
+                self.writer_offered.entry(document_id).or_default().insert(h);
                 if create {
                     self.creatable.entry(document_id).or_default().insert(h);
                 }
@@ -359,8 +540,11 @@ impl World {
         }
     }
 
-    /// Invariants 2 and 5 on a message the engine sends.
-    fn check_send(&self, conn: ConnId, message: &Message) {
+    /// Invariants 2 and 5 on a message the engine sends (`sync` is its
+    /// sync message, decoded). The changes it carries that are not in the
+    /// store are checked against the engine's queue when `drive` returns
+    /// ([`World::check_unstored`]).
+    fn check_send(&mut self, conn: ConnId, message: &Message, sync: Option<&sync::Message>) {
         let Some(info) = self.conns.get(&conn) else { return };
         if let Some(doc) = message.document_id()
             && !info.access.may_read(&doc)
@@ -369,10 +553,9 @@ impl World {
             panic!("invariant: {conn}, not granted {doc}, is sent `{}`: {message:?}", message.type_name());
         }
         match message {
-            Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } => {
-                let m = match sync::Message::decode(data) {
-                    Ok(m) => m,
-                    Err(e) => panic!("the engine sent a sync message for {document_id} that does not decode: {e}"),
+            Message::Sync { document_id, .. } | Message::Request { document_id, .. } => {
+                let Some(m) = sync else {
+                    panic!("the engine sent a sync message for {document_id} that does not decode");
                 };
                 if let Some(h) = m.heads.iter().find(|h| !self.durable_has(document_id, h)) {
                     panic!(
@@ -381,12 +564,26 @@ impl World {
                         message.type_name()
                     );
                 }
+                // A change not in the store may only be one waiting in the
+                // engine's document for a dependency (not applied, so in no
+                // heads; automerge's whole-document message carries the
+                // queue) that a connection which may write the document
+                // offered: nothing unstored of the engine's own, nothing
+                // from a read-only or ungranted peer.
                 for chunk in m.changes.iter() {
-                    if let Some(h) = hashes_of(chunk).iter().find(|h| !self.durable_has(document_id, h)) {
-                        panic!(
-                            "invariant (durable before advertised): {conn} is sent change {h} of {document_id} that \
-                             is not in the store"
-                        );
+                    for &h in hashes_of(chunk).iter() {
+                        if self.durable_has(document_id, &h) {
+                            continue;
+                        }
+                        if !self.writer_offered.get(document_id).is_some_and(|s| s.contains(&h)) {
+                            panic!(
+                                "invariant (durable before advertised): {conn} is sent change {h} of {document_id} \
+                                 that is not in the store and no connection that may write it offered (first \
+                                 offered by {:?})",
+                                self.offered_by.get(&h)
+                            );
+                        }
+                        self.unstored.push((conn, *document_id, h));
                     }
                 }
             }
@@ -413,32 +610,44 @@ impl World {
     }
 
     /// A sync message the engine sends reaches the slot's replica.
-    fn deliver(&mut self, conn: ConnId, message: &Message) {
+    fn deliver(&mut self, conn: ConnId, message: &Message, sync: Option<sync::Message>) {
         let Some(info) = self.conns.get(&conn) else { return };
         let slot = &mut self.slots[info.slot];
         if slot.conn != Some(conn) {
             return;
         }
-        if let Message::Sync { document_id, data, .. } | Message::Request { document_id, data, .. } = message
-            && let Some(i) = (0..DOCS).find(|i| doc_id(*i) == *document_id)
-            && let Ok(m) = sync::Message::decode(data)
+        if let Some(document_id) = message.document_id()
+            && let Some(i) = (0..DOCS).find(|i| doc_id(*i) == document_id)
+            && let Some(m) = sync
         {
             let _ = slot.replicas[i].receive_sync_message(&mut slot.states[i], m);
         }
     }
 }
 
+/// [`Engine::drive`], then invariant 2's look at the engine's queue for
+/// the changes the messages carried that are not in the store.
+fn drive(engine: &mut Engine, world: &mut World) {
+    let now = world.now;
+    engine.drive(now, world);
+    world.check_unstored(engine);
+}
+
 impl Driver for World {
     fn send(&mut self, conn: ConnId, message: Message) {
+        let sync = match &message {
+            Message::Sync { data, .. } | Message::Request { data, .. } => sync::Message::decode(data).ok(),
+            _ => None,
+        };
         if tracing() {
             let detail = match &message {
-                Message::Sync { data, .. } | Message::Request { data, .. } => match sync::Message::decode(data) {
-                    Ok(m) => format!(
+                Message::Sync { .. } | Message::Request { .. } => match &sync {
+                    Some(m) => format!(
                         " heads {:?} changes {:?}",
                         m.heads.iter().map(short).collect::<Vec<_>>(),
-                        m.changes.iter().flat_map(hashes_of).map(|h| short(&h)).collect::<Vec<_>>()
+                        m.changes.iter().flat_map(|c| hashes_of(c).to_vec()).map(|h| short(&h)).collect::<Vec<_>>()
                     ),
-                    Err(_) => " (does not decode)".to_owned(),
+                    None => " (does not decode)".to_owned(),
                 },
                 _ => String::new(),
             };
@@ -448,8 +657,8 @@ impl Driver for World {
                 message.document_id().map(|d| format!(" {d}")).unwrap_or_default()
             );
         }
-        self.check_send(conn, &message);
-        self.deliver(conn, &message);
+        self.check_send(conn, &message, sync.as_ref());
+        self.deliver(conn, &message, sync);
     }
 
     fn close(&mut self, conn: ConnId, reason: String) -> bool {
@@ -553,35 +762,32 @@ pub fn run(data: &[u8]) {
             .collect(),
         legit: BTreeMap::new(),
         creatable: BTreeMap::new(),
+        writer_offered: BTreeMap::new(),
         offered_by: BTreeMap::new(),
         ambiguous_tags: BTreeSet::new(),
         claimed: BTreeSet::new(),
         written: BTreeSet::new(),
         durable: BTreeMap::new(),
+        unstored: Vec::new(),
     };
-    let mut seeds: Vec<Automerge> = Vec::new();
-    for i in 0..DOCS {
-        let mut seed = Automerge::new().with_actor(ActorId::from([0x5E; 16].as_slice()));
-        if i < 2 {
-            let mut tx = seed.transaction();
-            let _ = tx.put(ROOT, "seed", i as i64);
-            tx.commit();
+    SEEDS.with(|seeds| {
+        for (i, seed) in seeds.iter().enumerate() {
             let doc = doc_id(i);
-            world.store.execute(&StorageTask::Compact { doc, snapshot: seed.save() });
-            world.local(doc, seed.get_changes(&[]).iter().map(Change::hash));
+            world.store.execute(&StorageTask::Compact { doc, snapshot: seed.saved.clone() });
+            world.local(doc, seed.hashes.iter().copied());
             world.written.insert(doc);
-            world.refresh_durable(doc);
+            let hashes = seed.hashes.iter().copied().collect();
+            world.durable.insert(doc, Durable { doc: seed.read_back.clone(), hashes, reload: false, appended: false });
         }
-        seeds.push(seed);
-    }
-    // Replicas that start from the stored document (a peer that had it).
-    for (s, slot) in world.slots.iter_mut().enumerate() {
-        if setup2 & (0x40 << (s & 1)) != 0 {
-            for (replica, seed) in slot.replicas.iter_mut().zip(&seeds).take(2) {
-                let _ = replica.merge(&mut seed.clone());
+        // Replicas that start from the stored document (a peer that had it).
+        for (s, slot) in world.slots.iter_mut().enumerate() {
+            if setup2 & (0x40 << (s & 1)) != 0 {
+                for (replica, seed) in slot.replicas.iter_mut().zip(seeds) {
+                    *replica = seed.replicas[s].clone();
+                }
             }
         }
-    }
+    });
     let mut app: Vec<Automerge> = (0..DOCS).map(|_| Automerge::new().with_actor(slot_actor(0x0A))).collect();
     let mut batching = false;
 
@@ -590,27 +796,58 @@ pub fn run(data: &[u8]) {
             break;
         }
         step(&mut engine, &mut world, &mut input, &mut app, &mut batching);
-        let now = world.now;
-        engine.drive(now, &mut world);
+        drive(&mut engine, &mut world);
     }
     // The end: the batch closes, every storage task completes, time passes.
     if batching {
         engine.end_batch(world.now);
     }
-    let now = world.now;
-    engine.drive(now, &mut world);
+    drive(&mut engine, &mut world);
     for _ in 0..256 {
         let Some((id, task)) = world.pending.pop_front() else { break };
         let result = world.fence.check(&task).unwrap_or_else(|| world.execute(&task));
         world.fence.record(&task, &result);
         engine.handle_storage_result(world.now, id, result);
-        let now = world.now;
-        engine.drive(now, &mut world);
+        drive(&mut engine, &mut world);
     }
     world.now = Millis(world.now.0.saturating_add(120_000));
     engine.handle_timeout(world.now);
-    let now = world.now;
-    engine.drive(now, &mut world);
+    drive(&mut engine, &mut world);
+    world.check_read_back();
+}
+
+/// Documents 0 and 1 as stored at the start: one change by "seed".
+struct Seed {
+    /// What the store holds (`save`).
+    saved: Vec<u8>,
+    hashes: Vec<ChangeHash>,
+    /// `saved` loaded, as the store reads back.
+    read_back: Automerge,
+    /// Each slot's replica after merging it.
+    replicas: Vec<Automerge>,
+}
+
+thread_local! {
+    /// The same in every run: made once.
+    static SEEDS: Vec<Seed> = (0..2)
+        .map(|i| {
+            let mut seed = Automerge::new().with_actor(ActorId::from([0x5E; 16].as_slice()));
+            let mut tx = seed.transaction();
+            let _ = tx.put(ROOT, "seed", i as i64);
+            tx.commit();
+            let saved = seed.save();
+            let hashes = applied_hashes(&seed).collect();
+            let read_back = loaded(&saved).unwrap_or_default();
+            let replicas = (0..SLOTS)
+                .map(|s| {
+                    let mut replica = Automerge::new().with_actor(slot_actor(s));
+                    let _ = replica.merge(&mut seed.clone());
+                    replica
+                })
+                .collect();
+            Seed { saved, hashes, read_back, replicas }
+        })
+        .collect();
 }
 
 fn access_of(a: u8, b: u8, slot: usize, now: Millis) -> Access {
@@ -694,7 +931,7 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
             s.conn = Some(conn);
             s.states = (0..DOCS).map(|_| sync::State::new()).collect();
             if join & 0x80 == 0 {
-                engine.drive(now, world);
+                drive(engine, world);
                 if outgoing {
                     let peer = Message::Peer {
                         sender_id: slot_peer(slot),
@@ -885,8 +1122,7 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                 };
                 world.fence.record(&task, &result);
                 engine.handle_storage_result(world.now, id, result);
-                let now = world.now;
-                engine.drive(now, world);
+                drive(engine, world);
             }
         }
         // Time passes.
@@ -907,7 +1143,7 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                     if engine.change(now, doc, |tx| tx.put(ROOT, "local", i64::from(x)).map(|_| ())).is_ok()
                         && let (Some(before), Some(after)) = (before, engine.document(&doc))
                     {
-                        let new: Vec<ChangeHash> = after.get_changes(&before).iter().map(Change::hash).collect();
+                        let new: Vec<ChangeHash> = after.get_changes_meta(&before).into_iter().map(|m| m.hash).collect();
                         world.local(doc, new);
                     }
                 }
@@ -918,7 +1154,7 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                         let mut tx = app[d].transaction();
                         let _ = tx.put(ROOT, "app", i64::from(x));
                         tx.commit();
-                        world.local(doc, app[d].get_changes(&[]).iter().map(Change::hash));
+                        world.local(doc, applied_hashes(&app[d]).collect::<Vec<_>>());
                         let _ = engine.import(now, doc, &app[d].save());
                     }
                 }
