@@ -128,6 +128,10 @@ impl EdgeProcess {
         format!("ws://127.0.0.1:{}/sync", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) -> Result<()> {
         self.child.kill()?;

@@ -4,8 +4,10 @@
 //! (`tests/js/meridian-auth.mjs`), the native client over QUIC, and the
 //! admin API. Each cell is checked against what the owner's store holds
 //! afterwards: no token lets anyone read or write what it was not granted.
-//! The table is printed (`--nocapture`). Revoked tokens are the subject of
-//! `auth_revoke.rs` (they need a hub).
+//! The table is printed (`--nocapture`). The revoked token is one the hub
+//! revoked before the edge started (the edge keeps the hub's revocations
+//! in its data folder); revocation of live connections, pushed by a hub,
+//! is `auth_revoke.rs`.
 
 use std::time::Duration;
 
@@ -34,9 +36,13 @@ enum Kind {
     Write,
     Create,
     Admin,
+    Revoked,
 }
 
-const KINDS: [Kind; 10] = [
+/// The id of the token the hub revoked.
+const REVOKED_JTI: &str = "revoked-by-the-hub";
+
+const KINDS: [Kind; 11] = [
     Kind::None,
     Kind::Malformed,
     Kind::BadSignature,
@@ -47,11 +53,15 @@ const KINDS: [Kind; 10] = [
     Kind::Write,
     Kind::Create,
     Kind::Admin,
+    Kind::Revoked,
 ];
 
 impl Kind {
     fn refused(self) -> bool {
-        matches!(self, Kind::None | Kind::Malformed | Kind::BadSignature | Kind::Expired | Kind::NotYetValid)
+        matches!(
+            self,
+            Kind::None | Kind::Malformed | Kind::BadSignature | Kind::Expired | Kind::NotYetValid | Kind::Revoked
+        )
     }
 }
 
@@ -93,6 +103,12 @@ fn token(s: &Setup, kind: Kind, sub: &str) -> String {
             c.create = true;
         }
         Kind::Admin => c.admin = true,
+        Kind::Revoked => {
+            c.write = vec!["*".into()];
+            c.create = true;
+            c.admin = true;
+            c.jti = REVOKED_JTI.into();
+        }
     }
     s.key.mint(&c)
 }
@@ -105,6 +121,9 @@ async fn setup() -> Result<Setup> {
     let dir = tempfile::tempdir()?;
     let key = auth::keygen(&dir.path().join("keys"))?;
     let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port().quic_listen("127.0.0.1:0".parse()?);
+    std::fs::create_dir_all(dir.path().join("edge"))?;
+    let revoked = auth::Revocation { jti: Some(REVOKED_JTI.into()), sub: None, at: auth::unix_now() };
+    auth::save_revocations(&config.revocations_path(), &[revoked])?;
     config.auth_public_keys = vec![dir.path().join("keys/auth-public.pem")];
     let edge = EdgeNode::start(config).await?;
     let owner = Client::connect(&edge.ws_url(), options(full(&key))).await?;
