@@ -41,7 +41,7 @@ use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
 use meridian_node::runtime::NodeRuntime;
 use meridian_node::server::{self, AppState};
-use meridian_node::store::{SqliteStore, StoreError, StoreOptions};
+use meridian_node::store::{DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
@@ -116,6 +116,9 @@ pub struct HubConfig {
     /// each is served only the documents its clients' tokens grant, which
     /// it forwards (verified here against `auth_public_keys`).
     pub untrusted_edges: std::collections::BTreeSet<String>,
+    /// A PostgreSQL URL to keep documents in (shared by the hubs on it);
+    /// `None`: `hub.sqlite3` in `data_dir`.
+    pub store: Option<String>,
 }
 
 impl HubConfig {
@@ -143,6 +146,7 @@ impl HubConfig {
             max_auth_failures_per_minute: 10,
             hello_timeout: admission::HELLO_TIMEOUT,
             untrusted_edges: Default::default(),
+            store: None,
         }
     }
 
@@ -219,6 +223,27 @@ pub enum HubError {
     Auth(#[from] meridian_node::auth::KeyError),
 }
 
+/// The hub's document store: PostgreSQL when `store` names one, else
+/// SQLite in the data folder.
+async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
+    let Some(url) = config.store.clone() else {
+        let path = config.data_dir.join("hub.sqlite3");
+        return Ok(Box::new(SqliteStore::open_with(&path, StoreOptions { fsync: config.fsync })?));
+    };
+    // The client runs a runtime of its own: opened (and later used) off
+    // this runtime's threads.
+    let opened = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || PostgresStore::open(&url)).join().map_err(|_| {
+            HubError::Config("opening the PostgreSQL store panicked".into())
+        })
+    })
+    .await
+    .map_err(|e| HubError::Config(format!("opening the PostgreSQL store: {e}")))??;
+    let store = opened?;
+    tracing::info!(store = %store.target(), storage_id = %store.storage_id(), "documents are kept in PostgreSQL");
+    Ok(Box::new(store))
+}
+
 /// The credential edges present to each other (sent to each edge in
 /// `welcome`), kept in the data folder so it survives restarts.
 fn load_or_create_peer_secret(dir: &std::path::Path) -> Result<String, HubError> {
@@ -264,14 +289,14 @@ impl Hub {
         }
         let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
         let peer_secret = Arc::new(load_or_create_peer_secret(&config.data_dir)?);
-        let store = SqliteStore::open_with(&config.data_dir.join("hub.sqlite3"), StoreOptions { fsync: config.fsync })?;
+        let store = open_store(&config).await?;
         let mut engine = EngineConfig::new(PeerId::new(config.hub_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.rng_seed = rand::random();
         engine.expects_upstream = false;
         engine.apply_off_loop_ops = meridian_node::runtime::APPLY_OFF_LOOP_OPS;
         let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
-        let runtime = NodeRuntime::start(Box::new(store), engine, config.tick_interval, metrics.clone())
+        let runtime = NodeRuntime::start(store, engine, config.tick_interval, metrics.clone())
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;

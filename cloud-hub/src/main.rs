@@ -87,6 +87,11 @@ struct ServeArgs {
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
     #[arg(long, env = "MERIDIAN_HUB_DATA", default_value = "./meridian-hub-data")]
     data: PathBuf,
+    /// Where documents are stored: `sqlite` (a file in --data, the default)
+    /// or a PostgreSQL-protocol database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`
+    /// (shared by every hub on it; see docs/SCALING.md).
+    #[arg(long, env = "MERIDIAN_HUB_STORE", default_value = "sqlite", hide_env_values = true, value_name = "sqlite|URL")]
+    store: String,
     /// Peer id of the hub on the wire.
     #[arg(long, env = "MERIDIAN_HUB_ID", default_value = "meridian-hub")]
     hub_id: String,
@@ -221,6 +226,11 @@ async fn main() -> anyhow::Result<()> {
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
+    config.store = match args.store.as_str() {
+        "sqlite" => None,
+        url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),
+        other => anyhow::bail!("--store takes `sqlite` or a postgres:// URL, not `{other}`"),
+    };
     config.serve_clients = args.serve_clients;
     config.auth_public_keys = args.auth_public_keys;
     config.admin_token = args.admin_token.filter(|t| !t.is_empty());

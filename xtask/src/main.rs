@@ -110,6 +110,11 @@ fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> 
     if programs.iter().all(|p| js::which(p).is_some()) {
         return Ok(());
     }
+    install_debian(packages, why)
+}
+
+/// Installs Debian `packages` as root, or stops with the command to run.
+fn install_debian(packages: &[&str], why: &str) -> Result<()> {
     let install = format!("apt-get update && apt-get install -y {}", packages.join(" "));
     let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
     if !root {
@@ -124,6 +129,19 @@ fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> 
 /// downloaded).
 pub(crate) fn ensure_chromium() -> Result<()> {
     ensure_debian(&["chromium", "chromedriver"], &["chromium", "chromium-driver"], "the browser tests")
+}
+
+/// PostgreSQL for the store tests (Debian keeps its programs in
+/// `/usr/lib/postgresql/N/bin`, off `PATH`); the tests make their own
+/// clusters.
+fn ensure_postgres() -> Result<()> {
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dirs| dirs.filter_map(|d| d.ok()).any(|d| d.path().join("bin/initdb").exists()))
+        .unwrap_or(false);
+    if installed || js::which("initdb").is_some() {
+        return Ok(());
+    }
+    install_debian(&["postgresql"], "the PostgreSQL store tests")
 }
 
 /// npm packages for the interop tests (the real JS automerge-repo).
@@ -152,6 +170,7 @@ fn ensure_wasm_target() -> Result<()> {
 fn test(extra: &[String]) -> Result<()> {
     ensure_npm()?;
     ensure_chromium()?;
+    ensure_postgres()?;
     ensure_wasm_target()?;
     // The browser package: the browser and JS-compatibility tests load it.
     js::build(&[])?;

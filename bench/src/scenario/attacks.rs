@@ -181,6 +181,10 @@ pub async fn run(mut server: Server, p: Params) -> Result<Vec<Figure>> {
     let ops = p.bomb_ops;
     let bomb = Arc::new(tokio::task::spawn_blocking(move || expanding_document(ops)).await.context("bomb builder")?);
     eprintln!("  expanding document: {} operations in a {}-byte sync message", p.bomb_ops + 1, bomb.len());
+    let chars = p.long_text;
+    let long = tokio::task::spawn_blocking(move || LongText::new(chars, salt)).await.context("long text builder")?;
+    eprintln!("  long text: {} characters in a {}-byte change", p.long_text, long.first.len());
+    let long = Arc::new(std::sync::Mutex::new(Some(long)));
     let mut figures = Vec::new();
     for (index, attack) in PHASES.into_iter().enumerate() {
         let name = attack.name();
@@ -206,7 +210,14 @@ pub async fn run(mut server: Server, p: Params) -> Result<Vec<Figure>> {
         let rss_start = server.rss_kib().ok();
         let open_before = server.edge_metric("meridian_edge_connections");
         let tally = Arc::new(Tally::default());
-        let attacker = tokio::spawn(attack_task(attack, server.url.clone(), salt, p, bomb.clone(), tally.clone()));
+        let attacker = tokio::spawn(attack_task(
+            attack,
+            server.url.clone(),
+            salt,
+            p,
+            (bomb.clone(), long.clone()),
+            tally.clone(),
+        ));
         let started = Instant::now();
         let done = AtomicBool::new(false);
         let measure = async {
@@ -381,7 +392,11 @@ impl Client {
 }
 
 /// Runs one attack, then holds its sockets until aborted.
-async fn attack_task(attack: Attack, url: String, salt: u64, p: Params, bomb: Arc<Vec<u8>>, tally: Arc<Tally>) {
+/// What the attacks send, built before the phases (the bomb, the long text).
+type Prepared = (Arc<Vec<u8>>, Arc<std::sync::Mutex<Option<LongText>>>);
+
+async fn attack_task(attack: Attack, url: String, salt: u64, p: Params, prepared: Prepared, tally: Arc<Tally>) {
+    let (bomb, long) = prepared;
     // Everything the attack opens lives in `held` and `readers`, dropped
     // (closed) when the task is aborted at the end of the phase.
     let mut held: Vec<Sender> = Vec::new();
@@ -393,7 +408,13 @@ async fn attack_task(attack: Attack, url: String, salt: u64, p: Params, bomb: Ar
         Attack::Flood => flood(&url, salt, &p, &tally, &mut held, &mut readers).await,
         Attack::Idle => idle(&url, &p, &tally, &mut sockets).await,
         Attack::RandomIds => random_ids(&url, salt, &p, &tally, &mut held, &mut readers).await,
-        Attack::LongText => long_text(&url, salt, &p, &tally, &mut held, &mut readers).await,
+        Attack::LongText => {
+            let taken = long.lock().ok().and_then(|mut l| l.take());
+            match taken {
+                Some(text) => long_text(&url, salt, &p, text, &tally, &mut held, &mut readers).await,
+                None => Err(anyhow::anyhow!("the long text was used already")),
+            }
+        }
     };
     if let Err(e) = result {
         tally.stopped(format!("{e:#}"));
@@ -550,20 +571,16 @@ async fn random_ids(
     result
 }
 
-/// A document with a long text, then a character typed into it every
-/// `pause` (each change sent at once, answers read but not awaited).
-async fn long_text(
-    url: &str,
-    salt: u64,
-    p: &Params,
-    tally: &Arc<Tally>,
-    held: &mut Vec<Sender>,
-    readers: &mut JoinSet<()>,
-) -> Result<()> {
-    let Conn { mut tx, mut rx } = attacker_conn(url, format!("typist-{salt:x}")).await?;
-    let doc = doc_id(salt ^ 0x7e47, 0);
-    let chars = p.long_text;
-    let (mut writer, text, first) = tokio::task::spawn_blocking(move || {
+/// The long text's writer, its text object, and the first change (the
+/// whole text), built before the phases.
+struct LongText {
+    writer: AutoCommit,
+    text: automerge::ObjId,
+    first: Vec<u8>,
+}
+
+impl LongText {
+    fn new(chars: usize, salt: u64) -> Self {
         let mut writer = AutoCommit::new();
         let text = writer.put_object(ROOT, "t", ObjType::Text).expect("put on a fresh doc");
         let mut x = splitmix(salt);
@@ -575,11 +592,26 @@ async fn long_text(
             .collect();
         writer.splice_text(&text, 0, 0, &letters).expect("splice in range");
         writer.commit();
-        let change = writer.get_last_local_change().expect("just committed").raw_bytes().to_vec();
-        (writer, text, change)
-    })
-    .await
-    .context("building the long text")?;
+        let first = writer.get_last_local_change().expect("just committed").raw_bytes().to_vec();
+        Self { writer, text, first }
+    }
+}
+
+/// A document with a long text, then a character typed into it every
+/// `pause` (each change sent at once, answers read but not awaited).
+async fn long_text(
+    url: &str,
+    salt: u64,
+    p: &Params,
+    long: LongText,
+    tally: &Arc<Tally>,
+    held: &mut Vec<Sender>,
+    readers: &mut JoinSet<()>,
+) -> Result<()> {
+    let Conn { mut tx, mut rx } = attacker_conn(url, format!("typist-{salt:x}")).await?;
+    let doc = doc_id(salt ^ 0x7e47, 0);
+    let LongText { mut writer, text, first } = long;
+    let chars = p.long_text;
     let counter = tally.clone();
     readers.spawn(async move {
         while let Ok(m) = rx.recv_any().await {

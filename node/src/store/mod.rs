@@ -1,13 +1,16 @@
 //! Document stores behind one trait: [`DocStore`] is what the node runtime
 //! needs; [`SqliteStore`] is the embedded backend edges, the hub and device
-//! clients use today.
+//! clients use by default; [`PostgresStore`] is the hub's shared store on a
+//! PostgreSQL-protocol database (`meridian-hub serve --store postgres://…`).
 
+mod postgres;
 mod sqlite;
 
 use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use std::path::PathBuf;
 
+pub use postgres::{PostgresStore, redact};
 pub use sqlite::{SqliteStore, StoreOptions, creator_of};
 
 /// What the node runtime needs from a document store. SQLite is the
@@ -52,4 +55,10 @@ pub enum StoreError {
     /// A query failed on an open database.
     #[error("SQLite query failed: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL could not be reached, or refused to open the store.
+    #[error("cannot open the PostgreSQL store at {target}: {source}")]
+    Postgres { target: String, source: ::postgres::Error },
+    /// A query failed on PostgreSQL.
+    #[error("PostgreSQL query failed: {0}")]
+    PostgresQuery(#[from] ::postgres::Error),
 }

@@ -1,0 +1,522 @@
+//! The PostgreSQL store: the same [`DocStore`] as SQLite, on a database
+//! server several hubs share (DESIGN.md §8, docs/SCALING.md).
+//!
+//! # Schema
+//! - `meta`: key/value pairs; the store's [`StorageId`] (one per database:
+//!   every hub on it presents the same id, so an edge's persisted sync state
+//!   with "the cloud" holds whichever hub it reaches).
+//! - `chunks`: a document's saved bytes, one row per chunk, `seq` ordering a
+//!   writer's chunks; `kind` is `snapshot` or `incremental`.
+//! - `sync_states`, `creators`: as in SQLite.
+//! - `leases`: named leases with a holder and an expiry (the placer's, one
+//!   at a time across hubs): compare-and-set rows, no advisory locks.
+//! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
+//!   written by a newer build is refused.
+//!
+//! # Portable SQL
+//! Every statement is in [`MIGRATIONS`] or [`STATEMENTS`] and keeps to SQL
+//! that CockroachDB and YugabyteDB accept too: no `LISTEN`/`NOTIFY`, no
+//! advisory locks, no functions, triggers or extensions, no system columns.
+//! A test checks the list (`portable_sql`).
+//!
+//! # Compaction with several writers
+//! A compaction deletes exactly the chunks its snapshot covers: those this
+//! store handed to the engine when it loaded the document, and those it
+//! appended for it since ([`PostgresStore::covered`]), never a chunk
+//! another hub appended meanwhile. Two hubs compacting at once each delete
+//! their own covered chunks and insert their own snapshot, in one
+//! transaction each; a change stays in some row throughout.
+//!
+//! # Durability
+//! A write is `Done` once its transaction committed on the server (with the
+//! server's own `synchronous_commit`, on by default). A lost connection is
+//! opened again before the next batch; until then batches fail, and the
+//! engine treats a failed write as such (it never advertises it).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use meridian_protocol::ids::{DocumentId, StorageId};
+use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use postgres::{Client, NoTls, Transaction};
+
+use super::{DocStore, StoreError};
+
+/// The `meta` key under which the store's own storage id is kept.
+const STORAGE_ID_KEY: &str = "storage_id";
+
+/// Documents whose covered chunks are remembered at most; past it, the
+/// oldest entries are forgotten (a compaction of such a document then
+/// deletes nothing: safe, only less compact).
+const MAX_COVERED_DOCS: usize = 100_000;
+
+/// Between attempts to open a lost connection again.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// Schema migrations: entry `i` brings a database from version `i` to
+/// `i + 1`. Append new entries; never edit a released one. Each is applied
+/// in a transaction and is idempotent (`IF NOT EXISTS`), so hubs starting
+/// at once may both run it.
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // Version 1.
+    "CREATE TABLE IF NOT EXISTS meta (
+         key   TEXT PRIMARY KEY,
+         value TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS chunks (
+         seq    BIGSERIAL PRIMARY KEY,
+         doc_id BYTEA NOT NULL CHECK (length(doc_id) = 16),
+         kind   TEXT NOT NULL CHECK (kind IN ('snapshot', 'incremental')),
+         data   BYTEA NOT NULL
+     );
+     CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id, seq);
+     CREATE TABLE IF NOT EXISTS sync_states (
+         doc_id          BYTEA NOT NULL CHECK (length(doc_id) = 16),
+         peer_storage_id TEXT NOT NULL,
+         state           BYTEA NOT NULL,
+         PRIMARY KEY (doc_id, peer_storage_id)
+     );
+     CREATE TABLE IF NOT EXISTS creators (
+         doc_id     BYTEA PRIMARY KEY CHECK (length(doc_id) = 16),
+         subject    TEXT NOT NULL,
+         created_at BIGINT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS leases (
+         name       TEXT PRIMARY KEY,
+         holder     TEXT NOT NULL,
+         expires_ms BIGINT NOT NULL
+     );",
+];
+
+const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
+const MAX_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
+const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING";
+const GET_META: &str = "SELECT value FROM meta WHERE key = $1";
+const PUT_META_ONCE: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+const LOAD_DOC: &str = "SELECT seq, data FROM chunks WHERE doc_id = $1 \
+     ORDER BY CASE WHEN kind = 'snapshot' THEN 0 ELSE 1 END, seq";
+const INSERT_CHUNK: &str = "INSERT INTO chunks (doc_id, kind, data) VALUES ($1, $2, $3) RETURNING seq";
+const DELETE_COVERED: &str = "DELETE FROM chunks WHERE doc_id = $1 AND seq = ANY($2)";
+const DELETE_CHUNKS: &str = "DELETE FROM chunks WHERE doc_id = $1";
+const DELETE_SYNC_STATES: &str = "DELETE FROM sync_states WHERE doc_id = $1";
+const LOAD_SYNC_STATE: &str = "SELECT state FROM sync_states WHERE doc_id = $1 AND peer_storage_id = $2";
+const PUT_SYNC_STATE: &str = "INSERT INTO sync_states (doc_id, peer_storage_id, state) VALUES ($1, $2, $3) \
+     ON CONFLICT (doc_id, peer_storage_id) DO UPDATE SET state = excluded.state";
+const DOCUMENT_IDS: &str = "SELECT DISTINCT doc_id FROM chunks ORDER BY doc_id";
+const BYTES_STORED: &str = "SELECT CAST(COALESCE(SUM(octet_length(data)), 0) AS BIGINT) FROM chunks";
+const OLDEST_WRITTEN: &str = "SELECT doc_id FROM chunks GROUP BY doc_id ORDER BY MAX(seq) ASC LIMIT $1";
+const RECORD_CREATOR: &str = "INSERT INTO creators (doc_id, subject, created_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (doc_id) DO NOTHING";
+const CREATOR: &str = "SELECT subject, created_at FROM creators WHERE doc_id = $1";
+const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
+     WHERE leases.holder = excluded.holder OR leases.expires_ms < $4 \
+     RETURNING holder";
+const LEASE_HOLDER: &str = "SELECT holder, expires_ms FROM leases WHERE name = $1";
+
+/// Every statement the store runs besides [`MIGRATIONS`] (checked by the
+/// portability test).
+#[cfg(test)]
+const STATEMENTS: &[&str] = &[
+    CREATE_MIGRATIONS,
+    MAX_VERSION,
+    RECORD_VERSION,
+    GET_META,
+    PUT_META_ONCE,
+    LOAD_DOC,
+    INSERT_CHUNK,
+    DELETE_COVERED,
+    DELETE_CHUNKS,
+    DELETE_SYNC_STATES,
+    LOAD_SYNC_STATE,
+    PUT_SYNC_STATE,
+    DOCUMENT_IDS,
+    BYTES_STORED,
+    OLDEST_WRITTEN,
+    RECORD_CREATOR,
+    CREATOR,
+    TAKE_LEASE,
+    LEASE_HOLDER,
+];
+
+/// The schema version this build creates and understands.
+const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// A document store on a PostgreSQL-protocol database.
+pub struct PostgresStore {
+    client: Client,
+    config: postgres::Config,
+    /// The URL without its password, for messages.
+    target: String,
+    storage_id: StorageId,
+    /// Per document, the chunks (by `seq`) the engine's copy holds: read by
+    /// its load or appended by this store since. A compaction deletes
+    /// exactly these.
+    covered: HashMap<DocumentId, Vec<i64>>,
+    /// When the connection was last found lost and tried again.
+    last_reconnect: Option<Instant>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target).field("storage_id", &self.storage_id).finish()
+    }
+}
+
+/// `url` without a password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`),
+    /// migrates its schema and creates its storage id on first use.
+    ///
+    /// Call it off any async runtime's threads (the client runs its own).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let target = redact(url);
+        let config: postgres::Config =
+            url.parse().map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
+        let mut client = config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
+        let storage_id = init_schema(&mut client).map_err(|e| e.with_target(&target))?;
+        Ok(Self { client, config, target, storage_id, covered: HashMap::new(), last_reconnect: None })
+    }
+
+    pub fn storage_id(&self) -> &StorageId {
+        &self.storage_id
+    }
+
+    /// The database's URL without its password.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
+    /// (Unix milliseconds, this host's clock): granted when nobody holds it,
+    /// `holder` already does, or the holder's expired. `true`: `holder`
+    /// holds it now.
+    pub fn take_lease(&mut self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError> {
+        let expires = now_ms.saturating_add(ttl_ms) as i64;
+        let rows = self.client.query(TAKE_LEASE, &[&name, &holder, &expires, &(now_ms as i64)])?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, String>(0) == holder))
+    }
+
+    /// Who holds the lease `name`, until when (Unix milliseconds).
+    pub fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let row = self.client.query_opt(LEASE_HOLDER, &[&name])?;
+        Ok(row.map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)))
+    }
+
+    /// Who created `doc` and when (Unix seconds).
+    pub fn creator(&mut self, doc: &DocumentId) -> Result<Option<(String, u64)>, StoreError> {
+        let row = self.client.query_opt(CREATOR, &[&doc.as_bytes().as_slice()])?;
+        Ok(row.map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)))
+    }
+
+    /// Opens the connection again if it was lost (at most every
+    /// [`RECONNECT_EVERY`]); `false`: still lost.
+    fn connected(&mut self) -> bool {
+        if !self.client.is_closed() {
+            return true;
+        }
+        if self.last_reconnect.is_some_and(|at| at.elapsed() < RECONNECT_EVERY) {
+            return false;
+        }
+        self.last_reconnect = Some(Instant::now());
+        match self.config.connect(NoTls) {
+            Ok(client) => {
+                tracing::info!(target = %self.target, "connected to PostgreSQL again");
+                self.client = client;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(target = %self.target, %error, "PostgreSQL still unreachable");
+                false
+            }
+        }
+    }
+
+    /// Runs the tasks in order in one transaction (group commit); on any
+    /// failure nothing commits and every task fails.
+    pub fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
+        if tasks.is_empty() {
+            return Vec::new();
+        }
+        let failed = |message: String| tasks.iter().map(|(id, _)| (*id, StorageResult::Failed(message.clone()))).collect();
+        if !self.connected() {
+            return failed(format!("PostgreSQL at {} is unreachable", self.target));
+        }
+        let mut covering = Covering::default();
+        let outcome = (|| -> Result<Vec<StorageResult>, postgres::Error> {
+            let mut tx = self.client.transaction()?;
+            let mut results = Vec::with_capacity(tasks.len());
+            for (_, task) in tasks {
+                results.push(run_task(&mut tx, task, &self.covered, &mut covering)?);
+            }
+            tx.commit()?;
+            Ok(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                covering.apply(&mut self.covered);
+                tasks.iter().map(|(id, _)| *id).zip(results).collect()
+            }
+            Err(error) => {
+                tracing::warn!(%error, tasks = tasks.len(), target = %self.target, "storage batch rolled back");
+                failed(format!("batch of {} tasks rolled back: {error}", tasks.len()))
+            }
+        }
+    }
+}
+
+impl DocStore for PostgresStore {
+    fn storage_id(&self) -> &StorageId {
+        &self.storage_id
+    }
+
+    fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
+        PostgresStore::execute_batch(self, tasks)
+    }
+
+    fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
+        // `&self`: a second connection for this rare listing (a backfill).
+        let mut client = self.config.connect(NoTls)?;
+        let rows = client.query(DOCUMENT_IDS, &[])?;
+        Ok(rows.iter().filter_map(|r| doc_id(r.get(0))).collect())
+    }
+
+    fn usage(&self, oldest: usize) -> Result<(u64, Vec<DocumentId>), StoreError> {
+        let mut client = self.config.connect(NoTls)?;
+        let bytes: i64 = client.query_one(BYTES_STORED, &[])?.get(0);
+        let rows = client.query(OLDEST_WRITTEN, &[&(oldest as i64)])?;
+        Ok((bytes.max(0) as u64, rows.iter().filter_map(|r| doc_id(r.get(0))).collect()))
+    }
+
+    fn record_creator(&mut self, doc: &DocumentId, subject: &str, at: u64) -> Result<(), StoreError> {
+        self.client.execute(RECORD_CREATOR, &[&doc.as_bytes().as_slice(), &subject, &(at as i64)])?;
+        Ok(())
+    }
+}
+
+fn doc_id(bytes: &[u8]) -> Option<DocumentId> {
+    <[u8; 16]>::try_from(bytes).ok().map(DocumentId::from_bytes)
+}
+
+/// Changes to the covered chunks a batch makes, applied once it commits.
+#[derive(Default)]
+struct Covering {
+    /// Documents whose covered chunks are now exactly these.
+    set: Vec<(DocumentId, Vec<i64>)>,
+    /// Documents forgotten (deleted).
+    forget: Vec<DocumentId>,
+}
+
+impl Covering {
+    /// The covered chunks of `doc` as this batch leaves them so far.
+    fn current<'a>(&'a self, doc: &DocumentId, before: &'a HashMap<DocumentId, Vec<i64>>) -> Option<&'a Vec<i64>> {
+        if let Some((_, seqs)) = self.set.iter().rev().find(|(d, _)| d == doc) {
+            return Some(seqs);
+        }
+        if self.forget.contains(doc) {
+            return None;
+        }
+        before.get(doc)
+    }
+
+    fn apply(self, covered: &mut HashMap<DocumentId, Vec<i64>>) {
+        for doc in self.forget {
+            covered.remove(&doc);
+        }
+        for (doc, seqs) in self.set {
+            covered.insert(doc, seqs);
+        }
+        if covered.len() > MAX_COVERED_DOCS {
+            let extra = covered.len() - MAX_COVERED_DOCS;
+            let drop: Vec<DocumentId> = covered.keys().take(extra).copied().collect();
+            for doc in drop {
+                covered.remove(&doc);
+            }
+        }
+    }
+}
+
+fn run_task(
+    tx: &mut Transaction<'_>,
+    task: &StorageTask,
+    before: &HashMap<DocumentId, Vec<i64>>,
+    covering: &mut Covering,
+) -> Result<StorageResult, postgres::Error> {
+    use StorageResult::{Done, Loaded};
+    Ok(match task {
+        StorageTask::LoadDoc { doc } => {
+            let rows = tx.query(LOAD_DOC, &[&doc.as_bytes().as_slice()])?;
+            let seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+            covering.set.push((*doc, seqs));
+            if rows.is_empty() {
+                return Ok(Loaded(None));
+            }
+            let mut bytes = Vec::new();
+            for r in &rows {
+                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
+            }
+            Loaded(Some(bytes))
+        }
+        StorageTask::AppendChunk { doc, data } => {
+            let seq: i64 = tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"incremental", data])?.get(0);
+            let mut seqs = covering.current(doc, before).cloned().unwrap_or_default();
+            seqs.push(seq);
+            covering.set.push((*doc, seqs));
+            Done
+        }
+        StorageTask::Compact { doc, snapshot } => {
+            let seqs = covering.current(doc, before).cloned().unwrap_or_default();
+            if !seqs.is_empty() {
+                tx.execute(DELETE_COVERED, &[&doc.as_bytes().as_slice(), &seqs])?;
+            }
+            let seq: i64 = tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"snapshot", snapshot])?.get(0);
+            covering.set.push((*doc, vec![seq]));
+            Done
+        }
+        StorageTask::DeleteDoc { doc } => {
+            tx.execute(DELETE_CHUNKS, &[&doc.as_bytes().as_slice()])?;
+            tx.execute(DELETE_SYNC_STATES, &[&doc.as_bytes().as_slice()])?;
+            covering.set.retain(|(d, _)| d != doc);
+            covering.forget.push(*doc);
+            Done
+        }
+        StorageTask::LoadSyncState { doc, peer } => {
+            let row = tx.query_opt(LOAD_SYNC_STATE, &[&doc.as_bytes().as_slice(), &peer.as_str()])?;
+            Loaded(row.map(|r| r.get::<_, Vec<u8>>(0)))
+        }
+        StorageTask::PutSyncState { doc, peer, state } => {
+            tx.execute(PUT_SYNC_STATE, &[&doc.as_bytes().as_slice(), &peer.as_str(), state])?;
+            Done
+        }
+    })
+}
+
+/// A failure while opening, with what it was about.
+#[derive(Debug)]
+enum InitError {
+    Query(postgres::Error),
+    TooNew(i64),
+}
+
+impl From<postgres::Error> for InitError {
+    fn from(e: postgres::Error) -> Self {
+        InitError::Query(e)
+    }
+}
+
+impl InitError {
+    fn with_target(self, target: &str) -> StoreError {
+        match self {
+            InitError::Query(source) => StoreError::Postgres { target: target.to_owned(), source },
+            InitError::TooNew(found) => {
+                StoreError::SchemaTooNew { path: target.into(), found, supported: SCHEMA_VERSION }
+            }
+        }
+    }
+}
+
+/// Applies the migrations not applied yet and returns the storage id,
+/// creating it on first use (whichever hub gets there first wins).
+fn init_schema(client: &mut Client) -> Result<StorageId, InitError> {
+    client.batch_execute(CREATE_MIGRATIONS)?;
+    let found: i32 = client.query_one(MAX_VERSION, &[])?.get(0);
+    if found < 0 || found as usize > SCHEMA_VERSION {
+        return Err(InitError::TooNew(i64::from(found)));
+    }
+    for (version, sql) in (1_i32..).zip(MIGRATIONS).skip(found as usize) {
+        let mut tx = client.transaction()?;
+        tx.batch_execute(sql)?;
+        tx.execute(RECORD_VERSION, &[&version])?;
+        tx.commit()?;
+    }
+    let fresh = StorageId::random(&mut rand::rng());
+    client.execute(PUT_META_ONCE, &[&STORAGE_ID_KEY, &fresh.as_str()])?;
+    let id: String = client.query_one(GET_META, &[&STORAGE_ID_KEY])?.get(0);
+    Ok(StorageId::new(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Features of PostgreSQL that CockroachDB or YugabyteDB lack (or that
+    /// would tie the schema to one server): none may appear in a statement.
+    const NOT_PORTABLE: &[&str] = &[
+        "LISTEN",
+        "NOTIFY",
+        "PG_ADVISORY",
+        "PG_TRY_ADVISORY",
+        "LOCK TABLE",
+        "CREATE EXTENSION",
+        "CREATE FUNCTION",
+        "CREATE OR REPLACE",
+        "CREATE TRIGGER",
+        "CREATE RULE",
+        "DO $$",
+        "LANGUAGE",
+        "UNLOGGED",
+        "INHERITS",
+        "MATERIALIZED",
+        "EXCLUDE USING",
+        "TABLESPACE",
+        "CTID",
+        "XMIN",
+        "OID",
+        "::REGCLASS",
+        "PG_CATALOG",
+        "SKIP LOCKED",
+        "TSVECTOR",
+        "GENERATED ALWAYS",
+    ];
+
+    /// Names that begin a family of PostgreSQL-only functions or catalogs.
+    const NOT_PORTABLE_PREFIXES: &[&str] = &["PG_ADVISORY", "PG_TRY_ADVISORY", "PG_CATALOG", "PG_"];
+
+    /// The first feature of `sql` that is not portable, if any.
+    fn not_portable(sql: &str) -> Option<&'static str> {
+        let upper = sql.to_uppercase();
+        let ident = |c: char| c.is_alphanumeric() || c == '_';
+        let starts_word = |at: usize| upper[..at].chars().next_back().is_none_or(|c| !ident(c));
+        let ends_word = |end: usize| upper[end..].chars().next().is_none_or(|c| !ident(c));
+        let word = NOT_PORTABLE
+            .iter()
+            .find(|f| upper.match_indices(*f).any(|(at, _)| starts_word(at) && ends_word(at + f.len())));
+        let prefix = NOT_PORTABLE_PREFIXES.iter().find(|f| upper.match_indices(*f).any(|(at, _)| starts_word(at)));
+        word.or(prefix).copied()
+    }
+
+    #[test]
+    fn portable_sql() {
+        for sql in MIGRATIONS.iter().chain(STATEMENTS) {
+            assert_eq!(not_portable(sql), None, "not portable SQL: {sql}");
+        }
+    }
+
+    #[test]
+    fn the_portability_check_finds_what_it_looks_for() {
+        assert_eq!(not_portable("SELECT pg_advisory_lock(1)"), Some("PG_ADVISORY"));
+        assert_eq!(not_portable("LISTEN changes"), Some("LISTEN"));
+        assert_eq!(not_portable("SELECT * FROM t FOR UPDATE SKIP LOCKED"), Some("SKIP LOCKED"));
+        assert_eq!(not_portable("CREATE UNLOGGED TABLE t (a INT)"), Some("UNLOGGED"));
+        assert_eq!(not_portable("SELECT xmin FROM t"), Some("XMIN"));
+        assert_eq!(not_portable("CREATE TABLE t (listener TEXT PRIMARY KEY, oidc TEXT)"), None);
+    }
+
+    #[test]
+    fn the_password_is_not_shown() {
+        assert_eq!(redact("postgres://meridian:s3cret@db:5432/m"), "postgres://meridian@db:5432/m");
+        assert_eq!(redact("postgres://meridian@db/m"), "postgres://meridian@db/m");
+        assert_eq!(redact("host=db user=x"), "host=db user=x");
+    }
+}
