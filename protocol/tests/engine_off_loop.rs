@@ -50,6 +50,16 @@ fn text(len: usize, seed: u64) -> String {
         .collect()
 }
 
+/// `node` creates a document holding a text of `len` characters.
+fn create_text(node: &mut TestNode, len: usize, seed: u64) -> DocumentId {
+    node.engine
+        .create(Millis(0), |tx| {
+            let t = tx.put_object(ROOT, "text", ObjType::Text)?;
+            tx.splice_text(&t, 0, 0, &text(len, seed))
+        })
+        .unwrap()
+}
+
 fn heads(node: &TestNode, doc: DocumentId) -> Vec<ChangeHash> {
     node.engine.document(&doc).map(|d| d.get_heads()).unwrap_or_default()
 }
@@ -73,13 +83,7 @@ fn a_large_document_is_applied_off_the_loop_while_others_are_served() {
     let (bt, be) = connect(&mut big_tab, &mut edge);
     let (st, se) = connect(&mut small_tab, &mut edge);
 
-    let big = big_tab
-        .engine
-        .create(Millis(0), |tx| {
-            let t = tx.put_object(ROOT, "text", ObjType::Text)?;
-            tx.splice_text(&t, 0, 0, &text(5_000, 1))
-        })
-        .unwrap();
+    let big = create_text(&mut big_tab, 5_000, 1);
     settle(&mut big_tab, bt, &mut edge, be);
     assert_eq!(edge.jobs.len(), 1, "the long text goes off the loop");
     assert_eq!(edge.engine.stats().applied_off_loop, 1);
@@ -119,13 +123,7 @@ fn a_local_change_made_during_the_job_is_kept() {
     let mut edge = edge();
     let mut tab = tab("tab");
     let (t, e) = connect(&mut tab, &mut edge);
-    let doc = tab
-        .engine
-        .create(Millis(0), |tx| {
-            let t = tx.put_object(ROOT, "text", ObjType::Text)?;
-            tx.splice_text(&t, 0, 0, &text(5_000, 2))
-        })
-        .unwrap();
+    let doc = create_text(&mut tab, 5_000, 2);
     settle(&mut tab, t, &mut edge, e);
     assert_eq!(edge.jobs.len(), 1);
 
@@ -149,13 +147,7 @@ fn below_the_threshold_nothing_goes_off_the_loop() {
     let mut edge = edge();
     let mut tab = tab("tab");
     let (t, e) = connect(&mut tab, &mut edge);
-    let doc = tab
-        .engine
-        .create(Millis(0), |tx| {
-            let t = tx.put_object(ROOT, "text", ObjType::Text)?;
-            tx.splice_text(&t, 0, 0, &text(200, 3))
-        })
-        .unwrap();
+    let doc = create_text(&mut tab, 200, 3);
     settle(&mut tab, t, &mut edge, e);
     assert!(edge.jobs.is_empty());
     assert_eq!(edge.engine.stats().applied_off_loop, 0);
