@@ -24,8 +24,9 @@
 //!    there, as the store reads back), and every change it carries is in
 //!    the store too, or waits in the engine's document for a dependency
 //!    (automerge's queue: not applied, so not advertised; a whole-document
-//!    message carries the queue) and was offered by a connection that may
-//!    write the document; every `DocChanged` event's heads are in the store.
+//!    message is the document saved, its queue after the document chunk)
+//!    and was offered by a connection that may write the document; every
+//!    `DocChanged` event's heads are in the store.
 //! 3. Nothing from a peer without write access is stored: every change in
 //!    every write the engine issues (`AppendChunk`, `Compact`) was offered
 //!    by a connection whose access may write that document (any message
@@ -155,6 +156,11 @@ fn doc_set(mask: u8) -> DocSet {
 struct Parsed {
     hashes: Rc<[ChangeHash]>,
     clean: bool,
+    /// Changes in change chunks that follow a document chunk and are not
+    /// in it: the queue of the document that was saved (`save` writes the
+    /// document chunk, with every change it applied, then the changes
+    /// waiting in its queue for a dependency).
+    queued: Rc<[ChangeHash]>,
 }
 
 /// Parsed bytes by content, across runs (parsing is a pure function of
@@ -196,6 +202,8 @@ fn hashes_of(bytes: &[u8]) -> Rc<[ChangeHash]> {
 fn parse(bytes: &[u8]) -> Parsed {
     let mut out = Vec::new();
     let mut clean = true;
+    let mut in_document: Option<HashSet<ChangeHash>> = None;
+    let mut queued = Vec::new();
     let mut rest = bytes;
     while rest.len() >= 9 {
         let (len, used) = leb128(&rest[9..]);
@@ -206,14 +214,23 @@ fn parse(bytes: &[u8]) -> Parsed {
         let chunk = &rest[..end];
         match rest[8] {
             1 | 2 => match Change::from_bytes(chunk.to_vec()) {
-                Ok(c) => out.push(c.hash()),
+                Ok(c) => {
+                    if in_document.as_ref().is_some_and(|d| !d.contains(&c.hash())) {
+                        queued.push(c.hash());
+                    }
+                    out.push(c.hash());
+                }
                 Err(_) => {
                     clean = false;
                     out.extend(loaded_hashes(chunk));
                 }
             },
             _ => match loaded(chunk) {
-                Some(d) => out.extend(applied_hashes(&d)),
+                Some(d) => {
+                    let applied: Vec<ChangeHash> = applied_hashes(&d).collect();
+                    in_document.get_or_insert_with(HashSet::new).extend(applied.iter().copied());
+                    out.extend(applied);
+                }
                 None => clean = false,
             },
         }
@@ -223,7 +240,7 @@ fn parse(bytes: &[u8]) -> Parsed {
         clean = false;
         out.extend(loaded_hashes(rest));
     }
-    Parsed { hashes: out.into(), clean }
+    Parsed { hashes: out.into(), clean, queued: queued.into() }
 }
 
 /// A change hash's first 8 hex digits, for traces.
@@ -341,10 +358,6 @@ struct World {
     written: BTreeSet<DocumentId>,
     /// What the store holds, per document, kept up to date as writes run.
     durable: BTreeMap<DocumentId, Durable>,
-    /// Changes the messages sent during this `drive` carried that were
-    /// not in the store (offered by a writer): each must wait in the
-    /// engine's queue.
-    unstored: Vec<(ConnId, DocumentId, ChangeHash)>,
 }
 
 /// One document's read-back of the store: what loading everything the
@@ -427,27 +440,6 @@ impl World {
                 result
             }
             _ => self.store.execute(task),
-        }
-    }
-
-    /// Invariant 2 for the changes messages carried that were not in the
-    /// store: each waits in the engine's document for a dependency (not
-    /// applied, so in no heads). Checked when `drive` returns (a driver
-    /// cannot look at the engine while it carries an output): a change
-    /// applied when it was sent is still applied then (never queued again,
-    /// even if stored meanwhile), so nothing passes that should not; a
-    /// queued one whose dependency came within the same `drive` (a
-    /// synchronous store's answer) would be reported wrongly.
-    fn check_unstored(&mut self, engine: &Engine) {
-        for (conn, doc, h) in std::mem::take(&mut self.unstored) {
-            let waiting = engine.document(&doc).map(|d| (queued(d, &h), d.get_change_meta_by_hash(&h).is_some()));
-            if !matches!(waiting, Some((true, _))) {
-                panic!(
-                    "invariant (durable before advertised): {conn} is sent change {h} of {doc} that is not in the \
-                     store and does not wait in the engine's queue (document loaded, applied: {:?})",
-                    waiting.map(|w| w.1)
-                );
-            }
         }
     }
 
@@ -541,10 +533,8 @@ impl World {
     }
 
     /// Invariants 2 and 5 on a message the engine sends (`sync` is its
-    /// sync message, decoded). The changes it carries that are not in the
-    /// store are checked against the engine's queue when `drive` returns
-    /// ([`World::check_unstored`]).
-    fn check_send(&mut self, conn: ConnId, message: &Message, sync: Option<&sync::Message>) {
+    /// sync message, decoded).
+    fn check_send(&self, conn: ConnId, message: &Message, sync: Option<&sync::Message>) {
         let Some(info) = self.conns.get(&conn) else { return };
         if let Some(doc) = message.document_id()
             && !info.access.may_read(&doc)
@@ -565,25 +555,26 @@ impl World {
                     );
                 }
                 // A change not in the store may only be one waiting in the
-                // engine's document for a dependency (not applied, so in no
-                // heads; automerge's whole-document message carries the
-                // queue) that a connection which may write the document
-                // offered: nothing unstored of the engine's own, nothing
-                // from a read-only or ungranted peer.
+                // queue of the engine's document the message was made from
+                // (not applied, so in no heads): automerge's whole-document
+                // message is that document saved, its queue after the
+                // document chunk. And a connection that may write the
+                // document offered it: nothing unstored of the engine's own
+                // leaves, nothing from a read-only or ungranted peer.
                 for chunk in m.changes.iter() {
-                    for &h in hashes_of(chunk).iter() {
-                        if self.durable_has(document_id, &h) {
-                            continue;
-                        }
-                        if !self.writer_offered.get(document_id).is_some_and(|s| s.contains(&h)) {
+                    let p = parsed(chunk);
+                    for h in p.hashes.iter().filter(|h| !self.durable_has(document_id, h)) {
+                        let waiting = p.queued.contains(h);
+                        let by_writer = self.writer_offered.get(document_id).is_some_and(|s| s.contains(h));
+                        if !(waiting && by_writer) {
                             panic!(
                                 "invariant (durable before advertised): {conn} is sent change {h} of {document_id} \
-                                 that is not in the store and no connection that may write it offered (first \
-                                 offered by {:?})",
-                                self.offered_by.get(&h)
+                                 that is not in the store (carried as waiting in the queue of the document sent: \
+                                 {waiting}; offered by a connection that may write it: {by_writer}, first offered \
+                                 by {:?})",
+                                self.offered_by.get(h)
                             );
                         }
-                        self.unstored.push((conn, *document_id, h));
                     }
                 }
             }
@@ -625,12 +616,10 @@ impl World {
     }
 }
 
-/// [`Engine::drive`], then invariant 2's look at the engine's queue for
-/// the changes the messages carried that are not in the store.
+/// Hands the engine's outputs to the world ([`Engine::drive`]).
 fn drive(engine: &mut Engine, world: &mut World) {
     let now = world.now;
     engine.drive(now, world);
-    world.check_unstored(engine);
 }
 
 impl Driver for World {
@@ -768,7 +757,6 @@ pub fn run(data: &[u8]) {
         claimed: BTreeSet::new(),
         written: BTreeSet::new(),
         durable: BTreeMap::new(),
-        unstored: Vec::new(),
     };
     SEEDS.with(|seeds| {
         for (i, seed) in seeds.iter().enumerate() {
