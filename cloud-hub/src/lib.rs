@@ -233,9 +233,9 @@ async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
     // The client runs a runtime of its own: opened (and later used) off
     // this runtime's threads.
     let opened = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || PostgresStore::open(&url)).join().map_err(|_| {
-            HubError::Config("opening the PostgreSQL store panicked".into())
-        })
+        std::thread::spawn(move || PostgresStore::open(&url))
+            .join()
+            .map_err(|_| HubError::Config("opening the PostgreSQL store panicked".into()))
     })
     .await
     .map_err(|e| HubError::Config(format!("opening the PostgreSQL store: {e}")))??;

@@ -90,7 +90,13 @@ struct ServeArgs {
     /// Where documents are stored: `sqlite` (a file in --data, the default)
     /// or a PostgreSQL-protocol database, `postgres://USER[:PASSWORD]@HOST:PORT/DB`
     /// (shared by every hub on it; see docs/SCALING.md).
-    #[arg(long, env = "MERIDIAN_HUB_STORE", default_value = "sqlite", hide_env_values = true, value_name = "sqlite|URL")]
+    #[arg(
+        long,
+        env = "MERIDIAN_HUB_STORE",
+        default_value = "sqlite",
+        hide_env_values = true,
+        value_name = "sqlite|URL"
+    )]
     store: String,
     /// Peer id of the hub on the wire.
     #[arg(long, env = "MERIDIAN_HUB_ID", default_value = "meridian-hub")]

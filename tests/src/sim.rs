@@ -64,7 +64,8 @@ use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, R
 use meridian_protocol::codec::{self, Message};
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Access, Applied, ApplyJob, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets, Millis,
+    Access, Applied, ApplyJob, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets,
+    Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};

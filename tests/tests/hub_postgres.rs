@@ -90,10 +90,8 @@ async fn the_next_hub_on_the_same_database_serves_what_the_first_stored() -> Res
 fn the_store_flag_refuses_what_it_does_not_know() -> Result<()> {
     let bin = meridian_tests::process::workspace_binary("meridian-hub")?;
     let dir = tempfile::tempdir()?;
-    let out = std::process::Command::new(bin)
-        .args(["serve", "--store", "mysql://x", "--data"])
-        .arg(dir.path())
-        .output()?;
+    let out =
+        std::process::Command::new(bin).args(["serve", "--store", "mysql://x", "--data"]).arg(dir.path()).output()?;
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--store takes `sqlite` or a postgres:// URL"), "{stderr}");

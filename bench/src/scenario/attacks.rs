@@ -210,14 +210,8 @@ pub async fn run(mut server: Server, p: Params) -> Result<Vec<Figure>> {
         let rss_start = server.rss_kib().ok();
         let open_before = server.edge_metric("meridian_edge_connections");
         let tally = Arc::new(Tally::default());
-        let attacker = tokio::spawn(attack_task(
-            attack,
-            server.url.clone(),
-            salt,
-            p,
-            (bomb.clone(), long.clone()),
-            tally.clone(),
-        ));
+        let attacker =
+            tokio::spawn(attack_task(attack, server.url.clone(), salt, p, (bomb.clone(), long.clone()), tally.clone()));
         let started = Instant::now();
         let done = AtomicBool::new(false);
         let measure = async {

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use meridian_protocol::codec;
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Applied, ApplyJob,
-    Access, Direction, DocDemand, DocSet, Engine, EngineConfig, ErrorKind, Event, HandoffStatus, HandoffTargets, Millis,
+    Access, Applied, ApplyJob, Direction, DocDemand, DocSet, Engine, EngineConfig, ErrorKind, Event, HandoffStatus,
+    HandoffTargets, Millis,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::log::Escaped;

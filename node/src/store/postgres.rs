@@ -184,7 +184,8 @@ impl PostgresStore {
         let target = redact(url);
         let config: postgres::Config =
             url.parse().map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
-        let mut client = config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
+        let mut client =
+            config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
         let storage_id = init_schema(&mut client).map_err(|e| e.with_target(&target))?;
         Ok(Self { client, config, target, storage_id, covered: HashMap::new(), last_reconnect: None })
     }
@@ -249,7 +250,8 @@ impl PostgresStore {
         if tasks.is_empty() {
             return Vec::new();
         }
-        let failed = |message: String| tasks.iter().map(|(id, _)| (*id, StorageResult::Failed(message.clone()))).collect();
+        let failed =
+            |message: String| tasks.iter().map(|(id, _)| (*id, StorageResult::Failed(message.clone()))).collect();
         if !self.connected() {
             return failed(format!("PostgreSQL at {} is unreachable", self.target));
         }

@@ -280,9 +280,18 @@ pub enum Event {
 /// Everything the engine asks of its driver.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    Send { conn: ConnId, message: Message },
-    Close { conn: ConnId, reason: String },
-    Storage { id: StorageTaskId, task: StorageTask },
+    Send {
+        conn: ConnId,
+        message: Message,
+    },
+    Close {
+        conn: ConnId,
+        reason: String,
+    },
+    Storage {
+        id: StorageTaskId,
+        task: StorageTask,
+    },
     /// Apply a document's messages (on any thread) and hand the result to
     /// [`Engine::handle_applied`]; the document takes no other peer message
     /// meanwhile (see [`EngineConfig::apply_off_loop_ops`]).
@@ -310,6 +319,9 @@ pub struct EngineStats {
     /// Drains of a document's messages applied away from the engine's
     /// thread ([`Output::Apply`]).
     pub applied_off_loop: u64,
+    /// Times changes another node committed to a shared store were taken
+    /// in (`Engine::handle_stored_elsewhere`, refreshes).
+    pub stored_elsewhere: u64,
     /// Documents someone opened that were not stored here, asked of an
     /// upstream or their home edge.
     pub cold_opens: u64,

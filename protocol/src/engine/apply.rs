@@ -104,7 +104,10 @@ fn without_changes(message: sync::Message) -> sync::Message {
 /// peer that lost everything (automerge then sends the whole document
 /// again, every round). What it says we share (`have.last_sync`) stands
 /// in for them.
-pub(super) fn known_heads_of_read_only(doc: &automerge::Automerge, message: &sync::Message) -> Vec<automerge::ChangeHash> {
+pub(super) fn known_heads_of_read_only(
+    doc: &automerge::Automerge,
+    message: &sync::Message,
+) -> Vec<automerge::ChangeHash> {
     let known = |h: &automerge::ChangeHash| doc.get_change_by_hash(h).is_some();
     if message.heads.iter().all(known) {
         return message.heads.clone();

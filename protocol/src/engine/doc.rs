@@ -9,9 +9,9 @@ use crate::ids::{ConnId, DocumentId};
 use crate::storage::StorageTask;
 
 use super::apply::Pending;
-use super::off_loop::Ticket;
 use super::effects::TaskPurpose;
 use super::fanout::Generated;
+use super::off_loop::Ticket;
 use super::phase::Lifecycle;
 use super::{Engine, Millis};
 
@@ -70,6 +70,10 @@ pub(super) struct DocState {
     pub(super) held: Vec<Pending>,
     /// Its messages are being applied off the engine's thread (`off_loop`).
     pub(super) applying: Option<Ticket>,
+    /// Chunks other nodes stored, waiting until it is not busy, and whether
+    /// it must be read again instead (`shared_store`).
+    pub(super) stored_elsewhere: Vec<Vec<u8>>,
+    pub(super) refresh_wanted: bool,
     /// Upstreams that answered `doc-unavailable` since we last had data.
     pub(super) upstream_unavailable: BTreeSet<ConnId>,
     pub(super) last_active: Millis,
@@ -96,6 +100,8 @@ impl DocState {
             pending: VecDeque::new(),
             held: Vec::new(),
             applying: None,
+            stored_elsewhere: Vec::new(),
+            refresh_wanted: false,
             upstream_unavailable: BTreeSet::new(),
             last_active: now,
             idle_timer: now,

@@ -19,6 +19,8 @@ pub(super) enum TaskPurpose {
     Offload(DocumentId),
     LoadSyncState(DocumentId, ConnId),
     PutSyncState,
+    /// A document read again for what other nodes stored (`shared_store`).
+    Refresh(DocumentId),
 }
 
 impl TaskPurpose {
@@ -27,7 +29,8 @@ impl TaskPurpose {
         match self {
             TaskPurpose::LoadDoc(d) | TaskPurpose::Write(d) | TaskPurpose::LoadSyncState(d, _) => Some(*d),
             // A failed delete leaves the copy stored: nothing is lost.
-            TaskPurpose::PutSyncState | TaskPurpose::Offload(_) => None,
+            // A failed re-read leaves memory as it was: nothing to forget.
+            TaskPurpose::PutSyncState | TaskPurpose::Offload(_) | TaskPurpose::Refresh(_) => None,
         }
     }
 }

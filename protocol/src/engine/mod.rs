@@ -36,6 +36,7 @@
 //! `doc-unavailable`, `find`), `persistence` (writes, compaction, storage
 //! results), `snapshot_answer`, `placement` (routes, catch-up, coverage),
 //! `off_loop` (applying large documents' messages on another thread),
+//! `shared_store` (changes other hubs committed to a store we share),
 //! `budget` (eviction, offload), `policy` (hand-offs, pinning, disk budget
 //! choices, backfill, home lag), `timers`, `local` (the application's
 //! changes, ephemeral messages), `effects` (the output queue).
@@ -64,6 +65,7 @@ mod persistence;
 mod phase;
 mod placement;
 mod policy;
+mod shared_store;
 mod snapshot_answer;
 mod timers;
 

@@ -213,6 +213,7 @@ impl Engine {
             results.push(outcome);
         }
         self.after_apply(now, doc_id, before, followed, results);
+        self.take_waiting_stored_elsewhere(now, doc_id);
         self.drain_pending(now, doc_id);
     }
 }

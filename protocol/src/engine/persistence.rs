@@ -100,6 +100,7 @@ impl Engine {
             }
             (TaskPurpose::Write(doc_id), StorageResult::Done) => self.write_done(now, doc_id),
             (TaskPurpose::PutSyncState, StorageResult::Done) => {}
+            (TaskPurpose::Refresh(doc_id), StorageResult::Loaded(bytes)) => self.refreshed(now, doc_id, bytes),
             (TaskPurpose::Offload(doc), StorageResult::Done) => tracing::debug!(%doc, "local copy dropped"),
             (purpose, StorageResult::Failed(detail)) => self.storage_failed(purpose, detail),
             // A store answering the wrong kind of result is broken: treated
@@ -185,6 +186,7 @@ impl Engine {
     /// What a document's new state may let go ahead: its waiting messages,
     /// answers to its peers, a pending offload.
     fn settle(&mut self, now: Millis, doc_id: DocumentId) {
+        self.take_waiting_stored_elsewhere(now, doc_id);
         self.drain_pending(now, doc_id);
         self.sync_doc(now, doc_id);
         self.maybe_offload(doc_id);
