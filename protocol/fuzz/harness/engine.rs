@@ -1131,7 +1131,8 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                     if engine.change(now, doc, |tx| tx.put(ROOT, "local", i64::from(x)).map(|_| ())).is_ok()
                         && let (Some(before), Some(after)) = (before, engine.document(&doc))
                     {
-                        let new: Vec<ChangeHash> = after.get_changes_meta(&before).into_iter().map(|m| m.hash).collect();
+                        let new: Vec<ChangeHash> =
+                            after.get_changes_meta(&before).into_iter().map(|m| m.hash).collect();
                         world.local(doc, new);
                     }
                 }
