@@ -21,6 +21,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;
+mod bus;
 mod edges;
 pub mod placement;
 pub mod placer;
@@ -119,6 +120,9 @@ pub struct HubConfig {
     /// A PostgreSQL URL to keep documents in (shared by the hubs on it);
     /// `None`: `hub.sqlite3` in `data_dir`.
     pub store: Option<String>,
+    /// NATS servers of the bus to the other hubs sharing `store` (empty:
+    /// none).
+    pub bus: Vec<String>,
 }
 
 impl HubConfig {
@@ -147,6 +151,7 @@ impl HubConfig {
             hello_timeout: admission::HELLO_TIMEOUT,
             untrusted_edges: Default::default(),
             store: None,
+            bus: Vec::new(),
         }
     }
 
@@ -277,6 +282,8 @@ pub struct Hub {
     admin: Option<Served>,
     placer: Option<AbortOnDrop<()>>,
     placement_metrics: Arc<PlacementMetrics>,
+    /// The bus to the other hubs on the store (`bus`), if any.
+    _bus: Option<bus::Bus>,
 }
 
 impl Hub {
@@ -296,8 +303,17 @@ impl Hub {
         engine.expects_upstream = false;
         engine.apply_off_loop_ops = meridian_node::runtime::APPLY_OFF_LOOP_OPS;
         let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
-        let runtime = NodeRuntime::start(store, engine, config.tick_interval, metrics.clone())
-            .map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let (runtime, committed) = if config.bus.is_empty() {
+            (NodeRuntime::start(store, engine, config.tick_interval, metrics.clone()), None)
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (NodeRuntime::start_shared(store, engine, config.tick_interval, metrics.clone(), tx), Some(rx))
+        };
+        let runtime = runtime.map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let bus = match committed {
+            Some(rx) => Some(bus::Bus::start(&config.bus, rx, runtime.events()).await.map_err(HubError::Config)?),
+            None => None,
+        };
         let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
@@ -394,6 +410,7 @@ impl Hub {
             admin,
             placer: Some(placer),
             placement_metrics,
+            _bus: bus,
         })
     }
 

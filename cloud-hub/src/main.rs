@@ -98,6 +98,11 @@ struct ServeArgs {
         value_name = "sqlite|URL"
     )]
     store: String,
+    /// NATS servers of the bus between hubs sharing a --store database
+    /// (nats://HOST:PORT, comma-separated for a cluster): each hub publishes
+    /// what it commits and applies what the others did.
+    #[arg(long, env = "MERIDIAN_HUB_BUS", value_delimiter = ',', value_name = "nats://HOST:PORT")]
+    bus: Vec<String>,
     /// Peer id of the hub on the wire.
     #[arg(long, env = "MERIDIAN_HUB_ID", default_value = "meridian-hub")]
     hub_id: String,
@@ -232,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
+    config.bus = args.bus;
     config.store = match args.store.as_str() {
         "sqlite" => None,
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),

@@ -5,6 +5,7 @@ pub mod http;
 /// The fault proxy lives in its own crate (the demo cluster uses it too).
 pub use meridian_netsim as fault_proxy;
 pub mod js;
+pub mod nats;
 pub mod pg;
 pub mod process;
 pub mod raw;

@@ -97,3 +97,54 @@ fn the_store_flag_refuses_what_it_does_not_know() -> Result<()> {
     assert!(stderr.contains("--store takes `sqlite` or a postgres:// URL"), "{stderr}");
     Ok(())
 }
+
+/// Two hubs on one database with the NATS bus between them: a document
+/// written through edge A on hub 1 opens through edge B on hub 2, and
+/// every later change crosses live, both ways, converging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_on_one_database_share_changes_over_the_bus() -> Result<()> {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let nats = meridian_tests::nats::Nats::start()?;
+    let url = pg.url();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let on_bus = |dir: &std::path::Path, edge: &str| {
+        let mut config = HubConfig::new(dir).ephemeral_ports().edge(edge, &format!("{edge}-secret"));
+        config.store = Some(url.clone());
+        config.bus = vec![nats.url()];
+        config
+    };
+    let hub1 = Hub::start(on_bus(dirs[0].path(), "eu")).await?;
+    let hub2 = Hub::start(on_bus(dirs[1].path(), "us")).await?;
+    let eu = edge_of(&hub1, "eu", dirs[2].path()).await?;
+    let us = edge_of(&hub2, "us", dirs[3].path()).await?;
+
+    let a = Client::connect(&eu.ws_url(), fast()).await?;
+    let doc = a.create(|tx| tx.put(ROOT, "n", 1).map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    let b = Client::connect(&us.ws_url(), fast()).await?;
+    find_eventually(&b, doc).await.context("through the other hub")?;
+
+    // Live both ways now that both hubs hold it.
+    a.change(doc, |tx| tx.put(ROOT, "from_a", "eu").map(|_| ())).await?;
+    b.change(doc, |tx| tx.put(ROOT, "from_b", "us").map(|_| ())).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let keys_a = a.read(doc, |d| d.keys(ROOT).collect::<Vec<_>>()).await.unwrap_or_default();
+        let keys_b = b.read(doc, |d| d.keys(ROOT).collect::<Vec<_>>()).await.unwrap_or_default();
+        let heads_a = a.read(doc, |d| d.get_heads()).await;
+        let heads_b = b.read(doc, |d| d.get_heads()).await;
+        if keys_a.len() == 3 && keys_a == keys_b && heads_a == heads_b {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not converged: {keys_a:?} / {keys_b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for c in [a, b] {
+        c.close().await;
+    }
+    eu.shutdown().await;
+    us.shutdown().await;
+    hub1.shutdown().await;
+    hub2.shutdown().await;
+    Ok(())
+}

@@ -117,6 +117,14 @@ pub enum Outbound {
     Close(String),
 }
 
+/// A chunk this node committed to its store (a write the engine issued),
+/// for the other nodes sharing that store ([`NodeRuntime::start_shared`]).
+#[derive(Debug)]
+pub struct Committed {
+    pub doc: DocumentId,
+    pub data: Vec<u8>,
+}
+
 /// Everything the node loop reacts to.
 #[derive(Debug)]
 pub enum NodeEvent {
@@ -192,6 +200,17 @@ pub enum NodeEvent {
     Pin {
         doc: DocumentId,
         pinned: bool,
+    },
+    /// Another node sharing our store committed `bytes` for `doc`
+    /// ([`Engine::handle_stored_elsewhere`]).
+    StoredElsewhere {
+        doc: DocumentId,
+        bytes: Vec<u8>,
+    },
+    /// Read a document (`None`: every one in memory) from the store again:
+    /// what told us of other nodes' commits had a gap.
+    Refresh {
+        doc: Option<DocumentId>,
     },
 }
 
@@ -296,6 +315,9 @@ impl NodeLoop {
             }
             NodeEvent::Route { doc, conn } => self.engine.set_route(now, doc, conn),
             NodeEvent::Pin { doc, pinned } => self.engine.pin(doc, pinned),
+            NodeEvent::StoredElsewhere { doc, bytes } => self.engine.handle_stored_elsewhere(now, doc, bytes),
+            NodeEvent::Refresh { doc: Some(doc) } => self.engine.refresh_from_store(doc),
+            NodeEvent::Refresh { doc: None } => self.engine.refresh_all_from_store(),
         }
         self.drain();
     }
@@ -501,10 +523,35 @@ impl NodeRuntime {
     /// documents the hub holds ([`Engine::offload`]); for edges.
     pub fn start_with_disk_budget(
         store: Box<dyn DocStore>,
+        config: EngineConfig,
+        tick_interval: Duration,
+        metrics: Arc<NodeMetrics>,
+        disk_budget: u64,
+    ) -> std::io::Result<Self> {
+        Self::start_full(store, config, tick_interval, metrics, disk_budget, None)
+    }
+
+    /// [`NodeRuntime::start`] on a store other nodes share (hubs on one
+    /// database): every chunk committed is also sent to `committed` (the
+    /// bus tells the other hubs), and what they commit is handed in as
+    /// [`NodeEvent::StoredElsewhere`] and [`NodeEvent::Refresh`].
+    pub fn start_shared(
+        store: Box<dyn DocStore>,
+        config: EngineConfig,
+        tick_interval: Duration,
+        metrics: Arc<NodeMetrics>,
+        committed: mpsc::UnboundedSender<Committed>,
+    ) -> std::io::Result<Self> {
+        Self::start_full(store, config, tick_interval, metrics, 0, Some(committed))
+    }
+
+    fn start_full(
+        store: Box<dyn DocStore>,
         mut config: EngineConfig,
         tick_interval: Duration,
         metrics: Arc<NodeMetrics>,
         disk_budget: u64,
+        committed: Option<mpsc::UnboundedSender<Committed>>,
     ) -> std::io::Result<Self> {
         config.storage_id = Some(store.storage_id().clone());
         // A backfill opens a slice of the stored documents each interval.
@@ -513,7 +560,7 @@ impl NodeRuntime {
         config.track_home_lag = true;
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let (applied_tx, applied_rx) = mpsc::unbounded_channel();
-        let storage = StorageWorker::start(store, replies_tx, metrics.clone())?;
+        let storage = StorageWorker::start(store, replies_tx, metrics.clone(), committed)?;
         let node = NodeLoop {
             engine: Engine::new(config),
             io: Io {

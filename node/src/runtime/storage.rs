@@ -50,6 +50,7 @@ impl StorageWorker {
         mut store: Box<dyn DocStore>,
         replies: mpsc::UnboundedSender<StoreReply>,
         metrics: Arc<NodeMetrics>,
+        committed: Option<mpsc::UnboundedSender<super::Committed>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
         let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
@@ -59,7 +60,7 @@ impl StorageWorker {
                 // transaction, in order.
                 let mut pending = vec![first];
                 pending.extend(rx.try_iter());
-                if !run_requests(store.as_mut(), &mut fence, pending, &replies, &metrics) {
+                if !run_requests(store.as_mut(), &mut fence, pending, &replies, &metrics, committed.as_ref()) {
                     break;
                 }
             }
@@ -90,6 +91,7 @@ fn run_requests(
     pending: Vec<StoreRequest>,
     replies: &mpsc::UnboundedSender<StoreReply>,
     metrics: &NodeMetrics,
+    committed: Option<&mpsc::UnboundedSender<super::Committed>>,
 ) -> bool {
     let mut batch = Vec::new();
     let (mut list, mut usage) = (false, false);
@@ -125,6 +127,18 @@ fn run_requests(
         let mut out = store.execute_batch(&run);
         for ((_, task), (_, result)) in run.iter().zip(&out) {
             fence.record(task, result);
+        }
+        // What committed, for other nodes sharing the store (the hubs' bus).
+        if let Some(tx) = committed {
+            for ((_, task), (_, result)) in run.iter().zip(&out) {
+                let (StorageTask::AppendChunk { doc, data } | StorageTask::Compact { doc, snapshot: data }) = task
+                else {
+                    continue;
+                };
+                if matches!(result, StorageResult::Done) {
+                    let _ = tx.send(super::Committed { doc: *doc, data: data.clone() });
+                }
+            }
         }
         out.extend(fenced.into_iter().map(|(id, _, result)| (id, result)));
         // Back in the order they were issued (task ids grow).

@@ -1,0 +1,193 @@
+//! The bus between hubs sharing one store (issue 16, `--bus nats://…`):
+//! PostgreSQL is the truth, NATS the accelerator. A hub publishes every
+//! chunk it committed on `meridian.docs.<document id>` (a pointer instead
+//! when it is large); hubs holding that document apply it
+//! (`Engine::handle_stored_elsewhere`) and sync it to their edges. Any gap
+//! (a publisher's sequence jumps, a message cannot be read, the connection
+//! to NATS comes back) makes a hub read what it holds from the store again.
+
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use meridian_node::runtime::{Committed, NodeEvent};
+use meridian_node::task::AbortOnDrop;
+use meridian_protocol::ids::DocumentId;
+use tokio::sync::mpsc;
+
+/// Subjects of the bus: one per document.
+const PREFIX: &str = "meridian.docs.";
+/// Chunks past this size go as a pointer (the receivers read the store):
+/// NATS's default payload limit is 1 MiB.
+const MAX_INLINE: usize = 512 * 1024;
+const VERSION: u8 = 1;
+const KIND_CHUNK: u8 = 0;
+const KIND_POINTER: u8 = 1;
+
+/// One message on the bus.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BusMessage {
+    /// The publishing hub's run (random at each start) and its sequence.
+    pub(crate) publisher: u64,
+    pub(crate) seq: u64,
+    /// The chunk, or `None` for a pointer.
+    pub(crate) chunk: Option<Vec<u8>>,
+}
+
+impl BusMessage {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(18 + self.chunk.as_ref().map_or(0, Vec::len));
+        out.push(VERSION);
+        out.extend_from_slice(&self.publisher.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        match &self.chunk {
+            Some(c) => {
+                out.push(KIND_CHUNK);
+                out.extend_from_slice(c);
+            }
+            None => out.push(KIND_POINTER),
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < 18 || bytes[0] != VERSION {
+            return None;
+        }
+        let publisher = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+        let seq = u64::from_be_bytes(bytes[9..17].try_into().ok()?);
+        let chunk = match bytes[17] {
+            KIND_CHUNK => Some(bytes[18..].to_vec()),
+            KIND_POINTER => None,
+            _ => return None,
+        };
+        Some(Self { publisher, seq, chunk })
+    }
+}
+
+/// Each publisher's last sequence number seen: says when one was missed.
+#[derive(Debug, Default)]
+pub(crate) struct Sequences {
+    last: HashMap<u64, u64>,
+}
+
+impl Sequences {
+    /// Records `seq` from `publisher`; `false`: something before it was
+    /// missed (a publisher seen for the first time is not a gap: what it
+    /// committed before is in the store, read when a document is loaded).
+    pub(crate) fn in_order(&mut self, publisher: u64, seq: u64) -> bool {
+        let previous = self.last.insert(publisher, seq);
+        previous.is_none_or(|p| seq == p + 1)
+    }
+}
+
+/// The bus of one hub: its connection, publisher and subscriber tasks.
+pub(crate) struct Bus {
+    _tasks: Vec<AbortOnDrop<()>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bus")
+    }
+}
+
+impl Bus {
+    /// Connects to the NATS servers `urls` and starts publishing what
+    /// `committed` says and handing other hubs' commits to `events`.
+    pub(crate) async fn start(
+        urls: &[String],
+        mut committed: mpsc::UnboundedReceiver<Committed>,
+        events: mpsc::Sender<NodeEvent>,
+    ) -> Result<Self, String> {
+        let reconnected = events.clone();
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .event_callback(move |event| {
+                let events = reconnected.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        // Whatever was published while we were away is in
+                        // the store.
+                        tracing::info!("connected to the bus: reading open documents from the store again");
+                        let _ = events.send(NodeEvent::Refresh { doc: None }).await;
+                    } else {
+                        tracing::warn!(?event, "bus");
+                    }
+                }
+            })
+            .connect(urls.join(","))
+            .await
+            .map_err(|e| format!("connecting to NATS at {}: {e}", urls.join(",")))?;
+        let publisher: u64 = rand::random();
+        let mut subscription =
+            client.subscribe(format!("{PREFIX}*")).await.map_err(|e| format!("subscribing to {PREFIX}*: {e}"))?;
+        let publishing = client.clone();
+        let publish = tokio::spawn(async move {
+            let mut seq = 0u64;
+            while let Some(Committed { doc, data }) = committed.recv().await {
+                seq += 1;
+                let chunk = (data.len() <= MAX_INLINE).then_some(data);
+                let message = BusMessage { publisher, seq, chunk };
+                if let Err(e) = publishing.publish(format!("{PREFIX}{doc}"), message.encode().into()).await {
+                    // The others see the gap in our sequence and read the store.
+                    tracing::warn!(%doc, error = %e, "publishing a commit on the bus failed");
+                }
+            }
+        });
+        let receive = tokio::spawn(async move {
+            let mut sequences = Sequences::default();
+            while let Some(m) = subscription.next().await {
+                let doc = m.subject.as_str().strip_prefix(PREFIX).and_then(|d| d.parse::<DocumentId>().ok());
+                let decoded = BusMessage::decode(&m.payload);
+                let event = match (doc, decoded) {
+                    (Some(_), Some(b)) if b.publisher == publisher => continue,
+                    (Some(doc), Some(b)) => {
+                        if !sequences.in_order(b.publisher, b.seq) {
+                            tracing::info!(
+                                publisher = b.publisher,
+                                seq = b.seq,
+                                "a gap on the bus: reading the store again"
+                            );
+                            let _ = events.send(NodeEvent::Refresh { doc: None }).await;
+                        }
+                        match b.chunk {
+                            Some(bytes) => NodeEvent::StoredElsewhere { doc, bytes },
+                            None => NodeEvent::Refresh { doc: Some(doc) },
+                        }
+                    }
+                    (Some(doc), None) => NodeEvent::Refresh { doc: Some(doc) },
+                    (None, _) => continue,
+                };
+                if events.send(event).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive)] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip() {
+        for chunk in [Some(vec![1, 2, 3]), Some(Vec::new()), None] {
+            let m = BusMessage { publisher: 7, seq: 42, chunk };
+            assert_eq!(BusMessage::decode(&m.encode()), Some(m));
+        }
+        assert_eq!(BusMessage::decode(&[2; 30]), None, "another version");
+        assert_eq!(BusMessage::decode(&[1; 5]), None, "too short");
+    }
+
+    #[test]
+    fn a_missed_sequence_is_a_gap() {
+        let mut s = Sequences::default();
+        assert!(s.in_order(1, 5), "a new publisher");
+        assert!(s.in_order(1, 6));
+        assert!(!s.in_order(1, 8), "7 was missed");
+        assert!(s.in_order(2, 1));
+        assert!(!s.in_order(1, 1), "the publisher restarted: its earlier run's tail may be missed");
+    }
+}

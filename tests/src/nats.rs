@@ -1,0 +1,64 @@
+//! A real NATS server for a test: Debian's `nats-server` on a free
+//! loopback port, killed when dropped.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+#[derive(Debug)]
+pub struct Nats {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Nats {
+    /// Starts `nats-server` and waits until it accepts connections; fails
+    /// with the command to install it when it is missing.
+    pub fn start() -> Result<Self> {
+        let port = crate::process::free_port()?;
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context(
+                "nats-server is missing: run `cargo xtask test` (it installs it as root), or \
+                 `sudo apt-get install -y nats-server`",
+            )?;
+        let mut nats = Self { child: Some(child), port };
+        nats.wait_ready(Duration::from_secs(10))?;
+        Ok(nats)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("nats-server exited early with {status}");
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server did not listen on {} within {timeout:?}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
