@@ -127,17 +127,12 @@ fn run_requests(
         let mut out = store.execute_batch(&run);
         for ((_, task), (_, result)) in run.iter().zip(&out) {
             fence.record(task, result);
-        }
-        // What committed, for other nodes sharing the store (the hubs' bus).
-        if let Some(tx) = committed {
-            for ((_, task), (_, result)) in run.iter().zip(&out) {
-                let (StorageTask::AppendChunk { doc, data } | StorageTask::Compact { doc, snapshot: data }) = task
-                else {
-                    continue;
-                };
-                if matches!(result, StorageResult::Done) {
-                    let _ = tx.send(super::Committed { doc: *doc, data: data.clone() });
-                }
+            // What committed, for other nodes sharing the store (the hubs' bus).
+            if let Some(tx) = committed
+                && matches!(result, StorageResult::Done)
+                && let StorageTask::AppendChunk { doc, data } | StorageTask::Compact { doc, snapshot: data } = task
+            {
+                let _ = tx.send(super::Committed { doc: *doc, data: data.clone() });
             }
         }
         out.extend(fenced.into_iter().map(|(id, _, result)| (id, result)));
