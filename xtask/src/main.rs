@@ -186,8 +186,19 @@ fn test(extra: &[String]) -> Result<()> {
         "-p",
         "meridian-client-wasm",
     ]))?;
-    // Integration tests start the real binaries.
-    run(cargo().args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]))?;
+    // Integration tests start the real binaries. Built together with the
+    // tests so the features resolve once: `--bins` alone resolves without
+    // the dev-dependencies and every crate that shares one would be built
+    // twice (twice the time and the disk).
+    run(cargo().args([
+        "build",
+        "--bins",
+        "--tests",
+        "--examples",
+        "--workspace",
+        "--exclude",
+        "meridian-client-wasm",
+    ]))?;
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
         run(cargo().args(["nextest", "run", "--workspace", "--exclude", "meridian-client-wasm"]).args(extra))?;
     } else {
