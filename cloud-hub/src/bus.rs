@@ -4,7 +4,9 @@
 //! when it is large); hubs holding that document apply it
 //! (`Engine::handle_stored_elsewhere`) and sync it to their edges. Any gap
 //! (a publisher's sequence jumps, a message cannot be read, the connection
-//! to NATS comes back) makes a hub read what it holds from the store again.
+//! to NATS comes back) makes a hub read what it holds from the store again,
+//! and while NATS is unreachable a hub reads its open documents from the
+//! store every [`POLL_WHILE_DOWN`], so hubs still converge without it.
 
 use std::collections::HashMap;
 
@@ -22,6 +24,9 @@ const MAX_INLINE: usize = 512 * 1024;
 const VERSION: u8 = 1;
 const KIND_CHUNK: u8 = 0;
 const KIND_POINTER: u8 = 1;
+/// How often a hub cut off from NATS reads its open documents from the
+/// store (what other hubs committed meanwhile).
+pub(crate) const POLL_WHILE_DOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One message on the bus.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,18 +105,30 @@ impl Bus {
         events: mpsc::Sender<NodeEvent>,
     ) -> Result<Self, String> {
         let reconnected = events.clone();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let up_events = up.clone();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                let events = reconnected.clone();
+                let (events, up) = (reconnected.clone(), up_events.clone());
                 async move {
-                    if matches!(event, async_nats::Event::Connected) {
-                        // Whatever was published while we were away is in
-                        // the store.
-                        tracing::info!("connected to the bus: reading open documents from the store again");
-                        let _ = events.send(NodeEvent::Refresh { doc: None }).await;
-                    } else {
-                        tracing::warn!(?event, "bus");
+                    match event {
+                        async_nats::Event::Connected => {
+                            up.store(true, std::sync::atomic::Ordering::Relaxed);
+                            // Whatever was published while we were away is
+                            // in the store.
+                            tracing::info!("connected to the bus: reading open documents from the store again");
+                            let _ = events.send(NodeEvent::Refresh { doc: None }).await;
+                        }
+                        async_nats::Event::Disconnected => {
+                            up.store(false, std::sync::atomic::Ordering::Relaxed);
+                            tracing::warn!(
+                                "lost the bus: reading open documents from the store every {POLL_WHILE_DOWN:?} until it is back"
+                            );
+                        }
+                        // Each failed reconnect attempt: said once above.
+                        async_nats::Event::ClientError(error) => tracing::debug!(%error, "bus"),
+                        other => tracing::warn!(event = %other, "bus"),
                     }
                 }
             })
@@ -134,6 +151,7 @@ impl Bus {
                 }
             }
         });
+        let polling = events.clone();
         let receive = tokio::spawn(async move {
             let mut sequences = Sequences::default();
             while let Some(m) = subscription.next().await {
@@ -163,7 +181,19 @@ impl Bus {
                 }
             }
         });
-        Ok(Self { _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive)] })
+        let poll = tokio::spawn(async move {
+            let mut every = tokio::time::interval(POLL_WHILE_DOWN);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if !up.load(std::sync::atomic::Ordering::Relaxed)
+                    && polling.send(NodeEvent::Refresh { doc: None }).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Self { _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
     }
 }
 

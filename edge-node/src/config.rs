@@ -217,7 +217,10 @@ impl EdgeConfig {
 /// Where the hub is and how to authenticate to it.
 #[derive(Clone, Debug)]
 pub struct UplinkConfig {
-    pub hub: SocketAddr,
+    /// The hubs to federate with, in order of preference: one is in use, the
+    /// others are where the edge fails over to (hubs sharing one store).
+    /// Never empty.
+    pub hubs: Vec<SocketAddr>,
     /// Name the hub certificate must carry (`localhost` for the dev CA).
     pub server_name: String,
     pub edge_id: String,
@@ -225,6 +228,9 @@ pub struct UplinkConfig {
     pub trust: HubTrust,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// How long one hub may take to answer a connection attempt before the
+    /// edge tries the next.
+    pub connect_timeout: Duration,
     /// Where the hub's revocations are kept (`EdgeNode::start` sets it to
     /// `<data>/revocations.json`); `None`: in memory only.
     pub revocations_file: Option<PathBuf>,
@@ -234,16 +240,23 @@ pub struct UplinkConfig {
 impl UplinkConfig {
     pub fn new(hub: SocketAddr, edge_id: impl Into<String>, secret: impl Into<String>, trust: HubTrust) -> Self {
         Self {
-            hub,
+            hubs: vec![hub],
             server_name: "localhost".into(),
             edge_id: edge_id.into(),
             secret: secret.into(),
             trust,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
             revocations_file: None,
             max_frame_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Adds a hub to fail over to.
+    pub fn fallback(mut self, hub: SocketAddr) -> Self {
+        self.hubs.push(hub);
+        self
     }
 }
 

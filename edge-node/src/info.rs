@@ -16,14 +16,17 @@ pub struct NodeInfo {
     pub peer_id: String,
     /// The name the hub knows this edge by; `None` without an uplink.
     pub edge_id: Option<String>,
-    /// The hub's QUIC address; `None` without an uplink.
-    pub hub: Option<String>,
+    /// The hubs' QUIC addresses, in order of preference; empty without an uplink.
+    pub hubs: Vec<String>,
     /// `"tokens"`, or `"open"` in open dev mode (no token needed).
     pub auth: &'static str,
 }
 
 /// `GET /info`: `{"peerId", "edgeId", "auth": "tokens" | "open",
-/// "connections", "documentsLoaded", "hub": {"addr", "connected", "rttMs"} | null}`.
+/// "connections", "documentsLoaded", "hub": {"addr", "hubs", "hubId",
+/// "connected", "rttMs", "failovers"} | null}`: `addr` is the hub in use (the
+/// first one given while none is), `hubs` every hub given to `--hub`, and
+/// `hubId` the id of the hub in use (`null` while disconnected).
 /// `/info` of an edge, merged into [`meridian_node::server::router`]'s routes.
 pub fn router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
     Router::new().route("/info", get(info_handler)).with_state((metrics, Arc::new(info)))
@@ -31,11 +34,15 @@ pub fn router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
 
 async fn info_handler(State((m, info)): State<(Arc<NodeMetrics>, Arc<NodeInfo>)>) -> impl IntoResponse {
     use std::sync::atomic::Ordering::Relaxed;
-    let hub = info.hub.as_ref().map(|addr| {
+    let hub = info.hubs.first().map(|first| {
+        let in_use = m.uplink_in_use();
         serde_json::json!({
-            "addr": addr,
+            "addr": in_use.as_ref().map_or(first, |(addr, _)| addr),
+            "hubs": info.hubs,
+            "hubId": in_use.as_ref().map(|(_, id)| id),
             "connected": m.uplink_connected.load(Relaxed) == 1,
             "rttMs": m.uplink_rtt_micros.load(Relaxed) as f64 / 1000.0,
+            "failovers": m.uplink_failovers_total.load(Relaxed),
         })
     });
     let body = serde_json::json!({

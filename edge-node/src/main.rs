@@ -152,9 +152,13 @@ struct ServeArgs {
     /// UDP address of the QUIC listener for device clients (ALPN meridian/1); "off" disables it.
     #[arg(long, env = "MERIDIAN_QUIC_LISTEN", default_value = "127.0.0.1:7302")]
     quic_listen: String,
-    /// QUIC address of the hub to federate with (e.g. 127.0.0.1:7400). Without it the edge runs alone.
-    #[arg(long, env = "MERIDIAN_HUB")]
-    hub: Option<SocketAddr>,
+    /// QUIC address of the hub to federate with (e.g. 127.0.0.1:7400).
+    /// Several, comma-separated, for hubs sharing one store (`meridian-hub
+    /// serve --store postgres://…`): one is in use, the next is tried when
+    /// it fails; they must present certificates --hub-ca trusts (put their
+    /// CA certificates in one file). Without it the edge runs alone.
+    #[arg(long, env = "MERIDIAN_HUB", value_delimiter = ',')]
+    hub: Vec<SocketAddr>,
     /// This edge's id at the hub.
     #[arg(long, env = "MERIDIAN_EDGE_ID", default_value = "edge")]
     edge_id: String,
@@ -275,7 +279,7 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn uplink(&self) -> anyhow::Result<Option<UplinkConfig>> {
-        let Some(hub) = self.hub else { return Ok(None) };
+        let Some((&hub, fallbacks)) = self.hub.split_first() else { return Ok(None) };
         let trust = match (&self.hub_ca, &self.hub_fingerprint, self.dangerous_skip_hub_verify) {
             (Some(ca), _, _) => HubTrust::CaFile(ca.clone()),
             (None, Some(fp), _) => HubTrust::Fingerprint(fp.clone()),
@@ -288,6 +292,7 @@ impl ServeArgs {
             ),
         };
         let mut u = UplinkConfig::new(hub, self.edge_id.clone(), self.hub_secret.clone(), trust);
+        u.hubs.extend(fallbacks);
         u.server_name = self.hub_name.clone();
         u.max_frame_bytes = self.max_message_bytes;
         Ok(Some(u))

@@ -215,7 +215,12 @@ impl EdgeNode {
             None => None,
         };
 
-        let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
+        // Announcing the store's id, peers with one (the hub) get their sync
+        // states kept here and keep ours: a reconnect, or a fail-over to
+        // another hub on the same database, starts from what both sides
+        // last had in common instead of every change's hash.
+        let storage_id = Some(meridian_node::store::DocStore::storage_id(&store).clone());
+        let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), storage_id);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.join_timeout_ms = config.join_timeout.as_millis() as u64;
         engine.unknown_requests_per_minute = config.unknown_requests_per_minute;
@@ -259,7 +264,10 @@ impl EdgeNode {
             NodeInfo {
                 peer_id: config.peer_id.clone(),
                 edge_id: config.uplink.as_ref().map(|u| u.edge_id.clone()),
-                hub: config.uplink.as_ref().map(|u| u.hub.to_string()),
+                hubs: config
+                    .uplink
+                    .as_ref()
+                    .map_or_else(Vec::new, |u| u.hubs.iter().map(ToString::to_string).collect()),
                 auth: if verifier.is_some() { "tokens" } else { "open" },
             },
         ));
@@ -291,7 +299,8 @@ impl EdgeNode {
             .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
-            tracing::info!(hub = %u.hub, edge_id = %u.edge_id, "uplink configured");
+            let hubs: Vec<String> = u.hubs.iter().map(ToString::to_string).collect();
+            tracing::info!(hubs = %hubs.join(","), edge_id = %u.edge_id, "uplink configured");
             let keyring = verifier.clone();
             let u = UplinkConfig { revocations_file: Some(config.revocations_path()), ..u };
             AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle, keyring)))

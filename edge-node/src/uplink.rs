@@ -1,5 +1,10 @@
-//! The edge's uplink: one QUIC connection to the hub, kept up with
-//! exponential backoff and jitter. Once the hub welcomes the edge, the link
+//! The edge's uplink: one QUIC connection to a hub, kept up with
+//! exponential backoff and jitter. Given several hubs (a tier of hubs
+//! sharing one store), one is in use and the others are fail-overs: when
+//! the link is lost or an attempt fails, the next hub in the list is tried,
+//! and the backoff grows only once every hub has failed in a row. Sync
+//! states are kept per storage id, which hubs on one store share, so a
+//! fail-over does not resend whole histories. Once the hub welcomes the edge, the link
 //! is registered with the node runtime as an `Outgoing` (upstream)
 //! connection, so the engine syncs every document with the hub and asks it
 //! for documents the edge does not have. If the hub asks for them, demand
@@ -30,6 +35,8 @@ pub enum UplinkError {
     Connect(#[from] quinn::ConnectError),
     #[error("connecting to the hub: {0}")]
     Connection(#[from] quinn::ConnectionError),
+    #[error("no answer from the hub within {0:?}")]
+    ConnectTimeout(Duration),
     #[error("the hub refused this edge: {0}")]
     Refused(String),
     #[error("handshake with the hub failed: {0}")]
@@ -59,28 +66,53 @@ pub async fn run(
     peers: Option<PeerHandle>,
     keyring: Option<Arc<Keyring>>,
 ) {
-    let endpoint = match quic::client_endpoint(config.hub, &config.trust, FEDERATION_ALPN) {
+    let endpoint = match quic::client_endpoint(config.hubs[0], &config.trust, FEDERATION_ALPN) {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "uplink cannot start");
             return;
         }
     };
+    metrics.set_uplink_hubs(config.hubs.iter().map(ToString::to_string).collect());
     let mut backoff = Backoff::new(config.min_backoff, config.max_backoff);
+    // The hub tried next, and how many attempts failed since the last session.
+    let (mut at, mut failed) = (0, 0);
     loop {
-        match session(&endpoint, &config, &events, &metrics, peers.as_ref(), keyring.as_deref()).await {
+        let hub = config.hubs[at];
+        match session(&endpoint, hub, &config, &events, &metrics, peers.as_ref(), keyring.as_deref()).await {
             Ok(reason) => {
                 backoff.reset();
-                tracing::warn!(hub = %config.hub, %reason, "uplink to the hub lost; reconnecting");
+                failed = 0;
+                tracing::warn!(%hub, %reason, "uplink to the hub lost; reconnecting");
             }
             Err(UplinkError::Refused(reason)) => {
+                failed += 1;
                 metrics.uplink_refusals_total.fetch_add(1, Relaxed);
-                tracing::error!(hub = %config.hub, edge_id = %config.edge_id, %reason, "the hub refused this edge; check --edge-id and --hub-secret");
+                tracing::error!(%hub, edge_id = %config.edge_id, %reason, "the hub refused this edge; check --edge-id and --hub-secret");
             }
-            Err(e) => tracing::warn!(hub = %config.hub, error = %e, "uplink attempt failed"),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(%hub, error = %e, "uplink attempt failed");
+            }
         }
         metrics.uplink_connected.store(0, Relaxed);
-        tokio::time::sleep(backoff.next_delay()).await;
+        metrics.set_uplink_in_use(None);
+        if config.hubs.len() > 1 {
+            at = (at + 1) % config.hubs.len();
+            tracing::info!(next = %config.hubs[at], "failing over to the next hub");
+        }
+        tokio::time::sleep(next_delay(&mut backoff, failed, config.hubs.len(), config.min_backoff)).await;
+    }
+}
+
+/// The wait before the next attempt: the backoff's next delay once every hub
+/// failed in a row (or right after a lost link, its minimum), else a short
+/// jittered pause before trying the next hub.
+fn next_delay(backoff: &mut Backoff, failed: usize, hubs: usize, min: Duration) -> Duration {
+    if failed == 0 || failed.is_multiple_of(hubs) {
+        backoff.next_delay()
+    } else {
+        min.mul_f64(0.5 + rand::random::<f64>() / 2.0)
     }
 }
 
@@ -129,13 +161,17 @@ fn add_keys(keyring: Option<&Keyring>, keys: &[String]) {
 /// One connection to the hub, from handshake to loss; returns why it ended.
 async fn session(
     endpoint: &quinn::Endpoint,
+    hub: std::net::SocketAddr,
     config: &UplinkConfig,
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
     peers: Option<&PeerHandle>,
     keyring: Option<&Keyring>,
 ) -> Result<String, UplinkError> {
-    let connection = endpoint.connect(config.hub, &config.server_name)?.await?;
+    let connecting = endpoint.connect(hub, &config.server_name)?;
+    let connection = tokio::time::timeout(config.connect_timeout, connecting)
+        .await
+        .map_err(|_| UplinkError::ConnectTimeout(config.connect_timeout))??;
     let (mut send, mut recv) = connection.open_bi().await?;
     let hello = Control::Hello {
         version: FEDERATION_VERSION,
@@ -154,7 +190,8 @@ async fn session(
     let report_interval = match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
             Ok(Control::Welcome { hub_id, report_interval_ms, peer_secret, .. }) => {
-                tracing::info!(hub = %config.hub, %hub_id, ?report_interval_ms, "uplink to the hub is up");
+                tracing::info!(%hub, %hub_id, ?report_interval_ms, "uplink to the hub is up");
+                metrics.set_uplink_in_use(Some((config.hubs.iter().position(|h| *h == hub).unwrap_or(0), hub_id)));
                 if let Some(p) = peers {
                     p.dir.set_secret(peer_secret);
                     // The hub sends every home again on this connection.
@@ -200,7 +237,7 @@ async fn session(
         if let Some(interval) = report_interval {
             let dir = peers.map(|p| p.dir.as_ref());
             let reason = crate::report::run(&connection, events, metrics, dir, interval).await;
-            tracing::warn!(hub = %config.hub, %reason, "demand reports to the hub stopped");
+            tracing::warn!(%hub, %reason, "demand reports to the hub stopped");
         }
         std::future::pending::<std::convert::Infallible>().await
     };

@@ -24,6 +24,8 @@
 //! | `meridian_edge_uplink_connects_total` | counter | uplink connections established |
 //! | `meridian_edge_uplink_refusals_total` | counter | times the hub refused this edge's credential |
 //! | `meridian_edge_uplink_rtt_seconds` | gauge | QUIC round-trip time to the hub |
+//! | `meridian_edge_uplink_hub_in_use{hub}` | gauge | per hub given to `--hub`: 1 for the one the uplink is connected to, else 0 |
+//! | `meridian_edge_uplink_failovers_total` | counter | uplink sessions established with a different hub than the previous one |
 //! | `meridian_edge_client_rtt_seconds` | gauge | WebSocket ping ↔ pong round trip to clients (moving average over all clients) |
 //! | `meridian_edge_docs_pending_upstream` | gauge | loaded documents with changes the hub has not acknowledged |
 //! | `meridian_edge_docs_synced_upstream` | gauge | loaded documents whose heads the hub has acknowledged |
@@ -133,6 +135,13 @@ pub struct NodeMetrics {
     client_rtt_micros: AtomicU64,
     pub uplink_connects_total: AtomicU64,
     pub uplink_refusals_total: AtomicU64,
+    /// The hubs the uplink may use, in order (set once by the uplink).
+    uplink_hubs: std::sync::OnceLock<Vec<String>>,
+    /// The hub in use: its index in `uplink_hubs` and the id it gave.
+    uplink_in_use: std::sync::Mutex<Option<(usize, String)>>,
+    /// The last hub connected to, kept across losses to count fail-overs.
+    uplink_last: std::sync::Mutex<Option<usize>>,
+    pub uplink_failovers_total: AtomicU64,
     pub docs_pending_upstream: AtomicU64,
     pub docs_synced_upstream: AtomicU64,
     pub backfill_queued: AtomicU64,
@@ -177,6 +186,10 @@ impl NodeMetrics {
             client_rtt_micros: AtomicU64::default(),
             uplink_connects_total: AtomicU64::default(),
             uplink_refusals_total: AtomicU64::default(),
+            uplink_hubs: std::sync::OnceLock::new(),
+            uplink_in_use: std::sync::Mutex::new(None),
+            uplink_last: std::sync::Mutex::new(None),
+            uplink_failovers_total: AtomicU64::default(),
             docs_pending_upstream: AtomicU64::default(),
             docs_synced_upstream: AtomicU64::default(),
             backfill_queued: AtomicU64::default(),
@@ -189,6 +202,37 @@ impl NodeMetrics {
             snapshot_answers: AtomicU64::default(),
             store_bytes: AtomicU64::default(),
         }
+    }
+
+    /// The hubs the uplink may use, in order of preference.
+    pub fn set_uplink_hubs(&self, hubs: Vec<String>) {
+        let _ = self.uplink_hubs.set(hubs);
+    }
+
+    /// The hub the uplink is connected to (its index among the hubs and the
+    /// id it gave), or `None` while it is down. A session with another hub
+    /// than the previous one counts as a fail-over.
+    pub fn set_uplink_in_use(&self, hub: Option<(usize, String)>) {
+        if let Some((index, _)) = &hub {
+            let mut last = self.uplink_last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|l| l != *index) {
+                self.uplink_failovers_total.fetch_add(1, Relaxed);
+            }
+            *last = Some(*index);
+        }
+        *self.uplink_in_use.lock().unwrap_or_else(|e| e.into_inner()) = hub;
+    }
+
+    /// The hubs the uplink may use (empty without an uplink).
+    pub fn uplink_hubs(&self) -> &[String] {
+        self.uplink_hubs.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// The address and id of the hub in use, if connected.
+    pub fn uplink_in_use(&self) -> Option<(String, String)> {
+        let in_use = self.uplink_in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, id) = in_use.as_ref()?;
+        Some((self.uplink_hubs().get(*index)?.clone(), id.clone()))
     }
 
     /// Folds one client round trip into the moving average (weight 1/8;
@@ -324,6 +368,20 @@ impl NodeMetrics {
             "Times the hub refused this edge's credential.",
             &self.uplink_refusals_total,
         );
+        counter(
+            &mut out,
+            &self.name("uplink_failovers_total"),
+            "Uplink sessions established with another hub than the previous one.",
+            &self.uplink_failovers_total,
+        );
+        if !self.uplink_hubs().is_empty() {
+            let name = self.name("uplink_hub_in_use");
+            let in_use = self.uplink_in_use().map(|(addr, _)| addr);
+            let _ = writeln!(out, "# HELP {name} 1 for the hub the uplink is connected to.\n# TYPE {name} gauge");
+            for hub in self.uplink_hubs() {
+                let _ = writeln!(out, "{name}{{hub=\"{hub}\"}} {}", u8::from(in_use.as_deref() == Some(hub)));
+            }
+        }
         let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
         let name = self.name("uplink_rtt_seconds");
         let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");

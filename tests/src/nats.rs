@@ -16,7 +16,23 @@ impl Nats {
     /// Starts `nats-server` and waits until it accepts connections; fails
     /// with the command to install it when it is missing.
     pub fn start() -> Result<Self> {
-        let port = crate::process::free_port()?;
+        let mut nats = Self { child: None, port: crate::process::free_port()? };
+        nats.restart()?;
+        Ok(nats)
+    }
+
+    /// Kills the server (SIGKILL): clients see the connection drop.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after [`Nats::stop`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let port = self.port;
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -26,9 +42,8 @@ impl Nats {
                 "nats-server is missing: run `cargo xtask test` (it installs it as root), or \
                  `sudo apt-get install -y nats-server`",
             )?;
-        let mut nats = Self { child: Some(child), port };
-        nats.wait_ready(Duration::from_secs(10))?;
-        Ok(nats)
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(10))
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
@@ -56,9 +71,6 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }

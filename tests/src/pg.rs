@@ -59,12 +59,25 @@ fn run(mut cmd: Command, what: &str) -> Result<()> {
 pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
+    /// fsync on (benchmarks); tests run without it, as nothing here
+    /// survives the machine.
+    durable: bool,
 }
 
 impl Postgres {
     /// Makes a cluster and starts it; fails with the command to install
     /// PostgreSQL when it is missing.
     pub fn start() -> Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// [`Postgres::start`] with PostgreSQL's defaults for durability
+    /// (`fsync`, full page writes): for benchmarks against SQLite's.
+    pub fn start_durable() -> Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Result<Self> {
         if !program("initdb").exists() && which("initdb").is_none() {
             bail!(
                 "PostgreSQL is missing: run `cargo xtask test` (it installs it as root), or \
@@ -86,7 +99,7 @@ impl Postgres {
         init.args(["-D"]).arg(dir.path().join("data")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8"]);
         run(init, "initdb")?;
         let port = crate::process::free_port()?;
-        let pg = Self { dir, port };
+        let pg = Self { dir, port, durable };
         pg.pg_ctl_start()?;
         pg.wait_ready(Duration::from_secs(30))?;
         let mut admin = postgres::Client::connect(&pg.url_of("postgres"), postgres::NoTls)?;
@@ -97,9 +110,10 @@ impl Postgres {
     fn pg_ctl_start(&self) -> Result<()> {
         let data = self.dir.path().join("data");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1{}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.durable { "" } else { " -c fsync=off -c full_page_writes=off" }
         );
         let mut start = as_owner(&program("pg_ctl"));
         start.arg("-D").arg(&data).args(["-l"]).arg(self.dir.path().join("log")).args(["-o", &options, "-w", "start"]);

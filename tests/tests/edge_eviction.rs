@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use meridian_edge::client::{Client, ClientOptions};
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_protocol::automerge::transaction::Transactable;
@@ -37,11 +37,14 @@ async fn idle_documents_are_evicted_and_reload_on_demand() -> Result<()> {
         writer.wait_acked(doc).await?;
         docs.push(doc);
     }
-    let peak = loaded_becomes(&edge, |n| n >= 40).await?;
     drop(writer);
-    // Nobody touches them: all leave memory.
-    loaded_becomes(&edge, |n| n == 0).await?;
-    assert!(edge.metrics().evictions.load(Relaxed) >= peak);
+    // Nobody touches them: all leave memory, each evicted at least once
+    // (some may have left while the others were still being created:
+    // creating 40 can take longer than the idle time on a loaded machine).
+    let evictions = || edge.metrics().evictions.load(Relaxed);
+    loaded_becomes(&edge, |n| n == 0 && evictions() >= 40)
+        .await
+        .with_context(|| format!("{} evictions", evictions()))?;
 
     // Asking for one brings back exactly that one, with its content.
     let reader = Client::connect(&edge.ws_url(), ClientOptions::default()).await?;

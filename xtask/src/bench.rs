@@ -18,7 +18,9 @@ use crate::{cargo, ensure_npm, root, run as run_cmd, wait_port};
 const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R] [--size N] [--only edge|js]
        scenarios: connect fanout writers large-doc stored (default: all, then big-doc)
        --size N: only that size of each scenario; --only: one server, nothing saved (profiling)
-       cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]";
+       cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]
+       cargo xtask bench placement [--writes N] [--docs K] [--smoke]
+       cargo xtask bench cloud [--writes N] [--seconds S] [--smoke]";
 
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
@@ -26,7 +28,7 @@ pub fn run(args: &[String]) -> Result<()> {
             build(args.iter().any(|a| a == "--smoke"))?;
             big_doc(&args[1..])
         }
-        Some("placement") => crate::bench_placement::run(&args[1..]),
+        Some(name @ ("placement" | "cloud")) => crate::bench_placement::run(name, &args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())

@@ -1,9 +1,14 @@
-//! `cargo xtask bench placement [--smoke] [--writes N] [--docs K]`:
-//! placement on vs hub-only on the same simulated regional topology, in
-//! one run (issue 6). The measuring program is `meridian-placement-bench`
-//! (`tests/src/bin/placement_bench.rs`, on `meridian_tests::regions`); this
-//! builds it with the release edge and hub, runs it, and keeps its table in
-//! `target/bench-placement.md`.
+//! Benchmarks measured by programs of the `meridian-tests` crate, which
+//! start real hubs and edges (and PostgreSQL, NATS) themselves:
+//! - `cargo xtask bench placement [--smoke] [--writes N] [--docs K]`:
+//!   placement on vs hub-only on the same simulated regional topology, in
+//!   one run (issue 6; `tests/src/bin/placement_bench.rs`);
+//! - `cargo xtask bench cloud [--smoke] [--writes N] [--seconds S]`: the
+//!   cloud tier on PostgreSQL + NATS against one hub on SQLite (issue 16;
+//!   `tests/src/bin/cloud_bench.rs`).
+//!
+//! This builds the program with the release edge and hub, runs it, and
+//! keeps its table in `target/bench-<name>.md`.
 
 use std::process::Command;
 
@@ -11,7 +16,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, run as run_cmd, target_dir};
 
-pub fn run(args: &[String]) -> Result<()> {
+/// `name`: `placement` or `cloud`.
+pub fn run(name: &str, args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
     // Smoke runs use the test build's debug binaries (nothing to rebuild).
     let profile = if smoke { "debug" } else { "release" };
@@ -21,7 +27,7 @@ pub fn run(args: &[String]) -> Result<()> {
         build.arg("--release");
     }
     run_cmd(&mut build)?;
-    let bin = target_dir().join(profile).join("meridian-placement-bench");
+    let bin = target_dir().join(profile).join(format!("meridian-{name}-bench"));
     eprintln!("xtask: $ {} {}", bin.display(), args.join(" "));
     let out = Command::new(&bin).args(args).output().with_context(|| format!("running {}", bin.display()))?;
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
@@ -30,7 +36,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let table = String::from_utf8_lossy(&out.stdout);
     print!("{table}");
-    let report = target_dir().join("bench-placement.md");
+    let report = target_dir().join(format!("bench-{name}.md"));
     std::fs::write(&report, table.as_bytes()).with_context(|| format!("writing {}", report.display()))?;
     eprintln!("xtask: table written to {}", report.display());
     Ok(())

@@ -33,6 +33,10 @@ Commands:
   bench placement [--writes N] [--docs K] [--smoke]
               placement on vs hub-only on the simulated regions (hub in us; eu, us, ap edges):
               change -> durable at the document's home and cold opens, p50/p99 (issue 6)
+  bench cloud [--writes N] [--seconds S] [--smoke]
+              the cloud tier (issue 16): propagation edge A -> hub(s) -> edge B on one hub with
+              SQLite, one hub with PostgreSQL, two hubs on PostgreSQL + NATS (p50/p99); durable
+              writes per second of the hub store, SQLite vs PostgreSQL
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
@@ -208,7 +212,8 @@ fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["test", "--doc", "-p", "meridian-protocol", "-p", "meridian-node", "-p", "meridian-edge"]))?;
     js::test()?;
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
-    bench::run(&["--smoke".into()])
+    bench::run(&["--smoke".into()])?;
+    bench::run(&["cloud".into(), "--smoke".into()])
 }
 
 fn sim_sweep() -> Result<()> {

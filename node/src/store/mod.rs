@@ -10,7 +10,7 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use std::path::PathBuf;
 
-pub use postgres::{PostgresStore, redact};
+pub use postgres::{OUTAGE_WAIT, PostgresStore, redact};
 pub use sqlite::{SqliteStore, StoreOptions, creator_of};
 
 /// What the node runtime needs from a document store. SQLite is the

@@ -53,6 +53,10 @@ const MAX_COVERED_DOCS: usize = 100_000;
 /// Between attempts to open a lost connection again.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
+/// How long a batch waits for an unreachable database before it fails
+/// (the default of [`PostgresStore::with_outage_wait`]).
+pub const OUTAGE_WAIT: Duration = Duration::from_secs(30);
+
 /// Schema migrations: entry `i` brings a database from version `i` to
 /// `i + 1`. Append new entries; never edit a released one. Each is applied
 /// in a transaction and is idempotent (`IF NOT EXISTS`), so hubs starting
@@ -155,6 +159,8 @@ pub struct PostgresStore {
     covered: HashMap<DocumentId, Vec<i64>>,
     /// When the connection was last found lost and tried again.
     last_reconnect: Option<Instant>,
+    /// How long a batch waits for an unreachable database.
+    outage_wait: Duration,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -187,11 +193,25 @@ impl PostgresStore {
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
         let storage_id = init_schema(&mut client).map_err(|e| e.with_target(&target))?;
-        Ok(Self { client, config, target, storage_id, covered: HashMap::new(), last_reconnect: None })
+        Ok(Self {
+            client,
+            config,
+            target,
+            storage_id,
+            covered: HashMap::new(),
+            last_reconnect: None,
+            outage_wait: OUTAGE_WAIT,
+        })
     }
 
     pub fn storage_id(&self) -> &StorageId {
         &self.storage_id
+    }
+
+    /// How long a batch waits for an unreachable database before failing.
+    pub fn with_outage_wait(mut self, wait: Duration) -> Self {
+        self.outage_wait = wait;
+        self
     }
 
     /// The database's URL without its password.
@@ -238,23 +258,61 @@ impl PostgresStore {
                 true
             }
             Err(error) => {
-                tracing::warn!(target = %self.target, %error, "PostgreSQL still unreachable");
+                tracing::debug!(target = %self.target, %error, "PostgreSQL still unreachable");
                 false
             }
         }
     }
 
     /// Runs the tasks in order in one transaction (group commit); on any
-    /// failure nothing commits and every task fails.
+    /// failure nothing commits and every task fails. While the database is
+    /// unreachable (a restart, a fail-over) the batch waits and is tried
+    /// again, up to [`OUTAGE_WAIT`] (see [`Self::with_outage_wait`]): the node's writes stay in flight
+    /// (nothing is advertised before it is stored) instead of failing and
+    /// closing every peer of the documents in them. A batch whose commit
+    /// was lost with the connection may so be stored twice, which only
+    /// repeats chunks (loading skips changes it has).
     pub fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
         if tasks.is_empty() {
             return Vec::new();
         }
         let failed =
             |message: String| tasks.iter().map(|(id, _)| (*id, StorageResult::Failed(message.clone()))).collect();
-        if !self.connected() {
-            return failed(format!("PostgreSQL at {} is unreachable", self.target));
+        let since = Instant::now();
+        let mut warned = false;
+        loop {
+            if self.connected() {
+                match self.try_batch(tasks) {
+                    Ok(results) => {
+                        if warned {
+                            tracing::info!(target = %self.target, waited = ?since.elapsed(), "PostgreSQL is back: writes go on");
+                        }
+                        return results;
+                    }
+                    Err(error) if !self.client.is_closed() => {
+                        tracing::warn!(%error, tasks = tasks.len(), target = %self.target, "storage batch rolled back");
+                        return failed(format!("batch of {} tasks rolled back: {error}", tasks.len()));
+                    }
+                    // The connection went down under the batch: wait for it.
+                    Err(_) => {}
+                }
+            }
+            if since.elapsed() >= self.outage_wait {
+                return failed(format!("PostgreSQL at {} is unreachable", self.target));
+            }
+            if !warned {
+                tracing::warn!(target = %self.target, "PostgreSQL is unreachable: writes wait for it (up to {:?})", self.outage_wait);
+                warned = true;
+            }
+            std::thread::sleep(RECONNECT_EVERY / 5);
         }
+    }
+
+    /// One attempt at a batch, in one transaction.
+    fn try_batch(
+        &mut self,
+        tasks: &[(StorageTaskId, StorageTask)],
+    ) -> Result<Vec<(StorageTaskId, StorageResult)>, postgres::Error> {
         let mut covering = Covering::default();
         let outcome = (|| -> Result<Vec<StorageResult>, postgres::Error> {
             let mut tx = self.client.transaction()?;
@@ -265,16 +323,9 @@ impl PostgresStore {
             tx.commit()?;
             Ok(results)
         })();
-        match outcome {
-            Ok(results) => {
-                covering.apply(&mut self.covered);
-                tasks.iter().map(|(id, _)| *id).zip(results).collect()
-            }
-            Err(error) => {
-                tracing::warn!(%error, tasks = tasks.len(), target = %self.target, "storage batch rolled back");
-                failed(format!("batch of {} tasks rolled back: {error}", tasks.len()))
-            }
-        }
+        let results = outcome?;
+        covering.apply(&mut self.covered);
+        Ok(tasks.iter().map(|(id, _)| *id).zip(results).collect())
     }
 }
 

@@ -176,7 +176,7 @@ impl DocState {
         let items = items
             .into_iter()
             .map(|item| {
-                let state = self.peers.get(&item.conn).map(|pd| pd.sync.clone()).unwrap_or_else(sync::State::new);
+                let state = self.peers.get(&item.conn).map(|pd| pd.sync.clone()).unwrap_or_default();
                 (item, state)
             })
             .collect();

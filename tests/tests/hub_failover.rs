@@ -1,0 +1,353 @@
+//! The cloud tier's failure tests (issue 16), with real `meridian-hub`
+//! processes on one PostgreSQL database with the NATS bus between them, and
+//! edges given both hubs (`--hub A,B`):
+//! - a hub SIGKILLed under write load: its edges fail over to the other,
+//!   writes keep crossing, and every change that had reached the other side
+//!   before the kill (so a hub had committed it) is in PostgreSQL, read
+//!   directly; several rounds, each hub killed in turn;
+//! - NATS stopped while both hubs take writes: they still converge (each
+//!   hub reads the store again), and the fast path resumes when it is back;
+//! - PostgreSQL restarted: hubs retry, edges keep serving their clients,
+//!   nothing acknowledged is lost.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use meridian_edge::client::Client;
+use meridian_edge::config::UplinkConfig;
+use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_node::quic::HubTrust;
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
+use meridian_protocol::ids::DocumentId;
+use meridian_tests::clients::{acked_writer, fast, find_eventually};
+use meridian_tests::nats::Nats;
+use meridian_tests::pg::Postgres;
+use meridian_tests::process::{HubProcess, free_port};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Two hub processes on one database and one bus, and the ports to start
+/// either again on.
+struct Cloud {
+    pg: Postgres,
+    nats: Nats,
+    hubs: [Option<HubProcess>; 2],
+    ports: [(u16, u16); 2],
+    dirs: [PathBuf; 2],
+    _root: tempfile::TempDir,
+}
+
+impl Cloud {
+    fn start() -> Result<Self> {
+        let pg = Postgres::start()?;
+        let nats = Nats::start()?;
+        let root = tempfile::tempdir()?;
+        let dirs = [root.path().join("hub1"), root.path().join("hub2")];
+        let ports = [(free_port()?, free_port()?), (free_port()?, free_port()?)];
+        let mut cloud = Self { pg, nats, hubs: [None, None], ports, dirs, _root: root };
+        cloud.start_hub(0)?;
+        // Hubs of one tier present certificates of one CA (here: the
+        // development CA the first hub made), so an edge trusts them all.
+        std::fs::create_dir_all(cloud.dirs[1].join("tls"))?;
+        for f in ["ca.pem", "hub-cert.pem", "hub-key.pem"] {
+            std::fs::copy(cloud.dirs[0].join("tls").join(f), cloud.dirs[1].join("tls").join(f))?;
+        }
+        cloud.start_hub(1)?;
+        Ok(cloud)
+    }
+
+    fn start_hub(&mut self, i: usize) -> Result<()> {
+        let (quic, http) = self.ports[i];
+        let (url, bus, id) = (self.pg.url(), self.nats.url(), format!("h{}", i + 1));
+        let flags =
+            ["--store", &url, "--bus", &bus, "--hub-id", &id, "--edge", "eu=eu-secret", "--edge", "us=us-secret"];
+        self.hubs[i] = Some(HubProcess::start(&self.dirs[i], quic, http, &flags)?);
+        Ok(())
+    }
+
+    fn kill_hub(&mut self, i: usize) -> Result<()> {
+        self.hubs[i].as_mut().context("hub not running")?.kill9()?;
+        self.hubs[i] = None;
+        Ok(())
+    }
+
+    fn quic(&self, i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.ports[i].0))
+    }
+
+    /// An edge given both hubs, `first` preferred.
+    async fn edge(&self, id: &str, first: usize, dir: &Path) -> Result<EdgeNode> {
+        let trust = HubTrust::CaFile(self.dirs[0].join("tls/ca.pem"));
+        let mut uplink =
+            UplinkConfig::new(self.quic(first), id, format!("{id}-secret"), trust).fallback(self.quic(1 - first));
+        uplink.min_backoff = Duration::from_millis(50);
+        uplink.max_backoff = Duration::from_millis(500);
+        uplink.connect_timeout = Duration::from_secs(2);
+        let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
+        config.tick_interval = Duration::from_millis(100);
+        let edge = EdgeNode::start(config).await?;
+        wait_for(|| edge.metrics().uplink_in_use().is_some(), "the uplink to come up").await?;
+        Ok(edge)
+    }
+
+    /// The keys of `doc`'s root map as stored in PostgreSQL, read directly.
+    async fn stored_keys(&self, doc: DocumentId) -> Result<BTreeSet<String>> {
+        let url = self.pg.url();
+        tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            let rows = c.query(
+                "SELECT data FROM chunks WHERE doc_id = $1 ORDER BY CASE WHEN kind = 'snapshot' THEN 0 ELSE 1 END, seq",
+                &[&doc.as_bytes().as_slice()],
+            )?;
+            let mut d = Automerge::new();
+            for row in rows {
+                d.load_incremental(row.get::<_, &[u8]>(0))?;
+            }
+            Ok(d.keys(ROOT).collect())
+        })
+        .await?
+    }
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, what: &str) -> Result<Duration> {
+    let start = Instant::now();
+    while !done() {
+        anyhow::ensure!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(start.elapsed())
+}
+
+async fn keys(c: &Client, doc: DocumentId) -> BTreeSet<String> {
+    c.read(doc, |d| d.keys(ROOT).collect()).await.unwrap_or_default()
+}
+
+/// What crossed between the two sides: `a-…` keys `b` has and `b-…` keys
+/// `a` has. Each went through a hub, which forwards only what it has
+/// committed to PostgreSQL (durable before advertised).
+async fn crossed(a: &Client, b: &Client, doc: DocumentId) -> BTreeSet<String> {
+    let mut seen: BTreeSet<String> = keys(b, doc).await.into_iter().filter(|k| k.starts_with("a-")).collect();
+    seen.extend(keys(a, doc).await.into_iter().filter(|k| k.starts_with("b-")));
+    seen
+}
+
+/// Waits until both clients hold the same keys, `expected` among them.
+async fn converge(a: &Client, b: &Client, doc: DocumentId, expected: &BTreeSet<String>) -> Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let (ka, kb) = (keys(a, doc).await, keys(b, doc).await);
+        if ka == kb && ka.is_superset(expected) {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "not converged: {} vs {} keys, {} expected",
+            ka.len(),
+            kb.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Writers {
+    acked: [Arc<Mutex<Vec<String>>>; 2],
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Writers {
+    fn start(a: &Arc<Client>, b: &Arc<Client>, doc: DocumentId, prefix: &str) -> Self {
+        let acked = [Arc::default(), Arc::default()];
+        let tasks = [(a, "a"), (b, "b")]
+            .into_iter()
+            .zip(&acked)
+            .map(|((c, side), acked)| {
+                let key = format!("{side}-{prefix}");
+                tokio::spawn(acked_writer(c.clone(), doc, key, Duration::from_millis(10), Arc::clone(acked)))
+            })
+            .collect();
+        Self { acked, tasks }
+    }
+
+    /// Stops writing: every key the edges acknowledged.
+    fn stop(self) -> BTreeSet<String> {
+        for t in self.tasks {
+            t.abort();
+        }
+        self.acked.iter().flat_map(|a| a.lock().map(|a| a.clone()).unwrap_or_default()).collect()
+    }
+}
+
+async fn two_edges(cloud: &Cloud, dirs: &[tempfile::TempDir]) -> Result<(EdgeNode, EdgeNode)> {
+    Ok((cloud.edge("eu", 0, dirs[0].path()).await?, cloud.edge("us", 1, dirs[1].path()).await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_killed_under_load_loses_nothing_acknowledged_and_its_edges_fail_over() -> Result<()> {
+    let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let (eu, us) = two_edges(&cloud, &dirs).await?;
+    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
+    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
+    let doc = a.create(|tx| tx.put(ROOT, "title", "fail-over").map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    find_eventually(&b, doc).await.context("the document through the other hub")?;
+
+    let (mut acked, mut checked) = (BTreeSet::new(), 0usize);
+    for round in 0..4 {
+        let victim = round % 2;
+        let writers = Writers::start(&a, &b, doc, &format!("r{round}"));
+        // Under load: some changes cross before the kill.
+        let before = crossed(&a, &b, doc).await.len();
+        wait_for_async(|| async { crossed(&a, &b, doc).await.len() >= before + 20 }, "writes to cross").await?;
+        let seen = crossed(&a, &b, doc).await;
+        cloud.kill_hub(victim)?;
+        let killed = Instant::now();
+        // Everything that had crossed was committed by a hub: it is in
+        // PostgreSQL, whichever hub died.
+        let stored = cloud.stored_keys(doc).await?;
+        let lost: Vec<&String> = seen.difference(&stored).collect();
+        assert!(lost.is_empty(), "round {round}: {} crossed changes not in PostgreSQL: {lost:?}", lost.len());
+        checked += seen.len();
+        // The victim's edges move to the other hub and writes cross again.
+        let survivor = cloud.quic(1 - victim).to_string();
+        for edge in [&eu, &us] {
+            wait_for(|| edge.metrics().uplink_in_use().is_some_and(|(addr, _)| addr == survivor), "the fail-over")
+                .await?;
+        }
+        let failed_over = killed.elapsed();
+        let n = crossed(&a, &b, doc).await.len();
+        wait_for_async(|| async { crossed(&a, &b, doc).await.len() >= n + 20 }, "writes to cross after the kill")
+            .await?;
+        println!(
+            "round {round}: killed h{} with {} changes crossed, all in PostgreSQL; edges on {survivor} after {failed_over:?}, writes crossing again after {:?}",
+            victim + 1,
+            seen.len(),
+            killed.elapsed()
+        );
+        acked.extend(writers.stop());
+        tokio::task::block_in_place(|| cloud.start_hub(victim))?;
+    }
+    let took = converge(&a, &b, doc, &acked).await?;
+    let stored = cloud.stored_keys(doc).await?;
+    let missing: Vec<&String> = acked.difference(&stored).collect();
+    assert!(missing.is_empty(), "acknowledged by an edge but not in PostgreSQL: {missing:?}");
+    println!(
+        "4 kill rounds: {checked} crossed changes checked in PostgreSQL at the kills, 0 lost; {} acknowledged writes all stored; converged {took:?} after the last round",
+        acked.len()
+    );
+    let failovers = eu.metrics().uplink_failovers_total.load(Relaxed);
+    assert!(failovers >= 2, "edge eu failed over {failovers} times");
+    // `/info` and `/metrics` name the hub in use.
+    let info = meridian_tests::http::request(eu.local_addr().port(), "GET", "/info", &[])?.json()?;
+    let in_use = eu.metrics().uplink_in_use().context("eu is connected")?;
+    assert_eq!(info["hub"]["addr"], in_use.0.as_str(), "{info}");
+    assert_eq!(info["hub"]["hubId"], in_use.1.as_str(), "{info}");
+    assert_eq!(info["hub"]["hubs"].as_array().map(Vec::len), Some(2), "{info}");
+    let metrics = meridian_tests::http::request(eu.local_addr().port(), "GET", "/metrics", &[])?.text();
+    assert!(metrics.contains(&format!("meridian_edge_uplink_hub_in_use{{hub=\"{}\"}} 1", in_use.0)), "{metrics}");
+    for c in [a, b] {
+        if let Ok(c) = Arc::try_unwrap(c) {
+            c.close().await;
+        }
+    }
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_async<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F, what: &str) -> Result<()> {
+    let start = Instant::now();
+    while !done().await {
+        anyhow::ensure!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nats_down_the_hubs_still_converge_through_the_store() -> Result<()> {
+    let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let (eu, us) = two_edges(&cloud, &dirs).await?;
+    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
+    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
+    let doc = a.create(|tx| tx.put(ROOT, "title", "bus down").map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    find_eventually(&b, doc).await?;
+
+    // The bus goes away while both sides write through their own hubs.
+    cloud.nats.stop();
+    let writers = Writers::start(&a, &b, doc, "down");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let acked = writers.stop();
+    let took = converge(&a, &b, doc, &acked).await.context("converging with NATS down")?;
+    println!("NATS down: {} writes through two hubs converged {took:?} after the last", acked.len());
+
+    // The bus is back: a change crosses fast again (not by the store's
+    // periodic read).
+    tokio::task::block_in_place(|| cloud.nats.restart())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writers = Writers::start(&a, &b, doc, "up");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = writers.stop();
+    let took = converge(&a, &b, doc, &acked).await.context("converging with NATS back")?;
+    println!("NATS back: {} writes converged {took:?} after the last", acked.len());
+    let stored = cloud.stored_keys(doc).await?;
+    assert!(acked.is_subset(&stored), "acknowledged writes missing from PostgreSQL");
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_hubs_retry_and_edges_keep_serving() -> Result<()> {
+    let cloud = tokio::task::spawn_blocking(Cloud::start).await??;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let (eu, us) = two_edges(&cloud, &dirs).await?;
+    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
+    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
+    let doc = a.create(|tx| tx.put(ROOT, "title", "database restart").map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    find_eventually(&b, doc).await?;
+
+    let writers = Writers::start(&a, &b, doc, "pg");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| cloud.pg.stop())?;
+    // The edges keep acknowledging their clients' writes (their own store).
+    let during = {
+        let n = writers.acked.iter().map(|a| a.lock().map(|a| a.len()).unwrap_or(0)).sum::<usize>();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        writers.acked.iter().map(|a| a.lock().map(|a| a.len()).unwrap_or(0)).sum::<usize>() - n
+    };
+    assert!(during > 10, "only {during} writes acknowledged in 2 s with PostgreSQL down");
+    tokio::task::block_in_place(|| cloud.pg.restart())?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acked = writers.stop();
+    let took = converge(&a, &b, doc, &acked).await.context("converging after PostgreSQL came back")?;
+    let start = Instant::now();
+    loop {
+        let stored = cloud.stored_keys(doc).await?;
+        if acked.is_subset(&stored) {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "{} acknowledged writes never reached PostgreSQL",
+            acked.difference(&stored).count()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "PostgreSQL restarted: {during} writes acknowledged while it was down; {} in all, converged {took:?} after it came back, all stored",
+        acked.len()
+    );
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
