@@ -118,11 +118,23 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
     Ok(config)
 }
 
-/// Keep-alives so idle federation links stay up and dead ones are noticed.
+/// How long an edge's link to its hub may stay silent before the edge
+/// counts the hub dead and fails over (keep-alives every
+/// [`UPLINK_KEEP_ALIVE`] keep a live link from ever being silent that long).
+pub const UPLINK_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
+pub const UPLINK_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_millis(800);
+
+/// Keep-alives so idle links stay up and dead ones are noticed (10 s of
+/// silence; an edge's uplink asks for [`UPLINK_IDLE`], and the smaller of
+/// the two sides' timeouts applies).
 fn transport() -> quinn::TransportConfig {
+    transport_with(std::time::Duration::from_secs(2), std::time::Duration::from_secs(10))
+}
+
+fn transport_with(keep_alive: std::time::Duration, idle: std::time::Duration) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10)) {
+    t.keep_alive_interval(Some(keep_alive));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     t
@@ -195,7 +207,9 @@ pub fn client_config(trust: &HubTrust, alpn: &[u8]) -> Result<quinn::ClientConfi
     tls.alpn_protocols = vec![alpn.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport()));
+    // A hub that died is noticed sooner, so its edges fail over sooner.
+    let transport = if alpn == FEDERATION_ALPN { transport_with(UPLINK_KEEP_ALIVE, UPLINK_IDLE) } else { transport() };
+    config.transport_config(Arc::new(transport));
     Ok(config)
 }
 

@@ -135,6 +135,31 @@ fn compactions_by_two_hubs_never_lose_the_other_ones_chunks() -> Result<()> {
     Ok(())
 }
 
+/// Hubs started together on a fresh database migrate it at the same
+/// moment (`cargo xtask demo --cloud` found two failing that way): every
+/// one opens, with one storage id among them.
+#[test]
+fn hubs_opening_a_fresh_database_at_once_all_start() -> Result<()> {
+    let pg = Postgres::start()?;
+    let url = pg.url();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                PostgresStore::open(&url).map(|s| s.storage_id().clone())
+            })
+        })
+        .collect();
+    let ids: Vec<StorageId> = opened
+        .into_iter()
+        .map(|t| t.join().map_err(|_| anyhow::anyhow!("panicked"))?.map_err(anyhow::Error::from))
+        .collect::<Result<_>>()?;
+    assert!(ids.windows(2).all(|w| w[0] == w[1]), "{ids:?}");
+    Ok(())
+}
+
 #[test]
 fn a_lease_is_held_by_one_hub_at_a_time() -> Result<()> {
     let pg = Postgres::start()?;

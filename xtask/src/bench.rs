@@ -42,7 +42,7 @@ pub fn run(args: &[String]) -> Result<()> {
 fn build(smoke: bool) -> Result<()> {
     let mut build = cargo();
     if smoke {
-        build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
+        build.args(crate::TEST_BUILD);
     } else {
         build.args(["build", "--release", "-p", "meridian-edge", "-p", "meridian-bench"]);
     }

@@ -22,9 +22,20 @@ pub fn run(name: &str, args: &[String]) -> Result<()> {
     // Smoke runs use the test build's debug binaries (nothing to rebuild).
     let profile = if smoke { "debug" } else { "release" };
     let mut build = cargo();
-    build.args(["build", "--bins", "-p", "meridian-edge", "-p", "meridian-hub", "-p", "meridian-tests"]);
-    if !smoke {
-        build.arg("--release");
+    if smoke {
+        build.args(crate::TEST_BUILD);
+    } else {
+        build.args([
+            "build",
+            "--release",
+            "--bins",
+            "-p",
+            "meridian-edge",
+            "-p",
+            "meridian-hub",
+            "-p",
+            "meridian-tests",
+        ]);
     }
     run_cmd(&mut build)?;
     let bin = target_dir().join(profile).join(format!("meridian-{name}-bench"));

@@ -20,10 +20,12 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo [--debug]
+  demo [--debug] [--cloud]
               build and start the local cluster: a hub, three regional edges (eu, us, ap) with
               simulated latency to the hub, and the collaborative editor, one URL per region
-              (data in ./demo-data; --debug skips the release build)
+              (data in ./demo-data; --debug skips the release build). --cloud: two hubs on
+              PostgreSQL with the NATS bus (started too, data in ./demo-data/pg and nats),
+              each edge given both (hub 2 is its fail-over)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
   bench [SCENARIO...] [--smoke] [--rounds R]
@@ -49,7 +51,7 @@ Commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo(args.iter().any(|a| a == "--debug")),
+        Some("demo") => demo(args.iter().any(|a| a == "--debug"), args.iter().any(|a| a == "--cloud")),
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
         Some("bench") => bench::run(&args[1..]),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
 
 mod bench;
 mod bench_placement;
+mod cloud;
 mod js;
 
 pub(crate) fn root() -> PathBuf {
@@ -96,6 +99,14 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// The test build: binaries built together with the tests so the features
+/// resolve once (`--bins` alone resolves without the dev-dependencies, and
+/// every crate sharing one would be built twice: twice the time and the
+/// disk). Debug builds of the demo and the benchmarks' smoke runs use the
+/// same selection, so they rebuild nothing after it.
+pub(crate) const TEST_BUILD: [&str; 7] =
+    ["build", "--bins", "--tests", "--examples", "--workspace", "--exclude", "meridian-client-wasm"];
 
 pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -190,19 +201,8 @@ fn test(extra: &[String]) -> Result<()> {
         "-p",
         "meridian-client-wasm",
     ]))?;
-    // Integration tests start the real binaries. Built together with the
-    // tests so the features resolve once: `--bins` alone resolves without
-    // the dev-dependencies and every crate that shares one would be built
-    // twice (twice the time and the disk).
-    run(cargo().args([
-        "build",
-        "--bins",
-        "--tests",
-        "--examples",
-        "--workspace",
-        "--exclude",
-        "meridian-client-wasm",
-    ]))?;
+    // Integration tests start the real binaries.
+    run(cargo().args(TEST_BUILD))?;
     if have("cargo-nextest", "--version") || have("cargo", "nextest") {
         run(cargo().args(["nextest", "run", "--workspace", "--exclude", "meridian-client-wasm"]).args(extra))?;
     } else {
@@ -238,6 +238,12 @@ const REGIONS: [(&str, u16, u16, u16, u16, u16, u64); 3] = [
     ("ap", 7320, 7322, 7323, 7382, 7393, 90),
 ];
 
+/// With --cloud, the port of a region's latency link to the second hub
+/// (its link to the first is `link`: 7391-7393 -> 7394-7396).
+fn hub2_link(link: u16) -> u16 {
+    link + REGIONS.len() as u16
+}
+
 /// One-way delay between two regions' edges, in ms.
 fn edge_delay(a: &str, b: &str) -> u64 {
     match (a.min(b), a.max(b)) {
@@ -253,16 +259,16 @@ fn peer_link_port(from: usize, to: usize) -> u16 {
     7410 + (from * REGIONS.len() + to) as u16
 }
 
-fn demo(debug: bool) -> Result<()> {
+fn demo(debug: bool, cloud: bool) -> Result<()> {
     let profile = if debug { "debug" } else { "release" };
     // The browser package the editor imports (a no-op when it is current).
     js::build(&[])?;
     let mut build = cargo();
-    // The same package selection as the test build, so features (and the
-    // compiled dependencies) are shared.
-    build.args(["build", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
-    if !debug {
-        build.arg("--release");
+    if debug {
+        // What the test build built: nothing to rebuild after it.
+        build.args(TEST_BUILD);
+    } else {
+        build.args(["build", "--release", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
     }
     run(&mut build)?;
     let data = root().join("demo-data");
@@ -277,16 +283,37 @@ fn demo(debug: bool) -> Result<()> {
         run(keygen.args(["auth", "keygen", "--out"]).arg(&keys))?;
     }
     let public = keys.join("auth-public.pem");
-    let mut hub_cmd = Command::new(bin("meridian-hub"));
-    hub_cmd.args(["serve", "--listen", "127.0.0.1:7400", "--http", "127.0.0.1:7401", "--data"]).arg(data.join("hub"));
-    hub_cmd.arg("--auth-public-key").arg(&public);
+    // --cloud: PostgreSQL and NATS first, for two hubs on them.
+    let mut children = if cloud { cloud::start_services(&data)? } else { Vec::new() };
+    let hub_cmd = |id: &str, quic: u16, http: u16, dir: &str| {
+        let mut cmd = Command::new(bin("meridian-hub"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{quic}"), "--http", &format!("127.0.0.1:{http}")])
+            .arg("--data")
+            .arg(data.join(dir))
+            .arg("--auth-public-key")
+            .arg(&public);
+        for (id, secret) in &secrets {
+            cmd.args(["--edge", &format!("{id}={secret}")]);
+        }
+        if cloud {
+            cmd.args(["--store", &cloud::store_url(), "--bus", &cloud::bus_url(), "--hub-id", id]);
+        }
+        cmd
+    };
+    let mut hub = hub_cmd("h1", 7400, 7401, "hub");
     // Documents move to the edge nearest their writers (after catching up).
-    hub_cmd.args(["--placement-moves", "--placement-dwell-secs", "10"]);
-    for (id, secret) in &secrets {
-        hub_cmd.args(["--edge", &format!("{id}={secret}")]);
-    }
-    let mut children = vec![Child::spawn("hub", &mut hub_cmd)?];
+    // With --cloud, only the first hub (the one every edge prefers) acts on
+    // its placer's decisions: one placer at a time is not built yet.
+    hub.args(["--placement-moves", "--placement-dwell-secs", "10"]);
+    children.push(Child::spawn("hub", &mut hub)?);
     wait_for_file(&data.join("hub/tls/ca.pem"))?;
+    if cloud {
+        if !data.join("hub2/tls/ca.pem").exists() {
+            cloud::share_certificate(&data.join("hub"), &data.join("hub2"))?;
+        }
+        children.push(Child::spawn("hub2", &mut hub_cmd("h2", cloud::HUB2_QUIC, cloud::HUB2_HTTP, "hub2"))?);
+        wait_port(cloud::HUB2_HTTP)?;
+    }
     // The web sites and the edge-to-hub latency links.
     let mut front = Command::new(bin("meridian-demo"));
     front.arg("--web").arg(root().join("demo-web/web")).arg("--pkg").arg(js::pkg_dir());
@@ -294,6 +321,11 @@ fn demo(debug: bool) -> Result<()> {
     for (id, ws, _, _, site, link, delay) in REGIONS {
         front.args(["--site", &format!("{id}=127.0.0.1:{site}=127.0.0.1:{ws}")]);
         front.args(["--link", &format!("{id}=127.0.0.1:{link}=127.0.0.1:7400={delay}")]);
+        if cloud {
+            // The second hub is as far from each region as the first.
+            let to_hub2 = format!("{id}-h2=127.0.0.1:{}=127.0.0.1:{}={delay}", hub2_link(link), cloud::HUB2_QUIC);
+            front.args(["--link", &to_hub2]);
+        }
     }
     for (i, (a, ..)) in REGIONS.iter().enumerate() {
         for (j, (b, _, _, peer, ..)) in REGIONS.iter().enumerate().filter(|(j, _)| *j != i) {
@@ -303,12 +335,17 @@ fn demo(debug: bool) -> Result<()> {
     }
     children.push(Child::spawn("demo", &mut front)?);
     wait_port(REGIONS[2].4)?;
+    // Every edge prefers the first hub; with --cloud the second is its
+    // fail-over (kill the first to watch them move).
+    let hubs = |link: u16| {
+        if cloud { format!("127.0.0.1:{link},127.0.0.1:{}", hub2_link(link)) } else { format!("127.0.0.1:{link}") }
+    };
     for (i, ((id, ws, quic, peer, _, link, _), (_, secret))) in REGIONS.iter().zip(&secrets).enumerate() {
         let mut edge = Command::new(bin("meridian-edge"));
         edge.args(["serve", "--listen", &format!("127.0.0.1:{ws}"), "--quic-listen", &format!("127.0.0.1:{quic}")])
             .args(["--peer-id", &format!("edge-{id}"), "--data"])
             .arg(data.join(id))
-            .args(["--hub", &format!("127.0.0.1:{link}"), "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
+            .args(["--hub", &hubs(*link), "--edge-id", id, "--hub-secret", secret, "--hub-ca"])
             .arg(data.join("hub/tls/ca.pem"))
             // Other edges reach this one directly when it is a document's
             // home; it reaches them through the latency links.
@@ -331,6 +368,11 @@ fn demo(debug: bool) -> Result<()> {
     eprintln!("  Edge ↔ edge: eu–us 40 ms, us–ap 90 ms, eu–ap 120 ms each way. Documents move to the edge nearest");
     eprintln!("  their writers (the hub's placement; see each page's \"where this document lives\" panel).");
     eprintln!("\n  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
+    if cloud {
+        eprintln!("  hub2  QUIC 127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics", cloud::HUB2_QUIC, cloud::HUB2_HTTP);
+        eprintln!("  Both hubs keep documents in {} and share commits over {}.", cloud::store_url(), cloud::bus_url());
+        eprintln!("  Every edge uses hub (h1) and fails over to hub2 (h2): stop h1 and watch /info's \"hub\" move.");
+    }
     for (id, ws, quic, ..) in REGIONS {
         eprintln!(
             "  {id:<5} ws://127.0.0.1:{ws}/sync   quic://127.0.0.1:{quic}   metrics http://127.0.0.1:{ws}/metrics"
@@ -345,7 +387,9 @@ fn demo(debug: bool) -> Result<()> {
     eprintln!("    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync?token=\" + token)] }})");
     eprintln!("\nLogs: warnings only; `RUST_LOG=info cargo xtask demo` shows everything. Press Ctrl-C to stop.\n");
     // Ctrl-C reaches every child (same process group); each shuts down
-    // cleanly. If one dies on its own, stop the rest.
+    // cleanly, then the services they used stop. If one dies on its own,
+    // stop the rest.
+    ctrlc::set_handler(|| {}).context("handling Ctrl-C")?;
     let failed = Child::wait_any(&mut children);
     for c in children.iter_mut().rev() {
         c.terminate();
@@ -402,25 +446,38 @@ fn wait_for_file(path: &Path) -> Result<()> {
 }
 
 /// A named child process of the demo.
-struct Child {
+pub(crate) struct Child {
     name: String,
     child: std::process::Child,
+    /// A service of the others (PostgreSQL, NATS): in a process group of
+    /// its own, so Ctrl-C does not reach it; stopped after the others.
+    service: bool,
 }
 
 impl Child {
-    fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
         // Quiet by default so the URLs stay on screen.
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(std::process::Stdio::null());
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Self { name: name.to_owned(), child })
+        Ok(Self { name: name.to_owned(), child, service: false })
+    }
+
+    /// Starts a service the other children need: Ctrl-C does not reach it
+    /// (they may still use it while they stop); it is stopped after them.
+    pub(crate) fn spawn_service(name: &str, cmd: &mut Command) -> Result<Self> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let mut child = Self::spawn(name, cmd)?;
+        child.service = true;
+        Ok(child)
     }
 
     /// Waits until every child exited; returns the first that failed.
     fn wait_any(children: &mut [Child]) -> Option<String> {
         loop {
             let mut running = 0;
-            for c in children.iter_mut() {
+            for c in children.iter_mut().filter(|c| !c.service) {
                 match c.child.try_wait() {
                     Ok(Some(status)) if !status.success() && status.code().is_some() => return Some(c.name.clone()),
                     Ok(Some(_)) => {}
@@ -439,5 +496,12 @@ impl Child {
             let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A start-up that fails part-way stops what it already started.
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.terminate();
     }
 }

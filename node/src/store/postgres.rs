@@ -192,7 +192,7 @@ impl PostgresStore {
             url.parse().map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
-        let storage_id = init_schema(&mut client).map_err(|e| e.with_target(&target))?;
+        let storage_id = init_schema_retrying(&mut client).map_err(|e| e.with_target(&target))?;
         Ok(Self {
             client,
             config,
@@ -481,6 +481,31 @@ impl InitError {
 
 /// Applies the migrations not applied yet and returns the storage id,
 /// creating it on first use (whichever hub gets there first wins).
+/// [`init_schema`], tried again when another hub migrating the same fresh
+/// database at the same moment made it fail: `CREATE TABLE IF NOT EXISTS`
+/// in two concurrent transactions fails in the second with a duplicate key
+/// (or table), and the next attempt finds the tables made.
+fn init_schema_retrying(client: &mut Client) -> Result<StorageId, InitError> {
+    use postgres::error::SqlState;
+    let raced = |e: &InitError| match e {
+        InitError::Query(e) => e.code().is_some_and(|c| {
+            [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_TABLE, SqlState::T_R_SERIALIZATION_FAILURE].contains(c)
+        }),
+        InitError::TooNew(_) => false,
+    };
+    let mut attempt = 0;
+    loop {
+        match init_schema(client) {
+            Err(e) if raced(&e) && attempt < 10 => {
+                attempt += 1;
+                tracing::info!("another hub is migrating the database too; trying again");
+                std::thread::sleep(Duration::from_millis(50 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn init_schema(client: &mut Client) -> Result<StorageId, InitError> {
     client.batch_execute(CREATE_MIGRATIONS)?;
     let found: i32 = client.query_one(MAX_VERSION, &[])?.get(0);
