@@ -183,20 +183,34 @@ impl Writers {
     }
 }
 
-async fn two_edges(cloud: &Cloud, dirs: &[tempfile::TempDir]) -> Result<(EdgeNode, EdgeNode)> {
-    Ok((cloud.edge("eu", 0, dirs[0].path()).await?, cloud.edge("us", 1, dirs[1].path()).await?))
+/// Both sides of a test: edge `eu` (preferring hub 1) and `us` (hub 2),
+/// a client of each, and a document created through `eu` that `us` has.
+struct Sides {
+    eu: EdgeNode,
+    us: EdgeNode,
+    a: Arc<Client>,
+    b: Arc<Client>,
+    doc: DocumentId,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn sides(cloud: &Cloud, title: &str) -> Result<Sides> {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let eu = cloud.edge("eu", 0, dirs[0].path()).await?;
+    let us = cloud.edge("us", 1, dirs[1].path()).await?;
+    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
+    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
+    let title = title.to_owned();
+    let doc = a.create(move |tx| tx.put(ROOT, "title", title.as_str()).map(|_| ())).await?;
+    a.wait_acked(doc).await?;
+    find_eventually(&b, doc).await.context("the document through the other hub")?;
+    Ok(Sides { eu, us, a, b, doc, _dirs: dirs })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_killed_under_load_loses_nothing_acknowledged_and_its_edges_fail_over() -> Result<()> {
     let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
-    let (eu, us) = two_edges(&cloud, &dirs).await?;
-    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
-    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
-    let doc = a.create(|tx| tx.put(ROOT, "title", "fail-over").map(|_| ())).await?;
-    a.wait_acked(doc).await?;
-    find_eventually(&b, doc).await.context("the document through the other hub")?;
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "fail-over").await?;
 
     let (mut acked, mut checked) = (BTreeSet::new(), 0usize);
     for round in 0..4 {
@@ -273,13 +287,7 @@ async fn wait_for_async<F: std::future::Future<Output = bool>>(mut done: impl Fn
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_down_the_hubs_still_converge_through_the_store() -> Result<()> {
     let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
-    let (eu, us) = two_edges(&cloud, &dirs).await?;
-    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
-    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
-    let doc = a.create(|tx| tx.put(ROOT, "title", "bus down").map(|_| ())).await?;
-    a.wait_acked(doc).await?;
-    find_eventually(&b, doc).await?;
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "bus down").await?;
 
     // The bus goes away while both sides write through their own hubs.
     cloud.nats.stop();
@@ -308,13 +316,7 @@ async fn with_nats_down_the_hubs_still_converge_through_the_store() -> Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restarted_hubs_retry_and_edges_keep_serving() -> Result<()> {
     let cloud = tokio::task::spawn_blocking(Cloud::start).await??;
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
-    let (eu, us) = two_edges(&cloud, &dirs).await?;
-    let a = Arc::new(Client::connect(&eu.ws_url(), fast()).await?);
-    let b = Arc::new(Client::connect(&us.ws_url(), fast()).await?);
-    let doc = a.create(|tx| tx.put(ROOT, "title", "database restart").map(|_| ())).await?;
-    a.wait_acked(doc).await?;
-    find_eventually(&b, doc).await?;
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "database restart").await?;
 
     let writers = Writers::start(&a, &b, doc, "pg");
     tokio::time::sleep(Duration::from_millis(500)).await;
