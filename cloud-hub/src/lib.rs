@@ -297,10 +297,10 @@ impl Hub {
         let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
         let peer_secret = Arc::new(load_or_create_peer_secret(&config.data_dir)?);
         let store = open_store(&config).await?;
-        // The store's id: hubs on one database share it, so the sync states
-        // an edge keeps for "the hub" hold for any of them (a fail-over does
-        // not start the edge's documents from nothing).
-        let mut engine = EngineConfig::new(PeerId::new(config.hub_id.clone()), Some(store.storage_id().clone()));
+        // The storage id is the store's (set by `NodeRuntime`): hubs on one
+        // database share it, so the sync states an edge keeps for "the hub"
+        // hold for any of them.
+        let mut engine = EngineConfig::new(PeerId::new(config.hub_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.rng_seed = rand::random();
         engine.expects_upstream = false;

@@ -215,12 +215,8 @@ impl EdgeNode {
             None => None,
         };
 
-        // Announcing the store's id, peers with one (the hub) get their sync
-        // states kept here and keep ours: a reconnect, or a fail-over to
-        // another hub on the same database, starts from what both sides
-        // last had in common instead of every change's hash.
-        let storage_id = Some(meridian_node::store::DocStore::storage_id(&store).clone());
-        let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), storage_id);
+        // The storage id is the store's (set by `NodeRuntime`).
+        let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
         engine.idle_evict_after_ms = config.idle_evict_after.as_millis() as u64;
         engine.join_timeout_ms = config.join_timeout.as_millis() as u64;
         engine.unknown_requests_per_minute = config.unknown_requests_per_minute;

@@ -79,7 +79,7 @@ pub async fn run(
     let (mut at, mut failed) = (0, 0);
     loop {
         let hub = config.hubs[at];
-        match session(&endpoint, hub, &config, &events, &metrics, peers.as_ref(), keyring.as_deref()).await {
+        match session(&endpoint, at, &config, &events, &metrics, peers.as_ref(), keyring.as_deref()).await {
             Ok(reason) => {
                 backoff.reset();
                 failed = 0;
@@ -159,15 +159,17 @@ fn add_keys(keyring: Option<&Keyring>, keys: &[String]) {
 }
 
 /// One connection to the hub, from handshake to loss; returns why it ended.
+/// `at`: the hub's index in `config.hubs`.
 async fn session(
     endpoint: &quinn::Endpoint,
-    hub: std::net::SocketAddr,
+    at: usize,
     config: &UplinkConfig,
     events: &mpsc::Sender<NodeEvent>,
     metrics: &NodeMetrics,
     peers: Option<&PeerHandle>,
     keyring: Option<&Keyring>,
 ) -> Result<String, UplinkError> {
+    let hub = config.hubs[at];
     let connecting = endpoint.connect(hub, &config.server_name)?;
     let connection = tokio::time::timeout(config.connect_timeout, connecting)
         .await
@@ -187,17 +189,16 @@ async fn session(
         .await
         .map_err(|_| HandshakeError::Timeout)?
         .map_err(HandshakeError::from)?;
-    let report_interval = match reply {
+    let (hub_id, report_interval) = match reply {
         Some((FrameKind::Control, bytes)) => match federation::decode_control(&bytes) {
             Ok(Control::Welcome { hub_id, report_interval_ms, peer_secret, .. }) => {
                 tracing::info!(%hub, %hub_id, ?report_interval_ms, "uplink to the hub is up");
-                metrics.set_uplink_in_use(Some((config.hubs.iter().position(|h| *h == hub).unwrap_or(0), hub_id)));
                 if let Some(p) = peers {
                     p.dir.set_secret(peer_secret);
                     // The hub sends every home again on this connection.
                     let _ = p.events.send(crate::peers::PeerEvent::Reset).await;
                 }
-                report_interval_ms.map(crate::report::interval_from_hub)
+                (hub_id, report_interval_ms.map(crate::report::interval_from_hub))
             }
             Ok(Control::Refused { reason }) => return Err(UplinkError::Refused(reason)),
             Ok(other) => return Err(HandshakeError::Unexpected(Box::new(other)).into()),
@@ -209,6 +210,7 @@ async fn session(
         return Ok("node stopped".into());
     };
     metrics.uplink_connected.store(1, Relaxed);
+    metrics.set_uplink_in_use(Some((at, hub_id)));
     metrics.uplink_connects_total.fetch_add(1, Relaxed);
     let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
     let on_control = |bytes: Vec<u8>| {

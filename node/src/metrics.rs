@@ -137,10 +137,9 @@ pub struct NodeMetrics {
     pub uplink_refusals_total: AtomicU64,
     /// The hubs the uplink may use, in order (set once by the uplink).
     uplink_hubs: std::sync::OnceLock<Vec<String>>,
-    /// The hub in use: its index in `uplink_hubs` and the id it gave.
-    uplink_in_use: std::sync::Mutex<Option<(usize, String)>>,
-    /// The last hub connected to, kept across losses to count fail-overs.
-    uplink_last: std::sync::Mutex<Option<usize>>,
+    /// The hub in use (its index in `uplink_hubs` and the id it gave), and
+    /// the last one connected to, kept across losses to count fail-overs.
+    uplink_hub: std::sync::Mutex<UplinkHub>,
     pub uplink_failovers_total: AtomicU64,
     pub docs_pending_upstream: AtomicU64,
     pub docs_synced_upstream: AtomicU64,
@@ -153,6 +152,13 @@ pub struct NodeMetrics {
     pub sync_merged: AtomicU64,
     pub snapshot_answers: AtomicU64,
     pub store_bytes: AtomicU64,
+}
+
+/// Which of the uplink's hubs is in use (see [`NodeMetrics::set_uplink_in_use`]).
+#[derive(Debug, Default)]
+struct UplinkHub {
+    in_use: Option<(usize, String)>,
+    last: Option<usize>,
 }
 
 fn type_index(t: &str) -> usize {
@@ -187,8 +193,7 @@ impl NodeMetrics {
             uplink_connects_total: AtomicU64::default(),
             uplink_refusals_total: AtomicU64::default(),
             uplink_hubs: std::sync::OnceLock::new(),
-            uplink_in_use: std::sync::Mutex::new(None),
-            uplink_last: std::sync::Mutex::new(None),
+            uplink_hub: std::sync::Mutex::new(UplinkHub::default()),
             uplink_failovers_total: AtomicU64::default(),
             docs_pending_upstream: AtomicU64::default(),
             docs_synced_upstream: AtomicU64::default(),
@@ -213,14 +218,14 @@ impl NodeMetrics {
     /// id it gave), or `None` while it is down. A session with another hub
     /// than the previous one counts as a fail-over.
     pub fn set_uplink_in_use(&self, hub: Option<(usize, String)>) {
+        let mut state = self.uplink_hub.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((index, _)) = &hub {
-            let mut last = self.uplink_last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|l| l != *index) {
+            if state.last.is_some_and(|l| l != *index) {
                 self.uplink_failovers_total.fetch_add(1, Relaxed);
             }
-            *last = Some(*index);
+            state.last = Some(*index);
         }
-        *self.uplink_in_use.lock().unwrap_or_else(|e| e.into_inner()) = hub;
+        state.in_use = hub;
     }
 
     /// The hubs the uplink may use (empty without an uplink).
@@ -230,8 +235,8 @@ impl NodeMetrics {
 
     /// The address and id of the hub in use, if connected.
     pub fn uplink_in_use(&self) -> Option<(String, String)> {
-        let in_use = self.uplink_in_use.lock().unwrap_or_else(|e| e.into_inner());
-        let (index, id) = in_use.as_ref()?;
+        let state = self.uplink_hub.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, id) = state.in_use.as_ref()?;
         Some((self.uplink_hubs().get(*index)?.clone(), id.clone()))
     }
 

@@ -1,5 +1,6 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
 
+pub mod bench;
 pub mod clients;
 pub mod http;
 /// The fault proxy lives in its own crate (the demo cluster uses it too).

@@ -91,7 +91,7 @@ impl Cloud {
         let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
         config.tick_interval = Duration::from_millis(100);
         let edge = EdgeNode::start(config).await?;
-        wait_for(|| edge.metrics().uplink_in_use().is_some(), "the uplink to come up").await?;
+        wait_for(|| async { edge.metrics().uplink_in_use().is_some() }, "the uplink to come up").await?;
         Ok(edge)
     }
 
@@ -114,13 +114,14 @@ impl Cloud {
     }
 }
 
-async fn wait_for(mut done: impl FnMut() -> bool, what: &str) -> Result<Duration> {
+/// Waits until `done` says so (a minute at most).
+async fn wait_for<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F, what: &str) -> Result<()> {
     let start = Instant::now();
-    while !done() {
+    while !done().await {
         anyhow::ensure!(start.elapsed() < WAIT, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(start.elapsed())
+    Ok(())
 }
 
 async fn keys(c: &Client, doc: DocumentId) -> BTreeSet<String> {
@@ -174,6 +175,11 @@ impl Writers {
         Self { acked, tasks }
     }
 
+    /// How many writes the edges acknowledged so far.
+    fn acked_so_far(&self) -> usize {
+        self.acked.iter().map(|a| a.lock().map(|a| a.len()).unwrap_or(0)).sum()
+    }
+
     /// Stops writing: every key the edges acknowledged.
     fn stop(self) -> BTreeSet<String> {
         for t in self.tasks {
@@ -218,7 +224,7 @@ async fn a_hub_killed_under_load_loses_nothing_acknowledged_and_its_edges_fail_o
         let writers = Writers::start(&a, &b, doc, &format!("r{round}"));
         // Under load: some changes cross before the kill.
         let before = crossed(&a, &b, doc).await.len();
-        wait_for_async(|| async { crossed(&a, &b, doc).await.len() >= before + 20 }, "writes to cross").await?;
+        wait_for(|| async { crossed(&a, &b, doc).await.len() >= before + 20 }, "writes to cross").await?;
         let seen = crossed(&a, &b, doc).await;
         cloud.kill_hub(victim)?;
         let killed = Instant::now();
@@ -231,13 +237,15 @@ async fn a_hub_killed_under_load_loses_nothing_acknowledged_and_its_edges_fail_o
         // The victim's edges move to the other hub and writes cross again.
         let survivor = cloud.quic(1 - victim).to_string();
         for edge in [&eu, &us] {
-            wait_for(|| edge.metrics().uplink_in_use().is_some_and(|(addr, _)| addr == survivor), "the fail-over")
-                .await?;
+            wait_for(
+                || async { edge.metrics().uplink_in_use().is_some_and(|(addr, _)| addr == survivor) },
+                "the fail-over",
+            )
+            .await?;
         }
         let failed_over = killed.elapsed();
         let n = crossed(&a, &b, doc).await.len();
-        wait_for_async(|| async { crossed(&a, &b, doc).await.len() >= n + 20 }, "writes to cross after the kill")
-            .await?;
+        wait_for(|| async { crossed(&a, &b, doc).await.len() >= n + 20 }, "writes to cross after the kill").await?;
         println!(
             "round {round}: killed h{} with {} changes crossed, all in PostgreSQL; edges on {survivor} after {failed_over:?}, writes crossing again after {:?}",
             victim + 1,
@@ -272,15 +280,6 @@ async fn a_hub_killed_under_load_loses_nothing_acknowledged_and_its_edges_fail_o
     }
     eu.shutdown().await;
     us.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_async<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F, what: &str) -> Result<()> {
-    let start = Instant::now();
-    while !done().await {
-        anyhow::ensure!(start.elapsed() < WAIT, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(())
 }
 
@@ -323,9 +322,9 @@ async fn postgres_restarted_hubs_retry_and_edges_keep_serving() -> Result<()> {
     tokio::task::block_in_place(|| cloud.pg.stop())?;
     // The edges keep acknowledging their clients' writes (their own store).
     let during = {
-        let n = writers.acked.iter().map(|a| a.lock().map(|a| a.len()).unwrap_or(0)).sum::<usize>();
+        let n = writers.acked_so_far();
         tokio::time::sleep(Duration::from_secs(2)).await;
-        writers.acked.iter().map(|a| a.lock().map(|a| a.len()).unwrap_or(0)).sum::<usize>() - n
+        writers.acked_so_far() - n
     };
     assert!(during > 10, "only {during} writes acknowledged in 2 s with PostgreSQL down");
     tokio::task::block_in_place(|| cloud.pg.restart())?;

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Child, ensure_debian, ensure_postgres, run, wait_port};
+use crate::{Child, ensure_debian, ensure_postgres, is_root, run, wait_port};
 
 /// PostgreSQL's port, NATS's, and the second hub's QUIC and HTTP ports.
 pub const PG_PORT: u16 = 7440;
@@ -42,8 +42,9 @@ pub fn start_services(data: &Path) -> Result<Vec<Child>> {
     Ok(children)
 }
 
-/// Debian keeps PostgreSQL's programs in `/usr/lib/postgresql/N/bin`.
-fn pg_bin(name: &str) -> Result<PathBuf> {
+/// Debian keeps PostgreSQL's programs in `/usr/lib/postgresql/N/bin`
+/// (off `PATH`); the newest version's.
+pub(crate) fn pg_bin(name: &str) -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect())
         .unwrap_or_default();
@@ -54,10 +55,6 @@ fn pg_bin(name: &str) -> Result<PathBuf> {
         .find(|p| p.exists())
         .or_else(|| crate::js::which(name))
         .with_context(|| format!("{name} not found (PostgreSQL is not installed)"))
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 /// `program` as the owner of the cluster: PostgreSQL refuses to run as root.

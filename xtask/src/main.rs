@@ -128,11 +128,14 @@ fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> 
     install_debian(packages, why)
 }
 
+pub(crate) fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 /// Installs Debian `packages` as root, or stops with the command to run.
 fn install_debian(packages: &[&str], why: &str) -> Result<()> {
     let install = format!("apt-get update && apt-get install -y {}", packages.join(" "));
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
+    if !is_root() {
         bail!("{why} need {}; run: sudo sh -c '{install}'", packages.join(" "));
     }
     eprintln!("xtask: installing {} ({why})", packages.join(" "));
@@ -150,10 +153,7 @@ pub(crate) fn ensure_chromium() -> Result<()> {
 /// `/usr/lib/postgresql/N/bin`, off `PATH`); the tests make their own
 /// clusters.
 fn ensure_postgres() -> Result<()> {
-    let installed = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|dirs| dirs.filter_map(|d| d.ok()).any(|d| d.path().join("bin/initdb").exists()))
-        .unwrap_or(false);
-    if installed || js::which("initdb").is_some() {
+    if cloud::pg_bin("initdb").is_ok() {
         return Ok(());
     }
     install_debian(&["postgresql"], "the PostgreSQL store tests")

@@ -314,16 +314,12 @@ impl PostgresStore {
         tasks: &[(StorageTaskId, StorageTask)],
     ) -> Result<Vec<(StorageTaskId, StorageResult)>, postgres::Error> {
         let mut covering = Covering::default();
-        let outcome = (|| -> Result<Vec<StorageResult>, postgres::Error> {
-            let mut tx = self.client.transaction()?;
-            let mut results = Vec::with_capacity(tasks.len());
-            for (_, task) in tasks {
-                results.push(run_task(&mut tx, task, &self.covered, &mut covering)?);
-            }
-            tx.commit()?;
-            Ok(results)
-        })();
-        let results = outcome?;
+        let mut tx = self.client.transaction()?;
+        let mut results = Vec::with_capacity(tasks.len());
+        for (_, task) in tasks {
+            results.push(run_task(&mut tx, task, &self.covered, &mut covering)?);
+        }
+        tx.commit()?;
         covering.apply(&mut self.covered);
         Ok(tasks.iter().map(|(id, _)| *id).zip(results).collect())
     }

@@ -193,10 +193,7 @@ impl Engine {
     pub fn handle_applied(&mut self, now: Millis, applied: Applied) {
         let Applied { doc_id, ticket, mut doc, outcomes } = applied;
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if d.applying.as_ref().is_none_or(|t| t.id != ticket) {
-            return;
-        }
-        let Some(Ticket { before, followed, .. }) = d.applying.take() else { return };
+        let Some(Ticket { before, followed, .. }) = d.applying.take_if(|t| t.id == ticket) else { return };
         if d.doc.get_heads() != before {
             let local: Vec<automerge::Change> = d.doc.get_changes(&before);
             if let Err(e) = doc.apply_changes(local) {
@@ -205,14 +202,16 @@ impl Engine {
             }
         }
         d.doc = doc;
-        let mut results = Vec::with_capacity(outcomes.len());
-        for (outcome, state) in outcomes {
-            if let Some(pd) = d.peers.get_mut(&outcome.conn) {
-                pd.sync = state;
-            }
-            results.push(outcome);
-        }
-        self.after_apply(now, doc_id, before, followed, results);
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(outcome, state)| {
+                if let Some(pd) = d.peers.get_mut(&outcome.conn) {
+                    pd.sync = state;
+                }
+                outcome
+            })
+            .collect();
+        self.after_apply(now, doc_id, before, followed, outcomes);
         self.take_waiting_stored_elsewhere(now, doc_id);
         self.drain_pending(now, doc_id);
     }

@@ -26,6 +26,7 @@ use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{AutoCommit, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
+use meridian_tests::bench::{Args, percentile};
 use meridian_tests::clients::{fast, find_eventually};
 use meridian_tests::nats::Nats;
 use meridian_tests::pg::Postgres;
@@ -36,17 +37,10 @@ struct Options {
 }
 
 fn parse() -> Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let value = |name: &str, default: u64| -> Result<u64> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args.get(i + 1).context("missing value")?.parse()?),
-            None => Ok(default),
-        }
-    };
+    let args = Args::from_env();
     Ok(Options {
-        writes: value("--writes", if smoke { 10 } else { 500 })? as usize,
-        store_time: Duration::from_secs(value("--seconds", if smoke { 1 } else { 5 })?),
+        writes: args.value("--writes", 10, 500)? as usize,
+        store_time: Duration::from_secs(args.value("--seconds", 1, 5)?),
     })
 }
 
@@ -200,15 +194,6 @@ fn write_rate(store: Store, url: &str, batch: usize, time: Duration) -> Result<f
         written += batch as u64;
     }
     Ok(written as f64 / started.elapsed().as_secs_f64())
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((p / 100.0) * (v.len() - 1) as f64).round() as usize]
 }
 
 fn table(propagation: &[(Tier, Vec<f64>)], writes: &[(Store, usize, f64)], options: &Options) -> String {

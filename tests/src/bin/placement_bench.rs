@@ -27,6 +27,7 @@ use meridian_edge::client::{Client, ConnectionState};
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
+use meridian_tests::bench::{Args, percentile};
 use meridian_tests::clients::{fast, find_eventually};
 use meridian_tests::regions::{Cluster, announced, get_json};
 
@@ -57,18 +58,8 @@ struct Samples {
 }
 
 fn parse() -> Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let smoke = args.iter().any(|a| a == "--smoke");
-    let value = |name: &str, default: usize| -> Result<usize> {
-        match args.iter().position(|a| a == name) {
-            Some(i) => Ok(args.get(i + 1).context("missing value")?.parse()?),
-            None => Ok(default),
-        }
-    };
-    Ok(Options {
-        writes: value("--writes", if smoke { 10 } else { 200 })?,
-        docs: value("--docs", if smoke { 2 } else { 20 })?,
-    })
+    let args = Args::from_env();
+    Ok(Options { writes: args.value("--writes", 10, 200)? as usize, docs: args.value("--docs", 2, 20)? as usize })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -187,16 +178,6 @@ async fn offloaded(port: u16) -> Result<f64> {
     s.read_to_string(&mut body).await?;
     let line = body.lines().find_map(|l| l.strip_prefix("meridian_edge_offloaded_total "));
     Ok(line.and_then(|v| v.trim().parse().ok()).unwrap_or(0.0))
-}
-
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    v[rank.clamp(1, v.len()) - 1]
 }
 
 fn table(hub: &Samples, placed: &Samples, options: &Options) -> String {
