@@ -22,7 +22,9 @@
 
 mod admission;
 mod bus;
+pub mod control;
 mod edges;
+mod pins;
 pub mod placement;
 pub mod placer;
 pub mod revocations;
@@ -42,7 +44,7 @@ use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
 use meridian_node::runtime::NodeRuntime;
 use meridian_node::server::{self, AppState};
-use meridian_node::store::{DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
+use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
@@ -95,6 +97,10 @@ pub struct HubConfig {
     /// Act on placement: hand decided homes off (the new home catches up
     /// first) and announce them to edges. Off: decisions are advisory.
     pub placement_moves: bool,
+    /// How long the placer's lease in the store lasts without renewal
+    /// (renewed every third of it): one hub of those sharing a store
+    /// places documents; when it dies another takes over within about this.
+    pub placer_lease: Duration,
     /// Public keys (PEM) tokens of clients at `/sync` (`serve_clients`)
     /// are checked against. Empty: open dev mode for them (loopback only).
     pub auth_public_keys: Vec<PathBuf>,
@@ -143,6 +149,7 @@ impl HubConfig {
             placement_interval: Duration::from_secs(2),
             placement: PlacementConfig::default(),
             placement_moves: false,
+            placer_lease: placer::PLACER_LEASE,
             auth_public_keys: Vec::new(),
             admin_token: None,
             admin_listen: None,
@@ -249,6 +256,21 @@ async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
     Ok(Box::new(store))
 }
 
+/// The connection the hub keeps its control state on ([`control`]): a
+/// second one to the same database as its documents.
+async fn open_control(config: &HubConfig) -> Result<control::ControlState, HubError> {
+    let url = config.store.clone();
+    let (path, fsync) = (config.data_dir.join("hub.sqlite3"), config.fsync);
+    let control = control::ControlState::start(move || -> Result<Box<dyn ControlStore>, StoreError> {
+        Ok(match url {
+            Some(url) => Box::new(PostgresStore::open(&url)?),
+            None => Box::new(SqliteStore::open_with(&path, StoreOptions { fsync })?),
+        })
+    })
+    .await?;
+    Ok(control)
+}
+
 /// The credential edges present to each other (sent to each edge in
 /// `welcome`), kept in the data folder so it survives restarts.
 fn load_or_create_peer_secret(dir: &std::path::Path) -> Result<String, HubError> {
@@ -281,6 +303,8 @@ pub struct Hub {
     /// The operator routes' own listener (`admin_listen`).
     admin: Option<Served>,
     placer: Option<AbortOnDrop<()>>,
+    /// Applies revocations other hubs stored.
+    _revocations_follow: AbortOnDrop<()>,
     placement_metrics: Arc<PlacementMetrics>,
     /// The bus to the other hubs on the store (`bus`), if any.
     _bus: Option<bus::Bus>,
@@ -322,6 +346,7 @@ impl Hub {
         let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let placement_metrics = Arc::new(PlacementMetrics::default());
         let (placer_tx, placer_rx) = mpsc::channel(1024);
+        let control = open_control(&config).await?;
         let placer = Placer::new(
             config.hub_id.clone(),
             config.placement.clone(),
@@ -329,9 +354,10 @@ impl Hub {
             config.placement_interval,
             placement_metrics.clone(),
         )
-        .with_moves(config.placement_moves);
+        .with_moves(config.placement_moves)
+        .with_control(control.clone(), config.placer_lease);
         let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx, runtime.events())));
-        let revocations = Arc::new(Revocations::load(&config.data_dir)?);
+        let revocations = Arc::new(Revocations::load(control.clone(), &config.data_dir).await?);
         let verifier = meridian_node::auth::Verifier::load(&config.auth_public_keys)?;
         let auth_keys = verifier.public_pems();
         let keyring = (!verifier.is_empty()).then(|| {
@@ -376,8 +402,10 @@ impl Hub {
                 .route("/metrics", get(move || async move { m.render() }))
         };
         let app = with_placement_metrics(app, placement_metrics.clone());
+        let follow = revocations::follow(revocations.clone(), keyring.clone(), runtime.events());
+        let revocations_follow = AbortOnDrop(tokio::spawn(follow));
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
-        let ops = operator_routes(placer_tx, api);
+        let ops = operator_routes(placer_tx, api, control);
         let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
         let ops = meridian_node::admin::protect(ops, guard);
@@ -412,6 +440,7 @@ impl Hub {
             http: Some(http),
             admin,
             placer: Some(placer),
+            _revocations_follow: revocations_follow,
             placement_metrics,
             _bus: bus,
         })
@@ -469,7 +498,7 @@ impl Hub {
 /// the placement task) and `POST /api/auth/revoke`; the caller puts them
 /// behind the admin guard. No CORS headers: a page of another origin cannot
 /// read which documents exist.
-fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi) -> Router {
+fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi, control: control::ControlState) -> Router {
     let query = |view: View| {
         let placer = placer.clone();
         move || async move {
@@ -485,6 +514,12 @@ fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi) -> Rout
         .route("/placement", get(query(View::Placement)))
         .route("/topology", get(query(View::Topology)))
         .merge(Router::new().route("/api/auth/revoke", post(revocations::revoke)).with_state(revoke))
+        .merge(
+            Router::new()
+                .route("/api/placement/pins", get(pins::list))
+                .route("/api/placement/pins/{doc}", axum::routing::put(pins::pin).delete(pins::unpin))
+                .with_state(control),
+        )
 }
 
 /// `app` with the placement metrics appended to its `/metrics`.

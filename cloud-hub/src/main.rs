@@ -27,6 +27,61 @@ enum Command {
     /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`,
     /// `auth revoke --jti ID | --sub NAME`.
     Auth(HubAuthArgs),
+    /// Pin a document's home to an edge or the hub (`placement pin DOC --to
+    /// EDGE`), or remove the pin (`placement unpin DOC`), on a running hub.
+    Placement(PlacementArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PlacementArgs {
+    #[command(subcommand)]
+    op: PlacementOp,
+    /// The hub's operator address (its --admin-listen, else its --http).
+    #[arg(long, global = true, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
+    hub_http: String,
+    /// An admin token (or the hub's --admin-token), needed when the hub runs
+    /// with --auth-public-key or --admin-token; otherwise loopback suffices.
+    #[arg(long, global = true, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum PlacementOp {
+    /// Keep DOC's home on EDGE (or on the hub: `--to hub`), whatever the
+    /// latencies say, while EDGE is connected; kept in the hub's store and
+    /// honoured by whichever hub places documents (needs --placement-moves
+    /// on the hubs to move it; otherwise it is shown at /placement only).
+    Pin {
+        /// A document id or automerge: URL.
+        doc: String,
+        /// An edge id (its --edge-id), or `hub`.
+        #[arg(long)]
+        to: String,
+    },
+    /// Remove DOC's pin: it is placed by latency again.
+    Unpin {
+        /// A document id or automerge: URL.
+        doc: String,
+    },
+}
+
+/// `PUT` or `DELETE /api/placement/pins/{doc}` on the running hub; its answer.
+async fn placement(args: PlacementArgs) -> anyhow::Result<String> {
+    let (method, doc, body) = match &args.op {
+        PlacementOp::Pin { doc, to } => ("PUT", doc, Some(serde_json::json!({ "to": to }).to_string())),
+        PlacementOp::Unpin { doc } => ("DELETE", doc, None),
+    };
+    let Some(doc) = meridian_node::auth::parse_doc(doc) else {
+        bail!("`{doc}` is neither a document id nor an automerge: URL");
+    };
+    let path = format!("/api/placement/pins/{doc}");
+    let hub_http = &args.hub_http;
+    let (status, answer) =
+        meridian_node::http::request(hub_http, method, &path, args.admin_token.as_deref(), body.as_deref())
+            .await
+            .with_context(|| format!("connecting to the hub at {hub_http} (its --admin-listen or --http address)"))?;
+    anyhow::ensure!(status == 200, "the hub answered {status}: {}", answer.trim());
+    Ok(answer.trim().to_owned())
 }
 
 #[derive(clap::Args, Debug)]
@@ -81,7 +136,8 @@ struct ServeArgs {
     #[arg(long, env = "MERIDIAN_HUB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
     /// TCP address for /healthz, /metrics and (without --admin-listen) the
-    /// operator routes GET /placement, GET /topology, POST /api/auth/revoke.
+    /// operator routes GET /placement, GET /topology, POST /api/auth/revoke,
+    /// GET|PUT|DELETE /api/placement/pins.
     #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
     http: SocketAddr,
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
@@ -185,6 +241,12 @@ struct ServeArgs {
     /// At most this many moves per minute over all documents.
     #[arg(long, env = "MERIDIAN_HUB_PLACEMENT_MAX_MOVES_PER_MIN", default_value_t = 120)]
     placement_max_moves_per_min: u32,
+    /// Milliseconds the placer's lease in the store lasts without renewal
+    /// (renewed every third of it). Of the hubs sharing a --store, the one
+    /// holding it places documents; when that hub dies another takes over
+    /// within about this long, from the homes, pins and reports in the store.
+    #[arg(long, env = "MERIDIAN_HUB_PLACER_LEASE_MS", default_value_t = 3000)]
+    placer_lease_ms: u64,
 }
 
 fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
@@ -223,6 +285,10 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", revoke(&hub_http, jti, sub, admin_token).await?);
             return Ok(());
         }
+        Command::Placement(args) => {
+            println!("{}", placement(args).await?);
+            return Ok(());
+        }
     };
     let mut config = HubConfig::new(args.data);
     config.listen = args.listen;
@@ -252,6 +318,10 @@ async fn main() -> anyhow::Result<()> {
     config.report_interval = Duration::from_millis(args.report_interval_ms);
     config.placement_interval = Duration::from_millis(args.placement_interval_ms);
     config.placement_moves = args.placement_moves;
+    if args.placer_lease_ms < 300 {
+        bail!("--placer-lease-ms must be at least 300");
+    }
+    config.placer_lease = Duration::from_millis(args.placer_lease_ms);
     if !(args.placement_min_gain_ms.is_finite() && args.placement_min_gain_ms >= 0.0) {
         bail!("--placement-min-gain-ms must be a non-negative number");
     }

@@ -218,6 +218,8 @@ pub enum Verdict {
     BelowThreshold,
     /// It moved too recently.
     Dwell { remaining_ms: u64 },
+    /// An operator pinned it here.
+    Pinned,
     /// The global move budget was spent; it is retried next tick.
     RateLimited,
 }
@@ -232,6 +234,8 @@ pub enum MoveReason {
     Idle,
     /// Its home edge is not connected.
     Unreachable,
+    /// An operator pinned it (`meridian-hub placement pin`).
+    Pinned,
 }
 
 /// The explanation of one document's decision, for the admin API.
@@ -290,6 +294,9 @@ pub struct PlacementEngine {
     history: VecDeque<Move>,
     explanations: BTreeMap<DocumentId, Explanation>,
     decisions: u64,
+    /// Operators' pins: honoured while the pinned edge is connected (a pin
+    /// to an edge that is not is placed as if unpinned until it is back).
+    pins: BTreeMap<DocumentId, Home>,
 }
 
 impl PlacementEngine {
@@ -301,7 +308,17 @@ impl PlacementEngine {
             history: VecDeque::new(),
             explanations: BTreeMap::new(),
             decisions: 0,
+            pins: BTreeMap::new(),
         }
+    }
+
+    /// Replaces the operators' pins (taken into account from the next tick).
+    pub fn set_pins(&mut self, pins: BTreeMap<DocumentId, Home>) {
+        self.pins = pins;
+    }
+
+    pub fn pins(&self) -> &BTreeMap<DocumentId, Home> {
+        &self.pins
     }
 
     pub fn config(&self) -> &PlacementConfig {
@@ -347,7 +364,8 @@ impl PlacementEngine {
             self.window.pop_front();
         }
         let empty = BTreeMap::new();
-        let ids: BTreeSet<DocumentId> = demand.keys().chain(self.docs.keys()).copied().collect();
+        let ids: BTreeSet<DocumentId> =
+            demand.keys().chain(self.docs.keys()).chain(self.pins.keys()).copied().collect();
         let mut wanted = Vec::new();
         for doc in ids {
             let doc_demand = demand.get(&doc).unwrap_or(&empty);
@@ -355,7 +373,14 @@ impl PlacementEngine {
             if doc_demand.values().any(EdgeDemand::is_demand) {
                 placed.last_demand = now;
             }
-            let (explanation, want) = evaluate(&self.config, doc, doc_demand, latencies, placed, now);
+            let pin = self.pins.get(&doc).filter(|p| match p {
+                Home::Hub => true,
+                Home::Edge(e) => latencies.edge_hub.contains_key(e),
+            });
+            let (explanation, want) = match pin {
+                Some(pin) => pinned(doc, pin, doc_demand, placed),
+                None => evaluate(&self.config, doc, doc_demand, latencies, placed, now),
+            };
             wanted.extend(want);
             self.explanations.insert(doc, explanation);
             self.decisions += 1;
@@ -369,7 +394,7 @@ impl PlacementEngine {
     /// gains, then document order.
     fn grant(&mut self, now: Millis, mut wanted: Vec<Wanted>) -> Vec<Move> {
         wanted.sort_by(|a, b| {
-            let urgent = |w: &Wanted| w.reason != MoveReason::Unreachable;
+            let urgent = |w: &Wanted| !matches!(w.reason, MoveReason::Unreachable | MoveReason::Pinned);
             urgent(a).cmp(&urgent(b)).then(b.gain_ms.total_cmp(&a.gain_ms)).then(a.doc.cmp(&b.doc))
         });
         let mut moves = Vec::new();
@@ -412,7 +437,9 @@ impl PlacementEngine {
         let gone: Vec<DocumentId> = self
             .docs
             .iter()
-            .filter(|(_, p)| p.home == Home::Hub && now.0.saturating_sub(p.last_demand.0) >= idle)
+            .filter(|(d, p)| {
+                p.home == Home::Hub && now.0.saturating_sub(p.last_demand.0) >= idle && !self.pins.contains_key(*d)
+            })
             .map(|(d, _)| *d)
             .collect();
         for doc in gone {
@@ -464,6 +491,28 @@ pub fn candidates(
 
 /// Decides one document: its explanation, and the move it wants (before
 /// the rate limit).
+/// A document pinned to a reachable `pin`: it goes there, whatever the
+/// costs, thresholds and dwell say.
+fn pinned(
+    doc: DocumentId,
+    pin: &Home,
+    demand: &BTreeMap<EdgeId, EdgeDemand>,
+    placed: &Placed,
+) -> (Explanation, Option<Wanted>) {
+    let e = Explanation {
+        doc,
+        home: placed.home.clone(),
+        since_ms: placed.since.map(|t| t.0),
+        demand: demand.clone(),
+        candidates: vec![Candidate { home: pin.clone(), cost_ms: None }],
+        gain_ms: 0.0,
+        gain_ratio: 0.0,
+        verdict: Verdict::Pinned,
+    };
+    let want = (placed.home != *pin).then(|| Wanted { doc, to: pin.clone(), reason: MoveReason::Pinned, gain_ms: 0.0 });
+    (e, want)
+}
+
 fn evaluate(
     config: &PlacementConfig,
     doc: DocumentId,

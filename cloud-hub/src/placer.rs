@@ -8,6 +8,19 @@
 //! alive but silent); a disconnected edge leaves the latency matrix, so a
 //! home on it is left at the next tick.
 //!
+//! **One placer at a time.** Hubs sharing a store (PostgreSQL) each run this
+//! task, but only the holder of the `placer` lease in the store
+//! ([`ControlStore::take_lease`], renewed every third of
+//! [`PLACER_LEASE`]) decides and hands off; when its hub dies another
+//! takes the lease over once it expires and continues from what the store
+//! keeps: the announced homes, the operators' pins, and every edge's latest
+//! report (each hub records its own edges' reports at every placement
+//! tick, so the placer sees edges connected to any hub). The other hubs
+//! follow the announced homes in the store and tell their edges. A hand-off
+//! needs the new home connected to the placer's hub (it asks that hub's
+//! node runtime how far the edge has caught up); a home decided on an edge
+//! of another hub waits, shown as such at `GET /placement`.
+//!
 //! Decisions are **advisory** unless moves are enabled (`--placement-moves`).
 //! With moves, a decided home is only *announced* (a `home` control message
 //! to every edge) after a hand-off ([`Placer::advance_handoffs`]): the new
@@ -25,15 +38,24 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use meridian_node::runtime::NodeEvent;
+use meridian_node::store::{StoredHome, StoredPin, StoredReport};
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{CatchUp, Millis};
 use meridian_protocol::engine::{HandoffStatus, HandoffTargets};
 use meridian_protocol::ids::{ConnId, DocumentId};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::control::{ControlState, unix_ms};
 use crate::placement::{DemandMap, EdgeDemand, EdgeId, Home, Latencies, PlacementConfig, PlacementEngine};
+
+/// How long the placer's lease lasts without renewal (the default of
+/// `HubConfig::placer_lease`); it is renewed every third of it.
+pub const PLACER_LEASE: Duration = Duration::from_secs(3);
+/// The lease's name in the store.
+const LEASE_NAME: &str = "placer";
 
 /// Reports older than this many intervals no longer count as demand.
 pub const STALE_REPORTS: u32 = 3;
@@ -95,6 +117,8 @@ pub enum View {
 /// | `meridian_hub_placement_handoffs_total` | counter | hand-offs completed: a new home caught up and was announced to edges |
 /// | `meridian_hub_placement_handoffs_pending` | gauge | decided homes not yet announced (the new home is catching up) |
 /// | `meridian_hub_placement_docs_homed_on_edges` | gauge | documents whose announced home is an edge |
+/// | `meridian_hub_placement_is_placer` | gauge | 1 while this hub holds the placer's lease |
+/// | `meridian_hub_placement_takeovers_total` | counter | times this hub became the placer |
 #[derive(Debug, Default)]
 pub struct PlacementMetrics {
     pub decisions_total: AtomicU64,
@@ -105,6 +129,8 @@ pub struct PlacementMetrics {
     pub handoffs_total: AtomicU64,
     pub handoffs_pending: AtomicU64,
     pub docs_homed_on_edges: AtomicU64,
+    pub is_placer: AtomicU64,
+    pub takeovers_total: AtomicU64,
 }
 
 impl PlacementMetrics {
@@ -119,6 +145,8 @@ impl PlacementMetrics {
             ("handoffs_total", "counter", "Hand-offs completed (new home caught up, announced).", &self.handoffs_total),
             ("handoffs_pending", "gauge", "Decided homes not announced yet.", &self.handoffs_pending),
             ("docs_homed_on_edges", "gauge", "Documents whose announced home is an edge.", &self.docs_homed_on_edges),
+            ("is_placer", "gauge", "1 while this hub holds the placer's lease.", &self.is_placer),
+            ("takeovers_total", "counter", "Times this hub became the placer.", &self.takeovers_total),
         ];
         for (name, kind, help, v) in rows {
             let name = format!("meridian_hub_placement_{name}");
@@ -147,6 +175,47 @@ struct EdgeState {
     peer_fingerprint: Option<String>,
     /// Measured RTTs of its direct links to other edges.
     peer_rtts: BTreeMap<EdgeId, Duration>,
+}
+
+/// What a hub records of each of its edges' reports for the placer
+/// (`edge_reports.report`, JSON): enough to place documents on an edge
+/// connected to another hub and to tell edges how to reach it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct SharedReport {
+    /// Round trip between the edge and its hub, in microseconds.
+    rtt_us: Option<u64>,
+    client_rtt_us: Option<u64>,
+    peer_addr: Option<String>,
+    peer_fingerprint: Option<String>,
+    /// Per document: open subscriptions and writes per second.
+    demand: BTreeMap<String, (u32, f64)>,
+    peer_rtts_us: BTreeMap<String, u64>,
+}
+
+/// An edge connected to another hub, as its last recorded report says.
+#[derive(Clone, Debug)]
+struct RemoteEdge {
+    hub: String,
+    at_ms: u64,
+    report: SharedReport,
+}
+
+/// One edge as the placement engine sees it, wherever it is connected.
+struct EdgeView {
+    id: EdgeId,
+    rtt: Option<Duration>,
+    client_rtt: Option<Duration>,
+    /// Empty when its report is stale.
+    demand: Vec<(DocumentId, EdgeDemand)>,
+    peers: Vec<(EdgeId, Duration)>,
+}
+
+/// An announced home on an edge, and where other edges reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HomeEdge {
+    edge: EdgeId,
+    addr: Option<String>,
+    fingerprint: Option<String>,
 }
 
 /// A decided home that is not announced yet.
@@ -189,7 +258,22 @@ pub struct Placer {
     /// Act on decisions (hand-offs and `home` notices) or only show them.
     moves: bool,
     /// Announced homes that are edges (absent: the hub).
-    announced: BTreeMap<DocumentId, EdgeId>,
+    announced: BTreeMap<DocumentId, HomeEdge>,
+    /// The store of the placer's lease, homes, pins and reports (`None`:
+    /// this hub alone, always the placer, nothing persisted; unit tests).
+    control: Option<ControlState>,
+    /// This process's name as a lease holder (`HUB-ID#RANDOM`).
+    holder: String,
+    lease_ttl: Duration,
+    /// Until when this hub may act as the placer (from its last renewal).
+    lease_until: Option<Instant>,
+    /// Whether it acts as the placer (taken over, not stepped down).
+    leading: bool,
+    /// The lease's holder at the last renewal.
+    placer: Option<String>,
+    /// Edges connected to other hubs (leader only).
+    remote: BTreeMap<EdgeId, RemoteEdge>,
+    pins: Vec<StoredPin>,
     handoffs: BTreeMap<DocumentId, Handoff>,
     announced_history: std::collections::VecDeque<Announced>,
     /// Control messages for the node runtime, sent by [`run`].
@@ -205,7 +289,6 @@ impl Placer {
         metrics: Arc<PlacementMetrics>,
     ) -> Self {
         Self {
-            hub_id,
             engine: PlacementEngine::new(config),
             edges: BTreeMap::new(),
             started: Instant::now(),
@@ -217,7 +300,26 @@ impl Placer {
             handoffs: BTreeMap::new(),
             announced_history: std::collections::VecDeque::new(),
             outbox: Vec::new(),
+            holder: format!("{hub_id}#{:08x}", rand::random::<u32>()),
+            hub_id,
+            control: None,
+            lease_ttl: PLACER_LEASE,
+            lease_until: None,
+            leading: true,
+            placer: None,
+            remote: BTreeMap::new(),
+            pins: Vec::new(),
         }
+    }
+
+    /// Shares the placer's role, homes, pins and reports through `control`
+    /// with the other hubs on the store: this hub places only while it
+    /// holds the lease (`lease_ttl`).
+    pub fn with_control(mut self, control: ControlState, lease_ttl: Duration) -> Self {
+        self.control = Some(control);
+        self.lease_ttl = lease_ttl;
+        self.leading = false;
+        self
     }
 
     /// Acts on decisions: hand-offs, then `home` notices to edges.
@@ -253,9 +355,9 @@ impl Placer {
                 self.edges.insert(edge.clone(), state);
                 // A (re)connected edge learns every home that is an edge.
                 if self.moves {
-                    let docs: Vec<(DocumentId, EdgeId)> = self.announced.iter().map(|(d, e)| (*d, e.clone())).collect();
-                    for (doc, home) in docs {
-                        let notice = self.notice(doc, &Home::Edge(home));
+                    let docs: Vec<DocumentId> = self.announced.keys().copied().collect();
+                    for doc in docs {
+                        let notice = self.notice(doc, &self.announced_home(&doc));
                         self.send_control(&edge, &notice);
                     }
                 }
@@ -305,32 +407,64 @@ impl Placer {
         e.last_report.is_some_and(|t| t.elapsed() <= self.report_interval * STALE_REPORTS)
     }
 
+    /// Every edge the placer counts: this hub's, then those other hubs
+    /// reported (fresh rows only, so connected there).
+    fn views(&self) -> Vec<EdgeView> {
+        let ms = |us: Option<u64>| us.map(Duration::from_micros);
+        let mut views: Vec<EdgeView> = self
+            .edges
+            .iter()
+            .map(|(id, e)| EdgeView {
+                id: id.clone(),
+                rtt: e.reported_rtt.or(e.hub_rtt),
+                client_rtt: e.client_rtt,
+                demand: if self.fresh(e) { e.demand.iter().map(|(d, x)| (*d, *x)).collect() } else { Vec::new() },
+                peers: e.peer_rtts.iter().map(|(p, d)| (p.clone(), *d)).collect(),
+            })
+            .collect();
+        views.extend(self.remote.iter().map(|(id, r)| EdgeView {
+            id: id.clone(),
+            rtt: ms(r.report.rtt_us),
+            client_rtt: ms(r.report.client_rtt_us),
+            demand: r
+                .report
+                .demand
+                .iter()
+                .filter_map(|(d, (subscribers, writes_per_sec))| {
+                    let demand = EdgeDemand { subscribers: *subscribers, writes_per_sec: *writes_per_sec };
+                    Some((d.parse().ok()?, demand))
+                })
+                .collect(),
+            peers: r.report.peer_rtts_us.iter().map(|(p, us)| (EdgeId::new(p.clone()), Duration::from_micros(*us))).collect(),
+        }));
+        views
+    }
+
     /// The engine's inputs from the current topology.
     fn inputs(&self) -> (DemandMap, Latencies) {
         let mut demand = DemandMap::new();
         let mut latencies = Latencies::default();
-        for (id, e) in &self.edges {
-            if let Some(rtt) = e.reported_rtt.or(e.hub_rtt) {
-                latencies.edge_hub.insert(id.clone(), rtt);
+        let views = self.views();
+        for v in &views {
+            if let Some(rtt) = v.rtt {
+                latencies.edge_hub.insert(v.id.clone(), rtt);
             }
-            if let Some(rtt) = e.client_rtt {
-                latencies.client_edge.insert(id.clone(), rtt);
+            if let Some(rtt) = v.client_rtt {
+                latencies.client_edge.insert(v.id.clone(), rtt);
             }
-            if !self.fresh(e) {
-                continue;
-            }
-            for (doc, d) in &e.demand {
-                demand.entry(*doc).or_default().insert(id.clone(), *d);
+            for (doc, d) in &v.demand {
+                demand.entry(*doc).or_default().insert(v.id.clone(), *d);
             }
         }
         // Measured edge ↔ edge round trips between connected edges (the
         // smaller of the two sides' measurements).
-        for (a, e) in &self.edges {
-            for (b, rtt) in &e.peer_rtts {
-                if a == b || !self.edges.contains_key(b) {
+        let connected: std::collections::BTreeSet<&EdgeId> = views.iter().map(|v| &v.id).collect();
+        for v in &views {
+            for (b, rtt) in &v.peers {
+                if v.id == *b || !connected.contains(b) {
                     continue;
                 }
-                let key = if a < b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) };
+                let key = if v.id < *b { (v.id.clone(), b.clone()) } else { (b.clone(), v.id.clone()) };
                 let entry = latencies.edge_edge.entry(key).or_insert(*rtt);
                 *entry = (*entry).min(*rtt);
             }
@@ -338,7 +472,24 @@ impl Placer {
         (demand, latencies)
     }
 
-    fn tick(&mut self) {
+    /// One placement round: this hub's edges' reports go to the store;
+    /// the placer decides (with the reports of edges on other hubs, and the
+    /// pins), the other hubs follow the homes it announced.
+    async fn tick(&mut self) {
+        self.share_reports().await;
+        if self.leading && !self.lease_valid() {
+            self.step_down("its lease ran out before it was renewed");
+        }
+        if self.leading {
+            self.load_cluster().await;
+            self.decide();
+        } else {
+            self.follow().await;
+        }
+    }
+
+    /// Runs the placement engine on the current inputs.
+    fn decide(&mut self) {
         let (demand, latencies) = self.inputs();
         let moves = self.engine.tick(self.now(), &demand, &latencies);
         for m in &moves {
@@ -352,19 +503,203 @@ impl Placer {
         self.metrics.edges_reporting.store(reporting as u64, Relaxed);
     }
 
+    /// Whether the last renewal still covers now (always, without a store).
+    fn lease_valid(&self) -> bool {
+        self.control.is_none() || self.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Takes or renews the placer's lease; takes over or steps down.
+    pub async fn renew_lease(&mut self) {
+        let Some(control) = self.control.clone() else { return };
+        let (holder, ttl_ms) = (self.holder.clone(), self.lease_ttl.as_millis() as u64);
+        let asked = Instant::now();
+        let outcome = control
+            .call(move |s| {
+                let held = s.take_lease(LEASE_NAME, &holder, unix_ms(), ttl_ms)?;
+                let current = if held { Some(holder) } else { s.lease_holder(LEASE_NAME)?.map(|(h, _)| h) };
+                Ok((held, current))
+            })
+            .await;
+        match outcome {
+            Ok((held, current)) => {
+                // Act for two thirds of the lease from when it was asked for:
+                // the store's expiry is later, so the next placer cannot
+                // start before this one stops (clocks a second apart included).
+                self.lease_until = held.then(|| asked + self.lease_ttl * 2 / 3);
+                let previous = std::mem::replace(&mut self.placer, current);
+                if held && !self.leading {
+                    self.take_over(previous).await;
+                } else if !held && self.leading {
+                    self.step_down("another hub holds the lease");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "placement: cannot renew the placer's lease");
+                if self.leading && !self.lease_valid() {
+                    self.step_down("the store is unreachable");
+                }
+            }
+        }
+    }
+
+    /// This hub became the placer: it continues from the homes and pins
+    /// in the store (the engine starts over from them).
+    async fn take_over(&mut self, previous: Option<String>) {
+        let Some(control) = self.control.clone() else { return };
+        let loaded = control.call(|s| Ok((s.homes()?, s.pins()?))).await;
+        let (homes, pins) = match loaded {
+            Ok(v) => v,
+            Err(error) => {
+                tracing::warn!(%error, "placement: holding the lease but cannot read the homes; trying again");
+                self.lease_until = None;
+                return;
+            }
+        };
+        self.engine = PlacementEngine::new(self.engine.config().clone());
+        self.adopt_homes(homes);
+        self.adopt_pins(pins);
+        let now = self.now();
+        for (doc, home) in &self.announced {
+            self.engine.restore(*doc, Home::Edge(home.edge.clone()), Some(now), now);
+        }
+        self.handoffs.clear();
+        self.leading = true;
+        self.metrics.is_placer.store(1, Relaxed);
+        self.metrics.takeovers_total.fetch_add(1, Relaxed);
+        let previous = previous.filter(|p| *p != self.holder);
+        tracing::info!(hub = %self.hub_id, previous = previous.as_deref().unwrap_or("none"), homes = self.announced.len(), pins = self.pins.len(), "placement: this hub is the placer now");
+    }
+
+    fn step_down(&mut self, why: &str) {
+        self.leading = false;
+        self.handoffs.clear();
+        self.remote.clear();
+        self.metrics.is_placer.store(0, Relaxed);
+        self.metrics.handoffs_pending.store(0, Relaxed);
+        tracing::warn!(hub = %self.hub_id, why, "placement: this hub is no longer the placer");
+    }
+
+    /// Records each of this hub's edges' fresh reports in the store.
+    async fn share_reports(&mut self) {
+        let Some(control) = self.control.clone() else { return };
+        let at_ms = unix_ms();
+        let reports: Vec<StoredReport> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| self.fresh(e))
+            .filter_map(|(id, e)| {
+                let shared = SharedReport {
+                    rtt_us: e.reported_rtt.or(e.hub_rtt).map(|d| d.as_micros() as u64),
+                    client_rtt_us: e.client_rtt.map(|d| d.as_micros() as u64),
+                    peer_addr: e.peer_addr.clone(),
+                    peer_fingerprint: e.peer_fingerprint.clone(),
+                    demand: e.demand.iter().map(|(d, x)| (d.to_string(), (x.subscribers, x.writes_per_sec))).collect(),
+                    peer_rtts_us: e.peer_rtts.iter().map(|(p, d)| (p.to_string(), d.as_micros() as u64)).collect(),
+                };
+                let report = serde_json::to_string(&shared).ok()?;
+                Some(StoredReport { edge: id.to_string(), hub: self.hub_id.clone(), at_ms, report })
+            })
+            .collect();
+        if reports.is_empty() {
+            return;
+        }
+        if let Err(error) = control.call(move |s| s.put_reports(&reports)).await {
+            tracing::warn!(%error, "placement: cannot record the edges' reports");
+        }
+    }
+
+    /// The placer's view of the rest of the tier: fresh reports of edges
+    /// connected to other hubs, and the pins.
+    async fn load_cluster(&mut self) {
+        let Some(control) = self.control.clone() else { return };
+        let since = unix_ms().saturating_sub((self.report_interval * STALE_REPORTS).as_millis() as u64);
+        match control.call(move |s| Ok((s.reports_since(since)?, s.pins()?))).await {
+            Ok((reports, pins)) => {
+                self.remote = reports
+                    .into_iter()
+                    .filter(|r| r.hub != self.hub_id && !self.edges.contains_key(&EdgeId::new(r.edge.clone())))
+                    .filter_map(|r| {
+                        let report = serde_json::from_str(&r.report).ok()?;
+                        Some((EdgeId::new(r.edge), RemoteEdge { hub: r.hub, at_ms: r.at_ms, report }))
+                    })
+                    .collect();
+                self.adopt_pins(pins);
+            }
+            Err(error) => tracing::warn!(%error, "placement: cannot read the tier's reports and pins"),
+        }
+    }
+
+    /// Not the placer: follows the homes it announced (telling this hub's
+    /// edges of each change) and the pins.
+    async fn follow(&mut self) {
+        let Some(control) = self.control.clone() else { return };
+        match control.call(|s| Ok((s.homes()?, s.pins()?))).await {
+            Ok((homes, pins)) => {
+                let before = std::mem::take(&mut self.announced);
+                self.adopt_homes(homes);
+                self.adopt_pins(pins);
+                let changed: std::collections::BTreeSet<DocumentId> = before
+                    .iter()
+                    .filter(|(d, h)| self.announced.get(*d) != Some(*h))
+                    .map(|(d, _)| *d)
+                    .chain(self.announced.iter().filter(|(d, h)| before.get(*d) != Some(*h)).map(|(d, _)| *d))
+                    .collect();
+                if self.moves {
+                    let edges: Vec<EdgeId> = self.edges.keys().cloned().collect();
+                    for doc in changed {
+                        let notice = self.notice(doc, &self.announced_home(&doc));
+                        for e in &edges {
+                            self.send_control(e, &notice);
+                        }
+                    }
+                }
+                self.metrics.docs_homed_on_edges.store(self.announced.len() as u64, Relaxed);
+            }
+            Err(error) => tracing::warn!(%error, "placement: cannot read the announced homes"),
+        }
+    }
+
+    fn adopt_homes(&mut self, homes: Vec<StoredHome>) {
+        self.announced = homes
+            .into_iter()
+            .map(|h| {
+                let home = HomeEdge { edge: EdgeId::new(h.edge), addr: h.addr, fingerprint: h.fingerprint };
+                (h.doc, home)
+            })
+            .collect();
+    }
+
+    fn adopt_pins(&mut self, pins: Vec<StoredPin>) {
+        let engine_pins = pins
+            .iter()
+            .map(|p| (p.doc, p.edge.as_ref().map_or(Home::Hub, |e| Home::Edge(EdgeId::new(e.clone())))))
+            .collect();
+        self.engine.set_pins(engine_pins);
+        self.pins = pins;
+    }
+
+    /// Where other edges reach `edge`: its connection here, its report at
+    /// another hub, or what was announced with a home on it.
+    fn reach(&self, edge: &EdgeId) -> (Option<String>, Option<String>) {
+        if let Some(s) = self.edges.get(edge) {
+            return (s.peer_addr.clone(), s.peer_fingerprint.clone());
+        }
+        if let Some(r) = self.remote.get(edge) {
+            return (r.report.peer_addr.clone(), r.report.peer_fingerprint.clone());
+        }
+        self.announced
+            .values()
+            .find(|h| h.edge == *edge)
+            .map_or((None, None), |h| (h.addr.clone(), h.fingerprint.clone()))
+    }
+
     /// The `home` notice for a document.
     fn notice(&self, doc: DocumentId, home: &Home) -> Control {
-        let edge = match home {
-            Home::Hub => None,
-            Home::Edge(e) => Some(e),
+        let (edge, (addr, fingerprint)) = match home {
+            Home::Hub => (None, (None, None)),
+            Home::Edge(e) => (Some(e.to_string()), self.reach(e)),
         };
-        let state = edge.and_then(|e| self.edges.get(e));
-        Control::Home(HomeNotice {
-            doc,
-            edge: edge.map(|e| e.to_string()),
-            addr: state.and_then(|s| s.peer_addr.clone()),
-            fingerprint: state.and_then(|s| s.peer_fingerprint.clone()),
-        })
+        Control::Home(HomeNotice { doc, edge, addr, fingerprint })
     }
 
     fn send_control(&mut self, edge: &EdgeId, control: &Control) {
@@ -379,7 +714,7 @@ impl Placer {
         docs.into_iter()
             .filter_map(|doc| {
                 let decided = self.engine.home(&doc);
-                let current = self.announced.get(&doc).map_or(Home::Hub, |e| Home::Edge(e.clone()));
+                let current = self.announced_home(&doc);
                 (decided != current).then_some((doc, current, decided))
             })
             .collect()
@@ -390,7 +725,7 @@ impl Placer {
     /// announces the homes that are ready. The runtime is asked one
     /// document at a time; each answer is a round trip through its loop.
     pub async fn advance_handoffs(&mut self, events: &mpsc::Sender<NodeEvent>) {
-        if !self.moves {
+        if !self.moves || !self.leading {
             return;
         }
         let unsettled = self.unsettled();
@@ -413,7 +748,13 @@ impl Placer {
                 *entry = fresh();
             }
             if to != Home::Hub && to_conn.is_none() {
-                entry.status = "the new home is not connected".into();
+                entry.status = match &to {
+                    Home::Edge(e) if self.remote.contains_key(e) => format!(
+                        "the new home is connected to hub {}, not to the placer's (a hand-off needs it here)",
+                        self.remote[e].hub
+                    ),
+                    _ => "the new home is not connected".into(),
+                };
                 continue;
             }
             let (reply, answer) = oneshot::channel();
@@ -430,7 +771,7 @@ impl Placer {
                 let HandoffTargets { to: to_target, from: from_target } = status.targets;
                 entry.targets.to = entry.targets.to.take().or(to_target);
                 entry.targets.from = entry.targets.from.take().or(from_target);
-                if ready {
+                if ready && self.persist_home(doc, &to).await {
                     self.announce(doc, from, to);
                 }
             }
@@ -439,12 +780,36 @@ impl Placer {
         self.metrics.docs_homed_on_edges.store(self.announced.len() as u64, Relaxed);
     }
 
+    /// Records a home in the store before it is announced (so a placer
+    /// taking over, and the other hubs, know it); `false`: not recorded, the
+    /// hand-off is tried again.
+    async fn persist_home(&mut self, doc: DocumentId, to: &Home) -> bool {
+        let Some(control) = self.control.clone() else { return true };
+        let home = match to {
+            Home::Hub => None,
+            Home::Edge(e) => {
+                let (addr, fingerprint) = self.reach(e);
+                Some(StoredHome { doc, edge: e.to_string(), addr, fingerprint, since_ms: unix_ms() })
+            }
+        };
+        match control.call(move |s| s.set_home(&doc, home.as_ref())).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%doc, %error, "placement: cannot record the new home; the hand-off waits");
+                false
+            }
+        }
+    }
+
     /// The new home caught up: every edge is told.
     fn announce(&mut self, doc: DocumentId, from: Home, to: Home) {
         let Some(h) = self.handoffs.remove(&doc) else { return };
         match &to {
             Home::Hub => self.announced.remove(&doc),
-            Home::Edge(e) => self.announced.insert(doc, e.clone()),
+            Home::Edge(e) => {
+                let (addr, fingerprint) = self.reach(e);
+                self.announced.insert(doc, HomeEdge { edge: e.clone(), addr, fingerprint })
+            }
         };
         let took_ms = h.started.elapsed().as_millis() as u64;
         tracing::info!(%doc, %from, %to, took_ms, "placement: home handed off and announced");
@@ -462,7 +827,7 @@ impl Placer {
 
     /// The announced home of a document.
     pub fn announced_home(&self, doc: &DocumentId) -> Home {
-        self.announced.get(doc).map_or(Home::Hub, |e| Home::Edge(e.clone()))
+        self.announced.get(doc).map_or(Home::Hub, |h| Home::Edge(h.edge.clone()))
     }
 
     fn placement_json(&self) -> Value {
@@ -496,7 +861,26 @@ impl Placer {
                 })
             })
             .collect();
+        let homes: Vec<Value> = self
+            .announced
+            .iter()
+            .map(|(doc, h)| json!({ "doc": doc.to_string(), "edge": h.edge, "addr": h.addr }))
+            .collect();
+        let pins: Vec<Value> = self
+            .pins
+            .iter()
+            .map(|p| json!({ "doc": p.doc.to_string(), "to": p.edge.as_deref().unwrap_or("hub"), "at_ms": p.at_ms }))
+            .collect();
+        let holder_hub = |h: &String| h.rsplit_once('#').map_or(h.clone(), |(hub, _)| hub.to_owned());
         json!({
+            "placer": {
+                "this_hub": self.leading,
+                "hub": self.placer.as_ref().map(holder_hub).or_else(|| self.control.is_none().then(|| self.hub_id.clone())),
+                "holder": self.placer,
+                "lease_ttl_ms": self.control.as_ref().map(|_| self.lease_ttl.as_millis() as u64),
+            },
+            "homes": homes,
+            "pins": pins,
             "advisory": !self.moves,
             "moves_enabled": self.moves,
             "handoffs": handoffs,
@@ -539,10 +923,23 @@ impl Placer {
                 })
             })
             .collect();
+        let elsewhere: Vec<Value> = self
+            .remote
+            .iter()
+            .map(|(id, r)| {
+                json!({
+                    "id": id,
+                    "hub": r.hub,
+                    "report_age_ms": unix_ms().saturating_sub(r.at_ms),
+                    "docs_reported": r.report.demand.len(),
+                })
+            })
+            .collect();
         json!({
             "hub": self.hub_id,
             "report_interval_ms": self.report_interval.as_millis() as u64,
             "edges": edges,
+            "edges_on_other_hubs": elsewhere,
             "rtt_matrix_ms": self.rtt_matrix(),
             "edge_edge_measured": self.edges.values().any(|e| !e.peer_rtts.is_empty()),
         })
@@ -605,13 +1002,16 @@ pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>, no
     // few round trips, and the announcement should follow it closely.
     let mut handoff_tick = tokio::time::interval(placer.placement_interval.min(Duration::from_millis(100)));
     handoff_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lease_tick = tokio::time::interval((placer.lease_ttl / 3).max(Duration::from_millis(10)));
+    lease_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             event = events.recv() => match event {
                 Some(e) => placer.handle(e),
                 None => break,
             },
-            _ = tick.tick() => placer.tick(),
+            _ = lease_tick.tick(), if placer.control.is_some() => placer.renew_lease().await,
+            _ = tick.tick() => placer.tick().await,
             _ = handoff_tick.tick() => placer.advance_handoffs(&node).await,
         }
         for e in std::mem::take(&mut placer.outbox) {
@@ -667,7 +1067,7 @@ mod tests {
         up(&mut p, "us", 2, 1);
         report(&mut p, "eu", 1, doc, 10);
         report(&mut p, "us", 99, doc, 1000); // a stale connection's report is dropped
-        p.tick();
+        p.decide();
         assert_eq!(home_of(&p, doc), json!({"edge": "eu"}));
         let explained = &p.placement_json()["documents"][0];
         assert_eq!(explained["demand"]["eu"]["writes_per_sec"], 10.0);
@@ -676,10 +1076,10 @@ mod tests {
         assert_eq!(p.topology_json()["rtt_matrix_ms"]["eu"]["hub"], 30.0, "the edge's own measurement wins");
         // An old connection of eu going away changes nothing; the current one does.
         p.handle(PlacerEvent::EdgeDown { edge: EdgeId::new("eu"), conn: 7 });
-        p.tick();
+        p.decide();
         assert_eq!(home_of(&p, doc), json!({"edge": "eu"}));
         p.handle(PlacerEvent::EdgeDown { edge: EdgeId::new("eu"), conn: 1 });
-        p.tick();
+        p.decide();
         assert_eq!(home_of(&p, doc), json!("hub"));
         assert_eq!(p.topology_json()["edges"].as_array().map(Vec::len), Some(1));
     }
@@ -688,7 +1088,8 @@ mod tests {
     fn placement_metrics_render_with_their_documented_names() {
         let text = PlacementMetrics::default().render();
         let names = ["decisions_total", "moves_total", "docs_tracked", "reports_total", "edges_reporting"];
-        for name in names.into_iter().chain(["handoffs_total", "handoffs_pending", "docs_homed_on_edges"]) {
+        let more = ["handoffs_total", "handoffs_pending", "docs_homed_on_edges", "is_placer", "takeovers_total"];
+        for name in names.into_iter().chain(more) {
             assert!(text.contains(&format!("\nmeridian_hub_placement_{name} 0\n")), "{name} in {text}");
         }
     }

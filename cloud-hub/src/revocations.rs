@@ -1,10 +1,14 @@
-//! Revoked tokens: kept in the hub's data folder (`revocations.json`, so
-//! they survive restarts), pushed to every edge (all of them after
-//! `welcome`, then each change), and added over `POST /api/auth/revoke`
-//! (what `meridian-hub auth revoke` calls).
+//! Revoked tokens: kept in the hub's store (table `revocations`, so they
+//! survive restarts and every hub on a shared store has them), pushed to
+//! every edge (all of them after `welcome`, then each change), and added
+//! over `POST /api/auth/revoke` (what `meridian-hub auth revoke` calls).
+//! A hub reads the store again every [`FOLLOW_EVERY`], so a revocation
+//! made through another hub reaches its edges and clients too. A
+//! `revocations.json` an older hub left in the data folder is imported.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -16,20 +20,33 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::HubError;
+use crate::control::ControlState;
+
+/// How often a hub reads the revocations in the store again.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 /// The hub's revocations and their subscribers (one per connected edge).
 #[derive(Debug)]
 pub struct Revocations {
-    path: PathBuf,
+    control: ControlState,
     list: watch::Sender<Vec<Revocation>>,
 }
 
 impl Revocations {
-    /// Reads `dir/revocations.json` (none yet: an empty list).
-    pub fn load(dir: &Path) -> Result<Self, HubError> {
+    /// Reads the revocations in the store, after importing those of a
+    /// `dir/revocations.json` an older hub kept.
+    pub async fn load(control: ControlState, dir: &Path) -> Result<Self, HubError> {
         let path = dir.join("revocations.json");
-        let list = auth::load_revocations(&path).map_err(|source| HubError::Io { path: path.clone(), source })?;
-        Ok(Self { path, list: watch::Sender::new(list) })
+        let old = auth::load_revocations(&path).map_err(|source| HubError::Io { path: path.clone(), source })?;
+        let list = control
+            .call(move |s| {
+                for r in &old {
+                    s.add_revocation(r)?;
+                }
+                s.revocations()
+            })
+            .await?;
+        Ok(Self { control, list: watch::Sender::new(list) })
     }
 
     pub fn list(&self) -> Vec<Revocation> {
@@ -41,15 +58,45 @@ impl Revocations {
     }
 
     /// Adds one, stored before it is announced; `false` if it was known.
-    pub fn add(&self, r: Revocation) -> Result<bool, HubError> {
-        let mut list = self.list();
-        if list.contains(&r) {
-            return Ok(false);
-        }
-        list.push(r);
-        auth::save_revocations(&self.path, &list).map_err(|source| HubError::Io { path: self.path.clone(), source })?;
+    pub async fn add(&self, r: Revocation) -> Result<bool, HubError> {
+        let (added, list) = self.control.call(move |s| Ok((s.add_revocation(&r)?, s.revocations()?))).await?;
         self.list.send_replace(list);
-        Ok(true)
+        Ok(added)
+    }
+
+    /// Reads the store again; the revocations it did not know yet (made
+    /// through another hub), which its edges are then told of.
+    pub async fn refresh(&self) -> Result<Vec<Revocation>, HubError> {
+        let list = self.control.call(|s| s.revocations()).await?;
+        let known = self.list();
+        let new: Vec<Revocation> = list.iter().filter(|r| !known.contains(r)).cloned().collect();
+        if !new.is_empty() {
+            self.list.send_replace(list);
+        }
+        Ok(new)
+    }
+}
+
+/// Follows the store every [`FOLLOW_EVERY`]: a revocation another hub
+/// stored is applied here too (the clients this hub serves, live
+/// connections holding the token, and its edges through the subscribers).
+pub async fn follow(revocations: Arc<Revocations>, keyring: Option<Arc<Keyring>>, events: mpsc::Sender<NodeEvent>) {
+    let mut every = tokio::time::interval(FOLLOW_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        match revocations.refresh().await {
+            Ok(new) if !new.is_empty() => {
+                if let Some(k) = &keyring {
+                    k.revoke(&new);
+                }
+                auth::close_revoked(&events, &new).await;
+                tracing::info!(count = new.len(), "revocations made through another hub; telling every edge");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot read the revocations in the store"),
+        }
     }
 }
 
@@ -85,8 +132,11 @@ pub async fn revoke(
         return Err((StatusCode::BAD_REQUEST, "give `jti` (one token) or `sub` (every token of a subject)\n".into()));
     }
     let revocation = Revocation { jti, sub, at: auth::unix_now() };
-    let new =
-        api.revocations.add(revocation.clone()).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
+    let new = api
+        .revocations
+        .add(revocation.clone())
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")))?;
     if let Some(k) = &api.keyring {
         k.revoke(std::slice::from_ref(&revocation));
     }

@@ -6,7 +6,8 @@
 use anyhow::Result;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ChangeHash, ROOT, ReadDoc};
-use meridian_node::store::{DocStore, PostgresStore};
+use meridian_node::auth::Revocation;
+use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoredHome, StoredPin, StoredReport};
 use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use meridian_tests::pg::Postgres;
@@ -96,8 +97,9 @@ fn the_store_contract_on_postgres() -> Result<()> {
     drop(store);
     let again = PostgresStore::open(&pg.url())?;
     assert_eq!(again.storage_id(), &id);
-    let versions: i64 = pg.client()?.query_one("SELECT COUNT(*) FROM schema_migrations", &[])?.get(0);
-    assert_eq!(versions, 1);
+    let row = pg.client()?.query_one("SELECT COUNT(*), CAST(MAX(version) AS BIGINT) FROM schema_migrations", &[])?;
+    let (rows, latest): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, latest), (2, 2), "versions 1 and 2, each recorded once");
     Ok(())
 }
 
@@ -164,6 +166,70 @@ fn hubs_opening_a_fresh_database_at_once_all_start() -> Result<()> {
 fn a_lease_is_held_by_one_hub_at_a_time() -> Result<()> {
     let pg = Postgres::start()?;
     let (mut h1, mut h2) = (PostgresStore::open(&pg.url())?, PostgresStore::open(&pg.url())?);
+    leases(&mut h1, &mut h2)?;
+    // The same rules on SQLite (a hub alone, its lease on its own file).
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hub.sqlite3");
+    let (mut s1, mut s2) = (SqliteStore::open(&path)?, SqliteStore::open(&path)?);
+    leases(&mut s1, &mut s2)
+}
+
+/// The control state (homes, pins, reports, revocations) written through
+/// one connection is what another reads, on both backends.
+#[test]
+fn the_control_state_is_shared_through_the_store() -> Result<()> {
+    let pg = Postgres::start()?;
+    let (mut h1, mut h2) = (PostgresStore::open(&pg.url())?, PostgresStore::open(&pg.url())?);
+    control_state(&mut h1, &mut h2)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("hub.sqlite3");
+    let (mut s1, mut s2) = (SqliteStore::open(&path)?, SqliteStore::open(&path)?);
+    control_state(&mut s1, &mut s2)
+}
+
+fn control_state(a: &mut dyn ControlStore, b: &mut dyn ControlStore) -> Result<()> {
+    let home = |n: u8, edge: &str| StoredHome {
+        doc: doc(n),
+        edge: edge.into(),
+        addr: Some(format!("127.0.0.1:{n}")),
+        fingerprint: None,
+        since_ms: 7,
+    };
+    a.set_home(&doc(1), Some(&home(1, "eu")))?;
+    a.set_home(&doc(2), Some(&home(2, "eu")))?;
+    b.set_home(&doc(2), Some(&home(2, "us")))?;
+    assert_eq!(a.homes()?, vec![home(1, "eu"), home(2, "us")], "one row per document, the last write wins");
+    b.set_home(&doc(1), None)?;
+    assert_eq!(a.homes()?, vec![home(2, "us")], "back at the hub: no row");
+
+    let pin = |n: u8, edge: Option<&str>| StoredPin { doc: doc(n), edge: edge.map(Into::into), at_ms: 9 };
+    assert!(a.set_pin(&doc(3), Some(&pin(3, Some("eu"))))?);
+    assert!(a.set_pin(&doc(4), Some(&pin(4, None)))?);
+    assert_eq!(b.pins()?, vec![pin(3, Some("eu")), pin(4, None)]);
+    assert!(b.set_pin(&doc(3), None)?);
+    assert!(!b.set_pin(&doc(3), None)?, "nothing left to remove");
+    assert_eq!(a.pins()?, vec![pin(4, None)]);
+
+    let report = |edge: &str, hub: &str, at_ms: u64| StoredReport {
+        edge: edge.into(),
+        hub: hub.into(),
+        at_ms,
+        report: format!("{{\"at\":{at_ms}}}"),
+    };
+    a.put_reports(&[report("eu", "h1", 1_000), report("us", "h1", 1_000)])?;
+    b.put_reports(&[report("us", "h2", 3_000)])?;
+    assert_eq!(a.reports_since(0)?, vec![report("eu", "h1", 1_000), report("us", "h2", 3_000)]);
+    assert_eq!(a.reports_since(2_000)?, vec![report("us", "h2", 3_000)], "stale reports are left out");
+
+    let r = |jti: Option<&str>, sub: Option<&str>, at: u64| Revocation { jti: jti.map(Into::into), sub: sub.map(Into::into), at };
+    assert!(a.add_revocation(&r(Some("t1"), None, 5))?);
+    assert!(!b.add_revocation(&r(Some("t1"), None, 5))?, "the same revocation twice is one");
+    assert!(b.add_revocation(&r(None, Some("mallory"), 6))?);
+    assert_eq!(a.revocations()?, vec![r(Some("t1"), None, 5), r(None, Some("mallory"), 6)]);
+    Ok(())
+}
+
+fn leases(h1: &mut dyn ControlStore, h2: &mut dyn ControlStore) -> Result<()> {
     assert!(h1.take_lease("placer", "h1", 1_000, 5_000)?);
     assert!(!h2.take_lease("placer", "h2", 2_000, 5_000)?, "held by h1 until 6,000");
     assert!(h1.take_lease("placer", "h1", 4_000, 5_000)?, "h1 renews it until 9,000");

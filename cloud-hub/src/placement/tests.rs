@@ -51,6 +51,31 @@ fn a_document_written_from_one_region_moves_to_that_edge() {
 }
 
 #[test]
+fn a_pin_wins_over_costs_and_dwell_while_its_edge_is_connected() {
+    let config = PlacementConfig { min_dwell: Duration::from_secs(3600), ..Default::default() };
+    let mut p = PlacementEngine::new(config);
+    let l = lat(&[("eu", 40), ("us", 10)]);
+    let demand = one(doc(1), writes(&[("eu", 2.0)]));
+    assert_eq!(p.tick(secs(1), &demand, &l)[0].to, Home::Edge(edge("eu")));
+    // Pinned to us although eu writes it and it just moved (dwell).
+    p.set_pins(BTreeMap::from([(doc(1), Home::Edge(edge("us"))), (doc(2), Home::Edge(edge("us")))]));
+    let moves = p.tick(secs(2), &demand, &l);
+    let to: Vec<(DocumentId, Home, MoveReason)> = moves.iter().map(|m| (m.doc, m.to.clone(), m.reason)).collect();
+    let us = Home::Edge(edge("us"));
+    assert_eq!(to, vec![(doc(1), us.clone(), MoveReason::Pinned), (doc(2), us.clone(), MoveReason::Pinned)]);
+    assert_eq!(p.explanations()[&doc(1)].verdict, Verdict::Moved { reason: MoveReason::Pinned });
+    assert!(p.tick(secs(3), &demand, &l).is_empty(), "it stays");
+    assert_eq!(p.explanations()[&doc(2)].verdict, Verdict::Pinned, "a pinned document without demand is kept");
+    // us gone: placed as if unpinned (its home is unreachable: eu, where the writes are).
+    let without_us = lat(&[("eu", 40)]);
+    let moves = p.tick(secs(4), &demand, &without_us);
+    assert!(moves.iter().any(|m| m.doc == doc(1) && m.to == Home::Edge(edge("eu"))), "{moves:?}");
+    // Unpinned and back: no move without a reason.
+    p.set_pins(BTreeMap::new());
+    assert!(p.tick(secs(5), &demand, &l).iter().all(|m| m.doc != doc(1)));
+}
+
+#[test]
 fn a_gain_under_the_absolute_threshold_does_not_move() {
     let mut p = PlacementEngine::new(PlacementConfig::default());
     let moves = p.tick(secs(1), &one(doc(1), writes(&[("eu", 2.0)])), &lat(&[("eu", 4)]));

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 pub use postgres::{OUTAGE_WAIT, PostgresStore, redact};
 pub use sqlite::{SqliteStore, StoreOptions, creator_of};
 
+
 /// What the node runtime needs from a document store. SQLite is the
 /// embedded default; a server-grade backend (e.g. a distributed SQL engine
 /// behind several hub processes, DESIGN.md §8) implements the same trait.
@@ -33,6 +34,74 @@ pub trait DocStore: Send + 'static {
     /// seconds); a document's first record stands.
     fn record_creator(&mut self, doc: &DocumentId, subject: &str, at: u64) -> Result<(), StoreError>;
 }
+/// The cloud tier's control state, kept in the hub's store so that every
+/// hub on one database shares it and a restarted hub finds it again:
+/// named leases (one placer at a time), the homes the placer announced,
+/// operators' pins, the edges' latest demand reports (so the placer sees
+/// edges connected to any hub), and revoked tokens. Every method is one
+/// statement or one transaction; callers run them off async threads.
+pub trait ControlStore: Send + 'static {
+    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
+    /// (Unix milliseconds): granted when nobody holds it, `holder` already
+    /// does, or the holder's has expired. `true`: `holder` holds it now.
+    fn take_lease(&mut self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError>;
+    /// Who holds the lease `name`, until when (Unix milliseconds).
+    fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError>;
+    /// Every announced home on an edge (a document absent is homed at the hub).
+    fn homes(&mut self) -> Result<Vec<StoredHome>, StoreError>;
+    /// Records an announced home: on an edge (`Some`), or back at the hub.
+    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError>;
+    /// Every operator's pin.
+    fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError>;
+    /// Pins a document (`Some`) or removes its pin; `true` if that changed anything.
+    fn set_pin(&mut self, doc: &DocumentId, pin: Option<&StoredPin>) -> Result<bool, StoreError>;
+    /// Records the latest report of each edge (one row per edge).
+    fn put_reports(&mut self, reports: &[StoredReport]) -> Result<(), StoreError>;
+    /// Reports recorded at or after `since_ms`.
+    fn reports_since(&mut self, since_ms: u64) -> Result<Vec<StoredReport>, StoreError>;
+    /// Every revoked token, oldest first.
+    fn revocations(&mut self) -> Result<Vec<crate::auth::Revocation>, StoreError>;
+    /// Adds a revocation; `false` if it was there already.
+    fn add_revocation(&mut self, r: &crate::auth::Revocation) -> Result<bool, StoreError>;
+}
+
+/// A document's home on an edge, as the placer announced it: the edge, and
+/// where other edges reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHome {
+    pub edge: String,
+    pub addr: Option<String>,
+    pub fingerprint: Option<String>,
+    /// When it was announced (Unix milliseconds).
+    pub since_ms: u64,
+    pub doc: DocumentId,
+}
+
+/// An operator's pin of a document's home: to an edge, or to the hub (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredPin {
+    pub doc: DocumentId,
+    pub edge: Option<String>,
+    /// When it was set (Unix milliseconds).
+    pub at_ms: u64,
+}
+
+/// An edge's latest demand report, as the hub it is connected to saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReport {
+    pub edge: String,
+    pub hub: String,
+    /// When the hub recorded it (Unix milliseconds).
+    pub at_ms: u64,
+    /// The report, in the placer's JSON form.
+    pub report: String,
+}
+
+/// The key a revocation is stored under (the same revocation twice is one row).
+pub(crate) fn revocation_key(r: &crate::auth::Revocation) -> String {
+    serde_json::json!([r.jti, r.sub, r.at]).to_string()
+}
+
 /// Why the store could not be opened or queried.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,4 +130,7 @@ pub enum StoreError {
     /// A query failed on PostgreSQL.
     #[error("PostgreSQL query failed: {0}")]
     PostgresQuery(#[from] ::postgres::Error),
+    /// The database server cannot be reached right now.
+    #[error("{0} is unreachable")]
+    Unreachable(String),
 }

@@ -10,6 +10,9 @@
 //! - `sync_states`, `creators`: as in SQLite.
 //! - `leases`: named leases with a holder and an expiry (the placer's, one
 //!   at a time across hubs): compare-and-set rows, no advisory locks.
+//! - `homes`, `pins`, `edge_reports`, `revocations`: the tier's control
+//!   state ([`ControlStore`]): announced homes, operators' pins, each edge's
+//!   latest demand report, revoked tokens.
 //! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
 //!   written by a newer build is refused.
 //!
@@ -40,7 +43,8 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use postgres::{Client, NoTls, Transaction};
 
-use super::{DocStore, StoreError};
+use super::{ControlStore, DocStore, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
+use crate::auth::Revocation;
 
 /// The `meta` key under which the store's own storage id is kept.
 const STORAGE_ID_KEY: &str = "storage_id";
@@ -90,6 +94,31 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          holder     TEXT NOT NULL,
          expires_ms BIGINT NOT NULL
      );",
+    // Version 2: the control state (ControlStore).
+    "CREATE TABLE IF NOT EXISTS homes (
+         doc_id      BYTEA PRIMARY KEY CHECK (length(doc_id) = 16),
+         edge        TEXT NOT NULL,
+         addr        TEXT,
+         fingerprint TEXT,
+         since_ms    BIGINT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS pins (
+         doc_id BYTEA PRIMARY KEY CHECK (length(doc_id) = 16),
+         edge   TEXT,
+         at_ms  BIGINT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS edge_reports (
+         edge   TEXT PRIMARY KEY,
+         hub    TEXT NOT NULL,
+         at_ms  BIGINT NOT NULL,
+         report TEXT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS revocations (
+         key TEXT PRIMARY KEY,
+         jti TEXT,
+         sub TEXT,
+         at  BIGINT NOT NULL
+     );",
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
@@ -117,6 +146,21 @@ const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_ms) VALUES (
      WHERE leases.holder = excluded.holder OR leases.expires_ms < $4 \
      RETURNING holder";
 const LEASE_HOLDER: &str = "SELECT holder, expires_ms FROM leases WHERE name = $1";
+const HOMES: &str = "SELECT doc_id, edge, addr, fingerprint, since_ms FROM homes ORDER BY doc_id";
+const PUT_HOME: &str = "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, addr = excluded.addr, \
+     fingerprint = excluded.fingerprint, since_ms = excluded.since_ms";
+const DELETE_HOME: &str = "DELETE FROM homes WHERE doc_id = $1";
+const PINS: &str = "SELECT doc_id, edge, at_ms FROM pins ORDER BY doc_id";
+const PUT_PIN: &str = "INSERT INTO pins (doc_id, edge, at_ms) VALUES ($1, $2, $3) \
+     ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, at_ms = excluded.at_ms";
+const DELETE_PIN: &str = "DELETE FROM pins WHERE doc_id = $1";
+const PUT_REPORT: &str = "INSERT INTO edge_reports (edge, hub, at_ms, report) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (edge) DO UPDATE SET hub = excluded.hub, at_ms = excluded.at_ms, report = excluded.report";
+const REPORTS_SINCE: &str = "SELECT edge, hub, at_ms, report FROM edge_reports WHERE at_ms >= $1 ORDER BY edge";
+const REVOCATIONS: &str = "SELECT jti, sub, at FROM revocations ORDER BY at, key";
+const ADD_REVOCATION: &str = "INSERT INTO revocations (key, jti, sub, at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (key) DO NOTHING";
 
 /// Every statement the store runs besides [`MIGRATIONS`] (checked by the
 /// portability test).
@@ -141,6 +185,16 @@ const STATEMENTS: &[&str] = &[
     CREATOR,
     TAKE_LEASE,
     LEASE_HOLDER,
+    HOMES,
+    PUT_HOME,
+    DELETE_HOME,
+    PINS,
+    PUT_PIN,
+    DELETE_PIN,
+    PUT_REPORT,
+    REPORTS_SINCE,
+    REVOCATIONS,
+    ADD_REVOCATION,
 ];
 
 /// The schema version this build creates and understands.
@@ -219,20 +273,14 @@ impl PostgresStore {
         &self.target
     }
 
-    /// Takes or renews the lease `name` for `holder` until `now_ms + ttl_ms`
-    /// (Unix milliseconds, this host's clock): granted when nobody holds it,
-    /// `holder` already does, or the holder's expired. `true`: `holder`
-    /// holds it now.
-    pub fn take_lease(&mut self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError> {
-        let expires = now_ms.saturating_add(ttl_ms) as i64;
-        let rows = self.client.query(TAKE_LEASE, &[&name, &holder, &expires, &(now_ms as i64)])?;
-        Ok(rows.first().is_some_and(|r| r.get::<_, String>(0) == holder))
-    }
-
-    /// Who holds the lease `name`, until when (Unix milliseconds).
-    pub fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
-        let row = self.client.query_opt(LEASE_HOLDER, &[&name])?;
-        Ok(row.map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)))
+    /// The open connection, opened again if it was lost; an error while
+    /// the server is unreachable (control calls do not wait it out).
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.connected() {
+            Ok(&mut self.client)
+        } else {
+            Err(StoreError::Unreachable(format!("PostgreSQL at {}", self.target)))
+        }
     }
 
     /// Who created `doc` and when (Unix seconds).
@@ -351,6 +399,100 @@ impl DocStore for PostgresStore {
     fn record_creator(&mut self, doc: &DocumentId, subject: &str, at: u64) -> Result<(), StoreError> {
         self.client.execute(RECORD_CREATOR, &[&doc.as_bytes().as_slice(), &subject, &(at as i64)])?;
         Ok(())
+    }
+}
+
+impl ControlStore for PostgresStore {
+    fn take_lease(&mut self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError> {
+        let expires = now_ms.saturating_add(ttl_ms) as i64;
+        let rows = self.client()?.query(TAKE_LEASE, &[&name, &holder, &expires, &(now_ms as i64)])?;
+        Ok(rows.first().is_some_and(|r| r.get::<_, String>(0) == holder))
+    }
+
+    fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let row = self.client()?.query_opt(LEASE_HOLDER, &[&name])?;
+        Ok(row.map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64)))
+    }
+
+    fn homes(&mut self) -> Result<Vec<StoredHome>, StoreError> {
+        let rows = self.client()?.query(HOMES, &[])?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(StoredHome {
+                    doc: doc_id(r.get(0))?,
+                    edge: r.get(1),
+                    addr: r.get(2),
+                    fingerprint: r.get(3),
+                    since_ms: r.get::<_, i64>(4).max(0) as u64,
+                })
+            })
+            .collect())
+    }
+
+    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError> {
+        let id = doc.as_bytes().as_slice();
+        let client = self.client()?;
+        match home {
+            Some(h) => client.execute(PUT_HOME, &[&id, &h.edge, &h.addr, &h.fingerprint, &(h.since_ms as i64)])?,
+            None => client.execute(DELETE_HOME, &[&id])?,
+        };
+        Ok(())
+    }
+
+    fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError> {
+        let rows = self.client()?.query(PINS, &[])?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(StoredPin { doc: doc_id(r.get(0))?, edge: r.get(1), at_ms: r.get::<_, i64>(2).max(0) as u64 })
+            })
+            .collect())
+    }
+
+    fn set_pin(&mut self, doc: &DocumentId, pin: Option<&StoredPin>) -> Result<bool, StoreError> {
+        let id = doc.as_bytes().as_slice();
+        let client = self.client()?;
+        let changed = match pin {
+            Some(p) => client.execute(PUT_PIN, &[&id, &p.edge, &(p.at_ms as i64)])?,
+            None => client.execute(DELETE_PIN, &[&id])?,
+        };
+        Ok(changed > 0)
+    }
+
+    fn put_reports(&mut self, reports: &[StoredReport]) -> Result<(), StoreError> {
+        if reports.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.client()?.transaction()?;
+        for r in reports {
+            tx.execute(PUT_REPORT, &[&r.edge, &r.hub, &(r.at_ms as i64), &r.report])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn reports_since(&mut self, since_ms: u64) -> Result<Vec<StoredReport>, StoreError> {
+        let rows = self.client()?.query(REPORTS_SINCE, &[&(since_ms as i64)])?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredReport {
+                edge: r.get(0),
+                hub: r.get(1),
+                at_ms: r.get::<_, i64>(2).max(0) as u64,
+                report: r.get(3),
+            })
+            .collect())
+    }
+
+    fn revocations(&mut self) -> Result<Vec<Revocation>, StoreError> {
+        let rows = self.client()?.query(REVOCATIONS, &[])?;
+        Ok(rows.iter().map(|r| Revocation { jti: r.get(0), sub: r.get(1), at: r.get::<_, i64>(2).max(0) as u64 }).collect())
+    }
+
+    fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {
+        let key = revocation_key(r);
+        Ok(self.client()?.execute(ADD_REVOCATION, &[&key, &r.jti, &r.sub, &(r.at as i64)])? > 0)
     }
 }
 

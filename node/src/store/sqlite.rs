@@ -9,6 +9,9 @@
 //!   by insertion. `kind` is `snapshot` (written by compaction) or
 //!   `incremental` (appended changes).
 //! - `sync_states`: the persisted sync state per document and remote store.
+//! - `creators`: who created each document (a token's `sub`), and when.
+//! - `leases`, `homes`, `pins`, `edge_reports`, `revocations`: a hub's
+//!   control state ([`ControlStore`]); empty on edges.
 //!
 //! The schema version lives in `PRAGMA user_version`; [`MIGRATIONS`] are
 //! applied in order at open, and a database written by a newer build is
@@ -33,7 +36,8 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{DocStore, StoreError};
+use super::{ControlStore, DocStore, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
+use crate::auth::Revocation;
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +71,36 @@ const MIGRATIONS: &[&str] = &[
          doc_id     BLOB PRIMARY KEY CHECK (length(doc_id) = 16),
          subject    TEXT NOT NULL,
          created_at INTEGER NOT NULL
+     ) STRICT;",
+    // Version 3: a hub's control state (ControlStore).
+    "CREATE TABLE leases (
+         name       TEXT PRIMARY KEY,
+         holder     TEXT NOT NULL,
+         expires_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE homes (
+         doc_id      BLOB PRIMARY KEY CHECK (length(doc_id) = 16),
+         edge        TEXT NOT NULL,
+         addr        TEXT,
+         fingerprint TEXT,
+         since_ms    INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE pins (
+         doc_id BLOB PRIMARY KEY CHECK (length(doc_id) = 16),
+         edge   TEXT,
+         at_ms  INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE edge_reports (
+         edge   TEXT PRIMARY KEY,
+         hub    TEXT NOT NULL,
+         at_ms  INTEGER NOT NULL,
+         report TEXT NOT NULL
+     ) STRICT;
+     CREATE TABLE revocations (
+         key TEXT PRIMARY KEY,
+         jti TEXT,
+         sub TEXT,
+         at  INTEGER NOT NULL
      ) STRICT;",
 ];
 
@@ -118,6 +152,123 @@ impl DocStore for SqliteStore {
             .prepare_cached("INSERT OR IGNORE INTO creators (doc_id, subject, created_at) VALUES (?1, ?2, ?3)")?
             .execute(rusqlite::params![doc.as_bytes().as_slice(), subject, at as i64])?;
         Ok(())
+    }
+}
+
+impl ControlStore for SqliteStore {
+    fn take_lease(&mut self, name: &str, holder: &str, now_ms: u64, ttl_ms: u64) -> Result<bool, StoreError> {
+        let expires = now_ms.saturating_add(ttl_ms) as i64;
+        let got: Option<String> = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms \
+                 WHERE leases.holder = excluded.holder OR leases.expires_ms < ?4 RETURNING holder",
+            )?
+            .query_row(params![name, holder, expires, now_ms as i64], |r| r.get(0))
+            .optional()?;
+        Ok(got.as_deref() == Some(holder))
+    }
+
+    fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached("SELECT holder, expires_ms FROM leases WHERE name = ?1")?
+            .query_row([name], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))
+            .optional()?;
+        Ok(row)
+    }
+
+    fn homes(&mut self) -> Result<Vec<StoredHome>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT doc_id, edge, addr, fingerprint, since_ms FROM homes ORDER BY doc_id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredHome {
+                doc: DocumentId::from_bytes(r.get(0)?),
+                edge: r.get(1)?,
+                addr: r.get(2)?,
+                fingerprint: r.get(3)?,
+                since_ms: r.get::<_, i64>(4)?.max(0) as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError> {
+        let id = doc.as_bytes().as_slice();
+        match home {
+            Some(h) => self.conn.prepare_cached(
+                "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, addr = excluded.addr, \
+                 fingerprint = excluded.fingerprint, since_ms = excluded.since_ms",
+            )?
+            .execute(params![id, h.edge, h.addr, h.fingerprint, h.since_ms as i64])?,
+            None => self.conn.prepare_cached("DELETE FROM homes WHERE doc_id = ?1")?.execute([id])?,
+        };
+        Ok(())
+    }
+
+    fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT doc_id, edge, at_ms FROM pins ORDER BY doc_id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredPin { doc: DocumentId::from_bytes(r.get(0)?), edge: r.get(1)?, at_ms: r.get::<_, i64>(2)?.max(0) as u64 })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn set_pin(&mut self, doc: &DocumentId, pin: Option<&StoredPin>) -> Result<bool, StoreError> {
+        let id = doc.as_bytes().as_slice();
+        let changed = match pin {
+            Some(p) => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO pins (doc_id, edge, at_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, at_ms = excluded.at_ms",
+                )?
+                .execute(params![id, p.edge, p.at_ms as i64])?,
+            None => self.conn.prepare_cached("DELETE FROM pins WHERE doc_id = ?1")?.execute([id])?,
+        };
+        Ok(changed > 0)
+    }
+
+    fn put_reports(&mut self, reports: &[StoredReport]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO edge_reports (edge, hub, at_ms, report) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (edge) DO UPDATE SET hub = excluded.hub, at_ms = excluded.at_ms, report = excluded.report",
+            )?;
+            for r in reports {
+                stmt.execute(params![r.edge, r.hub, r.at_ms as i64, r.report])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn reports_since(&mut self, since_ms: u64) -> Result<Vec<StoredReport>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT edge, hub, at_ms, report FROM edge_reports WHERE at_ms >= ?1 ORDER BY edge")?;
+        let rows = stmt.query_map([since_ms as i64], |r| {
+            Ok(StoredReport { edge: r.get(0)?, hub: r.get(1)?, at_ms: r.get::<_, i64>(2)?.max(0) as u64, report: r.get(3)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revocations(&mut self) -> Result<Vec<Revocation>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT jti, sub, at FROM revocations ORDER BY at, key")?;
+        let rows = stmt.query_map([], |r| Ok(Revocation { jti: r.get(0)?, sub: r.get(1)?, at: r.get::<_, i64>(2)?.max(0) as u64 }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {
+        let added = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO revocations (key, jti, sub, at) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![revocation_key(r), r.jti, r.sub, r.at as i64])?;
+        Ok(added > 0)
     }
 }
 
