@@ -56,6 +56,11 @@ use crate::placement::{DemandMap, EdgeDemand, EdgeId, Home, Latencies, Placement
 pub const PLACER_LEASE: Duration = Duration::from_secs(3);
 /// The lease's name in the store.
 const LEASE_NAME: &str = "placer";
+/// About how long the edges of a hub that died take to reach another (the
+/// uplink's idle timeout, then a connect). A placer that took over with
+/// homes on edges decides nothing for this plus [`STALE_REPORTS`] report
+/// intervals, so homes on edges that are failing over are not left.
+pub const EDGE_FAILOVER: Duration = Duration::from_secs(5);
 
 /// Reports older than this many intervals no longer count as demand.
 pub const STALE_REPORTS: u32 = 3;
@@ -271,6 +276,8 @@ pub struct Placer {
     leading: bool,
     /// The lease's holder at the last renewal.
     placer: Option<String>,
+    /// After a take-over, no decisions before this (see [`EDGE_FAILOVER`]).
+    settle_until: Option<Instant>,
     /// Edges connected to other hubs (leader only).
     remote: BTreeMap<EdgeId, RemoteEdge>,
     pins: Vec<StoredPin>,
@@ -307,6 +314,7 @@ impl Placer {
             lease_until: None,
             leading: true,
             placer: None,
+            settle_until: None,
             remote: BTreeMap::new(),
             pins: Vec::new(),
         }
@@ -482,7 +490,12 @@ impl Placer {
         }
         if self.leading {
             self.load_cluster().await;
-            self.decide();
+            if self.settle_until.is_some_and(|t| Instant::now() >= t) {
+                self.settle_until = None;
+            }
+            if self.settle_until.is_none() {
+                self.decide();
+            }
         } else {
             self.follow().await;
         }
@@ -564,6 +577,10 @@ impl Placer {
         }
         self.handoffs.clear();
         self.leading = true;
+        // Edges of a hub that died are failing over: wait for them to
+        // report before a home on one of them counts as unreachable.
+        self.settle_until =
+            (!self.announced.is_empty()).then(|| Instant::now() + EDGE_FAILOVER + self.report_interval * STALE_REPORTS);
         self.metrics.is_placer.store(1, Relaxed);
         self.metrics.takeovers_total.fetch_add(1, Relaxed);
         let previous = previous.filter(|p| *p != self.holder);
@@ -728,6 +745,9 @@ impl Placer {
         if !self.moves || !self.leading {
             return;
         }
+        if self.settle_until.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
         let unsettled = self.unsettled();
         let wanted: std::collections::BTreeSet<DocumentId> = unsettled.iter().map(|(d, _, _)| *d).collect();
         self.handoffs.retain(|d, _| wanted.contains(d));
@@ -878,6 +898,8 @@ impl Placer {
                 "hub": self.placer.as_ref().map(holder_hub).or_else(|| self.control.is_none().then(|| self.hub_id.clone())),
                 "holder": self.placer,
                 "lease_ttl_ms": self.control.as_ref().map(|_| self.lease_ttl.as_millis() as u64),
+                // After a take-over: how long until it decides again.
+                "settling_ms": self.settle_until.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
             },
             "homes": homes,
             "pins": pins,

@@ -8,7 +8,10 @@
 //! - NATS stopped while both hubs take writes: they still converge (each
 //!   hub reads the store again), and the fast path resumes when it is back;
 //! - PostgreSQL restarted: hubs retry, edges keep serving their clients,
-//!   nothing acknowledged is lost.
+//!   nothing acknowledged is lost;
+//! - the placer's hub SIGKILLed: the other hub takes the lease over within
+//!   seconds and continues from the homes in the store; reports of edges on
+//!   the other hub reached the placer before; a pin is honoured.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -34,6 +37,8 @@ const WAIT: Duration = Duration::from_secs(60);
 /// Two hub processes on one database and one bus, and the ports to start
 /// either again on.
 struct Cloud {
+    /// Extra flags of every hub.
+    flags: Vec<String>,
     pg: Postgres,
     nats: Nats,
     hubs: [Option<HubProcess>; 2],
@@ -44,12 +49,17 @@ struct Cloud {
 
 impl Cloud {
     fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> Result<Self> {
+        let flags = flags.iter().map(|f| f.to_string()).collect();
         let pg = Postgres::start()?;
         let nats = Nats::start()?;
         let root = tempfile::tempdir()?;
         let dirs = [root.path().join("hub1"), root.path().join("hub2")];
         let ports = [(free_port()?, free_port()?), (free_port()?, free_port()?)];
-        let mut cloud = Self { pg, nats, hubs: [None, None], ports, dirs, _root: root };
+        let mut cloud = Self { flags, pg, nats, hubs: [None, None], ports, dirs, _root: root };
         cloud.start_hub(0)?;
         // Hubs of one tier present certificates of one CA (here: the
         // development CA the first hub made), so an edge trusts them all.
@@ -64,8 +74,9 @@ impl Cloud {
     fn start_hub(&mut self, i: usize) -> Result<()> {
         let (quic, http) = self.ports[i];
         let (url, bus, id) = (self.pg.url(), self.nats.url(), format!("h{}", i + 1));
-        let flags =
-            ["--store", &url, "--bus", &bus, "--hub-id", &id, "--edge", "eu=eu-secret", "--edge", "us=us-secret"];
+        let mut flags =
+            vec!["--store", &url, "--bus", &bus, "--hub-id", &id, "--edge", "eu=eu-secret", "--edge", "us=us-secret"];
+        flags.extend(self.flags.iter().map(String::as_str));
         self.hubs[i] = Some(HubProcess::start(&self.dirs[i], quic, http, &flags)?);
         Ok(())
     }
@@ -90,6 +101,8 @@ impl Cloud {
         uplink.connect_timeout = Duration::from_secs(2);
         let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
         config.tick_interval = Duration::from_millis(100);
+        // Where other edges reach it when it is a document's home.
+        config.peer_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
         let edge = EdgeNode::start(config).await?;
         wait_for(|| async { edge.metrics().uplink_in_use().is_some() }, "the uplink to come up").await?;
         Ok(edge)
@@ -348,6 +361,133 @@ async fn postgres_restarted_hubs_retry_and_edges_keep_serving() -> Result<()> {
         "PostgreSQL restarted: {during} writes acknowledged while it was down; {} in all, converged {took:?} after it came back, all stored",
         acked.len()
     );
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
+
+/// `GET path` on hub `i` as JSON.
+fn hub_json(cloud: &Cloud, i: usize, path: &str) -> Result<serde_json::Value> {
+    meridian_tests::http::request(cloud.ports[i].1, "GET", path, &[])?.json()
+}
+
+/// The edge `doc` is homed on in a hub's `/placement` (`homes`: what the
+/// placer announced, read from the store by the others).
+fn home_in(placement: &serde_json::Value, doc: DocumentId) -> Option<String> {
+    let homes = placement["homes"].as_array()?;
+    homes.iter().find(|h| h["doc"] == doc.to_string().as_str()).and_then(|h| h["edge"].as_str().map(str::to_owned))
+}
+
+/// Waits until `done` holds for hub `i`'s `/placement`; returns it.
+async fn placement_until(
+    cloud: &Cloud,
+    i: usize,
+    what: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        if let Ok(p) = hub_json(cloud, i, "/placement")
+            && done(&p)
+        {
+            return Ok(p);
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "timed out waiting for {what} at h{}", i + 1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes to `doc` through `client` every 50 ms until dropped.
+fn keep_writing(client: Arc<Client>, doc: DocumentId, key: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in 0i64.. {
+            let _ = client.change(doc, move |tx| tx.put(ROOT, key, n).map(|_| ())).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_placers_hub_killed_another_takes_over_from_the_stored_homes() -> Result<()> {
+    let flags = [
+        "--placement-moves",
+        "--placement-min-gain-ms",
+        "0",
+        "--report-interval-ms",
+        "200",
+        "--placement-interval-ms",
+        "200",
+    ];
+    let mut cloud = tokio::task::spawn_blocking(move || Cloud::start_with(&flags)).await??;
+    // h1 started first: it holds the lease; h2 follows.
+    placement_until(&cloud, 0, "h1 to be the placer", |p| p["placer"]["this_hub"] == true).await?;
+    let p2 = placement_until(&cloud, 1, "h2 to see h1 place", |p| p["placer"]["hub"] == "h1").await?;
+    assert_eq!(p2["placer"]["this_hub"], false, "{p2:#}");
+
+    // eu on h1 (the placer's hub), us on h2.
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "placement").await?;
+    // A document written only through eu is handed off to eu; the home is
+    // in the store, so h2 shows it too.
+    let writing = keep_writing(a.clone(), doc, "eu_writes");
+    placement_until(&cloud, 0, "eu to be the home", |p| home_in(p, doc).as_deref() == Some("eu")).await?;
+    placement_until(&cloud, 1, "h2 to follow the home", |p| home_in(p, doc).as_deref() == Some("eu")).await?;
+    // One written only through us (connected to h2) reaches the placer
+    // through the store: its demand counts at h1, but the hand-off waits,
+    // since us is not connected to h1.
+    let other = b.create(|tx| tx.put(ROOT, "title", "us only").map(|_| ())).await?;
+    let writing_us = keep_writing(b.clone(), other, "us_writes");
+    let p1 = placement_until(&cloud, 0, "us's demand at the placer", |p| {
+        p["documents"].as_array().is_some_and(|d| {
+            d.iter().any(|d| d["doc"] == other.to_string().as_str() && d["demand"]["us"]["writes_per_sec"].as_f64() > Some(0.0))
+        })
+    })
+    .await?;
+    let waiting = p1["handoffs"].as_array().and_then(|h| h.iter().find(|h| h["doc"] == other.to_string().as_str()));
+    let topology = hub_json(&cloud, 0, "/topology")?;
+    assert!(topology["edges_on_other_hubs"].as_array().is_some_and(|e| e.iter().any(|e| e["id"] == "us" && e["hub"] == "h2")), "{topology:#}");
+    println!("h1 sees us through the store; the hand-off of its document: {waiting:?}");
+
+    // The placer's hub dies.
+    cloud.kill_hub(0)?;
+    let killed = Instant::now();
+    let p2 = placement_until(&cloud, 1, "h2 to take over", |p| p["placer"]["this_hub"] == true).await?;
+    let took_over = killed.elapsed();
+    assert_eq!(home_in(&p2, doc).as_deref(), Some("eu"), "the stored home survives: {p2:#}");
+    // It continues from it: eu stays the home without a new hand-off ...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let p2 = hub_json(&cloud, 1, "/placement")?;
+    assert_eq!(home_in(&p2, doc).as_deref(), Some("eu"), "{p2:#}");
+    let again = |p: &serde_json::Value, d: DocumentId| {
+        p["recent_handoffs"].as_array().is_some_and(|h| h.iter().any(|h| h["doc"] == d.to_string().as_str()))
+    };
+    assert!(!again(&p2, doc), "h2 handed eu's document off again: {p2:#}");
+    // ... and us, now on the placer's hub, gets its document.
+    let p2 = placement_until(&cloud, 1, "us to be the home", |p| home_in(p, other).as_deref() == Some("us")).await?;
+    assert!(again(&p2, other));
+    // Deciding again (eu failed over to h2 and reports there): eu's document stays.
+    assert_eq!(p2["placer"]["settling_ms"], serde_json::Value::Null, "{p2:#}");
+    assert_eq!(home_in(&p2, doc).as_deref(), Some("eu"), "{p2:#}");
+    assert!(!again(&p2, doc), "h2 handed eu's document off again: {p2:#}");
+    let metrics = meridian_tests::http::request(cloud.ports[1].1, "GET", "/metrics", &[])?.text();
+    assert!(metrics.contains("\nmeridian_hub_placement_is_placer 1\n"), "{metrics}");
+    assert!(metrics.contains("\nmeridian_hub_placement_takeovers_total 1\n"), "{metrics}");
+
+    // An operator pins eu's document to us, through the surviving hub.
+    let hub = meridian_tests::process::workspace_binary("meridian-hub")?;
+    let http = format!("127.0.0.1:{}", cloud.ports[1].1);
+    let pin = std::process::Command::new(&hub)
+        .args(["placement", "pin", &format!("automerge:{doc}"), "--to", "us", "--hub-http", &http])
+        .output()?;
+    assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
+    let p2 = placement_until(&cloud, 1, "the pin honoured", |p| home_in(p, doc).as_deref() == Some("us")).await?;
+    assert_eq!(p2["pins"][0]["to"], "us", "{p2:#}");
+    let unpin = std::process::Command::new(&hub).args(["placement", "unpin", &doc.to_string(), "--hub-http", &http]).output()?;
+    assert!(unpin.status.success(), "{}", String::from_utf8_lossy(&unpin.stderr));
+    let again = std::process::Command::new(&hub).args(["placement", "unpin", &doc.to_string(), "--hub-http", &http]).output()?;
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not pinned"));
+    println!("placer take-over: h2 placing {took_over:?} after h1 was killed, with the stored homes");
+    writing.abort();
+    writing_us.abort();
     eu.shutdown().await;
     us.shutdown().await;
     Ok(())
