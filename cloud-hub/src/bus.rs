@@ -87,6 +87,7 @@ impl Sequences {
 
 /// The bus of one hub: its connection, publisher and subscriber tasks.
 pub(crate) struct Bus {
+    client: async_nats::Client,
     _tasks: Vec<AbortOnDrop<()>>,
 }
 
@@ -139,6 +140,7 @@ impl Bus {
         let mut subscription =
             client.subscribe(format!("{PREFIX}*")).await.map_err(|e| format!("subscribing to {PREFIX}*: {e}"))?;
         let publishing = client.clone();
+        let client_kept = client.clone();
         let publish = tokio::spawn(async move {
             let mut seq = 0u64;
             while let Some(Committed { doc, data }) = committed.recv().await {
@@ -193,7 +195,12 @@ impl Bus {
                 }
             }
         });
-        Ok(Self { _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
+        Ok(Self { client: client_kept, _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
+    }
+
+    /// The connection to NATS (the change feed's relay publishes on it too).
+    pub(crate) fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 }
 

@@ -23,6 +23,7 @@
 mod admission;
 mod bus;
 pub mod control;
+pub mod feed;
 mod edges;
 mod pins;
 pub mod placement;
@@ -305,6 +306,8 @@ pub struct Hub {
     placer: Option<AbortOnDrop<()>>,
     /// Applies revocations other hubs stored.
     _revocations_follow: AbortOnDrop<()>,
+    /// The change feed's relay (with PostgreSQL and a bus).
+    _feed: Option<AbortOnDrop<()>>,
     placement_metrics: Arc<PlacementMetrics>,
     /// The bus to the other hubs on the store (`bus`), if any.
     _bus: Option<bus::Bus>,
@@ -402,6 +405,15 @@ impl Hub {
                 .route("/metrics", get(move || async move { m.render() }))
         };
         let app = with_placement_metrics(app, placement_metrics.clone());
+        // The change feed: relayed from the store by one hub at a time
+        // (PostgreSQL and a bus needed).
+        let feed = match (&bus, &config.store) {
+            (Some(bus), Some(_)) => {
+                let relay = feed::relay(control.clone(), bus.client(), config.hub_id.clone(), config.placer_lease);
+                Some(AbortOnDrop(tokio::spawn(relay)))
+            }
+            _ => None,
+        };
         let follow = revocations::follow(revocations.clone(), keyring.clone(), runtime.events());
         let revocations_follow = AbortOnDrop(tokio::spawn(follow));
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
@@ -441,6 +453,7 @@ impl Hub {
             admin,
             placer: Some(placer),
             _revocations_follow: revocations_follow,
+            _feed: feed,
             placement_metrics,
             _bus: bus,
         })

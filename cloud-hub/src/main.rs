@@ -30,6 +30,32 @@ enum Command {
     /// Pin a document's home to an edge or the hub (`placement pin DOC --to
     /// EDGE`), or remove the pin (`placement unpin DOC`), on a running hub.
     Placement(PlacementArgs),
+    /// Print the change feed: every change committed to the shared store
+    /// (hubs with --store postgres:// and --bus), as JSON lines, from the
+    /// NATS JetStream stream MERIDIAN_CHANGES; at least once, in causal order
+    /// per document.
+    Feed(FeedArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct FeedArgs {
+    /// The NATS servers the hubs use as their bus.
+    #[arg(long, env = "MERIDIAN_HUB_BUS", value_delimiter = ',', value_name = "nats://HOST:PORT", required = true)]
+    bus: Vec<String>,
+    /// Only this document's changes (an id or automerge: URL).
+    #[arg(long)]
+    doc: Option<String>,
+    /// Start at this stream sequence (each line gives its `stream_seq`:
+    /// resume after the last one printed). Default: the oldest kept.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
+    /// Add each change's patches (computed from the changes printed before:
+    /// `null` for a change whose dependencies were not read, e.g. after --from).
+    #[arg(long)]
+    patches: bool,
+    /// Exit once caught up instead of waiting for new changes.
+    #[arg(long)]
+    no_follow: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -287,6 +313,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Placement(args) => {
             println!("{}", placement(args).await?);
+            return Ok(());
+        }
+        Command::Feed(args) => {
+            let doc = match &args.doc {
+                Some(d) => Some(
+                    meridian_node::auth::parse_doc(d)
+                        .with_context(|| format!("`{d}` is neither a document id nor an automerge: URL"))?,
+                ),
+                None => None,
+            };
+            let mut what =
+                meridian_hub::feed::Consume { doc, from: args.from, patches: args.patches, follow: !args.no_follow };
+            let mut stdout = std::io::stdout().lock();
+            meridian_hub::feed::consume(&args.bus.join(","), &mut what, &mut stdout).await.map_err(anyhow::Error::msg)?;
             return Ok(());
         }
     };

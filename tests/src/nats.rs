@@ -1,5 +1,6 @@
 //! A real NATS server for a test: Debian's `nats-server` on a free
-//! loopback port, killed when dropped.
+//! loopback port, with JetStream on a temporary folder (kept across
+//! restarts), killed when dropped.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,13 +11,14 @@ use anyhow::{Context, Result, bail};
 pub struct Nats {
     child: Option<Child>,
     pub port: u16,
+    store: tempfile::TempDir,
 }
 
 impl Nats {
     /// Starts `nats-server` and waits until it accepts connections; fails
     /// with the command to install it when it is missing.
     pub fn start() -> Result<Self> {
-        let mut nats = Self { child: None, port: crate::process::free_port()? };
+        let mut nats = Self { child: None, port: crate::process::free_port()?, store: tempfile::tempdir()? };
         nats.restart()?;
         Ok(nats)
     }
@@ -34,7 +36,8 @@ impl Nats {
         self.stop();
         let port = self.port;
         let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

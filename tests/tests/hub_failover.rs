@@ -9,6 +9,8 @@
 //!   hub reads the store again), and the fast path resumes when it is back;
 //! - PostgreSQL restarted: hubs retry, edges keep serving their clients,
 //!   nothing acknowledged is lost;
+//! - the change feed read across a hub kill: every change in PostgreSQL
+//!   reaches the consumer, each after its dependencies;
 //! - the placer's hub SIGKILLed: the other hub takes the lease over within
 //!   seconds and continues from the homes in the store; reports of edges on
 //!   the other hub reached the placer before; a pin is honoured.
@@ -124,6 +126,44 @@ impl Cloud {
             Ok(d.keys(ROOT).collect())
         })
         .await?
+    }
+}
+
+impl Cloud {
+    /// The hashes of `doc`'s changes stored in PostgreSQL, read directly.
+    async fn stored_changes(&self, doc: DocumentId) -> Result<BTreeSet<String>> {
+        let url = self.pg.url();
+        tokio::task::spawn_blocking(move || -> Result<BTreeSet<String>> {
+            let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+            let rows = c.query("SELECT data FROM chunks WHERE doc_id = $1", &[&doc.as_bytes().as_slice()])?;
+            let mut d = Automerge::new();
+            for row in rows {
+                d.load_incremental(row.get::<_, &[u8]>(0))?;
+            }
+            Ok(d.get_changes(&[]).iter().map(|c| c.hash().to_string()).collect())
+        })
+        .await?
+    }
+}
+
+/// What a reader of the feed printed, line by line.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn entries(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
@@ -488,6 +528,94 @@ async fn the_placers_hub_killed_another_takes_over_from_the_stored_homes() -> Re
     println!("placer take-over: h2 placing {took_over:?} after h1 was killed, with the stored homes");
     writing.abort();
     writing_us.abort();
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<()> {
+    let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "feed").await?;
+    // A consumer from the start of the stream, following.
+    let lines = Lines::default();
+    let what = meridian_hub::feed::Consume { doc: None, from: None, patches: false, follow: true };
+    let reader = tokio::spawn(meridian_hub::feed::consume_retrying(cloud.nats.url(), what, lines.clone()));
+
+    // Writes through both hubs; the hub that relays the feed (the holder of
+    // its lease in the store) is killed under them.
+    let writers = Writers::start(&a, &b, doc, "feed");
+    let n = crossed(&a, &b, doc).await.len();
+    wait_for(|| async { crossed(&a, &b, doc).await.len() >= n + 40 }, "writes to cross").await?;
+    let url = cloud.pg.url();
+    let holder: String = tokio::task::spawn_blocking(move || -> Result<String> {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls)?;
+        Ok(c.query_one("SELECT holder FROM leases WHERE name = 'feed'", &[])?.get(0))
+    })
+    .await??;
+    let relay = if holder.starts_with("h1#") { 0 } else { 1 };
+    cloud.kill_hub(relay)?;
+    let killed = Instant::now();
+    let n = crossed(&a, &b, doc).await.len();
+    wait_for(|| async { crossed(&a, &b, doc).await.len() >= n + 40 }, "writes to cross after the kill").await?;
+    let acked = writers.stop();
+    converge(&a, &b, doc, &acked).await?;
+
+    // Every change PostgreSQL holds reaches the reader.
+    let start = Instant::now();
+    let (stored, entries) = loop {
+        let stored = cloud.stored_changes(doc).await?;
+        let entries = lines.entries();
+        let fed: BTreeSet<String> = entries.iter().filter_map(|e| e["hash"].as_str().map(str::to_owned)).collect();
+        if stored.is_subset(&fed) && acked.is_subset(&cloud.stored_keys(doc).await?) {
+            break (stored, entries);
+        }
+        anyhow::ensure!(
+            start.elapsed() < WAIT,
+            "{} of {} stored changes never reached the feed",
+            stored.difference(&fed).count(),
+            stored.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let took = killed.elapsed();
+    // Per document, each change after its dependencies; sequences grow.
+    let mut seen = BTreeSet::new();
+    let mut last_seq = 0;
+    for e in &entries {
+        let deps: Vec<&str> = e["deps"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
+        assert!(deps.iter().all(|d| seen.contains(*d)), "a change before its dependencies: {e}");
+        seen.insert(e["hash"].as_str().unwrap_or_default().to_owned());
+        let seq = e["stream_seq"].as_u64().unwrap_or(0);
+        assert!(seq > last_seq, "stream sequences go up: {seq} after {last_seq}");
+        last_seq = seq;
+    }
+    let repeats = entries.len() - seen.len();
+    println!(
+        "feed across a hub kill: {} stored changes, all on the feed ({} messages, {repeats} repeated) {took:?} after the kill",
+        stored.len(),
+        entries.len()
+    );
+    reader.abort();
+
+    // The command prints one document's changes, with patches, and stops when caught up.
+    let hub = meridian_tests::process::workspace_binary("meridian-hub")?;
+    let out = std::process::Command::new(hub)
+        .args(["feed", "--bus", &cloud.nats.url(), "--doc", &doc.to_string(), "--patches", "--no-follow"])
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let hashes: BTreeSet<String> = printed.iter().filter_map(|e| e["hash"].as_str().map(str::to_owned)).collect();
+    assert_eq!(hashes, stored, "the command's changes are the stored ones");
+    let first = &printed[0];
+    assert_eq!(first["doc"], doc.to_string().as_str());
+    assert_eq!(first["patches"][0]["patch"]["key"], "title", "{first}");
+    let resumed = std::process::Command::new(meridian_tests::process::workspace_binary("meridian-hub")?)
+        .args(["feed", "--bus", &cloud.nats.url(), "--no-follow", "--from", &last_seq.to_string()])
+        .output()?;
+    let resumed = String::from_utf8_lossy(&resumed.stdout).lines().count();
+    assert_eq!(resumed, 1, "from the last sequence: one line");
     eu.shutdown().await;
     us.shutdown().await;
     Ok(())

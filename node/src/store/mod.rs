@@ -63,6 +63,30 @@ pub trait ControlStore: Send + 'static {
     fn revocations(&mut self) -> Result<Vec<crate::auth::Revocation>, StoreError>;
     /// Adds a revocation; `false` if it was there already.
     fn add_revocation(&mut self, r: &crate::auth::Revocation) -> Result<bool, StoreError>;
+    /// Up to `limit` stored chunks not yet put on the change feed, in the
+    /// order they were written (the feed relay's outbox: the chunks table
+    /// itself). Only a shared store keeps the feed.
+    fn unfed_chunks(&mut self, _limit: usize) -> Result<Vec<FeedChunk>, StoreError> {
+        Err(StoreError::Unsupported("the change feed (it needs the PostgreSQL store)"))
+    }
+    /// Marks chunks as on the feed, and records each document's fed heads.
+    fn mark_fed(&mut self, _seqs: &[i64], _heads: &[(DocumentId, Vec<u8>)]) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported("the change feed (it needs the PostgreSQL store)"))
+    }
+    /// The heads (concatenated 32-byte hashes) of what the feed carried of `doc`.
+    fn fed_heads(&mut self, _doc: &DocumentId) -> Result<Vec<u8>, StoreError> {
+        Err(StoreError::Unsupported("the change feed (it needs the PostgreSQL store)"))
+    }
+}
+
+/// A stored chunk on its way to the change feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedChunk {
+    pub seq: i64,
+    pub doc: DocumentId,
+    /// A snapshot (compaction, or a document's first write) or appended changes.
+    pub snapshot: bool,
+    pub data: Vec<u8>,
 }
 
 /// A document's home on an edge, as the placer announced it: the edge, and
@@ -133,4 +157,7 @@ pub enum StoreError {
     /// The database server cannot be reached right now.
     #[error("{0} is unreachable")]
     Unreachable(String),
+    /// This store does not keep that.
+    #[error("this store does not keep {0}")]
+    Unsupported(&'static str),
 }

@@ -13,6 +13,8 @@
 //! - `homes`, `pins`, `edge_reports`, `revocations`: the tier's control
 //!   state ([`ControlStore`]): announced homes, operators' pins, each edge's
 //!   latest demand report, revoked tokens.
+//! - `chunks.fed`, `feed_heads`: the change feed's outbox (chunks not on
+//!   the NATS JetStream feed yet) and the heads it carried per document.
 //! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
 //!   written by a newer build is refused.
 //!
@@ -43,7 +45,7 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use postgres::{Client, NoTls, Transaction};
 
-use super::{ControlStore, DocStore, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
+use super::{ControlStore, DocStore, FeedChunk, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
 use crate::auth::Revocation;
 
 /// The `meta` key under which the store's own storage id is kept.
@@ -119,6 +121,14 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          sub TEXT,
          at  BIGINT NOT NULL
      );",
+    // Version 3: the change feed's outbox is the chunks table (rows not on
+    // the feed yet), and the heads it carried of each document.
+    "ALTER TABLE chunks ADD COLUMN IF NOT EXISTS fed BOOLEAN NOT NULL DEFAULT FALSE;
+     CREATE INDEX IF NOT EXISTS chunks_unfed ON chunks (fed, seq);
+     CREATE TABLE IF NOT EXISTS feed_heads (
+         doc_id BYTEA PRIMARY KEY CHECK (length(doc_id) = 16),
+         heads  BYTEA NOT NULL
+     );",
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
@@ -158,6 +168,11 @@ const DELETE_PIN: &str = "DELETE FROM pins WHERE doc_id = $1";
 const PUT_REPORT: &str = "INSERT INTO edge_reports (edge, hub, at_ms, report) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (edge) DO UPDATE SET hub = excluded.hub, at_ms = excluded.at_ms, report = excluded.report";
 const REPORTS_SINCE: &str = "SELECT edge, hub, at_ms, report FROM edge_reports WHERE at_ms >= $1 ORDER BY edge";
+const UNFED_CHUNKS: &str = "SELECT seq, doc_id, kind, data FROM chunks WHERE fed = FALSE ORDER BY seq LIMIT $1";
+const MARK_FED: &str = "UPDATE chunks SET fed = TRUE WHERE seq = ANY($1)";
+const FED_HEADS: &str = "SELECT heads FROM feed_heads WHERE doc_id = $1";
+const PUT_FED_HEADS: &str = "INSERT INTO feed_heads (doc_id, heads) VALUES ($1, $2) \
+     ON CONFLICT (doc_id) DO UPDATE SET heads = excluded.heads";
 const REVOCATIONS: &str = "SELECT jti, sub, at FROM revocations ORDER BY at, key";
 const ADD_REVOCATION: &str = "INSERT INTO revocations (key, jti, sub, at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (key) DO NOTHING";
@@ -195,6 +210,10 @@ const STATEMENTS: &[&str] = &[
     REPORTS_SINCE,
     REVOCATIONS,
     ADD_REVOCATION,
+    UNFED_CHUNKS,
+    MARK_FED,
+    FED_HEADS,
+    PUT_FED_HEADS,
 ];
 
 /// The schema version this build creates and understands.
@@ -493,6 +512,36 @@ impl ControlStore for PostgresStore {
     fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {
         let key = revocation_key(r);
         Ok(self.client()?.execute(ADD_REVOCATION, &[&key, &r.jti, &r.sub, &(r.at as i64)])? > 0)
+    }
+
+    fn unfed_chunks(&mut self, limit: usize) -> Result<Vec<FeedChunk>, StoreError> {
+        let rows = self.client()?.query(UNFED_CHUNKS, &[&(limit as i64)])?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(FeedChunk {
+                    seq: r.get(0),
+                    doc: doc_id(r.get(1))?,
+                    snapshot: r.get::<_, &str>(2) == "snapshot",
+                    data: r.get(3),
+                })
+            })
+            .collect())
+    }
+
+    fn mark_fed(&mut self, seqs: &[i64], heads: &[(DocumentId, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut tx = self.client()?.transaction()?;
+        for (doc, h) in heads {
+            tx.execute(PUT_FED_HEADS, &[&doc.as_bytes().as_slice(), h])?;
+        }
+        tx.execute(MARK_FED, &[&seqs])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn fed_heads(&mut self, doc: &DocumentId) -> Result<Vec<u8>, StoreError> {
+        let row = self.client()?.query_opt(FED_HEADS, &[&doc.as_bytes().as_slice()])?;
+        Ok(row.map(|r| r.get(0)).unwrap_or_default())
     }
 }
 
