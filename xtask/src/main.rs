@@ -295,17 +295,15 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         for (id, secret) in &secrets {
             cmd.args(["--edge", &format!("{id}={secret}")]);
         }
+        // Documents move to the edge nearest their writers (after catching
+        // up). With --cloud, the hub holding the placer's lease does.
+        cmd.args(["--placement-moves", "--placement-dwell-secs", "10"]);
         if cloud {
             cmd.args(["--store", &cloud::store_url(), "--bus", &cloud::bus_url(), "--hub-id", id]);
         }
         cmd
     };
-    let mut hub = hub_cmd("h1", 7400, 7401, "hub");
-    // Documents move to the edge nearest their writers (after catching up).
-    // With --cloud, only the first hub (the one every edge prefers) acts on
-    // its placer's decisions: one placer at a time is not built yet.
-    hub.args(["--placement-moves", "--placement-dwell-secs", "10"]);
-    children.push(Child::spawn("hub", &mut hub)?);
+    children.push(Child::spawn("hub", &mut hub_cmd("h1", 7400, 7401, "hub"))?);
     wait_for_file(&data.join("hub/tls/ca.pem"))?;
     if cloud {
         if !data.join("hub2/tls/ca.pem").exists() {
