@@ -9,6 +9,8 @@
 //! store every [`POLL_WHILE_DOWN`], so hubs still converge without it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures_util::StreamExt;
 use meridian_node::runtime::{Committed, NodeEvent};
@@ -27,6 +29,43 @@ const KIND_POINTER: u8 = 1;
 /// How often a hub cut off from NATS reads its open documents from the
 /// store (what other hubs committed meanwhile).
 pub(crate) const POLL_WHILE_DOWN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The bus's metrics, rendered after the node's at `/metrics`.
+///
+/// | name | type | meaning |
+/// |---|---|---|
+/// | `meridian_hub_bus_connected` | gauge | 1 while connected to a NATS server |
+/// | `meridian_hub_bus_connects_total` | counter | connections made (the first, then each reconnect or fail-over to another server) |
+/// | `meridian_hub_bus_published_total` | counter | commits published |
+/// | `meridian_hub_bus_received_total` | counter | other hubs' commits received |
+/// | `meridian_hub_bus_gaps_total` | counter | sequence gaps seen (each makes the hub read the store again) |
+#[derive(Debug, Default)]
+pub struct BusMetrics {
+    pub connected: AtomicU64,
+    pub connects_total: AtomicU64,
+    pub published_total: AtomicU64,
+    pub received_total: AtomicU64,
+    pub gaps_total: AtomicU64,
+}
+
+impl BusMetrics {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let rows = [
+            ("connected", "gauge", "1 while connected to a NATS server.", &self.connected),
+            ("connects_total", "counter", "Connections to NATS made (first, reconnects, fail-overs).", &self.connects_total),
+            ("published_total", "counter", "Commits published on the bus.", &self.published_total),
+            ("received_total", "counter", "Other hubs' commits received.", &self.received_total),
+            ("gaps_total", "counter", "Sequence gaps seen (the store is read again).", &self.gaps_total),
+        ];
+        for (name, kind, help, v) in rows {
+            let name = format!("meridian_hub_bus_{name}");
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
+        }
+        out
+    }
+}
 
 /// One message on the bus.
 #[derive(Debug, PartialEq, Eq)]
@@ -88,6 +127,7 @@ impl Sequences {
 /// The bus of one hub: its connection, publisher and subscriber tasks.
 pub(crate) struct Bus {
     client: async_nats::Client,
+    metrics: Arc<BusMetrics>,
     _tasks: Vec<AbortOnDrop<()>>,
 }
 
@@ -98,31 +138,37 @@ impl std::fmt::Debug for Bus {
 }
 
 impl Bus {
-    /// Connects to the NATS servers `urls` and starts publishing what
-    /// `committed` says and handing other hubs' commits to `events`.
+    /// Connects to the NATS servers `urls` (the first that answers, in
+    /// order: list the nearest first) and starts publishing what
+    /// `committed` says and handing other hubs' commits to `events`. When
+    /// its server goes away it connects to the next (of the list, and of
+    /// the servers the cluster told it of).
     pub(crate) async fn start(
         urls: &[String],
         mut committed: mpsc::UnboundedReceiver<Committed>,
         events: mpsc::Sender<NodeEvent>,
     ) -> Result<Self, String> {
         let reconnected = events.clone();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let metrics = Arc::new(BusMetrics::default());
+        let up = metrics.clone();
         let up_events = up.clone();
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
+            .retain_servers_order()
             .event_callback(move |event| {
                 let (events, up) = (reconnected.clone(), up_events.clone());
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            up.store(true, std::sync::atomic::Ordering::Relaxed);
+                            up.connected.store(1, Relaxed);
+                            up.connects_total.fetch_add(1, Relaxed);
                             // Whatever was published while we were away is
                             // in the store.
                             tracing::info!("connected to the bus: reading open documents from the store again");
                             let _ = events.send(NodeEvent::Refresh { doc: None }).await;
                         }
                         async_nats::Event::Disconnected => {
-                            up.store(false, std::sync::atomic::Ordering::Relaxed);
+                            up.connected.store(0, Relaxed);
                             tracing::warn!(
                                 "lost the bus: reading open documents from the store every {POLL_WHILE_DOWN:?} until it is back"
                             );
@@ -133,7 +179,7 @@ impl Bus {
                     }
                 }
             })
-            .connect(urls.join(","))
+            .connect(urls)
             .await
             .map_err(|e| format!("connecting to NATS at {}: {e}", urls.join(",")))?;
         let publisher: u64 = rand::random();
@@ -141,15 +187,19 @@ impl Bus {
             client.subscribe(format!("{PREFIX}*")).await.map_err(|e| format!("subscribing to {PREFIX}*: {e}"))?;
         let publishing = client.clone();
         let client_kept = client.clone();
+        let (published, received) = (metrics.clone(), metrics.clone());
         let publish = tokio::spawn(async move {
             let mut seq = 0u64;
             while let Some(Committed { doc, data }) = committed.recv().await {
                 seq += 1;
                 let chunk = (data.len() <= MAX_INLINE).then_some(data);
                 let message = BusMessage { publisher, seq, chunk };
-                if let Err(e) = publishing.publish(format!("{PREFIX}{doc}"), message.encode().into()).await {
+                match publishing.publish(format!("{PREFIX}{doc}"), message.encode().into()).await {
+                    Ok(()) => {
+                        published.published_total.fetch_add(1, Relaxed);
+                    }
                     // The others see the gap in our sequence and read the store.
-                    tracing::warn!(%doc, error = %e, "publishing a commit on the bus failed");
+                    Err(e) => tracing::warn!(%doc, error = %e, "publishing a commit on the bus failed"),
                 }
             }
         });
@@ -162,7 +212,9 @@ impl Bus {
                 let event = match (doc, decoded) {
                     (Some(_), Some(b)) if b.publisher == publisher => continue,
                     (Some(doc), Some(b)) => {
+                        received.received_total.fetch_add(1, Relaxed);
                         if !sequences.in_order(b.publisher, b.seq) {
+                            received.gaps_total.fetch_add(1, Relaxed);
                             tracing::info!(
                                 publisher = b.publisher,
                                 seq = b.seq,
@@ -188,14 +240,18 @@ impl Bus {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if !up.load(std::sync::atomic::Ordering::Relaxed)
+                if up.connected.load(Relaxed) == 0
                     && polling.send(NodeEvent::Refresh { doc: None }).await.is_err()
                 {
                     break;
                 }
             }
         });
-        Ok(Self { client: client_kept, _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
+        Ok(Self { client: client_kept, metrics, _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
+    }
+
+    pub(crate) fn metrics(&self) -> Arc<BusMetrics> {
+        self.metrics.clone()
     }
 
     /// The connection to NATS (the change feed's relay publishes on it too).

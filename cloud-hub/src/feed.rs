@@ -15,11 +15,13 @@
 //! by message id `DOC.HASH`; older ones reach consumers twice).
 //!
 //! Per document the feed is in causal order: a change is committed after
-//! its dependencies (a hub only stores what it applied), so its chunk is
-//! marked after theirs. A compaction's snapshot replaces chunks that may not
-//! have been fed yet: the relay loads it and publishes the changes the feed
-//! has not carried (what it carried of each document is kept as heads,
-//! `feed_heads`).
+//! its dependencies (a hub only stores what it applied), in a chunk with a
+//! greater `seq`, and the relay reads chunks by `seq`. With the feed on, a
+//! compaction deletes only chunks already fed (`PostgresStore::with_feed`),
+//! so no change reaches the relay only through a later snapshot; a snapshot
+//! (a document's first write, or a compaction) is loaded and the changes
+//! the feed has not carried are published (what it carried of each
+//! document is kept as heads, `feed_heads`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -299,7 +301,7 @@ pub struct Consume {
 /// [`consume`], started again after any error (NATS unreachable, the
 /// stream not created yet) half a second later, from where it stopped.
 /// Runs until aborted.
-pub async fn consume_retrying(urls: String, mut what: Consume, mut out: impl std::io::Write) {
+pub async fn consume_retrying(urls: Vec<String>, mut what: Consume, mut out: impl std::io::Write) {
     loop {
         if let Err(error) = consume(&urls, &mut what, &mut out).await {
             tracing::debug!(%error, "feed: reading again");
@@ -312,10 +314,11 @@ pub async fn consume_retrying(urls: String, mut what: Consume, mut out: impl std
 /// (the [`FeedEntry`] with its `stream_seq`, and `patches` if asked) to
 /// `out`; `what.from` follows what was printed (so a call after an error
 /// resumes). Returns how many changes it printed.
-pub async fn consume(urls: &str, what: &mut Consume, out: &mut impl std::io::Write) -> Result<u64, String> {
+pub async fn consume(urls: &[String], what: &mut Consume, out: &mut impl std::io::Write) -> Result<u64, String> {
     use futures_util::StreamExt;
     use jetstream::consumer::DeliverPolicy;
-    let client = async_nats::connect(urls).await.map_err(|e| format!("connecting to NATS at {urls}: {e}"))?;
+    let client =
+        async_nats::connect(urls).await.map_err(|e| format!("connecting to NATS at {}: {e}", urls.join(",")))?;
     let js = jetstream::new(client);
     let stream = js
         .get_stream(STREAM)

@@ -252,7 +252,8 @@ async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
     })
     .await
     .map_err(|e| HubError::Config(format!("opening the PostgreSQL store: {e}")))??;
-    let store = opened?;
+    // With a bus, the store keeps the change feed's outbox (see `feed`).
+    let store = opened?.with_feed(!config.bus.is_empty());
     tracing::info!(store = %store.target(), storage_id = %store.storage_id(), "documents are kept in PostgreSQL");
     Ok(Box::new(store))
 }
@@ -404,7 +405,17 @@ impl Hub {
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/metrics", get(move || async move { m.render() }))
         };
-        let app = with_placement_metrics(app, placement_metrics.clone());
+        let extra = {
+            let (placement, bus) = (placement_metrics.clone(), bus.as_ref().map(bus::Bus::metrics));
+            Arc::new(move || {
+                let mut text = placement.render();
+                if let Some(b) = &bus {
+                    text.push_str(&b.render());
+                }
+                text
+            })
+        };
+        let app = with_extra_metrics(app, extra);
         // The change feed: relayed from the store by one hub at a time
         // (PostgreSQL and a bus needed).
         let feed = match (&bus, &config.store) {
@@ -535,20 +546,23 @@ fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi, control
         )
 }
 
-/// `app` with the placement metrics appended to its `/metrics`.
-fn with_placement_metrics(app: Router, metrics: Arc<PlacementMetrics>) -> Router {
+/// Renders metrics the node's `/metrics` does not have (placement, bus).
+type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// `app` with `extra` appended to its `/metrics`.
+fn with_extra_metrics(app: Router, extra: ExtraMetrics) -> Router {
     app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let metrics = metrics.clone();
-        async move { append_placement_metrics(req, next, &metrics).await }
+        let extra = extra.clone();
+        async move { append_metrics(req, next, &extra).await }
     }))
 }
 
 /// `/metrics` comes from the node's router (`meridian_node::server`'s when
-/// the hub serves clients); the placement metrics are added to its body here.
-async fn append_placement_metrics(
+/// the hub serves clients); the hub's own metrics are added to its body here.
+async fn append_metrics(
     req: axum::extract::Request,
     next: axum::middleware::Next,
-    metrics: &PlacementMetrics,
+    extra: &ExtraMetrics,
 ) -> axum::response::Response {
     if req.uri().path() != "/metrics" {
         return next.run(req).await;
@@ -558,7 +572,7 @@ async fn append_placement_metrics(
         return axum::response::Response::from_parts(parts, axum::body::Body::empty());
     };
     let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    text.push_str(&metrics.render());
+    text.push_str(&extra());
     let mut parts = parts;
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
     axum::response::Response::from_parts(parts, axum::body::Body::from(text))

@@ -326,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
             let mut what =
                 meridian_hub::feed::Consume { doc, from: args.from, patches: args.patches, follow: !args.no_follow };
             let mut stdout = std::io::stdout().lock();
-            meridian_hub::feed::consume(&args.bus.join(","), &mut what, &mut stdout).await.map_err(anyhow::Error::msg)?;
+            meridian_hub::feed::consume(&args.bus, &mut what, &mut stdout).await.map_err(anyhow::Error::msg)?;
             return Ok(());
         }
     };

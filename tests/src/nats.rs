@@ -12,15 +12,44 @@ pub struct Nats {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// Cluster flags, for a node of [`Nats::cluster`].
+    cluster: Vec<String>,
 }
 
 impl Nats {
     /// Starts `nats-server` and waits until it accepts connections; fails
     /// with the command to install it when it is missing.
     pub fn start() -> Result<Self> {
-        let mut nats = Self { child: None, port: crate::process::free_port()?, store: tempfile::tempdir()? };
+        let mut nats =
+            Self { child: None, port: crate::process::free_port()?, store: tempfile::tempdir()?, cluster: Vec::new() };
         nats.restart()?;
         Ok(nats)
+    }
+
+    /// Starts `n` servers routed to each other as one cluster (`meridian`).
+    pub fn cluster(n: usize) -> Result<Vec<Self>> {
+        let routes: Vec<u16> = (0..n).map(|_| crate::process::free_port()).collect::<Result<_>>()?;
+        let mut nodes = Vec::with_capacity(n);
+        for (i, route) in routes.iter().enumerate() {
+            let others: Vec<String> =
+                routes.iter().filter(|r| *r != route).map(|r| format!("nats://127.0.0.1:{r}")).collect();
+            let cluster = vec![
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".into(),
+                others.join(","),
+                "--cluster_name".into(),
+                "meridian".into(),
+                "--server_name".into(),
+                format!("n{}", i + 1),
+            ];
+            let port = crate::process::free_port()?;
+            nodes.push(Self { child: None, port, store: tempfile::tempdir()?, cluster });
+        }
+        for node in &mut nodes {
+            node.restart()?;
+        }
+        Ok(nodes)
     }
 
     /// Kills the server (SIGKILL): clients see the connection drop.
@@ -38,6 +67,7 @@ impl Nats {
         let child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
+            .args(&self.cluster)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -43,6 +43,8 @@ struct Cloud {
     flags: Vec<String>,
     pg: Postgres,
     nats: Nats,
+    /// A NATS cluster the hubs use instead of `nats`, if started.
+    cluster: Vec<Nats>,
     hubs: [Option<HubProcess>; 2],
     ports: [(u16, u16); 2],
     dirs: [PathBuf; 2],
@@ -55,13 +57,19 @@ impl Cloud {
     }
 
     fn start_with(flags: &[&str]) -> Result<Self> {
+        Self::start_on(flags, 0)
+    }
+
+    /// Hubs with `flags`, on a NATS cluster of `nodes` servers (0: one server).
+    fn start_on(flags: &[&str], nodes: usize) -> Result<Self> {
         let flags = flags.iter().map(|f| f.to_string()).collect();
         let pg = Postgres::start()?;
         let nats = Nats::start()?;
         let root = tempfile::tempdir()?;
         let dirs = [root.path().join("hub1"), root.path().join("hub2")];
         let ports = [(free_port()?, free_port()?), (free_port()?, free_port()?)];
-        let mut cloud = Self { flags, pg, nats, hubs: [None, None], ports, dirs, _root: root };
+        let cluster = if nodes > 0 { Nats::cluster(nodes)? } else { Vec::new() };
+        let mut cloud = Self { flags, pg, nats, cluster, hubs: [None, None], ports, dirs, _root: root };
         cloud.start_hub(0)?;
         // Hubs of one tier present certificates of one CA (here: the
         // development CA the first hub made), so an edge trusts them all.
@@ -75,7 +83,12 @@ impl Cloud {
 
     fn start_hub(&mut self, i: usize) -> Result<()> {
         let (quic, http) = self.ports[i];
-        let (url, bus, id) = (self.pg.url(), self.nats.url(), format!("h{}", i + 1));
+        let bus = match self.cluster.as_slice() {
+            [] => self.nats.url(),
+            // Every hub prefers the first node, then the next.
+            nodes => nodes.iter().map(Nats::url).collect::<Vec<_>>().join(","),
+        };
+        let (url, id) = (self.pg.url(), format!("h{}", i + 1));
         let mut flags =
             vec!["--store", &url, "--bus", &bus, "--hub-id", &id, "--edge", "eu=eu-secret", "--edge", "us=us-secret"];
         flags.extend(self.flags.iter().map(String::as_str));
@@ -540,7 +553,7 @@ async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<(
     // A consumer from the start of the stream, following.
     let lines = Lines::default();
     let what = meridian_hub::feed::Consume { doc: None, from: None, patches: false, follow: true };
-    let reader = tokio::spawn(meridian_hub::feed::consume_retrying(cloud.nats.url(), what, lines.clone()));
+    let reader = tokio::spawn(meridian_hub::feed::consume_retrying(vec![cloud.nats.url()], what, lines.clone()));
 
     // Writes through both hubs; the hub that relays the feed (the holder of
     // its lease in the store) is killed under them.
@@ -616,6 +629,62 @@ async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<(
         .output()?;
     let resumed = String::from_utf8_lossy(&resumed.stdout).lines().count();
     assert_eq!(resumed, 1, "from the last sequence: one line");
+    eu.shutdown().await;
+    us.shutdown().await;
+    Ok(())
+}
+
+/// A hub's `/metrics` value `name` (0 when absent).
+fn hub_metric(cloud: &Cloud, i: usize, name: &str) -> u64 {
+    let text = meridian_tests::http::request(cloud.ports[i].1, "GET", "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bus_fails_over_between_the_nodes_of_a_nats_cluster() -> Result<()> {
+    let mut cloud = tokio::task::spawn_blocking(|| Cloud::start_on(&[], 3)).await??;
+    let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "nats cluster").await?;
+    let writers = Writers::start(&a, &b, doc, "cluster");
+    // Both hubs prefer node 1, then 2: kill 1, then 2; node 3 is left.
+    for node in 0..2 {
+        let connects: Vec<u64> = (0..2).map(|h| hub_metric(&cloud, h, "meridian_hub_bus_connects_total")).collect();
+        let received: Vec<u64> = (0..2).map(|h| hub_metric(&cloud, h, "meridian_hub_bus_received_total")).collect();
+        cloud.cluster[node].stop();
+        let killed = Instant::now();
+        // Each hub connects to a node still up, and commits cross on the bus again.
+        for h in 0..2 {
+            wait_for(
+                || async {
+                    hub_metric(&cloud, h, "meridian_hub_bus_connected") == 1
+                        && hub_metric(&cloud, h, "meridian_hub_bus_connects_total") > connects[h]
+                },
+                "the hub to reach another NATS node",
+            )
+            .await?;
+        }
+        let reconnected = killed.elapsed();
+        for h in 0..2 {
+            let before = received[h].max(hub_metric(&cloud, h, "meridian_hub_bus_received_total"));
+            wait_for(
+                || async { hub_metric(&cloud, h, "meridian_hub_bus_received_total") >= before + 20 },
+                "commits on the bus again",
+            )
+            .await?;
+        }
+        println!(
+            "NATS node {} killed: both hubs on another node after {reconnected:?}, the bus carrying commits again after {:?}",
+            node + 1,
+            killed.elapsed()
+        );
+    }
+    let acked = writers.stop();
+    let took = converge(&a, &b, doc, &acked).await?;
+    let stored = cloud.stored_keys(doc).await?;
+    assert!(acked.is_subset(&stored), "acknowledged writes missing from PostgreSQL");
+    println!("two of three NATS nodes killed under writes: {} writes converged {took:?} after the last", acked.len());
     eu.shutdown().await;
     us.shutdown().await;
     Ok(())

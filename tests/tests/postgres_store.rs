@@ -187,6 +187,41 @@ fn the_control_state_is_shared_through_the_store() -> Result<()> {
     control_state(&mut s1, &mut s2)
 }
 
+/// With the change feed on, chunks wait in its outbox, and a compaction
+/// deletes only the chunks the feed carried (the next one the rest).
+#[test]
+fn with_the_feed_a_compaction_keeps_what_the_feed_has_not_carried() -> Result<()> {
+    let pg = Postgres::start()?;
+    let mut store = PostgresStore::open(&pg.url())?.with_feed(true);
+    let mut w = AutoCommit::new();
+    for key in ["a", "b"] {
+        let data = change(&mut w, key);
+        assert_eq!(one(&mut store, StorageTask::AppendChunk { doc: doc(1), data }), StorageResult::Done);
+    }
+    let unfed = store.unfed_chunks(10)?;
+    assert_eq!(unfed.iter().map(|c| c.snapshot).collect::<Vec<_>>(), vec![false, false]);
+    // The relay carried the first chunk only.
+    store.mark_fed(&[unfed[0].seq], &[(doc(1), vec![7; 32])])?;
+    assert_eq!(store.fed_heads(&doc(1))?, vec![7; 32]);
+    let compacted = StorageTask::Compact { doc: doc(1), snapshot: w.save() };
+    assert_eq!(one(&mut store, compacted), StorageResult::Done);
+    let left: Vec<(String, bool)> = pg
+        .client()?
+        .query("SELECT kind, fed FROM chunks WHERE doc_id = $1 ORDER BY seq", &[&doc(1).as_bytes().as_slice()])?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(left, vec![("incremental".into(), false), ("snapshot".into(), false)], "the unfed chunk stays");
+    assert_eq!(load(&mut store, doc(1)).map(|d| keys(&d)), Some(vec!["a".into(), "b".into()]));
+    // Everything carried: the next compaction leaves its snapshot alone.
+    let seqs: Vec<i64> = store.unfed_chunks(10)?.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs.len(), 2);
+    store.mark_fed(&seqs, &[])?;
+    assert_eq!(one(&mut store, StorageTask::Compact { doc: doc(1), snapshot: w.save() }), StorageResult::Done);
+    assert_eq!(chunk_rows(&pg, doc(1))?, 1);
+    Ok(())
+}
+
 fn control_state(a: &mut dyn ControlStore, b: &mut dyn ControlStore) -> Result<()> {
     let home = |n: u8, edge: &str| StoredHome {
         doc: doc(n),

@@ -15,6 +15,10 @@
 //!   latest demand report, revoked tokens.
 //! - `chunks.fed`, `feed_heads`: the change feed's outbox (chunks not on
 //!   the NATS JetStream feed yet) and the heads it carried per document.
+//!   With the feed on ([`PostgresStore::with_feed`]) a compaction never
+//!   deletes a chunk the feed has not carried: the relay must see every
+//!   change in the order it was committed (a snapshot replacing an unfed
+//!   chunk could put a change's dependency out of its reach).
 //! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
 //!   written by a newer build is refused.
 //!
@@ -138,8 +142,9 @@ const GET_META: &str = "SELECT value FROM meta WHERE key = $1";
 const PUT_META_ONCE: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 const LOAD_DOC: &str = "SELECT seq, data FROM chunks WHERE doc_id = $1 \
      ORDER BY CASE WHEN kind = 'snapshot' THEN 0 ELSE 1 END, seq";
-const INSERT_CHUNK: &str = "INSERT INTO chunks (doc_id, kind, data) VALUES ($1, $2, $3) RETURNING seq";
+const INSERT_CHUNK: &str = "INSERT INTO chunks (doc_id, kind, data, fed) VALUES ($1, $2, $3, $4) RETURNING seq";
 const DELETE_COVERED: &str = "DELETE FROM chunks WHERE doc_id = $1 AND seq = ANY($2)";
+const DELETE_COVERED_FED: &str = "DELETE FROM chunks WHERE doc_id = $1 AND seq = ANY($2) AND fed = TRUE RETURNING seq";
 const DELETE_CHUNKS: &str = "DELETE FROM chunks WHERE doc_id = $1";
 const DELETE_SYNC_STATES: &str = "DELETE FROM sync_states WHERE doc_id = $1";
 const LOAD_SYNC_STATE: &str = "SELECT state FROM sync_states WHERE doc_id = $1 AND peer_storage_id = $2";
@@ -189,6 +194,7 @@ const STATEMENTS: &[&str] = &[
     LOAD_DOC,
     INSERT_CHUNK,
     DELETE_COVERED,
+    DELETE_COVERED_FED,
     DELETE_CHUNKS,
     DELETE_SYNC_STATES,
     LOAD_SYNC_STATE,
@@ -234,6 +240,8 @@ pub struct PostgresStore {
     last_reconnect: Option<Instant>,
     /// How long a batch waits for an unreachable database.
     outage_wait: Duration,
+    /// The change feed's outbox is kept ([`Self::with_feed`]).
+    feed: bool,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -274,7 +282,17 @@ impl PostgresStore {
             covered: HashMap::new(),
             last_reconnect: None,
             outage_wait: OUTAGE_WAIT,
+            feed: false,
         })
+    }
+
+    /// Keeps the change feed's outbox: chunks are written not fed yet, and
+    /// a compaction leaves the covered chunks the feed has not carried (the
+    /// relay reads every chunk before it goes; the next compaction deletes
+    /// them). Every hub writing to a database with a feed must say so.
+    pub fn with_feed(mut self, feed: bool) -> Self {
+        self.feed = feed;
+        self
     }
 
     pub fn storage_id(&self) -> &StorageId {
@@ -384,7 +402,7 @@ impl PostgresStore {
         let mut tx = self.client.transaction()?;
         let mut results = Vec::with_capacity(tasks.len());
         for (_, task) in tasks {
-            results.push(run_task(&mut tx, task, &self.covered, &mut covering)?);
+            results.push(run_task(&mut tx, task, &self.covered, &mut covering, self.feed)?);
         }
         tx.commit()?;
         covering.apply(&mut self.covered);
@@ -592,7 +610,10 @@ fn run_task(
     task: &StorageTask,
     before: &HashMap<DocumentId, Vec<i64>>,
     covering: &mut Covering,
+    feed: bool,
 ) -> Result<StorageResult, postgres::Error> {
+    // With a feed, chunks start in its outbox.
+    let fed = !feed;
     use StorageResult::{Done, Loaded};
     Ok(match task {
         StorageTask::LoadDoc { doc } => {
@@ -609,19 +630,31 @@ fn run_task(
             Loaded(Some(bytes))
         }
         StorageTask::AppendChunk { doc, data } => {
-            let seq: i64 = tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"incremental", data])?.get(0);
+            let seq: i64 =
+                tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"incremental", data, &fed])?.get(0);
             let mut seqs = covering.current(doc, before).cloned().unwrap_or_default();
             seqs.push(seq);
             covering.set.push((*doc, seqs));
             Done
         }
         StorageTask::Compact { doc, snapshot } => {
-            let seqs = covering.current(doc, before).cloned().unwrap_or_default();
-            if !seqs.is_empty() {
+            let mut seqs = covering.current(doc, before).cloned().unwrap_or_default();
+            if !seqs.is_empty() && feed {
+                // Chunks the feed has not carried stay (still covered).
+                let deleted: Vec<i64> = tx
+                    .query(DELETE_COVERED_FED, &[&doc.as_bytes().as_slice(), &seqs])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                seqs.retain(|s| !deleted.contains(s));
+            } else if !seqs.is_empty() {
                 tx.execute(DELETE_COVERED, &[&doc.as_bytes().as_slice(), &seqs])?;
+                seqs.clear();
             }
-            let seq: i64 = tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"snapshot", snapshot])?.get(0);
-            covering.set.push((*doc, vec![seq]));
+            let seq: i64 =
+                tx.query_one(INSERT_CHUNK, &[&doc.as_bytes().as_slice(), &"snapshot", snapshot, &fed])?.get(0);
+            seqs.push(seq);
+            covering.set.push((*doc, seqs));
             Done
         }
         StorageTask::DeleteDoc { doc } => {
