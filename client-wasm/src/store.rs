@@ -85,7 +85,8 @@ fn task_to_js(task: &StorageTask) -> JsValue {
         let _ = Reflect::set(&o, &JsValue::from_str(k), &v);
     };
     let (op, doc) = match task {
-        StorageTask::LoadDoc { doc } => ("load", doc),
+        // A browser's store is its own: a refresh's read is a load.
+        StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => ("load", doc),
         StorageTask::AppendChunk { doc, data } => {
             set("data", Uint8Array::from(data.as_slice()).into());
             ("append", doc)
@@ -112,7 +113,7 @@ fn task_to_js(task: &StorageTask) -> JsValue {
 
 fn result_from_js(task: &StorageTask, r: &JsValue) -> StorageResult {
     match task {
-        StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } => {
+        StorageTask::LoadDoc { .. } | StorageTask::ReadDoc { .. } | StorageTask::LoadSyncState { .. } => {
             if r.is_null() || r.is_undefined() {
                 StorageResult::Loaded(None)
             } else {

@@ -1,10 +1,12 @@
 //! The bus between hubs sharing one store (issue 16, `--bus nats://…`):
 //! PostgreSQL is the truth, NATS the accelerator. A hub publishes every
 //! chunk it committed on `meridian.docs.<document id>` (a pointer instead
-//! when it is large); hubs holding that document apply it
+//! when it is large); hubs holding that document (in memory, or evicted
+//! while an edge is subscribed: then loaded) apply it
 //! (`Engine::handle_stored_elsewhere`) and sync it to their edges. Any gap
 //! (a publisher's sequence jumps, a message cannot be read, the connection
-//! to NATS comes back) makes a hub read what it holds from the store again,
+//! to NATS comes back, NATS reports it dropped messages for a slow
+//! consumer) makes a hub read what it holds from the store again,
 //! and while NATS is unreachable a hub reads its open documents from the
 //! store every [`POLL_WHILE_DOWN`], so hubs still converge without it.
 
@@ -172,6 +174,13 @@ impl Bus {
                             tracing::warn!(
                                 "lost the bus: reading open documents from the store every {POLL_WHILE_DOWN:?} until it is back"
                             );
+                        }
+                        // Messages dropped for us (we fell behind): what they
+                        // carried is in the store.
+                        async_nats::Event::SlowConsumer(_) => {
+                            up.gaps_total.fetch_add(1, Relaxed);
+                            tracing::warn!("the bus dropped messages for this hub: reading open documents from the store again");
+                            let _ = events.send(NodeEvent::Refresh { doc: None }).await;
                         }
                         // Each failed reconnect attempt: said once above.
                         async_nats::Event::ClientError(error) => tracing::debug!(%error, "bus"),

@@ -65,6 +65,16 @@ pub enum StorageTask {
     LoadDoc {
         doc: DocumentId,
     },
+    /// Read every chunk of a document held in memory already, as
+    /// [`StorageTask::LoadDoc`] does, to take what other nodes sharing the
+    /// store wrote (a refresh). Unlike a load it does not make the chunks
+    /// this node's: a store whose compaction deletes exactly the chunks the
+    /// node loaded or appended (the PostgreSQL store) must not count these,
+    /// since a snapshot issued before the read is taken in does not hold
+    /// them (found by the simulation of several hubs).
+    ReadDoc {
+        doc: DocumentId,
+    },
     /// Append an incremental chunk (changes since the last chunk).
     AppendChunk {
         doc: DocumentId,
@@ -95,7 +105,7 @@ pub enum StorageTask {
 /// The answer to a task.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StorageResult {
-    /// For `LoadDoc` and `LoadSyncState`: the bytes, or `None` if absent.
+    /// For `LoadDoc`, `ReadDoc` and `LoadSyncState`: the bytes, or `None` if absent.
     Loaded(Option<Vec<u8>>),
     /// For every write: it is durable.
     Done,
@@ -120,7 +130,9 @@ impl MemoryStore {
     /// Runs one task and returns its result.
     pub fn execute(&mut self, task: &StorageTask) -> StorageResult {
         match task {
-            StorageTask::LoadDoc { doc } => StorageResult::Loaded(self.docs.get(doc).map(|chunks| chunks.concat())),
+            StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => {
+                StorageResult::Loaded(self.docs.get(doc).map(|chunks| chunks.concat()))
+            }
             StorageTask::AppendChunk { doc, data } => {
                 self.docs.entry(*doc).or_default().push(data.clone());
                 StorageResult::Done

@@ -52,6 +52,15 @@
 //! the checks then also require every edit that was ever durable at a
 //! persistent node to survive.
 //!
+//! **Several hubs on one store** ([`NodeSpec::sharing_store_of`], issue 16):
+//! hubs share a model of the PostgreSQL store ([`shared::SharedStore`]:
+//! compaction deletes only the chunks a hub covers) and a lossy bus that
+//! hands each committed chunk to the others ([`Engine::handle_stored_elsewhere`];
+//! a lost message is reported and answered by reading the store again, and
+//! while the bus is down hubs read it every 2 s); an edge given a second hub
+//! ([`NodeSpec::fallback`]) fails over to it when its hub is down.
+//! [`run_cloud_seed`] drives that topology with the same faults.
+//!
 //! Not modelled: storage failures by default ([`Sim::storage_failure_percent`]),
 //! corrupt or malicious frames, clock skew (the engines only compare times
 //! they were given), and more than one upstream per node (so no edge ↔ edge
@@ -71,6 +80,8 @@ use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+pub mod shared;
 
 /// A node of the simulation, by insertion order.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
@@ -154,11 +165,36 @@ pub struct NodeSpec {
     /// Its upstream grants it reading only (access control): it receives
     /// every change, and its own never leave it.
     pub read_only: bool,
+    /// A second upstream, tried when the first is down (an edge given two
+    /// hubs); they swap roles on each fail-over.
+    pub fallback: Option<NodeId>,
+    /// Shares that node's store (hubs on one database), with the bus
+    /// between them.
+    pub store_of: Option<NodeId>,
 }
 
 impl NodeSpec {
     pub fn new(name: impl Into<String>) -> Self {
-        Self { name: name.into(), persistent: true, idle_evict_after_ms: 60_000, upstream: None, read_only: false }
+        Self {
+            name: name.into(),
+            persistent: true,
+            idle_evict_after_ms: 60_000,
+            upstream: None,
+            read_only: false,
+            fallback: None,
+            store_of: None,
+        }
+    }
+
+    pub fn fallback(mut self, node: NodeId) -> Self {
+        self.fallback = Some(node);
+        self
+    }
+
+    /// On the same store as `node` (which must not have stored anything yet).
+    pub fn sharing_store_of(mut self, node: NodeId) -> Self {
+        self.store_of = Some(node);
+        self
     }
 
     /// A client its upstream lets read everything and write nothing.
@@ -238,6 +274,8 @@ struct Node {
     timer_at: Option<u64>,
     /// Documents homed here ([`Engine::pin`]).
     pinned: BTreeSet<DocumentId>,
+    /// The shared store it is on ([`Sim::groups`]), if any.
+    group: Option<usize>,
 }
 
 struct Link {
@@ -285,6 +323,19 @@ enum Scheduled {
         incarnation: u32,
     },
     /// The node's engine applies the frames of its batch.
+    /// Another hub's commit arrives over the bus.
+    BusDeliver {
+        node: NodeId,
+        incarnation: u32,
+        doc: DocumentId,
+        bytes: Vec<u8>,
+    },
+    /// The hub reads every open document from the store again (a lost bus
+    /// message reported, the bus back, or polling while it is down).
+    BusRefresh {
+        node: NodeId,
+        incarnation: u32,
+    },
     EndBatch {
         node: NodeId,
         incarnation: u32,
@@ -332,6 +383,15 @@ pub struct Sim {
     snapshot_answers: usize,
     /// Apply jobs run off an engine's loop and handed back.
     applied_off_loop: usize,
+    /// Stores shared by several hubs.
+    groups: Vec<shared::SharedStore>,
+    /// Percent of bus messages lost (each reported to its receiver).
+    pub bus_loss_percent: u32,
+    bus_down_until: Millis,
+    /// Bus messages delivered, and reads of the store they stood in for.
+    bus_delivered: usize,
+    bus_refreshes: usize,
+    failovers: usize,
 }
 
 const INJECTED_FAILURE: &str = "injected storage failure";
@@ -368,6 +428,12 @@ impl Sim {
             offloads: 0,
             snapshot_answers: 0,
             applied_off_loop: 0,
+            groups: Vec::new(),
+            bus_loss_percent: 0,
+            bus_down_until: Millis(0),
+            bus_delivered: 0,
+            bus_refreshes: 0,
+            failovers: 0,
         }
     }
 
@@ -376,7 +442,24 @@ impl Sim {
     /// Adds a node and, if it has an upstream, connects it.
     pub fn add_node(&mut self, spec: NodeSpec) -> NodeId {
         let id = NodeId(self.nodes.len());
-        let storage_id = spec.persistent.then(|| StorageId::random(&mut self.rng));
+        let mut group = None;
+        let storage_id = match spec.store_of {
+            // Hubs on one database present its storage id.
+            Some(other) => {
+                let g = match self.nodes[other.0].group {
+                    Some(g) => g,
+                    None => {
+                        self.groups.push(shared::SharedStore::new(other));
+                        self.nodes[other.0].group = Some(self.groups.len() - 1);
+                        self.groups.len() - 1
+                    }
+                };
+                self.groups[g].members.push(id);
+                group = Some(g);
+                self.nodes[other.0].storage_id.clone()
+            }
+            None => spec.persistent.then(|| StorageId::random(&mut self.rng)),
+        };
         self.nodes.push(Node {
             peer_id: PeerId::new(spec.name.clone()),
             spec,
@@ -399,6 +482,7 @@ impl Sim {
             batching: false,
             timer_at: None,
             pinned: BTreeSet::new(),
+            group,
         });
         self.start_node(id);
         id
@@ -704,9 +788,12 @@ impl Sim {
         node.storage_busy = false;
         node.fence = WriteFence::default();
         node.uplink = None;
-        if !node.spec.persistent {
+        if !node.spec.persistent && node.group.is_none() {
             node.store = MemoryStore::new();
             node.durable.clear();
+        }
+        if let Some(g) = node.group {
+            self.groups[g].forget_writer(n);
         }
         let links = std::mem::take(&mut node.open_links);
         for link in links {
@@ -793,6 +880,8 @@ impl Sim {
                 }
             }
             Scheduled::EndBatch { node, incarnation } => self.end_batch(node, incarnation),
+            Scheduled::BusDeliver { node, incarnation, doc, bytes } => self.bus_deliver(node, incarnation, doc, bytes),
+            Scheduled::BusRefresh { node, incarnation } => self.bus_refresh(node, incarnation),
             Scheduled::Timeout { node, incarnation, at } => self.timeout(node, incarnation, at),
             Scheduled::User(tag) => return Step::User(tag),
         }
@@ -876,6 +965,18 @@ impl Sim {
         let Some(up) = node.spec.upstream else { return };
         if node.engine.is_none() || node.uplink.is_some() {
             return;
+        }
+        if let Some(other) = node.spec.fallback
+            && self.nodes[up.0].engine.is_none()
+            && self.nodes[other.0].engine.is_some()
+            && self.now >= node.partitioned_until
+        {
+            // Its hub is down: the next one it was given.
+            let spec = &mut self.nodes[n.0].spec;
+            (spec.upstream, spec.fallback) = (Some(other), Some(up));
+            self.failovers += 1;
+            self.note(format!("{} fails over from {} to {}", self.name(n), self.name(up), self.name(other)));
+            return self.connect_up(n);
         }
         if self.now < node.partitioned_until || self.nodes[up.0].engine.is_none() {
             self.note(format!("{} connect to {} refused", self.name(n), self.name(up)));
@@ -1192,10 +1293,18 @@ impl Sim {
         } else if fail {
             StorageResult::Failed(INJECTED_FAILURE.to_owned())
         } else {
-            let result = self.nodes[n.0].store.execute(&task);
+            let result = match self.nodes[n.0].group {
+                Some(g) => self.groups[g].execute(n, &task),
+                None => self.nodes[n.0].store.execute(&task),
+            };
             self.apply_to_mirror(n, &task);
             result
         };
+        if let (Some(g), StorageResult::Done) = (self.nodes[n.0].group, &result)
+            && let StorageTask::AppendChunk { doc, data } | StorageTask::Compact { doc, snapshot: data } = &task
+        {
+            self.publish(n, g, *doc, data.clone());
+        }
         self.nodes[n.0].fence.record(&task, &result);
         let outcome = match &result {
             StorageResult::Done | StorageResult::Loaded(Some(_)) => "done".to_owned(),
@@ -1209,6 +1318,77 @@ impl Sim {
             self.pump(n);
         }
         self.start_storage(n);
+    }
+
+    /// A hub committed a chunk to a shared store: the bus takes it to the
+    /// other hubs on it (FIFO per pair). Lost messages are reported to the
+    /// receiver, which reads the store again; while the bus is down nothing
+    /// crosses.
+    fn publish(&mut self, from: NodeId, g: usize, doc: DocumentId, bytes: Vec<u8>) {
+        for m in self.groups[g].members.clone() {
+            if m == from || self.nodes[m.0].engine.is_none() || self.now < self.bus_down_until {
+                continue;
+            }
+            let incarnation = self.nodes[m.0].incarnation;
+            let delay = self.draw(self.timing.net_delay);
+            if self.rng.random_range(0..100) < self.bus_loss_percent {
+                self.note(format!("bus lost {}'s commit of {} to {}", self.name(from), short(&doc), self.name(m)));
+                self.schedule(delay, Scheduled::BusRefresh { node: m, incarnation });
+                continue;
+            }
+            let last = self.groups[g].bus_last.get(&(from, m)).copied().unwrap_or(0);
+            let at = (self.now.0 + delay).max(last);
+            self.groups[g].bus_last.insert((from, m), at);
+            self.schedule_at(at, Scheduled::BusDeliver { node: m, incarnation, doc, bytes: bytes.clone() });
+        }
+    }
+
+    fn bus_deliver(&mut self, n: NodeId, incarnation: u32, doc: DocumentId, bytes: Vec<u8>) {
+        if self.nodes[n.0].incarnation != incarnation {
+            return;
+        }
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            self.bus_delivered += 1;
+            engine.handle_stored_elsewhere(now, doc, bytes);
+            self.pump(n);
+        }
+    }
+
+    /// (Any incarnation: a hub started since reads the store too, as it
+    /// would when the bus tells it it is back.)
+    fn bus_refresh(&mut self, n: NodeId, _incarnation: u32) {
+        let now = self.now;
+        if let Some(engine) = self.nodes[n.0].engine.as_mut() {
+            self.bus_refreshes += 1;
+            engine.refresh_all_from_store(now);
+            self.note(format!("{} reads its open documents from the shared store again", self.name(n)));
+            self.pump(n);
+        }
+    }
+
+    /// The bus is down until `until`: hubs read the store every 2 s
+    /// meanwhile, and once more when it is back.
+    pub fn bus_outage(&mut self, until: Millis) {
+        self.bus_down_until = until;
+        self.note(format!("fault bus down until {}", until.0));
+        let hubs: Vec<NodeId> = self.groups.iter().flat_map(|g| g.members.clone()).collect();
+        for h in hubs {
+            let incarnation = self.nodes[h.0].incarnation;
+            let mut at = self.now.0 + shared::POLL_WHILE_DOWN;
+            while at < until.0 {
+                self.schedule_at(at, Scheduled::BusRefresh { node: h, incarnation });
+                at += shared::POLL_WHILE_DOWN;
+            }
+            self.schedule_at(until.0, Scheduled::BusRefresh { node: h, incarnation });
+        }
+    }
+
+    /// Ends a bus outage now.
+    pub fn bus_heal(&mut self) {
+        if self.bus_down_until > self.now {
+            self.bus_outage(self.now);
+        }
     }
 
     /// The node's oldest apply job completes and the engine takes its result.
@@ -1228,6 +1408,51 @@ impl Sim {
 
     /// Keeps the loaded view of the store in step with a completed task.
     fn apply_to_mirror(&mut self, n: NodeId, task: &StorageTask) {
+        if let Some(g) = self.nodes[n.0].group {
+            self.apply_to_group_mirror(n, g, task);
+        } else {
+            self.apply_to_own_mirror(n, task);
+        }
+        self.check_stored(n, task);
+    }
+
+    /// The loaded view of a shared store, the same at every hub on it:
+    /// what it holds of the document now, which must keep every change it
+    /// held before.
+    fn apply_to_group_mirror(&mut self, n: NodeId, g: usize, task: &StorageTask) {
+        let doc = match task {
+            StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } | StorageTask::DeleteDoc { doc } => {
+                *doc
+            }
+            StorageTask::LoadDoc { .. }
+            | StorageTask::ReadDoc { .. }
+            | StorageTask::LoadSyncState { .. }
+            | StorageTask::PutSyncState { .. } => {
+                return;
+            }
+        };
+        let now = match self.groups[g].load(&doc) {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => self.fail(format!("{} left chunks of {doc} in the shared store that do not load: {e}", self.name(n))),
+        };
+        if !matches!(task, StorageTask::DeleteDoc { .. }) {
+            let old = self.nodes[n.0].durable.get(&doc).map(Automerge::get_heads).unwrap_or_default();
+            if let Some(lost) = old.iter().find(|h| !now.as_ref().is_some_and(|d| contains(d, h))) {
+                self.fail(format!("{} lost change {} of {doc} from the shared store", self.name(n), hex8(lost)));
+            }
+        } else {
+            self.offloads += 1;
+        }
+        for m in self.groups[g].members.clone() {
+            match &now {
+                Some(d) => self.nodes[m.0].durable.insert(doc, d.clone()),
+                None => self.nodes[m.0].durable.remove(&doc),
+            };
+        }
+    }
+
+    fn apply_to_own_mirror(&mut self, n: NodeId, task: &StorageTask) {
         match task {
             StorageTask::AppendChunk { doc, data } => {
                 let d = self.nodes[n.0].durable.entry(*doc).or_insert_with(empty_doc);
@@ -1249,8 +1474,15 @@ impl Sim {
                 self.nodes[n.0].durable.remove(doc);
                 self.offloads += 1;
             }
-            StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } | StorageTask::PutSyncState { .. } => {}
+            StorageTask::LoadDoc { .. }
+            | StorageTask::ReadDoc { .. }
+            | StorageTask::LoadSyncState { .. }
+            | StorageTask::PutSyncState { .. } => {}
         }
+    }
+
+    /// Checks on what a completed write left in the store.
+    fn check_stored(&mut self, n: NodeId, task: &StorageTask) {
         if let StorageTask::AppendChunk { doc, .. } = task {
             let complete = self.nodes[n.0].durable.get(doc).is_some_and(|d| d.get_missing_deps(&[]).is_empty());
             if !complete {
@@ -1551,6 +1783,7 @@ fn heads_str(heads: &[ChangeHash]) -> String {
 fn describe_task(task: &StorageTask) -> String {
     match task {
         StorageTask::LoadDoc { doc } => format!("load {}", short(doc)),
+        StorageTask::ReadDoc { doc } => format!("read {}", short(doc)),
         StorageTask::AppendChunk { doc, data } => format!("append {} {}B", short(doc), data.len()),
         StorageTask::Compact { doc, snapshot } => format!("compact {} {}B", short(doc), snapshot.len()),
         StorageTask::DeleteDoc { doc } => format!("delete {}", short(doc)),
@@ -1650,6 +1883,11 @@ pub struct RunStats {
     pub read_only_refusals: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
+    /// Several hubs on one store: commits the bus delivered, reads of the
+    /// store in their stead (lost messages, outages), edges' fail-overs.
+    pub bus_delivered: usize,
+    pub bus_refreshes: usize,
+    pub failovers: usize,
 }
 
 impl RunStats {
@@ -1671,6 +1909,9 @@ impl RunStats {
         self.viewers += other.viewers;
         self.read_only_refusals += other.read_only_refusals;
         self.home_confirmed += other.home_confirmed;
+        self.bus_delivered += other.bus_delivered;
+        self.bus_refreshes += other.bus_refreshes;
+        self.failovers += other.failovers;
         self.end_ms = self.end_ms.max(other.end_ms);
     }
 }
@@ -1692,7 +1933,17 @@ pub fn run(seed: u64) -> Vec<String> {
 /// and faults for a while, then every fault healed, quiet, and the
 /// convergence check.
 pub fn run_seed(seed: u64) -> RunOutcome {
-    let mut w = Workload::new(seed);
+    run_workload(Workload::new(seed))
+}
+
+/// [`run_seed`] on the cloud tier's topology: two hubs on one shared store
+/// with a lossy bus between them (and outages of it), an edge under each
+/// given the other hub to fail over to, clients under the edges.
+pub fn run_cloud_seed(seed: u64) -> RunOutcome {
+    run_workload(Workload::new_cloud(seed))
+}
+
+fn run_workload(mut w: Workload) -> RunOutcome {
     w.run_faulty_phase();
     w.heal_everything();
     if !w.sim.run_until_quiet(600_000) {
@@ -1736,6 +1987,9 @@ pub fn run_seed(seed: u64) -> RunOutcome {
     w.stats.read_only_refusals =
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Refused { .. })).count();
     w.stats.end_ms = w.sim.now.0;
+    w.stats.bus_delivered = w.sim.bus_delivered;
+    w.stats.bus_refreshes = w.sim.bus_refreshes;
+    w.stats.failovers = w.sim.failovers;
     RunOutcome { trace: w.sim.into_trace(), stats: w.stats }
 }
 
@@ -1772,14 +2026,24 @@ struct Workload {
     work_end: Millis,
     ephemeral_count: u64,
     stats: RunStats,
+    /// Two hubs on one store ([`run_cloud_seed`]).
+    cloud: bool,
 }
 
 impl Workload {
     fn new(seed: u64) -> Self {
+        Self::with_topology(seed, false)
+    }
+
+    fn new_cloud(seed: u64) -> Self {
+        Self::with_topology(seed, true)
+    }
+
+    fn with_topology(seed: u64, cloud: bool) -> Self {
         let mut sim = Sim::new(seed, Timing::default());
         sim.unique_ephemeral_payloads = true;
         sim.storage_failure_percent = storage_failures_from_env();
-        let mut clients = build_topology(&mut sim);
+        let mut clients = if cloud { build_cloud_topology(&mut sim) } else { build_topology(&mut sim) };
         add_viewer(&mut sim, &mut clients, seed);
         let work_end = Millis(sim.rng.random_range(8_000..=20_000));
         let mut w = Self {
@@ -1791,6 +2055,7 @@ impl Workload {
             work_end,
             ephemeral_count: 0,
             stats: RunStats::default(),
+            cloud,
         };
         let first = w.clients[0];
         let at = w.sim.rng.random_range(0..1000);
@@ -1965,6 +2230,12 @@ impl Workload {
     }
 
     fn chaos(&mut self) {
+        if self.cloud && self.sim.rng.random_range(0..100u32) < 15 {
+            let length = self.sim.rng.random_range(500..6000);
+            let until = Millis(self.sim.now().0 + length);
+            self.sim.bus_outage(until);
+            return;
+        }
         let roll = self.sim.rng.random_range(0..100u32);
         match roll {
             0..40 => {
@@ -2003,6 +2274,7 @@ impl Workload {
     fn heal_everything(&mut self) {
         self.sim.note("faults stop");
         self.sim.storage_failure_percent = 0;
+        self.sim.bus_heal();
         for n in self.sim.node_ids().collect::<Vec<_>>() {
             self.sim.heal(n);
             self.sim.restart(n);
@@ -2046,6 +2318,34 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
         // Most applications keep open documents in memory; some evict.
         let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
         let spec = NodeSpec::new(format!("c{i}")).persistent(persistent).evict_after(e).upstream(server);
+        clients.push(sim.add_node(spec));
+    }
+    clients
+}
+
+/// Two hubs on one shared store with a lossy bus (losing 0-20 % of its
+/// messages), an edge under each given the other hub too, and two to four
+/// clients under the edges. Returns the clients.
+fn build_cloud_topology(sim: &mut Sim) -> Vec<NodeId> {
+    let evict_choices = [500, 3000, 60_000];
+    let evict = |sim: &mut Sim| evict_choices[sim.rng.random_range(0..evict_choices.len())];
+    let e = evict(sim);
+    let h1 = sim.add_node(NodeSpec::new("hub1").evict_after(e));
+    let e = evict(sim);
+    let h2 = sim.add_node(NodeSpec::new("hub2").evict_after(e).sharing_store_of(h1));
+    sim.bus_loss_percent = sim.rng.random_range(0..=20);
+    let mut edges = Vec::new();
+    for (i, (hub, other)) in [(h1, h2), (h2, h1)].into_iter().enumerate() {
+        let e = evict(sim);
+        edges.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).upstream(hub).fallback(other)));
+    }
+    let count = sim.rng.random_range(2..=4usize);
+    let mut clients = Vec::new();
+    for i in 0..count {
+        let edge = edges[i % edges.len()];
+        let persistent = sim.rng.random_bool(0.5);
+        let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
+        let spec = NodeSpec::new(format!("c{i}")).persistent(persistent).evict_after(e).upstream(edge);
         clients.push(sim.add_node(spec));
     }
     clients

@@ -187,6 +187,29 @@ fn the_control_state_is_shared_through_the_store() -> Result<()> {
     control_state(&mut s1, &mut s2)
 }
 
+/// A refresh's read (`ReadDoc`) does not make the chunks it read the
+/// reader's: a snapshot it issued before taking them in does not hold them,
+/// so its compaction must leave them (found by the simulation of several
+/// hubs: a change another hub stored was deleted).
+#[test]
+fn a_refresh_does_not_cover_what_another_hub_wrote() -> Result<()> {
+    let pg = Postgres::start()?;
+    let (mut h1, mut h2) = (PostgresStore::open(&pg.url())?, PostgresStore::open(&pg.url())?);
+    let mut w1 = AutoCommit::new();
+    let first = change(&mut w1, "h1");
+    assert_eq!(one(&mut h1, StorageTask::AppendChunk { doc: doc(1), data: first }), StorageResult::Done);
+    let mut w2 = w1.fork();
+    let other = change(&mut w2, "h2");
+    assert_eq!(one(&mut h2, StorageTask::AppendChunk { doc: doc(1), data: other }), StorageResult::Done);
+    // h1 reads the document again (a refresh) and, before taking it in,
+    // compacts what it has.
+    assert!(matches!(one(&mut h1, StorageTask::ReadDoc { doc: doc(1) }), StorageResult::Loaded(Some(_))));
+    assert_eq!(one(&mut h1, StorageTask::Compact { doc: doc(1), snapshot: w1.save() }), StorageResult::Done);
+    let loaded = load(&mut h2, doc(1)).expect("stored");
+    assert_eq!(keys(&loaded), vec!["h1".to_owned(), "h2".to_owned()], "h2's change is kept");
+    Ok(())
+}
+
 /// With the change feed on, chunks wait in its outbox, and a compaction
 /// deletes only the chunks the feed carried (the next one the rest).
 #[test]

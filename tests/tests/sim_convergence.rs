@@ -82,9 +82,47 @@ fn random_schedules_converge() {
     }
 }
 
+/// The cloud tier (issue 16): two hubs on one shared store with a lossy
+/// bus, edges failing over between them, under the same faults.
+/// `MERIDIAN_SIM_CLOUD_SEEDS` (default 100) and `MERIDIAN_SIM_CLOUD_SEED=n`.
+#[test]
+fn hubs_on_a_shared_store_with_a_lossy_bus_converge() {
+    let seeds: Vec<u64> = match env_u64("MERIDIAN_SIM_CLOUD_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..env_u64("MERIDIAN_SIM_CLOUD_SEEDS").unwrap_or(100)).collect(),
+    };
+    let started = Instant::now();
+    let total = run_seeds_with(&seeds, sim::run_cloud_seed);
+    eprintln!(
+        "{} cloud seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} crashes, \
+         {} link drops, {} partitions, {} commits over the bus, {} reads of the shared store for lost messages \
+         and outages, {} edge fail-overs, {} hand-offs",
+        seeds.len(),
+        started.elapsed(),
+        total.docs,
+        total.edits,
+        total.lost_edits,
+        total.crashes,
+        total.link_drops,
+        total.partitions,
+        total.bus_delivered,
+        total.bus_refreshes,
+        total.failovers,
+        total.handoffs,
+    );
+    if seeds.len() >= 50 {
+        assert!(total.bus_delivered > 0 && total.bus_refreshes > 0 && total.failovers > 0);
+        assert!(total.crashes > 0 && total.edits > 10 * seeds.len());
+    }
+}
+
 /// Runs the seeds on a few threads (each run is independent and
 /// deterministic); panics with the lowest failing seed's report.
 fn run_seeds(seeds: &[u64]) -> RunStats {
+    run_seeds_with(seeds, sim::run_seed)
+}
+
+fn run_seeds_with(seeds: &[u64], run: fn(u64) -> sim::RunOutcome) -> RunStats {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
@@ -94,7 +132,7 @@ fn run_seeds(seeds: &[u64]) -> RunStats {
             scope.spawn(|| {
                 while !failed.load(Ordering::Relaxed) {
                     let Some(&seed) = seeds.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                    let outcome = std::panic::catch_unwind(|| sim::run_seed(seed));
+                    let outcome = std::panic::catch_unwind(|| run(seed));
                     let mut results = results.lock().unwrap();
                     match outcome {
                         Ok(outcome) => results.0.add(&outcome.stats),

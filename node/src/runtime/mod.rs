@@ -314,8 +314,8 @@ impl NodeLoop {
             NodeEvent::Route { doc, conn } => self.engine.set_route(now, doc, conn),
             NodeEvent::Pin { doc, pinned } => self.engine.pin(doc, pinned),
             NodeEvent::StoredElsewhere { doc, bytes } => self.engine.handle_stored_elsewhere(now, doc, bytes),
-            NodeEvent::Refresh { doc: Some(doc) } => self.engine.refresh_from_store(doc),
-            NodeEvent::Refresh { doc: None } => self.engine.refresh_all_from_store(),
+            NodeEvent::Refresh { doc: Some(doc) } => self.engine.refresh_from_store(now, doc),
+            NodeEvent::Refresh { doc: None } => self.engine.refresh_all_from_store(now),
         }
         self.drain();
     }

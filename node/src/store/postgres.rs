@@ -616,10 +616,14 @@ fn run_task(
     let fed = !feed;
     use StorageResult::{Done, Loaded};
     Ok(match task {
-        StorageTask::LoadDoc { doc } => {
+        StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => {
             let rows = tx.query(LOAD_DOC, &[&doc.as_bytes().as_slice()])?;
-            let seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
-            covering.set.push((*doc, seqs));
+            // A load covers what it read; a refresh's read does not (the
+            // engine's snapshots issued before it is taken in lack it).
+            if matches!(task, StorageTask::LoadDoc { .. }) {
+                let seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
+                covering.set.push((*doc, seqs));
+            }
             if rows.is_empty() {
                 return Ok(Loaded(None));
             }

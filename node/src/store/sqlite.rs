@@ -475,14 +475,14 @@ fn count(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<usize> {
 
 /// Tells whether a task modifies the database.
 fn is_write(task: &StorageTask) -> bool {
-    !matches!(task, StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. })
+    !matches!(task, StorageTask::LoadDoc { .. } | StorageTask::ReadDoc { .. } | StorageTask::LoadSyncState { .. })
 }
 
 /// Runs one task on a connection that is inside a transaction.
 fn run_task(conn: &Connection, task: &StorageTask) -> rusqlite::Result<StorageResult> {
     use StorageResult::{Done, Loaded};
     Ok(match task {
-        StorageTask::LoadDoc { doc } => Loaded(load_doc(conn, doc)?),
+        StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => Loaded(load_doc(conn, doc)?),
         StorageTask::AppendChunk { doc, data } => {
             insert_chunk(conn, doc, ChunkKind::Incremental, data)?;
             Done

@@ -676,6 +676,7 @@ impl Driver for World {
             };
             let (kind, doc) = match &task {
                 StorageTask::LoadDoc { doc } => ("load", doc),
+                StorageTask::ReadDoc { doc } => ("read", doc),
                 StorageTask::AppendChunk { doc, .. } => ("append", doc),
                 StorageTask::Compact { doc, .. } => ("compact", doc),
                 StorageTask::DeleteDoc { doc } => ("delete", doc),
@@ -1103,7 +1104,9 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                     (Some(fenced), _) => fenced,
                     (None, 5) => StorageResult::Failed("injected".into()),
                     (None, 6) => match &task {
-                        StorageTask::LoadDoc { .. } | StorageTask::LoadSyncState { .. } => StorageResult::Done,
+                        StorageTask::LoadDoc { .. } | StorageTask::ReadDoc { .. } | StorageTask::LoadSyncState { .. } => {
+                            StorageResult::Done
+                        }
                         _ => StorageResult::Loaded(None),
                     },
                     (None, _) => world.execute(&task),

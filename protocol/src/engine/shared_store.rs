@@ -19,11 +19,16 @@ const MAX_WAITING: usize = 64;
 
 impl Engine {
     /// Another node sharing our store committed `bytes` (automerge chunks,
-    /// as written) for `doc_id`. A document not in memory is left alone
-    /// (its next load reads them); one loading or applying off the loop
-    /// takes them once that is done.
+    /// as written) for `doc_id`. A document not in memory is loaded if a
+    /// peer is subscribed to it (evicted while they still hold it: the load
+    /// reads the chunk and syncs it to them), else left alone (its next
+    /// load reads them); one loading or applying off the loop takes them
+    /// once that is done.
     pub fn handle_stored_elsewhere(&mut self, now: Millis, doc_id: DocumentId, bytes: Vec<u8>) {
-        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(d) = self.docs.get_mut(&doc_id) else {
+            self.load_if_subscribed(now, doc_id);
+            return;
+        };
         if d.busy() {
             if d.stored_elsewhere.len() < MAX_WAITING {
                 d.stored_elsewhere.push(bytes);
@@ -37,18 +42,31 @@ impl Engine {
 
     /// Reads the document from the store again and takes what it holds
     /// (after a gap in what the bus delivered: a reconnect, a lost
-    /// message). A document not in memory needs nothing.
-    pub fn refresh_from_store(&mut self, doc_id: DocumentId) {
+    /// message). A document not in memory is loaded if a peer is
+    /// subscribed to it (it may have missed what the gap hid), else needs
+    /// nothing.
+    pub fn refresh_from_store(&mut self, now: Millis, doc_id: DocumentId) {
         if self.docs.contains_key(&doc_id) {
-            self.out.storage(TaskPurpose::Refresh(doc_id), StorageTask::LoadDoc { doc: doc_id });
+            self.out.storage(TaskPurpose::Refresh(doc_id), StorageTask::ReadDoc { doc: doc_id });
+        } else {
+            self.load_if_subscribed(now, doc_id);
         }
     }
 
-    /// Every document in memory, read again ([`Self::refresh_from_store`]).
-    pub fn refresh_all_from_store(&mut self) {
-        let docs: Vec<DocumentId> = self.docs.keys().copied().collect();
+    /// Every document in memory or subscribed to, read again
+    /// ([`Self::refresh_from_store`]).
+    pub fn refresh_all_from_store(&mut self, now: Millis) {
+        let docs: std::collections::BTreeSet<DocumentId> =
+            self.docs.keys().chain(self.subscribers.keys()).copied().collect();
         for doc in docs {
-            self.refresh_from_store(doc);
+            self.refresh_from_store(now, doc);
+        }
+    }
+
+    /// Loads an evicted document a peer is still subscribed to.
+    fn load_if_subscribed(&mut self, now: Millis, doc_id: DocumentId) {
+        if self.subscribers.get(&doc_id).is_some_and(|s| !s.is_empty()) {
+            self.ensure_doc(now, doc_id);
         }
     }
 
@@ -67,7 +85,7 @@ impl Engine {
         }
         if std::mem::take(&mut d.refresh_wanted) {
             d.stored_elsewhere.clear();
-            return self.refresh_from_store(doc_id);
+            return self.refresh_from_store(now, doc_id);
         }
         let waiting = std::mem::take(&mut d.stored_elsewhere);
         if !waiting.is_empty() {
@@ -95,7 +113,7 @@ impl Engine {
         self.stats.stored_elsewhere += 1;
         self.after_doc_update(now, doc_id, before);
         if self.docs.get_mut(&doc_id).is_some_and(|d| std::mem::take(&mut d.refresh_wanted)) {
-            self.refresh_from_store(doc_id);
+            self.refresh_from_store(now, doc_id);
         }
     }
 }
