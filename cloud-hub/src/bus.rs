@@ -40,7 +40,7 @@ pub(crate) const POLL_WHILE_DOWN: std::time::Duration = std::time::Duration::fro
 /// | `meridian_hub_bus_connects_total` | counter | connections made (the first, then each reconnect or fail-over to another server) |
 /// | `meridian_hub_bus_published_total` | counter | commits published |
 /// | `meridian_hub_bus_received_total` | counter | other hubs' commits received |
-/// | `meridian_hub_bus_gaps_total` | counter | sequence gaps seen (each makes the hub read the store again) |
+/// | `meridian_hub_bus_gaps_total` | counter | gaps seen: sequence jumps, messages NATS dropped for a slow consumer (each makes the hub read the store again) |
 #[derive(Debug, Default)]
 pub struct BusMetrics {
     pub connected: AtomicU64,
@@ -52,20 +52,26 @@ pub struct BusMetrics {
 
 impl BusMetrics {
     pub fn render(&self) -> String {
-        use std::fmt::Write;
-        let mut out = String::new();
-        let rows = [
-            ("connected", "gauge", "1 while connected to a NATS server.", &self.connected),
-            ("connects_total", "counter", "Connections to NATS made (first, reconnects, fail-overs).", &self.connects_total),
-            ("published_total", "counter", "Commits published on the bus.", &self.published_total),
-            ("received_total", "counter", "Other hubs' commits received.", &self.received_total),
-            ("gaps_total", "counter", "Sequence gaps seen (the store is read again).", &self.gaps_total),
-        ];
-        for (name, kind, help, v) in rows {
-            let name = format!("meridian_hub_bus_{name}");
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
-        }
-        out
+        crate::render_counters(
+            "meridian_hub_bus_",
+            &[
+                ("connected", "gauge", "1 while connected to a NATS server.", &self.connected),
+                (
+                    "connects_total",
+                    "counter",
+                    "Connections to NATS made (first, reconnects, fail-overs).",
+                    &self.connects_total,
+                ),
+                ("published_total", "counter", "Commits published on the bus.", &self.published_total),
+                ("received_total", "counter", "Other hubs' commits received.", &self.received_total),
+                (
+                    "gaps_total",
+                    "counter",
+                    "Gaps seen: sequence jumps, messages NATS dropped (the store is read again).",
+                    &self.gaps_total,
+                ),
+            ],
+        )
     }
 }
 
@@ -249,14 +255,16 @@ impl Bus {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if up.connected.load(Relaxed) == 0
-                    && polling.send(NodeEvent::Refresh { doc: None }).await.is_err()
-                {
+                if up.connected.load(Relaxed) == 0 && polling.send(NodeEvent::Refresh { doc: None }).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Self { client: client_kept, metrics, _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
+        Ok(Self {
+            client: client_kept,
+            metrics,
+            _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)],
+        })
     }
 
     pub(crate) fn metrics(&self) -> Arc<BusMetrics> {

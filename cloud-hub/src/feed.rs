@@ -27,9 +27,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream;
-use meridian_protocol::automerge::{self, Automerge, Change, ChangeHash};
 use base64::Engine as _;
 use meridian_node::store::FeedChunk;
+use meridian_protocol::automerge::{self, Automerge, Change, ChangeHash};
 use meridian_protocol::ids::DocumentId;
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +133,8 @@ pub(crate) fn new_changes(chunk: &FeedChunk, have: &BTreeSet<ChangeHash>) -> Vec
     let options = automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Ignore);
     match Automerge::load_with_options(&chunk.data, options) {
         Ok(doc) => {
-            let known: Vec<ChangeHash> = have.iter().copied().filter(|h| doc.get_change_meta_by_hash(h).is_some()).collect();
+            let known: Vec<ChangeHash> =
+                have.iter().copied().filter(|h| doc.get_change_meta_by_hash(h).is_some()).collect();
             doc.get_changes(&known)
         }
         Err(error) => {
@@ -199,7 +200,7 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
                 Err(error) => tracing::warn!(%error, "feed: cannot renew the relay's lease"),
             }
         }
-        if !lease_until.is_some_and(|t| std::time::Instant::now() < t) {
+        if lease_until.is_none_or(|t| std::time::Instant::now() >= t) {
             tokio::time::sleep(lease_ttl / 3).await;
             continue;
         }
@@ -270,7 +271,8 @@ async fn relay_batch(
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{}.{}", e.doc, e.hash).as_str());
         let subject = format!("{SUBJECT_PREFIX}{}", e.doc);
-        let ack = js.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| format!("publishing: {e}"))?;
+        let ack =
+            js.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| format!("publishing: {e}"))?;
         acks.push(ack);
     }
     for ack in acks {
@@ -320,10 +322,9 @@ pub async fn consume(urls: &[String], what: &mut Consume, out: &mut impl std::io
     let client =
         async_nats::connect(urls).await.map_err(|e| format!("connecting to NATS at {}: {e}", urls.join(",")))?;
     let js = jetstream::new(client);
-    let stream = js
-        .get_stream(STREAM)
-        .await
-        .map_err(|e| format!("the feed's stream {STREAM} (is a hub running with --store postgres:// and --bus?): {e}"))?;
+    let stream = js.get_stream(STREAM).await.map_err(|e| {
+        format!("the feed's stream {STREAM} (is a hub running with --store postgres:// and --bus?): {e}")
+    })?;
     let deliver_policy = match what.from {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
         None => DeliverPolicy::All,
@@ -386,7 +387,9 @@ fn patches_of(doc: &mut Automerge, change: Change) -> serde_json::Value {
                 let mut path: Vec<serde_json::Value> = p.path.iter().map(|(_, prop)| prop_json(prop)).collect();
                 use automerge::PatchAction as A;
                 let action = match p.action {
-                    A::PutMap { key, value, .. } => json!({ "action": "put", "key": key, "value": value_json(&value.0) }),
+                    A::PutMap { key, value, .. } => {
+                        json!({ "action": "put", "key": key, "value": value_json(&value.0) })
+                    }
                     A::PutSeq { index, value, .. } => {
                         json!({ "action": "put", "index": index, "value": value_json(&value.0) })
                     }

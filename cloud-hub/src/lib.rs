@@ -23,8 +23,8 @@
 mod admission;
 mod bus;
 pub mod control;
-pub mod feed;
 mod edges;
+pub mod feed;
 mod pins;
 pub mod placement;
 pub mod placer;
@@ -544,6 +544,17 @@ fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi, control
                 .route("/api/placement/pins/{doc}", axum::routing::put(pins::pin).delete(pins::unpin))
                 .with_state(control),
         )
+}
+
+/// Prometheus text for `(name, type, help, value)` rows, names prefixed.
+pub(crate) fn render_counters(prefix: &str, rows: &[(&str, &str, &str, &std::sync::atomic::AtomicU64)]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (name, kind, help, v) in rows {
+        let value = v.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}\n{prefix}{name} {value}");
+    }
+    out
 }
 
 /// Renders metrics the node's `/metrics` does not have (placement, bus).

@@ -51,7 +51,11 @@ pub async fn list(State(control): State<ControlState>) -> Answer {
 }
 
 /// `PUT /api/placement/pins/{doc}`.
-pub async fn pin(State(control): State<ControlState>, Path(id): Path<String>, Json(request): Json<PinRequest>) -> Answer {
+pub async fn pin(
+    State(control): State<ControlState>,
+    Path(id): Path<String>,
+    Json(request): Json<PinRequest>,
+) -> Answer {
     let doc = doc(&id)?;
     let to = request.to.trim();
     let valid = !to.is_empty() && to.len() <= 128 && to.chars().all(|c| c.is_ascii_graphic());

@@ -31,7 +31,6 @@
 //! never completes costs latency, never data.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -140,24 +139,31 @@ pub struct PlacementMetrics {
 
 impl PlacementMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let rows = [
-            ("decisions_total", "counter", "Per-document placement decisions taken.", &self.decisions_total),
-            ("moves_total", "counter", "Home changes decided (advisory).", &self.moves_total),
-            ("docs_tracked", "gauge", "Documents the placement engine tracks.", &self.docs_tracked),
-            ("reports_total", "counter", "Demand reports received from edges.", &self.reports_total),
-            ("edges_reporting", "gauge", "Connected edges with a fresh report.", &self.edges_reporting),
-            ("handoffs_total", "counter", "Hand-offs completed (new home caught up, announced).", &self.handoffs_total),
-            ("handoffs_pending", "gauge", "Decided homes not announced yet.", &self.handoffs_pending),
-            ("docs_homed_on_edges", "gauge", "Documents whose announced home is an edge.", &self.docs_homed_on_edges),
-            ("is_placer", "gauge", "1 while this hub holds the placer's lease.", &self.is_placer),
-            ("takeovers_total", "counter", "Times this hub became the placer.", &self.takeovers_total),
-        ];
-        for (name, kind, help, v) in rows {
-            let name = format!("meridian_hub_placement_{name}");
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}", v.load(Relaxed));
-        }
-        out
+        crate::render_counters(
+            "meridian_hub_placement_",
+            &[
+                ("decisions_total", "counter", "Per-document placement decisions taken.", &self.decisions_total),
+                ("moves_total", "counter", "Home changes decided (advisory).", &self.moves_total),
+                ("docs_tracked", "gauge", "Documents the placement engine tracks.", &self.docs_tracked),
+                ("reports_total", "counter", "Demand reports received from edges.", &self.reports_total),
+                ("edges_reporting", "gauge", "Connected edges with a fresh report.", &self.edges_reporting),
+                (
+                    "handoffs_total",
+                    "counter",
+                    "Hand-offs completed (new home caught up, announced).",
+                    &self.handoffs_total,
+                ),
+                ("handoffs_pending", "gauge", "Decided homes not announced yet.", &self.handoffs_pending),
+                (
+                    "docs_homed_on_edges",
+                    "gauge",
+                    "Documents whose announced home is an edge.",
+                    &self.docs_homed_on_edges,
+                ),
+                ("is_placer", "gauge", "1 while this hub holds the placer's lease.", &self.is_placer),
+                ("takeovers_total", "counter", "Times this hub became the placer.", &self.takeovers_total),
+            ],
+        )
     }
 }
 
@@ -430,20 +436,27 @@ impl Placer {
                 peers: e.peer_rtts.iter().map(|(p, d)| (p.clone(), *d)).collect(),
             })
             .collect();
-        views.extend(self.remote.iter().map(|(id, r)| EdgeView {
-            id: id.clone(),
-            rtt: ms(r.report.rtt_us),
-            client_rtt: ms(r.report.client_rtt_us),
-            demand: r
-                .report
-                .demand
-                .iter()
-                .filter_map(|(d, (subscribers, writes_per_sec))| {
-                    let demand = EdgeDemand { subscribers: *subscribers, writes_per_sec: *writes_per_sec };
-                    Some((d.parse().ok()?, demand))
-                })
-                .collect(),
-            peers: r.report.peer_rtts_us.iter().map(|(p, us)| (EdgeId::new(p.clone()), Duration::from_micros(*us))).collect(),
+        views.extend(self.remote.iter().map(|(id, r)| {
+            EdgeView {
+                id: id.clone(),
+                rtt: ms(r.report.rtt_us),
+                client_rtt: ms(r.report.client_rtt_us),
+                demand: r
+                    .report
+                    .demand
+                    .iter()
+                    .filter_map(|(d, (subscribers, writes_per_sec))| {
+                        let demand = EdgeDemand { subscribers: *subscribers, writes_per_sec: *writes_per_sec };
+                        Some((d.parse().ok()?, demand))
+                    })
+                    .collect(),
+                peers: r
+                    .report
+                    .peer_rtts_us
+                    .iter()
+                    .map(|(p, us)| (EdgeId::new(p.clone()), Duration::from_micros(*us)))
+                    .collect(),
+            }
         }));
         views
     }

@@ -1421,9 +1421,9 @@ impl Sim {
     /// held before.
     fn apply_to_group_mirror(&mut self, n: NodeId, g: usize, task: &StorageTask) {
         let doc = match task {
-            StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } | StorageTask::DeleteDoc { doc } => {
-                *doc
-            }
+            StorageTask::AppendChunk { doc, .. }
+            | StorageTask::Compact { doc, .. }
+            | StorageTask::DeleteDoc { doc } => *doc,
             StorageTask::LoadDoc { .. }
             | StorageTask::ReadDoc { .. }
             | StorageTask::LoadSyncState { .. }
@@ -1434,7 +1434,9 @@ impl Sim {
         let now = match self.groups[g].load(&doc) {
             None => None,
             Some(Ok(d)) => Some(d),
-            Some(Err(e)) => self.fail(format!("{} left chunks of {doc} in the shared store that do not load: {e}", self.name(n))),
+            Some(Err(e)) => {
+                self.fail(format!("{} left chunks of {doc} in the shared store that do not load: {e}", self.name(n)))
+            }
         };
         if !matches!(task, StorageTask::DeleteDoc { .. }) {
             let old = self.nodes[n.0].durable.get(&doc).map(Automerge::get_heads).unwrap_or_default();

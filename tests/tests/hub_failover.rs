@@ -491,13 +491,20 @@ async fn the_placers_hub_killed_another_takes_over_from_the_stored_homes() -> Re
     let writing_us = keep_writing(b.clone(), other, "us_writes");
     let p1 = placement_until(&cloud, 0, "us's demand at the placer", |p| {
         p["documents"].as_array().is_some_and(|d| {
-            d.iter().any(|d| d["doc"] == other.to_string().as_str() && d["demand"]["us"]["writes_per_sec"].as_f64() > Some(0.0))
+            d.iter().any(|d| {
+                d["doc"] == other.to_string().as_str() && d["demand"]["us"]["writes_per_sec"].as_f64() > Some(0.0)
+            })
         })
     })
     .await?;
     let waiting = p1["handoffs"].as_array().and_then(|h| h.iter().find(|h| h["doc"] == other.to_string().as_str()));
     let topology = hub_json(&cloud, 0, "/topology")?;
-    assert!(topology["edges_on_other_hubs"].as_array().is_some_and(|e| e.iter().any(|e| e["id"] == "us" && e["hub"] == "h2")), "{topology:#}");
+    assert!(
+        topology["edges_on_other_hubs"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["id"] == "us" && e["hub"] == "h2")),
+        "{topology:#}"
+    );
     println!("h1 sees us through the store; the hand-off of its document: {waiting:?}");
 
     // The placer's hub dies.
@@ -534,9 +541,13 @@ async fn the_placers_hub_killed_another_takes_over_from_the_stored_homes() -> Re
     assert!(pin.status.success(), "{}", String::from_utf8_lossy(&pin.stderr));
     let p2 = placement_until(&cloud, 1, "the pin honoured", |p| home_in(p, doc).as_deref() == Some("us")).await?;
     assert_eq!(p2["pins"][0]["to"], "us", "{p2:#}");
-    let unpin = std::process::Command::new(&hub).args(["placement", "unpin", &doc.to_string(), "--hub-http", &http]).output()?;
+    let unpin = std::process::Command::new(&hub)
+        .args(["placement", "unpin", &doc.to_string(), "--hub-http", &http])
+        .output()?;
     assert!(unpin.status.success(), "{}", String::from_utf8_lossy(&unpin.stderr));
-    let again = std::process::Command::new(&hub).args(["placement", "unpin", &doc.to_string(), "--hub-http", &http]).output()?;
+    let again = std::process::Command::new(&hub)
+        .args(["placement", "unpin", &doc.to_string(), "--hub-http", &http])
+        .output()?;
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not pinned"));
     println!("placer take-over: h2 placing {took_over:?} after h1 was killed, with the stored homes");
     writing.abort();
@@ -636,7 +647,8 @@ async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<(
 
 /// A hub's `/metrics` value `name` (0 when absent).
 fn hub_metric(cloud: &Cloud, i: usize, name: &str) -> u64 {
-    let text = meridian_tests::http::request(cloud.ports[i].1, "GET", "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
+    let text =
+        meridian_tests::http::request(cloud.ports[i].1, "GET", "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .and_then(|v| v.trim().parse().ok())
@@ -655,19 +667,19 @@ async fn the_bus_fails_over_between_the_nodes_of_a_nats_cluster() -> Result<()> 
         cloud.cluster[node].stop();
         let killed = Instant::now();
         // Each hub connects to a node still up, and commits cross on the bus again.
-        for h in 0..2 {
+        for (h, before) in connects.iter().enumerate() {
             wait_for(
                 || async {
                     hub_metric(&cloud, h, "meridian_hub_bus_connected") == 1
-                        && hub_metric(&cloud, h, "meridian_hub_bus_connects_total") > connects[h]
+                        && hub_metric(&cloud, h, "meridian_hub_bus_connects_total") > *before
                 },
                 "the hub to reach another NATS node",
             )
             .await?;
         }
         let reconnected = killed.elapsed();
-        for h in 0..2 {
-            let before = received[h].max(hub_metric(&cloud, h, "meridian_hub_bus_received_total"));
+        for (h, received) in received.iter().enumerate() {
+            let before = (*received).max(hub_metric(&cloud, h, "meridian_hub_bus_received_total"));
             wait_for(
                 || async { hub_metric(&cloud, h, "meridian_hub_bus_received_total") >= before + 20 },
                 "commits on the bus again",

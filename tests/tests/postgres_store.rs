@@ -279,7 +279,11 @@ fn control_state(a: &mut dyn ControlStore, b: &mut dyn ControlStore) -> Result<(
     assert_eq!(a.reports_since(0)?, vec![report("eu", "h1", 1_000), report("us", "h2", 3_000)]);
     assert_eq!(a.reports_since(2_000)?, vec![report("us", "h2", 3_000)], "stale reports are left out");
 
-    let r = |jti: Option<&str>, sub: Option<&str>, at: u64| Revocation { jti: jti.map(Into::into), sub: sub.map(Into::into), at };
+    let r = |jti: Option<&str>, sub: Option<&str>, at: u64| Revocation {
+        jti: jti.map(Into::into),
+        sub: sub.map(Into::into),
+        at,
+    };
     assert!(a.add_revocation(&r(Some("t1"), None, 5))?);
     assert!(!b.add_revocation(&r(Some("t1"), None, 5))?, "the same revocation twice is one");
     assert!(b.add_revocation(&r(None, Some("mallory"), 6))?);

@@ -13,7 +13,6 @@ use std::path::PathBuf;
 pub use postgres::{OUTAGE_WAIT, PostgresStore, redact};
 pub use sqlite::{SqliteStore, StoreOptions, creator_of};
 
-
 /// What the node runtime needs from a document store. SQLite is the
 /// embedded default; a server-grade backend (e.g. a distributed SQL engine
 /// behind several hub processes, DESIGN.md §8) implements the same trait.

@@ -524,7 +524,10 @@ impl ControlStore for PostgresStore {
 
     fn revocations(&mut self) -> Result<Vec<Revocation>, StoreError> {
         let rows = self.client()?.query(REVOCATIONS, &[])?;
-        Ok(rows.iter().map(|r| Revocation { jti: r.get(0), sub: r.get(1), at: r.get::<_, i64>(2).max(0) as u64 }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| Revocation { jti: r.get(0), sub: r.get(1), at: r.get::<_, i64>(2).max(0) as u64 })
+            .collect())
     }
 
     fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {

@@ -180,9 +180,8 @@ impl ControlStore for SqliteStore {
     }
 
     fn homes(&mut self) -> Result<Vec<StoredHome>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT doc_id, edge, addr, fingerprint, since_ms FROM homes ORDER BY doc_id")?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT doc_id, edge, addr, fingerprint, since_ms FROM homes ORDER BY doc_id")?;
         let rows = stmt.query_map([], |r| {
             Ok(StoredHome {
                 doc: DocumentId::from_bytes(r.get(0)?),
@@ -198,12 +197,14 @@ impl ControlStore for SqliteStore {
     fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError> {
         let id = doc.as_bytes().as_slice();
         match home {
-            Some(h) => self.conn.prepare_cached(
-                "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
+            Some(h) => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, addr = excluded.addr, \
                  fingerprint = excluded.fingerprint, since_ms = excluded.since_ms",
-            )?
-            .execute(params![id, h.edge, h.addr, h.fingerprint, h.since_ms as i64])?,
+                )?
+                .execute(params![id, h.edge, h.addr, h.fingerprint, h.since_ms as i64])?,
             None => self.conn.prepare_cached("DELETE FROM homes WHERE doc_id = ?1")?.execute([id])?,
         };
         Ok(())
@@ -212,7 +213,11 @@ impl ControlStore for SqliteStore {
     fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT doc_id, edge, at_ms FROM pins ORDER BY doc_id")?;
         let rows = stmt.query_map([], |r| {
-            Ok(StoredPin { doc: DocumentId::from_bytes(r.get(0)?), edge: r.get(1)?, at_ms: r.get::<_, i64>(2)?.max(0) as u64 })
+            Ok(StoredPin {
+                doc: DocumentId::from_bytes(r.get(0)?),
+                edge: r.get(1)?,
+                at_ms: r.get::<_, i64>(2)?.max(0) as u64,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -252,14 +257,21 @@ impl ControlStore for SqliteStore {
             .conn
             .prepare_cached("SELECT edge, hub, at_ms, report FROM edge_reports WHERE at_ms >= ?1 ORDER BY edge")?;
         let rows = stmt.query_map([since_ms as i64], |r| {
-            Ok(StoredReport { edge: r.get(0)?, hub: r.get(1)?, at_ms: r.get::<_, i64>(2)?.max(0) as u64, report: r.get(3)? })
+            Ok(StoredReport {
+                edge: r.get(0)?,
+                hub: r.get(1)?,
+                at_ms: r.get::<_, i64>(2)?.max(0) as u64,
+                report: r.get(3)?,
+            })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn revocations(&mut self) -> Result<Vec<Revocation>, StoreError> {
         let mut stmt = self.conn.prepare_cached("SELECT jti, sub, at FROM revocations ORDER BY at, key")?;
-        let rows = stmt.query_map([], |r| Ok(Revocation { jti: r.get(0)?, sub: r.get(1)?, at: r.get::<_, i64>(2)?.max(0) as u64 }))?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Revocation { jti: r.get(0)?, sub: r.get(1)?, at: r.get::<_, i64>(2)?.max(0) as u64 })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

@@ -1104,9 +1104,9 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                     (Some(fenced), _) => fenced,
                     (None, 5) => StorageResult::Failed("injected".into()),
                     (None, 6) => match &task {
-                        StorageTask::LoadDoc { .. } | StorageTask::ReadDoc { .. } | StorageTask::LoadSyncState { .. } => {
-                            StorageResult::Done
-                        }
+                        StorageTask::LoadDoc { .. }
+                        | StorageTask::ReadDoc { .. }
+                        | StorageTask::LoadSyncState { .. } => StorageResult::Done,
                         _ => StorageResult::Loaded(None),
                     },
                     (None, _) => world.execute(&task),
