@@ -181,6 +181,7 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
     let holder = format!("{hub_id}#{:08x}", rand::random::<u32>());
     let mut heads: HashMap<DocumentId, BTreeSet<ChangeHash>> = HashMap::new();
     let mut stream_ready = false;
+    let mut warned = false;
     let mut lease_until: Option<std::time::Instant> = None;
     let mut renewed = std::time::Instant::now() - lease_ttl;
     loop {
@@ -207,8 +208,14 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
         if !stream_ready {
             match stream(&js).await {
                 Ok(_) => stream_ready = true,
+                Err(error) if !warned => {
+                    warned = true;
+                    tracing::warn!(%error, "feed: cannot create the stream (do the NATS servers run JetStream, -js?); trying again every second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "feed: the stream is not there yet");
+                    tracing::debug!(%error, "feed: the stream is not there yet");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }

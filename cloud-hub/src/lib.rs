@@ -130,6 +130,8 @@ pub struct HubConfig {
     /// NATS servers of the bus to the other hubs sharing `store` (empty:
     /// none).
     pub bus: Vec<String>,
+    /// Keep the change feed (`feed`): needs `store` and `bus`.
+    pub feed: bool,
 }
 
 impl HubConfig {
@@ -160,6 +162,7 @@ impl HubConfig {
             untrusted_edges: Default::default(),
             store: None,
             bus: Vec::new(),
+            feed: false,
         }
     }
 
@@ -207,6 +210,12 @@ impl HubConfig {
                 self.http
             )));
         }
+        if self.feed && (self.store.is_none() || self.bus.is_empty()) {
+            return Err(HubError::Config(
+                "--feed needs a PostgreSQL --store and --bus (the feed is relayed from the store to NATS JetStream)"
+                    .into(),
+            ));
+        }
         if self.report_interval.is_zero() || self.placement_interval.is_zero() {
             return Err(HubError::Config("report and placement intervals must be positive".into()));
         }
@@ -252,8 +261,8 @@ async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
     })
     .await
     .map_err(|e| HubError::Config(format!("opening the PostgreSQL store: {e}")))??;
-    // With a bus, the store keeps the change feed's outbox (see `feed`).
-    let store = opened?.with_feed(!config.bus.is_empty());
+    // With the feed, the store keeps its outbox (see `feed`).
+    let store = opened?.with_feed(config.feed);
     tracing::info!(store = %store.target(), storage_id = %store.storage_id(), "documents are kept in PostgreSQL");
     Ok(Box::new(store))
 }
@@ -418,8 +427,8 @@ impl Hub {
         let app = with_extra_metrics(app, extra);
         // The change feed: relayed from the store by one hub at a time
         // (PostgreSQL and a bus needed).
-        let feed = match (&bus, &config.store) {
-            (Some(bus), Some(_)) => {
+        let feed = match (&bus, config.feed) {
+            (Some(bus), true) => {
                 let relay = feed::relay(control.clone(), bus.client(), config.hub_id.clone(), config.placer_lease);
                 Some(AbortOnDrop(tokio::spawn(relay)))
             }
@@ -605,6 +614,12 @@ mod tests {
     fn placement_settings_are_validated() {
         let ok = HubConfig::new("/tmp/x");
         assert!(ok.validate().is_ok());
+        let mut feed = ok.clone();
+        feed.feed = true;
+        assert!(feed.validate().is_err(), "the feed needs a PostgreSQL store and a bus");
+        feed.store = Some("postgres://h/db".into());
+        feed.bus = vec!["nats://127.0.0.1:4222".into()];
+        assert!(feed.validate().is_ok());
         let mut c = ok.clone();
         c.placement_interval = Duration::ZERO;
         assert!(c.validate().is_err());

@@ -181,10 +181,18 @@ struct ServeArgs {
     )]
     store: String,
     /// NATS servers of the bus between hubs sharing a --store database
-    /// (nats://HOST:PORT, comma-separated for a cluster): each hub publishes
-    /// what it commits and applies what the others did.
+    /// (nats://HOST:PORT, comma-separated for a cluster, tried in that
+    /// order): each hub publishes what it commits and applies what the
+    /// others did.
     #[arg(long, env = "MERIDIAN_HUB_BUS", value_delimiter = ',', value_name = "nats://HOST:PORT")]
     bus: Vec<String>,
+    /// Keep the change feed: every change committed to the PostgreSQL
+    /// --store goes to the NATS JetStream stream MERIDIAN_CHANGES (read it
+    /// with `meridian-hub feed`). Needs --bus servers running JetStream
+    /// (nats-server -js); give it to every hub on the database (chunks
+    /// wait in the store until the feed carried them).
+    #[arg(long, env = "MERIDIAN_HUB_FEED", default_value_t = false)]
+    feed: bool,
     /// Peer id of the hub on the wire.
     #[arg(long, env = "MERIDIAN_HUB_ID", default_value = "meridian-hub")]
     hub_id: String,
@@ -344,6 +352,7 @@ async fn main() -> anyhow::Result<()> {
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = args.fsync;
     config.bus = args.bus;
+    config.feed = args.feed;
     config.store = match args.store.as_str() {
         "sqlite" => None,
         url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),

@@ -559,7 +559,7 @@ async fn the_placers_hub_killed_another_takes_over_from_the_stored_homes() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<()> {
-    let mut cloud = tokio::task::spawn_blocking(Cloud::start).await??;
+    let mut cloud = tokio::task::spawn_blocking(|| Cloud::start_with(&["--feed"])).await??;
     let Sides { eu, us, a, b, doc, _dirs } = sides(&cloud, "feed").await?;
     // A consumer from the start of the stream, following.
     let lines = Lines::default();

@@ -299,7 +299,7 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         // up). With --cloud, the hub holding the placer's lease does.
         cmd.args(["--placement-moves", "--placement-dwell-secs", "10"]);
         if cloud {
-            cmd.args(["--store", &cloud::store_url(), "--bus", &cloud::bus_url(), "--hub-id", id]);
+            cmd.args(["--store", &cloud::store_url(), "--bus", &cloud::bus_url(), "--hub-id", id, "--feed"]);
         }
         cmd
     };
