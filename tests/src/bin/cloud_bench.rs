@@ -4,10 +4,11 @@
 //!
 //! - **Propagation**: a client of edge A writes, a client of edge B sees
 //!   the change; the time from the change to the observer having it, over
-//!   three cloud tiers: one hub on SQLite (the embedded default), one hub
+//!   four cloud tiers: one hub on SQLite (the embedded default), one hub
 //!   on PostgreSQL, and two hubs on one PostgreSQL with the NATS bus (edge A
 //!   on hub 1, edge B on hub 2: A → hub 1 → PostgreSQL and NATS → hub 2 →
-//!   B). Hubs and edges run in this process, on loopback.
+//!   B), without and with the change feed relayed to JetStream. Hubs and
+//!   edges run in this process, on loopback.
 //! - **Durable writes per second** of the hub's store: the storage thread's
 //!   group commit (batches of 1 and of 64 appended changes over 100
 //!   documents) on SQLite (the hub's default, without and with `--fsync`)
@@ -51,7 +52,7 @@ async fn main() -> Result<()> {
     let nats = Nats::start()?;
 
     let mut propagation = Vec::new();
-    for tier in [Tier::OneHubSqlite, Tier::OneHubPostgres, Tier::TwoHubs] {
+    for tier in [Tier::OneHubSqlite, Tier::OneHubPostgres, Tier::TwoHubs, Tier::TwoHubsFeed] {
         eprintln!("== propagation: {} ==", tier.name());
         let samples = propagate(tier, &pg, &nats, options.writes).await.with_context(|| tier.name())?;
         propagation.push((tier, samples));
@@ -75,6 +76,8 @@ enum Tier {
     OneHubSqlite,
     OneHubPostgres,
     TwoHubs,
+    /// With the change feed relayed to JetStream meanwhile.
+    TwoHubsFeed,
 }
 
 impl Tier {
@@ -83,6 +86,7 @@ impl Tier {
             Tier::OneHubSqlite => "one hub, SQLite",
             Tier::OneHubPostgres => "one hub, PostgreSQL",
             Tier::TwoHubs => "two hubs, PostgreSQL + NATS",
+            Tier::TwoHubsFeed => "two hubs, PostgreSQL + NATS, with the change feed (--feed)",
         }
     }
 }
@@ -94,8 +98,9 @@ async fn hub(tier: Tier, pg: &Postgres, nats: &Nats, dir: &std::path::Path) -> R
     if tier != Tier::OneHubSqlite {
         config.store = Some(pg.url());
     }
-    if tier == Tier::TwoHubs {
+    if matches!(tier, Tier::TwoHubs | Tier::TwoHubsFeed) {
         config.bus = vec![nats.url()];
+        config.feed = tier == Tier::TwoHubsFeed;
     }
     Ok(Hub::start(config).await?)
 }
@@ -117,7 +122,7 @@ async fn propagate(tier: Tier, pg: &Postgres, nats: &Nats, writes: usize) -> Res
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
     let hub1 = hub(tier, pg, nats, dirs[0].path()).await?;
     let hub2 = match tier {
-        Tier::TwoHubs => Some(hub(tier, pg, nats, dirs[1].path()).await?),
+        Tier::TwoHubs | Tier::TwoHubsFeed => Some(hub(tier, pg, nats, dirs[1].path()).await?),
         _ => None,
     };
     let a = edge(&hub1, "a", dirs[2].path()).await?;
