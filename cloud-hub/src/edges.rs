@@ -44,8 +44,8 @@ pub(crate) async fn accept_loop(
 pub(crate) struct EdgeShared {
     pub(crate) peer_secret: String,
     pub(crate) revocations: Arc<Revocations>,
-    /// The public keys (PEM) of `--auth-public-key`, handed to every edge.
-    pub(crate) auth_keys: Vec<String>,
+    /// The tier's public keys (PEM): handed to every edge, again on change.
+    pub(crate) auth_keys: Arc<crate::keys::TierKeys>,
     /// Failed `hello`s per client address.
     pub(crate) failures: admission::Failures,
     /// Verifies the tokens untrusted edges forward.
@@ -81,6 +81,28 @@ async fn push_revocations(events: &mpsc::Sender<NodeEvent>, conn: ConnId, revoca
         let list = changes.borrow_and_update().clone();
         if !list.is_empty() {
             let bytes = federation::encode_control(&revocations::notice(&list));
+            if events.send(NodeEvent::SendControl { conn, bytes }).await.is_err() {
+                return;
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Tells the edge on `conn` the tier's keys, now and whenever they change
+/// (an edge replaces the hub's keys it holds with each list: a key removed
+/// is no longer accepted); ends when the node loop does.
+async fn push_keys(events: &mpsc::Sender<NodeEvent>, conn: ConnId, keys: &crate::keys::TierKeys) {
+    let mut changes = keys.subscribe();
+    let mut told_any = false;
+    loop {
+        let list = changes.borrow_and_update().clone();
+        // An empty list is sent only to take back keys told before.
+        if !list.is_empty() || told_any {
+            told_any = true;
+            let bytes = federation::encode_control(&Control::AuthKeys(list));
             if events.send(NodeEvent::SendControl { conn, bytes }).await.is_err() {
                 return;
             }
@@ -176,11 +198,7 @@ async fn serve_edge(
         std::future::pending::<std::convert::Infallible>().await
     };
     let revoked = async {
-        if !shared.auth_keys.is_empty() {
-            let bytes = federation::encode_control(&Control::AuthKeys(shared.auth_keys.clone()));
-            let _ = events.send(NodeEvent::SendControl { conn, bytes }).await;
-        }
-        push_revocations(&events, conn, &shared.revocations).await;
+        tokio::join!(push_keys(&events, conn, &shared.auth_keys), push_revocations(&events, conn, &shared.revocations));
         std::future::pending::<std::convert::Infallible>().await
     };
     let reason = tokio::select! {

@@ -25,6 +25,7 @@ mod bus;
 pub mod control;
 mod edges;
 pub mod feed;
+pub mod keys;
 mod pins;
 pub mod placement;
 pub mod placer;
@@ -316,6 +317,8 @@ pub struct Hub {
     placer: Option<AbortOnDrop<()>>,
     /// Applies revocations other hubs stored.
     _revocations_follow: AbortOnDrop<()>,
+    /// Follows the tier's signing keys in the store.
+    _keys_follow: AbortOnDrop<()>,
     /// The change feed's relay (with PostgreSQL and a bus).
     _feed: Option<AbortOnDrop<()>>,
     placement_metrics: Arc<PlacementMetrics>,
@@ -372,16 +375,21 @@ impl Hub {
         let placer = AbortOnDrop(tokio::spawn(placer::run(placer, placer_rx, runtime.events())));
         let revocations = Arc::new(Revocations::load(control.clone(), &config.data_dir).await?);
         let verifier = meridian_node::auth::Verifier::load(&config.auth_public_keys)?;
-        let auth_keys = verifier.public_pems();
-        let keyring = (!verifier.is_empty()).then(|| {
-            let keyring = Keyring::new(verifier);
-            keyring.revoke(&revocations.list());
-            Arc::new(keyring)
-        });
+        // The tier's keys: this hub's files, and those in the store.
+        let tier_keys = Arc::new(keys::TierKeys::load(control.clone(), verifier.public_pems()).await?);
+        let keyring = (!tier_keys.list().is_empty())
+            .then(|| {
+                let keyring = Keyring::new(verifier);
+                keyring.set_hub_keys(&tier_keys.others())?;
+                keyring.revoke(&revocations.list());
+                Ok::<_, HubError>(Arc::new(keyring))
+            })
+            .transpose()?;
+        let keys_follow = AbortOnDrop(tokio::spawn(keys::follow(tier_keys.clone(), keyring.clone())));
         let shared = Arc::new(EdgeShared {
             peer_secret: peer_secret.to_string(),
             revocations: revocations.clone(),
-            auth_keys,
+            auth_keys: tier_keys.clone(),
             keyring: keyring.clone(),
             failures: admission::Failures::default(),
             metrics: metrics.clone(),
@@ -437,7 +445,8 @@ impl Hub {
         let follow = revocations::follow(revocations.clone(), keyring.clone(), runtime.events());
         let revocations_follow = AbortOnDrop(tokio::spawn(follow));
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
-        let ops = operator_routes(placer_tx, api, control);
+        let keys_api = keys::KeysApi { keys: tier_keys, keyring: keyring.clone() };
+        let ops = operator_routes(placer_tx, api, control, keys_api);
         let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
         let ops = meridian_node::admin::protect(ops, guard);
@@ -473,6 +482,7 @@ impl Hub {
             admin,
             placer: Some(placer),
             _revocations_follow: revocations_follow,
+            _keys_follow: keys_follow,
             _feed: feed,
             placement_metrics,
             _bus: bus,
@@ -531,7 +541,12 @@ impl Hub {
 /// the placement task) and `POST /api/auth/revoke`; the caller puts them
 /// behind the admin guard. No CORS headers: a page of another origin cannot
 /// read which documents exist.
-fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi, control: control::ControlState) -> Router {
+fn operator_routes(
+    placer: mpsc::Sender<PlacerEvent>,
+    revoke: RevokeApi,
+    control: control::ControlState,
+    keys: keys::KeysApi,
+) -> Router {
     let query = |view: View| {
         let placer = placer.clone();
         move || async move {
@@ -547,6 +562,12 @@ fn operator_routes(placer: mpsc::Sender<PlacerEvent>, revoke: RevokeApi, control
         .route("/placement", get(query(View::Placement)))
         .route("/topology", get(query(View::Topology)))
         .merge(Router::new().route("/api/auth/revoke", post(revocations::revoke)).with_state(revoke))
+        .merge(
+            Router::new()
+                .route("/api/auth/keys", get(keys::list).post(keys::add))
+                .route("/api/auth/keys/{id}", axum::routing::delete(keys::remove))
+                .with_state(keys),
+        )
         .merge(
             Router::new()
                 .route("/api/placement/pins", get(pins::list))

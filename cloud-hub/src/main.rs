@@ -25,7 +25,7 @@ enum Command {
     /// Accept edges over QUIC and keep the durable copy of every document.
     Serve(ServeArgs),
     /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`,
-    /// `auth revoke --jti ID | --sub NAME`.
+    /// `auth revoke --jti ID | --sub NAME`, `auth keys list|add FILE|remove ID`.
     Auth(HubAuthArgs),
     /// Pin a document's home to an edge or the hub (`placement pin DOC --to
     /// EDGE`), or remove the pin (`placement unpin DOC`), on a running hub.
@@ -138,6 +138,61 @@ enum HubAuthOp {
         #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
     },
+    /// The tier's token-signing public keys, kept in the hub's store and
+    /// followed by every hub on it: `auth keys list`, `auth keys add FILE`,
+    /// `auth keys remove ID`.
+    Keys {
+        #[command(subcommand)]
+        op: KeysOp,
+        /// The hub's operator address (its --admin-listen, else its --http).
+        #[arg(long, global = true, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
+        hub_http: String,
+        /// An admin token (or the hub's --admin-token), needed when the hub runs
+        /// with --auth-public-key or --admin-token; otherwise loopback suffices.
+        #[arg(long, global = true, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeysOp {
+    /// List the tier's keys (in the hub's store).
+    List,
+    /// Accept tokens signed with this key (a PEM public key from `auth
+    /// keygen`) on every hub of the store and their edges.
+    Add {
+        /// The public key file (auth-public.pem).
+        file: std::path::PathBuf,
+    },
+    /// Stop accepting a key (its id, from `list`) on every hub not started
+    /// with it (--auth-public-key) and their edges.
+    Remove {
+        /// The key's id.
+        id: String,
+    },
+}
+
+/// The key routes of the running hub; their answer.
+async fn keys(hub_http: &str, op: KeysOp, admin: Option<String>) -> anyhow::Result<String> {
+    let (method, path, body) = match op {
+        KeysOp::List => ("GET", "/api/auth/keys".to_owned(), None),
+        KeysOp::Add { file } => {
+            let pem = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            ("POST", "/api/auth/keys".to_owned(), Some(serde_json::json!({ "pem": pem }).to_string()))
+        }
+        KeysOp::Remove { id } => {
+            anyhow::ensure!(
+                !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "`{id}` is not a key id (see `auth keys list`)"
+            );
+            ("DELETE", format!("/api/auth/keys/{id}"), None)
+        }
+    };
+    let (status, answer) = meridian_node::http::request(hub_http, method, &path, admin.as_deref(), body.as_deref())
+        .await
+        .with_context(|| format!("connecting to the hub at {hub_http} (its --admin-listen or --http address)"))?;
+    anyhow::ensure!(status == 200, "the hub answered {status}: {}", answer.trim());
+    Ok(answer.trim().to_owned())
 }
 
 /// `POST /api/auth/revoke` on the running hub; its answer.
@@ -317,6 +372,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Auth(HubAuthArgs { op: HubAuthOp::Revoke { hub_http, jti, sub, admin_token } }) => {
             println!("{}", revoke(&hub_http, jti, sub, admin_token).await?);
+            return Ok(());
+        }
+        Command::Auth(HubAuthArgs { op: HubAuthOp::Keys { op, hub_http, admin_token } }) => {
+            println!("{}", keys(&hub_http, op, admin_token).await?);
             return Ok(());
         }
         Command::Placement(args) => {

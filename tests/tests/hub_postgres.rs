@@ -148,3 +148,108 @@ async fn two_hubs_on_one_database_share_changes_over_the_bus() -> Result<()> {
     hub2.shutdown().await;
     Ok(())
 }
+
+/// A token signed with `key`, valid for ten minutes.
+fn token_of(key: &meridian_node::auth::SigningKey, sub: &str, jti: &str, admin: bool) -> String {
+    key.mint(&meridian_node::auth::Claims {
+        sub: sub.into(),
+        jti: jti.into(),
+        iat: Some(meridian_node::auth::unix_now() - 5),
+        exp: meridian_node::auth::unix_now() + 600,
+        read: vec!["*".into()],
+        admin,
+        ..Default::default()
+    })
+}
+
+/// An edge of `hub` with its own key (auth on).
+async fn edge_with_auth(hub: &Hub, id: &str, dir: &std::path::Path, own: &std::path::Path) -> Result<EdgeNode> {
+    let uplink =
+        UplinkConfig::new(hub.quic_addr(), id, &format!("{id}-secret"), HubTrust::CaFile(hub.ca_path().into()));
+    let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
+    config.auth_public_keys = vec![own.to_owned()];
+    Ok(EdgeNode::start(config).await?)
+}
+
+/// Waits until a client with `token` joins at `edge` (or, `accepted`
+/// false, is refused there).
+async fn until_token(edge: &EdgeNode, token: &str, accepted: bool, what: &str) -> Result<Duration> {
+    let (start, url) = (Instant::now(), format!("{}?token={token}", edge.ws_url()));
+    loop {
+        let joined = meridian_tests::raw::RawPeer::joined(&url, "peer-x").await.is_ok();
+        if joined == accepted {
+            return Ok(start.elapsed());
+        }
+        anyhow::ensure!(start.elapsed() < WAIT, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The tier's signing keys and revocations are kept in the store: a key
+/// added through one hub is accepted at the other hub's edges, one removed
+/// is refused there, and so is a token revoked through the other hub; a
+/// hub's own `--auth-public-key` stays its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_and_revocations_are_shared_through_the_store() -> Result<()> {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await??;
+    let url = pg.url();
+    let dirs: Vec<tempfile::TempDir> = (0..5).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
+    let keys = dirs[4].path();
+    let (a, b) = (meridian_node::auth::keygen(&keys.join("a"))?, meridian_node::auth::keygen(&keys.join("b"))?);
+    meridian_node::auth::keygen(&keys.join("edge"))?;
+    let edge_key = keys.join("edge/auth-public.pem");
+    // h1 is started with key A; h2 with none of its own.
+    let mut c1 = HubConfig::new(dirs[0].path()).ephemeral_ports().edge("eu", "eu-secret");
+    c1.store = Some(url.clone());
+    c1.auth_public_keys = vec![keys.join("a/auth-public.pem")];
+    let h1 = Hub::start(c1).await?;
+    let h2 = hub_on(&url, dirs[1].path(), "us").await?;
+    let eu = edge_with_auth(&h1, "eu", dirs[2].path(), &edge_key).await?;
+    let us = edge_with_auth(&h2, "us", dirs[3].path(), &edge_key).await?;
+    let by_a = token_of(&a, "alice", "t-a", false);
+    until_token(&eu, &by_a, true, "h1's own key at its edge").await?;
+    until_token(&us, &by_a, false, "h1's own key is not the tier's").await?;
+
+    // B added for the tier through h1 (an admin token of its key A).
+    let admin = token_of(&a, "ops", "t-ops", true);
+    let h1_http = h1.http_addr().to_string();
+    let pem = std::fs::read_to_string(keys.join("b/auth-public.pem"))?;
+    let body = serde_json::json!({ "pem": pem }).to_string();
+    let (status, answer) =
+        meridian_node::http::request(&h1_http, "POST", "/api/auth/keys", Some(&admin), Some(&body)).await?;
+    assert_eq!(status, 200, "{answer}");
+    let b_id: String = serde_json::from_str::<serde_json::Value>(&answer)?["added"].as_str().unwrap_or("").into();
+    let by_b = token_of(&b, "bob", "t-b", false);
+    let took = until_token(&us, &by_b, true, "a key added through h1 at h2's edge").await?;
+    println!("a key added through h1 accepted at h2's edge after {took:?}");
+    until_token(&eu, &by_b, true, "a key added through h1 at its own edge").await?;
+    let h2_http = h2.http_addr().to_string();
+    let (status, list) = meridian_node::http::request(&h2_http, "GET", "/api/auth/keys", None, None).await?;
+    assert_eq!(status, 200);
+    assert!(list.contains(&b_id), "{list}");
+
+    // A token revoked through h2 (a loopback operator: h2 runs without keys
+    // of its own) is refused at h1's edge.
+    let revoke = r#"{"jti": "t-b"}"#;
+    let (status, _) = meridian_node::http::request(&h2_http, "POST", "/api/auth/revoke", None, Some(revoke)).await?;
+    assert_eq!(status, 200);
+    let took = until_token(&eu, &by_b, false, "a token revoked through h2 at h1's edge").await?;
+    println!("a token revoked through h2 refused at h1's edge after {took:?}");
+
+    // B removed from the tier through h2: refused at both edges.
+    let by_b2 = token_of(&b, "bob", "t-b2", false);
+    until_token(&us, &by_b2, true, "another token of B").await?;
+    let path = format!("/api/auth/keys/{b_id}");
+    let (status, answer) = meridian_node::http::request(&h2_http, "DELETE", &path, None, None).await?;
+    assert_eq!(status, 200, "{answer}");
+    until_token(&us, &by_b2, false, "a removed key at h2's edge").await?;
+    until_token(&eu, &by_b2, false, "a removed key at h1's edge").await?;
+    until_token(&eu, &by_a, true, "h1's own key stays").await?;
+    let (status, _) = meridian_node::http::request(&h2_http, "DELETE", &path, None, None).await?;
+    assert_eq!(status, 404, "removed already");
+    eu.shutdown().await;
+    us.shutdown().await;
+    h1.shutdown().await;
+    h2.shutdown().await;
+    Ok(())
+}

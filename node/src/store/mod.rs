@@ -62,6 +62,12 @@ pub trait ControlStore: Send + 'static {
     fn revocations(&mut self) -> Result<Vec<crate::auth::Revocation>, StoreError>;
     /// Adds a revocation; `false` if it was there already.
     fn add_revocation(&mut self, r: &crate::auth::Revocation) -> Result<bool, StoreError>;
+    /// The tier's token-signing public keys, oldest first.
+    fn auth_keys(&mut self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Adds a key; `false` if one with its id was there already.
+    fn add_auth_key(&mut self, key: &StoredKey) -> Result<bool, StoreError>;
+    /// Removes a key by id; `false` if there was none.
+    fn remove_auth_key(&mut self, key_id: &str) -> Result<bool, StoreError>;
     /// Up to `limit` stored chunks not yet put on the change feed, in the
     /// order they were written (the feed relay's outbox: the chunks table
     /// itself). Only a shared store keeps the feed.
@@ -76,6 +82,16 @@ pub trait ControlStore: Send + 'static {
     fn fed_heads(&mut self, _doc: &DocumentId) -> Result<Vec<u8>, StoreError> {
         Err(StoreError::Unsupported("the change feed (it needs the PostgreSQL store)"))
     }
+}
+
+/// A token-signing public key the tier trusts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredKey {
+    /// `auth::key_id` of the key.
+    pub key_id: String,
+    pub pem: String,
+    /// When it was added (Unix milliseconds).
+    pub at_ms: u64,
 }
 
 /// A stored chunk on its way to the change feed.

@@ -49,7 +49,9 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use postgres::{Client, NoTls, Transaction};
 
-use super::{ControlStore, DocStore, FeedChunk, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
+use super::{
+    ControlStore, DocStore, FeedChunk, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key,
+};
 use crate::auth::Revocation;
 
 /// The `meta` key under which the store's own storage id is kept.
@@ -124,6 +126,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          jti TEXT,
          sub TEXT,
          at  BIGINT NOT NULL
+     );
+     CREATE TABLE IF NOT EXISTS auth_keys (
+         key_id TEXT PRIMARY KEY,
+         pem    TEXT NOT NULL,
+         at_ms  BIGINT NOT NULL
      );",
     // Version 3: the change feed's outbox is the chunks table (rows not on
     // the feed yet), and the heads it carried of each document.
@@ -173,6 +180,10 @@ const DELETE_PIN: &str = "DELETE FROM pins WHERE doc_id = $1";
 const PUT_REPORT: &str = "INSERT INTO edge_reports (edge, hub, at_ms, report) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (edge) DO UPDATE SET hub = excluded.hub, at_ms = excluded.at_ms, report = excluded.report";
 const REPORTS_SINCE: &str = "SELECT edge, hub, at_ms, report FROM edge_reports WHERE at_ms >= $1 ORDER BY edge";
+const AUTH_KEYS: &str = "SELECT key_id, pem, at_ms FROM auth_keys ORDER BY at_ms, key_id";
+const ADD_AUTH_KEY: &str =
+    "INSERT INTO auth_keys (key_id, pem, at_ms) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING";
+const REMOVE_AUTH_KEY: &str = "DELETE FROM auth_keys WHERE key_id = $1";
 const UNFED_CHUNKS: &str = "SELECT seq, doc_id, kind, data FROM chunks WHERE fed = FALSE ORDER BY seq LIMIT $1";
 const MARK_FED: &str = "UPDATE chunks SET fed = TRUE WHERE seq = ANY($1)";
 const FED_HEADS: &str = "SELECT heads FROM feed_heads WHERE doc_id = $1";
@@ -216,6 +227,9 @@ const STATEMENTS: &[&str] = &[
     REPORTS_SINCE,
     REVOCATIONS,
     ADD_REVOCATION,
+    AUTH_KEYS,
+    ADD_AUTH_KEY,
+    REMOVE_AUTH_KEY,
     UNFED_CHUNKS,
     MARK_FED,
     FED_HEADS,
@@ -533,6 +547,22 @@ impl ControlStore for PostgresStore {
     fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {
         let key = revocation_key(r);
         Ok(self.client()?.execute(ADD_REVOCATION, &[&key, &r.jti, &r.sub, &(r.at as i64)])? > 0)
+    }
+
+    fn auth_keys(&mut self) -> Result<Vec<StoredKey>, StoreError> {
+        let rows = self.client()?.query(AUTH_KEYS, &[])?;
+        Ok(rows
+            .iter()
+            .map(|r| StoredKey { key_id: r.get(0), pem: r.get(1), at_ms: r.get::<_, i64>(2).max(0) as u64 })
+            .collect())
+    }
+
+    fn add_auth_key(&mut self, key: &StoredKey) -> Result<bool, StoreError> {
+        Ok(self.client()?.execute(ADD_AUTH_KEY, &[&key.key_id, &key.pem, &(key.at_ms as i64)])? > 0)
+    }
+
+    fn remove_auth_key(&mut self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(self.client()?.execute(REMOVE_AUTH_KEY, &[&key_id])? > 0)
     }
 
     fn unfed_chunks(&mut self, limit: usize) -> Result<Vec<FeedChunk>, StoreError> {

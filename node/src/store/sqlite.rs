@@ -36,7 +36,7 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{ControlStore, DocStore, StoreError, StoredHome, StoredPin, StoredReport, revocation_key};
+use super::{ControlStore, DocStore, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key};
 use crate::auth::Revocation;
 
 /// How long a statement waits for a lock held by another connection.
@@ -101,6 +101,11 @@ const MIGRATIONS: &[&str] = &[
          jti TEXT,
          sub TEXT,
          at  INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE auth_keys (
+         key_id TEXT PRIMARY KEY,
+         pem    TEXT NOT NULL,
+         at_ms  INTEGER NOT NULL
      ) STRICT;",
 ];
 
@@ -273,6 +278,26 @@ impl ControlStore for SqliteStore {
             Ok(Revocation { jti: r.get(0)?, sub: r.get(1)?, at: r.get::<_, i64>(2)?.max(0) as u64 })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn auth_keys(&mut self) -> Result<Vec<StoredKey>, StoreError> {
+        let mut stmt = self.conn.prepare_cached("SELECT key_id, pem, at_ms FROM auth_keys ORDER BY at_ms, key_id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredKey { key_id: r.get(0)?, pem: r.get(1)?, at_ms: r.get::<_, i64>(2)?.max(0) as u64 })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn add_auth_key(&mut self, key: &StoredKey) -> Result<bool, StoreError> {
+        let added = self
+            .conn
+            .prepare_cached("INSERT OR IGNORE INTO auth_keys (key_id, pem, at_ms) VALUES (?1, ?2, ?3)")?
+            .execute(params![key.key_id, key.pem, key.at_ms as i64])?;
+        Ok(added > 0)
+    }
+
+    fn remove_auth_key(&mut self, key_id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn.prepare_cached("DELETE FROM auth_keys WHERE key_id = ?1")?.execute([key_id])? > 0)
     }
 
     fn add_revocation(&mut self, r: &Revocation) -> Result<bool, StoreError> {
