@@ -162,10 +162,9 @@ pub async fn remove(State(api): State<KeysApi>, Path(id): Path<String>) -> Answe
         return Err((StatusCode::NOT_FOUND, format!("no key {id} in the store\n")));
     }
     api.keys.refresh(api.keyring.as_deref()).await.map_err(failed)?;
-    let note =
-        api.keys.own.iter().any(|(k, _)| *k == id).then_some(
-            "this hub was also started with it (--auth-public-key) and keeps accepting it until started without it",
-        );
+    let note = api.keys.own.iter().any(|(k, _)| *k == id).then_some(
+        "this hub was also started with it (--auth-public-key) and keeps accepting it until started without it",
+    );
     tracing::info!(key = %id, "signing key removed from the tier");
     Ok(Json(json!({ "removed": id, "note": note })))
 }

@@ -739,14 +739,24 @@ impl InitError {
 /// Applies the migrations not applied yet and returns the storage id,
 /// creating it on first use (whichever hub gets there first wins).
 /// [`init_schema`], tried again when another hub migrating the same fresh
-/// database at the same moment made it fail: `CREATE TABLE IF NOT EXISTS`
-/// in two concurrent transactions fails in the second with a duplicate key
-/// (or table), and the next attempt finds the tables made.
+/// database at the same moment made it fail: DDL racing in two
+/// transactions fails in the second one with a duplicate key, table or
+/// object, a deadlock, a serialization failure or "tuple concurrently
+/// updated", and the next attempt finds the work done.
 fn init_schema_retrying(client: &mut Client) -> Result<StorageId, InitError> {
     use postgres::error::SqlState;
     let raced = |e: &InitError| match e {
         InitError::Query(e) => e.code().is_some_and(|c| {
-            [SqlState::UNIQUE_VIOLATION, SqlState::DUPLICATE_TABLE, SqlState::T_R_SERIALIZATION_FAILURE].contains(c)
+            [
+                SqlState::UNIQUE_VIOLATION,
+                SqlState::DUPLICATE_TABLE,
+                SqlState::DUPLICATE_OBJECT,
+                SqlState::DUPLICATE_COLUMN,
+                SqlState::T_R_SERIALIZATION_FAILURE,
+                SqlState::T_R_DEADLOCK_DETECTED,
+                SqlState::INTERNAL_ERROR,
+            ]
+            .contains(c)
         }),
         InitError::TooNew(_) => false,
     };
@@ -755,7 +765,11 @@ fn init_schema_retrying(client: &mut Client) -> Result<StorageId, InitError> {
         match init_schema(client) {
             Err(e) if raced(&e) && attempt < 10 => {
                 attempt += 1;
-                tracing::info!("another hub is migrating the database too; trying again");
+                let code = match &e {
+                    InitError::Query(q) => q.code().map(|c| c.code().to_owned()),
+                    InitError::TooNew(_) => None,
+                };
+                tracing::info!(?code, "another hub is migrating the database too; trying again");
                 std::thread::sleep(Duration::from_millis(50 * attempt));
             }
             other => return other,
