@@ -210,14 +210,28 @@ async fn every_kind_of_bad_input_is_contained() -> Result<()> {
     for case in cases() {
         let mut bad =
             if case.join_first { RawPeer::joined(&url, "bad").await? } else { RawPeer::connect(&url, "bad").await? };
-        match &case.payload {
-            Payload::Binary(b) => bad.send_bytes(b.clone()).await?,
-            Payload::Text(t) => bad.send_text(t).await?,
+        let (sent, oversize) = match &case.payload {
+            Payload::Binary(b) => (bad.send_bytes(b.clone()).await, b.len() > LIMIT),
+            Payload::Text(t) => (bad.send_text(t).await, t.len() > LIMIT),
+        };
+        match sent {
+            Ok(()) => {
+                let error =
+                    bad.expect_error_and_close().await.map_err(|e| anyhow::anyhow!("case `{}`: {e}", case.name))?;
+                assert!(!error.is_empty(), "case `{}`: error message must say what was wrong", case.name);
+            }
+            // The edge refused the message from its header and closed while
+            // this peer was still writing megabytes of it: the reset can beat
+            // its error frame. The count below still shows the refusal.
+            Err(e) if oversize => eprintln!("case `{}`: reset while still sending ({e})", case.name),
+            Err(e) => return Err(e),
         }
-        let error = bad.expect_error_and_close().await.map_err(|e| anyhow::anyhow!("case `{}`: {e}", case.name))?;
-        assert!(!error.is_empty(), "case `{}`: error message must say what was wrong", case.name);
         let expected = expected_errors.entry(case.kind).or_default();
         *expected += 1;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while edge.metrics().errors_of(case.kind) < *expected && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(edge.metrics().errors_of(case.kind), *expected, "case `{}` counted under its kind", case.name);
     }
 
