@@ -48,6 +48,8 @@ pub struct BusMetrics {
     pub published_total: AtomicU64,
     pub received_total: AtomicU64,
     pub gaps_total: AtomicU64,
+    /// When a slow-consumer report last made the hub read the store.
+    last_slow_refresh_ms: AtomicU64,
 }
 
 impl BusMetrics {
@@ -183,10 +185,16 @@ impl Bus {
                         }
                         // Messages dropped for us (we fell behind): what they
                         // carried is in the store.
+                        // One read per half second at most: NATS says it once per
+                        // message dropped, and the hub is behind already.
                         async_nats::Event::SlowConsumer(_) => {
                             up.gaps_total.fetch_add(1, Relaxed);
-                            tracing::warn!("the bus dropped messages for this hub: reading open documents from the store again");
-                            let _ = events.send(NodeEvent::Refresh { doc: None }).await;
+                            let now = crate::control::unix_ms();
+                            if now.saturating_sub(up.last_slow_refresh_ms.load(Relaxed)) >= 500 {
+                                up.last_slow_refresh_ms.store(now, Relaxed);
+                                tracing::warn!("the bus dropped messages for this hub: reading open documents from the store again");
+                                let _ = events.send(NodeEvent::Refresh { doc: None }).await;
+                            }
                         }
                         // Each failed reconnect attempt: said once above.
                         async_nats::Event::ClientError(error) => tracing::debug!(%error, "bus"),

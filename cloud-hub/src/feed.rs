@@ -93,17 +93,21 @@ impl FeedEntry {
     }
 }
 
-/// The changes in an appended chunk (concatenated change chunks), in order.
-/// A part that is not a change (or cannot be read) ends the list.
-pub(crate) fn split_changes(data: &[u8]) -> Vec<Change> {
+/// The changes in an appended chunk (concatenated change chunks), in
+/// order; `None` unless every byte of it is read as changes (then the chunk
+/// is loaded whole instead).
+pub(crate) fn split_changes(data: &[u8]) -> Option<Vec<Change>> {
     const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
     let mut out = Vec::new();
     let mut rest = data;
-    while rest.len() > 9 && rest[..4] == MAGIC {
+    while !rest.is_empty() {
+        if rest.len() <= 9 || rest[..4] != MAGIC {
+            return None;
+        }
         // Magic, checksum, chunk type, then the body's length (ULEB128).
         let (mut len, mut shift, mut at) = (0usize, 0u32, 9usize);
         loop {
-            let Some(&b) = rest.get(at) else { return out };
+            let &b = rest.get(at)?;
             at += 1;
             len |= usize::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
             shift += 7;
@@ -111,24 +115,55 @@ pub(crate) fn split_changes(data: &[u8]) -> Vec<Change> {
                 break;
             }
         }
-        let Some(end) = at.checked_add(len).filter(|e| *e <= rest.len()) else { return out };
-        match Change::try_from(&rest[..end]) {
-            Ok(c) => out.push(c),
-            Err(_) => return out,
-        }
+        let end = at.checked_add(len).filter(|e| *e <= rest.len())?;
+        out.push(Change::try_from(&rest[..end]).ok()?);
         rest = &rest[end..];
     }
-    out
+    (!out.is_empty()).then_some(out)
+}
+
+/// What the feed carried of one document, as far as this relay knows:
+/// its heads, and the changes it saw (so that a change a chunk repeats, as
+/// a hub's write may carry what it took from another hub, is neither
+/// carried again nor made a head again). A relay that starts knows the
+/// heads only (kept in the store): a change repeated after that may be
+/// carried twice (at least once).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Fed {
+    pub(crate) heads: BTreeSet<ChangeHash>,
+    seen: std::collections::HashSet<ChangeHash>,
+}
+
+/// Changes remembered per document at most (past it, the set starts over).
+const SEEN_PER_DOC: usize = 100_000;
+
+impl Fed {
+    fn from_heads(heads: BTreeSet<ChangeHash>) -> Self {
+        Self { seen: heads.iter().copied().collect(), heads }
+    }
+
+    /// Takes `change` as carried; `false` if it was already.
+    pub(crate) fn take(&mut self, change: &Change) -> bool {
+        let hash = change.hash();
+        if self.seen.contains(&hash) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_PER_DOC {
+            self.seen.clear();
+        }
+        self.seen.insert(hash);
+        advance(&mut self.heads, change);
+        true
+    }
 }
 
 /// The changes of a stored chunk the feed has not carried, given the heads
 /// it carried of the document (`have`), in causal order.
 pub(crate) fn new_changes(chunk: &FeedChunk, have: &BTreeSet<ChangeHash>) -> Vec<Change> {
-    if !chunk.snapshot {
-        let changes = split_changes(&chunk.data);
-        if !changes.is_empty() {
-            return changes.into_iter().filter(|c| !have.contains(&c.hash())).collect();
-        }
+    if !chunk.snapshot
+        && let Some(changes) = split_changes(&chunk.data)
+    {
+        return changes.into_iter().filter(|c| !have.contains(&c.hash())).collect();
     }
     let options = automerge::LoadOptions::new().on_partial_load(automerge::OnPartialLoad::Ignore);
     match Automerge::load_with_options(&chunk.data, options) {
@@ -179,7 +214,7 @@ pub async fn stream(js: &jetstream::Context) -> Result<jetstream::stream::Stream
 pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: String, lease_ttl: Duration) {
     let js = jetstream::new(client);
     let holder = format!("{hub_id}#{:08x}", rand::random::<u32>());
-    let mut heads: HashMap<DocumentId, BTreeSet<ChangeHash>> = HashMap::new();
+    let mut heads: HashMap<DocumentId, Fed> = HashMap::new();
     let mut stream_ready = false;
     let mut warned = false;
     let mut lease_until: Option<std::time::Instant> = None;
@@ -190,7 +225,8 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
             let asked = std::time::Instant::now();
             match control.call(move |s| s.take_lease(LEASE_NAME, &h, unix_ms(), ttl)).await {
                 Ok(true) => {
-                    if lease_until.is_none() {
+                    // Not held throughout: another relay may have run.
+                    if lease_until.is_none_or(|t| asked >= t) {
                         tracing::info!(hub = %hub_id, "feed: this hub relays the change feed now");
                         heads.clear();
                     }
@@ -221,7 +257,7 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
                 }
             }
         }
-        match relay_batch(&control, &js, &mut heads).await {
+        match relay_batch(&control, &js, &mut heads, lease_until).await {
             Ok(n) if n == BATCH => {}
             Ok(_) => tokio::time::sleep(IDLE).await,
             Err(error) => {
@@ -237,7 +273,8 @@ pub async fn relay(control: ControlState, client: async_nats::Client, hub_id: St
 async fn relay_batch(
     control: &ControlState,
     js: &jetstream::Context,
-    heads: &mut HashMap<DocumentId, BTreeSet<ChangeHash>>,
+    heads: &mut HashMap<DocumentId, Fed>,
+    lease_until: Option<std::time::Instant>,
 ) -> Result<usize, String> {
     let chunks = control.call(|s| s.unfed_chunks(BATCH)).await.map_err(|e| e.to_string())?;
     if chunks.is_empty() {
@@ -253,18 +290,19 @@ async fn relay_batch(
             .call(move |s| missing.into_iter().map(|d| Ok((d, s.fed_heads(&d)?))).collect::<Result<Vec<_>, _>>())
             .await
             .map_err(|e| e.to_string())?;
-        heads.extend(loaded.into_iter().map(|(d, h)| (d, heads_from(&h))));
+        heads.extend(loaded.into_iter().map(|(d, h)| (d, Fed::from_heads(heads_from(&h)))));
     }
     // Decoding and loading snapshots is CPU work: off the async threads.
-    let mut work_heads: HashMap<DocumentId, BTreeSet<ChangeHash>> =
+    let mut work_heads: HashMap<DocumentId, Fed> =
         chunks.iter().map(|c| (c.doc, heads.get(&c.doc).cloned().unwrap_or_default())).collect();
     let (entries, work_heads, seqs) = tokio::task::spawn_blocking(move || {
         let mut entries = Vec::new();
         for chunk in &chunks {
-            let have = work_heads.entry(chunk.doc).or_default();
-            for change in new_changes(chunk, have) {
-                advance(have, &change);
-                entries.push(FeedEntry::new(chunk.doc, &change, have));
+            let fed = work_heads.entry(chunk.doc).or_default();
+            for change in new_changes(chunk, &fed.heads) {
+                if fed.take(&change) {
+                    entries.push(FeedEntry::new(chunk.doc, &change, &fed.heads));
+                }
             }
         }
         let seqs: Vec<i64> = chunks.iter().map(|c| c.seq).collect();
@@ -272,7 +310,8 @@ async fn relay_batch(
     })
     .await
     .map_err(|e| format!("decoding the chunks: {e}"))?;
-    let mut acks = Vec::with_capacity(entries.len());
+    // One at a time, each acknowledged before the next goes: a change whose
+    // publish failed is never behind one that depends on it.
     for e in &entries {
         let payload = serde_json::to_vec(e).map_err(|e| e.to_string())?;
         let mut headers = async_nats::HeaderMap::new();
@@ -280,13 +319,15 @@ async fn relay_batch(
         let subject = format!("{SUBJECT_PREFIX}{}", e.doc);
         let ack =
             js.publish_with_headers(subject, headers, payload.into()).await.map_err(|e| format!("publishing: {e}"))?;
-        acks.push(ack);
-    }
-    for ack in acks {
         ack.await.map_err(|e| format!("JetStream did not acknowledge a change: {e}"))?;
     }
+    // The lease must still hold: another relay may have started otherwise
+    // (it then publishes these again; nothing is lost).
+    if lease_until.is_none_or(|t| std::time::Instant::now() >= t) {
+        return Err("the relay's lease ran out during the batch".into());
+    }
     let n = seqs.len();
-    let fed: Vec<(DocumentId, Vec<u8>)> = work_heads.iter().map(|(d, h)| (*d, heads_bytes(h))).collect();
+    let fed: Vec<(DocumentId, Vec<u8>)> = work_heads.iter().map(|(d, f)| (*d, heads_bytes(&f.heads))).collect();
     control.call(move |s| s.mark_fed(&seqs, &fed)).await.map_err(|e| e.to_string())?;
     heads.extend(work_heads);
     tracing::debug!(chunks = n, changes = entries.len(), "feed: relayed");
@@ -330,7 +371,7 @@ pub async fn consume(urls: &[String], what: &mut Consume, out: &mut impl std::io
         async_nats::connect(urls).await.map_err(|e| format!("connecting to NATS at {}: {e}", urls.join(",")))?;
     let js = jetstream::new(client);
     let stream = js.get_stream(STREAM).await.map_err(|e| {
-        format!("the feed's stream {STREAM} (is a hub running with --store postgres:// and --bus?): {e}")
+        format!("the feed's stream {STREAM} (is a hub running with --store postgres://, --bus and --feed?): {e}")
     })?;
     let deliver_policy = match what.from {
         Some(start_sequence) => DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
@@ -501,7 +542,14 @@ mod tests {
         assert_eq!(heads_from(&heads_bytes(&have)), have);
         let e = FeedEntry::new(DocumentId::from_bytes([1; 16]), &snapshot[0], &have);
         assert_eq!(e.decode().map(|c| c.hash()), Some(snapshot[0].hash()));
-        assert!(split_changes(b"not a chunk").is_empty());
-        assert!(split_changes(&[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff]).is_empty(), "a cut chunk");
+        assert!(split_changes(b"not a chunk").is_none());
+        assert!(split_changes(&[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff, 0xff]).is_none(), "a cut chunk");
+        // A change repeated by a later chunk is carried once, and stays no head.
+        let mut fed = Fed::default();
+        let all = doc.get_changes(&[]);
+        assert!(all.iter().all(|c| fed.take(c)));
+        let heads = fed.heads.clone();
+        assert!(!fed.take(&all[0]), "taken before");
+        assert_eq!(fed.heads, heads);
     }
 }

@@ -7,7 +7,11 @@
 //! `DELETE /api/auth/keys/{id}`, `GET` to list). A hub reads the store
 //! again every [`FOLLOW_EVERY`]: a key added through any hub is accepted by
 //! every hub and its edges within that, and a key removed is dropped by
-//! them. A hub's own `--auth-public-key` files are its own configuration,
+//! them. Only a hub whose operator routes want a credential (keys of its
+//! own or `--admin-token`) changes them. A hub started without keys of its
+//! own while the store had none keeps serving its own `/sync` clients in
+//! dev mode (it hands the keys to its edges, which enforce them).
+//! A hub's own `--auth-public-key` files are its own configuration,
 //! not the tier's: it accepts them besides the stored keys, and a hub
 //! restarted without one no longer does (issue 15's rotation).
 
@@ -118,6 +122,24 @@ pub async fn follow(keys: Arc<TierKeys>, keyring: Option<Arc<Keyring>>) {
 pub struct KeysApi {
     pub keys: Arc<TierKeys>,
     pub keyring: Option<Arc<Keyring>>,
+    /// The hub's operator routes want a credential (it has keys of its own
+    /// or `--admin-token`): only then may it change the tier's keys, which
+    /// every hub on the store trusts (a hub in open dev mode answers any
+    /// local process).
+    pub protected: bool,
+}
+
+/// Refuses to change the tier's keys through a hub in open dev mode.
+fn guarded(api: &KeysApi) -> Result<(), (StatusCode, String)> {
+    if api.protected {
+        return Ok(());
+    }
+    Err((
+        StatusCode::FORBIDDEN,
+        "this hub runs its operator routes in open dev mode (no --auth-public-key, no --admin-token): change the \
+         tier's keys through a hub that has one\n"
+            .into(),
+    ))
 }
 
 type Answer = Result<Json<Value>, (StatusCode, String)>;
@@ -144,6 +166,7 @@ pub struct AddKey {
 
 /// `POST /api/auth/keys` with `{"pem": …}`.
 pub async fn add(State(api): State<KeysApi>, Json(request): Json<AddKey>) -> Answer {
+    guarded(&api)?;
     let id = Verifier::default()
         .add_pem(&request.pem, "the request")
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("not an Ed25519 public key in PEM: {e}\n")))?;
@@ -156,6 +179,7 @@ pub async fn add(State(api): State<KeysApi>, Json(request): Json<AddKey>) -> Ans
 
 /// `DELETE /api/auth/keys/{id}`.
 pub async fn remove(State(api): State<KeysApi>, Path(id): Path<String>) -> Answer {
+    guarded(&api)?;
     let key = id.clone();
     let removed = api.keys.control.call(move |s| s.remove_auth_key(&key)).await.map_err(failed)?;
     if !removed {

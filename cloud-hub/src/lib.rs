@@ -255,15 +255,21 @@ async fn open_store(config: &HubConfig) -> Result<Box<dyn DocStore>, HubError> {
     };
     // The client runs a runtime of its own: opened (and later used) off
     // this runtime's threads.
+    let feed = config.feed;
     let opened = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || PostgresStore::open(&url))
+        std::thread::spawn(move || PostgresStore::open(&url).and_then(|s| s.with_feed(feed)))
             .join()
             .map_err(|_| HubError::Config("opening the PostgreSQL store panicked".into()))
     })
     .await
     .map_err(|e| HubError::Config(format!("opening the PostgreSQL store: {e}")))??;
     // With the feed, the store keeps its outbox (see `feed`).
-    let store = opened?.with_feed(config.feed);
+    let store = opened?;
+    if store.keeps_feed() && !config.feed {
+        tracing::warn!(
+            "another hub keeps the change feed on this database: this hub keeps its outbox too (start it with --feed to relay it as well)"
+        );
+    }
     tracing::info!(store = %store.target(), storage_id = %store.storage_id(), "documents are kept in PostgreSQL");
     Ok(Box::new(store))
 }
@@ -445,7 +451,8 @@ impl Hub {
         let follow = revocations::follow(revocations.clone(), keyring.clone(), runtime.events());
         let revocations_follow = AbortOnDrop(tokio::spawn(follow));
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
-        let keys_api = keys::KeysApi { keys: tier_keys, keyring: keyring.clone() };
+        let protected = keyring.is_some() || config.admin_token.is_some();
+        let keys_api = keys::KeysApi { keys: tier_keys, keyring: keyring.clone(), protected };
         let ops = operator_routes(placer_tx, api, control, keys_api);
         let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };

@@ -31,7 +31,7 @@ enum Command {
     /// EDGE`), or remove the pin (`placement unpin DOC`), on a running hub.
     Placement(PlacementArgs),
     /// Print the change feed: every change committed to the shared store
-    /// (hubs with --store postgres:// and --bus), as JSON lines, from the
+    /// (hubs with --store postgres://, --bus and --feed), as JSON lines, from the
     /// NATS JetStream stream MERIDIAN_CHANGES; at least once, in causal order
     /// per document.
     Feed(FeedArgs),
@@ -218,7 +218,7 @@ struct ServeArgs {
     listen: SocketAddr,
     /// TCP address for /healthz, /metrics and (without --admin-listen) the
     /// operator routes GET /placement, GET /topology, POST /api/auth/revoke,
-    /// GET|PUT|DELETE /api/placement/pins.
+    /// GET|PUT|DELETE /api/placement/pins, GET|POST|DELETE /api/auth/keys.
     #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
     http: SocketAddr,
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
@@ -244,8 +244,9 @@ struct ServeArgs {
     /// Keep the change feed: every change committed to the PostgreSQL
     /// --store goes to the NATS JetStream stream MERIDIAN_CHANGES (read it
     /// with `meridian-hub feed`). Needs --bus servers running JetStream
-    /// (nats-server -js); give it to every hub on the database (chunks
-    /// wait in the store until the feed carried them).
+    /// (nats-server -js). Once a hub ran with it, the database keeps the
+    /// feed's outbox for every hub on it (chunks wait in the store until
+    /// the feed carried them; one hub with --feed relays at a time).
     #[arg(long, env = "MERIDIAN_HUB_FEED", default_value_t = false)]
     feed: bool,
     /// Peer id of the hub on the wire.

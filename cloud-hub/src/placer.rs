@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use meridian_node::runtime::NodeEvent;
-use meridian_node::store::{StoredHome, StoredPin, StoredReport};
+use meridian_node::store::{LeaseFence, StoredHome, StoredPin, StoredReport};
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{CatchUp, Millis};
 use meridian_protocol::engine::{HandoffStatus, HandoffTargets};
@@ -551,9 +551,12 @@ impl Placer {
                 // Act for two thirds of the lease from when it was asked for:
                 // the store's expiry is later, so the next placer cannot
                 // start before this one stops (clocks a second apart included).
+                // Held again after it had run out: another hub may have
+                // placed meanwhile, so start over from the store.
+                let lapsed = self.leading && !self.lease_valid();
                 self.lease_until = held.then(|| asked + self.lease_ttl * 2 / 3);
                 let previous = std::mem::replace(&mut self.placer, current);
-                if held && !self.leading {
+                if held && (!self.leading || lapsed) {
                     self.take_over(previous).await;
                 } else if !held && self.leading {
                     self.step_down("another hub holds the lease");
@@ -627,7 +630,8 @@ impl Placer {
                     peer_rtts_us: e.peer_rtts.iter().map(|(p, d)| (p.to_string(), d.as_micros() as u64)).collect(),
                 };
                 let report = serde_json::to_string(&shared).ok()?;
-                Some(StoredReport { edge: id.to_string(), hub: self.hub_id.clone(), at_ms, report })
+                // The process's holder name: unique even if two hubs share a --hub-id.
+                Some(StoredReport { edge: id.to_string(), hub: self.holder.clone(), at_ms, report })
             })
             .collect();
         if reports.is_empty() {
@@ -647,10 +651,11 @@ impl Placer {
             Ok((reports, pins)) => {
                 self.remote = reports
                     .into_iter()
-                    .filter(|r| r.hub != self.hub_id && !self.edges.contains_key(&EdgeId::new(r.edge.clone())))
+                    .filter(|r| r.hub != self.holder && !self.edges.contains_key(&EdgeId::new(r.edge.clone())))
                     .filter_map(|r| {
                         let report = serde_json::from_str(&r.report).ok()?;
-                        Some((EdgeId::new(r.edge), RemoteEdge { hub: r.hub, at_ms: r.at_ms, report }))
+                        let hub = r.hub.rsplit_once('#').map_or(r.hub.clone(), |(hub, _)| hub.to_owned());
+                        Some((EdgeId::new(r.edge), RemoteEdge { hub, at_ms: r.at_ms, report }))
                     })
                     .collect();
                 self.adopt_pins(pins);
@@ -755,7 +760,7 @@ impl Placer {
     /// announces the homes that are ready. The runtime is asked one
     /// document at a time; each answer is a round trip through its loop.
     pub async fn advance_handoffs(&mut self, events: &mpsc::Sender<NodeEvent>) {
-        if !self.moves || !self.leading {
+        if !self.moves || !self.leading || !self.lease_valid() {
             return;
         }
         if self.settle_until.is_some_and(|t| Instant::now() < t) {
@@ -804,7 +809,9 @@ impl Placer {
                 let HandoffTargets { to: to_target, from: from_target } = status.targets;
                 entry.targets.to = entry.targets.to.take().or(to_target);
                 entry.targets.from = entry.targets.from.take().or(from_target);
-                if ready && self.persist_home(doc, &to).await {
+                // Only while the lease holds (the next placer may have
+                // started otherwise), checked again after the store's write.
+                if ready && self.lease_valid() && self.persist_home(doc, &to).await && self.lease_valid() {
                     self.announce(doc, from, to);
                 }
             }
@@ -825,8 +832,14 @@ impl Placer {
                 Some(StoredHome { doc, edge: e.to_string(), addr, fingerprint, since_ms: unix_ms() })
             }
         };
-        match control.call(move |s| s.set_home(&doc, home.as_ref())).await {
-            Ok(()) => true,
+        let fence = LeaseFence { name: LEASE_NAME.into(), holder: self.holder.clone(), now_ms: unix_ms() };
+        match control.call(move |s| s.set_home(&doc, home.as_ref(), &fence)).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!(%doc, "placement: the placer's lease was lost before the new home was recorded");
+                self.lease_until = None;
+                false
+            }
             Err(error) => {
                 tracing::warn!(%doc, %error, "placement: cannot record the new home; the hand-off waits");
                 false

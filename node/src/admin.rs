@@ -1,6 +1,6 @@
 //! Who may call a node's operator endpoints: the edge's admin API
-//! (`/api/docs/…`) and `/homes`, the hub's `/placement`, `/topology` and
-//! `/api/auth/revoke`. One rule for all of them, applied as a layer
+//! (`/api/docs/…`) and `/homes`, the hub's `/placement`, `/topology`,
+//! `/api/auth/revoke`, `/api/auth/keys` and `/api/placement/pins`. One rule for all of them, applied as a layer
 //! ([`protect`]); a node serves them on the main HTTP listener, or on a
 //! listener of their own with `--admin-listen`.
 //!

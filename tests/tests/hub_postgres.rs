@@ -236,16 +236,19 @@ async fn signing_keys_and_revocations_are_shared_through_the_store() -> Result<(
     let took = until_token(&eu, &by_b, false, "a token revoked through h2 at h1's edge").await?;
     println!("a token revoked through h2 refused at h1's edge after {took:?}");
 
-    // B removed from the tier through h2: refused at both edges.
+    // h2 runs its operator routes in open dev mode: it may not change the
+    // tier's keys. B removed through h1: refused at both edges.
     let by_b2 = token_of(&b, "bob", "t-b2", false);
     until_token(&us, &by_b2, true, "another token of B").await?;
     let path = format!("/api/auth/keys/{b_id}");
     let (status, answer) = meridian_node::http::request(&h2_http, "DELETE", &path, None, None).await?;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = meridian_node::http::request(&h1_http, "DELETE", &path, Some(&admin), None).await?;
     assert_eq!(status, 200, "{answer}");
     until_token(&us, &by_b2, false, "a removed key at h2's edge").await?;
     until_token(&eu, &by_b2, false, "a removed key at h1's edge").await?;
     until_token(&eu, &by_a, true, "h1's own key stays").await?;
-    let (status, _) = meridian_node::http::request(&h2_http, "DELETE", &path, None, None).await?;
+    let (status, _) = meridian_node::http::request(&h1_http, "DELETE", &path, Some(&admin), None).await?;
     assert_eq!(status, 404, "removed already");
     eu.shutdown().await;
     us.shutdown().await;

@@ -7,7 +7,9 @@ use anyhow::Result;
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ChangeHash, ROOT, ReadDoc};
 use meridian_node::auth::Revocation;
-use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoredHome, StoredPin, StoredReport};
+use meridian_node::store::{
+    ControlStore, DocStore, LeaseFence, PostgresStore, SqliteStore, StoredHome, StoredPin, StoredReport,
+};
 use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use meridian_tests::pg::Postgres;
@@ -215,7 +217,8 @@ fn a_refresh_does_not_cover_what_another_hub_wrote() -> Result<()> {
 #[test]
 fn with_the_feed_a_compaction_keeps_what_the_feed_has_not_carried() -> Result<()> {
     let pg = Postgres::start()?;
-    let mut store = PostgresStore::open(&pg.url())?.with_feed(true);
+    let mut store = PostgresStore::open(&pg.url())?.with_feed(true)?;
+    assert!(PostgresStore::open(&pg.url())?.keeps_feed(), "a hub opening the database later keeps the outbox too");
     let mut w = AutoCommit::new();
     for key in ["a", "b"] {
         let data = change(&mut w, key);
@@ -253,11 +256,17 @@ fn control_state(a: &mut dyn ControlStore, b: &mut dyn ControlStore) -> Result<(
         fingerprint: None,
         since_ms: 7,
     };
-    a.set_home(&doc(1), Some(&home(1, "eu")))?;
-    a.set_home(&doc(2), Some(&home(2, "eu")))?;
-    b.set_home(&doc(2), Some(&home(2, "us")))?;
+    // Homes are written by the holder of a lease only (the placer's).
+    let fence = |holder: &str, now_ms: u64| LeaseFence { name: "homes".into(), holder: holder.into(), now_ms };
+    assert!(!a.set_home(&doc(1), Some(&home(1, "eu")), &fence("h1", 500))?, "nobody holds the lease yet");
+    assert!(a.take_lease("homes", "h1", 1_000, 10_000)?);
+    assert!(a.set_home(&doc(1), Some(&home(1, "eu")), &fence("h1", 2_000))?);
+    assert!(a.set_home(&doc(2), Some(&home(2, "eu")), &fence("h1", 2_000))?);
+    assert!(b.set_home(&doc(2), Some(&home(2, "us")), &fence("h1", 2_000))?, "the holder, on another connection");
+    assert!(!b.set_home(&doc(1), None, &fence("h2", 2_000))?, "not the holder: refused");
+    assert!(!a.set_home(&doc(3), Some(&home(3, "eu")), &fence("h1", 11_000))?, "the lease ran out: refused");
     assert_eq!(a.homes()?, vec![home(1, "eu"), home(2, "us")], "one row per document, the last write wins");
-    b.set_home(&doc(1), None)?;
+    assert!(b.set_home(&doc(1), None, &fence("h1", 2_000))?);
     assert_eq!(a.homes()?, vec![home(2, "us")], "back at the hub: no row");
 
     let pin = |n: u8, edge: Option<&str>| StoredPin { doc: doc(n), edge: edge.map(Into::into), at_ms: 9 };

@@ -48,8 +48,12 @@ pub trait ControlStore: Send + 'static {
     fn lease_holder(&mut self, name: &str) -> Result<Option<(String, u64)>, StoreError>;
     /// Every announced home on an edge (a document absent is homed at the hub).
     fn homes(&mut self) -> Result<Vec<StoredHome>, StoreError>;
-    /// Records an announced home: on an edge (`Some`), or back at the hub.
-    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError>;
+    /// Records an announced home: on an edge (`Some`), or back at the hub;
+    /// only while `fence`'s lease is held, checked in the same transaction
+    /// (the lease row is locked throughout, so nobody takes it over
+    /// meanwhile). `false`: not held, nothing written.
+    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>, fence: &LeaseFence)
+    -> Result<bool, StoreError>;
     /// Every operator's pin.
     fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError>;
     /// Pins a document (`Some`) or removes its pin; `true` if that changed anything.
@@ -82,6 +86,15 @@ pub trait ControlStore: Send + 'static {
     fn fed_heads(&mut self, _doc: &DocumentId) -> Result<Vec<u8>, StoreError> {
         Err(StoreError::Unsupported("the change feed (it needs the PostgreSQL store)"))
     }
+}
+
+/// A write allowed only to a lease's holder: `holder` must hold the lease
+/// `name` past `now_ms` (Unix milliseconds) when the write commits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseFence {
+    pub name: String,
+    pub holder: String,
+    pub now_ms: u64,
 }
 
 /// A token-signing public key the tier trusts.

@@ -50,12 +50,15 @@ use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use postgres::{Client, NoTls, Transaction};
 
 use super::{
-    ControlStore, DocStore, FeedChunk, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key,
+    ControlStore, DocStore, FeedChunk, LeaseFence, StoreError, StoredHome, StoredKey, StoredPin, StoredReport,
+    revocation_key,
 };
 use crate::auth::Revocation;
 
 /// The `meta` key under which the store's own storage id is kept.
 const STORAGE_ID_KEY: &str = "storage_id";
+/// The `meta` key saying a hub keeps the change feed on this database.
+const FEED_KEY: &str = "feed";
 
 /// Documents whose covered chunks are remembered at most; past it, the
 /// oldest entries are forgotten (a compaction of such a document then
@@ -146,6 +149,8 @@ const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (v
 const MAX_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING";
 const GET_META: &str = "SELECT value FROM meta WHERE key = $1";
+const PUT_META: &str =
+    "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 const PUT_META_ONCE: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 const LOAD_DOC: &str = "SELECT seq, data FROM chunks WHERE doc_id = $1 \
      ORDER BY CASE WHEN kind = 'snapshot' THEN 0 ELSE 1 END, seq";
@@ -168,6 +173,8 @@ const TAKE_LEASE: &str = "INSERT INTO leases (name, holder, expires_ms) VALUES (
      WHERE leases.holder = excluded.holder OR leases.expires_ms < $4 \
      RETURNING holder";
 const LEASE_HOLDER: &str = "SELECT holder, expires_ms FROM leases WHERE name = $1";
+/// The lease row, locked until the transaction ends (a fenced write).
+const LOCK_LEASE: &str = "SELECT holder, expires_ms FROM leases WHERE name = $1 FOR UPDATE";
 const HOMES: &str = "SELECT doc_id, edge, addr, fingerprint, since_ms FROM homes ORDER BY doc_id";
 const PUT_HOME: &str = "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES ($1, $2, $3, $4, $5) \
      ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, addr = excluded.addr, \
@@ -202,6 +209,7 @@ const STATEMENTS: &[&str] = &[
     RECORD_VERSION,
     GET_META,
     PUT_META_ONCE,
+    PUT_META,
     LOAD_DOC,
     INSERT_CHUNK,
     DELETE_COVERED,
@@ -216,6 +224,7 @@ const STATEMENTS: &[&str] = &[
     RECORD_CREATOR,
     CREATOR,
     TAKE_LEASE,
+    LOCK_LEASE,
     LEASE_HOLDER,
     HOMES,
     PUT_HOME,
@@ -288,6 +297,12 @@ impl PostgresStore {
         let mut client =
             config.connect(NoTls).map_err(|source| StoreError::Postgres { target: target.clone(), source })?;
         let storage_id = init_schema_retrying(&mut client).map_err(|e| e.with_target(&target))?;
+        // A database some hub keeps the feed on keeps its outbox whatever
+        // this hub's flags say (its writes must not skip the feed).
+        let feed = client
+            .query_opt(GET_META, &[&FEED_KEY])
+            .map_err(|source| StoreError::Postgres { target: target.clone(), source })?
+            .is_some_and(|r| r.get::<_, String>(0) == "on");
         Ok(Self {
             client,
             config,
@@ -296,17 +311,27 @@ impl PostgresStore {
             covered: HashMap::new(),
             last_reconnect: None,
             outage_wait: OUTAGE_WAIT,
-            feed: false,
+            feed,
         })
     }
 
     /// Keeps the change feed's outbox: chunks are written not fed yet, and
     /// a compaction leaves the covered chunks the feed has not carried (the
     /// relay reads every chunk before it goes; the next compaction deletes
-    /// them). Every hub writing to a database with a feed must say so.
-    pub fn with_feed(mut self, feed: bool) -> Self {
-        self.feed = feed;
-        self
+    /// them). `true` records it in the database (`meta.feed`), so every hub
+    /// opening it later keeps the outbox too, with or without `--feed`;
+    /// `false` changes nothing.
+    pub fn with_feed(mut self, feed: bool) -> Result<Self, StoreError> {
+        if feed && !self.feed {
+            self.client.execute(PUT_META, &[&FEED_KEY, &"on"])?;
+            self.feed = true;
+        }
+        Ok(self)
+    }
+
+    /// Whether this store keeps the change feed's outbox.
+    pub fn keeps_feed(&self) -> bool {
+        self.feed
     }
 
     pub fn storage_id(&self) -> &StorageId {
@@ -481,14 +506,28 @@ impl ControlStore for PostgresStore {
             .collect())
     }
 
-    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError> {
+    fn set_home(
+        &mut self,
+        doc: &DocumentId,
+        home: Option<&StoredHome>,
+        fence: &LeaseFence,
+    ) -> Result<bool, StoreError> {
         let id = doc.as_bytes().as_slice();
-        let client = self.client()?;
+        let mut tx = self.client()?.transaction()?;
+        // The lease row stays locked until the commit: a hub taking the
+        // lease over waits for this write, then sees it.
+        let held = tx
+            .query_opt(LOCK_LEASE, &[&fence.name])?
+            .is_some_and(|r| r.get::<_, String>(0) == fence.holder && r.get::<_, i64>(1) > fence.now_ms as i64);
+        if !held {
+            return Ok(false);
+        }
         match home {
-            Some(h) => client.execute(PUT_HOME, &[&id, &h.edge, &h.addr, &h.fingerprint, &(h.since_ms as i64)])?,
-            None => client.execute(DELETE_HOME, &[&id])?,
+            Some(h) => tx.execute(PUT_HOME, &[&id, &h.edge, &h.addr, &h.fingerprint, &(h.since_ms as i64)])?,
+            None => tx.execute(DELETE_HOME, &[&id])?,
         };
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
     fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError> {

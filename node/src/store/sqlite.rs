@@ -36,7 +36,9 @@ use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{ControlStore, DocStore, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key};
+use super::{
+    ControlStore, DocStore, LeaseFence, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key,
+};
 use crate::auth::Revocation;
 
 /// How long a statement waits for a lock held by another connection.
@@ -199,20 +201,34 @@ impl ControlStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    fn set_home(&mut self, doc: &DocumentId, home: Option<&StoredHome>) -> Result<(), StoreError> {
+    fn set_home(
+        &mut self,
+        doc: &DocumentId,
+        home: Option<&StoredHome>,
+        fence: &LeaseFence,
+    ) -> Result<bool, StoreError> {
         let id = doc.as_bytes().as_slice();
+        // IMMEDIATE: the write lock is taken before the lease is read, so
+        // no other connection takes the lease over before this commits.
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let held = tx
+            .prepare_cached("SELECT 1 FROM leases WHERE name = ?1 AND holder = ?2 AND expires_ms > ?3")?
+            .exists(params![fence.name, fence.holder, fence.now_ms as i64])?;
+        if !held {
+            return Ok(false);
+        }
         match home {
-            Some(h) => self
-                .conn
+            Some(h) => tx
                 .prepare_cached(
                     "INSERT INTO homes (doc_id, edge, addr, fingerprint, since_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT (doc_id) DO UPDATE SET edge = excluded.edge, addr = excluded.addr, \
                  fingerprint = excluded.fingerprint, since_ms = excluded.since_ms",
                 )?
                 .execute(params![id, h.edge, h.addr, h.fingerprint, h.since_ms as i64])?,
-            None => self.conn.prepare_cached("DELETE FROM homes WHERE doc_id = ?1")?.execute([id])?,
+            None => tx.prepare_cached("DELETE FROM homes WHERE doc_id = ?1")?.execute([id])?,
         };
-        Ok(())
+        tx.commit()?;
+        Ok(true)
     }
 
     fn pins(&mut self) -> Result<Vec<StoredPin>, StoreError> {
