@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures_util::StreamExt;
+use meridian_node::metrics::{IntCounter, IntGauge, Registry, counter, gauge};
 use meridian_node::runtime::{Committed, NodeEvent};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::ids::DocumentId;
@@ -32,7 +33,7 @@ const KIND_POINTER: u8 = 1;
 /// store (what other hubs committed meanwhile).
 pub(crate) const POLL_WHILE_DOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// The bus's metrics, rendered after the node's at `/metrics`.
+/// The bus's metrics, in the hub's registry beside the node's at `/metrics`.
 ///
 /// | name | type | meaning |
 /// |---|---|---|
@@ -41,39 +42,36 @@ pub(crate) const POLL_WHILE_DOWN: std::time::Duration = std::time::Duration::fro
 /// | `meridian_hub_bus_published_total` | counter | commits published |
 /// | `meridian_hub_bus_received_total` | counter | other hubs' commits received |
 /// | `meridian_hub_bus_gaps_total` | counter | gaps seen: sequence jumps, messages NATS dropped for a slow consumer (each makes the hub read the store again) |
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BusMetrics {
-    pub connected: AtomicU64,
-    pub connects_total: AtomicU64,
-    pub published_total: AtomicU64,
-    pub received_total: AtomicU64,
-    pub gaps_total: AtomicU64,
+    pub connected: IntGauge,
+    pub connects_total: IntCounter,
+    pub published_total: IntCounter,
+    pub received_total: IntCounter,
+    pub gaps_total: IntCounter,
     /// When a slow-consumer report last made the hub read the store.
     last_slow_refresh_ms: AtomicU64,
 }
 
 impl BusMetrics {
-    pub fn render(&self) -> String {
-        crate::render_counters(
-            "meridian_hub_bus_",
-            &[
-                ("connected", "gauge", "1 while connected to a NATS server.", &self.connected),
-                (
-                    "connects_total",
-                    "counter",
-                    "Connections to NATS made (first, reconnects, fail-overs).",
-                    &self.connects_total,
-                ),
-                ("published_total", "counter", "Commits published on the bus.", &self.published_total),
-                ("received_total", "counter", "Other hubs' commits received.", &self.received_total),
-                (
-                    "gaps_total",
-                    "counter",
-                    "Gaps seen: sequence jumps, messages NATS dropped (the store is read again).",
-                    &self.gaps_total,
-                ),
-            ],
-        )
+    /// The bus metrics, in the hub's registry (`meridian_hub_` prefix).
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            connected: gauge(r, "bus_connected", "1 while connected to a NATS server."),
+            connects_total: counter(
+                r,
+                "bus_connects_total",
+                "Connections to NATS made (first, reconnects, fail-overs).",
+            ),
+            published_total: counter(r, "bus_published_total", "Commits published on the bus."),
+            received_total: counter(r, "bus_received_total", "Other hubs' commits received."),
+            gaps_total: counter(
+                r,
+                "bus_gaps_total",
+                "Gaps seen: sequence jumps, messages NATS dropped (the store is read again).",
+            ),
+            last_slow_refresh_ms: AtomicU64::new(0),
+        }
     }
 }
 
@@ -137,7 +135,6 @@ impl Sequences {
 /// The bus of one hub: its connection, publisher and subscriber tasks.
 pub(crate) struct Bus {
     client: async_nats::Client,
-    metrics: Arc<BusMetrics>,
     _tasks: Vec<AbortOnDrop<()>>,
 }
 
@@ -157,9 +154,10 @@ impl Bus {
         urls: &[String],
         mut committed: mpsc::UnboundedReceiver<Committed>,
         events: mpsc::Sender<NodeEvent>,
+        registry: &Registry,
     ) -> Result<Self, String> {
         let reconnected = events.clone();
-        let metrics = Arc::new(BusMetrics::default());
+        let metrics = Arc::new(BusMetrics::new(registry));
         let up = metrics.clone();
         let up_events = up.clone();
         let client = async_nats::ConnectOptions::new()
@@ -170,15 +168,15 @@ impl Bus {
                 async move {
                     match event {
                         async_nats::Event::Connected => {
-                            up.connected.store(1, Relaxed);
-                            up.connects_total.fetch_add(1, Relaxed);
+                            up.connected.set(1);
+                            up.connects_total.inc();
                             // Whatever was published while we were away is
                             // in the store.
                             tracing::info!("connected to the bus: reading open documents from the store again");
                             let _ = events.send(NodeEvent::Refresh { doc: None }).await;
                         }
                         async_nats::Event::Disconnected => {
-                            up.connected.store(0, Relaxed);
+                            up.connected.set(0);
                             tracing::warn!(
                                 "lost the bus: reading open documents from the store every {POLL_WHILE_DOWN:?} until it is back"
                             );
@@ -188,7 +186,7 @@ impl Bus {
                         // One read per half second at most: NATS says it once per
                         // message dropped, and the hub is behind already.
                         async_nats::Event::SlowConsumer(_) => {
-                            up.gaps_total.fetch_add(1, Relaxed);
+                            up.gaps_total.inc();
                             let now = crate::control::unix_ms();
                             if now.saturating_sub(up.last_slow_refresh_ms.load(Relaxed)) >= 500 {
                                 up.last_slow_refresh_ms.store(now, Relaxed);
@@ -219,7 +217,7 @@ impl Bus {
                 let message = BusMessage { publisher, seq, chunk };
                 match publishing.publish(format!("{PREFIX}{doc}"), message.encode().into()).await {
                     Ok(()) => {
-                        published.published_total.fetch_add(1, Relaxed);
+                        published.published_total.inc();
                     }
                     // The others see the gap in our sequence and read the store.
                     Err(e) => tracing::warn!(%doc, error = %e, "publishing a commit on the bus failed"),
@@ -235,9 +233,9 @@ impl Bus {
                 let event = match (doc, decoded) {
                     (Some(_), Some(b)) if b.publisher == publisher => continue,
                     (Some(doc), Some(b)) => {
-                        received.received_total.fetch_add(1, Relaxed);
+                        received.received_total.inc();
                         if !sequences.in_order(b.publisher, b.seq) {
-                            received.gaps_total.fetch_add(1, Relaxed);
+                            received.gaps_total.inc();
                             tracing::info!(
                                 publisher = b.publisher,
                                 seq = b.seq,
@@ -263,20 +261,12 @@ impl Bus {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                if up.connected.load(Relaxed) == 0 && polling.send(NodeEvent::Refresh { doc: None }).await.is_err() {
+                if up.connected.get() == 0 && polling.send(NodeEvent::Refresh { doc: None }).await.is_err() {
                     break;
                 }
             }
         });
-        Ok(Self {
-            client: client_kept,
-            metrics,
-            _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)],
-        })
-    }
-
-    pub(crate) fn metrics(&self) -> Arc<BusMetrics> {
-        self.metrics.clone()
+        Ok(Self { client: client_kept, _tasks: vec![AbortOnDrop(publish), AbortOnDrop(receive), AbortOnDrop(poll)] })
     }
 
     /// The connection to NATS (the change feed's relay publishes on it too).

@@ -42,7 +42,7 @@ use axum::{Json, Router};
 use meridian_node::admin::AdminGuard;
 use meridian_node::auth::Keyring;
 use meridian_node::http::{HttpOptions, Served};
-use meridian_node::metrics::NodeMetrics;
+use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
 use meridian_node::runtime::NodeRuntime;
 use meridian_node::server::{self, AppState};
@@ -351,7 +351,7 @@ impl Hub {
         engine.rng_seed = rand::random();
         engine.expects_upstream = false;
         engine.apply_off_loop_ops = meridian_node::runtime::APPLY_OFF_LOOP_OPS;
-        let metrics = Arc::new(NodeMetrics::new("meridian_hub"));
+        let metrics = Arc::new(NodeMetrics::new(Role::Hub));
         let (runtime, committed) = if config.bus.is_empty() {
             (NodeRuntime::start(store, engine, config.tick_interval, metrics.clone()), None)
         } else {
@@ -360,13 +360,17 @@ impl Hub {
         };
         let runtime = runtime.map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let bus = match committed {
-            Some(rx) => Some(bus::Bus::start(&config.bus, rx, runtime.events()).await.map_err(HubError::Config)?),
+            Some(rx) => Some(
+                bus::Bus::start(&config.bus, rx, runtime.events(), metrics.registry())
+                    .await
+                    .map_err(HubError::Config)?,
+            ),
             None => None,
         };
         let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
             .map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
-        let placement_metrics = Arc::new(PlacementMetrics::default());
+        let placement_metrics = Arc::new(PlacementMetrics::new(metrics.registry()));
         let (placer_tx, placer_rx) = mpsc::channel(1024);
         let control = open_control(&config).await?;
         let placer = Placer::new(
@@ -410,7 +414,7 @@ impl Hub {
         let app = if config.serve_clients {
             let auth = keyring.clone();
             if auth.is_none() {
-                metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
+                metrics.auth_open.set(1);
                 tracing::warn!("OPEN DEV MODE: clients at /sync may read and write every document (loopback only)");
             }
             server::router(AppState {
@@ -428,17 +432,6 @@ impl Hub {
                 .route("/healthz", get(|| async { "ok\n" }))
                 .route("/metrics", get(move || async move { m.render() }))
         };
-        let extra = {
-            let (placement, bus) = (placement_metrics.clone(), bus.as_ref().map(bus::Bus::metrics));
-            Arc::new(move || {
-                let mut text = placement.render();
-                if let Some(b) = &bus {
-                    text.push_str(&b.render());
-                }
-                text
-            })
-        };
-        let app = with_extra_metrics(app, extra);
         // The change feed: relayed from the store by one hub at a time
         // (PostgreSQL and a bus needed).
         let feed = match (&bus, config.feed) {
@@ -581,49 +574,6 @@ fn operator_routes(
                 .route("/api/placement/pins/{doc}", axum::routing::put(pins::pin).delete(pins::unpin))
                 .with_state(control),
         )
-}
-
-/// Prometheus text for `(name, type, help, value)` rows, names prefixed.
-pub(crate) fn render_counters(prefix: &str, rows: &[(&str, &str, &str, &std::sync::atomic::AtomicU64)]) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for (name, kind, help, v) in rows {
-        let value = v.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(out, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}\n{prefix}{name} {value}");
-    }
-    out
-}
-
-/// Renders metrics the node's `/metrics` does not have (placement, bus).
-type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// `app` with `extra` appended to its `/metrics`.
-fn with_extra_metrics(app: Router, extra: ExtraMetrics) -> Router {
-    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
-        let extra = extra.clone();
-        async move { append_metrics(req, next, &extra).await }
-    }))
-}
-
-/// `/metrics` comes from the node's router (`meridian_node::server`'s when
-/// the hub serves clients); the hub's own metrics are added to its body here.
-async fn append_metrics(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-    extra: &ExtraMetrics,
-) -> axum::response::Response {
-    if req.uri().path() != "/metrics" {
-        return next.run(req).await;
-    }
-    let (parts, body) = next.run(req).await.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 16 << 20).await else {
-        return axum::response::Response::from_parts(parts, axum::body::Body::empty());
-    };
-    let mut text = String::from_utf8_lossy(&bytes).into_owned();
-    text.push_str(&extra());
-    let mut parts = parts;
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    axum::response::Response::from_parts(parts, axum::body::Body::from(text))
 }
 
 #[cfg(test)]

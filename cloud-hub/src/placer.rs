@@ -33,9 +33,10 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use std::time::Duration;
 
+use meridian_node::metrics::{Histogram, IntCounter, IntGauge, Registry, counter, gauge, histogram, set_total};
 use meridian_node::runtime::NodeEvent;
 use meridian_node::store::{LeaseFence, StoredHome, StoredPin, StoredReport};
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
@@ -109,7 +110,7 @@ pub enum View {
     Topology,
 }
 
-/// Placement metrics, rendered after the node metrics at `/metrics`.
+/// Placement metrics, in the hub's registry beside the node metrics at `/metrics`.
 ///
 /// | name | type | meaning |
 /// |---|---|---|
@@ -123,47 +124,57 @@ pub enum View {
 /// | `meridian_hub_placement_docs_homed_on_edges` | gauge | documents whose announced home is an edge |
 /// | `meridian_hub_placement_is_placer` | gauge | 1 while this hub holds the placer's lease |
 /// | `meridian_hub_placement_takeovers_total` | counter | times this hub became the placer |
-#[derive(Debug, Default)]
+/// | `meridian_hub_placement_handoff_seconds` | histogram | from a home decided to the new home announced (it caught up) |
+#[derive(Debug)]
 pub struct PlacementMetrics {
-    pub decisions_total: AtomicU64,
-    pub moves_total: AtomicU64,
-    pub docs_tracked: AtomicU64,
-    pub reports_total: AtomicU64,
-    pub edges_reporting: AtomicU64,
-    pub handoffs_total: AtomicU64,
-    pub handoffs_pending: AtomicU64,
-    pub docs_homed_on_edges: AtomicU64,
-    pub is_placer: AtomicU64,
-    pub takeovers_total: AtomicU64,
+    pub decisions_total: IntCounter,
+    pub moves_total: IntCounter,
+    pub docs_tracked: IntGauge,
+    pub reports_total: IntCounter,
+    pub edges_reporting: IntGauge,
+    pub handoffs_total: IntCounter,
+    pub handoffs_pending: IntGauge,
+    pub docs_homed_on_edges: IntGauge,
+    pub is_placer: IntGauge,
+    pub takeovers_total: IntCounter,
+    pub handoff_seconds: Histogram,
 }
 
 impl PlacementMetrics {
-    pub fn render(&self) -> String {
-        crate::render_counters(
-            "meridian_hub_placement_",
-            &[
-                ("decisions_total", "counter", "Per-document placement decisions taken.", &self.decisions_total),
-                ("moves_total", "counter", "Home changes decided (advisory).", &self.moves_total),
-                ("docs_tracked", "gauge", "Documents the placement engine tracks.", &self.docs_tracked),
-                ("reports_total", "counter", "Demand reports received from edges.", &self.reports_total),
-                ("edges_reporting", "gauge", "Connected edges with a fresh report.", &self.edges_reporting),
-                (
-                    "handoffs_total",
-                    "counter",
-                    "Hand-offs completed (new home caught up, announced).",
-                    &self.handoffs_total,
-                ),
-                ("handoffs_pending", "gauge", "Decided homes not announced yet.", &self.handoffs_pending),
-                (
-                    "docs_homed_on_edges",
-                    "gauge",
-                    "Documents whose announced home is an edge.",
-                    &self.docs_homed_on_edges,
-                ),
-                ("is_placer", "gauge", "1 while this hub holds the placer's lease.", &self.is_placer),
-                ("takeovers_total", "counter", "Times this hub became the placer.", &self.takeovers_total),
-            ],
-        )
+    /// The placement metrics, in the hub's registry (`meridian_hub_` prefix).
+    pub fn new(r: &Registry) -> Self {
+        Self {
+            decisions_total: counter(r, "placement_decisions_total", "Per-document placement decisions taken."),
+            moves_total: counter(r, "placement_moves_total", "Home changes decided (advisory)."),
+            docs_tracked: gauge(r, "placement_docs_tracked", "Documents the placement engine tracks."),
+            reports_total: counter(r, "placement_reports_total", "Demand reports received from edges."),
+            edges_reporting: gauge(r, "placement_edges_reporting", "Connected edges with a fresh report."),
+            handoffs_total: counter(
+                r,
+                "placement_handoffs_total",
+                "Hand-offs completed (new home caught up, announced).",
+            ),
+            handoffs_pending: gauge(r, "placement_handoffs_pending", "Decided homes not announced yet."),
+            docs_homed_on_edges: gauge(
+                r,
+                "placement_docs_homed_on_edges",
+                "Documents whose announced home is an edge.",
+            ),
+            is_placer: gauge(r, "placement_is_placer", "1 while this hub holds the placer's lease."),
+            takeovers_total: counter(r, "placement_takeovers_total", "Times this hub became the placer."),
+            handoff_seconds: histogram(
+                r,
+                "placement_handoff_seconds",
+                "From a home decided to the new home announced (caught up).",
+            ),
+        }
+    }
+}
+
+impl Default for PlacementMetrics {
+    /// Metrics in a registry of their own (not shown at `/metrics`).
+    fn default() -> Self {
+        Self::new(&Registry::new())
     }
 }
 
@@ -249,7 +260,7 @@ struct Announced {
     from: Home,
     to: Home,
     /// From the decision to the announcement.
-    took_ms: u64,
+    took_ms: f64,
 }
 
 fn doc_str<S: serde::Serializer>(d: &DocumentId, s: S) -> Result<S::Ok, S::Error> {
@@ -393,7 +404,7 @@ impl Placer {
     }
 
     fn report(&mut self, edge: EdgeId, conn: u64, report: Report, hub_rtt: Duration) {
-        self.metrics.reports_total.fetch_add(1, Relaxed);
+        self.metrics.reports_total.inc();
         let Some(state) = self.edges.get_mut(&edge).filter(|e| e.conn == conn) else { return };
         // Writes per second over the edge's window (at least one interval,
         // so a first short window does not inflate the rate).
@@ -522,11 +533,11 @@ impl Placer {
             let advisory = !self.moves;
             tracing::info!(doc = %m.doc, from = %m.from, to = %m.to, reason = ?m.reason, gain_ms = m.gain_ms, advisory, "placement: new home decided");
         }
-        self.metrics.moves_total.fetch_add(moves.len() as u64, Relaxed);
-        self.metrics.decisions_total.store(self.engine.decisions(), Relaxed);
-        self.metrics.docs_tracked.store(self.engine.tracked() as u64, Relaxed);
+        self.metrics.moves_total.inc_by(moves.len() as u64);
+        set_total(&self.metrics.decisions_total, self.engine.decisions());
+        self.metrics.docs_tracked.set(self.engine.tracked() as i64);
         let reporting = self.edges.values().filter(|e| self.fresh(e)).count();
-        self.metrics.edges_reporting.store(reporting as u64, Relaxed);
+        self.metrics.edges_reporting.set(reporting as i64);
     }
 
     /// Whether the last renewal still covers now (always, without a store).
@@ -597,8 +608,8 @@ impl Placer {
         // report before a home on one of them counts as unreachable.
         self.settle_until =
             (!self.announced.is_empty()).then(|| Instant::now() + EDGE_FAILOVER + self.report_interval * STALE_REPORTS);
-        self.metrics.is_placer.store(1, Relaxed);
-        self.metrics.takeovers_total.fetch_add(1, Relaxed);
+        self.metrics.is_placer.set(1);
+        self.metrics.takeovers_total.inc();
         let previous = previous.filter(|p| *p != self.holder);
         tracing::info!(hub = %self.hub_id, previous = previous.as_deref().unwrap_or("none"), homes = self.announced.len(), pins = self.pins.len(), "placement: this hub is the placer now");
     }
@@ -607,8 +618,8 @@ impl Placer {
         self.leading = false;
         self.handoffs.clear();
         self.remote.clear();
-        self.metrics.is_placer.store(0, Relaxed);
-        self.metrics.handoffs_pending.store(0, Relaxed);
+        self.metrics.is_placer.set(0);
+        self.metrics.handoffs_pending.set(0);
         tracing::warn!(hub = %self.hub_id, why, "placement: this hub is no longer the placer");
     }
 
@@ -688,7 +699,7 @@ impl Placer {
                         }
                     }
                 }
-                self.metrics.docs_homed_on_edges.store(self.announced.len() as u64, Relaxed);
+                self.metrics.docs_homed_on_edges.set(self.announced.len() as i64);
             }
             Err(error) => tracing::warn!(%error, "placement: cannot read the announced homes"),
         }
@@ -816,8 +827,8 @@ impl Placer {
                 }
             }
         }
-        self.metrics.handoffs_pending.store(self.handoffs.len() as u64, Relaxed);
-        self.metrics.docs_homed_on_edges.store(self.announced.len() as u64, Relaxed);
+        self.metrics.handoffs_pending.set(self.handoffs.len() as i64);
+        self.metrics.docs_homed_on_edges.set(self.announced.len() as i64);
     }
 
     /// Records a home in the store before it is announced (so a placer
@@ -857,14 +868,17 @@ impl Placer {
                 self.announced.insert(doc, HomeEdge { edge: e.clone(), addr, fingerprint })
             }
         };
-        let took_ms = h.started.elapsed().as_millis() as u64;
+        let took = h.started.elapsed();
+        self.metrics.handoff_seconds.observe(took.as_secs_f64());
+        // Often one round trip to the runtime (the new home had it all): µs.
+        let took_ms = (took.as_secs_f64() * 1e6).round() / 1e3;
         tracing::info!(%doc, %from, %to, took_ms, "placement: home handed off and announced");
         let notice = self.notice(doc, &to);
         let edges: Vec<EdgeId> = self.edges.keys().cloned().collect();
         for e in edges {
             self.send_control(&e, &notice);
         }
-        self.metrics.handoffs_total.fetch_add(1, Relaxed);
+        self.metrics.handoffs_total.inc();
         self.announced_history.push_back(Announced { at_ms: self.now().0, doc, from, to, took_ms });
         while self.announced_history.len() > HANDOFF_HISTORY {
             self.announced_history.pop_front();
@@ -1120,7 +1134,7 @@ mod tests {
         let explained = &p.placement_json()["documents"][0];
         assert_eq!(explained["demand"]["eu"]["writes_per_sec"], 10.0);
         assert!(explained["demand"].get("us").is_none());
-        assert_eq!(p.metrics.moves_total.load(Relaxed), 1);
+        assert_eq!(p.metrics.moves_total.get(), 1);
         assert_eq!(p.topology_json()["rtt_matrix_ms"]["eu"]["hub"], 30.0, "the edge's own measurement wins");
         // An old connection of eu going away changes nothing; the current one does.
         p.handle(PlacerEvent::EdgeDown { edge: EdgeId::new("eu"), conn: 7 });
@@ -1134,7 +1148,9 @@ mod tests {
 
     #[test]
     fn placement_metrics_render_with_their_documented_names() {
-        let text = PlacementMetrics::default().render();
+        let node = meridian_node::metrics::NodeMetrics::new(meridian_node::metrics::Role::Hub);
+        let _placement = PlacementMetrics::new(node.registry());
+        let text = node.render();
         let names = ["decisions_total", "moves_total", "docs_tracked", "reports_total", "edges_reporting"];
         let more = ["handoffs_total", "handoffs_pending", "docs_homed_on_edges", "is_placer", "takeovers_total"];
         for name in names.into_iter().chain(more) {

@@ -33,24 +33,23 @@ pub fn router(metrics: Arc<NodeMetrics>, info: NodeInfo) -> Router {
 }
 
 async fn info_handler(State((m, info)): State<(Arc<NodeMetrics>, Arc<NodeInfo>)>) -> impl IntoResponse {
-    use std::sync::atomic::Ordering::Relaxed;
     let hub = info.hubs.first().map(|first| {
         let in_use = m.uplink_in_use();
         serde_json::json!({
             "addr": in_use.as_ref().map_or(first, |(addr, _)| addr),
             "hubs": info.hubs,
             "hubId": in_use.as_ref().map(|(_, id)| id),
-            "connected": m.uplink_connected.load(Relaxed) == 1,
-            "rttMs": m.uplink_rtt_micros.load(Relaxed) as f64 / 1000.0,
-            "failovers": m.uplink_failovers_total.load(Relaxed),
+            "connected": m.uplink_connected.get() == 1,
+            "rttMs": (m.uplink_rtt_seconds.get() * 1e6).round() / 1e3,
+            "failovers": m.uplink_failovers_total.get(),
         })
     });
     let body = serde_json::json!({
         "peerId": info.peer_id,
         "edgeId": info.edge_id,
         "auth": info.auth,
-        "connections": m.connections.load(Relaxed),
-        "documentsLoaded": m.documents_loaded.load(Relaxed),
+        "connections": m.connections.get(),
+        "documentsLoaded": m.documents_loaded.get(),
         "hub": hub,
     });
     ([(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")], axum::Json(body))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use meridian_node::admin::AdminGuard;
 use meridian_node::auth::{Keyring, Verifier};
 use meridian_node::http::{HttpOptions, Served};
-use meridian_node::metrics::NodeMetrics;
+use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
 use meridian_node::server::{self, AppState};
@@ -181,7 +181,7 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
 /// everything).
 fn load_verifier(config: &EdgeConfig, metrics: &NodeMetrics) -> Result<Option<Arc<Keyring>>, EdgeError> {
     if config.open_mode() {
-        metrics.auth_open.store(1, std::sync::atomic::Ordering::Relaxed);
+        metrics.auth_open.set(1);
         tracing::warn!(
             "OPEN DEV MODE: no --auth-public-key, so every client may read and write every document \
              (serving loopback only)"
@@ -229,7 +229,7 @@ impl EdgeNode {
         // Demand is what the uplink reports to the hub for placement.
         engine.track_demand = config.uplink.is_some();
         engine.max_loaded_docs = config.memory_budget_docs;
-        let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
+        let metrics = Arc::new(NodeMetrics::new(Role::Edge));
         let verifier = load_verifier(&config, &metrics)?;
         let limits = server::ConnLimiter::new(config.max_connections, config.max_connections_per_address);
         // Without a hub there is no cloud copy to fall back on.

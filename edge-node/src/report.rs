@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn client_rtt_is_a_moving_average() {
-        let m = NodeMetrics::new("meridian_edge");
+        let m = NodeMetrics::new(meridian_node::metrics::Role::Edge);
         assert_eq!(m.client_rtt(), None);
         m.observe_client_rtt(Duration::from_millis(80));
         assert_eq!(m.client_rtt(), Some(Duration::from_millis(80)));

@@ -13,7 +13,6 @@
 //! the peer actor ([`crate::peers`]).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use meridian_node::auth::{Keyring, Revocation};
@@ -87,7 +86,7 @@ pub async fn run(
             }
             Err(UplinkError::Refused(reason)) => {
                 failed += 1;
-                metrics.uplink_refusals_total.fetch_add(1, Relaxed);
+                metrics.uplink_refusals_total.inc();
                 tracing::error!(%hub, edge_id = %config.edge_id, %reason, "the hub refused this edge; check --edge-id and --hub-secret");
             }
             Err(e) => {
@@ -95,7 +94,7 @@ pub async fn run(
                 tracing::warn!(%hub, error = %e, "uplink attempt failed");
             }
         }
-        metrics.uplink_connected.store(0, Relaxed);
+        metrics.uplink_connected.set(0);
         metrics.set_uplink_in_use(None);
         if config.hubs.len() > 1 {
             at = (at + 1) % config.hubs.len();
@@ -209,10 +208,10 @@ async fn session(
     let Some((conn, out)) = register(events, Direction::Outgoing).await else {
         return Ok("node stopped".into());
     };
-    metrics.uplink_connected.store(1, Relaxed);
+    metrics.uplink_connected.set(1);
     metrics.set_uplink_in_use(Some((at, hub_id)));
-    metrics.uplink_connects_total.fetch_add(1, Relaxed);
-    let rtt = |d: Duration| metrics.uplink_rtt_micros.store(d.as_micros() as u64, Relaxed);
+    metrics.uplink_connects_total.inc();
+    let rtt = |d: Duration| metrics.uplink_rtt_seconds.set(d.as_secs_f64());
     let on_control = |bytes: Vec<u8>| {
         match federation::decode_control(&bytes) {
             Ok(Control::Revoke(list)) => return revoke(keyring, events, list, config.revocations_file.as_deref()),

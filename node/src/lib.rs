@@ -32,7 +32,7 @@
 //! # async fn example() -> anyhow::Result<()> {
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use meridian_node::metrics::NodeMetrics;
+//! use meridian_node::metrics::{NodeMetrics, Role};
 //! use meridian_node::runtime::NodeRuntime;
 //! use meridian_node::server::{self, AppState};
 //! use meridian_node::store::SqliteStore;
@@ -40,7 +40,7 @@
 //! use meridian_protocol::ids::PeerId;
 //!
 //! let store = SqliteStore::open(std::path::Path::new("data/node.sqlite3"))?;
-//! let metrics = Arc::new(NodeMetrics::new("meridian_edge"));
+//! let metrics = Arc::new(NodeMetrics::new(Role::Edge));
 //! let config = EngineConfig::new(PeerId::new("my-node".to_owned()), None);
 //! let runtime = NodeRuntime::start(Box::new(store), config, Duration::from_secs(1), metrics.clone())?;
 //! let app = server::router(AppState {

@@ -1,6 +1,10 @@
-//! Typed metrics of a node (edge or hub), rendered as Prometheus text at
-//! `/metrics`. Names start with `meridian_edge_` on an edge and
-//! `meridian_hub_` on the hub.
+//! Typed metrics of a node (edge or hub), kept in a `prometheus` registry
+//! and rendered in the Prometheus text format at `/metrics` (the crate's
+//! encoder). Names start with `meridian_edge_` on an edge and
+//! `meridian_hub_` on the hub; the `uplink_` ones are an edge's only. The
+//! hub registers its own (placement, bus) in the same registry
+//! ([`NodeMetrics::registry`]). Beside them: `process_*` (resident memory,
+//! open file descriptors, CPU seconds, start time; Linux) without a prefix.
 //!
 //! | name | type | meaning |
 //! |---|---|---|
@@ -37,13 +41,15 @@
 //! | `meridian_edge_sync_shared_total` | counter | sync messages sent as a copy of one generated for a peer in the same sync state (watchers in step) |
 //! | `meridian_edge_sync_merged_total` | counter | peers' sync messages applied in one batch with the same peer's previous one (a writer with changes in flight) |
 //! | `meridian_edge_snapshot_answers_total` | counter | peers with nothing sent a document's stored snapshot before it was loaded |
-//! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured with a disk budget) |
+//! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured every 10 s, and for a disk budget) |
+//! | `meridian_edge_build_info{version}` | gauge | 1, labelled with the build's version |
 //! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use meridian_protocol::engine::{ErrorKind, Refusal};
+use prometheus::{Encoder, Gauge, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
+pub use prometheus::{Histogram, IntCounter, IntGauge, Registry};
 
 use crate::auth::TokenError;
 
@@ -73,35 +79,22 @@ const LIMITS: [&str; 8] = [
     "message_rate",
 ];
 
-const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+/// Buckets of the latency histograms (seconds).
+pub const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
-#[derive(Debug, Default)]
-pub struct Histogram {
-    buckets: [AtomicU64; 10],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
+/// What a node is: the `uplink_` metrics are an edge's only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Hub,
 }
 
-impl Histogram {
-    pub fn observe(&self, seconds: f64) {
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if seconds <= *b {
-                self.buckets[i].fetch_add(1, Relaxed);
-            }
+impl Role {
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Edge => "meridian_edge",
+            Role::Hub => "meridian_hub",
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (i, b) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", self.buckets[i].load(Relaxed));
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
     }
 }
 
@@ -109,49 +102,53 @@ impl Histogram {
 /// HTTP handlers.
 #[derive(Debug)]
 pub struct NodeMetrics {
-    prefix: &'static str,
-    pub connections: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub documents_loaded: AtomicU64,
-    messages_in: [AtomicU64; 10],
-    messages_out: [AtomicU64; 10],
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    errors: [AtomicU64; ErrorKind::ALL.len()],
-    auth_refusals: [AtomicU64; TokenError::ALL.len()],
-    access_refusals: [AtomicU64; Refusal::ALL.len()],
+    registry: Registry,
+    /// `process_*`, registered without the node's prefix.
+    process: Registry,
+    pub connections: IntGauge,
+    pub connections_total: IntCounter,
+    pub documents_loaded: IntGauge,
+    messages_in: IntCounterVec,
+    messages_out: IntCounterVec,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    errors: IntCounterVec,
+    auth_refusals: IntCounterVec,
+    access_refusals: IntCounterVec,
     /// 1 in open dev mode (no token needed).
-    pub auth_open: AtomicU64,
-    limits_hit: [AtomicU64; LIMITS.len()],
-    pub storage_batches: AtomicU64,
-    pub storage_tasks: AtomicU64,
-    pub storage_failures: AtomicU64,
+    pub auth_open: IntGauge,
+    limits_hit: IntCounterVec,
+    pub storage_batches: IntCounter,
+    pub storage_tasks: IntCounter,
+    pub storage_failures: IntCounter,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
-    pub evictions: AtomicU64,
-    pub uplink_connected: AtomicU64,
-    pub uplink_rtt_micros: AtomicU64,
+    pub evictions: IntCounter,
+    pub uplink_connected: IntGauge,
+    pub uplink_rtt_seconds: Gauge,
     /// Moving average of client WebSocket round trips (0: none measured).
     client_rtt_micros: AtomicU64,
-    pub uplink_connects_total: AtomicU64,
-    pub uplink_refusals_total: AtomicU64,
+    client_rtt_seconds: Gauge,
+    pub uplink_connects_total: IntCounter,
+    pub uplink_refusals_total: IntCounter,
     /// The hubs the uplink may use, in order (set once by the uplink).
     uplink_hubs: std::sync::OnceLock<Vec<String>>,
     /// The hub in use (its index in `uplink_hubs` and the id it gave), and
     /// the last one connected to, kept across losses to count fail-overs.
     uplink_hub: std::sync::Mutex<UplinkHub>,
-    pub uplink_failovers_total: AtomicU64,
-    pub docs_pending_upstream: AtomicU64,
-    pub docs_synced_upstream: AtomicU64,
-    pub backfill_queued: AtomicU64,
-    pub offloaded: AtomicU64,
-    pub applied_off_loop: AtomicU64,
-    pub cold_opens: AtomicU64,
-    pub sync_generated: AtomicU64,
-    pub sync_shared: AtomicU64,
-    pub sync_merged: AtomicU64,
-    pub snapshot_answers: AtomicU64,
-    pub store_bytes: AtomicU64,
+    uplink_hub_in_use: IntGaugeVec,
+    pub uplink_failovers_total: IntCounter,
+    pub docs_pending_upstream: IntGauge,
+    pub docs_synced_upstream: IntGauge,
+    pub backfill_queued: IntGauge,
+    pub offloaded: IntCounter,
+    pub applied_off_loop: IntCounter,
+    pub cold_opens: IntCounter,
+    pub sync_generated: IntCounter,
+    pub sync_shared: IntCounter,
+    pub sync_merged: IntCounter,
+    pub snapshot_answers: IntCounter,
+    pub store_bytes: IntGauge,
 }
 
 /// Which of the uplink's hubs is in use (see [`NodeMetrics::set_uplink_in_use`]).
@@ -161,56 +158,198 @@ struct UplinkHub {
     last: Option<usize>,
 }
 
-fn type_index(t: &str) -> usize {
-    TYPES.iter().position(|x| *x == t).unwrap_or(TYPES.len() - 1)
+/// Registers a metric in `registry` and hands it back. The names are this
+/// file's own constants: a clash is a bug caught by every test.
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    if let Err(error) = registry.register(Box::new(metric.clone())) {
+        panic!("metric registered twice or badly named: {error}");
+    }
+    metric
+}
+
+/// A counter in `registry`.
+pub fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+/// A gauge in `registry`.
+pub fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+/// A gauge of real numbers in `registry`.
+pub fn float_gauge(registry: &Registry, name: &str, help: &str) -> Gauge {
+    register(registry, Gauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+/// A latency histogram (seconds, [`BUCKETS`]) in `registry`.
+pub fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+    register(registry, Histogram::with_opts(opts).unwrap_or_else(|e| panic!("metric {name}: {e}")))
+}
+
+/// A counter per value of `label`, each shown from the start (at 0).
+fn labelled(registry: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    for v in values {
+        vec.with_label_values(&[*v]);
+    }
+    register(registry, vec)
+}
+
+/// Moves a counter up to `total`, a count kept elsewhere (the engine's).
+pub fn set_total(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// A metric not shown (a hub has no uplink).
+fn unregistered<M>(metric: prometheus::Result<M>) -> M {
+    metric.unwrap_or_else(|e| panic!("metric: {e}"))
 }
 
 impl NodeMetrics {
-    pub fn new(prefix: &'static str) -> Self {
+    pub fn new(role: Role) -> Self {
+        let registry =
+            Registry::new_custom(Some(role.prefix().into()), None).unwrap_or_else(|e| panic!("metrics registry: {e}"));
+        let r = &registry;
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(error) = process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+            tracing::warn!(%error, "the process metrics are not shown");
+        }
+        let build = IntGaugeVec::new(Opts::new("build_info", "1, labelled with the build's version."), &["version"])
+            .unwrap_or_else(|e| panic!("metric build_info: {e}"));
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        register(r, build);
+        let edge = role == Role::Edge;
+        // The uplink's metrics exist on an edge only; a hub's are kept unshown.
+        let uplink_counter = |name: &str, help: &str| {
+            if edge { counter(r, name, help) } else { unregistered(IntCounter::new(name, help)) }
+        };
+        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
+        let reasons: Vec<&str> = TokenError::ALL.iter().map(|r| r.as_str()).collect();
+        let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
+        let uplink_hub_in_use =
+            IntGaugeVec::new(Opts::new("uplink_hub_in_use", "1 for the hub the uplink is connected to."), &["hub"])
+                .unwrap_or_else(|e| panic!("metric uplink_hub_in_use: {e}"));
         Self {
-            prefix,
-            connections: AtomicU64::default(),
-            connections_total: AtomicU64::default(),
-            documents_loaded: AtomicU64::default(),
-            messages_in: Default::default(),
-            messages_out: Default::default(),
-            bytes_in: AtomicU64::default(),
-            bytes_out: AtomicU64::default(),
-            errors: Default::default(),
-            auth_refusals: Default::default(),
-            access_refusals: Default::default(),
-            auth_open: AtomicU64::default(),
-            limits_hit: Default::default(),
-            storage_batches: AtomicU64::default(),
-            storage_tasks: AtomicU64::default(),
-            storage_failures: AtomicU64::default(),
-            storage_batch_seconds: Histogram::default(),
-            home_lag_seconds: Histogram::default(),
-            evictions: AtomicU64::default(),
-            uplink_connected: AtomicU64::default(),
-            uplink_rtt_micros: AtomicU64::default(),
+            connections: gauge(r, "connections", "Open connections (WebSocket and QUIC)."),
+            connections_total: counter(r, "connections_total", "Connections accepted."),
+            documents_loaded: gauge(r, "documents_loaded", "Documents in memory."),
+            messages_in: labelled(r, "messages_in_total", "Messages received by type.", "type", &TYPES),
+            messages_out: labelled(r, "messages_out_total", "Messages sent by type.", "type", &TYPES),
+            bytes_in: counter(r, "bytes_in_total", "Payload bytes received."),
+            bytes_out: counter(r, "bytes_out_total", "Payload bytes sent."),
+            errors: labelled(r, "errors_total", "Connections closed for bad input.", "kind", &kinds),
+            auth_refusals: labelled(
+                r,
+                "auth_refused_total",
+                "Connections refused for their token, by reason.",
+                "reason",
+                &reasons,
+            ),
+            access_refusals: labelled(
+                r,
+                "access_refused_total",
+                "Requests refused by a connection's grants, by kind.",
+                "refusal",
+                &refusals,
+            ),
+            auth_open: gauge(r, "auth_open", "1 when the node runs in open dev mode (no token needed; loopback only)."),
+            limits_hit: labelled(r, "limits_hit_total", "Requests refused by a limit, by limit.", "limit", &LIMITS),
+            storage_batches: counter(r, "storage_batches_total", "Storage transactions committed."),
+            storage_tasks: counter(r, "storage_tasks_total", "Storage tasks executed."),
+            storage_failures: counter(r, "storage_failures_total", "Storage tasks that failed."),
+            storage_batch_seconds: histogram(r, "storage_batch_seconds", "Time to run one storage batch."),
+            evictions: counter(r, "evictions_total", "Documents evicted from memory."),
+            uplink_connected: if edge {
+                gauge(r, "uplink_connected", "1 while the uplink to the hub is up.")
+            } else {
+                unregistered(IntGauge::new("uplink_connected", "-"))
+            },
+            uplink_connects_total: uplink_counter("uplink_connects_total", "Uplink connections established."),
+            uplink_refusals_total: uplink_counter(
+                "uplink_refusals_total",
+                "Times the hub refused this edge's credential.",
+            ),
+            uplink_failovers_total: uplink_counter(
+                "uplink_failovers_total",
+                "Uplink sessions established with another hub than the previous one.",
+            ),
+            uplink_hub_in_use: if edge { register(r, uplink_hub_in_use) } else { uplink_hub_in_use },
+            uplink_rtt_seconds: if edge {
+                float_gauge(r, "uplink_rtt_seconds", "QUIC round-trip time to the hub.")
+            } else {
+                unregistered(Gauge::new("uplink_rtt_seconds", "-"))
+            },
             client_rtt_micros: AtomicU64::default(),
-            uplink_connects_total: AtomicU64::default(),
-            uplink_refusals_total: AtomicU64::default(),
+            client_rtt_seconds: float_gauge(
+                r,
+                "client_rtt_seconds",
+                "WebSocket ping-pong round trip to clients (moving average).",
+            ),
             uplink_hubs: std::sync::OnceLock::new(),
             uplink_hub: std::sync::Mutex::new(UplinkHub::default()),
-            uplink_failovers_total: AtomicU64::default(),
-            docs_pending_upstream: AtomicU64::default(),
-            docs_synced_upstream: AtomicU64::default(),
-            backfill_queued: AtomicU64::default(),
-            offloaded: AtomicU64::default(),
-            applied_off_loop: AtomicU64::default(),
-            cold_opens: AtomicU64::default(),
-            sync_generated: AtomicU64::default(),
-            sync_shared: AtomicU64::default(),
-            sync_merged: AtomicU64::default(),
-            snapshot_answers: AtomicU64::default(),
-            store_bytes: AtomicU64::default(),
+            docs_pending_upstream: gauge(
+                r,
+                "docs_pending_upstream",
+                "Loaded documents with changes the hub has not acknowledged.",
+            ),
+            docs_synced_upstream: gauge(
+                r,
+                "docs_synced_upstream",
+                "Loaded documents whose heads the hub has acknowledged.",
+            ),
+            backfill_queued: gauge(r, "backfill_queued", "Stored documents still to be synced with the hub."),
+            applied_off_loop: counter(
+                r,
+                "applied_off_loop_total",
+                "Drains of a large document's messages applied on a thread of their own.",
+            ),
+            offloaded: counter(r, "offloaded_total", "Documents whose local copy was dropped for the hub's."),
+            cold_opens: counter(
+                r,
+                "cold_opens_total",
+                "Documents opened that were not stored here (fetched from the hub or their home).",
+            ),
+            sync_generated: counter(r, "sync_generated_total", "Sync messages automerge generated for peers."),
+            sync_shared: counter(
+                r,
+                "sync_shared_total",
+                "Sync messages sent as a copy of one generated for a peer in the same sync state.",
+            ),
+            sync_merged: counter(
+                r,
+                "sync_merged_total",
+                "Peers' sync messages applied in one batch with the same peer's previous one.",
+            ),
+            snapshot_answers: counter(
+                r,
+                "snapshot_answers_total",
+                "Peers with nothing sent a document's stored snapshot before it was loaded.",
+            ),
+            store_bytes: gauge(r, "store_bytes", "Bytes of document data in the store."),
+            home_lag_seconds: histogram(
+                r,
+                "home_lag_seconds",
+                "From a change durable here to the document's home confirming it.",
+            ),
+            registry,
+            process,
         }
+    }
+
+    /// The registry of the node's metrics (its names get the node's
+    /// prefix): the hub adds its own here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The hubs the uplink may use, in order of preference.
     pub fn set_uplink_hubs(&self, hubs: Vec<String>) {
+        for hub in &hubs {
+            self.uplink_hub_in_use.with_label_values(&[hub.as_str()]).set(0);
+        }
         let _ = self.uplink_hubs.set(hubs);
     }
 
@@ -221,9 +360,13 @@ impl NodeMetrics {
         let mut state = self.uplink_hub.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((index, _)) = &hub {
             if state.last.is_some_and(|l| l != *index) {
-                self.uplink_failovers_total.fetch_add(1, Relaxed);
+                self.uplink_failovers_total.inc();
             }
             state.last = Some(*index);
+        }
+        for (i, addr) in self.uplink_hubs().iter().enumerate() {
+            let on = hub.as_ref().is_some_and(|(index, _)| *index == i);
+            self.uplink_hub_in_use.with_label_values(&[addr.as_str()]).set(i64::from(on));
         }
         state.in_use = hub;
     }
@@ -247,6 +390,7 @@ impl NodeMetrics {
         let old = self.client_rtt_micros.load(Relaxed);
         let new = if old == 0 { x } else { old - old / 8 + x / 8 };
         self.client_rtt_micros.store(new, Relaxed);
+        self.client_rtt_seconds.set(new as f64 / 1e6);
     }
 
     /// The typical client round trip, once one was measured.
@@ -256,204 +400,118 @@ impl NodeMetrics {
     }
 
     pub fn message_in(&self, message_type: &str, bytes: usize) {
-        self.messages_in[type_index(message_type)].fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+        self.messages_in.with_label_values(&[type_label(message_type)]).inc();
+        self.bytes_in.inc_by(bytes as u64);
     }
 
     pub fn message_out(&self, message_type: &str, bytes: usize) {
-        self.messages_out[type_index(message_type)].fetch_add(1, Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.messages_out.with_label_values(&[type_label(message_type)]).inc();
+        self.bytes_out.inc_by(bytes as u64);
     }
 
     /// Messages of one wire type received so far.
     pub fn messages_in_of(&self, message_type: &str) -> u64 {
-        self.messages_in[type_index(message_type)].load(Relaxed)
+        self.messages_in.with_label_values(&[type_label(message_type)]).get()
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        slot(&ErrorKind::ALL, &self.errors, &kind).fetch_add(1, Relaxed);
+        self.errors.with_label_values(&[kind.as_str()]).inc();
     }
 
     pub fn errors_of(&self, kind: ErrorKind) -> u64 {
-        slot(&ErrorKind::ALL, &self.errors, &kind).load(Relaxed)
+        self.errors.with_label_values(&[kind.as_str()]).get()
     }
 
     pub fn auth_refused(&self, reason: TokenError) {
-        slot(&TokenError::ALL, &self.auth_refusals, &reason).fetch_add(1, Relaxed);
+        self.auth_refusals.with_label_values(&[reason.as_str()]).inc();
     }
 
     pub fn auth_refused_of(&self, reason: TokenError) -> u64 {
-        slot(&TokenError::ALL, &self.auth_refusals, &reason).load(Relaxed)
+        self.auth_refusals.with_label_values(&[reason.as_str()]).get()
     }
 
     /// A request was refused by the limit named `limit` (one of [`LIMITS`]).
     pub fn limit_hit(&self, limit: &str) {
-        slot(&LIMITS, &self.limits_hit, &limit).fetch_add(1, Relaxed);
+        self.limits_hit.with_label_values(&[limit_label(limit)]).inc();
     }
 
     pub fn limit_hits_of(&self, limit: &str) -> u64 {
-        slot(&LIMITS, &self.limits_hit, &limit).load(Relaxed)
+        self.limits_hit.with_label_values(&[limit_label(limit)]).get()
     }
 
     pub fn access_refused(&self, refusal: Refusal) {
-        slot(&Refusal::ALL, &self.access_refusals, &refusal).fetch_add(1, Relaxed);
+        self.access_refusals.with_label_values(&[refusal.as_str()]).inc();
     }
 
     pub fn access_refused_of(&self, refusal: Refusal) -> u64 {
-        slot(&Refusal::ALL, &self.access_refusals, &refusal).load(Relaxed)
+        self.access_refusals.with_label_values(&[refusal.as_str()]).get()
     }
 
-    /// Prometheus text exposition format.
+    /// Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
-        gauge(&mut out, &self.name("connections"), "Open connections (WebSocket and QUIC).", &self.connections);
-        counter(&mut out, &self.name("connections_total"), "Connections accepted.", &self.connections_total);
-        gauge(&mut out, &self.name("documents_loaded"), "Documents in memory.", &self.documents_loaded);
-        labelled(
-            &mut out,
-            &self.name("messages_in_total"),
-            "Messages received by type.",
-            "type",
-            &TYPES,
-            &self.messages_in,
-        );
-        labelled(
-            &mut out,
-            &self.name("messages_out_total"),
-            "Messages sent by type.",
-            "type",
-            &TYPES,
-            &self.messages_out,
-        );
-        counter(&mut out, &self.name("bytes_in_total"), "Payload bytes received.", &self.bytes_in);
-        counter(&mut out, &self.name("bytes_out_total"), "Payload bytes sent.", &self.bytes_out);
-        let kinds: Vec<&str> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        labelled(
-            &mut out,
-            &self.name("errors_total"),
-            "Connections closed for bad input.",
-            "kind",
-            &kinds,
-            &self.errors,
-        );
-        let reasons: Vec<&str> = TokenError::ALL.iter().map(|r| r.as_str()).collect();
-        let help = "Connections refused for their token, by reason.";
-        labelled(&mut out, &self.name("auth_refused_total"), help, "reason", &reasons, &self.auth_refusals);
-        let refusals: Vec<&str> = Refusal::ALL.iter().map(|r| r.as_str()).collect();
-        let help = "Requests refused by a connection's grants, by kind.";
-        labelled(&mut out, &self.name("access_refused_total"), help, "refusal", &refusals, &self.access_refusals);
-        let help = "Requests refused by a limit, by limit.";
-        labelled(&mut out, &self.name("limits_hit_total"), help, "limit", &LIMITS, &self.limits_hit);
-        let help = "1 when the node runs in open dev mode (no token needed; loopback only).";
-        gauge(&mut out, &self.name("auth_open"), help, &self.auth_open);
-        counter(
-            &mut out,
-            &self.name("storage_batches_total"),
-            "Storage transactions committed.",
-            &self.storage_batches,
-        );
-        counter(&mut out, &self.name("storage_tasks_total"), "Storage tasks executed.", &self.storage_tasks);
-        counter(&mut out, &self.name("storage_failures_total"), "Storage tasks that failed.", &self.storage_failures);
-        self.storage_batch_seconds.render(
-            &mut out,
-            &self.name("storage_batch_seconds"),
-            "Time to run one storage batch.",
-        );
-        counter(&mut out, &self.name("evictions_total"), "Documents evicted from memory.", &self.evictions);
-        gauge(&mut out, &self.name("uplink_connected"), "1 while the uplink to the hub is up.", &self.uplink_connected);
-        counter(
-            &mut out,
-            &self.name("uplink_connects_total"),
-            "Uplink connections established.",
-            &self.uplink_connects_total,
-        );
-        counter(
-            &mut out,
-            &self.name("uplink_refusals_total"),
-            "Times the hub refused this edge's credential.",
-            &self.uplink_refusals_total,
-        );
-        counter(
-            &mut out,
-            &self.name("uplink_failovers_total"),
-            "Uplink sessions established with another hub than the previous one.",
-            &self.uplink_failovers_total,
-        );
-        if !self.uplink_hubs().is_empty() {
-            let name = self.name("uplink_hub_in_use");
-            let in_use = self.uplink_in_use().map(|(addr, _)| addr);
-            let _ = writeln!(out, "# HELP {name} 1 for the hub the uplink is connected to.\n# TYPE {name} gauge");
-            for hub in self.uplink_hubs() {
-                let _ = writeln!(out, "{name}{{hub=\"{hub}\"}} {}", u8::from(in_use.as_deref() == Some(hub)));
-            }
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let mut out = Vec::with_capacity(8192);
+        if let Err(error) = prometheus::TextEncoder::new().encode(&families, &mut out) {
+            tracing::warn!(%error, "rendering the metrics");
         }
-        let rtt = self.uplink_rtt_micros.load(Relaxed) as f64 / 1e6;
-        let name = self.name("uplink_rtt_seconds");
-        let _ = writeln!(out, "# HELP {name} QUIC round-trip time to the hub.\n# TYPE {name} gauge\n{name} {rtt}");
-        let rtt = self.client_rtt_micros.load(Relaxed) as f64 / 1e6;
-        let name = self.name("client_rtt_seconds");
-        let help = "WebSocket ping-pong round trip to clients (moving average).";
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {rtt}");
-        gauge(
-            &mut out,
-            &self.name("docs_pending_upstream"),
-            "Loaded documents with changes the hub has not acknowledged.",
-            &self.docs_pending_upstream,
-        );
-        gauge(
-            &mut out,
-            &self.name("docs_synced_upstream"),
-            "Loaded documents whose heads the hub has acknowledged.",
-            &self.docs_synced_upstream,
-        );
-        gauge(
-            &mut out,
-            &self.name("backfill_queued"),
-            "Stored documents still to be synced with the hub.",
-            &self.backfill_queued,
-        );
-        let help = "Drains of a large document's messages applied on a thread of their own.";
-        counter(&mut out, &self.name("applied_off_loop_total"), help, &self.applied_off_loop);
-        let help = "Documents whose local copy was dropped for the hub's.";
-        counter(&mut out, &self.name("offloaded_total"), help, &self.offloaded);
-        let help = "Documents opened that were not stored here (fetched from the hub or their home).";
-        counter(&mut out, &self.name("cold_opens_total"), help, &self.cold_opens);
-        let help = "Sync messages automerge generated for peers.";
-        counter(&mut out, &self.name("sync_generated_total"), help, &self.sync_generated);
-        let help = "Sync messages sent as a copy of one generated for a peer in the same sync state.";
-        counter(&mut out, &self.name("sync_shared_total"), help, &self.sync_shared);
-        let help = "Peers' sync messages applied in one batch with the same peer's previous one.";
-        counter(&mut out, &self.name("sync_merged_total"), help, &self.sync_merged);
-        let help = "Peers with nothing sent a document's stored snapshot before it was loaded.";
-        counter(&mut out, &self.name("snapshot_answers_total"), help, &self.snapshot_answers);
-        gauge(&mut out, &self.name("store_bytes"), "Bytes of document data in the store.", &self.store_bytes);
-        let help = "From a change durable here to the document's home confirming it.";
-        self.home_lag_seconds.render(&mut out, &self.name("home_lag_seconds"), help);
-        out
-    }
-
-    fn name(&self, suffix: &str) -> String {
-        format!("{}_{suffix}", self.prefix)
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// The counter of `value` among `all` (the first one if it is not there:
-/// the label sets are closed enums, so that cannot happen).
-fn slot<'a, T: PartialEq>(all: &[T], counters: &'a [AtomicU64], value: &T) -> &'a AtomicU64 {
-    &counters[all.iter().position(|x| x == value).unwrap_or(0)]
+/// A message type's label: one of [`TYPES`], else `other` (a peer's
+/// message type never becomes a label of its own).
+fn type_label(t: &str) -> &'static str {
+    TYPES.iter().find(|x| **x == t).copied().unwrap_or("other")
 }
 
-fn gauge(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
+/// A limit's label: one of [`LIMITS`] (the callers name them).
+fn limit_label(limit: &str) -> &'static str {
+    LIMITS.iter().find(|x| **x == limit).copied().unwrap_or(LIMITS[0])
 }
 
-fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[&str], counts: &[AtomicU64]) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (v, c) in values.iter().zip(counts) {
-        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+    #[test]
+    fn every_name_is_kept_and_the_text_is_prometheus() {
+        let m = NodeMetrics::new(Role::Edge);
+        m.message_in("sync", 10);
+        m.message_in("made-up", 3);
+        m.set_uplink_hubs(vec!["127.0.0.1:7400".into(), "127.0.0.1:7410".into()]);
+        m.set_uplink_in_use(Some((1, "h2".into())));
+        m.storage_batch_seconds.observe(0.002);
+        set_total(&m.offloaded, 4);
+        set_total(&m.offloaded, 3);
+        let text = m.render();
+        for line in [
+            "meridian_edge_messages_in_total{type=\"sync\"} 1\n",
+            "meridian_edge_messages_in_total{type=\"other\"} 1\n",
+            "meridian_edge_bytes_in_total 13\n",
+            "meridian_edge_errors_total{kind=\"decode\"} 0\n",
+            "meridian_edge_uplink_hub_in_use{hub=\"127.0.0.1:7400\"} 0\n",
+            "meridian_edge_uplink_hub_in_use{hub=\"127.0.0.1:7410\"} 1\n",
+            "meridian_edge_storage_batch_seconds_bucket{le=\"0.0025\"} 1\n",
+            "meridian_edge_storage_batch_seconds_count 1\n",
+            "meridian_edge_offloaded_total 4\n",
+            "# TYPE meridian_edge_connections_total counter\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from:\n{text}");
+        }
+        assert!(text.contains(&format!("meridian_edge_build_info{{version=\"{}\"}} 1\n", env!("CARGO_PKG_VERSION"))));
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        #[cfg(target_os = "linux")]
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
+    }
+
+    #[test]
+    fn a_hub_shows_no_uplink() {
+        let m = NodeMetrics::new(Role::Hub);
+        m.uplink_connects_total.inc();
+        let text = m.render();
+        assert!(text.contains("meridian_hub_connections_total 0\n"), "{text}");
+        assert!(!text.contains("uplink"), "{text}");
     }
 }

@@ -74,7 +74,7 @@ async fn hub_and_edge(
     config.auth_public_keys = edge_keys;
     let edge = EdgeNode::start(config).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while edge.metrics().uplink_connected.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+    while edge.metrics().uplink_connected.get() == 0 {
         anyhow::ensure!(Instant::now() < deadline, "the uplink never came up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

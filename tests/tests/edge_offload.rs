@@ -3,7 +3,6 @@
 //! opening one again is a cold open that fetches it back. A document the
 //! hub has not acknowledged is never dropped.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -41,7 +40,7 @@ async fn over_its_disk_budget_an_edge_keeps_only_what_the_hub_lacks_and_cold_ope
     config.disk_budget_bytes = 1;
     let edge = EdgeNode::start(config.uplink(uplink)).await?;
     let m = edge.metrics().clone();
-    until("the uplink", || m.uplink_connected.load(Relaxed) == 1).await?;
+    until("the uplink", || m.uplink_connected.get() == 1).await?;
 
     let writer = Client::connect(&edge.ws_url(), fast()).await?;
     let mut docs = Vec::new();
@@ -52,28 +51,28 @@ async fn over_its_disk_budget_an_edge_keeps_only_what_the_hub_lacks_and_cold_ope
     }
     // While its writer is connected, nothing goes.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(m.offloaded.load(Relaxed), 0, "documents in use stay");
+    assert_eq!(m.offloaded.get(), 0, "documents in use stay");
     writer.close().await;
-    until("three documents offloaded", || m.offloaded.load(Relaxed) >= 3).await?;
-    until("an empty store", || m.store_bytes.load(Relaxed) == 0).await?;
+    until("three documents offloaded", || m.offloaded.get() >= 3).await?;
+    until("an empty store", || m.store_bytes.get() == 0).await?;
 
     // A fresh client opens one: fetched back from the hub.
     let reader = Client::connect(&edge.ws_url(), fast()).await?;
     find_eventually(&reader, docs[1]).await?;
     assert_eq!(reader.read(docs[1], value).await.flatten(), Some(1));
-    until("a cold open counted", || m.cold_opens.load(Relaxed) >= 1).await?;
+    until("a cold open counted", || m.cold_opens.get() >= 1).await?;
     reader.close().await;
 
     // The hub goes away; a new document is acknowledged by the edge only.
     hub.shutdown().await;
-    until("the uplink down", || m.uplink_connected.load(Relaxed) == 0).await?;
+    until("the uplink down", || m.uplink_connected.get() == 0).await?;
     let offline = Client::connect(&edge.ws_url(), fast()).await?;
     let lonely = offline.create(|tx| tx.put(ROOT, "n", 42).map(|_| ())).await?;
     offline.wait_acked(lonely).await?;
     offline.close().await;
-    let before = m.offloaded.load(Relaxed);
+    let before = m.offloaded.get();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(m.offloaded.load(Relaxed), before, "nothing the hub lacks is dropped");
+    assert_eq!(m.offloaded.get(), before, "nothing the hub lacks is dropped");
     let check = Client::connect(&edge.ws_url(), fast()).await?;
     find_eventually(&check, lonely).await.context("still stored at the edge")?;
     assert_eq!(check.read(lonely, value).await.flatten(), Some(42));

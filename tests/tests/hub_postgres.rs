@@ -3,7 +3,6 @@
 //! next hub started on the same database (with a data folder of its own),
 //! and it is in PostgreSQL itself (checked directly).
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -34,7 +33,7 @@ async fn edge_of(hub: &Hub, id: &str, dir: &std::path::Path) -> Result<EdgeNode>
     config.tick_interval = Duration::from_millis(100);
     let edge = EdgeNode::start(config).await?;
     let deadline = Instant::now() + WAIT;
-    while edge.metrics().uplink_connected.load(Relaxed) == 0 {
+    while edge.metrics().uplink_connected.get() == 0 {
         anyhow::ensure!(Instant::now() < deadline, "the uplink did not come up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use meridian_protocol::codec;
 use meridian_protocol::drive::Driver;
@@ -39,7 +38,7 @@ impl Driver for Io {
             tracing::warn!(%conn, "peer is not reading; closing its connection");
             self.metrics.limit_hit("send_queue");
             self.conns.remove(&conn);
-            self.metrics.connections.fetch_sub(1, Relaxed);
+            self.metrics.connections.dec();
         }
     }
 
@@ -73,7 +72,7 @@ impl Driver for Io {
                 tracing::info!(%conn, kind = kind.as_str(), detail = %Escaped(&detail), "bad input");
             }
             Event::Evicted { doc } => {
-                self.metrics.evictions.fetch_add(1, Relaxed);
+                self.metrics.evictions.inc();
                 tracing::debug!(%doc, "evicted");
             }
             Event::PeerConnected { conn, peer, .. } => {

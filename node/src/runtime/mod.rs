@@ -30,7 +30,7 @@ use meridian_protocol::ids::{ConnId, DocumentId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, set_total};
 use crate::store::DocStore;
 
 mod grants;
@@ -223,6 +223,8 @@ struct NodeLoop {
     /// Disk budget in bytes of document data (0: none).
     disk_budget: u64,
     usage_pending: bool,
+    /// When the store was last asked how much it holds.
+    last_usage: Option<Instant>,
 }
 
 /// The default of [`meridian_protocol::engine::EngineConfig::apply_off_loop_ops`]
@@ -234,6 +236,10 @@ pub const APPLY_OFF_LOOP_OPS: u64 = 100_000;
 /// [`NodeLoop::handle_batch`]): enough for a writer's window of changes
 /// from several writers, few enough that nobody waits long for the batch.
 const MAX_BATCH: usize = 256;
+
+/// How often a node without a disk budget measures its store (the
+/// `store_bytes` metric): a sum over the chunks table.
+const USAGE_EVERY: Duration = Duration::from_secs(10);
 
 impl NodeLoop {
     fn now(&self) -> Millis {
@@ -268,8 +274,8 @@ impl NodeLoop {
                     self.engine.handle_connect_with(now, direction, access)
                 };
                 self.io.conns.insert(conn, out);
-                self.io.metrics.connections.fetch_add(1, Relaxed);
-                self.io.metrics.connections_total.fetch_add(1, Relaxed);
+                self.io.metrics.connections.inc();
+                self.io.metrics.connections_total.inc();
                 if direction == Direction::Outgoing && !edge_peer {
                     // Everything stored must reach the new upstream, and the
                     // grants of the clients here before anything else.
@@ -290,7 +296,7 @@ impl NodeLoop {
             NodeEvent::Disconnected { conn } => {
                 self.grants.gone(conn);
                 if self.io.conns.remove(&conn).is_some() {
-                    self.io.metrics.connections.fetch_sub(1, Relaxed);
+                    self.io.metrics.connections.dec();
                 }
                 self.engine.handle_disconnect(now, conn);
             }
@@ -339,8 +345,8 @@ impl NodeLoop {
     /// holds all of them and nobody here uses them.
     fn enforce_disk_budget(&mut self, now: Millis, bytes: u64, oldest: Vec<DocumentId>) {
         self.usage_pending = false;
-        self.io.metrics.store_bytes.store(bytes, Relaxed);
-        if bytes > self.disk_budget {
+        self.io.metrics.store_bytes.set(bytes as i64);
+        if self.disk_budget > 0 && bytes > self.disk_budget {
             self.engine.relieve_disk(now, oldest);
         }
     }
@@ -366,23 +372,26 @@ impl NodeLoop {
     /// The loop's own housekeeping: asks the store how much it holds (disk
     /// budget) and refreshes the metrics read from the engine.
     fn housekeeping(&mut self) {
-        if self.disk_budget > 0 && !self.usage_pending {
+        // With a budget, at every housekeeping; otherwise for the metric only.
+        let due = self.disk_budget > 0 || self.last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY);
+        if due && !self.usage_pending {
             self.usage_pending = true;
+            self.last_usage = Some(Instant::now());
             self.storage.submit(StoreRequest::Usage);
         }
         let stats = self.engine.stats();
-        self.io.metrics.offloaded.store(stats.offloaded, Relaxed);
-        self.io.metrics.applied_off_loop.store(stats.applied_off_loop, Relaxed);
-        self.io.metrics.cold_opens.store(stats.cold_opens, Relaxed);
-        self.io.metrics.sync_generated.store(stats.sync_generated, Relaxed);
-        self.io.metrics.sync_shared.store(stats.sync_shared, Relaxed);
-        self.io.metrics.sync_merged.store(stats.sync_merged, Relaxed);
-        self.io.metrics.snapshot_answers.store(stats.snapshot_answers, Relaxed);
-        self.io.metrics.documents_loaded.store(self.engine.loaded_docs() as u64, Relaxed);
-        self.io.metrics.backfill_queued.store(self.engine.backfill_queued() as u64, Relaxed);
+        set_total(&self.io.metrics.offloaded, stats.offloaded);
+        set_total(&self.io.metrics.applied_off_loop, stats.applied_off_loop);
+        set_total(&self.io.metrics.cold_opens, stats.cold_opens);
+        set_total(&self.io.metrics.sync_generated, stats.sync_generated);
+        set_total(&self.io.metrics.sync_shared, stats.sync_shared);
+        set_total(&self.io.metrics.sync_merged, stats.sync_merged);
+        set_total(&self.io.metrics.snapshot_answers, stats.snapshot_answers);
+        self.io.metrics.documents_loaded.set(self.engine.loaded_docs() as i64);
+        self.io.metrics.backfill_queued.set(self.engine.backfill_queued() as i64);
         let (synced, pending) = self.engine.upstream_sync_status();
-        self.io.metrics.docs_synced_upstream.store(synced as u64, Relaxed);
-        self.io.metrics.docs_pending_upstream.store(pending as u64, Relaxed);
+        self.io.metrics.docs_synced_upstream.set(synced as i64);
+        self.io.metrics.docs_pending_upstream.set(pending as i64);
     }
 
     /// Carries out everything the engine asked for; storage tasks go to
@@ -493,6 +502,7 @@ impl NodeRuntime {
             started: Instant::now(),
             disk_budget,
             usage_pending: false,
+            last_usage: None,
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

@@ -3,7 +3,6 @@
 //! after the transaction committed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use meridian_protocol::ids::DocumentId;
@@ -139,10 +138,10 @@ fn run_requests(
         // Back in the order they were issued (task ids grow).
         out.sort_by_key(|(id, _)| *id);
         metrics.storage_batch_seconds.observe(started.elapsed().as_secs_f64());
-        metrics.storage_batches.fetch_add(1, Relaxed);
-        metrics.storage_tasks.fetch_add(out.len() as u64, Relaxed);
+        metrics.storage_batches.inc();
+        metrics.storage_tasks.inc_by(out.len() as u64);
         let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
-        metrics.storage_failures.fetch_add(failed as u64, Relaxed);
+        metrics.storage_failures.inc_by(failed as u64);
         if replies.send(StoreReply::Done(out)).is_err() {
             return false;
         }
