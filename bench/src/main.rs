@@ -29,10 +29,11 @@ mod workload;
 const USAGE: &str =
     "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored|attacks ...] [--smoke] [--rounds R] [--stored N]
                         [--size N] [--only edge|js]
-                        [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]
+                        [--edge-bin PATH] [--edge-arg FLAG]... [--js-server PATH] [--results DIR] [--report FILE]
 
   --size N         only the cases of size N (e.g. `fanout --size 1000`)
-  --only edge|js   measure one server (for profiling; results are not saved)";
+  --only edge|js   measure one server (for profiling; results are not saved)
+  --edge-arg FLAG  give meridian-edge serve FLAG too (e.g. --edge-arg=--unsafe-no-fsync; repeatable)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,6 +69,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
         paths: server::Paths {
             edge_bin: root.join("target/release/meridian-edge"),
             js_server: root.join("tests/js/server.mjs"),
+            edge_args: Vec::new(),
         },
         results: root.join("target/bench-results"),
         report: None,
@@ -88,6 +90,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
                 })
             }
             "--edge-bin" => opts.paths.edge_bin = value()?.into(),
+            "--edge-arg" => opts.paths.edge_args.push(value()?),
             "--js-server" => opts.paths.js_server = value()?.into(),
             "--results" => opts.results = value()?.into(),
             "--report" => opts.report = Some(value()?.into()),

@@ -26,11 +26,13 @@ impl Kind {
     }
 }
 
-/// Where the binaries live.
+/// Where the binaries live, and what the edge is given besides.
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub edge_bin: PathBuf,
     pub js_server: PathBuf,
+    /// Extra `meridian-edge serve` flags (`--edge-arg`, e.g. `--unsafe-no-fsync`).
+    pub edge_args: Vec<String>,
 }
 
 /// meridian-edge's connection caps (`--max-connections`,
@@ -60,7 +62,7 @@ impl Server {
     pub fn start(kind: Kind, paths: &Paths, data: &Path, caps: ConnCaps) -> Result<Self> {
         std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
         let (child, url) = match kind {
-            Kind::Edge => start_edge(&paths.edge_bin, data, caps)?,
+            Kind::Edge => start_edge(paths, data, caps)?,
             Kind::Js => start_js(&paths.js_server, data)?,
         };
         Ok(Self { kind, url, data: data.to_owned(), child, paths: paths.clone(), caps })
@@ -196,7 +198,8 @@ fn wait_port(child: &mut Child, port: u16) -> Result<()> {
     bail!("nothing listening on {port}")
 }
 
-fn start_edge(bin: &Path, data: &Path, caps: ConnCaps) -> Result<(Child, String)> {
+fn start_edge(paths: &Paths, data: &Path, caps: ConnCaps) -> Result<(Child, String)> {
+    let bin = &paths.edge_bin;
     let port = free_port()?;
     let mut cmd = Command::new(bin);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--quic-listen", "off"]);
@@ -205,6 +208,7 @@ fn start_edge(bin: &Path, data: &Path, caps: ConnCaps) -> Result<(Child, String)
         cmd.args(["--max-connections", "0", "--max-connections-per-address", "0"]);
     }
     let mut child = cmd
+        .args(&paths.edge_args)
         .arg("--data")
         .arg(data)
         .env("RUST_LOG", std::env::var("LOADGEN_EDGE_LOG").unwrap_or_else(|_| "warn".into()))

@@ -118,7 +118,10 @@ fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
         }
         ("writers", false) => {
             let p = writers::Params { writers: 50, changes_per_writer: 4000, window: 32, duration: secs(10) };
-            (vec![Case::Writers(p)], 3)
+            // A lone writer with one change in flight: each acknowledgement
+            // waits for its own commit (and fsync), nothing to group it with.
+            let lone = writers::Params { writers: 1, changes_per_writer: 4000, window: 1, duration: secs(10) };
+            (vec![Case::Writers(lone), Case::Writers(p)], 3)
         }
         ("large-doc", true) => (vec![Case::LargeDoc(large_doc::Params { ops: 2000, fetches: 1 })], 1),
         ("large-doc", false) => (vec![Case::LargeDoc(large_doc::Params { ops: 300_000, fetches: 5 })], 1),

@@ -86,6 +86,7 @@ pub struct HubConfig {
     pub idle_evict_after: Duration,
     /// The node loop's housekeeping interval (see `EdgeConfig::tick_interval`).
     pub tick_interval: Duration,
+    /// fsync every commit to the SQLite store (the default; see `EdgeConfig::fsync`).
     pub fsync: bool,
     /// Also serve automerge-repo WebSocket clients at `/sync` on the HTTP
     /// port (inspection tools, tests). Off by default: clients belong on
@@ -147,7 +148,7 @@ impl HubConfig {
             max_frame_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
             idle_evict_after: Duration::from_secs(60),
             tick_interval: Duration::from_secs(1),
-            fsync: false,
+            fsync: true,
             serve_clients: false,
             report_interval: Duration::from_secs(2),
             placement_interval: Duration::from_secs(2),

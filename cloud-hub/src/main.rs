@@ -269,8 +269,15 @@ struct ServeArgs {
     /// Seconds without activity after which a document leaves memory.
     #[arg(long, env = "MERIDIAN_IDLE_EVICT_SECS", default_value_t = 60)]
     idle_evict_secs: u64,
-    /// fsync every commit (survives power loss; slower).
-    #[arg(long, env = "MERIDIAN_FSYNC", default_value_t = false)]
+    /// Do not fsync commits to the SQLite store. By default every change the
+    /// hub acknowledges has been fsynced: it survives power loss and an OS
+    /// crash. With this flag it survives a crash of the process only
+    /// (kill -9). For throwaway data and tests. (PostgreSQL keeps its own
+    /// durability setting.)
+    #[arg(long, env = "MERIDIAN_UNSAFE_NO_FSYNC", default_value_t = false)]
+    unsafe_no_fsync: bool,
+    /// fsync every commit: the default (kept for scripts that pass it).
+    #[arg(long, hide = true, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
     /// Also accept automerge-repo WebSocket clients at /sync on the HTTP port
     /// (inspection tools and tests; clients normally connect to edges).
@@ -410,7 +417,7 @@ async fn main() -> anyhow::Result<()> {
     };
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
-    config.fsync = args.fsync;
+    config.fsync = !args.unsafe_no_fsync;
     config.bus = args.bus;
     config.feed = args.feed;
     config.store = match args.store.as_str() {
@@ -453,4 +460,27 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("signal received, shutting down");
     hub.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let all = ["node", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(all)?.command {
+            Command::Serve(a) => Ok(a),
+            _ => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn commits_are_fsynced_unless_the_risk_is_named() {
+        assert!(!serve(&[]).unwrap().unsafe_no_fsync, "fsync by default");
+        assert!(serve(&["--unsafe-no-fsync"]).unwrap().unsafe_no_fsync);
+        assert!(!serve(&["--fsync"]).unwrap().unsafe_no_fsync, "--fsync is still accepted");
+        assert!(serve(&["--fsync", "--unsafe-no-fsync"]).is_err(), "both: refused");
+        let help = Cli::try_parse_from(["node", "serve", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("--unsafe-no-fsync") && help.contains("power loss"), "{help}");
+    }
 }

@@ -31,8 +31,9 @@ pub struct EdgeConfig {
     pub tick_interval: Duration,
     /// Interval of WebSocket pings; a peer silent for three intervals is dropped.
     pub ping_interval: Duration,
-    /// fsync on every commit (durable against power loss, slower). Without
-    /// it, commits are durable against process crashes (`kill -9`).
+    /// fsync on every commit (the default): an acknowledged change
+    /// survives power loss. Off (`--unsafe-no-fsync`), commits survive
+    /// process crashes (`kill -9`) only.
     pub fsync: bool,
     /// UDP address of the QUIC listener for device clients (ALPN
     /// `meridian/1`); `None` disables it.
@@ -107,7 +108,7 @@ impl EdgeConfig {
             join_timeout: Duration::from_secs(10),
             tick_interval: Duration::from_secs(1),
             ping_interval: Duration::from_secs(10),
-            fsync: false,
+            fsync: true,
             quic_listen: None,
             uplink: None,
             peer_listen: None,

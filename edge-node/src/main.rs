@@ -146,8 +146,14 @@ struct ServeArgs {
     /// gets an `error` and is closed (0: no limit).
     #[arg(long, env = "MERIDIAN_JOIN_TIMEOUT_SECS", default_value_t = 10)]
     join_timeout_secs: u64,
-    /// fsync every commit (survives power loss; slower). Without it commits survive process crashes.
-    #[arg(long, env = "MERIDIAN_FSYNC", default_value_t = false)]
+    /// Do not fsync commits. By default every acknowledged change has been
+    /// fsynced: it survives power loss and an OS crash. With this flag it
+    /// survives a crash of the process only (kill -9), and may be lost when
+    /// the device loses power. For throwaway data and tests.
+    #[arg(long, env = "MERIDIAN_UNSAFE_NO_FSYNC", default_value_t = false)]
+    unsafe_no_fsync: bool,
+    /// fsync every commit: the default (kept for scripts that pass it).
+    #[arg(long, hide = true, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
     /// UDP address of the QUIC listener for device clients (ALPN meridian/1); "off" disables it.
     #[arg(long, env = "MERIDIAN_QUIC_LISTEN", default_value = "127.0.0.1:7302")]
@@ -329,7 +335,7 @@ async fn main() -> anyhow::Result<()> {
         .peer_id(args.peer_id)
         .max_message_bytes(args.max_message_bytes)
         .idle_evict_after(Duration::from_secs(args.idle_evict_secs));
-    config.fsync = args.fsync;
+    config.fsync = !args.unsafe_no_fsync;
     config.join_timeout = Duration::from_secs(args.join_timeout_secs);
     config.uplink = uplink;
     if args.quic_listen != "off" {
@@ -561,5 +567,28 @@ mod client {
                 "not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let all = ["node", "serve"].iter().chain(args).copied();
+        match Cli::try_parse_from(all)?.command {
+            Command::Serve(a) => Ok(a),
+            _ => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn commits_are_fsynced_unless_the_risk_is_named() {
+        assert!(!serve(&[]).unwrap().unsafe_no_fsync, "fsync by default");
+        assert!(serve(&["--unsafe-no-fsync"]).unwrap().unsafe_no_fsync);
+        assert!(!serve(&["--fsync"]).unwrap().unsafe_no_fsync, "--fsync is still accepted");
+        assert!(serve(&["--fsync", "--unsafe-no-fsync"]).is_err(), "both: refused");
+        let help = Cli::try_parse_from(["node", "serve", "--help"]).unwrap_err().to_string();
+        assert!(help.contains("--unsafe-no-fsync") && help.contains("power loss"), "{help}");
     }
 }

@@ -187,6 +187,7 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_chromium()?;
     ensure_postgres()?;
     ensure_debian(&["nats-server"], &["nats-server"], "the hub bus tests")?;
+    ensure_debian(&["promtool"], &["prometheus"], "the tests of deploy/'s alert rules (promtool)")?;
     ensure_wasm_target()?;
     // The browser package: the browser and JS-compatibility tests load it.
     js::build(&[])?;

@@ -22,12 +22,13 @@
 //! file with `write(2)` before `COMMIT` returns, so once a task is reported
 //! [`StorageResult::Done`] its data is in the kernel's page cache and
 //! survives the process being killed (`kill -9`, a panic, an abort), which
-//! is the guarantee Meridian relies on and tests. With the default
-//! `synchronous=NORMAL` the WAL is not fsynced on every commit, so a power
-//! loss or kernel crash may lose the most recent commits (never corrupting
-//! the database). [`StoreOptions::fsync`] switches to `synchronous=FULL`,
-//! which fsyncs the WAL on every commit; [`SqliteStore::execute_batch`]
-//! commits a whole batch at once, so that cost is paid once per batch.
+//! is what `kill -9` tests check. By default ([`StoreOptions::fsync`])
+//! the store runs `synchronous=FULL`, which fsyncs the WAL on every commit,
+//! so a commit also survives a power loss or kernel crash;
+//! [`SqliteStore::execute_batch`] commits a whole batch at once, so that
+//! cost is paid once per batch. Without it (`--unsafe-no-fsync`,
+//! `synchronous=NORMAL`) a power loss may lose the most recent commits
+//! (never corrupting the database).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -115,11 +116,18 @@ const MIGRATIONS: &[&str] = &[
 const SCHEMA_VERSION: usize = MIGRATIONS.len();
 
 /// How a [`SqliteStore`] trades commit latency for durability.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Fsync the WAL on every commit (`synchronous=FULL`) so that commits also
-    /// survive power loss and kernel crashes, not only process crashes.
+    /// survive power loss and kernel crashes, not only process crashes. On
+    /// by default (`--unsafe-no-fsync` turns it off).
     pub fsync: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { fsync: true }
+    }
 }
 
 /// A document store backed by one SQLite database file.

@@ -11,7 +11,7 @@
 //!   edges run in this process, on loopback.
 //! - **Durable writes per second** of the hub's store: the storage thread's
 //!   group commit (batches of 1 and of 64 appended changes over 100
-//!   documents) on SQLite (the hub's default, without and with `--fsync`)
+//!   documents) on SQLite (with fsync per commit, the hub's default, and with `--unsafe-no-fsync`)
 //!   and on PostgreSQL 15 with its default durability (fsync on).
 
 use std::time::{Duration, Instant};
@@ -163,8 +163,8 @@ enum Store {
 impl Store {
     fn name(self) -> &'static str {
         match self {
-            Store::Sqlite => "SQLite (hub default)",
-            Store::SqliteFsync => "SQLite --fsync",
+            Store::Sqlite => "SQLite --unsafe-no-fsync",
+            Store::SqliteFsync => "SQLite (hub default: fsync per commit)",
             Store::Postgres => "PostgreSQL 15 (fsync on)",
         }
     }

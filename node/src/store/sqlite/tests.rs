@@ -51,11 +51,15 @@ fn open_creates_parent_dir_with_wal_and_current_schema() {
 }
 
 #[test]
-fn fsync_option_selects_synchronous_full() {
+fn commits_are_fsynced_unless_told_otherwise() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open_with(&db_path(&dir), StoreOptions { fsync: true }).unwrap();
-    let synchronous: i64 = store.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap();
-    assert_eq!(synchronous, 2, "FULL");
+    let synchronous =
+        |store: &SqliteStore| -> i64 { store.conn.pragma_query_value(None, "synchronous", |row| row.get(0)).unwrap() };
+    let store = SqliteStore::open(&db_path(&dir)).unwrap();
+    assert_eq!(synchronous(&store), 2, "FULL by default");
+    drop(store);
+    let store = SqliteStore::open_with(&db_path(&dir), StoreOptions { fsync: false }).unwrap();
+    assert_eq!(synchronous(&store), 1, "NORMAL with --unsafe-no-fsync");
 }
 
 #[test]
