@@ -90,7 +90,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
                 })
             }
             "--edge-bin" => opts.paths.edge_bin = value()?.into(),
-            "--edge-arg" => opts.paths.edge_args.push(value()?),
+            "--edge-arg" => opts.paths.edge_args.push(value()?.clone()),
             "--js-server" => opts.paths.js_server = value()?.into(),
             "--results" => opts.results = value()?.into(),
             "--report" => opts.report = Some(value()?.into()),
