@@ -22,6 +22,7 @@
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
 //! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
 //! | `meridian_edge_storage_failures_total` | counter | storage tasks that failed |
+//! | `meridian_edge_chunks_quarantined_total` | counter | stored chunks that failed their check on load (corrupt), moved to the `quarantine` table and left out; the document then syncs them back from the hub or peers |
 //! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
 //! | `meridian_edge_uplink_connected` | gauge | 1 while the QUIC uplink to the hub is up |
@@ -121,6 +122,7 @@ pub struct NodeMetrics {
     pub storage_batches: IntCounter,
     pub storage_tasks: IntCounter,
     pub storage_failures: IntCounter,
+    pub chunks_quarantined: IntCounter,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
     pub evictions: IntCounter,
@@ -260,6 +262,11 @@ impl NodeMetrics {
             storage_batches: counter(r, "storage_batches_total", "Storage transactions committed."),
             storage_tasks: counter(r, "storage_tasks_total", "Storage tasks executed."),
             storage_failures: counter(r, "storage_failures_total", "Storage tasks that failed."),
+            chunks_quarantined: counter(
+                r,
+                "chunks_quarantined_total",
+                "Stored chunks that failed their check on load, moved to the quarantine table.",
+            ),
             storage_batch_seconds: histogram(r, "storage_batch_seconds", "Time to run one storage batch."),
             evictions: counter(r, "evictions_total", "Documents evicted from memory."),
             uplink_connected: if edge {

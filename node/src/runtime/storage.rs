@@ -142,6 +142,7 @@ fn run_requests(
         metrics.storage_tasks.inc_by(out.len() as u64);
         let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
         metrics.storage_failures.inc_by(failed as u64);
+        crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
         if replies.send(StoreReply::Done(out)).is_err() {
             return false;
         }

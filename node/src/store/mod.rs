@@ -24,6 +24,11 @@ pub trait DocStore: Send + 'static {
     fn storage_id(&self) -> &StorageId;
     /// Runs storage tasks in order, as one unit where the backend can.
     fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)>;
+    /// Chunks that failed their check on load and were quarantined since
+    /// the store was opened (a store that checks none: 0).
+    fn quarantined(&self) -> u64 {
+        0
+    }
     /// Every stored document id.
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError>;
     /// Bytes of document data stored, and up to `oldest` documents, least

@@ -33,6 +33,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use meridian_protocol::chunks;
 use meridian_protocol::ids::{DocumentId, StorageId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -110,6 +111,16 @@ const MIGRATIONS: &[&str] = &[
          pem    TEXT NOT NULL,
          at_ms  INTEGER NOT NULL
      ) STRICT;",
+    // Version 5: chunks that failed their check on load, kept for
+    // inspection and never served.
+    "CREATE TABLE quarantine (
+         seq    INTEGER PRIMARY KEY,
+         doc_id BLOB NOT NULL,
+         kind   TEXT NOT NULL,
+         data   BLOB NOT NULL,
+         reason TEXT NOT NULL,
+         at     INTEGER NOT NULL
+     ) STRICT;",
 ];
 
 /// The schema version this build creates and understands.
@@ -136,6 +147,8 @@ pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     storage_id: StorageId,
+    /// Chunks moved to the quarantine since the store was opened.
+    quarantined: u64,
 }
 
 impl DocStore for SqliteStore {
@@ -145,6 +158,10 @@ impl DocStore for SqliteStore {
 
     fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
         SqliteStore::execute_batch(self, tasks)
+    }
+
+    fn quarantined(&self) -> u64 {
+        self.quarantined
     }
 
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
@@ -368,7 +385,7 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(open_error(path))?;
         configure(&conn, path, options)?;
         let storage_id = init_schema(&mut conn, path)?;
-        Ok(Self { conn, path: path.to_owned(), storage_id })
+        Ok(Self { conn, path: path.to_owned(), storage_id, quarantined: 0 })
     }
 
     /// Returns the id that identifies this store to remote peers.
@@ -383,7 +400,10 @@ impl SqliteStore {
 
     /// Runs one task in its own transaction and returns its result.
     pub fn execute(&mut self, task: &StorageTask) -> StorageResult {
-        self.in_transaction(is_write(task), |tx| run_task(tx, task)).unwrap_or_else(|error| {
+        let mut quarantined = 0;
+        let result = self.in_transaction(is_write(task), |tx| run_task(tx, task, &mut quarantined));
+        self.quarantined += quarantined;
+        result.unwrap_or_else(|error| {
             tracing::warn!(%error, path = %self.path.display(), "storage task rolled back");
             StorageResult::Failed(format!("SQLite store failed: {error}"))
         })
@@ -400,9 +420,13 @@ impl SqliteStore {
             return Vec::new();
         }
         let write = tasks.iter().any(|(_, task)| is_write(task));
+        let mut quarantined = 0;
         let outcome = self.in_transaction(write, |tx| {
-            tasks.iter().map(|(_, task)| run_task(tx, task)).collect::<rusqlite::Result<Vec<_>>>()
+            tasks.iter().map(|(_, task)| run_task(tx, task, &mut quarantined)).collect::<rusqlite::Result<Vec<_>>>()
         });
+        if outcome.is_ok() {
+            self.quarantined += quarantined;
+        }
         match outcome {
             Ok(results) => tasks.iter().map(|(id, _)| *id).zip(results).collect(),
             Err(error) => {
@@ -539,11 +563,12 @@ fn is_write(task: &StorageTask) -> bool {
     !matches!(task, StorageTask::LoadDoc { .. } | StorageTask::ReadDoc { .. } | StorageTask::LoadSyncState { .. })
 }
 
-/// Runs one task on a connection that is inside a transaction.
-fn run_task(conn: &Connection, task: &StorageTask) -> rusqlite::Result<StorageResult> {
+/// Runs one task on a connection that is inside a transaction; counts the
+/// chunks a load quarantined in `quarantined`.
+fn run_task(conn: &Connection, task: &StorageTask, quarantined: &mut u64) -> rusqlite::Result<StorageResult> {
     use StorageResult::{Done, Loaded};
     Ok(match task {
-        StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => Loaded(load_doc(conn, doc)?),
+        StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => Loaded(load_doc(conn, doc, quarantined)?),
         StorageTask::AppendChunk { doc, data } => {
             insert_chunk(conn, doc, ChunkKind::Incremental, data)?;
             Done
@@ -584,16 +609,43 @@ impl ChunkKind {
 }
 
 /// Concatenates a document's chunks, snapshots first and then incrementals,
-/// each in insertion order; `None` if the document has no chunks.
-fn load_doc(conn: &Connection, doc: &DocumentId) -> rusqlite::Result<Option<Vec<u8>>> {
-    let mut stmt = conn.prepare_cached("SELECT data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq")?;
+/// each in insertion order; `None` if the document has no chunks. Every
+/// chunk is checked first ([`chunks::verify`]: what automerge checks when
+/// it loads): one that fails is moved to the `quarantine` table (kept for
+/// inspection, never served) and left out, so the document loads without
+/// it and syncing with the hub or peers brings its changes back.
+fn load_doc(conn: &Connection, doc: &DocumentId, quarantined: &mut u64) -> rusqlite::Result<Option<Vec<u8>>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq")?;
     let mut rows = stmt.query([doc.as_bytes()])?;
     let mut loaded: Option<Vec<u8>> = None;
+    let mut bad = Vec::new();
     while let Some(row) = rows.next()? {
-        loaded.get_or_insert_default().extend_from_slice(row.get_ref(0)?.as_blob()?);
+        let data = row.get_ref(1)?.as_blob()?;
+        match chunks::verify(data, VERIFY_INFLATE_LIMIT) {
+            Ok(_) => loaded.get_or_insert_default().extend_from_slice(data),
+            Err(error) => bad.push((row.get::<_, i64>(0)?, error)),
+        }
+    }
+    drop(rows);
+    for (seq, error) in bad {
+        tracing::error!(
+            %doc, seq, %error,
+            "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the hub or peers"
+        );
+        conn.prepare_cached(
+            "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at) \
+             SELECT seq, doc_id, kind, data, ?2, unixepoch() FROM chunks WHERE seq = ?1",
+        )?
+        .execute(params![seq, error.to_string()])?;
+        conn.prepare_cached("DELETE FROM chunks WHERE seq = ?1")?.execute([seq])?;
+        *quarantined += 1;
     }
     Ok(loaded)
 }
+
+/// How far a compressed change may inflate when a chunk is checked.
+const VERIFY_INFLATE_LIMIT: usize = 1 << 30;
 
 /// Stores one chunk after every existing chunk of the document.
 fn insert_chunk(conn: &Connection, doc: &DocumentId, kind: ChunkKind, data: &[u8]) -> rusqlite::Result<()> {

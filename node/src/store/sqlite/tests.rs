@@ -18,6 +18,20 @@ fn temp_store() -> (TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// A real automerge change chunk (the store checks every chunk it loads).
+fn chunk(tag: &str) -> Vec<u8> {
+    // The same bytes for the same tag: actor and time fixed.
+    let mut d = AutoCommit::new().with_actor(meridian_protocol::automerge::ActorId::from(tag.as_bytes()));
+    d.put(ROOT, "tag", tag).unwrap();
+    d.commit_with(meridian_protocol::automerge::transaction::CommitOptions::default().with_time(0));
+    d.save_incremental()
+}
+
+/// What loading the chunks `tags` stored in that order gives.
+fn chunks(tags: &[&str]) -> Vec<u8> {
+    tags.iter().flat_map(|t| chunk(t)).collect()
+}
+
 fn doc(n: u8) -> DocumentId {
     DocumentId::from_bytes([n; 16])
 }
@@ -66,11 +80,12 @@ fn commits_are_fsynced_unless_told_otherwise() {
 fn append_then_load_round_trips() {
     let (_dir, mut store) = temp_store();
     assert_eq!(store.execute(&load(doc(1))), Loaded(None));
-    assert_eq!(store.execute(&append(doc(1), b"ab")), Done);
-    assert_eq!(store.execute(&append(doc(1), b"cd")), Done);
-    assert_eq!(store.execute(&append(doc(2), b"zz")), Done);
-    assert_eq!(store.execute(&load(doc(1))), Loaded(Some(b"abcd".to_vec())));
-    assert_eq!(store.list_documents().unwrap(), vec![(doc(1), 4, 2), (doc(2), 2, 1)]);
+    assert_eq!(store.execute(&append(doc(1), &chunk("ab"))), Done);
+    assert_eq!(store.execute(&append(doc(1), &chunk("cd"))), Done);
+    assert_eq!(store.execute(&append(doc(2), &chunk("zz"))), Done);
+    assert_eq!(store.execute(&load(doc(1))), Loaded(Some(chunks(&["ab", "cd"]))));
+    let len = |tags: &[&str]| chunks(tags).len();
+    assert_eq!(store.list_documents().unwrap(), vec![(doc(1), len(&["ab", "cd"]), 2), (doc(2), len(&["zz"]), 1)]);
     assert_eq!(store.document_count().unwrap(), 2);
 }
 
@@ -140,13 +155,13 @@ fn delete_doc_removes_chunks_and_sync_states() {
     let (_dir, mut store) = temp_store();
     let peer = StorageId::new("peer");
     let put = StorageTask::PutSyncState { doc: doc(1), peer: peer.clone(), state: b"s".to_vec() };
-    assert_eq!(store.execute(&append(doc(1), b"x")), Done);
-    assert_eq!(store.execute(&append(doc(2), b"y")), Done);
+    assert_eq!(store.execute(&append(doc(1), &chunk("x"))), Done);
+    assert_eq!(store.execute(&append(doc(2), &chunk("y"))), Done);
     assert_eq!(store.execute(&put), Done);
     assert_eq!(store.execute(&StorageTask::DeleteDoc { doc: doc(1) }), Done);
     assert_eq!(store.execute(&load(doc(1))), Loaded(None));
     assert_eq!(store.execute(&StorageTask::LoadSyncState { doc: doc(1), peer }), Loaded(None));
-    assert_eq!(store.execute(&load(doc(2))), Loaded(Some(b"y".to_vec())));
+    assert_eq!(store.execute(&load(doc(2))), Loaded(Some(chunks(&["y"]))));
     assert_eq!(store.document_count().unwrap(), 1);
 }
 
@@ -154,20 +169,20 @@ fn delete_doc_removes_chunks_and_sync_states() {
 fn batch_runs_in_order_and_commits_together() {
     let (dir, mut store) = temp_store();
     let batch = vec![
-        (StorageTaskId(10), append(doc(1), b"a")),
+        (StorageTaskId(10), append(doc(1), &chunk("a"))),
         (StorageTaskId(11), load(doc(1))),
-        (StorageTaskId(12), StorageTask::Compact { doc: doc(1), snapshot: b"S".to_vec() }),
-        (StorageTaskId(13), append(doc(1), b"b")),
+        (StorageTaskId(12), StorageTask::Compact { doc: doc(1), snapshot: chunk("S") }),
+        (StorageTaskId(13), append(doc(1), &chunk("b"))),
         (StorageTaskId(14), load(doc(1))),
         (StorageTaskId(15), StorageTask::PutSyncState { doc: doc(1), peer: StorageId::new("p"), state: vec![1] }),
     ];
     let results = store.execute_batch(&batch);
     let expected = vec![
         (StorageTaskId(10), Done),
-        (StorageTaskId(11), Loaded(Some(b"a".to_vec()))),
+        (StorageTaskId(11), Loaded(Some(chunks(&["a"])))),
         (StorageTaskId(12), Done),
         (StorageTaskId(13), Done),
-        (StorageTaskId(14), Loaded(Some(b"Sb".to_vec()))),
+        (StorageTaskId(14), Loaded(Some(chunks(&["S", "b"])))),
         (StorageTaskId(15), Done),
     ];
     assert_eq!(results, expected);
@@ -175,7 +190,7 @@ fn batch_runs_in_order_and_commits_together() {
     drop(store);
 
     let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
-    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"Sb".to_vec())));
+    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(chunks(&["S", "b"]))));
     let sync = StorageTask::LoadSyncState { doc: doc(1), peer: StorageId::new("p") };
     assert_eq!(reopened.execute(&sync), Loaded(Some(vec![1])));
 }
@@ -186,7 +201,7 @@ fn failed_batch_fails_every_task_and_commits_nothing() {
     // Break the second task of the batch so the transaction must roll back.
     store.conn.execute_batch("DROP TABLE sync_states").unwrap();
     let batch = vec![
-        (StorageTaskId(1), append(doc(1), b"lost")),
+        (StorageTaskId(1), append(doc(1), &chunk("lost"))),
         (StorageTaskId(2), StorageTask::PutSyncState { doc: doc(1), peer: StorageId::new("p"), state: vec![] }),
         (StorageTaskId(3), load(doc(1))),
     ];
@@ -229,22 +244,22 @@ fn open_error_names_the_path() {
 #[test]
 fn data_survives_drop_without_close() {
     let (dir, mut store) = temp_store();
-    assert_eq!(store.execute(&append(doc(1), b"kept")), Done);
+    assert_eq!(store.execute(&append(doc(1), &chunk("kept"))), Done);
     drop(store);
     let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
-    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"kept".to_vec())));
+    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(chunks(&["kept"]))));
 }
 
 #[test]
 fn data_survives_a_connection_that_never_closes() {
     let (dir, mut store) = temp_store();
-    assert_eq!(store.execute(&append(doc(1), b"in-wal")), Done);
+    assert_eq!(store.execute(&append(doc(1), &chunk("in-wal"))), Done);
     // Leak the connection: no close, no checkpoint, like a killed process.
     std::mem::forget(store);
     let wal = dir.path().join("nested").join("edge.db-wal");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the commit should still be in the WAL");
     let mut reopened = SqliteStore::open(&db_path(&dir)).unwrap();
-    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(b"in-wal".to_vec())));
+    assert_eq!(reopened.execute(&load(doc(1))), Loaded(Some(chunks(&["in-wal"]))));
 }
 
 /// Set for the child process of `committed_writes_survive_sigkill`.
@@ -257,7 +272,7 @@ const CRASH_CHILD_COMMITTED: &str = "MERIDIAN-CRASH-CHILD-COMMITTED";
 fn crash_child() {
     let Some(path) = std::env::var_os(CRASH_CHILD_DB) else { return };
     let mut store = SqliteStore::open(Path::new(&path)).unwrap();
-    let results = store.execute_batch(&[(StorageTaskId(1), append(doc(1), b"committed"))]);
+    let results = store.execute_batch(&[(StorageTaskId(1), append(doc(1), &chunk("committed")))]);
     assert_eq!(results, vec![(StorageTaskId(1), Done)]);
     println!("\n{CRASH_CHILD_COMMITTED}");
     std::io::stdout().flush().unwrap();
@@ -284,5 +299,47 @@ fn committed_writes_survive_sigkill() {
     assert!(committed, "the child never reported its commit");
 
     let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.execute(&load(doc(1))), Loaded(Some(b"committed".to_vec())));
+    assert_eq!(store.execute(&load(doc(1))), Loaded(Some(chunk("committed"))));
+}
+
+#[test]
+fn a_corrupt_chunk_is_quarantined_and_never_served() {
+    let (dir, mut store) = temp_store();
+    let mut w = AutoCommit::new();
+    let mut appended = Vec::new();
+    for i in 0..3 {
+        w.put(ROOT, format!("k{i}"), i).unwrap();
+        let chunk = w.save_incremental();
+        assert_eq!(store.execute(&append(doc(1), &chunk)), Done);
+        appended.push(chunk);
+    }
+    // A bit flips on disk in the second chunk (another connection, as a
+    // failing disk would, behind the store's back).
+    {
+        let raw = Connection::open(db_path(&dir)).unwrap();
+        let seq: i64 = raw
+            .query_row(
+                "SELECT seq FROM chunks WHERE doc_id = ?1 ORDER BY seq LIMIT 1 OFFSET 1",
+                [doc(1).as_bytes()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut data = appended[1].clone();
+        let last = data.len() - 1;
+        data[last] ^= 0x01;
+        raw.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", params![data, seq]).unwrap();
+    }
+    let Loaded(Some(bytes)) = store.execute(&load(doc(1))) else { panic!("loaded") };
+    let good: Vec<u8> = [appended[0].clone(), appended[2].clone()].concat();
+    assert_eq!(bytes, good, "the corrupt chunk is left out, the others served");
+    assert_eq!(store.quarantined(), 1);
+    assert_eq!(chunk_count(&store, doc(1)), 2);
+    let (kept, reason): (Vec<u8>, String) =
+        store.conn.query_row("SELECT data, reason FROM quarantine", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_ne!(kept, appended[1], "kept as it was found");
+    assert_eq!(kept.len(), appended[1].len());
+    assert!(reason.contains("checksum"), "{reason}");
+    // Loaded again: nothing more to quarantine.
+    assert_eq!(store.execute(&load(doc(1))), Loaded(Some(good)));
+    assert_eq!(store.quarantined(), 1);
 }

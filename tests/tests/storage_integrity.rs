@@ -1,0 +1,113 @@
+//! A chunk corrupted on an edge's disk (bytes flipped in the real SQLite
+//! file while the edge is down) is found when the document loads, moved to
+//! the quarantine table (kept, never served) and counted; the document is
+//! healed from the hub, and what heals it is stored again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use meridian_edge::client::Client;
+use meridian_edge::config::UplinkConfig;
+use meridian_edge::{EdgeConfig, EdgeNode};
+use meridian_hub::{Hub, HubConfig};
+use meridian_node::quic::HubTrust;
+use meridian_protocol::automerge::transaction::Transactable;
+use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
+use meridian_protocol::ids::DocumentId;
+use meridian_tests::clients::{fast, find_eventually};
+
+const WAIT: Duration = Duration::from_secs(20);
+const KEYS: i64 = 10;
+
+fn edge_config(hub: &Hub, dir: &std::path::Path) -> EdgeConfig {
+    let mut uplink = UplinkConfig::new(hub.quic_addr(), "eu", "eu-secret", HubTrust::CaFile(hub.ca_path().to_owned()));
+    uplink.min_backoff = Duration::from_millis(50);
+    let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id("edge-eu".to_owned()).uplink(uplink);
+    config.tick_interval = Duration::from_millis(100);
+    config
+}
+
+/// How many of the keys `k0..` the document holds.
+fn keys_in(d: &Automerge) -> i64 {
+    (0..KEYS).filter(|i| d.get(ROOT, format!("k{i}")).ok().flatten().is_some()).count() as i64
+}
+
+/// The document as the edge's chunks table holds it (read directly).
+fn stored(db: &std::path::Path, doc: DocumentId) -> Result<(Automerge, i64)> {
+    let conn = rusqlite_open(db)?;
+    let mut bytes = Vec::new();
+    let mut stmt = conn.prepare("SELECT data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq")?;
+    let mut rows = stmt.query([doc.as_bytes().as_slice()])?;
+    while let Some(row) = rows.next()? {
+        bytes.extend_from_slice(&row.get::<_, Vec<u8>>(0)?);
+    }
+    let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    let mut d = Automerge::new();
+    d.load_incremental(&bytes)?;
+    Ok((d, quarantined))
+}
+
+/// The edge's database file, opened as any tool would.
+fn rusqlite_open(db: &std::path::Path) -> Result<rusqlite::Connection> {
+    Ok(rusqlite::Connection::open(db)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_corrupted_on_disk_is_quarantined_and_healed_from_the_hub() -> Result<()> {
+    let (hub_dir, edge_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let hub = Hub::start(HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "eu-secret")).await?;
+    let config = edge_config(&hub, edge_dir.path());
+    let db = config.database_path();
+    let edge = EdgeNode::start(config).await?;
+    let client = Client::connect(&edge.ws_url(), fast()).await?;
+    let doc = client.create(|tx| tx.put(ROOT, "k0", 0).map(|_| ())).await?;
+    for i in 1..KEYS {
+        client.change(doc, move |tx| tx.put(ROOT, format!("k{i}"), i).map(|_| ())).await?;
+    }
+    client.wait_acked(doc).await?;
+    let deadline = Instant::now() + WAIT;
+    while edge.metrics().docs_synced_upstream.get() < 1 || edge.metrics().docs_pending_upstream.get() > 0 {
+        ensure!(Instant::now() < deadline, "the hub never acknowledged the document");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+    edge.shutdown().await;
+
+    // A byte flips in the document's first chunk, in the file itself.
+    {
+        let conn = rusqlite_open(&db)?;
+        let (seq, mut data): (i64, Vec<u8>) = conn.query_row(
+            "SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq LIMIT 1",
+            [doc.as_bytes().as_slice()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let middle = data.len() / 2;
+        data[middle] ^= 0x40;
+        conn.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", rusqlite::params![data, seq])?;
+        let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+        assert_eq!(quarantined, 0);
+    }
+
+    let edge = EdgeNode::start(edge_config(&hub, edge_dir.path())).await?;
+    let client = Client::connect(&edge.ws_url(), fast()).await?;
+    find_eventually(&client, doc).await.context("the document opens again")?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let seen = client.read(doc, keys_in).await.unwrap_or(0);
+        let (kept, quarantined) = stored(&db, doc)?;
+        if seen == KEYS && keys_in(&kept) == KEYS {
+            assert_eq!(quarantined, 1, "the corrupt chunk is kept in the quarantine table");
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not healed: the client sees {seen} keys, the store holds {}",
+            keys_in(&kept)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(edge.metrics().chunks_quarantined.get(), 1);
+    let page = edge.metrics().render();
+    assert!(page.contains("meridian_edge_chunks_quarantined_total 1\n"), "{page}");
+    Ok(())
+}
