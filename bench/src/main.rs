@@ -33,7 +33,7 @@ const USAGE: &str =
 
   --size N         only the cases of size N (e.g. `fanout --size 1000`)
   --only edge|js   measure one server (for profiling; results are not saved)
-  --edge-arg FLAG  give meridian-edge serve FLAG too (e.g. --edge-arg=--unsafe-no-fsync; repeatable)";
+  --edge-arg FLAG  give meridian-edge serve FLAG too (e.g. --edge-arg --unsafe-no-fsync; repeatable)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
