@@ -44,7 +44,7 @@ use meridian_node::auth::Keyring;
 use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
-use meridian_node::runtime::NodeRuntime;
+use meridian_node::runtime::{NodeEvent, NodeRuntime};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
@@ -88,6 +88,9 @@ pub struct HubConfig {
     pub tick_interval: Duration,
     /// fsync every commit to the SQLite store (the default; see `EdgeConfig::fsync`).
     pub fsync: bool,
+    /// Bytes of stored chunks the background scrub checks per second (0:
+    /// off; the SQLite store only).
+    pub scrub_bytes_per_sec: u64,
     /// Also serve automerge-repo WebSocket clients at `/sync` on the HTTP
     /// port (inspection tools, tests). Off by default: clients belong on
     /// edges.
@@ -149,6 +152,7 @@ impl HubConfig {
             idle_evict_after: Duration::from_secs(60),
             tick_interval: Duration::from_secs(1),
             fsync: true,
+            scrub_bytes_per_sec: meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC,
             serve_clients: false,
             report_interval: Duration::from_secs(2),
             placement_interval: Duration::from_secs(2),
@@ -360,6 +364,8 @@ impl Hub {
             (NodeRuntime::start_shared(store, engine, config.tick_interval, metrics.clone(), tx), Some(rx))
         };
         let runtime = runtime.map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let scrub = NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec };
+        let _ = runtime.events().send(scrub).await;
         let bus = match committed {
             Some(rx) => Some(
                 bus::Bus::start(&config.bus, rx, runtime.events(), metrics.registry())

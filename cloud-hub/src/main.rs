@@ -279,6 +279,12 @@ struct ServeArgs {
     /// fsync every commit: the default (kept for scripts that pass it).
     #[arg(long, hide = true, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
+    /// Bytes of the SQLite store's chunks checked per second in the
+    /// background for corruption; a corrupt chunk is quarantined and its
+    /// document written again from memory or synced back from the edges
+    /// (0: off; every chunk is also checked when it loads).
+    #[arg(long, env = "MERIDIAN_SCRUB_BYTES_PER_SEC", default_value_t = meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC)]
+    scrub_bytes_per_sec: u64,
     /// Also accept automerge-repo WebSocket clients at /sync on the HTTP port
     /// (inspection tools and tests; clients normally connect to edges).
     #[arg(long, env = "MERIDIAN_HUB_SERVE_CLIENTS", default_value_t = false)]
@@ -418,6 +424,7 @@ async fn main() -> anyhow::Result<()> {
     config.cert_names.extend(args.cert_names);
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = !args.unsafe_no_fsync;
+    config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
     config.bus = args.bus;
     config.feed = args.feed;
     config.store = match args.store.as_str() {

@@ -62,6 +62,9 @@ pub struct EdgeConfig {
     /// no client here uses are dropped; opening one later fetches it again
     /// (a cold open, from the hub or the document's home edge).
     pub disk_budget_bytes: u64,
+    /// Bytes of stored chunks the background scrub checks per second, for
+    /// corruption (0: off; a chunk is checked on every load anyway).
+    pub scrub_bytes_per_sec: u64,
     /// Public keys (PEM) clients' tokens are checked against (several:
     /// key rotation). Empty: open dev mode, where every client may read
     /// and write everything; it serves loopback addresses only.
@@ -118,6 +121,7 @@ impl EdgeConfig {
             admin_token: None,
             admin_listen: None,
             disk_budget_bytes: 0,
+            scrub_bytes_per_sec: meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC,
             auth_public_keys: Vec::new(),
             max_connections: 10_000,
             max_connections_per_address: 256,

@@ -242,6 +242,7 @@ impl EdgeNode {
             disk_budget,
         )
         .map_err(EdgeError::Thread)?;
+        let _ = runtime.events().send(NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec }).await;
         let peers = match &config.uplink {
             Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
             None => None,

@@ -22,7 +22,9 @@
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |
 //! | `meridian_edge_storage_tasks_total` | counter | storage tasks executed |
 //! | `meridian_edge_storage_failures_total` | counter | storage tasks that failed |
-//! | `meridian_edge_chunks_quarantined_total` | counter | stored chunks that failed their check on load (corrupt), moved to the `quarantine` table and left out; the document then syncs them back from the hub or peers |
+//! | `meridian_edge_chunks_quarantined_total` | counter | stored chunks that failed their check (corrupt: on load, or found by the scrub), moved to the `quarantine` table and left out; the document is written again from memory if loaded, and syncs what it lacks back from the hub or peers |
+//! | `meridian_edge_scrub_chunks_total` / `_scrub_bytes_total` | counter | stored chunks (bytes) the background scrub checked (`--scrub-bytes-per-sec`) |
+//! | `meridian_edge_scrub_passes_total` | counter | complete passes of the scrub over the store |
 //! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
 //! | `meridian_edge_uplink_connected` | gauge | 1 while the QUIC uplink to the hub is up |
@@ -123,6 +125,9 @@ pub struct NodeMetrics {
     pub storage_tasks: IntCounter,
     pub storage_failures: IntCounter,
     pub chunks_quarantined: IntCounter,
+    pub scrub_chunks: IntCounter,
+    pub scrub_bytes: IntCounter,
+    pub scrub_passes: IntCounter,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
     pub evictions: IntCounter,
@@ -265,8 +270,11 @@ impl NodeMetrics {
             chunks_quarantined: counter(
                 r,
                 "chunks_quarantined_total",
-                "Stored chunks that failed their check on load, moved to the quarantine table.",
+                "Stored chunks that failed their check (on load or by the scrub), moved to the quarantine table.",
             ),
+            scrub_chunks: counter(r, "scrub_chunks_total", "Stored chunks the background scrub checked."),
+            scrub_bytes: counter(r, "scrub_bytes_total", "Bytes of stored chunks the background scrub checked."),
+            scrub_passes: counter(r, "scrub_passes_total", "Passes of the background scrub over the whole store."),
             storage_batch_seconds: histogram(r, "storage_batch_seconds", "Time to run one storage batch."),
             evictions: counter(r, "evictions_total", "Documents evicted from memory."),
             uplink_connected: if edge {

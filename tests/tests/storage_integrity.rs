@@ -1,7 +1,8 @@
-//! A chunk corrupted on an edge's disk (bytes flipped in the real SQLite
-//! file while the edge is down) is found when the document loads, moved to
-//! the quarantine table (kept, never served) and counted; the document is
-//! healed from the hub, and what heals it is stored again.
+//! Chunks corrupted on an edge's disk (bytes flipped in the real SQLite
+//! file) are found — when the document loads, by the background scrub, or
+//! by `meridian-edge scrub` — moved to the quarantine table (kept, never
+//! served) and counted; the document is healed (from the hub, or written
+//! again from memory), and what heals it is stored again.
 
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,8 @@ fn keys_in(d: &Automerge) -> i64 {
     (0..KEYS).filter(|i| d.get(ROOT, format!("k{i}")).ok().flatten().is_some()).count() as i64
 }
 
-/// The document as the edge's chunks table holds it (read directly).
+/// The document as the edge's chunks table holds it (read directly), and
+/// how many chunks are in the quarantine table.
 fn stored(db: &std::path::Path, doc: DocumentId) -> Result<(Automerge, i64)> {
     let conn = rusqlite_open(db)?;
     let mut bytes = Vec::new();
@@ -42,14 +44,103 @@ fn stored(db: &std::path::Path, doc: DocumentId) -> Result<(Automerge, i64)> {
         bytes.extend_from_slice(&row.get::<_, Vec<u8>>(0)?);
     }
     let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    // Unreadable (a corrupt chunk still there): holds nothing yet.
     let mut d = Automerge::new();
-    d.load_incremental(&bytes)?;
+    if d.load_incremental(&bytes).is_err() {
+        d = Automerge::new();
+    }
     Ok((d, quarantined))
 }
 
 /// The edge's database file, opened as any tool would.
 fn rusqlite_open(db: &std::path::Path) -> Result<rusqlite::Connection> {
     Ok(rusqlite::Connection::open(db)?)
+}
+
+/// Flips a byte in the middle of `doc`'s first chunk, in the file (as a
+/// failing disk would, behind the store's back).
+fn flip_a_byte(db: &std::path::Path, doc: DocumentId) -> Result<()> {
+    let conn = rusqlite_open(db)?;
+    let (seq, mut data): (i64, Vec<u8>) = conn.query_row(
+        "SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq LIMIT 1",
+        [doc.as_bytes().as_slice()],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let middle = data.len() / 2;
+    data[middle] ^= 0x40;
+    conn.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", rusqlite::params![data, seq])?;
+    let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    ensure!(quarantined == 0, "nothing quarantined yet");
+    Ok(())
+}
+
+/// An edge without a hub, its document written with `KEYS` changes.
+async fn edge_with_a_document(dir: &std::path::Path, scrub: u64) -> Result<(EdgeNode, Client, DocumentId)> {
+    let mut config = EdgeConfig::new(dir).ephemeral_port();
+    config.tick_interval = Duration::from_millis(100);
+    config.scrub_bytes_per_sec = scrub;
+    let edge = EdgeNode::start(config).await?;
+    let client = Client::connect(&edge.ws_url(), fast()).await?;
+    let doc = client.create(|tx| tx.put(ROOT, "k0", 0).map(|_| ())).await?;
+    for i in 1..KEYS {
+        client.change(doc, move |tx| tx.put(ROOT, format!("k{i}"), i).map(|_| ())).await?;
+    }
+    client.wait_acked(doc).await?;
+    Ok((edge, client, doc))
+}
+
+/// The document in memory, the chunk under it corrupted: the background
+/// scrub finds it, and the edge writes the document again from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_scrub_finds_a_corrupt_chunk_and_the_document_is_written_again() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (edge, client, doc) = edge_with_a_document(dir.path(), 64 << 20).await?;
+    let db = EdgeConfig::new(dir.path()).database_path();
+    flip_a_byte(&db, doc)?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (kept, quarantined) = stored(&db, doc)?;
+        if quarantined == 1 && keys_in(&kept) == KEYS {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "not healed: {quarantined} quarantined, {} keys stored", keys_in(&kept));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = edge.metrics();
+    assert_eq!(m.chunks_quarantined.get(), 1);
+    assert!(m.scrub_chunks.get() >= 1 && m.scrub_bytes.get() > 0 && m.scrub_passes.get() >= 1);
+    assert_eq!(client.read(doc, keys_in).await, Some(KEYS), "the client never noticed");
+    Ok(())
+}
+
+/// `meridian-edge scrub` on a stopped edge's store: the corrupt chunk is
+/// reported (exit status 1) and quarantined; a second run finds the store
+/// sound (0); a folder with no store is an error (2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meridian_edge_scrub_reports_and_quarantines_corruption() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (edge, client, doc) = edge_with_a_document(dir.path(), 0).await?;
+    drop(client);
+    edge.shutdown().await;
+    let db = EdgeConfig::new(dir.path()).database_path();
+    flip_a_byte(&db, doc)?;
+    let bin = meridian_tests::process::workspace_binary("meridian-edge")?;
+    let scrub = |data: &std::path::Path| std::process::Command::new(&bin).arg("scrub").arg("--data").arg(data).output();
+    let first = scrub(dir.path())?;
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert_eq!(first.status.code(), Some(1), "{out}");
+    assert!(out.contains(&format!("corrupt: document {doc}, chunk ")) && out.contains("checksum mismatch"), "{out}");
+    assert!(out.contains(": 1 corrupt"), "{out}");
+    let (_, quarantined) = stored(&db, doc)?;
+    assert_eq!(quarantined, 1);
+    let second = scrub(dir.path())?;
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(second.status.code(), Some(0), "{out}");
+    assert!(out.contains(": 0 corrupt"), "{out}");
+    let none = scrub(&dir.path().join("nowhere"))?;
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no edge store at"));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,19 +165,7 @@ async fn a_chunk_corrupted_on_disk_is_quarantined_and_healed_from_the_hub() -> R
     edge.shutdown().await;
 
     // A byte flips in the document's first chunk, in the file itself.
-    {
-        let conn = rusqlite_open(&db)?;
-        let (seq, mut data): (i64, Vec<u8>) = conn.query_row(
-            "SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq LIMIT 1",
-            [doc.as_bytes().as_slice()],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let middle = data.len() / 2;
-        data[middle] ^= 0x40;
-        conn.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", rusqlite::params![data, seq])?;
-        let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
-        assert_eq!(quarantined, 0);
-    }
+    flip_a_byte(&db, doc)?;
 
     let edge = EdgeNode::start(edge_config(&hub, edge_dir.path())).await?;
     let client = Client::connect(&edge.ws_url(), fast()).await?;

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{NodeMetrics, set_total};
-use crate::store::DocStore;
+use crate::store::{DocStore, ScrubStep};
 
 mod grants;
 mod io;
@@ -210,6 +210,11 @@ pub enum NodeEvent {
     Refresh {
         doc: Option<DocumentId>,
     },
+    /// How many bytes of stored chunks the background scrub checks per
+    /// second (0: none); [`DEFAULT_SCRUB_BYTES_PER_SEC`] until told.
+    ScrubRate {
+        bytes_per_sec: u64,
+    },
 }
 
 /// The node loop's state.
@@ -225,6 +230,8 @@ struct NodeLoop {
     usage_pending: bool,
     /// When the store was last asked how much it holds.
     last_usage: Option<Instant>,
+    /// Where the background scrub is.
+    scrub: Scrub,
 }
 
 /// The default of [`meridian_protocol::engine::EngineConfig::apply_off_loop_ops`]
@@ -236,6 +243,25 @@ pub const APPLY_OFF_LOOP_OPS: u64 = 100_000;
 /// [`NodeLoop::handle_batch`]): enough for a writer's window of changes
 /// from several writers, few enough that nobody waits long for the batch.
 const MAX_BATCH: usize = 256;
+
+/// Bytes of stored chunks the background scrub checks per second by
+/// default: a gigabyte store is read through in about a quarter of an hour,
+/// for one SHA-256 pass (a few milliseconds of CPU per second).
+pub const DEFAULT_SCRUB_BYTES_PER_SEC: u64 = 1 << 20;
+
+/// The background scrub: a slow pass over every stored chunk, again and
+/// again, checking each as a load would; a corrupt one is quarantined by
+/// the store and, if its document is in memory, the document is written
+/// again whole ([`Engine::rewrite_stored`]).
+#[derive(Debug)]
+struct Scrub {
+    /// Bytes per second (0: off).
+    rate: u64,
+    /// The last chunk checked in this pass.
+    after: i64,
+    pending: bool,
+    last: Option<Instant>,
+}
 
 /// How often a node without a disk budget measures its store (the
 /// `store_bytes` metric): a sum over the chunks table.
@@ -322,6 +348,7 @@ impl NodeLoop {
             NodeEvent::StoredElsewhere { doc, bytes } => self.engine.handle_stored_elsewhere(now, doc, bytes),
             NodeEvent::Refresh { doc: Some(doc) } => self.engine.refresh_from_store(now, doc),
             NodeEvent::Refresh { doc: None } => self.engine.refresh_all_from_store(now),
+            NodeEvent::ScrubRate { bytes_per_sec } => self.scrub.rate = bytes_per_sec,
         }
         self.drain();
     }
@@ -336,6 +363,7 @@ impl NodeLoop {
             }
             StoreReply::Docs(docs) => self.engine.backfill(now, docs),
             StoreReply::Usage(bytes, oldest) => self.enforce_disk_budget(now, bytes, oldest),
+            StoreReply::Scrubbed(step) => self.scrubbed(step),
         }
         self.drain();
     }
@@ -348,6 +376,32 @@ impl NodeLoop {
         self.io.metrics.store_bytes.set(bytes as i64);
         if self.disk_budget > 0 && bytes > self.disk_budget {
             self.engine.relieve_disk(now, oldest);
+        }
+    }
+
+    /// A scrub step is done: on to the next, and what it found corrupt is
+    /// written again from memory where the document is loaded.
+    fn scrubbed(&mut self, step: Option<ScrubStep>) {
+        self.scrub.pending = false;
+        let Some(step) = step else {
+            tracing::debug!("this store is not scrubbed");
+            self.scrub.rate = 0;
+            return;
+        };
+        let m = &self.io.metrics;
+        m.scrub_chunks.inc_by(step.chunks);
+        m.scrub_bytes.inc_by(step.bytes);
+        match step.next {
+            Some(next) => self.scrub.after = next,
+            None => {
+                m.scrub_passes.inc();
+                self.scrub.after = 0;
+            }
+        }
+        let now = self.now();
+        for (doc, seq, why) in step.corrupt {
+            tracing::error!(%doc, seq, error = %why, "the scrub found a corrupt chunk (quarantined)");
+            self.engine.rewrite_stored(now, doc);
         }
     }
 
@@ -372,6 +426,14 @@ impl NodeLoop {
     /// The loop's own housekeeping: asks the store how much it holds (disk
     /// budget) and refreshes the metrics read from the engine.
     fn housekeeping(&mut self) {
+        if self.scrub.rate > 0 && !self.scrub.pending {
+            let now = Instant::now();
+            let elapsed = self.scrub.last.map_or(Duration::from_secs(1), |t| now - t).min(Duration::from_secs(4));
+            let max_bytes = ((self.scrub.rate as f64 * elapsed.as_secs_f64()) as u64).max(1);
+            self.scrub.pending = true;
+            self.scrub.last = Some(now);
+            self.storage.submit(StoreRequest::Scrub { after: self.scrub.after, max_bytes });
+        }
         // With a budget, at every housekeeping; otherwise for the metric only.
         let due = self.disk_budget > 0 || self.last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY);
         if due && !self.usage_pending {
@@ -503,6 +565,7 @@ impl NodeRuntime {
             disk_budget,
             usage_pending: false,
             last_usage: None,
+            scrub: Scrub { rate: DEFAULT_SCRUB_BYTES_PER_SEC, after: 0, pending: false, last: None },
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

@@ -10,7 +10,7 @@ use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId, Writ
 use tokio::sync::mpsc;
 
 use crate::metrics::NodeMetrics;
-use crate::store::DocStore;
+use crate::store::{DocStore, ScrubStep};
 
 type Batch = Vec<(StorageTaskId, StorageTask)>;
 type BatchResult = Vec<(StorageTaskId, StorageResult)>;
@@ -24,6 +24,11 @@ pub(super) enum StoreRequest {
     Usage,
     /// Who created these documents (the first record of each stands).
     Creators(Vec<(DocumentId, String)>),
+    /// One step of the background scrub ([`DocStore::scrub`]).
+    Scrub {
+        after: i64,
+        max_bytes: u64,
+    },
 }
 
 /// Answers from the storage thread.
@@ -31,6 +36,8 @@ pub(super) enum StoreReply {
     Done(BatchResult),
     Docs(Vec<DocumentId>),
     Usage(u64, Vec<DocumentId>),
+    /// `None`: the store does not scrub (or the step failed; logged).
+    Scrubbed(Option<ScrubStep>),
 }
 
 /// Least recently written documents listed per disk-budget check (the
@@ -93,12 +100,13 @@ fn run_requests(
     committed: Option<&mpsc::UnboundedSender<super::Committed>>,
 ) -> bool {
     let mut batch = Vec::new();
-    let (mut list, mut usage) = (false, false);
+    let (mut list, mut usage, mut scrub) = (false, false, None);
     for request in pending {
         match request {
             StoreRequest::Tasks(b) => batch.extend(b),
             StoreRequest::ListDocs => list = true,
             StoreRequest::Usage => usage = true,
+            StoreRequest::Scrub { after, max_bytes } => scrub = Some((after, max_bytes)),
             StoreRequest::Creators(created) => {
                 let at = crate::auth::unix_now();
                 for (doc, subject) in created {
@@ -156,6 +164,16 @@ fn run_requests(
             }
         };
         if replies.send(StoreReply::Docs(docs)).is_err() {
+            return false;
+        }
+    }
+    if let Some((after, max_bytes)) = scrub {
+        let step = store.scrub(after, max_bytes).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "scrubbing the store failed");
+            None
+        });
+        crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
+        if replies.send(StoreReply::Scrubbed(step)).is_err() {
             return false;
         }
     }

@@ -29,6 +29,13 @@ pub trait DocStore: Send + 'static {
     fn quarantined(&self) -> u64 {
         0
     }
+    /// Checks stored chunks after `after` (a chunk sequence number; 0 at
+    /// the start of a pass), about `max_bytes` of them, as a load would
+    /// ([`meridian_protocol::chunks::verify`]), quarantining those that fail.
+    /// `None`: this store does not scrub.
+    fn scrub(&mut self, _after: i64, _max_bytes: u64) -> Result<Option<ScrubStep>, StoreError> {
+        Ok(None)
+    }
     /// Every stored document id.
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError>;
     /// Bytes of document data stored, and up to `oldest` documents, least
@@ -100,6 +107,17 @@ pub struct LeaseFence {
     pub name: String,
     pub holder: String,
     pub now_ms: u64,
+}
+
+/// What one step of a scrub checked ([`DocStore::scrub`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubStep {
+    /// Where the next step starts; `None`: the pass is complete.
+    pub next: Option<i64>,
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks that failed and were quarantined: document, sequence number, why.
+    pub corrupt: Vec<(DocumentId, i64, String)>,
 }
 
 /// A token-signing public key the tier trusts.

@@ -39,7 +39,8 @@ use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    ControlStore, DocStore, LeaseFence, StoreError, StoredHome, StoredKey, StoredPin, StoredReport, revocation_key,
+    ControlStore, DocStore, LeaseFence, ScrubStep, StoreError, StoredHome, StoredKey, StoredPin, StoredReport,
+    revocation_key,
 };
 use crate::auth::Revocation;
 
@@ -162,6 +163,14 @@ impl DocStore for SqliteStore {
 
     fn quarantined(&self) -> u64 {
         self.quarantined
+    }
+
+    fn scrub(&mut self, after: i64, max_bytes: u64) -> Result<Option<ScrubStep>, StoreError> {
+        // A read; a corrupt chunk found takes the write lock to move it.
+        let mut quarantined = 0;
+        let step = self.in_transaction(false, |tx| scrub_step(tx, after, max_bytes, &mut quarantined))?;
+        self.quarantined += quarantined;
+        Ok(Some(step))
     }
 
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
@@ -629,19 +638,61 @@ fn load_doc(conn: &Connection, doc: &DocumentId, quarantined: &mut u64) -> rusql
     }
     drop(rows);
     for (seq, error) in bad {
-        tracing::error!(
-            %doc, seq, %error,
-            "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the hub or peers"
-        );
-        conn.prepare_cached(
-            "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at) \
-             SELECT seq, doc_id, kind, data, ?2, unixepoch() FROM chunks WHERE seq = ?1",
-        )?
-        .execute(params![seq, error.to_string()])?;
-        conn.prepare_cached("DELETE FROM chunks WHERE seq = ?1")?.execute([seq])?;
+        quarantine(conn, doc, seq, &error.to_string())?;
         *quarantined += 1;
     }
     Ok(loaded)
+}
+
+/// Chunks read per scrub step at most (besides its byte budget).
+const SCRUB_ROWS: usize = 256;
+
+/// Checks the chunks after `after`, in order, until `max_bytes` were read
+/// or [`SCRUB_ROWS`] rows; quarantines those that fail.
+fn scrub_step(conn: &Connection, after: i64, max_bytes: u64, quarantined: &mut u64) -> rusqlite::Result<ScrubStep> {
+    let mut stmt = conn.prepare_cached("SELECT seq, doc_id, data FROM chunks WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let mut rows = stmt.query(params![after, SCRUB_ROWS as i64])?;
+    let mut step = ScrubStep::default();
+    let (mut last, mut read, mut bad) = (after, 0, Vec::new());
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let doc = DocumentId::from_bytes(row.get(1)?);
+        let data = row.get_ref(2)?.as_blob()?;
+        (last, read) = (seq, read + 1);
+        step.chunks += 1;
+        step.bytes += data.len() as u64;
+        if let Err(error) = chunks::verify(data, VERIFY_INFLATE_LIMIT) {
+            bad.push((doc, seq, error.to_string()));
+        }
+        if step.bytes >= max_bytes {
+            break;
+        }
+    }
+    drop(rows);
+    // Fewer rows than asked for, within the budget: the end of the table.
+    step.next = (read == SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
+    for (doc, seq, why) in &bad {
+        quarantine(conn, doc, *seq, why)?;
+        *quarantined += 1;
+    }
+    step.corrupt = bad;
+    Ok(step)
+}
+
+/// Moves chunk `seq` of `doc` to the quarantine table (kept as found, with
+/// why), out of what the document loads from.
+fn quarantine(conn: &Connection, doc: &DocumentId, seq: i64, why: &str) -> rusqlite::Result<()> {
+    tracing::error!(
+        %doc, seq, error = why,
+        "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the hub or peers"
+    );
+    conn.prepare_cached(
+        "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at) \
+         SELECT seq, doc_id, kind, data, ?2, unixepoch() FROM chunks WHERE seq = ?1",
+    )?
+    .execute(params![seq, why])?;
+    conn.prepare_cached("DELETE FROM chunks WHERE seq = ?1")?.execute([seq])?;
+    Ok(())
 }
 
 /// How far a compressed change may inflate when a chunk is checked.

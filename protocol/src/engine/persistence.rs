@@ -70,6 +70,20 @@ impl DocState {
 }
 
 impl Engine {
+    /// The store set a chunk of `doc_id` aside as corrupt (a scrub): if the
+    /// document is in memory, everything it holds is written again as one
+    /// snapshot, which heals the store's copy at once; if not, its next
+    /// load reads what is left and peers bring the rest back by syncing.
+    pub fn rewrite_stored(&mut self, _now: Millis, doc_id: DocumentId) {
+        let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        if d.busy() {
+            // Loading (it reads the store without that chunk) or applying
+            // off the loop: its next compaction writes it whole.
+            return;
+        }
+        d.compact(doc_id, &mut self.out);
+    }
+
     /// After the document may have changed: persist new changes, then (once
     /// durable) answer every peer.
     pub(super) fn after_doc_update(&mut self, now: Millis, doc_id: DocumentId, before: Vec<ChangeHash>) {
