@@ -101,7 +101,7 @@ fn the_store_contract_on_postgres() -> Result<()> {
     assert_eq!(again.storage_id(), &id);
     let row = pg.client()?.query_one("SELECT COUNT(*), CAST(MAX(version) AS BIGINT) FROM schema_migrations", &[])?;
     let (rows, latest): (i64, i64) = (row.get(0), row.get(1));
-    assert_eq!((rows, latest), (3, 3), "versions 1 to 3, each recorded once");
+    assert_eq!((rows, latest), (4, 4), "versions 1 to 4, each recorded once");
     Ok(())
 }
 
@@ -348,5 +348,39 @@ fn the_store_survives_a_server_restart() -> Result<()> {
     let _pg = restart.join().map_err(|_| anyhow::anyhow!("restart panicked"))??;
     assert!(r.iter().all(|r| *r == StorageResult::Done), "{r:?}");
     assert_eq!(keys(&load(&mut store, doc(3)).unwrap()), ["after", "before", "during", "lost"]);
+    Ok(())
+}
+
+/// A chunk corrupted in the database (a byte flipped behind the store's
+/// back) is left out of the load, moved to the quarantine table and
+/// counted; the others are served.
+#[test]
+fn a_corrupt_chunk_is_quarantined_and_never_served() -> Result<()> {
+    use meridian_node::store::DocStore;
+    let pg = Postgres::start()?;
+    let mut store = PostgresStore::open(&pg.url())?;
+    let mut w = AutoCommit::new();
+    let chunks: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|k| change(&mut w, k)).collect();
+    for c in &chunks {
+        assert_eq!(one(&mut store, StorageTask::AppendChunk { doc: doc(7), data: c.clone() }), StorageResult::Done);
+    }
+    let mut raw = pg.client()?;
+    let seq: i64 = raw
+        .query_one(
+            "SELECT seq FROM chunks WHERE doc_id = $1 ORDER BY seq OFFSET 1 LIMIT 1",
+            &[&doc(7).as_bytes().as_slice()],
+        )?
+        .get(0);
+    let mut bad = chunks[1].clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x08;
+    raw.execute("UPDATE chunks SET data = $1 WHERE seq = $2", &[&bad, &seq])?;
+    let loaded = one(&mut store, StorageTask::LoadDoc { doc: doc(7) });
+    assert_eq!(loaded, StorageResult::Loaded(Some([chunks[0].clone(), chunks[2].clone()].concat())));
+    assert_eq!(store.quarantined(), 1);
+    assert_eq!(chunk_rows(&pg, doc(7))?, 2);
+    let row = raw.query_one("SELECT seq, data, reason FROM quarantine", &[])?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)), (seq, bad));
+    assert!(row.get::<_, String>(2).contains("checksum"));
     Ok(())
 }

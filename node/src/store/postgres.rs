@@ -19,6 +19,9 @@
 //!   deletes a chunk the feed has not carried: the relay must see every
 //!   change in the order it was committed (a snapshot replacing an unfed
 //!   chunk could put a change's dependency out of its reach).
+//! - `quarantine`: chunks that failed their check on load (corrupt), kept
+//!   as found with why, never served; the load leaves them out and the
+//!   document syncs what it lacks back from the edges.
 //! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
 //!   written by a newer build is refused.
 //!
@@ -143,8 +146,21 @@ pub(crate) const MIGRATIONS: &[&str] = &[
          doc_id BYTEA PRIMARY KEY CHECK (length(doc_id) = 16),
          heads  BYTEA NOT NULL
      );",
+    // Version 4: chunks that failed their check on load, kept for
+    // inspection and never served.
+    "CREATE TABLE IF NOT EXISTS quarantine (
+         seq    BIGINT PRIMARY KEY,
+         doc_id BYTEA NOT NULL,
+         kind   TEXT NOT NULL,
+         data   BYTEA NOT NULL,
+         reason TEXT NOT NULL,
+         at_ms  BIGINT NOT NULL
+     );",
 ];
 
+const QUARANTINE: &str = "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at_ms) \
+     SELECT seq, doc_id, kind, data, $2, $3 FROM chunks WHERE seq = $1 ON CONFLICT (seq) DO NOTHING";
+const DELETE_CHUNK: &str = "DELETE FROM chunks WHERE seq = $1";
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
 const MAX_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING";
@@ -211,6 +227,8 @@ const STATEMENTS: &[&str] = &[
     PUT_META_ONCE,
     PUT_META,
     LOAD_DOC,
+    QUARANTINE,
+    DELETE_CHUNK,
     INSERT_CHUNK,
     DELETE_COVERED,
     DELETE_COVERED_FED,
@@ -265,6 +283,8 @@ pub struct PostgresStore {
     outage_wait: Duration,
     /// The change feed's outbox is kept ([`Self::with_feed`]).
     feed: bool,
+    /// Chunks moved to the quarantine since the store was opened.
+    quarantined: u64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -312,6 +332,7 @@ impl PostgresStore {
             last_reconnect: None,
             outage_wait: OUTAGE_WAIT,
             feed,
+            quarantined: 0,
         })
     }
 
@@ -438,12 +459,14 @@ impl PostgresStore {
         tasks: &[(StorageTaskId, StorageTask)],
     ) -> Result<Vec<(StorageTaskId, StorageResult)>, postgres::Error> {
         let mut covering = Covering::default();
+        let mut quarantined = 0;
         let mut tx = self.client.transaction()?;
         let mut results = Vec::with_capacity(tasks.len());
         for (_, task) in tasks {
-            results.push(run_task(&mut tx, task, &self.covered, &mut covering, self.feed)?);
+            results.push(run_task(&mut tx, task, &self.covered, &mut covering, self.feed, &mut quarantined)?);
         }
         tx.commit()?;
+        self.quarantined += quarantined;
         covering.apply(&mut self.covered);
         Ok(tasks.iter().map(|(id, _)| *id).zip(results).collect())
     }
@@ -456,6 +479,10 @@ impl DocStore for PostgresStore {
 
     fn execute_batch(&mut self, tasks: &[(StorageTaskId, StorageTask)]) -> Vec<(StorageTaskId, StorageResult)> {
         PostgresStore::execute_batch(self, tasks)
+    }
+
+    fn quarantined(&self) -> u64 {
+        self.quarantined
     }
 
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {
@@ -683,6 +710,7 @@ fn run_task(
     before: &HashMap<DocumentId, Vec<i64>>,
     covering: &mut Covering,
     feed: bool,
+    quarantined: &mut u64,
 ) -> Result<StorageResult, postgres::Error> {
     // With a feed, chunks start in its outbox.
     let fed = !feed;
@@ -690,20 +718,37 @@ fn run_task(
     Ok(match task {
         StorageTask::LoadDoc { doc } | StorageTask::ReadDoc { doc } => {
             let rows = tx.query(LOAD_DOC, &[&doc.as_bytes().as_slice()])?;
+            // Every chunk is checked as automerge will; one that fails is
+            // quarantined (kept, never served) and left out, as on SQLite.
+            let (mut seqs, mut bytes, mut bad) = (Vec::new(), None::<Vec<u8>>, Vec::new());
+            for r in &rows {
+                let (seq, data) = (r.get::<_, i64>(0), r.get::<_, &[u8]>(1));
+                match meridian_protocol::chunks::verify(data, 1 << 30) {
+                    Ok(_) => {
+                        seqs.push(seq);
+                        bytes.get_or_insert_default().extend_from_slice(data);
+                    }
+                    Err(error) => bad.push((seq, error.to_string())),
+                }
+            }
+            for (seq, why) in bad {
+                tracing::error!(
+                    %doc, seq, error = %why,
+                    "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the edges"
+                );
+                let at_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                tx.execute(QUARANTINE, &[&seq, &why, &at_ms])?;
+                tx.execute(DELETE_CHUNK, &[&seq])?;
+                *quarantined += 1;
+            }
             // A load covers what it read; a refresh's read does not (the
             // engine's snapshots issued before it is taken in lack it).
             if matches!(task, StorageTask::LoadDoc { .. }) {
-                let seqs = rows.iter().map(|r| r.get::<_, i64>(0)).collect();
                 covering.set.push((*doc, seqs));
             }
-            if rows.is_empty() {
-                return Ok(Loaded(None));
-            }
-            let mut bytes = Vec::new();
-            for r in &rows {
-                bytes.extend_from_slice(r.get::<_, &[u8]>(1));
-            }
-            Loaded(Some(bytes))
+            Loaded(bytes)
         }
         StorageTask::AppendChunk { doc, data } => {
             let seq: i64 =
