@@ -29,6 +29,7 @@ pub mod keys;
 mod pins;
 pub mod placement;
 pub mod placer;
+mod replicas;
 pub mod revocations;
 
 use std::collections::BTreeMap;
@@ -91,6 +92,9 @@ pub struct HubConfig {
     /// Bytes of stored chunks the background scrub checks per second (0:
     /// off; the SQLite store only).
     pub scrub_bytes_per_sec: u64,
+    /// How long a replica may stay apart from the hub before it is
+    /// divergent and resynced from scratch (zero: not checked).
+    pub divergence_after: Duration,
     /// Also serve automerge-repo WebSocket clients at `/sync` on the HTTP
     /// port (inspection tools, tests). Off by default: clients belong on
     /// edges.
@@ -153,6 +157,7 @@ impl HubConfig {
             tick_interval: Duration::from_secs(1),
             fsync: true,
             scrub_bytes_per_sec: meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC,
+            divergence_after: meridian_node::runtime::DEFAULT_DIVERGENCE_AFTER,
             serve_clients: false,
             report_interval: Duration::from_secs(2),
             placement_interval: Duration::from_secs(2),
@@ -366,6 +371,7 @@ impl Hub {
         let runtime = runtime.map_err(|source| HubError::Bind { addr: config.listen, source })?;
         let scrub = NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec };
         let _ = runtime.events().send(scrub).await;
+        let _ = runtime.events().send(NodeEvent::DivergenceAfter { after: config.divergence_after }).await;
         let bus = match committed {
             Some(rx) => Some(
                 bus::Bus::start(&config.bus, rx, runtime.events(), metrics.registry())
@@ -453,7 +459,7 @@ impl Hub {
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
         let protected = keyring.is_some() || config.admin_token.is_some();
         let keys_api = keys::KeysApi { keys: tier_keys, keyring: keyring.clone(), protected };
-        let ops = operator_routes(placer_tx, api, control, keys_api);
+        let ops = operator_routes(placer_tx, api, control, keys_api, runtime.events());
         let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
         let ops = meridian_node::admin::protect(ops, guard);
@@ -553,6 +559,7 @@ fn operator_routes(
     revoke: RevokeApi,
     control: control::ControlState,
     keys: keys::KeysApi,
+    events: mpsc::Sender<NodeEvent>,
 ) -> Router {
     let query = |view: View| {
         let placer = placer.clone();
@@ -580,6 +587,12 @@ fn operator_routes(
                 .route("/api/placement/pins", get(pins::list))
                 .route("/api/placement/pins/{doc}", axum::routing::put(pins::pin).delete(pins::unpin))
                 .with_state(control),
+        )
+        .merge(
+            Router::new()
+                .route("/api/docs/{doc}/replicas", get(replicas::replicas))
+                .route("/api/divergence", get(replicas::divergence))
+                .with_state(events),
         )
 }
 

@@ -285,6 +285,12 @@ struct ServeArgs {
     /// (0: off; every chunk is also checked when it loads).
     #[arg(long, env = "MERIDIAN_SCRUB_BYTES_PER_SEC", default_value_t = meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC)]
     scrub_bytes_per_sec: u64,
+    /// Seconds a replica (an edge's copy of a document) may stay apart from
+    /// the hub's — what either had not reaching the other — before it is
+    /// divergent: logged, counted, listed at /api/divergence and resynced
+    /// from scratch (up to 3 times in a row); 0: not checked.
+    #[arg(long, env = "MERIDIAN_DIVERGENCE_AFTER_SECS", default_value_t = 30)]
+    divergence_after_secs: u64,
     /// Also accept automerge-repo WebSocket clients at /sync on the HTTP port
     /// (inspection tools and tests; clients normally connect to edges).
     #[arg(long, env = "MERIDIAN_HUB_SERVE_CLIENTS", default_value_t = false)]
@@ -425,6 +431,7 @@ async fn main() -> anyhow::Result<()> {
     config.idle_evict_after = Duration::from_secs(args.idle_evict_secs);
     config.fsync = !args.unsafe_no_fsync;
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
+    config.divergence_after = Duration::from_secs(args.divergence_after_secs);
     config.bus = args.bus;
     config.feed = args.feed;
     config.store = match args.store.as_str() {

@@ -65,6 +65,10 @@ pub struct EdgeConfig {
     /// Bytes of stored chunks the background scrub checks per second, for
     /// corruption (0: off; a chunk is checked on every load anyway).
     pub scrub_bytes_per_sec: u64,
+    /// How long a replica (the hub's, a peer edge's or a client's copy of a
+    /// document) may stay apart from this edge's before it is divergent
+    /// and resynced from scratch (zero: not checked).
+    pub divergence_after: Duration,
     /// Public keys (PEM) clients' tokens are checked against (several:
     /// key rotation). Empty: open dev mode, where every client may read
     /// and write everything; it serves loopback addresses only.
@@ -122,6 +126,7 @@ impl EdgeConfig {
             admin_listen: None,
             disk_budget_bytes: 0,
             scrub_bytes_per_sec: meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC,
+            divergence_after: meridian_node::runtime::DEFAULT_DIVERGENCE_AFTER,
             auth_public_keys: Vec::new(),
             max_connections: 10_000,
             max_connections_per_address: 256,

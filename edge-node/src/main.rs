@@ -332,6 +332,12 @@ struct ServeArgs {
     /// loads). `meridian-edge scrub` checks the whole store at once.
     #[arg(long, env = "MERIDIAN_SCRUB_BYTES_PER_SEC", default_value_t = meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC)]
     scrub_bytes_per_sec: u64,
+    /// Seconds a replica (the hub's, a peer edge's or a client's copy of a
+    /// document) may stay apart from this edge's — what either had not
+    /// reaching the other — before it is divergent: logged, counted and
+    /// resynced from scratch (up to 3 times in a row); 0: not checked.
+    #[arg(long, env = "MERIDIAN_DIVERGENCE_AFTER_SECS", default_value_t = 30)]
+    divergence_after_secs: u64,
 }
 
 impl ServeArgs {
@@ -426,6 +432,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
+    config.divergence_after = Duration::from_secs(args.divergence_after_secs);
     for r in &args.peer_routes {
         let (id, addr) = r.split_once('=').context("--peer-route expects ID=ADDR")?;
         config.peer_routes.insert(id.to_owned(), addr.parse().context("--peer-route expects ID=HOST:PORT")?);

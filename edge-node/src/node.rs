@@ -243,6 +243,7 @@ impl EdgeNode {
         )
         .map_err(EdgeError::Thread)?;
         let _ = runtime.events().send(NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec }).await;
+        let _ = runtime.events().send(NodeEvent::DivergenceAfter { after: config.divergence_after }).await;
         let peers = match &config.uplink {
             Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
             None => None,

@@ -25,6 +25,9 @@
 //! | `meridian_edge_chunks_quarantined_total` | counter | stored chunks that failed their check (corrupt: on load, or found by the scrub), moved to the `quarantine` table and left out; the document is written again from memory if loaded, and syncs what it lacks back from the hub or peers |
 //! | `meridian_edge_scrub_chunks_total` / `_scrub_bytes_total` | counter | stored chunks (bytes) the background scrub checked (`--scrub-bytes-per-sec`) |
 //! | `meridian_edge_scrub_passes_total` | counter | complete passes of the scrub over the store |
+//! | `meridian_edge_divergent_documents` / `_divergent_replicas` | gauge | documents (replicas: peers' copies) that stay apart from this node past `--divergence-after-secs` (what either side had not crossing) |
+//! | `meridian_edge_divergence_detected_total` / `_repairs_total` / `_healed_total` | counter | replicas found divergent; forced resyncs (sync state started afresh, up to 3 in a row); divergent replicas that met this node again |
+//! | `meridian_edge_divergence_recovery_seconds` | histogram | for a divergent replica that healed: from it parting from this node to meeting again (time to recover) |
 //! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
 //! | `meridian_edge_uplink_connected` | gauge | 1 while the QUIC uplink to the hub is up |
@@ -128,6 +131,12 @@ pub struct NodeMetrics {
     pub scrub_chunks: IntCounter,
     pub scrub_bytes: IntCounter,
     pub scrub_passes: IntCounter,
+    pub divergent_documents: IntGauge,
+    pub divergent_replicas: IntGauge,
+    pub divergence_detected: IntCounter,
+    pub divergence_repairs: IntCounter,
+    pub divergence_healed: IntCounter,
+    pub divergence_recovery_seconds: Histogram,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
     pub evictions: IntCounter,
@@ -275,6 +284,30 @@ impl NodeMetrics {
             scrub_chunks: counter(r, "scrub_chunks_total", "Stored chunks the background scrub checked."),
             scrub_bytes: counter(r, "scrub_bytes_total", "Bytes of stored chunks the background scrub checked."),
             scrub_passes: counter(r, "scrub_passes_total", "Passes of the background scrub over the whole store."),
+            divergent_documents: gauge(
+                r,
+                "divergent_documents",
+                "Documents with a replica that stays apart from this node.",
+            ),
+            divergent_replicas: gauge(
+                r,
+                "divergent_replicas",
+                "Replicas (peers' copies) that stay apart from this node.",
+            ),
+            divergence_detected: counter(r, "divergence_detected_total", "Replicas found divergent."),
+            divergence_repairs: counter(r, "divergence_repairs_total", "Forced resyncs of divergent replicas."),
+            divergence_healed: counter(r, "divergence_healed_total", "Divergent replicas that met this node again."),
+            divergence_recovery_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "divergence_recovery_seconds",
+                        "From a replica apart from this node to it meeting again, for replicas that were divergent.",
+                    )
+                    .buckets(vec![1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0]),
+                )
+                .unwrap_or_else(|e| panic!("metric divergence_recovery_seconds: {e}")),
+            ),
             storage_batch_seconds: histogram(r, "storage_batch_seconds", "Time to run one storage batch."),
             evictions: counter(r, "evictions_total", "Documents evicted from memory."),
             uplink_connected: if edge {

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use meridian_protocol::engine::{
     Access, Applied, Direction, DocDemand, DocSet, Engine, EngineConfig, ErrorKind, HandoffStatus, HandoffTargets,
-    Millis,
+    Millis, ReplicaStatus,
 };
-use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -215,6 +215,21 @@ pub enum NodeEvent {
     ScrubRate {
         bytes_per_sec: u64,
     },
+    /// How long a replica may stay apart from us before it is divergent
+    /// (0: not checked); [`DEFAULT_DIVERGENCE_AFTER`] until told.
+    DivergenceAfter {
+        after: Duration,
+    },
+    /// This node's durable heads of `doc` and every replica of it (`None`:
+    /// not in memory here).
+    Replicas {
+        doc: DocumentId,
+        reply: oneshot::Sender<Option<(Vec<meridian_protocol::automerge::ChangeHash>, Vec<ReplicaStatus>)>>,
+    },
+    /// The replicas divergent now: document, peer, apart for (ms).
+    Divergent {
+        reply: oneshot::Sender<Vec<(DocumentId, Option<String>, u64)>>,
+    },
 }
 
 /// The node loop's state.
@@ -232,6 +247,8 @@ struct NodeLoop {
     last_usage: Option<Instant>,
     /// Where the background scrub is.
     scrub: Scrub,
+    /// Replicas watched for divergence.
+    divergence: DivergenceWatch,
 }
 
 /// The default of [`meridian_protocol::engine::EngineConfig::apply_off_loop_ops`]
@@ -261,6 +278,18 @@ struct Scrub {
     after: i64,
     pending: bool,
     last: Option<Instant>,
+}
+
+/// How long a replica may stay apart from us (what either side had not
+/// crossing) before it is divergent and resynced from scratch.
+pub const DEFAULT_DIVERGENCE_AFTER: Duration = Duration::from_secs(30);
+
+/// The divergence watch ([`Engine::check_divergence`]).
+#[derive(Debug)]
+struct DivergenceWatch {
+    after: Duration,
+    /// Divergent at the last check: document, connection, peer, apart (ms).
+    now: Vec<(DocumentId, ConnId, Option<PeerId>, u64)>,
 }
 
 /// How often a node without a disk budget measures its store (the
@@ -349,6 +378,15 @@ impl NodeLoop {
             NodeEvent::Refresh { doc: Some(doc) } => self.engine.refresh_from_store(now, doc),
             NodeEvent::Refresh { doc: None } => self.engine.refresh_all_from_store(now),
             NodeEvent::ScrubRate { bytes_per_sec } => self.scrub.rate = bytes_per_sec,
+            NodeEvent::DivergenceAfter { after } => self.divergence.after = after,
+            NodeEvent::Replicas { doc, reply } => {
+                let ours = self.engine.durable_heads(&doc).unwrap_or_default();
+                let _ = reply.send(self.engine.replicas(now, &doc).map(|r| (ours, r)));
+            }
+            NodeEvent::Divergent { reply } => {
+                let list = self.divergence.now.iter().map(|(d, _, p, ms)| (*d, p.as_ref().map(|p| p.to_string()), *ms));
+                let _ = reply.send(list.collect());
+            }
         }
         self.drain();
     }
@@ -377,6 +415,35 @@ impl NodeLoop {
         if self.disk_budget > 0 && bytes > self.disk_budget {
             self.engine.relieve_disk(now, oldest);
         }
+    }
+
+    /// Looks for divergent replicas; logs the new ones and the healed ones,
+    /// and keeps the metrics.
+    fn check_divergence(&mut self) {
+        let now = self.now();
+        let found = self.engine.check_divergence(now, self.divergence.after.as_millis() as u64);
+        let m = &self.io.metrics;
+        for (doc, conn, peer, apart_ms) in &found.divergent {
+            if !self.divergence.now.iter().any(|(d, c, ..)| d == doc && c == conn) {
+                let peer = peer.as_ref().map_or("?".to_owned(), |p| p.to_string());
+                tracing::warn!(
+                    %doc, replica = %peer, apart_ms,
+                    "divergent replica: it and this node stay apart; resyncing it from scratch"
+                );
+                m.divergence_detected.inc();
+            }
+        }
+        for (doc, conn, apart_ms) in &found.healed {
+            tracing::info!(%doc, conn = conn.0, apart_ms, "divergent replica healed: it and this node met again");
+            m.divergence_healed.inc();
+            m.divergence_recovery_seconds.observe(*apart_ms as f64 / 1000.0);
+        }
+        m.divergence_repairs.inc_by(found.repairs);
+        let docs: std::collections::BTreeSet<DocumentId> = found.divergent.iter().map(|(d, ..)| *d).collect();
+        m.divergent_documents.set(docs.len() as i64);
+        m.divergent_replicas.set(found.divergent.len() as i64);
+        self.divergence.now = found.divergent;
+        self.drain();
     }
 
     /// A scrub step is done: on to the next, and what it found corrupt is
@@ -433,6 +500,9 @@ impl NodeLoop {
             self.scrub.pending = true;
             self.scrub.last = Some(now);
             self.storage.submit(StoreRequest::Scrub { after: self.scrub.after, max_bytes });
+        }
+        if !self.divergence.after.is_zero() {
+            self.check_divergence();
         }
         // With a budget, at every housekeeping; otherwise for the metric only.
         let due = self.disk_budget > 0 || self.last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY);
@@ -566,6 +636,7 @@ impl NodeRuntime {
             usage_pending: false,
             last_usage: None,
             scrub: Scrub { rate: DEFAULT_SCRUB_BYTES_PER_SEC, after: 0, pending: false, last: None },
+            divergence: DivergenceWatch { after: DEFAULT_DIVERGENCE_AFTER, now: Vec::new() },
         };
         let (events_tx, events_rx) = mpsc::channel(1024);
         let (shutdown_tx, shutdown_rx) = oneshot::channel();

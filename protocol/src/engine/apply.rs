@@ -194,6 +194,9 @@ impl Engine {
         self.ensure_peer_doc(doc_id, conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.touch(now);
+        if let Some(p) = d.peers.get_mut(&conn) {
+            p.heard_at = Some(now);
+        }
         d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, ops, read_only, message });
         match &mut self.batch {
             Some(docs) => {

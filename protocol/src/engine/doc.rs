@@ -27,11 +27,13 @@ pub(super) struct PeerDoc {
     /// loaded ([`Engine::answer_from_snapshot`]); its request is still to
     /// be applied.
     pub(super) answered_at: Option<Vec<ChangeHash>>,
+    /// When its last message about the document came.
+    pub(super) heard_at: Option<Millis>,
 }
 
 impl PeerDoc {
     pub(super) fn new() -> Self {
-        Self { sync: sync::State::new(), requesting: false, told_unavailable: false, answered_at: None }
+        Self { sync: sync::State::new(), requesting: false, told_unavailable: false, answered_at: None, heard_at: None }
     }
 }
 

@@ -65,6 +65,7 @@ mod persistence;
 mod phase;
 mod placement;
 mod policy;
+mod replicas;
 mod shared_store;
 mod snapshot_answer;
 mod timers;
@@ -73,6 +74,7 @@ pub use access::{Access, DocSet, Refusal};
 pub use api::*;
 pub use off_loop::{Applied, ApplyJob};
 pub use policy::{HandoffStatus, HandoffTargets};
+pub use replicas::{Divergence, ReplicaStatus};
 
 use conn::Conn;
 use doc::DocState;
@@ -123,6 +125,8 @@ pub struct Engine {
     out: Effects,
     timers: Timers,
     policy: Policy,
+    /// Replicas whose heads differ from ours, watched for divergence.
+    replica_watch: BTreeMap<(DocumentId, ConnId), replicas::Watch>,
 }
 
 impl Engine {
@@ -148,6 +152,7 @@ impl Engine {
             out: Effects::default(),
             timers: Timers::default(),
             policy: Policy::default(),
+            replica_watch: BTreeMap::new(),
         }
     }
 

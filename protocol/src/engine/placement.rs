@@ -155,7 +155,7 @@ impl Engine {
 impl DocState {
     /// Whether the peer on `conn` advertised heads that are `heads` or
     /// descend from them.
-    fn peer_covers(&self, conn: ConnId, heads: &[ChangeHash]) -> bool {
+    pub(super) fn peer_covers(&self, conn: ConnId, heads: &[ChangeHash]) -> bool {
         let Some(theirs) = self.peers.get(&conn).and_then(|p| p.sync.their_heads.as_ref()) else { return false };
         if heads.iter().all(|h| theirs.contains(h)) {
             return true;

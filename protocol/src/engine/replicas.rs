@@ -1,0 +1,190 @@
+//! Replicas of a document and their divergence (issue 17). Every peer
+//! syncing a document with us holds a replica of it; at the hub these are
+//! the edges (and their clients' documents behind them). Normally a
+//! replica's heads and ours meet within a round trip or two. A replica that
+//! stays apart — it does not get to heads we had, or we do not get the
+//! changes it advertised — past a threshold is **divergent**: sync is stuck
+//! (a lost sync state, a peer that dropped a change it told us it has, a
+//! bug). The repair is a forced resync: its sync state is started afresh,
+//! so both sides compare everything again (what a reconnect does), at most
+//! [`MAX_REPAIRS`] times in a row; a replica still apart after them stays
+//! reported divergent, for an operator.
+//!
+//! The watch is lazy: [`Engine::check_divergence`] runs on the driver's
+//! housekeeping interval, records for each replica apart from us what each
+//! side had then, and calls it divergent only if, a threshold later, that
+//! much still has not crossed (so a document written without pause, whose
+//! heads never meet, is not divergent while changes keep crossing).
+
+use automerge::{ChangeHash, sync};
+
+use crate::ids::{ConnId, DocumentId, PeerId};
+
+use super::{Engine, Millis};
+
+/// Forced resyncs of one replica in a row before it is left to an operator.
+pub const MAX_REPAIRS: u32 = 3;
+
+/// A replica apart from us, since when, and what each side had then.
+#[derive(Debug, Clone)]
+pub(super) struct Watch {
+    since: Millis,
+    ours: Vec<ChangeHash>,
+    theirs: Vec<ChangeHash>,
+    repairs: u32,
+    divergent: bool,
+}
+
+/// One replica of a document ([`Engine::replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub conn: ConnId,
+    /// Who holds it (its peer id: an edge's, or a client's).
+    pub peer: Option<PeerId>,
+    /// The heads it last advertised; `None`: none yet.
+    pub heads: Option<Vec<ChangeHash>>,
+    /// Its heads are ours.
+    pub in_sync: bool,
+    /// How long it has been apart from us (ms), if it is.
+    pub apart_ms: Option<u64>,
+    /// How long ago it last sent a message about the document (ms).
+    pub heard_ms_ago: Option<u64>,
+    pub divergent: bool,
+    /// Forced resyncs in a row.
+    pub repairs: u32,
+}
+
+/// What a divergence check found ([`Engine::check_divergence`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Divergence {
+    /// Replicas divergent now: document, connection, peer, apart since (ms).
+    pub divergent: Vec<(DocumentId, ConnId, Option<PeerId>, u64)>,
+    /// Forced resyncs started by this check.
+    pub repairs: u64,
+    /// Replicas that were divergent and met us again since the last check.
+    pub healed: Vec<(DocumentId, ConnId, u64)>,
+}
+
+impl Engine {
+    /// Every replica of `doc` (peers syncing it with us), if it is in
+    /// memory.
+    pub fn replicas(&self, now: Millis, doc: &DocumentId) -> Option<Vec<ReplicaStatus>> {
+        let d = self.docs.get(doc).filter(|d| d.is_loaded())?;
+        let ours = d.doc.get_heads();
+        Some(
+            d.peers
+                .iter()
+                .map(|(conn, p)| {
+                    let heads = p.sync.their_heads.clone();
+                    let watch = self.replica_watch.get(&(*doc, *conn));
+                    ReplicaStatus {
+                        conn: *conn,
+                        peer: self.conns.get(conn).and_then(|c| c.peer()).cloned(),
+                        in_sync: heads.as_ref().is_some_and(|h| sorted(h) == sorted(&ours)),
+                        heads,
+                        apart_ms: watch.map(|w| now.0.saturating_sub(w.since.0)),
+                        heard_ms_ago: p.heard_at.map(|t| now.0.saturating_sub(t.0)),
+                        divergent: watch.is_some_and(|w| w.divergent),
+                        repairs: watch.map_or(0, |w| w.repairs),
+                    }
+                })
+                .collect(),
+        )
+    }
+
+    /// Looks at every replica of every document in memory: one apart from
+    /// us for `threshold_ms` without what either side had then crossing is
+    /// divergent, and is resynced from scratch (up to [`MAX_REPAIRS`] times
+    /// in a row, a threshold apart).
+    pub fn check_divergence(&mut self, now: Millis, threshold_ms: u64) -> Divergence {
+        let mut out = Divergence::default();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut resync = Vec::new();
+        for (doc_id, d) in &self.docs {
+            if !d.is_loaded() || !d.is_durable() || d.busy() {
+                // Not settled here: nothing to compare yet; watches stand.
+                seen.extend(d.peers.keys().map(|c| (*doc_id, *c)));
+                continue;
+            }
+            let ours = d.doc.get_heads();
+            for (conn, p) in &d.peers {
+                let key = (*doc_id, *conn);
+                seen.insert(key);
+                let theirs = p.sync.their_heads.clone();
+                let met = theirs.as_ref().is_some_and(|h| sorted(h) == sorted(&ours));
+                let watch = self.replica_watch.get_mut(&key);
+                match (met, watch) {
+                    (true, None) => {}
+                    (true, Some(w)) => {
+                        if w.divergent {
+                            out.healed.push((*doc_id, *conn, now.0.saturating_sub(w.since.0)));
+                        }
+                        self.replica_watch.remove(&key);
+                    }
+                    (false, None) => {
+                        let theirs = theirs.unwrap_or_default();
+                        self.replica_watch.insert(
+                            key,
+                            Watch { since: now, ours: ours.clone(), theirs, repairs: 0, divergent: false },
+                        );
+                    }
+                    (false, Some(w)) => {
+                        // Progress: what each side had then crossed (or
+                        // they told us nothing since a resync).
+                        let crossed = d.peer_covers(*conn, &w.ours) && d.holds(&w.theirs);
+                        if crossed && !w.divergent {
+                            *w = Watch {
+                                since: now,
+                                ours: ours.clone(),
+                                theirs: theirs.unwrap_or_default(),
+                                ..w.clone()
+                            };
+                            w.repairs = 0;
+                            continue;
+                        }
+                        if crossed && w.divergent {
+                            out.healed.push((*doc_id, *conn, now.0.saturating_sub(w.since.0)));
+                            self.replica_watch.remove(&key);
+                            continue;
+                        }
+                        let apart = now.0.saturating_sub(w.since.0);
+                        if apart < threshold_ms.saturating_mul(u64::from(w.repairs) + 1) {
+                            if w.divergent {
+                                let peer = self.conns.get(conn).and_then(|c| c.peer()).cloned();
+                                out.divergent.push((*doc_id, *conn, peer, apart));
+                            }
+                            continue;
+                        }
+                        w.divergent = true;
+                        let peer = self.conns.get(conn).and_then(|c| c.peer()).cloned();
+                        out.divergent.push((*doc_id, *conn, peer, apart));
+                        if w.repairs < MAX_REPAIRS {
+                            w.repairs += 1;
+                            resync.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        // Replicas gone (disconnected, document evicted): forgotten.
+        self.replica_watch.retain(|k, _| seen.contains(k));
+        for (doc_id, conn) in resync {
+            if let Some(d) = self.docs.get_mut(&doc_id)
+                && let Some(p) = d.peers.get_mut(&conn)
+            {
+                p.sync = sync::State::new();
+                // Due a message: our side, from the start.
+                d.dirty.insert(conn);
+                out.repairs += 1;
+            }
+            self.sync_doc(now, doc_id);
+        }
+        out
+    }
+}
+
+fn sorted(heads: &[ChangeHash]) -> Vec<ChangeHash> {
+    let mut h = heads.to_vec();
+    h.sort();
+    h
+}
