@@ -61,7 +61,9 @@
 //! ([`NodeSpec::fallback`]) fails over to it when its hub is down.
 //! [`run_cloud_seed`] drives that topology with the same faults.
 //!
-//! Not modelled: storage failures by default ([`Sim::storage_failure_percent`]),
+//! Storage failures: the random workload fails 5 % of document writes while
+//! faults last ([`Sim::storage_failure_percent`]); scenario tests none.
+//! Not modelled:
 //! corrupt or malicious frames, clock skew (the engines only compare times
 //! they were given), and more than one upstream per node (so no edge ↔ edge
 //! links to a document's home: those are covered by the process tests).
@@ -346,8 +348,19 @@ enum Scheduled {
         incarnation: u32,
         at: u64,
     },
+    /// The driver's housekeeping interval: the divergence check
+    /// ([`Engine::check_divergence`]), as the node runtime runs it.
+    Housekeeping {
+        node: NodeId,
+        incarnation: u32,
+    },
     User(u64),
 }
+
+/// The simulated driver's housekeeping interval, and how long a replica may
+/// stay apart before it is divergent and resynced.
+const HOUSEKEEPING_MS: u64 = 1_000;
+const DIVERGENCE_AFTER_MS: u64 = 5_000;
 
 /// The simulation: nodes, links, a virtual clock and an event queue.
 pub struct Sim {
@@ -371,9 +384,8 @@ pub struct Sim {
     /// node may be handed the same payload from the same sender twice.
     pub unique_ephemeral_payloads: bool,
     /// Percent of document writes that fail (nothing is stored and the
-    /// engine gets [`StorageResult::Failed`]). The random workload leaves it
-    /// off unless `MERIDIAN_SIM_STORAGE_FAILURES` is set: the engine does not
-    /// survive write failures yet.
+    /// engine gets [`StorageResult::Failed`]): 5 in the random workload
+    /// (`MERIDIAN_SIM_STORAGE_FAILURES`), 0 in scenario tests.
     pub storage_failure_percent: u32,
     /// Edits that were durable at a persistent node at some point.
     ever_durable: BTreeSet<ChangeHash>,
@@ -383,6 +395,10 @@ pub struct Sim {
     snapshot_answers: usize,
     /// Apply jobs run off an engine's loop and handed back.
     applied_off_loop: usize,
+    /// Replicas resynced from scratch for divergence.
+    pub divergence_repairs: usize,
+    /// Writes failed on purpose.
+    pub storage_failures: usize,
     /// Stores shared by several hubs.
     groups: Vec<shared::SharedStore>,
     /// Percent of bus messages lost (each reported to its receiver).
@@ -428,6 +444,8 @@ impl Sim {
             offloads: 0,
             snapshot_answers: 0,
             applied_off_loop: 0,
+            divergence_repairs: 0,
+            storage_failures: 0,
             groups: Vec::new(),
             bus_loss_percent: 0,
             bus_down_until: Millis(0),
@@ -865,7 +883,7 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Scheduled) -> Step {
-        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::User(_)) {
+        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::Housekeeping { .. } | Scheduled::User(_)) {
             self.busy -= 1;
         }
         match event {
@@ -883,6 +901,7 @@ impl Sim {
             Scheduled::BusDeliver { node, incarnation, doc, bytes } => self.bus_deliver(node, incarnation, doc, bytes),
             Scheduled::BusRefresh { node, incarnation } => self.bus_refresh(node, incarnation),
             Scheduled::Timeout { node, incarnation, at } => self.timeout(node, incarnation, at),
+            Scheduled::Housekeeping { node, incarnation } => self.housekeeping(node, incarnation),
             Scheduled::User(tag) => return Step::User(tag),
         }
         Step::Handled
@@ -893,7 +912,7 @@ impl Sim {
     }
 
     fn schedule_at(&mut self, at: u64, event: Scheduled) {
-        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::User(_)) {
+        if !matches!(event, Scheduled::Timeout { .. } | Scheduled::Housekeeping { .. } | Scheduled::User(_)) {
             self.busy += 1;
         }
         self.queue.insert((at, self.next_seq), event);
@@ -921,6 +940,22 @@ impl Sim {
             engine.handle_timeout(now);
             self.pump(n);
         }
+    }
+
+    /// The node's housekeeping: divergent replicas are found and resynced.
+    fn housekeeping(&mut self, n: NodeId, incarnation: u32) {
+        if self.nodes[n.0].incarnation != incarnation {
+            return;
+        }
+        let now = self.now;
+        let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
+        let found = engine.check_divergence(now, DIVERGENCE_AFTER_MS);
+        self.divergence_repairs += found.repairs as usize;
+        for (doc, conn, _, apart) in &found.divergent {
+            self.note(format!("{} finds its replica on {conn} of {doc} divergent ({apart} ms apart)", self.name(n)));
+        }
+        self.pump(n);
+        self.schedule(HOUSEKEEPING_MS, Scheduled::Housekeeping { node: n, incarnation });
     }
 
     /// Schedules the node's engine timer for its next deadline, unless one
@@ -954,6 +989,8 @@ impl Sim {
         // documents past a few hundred operations.
         config.apply_off_loop_ops = [0, 1, 300][((rng_seed >> 8) % 3) as usize];
         node.engine = Some(Engine::new(config));
+        let incarnation = node.incarnation;
+        self.schedule(HOUSEKEEPING_MS, Scheduled::Housekeeping { node: n, incarnation });
         self.note(format!("{} start (incarnation {})", self.name(n), self.nodes[n.0].incarnation));
         self.connect_up(n);
     }
@@ -1291,6 +1328,7 @@ impl Sim {
         let result = if let Some(fenced) = self.nodes[n.0].fence.check(&task) {
             fenced
         } else if fail {
+            self.storage_failures += 1;
             StorageResult::Failed(INJECTED_FAILURE.to_owned())
         } else {
             let result = match self.nodes[n.0].group {
@@ -1883,6 +1921,10 @@ pub struct RunStats {
     /// one's changes ([`Event::Refused`]).
     pub viewers: usize,
     pub read_only_refusals: usize,
+    /// Writes failed on purpose ([`Sim::storage_failure_percent`]), and
+    /// replicas resynced for divergence.
+    pub storage_failures: usize,
+    pub divergence_repairs: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
     /// Several hubs on one store: commits the bus delivered, reads of the
@@ -1910,6 +1952,8 @@ impl RunStats {
         self.applied_off_loop += other.applied_off_loop;
         self.viewers += other.viewers;
         self.read_only_refusals += other.read_only_refusals;
+        self.storage_failures += other.storage_failures;
+        self.divergence_repairs += other.divergence_repairs;
         self.home_confirmed += other.home_confirmed;
         self.bus_delivered += other.bus_delivered;
         self.bus_refreshes += other.bus_refreshes;
@@ -1989,20 +2033,21 @@ fn run_workload(mut w: Workload) -> RunOutcome {
     w.stats.read_only_refusals =
         w.sim.nodes.iter().flat_map(|n| &n.events).filter(|e| matches!(e, Event::Refused { .. })).count();
     w.stats.end_ms = w.sim.now.0;
+    w.stats.storage_failures = w.sim.storage_failures;
+    w.stats.divergence_repairs = w.sim.divergence_repairs;
     w.stats.bus_delivered = w.sim.bus_delivered;
     w.stats.bus_refreshes = w.sim.bus_refreshes;
     w.stats.failovers = w.sim.failovers;
     RunOutcome { trace: w.sim.into_trace(), stats: w.stats }
 }
 
-/// `MERIDIAN_SIM_STORAGE_FAILURES=<percent>` makes that share of document
-/// writes fail while faults last. Off by default because the engine does not
-/// survive it yet: a write queued behind a failed one still runs and stores
-/// changes whose dependencies are not stored, and a peer that already sent
-/// the lost changes on its connection does not send them again, so the two
-/// can exchange sync messages forever.
+/// The share of document writes that fail while faults last: 5 % unless
+/// `MERIDIAN_SIM_STORAGE_FAILURES=<percent>` says otherwise (0 turns it
+/// off). A failed write is never advertised; the writes queued behind it
+/// for the same document are refused by the store ([`WriteFence`]), the
+/// engine drops the document and its peers send the changes again.
 fn storage_failures_from_env() -> u32 {
-    std::env::var("MERIDIAN_SIM_STORAGE_FAILURES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    std::env::var("MERIDIAN_SIM_STORAGE_FAILURES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(5)
 }
 
 /// Timers of the workload, carried as [`Step::User`] tags.

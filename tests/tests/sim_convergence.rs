@@ -49,7 +49,7 @@ fn random_schedules_converge() {
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
          {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads, \
          {} fresh peers answered from a stored snapshot, {} applied off the loop, {} changes confirmed by their home, {} read-only clients \
-         refused {} times; longest run {} ms of virtual time",
+         refused {} times, {} writes failed on purpose, {} divergent replicas resynced; longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
         total.docs,
@@ -67,6 +67,8 @@ fn random_schedules_converge() {
         total.home_confirmed,
         total.viewers,
         total.read_only_refusals,
+        total.storage_failures,
+        total.divergence_repairs,
         total.end_ms,
     );
     // The workload must exercise what it claims to.
@@ -79,6 +81,9 @@ fn random_schedules_converge() {
         assert!(total.home_confirmed > 0, "changes are followed to their home");
         assert!(total.viewers > 0 && total.read_only_refusals > 0, "read-only clients are exercised");
         assert!(total.edits > 10 * seeds.len());
+        if std::env::var("MERIDIAN_SIM_STORAGE_FAILURES").is_err() {
+            assert!(total.storage_failures > 0, "storage failures are exercised");
+        }
     }
 }
 
