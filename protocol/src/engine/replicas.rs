@@ -11,7 +11,8 @@
 //! reported divergent, for an operator.
 //!
 //! The watch is lazy: [`Engine::check_divergence`] runs on the driver's
-//! housekeeping interval, records for each replica apart from us what each
+//! housekeeping interval (a pass over the documents in memory and their
+//! peers, comparing heads: no allocation for a replica in step), records for each replica apart from us what each
 //! side had then, and calls it divergent only if, a threshold later, that
 //! much still has not crossed (so a document written without pause, whose
 //! heads never meet, is not divergent while changes keep crossing).
@@ -80,7 +81,7 @@ impl Engine {
                     ReplicaStatus {
                         conn: *conn,
                         peer: self.conns.get(conn).and_then(|c| c.peer()).cloned(),
-                        in_sync: heads.as_ref().is_some_and(|h| sorted(h) == sorted(&ours)),
+                        in_sync: heads.as_ref().is_some_and(|h| same(h, &ours)),
                         heads,
                         apart_ms: watch.map(|w| now.0.saturating_sub(w.since.0)),
                         heard_ms_ago: p.heard_at.map(|t| now.0.saturating_sub(t.0)),
@@ -98,20 +99,17 @@ impl Engine {
     /// in a row, a threshold apart).
     pub fn check_divergence(&mut self, now: Millis, threshold_ms: u64) -> Divergence {
         let mut out = Divergence::default();
-        let mut seen = std::collections::BTreeSet::new();
         let mut resync = Vec::new();
         for (doc_id, d) in &self.docs {
             if !d.is_loaded() || !d.is_durable() || d.busy() {
                 // Not settled here: nothing to compare yet; watches stand.
-                seen.extend(d.peers.keys().map(|c| (*doc_id, *c)));
                 continue;
             }
             let ours = d.doc.get_heads();
             for (conn, p) in &d.peers {
                 let key = (*doc_id, *conn);
-                seen.insert(key);
-                let theirs = p.sync.their_heads.clone();
-                let met = theirs.as_ref().is_some_and(|h| sorted(h) == sorted(&ours));
+                let theirs = p.sync.their_heads.as_deref();
+                let met = theirs.is_some_and(|h| same(h, &ours));
                 let watch = self.replica_watch.get_mut(&key);
                 match (met, watch) {
                     (true, None) => {}
@@ -122,7 +120,7 @@ impl Engine {
                         self.replica_watch.remove(&key);
                     }
                     (false, None) => {
-                        let theirs = theirs.unwrap_or_default();
+                        let theirs = theirs.map(<[ChangeHash]>::to_vec).unwrap_or_default();
                         self.replica_watch.insert(
                             key,
                             Watch { since: now, ours: ours.clone(), theirs, repairs: 0, divergent: false },
@@ -136,7 +134,7 @@ impl Engine {
                             *w = Watch {
                                 since: now,
                                 ours: ours.clone(),
-                                theirs: theirs.unwrap_or_default(),
+                                theirs: theirs.map(<[ChangeHash]>::to_vec).unwrap_or_default(),
                                 ..w.clone()
                             };
                             w.repairs = 0;
@@ -167,7 +165,8 @@ impl Engine {
             }
         }
         // Replicas gone (disconnected, document evicted): forgotten.
-        self.replica_watch.retain(|k, _| seen.contains(k));
+        let docs = &self.docs;
+        self.replica_watch.retain(|(doc, conn), _| docs.get(doc).is_some_and(|d| d.peers.contains_key(conn)));
         for (doc_id, conn) in resync {
             if let Some(d) = self.docs.get_mut(&doc_id)
                 && let Some(p) = d.peers.get_mut(&conn)
@@ -183,8 +182,7 @@ impl Engine {
     }
 }
 
-fn sorted(heads: &[ChangeHash]) -> Vec<ChangeHash> {
-    let mut h = heads.to_vec();
-    h.sort();
-    h
+/// The same heads, in any order (a handful each: no allocation).
+fn same(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    a.len() == b.len() && a.iter().all(|h| b.contains(h))
 }
