@@ -80,13 +80,20 @@ async fn edge_with_a_document(dir: &std::path::Path, scrub: u64) -> Result<(Edge
     config.tick_interval = Duration::from_millis(100);
     config.scrub_bytes_per_sec = scrub;
     let edge = EdgeNode::start(config).await?;
+    let (client, doc) = write_keys(&edge).await?;
+    Ok((edge, client, doc))
+}
+
+/// A client of `edge` writes a document with the keys `k0..`, one change
+/// each, acknowledged.
+async fn write_keys(edge: &EdgeNode) -> Result<(Client, DocumentId)> {
     let client = Client::connect(&edge.ws_url(), fast()).await?;
     let doc = client.create(|tx| tx.put(ROOT, "k0", 0).map(|_| ())).await?;
     for i in 1..KEYS {
         client.change(doc, move |tx| tx.put(ROOT, format!("k{i}"), i).map(|_| ())).await?;
     }
     client.wait_acked(doc).await?;
-    Ok((edge, client, doc))
+    Ok((client, doc))
 }
 
 /// The document in memory, the chunk under it corrupted: the background
@@ -150,12 +157,7 @@ async fn a_chunk_corrupted_on_disk_is_quarantined_and_healed_from_the_hub() -> R
     let config = edge_config(&hub, edge_dir.path());
     let db = config.database_path();
     let edge = EdgeNode::start(config).await?;
-    let client = Client::connect(&edge.ws_url(), fast()).await?;
-    let doc = client.create(|tx| tx.put(ROOT, "k0", 0).map(|_| ())).await?;
-    for i in 1..KEYS {
-        client.change(doc, move |tx| tx.put(ROOT, format!("k{i}"), i).map(|_| ())).await?;
-    }
-    client.wait_acked(doc).await?;
+    let (client, doc) = write_keys(&edge).await?;
     let deadline = Instant::now() + WAIT;
     while edge.metrics().docs_synced_upstream.get() < 1 || edge.metrics().docs_pending_upstream.get() > 0 {
         ensure!(Instant::now() < deadline, "the hub never acknowledged the document");
