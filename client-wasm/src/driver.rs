@@ -300,6 +300,7 @@ impl Driver {
             Event::PeerDisconnected { .. }
             | Event::Evicted { .. }
             | Event::HomeConfirmed { .. }
+            | Event::ReplicaConfirmed { .. }
             | Event::Refused { .. }
             | Event::Created { .. } => {}
         }

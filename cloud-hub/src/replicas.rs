@@ -2,8 +2,9 @@
 //! (operator routes): `GET /api/docs/{doc}/replicas` — the hub's durable
 //! heads, and per replica (each edge syncing the document, or a client at
 //! `/sync`) its heads, whether they are the hub's, how long it has been
-//! apart, how long ago it last spoke, whether it is divergent and how many
-//! forced resyncs it had; `GET /api/divergence` — every divergent replica.
+//! apart, how long ago it last spoke, how long it last took to confirm a
+//! change durable at the hub (`lag_ms`: this hop's replication lag),
+//! whether it is divergent and how many forced resyncs it had; `GET /api/divergence` — every divergent replica.
 //! The runtime checks replicas every housekeeping interval
 //! (`Engine::check_divergence`, `--divergence-after-secs`).
 
@@ -45,6 +46,7 @@ pub async fn replicas(State(events): State<mpsc::Sender<NodeEvent>>, Path(doc): 
                 "in_sync": r.in_sync,
                 "apart_ms": r.apart_ms,
                 "last_heard_ms_ago": r.heard_ms_ago,
+                "lag_ms": r.lag_ms,
                 "divergent": r.divergent,
                 "repairs": r.repairs,
             })

@@ -49,6 +49,7 @@
 //! | `meridian_edge_snapshot_answers_total` | counter | peers with nothing sent a document's stored snapshot before it was loaded |
 //! | `meridian_edge_store_bytes` | gauge | bytes of document data in the store (measured every 10 s, and for a disk budget) |
 //! | `meridian_edge_build_info{version}` | gauge | 1, labelled with the build's version |
+//! | `meridian_edge_replica_lag_seconds` | histogram | one hop of replication: from a change durable here to each replica syncing the document (at the hub: each edge; at an edge: the hub, its clients, peer edges) advertising heads that cover it; the last figure per replica is in the hub's `/api/docs/{doc}/replicas` (`lag_ms`) |
 //! | `meridian_edge_home_lag_seconds` | histogram | from a change being durable here to the document's home confirming it (home edge over its link, else the hub; not for documents homed here, nor changes the home already had) |
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -139,6 +140,7 @@ pub struct NodeMetrics {
     pub divergence_recovery_seconds: Histogram,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
+    pub replica_lag_seconds: Histogram,
     pub evictions: IntCounter,
     pub uplink_connected: IntGauge,
     pub uplink_rtt_seconds: Gauge,
@@ -381,6 +383,11 @@ impl NodeMetrics {
                 r,
                 "home_lag_seconds",
                 "From a change durable here to the document's home confirming it.",
+            ),
+            replica_lag_seconds: histogram(
+                r,
+                "replica_lag_seconds",
+                "From a change durable here to each replica syncing the document confirming it (one hop).",
             ),
             registry,
             process,

@@ -1845,6 +1845,9 @@ fn describe_event(event: &Event) -> String {
         Event::StorageFailed { doc, .. } => format!("storage-failed {doc:?}"),
         Event::Evicted { doc } => format!("evicted {}", short(doc)),
         Event::HomeConfirmed { doc, lag_ms } => format!("home-confirmed {} after {lag_ms} ms", short(doc)),
+        Event::ReplicaConfirmed { doc, conn, lag_ms } => {
+            format!("replica-confirmed {} on {conn} after {lag_ms} ms", short(doc))
+        }
         Event::Refused { conn, refusal, .. } => format!("refused {conn} {}", refusal.as_str()),
         Event::Created { doc, conn, .. } => format!("created {} by {conn}", short(doc)),
     }

@@ -82,6 +82,7 @@ impl Driver for Io {
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
             Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
+            Event::ReplicaConfirmed { lag_ms, .. } => self.metrics.replica_lag_seconds.observe(lag_ms as f64 / 1000.0),
             Event::Refused { refusal, .. } => self.metrics.access_refused(refusal),
             Event::Created { doc, conn, subject } => {
                 tracing::info!(%doc, %conn, subject = %Escaped(&subject), "document created");

@@ -615,8 +615,9 @@ impl NodeRuntime {
         config.storage_id = Some(store.storage_id().clone());
         // A backfill opens a slice of the stored documents each interval.
         config.backfill_interval_ms = (tick_interval.as_millis() as u64).max(1);
-        // `meridian_edge_home_lag_seconds`.
+        // `meridian_edge_home_lag_seconds`, `_replica_lag_seconds`.
         config.track_home_lag = true;
+        config.track_replica_lag = true;
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone(), committed)?;

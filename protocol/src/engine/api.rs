@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// Follow changes durable here until the document's home confirms
     /// them ([`Event::HomeConfirmed`]); the node runtime turns it on.
     pub track_home_lag: bool,
+    /// Follow changes durable here until each replica syncing the document
+    /// confirms them ([`Event::ReplicaConfirmed`]): the lag of each hop
+    /// from here; the node runtime turns it on.
+    pub track_replica_lag: bool,
     /// A peer that connected to us and has not sent `join` this long after
     /// is refused and closed (sockets that never join cost nothing for
     /// long). 0: no limit.
@@ -130,6 +134,7 @@ impl EngineConfig {
             min_compact_bytes: 16 * 1024,
             backfill_interval_ms: 1000,
             track_home_lag: false,
+            track_replica_lag: false,
             join_timeout_ms: 10_000,
             ephemeral_max_bytes: 64 * 1024,
             ephemeral_per_second: 50,
@@ -271,6 +276,14 @@ pub enum Event {
     /// heads cover it) `lag_ms` after it became durable here: how far the
     /// home is behind (not for documents homed here, nor changes the home
     /// already had). See [`Engine::pin`].
+    /// A replica (a peer syncing the document) advertised heads covering
+    /// a change `lag_ms` after it became durable here
+    /// ([`EngineConfig::track_replica_lag`]).
+    ReplicaConfirmed {
+        doc: DocumentId,
+        conn: ConnId,
+        lag_ms: u64,
+    },
     HomeConfirmed {
         doc: DocumentId,
         lag_ms: u64,

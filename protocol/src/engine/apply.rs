@@ -291,7 +291,9 @@ impl Engine {
         let issued = d.writes_issued;
         let mut rejected = Vec::new();
         let mut from = Vec::new();
+        let mut senders = Vec::with_capacity(outcomes.len());
         for o in outcomes {
+            senders.push(o.conn);
             if followed {
                 from.push(o.conn);
             }
@@ -305,6 +307,7 @@ impl Engine {
             self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);
+        self.check_replicas(now, doc_id, &senders);
         // Only the home's own messages can confirm changes to it.
         if followed && self.home_conn(&doc_id).is_some_and(|home| from.contains(&home)) {
             self.check_home(now, doc_id);

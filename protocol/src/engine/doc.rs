@@ -29,11 +29,20 @@ pub(super) struct PeerDoc {
     pub(super) answered_at: Option<Vec<ChangeHash>>,
     /// When its last message about the document came.
     pub(super) heard_at: Option<Millis>,
+    /// How long it last took to confirm a change durable here (ms).
+    pub(super) last_lag_ms: Option<u64>,
 }
 
 impl PeerDoc {
     pub(super) fn new() -> Self {
-        Self { sync: sync::State::new(), requesting: false, told_unavailable: false, answered_at: None, heard_at: None }
+        Self {
+            sync: sync::State::new(),
+            requesting: false,
+            told_unavailable: false,
+            answered_at: None,
+            heard_at: None,
+            last_lag_ms: None,
+        }
     }
 }
 

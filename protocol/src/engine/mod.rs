@@ -127,6 +127,9 @@ pub struct Engine {
     policy: Policy,
     /// Replicas whose heads differ from ours, watched for divergence.
     replica_watch: BTreeMap<(DocumentId, ConnId), replicas::Watch>,
+    /// Durable heads followed until every replica confirms them.
+    replica_lag: BTreeMap<DocumentId, Vec<replicas::Followed>>,
+    replica_lag_len: usize,
 }
 
 impl Engine {
@@ -153,6 +156,8 @@ impl Engine {
             timers: Timers::default(),
             policy: Policy::default(),
             replica_watch: BTreeMap::new(),
+            replica_lag: BTreeMap::new(),
+            replica_lag_len: 0,
         }
     }
 

@@ -214,6 +214,7 @@ impl Engine {
             let heads = d.doc.get_heads();
             let local = d.life.take_local_waiting();
             self.out.event(Event::DocChanged { doc: doc_id, heads: heads.clone() });
+            self.follow_to_replicas(now, doc_id, &heads);
             self.follow_to_home(now, doc_id, heads);
             if local {
                 self.out.event(Event::DocReady { doc: doc_id });

@@ -26,6 +26,20 @@ use super::{Engine, Millis};
 /// Forced resyncs of one replica in a row before it is left to an operator.
 pub const MAX_REPAIRS: u32 = 3;
 
+/// Durable heads followed until every replica confirms them, at most (past
+/// it, new ones are not followed), for at most this long.
+const LAG_TRACKED: usize = 4096;
+const LAG_GIVE_UP_MS: u64 = 60_000;
+
+/// Heads durable here since `since`, and the replicas that have not
+/// confirmed them yet ([`EngineConfig::track_replica_lag`]).
+#[derive(Debug)]
+pub(super) struct Followed {
+    heads: Vec<ChangeHash>,
+    since: Millis,
+    waiting: Vec<ConnId>,
+}
+
 /// A replica apart from us, since when, and what each side had then.
 #[derive(Debug, Clone)]
 pub(super) struct Watch {
@@ -50,6 +64,8 @@ pub struct ReplicaStatus {
     pub apart_ms: Option<u64>,
     /// How long ago it last sent a message about the document (ms).
     pub heard_ms_ago: Option<u64>,
+    /// How long it last took to confirm a change durable here (ms).
+    pub lag_ms: Option<u64>,
     pub divergent: bool,
     /// Forced resyncs in a row.
     pub repairs: u32,
@@ -67,6 +83,65 @@ pub struct Divergence {
 }
 
 impl Engine {
+    /// `heads` became durable here: follow them until each replica that
+    /// does not have them yet (and has told us its heads) confirms them.
+    pub(super) fn follow_to_replicas(&mut self, now: Millis, doc_id: DocumentId, heads: &[ChangeHash]) {
+        if !self.config.track_replica_lag {
+            return;
+        }
+        // Given up on: a minute without every replica confirming.
+        if self.replica_lag_len >= LAG_TRACKED / 2 {
+            self.replica_lag.retain(|_, f| {
+                f.retain(|x| now.0.saturating_sub(x.since.0) < LAG_GIVE_UP_MS);
+                !f.is_empty()
+            });
+            self.replica_lag_len = self.replica_lag.values().map(Vec::len).sum();
+        }
+        if self.replica_lag_len >= LAG_TRACKED {
+            return;
+        }
+        let Some(d) = self.docs.get(&doc_id) else { return };
+        let waiting: Vec<ConnId> = d
+            .peers
+            .iter()
+            .filter(|(conn, p)| p.sync.their_heads.is_some() && !d.peer_covers(**conn, heads))
+            .map(|(conn, _)| *conn)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        self.replica_lag.entry(doc_id).or_default().push(Followed { heads: heads.to_vec(), since: now, waiting });
+        self.replica_lag_len += 1;
+    }
+
+    /// After messages from `from` about `doc_id`: the replicas among them
+    /// that now cover what was followed confirm it.
+    pub(super) fn check_replicas(&mut self, now: Millis, doc_id: DocumentId, from: &[ConnId]) {
+        let Some(mut followed) = self.replica_lag.remove(&doc_id) else { return };
+        let before = followed.len();
+        if let Some(d) = self.docs.get_mut(&doc_id) {
+            for f in &mut followed {
+                let confirmed: Vec<ConnId> =
+                    f.waiting.iter().filter(|c| from.contains(c) && d.peer_covers(**c, &f.heads)).copied().collect();
+                for conn in confirmed {
+                    let lag_ms = now.0.saturating_sub(f.since.0);
+                    if let Some(p) = d.peers.get_mut(&conn) {
+                        p.last_lag_ms = Some(lag_ms);
+                    }
+                    self.out.event(super::Event::ReplicaConfirmed { doc: doc_id, conn, lag_ms });
+                    f.waiting.retain(|c| *c != conn);
+                }
+                // Replicas gone meanwhile are not waited for.
+                f.waiting.retain(|c| d.peers.contains_key(c));
+            }
+        }
+        followed.retain(|f| !f.waiting.is_empty() && now.0.saturating_sub(f.since.0) < LAG_GIVE_UP_MS);
+        self.replica_lag_len -= before - followed.len();
+        if !followed.is_empty() {
+            self.replica_lag.insert(doc_id, followed);
+        }
+    }
+
     /// Every replica of `doc` (peers syncing it with us), if it is in
     /// memory.
     pub fn replicas(&self, now: Millis, doc: &DocumentId) -> Option<Vec<ReplicaStatus>> {
@@ -85,6 +160,7 @@ impl Engine {
                         heads,
                         apart_ms: watch.map(|w| now.0.saturating_sub(w.since.0)),
                         heard_ms_ago: p.heard_at.map(|t| now.0.saturating_sub(t.0)),
+                        lag_ms: p.last_lag_ms,
                         divergent: watch.is_some_and(|w| w.divergent),
                         repairs: watch.map_or(0, |w| w.repairs),
                     }
