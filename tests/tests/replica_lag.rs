@@ -54,9 +54,10 @@ async fn each_hop_of_replication_is_measured() -> Result<()> {
     }
     let deadline = Instant::now() + WAIT;
     while reader
-        .read(doc, |d| meridian_protocol::automerge::ReadDoc::get(d, ROOT, "n").ok().flatten().map(|(v, _)| v.to_i64()))
+        .read(doc, |d| {
+            meridian_protocol::automerge::ReadDoc::get(d, ROOT, "n").ok().flatten().and_then(|(v, _)| v.as_i64())
+        })
         .await
-        .flatten()
         .flatten()
         != Some(CHANGES)
     {
