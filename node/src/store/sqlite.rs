@@ -166,10 +166,17 @@ impl DocStore for SqliteStore {
     }
 
     fn scrub(&mut self, after: i64, max_bytes: u64) -> Result<Option<ScrubStep>, StoreError> {
-        // A read; a corrupt chunk found takes the write lock to move it.
-        let mut quarantined = 0;
-        let step = self.in_transaction(false, |tx| scrub_step(tx, after, max_bytes, &mut quarantined))?;
-        self.quarantined += quarantined;
+        // A read; the corrupt chunks it found are moved in a write of their
+        // own (a read upgraded to a write would fail if another connection,
+        // the edge beside `meridian-edge scrub`, wrote meanwhile). Chunks
+        // never change once written, so they are still corrupt then, or gone.
+        let step = self.in_transaction(false, |tx| scrub_step(tx, after, max_bytes))?;
+        if !step.corrupt.is_empty() {
+            self.in_transaction(true, |tx| {
+                step.corrupt.iter().try_for_each(|(doc, seq, why)| quarantine(tx, doc, *seq, why))
+            })?;
+            self.quarantined += step.corrupt.len() as u64;
+        }
         Ok(Some(step))
     }
 
@@ -648,8 +655,8 @@ fn load_doc(conn: &Connection, doc: &DocumentId, quarantined: &mut u64) -> rusql
 const SCRUB_ROWS: usize = 256;
 
 /// Checks the chunks after `after`, in order, until `max_bytes` were read
-/// or [`SCRUB_ROWS`] rows; quarantines those that fail.
-fn scrub_step(conn: &Connection, after: i64, max_bytes: u64, quarantined: &mut u64) -> rusqlite::Result<ScrubStep> {
+/// or [`SCRUB_ROWS`] rows; lists those that fail.
+fn scrub_step(conn: &Connection, after: i64, max_bytes: u64) -> rusqlite::Result<ScrubStep> {
     let mut stmt = conn.prepare_cached("SELECT seq, doc_id, data FROM chunks WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
     let mut rows = stmt.query(params![after, SCRUB_ROWS as i64])?;
     let mut step = ScrubStep::default();
@@ -671,10 +678,6 @@ fn scrub_step(conn: &Connection, after: i64, max_bytes: u64, quarantined: &mut u
     drop(rows);
     // Fewer rows than asked for, within the budget: the end of the table.
     step.next = (read == SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
-    for (doc, seq, why) in &bad {
-        quarantine(conn, doc, *seq, why)?;
-        *quarantined += 1;
-    }
     step.corrupt = bad;
     Ok(step)
 }
