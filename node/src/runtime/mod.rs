@@ -448,12 +448,17 @@ impl NodeLoop {
 
     /// A scrub step is done: on to the next, and what it found corrupt is
     /// written again from memory where the document is loaded.
-    fn scrubbed(&mut self, step: Option<ScrubStep>) {
+    fn scrubbed(&mut self, step: Result<Option<ScrubStep>, ()>) {
         self.scrub.pending = false;
-        let Some(step) = step else {
-            tracing::debug!("this store is not scrubbed");
-            self.scrub.rate = 0;
-            return;
+        let step = match step {
+            Ok(Some(step)) => step,
+            Ok(None) => {
+                tracing::debug!("this store is not scrubbed");
+                self.scrub.rate = 0;
+                return;
+            }
+            // Failed (a busy database, say): the same step next time.
+            Err(()) => return,
         };
         let m = &self.io.metrics;
         m.scrub_chunks.inc_by(step.chunks);

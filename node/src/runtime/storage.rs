@@ -36,8 +36,9 @@ pub(super) enum StoreReply {
     Done(BatchResult),
     Docs(Vec<DocumentId>),
     Usage(u64, Vec<DocumentId>),
-    /// `None`: the store does not scrub (or the step failed; logged).
-    Scrubbed(Option<ScrubStep>),
+    /// `Ok(None)`: the store does not scrub; `Err`: the step failed
+    /// (logged), to be tried again.
+    Scrubbed(Result<Option<ScrubStep>, ()>),
 }
 
 /// Least recently written documents listed per disk-budget check (the
@@ -168,9 +169,8 @@ fn run_requests(
         }
     }
     if let Some((after, max_bytes)) = scrub {
-        let step = store.scrub(after, max_bytes).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "scrubbing the store failed");
-            None
+        let step = store.scrub(after, max_bytes).map_err(|e| {
+            tracing::error!(error = %e, "scrubbing the store failed; the step is tried again");
         });
         crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
         if replies.send(StoreReply::Scrubbed(step)).is_err() {
