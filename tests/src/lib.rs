@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod clients;
+pub mod edges;
 pub mod http;
 /// The fault proxy lives in its own crate (the demo cluster uses it too).
 pub use meridian_netsim as fault_proxy;

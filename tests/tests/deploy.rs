@@ -7,13 +7,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use meridian_edge::config::UplinkConfig;
-use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_hub::{Hub, HubConfig};
-use meridian_node::quic::HubTrust;
 use meridian_tests::http;
 use meridian_tests::pg::Postgres;
 
@@ -97,14 +93,7 @@ async fn every_metric_the_rules_and_dashboard_name_is_served() -> Result<()> {
     config.store = Some(pg.url());
     config.bus = vec![nats.url()];
     let hub = Hub::start(config).await?;
-    let mut uplink = UplinkConfig::new(hub.quic_addr(), "eu", "eu-secret", HubTrust::CaFile(hub.ca_path().to_owned()));
-    uplink.min_backoff = Duration::from_millis(50);
-    let edge = EdgeNode::start(EdgeConfig::new(edge_dir.path()).ephemeral_port().uplink(uplink)).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while edge.metrics().uplink_connected.get() == 0 {
-        ensure!(Instant::now() < deadline, "the uplink did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let edge = meridian_tests::edges::linked_edge(&hub, "eu", edge_dir.path()).await?;
 
     let (edge_port, hub_port) = (edge.local_addr().port(), hub.http_addr().port());
     let pages = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {

@@ -15,6 +15,7 @@ use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::edges::linked_edge;
 use meridian_tests::pg::Postgres;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -23,21 +24,6 @@ async fn hub_on(url: &str, dir: &std::path::Path, edge: &str) -> Result<Hub> {
     let mut config = HubConfig::new(dir).ephemeral_ports().edge(edge, &format!("{edge}-secret"));
     config.store = Some(url.to_owned());
     Ok(Hub::start(config).await?)
-}
-
-async fn edge_of(hub: &Hub, id: &str, dir: &std::path::Path) -> Result<EdgeNode> {
-    let mut uplink =
-        UplinkConfig::new(hub.quic_addr(), id, &format!("{id}-secret"), HubTrust::CaFile(hub.ca_path().to_owned()));
-    uplink.min_backoff = Duration::from_millis(50);
-    let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
-    config.tick_interval = Duration::from_millis(100);
-    let edge = EdgeNode::start(config).await?;
-    let deadline = Instant::now() + WAIT;
-    while edge.metrics().uplink_connected.get() == 0 {
-        anyhow::ensure!(Instant::now() < deadline, "the uplink did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(edge)
 }
 
 /// Chunks of `doc` in the database, read directly.
@@ -57,7 +43,7 @@ async fn the_next_hub_on_the_same_database_serves_what_the_first_stored() -> Res
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir()).collect::<Result<_, _>>()?;
 
     let first = hub_on(&url, dirs[0].path(), "eu").await?;
-    let eu = edge_of(&first, "eu", dirs[1].path()).await?;
+    let eu = linked_edge(&first, "eu", dirs[1].path()).await?;
     let writer = Client::connect(&eu.ws_url(), fast()).await?;
     let doc = writer.create(|tx| tx.put(ROOT, "title", "kept in postgres").map(|_| ())).await?;
     writer.wait_acked(doc).await?;
@@ -72,7 +58,7 @@ async fn the_next_hub_on_the_same_database_serves_what_the_first_stored() -> Res
 
     // Another hub, another data folder, the same database.
     let second = hub_on(&url, dirs[2].path(), "us").await?;
-    let us = edge_of(&second, "us", dirs[3].path()).await?;
+    let us = linked_edge(&second, "us", dirs[3].path()).await?;
     let reader = Client::connect(&us.ws_url(), fast()).await?;
     find_eventually(&reader, doc).await.context("the document through the second hub")?;
     let title = reader.read(doc, |d| d.get(ROOT, "title").ok().flatten().map(|(v, _)| v.to_string())).await.flatten();
@@ -114,8 +100,8 @@ async fn two_hubs_on_one_database_share_changes_over_the_bus() -> Result<()> {
     };
     let hub1 = Hub::start(on_bus(dirs[0].path(), "eu")).await?;
     let hub2 = Hub::start(on_bus(dirs[1].path(), "us")).await?;
-    let eu = edge_of(&hub1, "eu", dirs[2].path()).await?;
-    let us = edge_of(&hub2, "us", dirs[3].path()).await?;
+    let eu = linked_edge(&hub1, "eu", dirs[2].path()).await?;
+    let us = linked_edge(&hub2, "us", dirs[3].path()).await?;
 
     let a = Client::connect(&eu.ws_url(), fast()).await?;
     let doc = a.create(|tx| tx.put(ROOT, "n", 1).map(|_| ())).await?;

@@ -8,32 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use meridian_edge::client::Client;
-use meridian_edge::config::UplinkConfig;
-use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_hub::{Hub, HubConfig};
-use meridian_node::quic::HubTrust;
 use meridian_protocol::automerge::ROOT;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::edges::linked_edge;
 use meridian_tests::http;
 
 const WAIT: Duration = Duration::from_secs(20);
 const CHANGES: i64 = 20;
-
-async fn edge(hub: &Hub, id: &str, dir: &std::path::Path) -> Result<EdgeNode> {
-    let secret = format!("{id}-secret");
-    let mut uplink = UplinkConfig::new(hub.quic_addr(), id, &secret, HubTrust::CaFile(hub.ca_path().to_owned()));
-    uplink.min_backoff = Duration::from_millis(50);
-    let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id(format!("edge-{id}")).uplink(uplink);
-    config.tick_interval = Duration::from_millis(100);
-    let edge = EdgeNode::start(config).await?;
-    let deadline = Instant::now() + WAIT;
-    while edge.metrics().uplink_connected.get() == 0 {
-        ensure!(Instant::now() < deadline, "the uplink did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(edge)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_hop_of_replication_is_measured() -> Result<()> {
@@ -41,7 +24,7 @@ async fn each_hop_of_replication_is_measured() -> Result<()> {
     let mut config = HubConfig::new(dirs[0].path()).ephemeral_ports().edge("eu", "eu-secret").edge("us", "us-secret");
     config.tick_interval = Duration::from_millis(100);
     let hub = Hub::start(config).await?;
-    let (eu, us) = (edge(&hub, "eu", dirs[1].path()).await?, edge(&hub, "us", dirs[2].path()).await?);
+    let (eu, us) = (linked_edge(&hub, "eu", dirs[1].path()).await?, linked_edge(&hub, "us", dirs[2].path()).await?);
 
     let writer = Client::connect(&eu.ws_url(), fast()).await?;
     let doc = writer.create(|tx| tx.put(ROOT, "n", 0).map(|_| ())).await?;

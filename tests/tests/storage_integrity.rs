@@ -8,25 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use meridian_edge::client::Client;
-use meridian_edge::config::UplinkConfig;
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_hub::{Hub, HubConfig};
-use meridian_node::quic::HubTrust;
 use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::edges::linked_config;
 
 const WAIT: Duration = Duration::from_secs(20);
 const KEYS: i64 = 10;
-
-fn edge_config(hub: &Hub, dir: &std::path::Path) -> EdgeConfig {
-    let mut uplink = UplinkConfig::new(hub.quic_addr(), "eu", "eu-secret", HubTrust::CaFile(hub.ca_path().to_owned()));
-    uplink.min_backoff = Duration::from_millis(50);
-    let mut config = EdgeConfig::new(dir).ephemeral_port().peer_id("edge-eu".to_owned()).uplink(uplink);
-    config.tick_interval = Duration::from_millis(100);
-    config
-}
 
 /// How many of the keys `k0..` the document holds.
 fn keys_in(d: &Automerge) -> i64 {
@@ -154,7 +145,7 @@ async fn meridian_edge_scrub_reports_and_quarantines_corruption() -> Result<()> 
 async fn a_chunk_corrupted_on_disk_is_quarantined_and_healed_from_the_hub() -> Result<()> {
     let (hub_dir, edge_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let hub = Hub::start(HubConfig::new(hub_dir.path()).ephemeral_ports().edge("eu", "eu-secret")).await?;
-    let config = edge_config(&hub, edge_dir.path());
+    let config = linked_config(&hub, "eu", edge_dir.path());
     let db = config.database_path();
     let edge = EdgeNode::start(config).await?;
     let (client, doc) = write_keys(&edge).await?;
@@ -169,7 +160,7 @@ async fn a_chunk_corrupted_on_disk_is_quarantined_and_healed_from_the_hub() -> R
     // A byte flips in the document's first chunk, in the file itself.
     flip_a_byte(&db, doc)?;
 
-    let edge = EdgeNode::start(edge_config(&hub, edge_dir.path())).await?;
+    let edge = EdgeNode::start(linked_config(&hub, "eu", edge_dir.path())).await?;
     let client = Client::connect(&edge.ws_url(), fast()).await?;
     find_eventually(&client, doc).await.context("the document opens again")?;
     let deadline = Instant::now() + WAIT;
