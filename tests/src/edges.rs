@@ -14,7 +14,7 @@ use meridian_node::quic::HubTrust;
 /// The uplink of edge `id` to `hub`.
 pub fn uplink_to(hub: &Hub, id: &str) -> UplinkConfig {
     let trust = HubTrust::CaFile(hub.ca_path().to_owned());
-    let mut uplink = UplinkConfig::new(hub.quic_addr(), id, &format!("{id}-secret"), trust);
+    let mut uplink = UplinkConfig::new(hub.quic_addr(), id, format!("{id}-secret"), trust);
     uplink.min_backoff = Duration::from_millis(50);
     uplink
 }
