@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use meridian_hub::{EdgeAuth, Hub, HubConfig};
+use meridian_node::telemetry;
 
 /// Meridian cloud hub: the QUIC endpoint edges federate with, and the
 /// durable store of every document.
@@ -252,6 +253,12 @@ struct ServeArgs {
     /// Peer id of the hub on the wire.
     #[arg(long, env = "MERIDIAN_HUB_ID", default_value = "meridian-hub")]
     hub_id: String,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector: its base
+    /// URL, e.g. http://127.0.0.1:4318 (spans go to /v1/traces). Spans: each
+    /// connection, document message, storage write and message to another
+    /// node; a change's way across edges and hubs is one trace. Off unless set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// An edge allowed to connect, as ID=SECRET (repeatable; env: comma-separated).
     /// Without any, the hub runs in open dev mode (loopback only) and says so.
     #[arg(long = "edge", env = "MERIDIAN_HUB_EDGES", value_delimiter = ',')]
@@ -380,11 +387,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = match Cli::parse().command {
+    let cli = Cli::parse();
+    let (otlp, instance) = match &cli.command {
+        Command::Serve(args) => (args.otlp_endpoint.as_deref(), args.hub_id.clone()),
+        _ => (None, String::new()),
+    };
+    let _telemetry = telemetry::init("info", otlp, &telemetry::Service { name: "meridian-hub", instance })?;
+    let args = match cli.command {
         Command::Serve(args) => args,
         Command::Auth(HubAuthArgs { op: HubAuthOp::Common(op) }) => {
             println!("{}", meridian_node::auth::cli::run(meridian_node::auth::cli::AuthArgs { op })?);

@@ -111,9 +111,10 @@ impl Link {
     /// Sends one message.
     pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), LinkError> {
         match self {
-            Link::Local { conn, events, .. } => {
-                events.send(NodeEvent::Frame { conn: *conn, bytes }).await.map_err(|_| LinkError::NodeStopped)
-            }
+            Link::Local { conn, events, .. } => events
+                .send(NodeEvent::Frame { conn: *conn, bytes, parent: None })
+                .await
+                .map_err(|_| LinkError::NodeStopped),
             Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(bytes.into())).await?),
             Link::Quic { send, .. } => Ok(quic::write_frame(send, FrameKind::Repo, &bytes).await?),
         }

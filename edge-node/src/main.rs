@@ -10,6 +10,7 @@ use meridian_edge::config::UplinkConfig;
 use meridian_edge::{EdgeConfig, EdgeNode};
 use meridian_node::DEFAULT_MAX_MESSAGE_BYTES;
 use meridian_node::quic::HubTrust;
+use meridian_node::telemetry;
 
 /// Meridian edge node: an automerge-repo compatible sync server with a
 /// local SQLite store.
@@ -213,6 +214,12 @@ struct ServeArgs {
     /// This edge's id at the hub.
     #[arg(long, env = "MERIDIAN_EDGE_ID", default_value = "edge")]
     edge_id: String,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector: its base
+    /// URL, e.g. http://127.0.0.1:4318 (spans go to /v1/traces). Spans: each
+    /// connection, document message, storage write and message to another
+    /// node; a change's way across edges and hubs is one trace. Off unless set.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// This edge's secret at the hub (the hub's --edge ID=SECRET).
     #[arg(long, env = "MERIDIAN_HUB_SECRET", default_value = "")]
     hub_secret: String,
@@ -373,12 +380,11 @@ async fn main() -> anyhow::Result<()> {
     // Device scripts read stdout; keep their logs quiet unless asked.
     let default_filter =
         if matches!(cli.command, Command::Client(_) | Command::Auth(_) | Command::Scrub(_)) { "warn" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (otlp, instance) = match &cli.command {
+        Command::Serve(args) => (args.otlp_endpoint.as_deref(), args.edge_id.clone()),
+        _ => (None, String::new()),
+    };
+    let _telemetry = telemetry::init(default_filter, otlp, &telemetry::Service { name: "meridian-edge", instance })?;
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(args) => return client::run(args).await,

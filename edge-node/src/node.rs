@@ -162,7 +162,7 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
     };
     let Some((conn, out)) = runtime::register_client(&events, access, valid_for, Some(token)).await else { return };
     if let Some(bytes) = join
-        && events.send(NodeEvent::Frame { conn, bytes }).await.is_err()
+        && events.send(NodeEvent::Frame { conn, bytes, parent: None }).await.is_err()
     {
         return;
     }

@@ -76,6 +76,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod throttle;
 
 /// Default limit of one protocol message (WebSocket message or QUIC frame).

@@ -352,18 +352,24 @@ pub async fn pump(
     mut on_control: impl FnMut(Vec<u8>),
 ) -> String {
     use crate::runtime::{NodeEvent, Outbound};
+    let span = crate::telemetry::connection_span("quic", conn.0, Some(connection.remote_address()));
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(read_frames(recv, reading, frames_tx)));
     let mut rtt = tokio::time::interval(std::time::Duration::from_secs(1));
+    // The trace context sent in front of the next document message.
+    let mut parent = None;
     let reason = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok((FrameKind::Repo, bytes))) => {
-                    if events.send(NodeEvent::Frame { conn, bytes }).await.is_err() {
+                    if events.send(NodeEvent::Frame { conn, bytes, parent: parent.take() }).await.is_err() {
                         break "node stopped".to_owned();
                     }
                 }
-                Some(Ok((FrameKind::Control, bytes))) => on_control(bytes),
+                Some(Ok((FrameKind::Control, bytes))) => match federation::decode_control(&bytes) {
+                    Ok(federation::Control::Trace { traceparent }) => parent = Some(traceparent),
+                    _ => on_control(bytes),
+                },
                 Some(Err(e)) => break e.to_string(),
                 None => break "stream finished".to_owned(),
             },
@@ -392,6 +398,7 @@ pub async fn pump(
     };
     drop(reader);
     let _ = events.send(NodeEvent::Disconnected { conn }).await;
+    span.record("reason", reason.as_str());
     reason
 }
 

@@ -285,6 +285,8 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
     let Some((conn, mut out_rx)) = register_client(&state.events, access, valid_for, Some(token)).await else {
         return;
     };
+    // Ends when the connection does (exported while traces are on).
+    let _span = crate::telemetry::connection_span("websocket", conn.0, None);
     let (mut sink, mut stream) = socket.split();
     let mut ping = tokio::time::interval(state.ping_interval);
     ping.tick().await;
@@ -329,7 +331,7 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
                         kind: ErrorKind::Oversize,
                         detail: format!("message of {} bytes exceeds the limit of {} bytes", bytes.len(), state.max_message_bytes),
                     },
-                    WsMessage::Binary(bytes) => NodeEvent::Frame { conn, bytes: bytes.to_vec() },
+                    WsMessage::Binary(bytes) => NodeEvent::Frame { conn, bytes: bytes.to_vec(), parent: None },
                     WsMessage::Text(_) => NodeEvent::Reject {
                         conn,
                         kind: ErrorKind::TextFrame,

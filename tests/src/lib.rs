@@ -8,6 +8,7 @@ pub mod http;
 pub use meridian_netsim as fault_proxy;
 pub mod js;
 pub mod nats;
+pub mod otlp;
 pub mod pg;
 pub mod process;
 pub mod raw;

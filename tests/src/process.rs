@@ -141,9 +141,7 @@ impl EdgeProcess {
 
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        Ok(self.child.wait()?)
+        terminate(&mut self.child)
     }
 }
 
@@ -201,6 +199,17 @@ impl HubProcess {
         self.child.wait()?;
         Ok(())
     }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        terminate(&mut self.child)
+    }
+}
+
+/// SIGTERM to `child`, and its exit status once it is gone.
+fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    Ok(child.wait()?)
 }
 
 impl Drop for HubProcess {

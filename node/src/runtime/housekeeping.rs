@@ -122,6 +122,7 @@ impl NodeLoop {
     /// The loop's own housekeeping: asks the store how much it holds (disk
     /// budget) and refreshes the metrics read from the engine.
     pub(super) fn housekeeping(&mut self) {
+        self.io.traces.prune();
         if self.scrub.rate > 0 && !self.scrub.pending {
             let now = Instant::now();
             let elapsed = self.scrub.last.map_or(Duration::from_secs(1), |t| now - t).min(Duration::from_secs(4));

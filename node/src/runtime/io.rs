@@ -12,6 +12,7 @@ use meridian_protocol::log::Escaped;
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::mpsc;
 
+use super::traces::Traces;
 use super::{Outbound, OutboundSender};
 use crate::metrics::NodeMetrics;
 
@@ -25,6 +26,8 @@ pub(super) struct Io {
     pub(super) created: Vec<(DocumentId, String)>,
     /// Where apply jobs run off the loop send their results.
     pub(super) applied: mpsc::UnboundedSender<Applied>,
+    /// Spans of changes' ways through this node (while traces are exported).
+    pub(super) traces: Traces,
 }
 
 impl Driver for Io {
@@ -32,6 +35,9 @@ impl Driver for Io {
         let Some(tx) = self.conns.get(&conn) else { return };
         let bytes = codec::encode(&message);
         self.metrics.message_out(message.type_name(), bytes.len());
+        if let Some(trace) = self.traces.sending(conn, &message, bytes.len()) {
+            tx.other(Outbound::Control(trace));
+        }
         if !tx.frame(bytes) {
             // Too slow (or already gone): dropping our sender makes its task
             // close the connection; the engine hears about it as a disconnect.
@@ -51,6 +57,7 @@ impl Driver for Io {
     }
 
     fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
+        self.traces.storage(id, &task);
         self.batch.push((id, task));
         None
     }

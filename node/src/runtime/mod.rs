@@ -39,6 +39,7 @@ pub use housekeeping::{DEFAULT_DIVERGENCE_AFTER, DEFAULT_SCRUB_BYTES_PER_SEC};
 use housekeeping::{DivergenceWatch, Scrub};
 mod io;
 mod storage;
+mod traces;
 
 use io::Io;
 use storage::{StorageWorker, StoreReply, StoreRequest};
@@ -153,9 +154,12 @@ pub enum NodeEvent {
         conn: ConnId,
         access: Access,
     },
+    /// A document message; `parent`: the W3C `traceparent` that came in
+    /// front of it on a link between nodes (see `runtime/traces.rs`).
     Frame {
         conn: ConnId,
         bytes: Vec<u8>,
+        parent: Option<String>,
     },
     Reject {
         conn: ConnId,
@@ -284,6 +288,7 @@ impl NodeLoop {
         }
         self.engine.end_batch(self.now());
         self.drain();
+        self.io.traces.batch_done();
     }
 
     fn handle(&mut self, event: NodeEvent) {
@@ -291,12 +296,14 @@ impl NodeLoop {
         match event {
             NodeEvent::Connected { direction, edge_peer, mut access, valid_for, grant, out, reply } => {
                 access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
+                let link = direction == Direction::Outgoing || edge_peer || access.subject.starts_with("node:");
                 let conn = if edge_peer {
                     self.engine.handle_connect_edge_peer_with(now, direction, access)
                 } else {
                     self.engine.handle_connect_with(now, direction, access)
                 };
                 self.io.conns.insert(conn, out);
+                self.io.traces.connected(conn, link);
                 self.io.metrics.connections.inc();
                 self.io.metrics.connections_total.inc();
                 if direction == Direction::Outgoing && !edge_peer {
@@ -310,7 +317,8 @@ impl NodeLoop {
                 }
                 let _ = reply.send(conn);
             }
-            NodeEvent::Frame { conn, bytes } => {
+            NodeEvent::Frame { conn, bytes, parent } => {
+                self.io.traces.received(conn, &bytes, parent.as_deref());
                 let t = self.engine.handle_frame(now, conn, &bytes).unwrap_or("other");
                 self.io.metrics.message_in(t, bytes.len());
             }
@@ -318,6 +326,7 @@ impl NodeLoop {
             NodeEvent::Grant { conn, access } => self.engine.extend_access(conn, &access),
             NodeEvent::Disconnected { conn } => {
                 self.grants.gone(conn);
+                self.io.traces.disconnected(conn);
                 if self.io.conns.remove(&conn).is_some() {
                     self.io.metrics.connections.dec();
                 }
@@ -364,6 +373,7 @@ impl NodeLoop {
         match reply {
             StoreReply::Done(results) => {
                 for (id, result) in results {
+                    self.io.traces.stored(id, &result);
                     self.engine.handle_storage_result(now, id, result);
                 }
             }
@@ -495,6 +505,7 @@ impl NodeRuntime {
                 batch: Vec::new(),
                 created: Vec::new(),
                 applied: applied_tx,
+                traces: traces::Traces::default(),
             },
             storage,
             grants: grants::Grants::default(),

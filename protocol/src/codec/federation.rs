@@ -28,6 +28,10 @@
 //! ignored control frames after the handshake), so it keeps syncing every
 //! document through the hub, which is always correct.
 //!
+//! Traces (issue 17) too: a node exporting traces sends [`Control::Trace`]
+//! (a W3C `traceparent`) in front of a document message to another node;
+//! a node that predates it drops the frame and reads the message as ever.
+//!
 //! Decoding never blocks and never trusts a length: [`check_frame`] says
 //! whether a whole frame is buffered (mini-redis style) and rejects lengths
 //! over the caller's limit before anything is allocated.
@@ -81,6 +85,11 @@ pub enum Control {
     /// The public keys (PEM) the hub accepts tokens from, after `welcome`:
     /// edges with auth on accept them too, so a new key reaches them.
     AuthKeys(Vec<String>),
+    /// The W3C trace context (`traceparent`) of the document message that
+    /// follows it on the same stream: a change's way across nodes is one
+    /// trace. Sent only by a node exporting traces; a receiver that does
+    /// not trace (or predates it) drops it like any unknown control frame.
+    Trace { traceparent: String },
 }
 
 /// One revocation: a token by id (`jti`), or a subject's tokens issued at
@@ -221,6 +230,9 @@ pub fn encode_control(c: &Control) -> Vec<u8> {
         }
         Control::Revoke(list) => encode_revoke(&mut e, list),
         Control::AuthKeys(keys) => encode_keys(&mut e, keys),
+        Control::Trace { traceparent } => {
+            e.map(2).and_then(|e| e.str("type")?.str("trace")?.str("traceparent")?.str(traceparent)).map(|_| ())
+        }
     };
     e.into_writer()
 }
@@ -327,6 +339,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
             ("hubId", Type::String) => f.hub_id = Some(d.str().map_err(bad)?.to_owned()),
             ("reason", Type::String) => f.reason = Some(d.str().map_err(bad)?.to_owned()),
             ("token", Type::String) => f.token = Some(d.str().map_err(bad)?.to_owned()),
+            ("traceparent", Type::String) => f.traceparent = Some(d.str().map_err(bad)?.to_owned()),
             ("revoked", Type::Array) => f.revoked = decode_revoked(&mut d)?,
             ("keys", Type::Array) => f.keys = decode_keys(&mut d)?,
             ("reportIntervalMs", _) => f.report_interval_ms = Some(d.u64().map_err(bad)?),
@@ -368,6 +381,7 @@ pub fn decode_control(bytes: &[u8]) -> Result<Control, FrameError> {
         "auth" => Ok(Control::Auth { token: f.token.ok_or(FrameError::MissingField("token"))? }),
         "revoke" => Ok(Control::Revoke(f.revoked)),
         "keys" => Ok(Control::AuthKeys(f.keys)),
+        "trace" => Ok(Control::Trace { traceparent: f.traceparent.ok_or(FrameError::MissingField("traceparent"))? }),
         "home" => Ok(Control::Home(HomeNotice {
             doc: f.doc.ok_or(FrameError::MissingField("doc"))?,
             edge: f.edge,
@@ -401,6 +415,7 @@ struct Fields {
     addr: Option<String>,
     fingerprint: Option<String>,
     token: Option<String>,
+    traceparent: Option<String>,
     revoked: Vec<RevokeNotice>,
     keys: Vec<String>,
 }
@@ -491,6 +506,7 @@ mod tests {
             ]),
             Control::Report(Report::default()),
             Control::Report(report()),
+            Control::Trace { traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into() },
         ] {
             assert_eq!(decode_control(&encode_control(&c)), Ok(c));
         }
