@@ -22,6 +22,7 @@
 
 mod admission;
 mod bus;
+mod console;
 pub mod control;
 mod edges;
 pub mod feed;
@@ -459,10 +460,13 @@ impl Hub {
         let api = RevokeApi { revocations, keyring: keyring.clone(), events: runtime.events() };
         let protected = keyring.is_some() || config.admin_token.is_some();
         let keys_api = keys::KeysApi { keys: tier_keys, keyring: keyring.clone(), protected };
-        let ops = operator_routes(placer_tx, api, control, keys_api, runtime.events());
+        let database = config.store.is_none().then(|| config.data_dir.join("hub.sqlite3"));
+        let ops = operator_routes(placer_tx, api, control, keys_api, runtime.events(), database.as_deref());
         let http_options = HttpOptions { header_read_timeout: config.header_read_timeout, ..HttpOptions::default() };
         let guard = AdminGuard { token: config.admin_token.as_deref().map(Arc::from), keyring };
-        let ops = meridian_node::admin::protect(ops, guard);
+        // The console's page and code hold no data: served to anyone on the
+        // operator listener; what they show comes from the routes guarded here.
+        let ops = meridian_node::admin::protect(ops, guard).merge(console::router());
         let bind = |addr: SocketAddr| async move {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
@@ -560,6 +564,7 @@ fn operator_routes(
     control: control::ControlState,
     keys: keys::KeysApi,
     events: mpsc::Sender<NodeEvent>,
+    database: Option<&std::path::Path>,
 ) -> Router {
     let query = |view: View| {
         let placer = placer.clone();
@@ -590,10 +595,14 @@ fn operator_routes(
         )
         .merge(
             Router::new()
+                .route("/api/docs", get(replicas::documents))
                 .route("/api/docs/{doc}/replicas", get(replicas::replicas))
                 .route("/api/divergence", get(replicas::divergence))
-                .with_state(events),
+                .with_state(events.clone()),
         )
+        // A document now or at earlier heads, its history, a rollback, an
+        // export (the edges' routes; `/creator` with the SQLite store).
+        .merge(meridian_node::doc_api::router(events, database))
 }
 
 #[cfg(test)]

@@ -218,8 +218,11 @@ struct ServeArgs {
     #[arg(long, env = "MERIDIAN_HUB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
     /// TCP address for /healthz, /metrics and (without --admin-listen) the
-    /// operator routes GET /placement, GET /topology, POST /api/auth/revoke,
-    /// GET|PUT|DELETE /api/placement/pins, GET|POST|DELETE /api/auth/keys.
+    /// operator console (/console) and routes: GET /placement, GET /topology,
+    /// POST /api/auth/revoke, GET|PUT|DELETE /api/placement/pins,
+    /// GET|POST|DELETE /api/auth/keys, GET /api/docs, GET /api/divergence,
+    /// GET /api/docs/{doc}[?at=HASH], /replicas, /history, /export, POST
+    /// /api/docs/{doc}/rollback?to=HASH.
     #[arg(long, env = "MERIDIAN_HUB_HTTP", default_value = "127.0.0.1:7401")]
     http: SocketAddr,
     /// Folder for the SQLite store and the dev TLS certificates (created if missing).
@@ -313,8 +316,8 @@ struct ServeArgs {
     /// --admin`); with neither they answer loopback requests only.
     #[arg(long, env = "MERIDIAN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Serve the operator routes (/placement, /topology, /api/auth/revoke)
-    /// on this TCP address only, instead of on --http.
+    /// Serve the operator console and routes (/console, /placement,
+    /// /topology, /api/…) on this TCP address only, instead of on --http.
     #[arg(long, env = "MERIDIAN_HUB_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Seconds a client may take to send its request headers on the HTTP

@@ -1,5 +1,6 @@
-//! A document's replicas as the hub sees them, and the divergent ones
-//! (operator routes): `GET /api/docs/{doc}/replicas` — the hub's durable
+//! The documents open at the hub and their replicas, and the divergent
+//! ones (operator routes): `GET /api/docs` — every document open here with
+//! its heads and a summary of its replicas; `GET /api/docs/{doc}/replicas` — the hub's durable
 //! heads, and per replica (each edge syncing the document, or a client at
 //! `/sync`) its heads, whether they are the hub's, how long it has been
 //! apart, how long ago it last spoke, how long it last took to confirm a
@@ -9,10 +10,13 @@
 //! (`Engine::check_divergence`, `--divergence-after-secs`).
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use meridian_node::runtime::NodeEvent;
+use meridian_protocol::automerge::ChangeHash;
+use meridian_protocol::engine::ReplicaStatus;
 use meridian_protocol::ids::encode_head;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,24 +39,72 @@ pub async fn replicas(State(events): State<mpsc::Sender<NodeEvent>>, Path(doc): 
             format!("{id} is not open at this hub (no replica syncs it with this hub now)\n"),
         ));
     };
-    let heads = |h: &[meridian_protocol::automerge::ChangeHash]| h.iter().map(encode_head).collect::<Vec<_>>();
-    let list: Vec<Value> = replicas
+    let list: Vec<Value> = replicas.iter().map(replica_json).collect();
+    Ok(Json(json!({ "doc": id.to_string(), "heads": heads(&ours), "replicas": list })))
+}
+
+fn heads(h: &[ChangeHash]) -> Vec<String> {
+    h.iter().map(encode_head).collect()
+}
+
+fn replica_json(r: &ReplicaStatus) -> Value {
+    json!({
+        "conn": r.conn.0,
+        "peer": r.peer.as_ref().map(|p| p.to_string()),
+        "subject": r.subject,
+        "heads": r.heads.as_deref().map(heads),
+        "in_sync": r.in_sync,
+        "apart_ms": r.apart_ms,
+        "last_heard_ms_ago": r.heard_ms_ago,
+        "lag_ms": r.lag_ms,
+        "divergent": r.divergent,
+        "repairs": r.repairs,
+    })
+}
+
+/// Documents listed at once by default, and at most.
+const LIST_DEFAULT: usize = 200;
+const LIST_MAX: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/docs[?after=DOC&limit=N]`: the documents open at this hub, in
+/// id order, each with its heads and its replicas (`next`: where the next
+/// page starts, if there is one).
+pub async fn documents(State(events): State<mpsc::Sender<NodeEvent>>, Query(q): Query<ListQuery>) -> Answer {
+    let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => Some(
+            meridian_node::auth::parse_doc(a)
+                .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("`after` is not a document id: {a}\n")))?,
+        ),
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MAX);
+    let (reply, answer) = oneshot::channel();
+    events.send(NodeEvent::Documents { after, limit: limit + 1, reply }).await.map_err(stopped)?;
+    let mut docs = answer.await.map_err(stopped)?;
+    let more = docs.len() > limit;
+    docs.truncate(limit);
+    let next = if more { docs.last().map(|(d, _, _)| d.to_string()) } else { None };
+    let list: Vec<Value> = docs
         .iter()
-        .map(|r| {
+        .map(|(doc, ours, replicas)| {
             json!({
-                "conn": r.conn.0,
-                "peer": r.peer.as_ref().map(|p| p.to_string()),
-                "heads": r.heads.as_deref().map(heads),
-                "in_sync": r.in_sync,
-                "apart_ms": r.apart_ms,
-                "last_heard_ms_ago": r.heard_ms_ago,
-                "lag_ms": r.lag_ms,
-                "divergent": r.divergent,
-                "repairs": r.repairs,
+                "doc": doc.to_string(),
+                "heads": heads(ours),
+                "replicas": replicas.len(),
+                "in_sync": replicas.iter().filter(|r| r.in_sync).count(),
+                "divergent": replicas.iter().filter(|r| r.divergent).count(),
+                "max_lag_ms": replicas.iter().filter_map(|r| r.lag_ms).max(),
+                "last_heard_ms_ago": replicas.iter().filter_map(|r| r.heard_ms_ago).min(),
             })
         })
         .collect();
-    Ok(Json(json!({ "doc": id.to_string(), "heads": heads(&ours), "replicas": list })))
+    Ok(Json(json!({ "documents": list, "next": next })))
 }
 
 /// `GET /api/divergence`.

@@ -13,16 +13,14 @@
 //! - [`uplink`]: the QUIC link to the hub, with reconnect; [`report`] sends
 //!   demand and latency reports beside it.
 //! - [`peers`]: homes announced by the hub and direct links to home edges.
-//! - [`info`]: `GET /info`; [`admin`]: the operator's HTTP API.
-//! - [`client`]: the native client (device apps, tests), over [`link`]
-//!   (WebSocket or QUIC); [`cli`] holds the document operations behind
-//!   `meridian-edge client`.
-//! - [`backoff`]: reconnect delays with jitter from this process's RNG.
+//! - [`info`]: `GET /info`. The operator's document routes, the native
+//!   [`client`] and the document operations behind `meridian-edge client`
+//!   are `meridian_node`'s (`doc_api`, `client`, `document`), shared with
+//!   the hub.
 //!
 //! Modules depend on each other in one direction only: `node` assembles
-//! `uplink`, `peers`, `admin` and `info`; `uplink` uses `report` and
-//! `peers`; `admin` uses `client`, which uses `link` and `cli`; `error`
-//! uses only `config`, which uses nothing else here.
+//! `uplink`, `peers` and `info`; `uplink` uses `report` and `peers`;
+//! `error` uses only `config`, which uses nothing else here.
 //!
 //! **Invariant:** protocol decisions are made by `meridian_protocol::engine`;
 //! this crate only moves bytes, runs storage tasks in order, and reports a
@@ -30,18 +28,15 @@
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod admin;
-pub mod backoff;
-pub mod cli;
-pub mod client;
 pub mod config;
 pub mod error;
 pub mod info;
-pub mod link;
 pub mod node;
 pub mod peers;
 pub mod report;
 pub mod uplink;
 
 pub use config::EdgeConfig;
+/// The native client (device apps, tests): `meridian_node::client`.
+pub use meridian_node::client;
 pub use node::EdgeNode;

@@ -455,13 +455,13 @@ async fn main() -> anyhow::Result<()> {
 }
 
 mod client {
-    //! `meridian-edge client …`: thin glue over `meridian_edge::client` and
-    //! `meridian_edge::cli`.
+    //! `meridian-edge client …`: thin glue over `meridian_node::client` and
+    //! `meridian_node::document`.
     use std::time::Duration;
 
     use anyhow::{Context, Result};
-    use meridian_edge::cli;
-    use meridian_edge::client::{Client, ClientOptions};
+    use meridian_node::client::{Client, ClientOptions};
+    use meridian_node::document as cli;
     use meridian_node::quic::HubTrust;
     use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 

@@ -271,7 +271,7 @@ impl EdgeNode {
         ));
         // Operator routes: behind one guard, on their own listener with
         // --admin-listen, else beside /sync.
-        let mut ops = crate::admin::router(runtime.events(), &config.database_path());
+        let mut ops = meridian_node::doc_api::router(runtime.events(), Some(&config.database_path()));
         if let (Some(p), Some(u)) = (&peers, &config.uplink) {
             ops = ops.merge(peers::router(p.handle.dir.clone(), u.edge_id.clone()));
         }

@@ -38,8 +38,8 @@ use meridian_protocol::engine::Direction;
 use meridian_protocol::ids::{ConnId, DocumentId};
 use tokio::sync::mpsc;
 
-use crate::backoff::Backoff;
 use crate::error::EdgeError;
+use meridian_node::backoff::Backoff;
 
 /// ALPN of edge ↔ edge links.
 pub const PEER_ALPN: &[u8] = b"meridian-peer/1";

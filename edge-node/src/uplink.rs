@@ -23,9 +23,9 @@ use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, Fr
 use meridian_protocol::engine::Direction;
 use tokio::sync::mpsc;
 
-use crate::backoff::Backoff;
 use crate::config::UplinkConfig;
 use crate::peers::PeerHandle;
+use meridian_node::backoff::Backoff;
 
 /// Why a session with the hub ended.
 #[derive(Debug, thiserror::Error)]

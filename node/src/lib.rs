@@ -16,7 +16,15 @@
 //!   from the runtime.
 //! - [`server`]: the automerge-repo WebSocket endpoint and `/healthz`,
 //!   `/metrics`; one task per socket.
-//! - [`admin`]: who may call operator endpoints ([`admin::protect`]).
+//! - [`admin`]: who may call operator endpoints ([`admin::protect`]);
+//!   [`doc_api`]: the operator's document routes (value now or at earlier
+//!   heads, history, rollback, export) of edges and hubs, through an
+//!   in-process [`client`].
+//! - [`client`]: the native client (device apps, tests, the document
+//!   routes) over WebSocket, QUIC or in-process; [`document`]: operations
+//!   on one document (JSON at paths, history, versions, rollback);
+//!   [`backoff`]: reconnect delays with jitter.
+//! - [`telemetry`]: logs, and traces over OTLP.
 //! - [`http`]: the HTTP server of every listener ([`http::serve`]: header
 //!   read timeout, connection cap, peer address), and a one-shot client.
 //! - [`metrics`]: [`metrics::NodeMetrics`], with documented names.
@@ -68,6 +76,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backoff;
+pub mod client;
+pub mod doc_api;
+pub mod document;
 pub mod http;
 pub mod metrics;
 pub mod quic;

@@ -233,11 +233,21 @@ pub enum NodeEvent {
         doc: DocumentId,
         reply: oneshot::Sender<Option<(Vec<meridian_protocol::automerge::ChangeHash>, Vec<ReplicaStatus>)>>,
     },
+    /// The documents in memory (at most `limit`, in id order, from after
+    /// `after`): each with our durable heads and its replicas.
+    Documents {
+        after: Option<DocumentId>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<DocReplicas>>,
+    },
     /// The replicas divergent now: document, peer, apart for (ms).
     Divergent {
         reply: oneshot::Sender<Vec<(DocumentId, Option<String>, u64)>>,
     },
 }
+
+/// A document in memory: our durable heads, and its replicas.
+pub type DocReplicas = (DocumentId, Vec<meridian_protocol::automerge::ChangeHash>, Vec<ReplicaStatus>);
 
 /// The node loop's state.
 struct NodeLoop {
@@ -359,6 +369,15 @@ impl NodeLoop {
             NodeEvent::Replicas { doc, reply } => {
                 let ours = self.engine.durable_heads(&doc).unwrap_or_default();
                 let _ = reply.send(self.engine.replicas(now, &doc).map(|r| (ours, r)));
+            }
+            NodeEvent::Documents { after, limit, reply } => {
+                let docs = self.engine.loaded_documents().filter(|d| after.is_none_or(|a| *d > a)).take(limit);
+                let docs: Vec<DocumentId> = docs.collect();
+                let list = docs.into_iter().map(|doc| {
+                    let heads = self.engine.durable_heads(&doc).unwrap_or_default();
+                    (doc, heads, self.engine.replicas(now, &doc).unwrap_or_default())
+                });
+                let _ = reply.send(list.collect());
             }
             NodeEvent::Divergent { reply } => {
                 let list = self.divergence.now.iter().map(|(d, _, p, ms)| (*d, p.as_ref().map(|p| p.to_string()), *ms));

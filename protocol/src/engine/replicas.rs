@@ -56,6 +56,9 @@ pub struct ReplicaStatus {
     pub conn: ConnId,
     /// Who holds it (its peer id: an edge's, or a client's).
     pub peer: Option<PeerId>,
+    /// Who it authenticated as (a token's subject; `node:ID` for a node
+    /// link), if anyone.
+    pub subject: Option<String>,
     /// The heads it last advertised; `None`: none yet.
     pub heads: Option<Vec<ChangeHash>>,
     /// Its heads are ours.
@@ -142,6 +145,11 @@ impl Engine {
         }
     }
 
+    /// The documents loaded in memory, in id order.
+    pub fn loaded_documents(&self) -> impl Iterator<Item = DocumentId> + '_ {
+        self.docs.iter().filter(|(_, d)| d.is_loaded()).map(|(id, _)| *id)
+    }
+
     /// Every replica of `doc` (peers syncing it with us), if it is in
     /// memory.
     pub fn replicas(&self, now: Millis, doc: &DocumentId) -> Option<Vec<ReplicaStatus>> {
@@ -156,6 +164,7 @@ impl Engine {
                     ReplicaStatus {
                         conn: *conn,
                         peer: self.conns.get(conn).and_then(|c| c.peer()).cloned(),
+                        subject: self.conns.get(conn).map(|c| c.access.subject.clone()).filter(|s| !s.is_empty()),
                         in_sync: heads.as_ref().is_some_and(|h| same(h, &ours)),
                         heads,
                         apart_ms: watch.map(|w| now.0.saturating_sub(w.since.0)),

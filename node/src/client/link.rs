@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 
+use crate::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
+use crate::runtime::{NodeEvent, Outbound, OutboundQueue};
+use crate::task::AbortOnDrop;
 use futures_util::{SinkExt, StreamExt};
-use meridian_node::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
-use meridian_node::runtime::{NodeEvent, Outbound, OutboundQueue};
-use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::Access;
 use meridian_protocol::ids::ConnId;
@@ -104,7 +104,7 @@ impl Link {
     pub async fn local(events: mpsc::Sender<NodeEvent>) -> Result<Self, LinkError> {
         let access = Access { relay: false, subject: "internal".into(), ..Access::full() };
         let (conn, out) =
-            meridian_node::runtime::register_client(&events, access, None, None).await.ok_or(LinkError::NodeStopped)?;
+            crate::runtime::register_client(&events, access, None, None).await.ok_or(LinkError::NodeStopped)?;
         Ok(Link::Local { conn, events, out })
     }
 

@@ -18,8 +18,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use meridian_node::quic::HubTrust;
-use meridian_node::store::{SqliteStore, StoreError};
+use crate::quic::HubTrust;
+use crate::store::{SqliteStore, StoreError};
 use meridian_protocol::automerge::transaction::{CommitOptions, Transaction};
 use meridian_protocol::automerge::{Automerge, AutomergeError, ChangeHash};
 use meridian_protocol::codec::{self, Message};
@@ -32,7 +32,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::link::{Link, LinkError};
+mod link;
+
+use link::{Link, LinkError};
 
 type InitFn = Box<dyn for<'a> FnOnce(&mut Transaction<'a>) -> Result<(), AutomergeError> + Send>;
 type ReadFn = Box<dyn FnOnce(Option<&Automerge>) + Send>;
@@ -58,7 +60,7 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// Connect to this node loop of the same process instead of a URL
     /// (see [`Client::in_process`]).
-    pub node: Option<mpsc::Sender<meridian_node::runtime::NodeEvent>>,
+    pub node: Option<mpsc::Sender<crate::runtime::NodeEvent>>,
 }
 
 impl Default for ClientOptions {
@@ -68,7 +70,7 @@ impl Default for ClientOptions {
             store_path: None,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
-            max_message_bytes: meridian_node::DEFAULT_MAX_MESSAGE_BYTES,
+            max_message_bytes: crate::DEFAULT_MAX_MESSAGE_BYTES,
             quic_trust: None,
             token: None,
             node: None,
@@ -133,7 +135,7 @@ impl Client {
     /// A client of the node loop `events` of this process, connected
     /// without a socket (the edge's admin API uses one).
     pub async fn in_process(
-        events: mpsc::Sender<meridian_node::runtime::NodeEvent>,
+        events: mpsc::Sender<crate::runtime::NodeEvent>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         Self::connect(IN_PROCESS, ClientOptions { node: Some(events), ..options }).await
@@ -223,12 +225,12 @@ impl Client {
     }
 
     /// Restores `doc` to its state at `heads` as one new change ("Rollback
-    /// to …"), which syncs like any edit ([`crate::cli::rollback`]).
+    /// to …"), which syncs like any edit ([`crate::document::rollback`]).
     pub async fn rollback(&self, doc: DocumentId, heads: Vec<ChangeHash>) -> Result<(), ClientError> {
         let short: Vec<String> = heads.iter().map(|h| h.to_string()[..12].to_owned()).collect();
         let options =
             CommitOptions::default().with_message(format!("Rollback to {}", short.join(","))).with_time(unix_seconds());
-        self.change_with(doc, options, move |tx| crate::cli::rollback(tx, &heads)).await
+        self.change_with(doc, options, move |tx| crate::document::rollback(tx, &heads)).await
     }
 
     /// Loads a document locally or fetches it from the server.
@@ -345,7 +347,7 @@ impl Actor {
 
     /// When the engine next needs to run ([`Engine::poll_timeout`]).
     fn deadline(&self) -> Option<tokio::time::Instant> {
-        meridian_node::runtime::engine_deadline(&self.engine, self.started)
+        crate::runtime::engine_deadline(&self.engine, self.started)
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {

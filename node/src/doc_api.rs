@@ -1,5 +1,6 @@
-//! The operator's HTTP API on an edge (DESIGN §6): a document's history,
-//! its value now or at earlier heads, a rollback, and an export.
+//! The operator's document routes of edges and hubs (DESIGN §6): a
+//! document's history, its value now or at earlier heads, a rollback, and
+//! an export.
 //!
 //! | route | answer |
 //! |---|---|
@@ -10,50 +11,51 @@
 //! | `GET /api/docs/{doc}/creator` | who created it here (a token's `sub`) and when: `{doc, subject, createdAt}` |
 //!
 //! `{doc}` is a document id or an `automerge:` URL; hashes may be unique
-//! prefixes of 6+ hex digits. The API is a client of this very edge,
+//! prefixes of 6+ hex digits. The API is a client of this very node,
 //! connected in-process (no socket, so whatever the listener speaks: TLS,
 //! tokens), so it sees exactly what clients see, and a rollback syncs to
-//! every replica like any edit.
+//! every replica like any edit. (`/creator` needs the node's SQLite
+//! database: edges, and hubs on SQLite.)
 //!
-//! Who may call it: see `meridian_node::admin` (an admin token with auth
+//! Who may call it: see `crate::admin` (an admin token with auth
 //! on, `--admin-token`, or loopback in open dev mode; no cross-site
 //! `POST`). With `--admin-listen` it is served only on that listener.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::Failure;
+use crate::runtime::NodeEvent;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use meridian_node::admin::Failure;
-use meridian_node::runtime::NodeEvent;
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
 use tokio::sync::{OnceCell, mpsc};
 
-use crate::cli;
 use crate::client::{Client, ClientError, ClientOptions};
+use crate::document as cli;
 
 /// How long a request waits for a document to be found.
 const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct Admin {
-    /// This edge's node loop, which the API's client connects to.
+    /// This node's loop, which the API's client connects to.
     events: mpsc::Sender<NodeEvent>,
-    /// The edge's database (read for `/creator`).
-    database: Arc<std::path::Path>,
+    /// The node's SQLite database (read for `/creator`), if it has one.
+    database: Option<Arc<std::path::Path>>,
     client: Arc<OnceCell<Client>>,
 }
 
-/// The admin routes, for the edge listening on `addr`.
-/// Its client connects to the node loop `events` in-process; callers are
-/// checked by the layer the node puts over every operator route
-/// (`meridian_node::admin::protect`).
-pub fn router(events: mpsc::Sender<NodeEvent>, database: &std::path::Path) -> Router {
-    let admin = Admin { events, database: Arc::from(database), client: Arc::default() };
+/// The document routes of the node whose loop is `events` (its client
+/// connects there in-process); `database`: its SQLite file, if any.
+/// Callers are checked by the layer the node puts over every operator
+/// route ([`crate::admin::protect`]).
+pub fn router(events: mpsc::Sender<NodeEvent>, database: Option<&std::path::Path>) -> Router {
+    let admin = Admin { events, database: database.map(Arc::from), client: Arc::default() };
     Router::new()
         .route("/api/docs/{doc}", get(value))
         .route("/api/docs/{doc}/history", get(history))
@@ -75,13 +77,11 @@ impl Admin {
             .client
             .get_or_try_init(|| Client::in_process(self.events.clone(), ClientOptions::default()))
             .await
-            .map_err(|e| {
-                Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this edge's node loop: {e}"))
-            })?;
+            .map_err(|e| Failure(StatusCode::SERVICE_UNAVAILABLE, format!("cannot reach this node's loop: {e}")))?;
         match tokio::time::timeout(FIND_TIMEOUT, client.find(id)).await {
             Ok(Ok(())) => Ok((client, id)),
             Ok(Err(ClientError::Unavailable(_))) => {
-                Err(Failure(StatusCode::NOT_FOUND, format!("document {id} is not here nor at the hub")))
+                Err(Failure(StatusCode::NOT_FOUND, format!("document {id} is not here nor upstream")))
             }
             Ok(Err(e)) => Err(Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
             Err(_) => Err(Failure(
@@ -144,7 +144,7 @@ async fn rollback(
     let (client, id) = admin.open(&doc).await?;
     let heads = admin.read(client, id, move |d| cli::resolve_heads(d, &q.to)).await?.map_err(bad_request)?;
     client.rollback(id, heads).await.map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    // Answer once this edge has it durably (it only advertises committed heads).
+    // Answer once this node has it durably (it only advertises committed heads).
     let _ = tokio::time::timeout(FIND_TIMEOUT, client.wait_acked(id)).await;
     let (heads, value) = admin
         .read(client, id, |d| (d.get_heads().iter().map(ToString::to_string).collect::<Vec<_>>(), cli::to_json(d)))
@@ -154,8 +154,10 @@ async fn rollback(
 
 async fn creator(State(admin): State<Admin>, Path(doc): Path<String>) -> Result<Response, Failure> {
     let id = parse_doc(&doc)?;
-    let database = admin.database.clone();
-    let found = tokio::task::spawn_blocking(move || meridian_node::store::creator_of(&database, &id))
+    let Some(database) = admin.database.clone() else {
+        return Err(Failure(StatusCode::NOT_FOUND, "this node records no creators (no SQLite store)".into()));
+    };
+    let found = tokio::task::spawn_blocking(move || crate::store::creator_of(&database, &id))
         .await
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| Failure(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
