@@ -1,6 +1,7 @@
 //! Test support for Meridian: the deterministic simulation harness and helpers to start real nodes.
 
 pub mod bench;
+pub mod chaos;
 pub mod clients;
 pub mod edges;
 pub mod http;

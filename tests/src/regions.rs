@@ -38,9 +38,20 @@ pub fn one_way(a: &str, b: &str) -> Duration {
 pub struct Cluster {
     pub hub: HubProcess,
     pub edges: BTreeMap<String, EdgeProcess>,
+    /// How each process was started (to start it again after a kill).
+    hub_spec: Spec,
+    edge_specs: BTreeMap<String, Spec>,
     uplinks: BTreeMap<String, FaultProxy>,
     peer_links: BTreeMap<(String, String), FaultProxy>,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// A process's data folder, ports and flags.
+#[derive(Debug, Clone)]
+struct Spec {
+    data: std::path::PathBuf,
+    ports: (u16, u16),
+    args: Vec<String>,
 }
 
 async fn delayed_proxy(upstream: std::net::SocketAddr, delay: Duration) -> Result<FaultProxy> {
@@ -72,7 +83,12 @@ impl Cluster {
             args.extend(["--edge", s.as_str()]);
         }
         args.extend(hub_flags);
-        let hub = HubProcess::start(hub_dir.path(), free_port()?, free_port()?, &args)?;
+        let hub_spec = Spec {
+            data: hub_dir.path().to_path_buf(),
+            ports: (free_port()?, free_port()?),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let hub = start_hub(&hub_spec)?;
         let hub_addr: std::net::SocketAddr = format!("127.0.0.1:{}", hub.quic_port).parse()?;
         let mut peer_ports = BTreeMap::new();
         for r in REGIONS {
@@ -87,7 +103,7 @@ impl Cluster {
             }
         }
         let mut dirs = vec![hub_dir];
-        let mut edges = BTreeMap::new();
+        let (mut edges, mut edge_specs) = (BTreeMap::new(), BTreeMap::new());
         for r in REGIONS {
             let dir = tempfile::tempdir()?;
             let ca = hub.ca_path();
@@ -106,10 +122,16 @@ impl Cluster {
                 args.extend(["--peer-route", route.as_str()]);
             }
             args.extend(edge_flags);
-            edges.insert(r.to_owned(), EdgeProcess::start(dir.path(), free_port()?, &args)?);
+            let spec = Spec {
+                data: dir.path().to_path_buf(),
+                ports: (free_port()?, 0),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            };
+            edges.insert(r.to_owned(), start_edge(&spec)?);
+            edge_specs.insert(r.to_owned(), spec);
             dirs.push(dir);
         }
-        let cluster = Self { hub, edges, uplinks, peer_links, _dirs: dirs };
+        let cluster = Self { hub, edges, hub_spec, edge_specs, uplinks, peer_links, _dirs: dirs };
         cluster
             .until_hub("/topology", "every edge reporting", |t| {
                 t["edges"].as_array().is_some_and(|e| e.len() == REGIONS.len() && e.iter().all(|e| e["fresh"] == true))
@@ -120,6 +142,34 @@ impl Cluster {
 
     pub fn edge(&self, region: &str) -> &EdgeProcess {
         &self.edges[region]
+    }
+
+    /// SIGKILL of an edge (it stays down until [`Cluster::restart_edge`]).
+    pub fn kill_edge(&mut self, region: &str) -> Result<()> {
+        self.edges.get_mut(region).context("no such edge")?.kill9()
+    }
+
+    /// Starts a killed edge again, on its data, ports and flags.
+    pub fn restart_edge(&mut self, region: &str) -> Result<()> {
+        let edge = start_edge(self.edge_specs.get(region).context("no such edge")?)?;
+        self.edges.insert(region.to_owned(), edge);
+        Ok(())
+    }
+
+    /// SIGKILL of the hub (down until [`Cluster::restart_hub`]).
+    pub fn kill_hub(&mut self) -> Result<()> {
+        self.hub.kill9()
+    }
+
+    /// Starts the killed hub again, on its data, ports and flags.
+    pub fn restart_hub(&mut self) -> Result<()> {
+        self.hub = start_hub(&self.hub_spec)?;
+        Ok(())
+    }
+
+    /// The edge's SQLite file.
+    pub fn edge_database(&self, region: &str) -> std::path::PathBuf {
+        self.edge_specs[region].data.join("edge.sqlite3")
     }
 
     /// Faults of an edge's link to the hub.
@@ -136,6 +186,16 @@ impl Cluster {
     pub async fn until_hub(&self, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Result<Value> {
         until(self.hub.http_port, path, what, done).await
     }
+}
+
+fn start_hub(spec: &Spec) -> Result<HubProcess> {
+    let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+    HubProcess::start(&spec.data, spec.ports.0, spec.ports.1, &args)
+}
+
+fn start_edge(spec: &Spec) -> Result<EdgeProcess> {
+    let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+    EdgeProcess::start(&spec.data, spec.ports.0, &args)
 }
 
 /// `GET path` on a local HTTP port: the body of a 200 answer.

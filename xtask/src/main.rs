@@ -7,6 +7,7 @@
 //! - `cargo xtask test`  — install what the tests need (npm packages, the
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
+//! - `cargo xtask chaos` — the chaos campaign on the regional cluster.
 //! - `cargo xtask bench` — every benchmark scenario against `meridian-edge`
 //!   and the JS sync server, side by side (`docs/BENCHMARKS.md`); `bench
 //!   big-doc` — a few-thousand-change document to a fresh JS peer.
@@ -28,6 +29,11 @@ Commands:
               each edge given both (hub 2 is its fail-over)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
+  chaos [--seconds S] [--seed N] [--docs K] [--no-js] [--json FILE]
+              the chaos campaign (issue 17): random partitions, one-way losses, kill -9 of edges
+              and the hub, corrupted chunks on the regional cluster while native and JS
+              automerge-repo clients write; then every acknowledged change is looked for on every
+              node; prints detect/recover times per fault (default 300 s, seed 1)
   bench [SCENARIO...] [--smoke] [--rounds R]
               meridian-edge vs the JS automerge-repo sync server, side by side (issue 7): connect,
               fanout, writers, large-doc, stored, attacks (a well-behaved client during six attacks)
@@ -54,6 +60,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(args.iter().any(|a| a == "--debug"), args.iter().any(|a| a == "--cloud")),
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
+        Some("chaos") => chaos(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("build-js") => js::build(&args[1..]),
         Some("test-js") => js::test_all(),
@@ -215,6 +222,15 @@ fn test(extra: &[String]) -> Result<()> {
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
     bench::run(&["--smoke".into()])?;
     bench::run(&["cloud".into(), "--smoke".into()])
+}
+
+/// The chaos campaign: the node binaries and `meridian-chaos`, then a run.
+fn chaos(args: &[String]) -> Result<()> {
+    if !args.iter().any(|a| a == "--no-js") {
+        js::ensure_test_npm()?;
+    }
+    run(cargo().args(["build", "-p", "meridian-edge", "-p", "meridian-hub", "--bins"]))?;
+    run(cargo().args(["run", "-p", "meridian-tests", "--bin", "meridian-chaos", "--"]).args(args))
 }
 
 fn sim_sweep() -> Result<()> {
