@@ -362,21 +362,21 @@ async fn inject(
         }
         "corrupt-chunk" => {
             let doc = docs[rng.random_range(0..docs.len())];
-            // Its oldest chunk, once the hub is in step with this edge on
-            // the document (writers keep writing: 3 s at most).
+            // Its snapshot, once the hub is in step with this edge on the
+            // document (writers keep writing: 3 s at most).
             let hub_port = cluster.hub.http_port;
             let in_step = || async move { hub_in_step(hub_port, region, doc).await };
             let _ = time_until(Duration::from_secs(3), in_step).await;
             let before = metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0);
             let db = cluster.edge_database(region);
-            let corrupted = flip_a_byte(&db, doc)?;
+            let corrupted = crate::disk::flip_a_byte(&db, doc)?;
             let quarantined =
                 || async move { metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0) > before };
             let detect = time_until(Duration::from_secs(20), quarantined).await;
             if detect.is_none() {
                 // A compaction may have replaced the chunk before the scrub
                 // came to it; a corrupt chunk left in place is a failure.
-                ensure!(!still_there(&db, &corrupted)?, "a corrupt chunk was not found in 20 s");
+                ensure!(!crate::disk::still_there(&db, &corrupted)?, "a corrupt chunk was not found in 20 s");
                 return Ok((None, Duration::ZERO));
             }
             let found = Instant::now();
@@ -402,31 +402,6 @@ async fn hub_in_step(hub_port: u16, region: &str, doc: DocumentId) -> bool {
     v["replicas"]
         .as_array()
         .is_some_and(|rs| rs.iter().any(|r| r["subject"] == subject.as_str() && r["in_sync"] == true))
-}
-
-/// Flips a byte in the middle of one of `doc`'s stored chunks, behind the
-/// running edge's back (as a failing disk would); the chunk's row and its
-/// corrupted bytes.
-fn flip_a_byte(db: &std::path::Path, doc: DocumentId) -> Result<(i64, Vec<u8>)> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let (seq, mut data): (i64, Vec<u8>) = conn.query_row(
-        "SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY seq LIMIT 1",
-        [doc.as_bytes().as_slice()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let middle = data.len() / 2;
-    data[middle] ^= 0x40;
-    conn.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", rusqlite::params![data, seq])?;
-    Ok((seq, data))
-}
-
-/// Whether the corrupted chunk is still stored as it was left.
-fn still_there(db: &std::path::Path, (seq, data): &(i64, Vec<u8>)) -> Result<bool> {
-    let conn = rusqlite::Connection::open(db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let stored: Option<Vec<u8>> = conn.query_row("SELECT data FROM chunks WHERE seq = ?1", [seq], |r| r.get(0)).ok();
-    Ok(stored.as_ref() == Some(data))
 }
 
 /// Opens every document on every node with a fresh client and waits until

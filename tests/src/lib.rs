@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod clients;
+pub mod disk;
 pub mod edges;
 pub mod http;
 /// The fault proxy lives in its own crate (the demo cluster uses it too).

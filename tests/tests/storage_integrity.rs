@@ -14,6 +14,7 @@ use meridian_protocol::automerge::transaction::Transactable;
 use meridian_protocol::automerge::{Automerge, ROOT, ReadDoc};
 use meridian_protocol::ids::DocumentId;
 use meridian_tests::clients::{fast, find_eventually};
+use meridian_tests::disk;
 use meridian_tests::edges::linked_config;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,7 +28,7 @@ fn keys_in(d: &Automerge) -> i64 {
 /// The document as the edge's chunks table holds it (read directly), and
 /// how many chunks are in the quarantine table.
 fn stored(db: &std::path::Path, doc: DocumentId) -> Result<(Automerge, i64)> {
-    let conn = rusqlite_open(db)?;
+    let conn = disk::open(db)?;
     let mut bytes = Vec::new();
     let mut stmt = conn.prepare("SELECT data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq")?;
     let mut rows = stmt.query([doc.as_bytes().as_slice()])?;
@@ -43,24 +44,11 @@ fn stored(db: &std::path::Path, doc: DocumentId) -> Result<(Automerge, i64)> {
     Ok((d, quarantined))
 }
 
-/// The edge's database file, opened as any tool would.
-fn rusqlite_open(db: &std::path::Path) -> Result<rusqlite::Connection> {
-    Ok(rusqlite::Connection::open(db)?)
-}
-
-/// Flips a byte in the middle of `doc`'s first chunk, in the file (as a
-/// failing disk would, behind the store's back).
+/// Flips a byte in `doc`'s snapshot, in the file (as a failing disk
+/// would, behind the store's back); nothing is quarantined before.
 fn flip_a_byte(db: &std::path::Path, doc: DocumentId) -> Result<()> {
-    let conn = rusqlite_open(db)?;
-    let (seq, mut data): (i64, Vec<u8>) = conn.query_row(
-        "SELECT seq, data FROM chunks WHERE doc_id = ?1 ORDER BY kind <> 'snapshot', seq LIMIT 1",
-        [doc.as_bytes().as_slice()],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    let middle = data.len() / 2;
-    data[middle] ^= 0x40;
-    conn.execute("UPDATE chunks SET data = ?1 WHERE seq = ?2", rusqlite::params![data, seq])?;
-    let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    meridian_tests::disk::flip_a_byte(db, doc)?;
+    let quarantined: i64 = disk::open(db)?.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
     ensure!(quarantined == 0, "nothing quarantined yet");
     Ok(())
 }
