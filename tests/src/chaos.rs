@@ -48,6 +48,8 @@ pub struct ChaosConfig {
     pub docs: usize,
     /// Run the JS automerge-repo writer too (needs `tests/js/node_modules`).
     pub js: bool,
+    /// The fault kinds to inject (default: all of [`FAULTS`]).
+    pub faults: Vec<&'static str>,
 }
 
 /// Fault kinds, in report order.
@@ -164,13 +166,14 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         Report { seed: config.seed, documents: docs.len() + 1 + usize::from(js.is_some()), ..Report::default() };
     let until = Instant::now() + config.duration;
     // Every kind once first (in a seeded order), then at random.
-    let mut first_round: Vec<&str> = FAULTS.to_vec();
+    let kinds = if config.faults.is_empty() { FAULTS.to_vec() } else { config.faults.clone() };
+    let mut first_round = kinds.clone();
     for i in (1..first_round.len()).rev() {
         first_round.swap(i, rng.random_range(0..=i));
     }
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
-        let kind = first_round.pop().unwrap_or_else(|| FAULTS[rng.random_range(0..FAULTS.len())]);
+        let kind = first_round.pop().unwrap_or_else(|| kinds[rng.random_range(0..kinds.len())]);
         let figures = report.faults.entry(kind.to_owned()).or_default();
         let (detect, recover) =
             inject(kind, &mut cluster, &mut rng, &mut probe, &docs).await.with_context(|| format!("fault {kind}"))?;
@@ -370,12 +373,21 @@ async fn inject(
             let before = metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0);
             let db = cluster.edge_database(region);
             let corrupted = crate::disk::flip_a_byte(&db, doc)?;
-            let quarantined =
-                || async move { metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0) > before };
-            let detect = time_until(Duration::from_secs(20), quarantined).await;
-            if detect.is_none() {
-                // A compaction may have replaced the chunk before the scrub
-                // came to it; a corrupt chunk left in place is a failure.
+            // Found (quarantined), or gone: a compaction may replace the
+            // chunk before the scrub comes to it.
+            let (db2, corrupted2) = (db.clone(), corrupted.clone());
+            let found_or_gone = || {
+                let (db, corrupted) = (db2.clone(), corrupted2.clone());
+                async move {
+                    metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0) > before
+                        || !crate::disk::still_there(&db, &corrupted).unwrap_or(true)
+                }
+            };
+            let settled = time_until(Duration::from_secs(20), found_or_gone).await;
+            let found = metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0) > before;
+            let detect = if found { settled } else { None };
+            if !found {
+                // A corrupt chunk left in place is a failure.
                 ensure!(!crate::disk::still_there(&db, &corrupted)?, "a corrupt chunk was not found in 20 s");
                 return Ok((None, Duration::ZERO));
             }
@@ -386,7 +398,13 @@ async fn inject(
                 metric(port, "meridian_edge_scrub_passes_total").await.unwrap_or(0.0) >= passes + 2.0
                     && metric(port, "meridian_edge_chunks_quarantined_total").await.unwrap_or(0.0) == q
             };
-            let _ = time_until(Duration::from_secs(30), clean).await.context("the store never scrubbed clean again")?;
+            if time_until(Duration::from_secs(60), clean).await.is_none() {
+                let now_passes = metric(port, "meridian_edge_scrub_passes_total").await;
+                let now_q = metric(port, "meridian_edge_chunks_quarantined_total").await;
+                bail!(
+                    "the store never scrubbed clean again: passes {passes} -> {now_passes:?}, quarantined {q} -> {now_q:?}"
+                );
+            }
             return Ok((detect, found.elapsed()));
         }
         other => bail!("unknown fault {other}"),

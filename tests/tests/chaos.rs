@@ -12,7 +12,7 @@ use meridian_tests::chaos::{ChaosConfig, run};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_chaos_campaign_loses_no_acknowledged_change() -> Result<()> {
     let seed = std::env::var("MERIDIAN_CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
-    let config = ChaosConfig { seed, duration: Duration::from_secs(45), docs: 3, js: true };
+    let config = ChaosConfig { seed, duration: Duration::from_secs(45), docs: 3, js: true, faults: Vec::new() };
     let report = run(&config).await?;
     println!("{}", serde_json::to_string(&report)?);
     print!("{}", report.rows());

@@ -3,7 +3,7 @@
 //! on one database, compaction that never deletes another writer's chunk,
 //! leases as compare-and-set rows, and a server restart survived.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, Automerge, ChangeHash, ROOT, ReadDoc};
 use meridian_node::auth::Revocation;
@@ -382,5 +382,53 @@ fn a_corrupt_chunk_is_quarantined_and_never_served() -> Result<()> {
     let row = raw.query_one("SELECT seq, data, reason FROM quarantine", &[])?;
     assert_eq!((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)), (seq, bad));
     assert!(row.get::<_, String>(2).contains("checksum"));
+    Ok(())
+}
+
+/// The background scrub on PostgreSQL: a chunk corrupted in the database
+/// is found by a pass (in steps of a byte budget), quarantined and counted;
+/// the next pass finds the store sound.
+#[test]
+fn the_scrub_finds_and_quarantines_a_corrupt_chunk() -> Result<()> {
+    use meridian_node::store::DocStore;
+    let pg = Postgres::start()?;
+    let mut store = PostgresStore::open(&pg.url())?;
+    let mut w = AutoCommit::new();
+    let chunks: Vec<Vec<u8>> = ["a", "b", "c", "d"].iter().map(|k| change(&mut w, k)).collect();
+    for c in &chunks {
+        assert_eq!(one(&mut store, StorageTask::AppendChunk { doc: doc(8), data: c.clone() }), StorageResult::Done);
+    }
+    let mut raw = pg.client()?;
+    let seq: i64 = raw
+        .query_one(
+            "SELECT seq FROM chunks WHERE doc_id = $1 ORDER BY seq OFFSET 2 LIMIT 1",
+            &[&doc(8).as_bytes().as_slice()],
+        )?
+        .get(0);
+    let mut bad = chunks[2].clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x10;
+    raw.execute("UPDATE chunks SET data = $1 WHERE seq = $2", &[&bad, &seq])?;
+    // A pass in small steps (one chunk's bytes each).
+    let pass = |store: &mut PostgresStore| -> Result<(u64, Vec<i64>)> {
+        let (mut after, mut checked, mut corrupt) = (0, 0, Vec::new());
+        loop {
+            let step = store.scrub(after, 1)?.context("PostgreSQL scrubs")?;
+            checked += step.chunks;
+            corrupt.extend(step.corrupt.iter().map(|(_, seq, _)| *seq));
+            match step.next {
+                Some(next) => after = next,
+                None => return Ok((checked, corrupt)),
+            }
+        }
+    };
+    assert_eq!(pass(&mut store)?, (4, vec![seq]));
+    assert_eq!(store.quarantined(), 1);
+    assert_eq!(chunk_rows(&pg, doc(8))?, 3);
+    let row = raw.query_one("SELECT seq, data FROM quarantine", &[])?;
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)), (seq, bad));
+    assert_eq!(pass(&mut store)?, (3, vec![]), "the next pass finds the store sound");
+    let loaded = one(&mut store, StorageTask::LoadDoc { doc: doc(8) });
+    assert_eq!(loaded, StorageResult::Loaded(Some([chunks[0].clone(), chunks[1].clone(), chunks[3].clone()].concat())));
     Ok(())
 }

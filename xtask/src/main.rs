@@ -29,7 +29,7 @@ Commands:
               each edge given both (hub 2 is its fail-over)
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
-  chaos [--seconds S] [--seed N] [--docs K] [--no-js] [--json FILE]
+  chaos [--seconds S] [--seed N] [--docs K] [--no-js] [--faults K,..] [--json FILE]
               the chaos campaign (issue 17): random partitions, one-way losses, kill -9 of edges
               and the hub, corrupted chunks on the regional cluster while native and JS
               automerge-repo clients write; then every acknowledged change is looked for on every

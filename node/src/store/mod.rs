@@ -109,6 +109,10 @@ pub struct LeaseFence {
     pub now_ms: u64,
 }
 
+/// Chunks one step of a scrub reads at most, besides its byte budget
+/// ([`DocStore::scrub`]).
+pub(crate) const SCRUB_ROWS: usize = 256;
+
 /// What one step of a scrub checked ([`DocStore::scrub`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScrubStep {

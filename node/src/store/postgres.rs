@@ -19,9 +19,10 @@
 //!   deletes a chunk the feed has not carried: the relay must see every
 //!   change in the order it was committed (a snapshot replacing an unfed
 //!   chunk could put a change's dependency out of its reach).
-//! - `quarantine`: chunks that failed their check on load (corrupt), kept
-//!   as found with why, never served; the load leaves them out and the
-//!   document syncs what it lacks back from the edges.
+//! - `quarantine`: chunks that failed their check (corrupt: on load, or
+//!   found by the background scrub), kept as found with why, never served;
+//!   the load leaves them out and the document syncs what it lacks back
+//!   from the edges.
 //! - `schema_migrations`: the versions applied ([`MIGRATIONS`]); a database
 //!   written by a newer build is refused.
 //!
@@ -53,8 +54,8 @@ use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use postgres::{Client, NoTls, Transaction};
 
 use super::{
-    ControlStore, DocStore, FeedChunk, LeaseFence, StoreError, StoredHome, StoredKey, StoredPin, StoredReport,
-    revocation_key,
+    ControlStore, DocStore, FeedChunk, LeaseFence, ScrubStep, StoreError, StoredHome, StoredKey, StoredPin,
+    StoredReport, revocation_key,
 };
 use crate::auth::Revocation;
 
@@ -161,6 +162,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 const QUARANTINE: &str = "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at_ms) \
      SELECT seq, doc_id, kind, data, $2, $3 FROM chunks WHERE seq = $1 ON CONFLICT (seq) DO NOTHING";
 const DELETE_CHUNK: &str = "DELETE FROM chunks WHERE seq = $1";
+const SCRUB: &str = "SELECT seq, doc_id, data FROM chunks WHERE seq > $1 ORDER BY seq LIMIT $2";
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
 const MAX_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version) VALUES ($1) ON CONFLICT (version) DO NOTHING";
@@ -220,6 +222,7 @@ const ADD_REVOCATION: &str = "INSERT INTO revocations (key, jti, sub, at) VALUES
 /// portability test).
 #[cfg(test)]
 const STATEMENTS: &[&str] = &[
+    SCRUB,
     CREATE_MIGRATIONS,
     MAX_VERSION,
     RECORD_VERSION,
@@ -483,6 +486,47 @@ impl DocStore for PostgresStore {
 
     fn quarantined(&self) -> u64 {
         self.quarantined
+    }
+
+    /// As on SQLite: a read of the next chunks (about `max_bytes`), then the
+    /// corrupt ones moved to the quarantine table in a transaction of their
+    /// own. Other hubs on the database may quarantine or compact the same
+    /// chunks meanwhile: a chunk already gone is skipped.
+    fn scrub(&mut self, after: i64, max_bytes: u64) -> Result<Option<ScrubStep>, StoreError> {
+        let rows = self.client.query(SCRUB, &[&after, &(super::SCRUB_ROWS as i64)])?;
+        let mut step = ScrubStep::default();
+        let mut last = after;
+        for r in &rows {
+            let (seq, data) = (r.get::<_, i64>(0), r.get::<_, &[u8]>(2));
+            last = seq;
+            step.chunks += 1;
+            step.bytes += data.len() as u64;
+            if let Err(error) = meridian_protocol::chunks::verify(data, 1 << 30)
+                && let Some(doc) = doc_id(r.get(1))
+            {
+                step.corrupt.push((doc, seq, error.to_string()));
+            }
+            if step.bytes >= max_bytes {
+                break;
+            }
+        }
+        step.next = (rows.len() == super::SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
+        if !step.corrupt.is_empty() {
+            let at_ms =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let mut tx = self.client.transaction()?;
+            for (doc, seq, why) in &step.corrupt {
+                tracing::error!(
+                    %doc, seq, error = %why,
+                    "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the edges"
+                );
+                tx.execute(QUARANTINE, &[seq, why, &at_ms])?;
+                tx.execute(DELETE_CHUNK, &[seq])?;
+            }
+            tx.commit()?;
+            self.quarantined += step.corrupt.len() as u64;
+        }
+        Ok(Some(step))
     }
 
     fn document_ids(&self) -> Result<Vec<DocumentId>, StoreError> {

@@ -651,14 +651,11 @@ fn load_doc(conn: &Connection, doc: &DocumentId, quarantined: &mut u64) -> rusql
     Ok(loaded)
 }
 
-/// Chunks read per scrub step at most (besides its byte budget).
-const SCRUB_ROWS: usize = 256;
-
 /// Checks the chunks after `after`, in order, until `max_bytes` were read
-/// or [`SCRUB_ROWS`] rows; lists those that fail.
+/// or [`super::SCRUB_ROWS`] rows; lists those that fail.
 fn scrub_step(conn: &Connection, after: i64, max_bytes: u64) -> rusqlite::Result<ScrubStep> {
     let mut stmt = conn.prepare_cached("SELECT seq, doc_id, data FROM chunks WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-    let mut rows = stmt.query(params![after, SCRUB_ROWS as i64])?;
+    let mut rows = stmt.query(params![after, super::SCRUB_ROWS as i64])?;
     let mut step = ScrubStep::default();
     let (mut last, mut read, mut bad) = (after, 0, Vec::new());
     while let Some(row) = rows.next()? {
@@ -677,7 +674,7 @@ fn scrub_step(conn: &Connection, after: i64, max_bytes: u64) -> rusqlite::Result
     }
     drop(rows);
     // Fewer rows than asked for, within the budget: the end of the table.
-    step.next = (read == SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
+    step.next = (read == super::SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
     step.corrupt = bad;
     Ok(step)
 }

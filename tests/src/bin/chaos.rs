@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use meridian_tests::chaos::{ChaosConfig, run};
+use meridian_tests::chaos::{ChaosConfig, FAULTS, run};
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>> {
     match args.iter().position(|a| a == name) {
@@ -28,7 +28,7 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
-            "meridian-chaos [--seconds S (300)] [--seed N (1)] [--docs K (4)] [--no-js] [--json FILE]\n\
+            "meridian-chaos [--seconds S (300)] [--seed N (1)] [--docs K (4)] [--no-js] [--faults K,..] [--json FILE]\n\
              Faults (partitions, one-way losses, kill -9 of edges and the hub, corrupted chunks) on the\n\
              regional cluster while native and JS automerge-repo clients write; then every acknowledged\n\
              change is looked for on every node. Exit status 1 if one is missing."
@@ -40,6 +40,13 @@ async fn main() -> Result<()> {
         duration: Duration::from_secs(arg(&args, "--seconds")?.unwrap_or(300)),
         docs: arg(&args, "--docs")?.unwrap_or(4),
         js: !args.iter().any(|a| a == "--no-js"),
+        faults: match arg::<String>(&args, "--faults")? {
+            Some(list) => list
+                .split(',')
+                .map(|f| FAULTS.iter().find(|k| **k == f).copied().with_context(|| format!("unknown fault {f}")))
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        },
     };
     let report = run(&config).await?;
     let json = serde_json::to_string_pretty(&report)?;
