@@ -289,10 +289,11 @@ struct ServeArgs {
     /// fsync every commit: the default (kept for scripts that pass it).
     #[arg(long, hide = true, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
-    /// Bytes of the SQLite store's chunks checked per second in the
-    /// background for corruption; a corrupt chunk is quarantined and its
-    /// document written again from memory or synced back from the edges
-    /// (0: off; every chunk is also checked when it loads).
+    /// Bytes of the store's chunks checked per second in the background for
+    /// corruption (SQLite or PostgreSQL: every hub on a shared database
+    /// scrubs it); a corrupt chunk is quarantined and its document written
+    /// again from memory or synced back from the edges (0: off; every chunk
+    /// is also checked when it loads).
     #[arg(long, env = "MERIDIAN_SCRUB_BYTES_PER_SEC", default_value_t = meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC)]
     scrub_bytes_per_sec: u64,
     /// Seconds a replica (an edge's copy of a document) may stay apart from
