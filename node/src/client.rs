@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! use meridian_edge::client::{Client, ClientOptions};
+//! use meridian_node::client::{Client, ClientOptions};
 //! use meridian_protocol::automerge::{ROOT, transaction::Transactable};
 //! let client = Client::connect("ws://127.0.0.1:7300/sync", ClientOptions::default()).await?;
 //! let doc = client.create(|tx| { tx.put(ROOT, "title", "hello")?; Ok(()) }).await?;

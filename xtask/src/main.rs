@@ -383,6 +383,18 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
     eprintln!("  Edge ↔ edge: eu–us 40 ms, us–ap 90 ms, eu–ap 120 ms each way. Documents move to the edge nearest");
     eprintln!("  their writers (the hub's placement; see each page's \"where this document lives\" panel).");
     eprintln!("\n  hub   QUIC 127.0.0.1:7400, metrics http://127.0.0.1:7401/metrics");
+    // The operator console asks for an admin token: one for the demo.
+    let token = Command::new(bin("meridian-hub"))
+        .args(["auth", "token", "--admin", "--ttl", "12h", "--sub", "demo-operator", "--key"])
+        .arg(keys.join("auth-private.pem"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    eprintln!("  operator console http://127.0.0.1:7401/console");
+    if let Some(token) = token {
+        eprintln!("    admin token (12 h): {token}");
+    }
     if cloud {
         eprintln!("  hub2  QUIC 127.0.0.1:{}, metrics http://127.0.0.1:{}/metrics", cloud::HUB2_QUIC, cloud::HUB2_HTTP);
         eprintln!("  Both hubs keep documents in {} and share commits over {}.", cloud::store_url(), cloud::bus_url());
