@@ -171,6 +171,7 @@ async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>
         max_frame_bytes: limit,
         rates: Some(auth.rates),
         on_throttled: Some(Box::new(move || metrics.limit_hit("message_rate"))),
+        link: false,
     };
     let reason = quic::pump(&connection, send, recv, conn, &events, out, reading, |_| {}, |_| {}).await;
     tracing::info!(%remote, %conn, %reason, "device disconnected");

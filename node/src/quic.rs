@@ -353,6 +353,7 @@ pub async fn pump(
 ) -> String {
     use crate::runtime::{NodeEvent, Outbound};
     let span = crate::telemetry::connection_span("quic", conn.0, Some(connection.remote_address()));
+    let link = reading.link;
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel(64);
     let reader = AbortOnDrop(tokio::spawn(read_frames(recv, reading, frames_tx)));
     let mut rtt = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -367,7 +368,7 @@ pub async fn pump(
                     }
                 }
                 Some(Ok((FrameKind::Control, bytes))) => match federation::decode_control(&bytes) {
-                    Ok(federation::Control::Trace { traceparent }) => parent = Some(traceparent),
+                    Ok(federation::Control::Trace { traceparent }) => parent = link.then_some(traceparent),
                     _ => on_control(bytes),
                 },
                 Some(Err(e)) => break e.to_string(),
@@ -410,12 +411,16 @@ pub struct Reading {
     pub rates: Option<crate::throttle::Rates>,
     /// Called each time the rates pause reading (for metrics).
     pub on_throttled: Option<Box<dyn Fn() + Send>>,
+    /// A link between nodes: a `trace` control frame's context is taken
+    /// for the next message (from a device it is ignored: a client does not
+    /// choose our traces).
+    pub link: bool,
 }
 
 impl Reading {
     /// A link between nodes: only the frame size is limited.
     pub fn unthrottled(max_frame_bytes: usize) -> Self {
-        Self { max_frame_bytes, rates: None, on_throttled: None }
+        Self { max_frame_bytes, rates: None, on_throttled: None, link: true }
     }
 }
 

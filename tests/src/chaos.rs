@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `partition` | an edge's link to the hub cut both ways, 1–8 s | the edge's `meridian_edge_uplink_connected` is 0 | after the heal, a probe written at that edge is at the hub and every other edge, and one written at the hub is at that edge |
 //! | `one-way-loss` | 30–80 % of one direction of an edge's link lost, 2–4 s | as above (if the link goes down at all) | as above |
-//! | `kill-edge` | kill -9 of an edge, restarted after 0.5–2 s | at once: its clients' connections are reset (0) | as above, from the restart |
+//! | `kill-edge` | kill -9 of an edge, restarted after 0.5–2 s; while it is down its SQLite file must hold everything it acknowledged | not measured (its clients' connections are reset at once) | as above, from the restart |
 //! | `kill-hub` | kill -9 of the hub, restarted after 0.5–2 s | every edge's uplink is down | a probe written at each edge reaches all the others through the restarted hub |
 //! | `corrupt-chunk` | a byte flipped in a stored chunk of an edge's SQLite file under the running edge (only of a document the hub holds in full) | the edge's `meridian_edge_chunks_quarantined_total` rises (the scrub runs at 16 MiB/s here) | two more complete scrub passes find nothing |
 //!
@@ -176,7 +176,9 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
         let kind = first_round.pop().unwrap_or_else(|| kinds[rng.random_range(0..kinds.len())]);
         let figures = report.faults.entry(kind.to_owned()).or_default();
         let (detect, recover) =
-            inject(kind, &mut cluster, &mut rng, &mut probe, &docs).await.with_context(|| format!("fault {kind}"))?;
+            inject(kind, &mut cluster, &mut rng, &mut probe, &docs, &acked, &mut js, &mut report.lost)
+                .await
+                .with_context(|| format!("fault {kind}"))?;
         figures.injected += 1;
         if let Some(d) = detect {
             figures.detected += 1;
@@ -202,7 +204,7 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     let acked = acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
     report.acked_native = acked.iter().filter(|(d, _)| docs.contains(d)).map(|(_, k)| k.len()).sum();
     let (lost, converged) = check(&cluster, &acked, Duration::from_secs(120)).await?;
-    report.lost = lost;
+    report.lost.extend(lost);
     report.converged_ms = converged.map_or(0, |c| (c - faults_over).as_millis() as u64);
     ensure!(converged.is_some() || !report.lost.is_empty(), "replicas never converged (heads differ)");
     report.duration_secs = started.elapsed().as_secs_f64();
@@ -298,12 +300,16 @@ where
 
 /// Injects one fault, waits for it to be over and healed; the time to
 /// detect it (if it was) and the time to recover from its end.
+#[allow(clippy::too_many_arguments)] // the campaign's state, lent to one fault
 async fn inject(
     kind: &str,
     cluster: &mut Cluster,
     rng: &mut ChaCha8Rng,
     probe: &mut Probe,
     docs: &[DocumentId],
+    acked: &Acked,
+    js: &mut Option<JsWriter>,
+    lost: &mut Vec<String>,
 ) -> Result<(Option<Duration>, Duration)> {
     let region = REGIONS[rng.random_range(0..REGIONS.len())];
     let port = cluster.edge(region).port;
@@ -334,10 +340,25 @@ async fn inject(
         }
         "kill-edge" => {
             cluster.kill_edge(region)?;
-            // Its clients' connections reset at once: detected.
+            // Everything this edge acknowledged is in its file, read while it
+            // is dead (its writers still hold their changes and would send
+            // them again once it is back, hiding a loss).
+            let mut wanted = BTreeMap::new();
+            let prefix = format!("n{}-", REGIONS.iter().position(|r| *r == region).unwrap_or(0));
+            for (doc, keys) in acked.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.iter() {
+                wanted.insert(*doc, keys.iter().filter(|k| k.starts_with(&prefix)).cloned().collect::<Vec<_>>());
+            }
+            if region == "us"
+                && let Some(js) = js.as_mut()
+            {
+                js.drain();
+                wanted.insert(js.doc, js.acked.clone());
+            }
+            lost.extend(missing_in_file(&cluster.edge_database(region), region, &wanted)?);
+            // Its clients see their connections reset at once (not measured).
             tokio::time::sleep(Duration::from_millis(rng.random_range(500..2000))).await;
             cluster.restart_edge(region)?;
-            (Some(Duration::ZERO), Instant::now())
+            (None, Instant::now())
         }
         "kill-hub" => {
             cluster.kill_hub()?;
@@ -422,6 +443,28 @@ async fn hub_in_step(hub_port: u16, region: &str, doc: DocumentId) -> bool {
         .is_some_and(|rs| rs.iter().any(|r| r["subject"] == subject.as_str() && r["in_sync"] == true))
 }
 
+/// The keys of `wanted` missing from the documents stored in a (dead)
+/// node's SQLite file.
+fn missing_in_file(
+    db: &std::path::Path,
+    node: &str,
+    wanted: &BTreeMap<DocumentId, Vec<String>>,
+) -> Result<Vec<String>> {
+    use meridian_node::store::SqliteStore;
+    use meridian_protocol::storage::{StorageResult, StorageTask};
+    let mut store = SqliteStore::open(db)?;
+    let mut missing = Vec::new();
+    for (doc, keys) in wanted.iter().filter(|(_, k)| !k.is_empty()) {
+        let stored = match store.execute(&StorageTask::LoadDoc { doc: *doc }) {
+            StorageResult::Loaded(Some(bytes)) => meridian_protocol::automerge::Automerge::load(&bytes).ok(),
+            _ => None,
+        };
+        let has = |k: &String| stored.as_ref().is_some_and(|d| d.get(ROOT, k.as_str()).ok().flatten().is_some());
+        missing.extend(keys.iter().filter(|k| !has(k)).map(|k| format!("{node} (file after kill -9):{doc}:{k}")));
+    }
+    Ok(missing)
+}
+
 /// Opens every document on every node with a fresh client and waits until
 /// each holds every acknowledged key and all heads agree. Returns the keys
 /// still missing somewhere at the deadline, and when all agreed.
@@ -446,6 +489,8 @@ async fn check(
                     continue;
                 }
                 let keys = keys.clone();
+                let every = keys.clone();
+                // Not readable: every key counts as missing there.
                 let (absent, h) = reader
                     .read(*doc, move |d| {
                         let absent: Vec<String> =
@@ -455,7 +500,7 @@ async fn check(
                         (absent, h)
                     })
                     .await
-                    .unwrap_or_default();
+                    .unwrap_or((every, Vec::new()));
                 missing.extend(absent.into_iter().map(|k| format!("{node}:{doc}:{k}")));
                 heads.push(h);
             }
@@ -506,6 +551,15 @@ impl JsWriter {
             lines.recv_timeout(Duration::from_secs(30)).context("chaos-writer printed nothing")?;
         let url: AutomergeUrl = first["doc"].as_str().context("no doc line")?.parse()?;
         Ok(Self { child, lines, doc: url.document_id, acked: Vec::new() })
+    }
+
+    /// Takes the keys acknowledged so far.
+    fn drain(&mut self) {
+        while let Ok(v) = self.lines.try_recv() {
+            if let Some(k) = v["acked"].as_str() {
+                self.acked.push(k.to_owned());
+            }
+        }
     }
 
     /// Stops it; its document and every key it saw acknowledged.

@@ -137,6 +137,9 @@ pub enum NodeEvent {
         direction: Direction,
         /// A link to another edge ([`Engine::handle_connect_edge_peer`]).
         edge_peer: bool,
+        /// A link to another node (uplink, an edge at the hub, an edge
+        /// peer): what we send it carries our trace context.
+        link: bool,
         /// What it may do ([`Access::full`] for links between nodes and in
         /// open dev mode), and for how long from now (`None`: no end).
         access: Access,
@@ -304,9 +307,8 @@ impl NodeLoop {
     fn handle(&mut self, event: NodeEvent) {
         let now = self.now();
         match event {
-            NodeEvent::Connected { direction, edge_peer, mut access, valid_for, grant, out, reply } => {
+            NodeEvent::Connected { direction, edge_peer, link, mut access, valid_for, grant, out, reply } => {
                 access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
-                let link = direction == Direction::Outgoing || edge_peer || access.subject.starts_with("node:");
                 let conn = if edge_peer {
                     self.engine.handle_connect_edge_peer_with(now, direction, access)
                 } else {
@@ -615,7 +617,8 @@ pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time:
 /// between nodes, or any connection in open dev mode); `None` if the loop
 /// is gone.
 pub async fn register(events: &mpsc::Sender<NodeEvent>, direction: Direction) -> Option<(ConnId, OutboundQueue)> {
-    register_as(events, direction, false, Access::full(), None, None).await
+    // An outgoing one is the uplink; an incoming one, an open-dev-mode client.
+    register_as(events, direction, false, direction == Direction::Outgoing, Access::full(), None, None).await
 }
 
 /// Registers a client's connection that may do what `access` grants, for
@@ -628,7 +631,7 @@ pub async fn register_client(
     valid_for: Option<Duration>,
     token: Option<String>,
 ) -> Option<(ConnId, OutboundQueue)> {
-    register_as(events, Direction::Incoming, false, access, valid_for, token.filter(|t| !t.is_empty())).await
+    register_as(events, Direction::Incoming, false, false, access, valid_for, token.filter(|t| !t.is_empty())).await
 }
 
 /// Registers a link from another node that authenticated as `node_id`
@@ -640,7 +643,7 @@ pub async fn register_node(
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
     let access = Access { subject: format!("node:{node_id}"), ..Access::full() };
-    register_as(events, direction, false, access, None, None).await
+    register_as(events, direction, false, true, access, None, None).await
 }
 
 /// Registers an edge the hub does not trust (see `--untrusted-edge`): it
@@ -657,7 +660,7 @@ pub async fn register_untrusted_node(
         create: false,
         ..Access::full()
     };
-    register_as(events, Direction::Incoming, false, access, None, None).await
+    register_as(events, Direction::Incoming, false, true, access, None, None).await
 }
 
 /// Registers a link to another edge (see [`NodeEvent::Connected`]); with
@@ -668,20 +671,21 @@ pub async fn register_edge_peer(
     node_id: Option<&str>,
 ) -> Option<(ConnId, OutboundQueue)> {
     let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
-    register_as(events, direction, true, Access { subject, ..Access::full() }, None, None).await
+    register_as(events, direction, true, true, Access { subject, ..Access::full() }, None, None).await
 }
 
 async fn register_as(
     events: &mpsc::Sender<NodeEvent>,
     direction: Direction,
     edge_peer: bool,
+    link: bool,
     access: Access,
     valid_for: Option<Duration>,
     grant: Option<String>,
 ) -> Option<(ConnId, OutboundQueue)> {
     let (out, queue) = outbound_queue(OUTBOUND_CAPACITY, OUTBOUND_MAX_BYTES);
     let (reply_tx, reply_rx) = oneshot::channel();
-    let connected = NodeEvent::Connected { direction, edge_peer, access, valid_for, grant, out, reply: reply_tx };
+    let connected = NodeEvent::Connected { direction, edge_peer, link, access, valid_for, grant, out, reply: reply_tx };
     events.send(connected).await.ok()?;
     let conn = reply_rx.await.ok()?;
     Some((conn, queue))

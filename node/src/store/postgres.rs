@@ -306,38 +306,48 @@ impl DocStore for PostgresStore {
     /// own. Other hubs on the database may quarantine or compact the same
     /// chunks meanwhile: a chunk already gone is skipped.
     fn scrub(&mut self, after: i64, max_bytes: u64) -> Result<Option<ScrubStep>, StoreError> {
-        let rows = self.client.query(SCRUB, &[&after, &(super::SCRUB_ROWS as i64)])?;
-        let mut step = ScrubStep::default();
-        let mut last = after;
-        for r in &rows {
-            let (seq, data) = (r.get::<_, i64>(0), r.get::<_, &[u8]>(2));
-            last = seq;
-            step.chunks += 1;
-            step.bytes += data.len() as u64;
-            if let Err(error) = meridian_protocol::chunks::verify(data, 1 << 30)
-                && let Some(doc) = doc_id(r.get(1))
-            {
-                step.corrupt.push((doc, seq, error.to_string()));
-            }
-            if step.bytes >= max_bytes {
+        // The rows that fit the budget (at least one), by their sizes.
+        let sizes = self.client.query(SCRUB_SIZES, &[&after, &(super::SCRUB_ROWS as i64)])?;
+        let (mut upto, mut budget, mut taken) = (after, 0u64, 0usize);
+        for r in &sizes {
+            if taken > 0 && budget >= max_bytes {
                 break;
             }
+            upto = r.get::<_, i64>(0);
+            budget += r.get::<_, Option<i32>>(1).unwrap_or(0).max(0) as u64;
+            taken += 1;
         }
-        step.next = (rows.len() == super::SCRUB_ROWS || step.bytes >= max_bytes).then_some(last);
+        let mut step = ScrubStep::default();
+        if taken > 0 {
+            for r in &self.client.query(SCRUB, &[&after, &upto])? {
+                let (seq, data) = (r.get::<_, i64>(0), r.get::<_, &[u8]>(2));
+                step.chunks += 1;
+                step.bytes += data.len() as u64;
+                if let Err(error) = meridian_protocol::chunks::verify(data, 1 << 30)
+                    && let Some(doc) = doc_id(r.get(1))
+                {
+                    step.corrupt.push((doc, seq, error.to_string()));
+                }
+            }
+        }
+        // More rows than were taken, or a full page: the pass goes on.
+        step.next = (taken < sizes.len() || sizes.len() == super::SCRUB_ROWS).then_some(upto);
         if !step.corrupt.is_empty() {
             let at_ms =
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
             let mut tx = self.client.transaction()?;
+            let mut moved = 0;
             for (doc, seq, why) in &step.corrupt {
                 tracing::error!(
                     %doc, seq, error = %why,
                     "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the edges"
                 );
-                tx.execute(QUARANTINE, &[seq, why, &at_ms])?;
+                // Another hub may have moved it already.
+                moved += tx.execute(QUARANTINE, &[seq, why, &at_ms])?;
                 tx.execute(DELETE_CHUNK, &[seq])?;
             }
             tx.commit()?;
-            self.quarantined += step.corrupt.len() as u64;
+            self.quarantined += moved;
         }
         Ok(Some(step))
     }

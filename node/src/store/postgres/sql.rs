@@ -88,7 +88,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(super) const QUARANTINE: &str = "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at_ms) \
      SELECT seq, doc_id, kind, data, $2, $3 FROM chunks WHERE seq = $1 ON CONFLICT (seq) DO NOTHING";
 pub(super) const DELETE_CHUNK: &str = "DELETE FROM chunks WHERE seq = $1";
-pub(super) const SCRUB: &str = "SELECT seq, doc_id, data FROM chunks WHERE seq > $1 ORDER BY seq LIMIT $2";
+/// The next chunks' sizes (a scrub step keeps to its byte budget before
+/// reading any data), then the data of those that fit.
+pub(super) const SCRUB_SIZES: &str = "SELECT seq, octet_length(data) FROM chunks WHERE seq > $1 ORDER BY seq LIMIT $2";
+pub(super) const SCRUB: &str = "SELECT seq, doc_id, data FROM chunks WHERE seq > $1 AND seq <= $2 ORDER BY seq";
 pub(super) const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (version INT PRIMARY KEY)";
 pub(super) const MAX_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM schema_migrations";
 pub(super) const RECORD_VERSION: &str =
@@ -153,6 +156,7 @@ pub(super) const ADD_REVOCATION: &str = "INSERT INTO revocations (key, jti, sub,
 /// portability test).
 #[cfg(test)]
 pub(super) const STATEMENTS: &[&str] = &[
+    SCRUB_SIZES,
     SCRUB,
     CREATE_MIGRATIONS,
     MAX_VERSION,
