@@ -351,6 +351,35 @@ fn the_store_survives_a_server_restart() -> Result<()> {
     Ok(())
 }
 
+/// Stores one change per key in document `n`, then flips a byte in the
+/// database in the `nth` chunk (behind the store's back); the chunks as
+/// written, and that chunk's row and corrupted bytes.
+fn store_and_corrupt(
+    pg: &Postgres,
+    store: &mut PostgresStore,
+    n: u8,
+    keys: &[&str],
+    nth: usize,
+) -> Result<(Vec<Vec<u8>>, i64, Vec<u8>)> {
+    let mut w = AutoCommit::new();
+    let chunks: Vec<Vec<u8>> = keys.iter().map(|k| change(&mut w, k)).collect();
+    for c in &chunks {
+        assert_eq!(one(store, StorageTask::AppendChunk { doc: doc(n), data: c.clone() }), StorageResult::Done);
+    }
+    let mut raw = pg.client()?;
+    let seq: i64 = raw
+        .query_one(
+            "SELECT seq FROM chunks WHERE doc_id = $1 ORDER BY seq OFFSET $2 LIMIT 1",
+            &[&doc(n).as_bytes().as_slice(), &(nth as i64)],
+        )?
+        .get(0);
+    let mut bad = chunks[nth].clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0x08;
+    raw.execute("UPDATE chunks SET data = $1 WHERE seq = $2", &[&bad, &seq])?;
+    Ok((chunks, seq, bad))
+}
+
 /// A chunk corrupted in the database (a byte flipped behind the store's
 /// back) is left out of the load, moved to the quarantine table and
 /// counted; the others are served.
@@ -359,22 +388,8 @@ fn a_corrupt_chunk_is_quarantined_and_never_served() -> Result<()> {
     use meridian_node::store::DocStore;
     let pg = Postgres::start()?;
     let mut store = PostgresStore::open(&pg.url())?;
-    let mut w = AutoCommit::new();
-    let chunks: Vec<Vec<u8>> = ["a", "b", "c"].iter().map(|k| change(&mut w, k)).collect();
-    for c in &chunks {
-        assert_eq!(one(&mut store, StorageTask::AppendChunk { doc: doc(7), data: c.clone() }), StorageResult::Done);
-    }
+    let (chunks, seq, bad) = store_and_corrupt(&pg, &mut store, 7, &["a", "b", "c"], 1)?;
     let mut raw = pg.client()?;
-    let seq: i64 = raw
-        .query_one(
-            "SELECT seq FROM chunks WHERE doc_id = $1 ORDER BY seq OFFSET 1 LIMIT 1",
-            &[&doc(7).as_bytes().as_slice()],
-        )?
-        .get(0);
-    let mut bad = chunks[1].clone();
-    let middle = bad.len() / 2;
-    bad[middle] ^= 0x08;
-    raw.execute("UPDATE chunks SET data = $1 WHERE seq = $2", &[&bad, &seq])?;
     let loaded = one(&mut store, StorageTask::LoadDoc { doc: doc(7) });
     assert_eq!(loaded, StorageResult::Loaded(Some([chunks[0].clone(), chunks[2].clone()].concat())));
     assert_eq!(store.quarantined(), 1);
@@ -393,22 +408,8 @@ fn the_scrub_finds_and_quarantines_a_corrupt_chunk() -> Result<()> {
     use meridian_node::store::DocStore;
     let pg = Postgres::start()?;
     let mut store = PostgresStore::open(&pg.url())?;
-    let mut w = AutoCommit::new();
-    let chunks: Vec<Vec<u8>> = ["a", "b", "c", "d"].iter().map(|k| change(&mut w, k)).collect();
-    for c in &chunks {
-        assert_eq!(one(&mut store, StorageTask::AppendChunk { doc: doc(8), data: c.clone() }), StorageResult::Done);
-    }
+    let (chunks, seq, bad) = store_and_corrupt(&pg, &mut store, 8, &["a", "b", "c", "d"], 2)?;
     let mut raw = pg.client()?;
-    let seq: i64 = raw
-        .query_one(
-            "SELECT seq FROM chunks WHERE doc_id = $1 ORDER BY seq OFFSET 2 LIMIT 1",
-            &[&doc(8).as_bytes().as_slice()],
-        )?
-        .get(0);
-    let mut bad = chunks[2].clone();
-    let middle = bad.len() / 2;
-    bad[middle] ^= 0x10;
-    raw.execute("UPDATE chunks SET data = $1 WHERE seq = $2", &[&bad, &seq])?;
     // A pass in small steps (one chunk's bytes each).
     let pass = |store: &mut PostgresStore| -> Result<(u64, Vec<i64>)> {
         let (mut after, mut checked, mut corrupt) = (0, 0, Vec::new());
