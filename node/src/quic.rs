@@ -380,6 +380,14 @@ pub async fn pump(
                         break e.to_string();
                     }
                 }
+                Some(Outbound::Traced { trace, frame }) => {
+                    // One write: the context and its message stay together.
+                    let mut both = federation::encode_frame(FrameKind::Control, &trace);
+                    both.extend_from_slice(&federation::encode_frame(FrameKind::Repo, &frame));
+                    if let Err(e) = send.write_all(&both).await {
+                        break FrameIoError::from(e).to_string();
+                    }
+                }
                 Some(Outbound::Control(bytes)) => {
                     if let Err(e) = write_frame(&mut send, FrameKind::Control, &bytes).await {
                         break e.to_string();

@@ -351,7 +351,7 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
                 }
             }
             out = out_rx.recv() => match out {
-                Some(Outbound::Frame(bytes)) => {
+                Some(Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. }) => {
                     if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
                         break;
                     }

@@ -133,7 +133,7 @@ impl Link {
             Link::Quic { frames, .. } => frames.recv().await,
             Link::Local { out, .. } => loop {
                 match out.recv().await? {
-                    Outbound::Frame(bytes) => return Some(bytes),
+                    Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. } => return Some(bytes),
                     Outbound::Control(_) => continue,
                     Outbound::Close(_) => return None,
                 }

@@ -35,10 +35,8 @@ impl Driver for Io {
         let Some(tx) = self.conns.get(&conn) else { return };
         let bytes = codec::encode(&message);
         self.metrics.message_out(message.type_name(), bytes.len());
-        if let Some(trace) = self.traces.sending(conn, &message, bytes.len()) {
-            tx.other(Outbound::Control(trace));
-        }
-        if !tx.frame(bytes) {
+        let trace = self.traces.sending(conn, &message, bytes.len());
+        if !tx.traced_frame(bytes, trace) {
             // Too slow (or already gone): dropping our sender makes its task
             // close the connection; the engine hears about it as a disconnect.
             tracing::warn!(%conn, "peer is not reading; closing its connection");

@@ -71,13 +71,26 @@ fn outbound_queue(capacity: usize, max_bytes: usize) -> (OutboundSender, Outboun
 impl OutboundSender {
     /// Queues a frame; `false` when the connection is too slow (or gone).
     fn frame(&self, bytes: Vec<u8>) -> bool {
-        let len = bytes.len();
+        self.queue(Outbound::Frame(bytes))
+    }
+
+    /// Queues a frame with the trace context to send in front of it (one
+    /// slot of the queue, like any frame).
+    fn traced_frame(&self, frame: Vec<u8>, trace: Option<Vec<u8>>) -> bool {
+        match trace {
+            Some(trace) => self.queue(Outbound::Traced { trace, frame }),
+            None => self.frame(frame),
+        }
+    }
+
+    fn queue(&self, out: Outbound) -> bool {
+        let len = out.frame_bytes();
         let queued = self.queued.load(Relaxed);
         if queued > 0 && queued.saturating_add(len) > self.max_bytes {
             return false;
         }
         self.queued.fetch_add(len, Relaxed);
-        if self.tx.try_send(Outbound::Frame(bytes)).is_err() {
+        if self.tx.try_send(out).is_err() {
             self.queued.fetch_sub(len, Relaxed);
             return false;
         }
@@ -100,9 +113,7 @@ impl OutboundQueue {
     /// The next item; `None` once the loop dropped the connection.
     pub async fn recv(&mut self) -> Option<Outbound> {
         let out = self.rx.recv().await?;
-        if let Outbound::Frame(bytes) = &out {
-            self.queued.fetch_sub(bytes.len(), Relaxed);
-        }
+        self.queued.fetch_sub(out.frame_bytes(), Relaxed);
         Some(out)
     }
 }
@@ -111,12 +122,29 @@ impl OutboundQueue {
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Vec<u8>),
+    /// A frame and, in front of it, a `trace` control frame carrying its
+    /// trace context (links between nodes, while traces are exported;
+    /// transports that cannot carry it send the frame alone).
+    Traced {
+        trace: Vec<u8>,
+        frame: Vec<u8>,
+    },
     /// A federation control message (QUIC links only; WebSockets drop it).
     /// Queued behind the frames before it, so it follows the document data
     /// it may refer to.
     Control(Vec<u8>),
     /// Close the connection with this reason (after the frames queued before it).
     Close(String),
+}
+
+impl Outbound {
+    /// The bytes of document data it queues (counted against the queue's bound).
+    fn frame_bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. } => bytes.len(),
+            Outbound::Control(_) | Outbound::Close(_) => 0,
+        }
+    }
 }
 
 /// A chunk this node committed to its store (a write the engine issued),
@@ -712,5 +740,14 @@ mod outbound_tests {
         let (tx, _rx) = outbound_queue(2, 1 << 20);
         assert!(tx.frame(vec![1]) && tx.frame(vec![2]));
         assert!(!tx.frame(vec![3]), "and bounded in count");
+        // A frame with its trace context in front takes one slot, and counts
+        // the frame's bytes.
+        let (tx, mut rx) = outbound_queue(2, 1 << 20);
+        assert!(tx.traced_frame(vec![1; 10], Some(vec![2; 55])) && tx.frame(vec![3]));
+        assert!(!tx.frame(vec![4]), "two slots taken");
+        assert_eq!(tx.queued.load(Relaxed), 11);
+        let first = rx.recv().await;
+        assert!(matches!(first, Some(Outbound::Traced { trace, frame }) if trace.len() == 55 && frame.len() == 10));
+        assert_eq!(tx.queued.load(Relaxed), 1);
     }
 }
