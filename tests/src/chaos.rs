@@ -278,8 +278,7 @@ impl Probe {
 
 /// One edge metric's value.
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = get_text(port, "/metrics").await.ok()?;
-    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    crate::http::metric_value(&get_text(port, "/metrics").await.ok()?, name)
 }
 
 /// Polls until `cond` (at most `limit`); the time it took, if it came.

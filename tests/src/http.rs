@@ -48,3 +48,14 @@ pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) ->
     let body = response.body_mut().with_config().limit(u64::MAX).read_to_vec()?;
     Ok(Response { status, headers, body })
 }
+
+/// The value of the series `name` (labels included, as written) on a
+/// Prometheus text page.
+pub fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `GET /metrics` on 127.0.0.1:`port`, and the value of `name` there.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    metric_value(&request(port, "GET", "/metrics", &[]).ok()?.text(), name)
+}

@@ -36,10 +36,6 @@ async fn metrics(port: u16) -> Result<String> {
     tokio::task::spawn_blocking(move || Ok(http::request(port, "GET", "/metrics", &[])?.text())).await?
 }
 
-fn value(page: &str, name: &str) -> Option<f64> {
-    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// The replica of `peer` in a `/replicas` answer.
 fn replica<'a>(answer: &'a Value, peer: &str) -> Option<&'a Value> {
     answer["replicas"].as_array()?.iter().find(|r| r["peer"] == peer)
@@ -111,10 +107,10 @@ async fn a_stuck_replica_is_found_divergent_resynced_and_healed() -> Result<()> 
     assert_eq!(listed["divergent"][0]["doc"], doc.to_string(), "{listed}");
     assert_eq!(listed["divergent"][0]["replica"], "stuck");
     let page = metrics(port).await?;
-    assert_eq!(value(&page, "meridian_hub_divergent_replicas"), Some(1.0), "{page}");
-    assert_eq!(value(&page, "meridian_hub_divergent_documents"), Some(1.0));
-    assert_eq!(value(&page, "meridian_hub_divergence_detected_total"), Some(1.0));
-    assert!(value(&page, "meridian_hub_divergence_repairs_total") >= Some(1.0));
+    assert_eq!(http::metric_value(&page, "meridian_hub_divergent_replicas"), Some(1.0), "{page}");
+    assert_eq!(http::metric_value(&page, "meridian_hub_divergent_documents"), Some(1.0));
+    assert_eq!(http::metric_value(&page, "meridian_hub_divergence_detected_total"), Some(1.0));
+    assert!(http::metric_value(&page, "meridian_hub_divergence_repairs_total") >= Some(1.0));
     // The resync: besides its answer to the one message the replica sent,
     // the hub sent its side again after starting over.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -139,10 +135,14 @@ async fn a_stuck_replica_is_found_divergent_resynced_and_healed() -> Result<()> 
             _ => {}
         }
         let page = metrics(port).await?;
-        if value(&page, "meridian_hub_divergence_healed_total") == Some(1.0)
-            && value(&page, "meridian_hub_divergent_replicas") == Some(0.0)
+        if http::metric_value(&page, "meridian_hub_divergence_healed_total") == Some(1.0)
+            && http::metric_value(&page, "meridian_hub_divergent_replicas") == Some(0.0)
         {
-            assert_eq!(value(&page, "meridian_hub_divergence_recovery_seconds_count"), Some(1.0), "{page}");
+            assert_eq!(
+                http::metric_value(&page, "meridian_hub_divergence_recovery_seconds_count"),
+                Some(1.0),
+                "{page}"
+            );
             break;
         }
         ensure!(healed_at.elapsed() < WAIT, "never healed:\n{page}");

@@ -646,12 +646,7 @@ async fn the_feed_carries_every_committed_change_across_a_hub_kill() -> Result<(
 
 /// A hub's `/metrics` value `name` (0 when absent).
 fn hub_metric(cloud: &Cloud, i: usize, name: &str) -> u64 {
-    let text =
-        meridian_tests::http::request(cloud.ports[i].1, "GET", "/metrics", &[]).map(|r| r.text()).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    meridian_tests::http::metric(cloud.ports[i].1, name).map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

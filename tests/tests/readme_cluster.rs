@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use meridian_tests::http::metric;
 use meridian_tests::process::{edge_client, workspace_binary, workspace_root};
 
 /// The commands of the README's code block under `heading` that start
@@ -50,11 +51,6 @@ fn wait_for(what: &str, mut ready: impl FnMut() -> bool) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = meridian_tests::http::request(port, "GET", "/metrics", &[]).ok()?.text();
-    text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?.rsplit(' ').next()?.parse().ok()
 }
 
 #[test]
