@@ -98,9 +98,10 @@ impl Traces {
         if !tracing_on() {
             return None;
         }
-        let cause = self.cause(message.document_id()?)?;
+        let doc = message.document_id()?;
+        let cause = self.cause(doc)?;
         let link = self.links.contains(&conn);
-        let span = tracing::info_span!(target: TARGET, "send", otel.kind = "producer", doc = %message.document_id()?,
+        let span = tracing::info_span!(target: TARGET, "send", otel.kind = "producer", doc = %doc,
             conn = conn.0, r#type = message.type_name(), bytes, link);
         let _ = span.set_parent(cause);
         if !link {

@@ -145,9 +145,11 @@ impl Engine {
         }
     }
 
-    /// The documents loaded in memory, in id order.
-    pub fn loaded_documents(&self) -> impl Iterator<Item = DocumentId> + '_ {
-        self.docs.iter().filter(|(_, d)| d.is_loaded()).map(|(id, _)| *id)
+    /// The documents loaded in memory, in id order, after `after` if given.
+    pub fn loaded_documents(&self, after: Option<DocumentId>) -> impl Iterator<Item = DocumentId> + '_ {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = after.map_or(Unbounded, Excluded);
+        self.docs.range((from, Unbounded)).filter(|(_, d)| d.is_loaded()).map(|(id, _)| *id)
     }
 
     /// Every replica of `doc` (peers syncing it with us), if it is in
