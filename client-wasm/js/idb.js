@@ -4,7 +4,8 @@
 // never advertises heads that are not on disk.
 //
 // Object stores:
-//   chunks  key [docId, seq] -> Uint8Array: snapshots (seq < 0) then incremental changes (seq >= 0, in write order)
+//   chunks  key [docId, seq] -> Uint8Array: snapshots (seq < 0) then incremental changes (seq >= 0, in write order);
+//           a replaced copy's chunks under [docId, "quarantine:<ms>:<seq>"] (never loaded)
 //   sync    key [docId, storageId] -> Uint8Array (persisted automerge sync state)
 //   meta    key "storageId" -> string
 
@@ -122,6 +123,23 @@ function runTask(db, chunks, sync, task, done) {
       known.clear();
       known.add(seq);
       chunks.put(task.data, [task.doc, seq]).onsuccess = () => done(true);
+      return;
+    }
+    case "quarantine": {
+      // The old chunks are kept under string keys, which sort after every
+      // number: no load or delete of the document's range reads them.
+      const keys = chunks.getAllKeys(docRange(task.doc));
+      const values = chunks.getAll(docRange(task.doc));
+      values.onsuccess = () => {
+        const at = Date.now();
+        keys.result.forEach((key, i) => chunks.put(values.result[i], [task.doc, `quarantine:${at}:${key[1]}`]));
+        chunks.delete(docRange(task.doc));
+        sync.delete(syncRange(task.doc));
+        known.clear();
+        const seq = snapshotSeq();
+        known.add(seq);
+        chunks.put(task.data, [task.doc, seq]).onsuccess = () => done(true);
+      };
       return;
     }
     case "delete": {

@@ -297,12 +297,16 @@ impl Driver {
             Event::Ephemeral { doc, sender, data } => self.ephemeral(doc, sender.as_str(), &data),
             Event::ProtocolError { detail, .. } => warn(&format!("meridian: the server rejected our input: {detail}")),
             Event::StorageFailed { detail, .. } => warn(&format!("meridian: storage failed: {detail}")),
+            Event::Unapplicable { doc, detail, .. } => {
+                warn(&format!("meridian: the server's changes to {doc} do not apply to this copy: {detail}"))
+            }
             Event::PeerDisconnected { .. }
             | Event::Evicted { .. }
             | Event::HomeConfirmed { .. }
             | Event::ReplicaConfirmed { .. }
             | Event::Refused { .. }
-            | Event::Created { .. } => {}
+            | Event::Created { .. }
+            | Event::Refetched { .. } => {}
         }
     }
 

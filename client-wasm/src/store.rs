@@ -96,6 +96,12 @@ fn task_to_js(task: &StorageTask) -> JsValue {
             ("compact", doc)
         }
         StorageTask::DeleteDoc { doc } => ("delete", doc),
+        // Not issued in a browser (its engine keeps its copy: no
+        // `refetch_divergent`), but kept correct: old chunks are set aside.
+        StorageTask::Quarantine { doc, snapshot, .. } => {
+            set("data", Uint8Array::from(snapshot.as_slice()).into());
+            ("quarantine", doc)
+        }
         StorageTask::LoadSyncState { doc, peer } => {
             set("peer", JsValue::from_str(peer.as_str()));
             ("loadSync", doc)

@@ -27,6 +27,8 @@
 //! | `meridian_edge_scrub_passes_total` | counter | complete passes of the scrub over the store |
 //! | `meridian_edge_divergent_documents` / `_divergent_replicas` | gauge | documents (replicas: peers' copies) that stay apart from this node past `--divergence-after-secs` (what either side had not crossing) |
 //! | `meridian_edge_divergence_detected_total` / `_repairs_total` / `_healed_total` | counter | replicas found divergent; forced resyncs (sync state started afresh, up to 3 in a row); divergent replicas that met this node again |
+//! | `meridian_edge_divergence_refetches_total` | counter | the last resort: copies of documents still divergent from the upstream after the resyncs, quarantined and replaced by the upstream's (an edge) |
+//! | `meridian_edge_unapplicable_total` | counter | sync messages from another node whose changes this copy refuses (an actor's sequence forked, say); the link stays open |
 //! | `meridian_edge_divergence_recovery_seconds` | histogram | for a divergent replica that healed: from it parting from this node to meeting again (time to recover) |
 //! | `meridian_edge_storage_batch_seconds` | histogram | time to run one storage batch |
 //! | `meridian_edge_evictions_total` | counter | documents evicted from memory |
@@ -137,6 +139,8 @@ pub struct NodeMetrics {
     pub divergence_detected: IntCounter,
     pub divergence_repairs: IntCounter,
     pub divergence_healed: IntCounter,
+    pub divergence_refetches: IntCounter,
+    pub unapplicable: IntCounter,
     pub divergence_recovery_seconds: Histogram,
     pub storage_batch_seconds: Histogram,
     pub home_lag_seconds: Histogram,
@@ -299,6 +303,16 @@ impl NodeMetrics {
             divergence_detected: counter(r, "divergence_detected_total", "Replicas found divergent."),
             divergence_repairs: counter(r, "divergence_repairs_total", "Forced resyncs of divergent replicas."),
             divergence_healed: counter(r, "divergence_healed_total", "Divergent replicas that met this node again."),
+            divergence_refetches: counter(
+                r,
+                "divergence_refetches_total",
+                "Copies still divergent from the upstream after the resyncs, quarantined and replaced by the upstream's.",
+            ),
+            unapplicable: counter(
+                r,
+                "unapplicable_total",
+                "Sync messages from other nodes whose changes this copy refuses (the link stays open).",
+            ),
             divergence_recovery_seconds: register(
                 r,
                 Histogram::with_opts(

@@ -35,7 +35,11 @@ impl WriteFence {
                 self.failed.remove(doc);
                 None
             }
-            StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } if self.failed.contains(doc) => {
+            StorageTask::AppendChunk { doc, .. }
+            | StorageTask::Compact { doc, .. }
+            | StorageTask::Quarantine { doc, .. }
+                if self.failed.contains(doc) =>
+            {
                 Some(StorageResult::Failed("an earlier write of this document failed; it is loaded again first".into()))
             }
             _ => None,
@@ -45,7 +49,9 @@ impl WriteFence {
     /// A write answered anything but done (failed, or an answer the engine
     /// takes as a failure) fences its document.
     pub fn record(&mut self, task: &StorageTask, result: &StorageResult) {
-        if let StorageTask::AppendChunk { doc, .. } | StorageTask::Compact { doc, .. } = task
+        if let StorageTask::AppendChunk { doc, .. }
+        | StorageTask::Compact { doc, .. }
+        | StorageTask::Quarantine { doc, .. } = task
             && *result != StorageResult::Done
         {
             self.failed.insert(*doc);
@@ -90,6 +96,16 @@ pub enum StorageTask {
     DeleteDoc {
         doc: DocumentId,
     },
+    /// Replace the document's copy, in one transaction: move every chunk
+    /// stored for it so far to the quarantine (kept for inspection with
+    /// `reason`, never loaded or served again), forget its sync states (they
+    /// describe the old copy), and store `snapshot` as its only chunk. The
+    /// last resort of divergence repair (`Engine::check_divergence`).
+    Quarantine {
+        doc: DocumentId,
+        snapshot: Vec<u8>,
+        reason: String,
+    },
     /// Load the persisted sync state we share with a remote store.
     LoadSyncState {
         doc: DocumentId,
@@ -120,6 +136,8 @@ pub enum StorageResult {
 pub struct MemoryStore {
     docs: BTreeMap<DocumentId, Vec<Vec<u8>>>,
     sync_states: BTreeMap<(DocumentId, StorageId), Vec<u8>>,
+    /// Chunks set aside by [`StorageTask::Quarantine`], with the reason.
+    quarantined: Vec<(DocumentId, Vec<u8>, String)>,
 }
 
 impl MemoryStore {
@@ -146,6 +164,12 @@ impl MemoryStore {
                 self.sync_states.retain(|(d, _), _| d != doc);
                 StorageResult::Done
             }
+            StorageTask::Quarantine { doc, snapshot, reason } => {
+                let old = self.docs.insert(*doc, vec![snapshot.clone()]).unwrap_or_default();
+                self.quarantined.extend(old.into_iter().map(|c| (*doc, c, reason.clone())));
+                self.sync_states.retain(|(d, _), _| d != doc);
+                StorageResult::Done
+            }
             StorageTask::LoadSyncState { doc, peer } => {
                 StorageResult::Loaded(self.sync_states.get(&(*doc, peer.clone())).cloned())
             }
@@ -163,5 +187,10 @@ impl MemoryStore {
 
     pub fn chunk_count(&self, doc: &DocumentId) -> usize {
         self.docs.get(doc).map_or(0, Vec::len)
+    }
+
+    /// Chunks of `doc` in the quarantine, with why.
+    pub fn quarantined(&self, doc: &DocumentId) -> Vec<(&[u8], &str)> {
+        self.quarantined.iter().filter(|(d, ..)| d == doc).map(|(_, c, r)| (c.as_slice(), r.as_str())).collect()
     }
 }

@@ -397,6 +397,8 @@ pub struct Sim {
     applied_off_loop: usize,
     /// Replicas resynced from scratch for divergence.
     pub divergence_repairs: usize,
+    /// Copies fetched again from an upstream for divergence.
+    pub divergence_refetches: usize,
     /// Writes failed on purpose.
     pub storage_failures: usize,
     /// Stores shared by several hubs.
@@ -445,6 +447,7 @@ impl Sim {
             snapshot_answers: 0,
             applied_off_loop: 0,
             divergence_repairs: 0,
+            divergence_refetches: 0,
             storage_failures: 0,
             groups: Vec::new(),
             bus_loss_percent: 0,
@@ -951,6 +954,10 @@ impl Sim {
         let Some(engine) = self.nodes[n.0].engine.as_mut() else { return };
         let found = engine.check_divergence(now, DIVERGENCE_AFTER_MS);
         self.divergence_repairs += found.repairs as usize;
+        self.divergence_refetches += found.refetching.len();
+        for (doc, conn) in &found.refetching {
+            self.note(format!("{} fetches its copy of {doc} again from {conn}", self.name(n)));
+        }
         for (doc, conn, _, apart) in &found.divergent {
             self.note(format!("{} finds its replica on {conn} of {doc} divergent ({apart} ms apart)", self.name(n)));
         }
@@ -982,6 +989,9 @@ impl Sim {
         config.track_home_lag = true;
         config.rng_seed = rng_seed;
         config.expects_upstream = node.spec.upstream.is_some();
+        // As the node runtime: a copy still divergent from the upstream's
+        // after the resyncs is fetched again (must lose nothing here).
+        config.refetch_divergent = node.spec.upstream.is_some();
         // Small documents are compacted too (most of the time), so reloads
         // read one snapshot and fresh peers are answered from it.
         config.min_compact_bytes = [0, 512, 16 * 1024][(rng_seed % 3) as usize];
@@ -1461,6 +1471,7 @@ impl Sim {
         let doc = match task {
             StorageTask::AppendChunk { doc, .. }
             | StorageTask::Compact { doc, .. }
+            | StorageTask::Quarantine { doc, .. }
             | StorageTask::DeleteDoc { doc } => *doc,
             StorageTask::LoadDoc { .. }
             | StorageTask::ReadDoc { .. }
@@ -1500,7 +1511,9 @@ impl Sim {
                     self.fail(format!("{} stored a chunk of {doc} that does not load: {e}", self.name(n)));
                 }
             }
-            StorageTask::Compact { doc, snapshot } => {
+            // A replaced copy: nothing refuses a change in the simulation,
+            // so the new copy must hold everything the old one did.
+            StorageTask::Compact { doc, snapshot } | StorageTask::Quarantine { doc, snapshot, .. } => {
                 let Ok(new) = Automerge::load(snapshot) else {
                     self.fail(format!("{} stored a snapshot of {doc} that does not load", self.name(n)))
                 };
@@ -1827,6 +1840,7 @@ fn describe_task(task: &StorageTask) -> String {
         StorageTask::AppendChunk { doc, data } => format!("append {} {}B", short(doc), data.len()),
         StorageTask::Compact { doc, snapshot } => format!("compact {} {}B", short(doc), snapshot.len()),
         StorageTask::DeleteDoc { doc } => format!("delete {}", short(doc)),
+        StorageTask::Quarantine { doc, snapshot, .. } => format!("quarantine {} {}B", short(doc), snapshot.len()),
         StorageTask::LoadSyncState { doc, peer } => format!("load-sync-state {} {}", short(doc), &peer.as_str()[..8]),
         StorageTask::PutSyncState { doc, peer, .. } => format!("put-sync-state {} {}", short(doc), &peer.as_str()[..8]),
     }
@@ -1850,6 +1864,10 @@ fn describe_event(event: &Event) -> String {
         }
         Event::Refused { conn, refusal, .. } => format!("refused {conn} {}", refusal.as_str()),
         Event::Created { doc, conn, .. } => format!("created {} by {conn}", short(doc)),
+        Event::Unapplicable { doc, conn, detail } => format!("unapplicable {} from {conn}: {detail}", short(doc)),
+        Event::Refetched { doc, restored, left } => {
+            format!("refetched {} ({restored} restored, {left} left out)", short(doc))
+        }
     }
 }
 
@@ -1928,6 +1946,8 @@ pub struct RunStats {
     /// replicas resynced for divergence.
     pub storage_failures: usize,
     pub divergence_repairs: usize,
+    /// Copies fetched again from an upstream (the last resort).
+    pub divergence_refetches: usize,
     /// Virtual time at which the run was quiet and checked.
     pub end_ms: u64,
     /// Several hubs on one store: commits the bus delivered, reads of the
@@ -1957,6 +1977,7 @@ impl RunStats {
         self.read_only_refusals += other.read_only_refusals;
         self.storage_failures += other.storage_failures;
         self.divergence_repairs += other.divergence_repairs;
+        self.divergence_refetches += other.divergence_refetches;
         self.home_confirmed += other.home_confirmed;
         self.bus_delivered += other.bus_delivered;
         self.bus_refreshes += other.bus_refreshes;
@@ -2038,6 +2059,7 @@ fn run_workload(mut w: Workload) -> RunOutcome {
     w.stats.end_ms = w.sim.now.0;
     w.stats.storage_failures = w.sim.storage_failures;
     w.stats.divergence_repairs = w.sim.divergence_repairs;
+    w.stats.divergence_refetches = w.sim.divergence_refetches;
     w.stats.bus_delivered = w.sim.bus_delivered;
     w.stats.bus_refreshes = w.sim.bus_refreshes;
     w.stats.failovers = w.sim.failovers;

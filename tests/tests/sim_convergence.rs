@@ -49,7 +49,7 @@ fn random_schedules_converge() {
         "{} seeds in {:.1?}: {} docs, {} edits ({} lost before being durable anywhere), {} link drops, \
          {} crashes, {} partitions, {} evictions, {} ephemeral deliveries, {} hand-offs, {} offloads, \
          {} fresh peers answered from a stored snapshot, {} applied off the loop, {} changes confirmed by their home, {} read-only clients \
-         refused {} times, {} writes failed on purpose, {} divergent replicas resynced; longest run {} ms of virtual time",
+         refused {} times, {} writes failed on purpose, {} divergent replicas resynced, {} copies fetched again; longest run {} ms of virtual time",
         seeds.len(),
         started.elapsed(),
         total.docs,
@@ -69,6 +69,7 @@ fn random_schedules_converge() {
         total.read_only_refusals,
         total.storage_failures,
         total.divergence_repairs,
+        total.divergence_refetches,
         total.end_ms,
     );
     // The workload must exercise what it claims to.

@@ -93,6 +93,8 @@ impl Driver for Io {
                 tracing::info!(%doc, %conn, subject = %Escaped(&subject), "document created");
                 self.created.push((doc, subject));
             }
+            Event::Unapplicable { .. } => self.metrics.unapplicable.inc(),
+            Event::Refetched { .. } => self.metrics.divergence_refetches.inc(),
             Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }

@@ -440,6 +440,9 @@ impl NodeRuntime {
         // `meridian_edge_home_lag_seconds`, `_replica_lag_seconds`.
         config.track_home_lag = true;
         config.track_replica_lag = true;
+        // An edge's copy still divergent from the hub's after the resyncs
+        // is quarantined and fetched again (the hub has no upstream).
+        config.refetch_divergent = true;
         let (replies_tx, replies_rx) = mpsc::unbounded_channel();
         let (applied_tx, applied_rx) = mpsc::unbounded_channel();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone(), committed)?;

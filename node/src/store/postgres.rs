@@ -333,8 +333,7 @@ impl DocStore for PostgresStore {
         // More rows than were taken, or a full page: the pass goes on.
         step.next = (taken < sizes.len() || sizes.len() == super::SCRUB_ROWS).then_some(upto);
         if !step.corrupt.is_empty() {
-            let at_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            let at_ms = unix_ms();
             let mut tx = self.client.transaction()?;
             let mut moved = 0;
             for (doc, seq, why) in &step.corrupt {
@@ -603,10 +602,7 @@ fn run_task(
                     %doc, seq, error = %why,
                     "a stored chunk is corrupt: moved to the quarantine table and left out; the document is synced again from the edges"
                 );
-                let at_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                tx.execute(QUARANTINE, &[&seq, &why, &at_ms])?;
+                tx.execute(QUARANTINE, &[&seq, &why, &unix_ms()])?;
                 tx.execute(DELETE_CHUNK, &[&seq])?;
                 *quarantined += 1;
             }
@@ -645,6 +641,15 @@ fn run_task(
             covering.set.push((*doc, seqs));
             Done
         }
+        StorageTask::Quarantine { doc, snapshot, reason } => {
+            let id = doc.as_bytes();
+            *quarantined += tx.execute(QUARANTINE_DOC, &[&id.as_slice(), reason, &unix_ms()])?;
+            tx.execute(DELETE_CHUNKS, &[&id.as_slice()])?;
+            tx.execute(DELETE_SYNC_STATES, &[&id.as_slice()])?;
+            let seq: i64 = tx.query_one(INSERT_CHUNK, &[&id.as_slice(), &"snapshot", snapshot, &fed])?.get(0);
+            covering.set.push((*doc, vec![seq]));
+            Done
+        }
         StorageTask::DeleteDoc { doc } => {
             tx.execute(DELETE_CHUNKS, &[&doc.as_bytes().as_slice()])?;
             tx.execute(DELETE_SYNC_STATES, &[&doc.as_bytes().as_slice()])?;
@@ -661,6 +666,11 @@ fn run_task(
             Done
         }
     })
+}
+
+/// Milliseconds since the Unix epoch (the quarantine's `at_ms`).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A failure while opening, with what it was about.

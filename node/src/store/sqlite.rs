@@ -523,6 +523,12 @@ fn run_task(conn: &Connection, task: &StorageTask, quarantined: &mut u64) -> rus
             insert_chunk(conn, doc, ChunkKind::Snapshot, snapshot)?;
             Done
         }
+        StorageTask::Quarantine { doc, snapshot, reason } => {
+            *quarantined += quarantine_doc(conn, doc, reason)?;
+            delete_sync_states(conn, doc)?;
+            insert_chunk(conn, doc, ChunkKind::Snapshot, snapshot)?;
+            Done
+        }
         StorageTask::DeleteDoc { doc } => {
             delete_chunks(conn, doc)?;
             delete_sync_states(conn, doc)?;
@@ -622,6 +628,19 @@ fn quarantine(conn: &Connection, doc: &DocumentId, seq: i64, why: &str) -> rusql
     .execute(params![seq, why])?;
     conn.prepare_cached("DELETE FROM chunks WHERE seq = ?1")?.execute([seq])?;
     Ok(())
+}
+
+/// Moves every chunk of `doc` to the quarantine table (a copy replaced
+/// by the upstream's, see `StorageTask::Quarantine`); how many.
+fn quarantine_doc(conn: &Connection, doc: &DocumentId, why: &str) -> rusqlite::Result<u64> {
+    let moved = conn
+        .prepare_cached(
+            "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at) \
+             SELECT seq, doc_id, kind, data, ?2, unixepoch() FROM chunks WHERE doc_id = ?1",
+        )?
+        .execute(params![doc.as_bytes(), why])?;
+    delete_chunks(conn, doc)?;
+    Ok(moved as u64)
 }
 
 /// How far a compressed change may inflate when a chunk is checked.

@@ -439,6 +439,15 @@ impl World {
                 self.durable.remove(doc);
                 result
             }
+            // A replaced copy (divergence repair, not driven here): what
+            // it drops goes to the quarantine, so no loss is checked.
+            StorageTask::Quarantine { doc, snapshot, .. } => {
+                let result = self.store.execute(task);
+                let d = loaded(snapshot).unwrap_or_default();
+                let hashes = applied_hashes(&d).collect();
+                self.durable.insert(*doc, Durable { doc: d, hashes, reload: true, appended: false });
+                result
+            }
             _ => self.store.execute(task),
         }
     }
@@ -507,7 +516,7 @@ impl World {
     fn check_write(&mut self, task: &StorageTask) {
         let (doc, data) = match task {
             StorageTask::AppendChunk { doc, data } => (*doc, data),
-            StorageTask::Compact { doc, snapshot } => (*doc, snapshot),
+            StorageTask::Compact { doc, snapshot } | StorageTask::Quarantine { doc, snapshot, .. } => (*doc, snapshot),
             _ => return,
         };
         let hashes = hashes_of(data);
@@ -669,7 +678,9 @@ impl Driver for World {
     fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
         if tracing() {
             let hashes = match &task {
-                StorageTask::AppendChunk { data, .. } | StorageTask::Compact { snapshot: data, .. } => {
+                StorageTask::AppendChunk { data, .. }
+                | StorageTask::Compact { snapshot: data, .. }
+                | StorageTask::Quarantine { snapshot: data, .. } => {
                     hashes_of(data).iter().map(short).collect::<Vec<_>>()
                 }
                 _ => Vec::new(),
@@ -680,6 +691,7 @@ impl Driver for World {
                 StorageTask::AppendChunk { doc, .. } => ("append", doc),
                 StorageTask::Compact { doc, .. } => ("compact", doc),
                 StorageTask::DeleteDoc { doc } => ("delete", doc),
+                StorageTask::Quarantine { doc, .. } => ("quarantine", doc),
                 StorageTask::LoadSyncState { doc, .. } => ("load-sync-state", doc),
                 StorageTask::PutSyncState { doc, .. } => ("put-sync-state", doc),
             };

@@ -69,6 +69,10 @@ pub struct EngineConfig {
     /// confirms them ([`Event::ReplicaConfirmed`]): the lag of each hop
     /// from here; the node runtime turns it on.
     pub track_replica_lag: bool,
+    /// Our copy of a document that stays divergent from a ready upstream's
+    /// past every forced resync is quarantined and fetched again (see
+    /// `refetch`); the node runtime turns it on for edges.
+    pub refetch_divergent: bool,
     /// A peer that connected to us and has not sent `join` this long after
     /// is refused and closed (sockets that never join cost nothing for
     /// long). 0: no limit.
@@ -135,6 +139,7 @@ impl EngineConfig {
             backfill_interval_ms: 1000,
             track_home_lag: false,
             track_replica_lag: false,
+            refetch_divergent: false,
             join_timeout_ms: 10_000,
             ephemeral_max_bytes: 64 * 1024,
             ephemeral_per_second: 50,
@@ -272,10 +277,6 @@ pub enum Event {
     Evicted {
         doc: DocumentId,
     },
-    /// A change durable here reached the document's home (its advertised
-    /// heads cover it) `lag_ms` after it became durable here: how far the
-    /// home is behind (not for documents homed here, nor changes the home
-    /// already had). See [`Engine::pin`].
     /// A replica (a peer syncing the document) advertised heads covering
     /// a change `lag_ms` after it became durable here
     /// ([`EngineConfig::track_replica_lag`]).
@@ -284,9 +285,32 @@ pub enum Event {
         conn: ConnId,
         lag_ms: u64,
     },
+    /// A change durable here reached the document's home (its advertised
+    /// heads cover it) `lag_ms` after it became durable here: how far the
+    /// home is behind (not for documents homed here, nor changes the home
+    /// already had). See [`Engine::pin`].
     HomeConfirmed {
         doc: DocumentId,
         lag_ms: u64,
+    },
+    /// Another node (on a link between nodes) sent changes to a document
+    /// that this copy refuses (automerge's error in `detail`: an actor's
+    /// sequence forked, say). The link stays open — one document must not
+    /// cut a node off for all the others — and the replica is left to the
+    /// divergence watch ([`Engine::check_divergence`]).
+    Unapplicable {
+        doc: DocumentId,
+        conn: ConnId,
+        detail: String,
+    },
+    /// Our copy of a divergent document was replaced by the upstream's
+    /// (the old one is in the store's quarantine, see `refetch`):
+    /// `restored` changes of ours it lacked were applied to it again,
+    /// `left` could not be (they are only in the quarantine).
+    Refetched {
+        doc: DocumentId,
+        restored: u64,
+        left: u64,
     },
 }
 
@@ -349,6 +373,8 @@ pub struct EngineStats {
     /// Peers that had nothing and got a document's stored snapshot before
     /// the document was loaded (`Engine::answer_from_snapshot`).
     pub snapshot_answers: u64,
+    /// Copies of divergent documents replaced by an upstream's (`refetch`).
+    pub refetches: u64,
 }
 
 /// How far a peer is from our durable copy of a document

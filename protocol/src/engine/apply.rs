@@ -12,7 +12,7 @@ use super::access::Refusal;
 use super::conn::Conn;
 use super::doc::DocState;
 use super::off_loop::{Item, Outcome, receive};
-use super::{Engine, EngineStats, ErrorKind, Millis};
+use super::{Engine, EngineStats, ErrorKind, Event, Millis};
 
 /// At most this many messages creating a document are held per document
 /// (see [`Engine::hold_creations`]); past it they are refused.
@@ -189,6 +189,10 @@ impl Engine {
             Ok(ops) => ops,
             Err(detail) => return self.reject(conn, ErrorKind::TooManyOps, detail),
         };
+        if self.is_refetching_from(&doc_id, conn) {
+            // For the upstream's copy being fetched beside ours.
+            return self.refetch_received(now, doc_id, message);
+        }
         self.subscribe(conn, doc_id);
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
@@ -302,8 +306,27 @@ impl Engine {
                 Ok(false) => {}
                 Err(e) => rejected.push((o.conn, format!("could not apply sync message for {doc_id}: {e}"))),
             }
+            // A stalled node whose heads moved is answered again.
+            if let Some(pd) = d.peers.get_mut(&o.conn)
+                && pd.stalled.is_some()
+                && pd.stalled.as_ref() != pd.sync.their_heads.as_ref()
+            {
+                pd.stalled = None;
+                d.dirty.insert(o.conn);
+            }
         }
         for (conn, detail) in rejected {
+            if self.conns.get(&conn).is_some_and(Conn::is_node_link) {
+                // Another node's copy holds a change ours refuses: one
+                // document must not cut the link for every other. The
+                // divergence watch takes it from here.
+                tracing::warn!(doc = %doc_id, %conn, %detail, "a node's changes do not apply to this copy; the link stays open");
+                if let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) {
+                    pd.stalled = Some(pd.sync.their_heads.clone().unwrap_or_default());
+                }
+                self.out.event(Event::Unapplicable { doc: doc_id, conn, detail });
+                continue;
+            }
             self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
         }
         self.after_doc_update(now, doc_id, before);

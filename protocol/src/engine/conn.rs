@@ -59,6 +59,13 @@ impl Conn {
         self.direction == Direction::Outgoing && !self.edge_peer && matches!(self.state, ConnState::Ready { .. })
     }
 
+    /// A link to another node: one we dialed (an upstream, a home edge), an
+    /// edge-peer link, or one that may relay others' messages (an edge at
+    /// the hub). A client's connection never is.
+    pub(super) fn is_node_link(&self) -> bool {
+        self.direction == Direction::Outgoing || self.edge_peer || self.access.relay
+    }
+
     /// It connected to us and has not sent `join` yet.
     pub(super) fn awaits_join(&self) -> bool {
         matches!(self.state, ConnState::AwaitingJoin)

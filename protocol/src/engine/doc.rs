@@ -13,6 +13,7 @@ use super::effects::TaskPurpose;
 use super::fanout::Generated;
 use super::off_loop::Ticket;
 use super::phase::Lifecycle;
+use super::refetch::Refetch;
 use super::{Engine, Millis};
 
 /// What we know about one peer's interest in one document.
@@ -31,6 +32,11 @@ pub(super) struct PeerDoc {
     pub(super) heard_at: Option<Millis>,
     /// How long it last took to confirm a change durable here (ms).
     pub(super) last_lag_ms: Option<u64>,
+    /// A node whose changes this copy refused, and its heads then: we send
+    /// it nothing more about the document (each side would otherwise ask
+    /// for what the other cannot give, forever) until its heads move, a
+    /// forced resync or a refetched copy (`replicas`, `refetch`).
+    pub(super) stalled: Option<Vec<ChangeHash>>,
 }
 
 impl PeerDoc {
@@ -42,6 +48,7 @@ impl PeerDoc {
             answered_at: None,
             heard_at: None,
             last_lag_ms: None,
+            stalled: None,
         }
     }
 }
@@ -90,6 +97,8 @@ pub(super) struct DocState {
     pub(super) last_active: Millis,
     /// The key of its idle-eviction entry (see `timers`).
     pub(super) idle_timer: Millis,
+    /// The upstream's copy being fetched to replace this one (`refetch`).
+    pub(super) refetch: Option<Box<Refetch>>,
 }
 
 impl DocState {
@@ -116,6 +125,7 @@ impl DocState {
             upstream_unavailable: BTreeSet::new(),
             last_active: now,
             idle_timer: now,
+            refetch: None,
         }
     }
 
@@ -158,6 +168,7 @@ impl DocState {
             && self.pending.is_empty()
             && self.held.is_empty()
             && !self.life.local_waiting()
+            && self.refetch.is_none()
             && (self.peers.is_empty() || self.doc.get_missing_deps(&[]).is_empty())
     }
 

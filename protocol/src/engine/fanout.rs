@@ -143,6 +143,12 @@ impl DocState {
                 self.dirty.insert(conn);
                 continue;
             }
+            // The upstream whose copy is being fetched to replace this one
+            // hears from that copy only (`refetch`); a node whose changes
+            // this copy refused waits (`PeerDoc::stalled`).
+            if pd.stalled.is_some() || self.refetch.as_ref().is_some_and(|r| r.conn == conn) {
+                continue;
+            }
             if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
                 out.push((conn, data));
             }

@@ -37,7 +37,8 @@
 //! results), `snapshot_answer`, `placement` (routes, catch-up, coverage),
 //! `off_loop` (applying large documents' messages on another thread),
 //! `shared_store` (changes other hubs committed to a store we share),
-//! `budget` (eviction, offload), `policy` (hand-offs, pinning, disk budget
+//! `budget` (eviction, offload), `replicas` (lag, divergence) and
+//! `refetch` (its last resort), `policy` (hand-offs, pinning, disk budget
 //! choices, backfill, home lag), `timers`, `local` (the application's
 //! changes, ephemeral messages), `effects` (the output queue).
 
@@ -65,6 +66,7 @@ mod persistence;
 mod phase;
 mod placement;
 mod policy;
+mod refetch;
 mod replicas;
 mod shared_store;
 mod snapshot_answer;
@@ -74,7 +76,8 @@ pub use access::{Access, DocSet, Refusal};
 pub use api::*;
 pub use off_loop::{Applied, ApplyJob};
 pub use policy::{HandoffStatus, HandoffTargets};
-pub use replicas::{Divergence, ReplicaStatus};
+pub use refetch::REFETCH_AGAIN_AFTER_MS;
+pub use replicas::{Divergence, MAX_REPAIRS, ReplicaStatus};
 
 use conn::Conn;
 use doc::DocState;
@@ -130,6 +133,10 @@ pub struct Engine {
     /// Durable heads followed until every replica confirms them.
     replica_lag: BTreeMap<DocumentId, Vec<replicas::Followed>>,
     replica_lag_len: usize,
+    /// When each document was last refetched (see `refetch`), and those
+    /// being refetched now.
+    refetched: BTreeMap<DocumentId, Millis>,
+    refetching: BTreeSet<DocumentId>,
 }
 
 impl Engine {
@@ -158,6 +165,8 @@ impl Engine {
             replica_watch: BTreeMap::new(),
             replica_lag: BTreeMap::new(),
             replica_lag_len: 0,
+            refetched: BTreeMap::new(),
+            refetching: BTreeSet::new(),
         }
     }
 

@@ -7,8 +7,10 @@
 //! (a lost sync state, a peer that dropped a change it told us it has, a
 //! bug). The repair is a forced resync: its sync state is started afresh,
 //! so both sides compare everything again (what a reconnect does), at most
-//! [`MAX_REPAIRS`] times in a row; a replica still apart after them stays
-//! reported divergent, for an operator.
+//! [`MAX_REPAIRS`] times in a row. If the replica still apart after them is
+//! our upstream (the hub, seen from an edge), our copy is the suspect one:
+//! it is quarantined and fetched again (`refetch`). Any other replica still
+//! apart stays reported divergent, for an operator.
 //!
 //! The watch is lazy: [`Engine::check_divergence`] runs on the driver's
 //! housekeeping interval (a pass over the documents in memory and their
@@ -48,6 +50,8 @@ pub(super) struct Watch {
     theirs: Vec<ChangeHash>,
     repairs: u32,
     divergent: bool,
+    /// The last resort was offered for it (`refetch`).
+    refetch_offered: bool,
 }
 
 /// One replica of a document ([`Engine::replicas`]).
@@ -83,6 +87,9 @@ pub struct Divergence {
     pub repairs: u64,
     /// Replicas that were divergent and met us again since the last check.
     pub healed: Vec<(DocumentId, ConnId, u64)>,
+    /// Documents whose copy this check started to fetch again from the
+    /// upstream replica on the connection (`refetch`).
+    pub refetching: Vec<(DocumentId, ConnId)>,
 }
 
 impl Engine {
@@ -183,10 +190,13 @@ impl Engine {
     /// Looks at every replica of every document in memory: one apart from
     /// us for `threshold_ms` without what either side had then crossing is
     /// divergent, and is resynced from scratch (up to [`MAX_REPAIRS`] times
-    /// in a row, a threshold apart).
+    /// in a row, a threshold apart); an upstream still apart a threshold
+    /// after that has our copy fetched again (`refetch`).
     pub fn check_divergence(&mut self, now: Millis, threshold_ms: u64) -> Divergence {
+        self.check_refetches(now);
         let mut out = Divergence::default();
         let mut resync = Vec::new();
+        let mut last_resort = Vec::new();
         for (doc_id, d) in &self.docs {
             if !d.is_loaded() || !d.is_durable() || d.busy() {
                 // Not settled here: nothing to compare yet; watches stand.
@@ -210,7 +220,14 @@ impl Engine {
                         let theirs = theirs.map(<[ChangeHash]>::to_vec).unwrap_or_default();
                         self.replica_watch.insert(
                             key,
-                            Watch { since: now, ours: ours.clone(), theirs, repairs: 0, divergent: false },
+                            Watch {
+                                since: now,
+                                ours: ours.clone(),
+                                theirs,
+                                repairs: 0,
+                                divergent: false,
+                                refetch_offered: false,
+                            },
                         );
                     }
                     (false, Some(w)) => {
@@ -225,6 +242,7 @@ impl Engine {
                                 ..w.clone()
                             };
                             w.repairs = 0;
+                            w.refetch_offered = false;
                             continue;
                         }
                         if crossed && w.divergent {
@@ -246,6 +264,9 @@ impl Engine {
                         if w.repairs < MAX_REPAIRS {
                             w.repairs += 1;
                             resync.push(key);
+                        } else if !w.refetch_offered {
+                            w.refetch_offered = true;
+                            last_resort.push(key);
                         }
                     }
                 }
@@ -259,11 +280,18 @@ impl Engine {
                 && let Some(p) = d.peers.get_mut(&conn)
             {
                 p.sync = sync::State::new();
+                p.stalled = None;
                 // Due a message: our side, from the start.
                 d.dirty.insert(conn);
                 out.repairs += 1;
             }
             self.sync_doc(now, doc_id);
+        }
+        for (doc_id, conn) in last_resort {
+            if self.may_refetch(now, &doc_id, conn) {
+                self.start_refetch(now, doc_id, conn);
+                out.refetching.push((doc_id, conn));
+            }
         }
         out
     }

@@ -79,6 +79,14 @@ impl SharedStore {
                 self.covered.insert((writer, *doc), vec![seq]);
                 StorageResult::Done
             }
+            StorageTask::Quarantine { doc, snapshot, .. } => {
+                // Every chunk leaves (to the quarantine), whoever wrote it.
+                self.chunks.remove(doc);
+                self.sync_states.retain(|(d, _), _| d != doc);
+                let seq = self.insert(*doc, true, snapshot.clone());
+                self.covered.insert((writer, *doc), vec![seq]);
+                StorageResult::Done
+            }
             StorageTask::DeleteDoc { doc } => {
                 self.chunks.remove(doc);
                 self.sync_states.retain(|(d, _), _| d != doc);

@@ -88,6 +88,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
 pub(super) const QUARANTINE: &str = "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at_ms) \
      SELECT seq, doc_id, kind, data, $2, $3 FROM chunks WHERE seq = $1 ON CONFLICT (seq) DO NOTHING";
 pub(super) const DELETE_CHUNK: &str = "DELETE FROM chunks WHERE seq = $1";
+/// Every chunk of a document to the quarantine (a replaced copy).
+pub(super) const QUARANTINE_DOC: &str = "INSERT INTO quarantine (seq, doc_id, kind, data, reason, at_ms) \
+     SELECT seq, doc_id, kind, data, $2, $3 FROM chunks WHERE doc_id = $1 ON CONFLICT (seq) DO NOTHING";
 /// The next chunks' sizes (a scrub step keeps to its byte budget before
 /// reading any data), then the data of those that fit.
 pub(super) const SCRUB_SIZES: &str = "SELECT seq, octet_length(data) FROM chunks WHERE seq > $1 ORDER BY seq LIMIT $2";
@@ -167,6 +170,7 @@ pub(super) const STATEMENTS: &[&str] = &[
     LOAD_DOC,
     QUARANTINE,
     DELETE_CHUNK,
+    QUARANTINE_DOC,
     INSERT_CHUNK,
     DELETE_COVERED,
     DELETE_COVERED_FED,
