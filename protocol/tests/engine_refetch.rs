@@ -10,7 +10,9 @@ use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Automerge, ChangeHash, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
-use meridian_protocol::engine::{Access, Direction, DocSet, Event, MAX_REPAIRS, Millis};
+use meridian_protocol::engine::{
+    Access, Direction, Divergence, DocSet, EngineConfig, Event, MAX_REPAIRS, Millis, REFETCH_AGAIN_AFTER_MS,
+};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageTask};
 use meridian_protocol::testing::TestNode;
@@ -91,37 +93,42 @@ fn edge_copy(f: &Fork) -> AutoCommit {
     copy
 }
 
+/// A hub holding `y` and an edge holding [`edge_copy`] of `doc`, linked
+/// (the edge dialed the hub, which registered it as a node) and settled.
+fn linked(f: &Fork, doc: DocumentId) -> (TestNode, ConnId, TestNode, ConnId) {
+    let config = |name: &str, adjust: fn(&mut EngineConfig)| {
+        let mut c = EngineConfig::new(PeerId::new(name), Some(StorageId::new(format!("{name}-store"))));
+        adjust(&mut c);
+        c
+    };
+    let mut hub = TestNode::with_config(config("hub", |c| c.expects_upstream = false), stored(doc, &mut f.y.clone()));
+    let mut edge =
+        TestNode::with_config(config("edge", |c| c.refetch_divergent = true), stored(doc, &mut edge_copy(f)));
+    // The edge dials the hub and pushes what it stores, as a driver does.
+    let up = edge.engine.handle_connect(Millis(0), Direction::Outgoing);
+    let as_node = Access { subject: "node:edge".into(), node: true, ..Access::full() };
+    let down = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node);
+    settle(&mut edge, up, &mut hub, down);
+    edge.engine.open(Millis(0), doc);
+    settle(&mut edge, up, &mut hub, down);
+    (edge, up, hub, down)
+}
+
+/// Runs both nodes' divergence checks at `now` and delivers what follows.
+fn check_at(now: u64, edge: &mut TestNode, up: ConnId, hub: &mut TestNode, down: ConnId) -> Divergence {
+    edge.now = Millis(now);
+    hub.now = Millis(now);
+    let found = edge.engine.check_divergence(Millis(now), THRESHOLD_MS);
+    hub.engine.check_divergence(Millis(now), THRESHOLD_MS);
+    settle(edge, up, hub, down);
+    found
+}
+
 #[test]
 fn a_copy_that_refuses_the_upstreams_changes_is_quarantined_and_fetched_again() {
     let f = fork();
     let doc = DocumentId::from_bytes([9; 16]);
-    let mut edge_doc = edge_copy(&f);
-    let mut hub_doc = f.y.clone();
-    let mut hub = TestNode::with_config(
-        {
-            let mut c =
-                meridian_protocol::engine::EngineConfig::new(PeerId::new("hub"), Some(StorageId::new("hub-store")));
-            c.expects_upstream = false;
-            c
-        },
-        stored(doc, &mut hub_doc),
-    );
-    let mut edge = TestNode::with_config(
-        {
-            let mut c =
-                meridian_protocol::engine::EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store")));
-            c.refetch_divergent = true;
-            c
-        },
-        stored(doc, &mut edge_doc),
-    );
-
-    // The edge dials the hub and pushes what it stores, as a driver does.
-    let up = edge.engine.handle_connect(Millis(0), Direction::Outgoing);
-    let down = hub.engine.handle_connect(Millis(0), Direction::Incoming);
-    settle(&mut edge, up, &mut hub, down);
-    edge.engine.open(Millis(0), doc);
-    settle(&mut edge, up, &mut hub, down);
+    let (mut edge, up, mut hub, down) = linked(&f, doc);
 
     // The edge refuses the hub's change (the first to carry one), stops
     // asking for it, and the link stays open: both sides go quiet (a
@@ -136,14 +143,9 @@ fn a_copy_that_refuses_the_upstreams_changes_is_quarantined_and_fetched_again() 
     let mut repairs = 0;
     let mut refetching = Vec::new();
     for step in 0..=(MAX_REPAIRS as u64 + 2) {
-        let now = Millis(step * THRESHOLD_MS);
-        edge.now = now;
-        hub.now = now;
-        let found = edge.engine.check_divergence(now, THRESHOLD_MS);
+        let found = check_at(step * THRESHOLD_MS, &mut edge, up, &mut hub, down);
         repairs += found.repairs;
         refetching.extend(found.refetching);
-        hub.engine.check_divergence(now, THRESHOLD_MS);
-        settle(&mut edge, up, &mut hub, down);
         if edge.events.iter().any(|e| matches!(e, Event::Refetched { .. })) {
             break;
         }
@@ -227,4 +229,41 @@ fn a_client_sending_changes_the_copy_refuses_is_still_refused_as_bad_input() {
         edge.closed
     );
     assert!(!edge.events.iter().any(|e| matches!(e, Event::Unapplicable { .. })));
+}
+
+#[test]
+fn a_refetch_given_up_is_offered_again_an_hour_later() {
+    let f = fork();
+    let doc = DocumentId::from_bytes([11; 16]);
+    let (mut edge, up, mut hub, down) = linked(&f, doc);
+    let mut now = 0;
+    let started = loop {
+        edge.now = Millis(now);
+        let found = edge.engine.check_divergence(Millis(now), THRESHOLD_MS);
+        if !found.refetching.is_empty() {
+            break now;
+        }
+        settle(&mut edge, up, &mut hub, down);
+        now += THRESHOLD_MS;
+        assert!(now < 20 * THRESHOLD_MS, "never refetched");
+    };
+    // Its request is lost; the hub never answers.
+    edge.drain_frames();
+    // Given up after two minutes: the old copy goes on as before...
+    let found = check_at(started + 121_000, &mut edge, up, &mut hub, down);
+    assert!(found.refetching.is_empty());
+    assert_eq!(edge.engine.stats().refetches, 0);
+    assert!(edge.closed.is_empty() && hub.closed.is_empty());
+    // ...still divergent, and not fetched again within the hour...
+    for minutes in [5, 30, 59] {
+        let found = check_at(started + minutes * 60_000, &mut edge, up, &mut hub, down);
+        assert!(found.refetching.is_empty(), "at {minutes} min");
+        assert!(found.divergent.iter().any(|(d, c, ..)| *d == doc && *c == up), "at {minutes} min: {found:?}");
+    }
+    // ...but after it: then it completes.
+    let found = check_at(started + REFETCH_AGAIN_AFTER_MS + 1_000, &mut edge, up, &mut hub, down);
+    assert_eq!(found.refetching, vec![(doc, up)]);
+    assert_eq!(edge.engine.stats().refetches, 1);
+    settle(&mut edge, up, &mut hub, down);
+    assert_eq!(heads(&edge, &doc), heads(&hub, &doc));
 }

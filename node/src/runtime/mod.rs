@@ -570,7 +570,7 @@ pub async fn register_node(
     direction: Direction,
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
-    let access = Access { subject: format!("node:{node_id}"), ..Access::full() };
+    let access = Access { subject: format!("node:{node_id}"), node: true, ..Access::full() };
     register_as(events, direction, false, true, access, None, None).await
 }
 
@@ -583,6 +583,7 @@ pub async fn register_untrusted_node(
 ) -> Option<(ConnId, OutboundQueue)> {
     let access = Access {
         subject: format!("node:{node_id}"),
+        node: true,
         read: DocSet::none(),
         write: DocSet::none(),
         create: false,
@@ -599,7 +600,7 @@ pub async fn register_edge_peer(
     node_id: Option<&str>,
 ) -> Option<(ConnId, OutboundQueue)> {
     let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
-    register_as(events, direction, true, true, Access { subject, ..Access::full() }, None, None).await
+    register_as(events, direction, true, true, Access { subject, node: true, ..Access::full() }, None, None).await
 }
 
 async fn register_as(

@@ -98,6 +98,10 @@ pub struct Access {
     /// upstream): its ephemeral messages keep the sender ids they carry.
     /// A client's are relayed as its own.
     pub relay: bool,
+    /// Another node (an edge at the hub, an edge-peer link): a document
+    /// whose changes from it do not apply is not a reason to close it (see
+    /// `Event::Unapplicable`). Connections we dial are nodes anyway.
+    pub node: bool,
     /// When its grants end, on the engine's clock: the connection is then
     /// closed. `None`: never.
     pub expires_at: Option<Millis>,
@@ -117,6 +121,7 @@ impl Access {
             write: DocSet::all(),
             create: true,
             relay: true,
+            node: false,
             expires_at: None,
             token_id: String::new(),
             issued_at: None,
@@ -131,6 +136,7 @@ impl Access {
             write,
             create,
             relay: false,
+            node: false,
             expires_at: None,
             token_id: String::new(),
             issued_at: None,

@@ -301,13 +301,19 @@ impl Engine {
             if followed {
                 from.push(o.conn);
             }
+            let failed = o.failed_heads.is_some();
             match o.result {
                 Ok(true) => *self.writes.entry(doc_id).or_default() += o.merged,
                 Ok(false) => {}
-                Err(e) => rejected.push((o.conn, format!("could not apply sync message for {doc_id}: {e}"))),
+                Err(e) => rejected.push((
+                    o.conn,
+                    format!("could not apply sync message for {doc_id}: {e}"),
+                    o.failed_heads.unwrap_or_default(),
+                )),
             }
             // A stalled node whose heads moved is answered again.
             if let Some(pd) = d.peers.get_mut(&o.conn)
+                && !failed
                 && pd.stalled.is_some()
                 && pd.stalled.as_ref() != pd.sync.their_heads.as_ref()
             {
@@ -315,14 +321,14 @@ impl Engine {
                 d.dirty.insert(o.conn);
             }
         }
-        for (conn, detail) in rejected {
+        for (conn, detail, heads) in rejected {
             if self.conns.get(&conn).is_some_and(Conn::is_node_link) {
                 // Another node's copy holds a change ours refuses: one
                 // document must not cut the link for every other. The
                 // divergence watch takes it from here.
                 tracing::warn!(doc = %doc_id, %conn, %detail, "a node's changes do not apply to this copy; the link stays open");
                 if let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) {
-                    pd.stalled = Some(pd.sync.their_heads.clone().unwrap_or_default());
+                    pd.stalled = Some(heads);
                 }
                 self.out.event(Event::Unapplicable { doc: doc_id, conn, detail });
                 continue;
@@ -341,6 +347,7 @@ impl Engine {
             d.hold_until = d.writes_issued;
         }
         self.maybe_offload(doc_id);
+        self.finish_refetch(now, doc_id);
     }
 
     /// Messages about a document nobody has (no data here), from a peer
@@ -460,7 +467,7 @@ impl DocState {
         let conn = item.conn;
         match self.peers.get_mut(&conn) {
             Some(pd) => receive(&mut self.doc, &mut pd.sync, item),
-            None => Outcome { conn, merged: item.merged, result: Ok(false) },
+            None => Outcome { conn, merged: item.merged, result: Ok(false), failed_heads: None },
         }
     }
 }

@@ -131,7 +131,10 @@ impl DocState {
     fn not_yet_asked(&self, sources: Vec<ConnId>) -> Vec<ConnId> {
         sources
             .into_iter()
-            .filter(|up| !self.upstream_unavailable.contains(up) && !self.peers.get(up).is_some_and(|p| p.requesting))
+            .filter(|up| {
+                !self.upstream_unavailable.contains(up)
+                    && !self.peers.get(up).is_some_and(|p| p.requesting || p.stalled.is_some())
+            })
             .collect()
     }
 
@@ -139,7 +142,7 @@ impl DocState {
     fn requests(&mut self, sources: &[ConnId]) -> Vec<(ConnId, Vec<u8>)> {
         let mut out = Vec::new();
         for (conn, pd) in self.peers.iter_mut() {
-            if self.life.state_loading(conn) || pd.requesting || !sources.contains(conn) {
+            if self.life.state_loading(conn) || pd.requesting || pd.stalled.is_some() || !sources.contains(conn) {
                 continue;
             }
             if let Some(m) = self.doc.generate_sync_message(&mut pd.sync) {

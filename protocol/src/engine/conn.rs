@@ -60,10 +60,10 @@ impl Conn {
     }
 
     /// A link to another node: one we dialed (an upstream, a home edge), an
-    /// edge-peer link, or one that may relay others' messages (an edge at
-    /// the hub). A client's connection never is.
+    /// edge-peer link, or one registered as a node ([`Access::node`]: an
+    /// edge at the hub). A client's connection never is.
     pub(super) fn is_node_link(&self) -> bool {
-        self.direction == Direction::Outgoing || self.edge_peer || self.access.relay
+        self.direction == Direction::Outgoing || self.edge_peer || self.access.node
     }
 
     /// It connected to us and has not sent `join` yet.

@@ -131,6 +131,11 @@ impl DocState {
         let has_data = !heads.is_empty();
         if heads != self.synced_heads {
             self.dirty.extend(self.peers.keys().copied());
+            // New changes here: a stalled node gets them (one round; if it
+            // answers with what we refuse again, it is stalled again).
+            for pd in self.peers.values_mut() {
+                pd.stalled = None;
+            }
         }
         self.generated.revalidate(&self.doc, &heads, share, self.peers.len());
         self.synced_heads = heads;

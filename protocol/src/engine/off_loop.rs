@@ -46,6 +46,9 @@ pub(super) struct Outcome {
     pub(super) merged: u64,
     /// `Ok(true)`: a counted write moved our heads.
     pub(super) result: Result<bool, String>,
+    /// The heads the message advertised, if it failed to apply (automerge
+    /// does not take them then).
+    pub(super) failed_heads: Option<Vec<ChangeHash>>,
 }
 
 /// Applies one message to `doc` with the peer's sync state.
@@ -69,9 +72,10 @@ pub(super) fn receive(doc: &mut Automerge, state: &mut sync::State, item: Item) 
     let answered = answered_at.filter(|h| {
         h.iter().all(|c| doc.get_change_by_hash(c).is_some()) && message.heads.is_empty() && message.changes.is_empty()
     });
-    let outcome = |result| Outcome { conn, merged, result };
+    let outcome = |result| Outcome { conn, merged, result, failed_heads: None };
+    let heads = message.heads.clone();
     if let Err(e) = doc.receive_sync_message(state, message) {
-        return outcome(Err(e.to_string()));
+        return Outcome { failed_heads: Some(heads), ..outcome(Err(e.to_string())) };
     }
     // A peer that says it needs changes we sent did not keep them (it
     // evicted the document while they waited for a dependency, say),

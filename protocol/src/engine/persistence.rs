@@ -220,6 +220,8 @@ impl Engine {
                 self.out.event(Event::DocReady { doc: doc_id });
             }
             self.sync_doc(now, doc_id);
+            // A fetched copy that waited for this write replaces ours now.
+            self.finish_refetch(now, doc_id);
         }
         self.drain_pending(now, doc_id);
     }

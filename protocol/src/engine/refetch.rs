@@ -111,12 +111,18 @@ impl Engine {
             tracing::warn!(doc = %doc_id, %conn, error = %e, "refetch given up: the upstream's copy does not apply");
             return self.abandon_refetch(now, doc_id);
         }
+        // Complete: nothing more to ask, and the copy's heads are not ours
+        // to advertise before it is stored (it speaks once durable, after
+        // `finish_refetch`). Incomplete: it asks for the rest (its heads are
+        // then the upstream's own changes, durable there).
+        if r.complete() {
+            return self.finish_refetch(now, doc_id);
+        }
         let has_data = !r.doc.get_heads().is_empty();
         let reply = r.doc.generate_sync_message(&mut r.sync).map(|m| m.encode());
         if let Some(data) = reply {
             self.send_doc_message(conn, doc_id, data, has_data);
         }
-        self.finish_refetch(now, doc_id);
     }
 
     /// Housekeeping of refetches: one whose upstream left, or that took too
@@ -130,22 +136,27 @@ impl Engine {
                 self.refetching.remove(&doc_id);
                 continue;
             };
+            if r.complete() {
+                // Waited for the document to be idle: it may be now.
+                self.finish_refetch(now, doc_id);
+                continue;
+            }
             let gone = !self.conns.get(&r.conn).is_some_and(Conn::is_upstream_ready);
             if gone || now.0.saturating_sub(r.since.0) >= REFETCH_GIVE_UP_MS {
                 tracing::warn!(doc = %doc_id, gone, "refetch given up: the upstream left or did not send its copy");
                 self.abandon_refetch(now, doc_id);
-            } else {
-                self.finish_refetch(now, doc_id);
             }
         }
     }
 
     /// Drops the side copy; the old copy syncs with the upstream again,
-    /// from a fresh sync state.
+    /// from a fresh sync state, and may be offered the last resort again
+    /// once [`REFETCH_AGAIN_AFTER_MS`] passed.
     fn abandon_refetch(&mut self, now: Millis, doc_id: DocumentId) {
         self.refetching.remove(&doc_id);
+        let Some(r) = self.docs.get_mut(&doc_id).and_then(|d| d.refetch.take()) else { return };
+        self.offer_refetch_again(doc_id, r.conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        let Some(r) = d.refetch.take() else { return };
         if let Some(pd) = d.peers.get_mut(&r.conn) {
             pd.sync = sync::State::new();
             pd.stalled = None;
@@ -156,7 +167,7 @@ impl Engine {
 
     /// Replaces our copy with the fetched one, if it is complete and the
     /// document is not busy (loading, applying off the loop, writing).
-    fn finish_refetch(&mut self, now: Millis, doc_id: DocumentId) {
+    pub(super) fn finish_refetch(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         if !d.refetch.as_ref().is_some_and(|r| r.complete()) || d.busy() || d.writes_in_flight > 0 {
             return;

@@ -265,7 +265,6 @@ impl Engine {
                             w.repairs += 1;
                             resync.push(key);
                         } else if !w.refetch_offered {
-                            w.refetch_offered = true;
                             last_resort.push(key);
                         }
                     }
@@ -287,13 +286,24 @@ impl Engine {
             }
             self.sync_doc(now, doc_id);
         }
+        // Offered again at each check until it may start (once an hour).
         for (doc_id, conn) in last_resort {
             if self.may_refetch(now, &doc_id, conn) {
+                if let Some(w) = self.replica_watch.get_mut(&(doc_id, conn)) {
+                    w.refetch_offered = true;
+                }
                 self.start_refetch(now, doc_id, conn);
                 out.refetching.push((doc_id, conn));
             }
         }
         out
+    }
+
+    /// A refetch was given up: the replica may be offered it again.
+    pub(super) fn offer_refetch_again(&mut self, doc_id: DocumentId, conn: ConnId) {
+        if let Some(w) = self.replica_watch.get_mut(&(doc_id, conn)) {
+            w.refetch_offered = false;
+        }
     }
 }
 
