@@ -16,7 +16,7 @@
 //! | `meridian_edge_bytes_in_total` / `_bytes_out_total` | counter | WebSocket payload bytes |
 //! | `meridian_edge_errors_total{kind}` | counter | connections closed for bad input, by kind |
 //! | `meridian_edge_auth_refused_total{reason}` | counter | connections refused for their token, by reason (`missing`, `malformed`, `unknown_key`, `bad_signature`, `expired`, `not_yet_valid`) |
-//! | `meridian_edge_access_refused_total{refusal}` | counter | requests refused by a connection's grants, by kind (`not_granted`, `read_only`, `create`, `ephemeral_limit`) |
+//! | `meridian_edge_access_refused_total{refusal}` | counter | requests refused by a connection's grants, by kind (`not_granted`, `read_only`, `create`, `ephemeral_limit`, `lookup_limit`, `create_limit`, `unapplicable`: changes its copy of the document refuses) |
 //! | `meridian_edge_limits_hit_total{limit}` | counter | requests refused by a limit (`connections`, `connections_per_address`: open WebSockets and QUIC devices; `http_connections`: connections still speaking HTTP; `header_timeout`: request headers or a TLS handshake not read in time; at the hub `edge_auth_failures`: an address past its refused `hello`s, `handshake_timeout`: an edge that opened no stream or sent no `hello` in time; `send_queue`: a peer dropped for not reading, its queue past 8192 messages or 64 MiB; `message_rate`: a client's reads paused at its rate of messages or bytes) |
 //! | `meridian_edge_auth_open` | gauge | 1 when the node runs in open dev mode (no token needed; loopback only) |
 //! | `meridian_edge_storage_batches_total` | counter | SQLite transactions committed |

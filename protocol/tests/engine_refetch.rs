@@ -3,15 +3,15 @@
 //! so each side holds a change the other refuses, and no resync helps —
 //! quarantines its copy and fetches the hub's again, keeping every change
 //! of its own that still applies. The link between them stays open
-//! throughout; a client sending such a change is still refused as bad
-//! input.
+//! throughout; a client sending such a change is told so and that document
+//! stops syncing with it, its others go on.
 
 use automerge::sync::{self, SyncDoc};
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Automerge, ChangeHash, ROOT, ReadDoc};
 use meridian_protocol::codec::{self, Message};
 use meridian_protocol::engine::{
-    Access, Direction, Divergence, DocSet, EngineConfig, Event, MAX_REPAIRS, Millis, REFETCH_AGAIN_AFTER_MS,
+    Access, Direction, Divergence, DocSet, EngineConfig, Event, MAX_REPAIRS, Millis, REFETCH_AGAIN_AFTER_MS, Refusal,
 };
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageTask};
@@ -199,14 +199,16 @@ fn a_copy_that_refuses_the_upstreams_changes_is_quarantined_and_fetched_again() 
 }
 
 #[test]
-fn a_client_sending_changes_the_copy_refuses_is_still_refused_as_bad_input() {
+fn a_client_whose_changes_the_copy_refuses_is_told_and_keeps_its_other_documents() {
     let f = fork();
     let doc = DocumentId::from_bytes([10; 16]);
-    let mut hub_doc = f.y.clone();
-    let mut edge = TestNode::with_config(
-        meridian_protocol::engine::EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store"))),
-        stored(doc, &mut hub_doc),
-    );
+    let other = DocumentId::from_bytes([12; 16]);
+    let mut store = stored(doc, &mut f.y.clone());
+    let mut unrelated = AutoCommit::new();
+    unrelated.put(ROOT, "n", 1).unwrap();
+    store.execute(&StorageTask::Compact { doc: other, snapshot: unrelated.save() });
+    let mut edge =
+        TestNode::with_config(EngineConfig::new(PeerId::new("edge"), Some(StorageId::new("edge-store"))), store);
     let access = Access::client("alice", DocSet::all(), DocSet::all(), true);
     let conn: ConnId = edge.engine.handle_connect_with(Millis(0), Direction::Incoming, access);
     let join = Message::Join {
@@ -215,20 +217,46 @@ fn a_client_sending_changes_the_copy_refuses_is_still_refused_as_bad_input() {
         supported_protocol_versions: Some(vec![codec::PROTOCOL_V1.into()]),
     };
     edge.receive(conn, &codec::encode(&join));
-    // The client holds x and sends everything it has.
+    let to_edge = |document_id, data| Message::Sync {
+        sender_id: PeerId::new("alice"),
+        target_id: PeerId::new("edge"),
+        document_id,
+        data,
+    };
+    // The client holds x (a cloned device) and sends everything it has.
     let client = f.x.clone().document().clone();
     let first = client.generate_sync_message(&mut sync::State::new()).unwrap();
     let changes: Vec<Vec<u8>> = client.get_changes(&[]).iter().map(|c| c.raw_bytes().to_vec()).collect();
     let data = sync::Message { changes: changes.into(), ..first }.encode();
-    let message =
-        Message::Sync { sender_id: PeerId::new("alice"), target_id: PeerId::new("edge"), document_id: doc, data };
-    edge.receive(conn, &codec::encode(&message));
-    assert!(
-        edge.closed.iter().any(|(c, why)| *c == conn && why.contains("could not apply")),
-        "the client is refused: {:?}",
-        edge.closed
-    );
-    assert!(!edge.events.iter().any(|e| matches!(e, Event::Unapplicable { .. })));
+    let sent = edge.receive(conn, &codec::encode(&to_edge(doc, data)));
+    // Told why, once; nothing stored; the connection stays.
+    let told: Vec<&String> = sent
+        .iter()
+        .filter_map(
+            |(c, m)| if let (true, Message::Error { message, .. }) = (*c == conn, m) { Some(message) } else { None },
+        )
+        .collect();
+    assert_eq!(told.len(), 1, "{sent:?}");
+    assert!(told[0].contains("do not apply"), "{}", told[0]);
+    assert!(edge.closed.is_empty(), "{:?}", edge.closed);
+    assert!(edge.events.iter().any(|e| matches!(e, Event::Refused { refusal: Refusal::Unapplicable, .. })));
+    assert!(!edge.events.iter().any(|e| matches!(e, Event::Unapplicable { .. })), "that is for nodes");
+    assert_eq!(keys(edge.engine.document(&doc).unwrap()), vec!["title", "y"]);
+    // Its other documents go on syncing.
+    let ask = Automerge::new().generate_sync_message(&mut sync::State::new()).unwrap().encode();
+    let request = Message::Request {
+        sender_id: PeerId::new("alice"),
+        target_id: PeerId::new("edge"),
+        document_id: other,
+        data: ask,
+    };
+    let sent = edge.receive(conn, &codec::encode(&request));
+    let answered = sent.iter().any(|(c, m)| {
+        *c == conn
+            && matches!(m, Message::Sync { document_id, data, .. }
+                if *document_id == other && !sync::Message::decode(data).unwrap().changes.is_empty())
+    });
+    assert!(answered, "{sent:?}");
 }
 
 #[test]

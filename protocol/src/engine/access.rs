@@ -181,16 +181,21 @@ pub enum Refusal {
     /// Changes creating a document, past the subject's limit
     /// ([`EngineConfig::creates_per_minute`]).
     CreateLimit,
+    /// Changes this node's copy of the document refuses (automerge cannot
+    /// apply them: an actor id reused by a cloned device, say). The
+    /// document stops syncing with that client; its others go on.
+    Unapplicable,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 7] = [
         Refusal::NotGranted,
         Refusal::ReadOnly,
         Refusal::Create,
         Refusal::EphemeralLimit,
         Refusal::LookupLimit,
         Refusal::CreateLimit,
+        Refusal::Unapplicable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -201,6 +206,7 @@ impl Refusal {
             Refusal::EphemeralLimit => "ephemeral_limit",
             Refusal::LookupLimit => "lookup_limit",
             Refusal::CreateLimit => "create_limit",
+            Refusal::Unapplicable => "unapplicable",
         }
     }
 }
@@ -273,6 +279,10 @@ impl Engine {
                 "over {} requests a minute for documents nobody has: {doc_id} and other documents not in memory \
                  are answered doc-unavailable without a lookup for now",
                 self.config.unknown_requests_per_minute
+            ),
+            Refusal::Unapplicable => format!(
+                "your changes to {doc_id} do not apply to this node's copy (an actor id reused by a cloned device?): \
+                 they are not accepted and {doc_id} no longer syncs with you; start again from a fresh copy of it"
             ),
             Refusal::CreateLimit => format!(
                 "over {} new documents a minute: creating {doc_id} is refused for now",

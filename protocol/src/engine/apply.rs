@@ -321,19 +321,21 @@ impl Engine {
                 d.dirty.insert(o.conn);
             }
         }
+        // A copy holding a change ours refuses: one document must not cut a
+        // connection off from every other. The peer is stalled on it; a node
+        // is left to the divergence watch, a client is told.
         for (conn, detail, heads) in rejected {
-            if self.conns.get(&conn).is_some_and(Conn::is_node_link) {
-                // Another node's copy holds a change ours refuses: one
-                // document must not cut the link for every other. The
-                // divergence watch takes it from here.
-                tracing::warn!(doc = %doc_id, %conn, %detail, "a node's changes do not apply to this copy; the link stays open");
-                if let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) {
-                    pd.stalled = Some(heads);
-                }
-                self.out.event(Event::Unapplicable { doc: doc_id, conn, detail });
-                continue;
+            let Some(node) = self.conns.get(&conn).map(Conn::is_node_link) else { continue };
+            if let Some(pd) = self.docs.get_mut(&doc_id).and_then(|d| d.peers.get_mut(&conn)) {
+                pd.stalled = Some(heads);
             }
-            self.reject(conn, ErrorKind::InvalidSyncMessage, detail);
+            if node {
+                tracing::warn!(doc = %doc_id, %conn, %detail, "a node's changes do not apply to this copy; the link stays open");
+                self.out.event(Event::Unapplicable { doc: doc_id, conn, detail });
+            } else {
+                tracing::info!(doc = %doc_id, %conn, %detail, "a client's changes do not apply to this copy");
+                self.tell_refused(conn, doc_id, Refusal::Unapplicable);
+            }
         }
         self.after_doc_update(now, doc_id, before);
         self.check_replicas(now, doc_id, &senders);
