@@ -743,6 +743,7 @@ pub fn run(data: &[u8]) {
     config.share_generated = setup2 & 8 == 0;
     config.coalesce_messages = setup2 & 16 == 0;
     config.answer_from_snapshot = setup2 & 32 == 0;
+    config.refetch_divergent = setup2 & 64 == 0;
     let mut engine = Engine::new(config);
 
     // Documents 0 and 1 are stored at the start (one change by "seed").
@@ -1134,6 +1135,10 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
             let ms = u64::from(t) * [1, 50, 1000, 60_000][usize::from(unit % 4)];
             world.now = Millis(world.now.0.saturating_add(ms));
             engine.handle_timeout(world.now);
+            // The driver's housekeeping: divergence, resyncs, refetches.
+            if unit & 0x10 != 0 {
+                engine.check_divergence(world.now, 1_000);
+            }
         }
         // The local application.
         17 => {
