@@ -173,6 +173,9 @@ pub struct NodeSpec {
     /// Shares that node's store (hubs on one database), with the bus
     /// between them.
     pub store_of: Option<NodeId>,
+    /// Its upstream registers it as another node (an edge at a hub), not a
+    /// client ([`Access::node`]).
+    pub node: bool,
 }
 
 impl NodeSpec {
@@ -185,7 +188,15 @@ impl NodeSpec {
             read_only: false,
             fallback: None,
             store_of: None,
+            node: false,
         }
+    }
+
+    /// An edge under a hub: its link is between nodes.
+    pub fn edge_of(mut self, hub: NodeId) -> Self {
+        self.upstream = Some(hub);
+        self.node = true;
+        self
     }
 
     pub fn fallback(mut self, node: NodeId) -> Self {
@@ -827,6 +838,17 @@ impl Sim {
         }
     }
 
+    /// Writes `chunk` of `doc` into a crashed node's store, as restoring a
+    /// backup (or a cloned disk) would: what it holds is loaded when the
+    /// node starts again. Appended after what is stored.
+    pub fn restore_into_store(&mut self, n: NodeId, doc: DocumentId, chunk: Vec<u8>) {
+        assert!(self.nodes[n.0].engine.is_none(), "{} must be down", self.name(n));
+        let task = StorageTask::AppendChunk { doc, data: chunk };
+        self.nodes[n.0].store.execute(&task);
+        self.apply_to_own_mirror(n, &task);
+        self.note(format!("fault {} restored a backup of {doc}", self.name(n)));
+    }
+
     /// Starts a crashed node again with the same peer id and storage id.
     pub fn restart(&mut self, n: NodeId) {
         if self.nodes[n.0].engine.is_some() {
@@ -1033,9 +1055,10 @@ impl Sim {
         let now = self.now;
         let link = LinkId(self.links.len());
         let client_conn = self.nodes[n.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Outgoing));
-        let access = match self.spec(n).read_only {
-            true => Access::client(self.name(n), DocSet::all(), DocSet::none(), false),
-            false => Access::full(),
+        let access = match (self.spec(n).read_only, self.spec(n).node) {
+            (true, _) => Access::client(self.name(n), DocSet::all(), DocSet::none(), false),
+            (false, true) => Access { subject: format!("node:{}", self.name(n)), node: true, ..Access::full() },
+            (false, false) => Access::full(),
         };
         let server_conn =
             self.nodes[up.0].engine.as_mut().map(|e| e.handle_connect_with(now, Direction::Incoming, access));
@@ -1511,9 +1534,18 @@ impl Sim {
                     self.fail(format!("{} stored a chunk of {doc} that does not load: {e}", self.name(n)));
                 }
             }
-            // A replaced copy: nothing refuses a change in the simulation,
-            // so the new copy must hold everything the old one did.
-            StorageTask::Compact { doc, snapshot } | StorageTask::Quarantine { doc, snapshot, .. } => {
+            StorageTask::Quarantine { doc, snapshot, .. } => {
+                let Ok(new) = Automerge::load(snapshot) else {
+                    self.fail(format!("{} stored a replacing copy of {doc} that does not load", self.name(n)))
+                };
+                if let Some(old) = self.nodes[n.0].durable.get(doc)
+                    && let Some(why) = left_out_wrongly(old, &new)
+                {
+                    self.fail(format!("{} replaced its copy of {doc}: {why}", self.name(n)));
+                }
+                self.nodes[n.0].durable.insert(*doc, new);
+            }
+            StorageTask::Compact { doc, snapshot } => {
                 let Ok(new) = Automerge::load(snapshot) else {
                     self.fail(format!("{} stored a snapshot of {doc} that does not load", self.name(n)))
                 };
@@ -1801,6 +1833,26 @@ impl Sim {
             })
             .count()
     }
+}
+
+/// A replaced copy (`StorageTask::Quarantine`) may leave out only the old
+/// copy's changes the new one refuses — one with the actor and sequence
+/// number of a different change it holds — and those that depend on them.
+fn left_out_wrongly(old: &Automerge, new: &Automerge) -> Option<String> {
+    let mut left_out = std::collections::HashSet::new();
+    let taken: Vec<(ActorId, u64)> = new.get_changes(&[]).iter().map(|c| (c.actor_id().clone(), c.seq())).collect();
+    for change in old.get_changes(&[]) {
+        let hash = change.hash();
+        if contains(new, &hash) {
+            continue;
+        }
+        let forked = taken.iter().any(|(actor, seq)| actor == change.actor_id() && *seq == change.seq());
+        if !forked && !change.deps().iter().any(|d| left_out.contains(d)) {
+            return Some(format!("change {} was left out though the new copy would take it", hex8(&hash)));
+        }
+        left_out.insert(hash);
+    }
+    None
 }
 
 fn empty_doc() -> Automerge {
@@ -2375,7 +2427,7 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
             let hub = sim.add_node(NodeSpec::new("hub").evict_after(e));
             for i in 0..shape {
                 let e = evict(sim);
-                servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).upstream(hub)));
+                servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub)));
             }
             if shape == 2 {
                 servers.push(hub);
@@ -2409,7 +2461,7 @@ fn build_cloud_topology(sim: &mut Sim) -> Vec<NodeId> {
     let mut edges = Vec::new();
     for (i, (hub, other)) in [(h1, h2), (h2, h1)].into_iter().enumerate() {
         let e = evict(sim);
-        edges.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).upstream(hub).fallback(other)));
+        edges.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub).fallback(other)));
     }
     let count = sim.rng.random_range(2..=4usize);
     let mut clients = Vec::new();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use meridian_protocol::automerge::transaction::Transactable;
-use meridian_protocol::automerge::{ROOT, ReadDoc};
+use meridian_protocol::automerge::{ActorId, Automerge, ROOT, ReadDoc};
 use meridian_protocol::codec::Message;
 use meridian_protocol::engine::{Event, Millis};
 use meridian_protocol::ids::DocumentId;
@@ -439,4 +439,86 @@ fn a_client_that_evicted_an_open_document_catches_up_after_reconnecting() {
     let a_doc = sim.durable_doc(a, &doc).expect("a stores the document");
     assert!(a_doc.get(ROOT, "while_away").unwrap().is_some(), "a never caught up");
     converged(&sim);
+}
+
+/// The last resort of divergence repair under random delays, stalls,
+/// batches and (every other seed) a crash of the edge while it repairs: a
+/// device's disk was cloned, so one automerge actor wrote `x` into an
+/// edge's store and `y` into the hub's, both its first change. The edge's
+/// copy refuses the hub's change and no resync helps; it is quarantined
+/// and fetched again, keeping the edge's other change `z` (`w`, on `x`, is
+/// left out with it), and every replica converges on the hub's history
+/// plus `z`.
+#[test]
+fn an_edge_copy_with_a_forked_actor_is_fetched_again_and_converges() {
+    let seeds = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(40);
+    let mut refetched = 0;
+    for seed in 0..seeds {
+        let mut sim = Sim::new(seed, Timing::default());
+        let hub = sim.add_node(NodeSpec::new("hub"));
+        let e1 = sim.add_node(NodeSpec::new("e1").edge_of(hub));
+        let e2 = sim.add_node(NodeSpec::new("e2").edge_of(hub));
+        let c = sim.add_node(NodeSpec::new("c").upstream(e2));
+        let doc = sim.create_with(c, |tx| tx.put(ROOT, "title", "shared").map(|_| ()));
+        quiet(&mut sim);
+
+        // The fork, on the hub's copy of the base.
+        let base = sim.durable_doc(hub, &doc).expect("the hub has it").clone();
+        let cloned = ActorId::from(&[7u8; 16][..]);
+        let change = |on: &Automerge, actor: Option<&ActorId>, key: &str| {
+            let mut d = on.fork();
+            if let Some(a) = actor {
+                d.set_actor(a.clone());
+            }
+            let mut tx = d.transaction();
+            tx.put(ROOT, key, key).unwrap();
+            tx.commit();
+            let saved = d.save_after(&on.get_heads());
+            (d, saved)
+        };
+        let (x, x_chunk) = change(&base, Some(&cloned), "x");
+        let (_, y_chunk) = change(&base, Some(&cloned), "y");
+        let (_, z_chunk) = change(&base, None, "z");
+        let (_, w_chunk) = change(&x, None, "w");
+        // e1 comes back from a restored disk holding x, z and w; the hub's
+        // store gets y the same way.
+        sim.crash(e1);
+        let mut e1_copy = base.save();
+        for chunk in [&x_chunk, &z_chunk, &w_chunk] {
+            e1_copy.extend_from_slice(chunk);
+        }
+        sim.restore_into_store(e1, doc, e1_copy);
+        sim.crash(hub);
+        sim.restore_into_store(hub, doc, y_chunk);
+        sim.restart(hub);
+        sim.run_for(3_000);
+        sim.restart(e1);
+        sim.find(e1, doc);
+        if seed % 2 == 1 {
+            // Crashed somewhere in the repair (resyncs take 4 housekeeping
+            // thresholds); it starts over from its store.
+            let at = seed.wrapping_mul(7919) % 40_000;
+            sim.run_for(at);
+            sim.crash(e1);
+            sim.run_for(500);
+            sim.restart(e1);
+        }
+        // Four thresholds of the divergence watch (5 s each in the
+        // simulation): three resyncs, then the refetch.
+        sim.run_for(60_000);
+        assert!(sim.run_until_quiet(600_000), "seed {seed}: never quiet");
+        if let Err(e) = sim.check_converged() {
+            sim.fail(format!("seed {seed}: not converged: {e}"));
+        }
+        let keys = |n| {
+            let d = sim.replica(n, &doc).unwrap_or_else(|e| sim.fail(e)).unwrap_or_else(|| sim.fail("no copy"));
+            d.keys(ROOT).collect::<Vec<_>>()
+        };
+        for n in [hub, e1, e2, c] {
+            assert_eq!(keys(n), vec!["title", "y", "z"], "seed {seed}: {}", sim.name(n));
+        }
+        refetched +=
+            sim.node_ids().flat_map(|n| sim.events(n)).filter(|e| matches!(e, Event::Refetched { .. })).count();
+    }
+    assert!(refetched as u64 >= seeds, "every seed refetched at least once: {refetched}");
 }
