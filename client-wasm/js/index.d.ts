@@ -77,12 +77,14 @@ export class Client {
 export class Doc<T = any> {
   readonly url: string;
   readonly documentId: string;
+  /** The document as plain values: the same object until the document changes (treat it as read-only). */
   value(): T;
   put(path: Path, value: unknown): void;
   delete(path: Path): void;
   insert(path: Path, index: number, value: unknown): void;
   splice(path: Path, index: number, deleteCount: number, text: string): void;
-  increment(path: Path, by: number): void;
+  /** Adds `by` (a whole number, 1 by default) to the counter at `path`. */
+  increment(path: Path, by?: number): void;
   /** Several edits as one change, with an optional commit message. */
   change(fn: (draft: Draft<T>) => void, message?: string): void;
   applyOps(ops: unknown[][], message?: string): void;

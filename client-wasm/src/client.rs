@@ -55,6 +55,12 @@ impl Options {
             v if v.is_function() => v,
             _ => Reflect::get(&js_sys::global(), &"WebSocket".into()).unwrap_or(JsValue::UNDEFINED),
         };
+        if !urls.is_empty() && !ws_ctor.is_function() {
+            return Err(JsError::new(
+                "no WebSocket in this runtime (Node before 22?): pass one to Client.open, e.g. \
+                 `import { WebSocket } from \"ws\"` then `Client.open({ urls, WebSocket })`",
+            ));
+        }
         Ok(Self {
             urls,
             db_name,

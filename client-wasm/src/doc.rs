@@ -28,11 +28,15 @@ enum Op {
 pub struct Doc {
     shared: Shared,
     id: DocumentId,
+    /// The last `value()` and the heads it was read at: the same object is
+    /// returned until the document changes (React's `useSyncExternalStore`
+    /// and memoisation compare by identity).
+    value: std::cell::RefCell<Option<(Vec<automerge::ChangeHash>, JsValue)>>,
 }
 
 impl Doc {
     pub(crate) fn new(shared: Shared, id: DocumentId) -> Self {
-        Self { shared, id }
+        Self { shared, id, value: std::cell::RefCell::new(None) }
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), JsError> {
@@ -88,9 +92,21 @@ impl Doc {
         self.id.to_string()
     }
 
-    /// The document as plain JSON (text as strings, counters as numbers).
+    /// The document as plain JSON (text as strings, counters as numbers):
+    /// the same object until the document changes. Treat it as read-only.
     pub fn value(&self) -> Result<JsValue, JsError> {
-        self.read(|am| convert::js_from_json(&convert::doc_to_json(am)))
+        self.read(|am| {
+            let heads = am.get_heads();
+            let mut cached = self.value.borrow_mut();
+            if let Some((at, value)) = cached.as_ref()
+                && *at == heads
+            {
+                return value.clone();
+            }
+            let value = convert::js_from_json(&convert::doc_to_json(am));
+            *cached = Some((heads, value.clone()));
+            value
+        })
     }
 
     /// Sets `path` (a key, or an array of keys and list indexes) to a JSON
@@ -115,9 +131,10 @@ impl Doc {
         self.apply(vec![Op::Splice(convert::path_from_js(&path)?, index as usize, delete_count as isize, text)])
     }
 
-    /// Adds `by` to the counter at `path` (create it with `new Counter(n)`).
-    pub fn increment(&self, path: JsValue, by: f64) -> Result<(), JsError> {
-        self.apply(vec![Op::Increment(convert::path_from_js(&path)?, by as i64)])
+    /// Adds `by` (1 if not given) to the counter at `path` (create it with
+    /// `new Counter(n)`).
+    pub fn increment(&self, path: JsValue, by: Option<f64>) -> Result<(), JsError> {
+        self.apply(vec![Op::Increment(convert::path_from_js(&path)?, step(by)?)])
     }
 
     /// Applies several edits as one change: `[["put", path, value],
@@ -296,9 +313,18 @@ fn op_from_js(op: &JsValue) -> Result<Op, JsError> {
         "delete" => Op::Delete(path),
         "insert" => Op::Insert(path, num(2)? as usize, convert::json_from_js(&a.get(3))?),
         "splice" => Op::Splice(path, num(2)? as usize, num(3)? as isize, a.get(4).as_string().unwrap_or_default()),
-        "increment" => Op::Increment(path, num(2)? as i64),
+        "increment" => Op::Increment(path, step(a.get(2).as_f64())?),
         other => return Err(JsError::new(&format!("unknown op `{other}`"))),
     })
+}
+
+/// A counter's step: a whole number, 1 if not given.
+fn step(by: Option<f64>) -> Result<i64, JsError> {
+    match by {
+        None => Ok(1),
+        Some(by) if by.is_finite() && by.fract() == 0.0 && by.abs() < 2f64.powi(53) => Ok(by as i64),
+        Some(by) => Err(JsError::new(&format!("increment by a whole number, not {by}"))),
+    }
 }
 
 fn apply_op(tx: &mut Transaction<'_>, op: &Op) -> Result<(), AutomergeError> {
