@@ -10,8 +10,12 @@ export function init() {
   ready ??= (async () => {
     const url = new URL("./meridian_client_wasm_bg.wasm", import.meta.url);
     if (typeof process !== "undefined" && process.versions?.node && url.protocol === "file:") {
-      const { readFile } = await import("node:fs/promises");
-      initSync({ module: await readFile(url) });
+      // Node reads the file itself (its fetch has no file: URLs). Through
+      // `process.getBuiltinModule` (Node 20.16+), not an import a bundler
+      // would try to resolve for the browser.
+      const fs = process.getBuiltinModule?.("node:fs");
+      if (!fs) throw new Error(`@meridian/client needs Node 20.16 or later (this is ${process.version})`);
+      initSync({ module: fs.readFileSync(url) });
     } else {
       await initWasm({ module_or_path: url });
     }

@@ -157,6 +157,19 @@ fn meridian_package_in_node_refuses_clearly_and_keeps_values_stable() -> Result<
     Ok(())
 }
 
+/// The package as an application installs it: `npm pack`, then installed
+/// from the tarball into a fresh Node app (imports it by name and counts)
+/// and a fresh Vite app (builds with no warning, the wasm an asset).
+#[test]
+fn the_packed_package_installs_into_fresh_node_and_vite_apps() -> Result<()> {
+    require_pkg()?;
+    let lines = run_script("meridian-pack.mjs", &[])?;
+    let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
+    assert_eq!(steps, ["pack", "node-app", "vite-app"], "{lines:?}");
+    eprintln!("{}", lines[0]);
+    Ok(())
+}
+
 /// The same with auth on: `@meridian/client` presents its `token`, the JS
 /// repo its `?token=`; without tokens the run fails (the edge refuses
 /// both clients, counted as `missing`).

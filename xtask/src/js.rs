@@ -6,8 +6,8 @@
 //! -p meridian-client-wasm` (release, tuned for size); `wasm-bindgen --target web` (installed at the
 //! version pinned in the root `Cargo.toml` if missing); `wasm-opt -Oz` from
 //! the npm `binaryen` package (skipped, with a message, if npm cannot
-//! provide it); then the hand-written `index.js`, `index.d.ts` and
-//! `package.json` from `client-wasm/js/`.
+//! provide it); then the hand-written `index.js`, `index.d.ts`,
+//! `package.json` and `README.md` from `client-wasm/js/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,7 +66,7 @@ pub fn build(args: &[String]) -> Result<()> {
 }
 
 fn copy_js_files(out: &Path) -> Result<()> {
-    for file in ["index.js", "index.d.ts", "package.json"] {
+    for file in ["index.js", "index.d.ts", "package.json", "README.md"] {
         std::fs::copy(client_dir().join("js").join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
     }
     Ok(())
