@@ -42,14 +42,28 @@ export class Counter {
  */
 Doc.prototype.change = function change(fn, message) {
   const ops = [];
-  const draft = {
-    value: this.value(),
-    put: (path, value) => void ops.push(["put", path, value]),
-    delete: (path) => void ops.push(["delete", path]),
-    insert: (path, index, value) => void ops.push(["insert", path, index, value]),
-    splice: (path, index, deleteCount, text) => void ops.push(["splice", path, index, deleteCount, text]),
-    increment: (path, by = 1) => void ops.push(["increment", path, by]),
-  };
+  const draft = new Proxy(
+    {
+      value: this.value(),
+      put: (path, value) => void ops.push(["put", path, value]),
+      delete: (path) => void ops.push(["delete", path]),
+      insert: (path, index, value) => void ops.push(["insert", path, index, value]),
+      splice: (path, index, deleteCount, text) => void ops.push(["splice", path, index, deleteCount, text]),
+      increment: (path, by = 1) => void ops.push(["increment", path, by]),
+    },
+    {
+      // `d.title = "x"` (automerge-repo's style) would otherwise be lost
+      // without a word.
+      set(_, key) {
+        throw new TypeError(
+          `doc.change: assigning d.${String(key)} changes nothing here; use d.put(${JSON.stringify(String(key))}, value)`,
+        );
+      },
+      deleteProperty(_, key) {
+        throw new TypeError(`doc.change: use d.delete(${JSON.stringify(String(key))}), not the delete operator`);
+      },
+    },
+  );
   fn(draft);
   this.applyOps(ops, message);
 };

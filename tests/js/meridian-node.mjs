@@ -4,7 +4,9 @@
 //      URLs rejects at once with a clear error (no silent retries);
 //   2. `increment(path)` steps by 1 (and refuses a fraction), alone and
 //      inside `change(fn)`;
-//   3. `value()` is the same object until the document changes.
+//   3. assigning in `change(fn)` (automerge-repo's style) throws, naming
+//      what to call instead;
+//   4. `value()` is the same object until the document changes.
 //
 // Prints one JSON line per step and {"ok":true} at the end.
 //   node meridian-node.mjs
@@ -50,6 +52,19 @@ try {
 check(fraction && /whole number/.test(fraction), `increment(1.5): ${fraction}`)
 check(doc.value().likes === 7, "a refused increment changes nothing")
 out({ step: "increment", likes: doc.value().likes })
+
+// automerge-repo's habit, `d.title = "x"`, is an error, not a silent no-op.
+let assigned = null
+try {
+  doc.change(d => {
+    d.title = "x"
+  })
+} catch (e) {
+  assigned = String(e?.message ?? e)
+}
+check(assigned && /d\.put\("title"/.test(assigned), `assigning in change(): ${assigned}`)
+check(doc.value().title === "hello", "nothing changed")
+out({ step: "assignment-refused", error: assigned })
 
 // 3. The same value until the document changes.
 const a = doc.value()

@@ -146,14 +146,15 @@ async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()
 }
 
 /// `@meridian/client` in Node as a newcomer meets it: without a WebSocket
-/// `open` rejects with a clear error; `increment(path)` steps by 1; `value()`
-/// is the same object until the document changes.
+/// `open` rejects with a clear error; `increment(path)` steps by 1;
+/// assigning in `change(fn)` throws instead of doing nothing; `value()` is
+/// the same object until the document changes.
 #[test]
 fn meridian_package_in_node_refuses_clearly_and_keeps_values_stable() -> Result<()> {
     require_pkg()?;
     let lines = run_script("meridian-node.mjs", &[])?;
     let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
-    assert_eq!(steps, ["no-websocket", "increment", "stable-value"], "{lines:?}");
+    assert_eq!(steps, ["no-websocket", "increment", "assignment-refused", "stable-value"], "{lines:?}");
     Ok(())
 }
 
