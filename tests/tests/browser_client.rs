@@ -151,11 +151,17 @@ async fn meridian_package_and_js_automerge_repo_sync_through_edge() -> Result<()
 /// the same object until the document changes.
 #[test]
 fn meridian_package_in_node_refuses_clearly_and_keeps_values_stable() -> Result<()> {
+    steps_of("meridian-node.mjs", &["no-websocket", "increment", "assignment-refused", "stable-value"]).map(drop)
+}
+
+/// Runs a Node script of `tests/js` that checks the built package, and
+/// checks it went through `steps` in order; its lines.
+fn steps_of(script: &str, steps: &[&str]) -> Result<Vec<Value>> {
     require_pkg()?;
-    let lines = run_script("meridian-node.mjs", &[])?;
-    let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
-    assert_eq!(steps, ["no-websocket", "increment", "assignment-refused", "stable-value"], "{lines:?}");
-    Ok(())
+    let lines = run_script(script, &[])?;
+    let seen: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
+    assert_eq!(seen, steps, "{lines:?}");
+    Ok(lines)
 }
 
 /// The package as an application installs it: `npm pack`, then installed
@@ -163,10 +169,7 @@ fn meridian_package_in_node_refuses_clearly_and_keeps_values_stable() -> Result<
 /// and a fresh Vite app (builds with no warning, the wasm an asset).
 #[test]
 fn the_packed_package_installs_into_fresh_node_and_vite_apps() -> Result<()> {
-    require_pkg()?;
-    let lines = run_script("meridian-pack.mjs", &[])?;
-    let steps: Vec<&str> = lines.iter().filter_map(|l| l["step"].as_str()).collect();
-    assert_eq!(steps, ["pack", "node-app", "vite-app"], "{lines:?}");
+    let lines = steps_of("meridian-pack.mjs", &["pack", "node-app", "vite-app"])?;
     eprintln!("{}", lines[0]);
     Ok(())
 }
