@@ -323,7 +323,7 @@ fn a_peer_id_is_taken_over_only_by_the_same_subject() {
 #[test]
 fn nodes_sharing_a_peer_id_are_told_apart_by_their_subject() {
     let mut hub = node("hub");
-    let as_node = |id: &str| Access { subject: format!("node:{id}"), node: true, ..Access::full() };
+    let as_node = Access::node;
     let eu = joined(&mut hub, as_node("eu"), "meridian-edge");
     joined(&mut hub, as_node("us"), "meridian-edge");
     assert!(hub.closed.is_empty(), "both stay: {:?}", hub.closed);

@@ -106,8 +106,7 @@ fn linked(f: &Fork, doc: DocumentId) -> (TestNode, ConnId, TestNode, ConnId) {
         TestNode::with_config(config("edge", |c| c.refetch_divergent = true), stored(doc, &mut edge_copy(f)));
     // The edge dials the hub and pushes what it stores, as a driver does.
     let up = edge.engine.handle_connect(Millis(0), Direction::Outgoing);
-    let as_node = Access { subject: "node:edge".into(), node: true, ..Access::full() };
-    let down = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, as_node);
+    let down = hub.engine.handle_connect_with(Millis(0), Direction::Incoming, Access::node("edge"));
     settle(&mut edge, up, &mut hub, down);
     edge.engine.open(Millis(0), doc);
     settle(&mut edge, up, &mut hub, down);

@@ -1057,7 +1057,7 @@ impl Sim {
         let client_conn = self.nodes[n.0].engine.as_mut().map(|e| e.handle_connect(now, Direction::Outgoing));
         let access = match (self.spec(n).read_only, self.spec(n).node) {
             (true, _) => Access::client(self.name(n), DocSet::all(), DocSet::none(), false),
-            (false, true) => Access { subject: format!("node:{}", self.name(n)), node: true, ..Access::full() },
+            (false, true) => Access::node(self.name(n)),
             (false, false) => Access::full(),
         };
         let server_conn =
@@ -1534,24 +1534,25 @@ impl Sim {
                     self.fail(format!("{} stored a chunk of {doc} that does not load: {e}", self.name(n)));
                 }
             }
-            StorageTask::Quarantine { doc, snapshot, .. } => {
-                let Ok(new) = Automerge::load(snapshot) else {
-                    self.fail(format!("{} stored a replacing copy of {doc} that does not load", self.name(n)))
-                };
-                if let Some(old) = self.nodes[n.0].durable.get(doc)
-                    && let Some(why) = left_out_wrongly(old, &new)
-                {
-                    self.fail(format!("{} replaced its copy of {doc}: {why}", self.name(n)));
-                }
-                self.nodes[n.0].durable.insert(*doc, new);
-            }
-            StorageTask::Compact { doc, snapshot } => {
+            // A snapshot replacing every chunk: a compaction keeps every
+            // change; a replaced copy (`Quarantine`) may leave out only what
+            // the new copy refuses.
+            StorageTask::Compact { doc, snapshot } | StorageTask::Quarantine { doc, snapshot, .. } => {
                 let Ok(new) = Automerge::load(snapshot) else {
                     self.fail(format!("{} stored a snapshot of {doc} that does not load", self.name(n)))
                 };
-                let old_heads = self.nodes[n.0].durable.get(doc).map(Automerge::get_heads).unwrap_or_default();
-                if let Some(lost) = old_heads.iter().find(|h| !contains(&new, h)) {
-                    self.fail(format!("{} compacted {doc} into a snapshot without {}", self.name(n), hex8(lost)));
+                if let Some(old) = self.nodes[n.0].durable.get(doc) {
+                    let wrong = if matches!(task, StorageTask::Quarantine { .. }) {
+                        left_out_wrongly(old, &new)
+                    } else {
+                        old.get_heads()
+                            .iter()
+                            .find(|h| !contains(&new, h))
+                            .map(|lost| format!("compacted into a snapshot without {}", hex8(lost)))
+                    };
+                    if let Some(why) = wrong {
+                        self.fail(format!("{} stored {doc}: {why}", self.name(n)));
+                    }
                 }
                 self.nodes[n.0].durable.insert(*doc, new);
             }

@@ -570,8 +570,7 @@ pub async fn register_node(
     direction: Direction,
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
-    let access = Access { subject: format!("node:{node_id}"), node: true, ..Access::full() };
-    register_as(events, direction, false, true, access, None, None).await
+    register_as(events, direction, false, true, Access::node(node_id), None, None).await
 }
 
 /// Registers an edge the hub does not trust (see `--untrusted-edge`): it
@@ -581,14 +580,7 @@ pub async fn register_untrusted_node(
     events: &mpsc::Sender<NodeEvent>,
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
-    let access = Access {
-        subject: format!("node:{node_id}"),
-        node: true,
-        read: DocSet::none(),
-        write: DocSet::none(),
-        create: false,
-        ..Access::full()
-    };
+    let access = Access { read: DocSet::none(), write: DocSet::none(), create: false, ..Access::node(node_id) };
     register_as(events, Direction::Incoming, false, true, access, None, None).await
 }
 
@@ -599,8 +591,8 @@ pub async fn register_edge_peer(
     direction: Direction,
     node_id: Option<&str>,
 ) -> Option<(ConnId, OutboundQueue)> {
-    let subject = node_id.map(|id| format!("node:{id}")).unwrap_or_default();
-    register_as(events, direction, true, true, Access { subject, node: true, ..Access::full() }, None, None).await
+    let access = node_id.map_or(Access { node: true, ..Access::full() }, Access::node);
+    register_as(events, direction, true, true, access, None, None).await
 }
 
 async fn register_as(

@@ -923,7 +923,7 @@ fn step(engine: &mut Engine, world: &mut World, input: &mut Input<'_>, app: &mut
                 // Links to other edges have full access, as the node runtime gives them.
                 4 | 5 => {
                     let direction = if kind % 6 == 4 { Direction::Incoming } else { Direction::Outgoing };
-                    let access = Access { subject: format!("node:{slot}"), node: true, ..Access::full() };
+                    let access = Access::node(&slot.to_string());
                     (engine.handle_connect_edge_peer_with(now, direction, access.clone()), access, kind % 6 == 5)
                 }
                 _ => (engine.handle_connect_with(now, Direction::Incoming, access.clone()), access, false),

@@ -128,6 +128,12 @@ impl Access {
         }
     }
 
+    /// Another node that authenticated as `id` (an edge at the hub, an
+    /// edge-peer link): everything, as the subject `node:{id}`.
+    pub fn node(id: &str) -> Self {
+        Self { subject: format!("node:{id}"), node: true, ..Self::full() }
+    }
+
     /// A client's grants.
     pub fn client(subject: impl Into<String>, read: DocSet, write: DocSet, create: bool) -> Self {
         Self {

@@ -51,6 +51,13 @@ impl PeerDoc {
             stalled: None,
         }
     }
+
+    /// Compares everything again from the start (a forced resync, a
+    /// replaced copy): a fresh sync state, and a stalled peer is heard.
+    pub(super) fn start_over(&mut self) {
+        self.sync = sync::State::new();
+        self.stalled = None;
+    }
 }
 
 /// One document in memory: the automerge document, where its load and its

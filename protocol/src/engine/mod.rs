@@ -133,10 +133,8 @@ pub struct Engine {
     /// Durable heads followed until every replica confirms them.
     replica_lag: BTreeMap<DocumentId, Vec<replicas::Followed>>,
     replica_lag_len: usize,
-    /// When each document was last refetched (see `refetch`), and those
-    /// being refetched now.
+    /// When each document was last refetched (see `refetch`).
     refetched: BTreeMap<DocumentId, Millis>,
-    refetching: BTreeSet<DocumentId>,
 }
 
 impl Engine {
@@ -166,7 +164,6 @@ impl Engine {
             replica_lag: BTreeMap::new(),
             replica_lag_len: 0,
             refetched: BTreeMap::new(),
-            refetching: BTreeSet::new(),
         }
     }
 

@@ -45,6 +45,14 @@ impl DocState {
     }
 
     fn compact(&mut self, doc_id: DocumentId, out: &mut Effects) {
+        self.write_whole(doc_id, None, out);
+    }
+
+    /// Issues the write of the whole document as one snapshot replacing
+    /// every stored chunk ([`StorageTask::Compact`]); with `quarantine`,
+    /// the chunks it replaces go to the store's quarantine with that reason
+    /// ([`StorageTask::Quarantine`], `refetch`).
+    pub(super) fn write_whole(&mut self, doc_id: DocumentId, quarantine: Option<String>, out: &mut Effects) {
         // Only applied changes, as appends store: changes waiting for a
         // dependency (automerge's queue, which `save` keeps by default) are
         // not ours to store yet; they are not in our heads, so their
@@ -54,7 +62,11 @@ impl DocState {
         self.chunk_bytes = 0;
         self.writes_in_flight += 1;
         self.writes_issued += 1;
-        out.storage(TaskPurpose::Write(doc_id), StorageTask::Compact { doc: doc_id, snapshot });
+        let task = match quarantine {
+            None => StorageTask::Compact { doc: doc_id, snapshot },
+            Some(reason) => StorageTask::Quarantine { doc: doc_id, snapshot, reason },
+        };
+        out.storage(TaskPurpose::Write(doc_id), task);
     }
 
     /// Loads the stored bytes into the (empty) document.

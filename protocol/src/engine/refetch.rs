@@ -18,7 +18,7 @@
 //! upstream never got, from clients that were writing here, are kept and
 //! sent on); a change it refuses, and whatever depends on it, is left out.
 //! The old copy's chunks go to the store's quarantine in the same
-//! transaction that stores the new copy ([`StorageTask::Quarantine`]), so
+//! transaction that stores the new copy ([`StorageTask::Quarantine`](crate::storage::StorageTask::Quarantine)), so
 //! nothing is lost: what was left out can be inspected there. Every peer's
 //! sync state starts afresh against the new copy (a client still holding a
 //! refused change is refused again, as bad input).
@@ -32,10 +32,8 @@ use automerge::sync::{self, SyncDoc};
 use automerge::{Automerge, ChangeHash, ReadDoc};
 
 use crate::ids::{ConnId, DocumentId};
-use crate::storage::StorageTask;
 
 use super::conn::Conn;
-use super::effects::TaskPurpose;
 use super::replicas::MAX_REPAIRS;
 use super::{Engine, Event, Millis};
 
@@ -83,9 +81,7 @@ impl Engine {
         let mut r = Refetch { conn, doc: Automerge::new().with_actor(actor), sync: sync::State::new(), since: now };
         let first = r.doc.generate_sync_message(&mut r.sync).map(|m| m.encode());
         d.refetch = Some(Box::new(r));
-        d.dirty.remove(&conn);
         self.refetched.insert(doc_id, now);
-        self.refetching.insert(doc_id);
         tracing::warn!(
             doc = %doc_id, %conn,
             "this copy stays apart from the upstream's after {MAX_REPAIRS} resyncs: fetching the upstream's copy to replace it (the old one goes to the quarantine)"
@@ -130,12 +126,9 @@ impl Engine {
     /// replaces the copy now.
     pub(super) fn check_refetches(&mut self, now: Millis) {
         self.refetched.retain(|_, at| now.0.saturating_sub(at.0) < REFETCH_AGAIN_AFTER_MS);
-        let docs: Vec<DocumentId> = self.refetching.iter().copied().collect();
+        let docs: Vec<DocumentId> = self.docs.iter().filter(|(_, d)| d.refetch.is_some()).map(|(id, _)| *id).collect();
         for doc_id in docs {
-            let Some(r) = self.docs.get(&doc_id).and_then(|d| d.refetch.as_ref()) else {
-                self.refetching.remove(&doc_id);
-                continue;
-            };
+            let Some(r) = self.docs.get(&doc_id).and_then(|d| d.refetch.as_ref()) else { continue };
             if r.complete() {
                 // Waited for the document to be idle: it may be now.
                 self.finish_refetch(now, doc_id);
@@ -153,13 +146,10 @@ impl Engine {
     /// from a fresh sync state, and may be offered the last resort again
     /// once [`REFETCH_AGAIN_AFTER_MS`] passed.
     fn abandon_refetch(&mut self, now: Millis, doc_id: DocumentId) {
-        self.refetching.remove(&doc_id);
-        let Some(r) = self.docs.get_mut(&doc_id).and_then(|d| d.refetch.take()) else { return };
-        self.offer_refetch_again(doc_id, r.conn);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
+        let Some(r) = d.refetch.take() else { return };
         if let Some(pd) = d.peers.get_mut(&r.conn) {
-            pd.sync = sync::State::new();
-            pd.stalled = None;
+            pd.start_over();
             d.dirty.insert(r.conn);
         }
         self.sync_doc(now, doc_id);
@@ -173,24 +163,17 @@ impl Engine {
             return;
         }
         let Some(r) = d.refetch.take() else { return };
-        self.refetching.remove(&doc_id);
         let old = std::mem::replace(&mut d.doc, r.doc);
         let (restored, left) = restore(&mut d.doc, &old);
         let reason = format!(
             "divergent: the copy stayed apart from the upstream's after {MAX_REPAIRS} resyncs and was replaced by it; {left} of its changes could not be applied to it"
         );
-        let snapshot = d.doc.save_with_options(automerge::SaveOptions { deflate: true, retain_orphans: false });
         d.saved_heads = d.doc.get_heads();
-        d.snapshot_bytes = snapshot.len();
-        d.chunk_bytes = 0;
-        d.writes_in_flight += 1;
-        d.writes_issued += 1;
-        self.out.storage(TaskPurpose::Write(doc_id), StorageTask::Quarantine { doc: doc_id, snapshot, reason });
+        d.write_whole(doc_id, Some(reason), &mut self.out);
         // Every peer compares against the new copy from the start.
         for (conn, pd) in &mut d.peers {
-            pd.sync = sync::State::new();
+            pd.start_over();
             pd.answered_at = None;
-            pd.stalled = None;
             d.dirty.insert(*conn);
         }
         d.generated = Default::default();

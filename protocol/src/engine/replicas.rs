@@ -19,7 +19,7 @@
 //! much still has not crossed (so a document written without pause, whose
 //! heads never meet, is not divergent while changes keep crossing).
 
-use automerge::{ChangeHash, sync};
+use automerge::ChangeHash;
 
 use crate::ids::{ConnId, DocumentId, PeerId};
 
@@ -50,8 +50,6 @@ pub(super) struct Watch {
     theirs: Vec<ChangeHash>,
     repairs: u32,
     divergent: bool,
-    /// The last resort was offered for it (`refetch`).
-    refetch_offered: bool,
 }
 
 /// One replica of a document ([`Engine::replicas`]).
@@ -220,14 +218,7 @@ impl Engine {
                         let theirs = theirs.map(<[ChangeHash]>::to_vec).unwrap_or_default();
                         self.replica_watch.insert(
                             key,
-                            Watch {
-                                since: now,
-                                ours: ours.clone(),
-                                theirs,
-                                repairs: 0,
-                                divergent: false,
-                                refetch_offered: false,
-                            },
+                            Watch { since: now, ours: ours.clone(), theirs, repairs: 0, divergent: false },
                         );
                     }
                     (false, Some(w)) => {
@@ -242,7 +233,6 @@ impl Engine {
                                 ..w.clone()
                             };
                             w.repairs = 0;
-                            w.refetch_offered = false;
                             continue;
                         }
                         if crossed && w.divergent {
@@ -264,7 +254,7 @@ impl Engine {
                         if w.repairs < MAX_REPAIRS {
                             w.repairs += 1;
                             resync.push(key);
-                        } else if !w.refetch_offered {
+                        } else {
                             last_resort.push(key);
                         }
                     }
@@ -278,32 +268,22 @@ impl Engine {
             if let Some(d) = self.docs.get_mut(&doc_id)
                 && let Some(p) = d.peers.get_mut(&conn)
             {
-                p.sync = sync::State::new();
-                p.stalled = None;
+                p.start_over();
                 // Due a message: our side, from the start.
                 d.dirty.insert(conn);
                 out.repairs += 1;
             }
             self.sync_doc(now, doc_id);
         }
-        // Offered again at each check until it may start (once an hour).
+        // Offered at each check; it starts unless one is under way or the
+        // document was refetched in the last hour (`may_refetch`).
         for (doc_id, conn) in last_resort {
             if self.may_refetch(now, &doc_id, conn) {
-                if let Some(w) = self.replica_watch.get_mut(&(doc_id, conn)) {
-                    w.refetch_offered = true;
-                }
                 self.start_refetch(now, doc_id, conn);
                 out.refetching.push((doc_id, conn));
             }
         }
         out
-    }
-
-    /// A refetch was given up: the replica may be offered it again.
-    pub(super) fn offer_refetch_again(&mut self, doc_id: DocumentId, conn: ConnId) {
-        if let Some(w) = self.replica_watch.get_mut(&(doc_id, conn)) {
-            w.refetch_offered = false;
-        }
     }
 }
 
