@@ -1,24 +1,25 @@
 // @meridian/client: Automerge documents in IndexedDB, synced with a
 // Meridian edge (or any automerge-repo sync server). The wasm module does
-// the work; this file loads it (browser or Node) and adds `change(fn)`.
-import initWasm, { initSync, Client, Doc, parseAutomergeUrl } from "./meridian_client_wasm.js";
+// the work; this file loads it (fetched next to this file: the browser
+// entry point; `node.js` reads it from disk instead) and adds the value
+// classes and `change(fn)`. `repo.js` is the automerge-repo-style layer.
+import initWasm, { initSync, Client, Doc, parseAutomergeUrl, setValueTypes } from "./meridian_client_wasm.js";
 
 let ready;
+let load = async () => {
+  await initWasm({ module_or_path: new URL("./meridian_client_wasm_bg.wasm", import.meta.url) });
+};
 
-/** Loads the wasm module once; `Client.open` calls it for you. */
+/** How the wasm module is loaded: the Node entry point (`node.js`) reads the file instead of fetching it. */
+export function setLoader(f) {
+  load = f;
+}
+
+/** Loads the wasm module once; `Client.open` and `@meridian/client/repo` call it for you. */
 export function init() {
   ready ??= (async () => {
-    const url = new URL("./meridian_client_wasm_bg.wasm", import.meta.url);
-    if (typeof process !== "undefined" && process.versions?.node && url.protocol === "file:") {
-      // Node reads the file itself (its fetch has no file: URLs). Through
-      // `process.getBuiltinModule` (Node 20.16+), not an import a bundler
-      // would try to resolve for the browser.
-      const fs = process.getBuiltinModule?.("node:fs");
-      if (!fs) throw new Error(`@meridian/client needs Node 20.16 or later (this is ${process.version})`);
-      initSync({ module: fs.readFileSync(url) });
-    } else {
-      await initWasm({ module_or_path: url });
-    }
+    await load({ initSync });
+    setValueTypes(Counter, ImmutableString);
   })();
   return ready;
 }
@@ -29,10 +30,52 @@ Client.open = async function open(options = {}) {
   return rawOpen.call(Client, options);
 };
 
-/** A counter value: `doc.put("likes", new Counter(0))`, then `doc.increment("likes", 1)`. */
+// The symbols @automerge/automerge marks its value classes with, so that
+// its Counter and ImmutableString and ours are interchangeable.
+const COUNTER = Symbol.for("_am_counter");
+const IMMUTABLE_STRING = Symbol.for("_am_immutableString");
+
+/**
+ * A counter value: `doc.put("likes", new Counter(0))`, then
+ * `doc.increment("likes")`; in a `Repo` handle's change, `d.likes.increment()`.
+ * Read back as a `Counter` (`Number(c)`, `c.value`, `${c}` all work).
+ */
 export class Counter {
   constructor(value = 0) {
-    this.__counter = value;
+    this.value = value;
+    Object.defineProperty(this, COUNTER, { value: true });
+  }
+  valueOf() {
+    return this.value;
+  }
+  toString() {
+    return String(this.value);
+  }
+  toJSON() {
+    return this.value;
+  }
+  increment() {
+    throw new Error("Counters are incremented inside a change: handle.change(d => d.likes.increment())");
+  }
+  decrement() {
+    throw new Error("Counters are decremented inside a change: handle.change(d => d.likes.decrement())");
+  }
+}
+
+/**
+ * A string stored as one value (not as text that can be spliced), as
+ * `@automerge/automerge`'s `ImmutableString`: `d.id = new ImmutableString("a1")`.
+ */
+export class ImmutableString {
+  constructor(val) {
+    this.val = val;
+    Object.defineProperty(this, IMMUTABLE_STRING, { value: true });
+  }
+  toString() {
+    return this.val;
+  }
+  toJSON() {
+    return this.val;
   }
 }
 

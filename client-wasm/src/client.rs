@@ -5,12 +5,11 @@ use std::rc::Rc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use meridian_protocol::engine::{Engine, EngineConfig};
-use meridian_protocol::ids::{AutomergeUrl, PeerId, StorageId};
-use serde_json::Value as Json;
+use meridian_protocol::ids::{AutomergeUrl, DocumentId, PeerId, StorageId};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::convert::{self, Place};
+use crate::values::{self, Place, Val};
 use crate::doc::Doc;
 use crate::driver::{Driver, Settle, Shared, drive};
 use crate::net::Net;
@@ -106,18 +105,49 @@ impl Client {
     /// `dbName: null` (or no IndexedDB, as in Node) keeps documents in
     /// memory. Resolves once the local store is open, before any network.
     pub async fn open(options: JsValue) -> Result<Client, JsError> {
-        let options = Options::from_js(&options)?;
+        let (client, store) = Self::start(&options)?;
+        if let Some(name) = store {
+            let idb = IdbStore::open(&name, fresh_storage_id())
+                .await
+                .map_err(|e| JsError::new(&format!("IndexedDB: {}", store::describe(&e))))?;
+            drive(&client.shared, |d| d.store_opened(Some(idb)));
+        }
+        Ok(client)
+    }
+
+    /// `Client.open` without waiting: the client is usable at once (create,
+    /// find, edit); IndexedDB opens in the background, storage work and the
+    /// first connection wait for it. If the database cannot be opened the
+    /// client warns and keeps documents in memory. The `Repo` layer uses
+    /// this, as automerge-repo's `new Repo()` is synchronous.
+    #[wasm_bindgen(js_name = openSync)]
+    pub fn open_sync(options: JsValue) -> Result<Client, JsError> {
+        let (client, store) = Self::start(&options)?;
+        if let Some(name) = store {
+            let shared = client.shared.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let idb = match IdbStore::open(&name, fresh_storage_id()).await {
+                    Ok(idb) => Some(idb),
+                    Err(e) => {
+                        crate::driver::warn(&format!(
+                            "meridian: IndexedDB {name:?} could not be opened ({}); documents stay in memory",
+                            store::describe(&e)
+                        ));
+                        None
+                    }
+                };
+                drive(&shared, |d| d.store_opened(idb));
+            });
+        }
+        Ok(client)
+    }
+
+    /// The client, running, and the name of the database still to open.
+    fn start(options: &JsValue) -> Result<(Client, Option<String>), JsError> {
+        let options = Options::from_js(options)?;
         let seed = platform::random_u64();
-        let idb = match &options.db_name {
-            Some(name) => Some(
-                IdbStore::open(name, fresh_storage_id())
-                    .await
-                    .map_err(|e| JsError::new(&format!("IndexedDB: {}", store::describe(&e))))?,
-            ),
-            None => None,
-        };
         let peer_id = PeerId::new(options.peer_id.clone().unwrap_or_else(|| format!("meridian-{:08x}", seed as u32)));
-        let mut config = EngineConfig::new(peer_id, idb.as_ref().map(|s| s.storage_id().clone()));
+        let mut config = EngineConfig::new(peer_id, None);
         config.rng_seed = platform::random_u64();
         // A tab holds what the application opened; nothing to evict.
         config.idle_evict_after_ms = u64::MAX;
@@ -130,10 +160,14 @@ impl Client {
             options.token,
             options.get_token,
         );
-        let shared: Shared = Rc::new_cyclic(|me| RefCell::new(Driver::new(Engine::new(config), idb, net, me.clone())));
+        let opening = options.db_name.is_some();
+        let shared: Shared =
+            Rc::new_cyclic(|me| RefCell::new(Driver::new(Engine::new(config), opening, net, me.clone())));
         Self::start_background(&shared);
-        drive(&shared, Driver::connect);
-        Ok(Client { shared })
+        if !opening {
+            drive(&shared, Driver::connect);
+        }
+        Ok((Client { shared }, options.db_name))
     }
 
     fn start_background(shared: &Shared) {
@@ -157,29 +191,71 @@ impl Client {
     /// Creates a document with `initial` (an object) as its first change;
     /// resolves once it is stored locally.
     pub async fn create(&self, initial: JsValue) -> Result<Doc, JsError> {
-        let initial = convert::json_from_js(&initial)?;
-        let fields = match initial {
-            Json::Object(m) => m,
-            Json::Null => serde_json::Map::new(),
+        let doc = self.create_sync(initial)?;
+        let (promise, resolve) = deferred_resolve();
+        drive(&self.shared, |d| d.when_saved(doc.id(), resolve));
+        JsFuture::from(promise).await.map_err(|e| JsError::new(&store::describe(&e)))?;
+        Ok(doc)
+    }
+
+    /// `create` without waiting for local storage (`doc.whenSaved()` tells
+    /// when it is stored).
+    #[wasm_bindgen(js_name = createSync)]
+    pub fn create_sync(&self, initial: JsValue) -> Result<Doc, JsError> {
+        let fields = match values::val_from_js(&initial)? {
+            Val::Map(fields) => fields,
+            Val::Scalar(automerge::ScalarValue::Null) => Vec::new(),
+            _ if initial.is_undefined() => Vec::new(),
             _ => return Err(JsError::new("a document's initial value is an object")),
         };
-        let (promise, settle) = deferred();
         let id = drive(&self.shared, |d| {
+            if d.closed {
+                return Err(JsError::new("the client was closed"));
+            }
             let now = d.now();
             let options = automerge::transaction::CommitOptions::default()
                 .with_time((js_sys::Date::now() / 1000.0).floor() as i64)
                 .with_message("Created".to_owned());
-            let id = d.engine.create_with(now, options, |tx| {
-                fields
-                    .iter()
-                    .try_for_each(|(k, v)| convert::write_json(tx, &automerge::ROOT, Place::Put(k.clone().into()), v))
-            })?;
-            d.find(id, settle);
-            Ok::<_, meridian_protocol::engine::DocError>(id)
-        })
-        .map_err(|e| JsError::new(&e.to_string()))?;
-        JsFuture::from(promise).await.map_err(|e| JsError::new(&store::describe(&e)))?;
+            d.engine
+                .create_with(now, options, |tx| {
+                    fields.iter().try_for_each(|(k, v)| {
+                        values::write(tx, &automerge::ROOT, Place::Put(k.clone().into()), v)
+                    })
+                })
+                .map_err(|e| JsError::new(&e.to_string()))
+        })?;
         Ok(Doc::new(self.shared.clone(), id))
+    }
+
+    /// A new document holding everything in `bytes` (a saved document, as
+    /// `doc.save()` or `Automerge.save` write it), under a new URL.
+    #[wasm_bindgen(js_name = import)]
+    pub fn import(&self, bytes: Vec<u8>) -> Result<Doc, JsError> {
+        automerge::Automerge::load(&bytes).map_err(|e| JsError::new(&format!("not an Automerge document: {e}")))?;
+        let id = drive(&self.shared, |d| {
+            if d.closed {
+                return Err(JsError::new("the client was closed"));
+            }
+            let now = d.now();
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&d.engine.random_u64().to_le_bytes());
+            raw[8..].copy_from_slice(&d.engine.random_u64().to_le_bytes());
+            raw[6] = (raw[6] & 0x0f) | 0x40;
+            raw[8] = (raw[8] & 0x3f) | 0x80;
+            let id = DocumentId::from_bytes(raw);
+            d.engine.import(now, id, &bytes).map_err(|e| JsError::new(&e.to_string()))?;
+            Ok(id)
+        })?;
+        Ok(Doc::new(self.shared.clone(), id))
+    }
+
+    /// Removes a document from this client: from memory and from local
+    /// storage. Peers keep their copies (as in automerge-repo, deleting is
+    /// local); finding it again fetches it from the server if it has it.
+    pub fn delete(&self, url: String) -> Result<(), JsError> {
+        let parsed: AutomergeUrl = url.parse().map_err(|e| JsError::new(&format!("{e}")))?;
+        drive(&self.shared, |d| d.delete(parsed.document_id));
+        Ok(())
     }
 
     /// Opens a document by `automerge:` URL: from IndexedDB if it is

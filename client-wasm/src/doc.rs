@@ -9,15 +9,16 @@ use meridian_protocol::ids::DocumentId;
 use serde_json::{Value as Json, json};
 use wasm_bindgen::prelude::*;
 
-use crate::convert::{self, Place};
+use crate::convert;
+use crate::values::{self, Place, Val};
 use crate::driver::{Driver, Shared, drive};
 
 /// One edit, as `applyOps` takes it and `change(fn)` records it.
 #[derive(Debug)]
 enum Op {
-    Put(Vec<Prop>, Json),
+    Put(Vec<Prop>, Val),
     Delete(Vec<Prop>),
-    Insert(Vec<Prop>, usize, Json),
+    Insert(Vec<Prop>, usize, Val),
     Splice(Vec<Prop>, usize, isize, String),
     Increment(Vec<Prop>, i64),
 }
@@ -37,6 +38,10 @@ pub struct Doc {
 impl Doc {
     pub(crate) fn new(shared: Shared, id: DocumentId) -> Self {
         Self { shared, id, value: std::cell::RefCell::new(None) }
+    }
+
+    pub(crate) fn id(&self) -> DocumentId {
+        self.id
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<(), JsError> {
@@ -92,8 +97,9 @@ impl Doc {
         self.id.to_string()
     }
 
-    /// The document as plain JSON (text as strings, counters as numbers):
-    /// the same object until the document changes. Treat it as read-only.
+    /// The document as JavaScript values (text as strings, `Counter`,
+    /// `Date`, `Uint8Array`, `ImmutableString`): the same object until the
+    /// document changes. Treat it as read-only.
     pub fn value(&self) -> Result<JsValue, JsError> {
         self.read(|am| {
             let heads = am.get_heads();
@@ -103,16 +109,16 @@ impl Doc {
             {
                 return value.clone();
             }
-            let value = convert::js_from_json(&convert::doc_to_json(am));
+            let value = values::doc_to_js(am);
             *cached = Some((heads, value.clone()));
             value
         })
     }
 
-    /// Sets `path` (a key, or an array of keys and list indexes) to a JSON
+    /// Sets `path` (a key, or an array of keys and list indexes) to a
     /// value. Strings become text that can be spliced.
     pub fn put(&self, path: JsValue, value: JsValue) -> Result<(), JsError> {
-        self.apply(vec![Op::Put(convert::path_from_js(&path)?, convert::json_from_js(&value)?)])
+        self.apply(vec![Op::Put(convert::path_from_js(&path)?, values::val_from_js(&value)?)])
     }
 
     /// Removes a map key or a list element.
@@ -122,7 +128,7 @@ impl Doc {
 
     /// Inserts `value` into the list at `path` before `index`.
     pub fn insert(&self, path: JsValue, index: u32, value: JsValue) -> Result<(), JsError> {
-        self.apply(vec![Op::Insert(convert::path_from_js(&path)?, index as usize, convert::json_from_js(&value)?)])
+        self.apply(vec![Op::Insert(convert::path_from_js(&path)?, index as usize, values::val_from_js(&value)?)])
     }
 
     /// Deletes `delete_count` and inserts `text` at `index` of the text at
@@ -149,6 +155,25 @@ impl Doc {
             return Ok(());
         }
         self.apply_with_message(ops, message)
+    }
+
+    /// The whole document in Automerge's binary format (what
+    /// `Automerge.save` writes; `Automerge.load` and `client.import` read it).
+    pub fn save(&self) -> Result<Vec<u8>, JsError> {
+        self.read(|am| am.save())
+    }
+
+    /// Merges a saved document (or changes) into this one, as
+    /// `Automerge.merge` does: their changes become part of this document.
+    pub fn merge(&self, bytes: Vec<u8>) -> Result<(), JsError> {
+        let id = self.id;
+        drive(&self.shared, |d| {
+            if d.closed {
+                return Err(JsError::new("the client was closed"));
+            }
+            let now = d.now();
+            d.engine.import(now, id, &bytes).map_err(|e| JsError::new(&format!("cannot merge: {e}")))
+        })
     }
 
     /// Current heads (hex change hashes).
@@ -182,7 +207,7 @@ impl Doc {
     #[wasm_bindgen(js_name = valueAt)]
     pub fn value_at(&self, heads: Vec<String>) -> Result<JsValue, JsError> {
         let heads = parse_heads(&heads)?;
-        self.read(|am| am.fork_at(&heads).map(|old| convert::js_from_json(&convert::doc_to_json(&old))))?
+        self.read(|am| am.fork_at(&heads).map(|old| values::doc_to_js(&old)))?
             .map_err(|e| JsError::new(&format!("no such version: {e}")))
     }
 
@@ -198,7 +223,7 @@ impl Doc {
                     return Err(JsError::new(&format!("unknown change {h}")));
                 }
             }
-            Ok(convert::js_from_json(&convert::patches_to_json(&am.diff(&before, &after))))
+            Ok(values::patches_to_js(&am.diff(&before, &after)))
         })?
     }
 
@@ -309,9 +334,9 @@ fn op_from_js(op: &JsValue) -> Result<Op, JsError> {
     let num =
         |i: u32| a.get(i).as_f64().ok_or_else(|| JsError::new(&format!("`{kind}` op: argument {i} must be a number")));
     Ok(match kind.as_str() {
-        "put" => Op::Put(path, convert::json_from_js(&a.get(2))?),
+        "put" => Op::Put(path, values::val_from_js(&a.get(2))?),
         "delete" => Op::Delete(path),
-        "insert" => Op::Insert(path, num(2)? as usize, convert::json_from_js(&a.get(3))?),
+        "insert" => Op::Insert(path, num(2)? as usize, values::val_from_js(&a.get(3))?),
         "splice" => Op::Splice(path, num(2)? as usize, num(3)? as isize, a.get(4).as_string().unwrap_or_default()),
         "increment" => Op::Increment(path, step(a.get(2).as_f64())?),
         other => return Err(JsError::new(&format!("unknown op `{other}`"))),
@@ -331,7 +356,7 @@ fn apply_op(tx: &mut Transaction<'_>, op: &Op) -> Result<(), AutomergeError> {
     match op {
         Op::Put(path, v) => {
             let (obj, prop) = convert::resolve_parent(tx, path)?;
-            convert::write_json(tx, &obj, Place::Put(prop), v)
+            values::write(tx, &obj, Place::Put(prop), v)
         }
         Op::Delete(path) => {
             let (obj, prop) = convert::resolve_parent(tx, path)?;
@@ -340,7 +365,7 @@ fn apply_op(tx: &mut Transaction<'_>, op: &Op) -> Result<(), AutomergeError> {
         Op::Insert(path, index, v) => {
             let obj = convert::resolve_obj(tx, path)?;
             expect_type(tx, &obj, ObjType::List)?;
-            convert::write_json(tx, &obj, Place::Insert(*index), v)
+            values::write(tx, &obj, Place::Insert(*index), v)
         }
         Op::Splice(path, index, delete, text) => {
             let obj = convert::resolve_obj(tx, path)?;

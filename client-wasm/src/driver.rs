@@ -83,6 +83,8 @@ pub(crate) struct Driver {
     origin: f64,
     /// IndexedDB, or `None` for a memory-only (ephemeral) client.
     pub idb: Option<IdbStore>,
+    /// IndexedDB is being opened: storage tasks wait in `queue`.
+    pub opening: bool,
     memory: MemoryStore,
     queue: Vec<(StorageTaskId, StorageTask)>,
     storage_busy: bool,
@@ -172,13 +174,15 @@ async fn storage_worker(shared: Shared) {
 }
 
 impl Driver {
-    pub fn new(engine: Engine, idb: Option<IdbStore>, net: Net, me: Weak<RefCell<Driver>>) -> Self {
+    /// A driver; `opening`: IndexedDB is being opened (see [`Driver::store_opened`]).
+    pub fn new(engine: Engine, opening: bool, net: Net, me: Weak<RefCell<Driver>>) -> Self {
         let session_id = format!("{:016x}", platform::random_u64());
         Self {
             engine,
             me,
             origin: platform::now_ms(),
-            idb,
+            idb: None,
+            opening,
             memory: MemoryStore::new(),
             queue: Vec::new(),
             storage_busy: false,
@@ -252,7 +256,7 @@ impl Driver {
             let mut io = Io {
                 net: &mut self.net,
                 memory: &mut self.memory,
-                queue: self.idb.as_ref().map(|_| &mut self.queue),
+                queue: (self.idb.is_some() || self.opening).then_some(&mut self.queue),
                 lost: false,
             };
             let event = self.engine.drive_to_event(now, &mut io);
@@ -310,6 +314,42 @@ impl Driver {
         }
     }
 
+    /// IndexedDB is open (`Some`), or could not be opened (`None`: the
+    /// client keeps documents in memory): run what waited, then connect.
+    pub fn store_opened(&mut self, idb: Option<IdbStore>) {
+        self.opening = false;
+        if self.closed {
+            if let Some(idb) = idb {
+                idb.close();
+            }
+            return;
+        }
+        match idb {
+            Some(idb) => {
+                self.engine.set_storage_id(Some(idb.storage_id().clone()));
+                self.idb = Some(idb);
+            }
+            None => {
+                let now = self.now();
+                for (id, task) in std::mem::take(&mut self.queue) {
+                    let result = self.memory.execute(&task);
+                    self.engine.handle_storage_result(now, id, result);
+                }
+            }
+        }
+        self.connect();
+    }
+
+    /// Forgets a document here, in memory and in local storage.
+    pub fn delete(&mut self, doc: DocumentId) {
+        self.engine.delete_local(doc);
+        self.docs.remove(&doc);
+        let err: JsValue = js_sys::Error::new(&format!("document automerge:{doc} was deleted")).into();
+        for s in self.finds.remove(&doc).unwrap_or_default() {
+            self.calls.push((s.reject, err.clone()));
+        }
+    }
+
     pub fn find(&mut self, doc: DocumentId, settle: Settle) {
         self.finds.entry(doc).or_default().push(settle);
         let now = self.now();
@@ -343,7 +383,7 @@ impl Driver {
         let patches = am.diff(&listeners.last_heads, &heads);
         listeners.last_heads = heads.clone();
         let payload = Object::new();
-        let _ = Reflect::set(&payload, &"patches".into(), &convert::js_from_json(&convert::patches_to_json(&patches)));
+        let _ = Reflect::set(&payload, &"patches".into(), &crate::values::patches_to_js(&patches));
         let heads: Vec<JsValue> = heads.iter().map(|h| JsValue::from_str(&h.to_string())).collect();
         let _ = Reflect::set(&payload, &"heads".into(), &js_sys::Array::from_iter(heads));
         let payload: JsValue = payload.into();

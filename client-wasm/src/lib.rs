@@ -27,6 +27,7 @@ pub mod driver;
 pub mod net;
 pub mod platform;
 pub mod store;
+pub mod values;
 
 pub use client::Client;
 pub use doc::Doc;

@@ -213,7 +213,13 @@ impl Driver {
     /// Opens a socket to every URL; the first to open wins.
     pub fn connect(&mut self) {
         self.net.retry = None;
-        if self.closed || self.net.urls.is_empty() || self.net.socket.is_some() || !self.net.attempts.is_empty() {
+        // Not before the local store is open: the handshake names it.
+        if self.closed
+            || self.opening
+            || self.net.urls.is_empty()
+            || self.net.socket.is_some()
+            || !self.net.attempts.is_empty()
+        {
             return;
         }
         if !self.net.online || self.net.paused {

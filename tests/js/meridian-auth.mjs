@@ -15,7 +15,7 @@
 import { WebSocket } from "ws"
 import { installGuards, out, parseArgs, sleep, withTimeout } from "./lib.mjs"
 
-const { Client } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
+const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 const opts = parseArgs(process.argv.slice(2), {
   url: "string",
   case: "string",

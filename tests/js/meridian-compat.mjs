@@ -13,7 +13,7 @@ import { WebSocket } from "ws"
 import { next as A } from "@automerge/automerge"
 import { clientRepo, installGuards, log, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, withTimeout, docJson, deepEqual } from "./lib.mjs"
 
-const { Client } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
+const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 const opts = parseArgs(process.argv.slice(2), { url: "string", timeout: "number", token: "string" })
 installGuards(opts.timeout ?? 90, "meridian-compat")
 

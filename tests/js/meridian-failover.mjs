@@ -13,7 +13,7 @@
 import { WebSocket } from "ws"
 import { installGuards, out, parseArgs, waitUntil, withTimeout } from "./lib.mjs"
 
-const { Client } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
+const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 const opts = parseArgs(process.argv.slice(2), { urls: "string", timeout: "number" })
 installGuards(opts.timeout ?? 60, "meridian-failover")
 const urls = opts.urls.split(",")

@@ -12,7 +12,7 @@ import { createPrivateKey, sign } from "node:crypto"
 import { readFileSync } from "node:fs"
 import { installGuards, out, parseArgs, sleep, waitUntil, withTimeout } from "./lib.mjs"
 
-const { Client } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
+const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 const opts = parseArgs(process.argv.slice(2), { url: "string", key: "string", ttl: "number" })
 installGuards(90, "meridian-gettoken")
 const ttl = opts.ttl ?? 2

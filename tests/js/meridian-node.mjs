@@ -13,7 +13,7 @@
 
 import { installGuards, out } from "./lib.mjs"
 
-const { Client, Counter } = await import(new URL("../../client-wasm/pkg/index.js", import.meta.url))
+const { Client, Counter } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 installGuards(30, "meridian-node")
 
 function check(cond, what) {

@@ -65,8 +65,21 @@ pub fn build(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The hand-written files of the package, next to what wasm-bindgen writes.
+const JS_FILES: &[&str] = &[
+    "index.js",
+    "node.js",
+    "draft.js",
+    "repo.js",
+    "repo-node.js",
+    "index.d.ts",
+    "repo.d.ts",
+    "package.json",
+    "README.md",
+];
+
 fn copy_js_files(out: &Path) -> Result<()> {
-    for file in ["index.js", "index.d.ts", "package.json", "README.md"] {
+    for file in JS_FILES {
         std::fs::copy(client_dir().join("js").join(file), out.join(file)).with_context(|| format!("copying {file}"))?;
     }
     Ok(())

@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-const pkg = new URL("../../pkg/index.js", import.meta.url);
+const pkg = new URL("../../pkg/node.js", import.meta.url);
 // `ws` comes with the interop tests' npm packages (tests/js).
 const ws = new URL("../../../tests/js/node_modules/ws/wrapper.mjs", import.meta.url);
 

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-const pkg = new URL("../../pkg/index.js", import.meta.url);
+const pkg = new URL("../../pkg/node.js", import.meta.url);
 
 test("the package imports in Node and edits a document", { timeout: 30000 }, async () => {
   const { Client, Counter, parseAutomergeUrl } = await import(pkg);

@@ -4,6 +4,9 @@ use automerge::transaction::{CommitOptions, Transactable, Transaction};
 
 use crate::codec::Message;
 use crate::ids::{ConnId, DocumentId, PeerId};
+use crate::storage::StorageTask;
+
+use super::effects::TaskPurpose;
 
 use super::access::Refusal;
 use super::doc::DocState;
@@ -96,6 +99,18 @@ impl Engine {
         d.doc.load_incremental(bytes)?;
         self.after_doc_update(now, doc_id, before);
         Ok(())
+    }
+
+    /// Forgets a document here: drops it from memory and deletes it from
+    /// the store with its sync states (after any write already issued).
+    /// Peers keep their copies; a later `find` fetches it again. The local
+    /// application's "delete" (automerge-repo's `repo.delete`).
+    pub fn delete_local(&mut self, doc_id: DocumentId) {
+        self.opened.remove(&doc_id);
+        self.offloading.remove(&doc_id);
+        self.resync_on_upstream.remove(&doc_id);
+        self.remove_doc(doc_id);
+        self.out.storage(TaskPurpose::Offload(doc_id), StorageTask::DeleteDoc { doc: doc_id });
     }
 
     /// Sends an ephemeral message about a document to every peer

@@ -48,7 +48,7 @@ use automerge::{ActorId, Automerge, ChangeHash};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::ids::{ConnId, DocumentId, PeerId};
+use crate::ids::{ConnId, DocumentId, PeerId, StorageId};
 
 mod access;
 mod api;
@@ -169,6 +169,13 @@ impl Engine {
 
     pub fn peer_id(&self) -> &PeerId {
         &self.config.peer_id
+    }
+
+    /// Names the store this engine writes to, for handshakes from now on
+    /// (a client that opens its store in the background sets it before it
+    /// first connects).
+    pub fn set_storage_id(&mut self, storage_id: Option<StorageId>) {
+        self.config.storage_id = storage_id;
     }
 
     /// The next thing the driver should do, if any.
