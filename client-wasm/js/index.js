@@ -99,7 +99,8 @@ Doc.prototype.change = function change(fn, message) {
       // without a word.
       set(_, key) {
         throw new TypeError(
-          `doc.change: assigning d.${String(key)} changes nothing here; use d.put(${JSON.stringify(String(key))}, value)`,
+          `doc.change: assigning d.${String(key)} changes nothing here; use d.put(${JSON.stringify(String(key))}, value) ` +
+            `(or @meridian/client/repo, whose handle.change takes assignments as automerge-repo does)`,
         );
       },
       deleteProperty(_, key) {

@@ -32,6 +32,8 @@ pub(crate) type Shared = Rc<RefCell<Driver>>;
 extern "C" {
     #[wasm_bindgen(js_namespace = console)]
     pub(crate) fn warn(s: &str);
+    #[wasm_bindgen(js_namespace = console)]
+    pub(crate) fn error(s: &str);
 }
 
 /// A promise's two ends.

@@ -34,6 +34,15 @@ pub use doc::Doc;
 
 use wasm_bindgen::prelude::*;
 
+/// Reports a panic on the console with its message (the module cannot go
+/// on after one: wasm aborts, so the message is all there is to debug).
+#[wasm_bindgen(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        driver::error(&format!("meridian: internal error (please report): {info}"));
+    }));
+}
+
 /// Checks an `automerge:` URL and returns its document id, or throws.
 #[wasm_bindgen(js_name = parseAutomergeUrl)]
 pub fn parse_automerge_url(url: &str) -> Result<String, JsError> {
