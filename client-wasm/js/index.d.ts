@@ -57,7 +57,15 @@ export interface Draft<T = any> {
 
 export class Client {
   static open(options?: ClientOptions): Promise<Client>;
+  /** `open` without waiting: usable at once, IndexedDB opens in the background (memory if it cannot). */
+  static openSync(options?: ClientOptions): Client;
   create<T extends object = any>(initial?: T): Promise<Doc<T>>;
+  /** `create` without waiting for local storage. */
+  createSync<T extends object = any>(initial?: T): Doc<T>;
+  /** A new document (new URL) holding a saved document's contents and history. */
+  import<T = any>(bytes: Uint8Array): Doc<T>;
+  /** Removes a document from this client (memory and local storage); peers keep theirs. */
+  delete(url: string): void;
   find<T = any>(url: string): Promise<Doc<T>>;
   readonly connectionState: ConnectionState;
   onConnectionStateChange(cb: (state: ConnectionState) => void): () => void;
@@ -77,7 +85,10 @@ export class Client {
 export class Doc<T = any> {
   readonly url: string;
   readonly documentId: string;
-  /** The document as plain values: the same object until the document changes (treat it as read-only). */
+  /**
+   * The document as JavaScript values (text as strings, `Counter`, `Date`, `Uint8Array`,
+   * `ImmutableString`): frozen, and the same object until the document changes.
+   */
   value(): T;
   put(path: Path, value: unknown): void;
   delete(path: Path): void;
@@ -89,6 +100,10 @@ export class Doc<T = any> {
   change(fn: (draft: Draft<T>) => void, message?: string): void;
   applyOps(ops: unknown[][], message?: string): void;
   heads(): string[];
+  /** The whole document in Automerge's binary format (`Automerge.load` reads it). */
+  save(): Uint8Array;
+  /** Merges a saved document (or changes) into this one. */
+  merge(bytes: Uint8Array): void;
   history(): Change[];
   /** The document as it was at `heads` (e.g. `[change.hash]` from `history()`). */
   valueAt(heads: string[]): T;
@@ -105,9 +120,28 @@ export class Doc<T = any> {
   whenSynced(): Promise<true>;
 }
 
+/** A counter (`new Counter(0)`); read back as a `Counter`: `c.value`, `Number(c)`. */
 export class Counter {
   constructor(value?: number);
+  value: number;
+  valueOf(): number;
+  toString(): string;
+  toJSON(): number;
+  /** Inside a `Repo` handle's change only. */
+  increment(by?: number): number;
+  /** Inside a `Repo` handle's change only. */
+  decrement(by?: number): number;
+}
+
+/** A string stored as one value, not as spliceable text (as `@automerge/automerge`'s). */
+export class ImmutableString {
+  constructor(val: string);
+  readonly val: string;
+  toString(): string;
+  toJSON(): string;
 }
 
 export function init(): Promise<void>;
+/** How the wasm module is loaded (the Node entry point reads the file). */
+export function setLoader(load: (wasm: { initSync: (options: { module: BufferSource }) => void }) => Promise<void>): void;
 export function parseAutomergeUrl(url: string): string;
