@@ -103,7 +103,8 @@ try {
 
   // 2. Wait for the Rust client's reply, delivered through subscribe.
   const reply = await page.evaluate(() => new Promise(resolve => {
-    const check = () => window.doc.value().rust === "reply"
+    // The Rust client put a scalar string: it reads as an ImmutableString.
+    const check = () => window.doc.value().rust instanceof meridian.ImmutableString && String(window.doc.value().rust) === "reply"
     if (check()) return resolve({ via: "value" })
     const unsubscribe = window.doc.subscribe(({ patches }) => {
       if (check()) {

@@ -1,17 +1,18 @@
-// The packed @meridian/client as an application installs it (issue 18):
-// `npm pack` of client-wasm/pkg (built by `cargo xtask build-js`), installed
-// from the tarball into
+// The packed @meridian/client and @meridian/react as an application
+// installs them (issue 18): `npm pack` of client-wasm/pkg (built by `cargo
+// xtask build-js`) and client-react, installed from the tarballs into
 //
-//   1. a fresh Node app, which imports it by name, creates a document and
-//      counts;
-//   2. a fresh Vite app, built with no warning (no Node module pulled into
-//      the browser build) and the wasm shipped as an asset.
+//   1. a fresh Node app, which imports the client and its Repo layer by
+//      name (the Node entry points), creates documents and counts;
+//   2. a fresh Vite app using the Repo layer, built with no warning (no
+//      Node module pulled into the browser build) and the wasm shipped as
+//      an asset. (The React package in a Vite app: todo-e2e.mjs.)
 //
 // Prints one JSON line per step and {"ok":true} at the end.
 //   node meridian-pack.mjs
 
 import { execFileSync, spawnSync } from "node:child_process"
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
@@ -27,22 +28,27 @@ function check(cond, what) {
 }
 
 /** A fresh app in `dir` with `files`, and the tarball installed (no registry needed). */
-function app(dir, files, tarball) {
+function app(dir, files, tarballs) {
   mkdirSync(dir)
   for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text)
-  const npm = spawnSync("npm", ["install", "--offline", "--no-audit", "--no-fund", tarball], { cwd: dir, encoding: "utf8" })
+  const npm = spawnSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--legacy-peer-deps", ...tarballs], { cwd: dir, encoding: "utf8" })
   check(npm.status === 0, `npm install in ${dir}: ${npm.stderr}`)
 }
 
 const work = mkdtempSync(join(tmpdir(), "meridian-pack-"))
 try {
-  const [packed] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", work, pkg], { encoding: "utf8" }))
-  const tarball = join(work, packed.filename)
-  const files = packed.files.map(f => f.path)
-  for (const f of ["README.md", "package.json", "index.js", "index.d.ts", "meridian_client_wasm.js", "meridian_client_wasm_bg.wasm"]) {
-    check(files.includes(f), `the tarball lacks ${f}: ${files}`)
+  const pack = (dir, expected) => {
+    const [packed] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", work, dir], { encoding: "utf8" }))
+    const files = packed.files.map(f => f.path)
+    for (const f of expected) check(files.includes(f), `the ${packed.name} tarball lacks ${f}: ${files}`)
+    const manifest = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"))
+    for (const k of ["repository", "engines", "keywords", "license", "exports", "types"]) check(manifest[k], `${packed.name} has no ${k}`)
+    return { tarball: join(work, packed.filename), name: packed.name, tarball_bytes: packed.size, unpacked_bytes: packed.unpackedSize, files: files.length }
   }
-  out({ step: "pack", tarball_bytes: packed.size, unpacked_bytes: packed.unpackedSize, files: files.length })
+  const client = pack(pkg, ["README.md", "package.json", "index.js", "node.js", "repo.js", "repo-node.js", "draft.js", "index.d.ts", "repo.d.ts", "meridian_client_wasm.js", "meridian_client_wasm_bg.wasm"])
+  const react = pack(fileURLToPath(new URL("../../client-react", import.meta.url)), ["README.md", "package.json", "index.js", "index.d.ts"])
+  const tarballs = [client.tarball, react.tarball]
+  out({ step: "pack", packages: [client, react].map(({ tarball, ...rest }) => rest) })
 
   // 1. Node.
   const nodeApp = join(work, "node-app")
@@ -52,19 +58,24 @@ try {
       "package.json": JSON.stringify({ name: "node-app", private: true, type: "module" }),
       "main.mjs": [
         'import { Client, Counter } from "@meridian/client"',
+        'import { Repo } from "@meridian/client/repo"',
         "const client = await Client.open({ dbName: null })",
         "const doc = await client.create({ likes: new Counter(0) })",
         'doc.increment("likes")',
-        "console.log(JSON.stringify({ likes: doc.value().likes, url: doc.url }))",
+        "const repo = new Repo()",
+        "const handle = repo.create({ todos: [] })",
+        'handle.change(d => { d.todos.push({ text: "milk", done: false }); d.todos[0].done = true })',
+        "console.log(JSON.stringify({ likes: doc.value().likes, url: doc.url, todos: handle.doc().todos }))",
         "await client.close()",
+        "await repo.shutdown()",
       ].join("\n"),
     },
-    tarball
+    tarballs
   )
   const ran = spawnSync("node", ["main.mjs"], { cwd: nodeApp, encoding: "utf8" })
   check(ran.status === 0, `the Node app failed: ${ran.stderr}`)
   const result = JSON.parse(ran.stdout.trim().split("\n").pop())
-  check(result.likes === 1 && result.url.startsWith("automerge:"), `the Node app printed ${ran.stdout}`)
+  check(result.likes === 1 && result.url.startsWith("automerge:") && result.todos[0].done === true, `the Node app printed ${ran.stdout}`)
   out({ step: "node-app", ...result })
 
   // 2. Vite.
@@ -76,15 +87,18 @@ try {
       "index.html": '<!doctype html><html><body><pre id="out"></pre><script type="module" src="/main.js"></script></body></html>',
       "main.js": [
         'import { Client } from "@meridian/client"',
+        'import { Repo } from "@meridian/client/repo"',
         "async function main() {",
         '  const client = await Client.open({ urls: ["ws://127.0.0.1:7300/sync"] })',
         '  const doc = await client.create({ title: "hello" })',
-        '  document.getElementById("out").textContent = JSON.stringify(doc.value())',
+        '  const repo = new Repo({ network: "ws://127.0.0.1:7300/sync", storage: "indexeddb" })',
+        '  const handle = repo.create({ title: "hi" })',
+        '  document.getElementById("out").textContent = JSON.stringify([doc.value(), handle.doc()])',
         "}",
         "main()",
       ].join("\n"),
     },
-    tarball
+    tarballs
   )
   const built = spawnSync("node", [vite, "build"], { cwd: viteApp, encoding: "utf8", env: { ...process.env, NO_COLOR: "1" } })
   const log = `${built.stdout}\n${built.stderr}`
