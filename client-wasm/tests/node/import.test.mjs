@@ -24,7 +24,7 @@ test("the package imports in Node and edits a document", { timeout: 30000 }, asy
   }, "greet");
   doc.put(["tags", 0], "b");
   await doc.whenSaved();
-  assert.deepEqual(doc.value(), { title: "hi 👋 there", tags: ["b"], likes: 2 });
+  assert.deepEqual(doc.value(), { title: "hi 👋 there", tags: ["b"], likes: new Counter(2) });
   // "👋" is two UTF-16 code units, as in JavaScript strings.
   doc.splice("title", 3, 2, "🙂");
   assert.equal(doc.value().title, "hi 🙂 there");
