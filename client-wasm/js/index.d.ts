@@ -53,6 +53,8 @@ export interface Draft<T = any> {
   insert(path: Path, index: number, value: unknown): void;
   splice(path: Path, index: number, deleteCount: number, text: string): void;
   increment(path: Path, by?: number): void;
+  /** Makes the text at `path` read `text` with the smallest edit. */
+  updateText(path: Path, text: string): void;
 }
 
 export class Client {
@@ -96,6 +98,8 @@ export class Doc<T = any> {
   splice(path: Path, index: number, deleteCount: number, text: string): void;
   /** Adds `by` (a whole number, 1 by default) to the counter at `path`. */
   increment(path: Path, by?: number): void;
+  /** Makes the text at `path` read `text` with the smallest edit (concurrent edits elsewhere in it merge). */
+  updateText(path: Path, text: string): void;
   /** Several edits as one change, with an optional commit message. */
   change(fn: (draft: Draft<T>) => void, message?: string): void;
   applyOps(ops: unknown[][], message?: string): void;

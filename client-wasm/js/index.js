@@ -93,6 +93,7 @@ Doc.prototype.change = function change(fn, message) {
       insert: (path, index, value) => void ops.push(["insert", path, index, value]),
       splice: (path, index, deleteCount, text) => void ops.push(["splice", path, index, deleteCount, text]),
       increment: (path, by = 1) => void ops.push(["increment", path, by]),
+      updateText: (path, text) => void ops.push(["updateText", path, text]),
     },
     {
       // `d.title = "x"` (automerge-repo's style) would otherwise be lost

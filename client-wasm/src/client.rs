@@ -9,12 +9,12 @@ use meridian_protocol::ids::{AutomergeUrl, DocumentId, PeerId, StorageId};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::values::{self, Place, Val};
 use crate::doc::Doc;
 use crate::driver::{Driver, Settle, Shared, drive};
 use crate::net::Net;
 use crate::platform::{self, NetworkListener};
 use crate::store::{self, IdbStore};
+use crate::values::{self, Place, Val};
 
 /// Options of `Client.open`, read from a plain JavaScript object.
 #[derive(Debug)]
@@ -218,9 +218,9 @@ impl Client {
                 .with_message("Created".to_owned());
             d.engine
                 .create_with(now, options, |tx| {
-                    fields.iter().try_for_each(|(k, v)| {
-                        values::write(tx, &automerge::ROOT, Place::Put(k.clone().into()), v)
-                    })
+                    fields
+                        .iter()
+                        .try_for_each(|(k, v)| values::write(tx, &automerge::ROOT, Place::Put(k.clone().into()), v))
                 })
                 .map_err(|e| JsError::new(&e.to_string()))
         })?;

@@ -10,8 +10,8 @@ use serde_json::{Value as Json, json};
 use wasm_bindgen::prelude::*;
 
 use crate::convert;
-use crate::values::{self, Place, Val};
 use crate::driver::{Driver, Shared, drive};
+use crate::values::{self, Place, Val};
 
 /// One edit, as `applyOps` takes it and `change(fn)` records it.
 #[derive(Debug)]
@@ -21,6 +21,7 @@ enum Op {
     Insert(Vec<Prop>, usize, Val),
     Splice(Vec<Prop>, usize, isize, String),
     Increment(Vec<Prop>, i64),
+    UpdateText(Vec<Prop>, String),
 }
 
 /// A document. Obtain one from `client.create()` or `client.find()`.
@@ -143,9 +144,18 @@ impl Doc {
         self.apply(vec![Op::Increment(convert::path_from_js(&path)?, step(by)?)])
     }
 
+    /// Makes the text at `path` read `text` with the smallest edit (a
+    /// diff against the current text), so concurrent edits elsewhere in it
+    /// merge: what an editor or a "restore this version" does.
+    #[wasm_bindgen(js_name = updateText)]
+    pub fn update_text(&self, path: JsValue, text: String) -> Result<(), JsError> {
+        self.apply(vec![Op::UpdateText(convert::path_from_js(&path)?, text)])
+    }
+
     /// Applies several edits as one change: `[["put", path, value],
     /// ["delete", path], ["insert", path, index, value], ["splice", path,
-    /// index, deleteCount, text], ["increment", path, by]]`, with an
+    /// index, deleteCount, text], ["increment", path, by], ["updateText",
+    /// path, text]]`, with an
     /// optional commit message. `change(fn, message)` in `index.js` records
     /// these.
     #[wasm_bindgen(js_name = applyOps)]
@@ -339,6 +349,7 @@ fn op_from_js(op: &JsValue) -> Result<Op, JsError> {
         "insert" => Op::Insert(path, num(2)? as usize, values::val_from_js(&a.get(3))?),
         "splice" => Op::Splice(path, num(2)? as usize, num(3)? as isize, a.get(4).as_string().unwrap_or_default()),
         "increment" => Op::Increment(path, step(a.get(2).as_f64())?),
+        "updateText" => Op::UpdateText(path, a.get(2).as_string().unwrap_or_default()),
         other => return Err(JsError::new(&format!("unknown op `{other}`"))),
     })
 }
@@ -375,6 +386,11 @@ fn apply_op(tx: &mut Transaction<'_>, op: &Op) -> Result<(), AutomergeError> {
         Op::Increment(path, by) => {
             let (obj, prop) = convert::resolve_parent(tx, path)?;
             tx.increment(&obj, prop, *by)
+        }
+        Op::UpdateText(path, text) => {
+            let obj = convert::resolve_obj(tx, path)?;
+            expect_type(tx, &obj, ObjType::Text)?;
+            tx.update_text(&obj, text)
         }
     }
 }

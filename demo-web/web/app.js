@@ -1,7 +1,7 @@
 // The Meridian collaborative editor: documents in IndexedDB, synced through
 // this region's edge with @meridian/client.
 import { Client } from "/pkg/index.js";
-import { TextBinding, spliceBetween } from "/editor.js";
+import { TextBinding } from "/editor.js";
 
 const $ = (id) => document.getElementById(id);
 const NAMES = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances", "Alan", "Radia", "Edsger", "Hedy"];
@@ -538,8 +538,7 @@ function restore(g, old) {
   const now = c.doc.value();
   c.doc.change((d) => {
     for (const field of ["title", "text"]) {
-      const s = spliceBetween(typeof now[field] === "string" ? now[field] : "", typeof old[field] === "string" ? old[field] : "");
-      if (s.deleteCount || s.insert) d.splice(field, s.index, s.deleteCount, s.insert);
+      if (now[field] !== old[field]) d.updateText(field, typeof old[field] === "string" ? old[field] : "");
     }
   }, `Restored ${versionName(g)}`);
   showLive();

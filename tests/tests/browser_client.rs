@@ -187,8 +187,8 @@ async fn the_todo_app_ported_to_meridian_passes_the_same_test_against_an_edge() 
     require_pkg()?;
     let (edge, _dir) = edge().await?;
     let url = edge.ws_url();
-    let lines =
-        tokio::task::spawn_blocking(move || run_script("todo-e2e.mjs", &["--app", "meridian", "--sync", &url])).await??;
+    let lines = tokio::task::spawn_blocking(move || run_script("todo-e2e.mjs", &["--app", "meridian", "--sync", &url]))
+        .await??;
     todo_steps(&lines)?;
     edge.shutdown().await;
     Ok(())
