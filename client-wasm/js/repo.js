@@ -264,18 +264,9 @@ export class Repo extends Emitter {
 
   constructor(options = {}) {
     super();
-    const {
-      network,
-      storage = null,
-      dbName,
-      token,
-      getToken,
-      peerId,
-      WebSocket,
-      minBackoffMs,
-      maxBackoffMs,
-      handshakeTimeoutMs,
-    } = options;
+    // The rest (token, getToken, peerId, WebSocket, backoff and handshake
+    // timings) are Client.open's options, passed on as they are.
+    const { network, storage = null, dbName, ...clientOptions } = options;
     if (storage !== null && storage !== "indexeddb" && storage !== "memory") {
       throw new TypeError(
         `storage: "indexeddb" or null, not ${typeof storage === "object" ? "an adapter object" : JSON.stringify(storage)} ` +
@@ -289,15 +280,9 @@ export class Repo extends Emitter {
       );
     }
     this.#client = Client.openSync({
+      ...clientOptions,
       urls,
       dbName: storage === "indexeddb" ? (dbName ?? "meridian") : null,
-      token,
-      getToken,
-      peerId,
-      WebSocket,
-      minBackoffMs,
-      maxBackoffMs,
-      handshakeTimeoutMs,
     });
   }
 

@@ -165,6 +165,24 @@ export async function waitForServerPeer(repo, timeoutMs = 20000) {
   return waitUntil(() => repo.peers[0], { timeoutMs, what: "server peer handshake" })
 }
 
+/**
+ * Waits until a fresh JS repo connected to `url` finds `docUrl` on the
+ * server and `pred(doc)` holds: the server has the document.
+ */
+export async function waitUntilServerHas(url, docUrl, pred, what = "server to hold the document") {
+  return waitUntil(async () => {
+    const probe = clientRepo(url, { peerId: newPeerId("probe") })
+    try {
+      const h = await withTimeout(probe.find(docUrl), 3000, "probe find")
+      return pred(h.doc())
+    } catch {
+      return false
+    } finally {
+      await shutdown(probe)
+    }
+  }, { timeoutMs: 20000, intervalMs: 100, what })
+}
+
 export function headsEqual(a, b) {
   if (!a || !b || a.length !== b.length) return false
   const sa = [...a].sort()

@@ -11,7 +11,7 @@
 
 import { WebSocket } from "ws"
 import { next as A } from "@automerge/automerge"
-import { clientRepo, installGuards, log, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, withTimeout, docJson, deepEqual } from "./lib.mjs"
+import { clientRepo, installGuards, log, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, waitUntilServerHas, withTimeout, docJson, deepEqual } from "./lib.mjs"
 
 const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
 const opts = parseArgs(process.argv.slice(2), { url: "string", timeout: "number", token: "string" })
@@ -42,17 +42,7 @@ out({ step: "meridian-created", value: v1 })
 
 // 2. JS creates, Meridian finds and edits (UTF-16 positions on both sides).
 const j2 = repo.create({ from: "js", title: "🎉 party" })
-await waitUntil(async () => {
-  const probe = clientRepo(jsUrl, { peerId: newPeerId("probe") })
-  try {
-    const h = await withTimeout(probe.find(j2.url), 3000, "probe find")
-    return h.doc()?.from === "js"
-  } catch {
-    return false
-  } finally {
-    await shutdown(probe)
-  }
-}, { timeoutMs: 20000, intervalMs: 100, what: "edge to hold the JS document" })
+await waitUntilServerHas(jsUrl, j2.url, (d) => d?.from === "js", "edge to hold the JS document")
 const m2 = await withTimeout(meridian.find(j2.url), 20000, "meridian find")
 if (!deepEqual(m2.value(), { from: "js", title: "🎉 party" })) throw new Error(`meridian sees ${JSON.stringify(m2.value())}`)
 m2.change(d => {

@@ -21,7 +21,7 @@
 import { WebSocket } from "ws"
 import { next as A } from "@automerge/automerge"
 import { Presence as JsPresence } from "@automerge/automerge-repo"
-import { clientRepo, installGuards, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, withTimeout } from "./lib.mjs"
+import { clientRepo, installGuards, newPeerId, out, parseArgs, shutdown, waitForServerPeer, waitUntil, waitUntilServerHas, withTimeout } from "./lib.mjs"
 
 const M = await import(new URL("../../client-wasm/pkg/repo-node.js", import.meta.url))
 const { Client } = await import(new URL("../../client-wasm/pkg/node.js", import.meta.url))
@@ -299,16 +299,7 @@ if (opts.url) {
 
   // JS wrote it; Meridian reads the same types, edits, JS sees the edit.
   const j1 = js.create(all())
-  await waitUntil(async () => {
-    const probe = clientRepo(opts.url, { peerId: newPeerId("probe") })
-    try {
-      return (await withTimeout(probe.find(j1.url), 3000, "probe")).doc()?.f === 3.25
-    } catch {
-      return false
-    } finally {
-      await shutdown(probe)
-    }
-  }, { timeoutMs: 20000, intervalMs: 100, what: "edge to hold the JS document" })
+  await waitUntilServerHas(opts.url, j1.url, (d) => d?.f === 3.25, "edge to hold the JS document")
   const m1 = await withTimeout(repo.find(j1.url), 20000, "meridian find")
   check(same(m1.doc(), all()), `meridian reads ${JSON.stringify(typed(m1.doc()))}`)
   m1.change((d) => {
