@@ -58,14 +58,17 @@ export function useDocHandle(id, { suspense = false } = {}) {
   const repo = useRepo();
   const l = id ? lookup(repo, id) : undefined;
   const [, rerender] = useReducer((n) => n + 1, 0);
+  const seen = l?.handle;
   useEffect(() => {
-    if (!l || l.done) return;
+    // Also when the lookup finished before this effect ran: a render that
+    // saw no handle must be followed by one that sees it.
+    if (!l || seen) return;
     let live = true;
     l.promise.then(() => live && rerender());
     return () => {
       live = false;
     };
-  }, [l]);
+  }, [l, seen]);
   if (!l) return undefined;
   if (l.handle) return l.handle;
   if (suspense) throw l.error ?? l.promise;
@@ -115,7 +118,11 @@ export function useDocuments(ids = []) {
         if (!live || !l.handle) return;
         rerender();
         l.handle.on("change", rerender);
-        offs.push(() => l.handle.off("change", rerender));
+        l.handle.on("delete", rerender);
+        offs.push(() => {
+          l.handle.off("change", rerender);
+          l.handle.off("delete", rerender);
+        });
       });
     }
     return () => {

@@ -34,10 +34,26 @@ function plain(v) {
   if (Array.isArray(v)) return v.map(plain);
   if (isContainer(v)) {
     const out = {};
-    for (const [k, x] of Object.entries(v)) out[k] = plain(x);
+    for (const [k, x] of Object.entries(v)) {
+      if (k === "__proto__") throw new TypeError('the key "__proto__" cannot be stored in a document');
+      out[k] = plain(x);
+    }
     return out;
   }
+  // A counter stored elsewhere is a new counter with the same value.
+  if (v[COUNTER] === true) return new Counter(Number(v.value));
   return v;
+}
+
+/** A shallow copy of a document object (a `__proto__` key stays a key). */
+function copyOf(source) {
+  if (Array.isArray(source)) return source.slice();
+  const out = {};
+  for (const k of Object.keys(source)) {
+    if (k === "__proto__") Object.defineProperty(out, k, { value: source[k], writable: true, enumerable: true, configurable: true });
+    else out[k] = source[k];
+  }
+  return out;
 }
 
 /** The index a list op means: a whole number in range. */
@@ -55,7 +71,7 @@ class Node {
     this.parent = parent;
     this.key = key;
     this.isList = Array.isArray(source);
-    this.copy = this.isList ? source.slice() : Object.assign({}, source);
+    this.copy = copyOf(source);
     this.proxy = new Proxy(this.copy, this.isList ? listHandler(this) : mapHandler(this));
   }
 
@@ -79,7 +95,12 @@ class Node {
     this.ctx.ops.push(op);
   }
 
-  /** What the draft hands out for `copy[key]`: nested objects as drafts, counters that can be incremented. */
+  /**
+   * What the draft hands out for `copy[key]`: nested objects as drafts,
+   * counters that can be incremented. A counter's slot in the copy becomes
+   * a counter of this draft's own (found again by identity, so a counter
+   * in a list is still found after the list shifts).
+   */
   read(key) {
     const v = this.copy[key];
     if (isContainer(v) && !v[NODE]) {
@@ -87,8 +108,14 @@ class Node {
       this.copy[key] = child.proxy;
       return child.proxy;
     }
-    if (v !== null && typeof v === "object" && v[COUNTER] === true && !(v instanceof DraftCounter)) {
-      return new DraftCounter(Number(v.value), this, key);
+    if (v !== null && typeof v === "object" && v[COUNTER] === true) {
+      let slot = v;
+      if (!this.ctx.slots.has(slot)) {
+        slot = new Counter(Number(v.value));
+        this.ctx.slots.add(slot);
+        this.copy[key] = slot;
+      }
+      return new DraftCounter(this, key, slot);
     }
     return v;
   }
@@ -101,18 +128,26 @@ class Node {
 
 /** A counter read inside a change: `d.likes.increment(2)`. */
 class DraftCounter extends Counter {
-  constructor(value, node, key) {
-    super(value);
+  constructor(node, key, slot) {
+    super(0);
     Object.defineProperty(this, "node", { value: node });
     Object.defineProperty(this, "key", { value: key });
+    Object.defineProperty(this, "slot", { value: slot });
+  }
+  get value() {
+    return this.slot?.value ?? 0;
+  }
+  set value(_) {
+    // Counter's constructor assigns it; the value lives in the slot.
   }
   increment(by = 1) {
     if (!Number.isInteger(by)) throw new TypeError(`increment by a whole number, not ${by}`);
-    const { node, key } = this;
-    node.record(["increment", node.at(key), by]);
-    this.value += by;
-    node.copy[key] = this;
-    return this.value;
+    const { node, key, slot } = this;
+    const at = node.isList ? node.copy.indexOf(slot) : node.copy[key] === slot ? key : -1;
+    if (at === -1) throw new Error("this counter was replaced or removed earlier in this change");
+    node.record(["increment", node.at(at), by]);
+    slot.value += by;
+    return slot.value;
   }
   decrement(by = 1) {
     return this.increment(-by);
@@ -128,6 +163,7 @@ function mapHandler(node) {
     },
     set(target, key, value) {
       if (typeof key === "symbol") throw new TypeError("symbol keys cannot be stored in a document");
+      if (key === "__proto__") throw new TypeError('the key "__proto__" cannot be stored in a document');
       const v = plain(value);
       node.record(["put", node.at(key), v]);
       target[key] = v;
@@ -232,6 +268,8 @@ function listHandler(node) {
 export function recordChange(value, fn) {
   const ctx = {
     ops: [],
+    // Counters this draft put in its copies (see Node.read).
+    slots: new WeakSet(),
     done: false,
     check() {
       if (this.done) throw new Error("a document draft was used after its change() returned");
@@ -282,8 +320,14 @@ function textAt(obj, path, fnName) {
 export function splice(doc, path, index, del, text = "") {
   const { node, key } = textAt(doc, path, "splice");
   const s = node.copy[key];
-  const i = listIndex(index, s.length, "splice");
-  const d = Math.min(Math.max(0, del ?? 0), s.length - i);
+  let i = listIndex(index, s.length, "splice");
+  let d = Math.trunc(Number(del ?? 0)) || 0;
+  // A negative count deletes backwards from `index`, as automerge's does.
+  if (d < 0) {
+    d = Math.min(-d, i);
+    i -= d;
+  }
+  d = Math.min(d, s.length - i);
   node.record(["splice", node.at(key), i, d, String(text)]);
   node.copy[key] = s.slice(0, i) + text + s.slice(i + d);
 }

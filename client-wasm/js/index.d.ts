@@ -111,6 +111,8 @@ export class Doc<T = any> {
   history(): Change[];
   /** The document as it was at `heads` (e.g. `[change.hash]` from `history()`). */
   valueAt(heads: string[]): T;
+  /** Patches from `before` to `after` with a saved document (`other`) merged into a copy first. */
+  diffWith(other: Uint8Array, before: string[], after: string[]): Patch[];
   /** Patches from the version at `before` to the version at `after` (UTF-16 text indexes). */
   diff(before: string[], after: string[]): Patch[];
   /** A stable position in the text or list at `path` that moves with concurrent edits. */

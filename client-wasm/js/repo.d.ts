@@ -63,6 +63,7 @@ export class DocHandle<T> {
   history(): Heads[];
   /** A read-only handle on the document at `heads`. */
   view(heads: Heads): DocHandle<T>;
+  /** As automerge-repo's: `diff(heads)` from now to `heads`; `diff(a, b)` from `a` to `b`; `diff(other)` from this document to the other's. */
   diff(first: Heads | DocHandle<T>, second?: Heads): Patch[];
   metadata(change?: string): Change | undefined;
   merge(other: DocHandle<T>): void;

@@ -97,6 +97,7 @@ export class DocHandle extends Emitter {
   /** Fixed heads, for a handle from `view(heads)` (read-only). */
   #at;
   #atValue;
+  #views;
 
   constructor(repo, doc, at) {
     super();
@@ -179,20 +180,25 @@ export class DocHandle extends Emitter {
     return this.#doc.history().map((c) => [c.hash]);
   }
 
-  /** A read-only handle on the document as it was at `heads`. */
+  /** A read-only handle on the document as it was at `heads` (the same handle for the same heads). */
   view(heads) {
     if (!Array.isArray(heads)) throw new TypeError("view() takes heads: an array of change hashes");
-    return new DocHandle(this.#repo, this.#doc, [...heads]);
+    const key = [...heads].sort().join(",");
+    this.#views ??= new Map();
+    let v = this.#views.get(key);
+    if (!v) this.#views.set(key, (v = new DocHandle(this.#repo, this.#doc, [...heads])));
+    return v;
   }
 
   /**
-   * Patches from one version to another: `diff(heads)` from `heads` to now,
-   * `diff(a, b)` from `a` to `b`, `diff(otherHandle)` from this handle's
-   * heads to the other's.
+   * Patches between versions, as automerge-repo's: `diff(heads)` from now
+   * to `heads`, `diff(a, b)` from `a` to `b`, `diff(otherHandle)` from this
+   * document to the other's (merged into a copy, so the other may be
+   * another document with shared history).
    */
   diff(first, second) {
-    if (first instanceof DocHandle) return this.#doc.diff(this.heads(), first.heads());
-    return this.#doc.diff(first, second ?? this.heads());
+    if (first instanceof DocHandle) return this.#doc.diffWith(first.#doc.save(), this.heads(), first.heads());
+    return second === undefined ? this.#doc.diff(this.heads(), first) : this.#doc.diff(first, second);
   }
 
   /** Metadata of a change (the latest if no hash is given): `{ hash, actor, seq, time, message, deps }`. */
@@ -382,6 +388,7 @@ export class Presence extends Emitter {
   #heartbeat;
   #pruning;
   #onMessage;
+  #onDelete;
   #heartbeatMs = 15_000;
   #peerTtlMs = 45_000;
 
@@ -423,6 +430,8 @@ export class Presence extends Emitter {
       }
     };
     this.#handle.on("ephemeral-message", this.#onMessage);
+    this.#onDelete = () => this.stop();
+    this.#handle.on("delete", this.#onDelete);
     this.#send("snapshot", { state: this.#local });
     this.#pruning = setInterval(() => {
       const cutoff = Date.now() - this.#peerTtlMs;
@@ -448,15 +457,16 @@ export class Presence extends Emitter {
     return { value, getStates: () => value };
   }
 
-  /** Says goodbye and stops listening. */
+  /** Says goodbye and stops listening (also when the document is deleted). */
   stop() {
     if (!this.#running) return;
-    this.#send("goodbye", {});
+    if (!this.#handle.isDeleted()) this.#send("goodbye", {});
     this.#running = false;
     clearInterval(this.#heartbeat);
     clearInterval(this.#pruning);
     this.#heartbeat = this.#pruning = undefined;
     this.#handle.off("ephemeral-message", this.#onMessage);
+    this.#handle.off("delete", this.#onDelete);
     this.#peers.clear();
   }
 

@@ -192,8 +192,8 @@ impl Client {
     /// resolves once it is stored locally.
     pub async fn create(&self, initial: JsValue) -> Result<Doc, JsError> {
         let doc = self.create_sync(initial)?;
-        let (promise, resolve) = deferred_resolve();
-        drive(&self.shared, |d| d.when_saved(doc.id(), resolve));
+        let (promise, settle) = deferred();
+        drive(&self.shared, |d| d.when_saved(doc.id(), settle));
         JsFuture::from(promise).await.map_err(|e| JsError::new(&store::describe(&e)))?;
         Ok(doc)
     }

@@ -10,7 +10,7 @@ use serde_json::{Value as Json, json};
 use wasm_bindgen::prelude::*;
 
 use crate::convert;
-use crate::driver::{Driver, Shared, drive};
+use crate::driver::{Driver, Settle, Shared, drive};
 use crate::values::{self, Place, Val};
 
 /// One edit, as `applyOps` takes it and `change(fn)` records it.
@@ -77,10 +77,10 @@ impl Doc {
     }
 
     /// A promise resolved through a driver method taking the resolve function.
-    fn waiter(&self, register: fn(&mut Driver, DocumentId, Function)) -> Promise {
-        let (promise, resolve) = crate::client::deferred_resolve();
+    fn waiter(&self, register: fn(&mut Driver, DocumentId, Settle)) -> Promise {
+        let (promise, settle) = crate::client::deferred();
         let id = self.id;
-        drive(&self.shared, |d| register(d, id, resolve));
+        drive(&self.shared, |d| register(d, id, settle));
         promise
     }
 }
@@ -234,6 +234,25 @@ impl Doc {
                 }
             }
             Ok(values::patches_to_js(&am.diff(&before, &after)))
+        })?
+    }
+
+    /// [`Doc::diff`] in this document with `other` (a saved document
+    /// sharing history with it, or changes) merged into a copy first: the
+    /// patches from `before` to `after`, where either may be heads only the
+    /// other has. The document itself is not changed.
+    #[wasm_bindgen(js_name = diffWith)]
+    pub fn diff_with(&self, other: Vec<u8>, before: Vec<String>, after: Vec<String>) -> Result<JsValue, JsError> {
+        let (before, after) = (parse_heads(&before)?, parse_heads(&after)?);
+        self.read(|am| {
+            let mut merged = am.fork();
+            merged.load_incremental(&other).map_err(|e| JsError::new(&format!("cannot merge: {e}")))?;
+            for h in before.iter().chain(&after) {
+                if merged.get_change_by_hash(h).is_none() {
+                    return Err(JsError::new(&format!("unknown change {h}")));
+                }
+            }
+            Ok(values::patches_to_js(&merged.diff(&before, &after)))
         })?
     }
 

@@ -99,8 +99,8 @@ pub(crate) struct Driver {
     pub ready: bool,
     pub closed: bool,
     finds: BTreeMap<DocumentId, Vec<Settle>>,
-    saved_waiters: Vec<(DocumentId, Function)>,
-    synced_waiters: Vec<(DocumentId, Vec<ChangeHash>, Function)>,
+    saved_waiters: Vec<(DocumentId, Settle)>,
+    synced_waiters: Vec<(DocumentId, Vec<ChangeHash>, Settle)>,
     pub docs: BTreeMap<DocumentId, DocListeners>,
     pub state_listeners: Listeners,
     pub session_id: String,
@@ -318,9 +318,12 @@ impl Driver {
 
     /// IndexedDB is open (`Some`), or could not be opened (`None`: the
     /// client keeps documents in memory): run what waited, then connect.
+    ///
+    /// Closed meanwhile: what was queued is still written (the storage
+    /// worker runs it, then `close` closes the database), nothing connects.
     pub fn store_opened(&mut self, idb: Option<IdbStore>) {
         self.opening = false;
-        if self.closed {
+        if self.closed && self.queue.is_empty() {
             if let Some(idb) = idb {
                 idb.close();
             }
@@ -339,7 +342,9 @@ impl Driver {
                 }
             }
         }
-        self.connect();
+        if !self.closed {
+            self.connect();
+        }
     }
 
     /// Forgets a document here, in memory and in local storage.
@@ -348,6 +353,17 @@ impl Driver {
         self.docs.remove(&doc);
         let err: JsValue = js_sys::Error::new(&format!("document automerge:{doc} was deleted")).into();
         for s in self.finds.remove(&doc).unwrap_or_default() {
+            self.calls.push((s.reject, err.clone()));
+        }
+        // Nothing more of it will be saved or synced: whoever waits for that
+        // hears it was deleted.
+        let (saved, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.saved_waiters).into_iter().partition(|(d, _)| *d == doc);
+        self.saved_waiters = others;
+        let (synced, others): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.synced_waiters).into_iter().partition(|(d, _, _)| *d == doc);
+        self.synced_waiters = others;
+        for s in saved.into_iter().map(|(_, s)| s).chain(synced.into_iter().map(|(_, _, s)| s)) {
             self.calls.push((s.reject, err.clone()));
         }
     }
@@ -369,7 +385,7 @@ impl Driver {
         if durable {
             let (done, waiting) = std::mem::take(&mut self.saved_waiters).into_iter().partition(|(d, _)| *d == doc);
             self.saved_waiters = waiting;
-            self.calls.extend(done.into_iter().map(|(_, f): (DocumentId, Function)| (f, JsValue::TRUE)));
+            self.calls.extend(done.into_iter().map(|(_, s): (DocumentId, Settle)| (s.resolve, JsValue::TRUE)));
         }
         self.notify_subscribers(doc);
     }
@@ -410,19 +426,25 @@ impl Driver {
         self.calls.extend(fs.into_iter().map(|f| (f, payload.clone())));
     }
 
-    /// Resolves `f` once every local change of `doc` is durable locally.
-    pub fn when_saved(&mut self, doc: DocumentId, f: Function) {
-        if self.engine.durable_heads(&doc).is_some() {
-            self.calls.push((f, JsValue::TRUE));
+    /// Settles `s` once every local change of `doc` is durable locally
+    /// (rejects it if the document is not here, e.g. deleted).
+    pub fn when_saved(&mut self, doc: DocumentId, s: Settle) {
+        if self.engine.document(&doc).is_none() {
+            self.calls.push((s.reject, not_here(doc)));
+        } else if self.engine.durable_heads(&doc).is_some() {
+            self.calls.push((s.resolve, JsValue::TRUE));
         } else {
-            self.saved_waiters.push((doc, f));
+            self.saved_waiters.push((doc, s));
         }
     }
 
-    /// Resolves `f` once the server's heads cover ours as they are now.
-    pub fn when_synced(&mut self, doc: DocumentId, f: Function) {
-        let heads = self.engine.document(&doc).map(|d| d.get_heads()).unwrap_or_default();
-        self.synced_waiters.push((doc, heads, f));
+    /// Settles `s` once the server's heads cover ours as they are now.
+    pub fn when_synced(&mut self, doc: DocumentId, s: Settle) {
+        let Some(heads) = self.engine.document(&doc).map(|d| d.get_heads()) else {
+            self.calls.push((s.reject, not_here(doc)));
+            return;
+        };
+        self.synced_waiters.push((doc, heads, s));
         self.check_synced();
     }
 
@@ -436,7 +458,7 @@ impl Driver {
             .into_iter()
             .partition(|(doc, heads, _)| engine.peer_covers(doc, conn, heads));
         self.synced_waiters = waiting;
-        self.calls.extend(done.into_iter().map(|(_, _, f)| (f, JsValue::TRUE)));
+        self.calls.extend(done.into_iter().map(|(_, _, s)| (s.resolve, JsValue::TRUE)));
     }
 
     pub fn notify_state(&mut self) {
@@ -461,6 +483,10 @@ impl Driver {
         }
         self.notify_state();
     }
+}
+
+fn not_here(doc: DocumentId) -> JsValue {
+    js_sys::Error::new(&format!("document automerge:{doc} is not open here (deleted, or the client was closed)")).into()
 }
 
 /// The binding's side of the engine's outputs: the WebSocket, and storage

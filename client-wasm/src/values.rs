@@ -26,6 +26,9 @@ use wasm_bindgen::prelude::*;
 /// recurse for ever).
 const MAX_DEPTH: usize = 100;
 
+/// `Number.MAX_SAFE_INTEGER`.
+const MAX_SAFE: u64 = (1 << 53) - 1;
+
 #[wasm_bindgen(inline_js = r#"
 let C = null, S = null;
 export function setTypes(c, s) { C = c; S = s; }
@@ -34,8 +37,8 @@ export function setTypes(c, s) { C = c; S = s; }
 const COUNTER = Symbol.for("_am_counter"), STRING = Symbol.for("_am_immutableString");
 const INT = Symbol.for("_am_int"), UINT = Symbol.for("_am_uint"), F64 = Symbol.for("_am_f64");
 // 0 null, 1 boolean, 2 number, 3 string, 4 bytes, 5 date, 6 counter,
-// 7 immutable string, 8 array, 9 object, 10 undefined, 11 other,
-// 12 int, 13 uint, 14 f64.
+// 7 immutable string, 8 array, 9 plain object, 10 undefined, 11 other,
+// 12 int, 13 uint, 14 f64, 15 bigint, 16 an object of another class.
 export function kindOf(v) {
   if (v === null) return 0;
   switch (typeof v) {
@@ -43,6 +46,7 @@ export function kindOf(v) {
     case "number": return 2;
     case "string": return 3;
     case "undefined": return 10;
+    case "bigint": return 15;
     case "object":
       if (Array.isArray(v)) return 8;
       if (v instanceof Uint8Array) return 4;
@@ -52,11 +56,14 @@ export function kindOf(v) {
       if (v[INT] === true) return 12;
       if (v[UINT] === true) return 13;
       if (v[F64] === true) return 14;
-      return 9;
+      const proto = Object.getPrototypeOf(v);
+      return proto === Object.prototype || proto === null ? 9 : 16;
     default: return 11;
   }
 }
 export function numberValue(v) { return Number(v.value); }
+export function bigintValue(v) { return BigInt.asIntN(64, v) === v ? String(v) : ""; }
+export function className(v) { return v?.constructor?.name || "object"; }
 export function stringValue(v) { return String(v.val); }
 export function newCounter(n) { return new C(n); }
 export function newString(s) { return new S(s); }
@@ -70,6 +77,10 @@ extern "C" {
     fn number_value(v: &JsValue) -> f64;
     #[wasm_bindgen(js_name = stringValue)]
     fn string_value(v: &JsValue) -> String;
+    #[wasm_bindgen(js_name = bigintValue)]
+    fn bigint_value(v: &JsValue) -> String;
+    #[wasm_bindgen(js_name = className)]
+    fn class_name(v: &JsValue) -> String;
     #[wasm_bindgen(js_name = newCounter)]
     fn new_counter(n: f64) -> JsValue;
     #[wasm_bindgen(js_name = newString)]
@@ -120,15 +131,19 @@ fn read(v: &JsValue, depth: usize, at: &mut Vec<String>) -> Result<Val, JsError>
         0 => Val::Scalar(ScalarValue::Null),
         1 => Val::Scalar(ScalarValue::Boolean(v.is_truthy())),
         2 => {
+            // As automerge: whole numbers are ints, the rest (NaN and the
+            // infinities too) f64.
             let n = v.as_f64().unwrap_or(f64::NAN);
             if n.fract() == 0.0 && n.abs() < 2f64.powi(63) {
                 Val::Scalar(ScalarValue::Int(n as i64))
-            } else if n.is_finite() {
-                Val::Scalar(ScalarValue::F64(n))
             } else {
-                return Err(refuse(&format!("the number {n}"), at));
+                Val::Scalar(ScalarValue::F64(n))
             }
         }
+        15 => match bigint_value(v).parse::<i64>() {
+            Ok(i) => Val::Scalar(ScalarValue::Int(i)),
+            Err(_) => return Err(refuse("a BigInt beyond 64 bits", at)),
+        },
         3 => Val::Text(v.as_string().unwrap_or_default()),
         4 => Val::Scalar(ScalarValue::Bytes(Uint8Array::from(v.clone()).to_vec())),
         5 => {
@@ -160,6 +175,9 @@ fn read(v: &JsValue, depth: usize, at: &mut Vec<String>) -> Result<Val, JsError>
             for entry in Object::entries(v.unchecked_ref::<Object>()).iter() {
                 let entry = Array::from(&entry);
                 let key = entry.get(0).as_string().unwrap_or_default();
+                if key == "__proto__" {
+                    return Err(refuse("the key \"__proto__\"", at));
+                }
                 at.push(key.clone());
                 let value = read(&entry.get(1), depth + 1, at)?;
                 at.pop();
@@ -168,6 +186,7 @@ fn read(v: &JsValue, depth: usize, at: &mut Vec<String>) -> Result<Val, JsError>
             Val::Map(out)
         }
         10 => return Err(refuse("undefined", at)),
+        16 => return Err(refuse(&format!("a {} (only plain objects, arrays and the value types)", class_name(v)), at)),
         _ => return Err(refuse(&format!("a {}", v.js_typeof().as_string().unwrap_or_default()), at)),
     })
 }
@@ -239,7 +258,15 @@ fn obj_to_js<R: ReadDoc>(doc: &R, obj: &ObjId, ty: ObjType) -> JsValue {
             let out = Object::new();
             for item in doc.map_range(obj, ..) {
                 let v = value_ref_to_js(doc, &item.value, || item.id());
-                let _ = Reflect::set(&out, &JsValue::from_str(&item.key), &v);
+                if item.key == "__proto__" {
+                    // A key, not the object's prototype.
+                    let d = Object::new();
+                    let _ = Reflect::set(&d, &"value".into(), &v);
+                    let _ = Reflect::set(&d, &"enumerable".into(), &JsValue::TRUE);
+                    let _ = Reflect::define_property(&out, &JsValue::from_str(&item.key), &d);
+                } else {
+                    let _ = Reflect::set(&out, &JsValue::from_str(&item.key), &v);
+                }
             }
             Object::freeze(&out).into()
         }
@@ -267,7 +294,10 @@ pub fn scalar_to_js(s: &ScalarValue) -> JsValue {
     match s {
         ScalarValue::Str(s) if registered() => new_string(s),
         ScalarValue::Str(s) => JsValue::from_str(s),
+        // Beyond 2^53 a number would round: a BigInt, as automerge gives.
+        ScalarValue::Int(i) if i.unsigned_abs() > MAX_SAFE => js_sys::BigInt::from(*i).into(),
         ScalarValue::Int(i) => JsValue::from_f64(*i as f64),
+        ScalarValue::Uint(u) if *u > MAX_SAFE => js_sys::BigInt::from(*u).into(),
         ScalarValue::Uint(u) => JsValue::from_f64(*u as f64),
         ScalarValue::F64(f) => JsValue::from_f64(*f),
         ScalarValue::Counter(c) if registered() => new_counter(i64::from(c) as f64),

@@ -161,6 +161,21 @@ try {
   })
   out({ step: "offline-synced", ...reopened })
 
+  // openSync: usable before IndexedDB is open; closing at once still
+  // writes what was made meanwhile (and whenSaved settles).
+  const early = await page.evaluate(async () => {
+    const c = meridian.Client.openSync({ urls: [], dbName: "e2e-sync" })
+    const d = c.createSync({ made: "before the store opened" })
+    const saved = d.whenSaved()
+    await c.close()
+    await saved
+    const again = await meridian.Client.open({ urls: [], dbName: "e2e-sync" })
+    const value = (await again.find(d.url)).value()
+    await again.close()
+    return value
+  })
+  if (early.made !== "before the store opened") throw new Error(`openSync then close lost the document: ${JSON.stringify(early)}`)
+
   // 4. A 1,000-change document opened from IndexedDB with no network.
   const bigUrl = await page.evaluate(async () => {
     const client = await meridian.Client.open({ urls: [], dbName: "e2e-big" })

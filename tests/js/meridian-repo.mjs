@@ -154,6 +154,43 @@ for (const [name, fn] of Object.entries(cases)) {
   check(same(am, h.doc()), `${name}: automerge ${JSON.stringify(typed(am))} but meridian ${JSON.stringify(typed(h.doc()))}`)
 }
 
+// Counters, which automerge identifies by position in its own document.
+const withCounters = () => ({ c: [new A.Counter(1), new A.Counter(2)], a: { c: new A.Counter(5) }, s: "hello" })
+const counterCases = {
+  shifted: (d) => {
+    d.c[1].increment()
+    d.c.unshift(0)
+    d.c[2].increment(10)
+  },
+  copied: (d) => {
+    d.y = { ...d.a }
+    d.y.c.increment(3)
+  },
+  pushedTwice: (d) => {
+    d.c.push(d.c[0])
+    d.c[2].increment(7)
+  },
+  readTwice: (d) => {
+    const x = d.a.c
+    const y = d.a.c
+    x.increment()
+    y.increment()
+  },
+}
+for (const [name, fn] of Object.entries(counterCases)) {
+  const am = A.change(A.from(withCounters()), fn)
+  const h = local.create(withCounters())
+  h.change(fn)
+  check(same(am, h.doc()), `${name}: automerge ${JSON.stringify(typed(am))} but meridian ${JSON.stringify(typed(h.doc()))}`)
+}
+{
+  // A negative count deletes backwards (automerge's splice).
+  const am = A.change(A.from(withCounters()), (d) => A.splice(d, ["s"], 1, -1, "J"))
+  const h = local.create(withCounters())
+  h.change((d) => M.splice(d, ["s"], 1, -1, "J"))
+  check(h.doc().s === am.s && am.s === "Jello", `negative splice: automerge ${am.s}, meridian ${h.doc().s}`)
+}
+
 // Random edits, the same on both sides (a seeded generator: reproducible).
 let seed = 18
 const rand = (n) => {
@@ -209,7 +246,7 @@ for (const bad of [
 }
 check(refusals.every((r) => r), `every misuse is refused: ${JSON.stringify(refusals)}`)
 check(rh.doc() === before, "a refused change leaves the document (and its object) as it was")
-out({ step: "proxy-mutation", cases: Object.keys(cases).length, random: 400, refusals })
+out({ step: "proxy-mutation", cases: Object.keys(cases).length + Object.keys(counterCases).length + 1, random: 400, refusals })
 
 // ----- 2. lossless values, both APIs -----------------------------------------
 
@@ -227,6 +264,28 @@ const values = {
 }
 const vh = local.create(values)
 check(same(vh.doc(), values), `Repo API round trip: ${JSON.stringify(typed(vh.doc()))}`)
+// Numbers as automerge has them: NaN is an f64, a BigInt an int, ints
+// beyond 2^53 read back as BigInt.
+const nums = local.create({ nan: NaN, big: 2n ** 60n, neg: -(2n ** 62n) })
+check(Number.isNaN(nums.doc().nan) && nums.doc().big === 2n ** 60n && nums.doc().neg === -(2n ** 62n), `numbers: ${String(Object.values(nums.doc()))}`)
+// What a document cannot hold is refused, naming it.
+const refused = []
+for (const bad of [new Map([["k", 1]]), new Set([1]), new Int8Array([1]), JSON.parse('{"__proto__": {"x": 1}}'), 2n ** 70n]) {
+  try {
+    local.create({ bad })
+    refused.push(null)
+  } catch (e) {
+    refused.push(e.message)
+  }
+  try {
+    vh.change((d) => { d.bad = bad })
+    refused.push(null)
+  } catch (e) {
+    refused.push(e.message)
+  }
+}
+check(refused.every((r) => r), `Map, Set, Int8Array, a __proto__ key and a 70-bit BigInt are refused: ${JSON.stringify(refused)}`)
+check(same(vh.doc(), values), "and nothing was stored")
 check(vh.doc().counter instanceof M.Counter && vh.doc().str instanceof M.ImmutableString, "our classes come back")
 const client = await Client.open({ dbName: null })
 const cd = await client.create({})
@@ -255,7 +314,9 @@ check(events[0].patches.some((p) => p.action === "insert" && p.path.join() === "
 check(h.metadata().message === "add x", "metadata has the message")
 check(h.history().length === 2, "history has both changes")
 check(same(h.view(v1).doc(), { title: "v1", items: [] }), "view(heads) shows the old version")
-check(h.diff(v1).length > 0 && h.diff(v1, h.heads()).length === h.diff(v1).length, "diff from old heads")
+// As automerge-repo: diff(heads) goes from now to `heads`, diff(a, b) from a to b.
+check(h.diff(v1).some((p) => p.action === "del" && p.path.join() === "items,0"), `diff(heads) from now back: ${JSON.stringify(h.diff(v1))}`)
+check(h.diff(v1, h.heads()).some((p) => p.action === "insert"), `diff(a, b) forward: ${JSON.stringify(h.diff(v1, h.heads()))}`)
 let viewRefused = false
 try { h.view(v1).change((d) => { d.title = "no" }) } catch { viewRefused = true }
 check(viewRefused, "a view is read-only")
@@ -266,6 +327,8 @@ check(imported.url !== h.url && same(imported.doc(), { from: "automerge", c: new
 const cloned = local.clone(h)
 check(cloned.url !== h.url && same(cloned.doc(), h.doc()) && cloned.history().length === 2, "clone keeps the history")
 cloned.change((d) => { d.title = "from the clone" })
+// diff(otherHandle): from this document to the other's, across documents.
+check(h.diff(cloned).some((p) => p.path[0] === "title"), `diff(other handle): ${JSON.stringify(h.diff(cloned))}`)
 h.merge(cloned)
 check(h.doc().title === "from the clone", "merge takes the other's changes")
 check((await local.find(h.url)) === h, "find gives the same handle")
@@ -273,6 +336,9 @@ let deleted = 0
 h.on("delete", () => deleted++)
 local.delete(h.url)
 check(deleted === 1 && h.isDeleted() && h.doc() === undefined, "delete emits and empties the handle")
+let savedAfterDelete = ""
+try { await h.whenSaved() } catch (e) { savedAfterDelete = e.message }
+check(/not open here/.test(savedAfterDelete), `whenSaved after delete rejects: ${savedAfterDelete}`)
 let findRejected = ""
 try { await local.find(h.url) } catch (e) { findRejected = e.message }
 check(/unavailable|deleted/.test(findRejected), `find after delete rejects: ${findRejected}`)

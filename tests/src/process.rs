@@ -47,11 +47,22 @@ pub fn edge_client(args: &[&str]) -> Result<String> {
 /// running in parallel draws from too: CI saw an edge fail with "Address
 /// already in use" that way. So the port is drawn at random from below the
 /// ephemeral range, where only other tests' picks can collide.
+///
+/// A port is handed out once per test process: two picks in a row (before
+/// the first child binds its port) never return the same one, which they
+/// otherwise did about once in a few hundred runs of a test picking ten.
 pub fn free_port() -> Result<u16> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     let (low, high) = (10_000u16, ephemeral_range_start().saturating_sub(1).max(10_001));
     for _ in 0..1_000 {
         let port = rand::random_range(low..high);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return Ok(port);
         }
     }
