@@ -56,8 +56,9 @@ impl Options {
         };
         if !urls.is_empty() && !ws_ctor.is_function() {
             return Err(JsError::new(
-                "no WebSocket in this runtime (Node before 22?): pass one to Client.open, e.g. \
-                 `import { WebSocket } from \"ws\"` then `Client.open({ urls, WebSocket })`",
+                "no WebSocket in this runtime (Node before 22?): pass one as the `WebSocket` option, e.g. \
+                 `import { WebSocket } from \"ws\"` then `Client.open({ urls, WebSocket })` or \
+                 `new Repo({ network, WebSocket })`",
             ));
         }
         Ok(Self {
