@@ -20,7 +20,8 @@ const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds 
        --size N: only that size of each scenario; --only: one server, nothing saved (profiling)
        cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]
        cargo xtask bench placement [--writes N] [--docs K] [--smoke]
-       cargo xtask bench cloud [--writes N] [--seconds S] [--smoke]";
+       cargo xtask bench cloud [--writes N] [--seconds S] [--smoke]
+       cargo xtask bench cost [--smoke]   (instructions per operation, callgrind; adds a row to docs/BENCHMARKS.md)";
 
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
@@ -29,6 +30,7 @@ pub fn run(args: &[String]) -> Result<()> {
             big_doc(&args[1..])
         }
         Some(name @ ("placement" | "cloud")) => crate::bench_placement::run(name, &args[1..]),
+        Some("cost") => crate::bench_cost::run(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())

@@ -80,6 +80,7 @@ fn main() -> ExitCode {
 }
 
 mod bench;
+mod bench_cost;
 mod bench_placement;
 mod cloud;
 mod js;
