@@ -53,7 +53,11 @@ fn edge<R>(f: impl FnOnce() -> R) -> R {
     let mut f = Some(f);
     let mut out = None;
     let mut call = || out = f.take().map(|f| f());
-    if MEASURING.load(Ordering::Relaxed) { count_me(&mut call) } else { skip_me(&mut call) }
+    if MEASURING.load(Ordering::Relaxed) {
+        count_me(&mut call)
+    } else {
+        skip_me(&mut call)
+    }
     out.expect("called once")
 }
 

@@ -49,7 +49,61 @@ impl DocumentId {
 
 impl fmt::Display for DocumentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&bs58::encode(self.0).with_check().into_string())
+        id_cache::with_encoded(self, |s| f.write_str(s))
+    }
+}
+
+/// bs58check costs two SHA-256 per document id written or read, and every
+/// message names its document: it was a quarter of the edge's instructions
+/// per change in a fan-out (`cargo xtask bench cost`). Each thread keeps the
+/// ids it wrote and read last, both ways (bounded: emptied when full).
+mod id_cache {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    use super::DocumentId;
+
+    const CAPACITY: usize = 4096;
+
+    thread_local! {
+        static ENCODED: RefCell<HashMap<DocumentId, Rc<str>>> = RefCell::new(HashMap::new());
+        static DECODED: RefCell<HashMap<Rc<str>, DocumentId>> = RefCell::new(HashMap::new());
+    }
+
+    pub(super) fn with_encoded<R>(id: &DocumentId, f: impl FnOnce(&str) -> R) -> R {
+        let cached = ENCODED.with(|c| c.borrow().get(id).cloned());
+        let s = match cached {
+            Some(s) => s,
+            None => {
+                let s: Rc<str> = bs58::encode(id.0).with_check().into_string().into();
+                remember(*id, &s);
+                s
+            }
+        };
+        f(&s)
+    }
+
+    pub(super) fn decoded(s: &str) -> Option<DocumentId> {
+        DECODED.with(|c| c.borrow().get(s).copied())
+    }
+
+    /// An id and the text it encodes to (both ways).
+    pub(super) fn remember(id: DocumentId, s: &Rc<str>) {
+        ENCODED.with(|c| insert(&mut c.borrow_mut(), id, s.clone()));
+        remember_decoded(s, id);
+    }
+
+    /// A text that decoded to `id` (only valid ones are remembered).
+    pub(super) fn remember_decoded(s: &Rc<str>, id: DocumentId) {
+        DECODED.with(|c| insert(&mut c.borrow_mut(), s.clone(), id));
+    }
+
+    fn insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, v: V) {
+        if map.len() >= CAPACITY {
+            map.clear();
+        }
+        map.insert(k, v);
     }
 }
 
@@ -62,9 +116,14 @@ impl fmt::Debug for DocumentId {
 impl FromStr for DocumentId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
+        if let Some(id) = id_cache::decoded(s) {
+            return Ok(id);
+        }
         let bytes = decode_bs58check(s)?;
         let arr: [u8; 16] = bytes.as_slice().try_into().map_err(|_| IdError::DocumentIdLength(bytes.len()))?;
-        Ok(Self(arr))
+        let id = Self(arr);
+        id_cache::remember_decoded(&std::rc::Rc::from(s), id);
+        Ok(id)
     }
 }
 
@@ -199,6 +258,26 @@ impl fmt::Display for ConnId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cached_document_ids_read_and_write_as_uncached_ones() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(19);
+        // More ids than the cache holds, each written and read twice.
+        let ids: Vec<DocumentId> = (0..10_000).map(|_| DocumentId::random(&mut rng)).collect();
+        for _ in 0..2 {
+            for id in &ids {
+                let text = id.to_string();
+                assert_eq!(text, bs58::encode(id.0).with_check().into_string());
+                assert_eq!(text.parse::<DocumentId>().expect("valid"), *id);
+            }
+        }
+        // A bad checksum is refused even right after the good text was cached.
+        let text = ids[0].to_string();
+        let mut bad = text.clone().into_bytes();
+        let last = bad.len() - 1;
+        bad[last] = if bad[last] == b'2' { b'3' } else { b'2' };
+        assert!(String::from_utf8(bad).unwrap().parse::<DocumentId>().is_err());
+    }
+
     use super::*;
 
     #[test]
