@@ -222,6 +222,7 @@ fn test(extra: &[String]) -> Result<()> {
     js::test()?;
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
     bench::run(&["--smoke".into()])?;
+    bench_cost::smoke()?;
     bench::run(&["cloud".into(), "--smoke".into()])
 }
 
