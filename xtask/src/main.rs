@@ -45,6 +45,10 @@ Commands:
               the cloud tier (issue 16): propagation edge A -> hub(s) -> edge B on one hub with
               SQLite, one hub with PostgreSQL, two hubs on PostgreSQL + NATS (p50/p99); durable
               writes per second of the hub store, SQLite vs PostgreSQL
+  bench cost [--smoke]
+              the edge's instructions per operation (connection accepted, durable write, change
+              per watcher, document opened from storage), counted by callgrind (needs valgrind);
+              adds this commit's row to docs/BENCHMARKS.md (issue 19)
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
