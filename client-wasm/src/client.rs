@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use js_sys::{Array, Function, Object, Promise, Reflect};
 use meridian_protocol::engine::{Engine, EngineConfig};
-use meridian_protocol::ids::{AutomergeUrl, DocumentId, PeerId, StorageId};
+use meridian_protocol::ids::{AutomergeUrl, PeerId, StorageId};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 
@@ -232,20 +232,12 @@ impl Client {
     /// `doc.save()` or `Automerge.save` write it), under a new URL.
     #[wasm_bindgen(js_name = import)]
     pub fn import(&self, bytes: Vec<u8>) -> Result<Doc, JsError> {
-        automerge::Automerge::load(&bytes).map_err(|e| JsError::new(&format!("not an Automerge document: {e}")))?;
         let id = drive(&self.shared, |d| {
             if d.closed {
                 return Err(JsError::new("the client was closed"));
             }
             let now = d.now();
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&d.engine.random_u64().to_le_bytes());
-            raw[8..].copy_from_slice(&d.engine.random_u64().to_le_bytes());
-            raw[6] = (raw[6] & 0x0f) | 0x40;
-            raw[8] = (raw[8] & 0x3f) | 0x80;
-            let id = DocumentId::from_bytes(raw);
-            d.engine.import(now, id, &bytes).map_err(|e| JsError::new(&e.to_string()))?;
-            Ok(id)
+            d.engine.import_new(now, &bytes).map_err(|e| JsError::new(&format!("not an Automerge document: {e}")))
         })?;
         Ok(Doc::new(self.shared.clone(), id))
     }

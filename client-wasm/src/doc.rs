@@ -228,11 +228,7 @@ impl Doc {
     pub fn diff(&self, before: Vec<String>, after: Vec<String>) -> Result<JsValue, JsError> {
         let (before, after) = (parse_heads(&before)?, parse_heads(&after)?);
         self.read(|am| {
-            for h in before.iter().chain(&after) {
-                if am.get_change_by_hash(h).is_none() {
-                    return Err(JsError::new(&format!("unknown change {h}")));
-                }
-            }
+            known(am, before.iter().chain(&after))?;
             Ok(values::patches_to_js(&am.diff(&before, &after)))
         })?
     }
@@ -247,11 +243,7 @@ impl Doc {
         self.read(|am| {
             let mut merged = am.fork();
             merged.load_incremental(&other).map_err(|e| JsError::new(&format!("cannot merge: {e}")))?;
-            for h in before.iter().chain(&after) {
-                if merged.get_change_by_hash(h).is_none() {
-                    return Err(JsError::new(&format!("unknown change {h}")));
-                }
-            }
+            known(&merged, before.iter().chain(&after))?;
             Ok(values::patches_to_js(&merged.diff(&before, &after)))
         })?
     }
@@ -349,6 +341,17 @@ impl Doc {
             }
         });
         closure.into()
+    }
+}
+
+/// Refuses heads the document does not hold (automerge's diff would panic).
+fn known<'a>(
+    am: &automerge::Automerge,
+    mut heads: impl Iterator<Item = &'a automerge::ChangeHash>,
+) -> Result<(), JsError> {
+    match heads.find(|h| am.get_change_by_hash(h).is_none()) {
+        Some(h) => Err(JsError::new(&format!("unknown change {h}"))),
+        None => Ok(()),
     }
 }
 

@@ -33,3 +33,22 @@ fn a_locally_deleted_document_leaves_memory_and_the_store_after_its_pending_writ
     assert!(tab.events.iter().any(|e| matches!(e, Event::DocUnavailable { doc: d } if *d == doc)), "{:?}", tab.events);
     assert!(tab.engine.document(&doc).is_none_or(|d| d.get_heads().is_empty()), "no data came back");
 }
+
+#[test]
+fn an_imported_document_gets_a_fresh_id_and_garbage_leaves_nothing() {
+    let mut tab = TestNode::new("tab", |_| {});
+    let mut source = automerge::Automerge::new();
+    let mut tx = source.transaction();
+    tx.put(automerge::ROOT, "from", "elsewhere").expect("put");
+    tx.commit();
+    let doc = tab.engine.import_new(Millis(0), &source.save()).expect("import");
+    tab.drain();
+    assert_eq!(tab.engine.document(&doc).map(|d| d.get_heads()), Some(source.get_heads()));
+    assert!(
+        matches!(tab.store.execute(&StorageTask::LoadDoc { doc }), StorageResult::Loaded(Some(_))),
+        "stored like a created document"
+    );
+    let before = tab.engine.loaded_docs();
+    assert!(tab.engine.import_new(Millis(0), b"not automerge").is_err());
+    assert_eq!(tab.engine.loaded_docs(), before, "a failed import leaves no document behind");
+}

@@ -43,10 +43,28 @@ impl Engine {
         } else {
             tx.commit_with(options);
         }
+        self.add_local(now, doc_id, state);
+        Ok(doc_id)
+    }
+
+    /// A new document (a fresh id) holding everything in `bytes` (a saved
+    /// document or changes): the local application's import. Bytes that
+    /// do not load leave nothing behind.
+    pub fn import_new(&mut self, now: Millis, bytes: &[u8]) -> Result<DocumentId, DocError> {
+        let doc_id = DocumentId::random(&mut self.rng);
+        let actor = self.random_actor();
+        let mut state = DocState::new(actor, now, Lifecycle::loaded(true));
+        state.doc.load_incremental(bytes)?;
+        self.add_local(now, doc_id, state);
+        Ok(doc_id)
+    }
+
+    /// A document the local application made here, in memory and opened
+    /// by it; stored and synced from now on.
+    fn add_local(&mut self, now: Millis, doc_id: DocumentId, state: DocState) {
         self.insert_doc(doc_id, state);
         self.opened.insert(doc_id);
         self.after_doc_update(now, doc_id, Vec::new());
-        Ok(doc_id)
     }
 
     /// Applies a local change to a loaded document.
