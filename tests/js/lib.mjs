@@ -7,8 +7,19 @@
 import { Repo, generateAutomergeUrl } from "@automerge/automerge-repo"
 import { WebSocketClientAdapter } from "@automerge/automerge-repo-network-websocket"
 import { NodeFSStorageAdapter } from "@automerge/automerge-repo-storage-nodefs"
+import { execFileSync } from "node:child_process"
+import path from "node:path"
 
 export { Repo, generateAutomergeUrl }
+
+/**
+ * `npm pack` of the package in `dir` into `dest`: the tarball's path, the
+ * package's name, its sizes and the files it holds.
+ */
+export function npmPack(dir, dest) {
+  const [p] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", dest, dir], { encoding: "utf8" }))
+  return { tarball: path.join(dest, p.filename), name: p.name, size: p.size, unpackedSize: p.unpackedSize, files: p.files.map((f) => f.path) }
+}
 
 /** Print one JSON line on stdout. */
 export function out(obj) {

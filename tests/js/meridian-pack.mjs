@@ -11,12 +11,12 @@
 // Prints one JSON line per step and {"ok":true} at the end.
 //   node meridian-pack.mjs
 
-import { execFileSync, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { installGuards, out } from "./lib.mjs"
+import { installGuards, npmPack, out } from "./lib.mjs"
 
 installGuards(240, "meridian-pack")
 
@@ -38,12 +38,11 @@ function app(dir, files, tarballs) {
 const work = mkdtempSync(join(tmpdir(), "meridian-pack-"))
 try {
   const pack = (dir, expected) => {
-    const [packed] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", work, dir], { encoding: "utf8" }))
-    const files = packed.files.map(f => f.path)
-    for (const f of expected) check(files.includes(f), `the ${packed.name} tarball lacks ${f}: ${files}`)
+    const packed = npmPack(dir, work)
+    for (const f of expected) check(packed.files.includes(f), `the ${packed.name} tarball lacks ${f}: ${packed.files}`)
     const manifest = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"))
     for (const k of ["repository", "engines", "keywords", "license", "exports", "types"]) check(manifest[k], `${packed.name} has no ${k}`)
-    return { tarball: join(work, packed.filename), name: packed.name, tarball_bytes: packed.size, unpacked_bytes: packed.unpackedSize, files: files.length }
+    return { tarball: packed.tarball, name: packed.name, tarball_bytes: packed.size, unpacked_bytes: packed.unpackedSize, files: packed.files.length }
   }
   const client = pack(pkg, ["README.md", "package.json", "index.js", "node.js", "repo.js", "repo-node.js", "draft.js", "index.d.ts", "repo.d.ts", "meridian_client_wasm.js", "meridian_client_wasm_bg.wasm"])
   const react = pack(fileURLToPath(new URL("../../client-react", import.meta.url)), ["README.md", "package.json", "index.js", "index.d.ts"])

@@ -17,14 +17,14 @@
 // app would. Prints one JSON line per step and {"ok":true} at the end.
 //   node todo-e2e.mjs --app automerge-repo|meridian --sync ws://127.0.0.1:PORT/...
 
-import { execFileSync, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, existsSync } from "node:fs"
 import http from "node:http"
 import { tmpdir } from "node:os"
 import path from "node:path"
 import { fileURLToPath } from "node:url"
 import { chromium } from "playwright-core"
-import { installGuards, log, out, parseArgs } from "./lib.mjs"
+import { installGuards, log, npmPack, out, parseArgs } from "./lib.mjs"
 
 const opts = parseArgs(process.argv.slice(2), { app: "string", sync: "string", timeout: "number", chromium: "string" })
 installGuards(opts.timeout ?? 240, `todo-e2e ${opts.app}`)
@@ -47,9 +47,9 @@ try {
   let sizes = {}
   if (opts.app === "meridian") {
     const tarballs = [here("../../client-wasm/pkg"), here("../../client-react")].map((dir) => {
-      const [p] = JSON.parse(execFileSync("npm", ["pack", "--json", "--pack-destination", work, dir], { encoding: "utf8" }))
+      const p = npmPack(dir, work)
       sizes[p.name] = { tarball: p.size, unpacked: p.unpackedSize }
-      return path.join(work, p.filename)
+      return p.tarball
     })
     rmSync(path.join(appDir, "node_modules"), { recursive: true, force: true })
     const npm = spawnSync(
