@@ -301,7 +301,7 @@ export class Repo extends Emitter {
   }
   /** Handles this repo has handed out, by document id. */
   get handles() {
-    return Object.fromEntries([...this.#handles].map(([id, h]) => [id, h]));
+    return Object.fromEntries(this.#handles);
   }
 
   #handle(doc) {

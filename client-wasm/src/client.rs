@@ -203,11 +203,14 @@ impl Client {
     /// when it is stored).
     #[wasm_bindgen(js_name = createSync)]
     pub fn create_sync(&self, initial: JsValue) -> Result<Doc, JsError> {
-        let fields = match values::val_from_js(&initial)? {
-            Val::Map(fields) => fields,
-            Val::Scalar(automerge::ScalarValue::Null) => Vec::new(),
-            _ if initial.is_undefined() => Vec::new(),
-            _ => return Err(JsError::new("a document's initial value is an object")),
+        // No initial value (or null): an empty document.
+        let fields = if initial.is_undefined() || initial.is_null() {
+            Vec::new()
+        } else {
+            match values::val_from_js(&initial)? {
+                Val::Map(fields) => fields,
+                _ => return Err(JsError::new("a document's initial value is an object")),
+            }
         };
         let id = drive(&self.shared, |d| {
             if d.closed {

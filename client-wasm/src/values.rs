@@ -15,7 +15,7 @@
 //! `Counter` and `ImmutableString` are the package's classes
 //! (`index.js`), registered once with [`set_value_types`].
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use automerge::transaction::Transactable;
 use automerge::{AutomergeError, ObjId, ObjType, Patch, PatchAction, Prop, ReadDoc, ScalarValue, Value, ValueRef};
@@ -88,7 +88,7 @@ extern "C" {
 }
 
 thread_local! {
-    static REGISTERED: RefCell<bool> = const { RefCell::new(false) };
+    static REGISTERED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Registers the package's `Counter` and `ImmutableString` classes
@@ -96,11 +96,11 @@ thread_local! {
 #[wasm_bindgen(js_name = setValueTypes)]
 pub fn set_value_types(counter: Function, immutable_string: Function) {
     set_types(&counter, &immutable_string);
-    REGISTERED.with(|r| *r.borrow_mut() = true);
+    REGISTERED.with(|r| r.set(true));
 }
 
 fn registered() -> bool {
-    REGISTERED.with(|r| *r.borrow())
+    REGISTERED.with(Cell::get)
 }
 
 /// A value read from JavaScript, checked, ready to write.
@@ -118,10 +118,8 @@ pub fn val_from_js(v: &JsValue) -> Result<Val, JsError> {
 }
 
 fn read(v: &JsValue, depth: usize, at: &mut Vec<String>) -> Result<Val, JsError> {
-    let refuse = |what: &str, at: &[String]| {
-        let place = if at.is_empty() { String::new() } else { format!(" at {}", at.join(".")) };
-        JsError::new(&format!("{what}{place} cannot be stored in a document"))
-    };
+    let refuse =
+        |what: &str, at: &[String]| JsError::new(&format!("{what}{} cannot be stored in a document", place(at)));
     if depth > MAX_DEPTH {
         return Err(JsError::new(&format!(
             "value nested more than {MAX_DEPTH} levels deep (a cycle?) cannot be stored in a document"
@@ -196,9 +194,13 @@ fn whole(n: f64, what: &str, at: &[String]) -> Result<i64, JsError> {
     if n.is_finite() && n.fract() == 0.0 && n.abs() < 2f64.powi(63) {
         Ok(n as i64)
     } else {
-        let place = if at.is_empty() { String::new() } else { format!(" at {}", at.join(".")) };
-        Err(JsError::new(&format!("{what} of {n}{place} is not a whole number")))
+        Err(JsError::new(&format!("{what} of {n}{} is not a whole number", place(at))))
     }
+}
+
+/// " at a.b.0" for a value inside another, nothing for the value itself.
+fn place(at: &[String]) -> String {
+    if at.is_empty() { String::new() } else { format!(" at {}", at.join(".")) }
 }
 
 /// Where a value goes: a map key or list index is set, or it is inserted

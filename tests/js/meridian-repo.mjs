@@ -288,6 +288,8 @@ check(refused.every((r) => r), `Map, Set, Int8Array, a __proto__ key and a 70-bi
 check(same(vh.doc(), values), "and nothing was stored")
 check(vh.doc().counter instanceof M.Counter && vh.doc().str instanceof M.ImmutableString, "our classes come back")
 const client = await Client.open({ dbName: null })
+// No initial value, or null: an empty document (as before values were lossless).
+check(same((await client.create()).value(), {}) && same((await client.create(null)).value(), {}), "create() and create(null) are empty")
 const cd = await client.create({})
 for (const [k, v] of Object.entries(values)) cd.put(k, v)
 check(same(cd.value(), values), `Doc API round trip: ${JSON.stringify(typed(cd.value()))}`)
