@@ -152,6 +152,9 @@ impl Client {
         config.rng_seed = platform::random_u64();
         // A tab holds what the application opened; nothing to evict.
         config.idle_evict_after_ms = u64::MAX;
+        // A keystroke goes out while IndexedDB commits it; the edge's
+        // acknowledgement (`whenSynced`) is what tells the user it is safe.
+        config.send_before_durable = true;
         let net = Net::new(
             options.urls,
             options.ws_ctor,

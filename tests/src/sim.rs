@@ -33,8 +33,10 @@
 //! ## Invariants checked while running
 //! A violation panics with the last lines of the trace.
 //! - **Durable before advertised**: every `sync`/`request` a node sends has
-//!   heads that are all in the node's store at that moment; so do the heads
-//!   of [`Event::DocChanged`].
+//!   heads that are all in the node's store at that moment (except clients
+//!   that send before their writes are durable, as browser tabs do:
+//!   [`NodeSpec::sends_before_durable`], half the workload's clients); so
+//!   do the heads of [`Event::DocChanged`].
 //! - Durable data never shrinks: a compaction covers everything stored.
 //! - Valid traffic never causes [`Event::ProtocolError`] or
 //!   [`Event::StorageFailed`].
@@ -176,6 +178,10 @@ pub struct NodeSpec {
     /// Its upstream registers it as another node (an edge at a hub), not a
     /// client ([`Access::node`]).
     pub node: bool,
+    /// Sends before its writes are durable, as a browser tab does
+    /// ([`EngineConfig::send_before_durable`]): exempt from the durable
+    /// before advertised check.
+    pub sends_before_durable: bool,
 }
 
 impl NodeSpec {
@@ -189,7 +195,14 @@ impl NodeSpec {
             fallback: None,
             store_of: None,
             node: false,
+            sends_before_durable: false,
         }
+    }
+
+    /// A browser tab: sends before its writes are durable.
+    pub fn sends_before_durable(mut self, yes: bool) -> Self {
+        self.sends_before_durable = yes;
+        self
     }
 
     /// An edge under a hub: its link is between nodes.
@@ -1011,6 +1024,7 @@ impl Sim {
         config.track_home_lag = true;
         config.rng_seed = rng_seed;
         config.expects_upstream = node.spec.upstream.is_some();
+        config.send_before_durable = node.spec.sends_before_durable;
         // As the node runtime: a copy still divergent from the upstream's
         // after the resyncs is fetched again (must lose nothing here).
         config.refetch_divergent = node.spec.upstream.is_some();
@@ -1306,7 +1320,7 @@ impl Sim {
         let Ok(sync) = automerge::sync::Message::decode(data) else {
             self.fail(format!("{} sent a sync message for {doc} that does not decode", self.name(n)))
         };
-        if let Some(missing) = self.not_durable(n, doc, &sync.heads) {
+        if let Some(missing) = self.not_durable(n, doc, &sync.heads).filter(|_| !self.spec(n).sends_before_durable) {
             self.fail(format!(
                 "durable-before-advertised violated: {} sent {} for {doc} advertising head {} not yet in its store",
                 self.name(n),
@@ -2442,7 +2456,12 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
         let persistent = sim.rng.random_bool(0.5);
         // Most applications keep open documents in memory; some evict.
         let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
-        let spec = NodeSpec::new(format!("c{i}")).persistent(persistent).evict_after(e).upstream(server);
+        let tab = sim.rng.random_bool(0.5);
+        let spec = NodeSpec::new(format!("c{i}"))
+            .persistent(persistent)
+            .evict_after(e)
+            .upstream(server)
+            .sends_before_durable(tab);
         clients.push(sim.add_node(spec));
     }
     clients
@@ -2470,7 +2489,12 @@ fn build_cloud_topology(sim: &mut Sim) -> Vec<NodeId> {
         let edge = edges[i % edges.len()];
         let persistent = sim.rng.random_bool(0.5);
         let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
-        let spec = NodeSpec::new(format!("c{i}")).persistent(persistent).evict_after(e).upstream(edge);
+        let tab = sim.rng.random_bool(0.5);
+        let spec = NodeSpec::new(format!("c{i}"))
+            .persistent(persistent)
+            .evict_after(e)
+            .upstream(edge)
+            .sends_before_durable(tab);
         clients.push(sim.add_node(spec));
     }
     clients

@@ -522,3 +522,73 @@ fn an_edge_copy_with_a_forked_actor_is_fetched_again_and_converges() {
     }
     assert!(refetched as u64 >= seeds, "every seed refetched at least once: {refetched}");
 }
+
+/// Whether `doc` (a replica, or `None`) holds the change.
+fn holds(doc: Option<&Automerge>, hash: &meridian_protocol::automerge::ChangeHash) -> bool {
+    doc.is_some_and(|d| d.get_change_by_hash(hash).is_some())
+}
+
+/// A browser tab sends a change while its store is still committing it
+/// (`EngineConfig::send_before_durable`), so the edge has it before the
+/// tab's commit; a client without that waits for its commit. A crash of the tab before the commit loses nothing: the edge
+/// has the change and the restarted tab gets it back.
+#[test]
+fn a_tab_sends_before_its_commit_and_a_crash_before_it_loses_nothing() {
+    for tab in [false, true] {
+        let timing = Timing {
+            net_delay: (1, 5),
+            net_spike: (0, (0, 0)),
+            storage_latency: (300, 400),
+            storage_stall: (0, (0, 0)),
+            ..Timing::default()
+        };
+        let mut sim = Sim::new(11, timing);
+        sim.record_messages = true;
+        let edge = sim.add_node(NodeSpec::new("edge"));
+        let writer = sim.add_node(NodeSpec::new("writer").upstream(edge).sends_before_durable(tab));
+        let other = sim.add_node(NodeSpec::new("other").ephemeral().upstream(edge));
+        let doc = sim.create(writer);
+        quiet(&mut sim);
+        sim.find(other, doc);
+        quiet(&mut sim);
+
+        sim.change(writer, doc, |tx| tx.put(ROOT, "typed", "x")).unwrap();
+        let hash = sim.edits().last().unwrap().hash;
+        let started = sim.now();
+        // Step until the edge has the change in memory.
+        let mut reached_at = None;
+        while sim.now().0 < started.0 + 5_000 {
+            let next = Millis(sim.now().0 + 1);
+            while sim.step_until(next).is_some() {}
+            if holds(sim.engine(edge).and_then(|e| e.document(&doc)), &hash) {
+                reached_at = Some(sim.now());
+                break;
+            }
+        }
+        let reached_at = reached_at.expect("the change never reached the edge");
+        let writer_durable = holds(sim.durable_doc(writer, &doc), &hash);
+        let took = reached_at.0 - started.0;
+        eprintln!("tab={tab}: the change reached the edge after {took} ms (writer's commit done: {writer_durable})");
+        if !tab {
+            assert!(writer_durable, "a client that is no tab advertised a change before its commit");
+            assert!(took >= 300, "the change arrived in {took} ms, before the writer's commit could be done");
+            quiet(&mut sim);
+            converged(&sim);
+            continue;
+        }
+        assert!(!writer_durable, "the storage latency should hold the tab's commit past the change's arrival");
+        assert!(took < 300, "the tab's change took {took} ms: it waited for the commit");
+        // The tab dies before its commit: the change is only at the edge,
+        // which commits it all the same, and it comes back to the
+        // restarted tab.
+        sim.crash(writer);
+        assert!(!holds(sim.durable_doc(writer, &doc), &hash), "the crash should lose the tab's uncommitted write");
+        quiet(&mut sim);
+        sim.restart(writer);
+        quiet(&mut sim);
+        converged(&sim);
+        assert!(holds(sim.durable_doc(edge, &doc), &hash), "the edge lost the tab's change");
+        assert!(holds(sim.engine(writer).and_then(|e| e.document(&doc)), &hash), "the tab did not get its change back");
+        assert!(holds(sim.durable_doc(writer, &doc), &hash), "the tab did not store its change again");
+    }
+}

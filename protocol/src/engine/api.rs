@@ -112,6 +112,17 @@ pub struct EngineConfig {
     /// Automerge applies a peer's change to a long text in time that grows
     /// with the text (about 0.2 s per call at a million characters).
     pub apply_off_loop_ops: u64,
+    /// Send sync messages while our writes are in flight, and apply peers'
+    /// messages without waiting for the commit in flight: for a client
+    /// whose store is its own cache (a browser tab), so a keystroke goes
+    /// out while IndexedDB commits it and a remote edit shows at once. Its
+    /// heads may then cover changes a crash loses here; the server holds
+    /// every change it acknowledged and sends them again when the client
+    /// reconnects (a restarted client edits with a new actor, so nothing
+    /// it lost is made twice), and the server's acknowledgement stays the
+    /// durability signal (`whenSynced`). Never for a node other nodes count
+    /// on: edges and hubs keep durable before advertised.
+    pub send_before_durable: bool,
 }
 
 /// Operations a client's message may hold whatever its size (see
@@ -149,6 +160,7 @@ impl EngineConfig {
             max_ops_per_byte: 64,
             max_document_ops: 10_000_000,
             apply_off_loop_ops: 0,
+            send_before_durable: false,
         }
     }
 }

@@ -228,7 +228,9 @@ impl Engine {
     /// watchers confirming the last change) are applied as they come, unless
     /// a message of theirs is already waiting (a connection's messages are
     /// applied in order), so the next message each watcher gets starts from
-    /// what it confirmed.
+    /// what it confirmed. A node that sends before its writes are durable
+    /// ([`super::EngineConfig::send_before_durable`], a browser tab) has
+    /// no reason to wait and applies every message as it comes.
     pub(super) fn drain_pending(&mut self, now: Millis, doc_id: DocumentId) {
         let followed = self.follows_home_lag(&doc_id);
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
@@ -343,8 +345,12 @@ impl Engine {
         if followed && self.home_conn(&doc_id).is_some_and(|home| from.contains(&home)) {
             self.check_home(now, doc_id);
         }
+        // The next messages wait for these writes and are then applied
+        // together (one automerge call instead of many), unless this node
+        // sends before its writes are durable: it applies at once too.
         if let Some(d) = self.docs.get_mut(&doc_id)
             && d.writes_issued > issued
+            && !self.config.send_before_durable
         {
             d.hold_until = d.writes_issued;
         }

@@ -51,7 +51,7 @@ impl Engine {
     /// and tell requesters `doc-unavailable` once nobody is left to ask.
     pub(super) fn resolve_availability(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get(&doc_id) else { return };
-        if !d.may_sync() || d.has_data() || !d.someone_waiting() {
+        if !d.may_sync(self.config.send_before_durable) || d.has_data() || !d.someone_waiting() {
             return;
         }
         let sources = self.sources(&doc_id);

@@ -151,10 +151,11 @@ impl DocState {
         self.life.busy() || self.applying.is_some()
     }
 
-    /// Durable, and no application off the loop is about to move the
-    /// heads: sync messages may go out.
-    pub(super) fn may_sync(&self) -> bool {
-        self.is_durable() && self.applying.is_none()
+    /// Durable (or, `before_durable`, loaded: see
+    /// [`super::EngineConfig::send_before_durable`]), and no application
+    /// off the loop is about to move the heads: sync messages may go out.
+    pub(super) fn may_sync(&self, before_durable: bool) -> bool {
+        (self.is_durable() || (before_durable && self.is_loaded())) && self.applying.is_none()
     }
 
     /// Loaded with no write in flight: what is in memory is in the store.

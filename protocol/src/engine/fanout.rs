@@ -99,10 +99,11 @@ impl Engine {
     /// Sends whatever sync messages are due for a document, unless a write
     /// is in flight (then [`Self::handle_storage_result`] calls us again):
     /// durable before advertised, since every sync message carries our
-    /// heads, and heads must only cover committed changes.
+    /// heads, and heads must only cover committed changes (a browser tab
+    /// is the exception: [`super::EngineConfig::send_before_durable`]).
     pub(super) fn sync_doc(&mut self, now: Millis, doc_id: DocumentId) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
-        if !d.may_sync() {
+        if !d.may_sync(self.config.send_before_durable) {
             return;
         }
         let has_data = d.has_data();
