@@ -109,11 +109,14 @@ fn connect_and_settle(edge: &mut SlowEdge, client: &mut TestNode) -> (ConnId, Co
 }
 
 /// The sync frames a client would send for `k` successive local changes,
-/// each sent before the edge answers (a window of changes in flight).
+/// each sent before the edge answers (a window of changes in flight). They
+/// are a second apart, so the client does not hold one for the edge's
+/// answer to the last (as a JS automerge-repo client never does).
 fn changes_in_flight(client: &mut TestNode, doc: DocumentId, k: i64) -> Vec<Vec<u8>> {
     let mut frames = Vec::new();
     for i in 1..=k {
-        client.engine.change(Millis(0), doc, |tx| tx.put(ROOT, "n", i).map(|_| ())).expect("change");
+        client.now = Millis(i as u64 * 1000);
+        client.engine.change(client.now, doc, |tx| tx.put(ROOT, "n", i).map(|_| ())).expect("change");
         frames.extend(client.drain_frames().into_iter().map(|(_, f)| f));
     }
     frames

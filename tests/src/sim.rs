@@ -906,7 +906,7 @@ impl Sim {
     /// pending, for at most `limit_ms`. Returns whether it got quiet.
     pub fn run_until_quiet(&mut self, limit_ms: u64) -> bool {
         let deadline = Millis(self.now.0 + limit_ms);
-        while self.busy > 0 || self.backfilling() {
+        while self.busy > 0 || self.engines_have_work_scheduled() {
             if self.step_until(deadline).is_none() {
                 return false;
             }
@@ -915,9 +915,10 @@ impl Sim {
     }
 
     /// Some engine still has stored documents to open (a backfill runs on
-    /// the engine's timer, which does not count as busy).
-    fn backfilling(&self) -> bool {
-        self.nodes.iter().filter_map(|n| n.engine.as_ref()).any(|e| e.backfill_queued() > 0)
+    /// the engine's timer, which does not count as busy), or messages held
+    /// for a peer's answer (sent by a deadline at the latest).
+    fn engines_have_work_scheduled(&self) -> bool {
+        self.nodes.iter().filter_map(|n| n.engine.as_ref()).any(|e| e.backfill_queued() > 0 || e.replies_awaited() > 0)
     }
 
     fn dispatch(&mut self, event: Scheduled) -> Step {

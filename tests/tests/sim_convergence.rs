@@ -592,3 +592,67 @@ fn a_tab_sends_before_its_commit_and_a_crash_before_it_loses_nothing() {
         assert!(holds(sim.durable_doc(writer, &doc), &hash), "the tab did not store its change again");
     }
 }
+
+/// Messages carrying changes that `n` received for `doc` since index `from`
+/// of its received messages, and the chunks in them (a chunk may bundle
+/// several changes).
+fn change_messages(sim: &Sim, n: NodeId, doc: DocumentId, from: usize) -> (usize, usize) {
+    let (mut messages, mut chunks) = (0, 0);
+    for m in &sim.received(n)[from..] {
+        if let Message::Sync { document_id, data, .. } = m
+            && *document_id == doc
+        {
+            let sync = meridian_protocol::automerge::sync::Message::decode(data).unwrap();
+            if !sync.changes.is_empty() {
+                messages += 1;
+                chunks += sync.changes.len();
+            }
+        }
+    }
+    (messages, chunks)
+}
+
+/// A peer busy with our last message (here: far away) gets what comes
+/// meanwhile as one message once it answers; a lone writer's changes,
+/// spaced wider than the round trip, each go out at once.
+#[test]
+fn changes_for_a_peer_that_has_not_answered_go_out_together() {
+    let timing = Timing { net_delay: (40, 50), net_spike: (0, (0, 0)), storage_latency: (1, 3), ..Timing::default() };
+    let mut sim = Sim::new(12, timing);
+    sim.record_messages = true;
+    let edge = sim.add_node(NodeSpec::new("edge"));
+    let writer = sim.add_node(NodeSpec::new("writer").upstream(edge));
+    let watcher = sim.add_node(NodeSpec::new("watcher").ephemeral().upstream(edge));
+    let doc = sim.create(writer);
+    quiet(&mut sim);
+    sim.find(watcher, doc);
+    quiet(&mut sim);
+
+    // Spaced: one change every 400 ms (the round trip is under 100 ms).
+    let seen = sim.received(watcher).len();
+    for i in 0..10 {
+        sim.change(writer, doc, |tx| tx.put(ROOT, "spaced", i as i64)).unwrap();
+        sim.run_for(400);
+    }
+    quiet(&mut sim);
+    let (messages, changes) = change_messages(&sim, watcher, doc, seen);
+    eprintln!("spaced: {changes} changes in {messages} messages");
+    assert_eq!((messages, changes), (10, 10), "each spaced change goes out at once, alone");
+
+    // A burst: 40 changes 5 ms apart (200 ms, two round trips).
+    let seen = sim.received(watcher).len();
+    for i in 0..40 {
+        sim.change(writer, doc, |tx| tx.put(ROOT, "burst", i as i64)).unwrap();
+        sim.run_for(5);
+    }
+    quiet(&mut sim);
+    converged(&sim);
+    let (messages, _) = change_messages(&sim, watcher, doc, seen);
+    eprintln!("burst: 40 changes in {messages} messages");
+    let got = sim.engine(watcher).and_then(|e| e.document(&doc)).unwrap().get(ROOT, "burst").unwrap();
+    assert_eq!(got.map(|(v, _)| v.to_string()).as_deref(), Some("39"), "the watcher has the burst's last change");
+    assert!(
+        (2..=6).contains(&messages),
+        "the burst reached the watcher in {messages} messages, not folded while it had not answered"
+    );
+}

@@ -200,6 +200,7 @@ impl Engine {
         d.touch(now);
         if let Some(p) = d.peers.get_mut(&conn) {
             p.heard_at = Some(now);
+            p.unanswered = None;
         }
         d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, ops, read_only, message });
         match &mut self.batch {

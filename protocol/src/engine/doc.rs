@@ -37,6 +37,10 @@ pub(super) struct PeerDoc {
     /// for what the other cannot give, forever) until its heads move, a
     /// forced resync or a refetched copy (`replicas`, `refetch`).
     pub(super) stalled: Option<Vec<ChangeHash>>,
+    /// We sent it changes then and have heard nothing from it about the
+    /// document since: what comes meanwhile waits for its answer (or for
+    /// [`super::fanout::REPLY_WAIT_MS`]) and goes out as one message.
+    pub(super) unanswered: Option<Millis>,
 }
 
 impl PeerDoc {
@@ -49,6 +53,7 @@ impl PeerDoc {
             heard_at: None,
             last_lag_ms: None,
             stalled: None,
+            unanswered: None,
         }
     }
 
@@ -57,6 +62,7 @@ impl PeerDoc {
     pub(super) fn start_over(&mut self) {
         self.sync = sync::State::new();
         self.stalled = None;
+        self.unanswered = None;
     }
 }
 

@@ -35,6 +35,11 @@ pub(super) struct Generated {
     pub(super) bytes: usize,
 }
 
+/// A peer we sent changes has this long to answer before what came for it
+/// since goes out anyway. Peers answer a message that moved their heads at
+/// once; one that already had the changes need not answer.
+pub(super) const REPLY_WAIT_MS: u64 = 500;
+
 /// At most this many distinct sync states are remembered per document...
 pub(super) const GENERATED_STATES: usize = 256;
 /// ...holding at most about this many bytes.
@@ -107,8 +112,12 @@ impl Engine {
             return;
         }
         let has_data = d.has_data();
-        for (conn, data) in d.generate_due(self.config.share_generated, &mut self.stats) {
+        let (due, wait) = d.generate_due(now, self.config.share_generated, &mut self.stats);
+        for (conn, data) in due {
             self.send_doc_message(conn, doc_id, data, has_data);
+        }
+        if let Some(until) = wait {
+            self.timers.reply_by(until, doc_id);
         }
         self.resolve_availability(now, doc_id);
     }
@@ -132,7 +141,21 @@ impl DocState {
     /// The encoded sync messages due to peers whose state changed (every
     /// peer when our heads did), in connection order; peers whose sync
     /// state is loading, and requesters while we have nothing, stay due.
-    fn generate_due(&mut self, share: bool, stats: &mut EngineStats) -> Vec<(ConnId, Vec<u8>)> {
+    ///
+    /// So do peers that have not answered the changes we last sent them
+    /// (`PeerDoc::unanswered`), until they answer or [`REPLY_WAIT_MS`] is
+    /// up (returned: the earliest such deadline). A lone writer's change
+    /// goes out at once, since its watchers answered the last one long
+    /// ago; under load (several people typing into one document, a slow
+    /// client) what comes while a peer is busy with our last message goes
+    /// out as one message once it answers, so each peer applies fewer,
+    /// larger messages and no fixed delay is added.
+    fn generate_due(
+        &mut self,
+        now: Millis,
+        share: bool,
+        stats: &mut EngineStats,
+    ) -> (Vec<(ConnId, Vec<u8>)>, Option<Millis>) {
         let heads = self.doc.get_heads();
         let has_data = !heads.is_empty();
         if heads != self.synced_heads {
@@ -145,9 +168,18 @@ impl DocState {
         }
         self.generated.revalidate(&self.doc, &heads, share, self.peers.len());
         self.synced_heads = heads;
-        let mut out = Vec::new();
+        let (mut out, mut wait) = (Vec::new(), None::<Millis>);
         for conn in std::mem::take(&mut self.dirty) {
             let Some(pd) = self.peers.get_mut(&conn) else { continue };
+            if let Some(sent) = pd.unanswered {
+                let until = Millis(sent.0.saturating_add(REPLY_WAIT_MS));
+                if now < until {
+                    self.dirty.insert(conn);
+                    wait = Some(wait.map_or(until, |w| w.min(until)));
+                    continue;
+                }
+                pd.unanswered = None;
+            }
             // A peer that has nothing gets nothing from us while we have
             // nothing either; availability is answered separately.
             if self.life.state_loading(&conn) || (pd.requesting && !has_data) {
@@ -160,10 +192,14 @@ impl DocState {
             if pd.stalled.is_some() || self.refetch.as_ref().is_some_and(|r| r.conn == conn) {
                 continue;
             }
+            let sent = pd.sync.sent_hashes.len();
             if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
+                if pd.sync.sent_hashes.len() > sent {
+                    pd.unanswered = Some(now);
+                }
                 out.push((conn, data));
             }
         }
-        out
+        (out, wait)
     }
 }

@@ -38,6 +38,9 @@ pub(super) struct Timers {
     joins: BTreeSet<(Millis, ConnId)>,
     /// Connections whose grants end then.
     expiries: BTreeSet<(Millis, ConnId)>,
+    /// Documents with messages held for peers that have not answered
+    /// (`fanout::REPLY_WAIT_MS`): sent then whatever the peers did.
+    replies: BTreeSet<(Millis, DocumentId)>,
 }
 
 impl Timers {
@@ -45,7 +48,15 @@ impl Timers {
         let idle = self.idle.first().map(|(at, _)| *at);
         let join = self.joins.first().map(|(at, _)| *at);
         let expiry = self.expiries.first().map(|(at, _)| *at);
-        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag, join, expiry].into_iter().flatten().min()
+        let reply = self.replies.first().map(|(at, _)| *at);
+        [idle, self.budget, self.ephemeral, self.backfill, self.home_lag, join, expiry, reply]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub(super) fn reply_by(&mut self, at: Millis, doc: DocumentId) {
+        self.replies.insert((at, doc));
     }
 
     pub(super) fn expires(&mut self, at: Millis, conn: ConnId) {
@@ -89,9 +100,16 @@ impl Engine {
         self.timers.next()
     }
 
+    /// Documents with messages held for peers' answers, due to go out by
+    /// a deadline at the latest (the simulation is not quiet before).
+    pub fn replies_awaited(&self) -> usize {
+        self.timers.replies.len()
+    }
+
     /// Time has come for what [`Engine::poll_timeout`] announced: evicts
     /// documents idle for [`super::EngineConfig::idle_evict_after_ms`],
-    /// closes connections whose grants ended,
+    /// closes connections whose grants ended, sends what waited for a
+    /// peer's answer too long,
     /// keeps the memory budget, forgets old ephemeral sessions, opens the
     /// next slice of a backfill, stops following changes their home never
     /// confirmed. Calling it early or late is harmless: it does what is due
@@ -99,6 +117,12 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Millis) {
         self.refuse_late_joins(now);
         self.close_expired(now);
+        while let Some(&(at, doc_id)) = self.timers.replies.first()
+            && at <= now
+        {
+            self.timers.replies.pop_first();
+            self.sync_doc(now, doc_id);
+        }
         self.evict_idle(now);
         if self.timers.budget.is_some_and(|at| at <= now) {
             self.timers.budget = None;
