@@ -27,7 +27,7 @@ mod wire;
 mod workload;
 
 const USAGE: &str =
-    "usage: meridian-loadgen suite [connect|fanout|writers|large-doc|stored|attacks ...] [--smoke] [--rounds R] [--stored N]
+    "usage: meridian-loadgen suite [connect|fanout|writers|typing|large-doc|stored|attacks ...] [--smoke] [--rounds R] [--stored N]
                         [--size N] [--only edge|js]
                         [--edge-bin PATH] [--edge-arg FLAG]... [--js-server PATH] [--results DIR] [--report FILE]
 

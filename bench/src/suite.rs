@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::report::{self, Row};
-use crate::scenario::{Figure, attacks, connect, fanout, large_doc, median, stored, writers};
+use crate::scenario::{Figure, attacks, connect, fanout, large_doc, median, stored, typing, writers};
 use crate::server::{ConnCaps, Kind, Paths, Server};
 
-pub const SCENARIOS: [&str; 6] = ["connect", "fanout", "writers", "large-doc", "stored", "attacks"];
+pub const SCENARIOS: [&str; 7] = ["connect", "fanout", "writers", "typing", "large-doc", "stored", "attacks"];
 
 #[derive(Debug)]
 pub struct Options {
@@ -37,6 +37,7 @@ enum Case {
     Connect(usize),
     Fanout(fanout::Params),
     Writers(writers::Params),
+    Typing(typing::Params),
     LargeDoc(large_doc::Params),
     Stored(stored::Params),
     Attacks(attacks::Params),
@@ -50,6 +51,7 @@ impl Case {
             Case::Connect(n) => *n,
             Case::Fanout(p) => p.watchers,
             Case::Writers(p) => p.writers,
+            Case::Typing(p) => p.typists,
             Case::LargeDoc(p) => p.ops,
             Case::Stored(p) => p.stored,
             Case::Attacks(p) => p.idle,
@@ -61,6 +63,10 @@ impl Case {
             Case::Connect(n) => format!("connect {} clients to {} documents", thousands(*n), thousands(*n)),
             Case::Fanout(p) => format!("1 writer, {} watchers ({} changes)", thousands(p.watchers), p.changes),
             Case::Writers(p) => format!("{} writers on {} documents, window {}", p.writers, p.writers, p.window),
+            Case::Typing(p) => format!(
+                "{} of {} automerge-repo clients ({} processes) typing {} characters/s into one text for {} s",
+                p.typists, p.clients, p.processes, p.rate, p.seconds
+            ),
             Case::LargeDoc(p) => format!("large document: {} text operations", thousands(p.ops)),
             Case::Stored(p) => format!("{} stored documents, {} open", thousands(p.stored), thousands(p.open)),
             Case::Attacks(p) => format!(
@@ -75,11 +81,15 @@ impl Case {
         }
     }
 
-    async fn run(self, server: Server) -> Result<Vec<Figure>> {
+    async fn run(self, server: Server, paths: &Paths) -> Result<Vec<Figure>> {
         match self {
             Case::Connect(n) => connect::run(&server, n).await,
             Case::Fanout(p) => fanout::run(&server, p).await,
             Case::Writers(p) => writers::run(&server, p).await,
+            Case::Typing(p) => {
+                let js = paths.js_server.parent().context("the JS server script has no folder")?;
+                typing::run(&server, js.to_owned(), p).await
+            }
             Case::LargeDoc(p) => large_doc::run(server, p).await,
             Case::Stored(p) => stored::run(server, p).await,
             Case::Attacks(p) => attacks::run(server, p).await,
@@ -122,6 +132,14 @@ fn cases(scenario: &str, smoke: bool) -> Result<(Vec<Case>, usize)> {
             // waits for its own commit (and fsync), nothing to group it with.
             let lone = writers::Params { writers: 1, changes_per_writer: 4000, window: 1, duration: secs(10) };
             (vec![Case::Writers(lone), Case::Writers(p)], 3)
+        }
+        ("typing", smoke) => {
+            let seconds = if smoke { 2 } else { 20 };
+            let p = |typists| typing::Params { clients: 8, typists, processes: 4, rate: 6, seconds };
+            (
+                if smoke { vec![Case::Typing(p(8))] } else { vec![Case::Typing(p(8)), Case::Typing(p(1))] },
+                if smoke { 1 } else { 3 },
+            )
         }
         ("large-doc", true) => (vec![Case::LargeDoc(large_doc::Params { ops: 2000, fetches: 1 })], 1),
         ("large-doc", false) => (vec![Case::LargeDoc(large_doc::Params { ops: 300_000, fetches: 5 })], 1),
@@ -215,7 +233,7 @@ async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Resu
             let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
             let _ = std::fs::remove_dir_all(&data);
             let server = Server::start(kind, paths, &data, case.caps())?;
-            let outcome = case.run(server).await.with_context(|| format!("{label} against {}", kind.name()));
+            let outcome = case.run(server, paths).await.with_context(|| format!("{label} against {}", kind.name()));
             let _ = std::fs::remove_dir_all(&data);
             let figures = match outcome {
                 Ok(f) => Some(f),

@@ -16,6 +16,7 @@ pub mod connect;
 pub mod fanout;
 pub mod large_doc;
 pub mod stored;
+pub mod typing;
 pub mod writers;
 
 /// Which way is better for a figure.
