@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, ensure_npm, root, run as run_cmd, wait_port};
 
 const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R] [--size N] [--only edge|js]
-       scenarios: connect fanout writers large-doc stored (default: all, then big-doc)
+       scenarios: connect fanout writers typing large-doc stored attacks (default: all, then big-doc)
        --size N: only that size of each scenario; --only: one server, nothing saved (profiling)
        cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]
        cargo xtask bench placement [--writes N] [--docs K] [--smoke]

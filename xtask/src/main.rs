@@ -36,7 +36,8 @@ Commands:
               node; prints detect/recover times per fault (default 300 s, seed 1)
   bench [SCENARIO...] [--smoke] [--rounds R]
               meridian-edge vs the JS automerge-repo sync server, side by side (issue 7): connect,
-              fanout, writers, large-doc, stored, attacks (a well-behaved client during six attacks)
+              fanout, writers, typing (real automerge-repo clients typing into one text), large-doc,
+              stored, attacks (a well-behaved client during six attacks)
               (default: all, then big-doc); writes docs/BENCHMARKS.md
   bench placement [--writes N] [--docs K] [--smoke]
               placement on vs hub-only on the simulated regions (hub in us; eu, us, ap edges):
