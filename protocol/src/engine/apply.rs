@@ -371,7 +371,7 @@ impl Engine {
     /// ([`EngineConfig::creates_per_minute`]) is treated the same way, and
     /// refused with `create_limit`.
     fn hold_creations(&mut self, now: Millis, doc_id: DocumentId, pending: Vec<Pending>) -> Vec<Pending> {
-        if self.docs.get(&doc_id).is_none_or(DocState::has_data) {
+        if self.docs.get(&doc_id).is_none_or(|d| d.has_data()) {
             return pending;
         }
         let mut out = Vec::with_capacity(pending.len());

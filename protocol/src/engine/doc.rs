@@ -84,7 +84,11 @@ pub(super) struct DocState {
     /// Bytes of the last snapshot and of the chunks appended since.
     pub(super) snapshot_bytes: usize,
     pub(super) chunk_bytes: usize,
-    pub(super) peers: BTreeMap<ConnId, PeerDoc>,
+    /// Copied to shed automerge's spare room (`shrink_once`).
+    pub(super) shrunk: bool,
+    /// Boxed: a map node holds room for eleven entries, and a sync state
+    /// is large (a document's one peer cost a 3 KB node unboxed).
+    pub(super) peers: BTreeMap<ConnId, Box<PeerDoc>>,
     /// Peers whose sync state changed (a message from them, a loaded or
     /// reset state) since we last generated a message for them. With the
     /// document's heads unchanged, a clean peer has nothing new coming:
@@ -126,6 +130,7 @@ impl DocState {
             hold_until: 0,
             snapshot_bytes: 0,
             chunk_bytes: 0,
+            shrunk: false,
             peers: BTreeMap::new(),
             dirty: BTreeSet::new(),
             generated: Generated::default(),
@@ -228,7 +233,7 @@ impl Engine {
         if d.peers.contains_key(&conn) {
             return;
         }
-        d.peers.insert(conn, PeerDoc::new());
+        d.peers.insert(conn, Box::new(PeerDoc::new()));
         d.dirty.insert(conn);
         if let Some(peer) = storage {
             d.life.start_state_load(conn);

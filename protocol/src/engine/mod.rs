@@ -96,7 +96,9 @@ pub struct Engine {
     /// (see `conn::handle_join`: nodes of different subjects may share a
     /// peer id).
     peers: BTreeMap<(PeerId, String), ConnId>,
-    docs: BTreeMap<DocumentId, DocState>,
+    /// Boxed: a document's state is 4 KB (automerge's alone 3.5 KB), and a
+    /// map node keeps room for eleven.
+    docs: BTreeMap<DocumentId, Box<DocState>>,
     /// Connections that have shown interest in a document, kept across
     /// eviction so changes are still pushed to them.
     subscribers: BTreeMap<DocumentId, BTreeSet<ConnId>>,

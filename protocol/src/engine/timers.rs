@@ -191,7 +191,7 @@ impl Engine {
         state.idle_timer = Millis(state.last_active.0.saturating_add(self.config.idle_evict_after_ms));
         self.timers.idle.insert((state.idle_timer, doc_id));
         let now = state.last_active;
-        self.docs.insert(doc_id, state);
+        self.docs.insert(doc_id, Box::new(state));
         if self.over_memory_budget() && self.timers.budget.is_none() {
             self.timers.budget = Some(now);
         }
@@ -201,7 +201,7 @@ impl Engine {
     pub(super) fn remove_doc(&mut self, doc_id: DocumentId) -> Option<DocState> {
         let d = self.docs.remove(&doc_id)?;
         self.timers.idle.remove(&(d.idle_timer, doc_id));
-        Some(d)
+        Some(*d)
     }
 
     fn over_memory_budget(&self) -> bool {
