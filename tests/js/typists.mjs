@@ -107,7 +107,8 @@ async function type(c) {
   }
 }
 await Promise.all(clients.slice(0, typing).map(type))
-await sleep(settleMs)
+// Processes without typists watch for as long as the others type.
+await sleep(Math.max(0, until - Date.now()) + settleMs)
 
 const messages = Object.fromEntries(clients.map((c) => [c.id, c.messages]))
 out({ sent, seen, messages, text: clients[0].handle.doc().text.length })
