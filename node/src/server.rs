@@ -235,7 +235,7 @@ fn unauthorized(reason: TokenError) -> Response {
 }
 
 /// Initial WebSocket read buffer of a connection.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 fn upgrade(
     ws: WebSocketUpgrade,
@@ -270,8 +270,10 @@ fn upgrade(
     // tungstenite allocates its read buffer up front (128 KiB by default):
     // that was most of an idle connection's memory (issue 7, connect
     // scenario: 163 KiB per connection with its document at 128 KiB, 48 at
-    // 16 KiB, 36 at 4 KiB). Bigger messages still arrive whole; the buffer
-    // grows, and each read takes up to this many bytes.
+    // 16 KiB, 36 at 4 KiB; issue 19: 24.4 at 4 KiB, 21.4 at 1 KiB). Bigger
+    // messages still arrive whole; the buffer grows, and each read takes
+    // up to this many bytes (a 300,000-operation upload: 410 ms at 4 KiB,
+    // 393 at 1 KiB).
     ws.max_message_size(transport_limit).max_frame_size(transport_limit).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
         move |socket| async move {
             connection(socket, state, access, valid_for, token).await;
