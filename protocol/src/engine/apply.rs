@@ -93,12 +93,6 @@ pub(super) fn coalesce(pending: impl IntoIterator<Item = Pending>) -> Vec<Pendin
     out
 }
 
-/// Whether a peer's message says it holds every one of `heads`: they are
-/// among its heads or among those it says it shares with us.
-fn acknowledges(message: &sync::Message, heads: &[automerge::ChangeHash]) -> bool {
-    heads.iter().all(|h| message.heads.contains(h) || message.have.iter().any(|have| have.last_sync.contains(h)))
-}
-
 /// The message with its changes taken out (heads, needs and haves stay).
 fn without_changes(message: sync::Message) -> sync::Message {
     sync::Message { changes: Vec::<Vec<u8>>::new().into(), ..message }
@@ -206,12 +200,7 @@ impl Engine {
         d.touch(now);
         if let Some(p) = d.peers.get_mut(&conn) {
             p.heard_at = Some(now);
-            // An answer says it has what we sent: its heads, or what it
-            // says it shares with us, cover our heads then. (A message it
-            // sent before ours arrived, its own typing, is no answer.)
-            if p.unanswered.as_ref().is_some_and(|(_, heads)| acknowledges(&message, heads)) {
-                p.unanswered = None;
-            }
+            p.unanswered = None;
         }
         d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, ops, read_only, message });
         match &mut self.batch {

@@ -37,11 +37,10 @@ pub(super) struct PeerDoc {
     /// for what the other cannot give, forever) until its heads move, a
     /// forced resync or a refetched copy (`replicas`, `refetch`).
     pub(super) stalled: Option<Vec<ChangeHash>>,
-    /// We sent it changes then, advertising these heads, and it has not
-    /// yet told us it has them: what comes meanwhile waits for its answer
-    /// (or for [`super::fanout::REPLY_WAIT_MS`]) and goes out as one
-    /// message.
-    pub(super) unanswered: Option<(Millis, Vec<ChangeHash>)>,
+    /// We sent it changes then and have heard nothing from it about the
+    /// document since: what comes meanwhile waits for its answer (or for
+    /// [`super::fanout::REPLY_WAIT_MS`]) and goes out as one message.
+    pub(super) unanswered: Option<Millis>,
 }
 
 impl PeerDoc {

@@ -171,7 +171,7 @@ impl DocState {
         let (mut out, mut wait) = (Vec::new(), None::<Millis>);
         for conn in std::mem::take(&mut self.dirty) {
             let Some(pd) = self.peers.get_mut(&conn) else { continue };
-            if let Some((sent, _)) = pd.unanswered {
+            if let Some(sent) = pd.unanswered {
                 let until = Millis(sent.0.saturating_add(REPLY_WAIT_MS));
                 if now < until {
                     self.dirty.insert(conn);
@@ -195,7 +195,7 @@ impl DocState {
             let sent = pd.sync.sent_hashes.len();
             if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
                 if pd.sync.sent_hashes.len() > sent {
-                    pd.unanswered = Some((now, self.synced_heads.clone()));
+                    pd.unanswered = Some(now);
                 }
                 out.push((conn, data));
             }
