@@ -17,19 +17,20 @@
 //! cargo run --release -p meridian-bench --example cost -- accept|write|fanout|open
 //! ```
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use automerge::ROOT;
 use automerge::transaction::Transactable;
 use meridian_node::store::SqliteStore;
-use meridian_protocol::codec;
-use meridian_protocol::codec::Message;
-use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::MemoryStore;
 use meridian_protocol::testing::TestNode;
+
+use common::EdgeIo;
 
 static MEASURING: AtomicBool = AtomicBool::new(false);
 
@@ -68,24 +69,6 @@ struct Edge {
     store: SqliteStore,
     now: Millis,
     out: Vec<(ConnId, Vec<u8>)>,
-}
-
-struct EdgeIo<'a> {
-    out: &'a mut Vec<(ConnId, Vec<u8>)>,
-    queue: &'a mut Vec<(StorageTaskId, StorageTask)>,
-}
-
-impl Driver for EdgeIo<'_> {
-    fn send(&mut self, conn: ConnId, message: Message) {
-        self.out.push((conn, codec::encode(&message)));
-    }
-    fn close(&mut self, _conn: ConnId, _reason: String) -> bool {
-        false
-    }
-    fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
-        self.queue.push((id, task));
-        None
-    }
 }
 
 impl Edge {

@@ -14,19 +14,21 @@
 //! cargo run --release -p meridian-bench --example memory [N]
 //! ```
 
+mod common;
+
 use std::alloc::System;
 use std::cell::Cell;
 
 use automerge::transaction::Transactable;
 use automerge::{Automerge, ROOT, sync};
 use meridian_node::store::SqliteStore;
-use meridian_protocol::codec::{self, Message};
-use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{Direction, Engine, EngineConfig, Millis};
 use meridian_protocol::ids::{ConnId, PeerId};
-use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId};
+use meridian_protocol::storage::MemoryStore;
 use meridian_protocol::testing::TestNode;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+use common::EdgeIo;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -51,24 +53,6 @@ fn held() -> isize {
     HELD.with(Cell::get)
 }
 
-struct Io<'a> {
-    out: &'a mut Vec<(ConnId, Vec<u8>)>,
-    queue: &'a mut Vec<(StorageTaskId, StorageTask)>,
-}
-
-impl Driver for Io<'_> {
-    fn send(&mut self, conn: ConnId, message: Message) {
-        self.out.push((conn, codec::encode(&message)));
-    }
-    fn close(&mut self, _conn: ConnId, _reason: String) -> bool {
-        false
-    }
-    fn storage(&mut self, id: StorageTaskId, task: StorageTask) -> Option<StorageResult> {
-        self.queue.push((id, task));
-        None
-    }
-}
-
 /// The edge: its engine on a SQLite store, storage run after each input.
 struct Edge {
     engine: Engine,
@@ -84,7 +68,7 @@ impl Edge {
             let mut out = Vec::new();
             loop {
                 let mut queue = Vec::new();
-                self.engine.drive(Millis(0), &mut Io { out: &mut out, queue: &mut queue });
+                self.engine.drive(Millis(0), &mut EdgeIo { out: &mut out, queue: &mut queue });
                 if queue.is_empty() {
                     break;
                 }
