@@ -71,7 +71,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
             js_server: root.join("tests/js/server.mjs"),
             edge_args: Vec::new(),
         },
-        results: root.join("target/bench-results"),
+        results: root.join("docs/bench-results"),
         report: None,
     };
     let mut it = args.iter();
