@@ -7,6 +7,8 @@
 //! taken as stored (never written again) and synced to our peers like our
 //! own durable changes.
 
+use automerge::ReadDoc;
+
 use crate::ids::DocumentId;
 use crate::storage::StorageTask;
 
@@ -94,13 +96,18 @@ impl Engine {
     }
 
     /// Applies chunks that are in the store already: if everything we had
-    /// was stored (or its write issued), the new heads are too, and nothing
-    /// is written; otherwise our next write carries them along with what it
-    /// must store (a duplicate the next compaction drops).
+    /// was stored (or its write issued) and nothing waited for a
+    /// dependency, the new heads are too, and nothing is written; otherwise
+    /// our next write carries them along with what it must store (a
+    /// duplicate the next compaction drops).
     fn take_stored_elsewhere(&mut self, now: Millis, doc_id: DocumentId, chunks: Vec<Vec<u8>>) {
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         let before = d.doc.get_heads();
-        let unsaved = d.saved_heads != before;
+        // Changes a peer sent that wait in automerge's queue for a
+        // dependency are applied by a chunk that brings it: they are in
+        // the new heads but in no store (found by the simulation, cloud
+        // seed 1995), so the new heads are written then.
+        let unsaved = d.saved_heads != before || !d.doc.get_missing_deps(&[]).is_empty();
         for chunk in chunks {
             if let Err(error) = d.doc.load_incremental(&chunk) {
                 tracing::warn!(doc = %doc_id, %error, "changes stored elsewhere do not load; reading the store again");
