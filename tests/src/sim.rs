@@ -2429,20 +2429,18 @@ impl Workload {
 /// under an edge under a hub) or a tree (two edges under a hub, one client
 /// straight on the hub). Returns the clients.
 fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
-    let evict_choices = [500, 3000, 60_000];
-    let evict = |sim: &mut Sim| evict_choices[sim.rng.random_range(0..evict_choices.len())];
     let shape = sim.rng.random_range(0..3u8);
     let mut servers = Vec::new();
     match shape {
         0 => {
-            let e = evict(sim);
+            let e = random_evict(sim);
             servers.push(sim.add_node(NodeSpec::new("edge").evict_after(e)));
         }
         _ => {
-            let e = evict(sim);
+            let e = random_evict(sim);
             let hub = sim.add_node(NodeSpec::new("hub").evict_after(e));
             for i in 0..shape {
-                let e = evict(sim);
+                let e = random_evict(sim);
                 servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub)));
             }
             if shape == 2 {
@@ -2451,12 +2449,25 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
         }
     }
     let count = sim.rng.random_range(2..=4usize) + servers.len();
+    add_random_clients(sim, &servers, count)
+}
+
+/// Idle-eviction times the random topologies draw from.
+fn random_evict(sim: &mut Sim) -> u64 {
+    const CHOICES: [u64; 3] = [500, 3000, 60_000];
+    CHOICES[sim.rng.random_range(0..CHOICES.len())]
+}
+
+/// `count` clients dealt in turn over `servers`: half persistent, most
+/// keeping open documents in memory, half browser tabs (sending before
+/// their writes are durable). Returns them.
+fn add_random_clients(sim: &mut Sim, servers: &[NodeId], count: usize) -> Vec<NodeId> {
     let mut clients = Vec::new();
     for i in 0..count {
         let server = servers[i % servers.len()];
         let persistent = sim.rng.random_bool(0.5);
         // Most applications keep open documents in memory; some evict.
-        let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
+        let e = if sim.rng.random_bool(0.8) { 600_000 } else { random_evict(sim) };
         let tab = sim.rng.random_bool(0.5);
         let spec = NodeSpec::new(format!("c{i}"))
             .persistent(persistent)
@@ -2472,33 +2483,18 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
 /// messages), an edge under each given the other hub too, and two to four
 /// clients under the edges. Returns the clients.
 fn build_cloud_topology(sim: &mut Sim) -> Vec<NodeId> {
-    let evict_choices = [500, 3000, 60_000];
-    let evict = |sim: &mut Sim| evict_choices[sim.rng.random_range(0..evict_choices.len())];
-    let e = evict(sim);
+    let e = random_evict(sim);
     let h1 = sim.add_node(NodeSpec::new("hub1").evict_after(e));
-    let e = evict(sim);
+    let e = random_evict(sim);
     let h2 = sim.add_node(NodeSpec::new("hub2").evict_after(e).sharing_store_of(h1));
     sim.bus_loss_percent = sim.rng.random_range(0..=20);
     let mut edges = Vec::new();
     for (i, (hub, other)) in [(h1, h2), (h2, h1)].into_iter().enumerate() {
-        let e = evict(sim);
+        let e = random_evict(sim);
         edges.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub).fallback(other)));
     }
     let count = sim.rng.random_range(2..=4usize);
-    let mut clients = Vec::new();
-    for i in 0..count {
-        let edge = edges[i % edges.len()];
-        let persistent = sim.rng.random_bool(0.5);
-        let e = if sim.rng.random_bool(0.8) { 600_000 } else { evict(sim) };
-        let tab = sim.rng.random_bool(0.5);
-        let spec = NodeSpec::new(format!("c{i}"))
-            .persistent(persistent)
-            .evict_after(e)
-            .upstream(edge)
-            .sends_before_durable(tab);
-        clients.push(sim.add_node(spec));
-    }
-    clients
+    add_random_clients(sim, &edges, count)
 }
 
 /// In a third of the seeds, a read-only client under a random server (it

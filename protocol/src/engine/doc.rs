@@ -166,7 +166,7 @@ impl DocState {
     /// [`super::EngineConfig::send_before_durable`]), and no application
     /// off the loop is about to move the heads: sync messages may go out.
     pub(super) fn may_sync(&self, before_durable: bool) -> bool {
-        (self.is_durable() || (before_durable && self.is_loaded())) && self.applying.is_none()
+        self.is_loaded() && (before_durable || self.writes_in_flight == 0) && self.applying.is_none()
     }
 
     /// Loaded with no write in flight: what is in memory is in the store.

@@ -5,10 +5,6 @@
 
 use automerge::{ChangeHash, ReadDoc, sync};
 
-/// A document of at most this many operations is copied once it is first
-/// durable in memory (see [`DocState::shrink_once`]).
-const SHRINK_MAX_OPS: u64 = 10_000;
-
 use crate::ids::{ConnId, DocumentId};
 use crate::storage::{StorageResult, StorageTask, StorageTaskId};
 
@@ -16,6 +12,10 @@ use super::conn::ConnState;
 use super::doc::DocState;
 use super::effects::{Effects, TaskPurpose};
 use super::{Engine, Event, Millis};
+
+/// A document of at most this many operations is copied once it is first
+/// durable in memory (see [`DocState::shrink_once`]).
+const SHRINK_MAX_OPS: u64 = 10_000;
 
 impl DocState {
     /// Issues the write of what changed since the last one (`heads` are

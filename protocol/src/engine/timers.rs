@@ -117,12 +117,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Millis) {
         self.refuse_late_joins(now);
         self.close_expired(now);
-        while let Some(&(at, doc_id)) = self.timers.replies.first()
-            && at <= now
-        {
-            self.timers.replies.pop_first();
-            self.sync_doc(now, doc_id);
-        }
+        self.send_held_for_replies(now);
         self.evict_idle(now);
         if self.timers.budget.is_some_and(|at| at <= now) {
             self.timers.budget = None;
@@ -158,6 +153,18 @@ impl Engine {
                 let secs = self.config.join_timeout_ms as f64 / 1000.0;
                 self.reject(conn, ErrorKind::HandshakeTimeout, format!("no `join` within {secs} s"));
             }
+        }
+    }
+
+    /// Sends what was held for peers that did not answer in time (see
+    /// `fanout::REPLY_WAIT_MS`); a peer that answered meanwhile got it
+    /// already, and the document has nothing more for it.
+    fn send_held_for_replies(&mut self, now: Millis) {
+        while let Some(&(at, doc_id)) = self.timers.replies.first()
+            && at <= now
+        {
+            self.timers.replies.pop_first();
+            self.sync_doc(now, doc_id);
         }
     }
 
