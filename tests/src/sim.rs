@@ -77,8 +77,8 @@ use automerge::{ActorId, Automerge, AutomergeError, ChangeHash, ObjType, ROOT, R
 use meridian_protocol::codec::{self, Message};
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{
-    Access, Applied, ApplyJob, CatchUp, Direction, DocError, DocSet, Engine, EngineConfig, Event, HandoffTargets,
-    Millis,
+    Access, Applied, ApplyJob, CatchUp, Direction, DocError, DocSet, EngineConfig, Event, HandoffTargets, Millis,
+    ShardedEngine,
 };
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId, StorageId};
 use meridian_protocol::storage::{MemoryStore, StorageResult, StorageTask, StorageTaskId, WriteFence};
@@ -182,6 +182,11 @@ pub struct NodeSpec {
     /// ([`EngineConfig::send_before_durable`]): exempt from the durable
     /// before advertised check.
     pub sends_before_durable: bool,
+    /// Runs on this many engine shards, from the first to the second
+    /// (drawn at each start, so a restart may change it, as
+    /// `--engine-threads` may), with the routing of a sharded edge
+    /// ([`ShardedEngine`]).
+    pub shards: (usize, usize),
 }
 
 impl NodeSpec {
@@ -196,7 +201,20 @@ impl NodeSpec {
             store_of: None,
             node: false,
             sends_before_durable: false,
+            shards: (1, 1),
         }
+    }
+
+    /// Runs on 1 to `max` engine shards (see [`NodeSpec::shards`]).
+    pub fn sharded(mut self, max: usize) -> Self {
+        self.shards = (1, max.max(1));
+        self
+    }
+
+    /// Runs on `count` engine shards at every start.
+    pub fn shards(mut self, count: usize) -> Self {
+        self.shards = (count.max(1), count.max(1));
+        self
     }
 
     /// A browser tab: sends before its writes are durable.
@@ -271,7 +289,7 @@ struct Node {
     spec: NodeSpec,
     peer_id: PeerId,
     storage_id: Option<StorageId>,
-    engine: Option<Engine>,
+    engine: Option<ShardedEngine>,
     /// Bumped on every crash; events of an older incarnation are void.
     incarnation: u32,
     store: MemoryStore,
@@ -558,6 +576,11 @@ impl Sim {
         &self.nodes[n.0].spec
     }
 
+    /// The node's spec, to change before it restarts.
+    pub fn spec_mut(&mut self, n: NodeId) -> &mut NodeSpec {
+        &mut self.nodes[n.0].spec
+    }
+
     pub fn peer_id(&self, n: NodeId) -> &PeerId {
         &self.nodes[n.0].peer_id
     }
@@ -567,7 +590,7 @@ impl Sim {
     }
 
     /// The node's engine, unless it is crashed.
-    pub fn engine(&self, n: NodeId) -> Option<&Engine> {
+    pub fn engine(&self, n: NodeId) -> Option<&ShardedEngine> {
         self.nodes[n.0].engine.as_ref()
     }
 
@@ -1005,7 +1028,7 @@ impl Sim {
     /// as early is scheduled already.
     fn arm_timer(&mut self, n: NodeId) {
         let node = &self.nodes[n.0];
-        let Some(at) = node.engine.as_ref().and_then(Engine::poll_timeout) else { return };
+        let Some(at) = node.engine.as_ref().and_then(ShardedEngine::poll_timeout) else { return };
         let at = at.0.max(self.now.0);
         if node.timer_at.is_some_and(|t| t <= at) {
             return;
@@ -1035,10 +1058,14 @@ impl Sim {
         // Peers' messages are applied off the loop: never, always, or for
         // documents past a few hundred operations.
         config.apply_off_loop_ops = [0, 1, 300][((rng_seed >> 8) % 3) as usize];
-        node.engine = Some(Engine::new(config));
+        let (least, most) = node.spec.shards;
+        let shards = least + (rng_seed >> 16) as usize % (most - least + 1);
+        node.engine = Some(ShardedEngine::new(config, shards));
         let incarnation = node.incarnation;
         self.schedule(HOUSEKEEPING_MS, Scheduled::Housekeeping { node: n, incarnation });
-        self.note(format!("{} start (incarnation {})", self.name(n), self.nodes[n.0].incarnation));
+        let shards = self.nodes[n.0].engine.as_ref().map_or(0, |e| e.shards().len());
+        let incarnation = self.nodes[n.0].incarnation;
+        self.note(format!("{} start (incarnation {incarnation}, {shards} shard(s))", self.name(n)));
         self.connect_up(n);
     }
 
@@ -1129,7 +1156,7 @@ impl Sim {
             let after = self.draw(length);
             let node = &mut self.nodes[n.0];
             node.batching = true;
-            node.engine.as_mut().map(Engine::begin_batch);
+            node.engine.as_mut().map(ShardedEngine::begin_batch);
             self.note(format!("{} batch for {after} ms", self.name(n)));
             let incarnation = self.nodes[n.0].incarnation;
             self.schedule(after, Scheduled::EndBatch { node: n, incarnation });
@@ -2434,14 +2461,14 @@ fn build_topology(sim: &mut Sim) -> Vec<NodeId> {
     match shape {
         0 => {
             let e = random_evict(sim);
-            servers.push(sim.add_node(NodeSpec::new("edge").evict_after(e)));
+            servers.push(sim.add_node(NodeSpec::new("edge").evict_after(e).sharded(3)));
         }
         _ => {
             let e = random_evict(sim);
             let hub = sim.add_node(NodeSpec::new("hub").evict_after(e));
             for i in 0..shape {
                 let e = random_evict(sim);
-                servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub)));
+                servers.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub).sharded(3)));
             }
             if shape == 2 {
                 servers.push(hub);
@@ -2491,7 +2518,9 @@ fn build_cloud_topology(sim: &mut Sim) -> Vec<NodeId> {
     let mut edges = Vec::new();
     for (i, (hub, other)) in [(h1, h2), (h2, h1)].into_iter().enumerate() {
         let e = random_evict(sim);
-        edges.push(sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub).fallback(other)));
+        edges.push(
+            sim.add_node(NodeSpec::new(format!("edge{i}")).evict_after(e).edge_of(hub).fallback(other).sharded(3)),
+        );
     }
     let count = sim.rng.random_range(2..=4usize);
     add_random_clients(sim, &edges, count)

@@ -662,3 +662,50 @@ fn changes_for_a_peer_that_has_not_answered_go_out_together() {
         "the burst reached the watcher in {messages} messages, not folded while it had not answered"
     );
 }
+
+/// A sharded edge (three engines, documents hashed over them) with a
+/// client whose documents live in every shard and a second client asking
+/// for them all over one connection: both clients' edits reach each other
+/// and the hub, also when the edge crashes with writes in flight and comes
+/// back on two shards (another `--engine-threads`: the same store).
+#[test]
+fn a_sharded_edge_serves_one_connection_documents_in_every_shard() {
+    for seed in 0..24 {
+        let mut sim = new_sim(seed);
+        let hub = sim.add_node(NodeSpec::new("hub").evict_after(600_000));
+        let edge = sim.add_node(NodeSpec::new("edge").evict_after(600_000).edge_of(hub).shards(3));
+        let a = sim.add_node(NodeSpec::new("a").upstream(edge));
+        let b = sim.add_node(NodeSpec::new("b").ephemeral().upstream(edge));
+        let docs: Vec<DocumentId> = (0..12).map(|_| sim.create(a)).collect();
+        quiet(&mut sim);
+        for doc in &docs {
+            sim.find(b, *doc);
+        }
+        quiet(&mut sim);
+        let per_shard: Vec<usize> = sim.engine(edge).unwrap().shards().iter().map(|s| s.loaded_docs()).collect();
+        assert!(per_shard.iter().all(|n| *n > 0), "seed {seed}: documents per shard {per_shard:?}");
+        assert_eq!(per_shard.iter().sum::<usize>(), docs.len());
+        for (i, doc) in docs.iter().enumerate() {
+            sim.change(a, *doc, |tx| tx.put(ROOT, "a", i as i64)).unwrap();
+            sim.change(b, *doc, |tx| tx.put(ROOT, "b", i as i64)).unwrap();
+        }
+        sim.run_for(1 + seed % 40);
+        sim.crash(edge);
+        sim.run_for(300);
+        sim.spec_mut(edge).shards = (2, 2);
+        sim.restart(edge);
+        quiet(&mut sim);
+        converged(&sim);
+        assert_eq!(sim.engine(edge).unwrap().shards().len(), 2);
+        for (i, doc) in docs.iter().enumerate() {
+            for n in [hub, edge, a, b] {
+                let d = sim.engine(n).and_then(|e| e.document(doc));
+                let d = d.unwrap_or_else(|| panic!("seed {seed}: {} lacks document {i}", sim.name(n)));
+                for key in ["a", "b"] {
+                    let got = d.get(ROOT, key).unwrap().map(|(v, _)| v.to_string());
+                    assert_eq!(got, Some(i.to_string()), "seed {seed}: {} document {i} key {key}", sim.name(n));
+                }
+            }
+        }
+    }
+}

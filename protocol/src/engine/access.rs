@@ -303,7 +303,7 @@ impl Engine {
     pub fn revoke(&mut self, covered: impl Fn(&Access) -> bool) -> usize {
         let doomed: Vec<ConnId> = self.conns.iter().filter(|(_, c)| covered(&c.access)).map(|(id, _)| *id).collect();
         for conn in &doomed {
-            self.reject(*conn, ErrorKind::TokenRevoked, "token revoked");
+            self.reject_connection(*conn, ErrorKind::TokenRevoked, "token revoked");
         }
         doomed.len()
     }
@@ -330,7 +330,7 @@ impl Engine {
     pub(super) fn close_expired(&mut self, now: Millis) {
         while let Some((conn, at)) = self.timers.take_expired(now) {
             if self.conns.get(&conn).is_some_and(|c| c.access.expires_at == Some(at)) {
-                self.reject(conn, ErrorKind::TokenExpired, "token expired");
+                self.reject_connection(conn, ErrorKind::TokenExpired, "token expired");
             }
         }
     }

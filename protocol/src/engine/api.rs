@@ -123,6 +123,9 @@ pub struct EngineConfig {
     /// durability signal (`whenSynced`). Never for a node other nodes count
     /// on: edges and hubs keep durable before advertised.
     pub send_before_durable: bool,
+    /// Which of the node's shards this engine is (see `shard`): it owns the
+    /// documents that hash to it, and only the primary answers handshakes.
+    pub shard: super::Shard,
 }
 
 /// Operations a client's message may hold whatever its size (see
@@ -161,6 +164,7 @@ impl EngineConfig {
             max_document_ops: 10_000_000,
             apply_off_loop_ops: 0,
             send_before_durable: false,
+            shard: super::Shard::default(),
         }
     }
 }
@@ -387,6 +391,23 @@ pub struct EngineStats {
     pub snapshot_answers: u64,
     /// Copies of divergent documents replaced by an upstream's (`refetch`).
     pub refetches: u64,
+}
+
+impl EngineStats {
+    /// Both counts added (the shards of one node).
+    pub fn sum(&self, other: &Self) -> Self {
+        Self {
+            offloaded: self.offloaded + other.offloaded,
+            applied_off_loop: self.applied_off_loop + other.applied_off_loop,
+            stored_elsewhere: self.stored_elsewhere + other.stored_elsewhere,
+            cold_opens: self.cold_opens + other.cold_opens,
+            sync_generated: self.sync_generated + other.sync_generated,
+            sync_shared: self.sync_shared + other.sync_shared,
+            sync_merged: self.sync_merged + other.sync_merged,
+            snapshot_answers: self.snapshot_answers + other.snapshot_answers,
+            refetches: self.refetches + other.refetches,
+        }
+    }
 }
 
 /// How far a peer is from our durable copy of a document

@@ -110,6 +110,24 @@ impl Engine {
     pub(super) fn connect(&mut self, now: Millis, direction: Direction, edge_peer: bool, access: Access) -> ConnId {
         let conn = ConnId(self.next_conn);
         self.next_conn += 1;
+        self.handle_connect_as(now, conn, direction, edge_peer, access);
+        conn
+    }
+
+    /// Registers a new connection under the id `conn` the driver chose (a
+    /// sharded node registers each connection with every shard under one
+    /// id; see `shard`). `edge_peer`: a link to another edge
+    /// ([`Engine::handle_connect_edge_peer`]). Only the primary shard sends
+    /// `join` on a connection we opened.
+    pub fn handle_connect_as(
+        &mut self,
+        now: Millis,
+        conn: ConnId,
+        direction: Direction,
+        edge_peer: bool,
+        access: Access,
+    ) {
+        self.next_conn = self.next_conn.max(conn.0 + 1);
         let state = match direction {
             Direction::Incoming => ConnState::AwaitingJoin,
             Direction::Outgoing => ConnState::AwaitingPeer,
@@ -138,7 +156,7 @@ impl Engine {
                 told_lookup_limit: false,
             },
         );
-        if direction == Direction::Outgoing {
+        if direction == Direction::Outgoing && self.config.shard.is_primary() {
             let join = Message::Join {
                 sender_id: self.config.peer_id.clone(),
                 peer_metadata: self.our_metadata(),
@@ -146,7 +164,6 @@ impl Engine {
             };
             self.out.send(conn, join);
         }
-        conn
     }
 
     /// The connection is gone (closed by either side or failed).
@@ -216,11 +233,7 @@ impl Engine {
             _ => {}
         }
         match codec::decode(bytes) {
-            Ok(Decoded::Message(m)) => {
-                let message_type = m.type_name();
-                self.handle_message(now, conn, m);
-                Some(message_type)
-            }
+            Ok(Decoded::Message(m)) => Some(self.handle_decoded(now, conn, m)),
             Ok(Decoded::Unknown { message_type }) => {
                 tracing::debug!(%conn, %message_type, "ignoring unknown message type");
                 Some("other")
@@ -230,6 +243,17 @@ impl Engine {
                 None
             }
         }
+    }
+
+    /// A message from `conn` the driver decoded (a sharded node decodes
+    /// each frame once, to route it: see `shard`); returns its wire type.
+    pub fn handle_decoded(&mut self, now: Millis, conn: ConnId, message: Message) -> &'static str {
+        let message_type = message.type_name();
+        match self.conns.get(&conn).map(|c| &c.state) {
+            None | Some(ConnState::Closed) => {}
+            _ => self.handle_message(now, conn, message),
+        }
+        message_type
     }
 
     /// The driver found the connection's input unacceptable before it got
@@ -251,6 +275,23 @@ impl Engine {
         self.out.close(conn, detail);
     }
 
+    /// [`Engine::reject`] for what concerns the connection as a whole (its
+    /// handshake, its token), which every shard sees: the primary tells the
+    /// peer and closes it, the others only stop listening.
+    pub(super) fn reject_connection(&mut self, conn: ConnId, kind: ErrorKind, detail: impl Into<String>) {
+        if self.config.shard.is_primary() {
+            self.reject(conn, kind, detail);
+        } else {
+            self.close_quietly(conn);
+        }
+    }
+
+    fn close_quietly(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.state = ConnState::Closed;
+        }
+    }
+
     pub(super) fn handle_message(&mut self, now: Millis, conn: ConnId, msg: Message) {
         let Some(c) = self.conns.get(&conn) else { return };
         match (&c.state, msg) {
@@ -264,13 +305,25 @@ impl Engine {
                 tracing::warn!(%conn, %message, "peer reported an error");
             }
             (ConnState::Ready { .. }, msg) => self.handle_peer_message(now, conn, msg),
+            // Every shard gets the handshake; the primary tells the peer
+            // what is wrong with it, the others only stop listening.
+            // Every shard gets the handshake (`shard::route`): a wrong one
+            // concerns the connection; anything else, the shard it came to.
             (ConnState::AwaitingJoin, other) => {
                 let detail = format!("expected `join` first, got `{}`", other.type_name());
-                self.reject(conn, ErrorKind::NotJoined, detail)
+                if matches!(other, Message::Peer { .. }) {
+                    self.reject_connection(conn, ErrorKind::NotJoined, detail)
+                } else {
+                    self.reject(conn, ErrorKind::NotJoined, detail)
+                }
             }
             (ConnState::AwaitingPeer, other) => {
                 let detail = format!("expected `peer`, got `{}`", other.type_name());
-                self.reject(conn, ErrorKind::NotJoined, detail)
+                if matches!(other, Message::Join { .. }) {
+                    self.reject_connection(conn, ErrorKind::NotJoined, detail)
+                } else {
+                    self.reject(conn, ErrorKind::NotJoined, detail)
+                }
             }
             (ConnState::Closed, _) => {}
         }
@@ -288,8 +341,13 @@ impl Engine {
             && !v.iter().any(|v| v == PROTOCOL_V1)
         {
             let detail = format!("unsupported protocol version (supported: [\"{PROTOCOL_V1}\"], offered: {v:?})");
-            self.reject(conn, ErrorKind::UnsupportedVersion, detail);
+            self.reject_connection(conn, ErrorKind::UnsupportedVersion, detail);
             return;
+        }
+        if !self.config.shard.is_primary() {
+            // The primary answered, and closes a connection this one
+            // replaces: its disconnect reaches every shard.
+            return self.become_ready(now, conn, sender, metadata);
         }
         self.replace_same_subject(now, conn, &sender);
         let reply = Message::Peer {

@@ -35,14 +35,22 @@ impl TaskPurpose {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Effects {
     queue: VecDeque<Output>,
     tasks: BTreeMap<StorageTaskId, TaskPurpose>,
     next_task: u64,
+    /// Task ids go `shard.index`, `+ shard.count`, ...: shards sharing a
+    /// store tell their tasks apart (`Shard::task`).
+    task_step: u64,
 }
 
 impl Effects {
+    pub(super) fn new(shard: super::Shard) -> Self {
+        let (next_task, task_step) = (shard.index as u64, shard.count.max(1) as u64);
+        Self { queue: VecDeque::new(), tasks: BTreeMap::new(), next_task, task_step }
+    }
+
     pub(super) fn pop(&mut self) -> Option<Output> {
         self.queue.pop_front()
     }
@@ -61,7 +69,7 @@ impl Effects {
 
     pub(super) fn storage(&mut self, purpose: TaskPurpose, task: StorageTask) {
         let id = StorageTaskId(self.next_task);
-        self.next_task += 1;
+        self.next_task += self.task_step;
         self.tasks.insert(id, purpose);
         self.queue.push_back(Output::Storage { id, task });
     }

@@ -33,6 +33,22 @@ impl Engine {
         F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
     {
         let doc_id = DocumentId::random(&mut self.rng);
+        self.create_as(now, doc_id, options, init)?;
+        Ok(doc_id)
+    }
+
+    /// [`Engine::create_with`] under an id the caller drew (a sharded node
+    /// draws it first, to make it in the shard that owns it).
+    pub fn create_as<F>(
+        &mut self,
+        now: Millis,
+        doc_id: DocumentId,
+        options: CommitOptions,
+        init: F,
+    ) -> Result<(), DocError>
+    where
+        F: FnOnce(&mut Transaction<'_>) -> Result<(), automerge::AutomergeError>,
+    {
         let actor = self.random_actor();
         let mut state = DocState::new(actor, now, Lifecycle::loaded(true));
         let mut tx = state.doc.transaction();
@@ -44,7 +60,7 @@ impl Engine {
             tx.commit_with(options);
         }
         self.add_local(now, doc_id, state);
-        Ok(doc_id)
+        Ok(())
     }
 
     /// A new document (a fresh id) holding everything in `bytes` (a saved

@@ -68,6 +68,7 @@ mod placement;
 mod policy;
 mod refetch;
 mod replicas;
+mod shard;
 mod shared_store;
 mod snapshot_answer;
 mod timers;
@@ -78,6 +79,7 @@ pub use off_loop::{Applied, ApplyJob};
 pub use policy::{HandoffStatus, HandoffTargets};
 pub use refetch::REFETCH_AGAIN_AFTER_MS;
 pub use replicas::{Divergence, MAX_REPAIRS, ReplicaStatus};
+pub use shard::{Route, Shard, ShardedEngine, route, shard_config};
 
 use conn::Conn;
 use doc::DocState;
@@ -143,7 +145,6 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             rng: ChaCha8Rng::seed_from_u64(config.rng_seed),
-            config,
             next_conn: 0,
             conns: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -159,13 +160,14 @@ impl Engine {
             next_job: 0,
             stats: EngineStats::default(),
             batch: None,
-            out: Effects::default(),
+            out: Effects::new(config.shard),
             timers: Timers::default(),
             policy: Policy::default(),
             replica_watch: BTreeMap::new(),
             replica_lag: BTreeMap::new(),
             replica_lag_len: 0,
             refetched: BTreeMap::new(),
+            config,
         }
     }
 

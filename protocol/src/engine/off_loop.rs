@@ -140,6 +140,13 @@ pub struct Applied {
     outcomes: Vec<(Outcome, sync::State)>,
 }
 
+impl Applied {
+    /// The document it was applied to.
+    pub fn doc(&self) -> DocumentId {
+        self.doc_id
+    }
+}
+
 /// A document's job in progress: which one, and what the drain that made it
 /// needs to finish.
 #[derive(Debug)]

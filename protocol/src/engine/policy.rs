@@ -111,6 +111,7 @@ impl Engine {
         self.policy.offload_tried.retain(|_, at| now.saturating_sub(*at) < OFFLOAD_RETRY_MS);
         let candidates: Vec<DocumentId> = oldest
             .into_iter()
+            .filter(|d| self.config.shard.owns(d))
             .filter(|d| !self.docs.contains_key(d) && !self.in_use(d) && !self.is_pinned(d))
             .filter(|d| !self.policy.offload_tried.contains_key(d))
             .take(OFFLOAD_PER_CHECK)
@@ -128,7 +129,8 @@ impl Engine {
     /// idle ones are evicted again later. Replaces a backfill still under
     /// way.
     pub fn backfill(&mut self, now: Millis, docs: Vec<DocumentId>) {
-        self.policy.backfill = docs.into();
+        let shard = self.config.shard;
+        self.policy.backfill = docs.into_iter().filter(|d| shard.owns(d)).collect();
         if self.backfill_step(now) {
             self.timers.backfill_at(Millis(now.0.saturating_add(self.config.backfill_interval_ms.max(1))));
         }

@@ -151,7 +151,7 @@ impl Engine {
             self.timers.joins.pop_first();
             if self.conns.get(&conn).is_some_and(Conn::awaits_join) {
                 let secs = self.config.join_timeout_ms as f64 / 1000.0;
-                self.reject(conn, ErrorKind::HandshakeTimeout, format!("no `join` within {secs} s"));
+                self.reject_connection(conn, ErrorKind::HandshakeTimeout, format!("no `join` within {secs} s"));
             }
         }
     }
