@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use futures_util::StreamExt;
 use meridian_node::metrics::{IntCounter, IntGauge, Registry, counter, gauge};
-use meridian_node::runtime::{Committed, NodeEvent};
+use meridian_node::runtime::{Committed, NodeEvent, NodeEvents};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::ids::DocumentId;
 use tokio::sync::mpsc;
@@ -153,7 +153,7 @@ impl Bus {
     pub(crate) async fn start(
         urls: &[String],
         mut committed: mpsc::UnboundedReceiver<Committed>,
-        events: mpsc::Sender<NodeEvent>,
+        events: NodeEvents,
         registry: &Registry,
     ) -> Result<Self, String> {
         let reconnected = events.clone();

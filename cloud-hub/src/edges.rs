@@ -9,7 +9,7 @@ use std::sync::Arc;
 use meridian_node::auth::Keyring;
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
-use meridian_node::runtime::{NodeEvent, register_node, register_untrusted_node};
+use meridian_node::runtime::{NodeEvent, NodeEvents, register_node, register_untrusted_node};
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::Direction;
 use meridian_protocol::ids::ConnId;
@@ -26,7 +26,7 @@ pub(crate) async fn accept_loop(
     endpoint: quinn::Endpoint,
     config: HubConfig,
     shared: Arc<EdgeShared>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     placer: mpsc::Sender<PlacerEvent>,
 ) {
     let config = Arc::new(config);
@@ -57,7 +57,7 @@ pub(crate) struct EdgeShared {
 /// control frame): verified here, its grants are added to the edge's. It
 /// is queued on the node loop at once, so it is in force before the
 /// frames the edge sent after it.
-fn grant_forwarded(bytes: &[u8], conn: ConnId, edge_id: &str, shared: &EdgeShared, events: &mpsc::Sender<NodeEvent>) {
+fn grant_forwarded(bytes: &[u8], conn: ConnId, edge_id: &str, shared: &EdgeShared, events: &NodeEvents) {
     let Ok(Control::Auth { token }) = federation::decode_control(bytes) else { return };
     let Some(keyring) = &shared.keyring else { return };
     match keyring.verify(&token, meridian_node::auth::unix_now()) {
@@ -75,7 +75,7 @@ fn grant_forwarded(bytes: &[u8], conn: ConnId, edge_id: &str, shared: &EdgeShare
 
 /// Tells the edge on `conn` every revocation, now and whenever one is
 /// added; ends when the node loop does.
-async fn push_revocations(events: &mpsc::Sender<NodeEvent>, conn: ConnId, revocations: &Revocations) {
+async fn push_revocations(events: &NodeEvents, conn: ConnId, revocations: &Revocations) {
     let mut changes = revocations.subscribe();
     loop {
         let list = changes.borrow_and_update().clone();
@@ -94,7 +94,7 @@ async fn push_revocations(events: &mpsc::Sender<NodeEvent>, conn: ConnId, revoca
 /// Tells the edge on `conn` the tier's keys, now and whenever they change
 /// (an edge replaces the hub's keys it holds with each list: a key removed
 /// is no longer accepted); ends when the node loop does.
-async fn push_keys(events: &mpsc::Sender<NodeEvent>, conn: ConnId, keys: &crate::keys::TierKeys) {
+async fn push_keys(events: &NodeEvents, conn: ConnId, keys: &crate::keys::TierKeys) {
     let mut changes = keys.subscribe();
     let mut told_any = false;
     loop {
@@ -118,7 +118,7 @@ async fn serve_edge(
     incoming: quinn::Incoming,
     config: Arc<HubConfig>,
     shared: Arc<EdgeShared>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     placer: mpsc::Sender<PlacerEvent>,
     conn_no: u64,
 ) {

@@ -46,7 +46,7 @@ use meridian_node::auth::Keyring;
 use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
-use meridian_node::runtime::{NodeEvent, NodeRuntime};
+use meridian_node::runtime::{NodeEvent, NodeEvents, NodeRuntime};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
@@ -563,7 +563,7 @@ fn operator_routes(
     revoke: RevokeApi,
     control: control::ControlState,
     keys: keys::KeysApi,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     database: Option<&std::path::Path>,
 ) -> Router {
     let query = |view: View| {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_node::metrics::{Histogram, IntCounter, IntGauge, Registry, counter, gauge, histogram, set_total};
-use meridian_node::runtime::NodeEvent;
+use meridian_node::runtime::{NodeEvent, NodeEvents};
 use meridian_node::store::StoredPin;
 use meridian_protocol::codec::federation::{self, Control, HomeNotice, Report};
 use meridian_protocol::engine::{HandoffTargets, Millis};
@@ -575,7 +575,7 @@ impl Placer {
 
 /// Runs the placement task until every sender is gone. `node` is the hub's
 /// node runtime (hand-offs and `home` notices go through it).
-pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>, node: mpsc::Sender<NodeEvent>) {
+pub async fn run(mut placer: Placer, mut events: mpsc::Receiver<PlacerEvent>, node: NodeEvents) {
     let mut tick = tokio::time::interval(placer.placement_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Hand-offs advance faster than decisions are taken: a catch-up is a

@@ -12,13 +12,13 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use meridian_node::runtime::NodeEvent;
+use meridian_node::runtime::{NodeEvent, NodeEvents};
 use meridian_protocol::automerge::ChangeHash;
 use meridian_protocol::engine::ReplicaStatus;
 use meridian_protocol::ids::encode_head;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 type Answer = Result<Json<Value>, (StatusCode, String)>;
 
@@ -27,7 +27,7 @@ fn stopped<E>(_: E) -> (StatusCode, String) {
 }
 
 /// `GET /api/docs/{doc}/replicas`.
-pub async fn replicas(State(events): State<mpsc::Sender<NodeEvent>>, Path(doc): Path<String>) -> Answer {
+pub async fn replicas(State(events): State<NodeEvents>, Path(doc): Path<String>) -> Answer {
     let Some(id) = meridian_node::auth::parse_doc(&doc) else {
         return Err((StatusCode::BAD_REQUEST, format!("not a document id or automerge: URL: {doc}\n")));
     };
@@ -75,7 +75,7 @@ pub struct ListQuery {
 /// `GET /api/docs[?after=DOC&limit=N]`: the documents open at this hub, in
 /// id order, each with its heads and its replicas (`next`: where the next
 /// page starts, if there is one).
-pub async fn documents(State(events): State<mpsc::Sender<NodeEvent>>, Query(q): Query<ListQuery>) -> Answer {
+pub async fn documents(State(events): State<NodeEvents>, Query(q): Query<ListQuery>) -> Answer {
     let after = match q.after.as_deref().filter(|a| !a.is_empty()) {
         Some(a) => Some(
             meridian_node::auth::parse_doc(a)
@@ -108,7 +108,7 @@ pub async fn documents(State(events): State<mpsc::Sender<NodeEvent>>, Query(q): 
 }
 
 /// `GET /api/divergence`.
-pub async fn divergence(State(events): State<mpsc::Sender<NodeEvent>>) -> Answer {
+pub async fn divergence(State(events): State<NodeEvents>) -> Answer {
     let (reply, answer) = oneshot::channel();
     events.send(NodeEvent::Divergent { reply }).await.map_err(stopped)?;
     let list: Vec<Value> = answer

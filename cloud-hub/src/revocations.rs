@@ -14,10 +14,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use meridian_node::auth::{self, Keyring, Revocation};
-use meridian_node::runtime::NodeEvent;
+use meridian_node::runtime::NodeEvents;
 use meridian_protocol::codec::federation::{Control, RevokeNotice};
 use serde::Deserialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::HubError;
 use crate::control::ControlState;
@@ -80,7 +80,7 @@ impl Revocations {
 /// Follows the store every [`FOLLOW_EVERY`]: a revocation another hub
 /// stored is applied here too (the clients this hub serves, live
 /// connections holding the token, and its edges through the subscribers).
-pub async fn follow(revocations: Arc<Revocations>, keyring: Option<Arc<Keyring>>, events: mpsc::Sender<NodeEvent>) {
+pub async fn follow(revocations: Arc<Revocations>, keyring: Option<Arc<Keyring>>, events: NodeEvents) {
     let mut every = tokio::time::interval(FOLLOW_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
@@ -111,7 +111,7 @@ pub struct RevokeApi {
     pub revocations: Arc<Revocations>,
     /// The keys and revocations of clients the hub serves itself.
     pub keyring: Option<Arc<Keyring>>,
-    pub events: mpsc::Sender<NodeEvent>,
+    pub events: NodeEvents,
 }
 
 #[derive(Debug, Deserialize)]

@@ -62,6 +62,10 @@ pub struct EdgeConfig {
     /// no client here uses are dropped; opening one later fetches it again
     /// (a cold open, from the hub or the document's home edge).
     pub disk_budget_bytes: u64,
+    /// Engine shards: documents are hashed over this many engines, each on
+    /// its own task, so the edge uses that many cores (a connection's
+    /// documents may live in several; see `meridian_protocol::engine::shard`).
+    pub engine_threads: usize,
     /// Bytes of stored chunks the background scrub checks per second, for
     /// corruption (0: off; a chunk is checked on every load anyway).
     pub scrub_bytes_per_sec: u64,
@@ -125,6 +129,7 @@ impl EdgeConfig {
             admin_token: None,
             admin_listen: None,
             disk_budget_bytes: 0,
+            engine_threads: default_engine_threads(),
             scrub_bytes_per_sec: meridian_node::runtime::DEFAULT_SCRUB_BYTES_PER_SEC,
             divergence_after: meridian_node::runtime::DEFAULT_DIVERGENCE_AFTER,
             auth_public_keys: Vec::new(),
@@ -274,4 +279,9 @@ impl UplinkConfig {
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+/// The engine shards an edge runs unless told: one per available core.
+pub fn default_engine_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -333,6 +333,11 @@ struct ServeArgs {
     /// opening one again fetches it from the hub or its home edge.
     #[arg(long, env = "MERIDIAN_DISK_BUDGET_MB", default_value_t = 0.0)]
     disk_budget_mb: f64,
+    /// Engine threads: documents are spread over this many sync engines, each
+    /// on its own core (default: the number of cores here). 1 runs every
+    /// document on one engine.
+    #[arg(long, env = "MERIDIAN_ENGINE_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
+    engine_threads: Option<u16>,
     /// Bytes of stored chunks checked per second in the background for
     /// corruption (a flipped bit on disk); a corrupt chunk is quarantined
     /// and its document healed (0: off; every chunk is also checked when it
@@ -437,6 +442,9 @@ async fn main() -> anyhow::Result<()> {
     config.creates_per_minute = args.max_creates_per_minute;
     anyhow::ensure!(args.disk_budget_mb >= 0.0, "--disk-budget-mb must not be negative");
     config.disk_budget_bytes = (args.disk_budget_mb * 1e6) as u64;
+    if let Some(n) = args.engine_threads {
+        config.engine_threads = n.into();
+    }
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
     config.divergence_after = Duration::from_secs(args.divergence_after_secs);
     for r in &args.peer_routes {

@@ -9,14 +9,13 @@ use meridian_node::auth::{Keyring, Verifier};
 use meridian_node::http::{HttpOptions, Served};
 use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic;
-use meridian_node::runtime::{self, NodeEvent, NodeRuntime};
+use meridian_node::runtime::{self, NodeEvent, NodeEvents, NodeRuntime};
 use meridian_node::server::{self, AppState};
 use meridian_node::store::{SqliteStore, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
-use tokio::sync::mpsc;
 
 use crate::config::{EdgeConfig, UplinkConfig};
 use crate::error::EdgeError;
@@ -52,7 +51,7 @@ struct PeerParts {
     tasks: Vec<AbortOnDrop<()>>,
 }
 
-fn start_peers(config: &EdgeConfig, edge_id: &str, events: mpsc::Sender<NodeEvent>) -> Result<PeerParts, EdgeError> {
+fn start_peers(config: &EdgeConfig, edge_id: &str, events: NodeEvents) -> Result<PeerParts, EdgeError> {
     let dir = Arc::new(PeerDirectory::default());
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut tasks = Vec::new();
@@ -95,7 +94,7 @@ struct DeviceAuth {
 fn start_device_listener(
     config: &EdgeConfig,
     listen: SocketAddr,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     auth: DeviceAuth,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let names = vec!["localhost".to_owned(), listen.ip().to_string()];
@@ -110,14 +109,14 @@ fn start_device_listener(
 }
 
 /// Accepts device connections; each runs in a task owned by the loop.
-async fn accept_devices(endpoint: quinn::Endpoint, events: mpsc::Sender<NodeEvent>, limit: usize, auth: DeviceAuth) {
+async fn accept_devices(endpoint: quinn::Endpoint, events: NodeEvents, limit: usize, auth: DeviceAuth) {
     quic::accept_each(endpoint, |incoming| serve_device(incoming, events.clone(), limit, auth.clone())).await;
 }
 
 /// A device's first frame is its token ([`Control::Auth`]); in open dev
 /// mode it may be `join` right away. Without a valid token (auth on) the
 /// device is refused with the reason before it reaches the engine.
-async fn serve_device(incoming: quinn::Incoming, events: mpsc::Sender<NodeEvent>, limit: usize, auth: DeviceAuth) {
+async fn serve_device(incoming: quinn::Incoming, events: NodeEvents, limit: usize, auth: DeviceAuth) {
     let remote = incoming.remote_address();
     let Ok(connection) = incoming.await else { return };
     // A device that opens no stream in time is dropped, as one that sends nothing.
@@ -235,14 +234,9 @@ impl EdgeNode {
         let limits = server::ConnLimiter::new(config.max_connections, config.max_connections_per_address);
         // Without a hub there is no cloud copy to fall back on.
         let disk_budget = if config.uplink.is_some() { config.disk_budget_bytes } else { 0 };
-        let runtime = NodeRuntime::start_with_disk_budget(
-            Box::new(store),
-            engine,
-            config.tick_interval,
-            metrics.clone(),
-            disk_budget,
-        )
-        .map_err(EdgeError::Thread)?;
+        let (tick, threads) = (config.tick_interval, config.engine_threads);
+        let runtime = NodeRuntime::start_edge(Box::new(store), engine, tick, metrics.clone(), disk_budget, threads)
+            .map_err(EdgeError::Thread)?;
         let _ = runtime.events().send(NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec }).await;
         let _ = runtime.events().send(NodeEvent::DivergenceAfter { after: config.divergence_after }).await;
         let peers = match &config.uplink {

@@ -31,7 +31,7 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use meridian_node::quic::{self, EndpointError, FrameIoError, HubTrust};
-use meridian_node::runtime::{NodeEvent, register_edge_peer};
+use meridian_node::runtime::{NodeEvent, NodeEvents, register_edge_peer};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, HomeNotice};
 use meridian_protocol::engine::Direction;
@@ -169,7 +169,7 @@ struct Link {
 struct PeerActor {
     settings: PeerSettings,
     dir: Arc<PeerDirectory>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     me: mpsc::Sender<PeerEvent>,
     links: BTreeMap<String, Link>,
     /// How many documents are homed at each edge (links are kept while > 0).
@@ -181,7 +181,7 @@ struct PeerActor {
 pub async fn run(
     settings: PeerSettings,
     dir: Arc<PeerDirectory>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     me: mpsc::Sender<PeerEvent>,
     mut rx: mpsc::Receiver<PeerEvent>,
 ) {
@@ -349,7 +349,7 @@ struct Dial {
     generation: u64,
     settings: PeerSettings,
     dir: Arc<PeerDirectory>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     me: mpsc::Sender<PeerEvent>,
 }
 
@@ -422,7 +422,7 @@ pub fn listen(
     addr: SocketAddr,
     dir: Arc<PeerDirectory>,
     edge_id: String,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     limit: usize,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let server = quic::server_config(identity, PEER_ALPN).map_err(EdgeError::Tls)?;
@@ -437,7 +437,7 @@ async fn accept(
     endpoint: quinn::Endpoint,
     dir: Arc<PeerDirectory>,
     edge_id: Arc<String>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     limit: usize,
 ) {
     quic::accept_each(endpoint, |incoming| serve(incoming, dir.clone(), edge_id.clone(), events.clone(), limit)).await;
@@ -448,7 +448,7 @@ async fn serve(
     incoming: quinn::Incoming,
     dir: Arc<PeerDirectory>,
     edge_id: Arc<String>,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     limit: usize,
 ) {
     let remote = incoming.remote_address();

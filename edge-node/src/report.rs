@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic;
-use meridian_node::runtime::NodeEvent;
+use meridian_node::runtime::{NodeEvent, NodeEvents};
 use meridian_protocol::codec::federation::{self, Control, DocReport, FrameKind, Report};
 use meridian_protocol::engine::DocDemand;
 use meridian_protocol::ids::DocumentId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::peers::PeerDirectory;
 
@@ -96,7 +96,7 @@ pub fn interval_from_hub(ms: u64) -> Duration {
 /// node goes away; returns why it stopped.
 pub async fn run(
     connection: &quinn::Connection,
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     metrics: &NodeMetrics,
     peers: Option<&PeerDirectory>,
     interval: Duration,

@@ -18,10 +18,9 @@ use std::time::Duration;
 use meridian_node::auth::{Keyring, Revocation};
 use meridian_node::metrics::NodeMetrics;
 use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError};
-use meridian_node::runtime::{NodeEvent, register};
+use meridian_node::runtime::{NodeEvent, NodeEvents, register};
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, RevokeNotice};
 use meridian_protocol::engine::Direction;
-use tokio::sync::mpsc;
 
 use crate::config::UplinkConfig;
 use crate::peers::PeerHandle;
@@ -60,7 +59,7 @@ pub enum HandshakeError {
 /// Keeps the uplink up until the task is aborted.
 pub async fn run(
     config: UplinkConfig,
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     metrics: Arc<NodeMetrics>,
     peers: Option<PeerHandle>,
     keyring: Option<Arc<Keyring>>,
@@ -117,12 +116,7 @@ fn next_delay(backoff: &mut Backoff, failed: usize, hubs: usize, min: Duration) 
 
 /// The hub's revocations: new connections with those tokens are refused,
 /// and live ones closed (without auth there are no tokens to revoke).
-fn revoke(
-    keyring: Option<&Keyring>,
-    events: &mpsc::Sender<NodeEvent>,
-    list: Vec<RevokeNotice>,
-    file: Option<&std::path::Path>,
-) {
+fn revoke(keyring: Option<&Keyring>, events: &NodeEvents, list: Vec<RevokeNotice>, file: Option<&std::path::Path>) {
     let Some(keyring) = keyring else { return };
     let list: Vec<Revocation> = list.into_iter().map(|r| Revocation { jti: r.jti, sub: r.sub, at: r.at }).collect();
     let new = keyring.unknown(&list);
@@ -163,7 +157,7 @@ async fn session(
     endpoint: &quinn::Endpoint,
     at: usize,
     config: &UplinkConfig,
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     metrics: &NodeMetrics,
     peers: Option<&PeerHandle>,
     keyring: Option<&Keyring>,

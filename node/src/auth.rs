@@ -469,7 +469,7 @@ pub fn save_revocations(path: &Path, list: &[Revocation]) -> std::io::Result<()>
 }
 
 /// Tells the node loop to close live connections of these revocations.
-pub async fn close_revoked(events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>, revoked: &[Revocation]) {
+pub async fn close_revoked(events: &crate::runtime::NodeEvents, revoked: &[Revocation]) {
     let _ = events.send(crate::runtime::NodeEvent::Revoke(revoked.to_vec())).await;
 }
 

@@ -60,7 +60,7 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// Connect to this node loop of the same process instead of a URL
     /// (see [`Client::in_process`]).
-    pub node: Option<mpsc::Sender<crate::runtime::NodeEvent>>,
+    pub node: Option<crate::runtime::NodeEvents>,
 }
 
 impl Default for ClientOptions {
@@ -134,10 +134,7 @@ impl Client {
     /// Starts a client that connects (and keeps reconnecting) to `url`.
     /// A client of the node loop `events` of this process, connected
     /// without a socket (the edge's admin API uses one).
-    pub async fn in_process(
-        events: mpsc::Sender<crate::runtime::NodeEvent>,
-        options: ClientOptions,
-    ) -> Result<Self, ClientError> {
+    pub async fn in_process(events: crate::runtime::NodeEvents, options: ClientOptions) -> Result<Self, ClientError> {
         Self::connect(IN_PROCESS, ClientOptions { node: Some(events), ..options }).await
     }
 

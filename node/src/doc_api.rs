@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::Failure;
-use crate::runtime::NodeEvent;
+use crate::runtime::NodeEvents;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use meridian_protocol::ids::{AutomergeUrl, DocumentId};
 use serde::Deserialize;
-use tokio::sync::{OnceCell, mpsc};
+use tokio::sync::OnceCell;
 
 use crate::client::{Client, ClientError, ClientOptions};
 use crate::document as cli;
@@ -44,7 +44,7 @@ const FIND_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 struct Admin {
     /// This node's loop, which the API's client connects to.
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     /// The node's SQLite database (read for `/creator`), if it has one.
     database: Option<Arc<std::path::Path>>,
     client: Arc<OnceCell<Client>>,
@@ -54,7 +54,7 @@ struct Admin {
 /// connects there in-process); `database`: its SQLite file, if any.
 /// Callers are checked by the layer the node puts over every operator
 /// route ([`crate::admin::protect`]).
-pub fn router(events: mpsc::Sender<NodeEvent>, database: Option<&std::path::Path>) -> Router {
+pub fn router(events: NodeEvents, database: Option<&std::path::Path>) -> Router {
     let admin = Admin { events, database: database.map(Arc::from), client: Arc::default() };
     Router::new()
         .route("/api/docs/{doc}", get(value))

@@ -345,7 +345,7 @@ pub async fn pump(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     conn: meridian_protocol::ids::ConnId,
-    events: &tokio::sync::mpsc::Sender<crate::runtime::NodeEvent>,
+    events: &crate::runtime::NodeEvents,
     mut out: crate::runtime::OutboundQueue,
     reading: Reading,
     on_rtt: impl Fn(std::time::Duration),

@@ -26,17 +26,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::engine::{Access, ErrorKind};
-use tokio::sync::mpsc;
 
 use crate::auth::{self, Keyring, TokenError};
 use crate::metrics::NodeMetrics;
-use crate::runtime::{NodeEvent, Outbound, register_client};
+use crate::runtime::{NodeEvent, NodeEvents, Outbound, register_client};
 use crate::throttle::{Rates, Throttle};
 
 /// What every handler needs.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    pub events: mpsc::Sender<NodeEvent>,
+    pub events: NodeEvents,
     pub metrics: Arc<NodeMetrics>,
     pub max_message_bytes: usize,
     pub ping_interval: Duration,

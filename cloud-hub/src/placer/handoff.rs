@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use meridian_node::runtime::NodeEvent;
+use meridian_node::runtime::{NodeEvent, NodeEvents};
 use meridian_node::store::{LeaseFence, StoredHome};
 use meridian_protocol::engine::{CatchUp, HandoffStatus, HandoffTargets};
 use meridian_protocol::ids::DocumentId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{Announced, HANDOFF_HISTORY, Handoff, HomeEdge, LEASE_NAME, OLD_HOME_PATIENCE, Placer};
@@ -32,7 +32,7 @@ impl Placer {
     /// new home (and the hub, from the old home) has caught up, and
     /// announces the homes that are ready. The runtime is asked one
     /// document at a time; each answer is a round trip through its loop.
-    pub async fn advance_handoffs(&mut self, events: &mpsc::Sender<NodeEvent>) {
+    pub async fn advance_handoffs(&mut self, events: &NodeEvents) {
         if !self.moves || !self.leading || !self.lease_valid() {
             return;
         }

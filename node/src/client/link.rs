@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::quic::{self, DEVICE_ALPN, EndpointError, FrameIoError, HubTrust};
-use crate::runtime::{NodeEvent, Outbound, OutboundQueue};
+use crate::runtime::{NodeEvent, NodeEvents, Outbound, OutboundQueue};
 use crate::task::AbortOnDrop;
 use futures_util::{SinkExt, StreamExt};
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
@@ -61,7 +61,7 @@ pub enum Link {
     /// A connection registered with a node loop of this process.
     Local {
         conn: ConnId,
-        events: mpsc::Sender<NodeEvent>,
+        events: NodeEvents,
         out: OutboundQueue,
     },
 }
@@ -101,7 +101,7 @@ impl Link {
 
     /// Connects to the node loop `events` in-process, as a client that may
     /// do everything (the node's own tools: it never leaves the process).
-    pub async fn local(events: mpsc::Sender<NodeEvent>) -> Result<Self, LinkError> {
+    pub async fn local(events: NodeEvents) -> Result<Self, LinkError> {
         let access = Access { relay: false, subject: "internal".into(), ..Access::full() };
         let (conn, out) =
             crate::runtime::register_client(&events, access, None, None).await.ok_or(LinkError::NodeStopped)?;

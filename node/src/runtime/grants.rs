@@ -4,10 +4,10 @@
 //! serves it only the documents those tokens grant, and verifies each
 //! token itself, so a compromised edge cannot claim more than its clients
 //! hold. Sent before anything of the client's reaches the upstream (the
-//! loop handles a connection's registration before its frames), and again
-//! to an upstream that connects later.
+//! router tells the grants of a connection before it registers it with any
+//! engine shard), and again to an upstream that connects later.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use meridian_protocol::codec::federation::{self, Control};
 use meridian_protocol::ids::ConnId;
@@ -20,29 +20,29 @@ pub(super) struct Grants {
     clients: BTreeMap<ConnId, String>,
     /// Each distinct token, with how many clients here hold it.
     tokens: BTreeMap<String, usize>,
-    upstreams: BTreeSet<ConnId>,
+    upstreams: BTreeMap<ConnId, OutboundSender>,
 }
 
 impl Grants {
     /// A client with `token` connected: every upstream is told (once per
     /// distinct token).
-    pub(super) fn client(&mut self, conn: ConnId, token: String, queues: &BTreeMap<ConnId, OutboundSender>) {
+    pub(super) fn client(&mut self, conn: ConnId, token: String) {
         let held = self.tokens.entry(token.clone()).or_default();
         *held += 1;
         if *held == 1 {
-            for up in &self.upstreams {
-                tell(queues.get(up), &token);
+            for up in self.upstreams.values() {
+                tell(up, &token);
             }
         }
         self.clients.insert(conn, token);
     }
 
     /// An upstream connected: it is told every token of the clients here.
-    pub(super) fn upstream(&mut self, conn: ConnId, queues: &BTreeMap<ConnId, OutboundSender>) {
-        self.upstreams.insert(conn);
+    pub(super) fn upstream(&mut self, conn: ConnId, queue: OutboundSender) {
         for token in self.tokens.keys() {
-            tell(queues.get(&conn), token);
+            tell(&queue, token);
         }
+        self.upstreams.insert(conn, queue);
     }
 
     pub(super) fn gone(&mut self, conn: ConnId) {
@@ -58,8 +58,6 @@ impl Grants {
     }
 }
 
-fn tell(queue: Option<&OutboundSender>, token: &str) {
-    if let Some(q) = queue {
-        q.other(Outbound::Control(federation::encode_control(&Control::Auth { token: token.to_owned() })));
-    }
+fn tell(queue: &OutboundSender, token: &str) {
+    queue.other(Outbound::Control(federation::encode_control(&Control::Auth { token: token.to_owned() })));
 }

@@ -2,9 +2,10 @@
 //! disk budget, the `store_bytes` metric), the background scrub, the
 //! divergence watch, and the metrics read from the engine.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use meridian_protocol::engine::Millis;
+use meridian_protocol::engine::{EngineStats, Millis};
 use meridian_protocol::ids::{ConnId, DocumentId, PeerId};
 
 use super::NodeLoop;
@@ -41,6 +42,43 @@ pub(super) struct DivergenceWatch {
     pub(super) after: Duration,
     /// Divergent at the last check: document, connection, peer, apart (ms).
     pub(super) now: Vec<(DocumentId, ConnId, Option<PeerId>, u64)>,
+}
+
+/// What each shard adds to the node's gauges and totals: every shard
+/// writes its own figures, then sets the metrics to the sums.
+#[derive(Clone, Debug)]
+pub(super) struct Figures(Arc<Mutex<Vec<ShardFigures>>>);
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ShardFigures {
+    stats: EngineStats,
+    loaded: usize,
+    backfill_queued: usize,
+    synced_upstream: usize,
+    pending_upstream: usize,
+    divergent_documents: usize,
+    divergent_replicas: usize,
+}
+
+impl Figures {
+    pub(super) fn new(shards: usize) -> Self {
+        Self(Arc::new(Mutex::new(vec![ShardFigures::default(); shards])))
+    }
+
+    /// Shard `index`'s figures changed by `update`; the sums over all shards.
+    fn update(&self, index: usize, update: impl FnOnce(&mut ShardFigures)) -> ShardFigures {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        update(&mut all[index]);
+        all.iter().fold(ShardFigures::default(), |a, b| ShardFigures {
+            stats: a.stats.sum(&b.stats),
+            loaded: a.loaded + b.loaded,
+            backfill_queued: a.backfill_queued + b.backfill_queued,
+            synced_upstream: a.synced_upstream + b.synced_upstream,
+            pending_upstream: a.pending_upstream + b.pending_upstream,
+            divergent_documents: a.divergent_documents + b.divergent_documents,
+            divergent_replicas: a.divergent_replicas + b.divergent_replicas,
+        })
+    }
 }
 
 /// How often a node without a disk budget measures its store (the
@@ -82,8 +120,12 @@ impl NodeLoop {
         }
         m.divergence_repairs.inc_by(found.repairs);
         let docs: std::collections::BTreeSet<DocumentId> = found.divergent.iter().map(|(d, ..)| *d).collect();
-        m.divergent_documents.set(docs.len() as i64);
-        m.divergent_replicas.set(found.divergent.len() as i64);
+        let shard = self.engine.shard().index;
+        let sums = self
+            .figures
+            .update(shard, |f| (f.divergent_documents, f.divergent_replicas) = (docs.len(), found.divergent.len()));
+        m.divergent_documents.set(sums.divergent_documents as i64);
+        m.divergent_replicas.set(sums.divergent_replicas as i64);
         self.divergence.now = found.divergent;
         self.drain();
     }
@@ -91,6 +133,14 @@ impl NodeLoop {
     /// A scrub step is done: on to the next, and what it found corrupt is
     /// written again from memory where the document is loaded.
     pub(super) fn scrubbed(&mut self, step: Result<Option<ScrubStep>, ()>) {
+        if !self.primary {
+            // The primary runs the scrub; this shard rewrites its documents.
+            let now = self.now();
+            for (doc, ..) in step.ok().flatten().map(|s| s.corrupt).unwrap_or_default() {
+                self.engine.rewrite_stored(now, doc);
+            }
+            return;
+        }
         self.scrub.pending = false;
         let step = match step {
             Ok(Some(step)) => step,
@@ -115,7 +165,9 @@ impl NodeLoop {
         let now = self.now();
         for (doc, seq, why) in step.corrupt {
             tracing::error!(%doc, seq, error = %why, "the scrub found a corrupt chunk (quarantined)");
-            self.engine.rewrite_stored(now, doc);
+            if self.engine.shard().owns(&doc) {
+                self.engine.rewrite_stored(now, doc);
+            }
         }
     }
 
@@ -123,7 +175,7 @@ impl NodeLoop {
     /// budget) and refreshes the metrics read from the engine.
     pub(super) fn housekeeping(&mut self) {
         self.io.traces.prune();
-        if self.scrub.rate > 0 && !self.scrub.pending {
+        if self.primary && self.scrub.rate > 0 && !self.scrub.pending {
             let now = Instant::now();
             let elapsed = self.scrub.last.map_or(Duration::from_secs(1), |t| now - t).min(Duration::from_secs(4));
             let max_bytes = ((self.scrub.rate as f64 * elapsed.as_secs_f64()) as u64).max(1);
@@ -136,23 +188,39 @@ impl NodeLoop {
         }
         // With a budget, at every housekeeping; otherwise for the metric only.
         let due = self.disk_budget > 0 || self.last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY);
-        if due && !self.usage_pending {
+        if self.primary && due && !self.usage_pending {
             self.usage_pending = true;
             self.last_usage = Some(Instant::now());
             self.storage.submit(StoreRequest::Usage);
         }
-        let stats = self.engine.stats();
-        set_total(&self.io.metrics.offloaded, stats.offloaded);
-        set_total(&self.io.metrics.applied_off_loop, stats.applied_off_loop);
-        set_total(&self.io.metrics.cold_opens, stats.cold_opens);
-        set_total(&self.io.metrics.sync_generated, stats.sync_generated);
-        set_total(&self.io.metrics.sync_shared, stats.sync_shared);
-        set_total(&self.io.metrics.sync_merged, stats.sync_merged);
-        set_total(&self.io.metrics.snapshot_answers, stats.snapshot_answers);
-        self.io.metrics.documents_loaded.set(self.engine.loaded_docs() as i64);
-        self.io.metrics.backfill_queued.set(self.engine.backfill_queued() as i64);
-        let (synced, pending) = self.engine.upstream_sync_status();
-        self.io.metrics.docs_synced_upstream.set(synced as i64);
-        self.io.metrics.docs_pending_upstream.set(pending as i64);
+        let e = &self.engine;
+        let (synced_upstream, pending_upstream) = e.upstream_sync_status();
+        let mine = ShardFigures {
+            stats: e.stats(),
+            loaded: e.loaded_docs(),
+            backfill_queued: e.backfill_queued(),
+            synced_upstream,
+            pending_upstream,
+            ..ShardFigures::default()
+        };
+        let sums = self.figures.update(e.shard().index, |f| {
+            *f = ShardFigures {
+                divergent_documents: f.divergent_documents,
+                divergent_replicas: f.divergent_replicas,
+                ..mine
+            }
+        });
+        let (m, stats) = (&self.io.metrics, sums.stats);
+        set_total(&m.offloaded, stats.offloaded);
+        set_total(&m.applied_off_loop, stats.applied_off_loop);
+        set_total(&m.cold_opens, stats.cold_opens);
+        set_total(&m.sync_generated, stats.sync_generated);
+        set_total(&m.sync_shared, stats.sync_shared);
+        set_total(&m.sync_merged, stats.sync_merged);
+        set_total(&m.snapshot_answers, stats.snapshot_answers);
+        m.documents_loaded.set(sums.loaded as i64);
+        m.backfill_queued.set(sums.backfill_queued as i64);
+        m.docs_synced_upstream.set(sums.synced_upstream as i64);
+        m.docs_pending_upstream.set(sums.pending_upstream as i64);
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct Io {
     pub(super) applied: mpsc::UnboundedSender<Applied>,
     /// Spans of changes' ways through this node (while traces are exported).
     pub(super) traces: Traces,
+    /// The primary shard's: it logs connections joining and leaving.
+    pub(super) primary: bool,
 }
 
 impl Driver for Io {
@@ -37,12 +39,12 @@ impl Driver for Io {
         self.metrics.message_out(message.type_name(), bytes.len());
         let trace = self.traces.sending(conn, &message, bytes.len());
         if !tx.traced_frame(bytes, trace) {
-            // Too slow (or already gone): dropping our sender makes its task
-            // close the connection; the engine hears about it as a disconnect.
+            // Too slow (or already gone): its task closes the connection;
+            // the engines hear about it as a disconnect.
             tracing::warn!(%conn, "peer is not reading; closing its connection");
             self.metrics.limit_hit("send_queue");
+            tx.kill();
             self.conns.remove(&conn);
-            self.metrics.connections.dec();
         }
     }
 
@@ -80,10 +82,10 @@ impl Driver for Io {
                 self.metrics.evictions.inc();
                 tracing::debug!(%doc, "evicted");
             }
-            Event::PeerConnected { conn, peer, .. } => {
+            Event::PeerConnected { conn, peer, .. } if self.primary => {
                 tracing::info!(%conn, peer = %Escaped(peer.as_str()), "peer joined")
             }
-            Event::PeerDisconnected { conn, peer } => tracing::info!(%conn, ?peer, "peer left"),
+            Event::PeerDisconnected { conn, peer } if self.primary => tracing::info!(%conn, ?peer, "peer left"),
             Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
             Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
@@ -95,7 +97,9 @@ impl Driver for Io {
             }
             Event::Unapplicable { .. } => self.metrics.unapplicable.inc(),
             Event::Refetched { .. } => self.metrics.divergence_refetches.inc(),
-            Event::DocUpdated { .. }
+            Event::PeerConnected { .. }
+            | Event::PeerDisconnected { .. }
+            | Event::DocUpdated { .. }
             | Event::DocReady { .. }
             | Event::DocUnavailable { .. }
             | Event::Ephemeral { .. } => {}

@@ -1,21 +1,23 @@
-//! The node runtime shared by edges and the hub: one actor that owns the
-//! sync [`Engine`], feeds it events from connections (WebSocket or QUIC),
-//! the storage thread and the engine's own deadlines
-//! ([`Engine::poll_timeout`]), and carries out what the engine asks. Policy
-//! (hand-offs, pinning, the disk budget's choices, backfill pacing, home
-//! lag) is the engine's; the loop only moves bytes, runs storage and
-//! refreshes metrics on its housekeeping interval.
+//! The node runtime shared by edges and the hub: one actor per engine shard
+//! (an edge runs one per core, `--engine-threads`; the hub one), each owning
+//! a sync [`Engine`] with the documents that hash to it, fed events from
+//! connections (WebSocket or QUIC), the storage thread and its engine's
+//! own deadlines ([`Engine::poll_timeout`]), and carrying out what its
+//! engine asks. Policy (hand-offs, pinning, the disk budget's choices,
+//! backfill pacing, home lag) is the engine's; a loop only moves bytes,
+//! runs storage and refreshes metrics on its housekeeping interval.
 //!
-//! SQLite runs on a dedicated thread (`storage::StorageWorker`) that executes the
-//! engine's storage tasks in order, grouping whatever is queued into one
-//! transaction (group commit). Results come back to the loop only after the
-//! transaction committed, which is what lets the engine keep its
+//! SQLite runs on a dedicated thread (`storage::StorageWorker`) that executes
+//! every shard's storage tasks in order, grouping whatever is queued into
+//! one transaction (group commit). Results come back to a loop only after
+//! the transaction committed, which is what lets the engine keep its
 //! durable-before-advertised rule.
 //!
-//! Transports talk to the runtime through [`NodeEvent`]s: a connection
-//! task registers with [`NodeEvent::Connected`] (getting a [`ConnId`] and a
-//! queue of [`Outbound`] frames), then forwards frames and finally reports
-//! [`NodeEvent::Disconnected`].
+//! Transports talk to the runtime through [`NodeEvents`]
+//! (`router.rs`: decoding, and which shard gets what): a connection task
+//! registers with [`NodeEvent::Connected`] (getting a [`ConnId`] and a
+//! queue of [`Outbound`] frames, which every shard sends on), then forwards
+//! frames and finally reports [`NodeEvent::Disconnected`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use meridian_protocol::engine::{
     Access, Applied, Direction, DocDemand, DocSet, Engine, EngineConfig, ErrorKind, HandoffStatus, HandoffTargets,
-    Millis, ReplicaStatus,
+    Millis, ReplicaStatus, shard_config,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
 use tokio::sync::{mpsc, oneshot};
@@ -38,13 +40,17 @@ pub use housekeeping::{DEFAULT_DIVERGENCE_AFTER, DEFAULT_SCRUB_BYTES_PER_SEC};
 use housekeeping::{DivergenceWatch, Scrub};
 mod io;
 mod outbound;
+mod router;
 mod storage;
 mod traces;
 
+use housekeeping::Figures;
 use io::Io;
 use outbound::outbound_queue;
 pub use outbound::{OUTBOUND_CAPACITY, OUTBOUND_MAX_BYTES, Outbound, OutboundQueue, OutboundSender};
-use storage::{StorageWorker, StoreReply, StoreRequest};
+use router::ShardEvent;
+pub use router::{Closed, NodeEvents};
+use storage::{StorageSender, StorageWorker, StoreReply, StoreRequest};
 
 /// A chunk this node committed to its store (a write the engine issued),
 /// for the other nodes sharing that store ([`NodeRuntime::start_shared`]).
@@ -179,13 +185,15 @@ pub enum NodeEvent {
 /// A document in memory: our durable heads, and its replicas.
 pub type DocReplicas = (DocumentId, Vec<meridian_protocol::automerge::ChangeHash>, Vec<ReplicaStatus>);
 
-/// The node loop's state.
+/// One engine shard's loop.
 struct NodeLoop {
     engine: Engine,
     io: Io,
-    storage: StorageWorker,
-    /// Clients' tokens, forwarded to upstreams.
-    grants: grants::Grants,
+    storage: StorageSender,
+    /// The primary shard: it runs the store's scrub and measures its size.
+    primary: bool,
+    /// The figures every shard adds to the node's metrics.
+    figures: Figures,
     started: Instant,
     /// Disk budget in bytes of document data (0: none).
     disk_budget: u64,
@@ -217,7 +225,7 @@ impl NodeLoop {
     /// [`MAX_BATCH`] events) as one engine batch: the document messages
     /// among them are applied together at the end, each peer's as one
     /// automerge call ([`Engine::begin_batch`]).
-    fn handle_batch(&mut self, first: NodeEvent, events: &mut mpsc::Receiver<NodeEvent>) {
+    fn handle_batch(&mut self, first: ShardEvent, events: &mut mpsc::Receiver<ShardEvent>) {
         self.engine.begin_batch();
         self.handle(first);
         for _ in 1..MAX_BATCH {
@@ -231,44 +239,40 @@ impl NodeLoop {
         self.io.traces.batch_done();
     }
 
-    fn handle(&mut self, event: NodeEvent) {
+    fn handle(&mut self, event: ShardEvent) {
         let now = self.now();
         match event {
-            NodeEvent::Connected { direction, edge_peer, link, mut access, valid_for, grant, out, reply } => {
+            ShardEvent::Connect { conn, direction, edge_peer, link, mut access, valid_for, out } => {
                 access.expires_at = valid_for.map(|d| Millis(now.0.saturating_add(d.as_millis() as u64)));
-                let conn = if edge_peer {
-                    self.engine.handle_connect_edge_peer_with(now, direction, access)
-                } else {
-                    self.engine.handle_connect_with(now, direction, access)
-                };
+                self.engine.handle_connect_as(now, conn, direction, edge_peer, access);
                 self.io.conns.insert(conn, out);
                 self.io.traces.connected(conn, link);
-                self.io.metrics.connections.inc();
-                self.io.metrics.connections_total.inc();
                 if direction == Direction::Outgoing && !edge_peer {
-                    // Everything stored must reach the new upstream, and the
-                    // grants of the clients here before anything else.
-                    self.grants.upstream(conn, &self.io.conns);
+                    // Everything stored must reach the new upstream.
                     self.storage.submit(StoreRequest::ListDocs);
                 }
-                if let Some(token) = grant {
-                    self.grants.client(conn, token, &self.io.conns);
-                }
-                let _ = reply.send(conn);
             }
-            NodeEvent::Frame { conn, bytes, parent } => {
-                self.io.traces.received(conn, &bytes, parent.as_deref());
-                let t = self.engine.handle_frame(now, conn, &bytes).unwrap_or("other");
-                self.io.metrics.message_in(t, bytes.len());
+            ShardEvent::Message { conn, message, len, parent } => {
+                self.io.traces.received(conn, &message, len, parent.as_deref());
+                self.engine.handle_decoded(now, conn, message);
             }
+            ShardEvent::Undecodable { conn, bytes } => {
+                self.engine.handle_frame(now, conn, &bytes);
+            }
+            ShardEvent::Node(event) => self.handle_node(now, event),
+        }
+        self.drain();
+    }
+
+    fn handle_node(&mut self, now: Millis, event: NodeEvent) {
+        match event {
+            // The router turns these into `ShardEvent`s.
+            NodeEvent::Connected { .. } | NodeEvent::Frame { .. } => {}
             NodeEvent::Reject { conn, kind, detail } => self.engine.reject(conn, kind, detail),
             NodeEvent::Grant { conn, access } => self.engine.extend_access(conn, &access),
             NodeEvent::Disconnected { conn } => {
-                self.grants.gone(conn);
                 self.io.traces.disconnected(conn);
-                if self.io.conns.remove(&conn).is_some() {
-                    self.io.metrics.connections.dec();
-                }
+                self.io.conns.remove(&conn);
                 self.engine.handle_disconnect(now, conn);
             }
             NodeEvent::TakeDemand { reply } => {
@@ -277,7 +281,9 @@ impl NodeLoop {
             NodeEvent::Revoke(revoked) => {
                 for r in revoked {
                     let closed = self.engine.revoke(|access| r.covers(access));
-                    tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
+                    if self.primary {
+                        tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
+                    }
                 }
             }
             NodeEvent::SendControl { conn, bytes } => {
@@ -311,7 +317,6 @@ impl NodeLoop {
                 let _ = reply.send(list.collect());
             }
         }
-        self.drain();
     }
 
     fn storage_reply(&mut self, reply: StoreReply) {
@@ -361,7 +366,7 @@ impl NodeLoop {
         }
     }
 
-    /// Saves per-peer sync state and waits for the store to be idle.
+    /// Saves per-peer sync state (the runtime then waits for the store).
     fn shutdown(mut self) {
         let now = self.now();
         let conns: Vec<ConnId> = self.io.conns.keys().copied().collect();
@@ -370,23 +375,30 @@ impl NodeLoop {
         }
         self.io.conns.clear();
         self.drain();
-        self.storage.finish();
     }
 }
 
-/// A running node loop (with its storage thread). Transports feed it
-/// through [`NodeRuntime::events`]. Dropping it aborts the loop; call
-/// [`NodeRuntime::shutdown`] to save state and flush the store first.
+/// A running node: its engine shards' loops and the storage thread.
+/// Transports feed it through [`NodeRuntime::events`]. Dropping it aborts
+/// the loops; call [`NodeRuntime::shutdown`] to save state and flush the
+/// store first.
 #[derive(Debug)]
 pub struct NodeRuntime {
-    events: mpsc::Sender<NodeEvent>,
+    events: NodeEvents,
     metrics: Arc<NodeMetrics>,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    shutdown: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    storage: Option<StorageWorker>,
+}
+
+impl std::fmt::Debug for StorageWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StorageWorker")
+    }
 }
 
 impl NodeRuntime {
-    /// Starts the loop on `store` with `config` (its storage id is taken
+    /// Starts one loop on `store` with `config` (its storage id is taken
     /// from the store). Every `tick_interval` the loop asks the store how
     /// much it holds (with a disk budget) and refreshes the metrics; a
     /// backfill opens one slice of stored documents per interval.
@@ -396,20 +408,23 @@ impl NodeRuntime {
         tick_interval: Duration,
         metrics: Arc<NodeMetrics>,
     ) -> std::io::Result<Self> {
-        Self::start_with_disk_budget(store, config, tick_interval, metrics, 0)
+        Self::start_full(store, config, tick_interval, metrics, 0, None, 1)
     }
 
-    /// [`NodeRuntime::start`] keeping the store's document data under
-    /// `disk_budget` bytes (0: no budget) by dropping the local copy of
-    /// documents the hub holds ([`Engine::offload`]); for edges.
-    pub fn start_with_disk_budget(
+    /// [`NodeRuntime::start`] on `engine_threads` engine shards (documents
+    /// hashed over them, each on its own task: an edge uses every core),
+    /// keeping the store's document data under `disk_budget` bytes (0: no
+    /// budget) by dropping the local copy of documents the hub holds
+    /// ([`Engine::offload`]); for edges.
+    pub fn start_edge(
         store: Box<dyn DocStore>,
         config: EngineConfig,
         tick_interval: Duration,
         metrics: Arc<NodeMetrics>,
         disk_budget: u64,
+        engine_threads: usize,
     ) -> std::io::Result<Self> {
-        Self::start_full(store, config, tick_interval, metrics, disk_budget, None)
+        Self::start_full(store, config, tick_interval, metrics, disk_budget, None, engine_threads)
     }
 
     /// [`NodeRuntime::start`] on a store other nodes share (hubs on one
@@ -423,7 +438,7 @@ impl NodeRuntime {
         metrics: Arc<NodeMetrics>,
         committed: mpsc::UnboundedSender<Committed>,
     ) -> std::io::Result<Self> {
-        Self::start_full(store, config, tick_interval, metrics, 0, Some(committed))
+        Self::start_full(store, config, tick_interval, metrics, 0, Some(committed), 1)
     }
 
     fn start_full(
@@ -433,7 +448,9 @@ impl NodeRuntime {
         metrics: Arc<NodeMetrics>,
         disk_budget: u64,
         committed: Option<mpsc::UnboundedSender<Committed>>,
+        shards: usize,
     ) -> std::io::Result<Self> {
+        let shards = shards.max(1);
         config.storage_id = Some(store.storage_id().clone());
         // A backfill opens a slice of the stored documents each interval.
         config.backfill_interval_ms = (tick_interval.as_millis() as u64).max(1);
@@ -443,35 +460,45 @@ impl NodeRuntime {
         // An edge's copy still divergent from the hub's after the resyncs
         // is quarantined and fetched again (the hub has no upstream).
         config.refetch_divergent = true;
-        let (replies_tx, replies_rx) = mpsc::unbounded_channel();
-        let (applied_tx, applied_rx) = mpsc::unbounded_channel();
+        let (replies_tx, replies_rx): (Vec<_>, Vec<_>) = (0..shards).map(|_| mpsc::unbounded_channel()).unzip();
         let storage = StorageWorker::start(store, replies_tx, metrics.clone(), committed)?;
-        let node = NodeLoop {
-            engine: Engine::new(config),
-            io: Io {
-                conns: BTreeMap::new(),
-                metrics: metrics.clone(),
-                batch: Vec::new(),
-                created: Vec::new(),
-                applied: applied_tx,
-                traces: traces::Traces::default(),
-            },
-            storage,
-            grants: grants::Grants::default(),
-            started: Instant::now(),
-            disk_budget,
-            usage_pending: false,
-            last_usage: None,
-            scrub: Scrub { rate: DEFAULT_SCRUB_BYTES_PER_SEC, after: 0, pending: false, last: None },
-            divergence: DivergenceWatch { after: DEFAULT_DIVERGENCE_AFTER, now: Vec::new() },
-        };
-        let (events_tx, events_rx) = mpsc::channel(1024);
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let task = tokio::spawn(run_loop(node, events_rx, replies_rx, applied_rx, shutdown_rx, tick_interval));
-        Ok(Self { events: events_tx, metrics, shutdown: Some(shutdown_tx), task: Some(task) })
+        let started = Instant::now();
+        let figures = Figures::new(shards);
+        let (mut senders, mut shutdown, mut tasks) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, replies) in replies_rx.into_iter().enumerate() {
+            let (applied_tx, applied_rx) = mpsc::unbounded_channel();
+            let node = NodeLoop {
+                engine: Engine::new(shard_config(&config, index, shards)),
+                io: Io {
+                    conns: BTreeMap::new(),
+                    metrics: metrics.clone(),
+                    batch: Vec::new(),
+                    created: Vec::new(),
+                    applied: applied_tx,
+                    traces: traces::Traces::default(),
+                    primary: index == 0,
+                },
+                storage: storage.sender(index).expect("the storage thread just started"),
+                primary: index == 0,
+                figures: figures.clone(),
+                started,
+                disk_budget,
+                usage_pending: false,
+                last_usage: None,
+                scrub: Scrub { rate: DEFAULT_SCRUB_BYTES_PER_SEC, after: 0, pending: false, last: None },
+                divergence: DivergenceWatch { after: DEFAULT_DIVERGENCE_AFTER, now: Vec::new() },
+            };
+            let (events_tx, events_rx) = mpsc::channel(1024);
+            let (shutdown_tx, shutdown_rx) = oneshot::channel();
+            tasks.push(tokio::spawn(run_loop(node, events_rx, replies, applied_rx, shutdown_rx, tick_interval)));
+            senders.push(events_tx);
+            shutdown.push(shutdown_tx);
+        }
+        let events = NodeEvents::new(senders, metrics.clone());
+        Ok(Self { events, metrics, shutdown, tasks, storage: Some(storage) })
     }
 
-    pub fn events(&self) -> mpsc::Sender<NodeEvent> {
+    pub fn events(&self) -> NodeEvents {
         self.events.clone()
     }
 
@@ -482,18 +509,22 @@ impl NodeRuntime {
     /// Closes every connection after saving its sync state and waits until
     /// every storage write has committed.
     pub async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
+        for tx in self.shutdown.drain(..) {
             let _ = tx.send(());
         }
-        if let Some(t) = self.task.take() {
+        for t in self.tasks.drain(..) {
             let _ = t.await;
+        }
+        if let Some(mut storage) = self.storage.take() {
+            // The store thread blocks while it drains; keep it off the runtime.
+            let _ = tokio::task::spawn_blocking(move || storage.finish()).await;
         }
     }
 }
 
 impl Drop for NodeRuntime {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
+        for t in &self.tasks {
             t.abort();
         }
     }
@@ -501,7 +532,7 @@ impl Drop for NodeRuntime {
 
 async fn run_loop(
     mut node: NodeLoop,
-    mut events: mpsc::Receiver<NodeEvent>,
+    mut events: mpsc::Receiver<ShardEvent>,
     mut replies: mpsc::UnboundedReceiver<StoreReply>,
     mut applied: mpsc::UnboundedReceiver<Applied>,
     mut shutdown: oneshot::Receiver<()>,
@@ -528,9 +559,10 @@ async fn run_loop(
             _ = &mut shutdown => break,
         }
     }
-    tracing::info!("shutting down: saving sync states and flushing the store");
-    // The store thread blocks while it drains; keep it off the runtime.
-    let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
+    if node.primary {
+        tracing::info!("shutting down: saving sync states and flushing the store");
+    }
+    node.shutdown();
 }
 
 /// When `engine` next needs [`Engine::handle_timeout`], as an instant on a
@@ -544,7 +576,7 @@ pub fn engine_deadline(engine: &Engine, started: Instant) -> Option<tokio::time:
 /// Registers a connection with the loop, with [`Access::full`] (a link
 /// between nodes, or any connection in open dev mode); `None` if the loop
 /// is gone.
-pub async fn register(events: &mpsc::Sender<NodeEvent>, direction: Direction) -> Option<(ConnId, OutboundQueue)> {
+pub async fn register(events: &NodeEvents, direction: Direction) -> Option<(ConnId, OutboundQueue)> {
     // An outgoing one is the uplink; an incoming one, an open-dev-mode client.
     register_as(events, direction, false, direction == Direction::Outgoing, Access::full(), None, None).await
 }
@@ -554,7 +586,7 @@ pub async fn register(events: &mpsc::Sender<NodeEvent>, direction: Direction) ->
 /// `token` (what it presented) is forwarded to every upstream: a hub that
 /// does not trust this edge grants it what its clients' tokens grant.
 pub async fn register_client(
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     access: Access,
     valid_for: Option<Duration>,
     token: Option<String>,
@@ -566,7 +598,7 @@ pub async fn register_client(
 /// (an edge at the hub, by its `hello`): it may do everything, and is told
 /// apart from other nodes by that id, whatever peer id it joins with.
 pub async fn register_node(
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     direction: Direction,
     node_id: &str,
 ) -> Option<(ConnId, OutboundQueue)> {
@@ -576,10 +608,7 @@ pub async fn register_node(
 /// Registers an edge the hub does not trust (see `--untrusted-edge`): it
 /// starts with no document, and gains those its clients' tokens grant
 /// ([`NodeEvent::Grant`]) as it forwards them.
-pub async fn register_untrusted_node(
-    events: &mpsc::Sender<NodeEvent>,
-    node_id: &str,
-) -> Option<(ConnId, OutboundQueue)> {
+pub async fn register_untrusted_node(events: &NodeEvents, node_id: &str) -> Option<(ConnId, OutboundQueue)> {
     let access = Access { read: DocSet::none(), write: DocSet::none(), create: false, ..Access::node(node_id) };
     register_as(events, Direction::Incoming, false, true, access, None, None).await
 }
@@ -587,7 +616,7 @@ pub async fn register_untrusted_node(
 /// Registers a link to another edge (see [`NodeEvent::Connected`]); with
 /// `node_id` when the other end authenticated as that edge.
 pub async fn register_edge_peer(
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     direction: Direction,
     node_id: Option<&str>,
 ) -> Option<(ConnId, OutboundQueue)> {
@@ -596,7 +625,7 @@ pub async fn register_edge_peer(
 }
 
 async fn register_as(
-    events: &mpsc::Sender<NodeEvent>,
+    events: &NodeEvents,
     direction: Direction,
     edge_peer: bool,
     link: bool,

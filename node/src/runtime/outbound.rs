@@ -14,21 +14,25 @@ pub const OUTBOUND_CAPACITY: usize = 8192;
 /// peer that stops reading costs at most this, or one message if larger).
 pub const OUTBOUND_MAX_BYTES: usize = 64 << 20;
 
-/// The loop's end of one connection's queue: frames bounded in number
-/// ([`OUTBOUND_CAPACITY`]) and in bytes ([`OUTBOUND_MAX_BYTES`]).
-#[derive(Debug)]
+/// The loops' end of one connection's queue (every engine shard holds a
+/// clone): frames bounded in number ([`OUTBOUND_CAPACITY`]) and in bytes
+/// ([`OUTBOUND_MAX_BYTES`]).
+#[derive(Clone, Debug)]
 pub struct OutboundSender {
     tx: mpsc::Sender<Outbound>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
     max_bytes: usize,
+    /// Tells the connection's task to close at once (a peer too slow).
+    kill: mpsc::Sender<()>,
 }
 
 /// A connection's queue of at most `capacity` items and `max_bytes` bytes
 /// of frames (or one frame, if larger).
 pub(super) fn outbound_queue(capacity: usize, max_bytes: usize) -> (OutboundSender, OutboundQueue) {
     let (tx, rx) = mpsc::channel(capacity);
+    let (kill, killed) = mpsc::channel(1);
     let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    (OutboundSender { tx, queued: queued.clone(), max_bytes }, OutboundQueue { rx, queued })
+    (OutboundSender { tx, queued: queued.clone(), max_bytes, kill }, OutboundQueue { rx, queued, killed: Some(killed) })
 }
 
 impl OutboundSender {
@@ -63,6 +67,12 @@ impl OutboundSender {
     pub(super) fn other(&self, out: Outbound) {
         let _ = self.tx.try_send(out);
     }
+
+    /// Closes the connection without sending what is queued (the peer is
+    /// not reading): its task ends and reports the disconnect.
+    pub(super) fn kill(&self) {
+        let _ = self.kill.try_send(());
+    }
 }
 
 /// A connection task's end of its queue.
@@ -70,14 +80,32 @@ impl OutboundSender {
 pub struct OutboundQueue {
     rx: mpsc::Receiver<Outbound>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// `None` once every sender is gone (what is queued is still sent).
+    killed: Option<mpsc::Receiver<()>>,
 }
 
 impl OutboundQueue {
-    /// The next item; `None` once the loop dropped the connection.
+    /// The next item; `None` once the loops dropped the connection (after
+    /// what they queued) or killed it (at once).
     pub async fn recv(&mut self) -> Option<Outbound> {
-        let out = self.rx.recv().await?;
-        self.queued.fetch_sub(out.frame_bytes(), Relaxed);
-        Some(out)
+        loop {
+            let out = match &mut self.killed {
+                Some(killed) => tokio::select! {
+                    biased;
+                    k = killed.recv() => match k {
+                        Some(()) => return None,
+                        None => {
+                            self.killed = None;
+                            continue;
+                        }
+                    },
+                    out = self.rx.recv() => out?,
+                },
+                None => self.rx.recv().await?,
+            };
+            self.queued.fetch_sub(out.frame_bytes(), Relaxed);
+            return Some(out);
+        }
     }
 }
 

@@ -1,10 +1,12 @@
-//! The storage thread: runs the engine's storage tasks in order, grouping
-//! whatever is queued into one transaction (group commit), and answers only
-//! after the transaction committed.
+//! The storage thread: runs the engine shards' storage tasks in order,
+//! grouping whatever is queued, from every shard, into one transaction
+//! (group commit: one commit and one fsync for all of them), and answers
+//! each shard only after the transaction committed.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use meridian_protocol::engine::Shard;
 use meridian_protocol::ids::DocumentId;
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId, WriteFence};
 use tokio::sync::mpsc;
@@ -32,6 +34,7 @@ pub(super) enum StoreRequest {
 }
 
 /// Answers from the storage thread.
+#[derive(Clone)]
 pub(super) enum StoreReply {
     Done(BatchResult),
     Docs(Vec<DocumentId>),
@@ -45,21 +48,36 @@ pub(super) enum StoreReply {
 /// engine offers a few of them for offloading, [`meridian_protocol::engine::Engine::relieve_disk`]).
 const OFFLOAD_CANDIDATES: usize = 64;
 
-/// Owns the SQLite thread. Dropping the sender ends the thread after it
-/// has run every queued request.
+/// Owns the storage thread. Dropping every sender (the runtime's and the
+/// shards' [`StorageSender`]s) ends the thread after it has run every
+/// queued request.
 pub(super) struct StorageWorker {
-    tx: Option<std::sync::mpsc::Sender<StoreRequest>>,
+    tx: Option<std::sync::mpsc::Sender<(usize, StoreRequest)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// One shard's way to the storage thread.
+pub(super) struct StorageSender {
+    shard: usize,
+    tx: std::sync::mpsc::Sender<(usize, StoreRequest)>,
+}
+
+impl StorageSender {
+    pub(super) fn submit(&self, request: StoreRequest) {
+        // The thread only goes away at shutdown; nothing to do then.
+        let _ = self.tx.send((self.shard, request));
+    }
+}
+
 impl StorageWorker {
+    /// The thread, answering shard `i` on `replies[i]`.
     pub(super) fn start(
         mut store: Box<dyn DocStore>,
-        replies: mpsc::UnboundedSender<StoreReply>,
+        replies: Vec<mpsc::UnboundedSender<StoreReply>>,
         metrics: Arc<NodeMetrics>,
         committed: Option<mpsc::UnboundedSender<super::Committed>>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = std::sync::mpsc::channel::<StoreRequest>();
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, StoreRequest)>();
         let thread = std::thread::Builder::new().name("meridian-store".into()).spawn(move || {
             let mut fence = WriteFence::default();
             while let Ok(first) = rx.recv() {
@@ -75,14 +93,13 @@ impl StorageWorker {
         Ok(Self { tx: Some(tx), thread: Some(thread) })
     }
 
-    pub(super) fn submit(&self, request: StoreRequest) {
-        if let Some(tx) = &self.tx {
-            // The thread only goes away at shutdown; nothing to do then.
-            let _ = tx.send(request);
-        }
+    /// Shard `shard`'s sender.
+    pub(super) fn sender(&self, shard: usize) -> Option<StorageSender> {
+        self.tx.as_ref().map(|tx| StorageSender { shard, tx: tx.clone() })
     }
 
-    /// Waits until every submitted request has run.
+    /// Waits until every submitted request has run (once the shards have
+    /// dropped their senders).
     pub(super) fn finish(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
@@ -95,17 +112,17 @@ impl StorageWorker {
 fn run_requests(
     store: &mut dyn DocStore,
     fence: &mut WriteFence,
-    pending: Vec<StoreRequest>,
-    replies: &mpsc::UnboundedSender<StoreReply>,
+    pending: Vec<(usize, StoreRequest)>,
+    replies: &[mpsc::UnboundedSender<StoreReply>],
     metrics: &NodeMetrics,
     committed: Option<&mpsc::UnboundedSender<super::Committed>>,
 ) -> bool {
     let mut batch = Vec::new();
-    let (mut list, mut usage, mut scrub) = (false, false, None);
-    for request in pending {
+    let (mut list, mut usage, mut scrub) = (Vec::new(), false, None);
+    for (shard, request) in pending {
         match request {
             StoreRequest::Tasks(b) => batch.extend(b),
-            StoreRequest::ListDocs => list = true,
+            StoreRequest::ListDocs => list.push(shard),
             StoreRequest::Usage => usage = true,
             StoreRequest::Scrub { after, max_bytes } => scrub = Some((after, max_bytes)),
             StoreRequest::Creators(created) => {
@@ -152,11 +169,18 @@ fn run_requests(
         let failed = out.iter().filter(|(_, r)| matches!(r, StorageResult::Failed(_))).count();
         metrics.storage_failures.inc_by(failed as u64);
         crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
-        if replies.send(StoreReply::Done(out)).is_err() {
-            return false;
+        // Each shard its own results (a task id names its shard).
+        let mut per_shard: Vec<BatchResult> = vec![Vec::new(); replies.len()];
+        for (id, result) in out {
+            per_shard[Shard::task(id, replies.len())].push((id, result));
+        }
+        for (shard, results) in per_shard.into_iter().enumerate() {
+            if !results.is_empty() && replies[shard].send(StoreReply::Done(results)).is_err() {
+                return false;
+            }
         }
     }
-    if list {
+    if !list.is_empty() {
         let docs = match store.document_ids() {
             Ok(docs) => docs,
             Err(e) => {
@@ -164,8 +188,12 @@ fn run_requests(
                 Vec::new()
             }
         };
-        if replies.send(StoreReply::Docs(docs)).is_err() {
-            return false;
+        list.sort_unstable();
+        list.dedup();
+        for shard in list {
+            if replies[shard].send(StoreReply::Docs(docs.clone())).is_err() {
+                return false;
+            }
         }
     }
     if let Some((after, max_bytes)) = scrub {
@@ -173,7 +201,8 @@ fn run_requests(
             tracing::error!(error = %e, "scrubbing the store failed; the step is tried again");
         });
         crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
-        if replies.send(StoreReply::Scrubbed(step)).is_err() {
+        // Every shard rewrites the corrupt documents it owns.
+        if !to_every_shard(replies, StoreReply::Scrubbed(step)) {
             return false;
         }
     }
@@ -182,9 +211,14 @@ fn run_requests(
             tracing::error!(error = %e, "measuring the store failed");
             (0, Vec::new())
         });
-        if replies.send(StoreReply::Usage(bytes, oldest)).is_err() {
+        // Every shard offers the documents it owns for the disk budget.
+        if !to_every_shard(replies, StoreReply::Usage(bytes, oldest)) {
             return false;
         }
     }
     true
+}
+
+fn to_every_shard(replies: &[mpsc::UnboundedSender<StoreReply>], reply: StoreReply) -> bool {
+    replies.iter().all(|tx| tx.send(reply.clone()).is_ok())
 }

@@ -19,8 +19,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use meridian_protocol::codec::Message;
 use meridian_protocol::codec::federation::{self, Control};
-use meridian_protocol::codec::{self, Decoded, Message};
 use meridian_protocol::ids::{ConnId, DocumentId};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use opentelemetry::propagation::TextMapPropagator;
@@ -61,21 +61,20 @@ impl Traces {
     }
 
     /// A document message from `conn`; `parent`: the sender's `traceparent`.
-    pub(super) fn received(&mut self, conn: ConnId, bytes: &[u8], parent: Option<&str>) {
+    pub(super) fn received(&mut self, conn: ConnId, message: &Message, bytes: usize, parent: Option<&str>) {
         if !tracing_on() {
             return;
         }
-        let Ok(Decoded::Message(message)) = codec::decode(bytes) else { return };
         let Some(doc) = message.document_id() else { return };
-        let changes = match &message {
+        let changes = match message {
             Message::Sync { data, .. } | Message::Request { data, .. } => {
                 meridian_protocol::automerge::sync::Message::decode(data).map(|m| m.changes.len()).unwrap_or(0)
             }
             _ => 0,
         };
-        let peer = sender(&message);
+        let peer = sender(message);
         let span = tracing::info_span!(target: TARGET, "receive", otel.kind = "consumer", doc = %doc, peer,
-            conn = conn.0, r#type = message.type_name(), bytes = bytes.len(), changes);
+            conn = conn.0, r#type = message.type_name(), bytes, changes);
         if let Some(parent) = parent {
             let mut carrier = HashMap::with_capacity(1);
             carrier.insert("traceparent".to_owned(), parent.to_owned());

@@ -175,6 +175,11 @@ impl Engine {
         &self.config.peer_id
     }
 
+    /// Which of its node's shards this engine is.
+    pub fn shard(&self) -> Shard {
+        self.config.shard
+    }
+
     /// Names the store this engine writes to, for handshakes from now on
     /// (a client that opens its store in the background sets it before it
     /// first connects).
