@@ -83,7 +83,9 @@ async fn one_connection_reaches_documents_in_every_engine_thread() -> Result<()>
     let edge = EdgeProcess::start(dir.path(), port, &["--engine-threads", "1"])?;
     let fresh = Client::connect(&edge.ws_url(), fast()).await?;
     for (i, doc) in docs.iter().enumerate() {
-        tokio::time::timeout(Duration::from_secs(20), fresh.find(*doc)).await.map_err(within("find after restart"))??;
+        tokio::time::timeout(Duration::from_secs(20), fresh.find(*doc))
+            .await
+            .map_err(within("find after restart"))??;
         let got = fresh.read(*doc, |d| ["n", "later", "answer"].map(|k| d.get(ROOT, k).ok().flatten().is_some())).await;
         assert_eq!(got, Some([true; 3]), "document {i} after the restart");
     }

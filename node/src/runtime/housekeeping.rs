@@ -210,6 +210,10 @@ impl NodeLoop {
                 ..mine
             }
         });
+        if !self.primary {
+            return;
+        }
+        // The primary publishes the sums (one writer: totals never jump).
         let (m, stats) = (&self.io.metrics, sums.stats);
         set_total(&m.offloaded, stats.offloaded);
         set_total(&m.applied_off_loop, stats.applied_off_loop);

@@ -268,7 +268,7 @@ impl NodeLoop {
         match event {
             // The router turns these into `ShardEvent`s.
             NodeEvent::Connected { .. } | NodeEvent::Frame { .. } => {}
-            NodeEvent::Reject { conn, kind, detail } => self.engine.reject(conn, kind, detail),
+            NodeEvent::Reject { conn, kind, detail } => self.engine.reject_connection(conn, kind, detail),
             NodeEvent::Grant { conn, access } => self.engine.extend_access(conn, &access),
             NodeEvent::Disconnected { conn } => {
                 self.io.traces.disconnected(conn);

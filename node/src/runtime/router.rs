@@ -159,9 +159,14 @@ impl Router {
                     tracing::debug!(%conn, message_type = %meridian_protocol::log::Escaped(&message_type), "ignoring unknown message type");
                     Vec::new()
                 }
-                Err(_) => {
+                Err(e) => {
                     self.metrics.message_in("other", bytes.len());
-                    vec![(0, ShardEvent::Undecodable { conn, bytes })]
+                    // The primary refuses it; the others stop listening.
+                    let mut events = vec![(0, ShardEvent::Undecodable { conn, bytes })];
+                    let (kind, detail) = (meridian_protocol::engine::ErrorKind::Decode, e.to_string());
+                    let quiet = |i| (i, ShardEvent::Node(NodeEvent::Reject { conn, kind, detail: detail.clone() }));
+                    events.extend((1..self.count()).map(quiet));
+                    events
                 }
             },
             NodeEvent::Disconnected { conn } => {
@@ -169,8 +174,12 @@ impl Router {
                 self.metrics.connections.dec();
                 self.all(|| NodeEvent::Disconnected { conn })
             }
-            // The driver refuses the connection: the primary says so.
-            e @ (NodeEvent::Reject { .. } | NodeEvent::SendControl { .. } | NodeEvent::ScrubRate { .. }) => one(0, e),
+            // The driver refuses the connection: the primary says so, the
+            // others stop listening.
+            NodeEvent::Reject { conn, kind, detail } => {
+                self.all(|| NodeEvent::Reject { conn, kind, detail: detail.clone() })
+            }
+            e @ (NodeEvent::SendControl { .. } | NodeEvent::ScrubRate { .. }) => one(0, e),
             NodeEvent::Grant { conn, access } => self.all(|| NodeEvent::Grant { conn, access: access.clone() }),
             NodeEvent::Revoke(revoked) => self.all(|| NodeEvent::Revoke(revoked.clone())),
             NodeEvent::DivergenceAfter { after } => self.all(|| NodeEvent::DivergenceAfter { after }),

@@ -85,9 +85,7 @@ impl StorageWorker {
                 // transaction, in order.
                 let mut pending = vec![first];
                 pending.extend(rx.try_iter());
-                if !run_requests(store.as_mut(), &mut fence, pending, &replies, &metrics, committed.as_ref()) {
-                    break;
-                }
+                run_requests(store.as_mut(), &mut fence, pending, &replies, &metrics, committed.as_ref());
             }
         })?;
         Ok(Self { tx: Some(tx), thread: Some(thread) })
@@ -108,7 +106,7 @@ impl StorageWorker {
     }
 }
 
-/// Runs queued requests on the storage thread; false once nobody listens.
+/// Runs queued requests on the storage thread.
 fn run_requests(
     store: &mut dyn DocStore,
     fence: &mut WriteFence,
@@ -116,7 +114,7 @@ fn run_requests(
     replies: &[mpsc::UnboundedSender<StoreReply>],
     metrics: &NodeMetrics,
     committed: Option<&mpsc::UnboundedSender<super::Committed>>,
-) -> bool {
+) {
     let mut batch = Vec::new();
     let (mut list, mut usage, mut scrub) = (Vec::new(), false, None);
     for (shard, request) in pending {
@@ -175,8 +173,8 @@ fn run_requests(
             per_shard[Shard::task(id, replies.len())].push((id, result));
         }
         for (shard, results) in per_shard.into_iter().enumerate() {
-            if !results.is_empty() && replies[shard].send(StoreReply::Done(results)).is_err() {
-                return false;
+            if !results.is_empty() {
+                let _ = replies[shard].send(StoreReply::Done(results));
             }
         }
     }
@@ -191,9 +189,7 @@ fn run_requests(
         list.sort_unstable();
         list.dedup();
         for shard in list {
-            if replies[shard].send(StoreReply::Docs(docs.clone())).is_err() {
-                return false;
-            }
+            let _ = replies[shard].send(StoreReply::Docs(docs.clone()));
         }
     }
     if let Some((after, max_bytes)) = scrub {
@@ -202,9 +198,7 @@ fn run_requests(
         });
         crate::metrics::set_total(&metrics.chunks_quarantined, store.quarantined());
         // Every shard rewrites the corrupt documents it owns.
-        if !to_every_shard(replies, StoreReply::Scrubbed(step)) {
-            return false;
-        }
+        to_every_shard(replies, StoreReply::Scrubbed(step));
     }
     if usage {
         let (bytes, oldest) = store.usage(OFFLOAD_CANDIDATES).unwrap_or_else(|e| {
@@ -212,13 +206,14 @@ fn run_requests(
             (0, Vec::new())
         });
         // Every shard offers the documents it owns for the disk budget.
-        if !to_every_shard(replies, StoreReply::Usage(bytes, oldest)) {
-            return false;
-        }
+        to_every_shard(replies, StoreReply::Usage(bytes, oldest));
     }
-    true
 }
 
-fn to_every_shard(replies: &[mpsc::UnboundedSender<StoreReply>], reply: StoreReply) -> bool {
-    replies.iter().all(|tx| tx.send(reply.clone()).is_ok())
+/// A shard that stopped listening (shutting down) is skipped: the thread
+/// runs until every sender is gone, so every shard's last writes commit.
+fn to_every_shard(replies: &[mpsc::UnboundedSender<StoreReply>], reply: StoreReply) {
+    for tx in replies {
+        let _ = tx.send(reply.clone());
+    }
 }

@@ -132,12 +132,16 @@ impl Engine {
             Direction::Incoming => ConnState::AwaitingJoin,
             Direction::Outgoing => ConnState::AwaitingPeer,
         };
-        let join_by = (direction == Direction::Incoming && self.config.join_timeout_ms > 0)
+        // The primary keeps the connection's deadlines (a late `join`, the
+        // token's end): it closes the connection, and its disconnect
+        // reaches every shard.
+        let primary = self.config.shard.is_primary();
+        let join_by = (primary && direction == Direction::Incoming && self.config.join_timeout_ms > 0)
             .then(|| Millis(now.0.saturating_add(self.config.join_timeout_ms)));
         if let Some(at) = join_by {
             self.timers.join_by(at, conn);
         }
-        if let Some(at) = access.expires_at {
+        if let Some(at) = access.expires_at.filter(|_| primary) {
             self.timers.expires(at, conn);
         }
         let told = BTreeSet::new();
@@ -278,7 +282,7 @@ impl Engine {
     /// [`Engine::reject`] for what concerns the connection as a whole (its
     /// handshake, its token), which every shard sees: the primary tells the
     /// peer and closes it, the others only stop listening.
-    pub(super) fn reject_connection(&mut self, conn: ConnId, kind: ErrorKind, detail: impl Into<String>) {
+    pub fn reject_connection(&mut self, conn: ConnId, kind: ErrorKind, detail: impl Into<String>) {
         if self.config.shard.is_primary() {
             self.reject(conn, kind, detail);
         } else {

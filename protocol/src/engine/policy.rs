@@ -143,8 +143,10 @@ impl Engine {
 
     /// One backfill step; whether more remain.
     pub(super) fn backfill_step(&mut self, now: Millis) -> bool {
-        if self.docs.len() < BACKFILL_MAX_LOADED {
-            for _ in 0..BACKFILL_PER_STEP {
+        // The node's pace, shared by its shards.
+        let count = self.config.shard.count.max(1);
+        if self.docs.len() < BACKFILL_MAX_LOADED.div_ceil(count) {
+            for _ in 0..BACKFILL_PER_STEP.div_ceil(count) {
                 let Some(doc) = self.policy.backfill.pop_front() else { break };
                 self.open(now, doc);
             }

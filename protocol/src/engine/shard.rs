@@ -106,22 +106,20 @@ pub fn route(message: &Message, count: usize) -> Route {
     }
 }
 
-/// The config of shard `index` of `count` made from a node's `config`:
-/// the limits that are per node or per connection (documents in memory,
-/// lookups and creations per minute, ephemeral messages per second) are
-/// split between the shards, each of which counts its own documents.
+/// The config of shard `index` of `count` made from a node's `config`.
+/// The documents a node keeps in memory are split between the shards (each
+/// counts its own). The rates per connection or per subject (ephemeral
+/// messages, lookups of unknown documents, creations) are each shard's:
+/// a client that spreads over documents in several shards may get up to
+/// `count` times the rate in all, and never less than the rate on one.
 pub fn shard_config(config: &EngineConfig, index: usize, count: usize) -> EngineConfig {
     let count = count.max(1);
-    let split = |limit: u32| if limit == 0 { 0 } else { limit.div_ceil(count as u32) };
     let mut c = config.clone();
     c.shard = Shard { index, count };
     c.rng_seed = config.rng_seed.wrapping_add(index as u64);
     if config.max_loaded_docs > 0 {
         c.max_loaded_docs = config.max_loaded_docs.div_ceil(count);
     }
-    c.unknown_requests_per_minute = split(config.unknown_requests_per_minute);
-    c.creates_per_minute = split(config.creates_per_minute);
-    c.ephemeral_per_second = split(config.ephemeral_per_second);
     c
 }
 
@@ -179,7 +177,14 @@ impl ShardedEngine {
     pub fn handle_frame(&mut self, now: Millis, conn: ConnId, bytes: &[u8]) -> Option<&'static str> {
         let message = match codec::decode(bytes) {
             Ok(Decoded::Message(m)) => m,
-            _ => return self.shards[0].handle_frame(now, conn, bytes),
+            Ok(Decoded::Unknown { .. }) => return Some("other"),
+            Err(e) => {
+                // The primary refuses it; the others stop listening.
+                for shard in &mut self.shards[1..] {
+                    shard.reject_connection(conn, super::ErrorKind::Decode, e.to_string());
+                }
+                return self.shards[0].handle_frame(now, conn, bytes);
+            }
         };
         let kind = message.type_name();
         match route(&message, self.shards.len()) {
@@ -423,14 +428,13 @@ mod tests {
     }
 
     #[test]
-    fn limits_per_node_are_split_between_the_shards() {
+    fn the_memory_budget_is_split_between_the_shards_and_rates_are_not() {
         let mut config = EngineConfig::new(crate::ids::PeerId::new("n"), None);
         config.max_loaded_docs = 1000;
         config.creates_per_minute = 120;
-        config.unknown_requests_per_minute = 0;
         let c = shard_config(&config, 1, 3);
-        assert_eq!((c.max_loaded_docs, c.creates_per_minute, c.unknown_requests_per_minute), (334, 40, 0));
+        assert_eq!((c.max_loaded_docs, c.creates_per_minute, c.ephemeral_per_second), (334, 120, 50));
         assert_eq!(c.shard, Shard { index: 1, count: 3 });
-        assert_eq!(shard_config(&config, 0, 1).creates_per_minute, 120);
+        assert_ne!(c.rng_seed, shard_config(&config, 0, 3).rng_seed);
     }
 }
