@@ -3,9 +3,10 @@
 //! a peer that stops reading costs at most that, then is closed.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Frames queued towards one connection before it counts as too slow.
 pub const OUTBOUND_CAPACITY: usize = 8192;
@@ -20,19 +21,25 @@ pub const OUTBOUND_MAX_BYTES: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct OutboundSender {
     tx: mpsc::Sender<Outbound>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    shared: Arc<Shared>,
     max_bytes: usize,
+}
+
+/// What both ends of a queue share (one allocation per connection).
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes of frames queued.
+    queued: AtomicUsize,
     /// Tells the connection's task to close at once (a peer too slow).
-    kill: mpsc::Sender<()>,
+    kill: Notify,
 }
 
 /// A connection's queue of at most `capacity` items and `max_bytes` bytes
 /// of frames (or one frame, if larger).
 pub(super) fn outbound_queue(capacity: usize, max_bytes: usize) -> (OutboundSender, OutboundQueue) {
     let (tx, rx) = mpsc::channel(capacity);
-    let (kill, killed) = mpsc::channel(1);
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    (OutboundSender { tx, queued: queued.clone(), max_bytes, kill }, OutboundQueue { rx, queued, killed: Some(killed) })
+    let shared = Arc::new(Shared::default());
+    (OutboundSender { tx, shared: shared.clone(), max_bytes }, OutboundQueue { rx, shared })
 }
 
 impl OutboundSender {
@@ -52,13 +59,13 @@ impl OutboundSender {
 
     fn queue(&self, out: Outbound) -> bool {
         let len = out.frame_bytes();
-        let queued = self.queued.load(Relaxed);
+        let queued = self.shared.queued.load(Relaxed);
         if queued > 0 && queued.saturating_add(len) > self.max_bytes {
             return false;
         }
-        self.queued.fetch_add(len, Relaxed);
+        self.shared.queued.fetch_add(len, Relaxed);
         if self.tx.try_send(out).is_err() {
-            self.queued.fetch_sub(len, Relaxed);
+            self.shared.queued.fetch_sub(len, Relaxed);
             return false;
         }
         true
@@ -71,7 +78,8 @@ impl OutboundSender {
     /// Closes the connection without sending what is queued (the peer is
     /// not reading): its task ends and reports the disconnect.
     pub(super) fn kill(&self) {
-        let _ = self.kill.try_send(());
+        // A permit if the task is not waiting now: its next `recv` ends.
+        self.shared.kill.notify_one();
     }
 }
 
@@ -79,33 +87,20 @@ impl OutboundSender {
 #[derive(Debug)]
 pub struct OutboundQueue {
     rx: mpsc::Receiver<Outbound>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
-    /// `None` once every sender is gone (what is queued is still sent).
-    killed: Option<mpsc::Receiver<()>>,
+    shared: Arc<Shared>,
 }
 
 impl OutboundQueue {
     /// The next item; `None` once the loops dropped the connection (after
     /// what they queued) or killed it (at once).
     pub async fn recv(&mut self) -> Option<Outbound> {
-        loop {
-            let out = match &mut self.killed {
-                Some(killed) => tokio::select! {
-                    biased;
-                    k = killed.recv() => match k {
-                        Some(()) => return None,
-                        None => {
-                            self.killed = None;
-                            continue;
-                        }
-                    },
-                    out = self.rx.recv() => out?,
-                },
-                None => self.rx.recv().await?,
-            };
-            self.queued.fetch_sub(out.frame_bytes(), Relaxed);
-            return Some(out);
-        }
+        let out = tokio::select! {
+            biased;
+            () = self.shared.kill.notified() => return None,
+            out = self.rx.recv() => out?,
+        };
+        self.shared.queued.fetch_sub(out.frame_bytes(), Relaxed);
+        Some(out)
     }
 }
 
@@ -164,9 +159,34 @@ mod tests {
         let (tx, mut rx) = outbound_queue(2, 1 << 20);
         assert!(tx.traced_frame(vec![1; 10], Some(vec![2; 55])) && tx.frame(vec![3]));
         assert!(!tx.frame(vec![4]), "two slots taken");
-        assert_eq!(tx.queued.load(Relaxed), 11);
+        assert_eq!(tx.shared.queued.load(Relaxed), 11);
         let first = rx.recv().await;
         assert!(matches!(first, Some(Outbound::Traced { trace, frame }) if trace.len() == 55 && frame.len() == 10));
-        assert_eq!(tx.queued.load(Relaxed), 1);
+        assert_eq!(tx.shared.queued.load(Relaxed), 1);
+    }
+
+    /// Every shard holds a sender: dropping them all lets the task send
+    /// what is queued, then ends it; a kill from one ends it at once,
+    /// whether or not the task is waiting.
+    #[tokio::test]
+    async fn senders_dropped_drain_the_queue_and_a_kill_ends_it_at_once() {
+        let (tx, mut rx) = outbound_queue(10, 1 << 20);
+        let other = tx.clone();
+        assert!(tx.frame(vec![1]) && other.frame(vec![2]));
+        drop((tx, other));
+        assert!(matches!(rx.recv().await, Some(Outbound::Frame(b)) if b == [1]));
+        assert!(matches!(rx.recv().await, Some(Outbound::Frame(b)) if b == [2]));
+        assert!(rx.recv().await.is_none());
+
+        let (tx, mut rx) = outbound_queue(10, 1 << 20);
+        let other = tx.clone();
+        assert!(tx.frame(vec![1]));
+        other.kill();
+        assert!(rx.recv().await.is_none(), "killed before the task waited");
+        let (tx, mut rx) = outbound_queue(10, 1 << 20);
+        let waiting = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        tx.kill();
+        assert!(waiting.await.expect("task"), "killed while the task waited");
     }
 }
