@@ -21,7 +21,8 @@ const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds 
        cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]
        cargo xtask bench placement [--writes N] [--docs K] [--smoke]
        cargo xtask bench cloud [--writes N] [--seconds S] [--smoke]
-       cargo xtask bench cost [--smoke]   (instructions per operation, callgrind; adds a row to docs/BENCHMARKS.md)";
+       cargo xtask bench cost [--smoke]   (instructions per operation, callgrind; adds a row to docs/BENCHMARKS.md)
+       cargo xtask bench browser [--ops N] [--reloads R] [--edits E] [--smoke]   (headless Chromium: @meridian/client against @automerge/automerge)";
 
 pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
@@ -31,6 +32,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         Some(name @ ("placement" | "cloud")) => crate::bench_placement::run(name, &args[1..]),
         Some("cost") => crate::bench_cost::run(&args[1..]),
+        Some("browser") => crate::bench_browser::run(&args[1..]),
         Some("help" | "--help" | "-h") => {
             println!("{USAGE}");
             Ok(())
@@ -77,7 +79,7 @@ fn suite(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
+pub(crate) fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     match args.iter().position(|a| a == name) {
         Some(i) => {
             args.get(i + 1).context("missing value")?.parse().with_context(|| format!("{name} expects a number"))
@@ -87,7 +89,7 @@ fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
 }
 
 /// Kills the child on drop.
-struct Server(Child);
+pub(crate) struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -100,7 +102,7 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {
+pub(crate) fn start_edge(profile: &str, data: &Path) -> Result<(Server, String)> {
     let port = free_port()?;
     let child = Command::new(crate::target_dir().join(profile).join("meridian-edge"))
         // Every load client comes from 127.0.0.1: no per-address cap.

@@ -115,7 +115,7 @@ fn number_after(s: &str, key: &str) -> Option<u64> {
     rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
@@ -125,6 +125,12 @@ fn thousands(n: u64) -> String {
         out.push(c);
     }
     out
+}
+
+/// Today, as the machine's clock says (UTC, `YYYY-MM-DD`).
+pub(crate) fn today() -> Result<String> {
+    let out = Command::new("date").args(["-u", "+%F"]).output().context("running date")?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn git(args: &[&str]) -> Result<String> {

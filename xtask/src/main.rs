@@ -50,6 +50,11 @@ Commands:
               the edge's instructions per operation (connection accepted, durable write, change
               per watcher, document opened from storage), counted by callgrind (needs valgrind);
               adds this commit's row to docs/BENCHMARKS.md (issue 19)
+  bench browser [--ops N] [--reloads R] [--edits E] [--smoke]
+              the browser's own path in headless Chromium: a large text (default 300,000
+              operations) opened from IndexedDB after a reload and a remote edit applied,
+              @meridian/client against @automerge/automerge in the same page; writes its table
+              into docs/BENCHMARKS.md (issue 19)
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
@@ -85,6 +90,7 @@ fn main() -> ExitCode {
 }
 
 mod bench;
+mod bench_browser;
 mod bench_cost;
 mod bench_placement;
 mod cloud;
@@ -228,6 +234,7 @@ fn test(extra: &[String]) -> Result<()> {
     // Keep the benchmark harness from rotting: tiny sizes, no timing goals.
     bench::run(&["--smoke".into()])?;
     bench_cost::smoke()?;
+    bench_browser::run(&["--smoke".into()])?;
     bench::run(&["cloud".into(), "--smoke".into()])
 }
 
