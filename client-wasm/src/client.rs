@@ -155,6 +155,9 @@ impl Client {
         // A keystroke goes out while IndexedDB commits it; the edge's
         // acknowledgement (`whenSynced`) is what tells the user it is safe.
         config.send_before_durable = true;
+        // Its own keystrokes are never spaced out; the edge folds what it
+        // sends to busy co-writers.
+        config.co_writer_spacing_ms = 0;
         let net = Net::new(
             options.urls,
             options.ws_ctor,

@@ -153,6 +153,9 @@ impl Client {
         let mut config = EngineConfig::new(peer_id.clone(), store.storage_id());
         config.rng_seed = rng.random();
         config.idle_evict_after_ms = u64::MAX;
+        // Its own changes are never spaced out; the server folds what it
+        // sends to busy co-writers.
+        config.co_writer_spacing_ms = 0;
         let (commands, rx) = mpsc::channel(64);
         let (changes, _) = broadcast::channel(1024);
         let backoff = Backoff::new(options.min_backoff, options.max_backoff);

@@ -27,7 +27,12 @@ struct Star {
 impl Star {
     /// `share`: the server hands peers in the same sync state one message.
     fn new(n: usize, share: bool) -> Self {
-        let server = TestNode::new("edge", |c| c.share_generated = share);
+        // No clock here: nothing held for later (co-writers' spacing, its
+        // own simulation scenario) would ever go.
+        let server = TestNode::new("edge", |c| {
+            c.share_generated = share;
+            c.co_writer_spacing_ms = 0;
+        });
         let mut star = Self { server, clients: Vec::new(), held: BTreeMap::new(), received: vec![] };
         for _ in 0..n {
             star.add_client();
@@ -38,7 +43,10 @@ impl Star {
     /// Connects one more client (each with its own actor ids).
     fn add_client(&mut self) -> usize {
         let i = self.clients.len();
-        let mut client = TestNode::new(&format!("client-{i}"), |c| c.rng_seed = i as u64 + 1);
+        let mut client = TestNode::new(&format!("client-{i}"), |c| {
+            c.rng_seed = i as u64 + 1;
+            c.co_writer_spacing_ms = 0;
+        });
         let s_conn = self.server.engine.handle_connect(Millis(0), Direction::Incoming);
         let c_conn = client.engine.handle_connect(Millis(0), Direction::Outgoing);
         self.clients.push((client, s_conn, c_conn));

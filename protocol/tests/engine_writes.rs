@@ -30,7 +30,12 @@ impl SlowEdge {
 
     /// An edge whose configuration `adjust` changes first.
     fn with(adjust: impl FnOnce(&mut EngineConfig)) -> Self {
-        let mut node = TestNode::new("edge", adjust);
+        // No clock here: nothing held for later (co-writers' spacing, its
+        // own simulation scenario) would ever go.
+        let mut node = TestNode::new("edge", |c| {
+            c.co_writer_spacing_ms = 0;
+            adjust(c);
+        });
         node.hold_storage = true;
         Self { node, advertised: Vec::new() }
     }
@@ -69,7 +74,10 @@ impl SlowEdge {
 
 /// A writer client synced with the edge, and its document.
 fn writer_with_doc(edge: &mut SlowEdge) -> (TestNode, ConnId, ConnId, DocumentId) {
-    let mut client = TestNode::new("writer", |c| c.rng_seed = 7);
+    let mut client = TestNode::new("writer", |c| {
+        c.rng_seed = 7;
+        c.co_writer_spacing_ms = 0;
+    });
     let doc = client.engine.create(Millis(0), |tx| tx.put(ROOT, "n", 0).map(|_| ())).expect("create");
     let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
     let heads = client.engine.document(&doc).map(|d| d.get_heads());
@@ -79,7 +87,10 @@ fn writer_with_doc(edge: &mut SlowEdge) -> (TestNode, ConnId, ConnId, DocumentId
 
 /// Another client, named `name`, that opened `doc` at the edge.
 fn joined(edge: &mut SlowEdge, name: &str, seed: u64, doc: DocumentId) -> (TestNode, ConnId, ConnId) {
-    let mut client = TestNode::new(name, |c| c.rng_seed = seed);
+    let mut client = TestNode::new(name, |c| {
+        c.rng_seed = seed;
+        c.co_writer_spacing_ms = 0;
+    });
     client.engine.find(Millis(0), doc);
     let (e_conn, c_conn) = connect_and_settle(edge, &mut client);
     let heads = client.engine.document(&doc).map(|d| d.get_heads());

@@ -663,6 +663,65 @@ fn changes_for_a_peer_that_has_not_answered_go_out_together() {
     );
 }
 
+/// Several people typing into one document on a fast network, where every
+/// peer answers within milliseconds: each writer gets the others' changes
+/// at most every `EngineConfig::co_writer_spacing_ms` (60 ms), folded; a reader of a lone
+/// writer gets each change at once, alone.
+#[test]
+fn co_writers_get_changes_folded_and_a_lone_writers_readers_at_once() {
+    let timing = Timing {
+        net_delay: (1, 2),
+        net_spike: (0, (0, 0)),
+        storage_latency: (1, 2),
+        storage_stall: (0, (0, 0)),
+        batch: (0, (0, 0)),
+        ..Timing::default()
+    };
+    let mut sim = Sim::new(21, timing);
+    sim.record_messages = true;
+    let edge = sim.add_node(NodeSpec::new("edge"));
+    let typists: Vec<NodeId> = (0..3).map(|i| sim.add_node(NodeSpec::new(format!("t{i}")).upstream(edge))).collect();
+    let reader = sim.add_node(NodeSpec::new("reader").ephemeral().upstream(edge));
+    let doc = sim.create(typists[0]);
+    quiet(&mut sim);
+    for n in typists[1..].iter().chain([&reader]) {
+        sim.find(*n, doc);
+    }
+    quiet(&mut sim);
+
+    // A lone writer, a change every 20 ms for 2 s: everyone reads.
+    let seen: Vec<usize> = typists.iter().chain([&reader]).map(|n| sim.received(*n).len()).collect();
+    for i in 0..100 {
+        sim.change(typists[0], doc, |tx| tx.put(ROOT, "lone", i as i64)).unwrap();
+        sim.run_for(20);
+    }
+    quiet(&mut sim);
+    let (messages, changes) = change_messages(&sim, reader, doc, seen[3]);
+    eprintln!("lone writer: the reader got {changes} changes in {messages} messages");
+    assert_eq!((messages, changes), (100, 100), "a lone writer's readers get each change at once");
+    let (messages, _) = change_messages(&sim, typists[1], doc, seen[1]);
+    assert_eq!(messages, 100, "a reader that wrote nothing lately is not held");
+
+    // Three typists, each a change every 20 ms for 2 s.
+    let seen: Vec<usize> = typists.iter().map(|n| sim.received(*n).len()).collect();
+    for i in 0..100 {
+        for t in &typists {
+            sim.change(*t, doc, |tx| tx.put(ROOT, "typed", i as i64)).unwrap();
+        }
+        sim.run_for(20);
+    }
+    quiet(&mut sim);
+    converged(&sim);
+    let typed = sim.engine(reader).and_then(|e| e.document(&doc)).unwrap().get(ROOT, "typed").unwrap();
+    assert_eq!(typed.map(|(v, _)| v.to_string()).as_deref(), Some("99"), "the last round of typing arrived");
+    for (t, from) in typists.iter().zip(seen) {
+        let (messages, _) = change_messages(&sim, *t, doc, from);
+        eprintln!("{}: the others' 200 changes in {messages} messages", sim.name(*t));
+        // 2 s at most one message every 60 ms, plus the tail and the start.
+        assert!(messages <= 2000 / 60 + 4, "{} got {messages} messages: not folded", sim.name(*t));
+    }
+}
+
 /// A sharded edge (three engines, documents hashed over them) with a
 /// client whose documents live in every shard and a second client asking
 /// for them all over one connection: both clients' edits reach each other

@@ -123,6 +123,11 @@ pub struct EngineConfig {
     /// durability signal (`whenSynced`). Never for a node other nodes count
     /// on: edges and hubs keep durable before advertised.
     pub send_before_durable: bool,
+    /// Several people writing one document: a peer that wrote to it in the
+    /// last two seconds gets changes at most every this many ms, folded
+    /// into one message (fewer, larger messages for busy clients); readers
+    /// and acknowledgements are never held. 0: off.
+    pub co_writer_spacing_ms: u64,
     /// Which of the node's shards this engine is (see `shard`): it owns the
     /// documents that hash to it, and only the primary answers handshakes.
     pub shard: super::Shard,
@@ -164,6 +169,7 @@ impl EngineConfig {
             max_document_ops: 10_000_000,
             apply_off_loop_ops: 0,
             send_before_durable: false,
+            co_writer_spacing_ms: 60,
             shard: super::Shard::default(),
         }
     }

@@ -201,6 +201,9 @@ impl Engine {
         if let Some(p) = d.peers.get_mut(&conn) {
             p.heard_at = Some(now);
             p.unanswered = None;
+            if !message.changes.is_empty() {
+                p.wrote_at = Some(now);
+            }
         }
         d.pending.push_back(Pending { conn, requesting, any_sync: !requesting, merged: 1, ops, read_only, message });
         match &mut self.batch {

@@ -41,6 +41,10 @@ pub(super) struct PeerDoc {
     /// document since: what comes meanwhile waits for its answer (or for
     /// [`super::fanout::REPLY_WAIT_MS`]) and goes out as one message.
     pub(super) unanswered: Option<Millis>,
+    /// When its last message carrying changes came (it writes too).
+    pub(super) wrote_at: Option<Millis>,
+    /// When we last sent it changes.
+    pub(super) changes_sent_at: Option<Millis>,
 }
 
 impl PeerDoc {
@@ -54,6 +58,8 @@ impl PeerDoc {
             last_lag_ms: None,
             stalled: None,
             unanswered: None,
+            wrote_at: None,
+            changes_sent_at: None,
         }
     }
 

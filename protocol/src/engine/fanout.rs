@@ -40,6 +40,14 @@ pub(super) struct Generated {
 /// once; one that already had the changes need not answer.
 pub(super) const REPLY_WAIT_MS: u64 = 500;
 
+/// Several people writing one document: changes for a peer that wrote in
+/// the last [`CO_WRITER_MS`] go out at most every
+/// [`EngineConfig::co_writer_spacing_ms`](super::EngineConfig), folded into
+/// one message. Such a peer answers our messages within milliseconds, so
+/// answers alone fold little; a peer that only reads (watchers of a lone
+/// writer) and acknowledgements of a writer's own changes are never held.
+pub(super) const CO_WRITER_MS: u64 = 2000;
+
 /// At most this many distinct sync states are remembered per document...
 pub(super) const GENERATED_STATES: usize = 256;
 /// ...holding at most about this many bytes.
@@ -112,7 +120,8 @@ impl Engine {
             return;
         }
         let has_data = d.has_data();
-        let (due, wait) = d.generate_due(now, self.config.share_generated, &mut self.stats);
+        let spacing = self.config.co_writer_spacing_ms;
+        let (due, wait) = d.generate_due(now, self.config.share_generated, spacing, &mut self.stats);
         for (conn, data) in due {
             self.send_doc_message(conn, doc_id, data, has_data);
         }
@@ -149,11 +158,13 @@ impl DocState {
     /// ago; under load (several people typing into one document, a slow
     /// client) what comes while a peer is busy with our last message goes
     /// out as one message once it answers, so each peer applies fewer,
-    /// larger messages and no fixed delay is added.
+    /// larger messages and no fixed delay is added; and a peer that writes
+    /// too gets changes at most every `spacing` ms.
     fn generate_due(
         &mut self,
         now: Millis,
         share: bool,
+        spacing: u64,
         stats: &mut EngineStats,
     ) -> (Vec<(ConnId, Vec<u8>)>, Option<Millis>) {
         let heads = self.doc.get_heads();
@@ -180,6 +191,17 @@ impl DocState {
                 }
                 pd.unanswered = None;
             }
+            if let (Some(wrote), Some(last)) = (pd.wrote_at, pd.changes_sent_at)
+                && now.saturating_sub(wrote) < CO_WRITER_MS
+                && pd.sync.their_heads.as_ref() != Some(&self.synced_heads)
+            {
+                let until = Millis(last.0.saturating_add(spacing));
+                if now < until {
+                    self.dirty.insert(conn);
+                    wait = Some(wait.map_or(until, |w| w.min(until)));
+                    continue;
+                }
+            }
             // A peer that has nothing gets nothing from us while we have
             // nothing either; availability is answered separately.
             if self.life.state_loading(&conn) || (pd.requesting && !has_data) {
@@ -196,6 +218,7 @@ impl DocState {
             if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
                 if pd.sync.sent_hashes.len() > sent {
                     pd.unanswered = Some(now);
+                    pd.changes_sent_at = Some(now);
                 }
                 out.push((conn, data));
             }
