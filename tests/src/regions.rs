@@ -178,6 +178,18 @@ impl Cluster {
     }
 
     /// Faults of the link `from` dials to reach `to`.
+    /// Bytes that crossed between regions so far, both ways: every uplink
+    /// but the `us` edge's (the hub is in `us`), and every link between
+    /// edges (each joins two regions).
+    pub fn cross_region_bytes(&self) -> u64 {
+        let both = |h: FaultHandle| {
+            let c = h.counters();
+            c.to_upstream.bytes_forwarded + c.to_client.bytes_forwarded
+        };
+        let uplinks: u64 = self.uplinks.iter().filter(|(r, _)| r.as_str() != "us").map(|(_, p)| both(p.handle())).sum();
+        uplinks + self.peer_links.values().map(|p| both(p.handle())).sum::<u64>()
+    }
+
     pub fn peer_link(&self, from: &str, to: &str) -> FaultHandle {
         self.peer_links[&(from.to_owned(), to.to_owned())].handle()
     }

@@ -18,6 +18,10 @@
 //!   fresh client of `ap` opens each one. With placement `ap` is their home
 //!   and keeps them; hub-only, the disk budget dropped them for the hub's
 //!   copy, so the open fetches from the hub.
+//! - **bytes crossing regions per change** (the fault proxies' counters,
+//!   both ways, every link between two regions): a document written by a
+//!   client of `ap` alone, and one written in turn by clients of `ap` and
+//!   `eu`; each change is waited for until every writer has it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +59,9 @@ struct Options {
 struct Samples {
     durable_ms: Vec<f64>,
     cold_ms: Vec<f64>,
+    /// Bytes crossing regions per change: written from `ap`; from `ap` and `eu`.
+    bytes_one: f64,
+    bytes_two: f64,
 }
 
 fn parse() -> Result<Options> {
@@ -82,6 +89,8 @@ async fn run(mode: Mode, options: &Options) -> Result<Samples> {
     let mut samples = Samples::default();
     durable_at_home(&cluster, home, options, &mut samples).await?;
     cold_opens(&cluster, home, options, &mut samples).await?;
+    samples.bytes_one = traffic(&cluster, &["ap"], options).await?;
+    samples.bytes_two = traffic(&cluster, &["ap", "eu"], options).await?;
     Ok(samples)
 }
 
@@ -169,6 +178,56 @@ async fn cold_opens(cluster: &Cluster, home: &str, options: &Options, samples: &
     Ok(())
 }
 
+/// Bytes crossing regions per change to a document written in turn by a
+/// client of each edge in `regions`, each change waited for until every
+/// writer has it; after a warm-up of two seconds of such writes, so that
+/// placement has settled the document's home.
+async fn traffic(cluster: &Cluster, regions: &[&str], options: &Options) -> Result<f64> {
+    let mut writers = Vec::new();
+    for r in regions {
+        writers.push(connected(&cluster.edge(r).ws_url()).await?);
+    }
+    let doc = writers[0].create(|tx| tx.put(ROOT, "title", "traffic").map(|_| ())).await?;
+    for w in &writers[1..] {
+        find_eventually(w, doc).await?;
+    }
+    let write_all = |key: String, value: i64, by: usize| {
+        let writers = &writers;
+        async move {
+            let k = key.clone();
+            writers[by].change(doc, move |tx| tx.put(ROOT, k.as_str(), value).map(|_| ())).await?;
+            for w in writers {
+                let key = key.clone();
+                let seen = w.wait_for(doc, move |d| d.get(ROOT, key.as_str()).ok().flatten().is_some());
+                tokio::time::timeout(Duration::from_secs(20), seen)
+                    .await
+                    .context("a change never reached a writer")??;
+            }
+            anyhow::Ok(())
+        }
+    };
+    let warm_until = Instant::now() + Duration::from_secs(2);
+    for n in 0i64.. {
+        if Instant::now() > warm_until {
+            break;
+        }
+        write_all(format!("warm{}", n % 4), n, n as usize % writers.len()).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cluster.cross_region_bytes();
+    for i in 0..options.writes {
+        write_all(format!("k{i}"), i as i64, i % writers.len()).await?;
+    }
+    for w in &writers {
+        w.wait_acked(doc).await?;
+    }
+    let bytes = cluster.cross_region_bytes() - before;
+    for w in writers {
+        w.close().await;
+    }
+    Ok(bytes as f64 / options.writes as f64)
+}
+
 /// `meridian_edge_offloaded_total` of the edge on `port`.
 async fn offloaded(port: u16) -> Result<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -196,6 +255,13 @@ fn table(hub: &Samples, placed: &Samples, options: &Options) -> String {
     for (name, a, b, p) in rows {
         let (x, y) = (percentile(a, p), percentile(b, p));
         out.push_str(&format!("| {name} | {x:.1} ms | {y:.1} ms | {:.1}× |\n", x / y));
+    }
+    let bytes = [
+        ("bytes crossing regions per change, a document written from ap", hub.bytes_one, placed.bytes_one),
+        ("bytes crossing regions per change, a document written from ap and eu", hub.bytes_two, placed.bytes_two),
+    ];
+    for (name, x, y) in bytes {
+        out.push_str(&format!("| {name} | {x:.0} B | {y:.0} B | {:.1}× |\n", x / y));
     }
     out
 }
