@@ -182,12 +182,19 @@ impl Cluster {
     /// but the `us` edge's (the hub is in `us`), and every link between
     /// edges (each joins two regions).
     pub fn cross_region_bytes(&self) -> u64 {
+        self.cross_region_links().iter().map(|(_, b)| b).sum()
+    }
+
+    /// [`Cluster::cross_region_bytes`] per link (`eu-hub`, `ap-eu`, ...).
+    pub fn cross_region_links(&self) -> Vec<(String, u64)> {
         let both = |h: FaultHandle| {
             let c = h.counters();
             c.to_upstream.bytes_forwarded + c.to_client.bytes_forwarded
         };
-        let uplinks: u64 = self.uplinks.iter().filter(|(r, _)| r.as_str() != "us").map(|(_, p)| both(p.handle())).sum();
-        uplinks + self.peer_links.values().map(|p| both(p.handle())).sum::<u64>()
+        let uplinks = self.uplinks.iter().filter(|(r, _)| r.as_str() != "us");
+        let mut links: Vec<(String, u64)> = uplinks.map(|(r, p)| (format!("{r}-hub"), both(p.handle()))).collect();
+        links.extend(self.peer_links.iter().map(|((a, b), p)| (format!("{a}-{b}"), both(p.handle()))));
+        links
     }
 
     pub fn peer_link(&self, from: &str, to: &str) -> FaultHandle {

@@ -19,9 +19,10 @@
 //!   and keeps them; hub-only, the disk budget dropped them for the hub's
 //!   copy, so the open fetches from the hub.
 //! - **bytes crossing regions per change** (the fault proxies' counters,
-//!   both ways, every link between two regions): a document written by a
-//!   client of `ap` alone, and one written in turn by clients of `ap` and
-//!   `eu`; each change is waited for until every writer has it.
+//!   both ways, every link between two regions, less what crosses while
+//!   nobody writes): a document written by a client of `ap` alone, and one
+//!   written in turn by clients of `ap` and `eu`; each change is waited
+//!   for until every writer has it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,10 @@ async fn run(mode: Mode, options: &Options) -> Result<Samples> {
     let mut samples = Samples::default();
     durable_at_home(&cluster, home, options, &mut samples).await?;
     cold_opens(&cluster, home, options, &mut samples).await?;
+    drop(cluster);
+    // Traffic on a cluster of edges as they run by default (the tiny disk
+    // budget above keeps documents moving to the hub and back).
+    let cluster = Cluster::start_with(mode == Mode::Placement, &[], &[]).await?;
     samples.bytes_one = traffic(&cluster, &["ap"], options).await?;
     samples.bytes_two = traffic(&cluster, &["ap", "eu"], options).await?;
     Ok(samples)
@@ -179,9 +184,10 @@ async fn cold_opens(cluster: &Cluster, home: &str, options: &Options, samples: &
 }
 
 /// Bytes crossing regions per change to a document written in turn by a
-/// client of each edge in `regions`, each change waited for until every
-/// writer has it; after a warm-up of two seconds of such writes, so that
-/// placement has settled the document's home.
+/// client of each edge in `regions`, a change every 50 ms (people typing),
+/// each waited for until every writer and the hub's copy have it; less what
+/// crosses while nobody writes (reports, keep-alives), measured first.
+/// Placement settles the document's home during a warm-up of such writes.
 async fn traffic(cluster: &Cluster, regions: &[&str], options: &Options) -> Result<f64> {
     let mut writers = Vec::new();
     for r in regions {
@@ -191,41 +197,48 @@ async fn traffic(cluster: &Cluster, regions: &[&str], options: &Options) -> Resu
     for w in &writers[1..] {
         find_eventually(w, doc).await?;
     }
-    let write_all = |key: String, value: i64, by: usize| {
-        let writers = &writers;
+    let hub = connected(&cluster.hub.ws_url()).await?;
+    find_eventually(&hub, doc).await?;
+    let write = |key: String, value: i64, by: usize| {
+        let (writers, hub) = (&writers, &hub);
         async move {
             let k = key.clone();
             writers[by].change(doc, move |tx| tx.put(ROOT, k.as_str(), value).map(|_| ())).await?;
-            for w in writers {
+            for w in writers.iter().chain([hub]) {
                 let key = key.clone();
                 let seen = w.wait_for(doc, move |d| d.get(ROOT, key.as_str()).ok().flatten().is_some());
-                tokio::time::timeout(Duration::from_secs(20), seen)
-                    .await
-                    .context("a change never reached a writer")??;
+                tokio::time::timeout(Duration::from_secs(20), seen).await.context("a change never arrived")??;
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
             anyhow::Ok(())
         }
     };
-    let warm_until = Instant::now() + Duration::from_secs(2);
-    for n in 0i64.. {
-        if Instant::now() > warm_until {
-            break;
-        }
-        write_all(format!("warm{}", n % 4), n, n as usize % writers.len()).await?;
+    for n in 0..40i64 {
+        write(format!("warm{}", n % 4), n, n as usize % writers.len()).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_from = cluster.cross_region_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_per_sec = (cluster.cross_region_bytes() - idle_from) as f64 / 2.0;
+    let before = cluster.cross_region_links();
+    let started = Instant::now();
+    for i in 0..options.writes {
+        write(format!("k{i}"), i as i64, i % writers.len()).await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = cluster.cross_region_bytes();
-    for i in 0..options.writes {
-        write_all(format!("k{i}"), i as i64, i % writers.len()).await?;
-    }
-    for w in &writers {
-        w.wait_acked(doc).await?;
-    }
-    let bytes = cluster.cross_region_bytes() - before;
-    for w in writers {
+    let took = started.elapsed();
+    let after = cluster.cross_region_links();
+    let per_link: Vec<(String, u64)> =
+        after.iter().zip(&before).map(|((link, a), (_, b))| (link.clone(), a - b)).filter(|(_, d)| *d > 0).collect();
+    eprintln!(
+        "  {regions:?}: {} writes in {took:?}, bytes per link {per_link:?}, idle {idle_per_sec:.0} B/s",
+        options.writes
+    );
+    let bytes: u64 = per_link.iter().map(|(_, d)| d).sum();
+    for w in writers.into_iter().chain([hub]) {
         w.close().await;
     }
-    Ok(bytes as f64 / options.writes as f64)
+    Ok((bytes as f64 - idle_per_sec * took.as_secs_f64()).max(0.0) / options.writes as f64)
 }
 
 /// `meridian_edge_offloaded_total` of the edge on `port`.
