@@ -380,7 +380,8 @@ pub async fn pump(
                         break e.to_string();
                     }
                 }
-                Some(Outbound::Traced { trace, frame }) => {
+                Some(Outbound::Traced(t)) => {
+                    let (trace, frame) = (t.trace, t.frame);
                     // One write: the context and its message stay together.
                     let mut both = federation::encode_frame(FrameKind::Control, &trace);
                     both.extend_from_slice(&federation::encode_frame(FrameKind::Repo, &frame));

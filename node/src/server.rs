@@ -351,13 +351,14 @@ async fn connection(socket: WebSocket, state: AppState, access: Access, valid_fo
                     break;
                 }
             }
-            out = out_rx.recv() => match out {
-                Some(Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. }) => {
+            // A WebSocket carries no trace context: the frame alone.
+            out = out_rx.recv() => match out.map(Outbound::untraced) {
+                Some(Outbound::Frame(bytes)) => {
                     if sink.send(WsMessage::Binary(bytes.into())).await.is_err() {
                         break;
                     }
                 }
-                Some(Outbound::Control(_)) => {}
+                Some(Outbound::Control(_) | Outbound::Traced(_)) => {}
                 Some(Outbound::Close(reason)) => {
                     let frame = CloseFrame { code: 1008, reason: truncate(&reason, 120).into() };
                     let _ = sink.send(WsMessage::Close(Some(frame))).await;

@@ -132,9 +132,9 @@ impl Link {
             },
             Link::Quic { frames, .. } => frames.recv().await,
             Link::Local { out, .. } => loop {
-                match out.recv().await? {
-                    Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. } => return Some(bytes),
-                    Outbound::Control(_) => continue,
+                match out.recv().await?.untraced() {
+                    Outbound::Frame(bytes) => return Some(bytes),
+                    Outbound::Control(_) | Outbound::Traced(_) => continue,
                     Outbound::Close(_) => return None,
                 }
             },

@@ -52,7 +52,7 @@ impl OutboundSender {
     /// slot of the queue, like any frame).
     pub(super) fn traced_frame(&self, frame: Vec<u8>, trace: Option<Vec<u8>>) -> bool {
         match trace {
-            Some(trace) => self.queue(Outbound::Traced { trace, frame }),
+            Some(trace) => self.queue(Outbound::Traced(Box::new(TracedFrame { trace, frame }))),
             None => self.frame(frame),
         }
     }
@@ -104,17 +104,22 @@ impl OutboundQueue {
     }
 }
 
+/// A frame with the `trace` control frame to send in front of it.
+#[derive(Debug)]
+pub struct TracedFrame {
+    pub trace: Vec<u8>,
+    pub frame: Vec<u8>,
+}
+
 /// What the loop sends to a connection task.
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Vec<u8>),
     /// A frame and, in front of it, a `trace` control frame carrying its
     /// trace context (links between nodes, while traces are exported;
-    /// transports that cannot carry it send the frame alone).
-    Traced {
-        trace: Vec<u8>,
-        frame: Vec<u8>,
-    },
+    /// transports that cannot carry it send the frame alone). Boxed: an
+    /// item is 32 bytes, and a queue's first block holds 32 of them.
+    Traced(Box<TracedFrame>),
     /// A federation control message (QUIC links only; WebSockets drop it).
     /// Queued behind the frames before it, so it follows the document data
     /// it may refer to.
@@ -125,9 +130,19 @@ pub enum Outbound {
 
 impl Outbound {
     /// The bytes of document data it queues (counted against the queue's bound).
+    /// For transports that cannot carry a trace context: a traced frame
+    /// becomes the frame alone.
+    pub fn untraced(self) -> Self {
+        match self {
+            Outbound::Traced(t) => Outbound::Frame(t.frame),
+            other => other,
+        }
+    }
+
     fn frame_bytes(&self) -> usize {
         match self {
-            Outbound::Frame(bytes) | Outbound::Traced { frame: bytes, .. } => bytes.len(),
+            Outbound::Frame(bytes) => bytes.len(),
+            Outbound::Traced(t) => t.frame.len(),
             Outbound::Control(_) | Outbound::Close(_) => 0,
         }
     }
@@ -161,7 +176,8 @@ mod tests {
         assert!(!tx.frame(vec![4]), "two slots taken");
         assert_eq!(tx.shared.queued.load(Relaxed), 11);
         let first = rx.recv().await;
-        assert!(matches!(first, Some(Outbound::Traced { trace, frame }) if trace.len() == 55 && frame.len() == 10));
+        assert!(matches!(first, Some(Outbound::Traced(t)) if t.trace.len() == 55 && t.frame.len() == 10));
+        assert_eq!(std::mem::size_of::<Outbound>(), 32, "a queue's first block holds 32 items");
         assert_eq!(tx.shared.queued.load(Relaxed), 1);
     }
 
