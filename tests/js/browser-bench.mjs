@@ -15,11 +15,9 @@
 // Prints one JSON line per measurement, then {"ok":true, medians...}.
 // Run by `cargo xtask bench browser`.
 import http from "node:http"
-import { readFile, mkdtemp, rm } from "node:fs/promises"
-import { tmpdir } from "node:os"
+import { readFile } from "node:fs/promises"
 import path from "node:path"
-import { chromium } from "playwright-core"
-import { installGuards, log, out, parseArgs } from "./lib.mjs"
+import { installGuards, launchChromium, log, out, parseArgs } from "./lib.mjs"
 
 const opts = parseArgs(process.argv.slice(2), {
   edge: "string",
@@ -73,12 +71,7 @@ const median = v => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]
 
 const server = await serve()
 const origin = `http://127.0.0.1:${server.address().port}/`
-const profile = await mkdtemp(path.join(tmpdir(), "meridian-bench-"))
-const browser = await chromium.launch({
-  executablePath: opts.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--disk-cache-dir=${profile}`],
-})
+const { browser, close: closeBrowser } = await launchChromium(opts.chromium, "meridian-bench-")
 const page = await (await browser.newContext()).newPage()
 page.on("console", m => log(`page ${m.type()}: ${m.text()}`))
 page.on("pageerror", e => log(`page error: ${e}`))
@@ -206,7 +199,6 @@ await cleanup()
 process.exit(0)
 
 async function cleanup() {
-  await browser.close().catch(() => {})
+  await closeBrowser()
   server.close()
-  await rm(profile, { recursive: true, force: true }).catch(() => {})
 }

@@ -17,11 +17,9 @@
 //   node browser-e2e.mjs --edge ws://127.0.0.1:PORT/sync --doc automerge:...
 
 import http from "node:http"
-import { readFile, mkdtemp, rm } from "node:fs/promises"
-import { tmpdir } from "node:os"
+import { readFile } from "node:fs/promises"
 import path from "node:path"
-import { chromium } from "playwright-core"
-import { installGuards, log, out, parseArgs } from "./lib.mjs"
+import { installGuards, launchChromium, log, out, parseArgs } from "./lib.mjs"
 
 const opts = parseArgs(process.argv.slice(2), { edge: "string", doc: "string", chromium: "string", timeout: "number" })
 const fail = installGuards(opts.timeout ?? 150, "browser-e2e")
@@ -64,12 +62,7 @@ function serve() {
 
 const server = await serve()
 const origin = `http://127.0.0.1:${server.address().port}/`
-const profile = await mkdtemp(path.join(tmpdir(), "meridian-e2e-"))
-const browser = await chromium.launch({
-  executablePath: opts.chromium ?? "/usr/bin/chromium",
-  headless: true,
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--disk-cache-dir=${profile}`],
-})
+const { browser, close: closeBrowser } = await launchChromium(opts.chromium, "meridian-e2e-")
 const context = await browser.newContext()
 const page = await context.newPage()
 page.on("console", m => log(`page ${m.type()}: ${m.text()}`))
@@ -210,7 +203,6 @@ await cleanup()
 process.exit(0)
 
 async function cleanup() {
-  await browser.close().catch(() => {})
+  await closeBrowser()
   server.close()
-  await rm(profile, { recursive: true, force: true }).catch(() => {})
 }

@@ -106,6 +106,26 @@ export function installGuards(seconds, label = "script") {
 
 const NETWORK_ERRORS = new Set(["ECONNRESET", "EPIPE", "ECONNREFUSED", "ECONNABORTED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH"])
 
+/** Headless Chromium as the tests run it (Debian's, never a downloaded
+ * one) with a fresh profile: `{ browser, close }`; `close` also removes the
+ * profile. */
+export async function launchChromium(executablePath = "/usr/bin/chromium", prefix = "meridian-chromium-") {
+  const { chromium } = await import("playwright-core")
+  const { mkdtemp, rm } = await import("node:fs/promises")
+  const { tmpdir } = await import("node:os")
+  const profile = await mkdtemp(path.join(tmpdir(), prefix))
+  const browser = await chromium.launch({
+    executablePath,
+    headless: true,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", `--disk-cache-dir=${profile}`],
+  })
+  const close = async () => {
+    await browser.close().catch(() => {})
+    await rm(profile, { recursive: true, force: true }).catch(() => {})
+  }
+  return { browser, close }
+}
+
 export const sleep = ms => new Promise(r => setTimeout(r, ms))
 
 /** Poll `pred` every `intervalMs` until it returns truthy; throws after `timeoutMs`. */
