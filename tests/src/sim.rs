@@ -1049,6 +1049,11 @@ impl Sim {
         config.rng_seed = rng_seed;
         config.expects_upstream = node.spec.upstream.is_some();
         config.send_before_durable = node.spec.sends_before_durable;
+        // As `meridian_node::client` and `@meridian/client`: a client's own
+        // changes are never spaced out (servers space what they send).
+        if node.spec.upstream.is_some() && !node.spec.node {
+            config.co_writer_spacing_ms = 0;
+        }
         // As the node runtime: a copy still divergent from the upstream's
         // after the resyncs is fetched again (must lose nothing here).
         config.refetch_divergent = node.spec.upstream.is_some();

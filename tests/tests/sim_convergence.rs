@@ -722,6 +722,50 @@ fn co_writers_get_changes_folded_and_a_lone_writers_readers_at_once() {
     }
 }
 
+/// Typists on two edges under one hub: the links between nodes relay other
+/// people's changes and are never spaced, so each edge gets the other
+/// typist's changes from the hub about as they come (only the last hop, to
+/// a typing client, is folded).
+#[test]
+fn links_between_nodes_are_not_spaced_for_co_writers() {
+    let timing = Timing {
+        net_delay: (1, 2),
+        net_spike: (0, (0, 0)),
+        storage_latency: (1, 2),
+        storage_stall: (0, (0, 0)),
+        batch: (0, (0, 0)),
+        ..Timing::default()
+    };
+    let mut sim = Sim::new(22, timing);
+    sim.record_messages = true;
+    let hub = sim.add_node(NodeSpec::new("hub"));
+    let edges: Vec<NodeId> = (0..2).map(|i| sim.add_node(NodeSpec::new(format!("e{i}")).edge_of(hub))).collect();
+    let typists: Vec<NodeId> =
+        edges.iter().enumerate().map(|(i, e)| sim.add_node(NodeSpec::new(format!("t{i}")).upstream(*e))).collect();
+    let doc = sim.create(typists[0]);
+    quiet(&mut sim);
+    sim.find(typists[1], doc);
+    quiet(&mut sim);
+    let seen = sim.received(edges[0]).len();
+    for i in 0..100 {
+        for t in &typists {
+            sim.change(*t, doc, |tx| tx.put(ROOT, "typed", i as i64)).unwrap();
+        }
+        sim.run_for(20);
+    }
+    quiet(&mut sim);
+    converged(&sim);
+    let hub_peer = sim.peer_id(hub).clone();
+    let from_hub = sim.received(edges[0])[seen..]
+        .iter()
+        .filter(|m| matches!(m, Message::Sync { sender_id, document_id, data, .. }
+            if *sender_id == hub_peer && *document_id == doc
+                && !meridian_protocol::automerge::sync::Message::decode(data).unwrap().changes.is_empty()))
+        .count();
+    eprintln!("e0 got the other typist's 100 changes from the hub in {from_hub} messages");
+    assert!(from_hub > 2000 / 60 + 4, "the hub's link to e0 was spaced like a co-writer: {from_hub} messages");
+}
+
 /// A sharded edge (three engines, documents hashed over them) with a
 /// client whose documents live in every shard and a second client asking
 /// for them all over one connection: both clients' edits reach each other

@@ -123,10 +123,10 @@ pub struct EngineConfig {
     /// durability signal (`whenSynced`). Never for a node other nodes count
     /// on: edges and hubs keep durable before advertised.
     pub send_before_durable: bool,
-    /// Several people writing one document: a peer that wrote to it in the
-    /// last two seconds gets changes at most every this many ms, folded
+    /// Several people writing one document: a client that wrote to it in
+    /// the last two seconds gets changes at most every this many ms, folded
     /// into one message (fewer, larger messages for busy clients); readers
-    /// and acknowledgements are never held. 0: off.
+    /// and links to other nodes are never held. 0: off.
     pub co_writer_spacing_ms: u64,
     /// Which of the node's shards this engine is (see `shard`): it owns the
     /// documents that hash to it, and only the primary answers handshakes.

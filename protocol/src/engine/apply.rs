@@ -196,12 +196,15 @@ impl Engine {
         self.subscribe(conn, doc_id);
         self.ensure_doc(now, doc_id);
         self.ensure_peer_doc(doc_id, conn);
+        // A client that writes is a co-writer (`fanout::CO_WRITER_MS`); a
+        // node relays other people's changes and is never held for them.
+        let client = self.conns.get(&conn).is_some_and(|c| !c.is_node_link());
         let Some(d) = self.docs.get_mut(&doc_id) else { return };
         d.touch(now);
         if let Some(p) = d.peers.get_mut(&conn) {
             p.heard_at = Some(now);
             p.unanswered = None;
-            if !message.changes.is_empty() {
+            if client && !message.changes.is_empty() {
                 p.wrote_at = Some(now);
             }
         }

@@ -40,12 +40,14 @@ pub(super) struct Generated {
 /// once; one that already had the changes need not answer.
 pub(super) const REPLY_WAIT_MS: u64 = 500;
 
-/// Several people writing one document: changes for a peer that wrote in
-/// the last [`CO_WRITER_MS`] go out at most every
+/// Several people writing one document: changes for a client that wrote
+/// in the last [`CO_WRITER_MS`] go out at most every
 /// [`EngineConfig::co_writer_spacing_ms`](super::EngineConfig), folded into
-/// one message. Such a peer answers our messages within milliseconds, so
-/// answers alone fold little; a peer that only reads (watchers of a lone
-/// writer) and acknowledgements of a writer's own changes are never held.
+/// one message. Such a client answers our messages within milliseconds, so
+/// answers alone fold little. A client that only reads (watchers of a lone
+/// writer) is never held, nor is a link to another node (it relays other
+/// people's changes); a writer's acknowledgement waits only when others'
+/// changes for it are waiting too, and goes with them.
 pub(super) const CO_WRITER_MS: u64 = 2000;
 
 /// At most this many distinct sync states are remembered per document...
@@ -191,17 +193,6 @@ impl DocState {
                 }
                 pd.unanswered = None;
             }
-            if let (Some(wrote), Some(last)) = (pd.wrote_at, pd.changes_sent_at)
-                && now.saturating_sub(wrote) < CO_WRITER_MS
-                && pd.sync.their_heads.as_ref() != Some(&self.synced_heads)
-            {
-                let until = Millis(last.0.saturating_add(spacing));
-                if now < until {
-                    self.dirty.insert(conn);
-                    wait = Some(wait.map_or(until, |w| w.min(until)));
-                    continue;
-                }
-            }
             // A peer that has nothing gets nothing from us while we have
             // nothing either; availability is answered separately.
             if self.life.state_loading(&conn) || (pd.requesting && !has_data) {
@@ -213,6 +204,17 @@ impl DocState {
             // this copy refused waits (`PeerDoc::stalled`).
             if pd.stalled.is_some() || self.refetch.as_ref().is_some_and(|r| r.conn == conn) {
                 continue;
+            }
+            if let (Some(wrote), Some(last)) = (pd.wrote_at, pd.changes_sent_at)
+                && now.saturating_sub(wrote) < CO_WRITER_MS
+                && pd.sync.their_heads.as_ref() != Some(&self.synced_heads)
+            {
+                let until = Millis(last.0.saturating_add(spacing));
+                if now < until {
+                    self.dirty.insert(conn);
+                    wait = Some(wait.map_or(until, |w| w.min(until)));
+                    continue;
+                }
             }
             let sent = pd.sync.sent_hashes.len();
             if let Some(data) = self.generated.generate(&self.doc, &mut pd.sync, stats) {
