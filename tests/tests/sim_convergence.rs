@@ -603,10 +603,17 @@ fn a_tab_sends_before_its_commit_and_a_crash_before_it_loses_nothing() {
 /// of its received messages, and the chunks in them (a chunk may bundle
 /// several changes).
 fn change_messages(sim: &Sim, n: NodeId, doc: DocumentId, from: usize) -> (usize, usize) {
+    change_messages_by(sim, n, doc, from, None)
+}
+
+/// [`change_messages`] counting only those `sender` sent (`None`: anyone's).
+fn change_messages_by(sim: &Sim, n: NodeId, doc: DocumentId, from: usize, sender: Option<NodeId>) -> (usize, usize) {
+    let sender = sender.map(|s| sim.peer_id(s).clone());
     let (mut messages, mut chunks) = (0, 0);
     for m in &sim.received(n)[from..] {
-        if let Message::Sync { document_id, data, .. } = m
+        if let Message::Sync { document_id, data, sender_id, .. } = m
             && *document_id == doc
+            && sender.as_ref().is_none_or(|s| s == sender_id)
         {
             let sync = meridian_protocol::automerge::sync::Message::decode(data).unwrap();
             if !sync.changes.is_empty() {
@@ -663,21 +670,26 @@ fn changes_for_a_peer_that_has_not_answered_go_out_together() {
     );
 }
 
-/// Several people typing into one document on a fast network, where every
-/// peer answers within milliseconds: each writer gets the others' changes
-/// at most every `EngineConfig::co_writer_spacing_ms` (60 ms), folded; a reader of a lone
-/// writer gets each change at once, alone.
-#[test]
-fn co_writers_get_changes_folded_and_a_lone_writers_readers_at_once() {
-    let timing = Timing {
+/// A fast network and store with no spikes, stalls or batches: every peer
+/// answers within milliseconds.
+fn fast_network() -> Timing {
+    Timing {
         net_delay: (1, 2),
         net_spike: (0, (0, 0)),
         storage_latency: (1, 2),
         storage_stall: (0, (0, 0)),
         batch: (0, (0, 0)),
         ..Timing::default()
-    };
-    let mut sim = Sim::new(21, timing);
+    }
+}
+
+/// Several people typing into one document on a fast network, where every
+/// peer answers within milliseconds: each writer gets the others' changes
+/// at most every `EngineConfig::co_writer_spacing_ms` (60 ms), folded; a reader of a lone
+/// writer gets each change at once, alone.
+#[test]
+fn co_writers_get_changes_folded_and_a_lone_writers_readers_at_once() {
+    let mut sim = Sim::new(21, fast_network());
     sim.record_messages = true;
     let edge = sim.add_node(NodeSpec::new("edge"));
     let typists: Vec<NodeId> = (0..3).map(|i| sim.add_node(NodeSpec::new(format!("t{i}")).upstream(edge))).collect();
@@ -728,15 +740,7 @@ fn co_writers_get_changes_folded_and_a_lone_writers_readers_at_once() {
 /// a typing client, is folded).
 #[test]
 fn links_between_nodes_are_not_spaced_for_co_writers() {
-    let timing = Timing {
-        net_delay: (1, 2),
-        net_spike: (0, (0, 0)),
-        storage_latency: (1, 2),
-        storage_stall: (0, (0, 0)),
-        batch: (0, (0, 0)),
-        ..Timing::default()
-    };
-    let mut sim = Sim::new(22, timing);
+    let mut sim = Sim::new(22, fast_network());
     sim.record_messages = true;
     let hub = sim.add_node(NodeSpec::new("hub"));
     let edges: Vec<NodeId> = (0..2).map(|i| sim.add_node(NodeSpec::new(format!("e{i}")).edge_of(hub))).collect();
@@ -755,13 +759,7 @@ fn links_between_nodes_are_not_spaced_for_co_writers() {
     }
     quiet(&mut sim);
     converged(&sim);
-    let hub_peer = sim.peer_id(hub).clone();
-    let from_hub = sim.received(edges[0])[seen..]
-        .iter()
-        .filter(|m| matches!(m, Message::Sync { sender_id, document_id, data, .. }
-            if *sender_id == hub_peer && *document_id == doc
-                && !meridian_protocol::automerge::sync::Message::decode(data).unwrap().changes.is_empty()))
-        .count();
+    let (from_hub, _) = change_messages_by(&sim, edges[0], doc, seen, Some(hub));
     eprintln!("e0 got the other typist's 100 changes from the hub in {from_hub} messages");
     assert!(from_hub > 2000 / 60 + 4, "the hub's link to e0 was spaced like a co-writer: {from_hub} messages");
 }
