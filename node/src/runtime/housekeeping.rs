@@ -133,7 +133,7 @@ impl NodeLoop {
     /// A scrub step is done: on to the next, and what it found corrupt is
     /// written again from memory where the document is loaded.
     pub(super) fn scrubbed(&mut self, step: Result<Option<ScrubStep>, ()>) {
-        if !self.primary {
+        if !self.primary() {
             // The primary runs the scrub; this shard rewrites its documents.
             let now = self.now();
             for (doc, ..) in step.ok().flatten().map(|s| s.corrupt).unwrap_or_default() {
@@ -175,7 +175,7 @@ impl NodeLoop {
     /// budget) and refreshes the metrics read from the engine.
     pub(super) fn housekeeping(&mut self) {
         self.io.traces.prune();
-        if self.primary && self.scrub.rate > 0 && !self.scrub.pending {
+        if self.primary() && self.scrub.rate > 0 && !self.scrub.pending {
             let now = Instant::now();
             let elapsed = self.scrub.last.map_or(Duration::from_secs(1), |t| now - t).min(Duration::from_secs(4));
             let max_bytes = ((self.scrub.rate as f64 * elapsed.as_secs_f64()) as u64).max(1);
@@ -188,7 +188,7 @@ impl NodeLoop {
         }
         // With a budget, at every housekeeping; otherwise for the metric only.
         let due = self.disk_budget > 0 || self.last_usage.is_none_or(|t| t.elapsed() >= USAGE_EVERY);
-        if self.primary && due && !self.usage_pending {
+        if self.primary() && due && !self.usage_pending {
             self.usage_pending = true;
             self.last_usage = Some(Instant::now());
             self.storage.submit(StoreRequest::Usage);
@@ -210,7 +210,7 @@ impl NodeLoop {
                 ..mine
             }
         });
-        if !self.primary {
+        if !self.primary() {
             return;
         }
         // The primary publishes the sums (one writer: totals never jump).

@@ -190,8 +190,6 @@ struct NodeLoop {
     engine: Engine,
     io: Io,
     storage: StorageSender,
-    /// The primary shard: it runs the store's scrub and measures its size.
-    primary: bool,
     /// The figures every shard adds to the node's metrics.
     figures: Figures,
     started: Instant,
@@ -217,6 +215,12 @@ pub const APPLY_OFF_LOOP_OPS: u64 = 100_000;
 const MAX_BATCH: usize = 256;
 
 impl NodeLoop {
+    /// The primary shard: it runs the store's scrub, measures its size and
+    /// publishes the node's metrics.
+    fn primary(&self) -> bool {
+        self.engine.shard().is_primary()
+    }
+
     fn now(&self) -> Millis {
         Millis(self.started.elapsed().as_millis() as u64)
     }
@@ -281,7 +285,7 @@ impl NodeLoop {
             NodeEvent::Revoke(revoked) => {
                 for r in revoked {
                     let closed = self.engine.revoke(|access| r.covers(access));
-                    if self.primary {
+                    if self.primary() {
                         tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
                     }
                 }
@@ -391,12 +395,6 @@ pub struct NodeRuntime {
     storage: Option<StorageWorker>,
 }
 
-impl std::fmt::Debug for StorageWorker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StorageWorker")
-    }
-}
-
 impl NodeRuntime {
     /// Starts one loop on `store` with `config` (its storage id is taken
     /// from the store). Every `tick_interval` the loop asks the store how
@@ -479,7 +477,6 @@ impl NodeRuntime {
                     primary: index == 0,
                 },
                 storage: storage.sender(index).expect("the storage thread just started"),
-                primary: index == 0,
                 figures: figures.clone(),
                 started,
                 disk_budget,
@@ -559,7 +556,7 @@ async fn run_loop(
             _ = &mut shutdown => break,
         }
     }
-    if node.primary {
+    if node.primary() {
         tracing::info!("shutting down: saving sync states and flushing the store");
     }
     node.shutdown();

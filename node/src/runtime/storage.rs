@@ -51,6 +51,7 @@ const OFFLOAD_CANDIDATES: usize = 64;
 /// Owns the storage thread. Dropping every sender (the runtime's and the
 /// shards' [`StorageSender`]s) ends the thread after it has run every
 /// queued request.
+#[derive(Debug)]
 pub(super) struct StorageWorker {
     tx: Option<std::sync::mpsc::Sender<(usize, StoreRequest)>>,
     thread: Option<std::thread::JoinHandle<()>>,
