@@ -21,6 +21,7 @@ use futures_util::future::{Either, Ready, ready};
 use meridian_protocol::codec::{self, Decoded, Message};
 use meridian_protocol::engine::{Access, Direction, DocDemand, Route, Shard, route};
 use meridian_protocol::ids::{ConnId, DocumentId};
+use smallvec::{SmallVec, smallvec};
 use tokio::sync::{mpsc, oneshot};
 
 use super::grants::Grants;
@@ -50,6 +51,10 @@ pub(super) enum ShardEvent {
 /// [`NodeEvents::send`] waiting for room in a full queue (`Sync`, as
 /// some callers' futures must be).
 pub type Waiting = std::pin::Pin<Box<dyn Future<Output = Result<(), Closed>> + Send + Sync>>;
+
+/// The events one [`NodeEvent`] becomes, with their shards: most often
+/// one, kept inline (no allocation per frame).
+type Targets = SmallVec<[(usize, ShardEvent); 1]>;
 
 /// The loop (or loops: one per engine shard) is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,13 +132,13 @@ impl Router {
         Shard::of(doc, self.count())
     }
 
-    fn all(&self, make: impl Fn() -> NodeEvent) -> Vec<(usize, ShardEvent)> {
+    fn all(&self, make: impl Fn() -> NodeEvent) -> Targets {
         (0..self.count()).map(|i| (i, ShardEvent::Node(make()))).collect()
     }
 
     /// Which shard gets what, in order.
-    fn dispatch(&self, event: NodeEvent) -> Vec<(usize, ShardEvent)> {
-        let one = |shard: usize, event: NodeEvent| vec![(shard, ShardEvent::Node(event))];
+    fn dispatch(&self, event: NodeEvent) -> Targets {
+        let one = |shard: usize, event: NodeEvent| smallvec![(shard, ShardEvent::Node(event))];
         match event {
             NodeEvent::Connected { direction, edge_peer, link, access, valid_for, grant, out, reply } => {
                 let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
@@ -164,8 +169,8 @@ impl Router {
                     let len = bytes.len();
                     self.metrics.message_in(message.type_name(), len);
                     match route(&message, self.count()) {
-                        Route::Shard(i) => vec![(i, ShardEvent::Message { conn, message, len, parent })],
-                        Route::Primary => vec![(0, ShardEvent::Message { conn, message, len, parent })],
+                        Route::Shard(i) => smallvec![(i, ShardEvent::Message { conn, message, len, parent })],
+                        Route::Primary => smallvec![(0, ShardEvent::Message { conn, message, len, parent })],
                         Route::All => (0..self.count())
                             .map(|i| {
                                 let (message, parent) = (message.clone(), parent.clone());
@@ -177,12 +182,12 @@ impl Router {
                 Ok(Decoded::Unknown { message_type }) => {
                     self.metrics.message_in("other", bytes.len());
                     tracing::debug!(%conn, message_type = %meridian_protocol::log::Escaped(&message_type), "ignoring unknown message type");
-                    Vec::new()
+                    SmallVec::new()
                 }
                 Err(e) => {
                     self.metrics.message_in("other", bytes.len());
                     // The primary refuses it; the others stop listening.
-                    let mut events = vec![(0, ShardEvent::Undecodable { conn, bytes })];
+                    let mut events: Targets = smallvec![(0, ShardEvent::Undecodable { conn, bytes })];
                     let (kind, detail) = (meridian_protocol::engine::ErrorKind::Decode, e.to_string());
                     let quiet = |i| (i, ShardEvent::Node(NodeEvent::Reject { conn, kind, detail: detail.clone() }));
                     events.extend((1..self.count()).map(quiet));
@@ -240,8 +245,8 @@ impl Router {
         reply: oneshot::Sender<U>,
         ask: impl Fn(oneshot::Sender<T>) -> NodeEvent,
         join: impl FnOnce(Vec<T>) -> U + Send + 'static,
-    ) -> Vec<(usize, ShardEvent)> {
-        let (events, answers): (Vec<_>, Vec<_>) = (0..self.count())
+    ) -> Targets {
+        let (events, answers): (Targets, Vec<_>) = (0..self.count())
             .map(|i| {
                 let (tx, rx) = oneshot::channel();
                 ((i, ShardEvent::Node(ask(tx))), rx)
