@@ -3,13 +3,13 @@
 //! It speaks the automerge-repo v1 protocol over WebSocket through the
 //! `meridian-protocol` codec, holds thousands of raw clients in one process
 //! (replaying sync messages generated before the measurement), and checks
-//! convergence with real automerge peers. `suite` starts `meridian-edge`
-//! and the reference JS sync server itself and runs every scenario against
-//! both, alternating.
+//! convergence with real automerge peers. `suite` starts `meridian-edge`,
+//! the reference JS sync server and samod itself and runs every scenario
+//! against each, taking turns.
 //!
 //! ```text
 //! meridian-loadgen suite [SCENARIO...] [--smoke] [--rounds R]
-//!     [--edge-bin PATH] [--js-server PATH] [--results DIR] [--report FILE]
+//!     [--edge-bin PATH] [--js-server PATH] [--samod-bin PATH] [--results DIR] [--report FILE]
 //! ```
 //! `cargo xtask bench` builds the binaries and runs this.
 
@@ -28,11 +28,12 @@ mod workload;
 
 const USAGE: &str =
     "usage: meridian-loadgen suite [connect|fanout|writers|typing|large-doc|stored|attacks ...] [--smoke] [--rounds R] [--stored N]
-                        [--size N] [--only edge|js]
-                        [--edge-bin PATH] [--edge-arg FLAG]... [--js-server PATH] [--results DIR] [--report FILE]
+                        [--size N] [--only edge|js|samod]
+                        [--edge-bin PATH] [--edge-arg FLAG]... [--js-server PATH] [--samod-bin PATH]
+                        [--results DIR] [--report FILE]
 
   --size N         only the cases of size N (e.g. `fanout --size 1000`)
-  --only edge|js   measure one server (for profiling; results are not saved)
+  --only SERVER    measure one server: edge, js or samod (for profiling; results are not saved)
   --edge-arg FLAG  give meridian-edge serve FLAG too (e.g. --edge-arg --unsafe-no-fsync; repeatable)";
 
 fn main() -> ExitCode {
@@ -69,6 +70,7 @@ fn options(args: &[String]) -> Result<suite::Options> {
         paths: server::Paths {
             edge_bin: root.join("target/release/meridian-edge"),
             js_server: root.join("tests/js/server.mjs"),
+            samod_bin: root.join("target/release/samod-server"),
             edge_args: Vec::new(),
         },
         results: root.join("docs/bench-results"),
@@ -83,15 +85,16 @@ fn options(args: &[String]) -> Result<suite::Options> {
             "--stored" => opts.stored = Some(value()?.parse().context("--stored expects a number")?),
             "--size" => opts.size = Some(value()?.parse().context("--size expects a number")?),
             "--only" => {
-                opts.only = Some(match value()?.as_str() {
-                    "edge" => server::Kind::Edge,
-                    "js" => server::Kind::Js,
-                    other => bail!("--only expects edge or js, not {other}"),
-                })
+                let tag = value()?;
+                opts.only = Some(
+                    server::Kind::from_tag(tag)
+                        .with_context(|| format!("--only expects edge, js or samod, not {tag}"))?,
+                )
             }
             "--edge-bin" => opts.paths.edge_bin = value()?.into(),
             "--edge-arg" => opts.paths.edge_args.push(value()?.clone()),
             "--js-server" => opts.paths.js_server = value()?.into(),
+            "--samod-bin" => opts.paths.samod_bin = value()?.into(),
             "--results" => opts.results = value()?.into(),
             "--report" => opts.report = Some(value()?.into()),
             s if s.starts_with("--") => bail!("unknown flag {s}\n{USAGE}"),

@@ -1,5 +1,6 @@
-//! The two servers under test, as real processes on loopback: `meridian-edge`
-//! and the reference JS sync server (`tests/js/server.mjs`).
+//! The servers under test, as real processes on loopback: `meridian-edge`,
+//! the reference JS sync server (`tests/js/server.mjs`) and samod, a second
+//! reference in Rust (`samod-server`, built from `src/bin/samod-server.rs`).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write as _};
@@ -15,14 +16,32 @@ use meridian_protocol::ids::DocumentId;
 pub enum Kind {
     Edge,
     Js,
+    Samod,
 }
 
 impl Kind {
+    /// Every server, in the order of the report's columns.
+    pub const ALL: [Kind; 3] = [Kind::Edge, Kind::Js, Kind::Samod];
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Edge => "meridian-edge",
             Kind::Js => "JS sync server",
+            Kind::Samod => "samod",
         }
+    }
+
+    /// The short name `--only` takes and data folders are named by.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Kind::Edge => "edge",
+            Kind::Js => "js",
+            Kind::Samod => "samod",
+        }
+    }
+
+    pub fn from_tag(tag: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.tag() == tag)
     }
 }
 
@@ -31,6 +50,7 @@ impl Kind {
 pub struct Paths {
     pub edge_bin: PathBuf,
     pub js_server: PathBuf,
+    pub samod_bin: PathBuf,
     /// Extra `meridian-edge serve` flags (`--edge-arg`, e.g. `--unsafe-no-fsync`).
     pub edge_args: Vec<String>,
 }
@@ -64,6 +84,7 @@ impl Server {
         let (child, url) = match kind {
             Kind::Edge => start_edge(paths, data, caps)?,
             Kind::Js => start_js(&paths.js_server, data)?,
+            Kind::Samod => start_samod(&paths.samod_bin, data)?,
         };
         Ok(Self { kind, url, data: data.to_owned(), child, paths: paths.clone(), caps })
     }
@@ -101,7 +122,7 @@ impl Server {
         body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
-    /// SIGTERM and wait: both servers flush their storage on SIGTERM.
+    /// SIGTERM and wait: every server flushes their storage on SIGTERM.
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -224,7 +245,7 @@ fn start_edge(paths: &Paths, data: &Path, caps: ConnCaps) -> Result<(Child, Stri
 }
 
 fn start_js(script: &Path, data: &Path) -> Result<(Child, String)> {
-    let mut child = Command::new("node")
+    let child = Command::new("node")
         .arg(script)
         .args(["--port", "0", "--dir"])
         .arg(data)
@@ -233,19 +254,36 @@ fn start_js(script: &Path, data: &Path) -> Result<(Child, String)> {
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the JS sync server (node)")?;
+    listening(child, "the JS server")
+}
+
+fn start_samod(bin: &Path, data: &Path) -> Result<(Child, String)> {
+    let child = Command::new(bin)
+        .args(["--port", "0", "--dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {} (built by `cargo xtask bench`)", bin.display()))?;
+    listening(child, "samod-server")
+}
+
+/// Waits for a reference server's `{"listening":PORT,...}` line on its
+/// stdout; then keeps draining its stdout so it never blocks on a full pipe.
+fn listening(mut child: Child, what: &str) -> Result<(Child, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let port = loop {
         let Some(line) = lines.next() else {
             let _ = child.kill();
-            bail!("the JS server exited before listening");
+            bail!("{what} exited before listening");
         };
         let line = line?;
         if let Some(p) = line.split("\"listening\":").nth(1) {
             break p.split([',', '}']).next().unwrap_or("").trim().parse::<u16>()?;
         }
     };
-    // Keep draining its stdout so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok((child, format!("ws://127.0.0.1:{port}/")))
 }

@@ -1,5 +1,5 @@
-//! The suite: every scenario at its sizes, against both servers, alternating
-//! which goes first each round so machine noise hits both; medians per
+//! The suite: every scenario at its sizes, against every server, taking
+//! turns at going first each round so machine noise hits all; medians per
 //! figure; results kept per scenario and rendered into the report.
 
 use std::path::{Path, PathBuf};
@@ -225,12 +225,15 @@ pub async fn run(opts: Options) -> Result<()> {
 async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Result<Vec<Row>> {
     let (smoke, paths) = (opts.smoke, &opts.paths);
     let label = case.label();
-    let mut edge: Vec<Option<Vec<Figure>>> = Vec::new();
-    let mut js: Vec<Option<Vec<Figure>>> = Vec::new();
+    // Each server's figures per round (None: that round failed), in the
+    // order of Kind::ALL.
+    let mut runs: [Vec<Option<Vec<Figure>>>; 3] = Default::default();
     for r in 0..rounds {
-        let order = if r % 2 == 0 { [Kind::Edge, Kind::Js] } else { [Kind::Js, Kind::Edge] };
+        // Each round starts with the next server, so machine noise hits all.
+        let mut order = Kind::ALL;
+        order.rotate_left(r % Kind::ALL.len());
         for kind in order.into_iter().filter(|k| opts.only.is_none_or(|only| only == *k)) {
-            let data = tmp.join(format!("{}-{r}", if kind == Kind::Edge { "edge" } else { "js" }));
+            let data = tmp.join(format!("{}-{r}", kind.tag()));
             let _ = std::fs::remove_dir_all(&data);
             let server = Server::start(kind, paths, &data, case.caps())?;
             let outcome = case.run(server, paths).await.with_context(|| format!("{label} against {}", kind.name()));
@@ -251,14 +254,15 @@ async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Resu
                     eprintln!("  {} = {:.2} {}", f.metric, f.value, f.unit);
                 }
             }
-            if kind == Kind::Edge { edge.push(figures) } else { js.push(figures) }
+            runs[kind as usize].push(figures);
         }
     }
-    let Some(names) = edge.iter().chain(js.iter()).flatten().next().cloned() else {
-        eprintln!("{label}: failed against both servers in every round");
+    let Some(names) = runs.iter().flatten().flatten().next().cloned() else {
+        eprintln!("{label}: failed against every server in every round");
         return Ok(Vec::new());
     };
-    let med = |runs: &[Option<Vec<Figure>>], i: usize| {
+    let med = |kind: Kind, i: usize| {
+        let runs = &runs[kind as usize];
         median(&mut runs.iter().flatten().filter_map(|r| r.get(i)).map(|f| f.value).collect::<Vec<_>>())
     };
     let rows = names
@@ -269,8 +273,9 @@ async fn run_case(case: Case, rounds: usize, opts: &Options, tmp: &Path) -> Resu
             metric: f.metric.clone(),
             unit: f.unit.to_owned(),
             better: f.better,
-            edge: med(&edge, i),
-            js: med(&js, i),
+            edge: med(Kind::Edge, i),
+            js: med(Kind::Js, i),
+            samod: med(Kind::Samod, i),
             rounds,
         })
         .collect();

@@ -1,8 +1,9 @@
 //! Benchmarks run side by side with the reference JS automerge-repo sync
-//! server on the same machine, alternating so machine noise hits both.
+//! server and samod on the same machine, taking turns so machine noise hits
+//! all.
 //!
 //! The scenarios of issue 7 live in the `meridian-bench` crate
-//! (`meridian-loadgen suite`), which starts both servers itself; this
+//! (`meridian-loadgen suite`), which starts the servers itself; this
 //! module builds it and runs it. `big-doc` (a real JS client fetching
 //! through either server) stays here.
 
@@ -15,8 +16,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, ensure_npm, root, run as run_cmd, wait_port};
 
-const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R] [--size N] [--only edge|js]
+const USAGE: &str = "usage: cargo xtask bench [SCENARIO...] [--smoke] [--rounds R] [--size N] [--only edge|js|samod]
        scenarios: connect fanout writers typing large-doc stored attacks (default: all, then big-doc)
+       servers: meridian-edge, the JS sync server (tests/js/server.mjs) and samod (bench/src/bin/samod-server.rs)
        --size N: only that size of each scenario; --only: one server, nothing saved (profiling)
        cargo xtask bench big-doc [--changes N] [--rounds R] [--smoke]
        cargo xtask bench placement [--writes N] [--docs K] [--smoke]
@@ -53,7 +55,7 @@ fn build(smoke: bool) -> Result<()> {
     run_cmd(&mut build)
 }
 
-/// Every scenario of issue 7 (or the named ones) against both servers;
+/// Every scenario of issue 7 (or the named ones) against every server;
 /// full runs update docs/BENCHMARKS.md, smoke runs only check that every
 /// scenario still works (and converges) at tiny sizes.
 fn suite(args: &[String]) -> Result<()> {
@@ -64,6 +66,7 @@ fn suite(args: &[String]) -> Result<()> {
     let profile = crate::target_dir().join(if smoke { "debug" } else { "release" });
     let mut loadgen = Command::new(profile.join("meridian-loadgen"));
     loadgen.arg("suite").args(args).arg("--edge-bin").arg(profile.join("meridian-edge"));
+    loadgen.arg("--samod-bin").arg(profile.join("samod-server"));
     if !smoke {
         loadgen.arg("--report").arg(root().join("docs/BENCHMARKS.md"));
     }

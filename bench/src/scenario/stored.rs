@@ -68,7 +68,8 @@ pub async fn run(server: Server, p: Params) -> Result<Vec<Figure>> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let server = server.restart_with(|paths, data| match kind {
         Kind::Edge => Ok(()),
-        Kind::Js => seed(paths, data, salt, rest),
+        // samod's filesystem storage reads automerge-repo's nodefs layout.
+        Kind::Js | Kind::Samod => seed(paths, data, salt, rest),
     })?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_idle = server.rss_kib()?;
