@@ -358,11 +358,8 @@ impl Hub {
         }
         // Every port first: a start that cannot bind leaves nothing on disk.
         let quic_socket = startup::bind_udp("--listen", config.listen)?;
-        let admin_listener = match config.admin_listen {
-            Some(a) => Some(startup::bind_tcp("--admin-listen", a).await?),
-            None => None,
-        };
-        let http_listener = startup::bind_tcp("--http", config.http).await?;
+        let admin_listener = config.admin_listen.map(|a| startup::bind_tcp("--admin-listen", a)).transpose()?;
+        let http_listener = startup::bind_tcp("--http", config.http)?;
         startup::writable_dir("--data", &config.data_dir)?;
         let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names, quic::IdentityOf::Hub)?;
         let peer_secret = Arc::new(load_or_create_peer_secret(&config.data_dir)?);
@@ -483,13 +480,14 @@ impl Hub {
         let ops = meridian_node::admin::protect(ops, guard).merge(console::router());
         let (app, admin) = match (admin_listener, config.admin_listen) {
             (Some(listener), Some(addr)) => {
-                let served = meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone())
+                let served = meridian_node::http::serve(listener.listen()?, ops, http_options.clone(), metrics.clone())
                     .map_err(|error| BindError { flag: "--admin-listen", addr, proto: "TCP", error })?;
                 (app, Some(served))
             }
             _ => (app.merge(ops), None),
         };
-        let http = meridian_node::http::serve(http_listener, app, http_options, metrics.clone())
+        // Connections are accepted from here on: the hub is ready.
+        let http = meridian_node::http::serve(http_listener.listen()?, app, http_options, metrics.clone())
             .map_err(|error| BindError { flag: "--http", addr: config.http, proto: "TCP", error })?;
         let http_addr = http.addr;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");

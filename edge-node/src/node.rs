@@ -216,17 +216,9 @@ impl EdgeNode {
     pub async fn start(config: EdgeConfig) -> Result<Self, EdgeError> {
         config.validate()?;
         // Every port first: a start that cannot bind leaves nothing on disk.
-        let listener = startup::bind_tcp("--listen", config.listen).await?;
-        let addr = listener.local_addr().map_err(|error| BindError {
-            flag: "--listen",
-            addr: config.listen,
-            proto: "TCP",
-            error,
-        })?;
-        let admin_listener = match config.admin_listen {
-            Some(a) => Some(startup::bind_tcp("--admin-listen", a).await?),
-            None => None,
-        };
+        let listener = startup::bind_tcp("--listen", config.listen)?;
+        let addr = listener.local_addr()?;
+        let admin_listener = config.admin_listen.map(|a| startup::bind_tcp("--admin-listen", a)).transpose()?;
         let device_socket = config.quic_listen.map(|a| startup::bind_udp("--quic-listen", a)).transpose()?;
         let peer_socket = match (&config.uplink, config.peer_listen) {
             (Some(_), Some(a)) => Some(startup::bind_udp("--peer-listen", a)?),
@@ -300,16 +292,22 @@ impl EdgeNode {
         let ops = meridian_node::admin::protect(ops, guard);
         let admin = match admin_listener {
             Some(listener) => Some(
-                meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone()).map_err(|error| {
-                    BindError { flag: "--admin-listen", addr: config.admin_listen.unwrap_or(addr), proto: "TCP", error }
-                })?,
+                meridian_node::http::serve(listener.listen()?, ops, http_options.clone(), metrics.clone()).map_err(
+                    |error| BindError {
+                        flag: "--admin-listen",
+                        addr: config.admin_listen.unwrap_or(addr),
+                        proto: "TCP",
+                        error,
+                    },
+                )?,
             ),
             None => {
                 app = app.merge(ops);
                 None
             }
         };
-        let http = meridian_node::http::serve(listener, app, http_options, metrics.clone())
+        // Connections are accepted from here on: the edge is ready.
+        let http = meridian_node::http::serve(listener.listen()?, app, http_options, metrics.clone())
             .map_err(|error| BindError { flag: "--listen", addr, proto: "TCP", error })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {

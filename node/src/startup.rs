@@ -31,9 +31,41 @@ fn hint(kind: ErrorKind, flag: &str) -> String {
     }
 }
 
-/// Binds a TCP listener for `flag`.
-pub async fn bind_tcp(flag: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|error| BindError { flag, addr, proto: "TCP", error })
+/// A TCP port bound for `flag` but not yet listening: connections to it are
+/// refused until [`BoundTcp::listen`], so "the port answers" still means
+/// "the node is ready", for scripts and health checks. A port another
+/// process listens on fails here, before anything is written.
+#[derive(Debug)]
+pub struct BoundTcp {
+    socket: tokio::net::TcpSocket,
+    flag: &'static str,
+    addr: SocketAddr,
+}
+
+impl BoundTcp {
+    /// The bound address (its port, when the flag asked for port 0).
+    pub fn local_addr(&self) -> Result<SocketAddr, BindError> {
+        let (flag, addr) = (self.flag, self.addr);
+        self.socket.local_addr().map_err(|error| BindError { flag, addr, proto: "TCP", error })
+    }
+
+    /// Starts accepting connections (once the node is ready to serve them).
+    pub fn listen(self) -> Result<tokio::net::TcpListener, BindError> {
+        let Self { socket, flag, addr } = self;
+        socket.listen(1024).map_err(|error| BindError { flag, addr, proto: "TCP", error })
+    }
+}
+
+/// Binds a TCP port for `flag` (as `TcpListener::bind` does: with
+/// `SO_REUSEADDR`, so a restart is not refused by connections of the last run
+/// in TIME_WAIT).
+pub fn bind_tcp(flag: &'static str, addr: SocketAddr) -> Result<BoundTcp, BindError> {
+    let err = |error| BindError { flag, addr, proto: "TCP", error };
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() };
+    let socket = socket.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    Ok(BoundTcp { socket, flag, addr })
 }
 
 /// Binds a UDP socket for `flag` (a QUIC listener takes it over with
@@ -102,10 +134,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bound_port_refuses_connections_until_it_listens() {
+        let bound = bind_tcp("--listen", "127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = bound.socket.local_addr().unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "refused before listen");
+        let listener = bound.listen().unwrap();
+        // Once it listens, another process cannot have it. (Before, two
+        // binds with SO_REUSEADDR may both succeed, and the second to
+        // listen fails: only two nodes starting at the same instant race.)
+        assert!(bind_tcp("--listen", addr).is_err(), "a listening port is taken");
+        let (connected, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        assert!(connected.is_ok() && accepted.is_ok());
+    }
+
+    #[tokio::test]
     async fn a_port_in_use_names_its_flag_and_says_what_to_do() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = bind_tcp("--listen", addr).await.unwrap_err().to_string();
+        let e = bind_tcp("--listen", addr).unwrap_err().to_string();
         assert!(e.starts_with(&format!("cannot bind --listen {addr} (TCP): ")), "{e}");
         assert!(e.contains("choose another with --listen"), "{e}");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

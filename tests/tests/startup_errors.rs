@@ -155,11 +155,15 @@ fn logs_in_a_file_have_no_colour_codes() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()?;
-    let started = meridian_tests::process::wait_port(port, Duration::from_secs(30));
+    // The port is bound before the edge is ready: wait for its last startup line.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    while !text.contains("edge listening") && Instant::now() < deadline && child.try_wait()?.is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+        text = std::fs::read_to_string(dir.path().join("edge.log"))?;
+    }
     let _ = child.kill();
     let _ = child.wait();
-    started?;
-    let text = std::fs::read_to_string(dir.path().join("edge.log"))?;
     ensure!(text.contains("edge listening"), "the log holds the startup lines: {text}");
     ensure!(!text.contains('\u{1b}'), "ANSI escape codes in a log file: {text:?}");
     ensure!(!text.contains("Some("), "Debug formatting in the log: {text}");
