@@ -33,7 +33,7 @@ enum Command {
     Placement(PlacementArgs),
     /// Configuration files: `config example` prints a commented example of
     /// `serve --config FILE.toml` with every key and its default.
-    Config(ConfigArgs),
+    Config(meridian_node::config_file::ConfigArgs),
     /// Print the change feed: every change committed to the shared store
     /// (hubs with --store postgres://, --bus and --feed), as JSON lines, from the
     /// NATS JetStream stream MERIDIAN_CHANGES; at least once, in causal order
@@ -215,26 +215,9 @@ async fn revoke(
     Ok(body.trim().to_owned())
 }
 
-#[derive(clap::Args, Debug)]
-struct ConfigArgs {
-    #[command(subcommand)]
-    op: ConfigOp,
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigOp {
-    /// Print a commented example config file: every key of `serve`, its
-    /// help and its default (commented out).
-    Example,
-}
-
 /// `config example`: generated from `serve`'s flags.
 fn config_example() -> String {
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let name = cli.get_name().to_owned();
-    let serve = cli.find_subcommand("serve").cloned().unwrap_or_default();
-    meridian_node::config_file::example(&name, &serve)
+    meridian_node::config_file::example_of::<Cli>("serve")
 }
 
 #[derive(clap::Args, Debug)]
@@ -452,7 +435,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", placement(args).await?);
             return Ok(());
         }
-        Command::Config(ConfigArgs { op: ConfigOp::Example }) => {
+        Command::Config(meridian_node::config_file::ConfigArgs {
+            op: meridian_node::config_file::ConfigOp::Example,
+        }) => {
             print!("{}", config_example());
             return Ok(());
         }

@@ -32,7 +32,7 @@ enum Command {
     Auth(meridian_node::auth::cli::AuthArgs),
     /// Configuration files: `config example` prints a commented example of
     /// `serve --config FILE.toml` with every key and its default.
-    Config(ConfigArgs),
+    Config(meridian_node::config_file::ConfigArgs),
     /// Check every stored chunk for corruption now (as the background scrub
     /// does slowly); corrupt ones are moved to the store's quarantine table.
     /// Exit status 0: all sound; 1: corrupt chunks found (quarantined: a
@@ -177,26 +177,9 @@ enum ClientOp {
     },
 }
 
-#[derive(clap::Args, Debug)]
-struct ConfigArgs {
-    #[command(subcommand)]
-    op: ConfigOp,
-}
-
-#[derive(Subcommand, Debug)]
-enum ConfigOp {
-    /// Print a commented example config file: every key of `serve`, its
-    /// help and its default (commented out).
-    Example,
-}
-
 /// `config example`: generated from `serve`'s flags.
 fn config_example() -> String {
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let name = cli.get_name().to_owned();
-    let serve = cli.find_subcommand("serve").cloned().unwrap_or_default();
-    meridian_node::config_file::example(&name, &serve)
+    meridian_node::config_file::example_of::<Cli>("serve")
 }
 
 #[derive(clap::Args, Debug)]
@@ -438,7 +421,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(args) => return client::run(args).await,
-        Command::Config(ConfigArgs { op: ConfigOp::Example }) => {
+        Command::Config(meridian_node::config_file::ConfigArgs {
+            op: meridian_node::config_file::ConfigOp::Example,
+        }) => {
             print!("{}", config_example());
             return Ok(());
         }

@@ -76,6 +76,28 @@ pub fn merged_argv(argv: Vec<OsString>, serve: &Command, matches: &ArgMatches, f
     Ok(argv)
 }
 
+/// `config …`: the config-file subcommand of both binaries.
+#[derive(clap::Args, Debug)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub op: ConfigOp,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ConfigOp {
+    /// Print a commented example config file: every key of `serve`, its
+    /// help and its default (commented out).
+    Example,
+}
+
+/// [`example`] for the subcommand `serve` of the program `P`.
+pub fn example_of<P: clap::CommandFactory>(serve: &str) -> String {
+    let cli = P::command();
+    let name = cli.get_name().to_owned();
+    let serve = cli.find_subcommand(serve).cloned().unwrap_or_default();
+    example(&name, &serve)
+}
+
 /// A commented example file for `serve`: each key with its help and its
 /// default, commented out (uncommented, it sets the defaults).
 pub fn example(program: &str, serve: &Command) -> String {
