@@ -14,6 +14,7 @@ use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::Direction;
 use meridian_protocol::ids::ConnId;
 use meridian_protocol::log::Escaped;
+use meridian_protocol::log::Maybe;
 use tokio::sync::mpsc;
 
 use crate::placement::EdgeId;
@@ -164,7 +165,7 @@ async fn serve_edge(
     };
     let Some((conn, out)) = registered else { return };
     let edge_id = hello.node_id;
-    tracing::info!(%remote, %edge_id, %conn, peer_addr = ?hello.peer_addr, "edge connected");
+    tracing::info!(%remote, %edge_id, %conn, peer_addr = %Maybe(&hello.peer_addr), "edge connected");
     let edge = EdgeId::new(edge_id.clone());
     let up = PlacerEvent::EdgeUp {
         edge: edge.clone(),

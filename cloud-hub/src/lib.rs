@@ -48,6 +48,7 @@ use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic::{self, FEDERATION_ALPN, Identity};
 use meridian_node::runtime::{NodeEvent, NodeEvents, NodeRuntime};
 use meridian_node::server::{self, AppState};
+use meridian_node::startup::{self, BindError};
 use meridian_node::store::{ControlStore, DocStore, PostgresStore, SqliteStore, StoreError, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::engine::EngineConfig;
@@ -249,8 +250,12 @@ pub enum HubError {
     Store(#[from] StoreError),
     #[error("TLS: {0}")]
     Tls(#[from] quic::TlsError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] meridian_node::startup::BindError),
+    #[error(transparent)]
+    DataDir(#[from] meridian_node::startup::DataDirError),
+    #[error("starting the storage thread: {0}")]
+    Thread(std::io::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("auth: {0}")]
@@ -351,7 +356,12 @@ impl Hub {
                 "OPEN DEV MODE: any edge id is accepted without a secret. Configure --edge ID=SECRET for real use."
             );
         }
-        let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names)?;
+        // Every port first: a start that cannot bind leaves nothing on disk.
+        let quic_socket = startup::bind_udp("--listen", config.listen)?;
+        let admin_listener = config.admin_listen.map(|a| startup::bind_tcp("--admin-listen", a)).transpose()?;
+        let http_listener = startup::bind_tcp("--http", config.http)?;
+        startup::writable_dir("--data", &config.data_dir)?;
+        let identity = quic::load_or_create_identity(&config.data_dir, &config.cert_names, quic::IdentityOf::Hub)?;
         let peer_secret = Arc::new(load_or_create_peer_secret(&config.data_dir)?);
         let store = open_store(&config).await?;
         // The storage id is the store's (set by `NodeRuntime`): hubs on one
@@ -369,7 +379,7 @@ impl Hub {
             let (tx, rx) = mpsc::unbounded_channel();
             (NodeRuntime::start_shared(store, engine, config.tick_interval, metrics.clone(), tx), Some(rx))
         };
-        let runtime = runtime.map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let runtime = runtime.map_err(HubError::Thread)?;
         let scrub = NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec };
         let _ = runtime.events().send(scrub).await;
         let _ = runtime.events().send(NodeEvent::DivergenceAfter { after: config.divergence_after }).await;
@@ -381,9 +391,10 @@ impl Hub {
             ),
             None => None,
         };
-        let endpoint = quinn::Endpoint::server(quic::server_config(&identity, FEDERATION_ALPN)?, config.listen)
-            .map_err(|source| HubError::Bind { addr: config.listen, source })?;
-        let quic_addr = endpoint.local_addr().map_err(|source| HubError::Bind { addr: config.listen, source })?;
+        let bind_error = |error| BindError { flag: "--listen", addr: config.listen, proto: "UDP", error };
+        let endpoint =
+            quic::server_endpoint(quic::server_config(&identity, FEDERATION_ALPN)?, quic_socket).map_err(bind_error)?;
+        let quic_addr = endpoint.local_addr().map_err(bind_error)?;
         let placement_metrics = Arc::new(PlacementMetrics::new(metrics.registry()));
         let (placer_tx, placer_rx) = mpsc::channel(1024);
         let control = open_control(&config).await?;
@@ -467,23 +478,17 @@ impl Hub {
         // The console's page and code hold no data: served to anyone on the
         // operator listener; what they show comes from the routes guarded here.
         let ops = meridian_node::admin::protect(ops, guard).merge(console::router());
-        let bind = |addr: SocketAddr| async move {
-            let listener =
-                tokio::net::TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
-            Ok::<_, HubError>((addr, listener))
-        };
-        let (app, admin) = match config.admin_listen {
-            Some(a) => {
-                let (addr, listener) = bind(a).await?;
-                let served = meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone())
-                    .map_err(|source| HubError::Bind { addr, source })?;
+        let (app, admin) = match (admin_listener, config.admin_listen) {
+            (Some(listener), Some(addr)) => {
+                let served = meridian_node::http::serve(listener.listen()?, ops, http_options.clone(), metrics.clone())
+                    .map_err(|error| BindError { flag: "--admin-listen", addr, proto: "TCP", error })?;
                 (app, Some(served))
             }
-            None => (app.merge(ops), None),
+            _ => (app.merge(ops), None),
         };
-        let (addr, listener) = bind(config.http).await?;
-        let http = meridian_node::http::serve(listener, app, http_options, metrics.clone())
-            .map_err(|source| HubError::Bind { addr, source })?;
+        // Connections are accepted from here on: the hub is ready.
+        let http = meridian_node::http::serve(http_listener.listen()?, app, http_options, metrics.clone())
+            .map_err(|error| BindError { flag: "--http", addr: config.http, proto: "TCP", error })?;
         let http_addr = http.addr;
         tracing::info!(%quic_addr, %http_addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "hub listening");
         let Identity { ca_path, fingerprint, .. } = identity;

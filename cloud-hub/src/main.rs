@@ -31,6 +31,9 @@ enum Command {
     /// Pin a document's home to an edge or the hub (`placement pin DOC --to
     /// EDGE`), or remove the pin (`placement unpin DOC`), on a running hub.
     Placement(PlacementArgs),
+    /// Configuration files: `config example` prints a commented example of
+    /// `serve --config FILE.toml` with every key and its default.
+    Config(meridian_node::config_file::ConfigArgs),
     /// Print the change feed: every change committed to the shared store
     /// (hubs with --store postgres://, --bus and --feed), as JSON lines, from the
     /// NATS JetStream stream MERIDIAN_CHANGES; at least once, in causal order
@@ -212,8 +215,18 @@ async fn revoke(
     Ok(body.trim().to_owned())
 }
 
+/// `config example`: generated from `serve`'s flags.
+fn config_example() -> String {
+    meridian_node::config_file::example_of::<Cli>("serve")
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// Read settings from this TOML file: every flag below is a key (e.g.
+    /// `max-connections = 500`); a flag or its environment variable wins over
+    /// the file. `meridian-hub config example` prints one with every key.
+    #[arg(long, env = "MERIDIAN_HUB_CONFIG", value_name = "FILE.toml")]
+    config: Option<PathBuf>,
     /// UDP address of the QUIC federation endpoint.
     #[arg(long, env = "MERIDIAN_HUB_LISTEN", default_value = "127.0.0.1:7400")]
     listen: SocketAddr,
@@ -390,8 +403,15 @@ fn parse_edges(edges: &[String]) -> anyhow::Result<EdgeAuth> {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() {
+    let cli =
+        meridian_node::config_file::parse::<Cli>(std::env::args_os().collect(), "serve").unwrap_or_else(|e| e.exit());
+    if let Err(error) = run(cli).await {
+        meridian_node::startup::exit_with("meridian-hub", &error);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let (otlp, instance) = match &cli.command {
         Command::Serve(args) => (args.otlp_endpoint.as_deref(), args.hub_id.clone()),
         _ => (None, String::new()),
@@ -413,6 +433,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Placement(args) => {
             println!("{}", placement(args).await?);
+            return Ok(());
+        }
+        Command::Config(meridian_node::config_file::ConfigArgs {
+            op: meridian_node::config_file::ConfigOp::Example,
+        }) => {
+            print!("{}", config_example());
             return Ok(());
         }
         Command::Feed(args) => {

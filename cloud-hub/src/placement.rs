@@ -238,6 +238,18 @@ pub enum MoveReason {
     Pinned,
 }
 
+impl MoveReason {
+    /// The name the admin API uses (serde's), for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveReason::Latency => "latency",
+            MoveReason::Idle => "idle",
+            MoveReason::Unreachable => "unreachable",
+            MoveReason::Pinned => "pinned",
+        }
+    }
+}
+
 /// The explanation of one document's decision, for the admin API.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Explanation {

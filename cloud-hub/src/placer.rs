@@ -534,7 +534,7 @@ impl Placer {
         let moves = self.engine.tick(self.now(), &demand, &latencies);
         for m in &moves {
             let advisory = !self.moves;
-            tracing::info!(doc = %m.doc, from = %m.from, to = %m.to, reason = ?m.reason, gain_ms = m.gain_ms, advisory, "placement: new home decided");
+            tracing::info!(doc = %m.doc, from = %m.from, to = %m.to, reason = m.reason.as_str(), gain_ms = m.gain_ms, advisory, "placement: new home decided");
         }
         self.metrics.moves_total.inc_by(moves.len() as u64);
         set_total(&self.metrics.decisions_total, self.engine.decisions());

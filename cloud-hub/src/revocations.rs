@@ -16,6 +16,7 @@ use axum::http::StatusCode;
 use meridian_node::auth::{self, Keyring, Revocation};
 use meridian_node::runtime::NodeEvents;
 use meridian_protocol::codec::federation::{Control, RevokeNotice};
+use meridian_protocol::log::Maybe;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -141,6 +142,6 @@ pub async fn revoke(
         k.revoke(std::slice::from_ref(&revocation));
     }
     auth::close_revoked(&api.events, std::slice::from_ref(&revocation)).await;
-    tracing::info!(jti = ?revocation.jti, sub = ?revocation.sub, new, "token revoked; telling every edge");
+    tracing::info!(jti = %Maybe(&revocation.jti), sub = %Maybe(&revocation.sub), new, "token revoked; telling every edge");
     Ok(Json(serde_json::json!({ "revoked": revocation, "new": new })))
 }

@@ -59,10 +59,28 @@ $("my-name").addEventListener("change", () => {
   save("me", me);
   sendPresence();
 });
-$("offline-switch").addEventListener("change", (e) => {
-  if (e.target.checked) client.goOffline();
-  else client.goOnline();
+/** Set once the connection is closed by the switch (the pill says "offline" from then on). */
+let offlineByYou = false;
+$("offline-switch").addEventListener("change", async (e) => {
+  if (e.target.checked) {
+    // The others drop this page's cursor and avatar now, not when it times
+    // out: the goodbye goes out before the connection closes.
+    current?.doc.broadcast({ kind: "leave", peer: client.peerId });
+    await new Promise((r) => setTimeout(r, 100));
+    client.goOffline();
+    offlineByYou = true;
+    // What the edge said last is stale now: show nothing rather than old figures.
+    Object.assign(info, { rttMs: null, edge: null, error: null, placement: null });
+    peers.clear();
+    current?.text.clearRemoteCursors?.();
+    renderPresence();
+  } else {
+    offlineByYou = false;
+    client.goOnline();
+    sendPresence();
+  }
   renderConnection();
+  renderPlacement();
 });
 client.onConnectionStateChange(() => renderConnection());
 
@@ -106,7 +124,7 @@ function renderDocList() {
 }
 
 $("new-doc").onclick = async () => {
-  const doc = await client.create({ title: "Untitled", text: "" });
+  const doc = await client.create({ title: "Untitled", text: "", authors: {} });
   remember(doc);
   location.hash = doc.url;
 };
@@ -120,12 +138,16 @@ $("open-form").onsubmit = (e) => {
   location.hash = m[0];
 };
 
+/** A link whose id cannot be a document (a mistyped character): retrying cannot help. */
+const invalidLink = (e) => /bs58check|not a valid id|not an automerge URL/i.test(e?.message ?? "");
+
 /** Finds a document; a document created on another edge may take a moment to reach this one. */
 async function findDoc(url) {
   for (let attempt = 0; ; attempt++) {
     try {
       return await client.find(url);
     } catch (e) {
+      if (invalidLink(e)) throw new Error(`this is not a valid document link: ${e.message.replace(/^.*?(not a valid id \(bs58check\): |not valid bs58check: )/, "")}`);
       if (attempt >= 10) throw e;
       setBanner(`Looking for the document on the hub… (${e.message})`);
       await new Promise((r) => setTimeout(r, 500 * Math.min(attempt + 1, 4)));
@@ -135,12 +157,15 @@ async function findDoc(url) {
 
 async function openDoc(url) {
   if (current?.doc.url === url) return;
+  const previous = current?.doc.url;
   closeDoc();
   let doc;
   try {
     doc = await findDoc(url);
   } catch (e) {
-    setBanner(`Could not open ${url}: ${e.message}`);
+    // Nothing is open: the editor shows nothing and takes no typing.
+    const back = previous ? [["Back to the previous document", () => (location.hash = previous)]] : [];
+    setBanner(`Could not open ${url}: ${e.message}`, back);
     return;
   }
   setBanner(readOnly ? "Read-only link: you see every change live, and cannot edit." : null);
@@ -149,6 +174,7 @@ async function openDoc(url) {
   for (const [field, initial] of [["title", "Untitled"], ["text", ""]]) {
     if (!readOnly && typeof fields[field] !== "string") doc.put(field, initial);
   }
+  if (!readOnly && (typeof fields.authors !== "object" || fields.authors === null)) doc.put("authors", {});
   const c = { doc, edits: 0, saved: 0, synced: 0, previewing: null, cleanup: [] };
   current = c;
   c.text = new TextBinding($("editor"), $("mirror"), doc, "text", {
@@ -178,10 +204,18 @@ function closeDoc() {
   current.cleanup.forEach((f) => f());
   current = null;
   peers.clear();
+  // No document: nothing to show or type into until the next one opens.
+  for (const id of ["editor", "title"]) {
+    $(id).value = "";
+    $(id).readOnly = true;
+  }
+  $("mirror").replaceChildren();
+  renderAll();
 }
 
 function edited(c) {
   const n = ++c.edits;
+  noteAuthor(c);
   window.meridianDemo.lastLocalEditAt = Date.now();
   c.doc.whenSaved().then(() => {
     c.saved = Math.max(c.saved, n);
@@ -194,6 +228,21 @@ function edited(c) {
   renderSaveState();
   sendPresence();
   scheduleHistory();
+}
+
+/**
+ * The history names people, not actor ids: the first local change tells
+ * this page its actor (the change it just made is the document's last), and
+ * the document keeps `authors[actor] = { name, color }` for everyone.
+ */
+function noteAuthor(c) {
+  if (c.actor || readOnly) return;
+  c.actor = c.doc.history().at(-1)?.actor ?? null;
+  const known = c.doc.value().authors?.[c.actor];
+  if (c.actor && (known?.name !== me.name || known?.color !== me.color)) {
+    // `authors` is made with the document (or when it is first opened here).
+    if (typeof c.doc.value().authors === "object") c.doc.change((d) => d.put(["authors", c.actor], { name: me.name, color: me.color }));
+  }
 }
 
 function changed(c) {
@@ -218,6 +267,7 @@ async function route() {
   }
   const doc = await client.create({
     title: "Welcome to Meridian",
+    authors: {},
     text:
       "This document lives in your browser (IndexedDB) and syncs through your region's edge to the hub.\n\n" +
       "Open a share link from the right in another region's tab and type in both. " +
@@ -252,10 +302,23 @@ function presence({ message: m }) {
     peers.delete(m.peer);
     current.text.setRemoteCursor(m.peer, null);
   } else if (m.kind === "presence") {
+    // Two people with one colour: the one with the larger peer id takes a free one.
+    if (validColor(m.color) === me.color && client.peerId > m.peer) takeFreeColor([m.color]);
     peers.set(m.peer, { name: String(m.name ?? "someone").slice(0, 24), color: validColor(m.color), region: m.region, seen: Date.now() });
     current.text.setRemoteCursor(m.peer, m.anchor || m.head ? { name: m.name, color: validColor(m.color), anchor: m.anchor, head: m.head } : null);
   }
   renderPresence();
+}
+
+/** A colour no one present uses (besides `taken`); told to the others. */
+function takeFreeColor(taken) {
+  const used = new Set([...taken, ...[...peers.values()].map((p) => p.color)]);
+  const free = COLORS.filter((c) => !used.has(c));
+  me.color = free[Math.floor(Math.random() * free.length)] ?? me.color;
+  save("me", me);
+  $("my-color").style.background = me.color;
+  if (current?.actor) noteAuthor({ ...current, actor: null });
+  sendPresence();
 }
 
 const validColor = (c) => (typeof c === "string" && /^#[0-9a-f]{6}$/i.test(c) ? c : "#888888");
@@ -309,7 +372,7 @@ setInterval(pollInfo, INFO_EVERY_MS);
 
 function stateLabel() {
   const s = client.connectionState;
-  if ($("offline-switch").checked) return ["offline", "offline (by you)"];
+  if (offlineByYou) return ["offline", "offline (by you)"];
   if (s === "backoff" || (s === "connecting" && current?.everConnected)) return ["reconnecting", "reconnecting"];
   if (s === "connected" && current) current.everConnected = true;
   return [s, s];
@@ -377,6 +440,10 @@ async function pollPlacement() {
 }
 setInterval(pollPlacement, INFO_EVERY_MS);
 
+/** A hand-off's duration: most take well under a millisecond (the new home already had every change). */
+const handoffTime = (ms) =>
+  ms < 1 ? "hand-off under 1 ms: the new home had every change" : `hand-off ${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms, catching up`;
+
 const homeName = (h) => (h === "hub" ? "hub" : h?.edge ? `edge ${h.edge}` : "—");
 
 function renderPlacement() {
@@ -424,7 +491,7 @@ function renderPlacement() {
     : "—";
   const moves = info.placement?.moves ?? [];
   el.querySelector(".moves").textContent = moves.length
-    ? moves.map((m) => `${homeName(m.from)} → ${homeName(m.to)}${m.took_ms != null ? ` (${m.took_ms} ms hand-off)` : ""}`).join(", ")
+    ? moves.map((m) => `${homeName(m.from)} → ${homeName(m.to)}${m.took_ms != null ? ` (${handoffTime(m.took_ms)})` : ""}`).join(", ")
     : "none";
   el.querySelector("p").textContent = moving
     ? "The hub moves each document's home to the node nearest its writers, from measured latency; " +
@@ -470,20 +537,32 @@ function scheduleHistory() {
   }, 250);
 }
 
-/** Consecutive changes by one author within a minute form one entry. */
+/**
+ * An author's changes within a minute of their previous one form one entry,
+ * also while others type at the same time (their changes interleave).
+ */
 function versions(doc) {
   const groups = [];
+  const open = new Map(); // actor -> its latest entry
   for (const c of doc.history()) {
-    const last = groups[groups.length - 1];
-    if (last && last.actor === c.actor && !c.message && !last.message && c.time - last.time < 60) {
+    const last = open.get(c.actor);
+    if (last && !c.message && !last.message && c.time && c.time - last.time < 60) {
       last.hash = c.hash;
-      last.time = c.time || last.time;
+      last.time = c.time;
       last.count++;
     } else {
-      groups.push({ hash: c.hash, actor: c.actor, time: c.time, message: c.message, count: 1 });
+      const g = { hash: c.hash, actor: c.actor, time: c.time, message: c.message, count: 1 };
+      groups.push(g);
+      open.set(c.actor, g);
     }
   }
-  return groups.reverse();
+  return groups.sort((x, y) => x.time - y.time).reverse();
+}
+
+/** Who wrote an entry: the name the document keeps for the actor, or "someone". */
+function authorName(actor) {
+  const a = current?.doc.value().authors?.[actor];
+  return typeof a?.name === "string" ? a.name.slice(0, 24) : `someone (${actor.slice(0, 6)})`;
 }
 
 const clock = (t) => (t ? new Date(t * 1000).toLocaleTimeString([], { hour12: false }) : "creation");
@@ -500,7 +579,7 @@ function renderHistory() {
       li.innerHTML = `<span class="when"></span><span class="what"></span><span class="who"></span>`;
       li.querySelector(".when").textContent = clock(g.time);
       li.querySelector(".what").textContent = g.message ?? (!g.time ? "created" : g.count === 1 ? "1 edit" : `${g.count} edits`);
-      li.querySelector(".who").textContent = `${i === 0 ? "latest · " : ""}by ${g.actor.slice(0, 8)}`;
+      li.querySelector(".who").textContent = `${i === 0 ? "latest · " : ""}by ${authorName(g.actor)}`;
       li.dataset.hash = g.hash;
       li.onclick = () => (i === 0 ? showLive() : preview(g));
       return li;

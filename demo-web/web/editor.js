@@ -240,9 +240,26 @@ export class TextBinding {
     return Math.min(pos.i ?? len, len);
   }
 
+  /** A remote caret's name tag shows for this long after it moved, then fades (so it never hides the line above for long). */
+  static LABEL_MS = 2000;
+
   setRemoteCursor(peer, cursor) {
-    if (cursor) this.remoteCursors.set(peer, cursor);
-    else this.remoteCursors.delete(peer);
+    if (cursor) {
+      const before = this.remoteCursors.get(peer);
+      const where = (c) => JSON.stringify([c.anchor, c.head, c.name]);
+      const moved = !before || where(before) !== where(cursor);
+      this.remoteCursors.set(peer, { ...cursor, movedAt: moved ? Date.now() : before.movedAt });
+      if (moved) {
+        clearTimeout(this.labelTimer);
+        this.labelTimer = setTimeout(() => this.renderCursors(), TextBinding.LABEL_MS + 50);
+      }
+    } else this.remoteCursors.delete(peer);
+    this.renderCursors();
+  }
+
+  /** Forgets every remote caret (this page went offline: they are stale). */
+  clearRemoteCursors() {
+    this.remoteCursors.clear();
     this.renderCursors();
   }
 
@@ -294,6 +311,7 @@ export class TextBinding {
         caret.dataset.peer = m.peer;
         const label = document.createElement("span");
         label.className = "remote-label";
+        label.classList.toggle("quiet", Date.now() - (m.c.movedAt ?? 0) > TextBinding.LABEL_MS);
         label.textContent = m.c.name;
         caret.append(label);
         frag.append(caret);

@@ -1,7 +1,5 @@
 //! [`EdgeError`]: why an edge could not start.
 
-use std::net::SocketAddr;
-
 use meridian_node::auth::KeyError;
 use meridian_node::quic::TlsError;
 use meridian_node::store::StoreError;
@@ -15,8 +13,10 @@ pub enum EdgeError {
     Config(#[from] ConfigError),
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
-    #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Bind(#[from] meridian_node::startup::BindError),
+    #[error(transparent)]
+    DataDir(#[from] meridian_node::startup::DataDirError),
     #[error("starting the storage thread: {0}")]
     Thread(std::io::Error),
     #[error("TLS for the QUIC listener: {0}")]

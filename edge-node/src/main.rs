@@ -30,6 +30,9 @@ enum Command {
     Client(ClientArgs),
     /// Access tokens: `auth keygen --out DIR`, `auth token --key FILE ...`.
     Auth(meridian_node::auth::cli::AuthArgs),
+    /// Configuration files: `config example` prints a commented example of
+    /// `serve --config FILE.toml` with every key and its default.
+    Config(meridian_node::config_file::ConfigArgs),
     /// Check every stored chunk for corruption now (as the background scrub
     /// does slowly); corrupt ones are moved to the store's quarantine table.
     /// Exit status 0: all sound; 1: corrupt chunks found (quarantined: a
@@ -88,8 +91,11 @@ struct ClientArgs {
     /// CA certificate of the edge (for quic:// URLs; the edge's <data>/tls/ca.pem).
     #[arg(long, global = true, env = "MERIDIAN_EDGE_CA")]
     edge_ca: Option<PathBuf>,
-    /// Seconds to wait for the edge to acknowledge (0: do not wait).
-    #[arg(long, global = true, default_value_t = 10)]
+    /// Seconds to wait for the edge: to reach it and get a document, and to
+    /// acknowledge a change. Past it a read fails ("cannot reach …") and a
+    /// write says it is kept locally. 0: writes do not wait for the
+    /// acknowledgement (reads still wait up to 10 s).
+    #[arg(long, global = true, env = "MERIDIAN_WAIT_SECS", default_value_t = 10)]
     wait_secs: u64,
     /// Access token for an edge with auth on (`meridian-edge auth token`).
     #[arg(long, global = true, env = "MERIDIAN_TOKEN", hide_env_values = true)]
@@ -171,8 +177,18 @@ enum ClientOp {
     },
 }
 
+/// `config example`: generated from `serve`'s flags.
+fn config_example() -> String {
+    meridian_node::config_file::example_of::<Cli>("serve")
+}
+
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
+    /// Read settings from this TOML file: every flag below is a key (e.g.
+    /// `max-connections = 500`); a flag or its environment variable wins over
+    /// the file. `meridian-edge config example` prints one with every key.
+    #[arg(long, env = "MERIDIAN_CONFIG", value_name = "FILE.toml")]
+    config: Option<PathBuf>,
     /// Address for WebSocket and HTTP (/sync, /healthz, /metrics).
     #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:7300")]
     listen: SocketAddr,
@@ -201,9 +217,10 @@ struct ServeArgs {
     /// fsync every commit: the default (kept for scripts that pass it).
     #[arg(long, hide = true, conflicts_with = "unsafe_no_fsync")]
     fsync: bool,
-    /// UDP address of the QUIC listener for device clients (ALPN meridian/1); "off" disables it.
-    #[arg(long, env = "MERIDIAN_QUIC_LISTEN", default_value = "127.0.0.1:7302")]
-    quic_listen: String,
+    /// UDP address of the QUIC listener for device clients (ALPN meridian/1)
+    /// [default: the --listen address and port, on UDP]; "off" disables it.
+    #[arg(long, env = "MERIDIAN_QUIC_LISTEN", value_name = "HOST:PORT|off")]
+    quic_listen: Option<String>,
     /// QUIC address of the hub to federate with (e.g. 127.0.0.1:7400).
     /// Several, comma-separated, for hubs sharing one store (`meridian-hub
     /// serve --store postgres://…`): one is in use, the next is tried when
@@ -220,9 +237,10 @@ struct ServeArgs {
     /// node; a change's way across edges and hubs is one trace. Off unless set.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
-    /// This edge's secret at the hub (the hub's --edge ID=SECRET).
-    #[arg(long, env = "MERIDIAN_HUB_SECRET", default_value = "")]
-    hub_secret: String,
+    /// This edge's secret at the hub (the hub's --edge ID=SECRET); needed
+    /// with --hub (a hub in open dev mode takes any: pass any word).
+    #[arg(long, env = "MERIDIAN_HUB_SECRET", hide_env_values = true)]
+    hub_secret: Option<String>,
     /// CA certificate to trust for the hub (the hub prints its path, e.g. <hub data>/tls/ca.pem).
     #[arg(long, env = "MERIDIAN_HUB_CA")]
     hub_ca: Option<PathBuf>,
@@ -366,7 +384,11 @@ impl ServeArgs {
                 "--hub needs a way to trust the hub: --hub-ca <hub data>/tls/ca.pem or --hub-fingerprint <sha256>"
             ),
         };
-        let mut u = UplinkConfig::new(hub, self.edge_id.clone(), self.hub_secret.clone(), trust);
+        let secret = self.hub_secret.clone().filter(|s| !s.is_empty()).context(
+            "--hub needs --hub-secret: this edge's secret at the hub (the hub's --edge ID=SECRET; \
+             a hub in open dev mode takes any)",
+        )?;
+        let mut u = UplinkConfig::new(hub, self.edge_id.clone(), secret, trust);
         u.hubs.extend(fallbacks);
         u.server_name = self.hub_name.clone();
         u.max_frame_bytes = self.max_message_bytes;
@@ -380,11 +402,17 @@ impl ServeArgs {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() {
+    let cli =
+        meridian_node::config_file::parse::<Cli>(std::env::args_os().collect(), "serve").unwrap_or_else(|e| e.exit());
+    if let Err(error) = run(cli).await {
+        meridian_node::startup::exit_with("meridian-edge", &error);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     // Device scripts read stdout; keep their logs quiet unless asked.
-    let default_filter =
-        if matches!(cli.command, Command::Client(_) | Command::Auth(_) | Command::Scrub(_)) { "warn" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let (otlp, instance) = match &cli.command {
         Command::Serve(args) => (args.otlp_endpoint.as_deref(), args.edge_id.clone()),
         _ => (None, String::new()),
@@ -393,6 +421,12 @@ async fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Client(args) => return client::run(args).await,
+        Command::Config(meridian_node::config_file::ConfigArgs {
+            op: meridian_node::config_file::ConfigOp::Example,
+        }) => {
+            print!("{}", config_example());
+            return Ok(());
+        }
         Command::Scrub(args) => match scrub(&args) {
             Ok(true) => return Ok(()),
             Ok(false) => std::process::exit(1),
@@ -415,9 +449,11 @@ async fn main() -> anyhow::Result<()> {
     config.fsync = !args.unsafe_no_fsync;
     config.join_timeout = Duration::from_secs(args.join_timeout_secs);
     config.uplink = uplink;
-    if args.quic_listen != "off" {
-        config.quic_listen = Some(args.quic_listen.parse().context("--quic-listen expects HOST:PORT or off")?);
-    }
+    config.quic_listen = match args.quic_listen.as_deref() {
+        None => Some(args.listen),
+        Some("off") => None,
+        Some(addr) => Some(addr.parse().context("--quic-listen expects HOST:PORT or off")?),
+    };
     if args.peer_listen != "off" {
         config.peer_listen = Some(args.peer_listen.parse().context("--peer-listen expects HOST:PORT or off")?);
     }
@@ -494,31 +530,37 @@ mod client {
         };
         let client = Client::connect(&args.url, options).await?;
         let wait = Duration::from_secs(args.wait_secs);
+        // Reads need the document: they wait even with --wait-secs 0.
+        let reach = Reach {
+            url: &args.url,
+            within: if wait.is_zero() { READ_WAIT } else { wait },
+            local_store: args.store.is_some(),
+        };
         match args.op {
             ClientOp::Create { json } => {
                 let value: serde_json::Value = serde_json::from_str(&json).context("the document must be JSON")?;
                 let doc = client.create(move |tx| cli::set_root(tx, &value)).await?;
-                acked(&client, doc, wait).await;
+                acked(&client, &reach, doc, wait).await?;
                 println!("{}", doc.url());
             }
             ClientOp::Set { doc, path, json } => {
-                let (doc, path) = open(&client, &doc, &path).await?;
+                let (doc, path) = open(&client, &reach, &doc, &path).await?;
                 let value: serde_json::Value =
                     serde_json::from_str(&json).context("the value must be JSON (quote strings: '\"text\"')")?;
                 client.change(doc, move |tx| cli::set_json(tx, &path, &value)).await?;
-                acked(&client, doc, wait).await;
+                acked(&client, &reach, doc, wait).await?;
             }
             ClientOp::Append { doc, path, text } => {
-                let (doc, path) = open(&client, &doc, &path).await?;
+                let (doc, path) = open(&client, &reach, &doc, &path).await?;
                 client.change(doc, move |tx| cli::append_text(tx, &path, &text)).await?;
-                acked(&client, doc, wait).await;
+                acked(&client, &reach, doc, wait).await?;
             }
             ClientOp::Print { doc } => {
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 print(&client, doc).await;
             }
             ClientOp::History { doc, limit, json } => {
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 let changes = client.read(doc, cli::history).await.context("the document is not loaded")?;
                 let skip = if limit == 0 { 0 } else { changes.len().saturating_sub(limit) };
                 if skip > 0 && !json {
@@ -540,7 +582,7 @@ mod client {
                 }
             }
             ClientOp::Show { doc, at } => {
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 let json = client
                     .read(doc, move |d| cli::resolve_heads(d, &at).and_then(|h| cli::json_at(d, &h)))
                     .await
@@ -548,20 +590,20 @@ mod client {
                 println!("{json}");
             }
             ClientOp::Rollback { doc, to } => {
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 let heads = client
                     .read(doc, move |d| cli::resolve_heads(d, &to))
                     .await
                     .context("the document is not loaded")??;
                 client.rollback(doc, heads).await?;
-                acked(&client, doc, wait).await;
+                acked(&client, &reach, doc, wait).await?;
                 print(&client, doc).await;
             }
             ClientOp::Export { doc, file, force } => {
                 if !force && std::fs::symlink_metadata(&file).is_ok() {
                     anyhow::bail!("{} exists; pass --force to replace it", file.display());
                 }
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 let bytes = client.read(doc, |d| d.save()).await.context("the document is not loaded")?;
                 write_replacing(&file, &bytes)?;
                 eprintln!("saved {} bytes to {}", bytes.len(), file.display());
@@ -579,11 +621,11 @@ mod client {
                     .import(bytes)
                     .await
                     .with_context(|| format!("{} is not an Automerge file", file.display()))?;
-                acked(&client, doc, wait).await;
+                acked(&client, &reach, doc, wait).await?;
                 println!("{}", doc.url());
             }
             ClientOp::Watch { doc } => {
-                let doc = find(&client, &doc).await?;
+                let doc = find(&client, &reach, &doc).await?;
                 let mut changes = client.subscribe();
                 print(&client, doc).await;
                 loop {
@@ -602,15 +644,44 @@ mod client {
         Ok(())
     }
 
-    async fn find(client: &Client, url: &str) -> Result<DocumentId> {
-        let url: AutomergeUrl = url.parse()?;
-        client.find(url.document_id).await.with_context(|| format!("opening {url}"))?;
+    /// How long to wait for the edge, and where it is (for the error).
+    struct Reach<'a> {
+        url: &'a str,
+        within: Duration,
+        /// Edits are kept in a local store (`--store`) while offline.
+        local_store: bool,
+    }
+
+    /// How long reads wait for a document with `--wait-secs 0`.
+    const READ_WAIT: Duration = Duration::from_secs(10);
+
+    /// Opens a document from the local store or the edge, within
+    /// `reach.within`: an edge that cannot be reached is an error saying
+    /// why ("cannot reach ws://… (connection refused)"), not a hang.
+    async fn find(client: &Client, reach: &Reach<'_>, doc_url: &str) -> Result<DocumentId> {
+        let url: AutomergeUrl = doc_url.parse()?;
+        match tokio::time::timeout(reach.within, client.find(url.document_id)).await {
+            Ok(found) => found.with_context(|| format!("opening {url}"))?,
+            Err(_) => {
+                let secs = reach.within.as_secs();
+                match client.connection_state().await {
+                    Ok(meridian_node::client::ConnectionState::Connected) => anyhow::bail!(
+                        "{} did not send {url} within {secs} s (--wait-secs): no replica it can reach has it",
+                        reach.url
+                    ),
+                    _ => {
+                        let why = client.last_connect_error().await.unwrap_or_else(|| "no answer".to_owned());
+                        anyhow::bail!("cannot reach {} ({why}) within {secs} s (--wait-secs)", reach.url)
+                    }
+                }
+            }
+        }
         Ok(url.document_id)
     }
 
-    async fn open(client: &Client, url: &str, path: &str) -> Result<(DocumentId, Vec<String>)> {
+    async fn open(client: &Client, reach: &Reach<'_>, url: &str, path: &str) -> Result<(DocumentId, Vec<String>)> {
         let path = cli::parse_path(path)?;
-        Ok((find(client, url).await?, path))
+        Ok((find(client, reach, url).await?, path))
     }
 
     async fn print(client: &Client, doc: DocumentId) {
@@ -638,16 +709,25 @@ mod client {
         format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 
-    /// Waits for the edge's acknowledgement; offline, says the edit is kept
-    /// locally instead of failing.
-    async fn acked(client: &Client, doc: DocumentId, wait: Duration) {
-        if wait.is_zero() {
-            return;
+    /// Waits for the edge's acknowledgement. Past `wait`: with a local
+    /// store (`--store`) the edit is kept there and syncs on the next run
+    /// (said on stderr); without one it is lost, which is an error.
+    async fn acked(client: &Client, reach: &Reach<'_>, doc: DocumentId, wait: Duration) -> Result<()> {
+        if wait.is_zero() || tokio::time::timeout(wait, client.wait_acked(doc)).await.is_ok() {
+            return Ok(());
         }
-        if tokio::time::timeout(wait, client.wait_acked(doc)).await.is_err() {
-            eprintln!(
-                "not acknowledged by the edge within {wait:?}: the change is kept in the local store (if any) and syncs on the next run"
-            );
+        let why = match client.last_connect_error().await {
+            Some(why) => format!("cannot reach {} ({why})", reach.url),
+            None => format!("{} did not acknowledge the change", reach.url),
+        };
+        let secs = wait.as_secs();
+        if reach.local_store {
+            eprintln!("{why} within {secs} s: the change is kept in the local store and syncs on the next run");
+            Ok(())
+        } else {
+            anyhow::bail!(
+                "{why} within {secs} s (--wait-secs): the change was not saved anywhere (--store FILE keeps edits made offline)"
+            )
         }
     }
 }
@@ -662,6 +742,75 @@ mod tests {
             Command::Serve(a) => Ok(a),
             _ => unreachable!("serve parses as serve"),
         }
+    }
+
+    /// `serve ARGS` with `--config` set to a file holding `toml`.
+    fn serve_with(toml: &str, args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("edge.toml");
+        std::fs::write(&file, toml).expect("write the config");
+        let argv = ["meridian-edge", "serve", "--config", file.to_str().expect("utf-8 path")]
+            .iter()
+            .chain(args)
+            .map(std::ffi::OsString::from)
+            .collect();
+        match meridian_node::config_file::parse::<Cli>(argv, "serve")?.command {
+            Command::Serve(a) => Ok(a),
+            _ => unreachable!("serve parses as serve"),
+        }
+    }
+
+    #[test]
+    fn a_config_file_sets_flags_and_a_flag_wins_over_it() {
+        let file = r#"
+            listen = "127.0.0.1:9999"
+            max-connections = 5
+            unsafe_no_fsync = true
+            hub = ["127.0.0.1:1", "127.0.0.1:2"]
+            disk-budget-mb = 1.5
+        "#;
+        let a = serve_with(file, &["--listen", "127.0.0.1:8888"]).unwrap();
+        assert_eq!(a.listen.port(), 8888, "the flag wins over the file");
+        assert_eq!(a.max_connections, 5);
+        assert!(a.unsafe_no_fsync);
+        assert_eq!(a.hub.len(), 2);
+        assert_eq!(a.disk_budget_mb, 1.5);
+        let a = serve_with(file, &[]).unwrap();
+        assert_eq!(a.listen.port(), 9999, "the file wins over the default");
+        let a = serve_with("", &[]).unwrap();
+        assert_eq!(a.max_connections, 10_000, "the default without the key");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_in_a_config_file_are_errors() {
+        let e = serve_with("max-conections = 5", &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `max-conections`"), "{e}");
+        let e = serve_with("max-connections = \"many\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("many") && e.contains("--max-connections"), "{e}");
+        let e = serve_with("unsafe-no-fsync = \"yes\"", &[]).unwrap_err().to_string();
+        assert!(e.contains("switch"), "{e}");
+        let e = serve_with("listen = [", &[]).unwrap_err().to_string();
+        assert!(e.contains("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_names_every_flag_and_uncommented_gives_the_defaults() {
+        let example = config_example();
+        let mut uncommented = String::new();
+        for line in example.lines() {
+            let Some(setting) = line.strip_prefix("# ") else { continue };
+            let Some((key, _)) = setting.split_once(" = ") else { continue };
+            if !key.contains(' ') && !setting.contains(meridian_node::config_file::NOT_SET) {
+                uncommented.push_str(setting);
+                uncommented.push('\n');
+            }
+        }
+        for flag in ["listen", "quic-listen", "max-connections", "hub", "auth-public-key", "engine-threads"] {
+            assert!(example.contains(&format!("\n# {flag} = ")), "{flag} missing from:\n{example}");
+        }
+        let from_file = format!("{:?}", ServeArgs { config: None, ..serve_with(&uncommented, &[]).unwrap() });
+        let defaults = format!("{:?}", serve(&[]).unwrap());
+        assert_eq!(from_file, defaults, "the example, uncommented:\n{uncommented}");
     }
 
     #[test]

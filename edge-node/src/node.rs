@@ -11,11 +11,13 @@ use meridian_node::metrics::{NodeMetrics, Role};
 use meridian_node::quic;
 use meridian_node::runtime::{self, NodeEvent, NodeEvents, NodeRuntime};
 use meridian_node::server::{self, AppState};
+use meridian_node::startup::{self, BindError};
 use meridian_node::store::{SqliteStore, StoreOptions};
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FrameKind};
 use meridian_protocol::engine::EngineConfig;
 use meridian_protocol::ids::PeerId;
+use meridian_protocol::log::Maybe;
 
 use crate::config::{EdgeConfig, UplinkConfig};
 use crate::error::EdgeError;
@@ -51,16 +53,23 @@ struct PeerParts {
     tasks: Vec<AbortOnDrop<()>>,
 }
 
-fn start_peers(config: &EdgeConfig, edge_id: &str, events: NodeEvents) -> Result<PeerParts, EdgeError> {
+fn start_peers(
+    config: &EdgeConfig,
+    edge_id: &str,
+    events: NodeEvents,
+    socket: Option<std::net::UdpSocket>,
+) -> Result<PeerParts, EdgeError> {
     let dir = Arc::new(PeerDirectory::default());
     let (tx, rx) = tokio::sync::mpsc::channel(4096);
     let mut tasks = Vec::new();
     let (mut addr, mut listen_addr, mut fingerprint) = (None, None, None);
-    if let Some(listen) = config.peer_listen {
+    if let (Some(listen), Some(socket)) = (config.peer_listen, socket) {
         let names = vec!["localhost".to_owned(), listen.ip().to_string()];
-        let identity = quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+        let identity =
+            quic::load_or_create_identity(&config.data_dir, &names, quic::IdentityOf::Edge).map_err(EdgeError::Tls)?;
         let limit = config.max_message_bytes;
-        let (bound, task) = peers::listen(&identity, listen, dir.clone(), edge_id.to_owned(), events.clone(), limit)?;
+        let (bound, task) =
+            peers::listen(&identity, listen, socket, dir.clone(), edge_id.to_owned(), events.clone(), limit)?;
         tasks.push(task);
         addr = Some(bound);
         listen_addr = Some(config.peer_advertise.clone().unwrap_or_else(|| bound.to_string()));
@@ -89,20 +98,23 @@ struct DeviceAuth {
     limits: Arc<server::ConnLimiter>,
 }
 
-/// Binds the QUIC listener for device clients (ALPN `meridian/1`), with a
-/// certificate from the edge's data folder (created on first start).
+/// Starts the QUIC listener for device clients (ALPN `meridian/1`) on its
+/// bound socket, with a certificate from the edge's data folder (created on
+/// first start).
 fn start_device_listener(
     config: &EdgeConfig,
     listen: SocketAddr,
+    socket: std::net::UdpSocket,
     events: NodeEvents,
     auth: DeviceAuth,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let names = vec!["localhost".to_owned(), listen.ip().to_string()];
-    let identity = quic::load_or_create_identity(&config.data_dir, &names).map_err(EdgeError::Tls)?;
+    let identity =
+        quic::load_or_create_identity(&config.data_dir, &names, quic::IdentityOf::Edge).map_err(EdgeError::Tls)?;
     let server = quic::server_config(&identity, quic::DEVICE_ALPN).map_err(EdgeError::Tls)?;
-    let endpoint =
-        quinn::Endpoint::server(server, listen).map_err(|source| EdgeError::Bind { addr: listen, source })?;
-    let addr = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr: listen, source })?;
+    let bind_error = |error| BindError { flag: "--quic-listen", addr: listen, proto: "UDP", error };
+    let endpoint = quic::server_endpoint(server, socket).map_err(bind_error)?;
+    let addr = endpoint.local_addr().map_err(bind_error)?;
     tracing::info!(%addr, ca = %identity.ca_path.display(), fingerprint = %identity.fingerprint, "QUIC listener for devices");
     let task = AbortOnDrop(tokio::spawn(accept_devices(endpoint, events, config.max_message_bytes, auth)));
     Ok((addr, task))
@@ -203,17 +215,17 @@ impl EdgeNode {
     /// configured) starts the uplink to the hub.
     pub async fn start(config: EdgeConfig) -> Result<Self, EdgeError> {
         config.validate()?;
-        let store = SqliteStore::open_with(&config.database_path(), StoreOptions { fsync: config.fsync })?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
-        let admin_listener = match config.admin_listen {
-            Some(a) => {
-                Some(tokio::net::TcpListener::bind(a).await.map_err(|source| EdgeError::Bind { addr: a, source })?)
-            }
-            None => None,
+        // Every port first: a start that cannot bind leaves nothing on disk.
+        let listener = startup::bind_tcp("--listen", config.listen)?;
+        let addr = listener.local_addr()?;
+        let admin_listener = config.admin_listen.map(|a| startup::bind_tcp("--admin-listen", a)).transpose()?;
+        let device_socket = config.quic_listen.map(|a| startup::bind_udp("--quic-listen", a)).transpose()?;
+        let peer_socket = match (&config.uplink, config.peer_listen) {
+            (Some(_), Some(a)) => Some(startup::bind_udp("--peer-listen", a)?),
+            _ => None,
         };
+        startup::writable_dir("--data", &config.data_dir)?;
+        let store = SqliteStore::open_with(&config.database_path(), StoreOptions { fsync: config.fsync })?;
 
         // The storage id is the store's (set by `NodeRuntime`).
         let mut engine = EngineConfig::new(PeerId::new(config.peer_id.clone()), None);
@@ -240,7 +252,7 @@ impl EdgeNode {
         let _ = runtime.events().send(NodeEvent::ScrubRate { bytes_per_sec: config.scrub_bytes_per_sec }).await;
         let _ = runtime.events().send(NodeEvent::DivergenceAfter { after: config.divergence_after }).await;
         let peers = match &config.uplink {
-            Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events())?),
+            Some(u) => Some(start_peers(&config, &u.edge_id, runtime.events(), peer_socket)?),
             None => None,
         };
         let mut app = server::router(AppState {
@@ -280,16 +292,23 @@ impl EdgeNode {
         let ops = meridian_node::admin::protect(ops, guard);
         let admin = match admin_listener {
             Some(listener) => Some(
-                meridian_node::http::serve(listener, ops, http_options.clone(), metrics.clone())
-                    .map_err(|source| EdgeError::Bind { addr: config.admin_listen.unwrap_or(config.listen), source })?,
+                meridian_node::http::serve(listener.listen()?, ops, http_options.clone(), metrics.clone()).map_err(
+                    |error| BindError {
+                        flag: "--admin-listen",
+                        addr: config.admin_listen.unwrap_or(addr),
+                        proto: "TCP",
+                        error,
+                    },
+                )?,
             ),
             None => {
                 app = app.merge(ops);
                 None
             }
         };
-        let http = meridian_node::http::serve(listener, app, http_options, metrics.clone())
-            .map_err(|source| EdgeError::Bind { addr: config.listen, source })?;
+        // Connections are accepted from here on: the edge is ready.
+        let http = meridian_node::http::serve(listener.listen()?, app, http_options, metrics.clone())
+            .map_err(|error| BindError { flag: "--listen", addr, proto: "TCP", error })?;
         let handle = peers.as_ref().map(|p| p.handle.clone());
         let uplink = config.uplink.clone().map(|u| {
             let hubs: Vec<String> = u.hubs.iter().map(ToString::to_string).collect();
@@ -299,8 +318,8 @@ impl EdgeNode {
             AbortOnDrop(tokio::spawn(crate::uplink::run(u, runtime.events(), metrics.clone(), handle, keyring)))
         });
         let (peer_addr, peer_tasks) = peers.map_or((None, Vec::new()), |p| (p.addr, p.tasks));
-        let (quic_addr, devices) = match config.quic_listen {
-            Some(listen) => {
+        let (quic_addr, devices) = match config.quic_listen.zip(device_socket) {
+            Some((listen, socket)) => {
                 let auth = DeviceAuth {
                     verifier: verifier.clone(),
                     metrics: metrics.clone(),
@@ -308,13 +327,13 @@ impl EdgeNode {
                     limits: limits.clone(),
                     rates: config.rates,
                 };
-                let (addr, task) = start_device_listener(&config, listen, runtime.events(), auth)?;
+                let (addr, task) = start_device_listener(&config, listen, socket, runtime.events(), auth)?;
                 (Some(addr), Some(task))
             }
             None => (None, None),
         };
         let admin_addr = admin.as_ref().map(|a| a.addr);
-        tracing::info!(%addr, ?quic_addr, ?admin_addr, data = %config.data_dir.display(), "edge listening");
+        tracing::info!(%addr, quic_addr = %Maybe(&quic_addr), admin_addr = %Maybe(&admin_addr), data = %config.data_dir.display(), "edge listening");
         Ok(Self {
             addr,
             tls: config.tls.is_some(),

@@ -32,6 +32,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use meridian_node::quic::{self, EndpointError, FrameIoError, HubTrust};
 use meridian_node::runtime::{NodeEvent, NodeEvents, register_edge_peer};
+use meridian_node::startup::BindError;
 use meridian_node::task::AbortOnDrop;
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, HomeNotice};
 use meridian_protocol::engine::Direction;
@@ -415,19 +416,22 @@ impl Dial {
     }
 }
 
-/// Binds the listener for other edges (ALPN `meridian-peer/1`) with the
-/// edge's certificate; returns its address and the accept task.
+/// Starts the listener for other edges (ALPN `meridian-peer/1`) on its
+/// bound socket with the edge's certificate; returns its address and the
+/// accept task.
 pub fn listen(
     identity: &quic::Identity,
-    addr: SocketAddr,
+    listen: SocketAddr,
+    socket: std::net::UdpSocket,
     dir: Arc<PeerDirectory>,
     edge_id: String,
     events: NodeEvents,
     limit: usize,
 ) -> Result<(SocketAddr, AbortOnDrop<()>), EdgeError> {
     let server = quic::server_config(identity, PEER_ALPN).map_err(EdgeError::Tls)?;
-    let endpoint = quinn::Endpoint::server(server, addr).map_err(|source| EdgeError::Bind { addr, source })?;
-    let local = endpoint.local_addr().map_err(|source| EdgeError::Bind { addr, source })?;
+    let bind_error = |error| BindError { flag: "--peer-listen", addr: listen, proto: "UDP", error };
+    let endpoint = quic::server_endpoint(server, socket).map_err(bind_error)?;
+    let local = endpoint.local_addr().map_err(bind_error)?;
     tracing::info!(addr = %local, "QUIC listener for other edges");
     let task = AbortOnDrop(tokio::spawn(accept(endpoint, dir, Arc::new(edge_id), events, limit)));
     Ok((local, task))

@@ -21,6 +21,7 @@ use meridian_node::quic::{self, FEDERATION_ALPN, FrameIoError};
 use meridian_node::runtime::{NodeEvent, NodeEvents, register};
 use meridian_protocol::codec::federation::{self, Control, FEDERATION_VERSION, FrameError, FrameKind, RevokeNotice};
 use meridian_protocol::engine::Direction;
+use meridian_protocol::log::Maybe;
 
 use crate::config::UplinkConfig;
 use crate::peers::PeerHandle;
@@ -130,7 +131,7 @@ fn revoke(keyring: Option<&Keyring>, events: &NodeEvents, list: Vec<RevokeNotice
         return;
     }
     for r in keyring.revoke(&new) {
-        tracing::info!(jti = ?r.jti, sub = ?r.sub, "the hub revoked a token");
+        tracing::info!(jti = %Maybe(&r.jti), sub = %Maybe(&r.sub), "the hub revoked a token");
     }
     // Kept, so a restart while the hub is unreachable still refuses them.
     if let Some(path) = file

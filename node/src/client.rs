@@ -113,6 +113,7 @@ enum Command {
     Read { doc: DocumentId, f: ReadFn },
     Acked { doc: DocumentId, reply: oneshot::Sender<()> },
     State { reply: oneshot::Sender<ConnectionState> },
+    LastError { reply: oneshot::Sender<Option<String>> },
 }
 
 /// A handle to a running client.
@@ -173,6 +174,7 @@ impl Client {
             changes: changes.clone(),
             ready: false,
             ack_waiters: Vec::new(),
+            last_error: None,
         };
         let task = tokio::spawn(actor.run(rx));
         Ok(Self { commands, changes, peer_id, task })
@@ -269,6 +271,12 @@ impl Client {
         self.ask(|reply| Command::State { reply }).await
     }
 
+    /// Why the last attempt to connect failed, in words ("connection
+    /// refused"); `None` once connected.
+    pub async fn last_connect_error(&self) -> Option<String> {
+        self.ask(|reply| Command::LastError { reply }).await.ok().flatten()
+    }
+
     /// Waits until `pred` holds for the document (checked on every change).
     pub async fn wait_for(
         &self,
@@ -338,6 +346,8 @@ struct Actor {
     /// The server answered our `join`.
     ready: bool,
     ack_waiters: Vec<(DocumentId, Vec<ChangeHash>, oneshot::Sender<()>)>,
+    /// Why the last connection attempt failed (cleared on connecting).
+    last_error: Option<String>,
 }
 
 impl Actor {
@@ -425,6 +435,7 @@ impl Actor {
                 self.link = Some(link);
                 self.backoff.reset();
                 self.state = ConnectionState::Connected;
+                self.last_error = None;
                 let now = self.now();
                 self.conn = Some(self.engine.handle_connect(now, Direction::Outgoing));
                 Duration::ZERO
@@ -433,12 +444,14 @@ impl Actor {
                 let delay = self.backoff.next_delay();
                 tracing::warn!(url = %self.url, %reason, ?delay, "the edge refused our token; retrying");
                 self.state = ConnectionState::Refused;
+                self.last_error = Some(format!("refused: {reason}"));
                 delay
             }
             Err(e) => {
                 let delay = self.backoff.next_delay();
                 tracing::info!(url = %self.url, error = %e, ?delay, "connect failed; retrying");
                 self.state = ConnectionState::Backoff;
+                self.last_error = Some(e.in_words());
                 delay
             }
         }
@@ -510,6 +523,9 @@ impl Actor {
             Command::Read { doc, f } => f(self.engine.document(&doc)),
             Command::State { reply } => {
                 let _ = reply.send(self.state);
+            }
+            Command::LastError { reply } => {
+                let _ = reply.send(self.last_error.clone());
             }
             Command::Acked { doc, reply } => {
                 let heads = self.engine.document(&doc).map(|d| d.get_heads()).unwrap_or_default();

@@ -67,15 +67,40 @@ fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     std::fs::write(path, contents).map_err(|source| TlsError::Io { path: path.to_owned(), source })
 }
 
+/// Who presents a certificate, and who must trust it (for the log line
+/// when a development identity is created).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityOf {
+    Hub,
+    Edge,
+}
+
+impl IdentityOf {
+    fn common_name(self) -> &'static str {
+        match self {
+            IdentityOf::Hub => "meridian-hub",
+            IdentityOf::Edge => "meridian-edge",
+        }
+    }
+
+    fn trusted_by(self) -> &'static str {
+        match self {
+            IdentityOf::Hub => "the hub's certificate; edges must trust",
+            IdentityOf::Edge => "this edge's certificate; devices (quic://) and other edges must trust",
+        }
+    }
+}
+
 /// Loads the identity in `dir`, creating a dev CA and a certificate for
-/// `names` (DNS names or IPs) on first use.
-pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<Identity, TlsError> {
+/// `names` (DNS names or IPs) on first use. (The files keep the names
+/// `hub-cert.pem`, `hub-key.pem` on edges too.)
+pub fn load_or_create_identity(dir: &Path, names: &[String], of: IdentityOf) -> Result<Identity, TlsError> {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).map_err(|source| TlsError::Io { path: tls.clone(), source })?;
     let (ca_path, cert_path, key_path) = (tls.join("ca.pem"), tls.join("hub-cert.pem"), tls.join("hub-key.pem"));
     if !cert_path.exists() || !key_path.exists() {
-        create_dev_identity(&ca_path, &cert_path, &key_path, names)?;
-        tracing::warn!(dir = %tls.display(), "created a development CA and hub certificate; edges must trust {}", ca_path.display());
+        create_dev_identity(&ca_path, &cert_path, &key_path, names, of.common_name())?;
+        tracing::warn!(dir = %tls.display(), "created a development CA and {} {}", of.trusted_by(), ca_path.display());
     }
     let cert_chain = CertificateDer::pem_file_iter(&cert_path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -87,7 +112,13 @@ pub fn load_or_create_identity(dir: &Path, names: &[String]) -> Result<Identity,
     Ok(Identity { cert_chain, key, ca_path, fingerprint })
 }
 
-fn create_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path, names: &[String]) -> Result<(), TlsError> {
+fn create_dev_identity(
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+    names: &[String],
+    common_name: &str,
+) -> Result<(), TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
     let ca_key = KeyPair::generate()?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
@@ -98,7 +129,7 @@ fn create_dev_identity(ca_path: &Path, cert_path: &Path, key_path: &Path, names:
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate()?;
     let mut leaf_params = CertificateParams::new(names.to_vec())?;
-    leaf_params.distinguished_name.push(DnType::CommonName, "meridian-hub");
+    leaf_params.distinguished_name.push(DnType::CommonName, common_name);
     let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
     write(ca_path, &ca_cert.pem())?;
     write(cert_path, &format!("{}{}", leaf.pem(), ca_cert.pem()))?;
@@ -116,6 +147,13 @@ pub fn server_config(identity: &Identity, alpn: &[u8]) -> Result<quinn::ServerCo
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(Arc::new(transport()));
     Ok(config)
+}
+
+/// A QUIC server on a UDP socket bound earlier
+/// ([`crate::startup::bind_udp`]: ports first, then files).
+pub fn server_endpoint(config: quinn::ServerConfig, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
 }
 
 /// How long an edge's link to its hub may stay silent before the edge

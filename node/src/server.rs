@@ -247,7 +247,7 @@ fn upgrade(
         Ok(slot) => slot,
         Err(limit) => {
             state.metrics.limit_hit(limit.as_str());
-            tracing::info!(?peer, limit = limit.as_str(), "WebSocket upgrade refused: too many connections");
+            tracing::info!(peer = %meridian_protocol::log::Maybe(&peer), limit = limit.as_str(), "WebSocket upgrade refused: too many connections");
             let why = match limit {
                 ConnLimit::Connections => "too many connections to this node; try again later",
                 ConnLimit::ConnectionsPerAddress => "too many connections from your address",

@@ -77,8 +77,11 @@ impl Drop for Telemetry {
 /// Logs to stderr (`RUST_LOG`, else `default_filter`); with `otlp` (the
 /// collector's base URL, e.g. `http://127.0.0.1:4318`), traces too.
 pub fn init(default_filter: &str, otlp: Option<&str>, service: &Service) -> anyhow::Result<Telemetry> {
+    use std::io::IsTerminal as _;
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: not in files, journald or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()));
     let Some(endpoint) = otlp.map(str::trim).filter(|e| !e.is_empty()) else {
         tracing_subscriber::registry().with(logs).init();

@@ -10,7 +10,7 @@ use rand::{Rng, RngExt};
 /// Why a string could not be parsed into an identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
-    #[error("not valid bs58check: {0}")]
+    #[error("not a valid id (bs58check): {0}")]
     Bs58(String),
     #[error("document id must be 16 bytes, got {0}")]
     DocumentIdLength(usize),
@@ -127,8 +127,21 @@ impl FromStr for DocumentId {
     }
 }
 
+/// In words, never the checksum bytes: what a person fixes is a character
+/// of the id.
 fn decode_bs58check(s: &str) -> Result<Vec<u8>, IdError> {
-    bs58::decode(s).with_check(None).into_vec().map_err(|e| IdError::Bs58(e.to_string()))
+    bs58::decode(s).with_check(None).into_vec().map_err(|e| {
+        IdError::Bs58(match e {
+            bs58::decode::Error::InvalidChecksum { .. } => {
+                "its checksum does not match (a character is wrong, missing or extra)".to_owned()
+            }
+            bs58::decode::Error::InvalidCharacter { character, .. } => {
+                format!("`{character}` is not a base58 character (no 0, O, I or l)")
+            }
+            bs58::decode::Error::NoChecksum => "it is too short".to_owned(),
+            other => other.to_string(),
+        })
+    })
 }
 
 /// Encodes a change hash the way heads travel on the wire and in URLs.
@@ -258,6 +271,19 @@ impl fmt::Display for ConnId {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_mistyped_id_is_explained_in_words_without_checksum_bytes() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(20);
+        let url = super::DocumentId::random(&mut rng).url().to_string();
+        // One character changed (to another base58 one).
+        let last = url.chars().last().unwrap_or('1');
+        let typo = format!("{}{}", &url[..url.len() - 1], if last == '2' { '3' } else { '2' });
+        let e = typo.parse::<super::AutomergeUrl>().unwrap_err().to_string();
+        assert!(e.contains("checksum does not match") && !e.contains('['), "{e}");
+        let e = format!("{}0", &url[..url.len() - 1]).parse::<super::AutomergeUrl>().unwrap_err().to_string();
+        assert!(e.contains("`0` is not a base58 character"), "{e}");
+    }
+
     #[test]
     fn cached_document_ids_read_and_write_as_uncached_ones() {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(19);

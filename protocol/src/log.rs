@@ -21,9 +21,29 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// An optional value in a log line or message for people: the value, or
+/// `-` — never Rust's `Some(…)`.
+#[derive(Clone, Copy, Debug)]
+pub struct Maybe<'a, T>(pub &'a Option<T>);
+
+impl<T: fmt::Display> fmt::Display for Maybe<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Escaped;
+    use super::{Escaped, Maybe};
+
+    #[test]
+    fn an_optional_value_is_shown_as_itself_or_a_dash() {
+        assert_eq!(Maybe(&Some(7302)).to_string(), "7302");
+        assert_eq!(Maybe::<u16>(&None).to_string(), "-");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_the_rest_kept() {

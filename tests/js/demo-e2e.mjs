@@ -51,8 +51,10 @@ const browser = await chromium.launch({
 })
 
 const consoleErrors = []
-async function openPage(name, url) {
+async function openPage(name, url, me = null) {
   const context = await browser.newContext({ viewport: { width: 1440, height: 900 } })
+  // A name and avatar colour set before the page loads (as a returning visitor's).
+  if (me) await context.addInitScript((m) => localStorage.setItem("meridian-demo:me", JSON.stringify(m)), me)
   const page = await context.newPage()
   page.on("console", (m) => {
     log(`${name} ${m.type()}: ${m.text()}`)
@@ -95,14 +97,46 @@ async function caretToStart(page) {
 
 try {
   // 1. A document on eu, opened on us and (by a second person) on eu.
-  const a = await openPage("A(eu)", opts.eu)
+  // A and B come with the same avatar colour: one of them must take another.
+  const a = await openPage("A(eu)", opts.eu, { name: "Ada", color: "#1c7ed6" })
   const docUrl = await a.evaluate(() => window.meridianDemo.doc.url)
   await a.waitForFunction(() => document.querySelector("#conn-pill").dataset.state === "connected")
   await a.evaluate(() => window.meridianDemo.doc.whenSynced())
-  const b = await openPage("B(us)", `${opts.us}#${docUrl}`)
+  const b = await openPage("B(us)", `${opts.us}#${docUrl}`, { name: "Bob", color: "#1c7ed6" })
   const c = await openPage("C(eu)", `${opts.eu}#${docUrl}`)
   const welcome = await converge([a, b, c], ["IndexedDB", "🚀"], "open by link")
   out({ step: "opened", doc: docUrl })
+
+  // Two people never share an avatar colour: on each page, A's and B's differ.
+  const avatarColours = (p) => p.$$eval("#presence .avatar", (xs) => xs.map((x) => `${x.title.split(" ")[0]}=${x.style.background}`))
+  for (const p of [a, b]) {
+    await p.waitForFunction(
+      () => {
+        const colour = (who) => [...document.querySelectorAll("#presence .avatar")].find((x) => x.title.startsWith(who))?.style.background
+        return colour("Ada") && colour("Bob") && colour("Ada") !== colour("Bob")
+      },
+      null,
+      { timeout: 15_000 },
+    ).catch(async () => {
+      throw new Error(`${p.name}: Ada and Bob keep one colour: ${JSON.stringify(await avatarColours(p))}`)
+    })
+  }
+  out({ step: "distinct-colours", a: await avatarColours(a) })
+
+  // A link with a mistyped id: said at once (no retries), in words, and
+  // nothing stays editable; the banner leads back.
+  const typo = docUrl.slice(0, -1) + (docUrl.endsWith("2") ? "3" : "2")
+  const askedAt = Date.now()
+  await c.evaluate((u) => (location.hash = u), typo)
+  await c.waitForFunction(() => /not a valid document link/.test(document.querySelector("#banner")?.textContent ?? ""), null, { timeout: 5_000 })
+  const banner = await c.$eval("#banner", (b) => b.textContent)
+  if (/\[\d+, \d+/.test(banner)) throw new Error(`raw checksum bytes in the banner: ${banner}`)
+  if (!(await c.$eval("#editor", (t) => t.readOnly && t.value === ""))) throw new Error("after a failed open the previous document is still editable")
+  await shot(c, "0-invalid-link-c.png")
+  await c.click("#banner button")
+  await converge([a, c], ["IndexedDB"], "back to the document after a bad link")
+  if (await c.$eval("#editor", (t) => t.readOnly)) throw new Error("the document is not editable again")
+  out({ step: "invalid-link", ms: Date.now() - askedAt })
 
   // 2. A's cursor and name appear on B.
   await caretToStart(a)
@@ -114,6 +148,13 @@ try {
     { timeout: 15_000 },
   )
   await shot(b, "1-remote-cursor.png")
+  // A caret that stays put keeps its colour but not its name tag, which
+  // would hide the line above.
+  await b
+    .waitForFunction(() => [...document.querySelectorAll(".remote-label")].every((l) => l.classList.contains("quiet")), null, { timeout: 10_000 })
+    .catch(async () => {
+      throw new Error(`name tags still shown: ${JSON.stringify(await b.$$eval(".remote-label", (ls) => ls.map((l) => `${l.textContent}:${l.className}`)))}`)
+    })
   out({ step: "remote-cursor", name: aName })
 
   // 3. Keystroke latency, same edge (A→C) and across edges (A→B via the hub).
@@ -156,12 +197,24 @@ try {
   if (!merged.startsWith("Ana 😀 was here. ") || !merged.endsWith(" Bo 🎉 too.")) throw new Error(`edits landed in the wrong places: ${JSON.stringify(merged)}`)
   await shot(a, "2-concurrent-a.png")
   await shot(b, "2-concurrent-b.png")
-  out({ step: "concurrent" })
+  // The history names people and keeps each one's typing of the last
+  // minute as one entry, though A's and B's changes interleave.
+  await a.waitForFunction(() => [...document.querySelectorAll("#history li .who")].some((w) => w.textContent.includes("Bob")), null, { timeout: 10_000 })
+  const rows = await a.$$eval("#history li", (ls) => ls.map((l) => `${l.querySelector(".what").textContent} ${l.querySelector(".who").textContent}`))
+  const who = rows.filter((r) => !/^created/i.test(r))
+  const rowsBy = (name) => who.filter((w) => w.endsWith(`by ${name}`)).length
+  if (rowsBy("Ada") !== 1 || rowsBy("Bob") !== 1) throw new Error(`history rows: ${JSON.stringify(rows)}`)
+  if (who.some((w) => /by [0-9a-f]{8}$/.test(w))) throw new Error(`hex authors in the history: ${JSON.stringify(who)}`)
+  out({ step: "concurrent", history: who })
 
   // 5. B goes offline with the switch; both edit; B comes back.
   await b.click("label.switch")
   await b.waitForFunction(() => document.querySelector("#conn-pill").dataset.state === "offline")
   if ((await b.evaluate(() => window.meridianDemo.client.connectionState)) !== "offline") throw new Error("the switch did not cut the connection")
+  // The others drop B at once (not after a timeout); B shows no stale round trips.
+  await a.waitForFunction(() => ![...document.querySelectorAll("#presence .avatar")].some((x) => x.title.startsWith("Bob")), null, { timeout: 3_000 })
+  const facts = await b.$eval("#conn-facts", (f) => f.textContent)
+  if (/ms \((QUIC RTT|HTTP round trip)\)/.test(facts)) throw new Error(`an offline page shows round trips: ${facts}`)
   await caretToEnd(b)
   await b.keyboard.type(" [offline edit by B]")
   await caretToStart(a)
@@ -182,6 +235,9 @@ try {
   // and us), and the pages keep editing across the hand-off.
   await a.waitForFunction(() => /^edge \w+/.test(document.querySelector("#placement .home-of-doc")?.textContent ?? ""), null, { timeout: 30_000 })
   const home = await a.$eval("#placement .home-of-doc", (d) => d.textContent)
+  await a.waitForFunction(() => /hand-off/.test(document.querySelector("#placement .moves")?.textContent ?? ""), null, { timeout: 30_000 })
+  const moves = await a.$eval("#placement .moves", (d) => d.textContent)
+  if (/\b0(\.0+)? ms/.test(moves)) throw new Error(`a hand-off reads 0 ms: ${moves}`)
   await shot(a, "5a-placement-a.png")
   out({ step: "placement-shown", decided, home })
 

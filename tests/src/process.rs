@@ -108,9 +108,8 @@ impl EdgeProcess {
         let child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
-            // The binary's default QUIC port (7302) would collide between
-            // edges started by tests running in parallel.
-            .args(if extra.contains(&"--quic-listen") { &[][..] } else { &["--quic-listen", "127.0.0.1:0"][..] })
+            // Without --quic-listen, QUIC takes the --listen port on UDP
+            // (free_port checks both).
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())

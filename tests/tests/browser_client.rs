@@ -286,7 +286,11 @@ async fn clients_sync_over_wss_with_tls_on() -> Result<()> {
     require_pkg()?;
     let dir = tempfile::tempdir()?;
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-    meridian_node::quic::load_or_create_identity(&dir.path().join("certs"), &names)?;
+    meridian_node::quic::load_or_create_identity(
+        &dir.path().join("certs"),
+        &names,
+        meridian_node::quic::IdentityOf::Edge,
+    )?;
     let tls = dir.path().join("certs/tls");
     let mut config = EdgeConfig::new(dir.path().join("edge")).ephemeral_port();
     config.tls = Some((tls.join("hub-cert.pem"), tls.join("hub-key.pem")));

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Child, ensure_debian, ensure_postgres, is_root, run, wait_port};
+use crate::supervise::Supervisor;
+use crate::{ensure_debian, ensure_postgres, is_root, run};
 
 /// PostgreSQL's port, NATS's, and the second hub's QUIC and HTTP ports.
 pub const PG_PORT: u16 = 7440;
@@ -26,20 +27,18 @@ pub fn bus_url() -> String {
 }
 
 /// Starts PostgreSQL and NATS for the demo (installing them first as root,
-/// else stopping with the command to run); their children, to stop with
-/// the rest.
-pub fn start_services(data: &Path) -> Result<Vec<Child>> {
+/// else stopping with the command to run), as services of `sup`.
+pub fn start_services(data: &Path, sup: &mut Supervisor) -> Result<()> {
     ensure_postgres()?;
     ensure_debian(&["nats-server"], &["nats-server"], "cargo xtask demo --cloud")?;
-    let mut children = vec![start_postgres(&data.join("pg"))?];
+    start_postgres(&data.join("pg"), sup)?;
     let nats_dir = data.join("nats");
     std::fs::create_dir_all(&nats_dir)?;
     let mut nats = Command::new("nats-server");
     nats.args(["-a", "127.0.0.1", "-p", &NATS_PORT.to_string(), "-js", "-sd"]).arg(&nats_dir);
     nats.arg("-l").arg(nats_dir.join("nats.log"));
-    children.push(Child::spawn_service("nats-server", &mut nats)?);
-    wait_port(NATS_PORT)?;
-    Ok(children)
+    sup.spawn_service("nats-server", &mut nats)?;
+    sup.wait_port("nats-server", NATS_PORT)
 }
 
 /// Debian keeps PostgreSQL's programs in `/usr/lib/postgresql/N/bin`
@@ -68,7 +67,7 @@ fn as_owner(program: &Path) -> Command {
     }
 }
 
-fn start_postgres(dir: &Path) -> Result<Child> {
+fn start_postgres(dir: &Path, sup: &mut Supervisor) -> Result<()> {
     let cluster = dir.join("data");
     if !cluster.join("PG_VERSION").exists() {
         std::fs::create_dir_all(dir)?;
@@ -87,8 +86,8 @@ fn start_postgres(dir: &Path) -> Result<Child> {
         .arg(dir)
         .args(["-c", "listen_addresses=127.0.0.1"])
         .stderr(log_file(&dir.join("postgres.log"))?);
-    let child = Child::spawn_service("postgres", &mut postgres)?;
-    wait_port(PG_PORT)?;
+    sup.spawn_service("postgres", &mut postgres)?;
+    sup.wait_port("PostgreSQL", PG_PORT)?;
     // The demo's database, once.
     let psql = pg_bin("psql")?;
     let exists = Command::new(&psql)
@@ -104,7 +103,7 @@ fn start_postgres(dir: &Path) -> Result<Child> {
             bail!("could not create the demo database: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
-    Ok(child)
+    Ok(())
 }
 
 /// A log file for a service's own output (appended to, readable by the

@@ -21,12 +21,14 @@ const HELP: &str = "\
 cargo xtask <command>
 
 Commands:
-  demo [--debug] [--cloud]
+  demo [--debug] [--cloud] [--data DIR] [--no-build]
               build and start the local cluster: a hub, three regional edges (eu, us, ap) with
               simulated latency to the hub, and the collaborative editor, one URL per region
-              (data in ./demo-data; --debug skips the release build). --cloud: two hubs on
-              PostgreSQL with the NATS bus (started too, data in ./demo-data/pg and nats),
-              each edge given both (hub 2 is its fail-over)
+              (data in ./demo-data, logs in ./demo-data/logs; --debug: debug builds of the
+              binaries and the browser package). --cloud: two hubs on PostgreSQL with the NATS
+              bus (started too, data in ./demo-data/pg and nats), each edge given both (hub 2
+              is its fail-over). Checks its ports first; Ctrl-C, SIGTERM or any process of it
+              exiting stops everything (also if xtask is killed). --no-build: use what is built
   test        install test prerequisites and run every test
   sim-sweep   run the deterministic simulation over many seeds (MERIDIAN_SIM_SEEDS, default 5000)
   chaos [--seconds S] [--seed N] [--docs K] [--no-js] [--faults K,..] [--json FILE]
@@ -67,7 +69,7 @@ Commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("demo") => demo(args.iter().any(|a| a == "--debug"), args.iter().any(|a| a == "--cloud")),
+        Some("demo") => DemoOptions::parse(&args[1..]).and_then(demo),
         Some("test") => test(&args[1..]),
         Some("sim-sweep") => sim_sweep(),
         Some("chaos") => chaos(&args[1..]),
@@ -95,6 +97,7 @@ mod bench_cost;
 mod bench_placement;
 mod cloud;
 mod js;
+mod supervise;
 
 pub(crate) fn root() -> PathBuf {
     // `cargo run` sets it at run time too: that one names this checkout even
@@ -201,12 +204,72 @@ fn ensure_wasm_target() -> Result<()> {
     }
 }
 
+/// Everything the tests need from Debian, checked before anything is
+/// built: what is missing is installed in one `apt-get` as root, or named
+/// with the exact command to run.
+fn test_prerequisites() -> Result<()> {
+    let mut missing: Vec<(&str, &str)> = Vec::new();
+    let mut need = |programs: &[&str], packages: &'static [&'static str], why: &'static str| {
+        if !programs.iter().all(|p| js::which(p).is_some()) {
+            missing.extend(packages.iter().map(|p| (*p, why)));
+        }
+    };
+    need(&["node", "npm"], &["nodejs", "npm"], "the JS interop tests");
+    need(&["chromium", "chromedriver"], &["chromium", "chromium-driver"], "the browser tests");
+    need(&["nats-server"], &["nats-server"], "the hub bus tests");
+    need(&["promtool"], &["prometheus"], "the tests of deploy/'s alert rules");
+    if cloud::pg_bin("initdb").is_err() {
+        missing.push(("postgresql", "the PostgreSQL store tests"));
+    }
+    if !missing.is_empty() {
+        let packages: Vec<&str> = missing.iter().map(|(p, _)| *p).collect();
+        let mut why: Vec<&str> = missing.iter().map(|(_, w)| *w).collect();
+        why.dedup();
+        install_debian(&packages, &why.join(", "))?;
+    }
+    check_disk_space()
+}
+
+/// About what a test build from scratch takes in the target folder (debug
+/// binaries and tests, the wasm builds, the benchmarks' smoke runs).
+const TEST_BUILD_GIB: u64 = 20;
+
+/// Stops at once if the target folder's disk cannot hold the test build
+/// (less what is already built there), instead of failing with "No space
+/// left on device" after many minutes of building.
+fn check_disk_space() -> Result<()> {
+    let target = target_dir();
+    let probe = if target.exists() { target.clone() } else { root() };
+    let kib = |out: std::process::Output| -> Option<u64> {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().last()?.split_whitespace().nth(3)?.parse().ok()
+    };
+    let Some(free_kib) = Command::new("df").args(["-Pk"]).arg(&probe).output().ok().and_then(kib) else {
+        return Ok(()); // no df: nothing to check with
+    };
+    let built_kib: u64 = Command::new("du")
+        .args(["-sk"])
+        .arg(&target)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let needed_kib = (TEST_BUILD_GIB << 20).saturating_sub(built_kib).max(2 << 20);
+    if free_kib < needed_kib {
+        bail!(
+            "only {:.1} GiB free on the disk holding {} and the test build needs about {:.1} GiB more: \
+             free some space (`cargo clean` removes old builds) or point CARGO_TARGET_DIR elsewhere",
+            free_kib as f64 / (1 << 20) as f64,
+            target.display(),
+            needed_kib as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
+    test_prerequisites()?;
     ensure_npm()?;
-    ensure_chromium()?;
-    ensure_postgres()?;
-    ensure_debian(&["nats-server"], &["nats-server"], "the hub bus tests")?;
-    ensure_debian(&["promtool"], &["prometheus"], "the tests of deploy/'s alert rules (promtool)")?;
     ensure_wasm_target()?;
     // The browser package: the browser and JS-compatibility tests load it.
     js::build(&[])?;
@@ -290,19 +353,85 @@ fn peer_link_port(from: usize, to: usize) -> u16 {
     7410 + (from * REGIONS.len() + to) as u16
 }
 
-fn demo(debug: bool, cloud: bool) -> Result<()> {
-    let profile = if debug { "debug" } else { "release" };
-    // The browser package the editor imports (a no-op when it is current).
-    js::build(&[])?;
-    let mut build = cargo();
-    if debug {
-        // What the test build built: nothing to rebuild after it.
-        build.args(TEST_BUILD);
-    } else {
-        build.args(["build", "--release", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
+/// `cargo xtask demo` options.
+#[derive(Debug, Default)]
+struct DemoOptions {
+    /// Debug builds (binaries and the browser package) instead of release.
+    debug: bool,
+    /// Two hubs on PostgreSQL with NATS.
+    cloud: bool,
+    /// Use what is built (the tests: the test build made it).
+    no_build: bool,
+    /// The data folder (default `./demo-data`).
+    data: Option<PathBuf>,
+}
+
+impl DemoOptions {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Self::default();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--debug" => o.debug = true,
+                "--cloud" => o.cloud = true,
+                "--no-build" => o.no_build = true,
+                "--data" => o.data = Some(it.next().context("--data needs a folder")?.into()),
+                other => bail!("unknown demo option `{other}`\n\n{HELP}"),
+            }
+        }
+        Ok(o)
     }
-    run(&mut build)?;
-    let data = root().join("demo-data");
+}
+
+/// Every port the demo binds (port, tcp|udp, what), checked first.
+fn demo_ports(cloud: bool) -> Vec<(u16, &'static str, String)> {
+    let mut ports = vec![(7400, "udp", "hub QUIC".to_owned()), (7401, "tcp", "hub HTTP".to_owned())];
+    for (id, ws, quic, peer, site, link, _) in REGIONS {
+        ports.push((ws, "tcp", format!("{id} edge")));
+        ports.push((quic, "udp", format!("{id} edge QUIC")));
+        ports.push((peer, "udp", format!("{id} edge peer link")));
+        ports.push((site, "tcp", format!("{id} editor site")));
+        ports.push((link, "udp", format!("{id} latency link to the hub")));
+        if cloud {
+            ports.push((hub2_link(link), "udp", format!("{id} latency link to hub2")));
+        }
+    }
+    for i in 0..REGIONS.len() {
+        for j in (0..REGIONS.len()).filter(|&j| j != i) {
+            ports.push((peer_link_port(i, j), "udp", "edge-to-edge latency link".to_owned()));
+        }
+    }
+    if cloud {
+        ports.push((cloud::HUB2_QUIC, "udp", "hub2 QUIC".to_owned()));
+        ports.push((cloud::HUB2_HTTP, "tcp", "hub2 HTTP".to_owned()));
+        ports.push((cloud::PG_PORT, "tcp", "PostgreSQL".to_owned()));
+        ports.push((cloud::NATS_PORT, "tcp", "NATS".to_owned()));
+    }
+    ports
+}
+
+fn demo(opts: DemoOptions) -> Result<()> {
+    let DemoOptions { debug, cloud, .. } = opts;
+    let profile = if debug { "debug" } else { "release" };
+    let ports = demo_ports(cloud);
+    let named: Vec<(u16, &str, &str)> = ports.iter().map(|(p, proto, what)| (*p, *proto, what.as_str())).collect();
+    supervise::check_ports(&named)?;
+    if !opts.no_build {
+        // The browser package the editor imports (a no-op when it is current).
+        eprintln!("xtask: building the browser package @meridian/client ({})…", if debug { "dev" } else { "release" });
+        let dev = if debug { vec!["--dev".to_owned()] } else { Vec::new() };
+        js::build(&dev)?;
+        let mut build = cargo();
+        if debug {
+            // What the test build built: nothing to rebuild after it.
+            build.args(TEST_BUILD);
+        } else {
+            build.args(["build", "--release", "--bins", "--workspace", "--exclude", "meridian-client-wasm"]);
+        }
+        eprintln!("xtask: building the binaries ({profile}; the first build takes several minutes)…");
+        run(&mut build)?;
+    }
+    let data = opts.data.clone().unwrap_or_else(|| root().join("demo-data"));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let secrets = demo_secrets(&data)?;
     let bin = |name: &str| target_dir().join(profile).join(name);
@@ -314,8 +443,14 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         run(keygen.args(["auth", "keygen", "--out"]).arg(&keys))?;
     }
     let public = keys.join("auth-public.pem");
+    let mut sup = supervise::Supervisor::new(&data)?;
+    let started = std::time::Instant::now();
+    let step = |what: &str| eprintln!("xtask: starting {what}… ({:.1} s)", started.elapsed().as_secs_f64());
     // --cloud: PostgreSQL and NATS first, for two hubs on them.
-    let mut children = if cloud { cloud::start_services(&data)? } else { Vec::new() };
+    if cloud {
+        step("PostgreSQL and NATS");
+        cloud::start_services(&data, &mut sup)?;
+    }
     let hub_cmd = |id: &str, quic: u16, http: u16, dir: &str| {
         let mut cmd = Command::new(bin("meridian-hub"));
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{quic}"), "--http", &format!("127.0.0.1:{http}")])
@@ -334,14 +469,17 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         }
         cmd
     };
-    children.push(Child::spawn("hub", &mut hub_cmd("h1", 7400, 7401, "hub"))?);
-    wait_for_file(&data.join("hub/tls/ca.pem"))?;
+    step("the hub");
+    sup.spawn("hub", &mut hub_cmd("h1", 7400, 7401, "hub"))?;
+    sup.wait_file(&data.join("hub/tls/ca.pem"))?;
+    sup.wait_port("the hub", 7401)?;
     if cloud {
         if !data.join("hub2/tls/ca.pem").exists() {
             cloud::share_certificate(&data.join("hub"), &data.join("hub2"))?;
         }
-        children.push(Child::spawn("hub2", &mut hub_cmd("h2", cloud::HUB2_QUIC, cloud::HUB2_HTTP, "hub2"))?);
-        wait_port(cloud::HUB2_HTTP)?;
+        step("hub2");
+        sup.spawn("hub2", &mut hub_cmd("h2", cloud::HUB2_QUIC, cloud::HUB2_HTTP, "hub2"))?;
+        sup.wait_port("hub2", cloud::HUB2_HTTP)?;
     }
     // The web sites and the edge-to-hub latency links.
     let mut front = Command::new(bin("meridian-demo"));
@@ -362,8 +500,9 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
             front.args(["--link", &format!("{a}-{b}=127.0.0.1:{port}=127.0.0.1:{peer}={delay}")]);
         }
     }
-    children.push(Child::spawn("demo", &mut front)?);
-    wait_port(REGIONS[2].4)?;
+    step("the editor sites and latency links");
+    sup.spawn("demo", &mut front)?;
+    sup.wait_port("the editor sites", REGIONS[2].4)?;
     // Every edge prefers the first hub; with --cloud the second is its
     // fail-over (kill the first to watch them move).
     let hubs = |link: u16| {
@@ -384,12 +523,17 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         for (j, (other, ..)) in REGIONS.iter().enumerate().filter(|(j, _)| *j != i) {
             edge.args(["--peer-route", &format!("{other}=127.0.0.1:{}", peer_link_port(i, j))]);
         }
-        children.push(Child::spawn(id, &mut edge)?);
+        step(&format!("the {id} edge"));
+        sup.spawn(id, &mut edge)?;
     }
-    for (_, ws, ..) in REGIONS {
-        wait_port(ws)?;
+    for (id, ws, ..) in REGIONS {
+        sup.wait_port(&format!("the {id} edge"), ws)?;
     }
-    eprintln!("\nMeridian local cluster (data in {}):\n", data.display());
+    eprintln!(
+        "\nMeridian local cluster ready in {:.1} s (data in {}):\n",
+        started.elapsed().as_secs_f64(),
+        data.display()
+    );
     eprintln!("  Open the editor, one URL per region (each its own browser storage, like separate people):");
     for (id, _, _, _, site, _, delay) in REGIONS {
         eprintln!("    {id:<3} http://127.0.0.1:{site}/      (edge ↔ hub: {delay} ms each way)");
@@ -426,19 +570,14 @@ fn demo(debug: bool, cloud: bool) -> Result<()> {
         keys.join("auth-private.pem").display()
     );
     eprintln!("    new Repo({{ network: [new WebSocketClientAdapter(\"ws://127.0.0.1:7300/sync?token=\" + token)] }})");
-    eprintln!("\nLogs: warnings only; `RUST_LOG=info cargo xtask demo` shows everything. Press Ctrl-C to stop.\n");
-    // Ctrl-C reaches every child (same process group); each shuts down
-    // cleanly, then the services they used stop. If one dies on its own,
-    // stop the rest.
-    ctrlc::set_handler(|| {}).context("handling Ctrl-C")?;
-    let failed = Child::wait_any(&mut children);
-    for c in children.iter_mut().rev() {
-        c.terminate();
-    }
-    match failed {
-        Some(name) => bail!("{name} exited unexpectedly; see its log above"),
-        None => Ok(()),
-    }
+    eprintln!(
+        "\nLogs: warnings only, each line prefixed with its process (all of it in {}); \
+         `RUST_LOG=info cargo xtask demo` shows everything. Press Ctrl-C to stop.\n",
+        data.join("logs").display()
+    );
+    // Until Ctrl-C or SIGTERM (Ok), or a child exits (its error); either
+    // way every child is stopped when `sup` goes.
+    sup.run()
 }
 
 /// Waits (30 s at most) until something accepts TCP connections on the port.
@@ -474,75 +613,4 @@ fn demo_secrets(data: &Path) -> Result<Vec<(String, String)>> {
     }
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().filter_map(|l| l.split_once('=')).map(|(a, b)| (a.to_owned(), b.to_owned())).collect())
-}
-
-fn wait_for_file(path: &Path) -> Result<()> {
-    for _ in 0..300 {
-        if path.exists() {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    bail!("{} did not appear; did the hub start?", path.display())
-}
-
-/// A named child process of the demo.
-pub(crate) struct Child {
-    name: String,
-    child: std::process::Child,
-    /// A service of the others (PostgreSQL, NATS): in a process group of
-    /// its own, so Ctrl-C does not reach it; stopped after the others.
-    service: bool,
-}
-
-impl Child {
-    pub(crate) fn spawn(name: &str, cmd: &mut Command) -> Result<Self> {
-        // Quiet by default so the URLs stay on screen.
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(std::process::Stdio::null());
-        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        Ok(Self { name: name.to_owned(), child, service: false })
-    }
-
-    /// Starts a service the other children need: Ctrl-C does not reach it
-    /// (they may still use it while they stop); it is stopped after them.
-    pub(crate) fn spawn_service(name: &str, cmd: &mut Command) -> Result<Self> {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-        let mut child = Self::spawn(name, cmd)?;
-        child.service = true;
-        Ok(child)
-    }
-
-    /// Waits until every child exited; returns the first that failed.
-    fn wait_any(children: &mut [Child]) -> Option<String> {
-        loop {
-            let mut running = 0;
-            for c in children.iter_mut().filter(|c| !c.service) {
-                match c.child.try_wait() {
-                    Ok(Some(status)) if !status.success() && status.code().is_some() => return Some(c.name.clone()),
-                    Ok(Some(_)) => {}
-                    _ => running += 1,
-                }
-            }
-            if running == 0 {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn terminate(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-/// A start-up that fails part-way stops what it already started.
-impl Drop for Child {
-    fn drop(&mut self) {
-        self.terminate();
-    }
 }

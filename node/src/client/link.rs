@@ -46,6 +46,29 @@ pub enum LinkError {
     NodeStopped,
 }
 
+impl LinkError {
+    /// Why the link could not be opened, as a person reads it: the socket
+    /// error's own words ("connection refused"), not the chain of types.
+    pub fn in_words(&self) -> String {
+        use std::io::ErrorKind;
+        let io = |e: &std::io::Error| match e.kind() {
+            ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+            ErrorKind::TimedOut => "timed out".to_owned(),
+            ErrorKind::ConnectionReset => "connection reset".to_owned(),
+            ErrorKind::AddrNotAvailable => "address not available".to_owned(),
+            _ => e.to_string(),
+        };
+        match self {
+            LinkError::WebSocket(tungstenite::Error::Io(e)) => io(e),
+            LinkError::WebSocket(tungstenite::Error::Http(response)) => {
+                format!("the server answered HTTP {} (is it a Meridian edge at that path?)", response.status())
+            }
+            LinkError::Connection(quinn::ConnectionError::TimedOut) => "no answer over QUIC (timed out)".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// An open link.
 #[derive(Debug)]
 pub enum Link {

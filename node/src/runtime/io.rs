@@ -8,7 +8,7 @@ use meridian_protocol::codec;
 use meridian_protocol::drive::Driver;
 use meridian_protocol::engine::{Applied, ApplyJob, Event};
 use meridian_protocol::ids::{ConnId, DocumentId};
-use meridian_protocol::log::Escaped;
+use meridian_protocol::log::{Escaped, Maybe};
 use meridian_protocol::storage::{StorageResult, StorageTask, StorageTaskId};
 use tokio::sync::mpsc;
 
@@ -85,8 +85,10 @@ impl Driver for Io {
             Event::PeerConnected { conn, peer, .. } if self.primary => {
                 tracing::info!(%conn, peer = %Escaped(peer.as_str()), "peer joined")
             }
-            Event::PeerDisconnected { conn, peer } if self.primary => tracing::info!(%conn, ?peer, "peer left"),
-            Event::StorageFailed { doc, detail } => tracing::error!(?doc, %detail, "storage failed"),
+            Event::PeerDisconnected { conn, peer } if self.primary => {
+                tracing::info!(%conn, peer = %Escaped(peer.as_ref().map_or("-", |p| p.as_str())), "peer left")
+            }
+            Event::StorageFailed { doc, detail } => tracing::error!(doc = %Maybe(&doc), %detail, "storage failed"),
             Event::DocChanged { doc, .. } => tracing::trace!(%doc, "changed"),
             Event::HomeConfirmed { lag_ms, .. } => self.metrics.home_lag_seconds.observe(lag_ms as f64 / 1000.0),
             Event::ReplicaConfirmed { lag_ms, .. } => self.metrics.replica_lag_seconds.observe(lag_ms as f64 / 1000.0),

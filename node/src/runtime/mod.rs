@@ -28,6 +28,7 @@ use meridian_protocol::engine::{
     Millis, ReplicaStatus, shard_config,
 };
 use meridian_protocol::ids::{ConnId, DocumentId};
+use meridian_protocol::log::Maybe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -286,7 +287,7 @@ impl NodeLoop {
                 for r in revoked {
                     let closed = self.engine.revoke(|access| r.covers(access));
                     if self.primary() {
-                        tracing::info!(jti = ?r.jti, sub = ?r.sub, closed, "token revoked");
+                        tracing::info!(jti = %Maybe(&r.jti), sub = %Maybe(&r.sub), closed, "token revoked");
                     }
                 }
             }

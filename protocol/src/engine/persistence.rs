@@ -262,7 +262,7 @@ impl Engine {
 
     fn storage_failed(&mut self, purpose: TaskPurpose, detail: String) {
         let doc = purpose.doc();
-        tracing::error!(?doc, %detail, "storage task failed");
+        tracing::error!(doc = %crate::log::Maybe(&doc), %detail, "storage task failed");
         self.out.event(Event::StorageFailed { doc, detail });
         // What is in memory may now be ahead of the store: forget it rather
         // than ever advertise it. The peers that synced it believe they
