@@ -8,6 +8,8 @@
 //!   wasm target), then run every test and the wasm build check.
 //! - `cargo xtask sim-sweep` — the long simulation seed sweep.
 //! - `cargo xtask chaos` — the chaos campaign on the regional cluster.
+//! - `cargo xtask dist` — static release binaries for x86_64 and aarch64
+//!   Linux in `target/dist/`, and the ARM edge tested under qemu.
 //! - `cargo xtask bench` — every benchmark scenario against `meridian-edge`
 //!   and the JS sync server, side by side (`docs/BENCHMARKS.md`); `bench
 //!   big-doc` — a few-thousand-change document to a fresh JS peer.
@@ -60,6 +62,10 @@ Commands:
   bench big-doc [--changes N] [--rounds R] [--smoke]
               time for an N-change document (default 3000) to reach a fresh JS peer through
               meridian-edge vs the JS automerge-repo sync server, alternating R rounds (default 7)
+  dist [--no-qemu-test]
+              meridian-edge and meridian-hub for x86_64 and aarch64 Linux: static (musl), stripped,
+              with SHA256SUMS, in target/dist/ (zig from PyPI via cargo-zigbuild); then the aarch64
+              edge runs under qemu-aarch64-static and the x86_64 CLI syncs a document through it
   build-js [--dev]
               build the browser package @meridian/client into client-wasm/pkg
   test-js     build @meridian/client and run only its tests (Node, Chromium, edge end-to-end)
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         Some("chaos") => chaos(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("build-js") => js::build(&args[1..]),
+        Some("dist") => dist::run_dist(&args[1..]),
         Some("test-js") => js::test_all(),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{HELP}");
@@ -96,6 +103,7 @@ mod bench_browser;
 mod bench_cost;
 mod bench_placement;
 mod cloud;
+mod dist;
 mod js;
 mod supervise;
 
@@ -143,7 +151,7 @@ fn have(program: &str, arg: &str) -> bool {
 /// Makes sure Debian `packages` are installed when one of `programs` is
 /// missing: as root with apt-get, otherwise it stops at once with the
 /// command to run.
-fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> {
+pub(crate) fn ensure_debian(programs: &[&str], packages: &[&str], why: &str) -> Result<()> {
     if programs.iter().all(|p| js::which(p).is_some()) {
         return Ok(());
     }
