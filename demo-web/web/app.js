@@ -559,9 +559,9 @@ function versions(doc) {
   return groups.sort((x, y) => x.time - y.time).reverse();
 }
 
-/** Who wrote an entry: the name the document keeps for the actor, or "someone". */
-function authorName(actor) {
-  const a = current?.doc.value().authors?.[actor];
+/** Who wrote an entry: the name the document keeps for the actor (in `authors`), or "someone". */
+function authorName(authors, actor) {
+  const a = authors?.[actor];
   return typeof a?.name === "string" ? a.name.slice(0, 24) : `someone (${actor.slice(0, 6)})`;
 }
 
@@ -572,6 +572,8 @@ function renderHistory() {
   const ol = $("history");
   if (!current) return ol.replaceChildren();
   const groups = versions(current.doc).slice(0, 100);
+  // The document's value once per render, not once per row.
+  const authors = current.doc.value().authors;
   ol.replaceChildren(
     ...groups.map((g, i) => {
       const li = document.createElement("li");
@@ -579,7 +581,7 @@ function renderHistory() {
       li.innerHTML = `<span class="when"></span><span class="what"></span><span class="who"></span>`;
       li.querySelector(".when").textContent = clock(g.time);
       li.querySelector(".what").textContent = g.message ?? (!g.time ? "created" : g.count === 1 ? "1 edit" : `${g.count} edits`);
-      li.querySelector(".who").textContent = `${i === 0 ? "latest · " : ""}by ${authorName(g.actor)}`;
+      li.querySelector(".who").textContent = `${i === 0 ? "latest · " : ""}by ${authorName(authors, g.actor)}`;
       li.dataset.hash = g.hash;
       li.onclick = () => (i === 0 ? showLive() : preview(g));
       return li;
